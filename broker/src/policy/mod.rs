@@ -1,0 +1,5 @@
+//! Federated credentials: Entra's validation rules, the FFL expression language, and the
+//! registry that matches a verified token to the identities it may act as.
+
+pub mod ffl;
+pub mod rules;

@@ -1,0 +1,393 @@
+//! Typed configuration for the WIF broker.
+//!
+//! Configuration is TOML. Every table denies unknown keys, so a typo is an error at
+//! start-up rather than a silently ignored setting. Environment variables prefixed
+//! `WIF_` override single keys of the fixed sections (see [`env`]); the arrays of
+//! tables (`[[issuers]]`, `[[identities]]`) come only from the file.
+//!
+//! Loading is three steps: parse the file, overlay the environment, validate. Every
+//! validation message names the offending key (`identities[0].tenant_id: ...`).
+//!
+//! This crate never touches the network and never reads the clock.
+
+pub mod env;
+mod validate;
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+pub use validate::Problem;
+
+/// Why a configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{origin}: {message}")]
+    Parse { origin: String, message: String },
+    #[error("invalid configuration ({origin}):\n{}", format_problems(problems))]
+    Invalid {
+        origin: String,
+        problems: Vec<Problem>,
+    },
+}
+
+fn format_problems(problems: &[Problem]) -> String {
+    problems
+        .iter()
+        .map(|p| format!("  - {p}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The broker's whole configuration.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct BrokerConfig {
+    pub server: ServerConfig,
+    pub store: StoreConfig,
+    pub entra: EntraConfig,
+    pub cache: CacheConfig,
+    pub tokens: TokenConfig,
+    pub jwks: JwksConfig,
+    pub outbound: OutboundConfig,
+    pub log: LogConfig,
+    pub issuers: Vec<IssuerConfig>,
+    pub identities: Vec<IdentityConfig>,
+}
+
+/// `[server]`: the HTTP listener.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address to listen on, `host:port`.
+    pub listen: String,
+    /// PEM certificate chain; with `tls_key`, the listener speaks TLS only.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub tls_key: Option<PathBuf>,
+    /// How often the certificate files are checked for changes.
+    pub tls_reload_secs: u64,
+    /// Largest accepted request body.
+    pub max_body_bytes: usize,
+    /// Largest accepted external token.
+    pub max_token_bytes: usize,
+    /// Time allowed for in-flight requests to finish on shutdown.
+    pub shutdown_timeout_secs: u64,
+    /// Upper bound on one request's handling time.
+    pub request_timeout_secs: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            tls_cert: None,
+            tls_key: None,
+            tls_reload_secs: 10,
+            max_body_bytes: 64 * 1024,
+            max_token_bytes: 16 * 1024,
+            shutdown_timeout_secs: 20,
+            request_timeout_secs: 60,
+        }
+    }
+}
+
+/// `[store]`: where registered identities and credentials live.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// `sqlite://path`, `sqlite::memory:` or `postgres://...`.
+    pub url: String,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            url: "sqlite://wif.db".into(),
+        }
+    }
+}
+
+/// `[entra]`: how the broker talks to Entra's token endpoint.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct EntraConfig {
+    /// Default authority host for identities that name neither `cloud` nor `authority_host`.
+    pub authority_host: String,
+    /// Extra PEM roots trusted for the authority host (Azure Stack, emulators).
+    pub ca_file: Option<PathBuf>,
+    /// Timeout for one token request, connect to last byte.
+    pub timeout_secs: u64,
+    /// Retries after the first attempt on 429 and 5xx.
+    pub max_retries: u32,
+    /// First backoff delay; doubles each retry (with jitter), capped by `max_backoff_ms`.
+    pub initial_backoff_ms: u64,
+    /// Longest wait between attempts, including an honoured `Retry-After`.
+    pub max_backoff_ms: u64,
+}
+
+impl Default for EntraConfig {
+    fn default() -> Self {
+        Self {
+            authority_host: "https://login.microsoftonline.com".into(),
+            ca_file: None,
+            timeout_secs: 10,
+            max_retries: 3,
+            initial_backoff_ms: 200,
+            max_backoff_ms: 5_000,
+        }
+    }
+}
+
+/// `[cache]`: the Entra access-token cache.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    /// Most (identity, scope) entries kept.
+    pub max_entries: u64,
+    /// A token is refreshed in the background once it has less than this left.
+    pub refresh_before_secs: u64,
+    /// A token with less than this left is never handed out (at least 300, like the SDKs).
+    pub min_remaining_secs: u64,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            max_entries: 100_000,
+            refresh_before_secs: 900,
+            min_remaining_secs: 300,
+        }
+    }
+}
+
+/// `[tokens]`: how external tokens are verified.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TokenConfig {
+    /// Clock skew tolerated on `exp`, `nbf` and `iat`.
+    pub leeway_secs: u64,
+    /// Longest accepted `exp - iat` (Entra's own limit is 25 hours).
+    pub max_lifetime_secs: u64,
+    /// Signature algorithms accepted by default; an issuer may narrow this.
+    pub algorithms: Vec<String>,
+}
+
+impl Default for TokenConfig {
+    fn default() -> Self {
+        Self {
+            leeway_secs: 60,
+            max_lifetime_secs: 25 * 3600,
+            algorithms: ALGORITHMS.iter().map(|a| a.to_string()).collect(),
+        }
+    }
+}
+
+/// Every algorithm the broker can verify. `none` and HMAC are deliberately absent.
+pub const ALGORITHMS: &[&str] = &[
+    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA",
+];
+
+/// `[jwks]`: defaults for fetching issuers' signing keys.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct JwksConfig {
+    /// Timeout for one discovery or JWKS request.
+    pub timeout_secs: u64,
+    /// Keys are refetched in the background after this long.
+    pub refresh_secs: u64,
+    /// An unknown `kid` triggers at most one refetch per issuer in this period.
+    pub refetch_cooldown_secs: u64,
+    /// Last good keys keep serving this long after the issuer stops answering.
+    pub max_stale_secs: u64,
+    /// Largest discovery or JWKS document accepted.
+    pub max_response_bytes: usize,
+    /// Most keys taken from one JWKS (Entra counts only the first 100).
+    pub max_keys: usize,
+}
+
+impl Default for JwksConfig {
+    fn default() -> Self {
+        Self {
+            timeout_secs: 5,
+            refresh_secs: 3600,
+            refetch_cooldown_secs: 60,
+            max_stale_secs: 24 * 3600,
+            max_response_bytes: 256 * 1024,
+            max_keys: 100,
+        }
+    }
+}
+
+/// `[outbound]`: rules for every outbound HTTP call.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutboundConfig {
+    /// Permit plain `http://` to loopback addresses (dev stack and tests only).
+    pub allow_loopback_http: bool,
+}
+
+/// `[log]`: logging.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `tracing` filter, e.g. `info` or `wif_broker=debug`. `RUST_LOG` wins when set.
+    pub level: String,
+    /// `text` or `json`.
+    pub format: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+            format: "text".into(),
+        }
+    }
+}
+
+/// `[[issuers]]`: explicit settings for one external issuer.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct IssuerConfig {
+    /// The issuer exactly as it appears in tokens' `iss`.
+    pub url: String,
+    /// JWKS URL; skips discovery.
+    pub jwks_uri: Option<String>,
+    /// JWKS read from a file (private clusters).
+    pub jwks_file: Option<PathBuf>,
+    /// JWKS given inline as JSON.
+    pub jwks_inline: Option<String>,
+    /// Extra PEM roots trusted for this issuer's discovery and JWKS.
+    pub ca_file: Option<PathBuf>,
+    /// Narrows `[tokens] algorithms` for this issuer.
+    pub algorithms: Option<Vec<String>>,
+}
+
+/// The Azure cloud an identity lives in.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Cloud {
+    Public,
+    UsGov,
+    China,
+}
+
+impl Cloud {
+    pub fn authority_host(self) -> &'static str {
+        match self {
+            Cloud::Public => "https://login.microsoftonline.com",
+            Cloud::UsGov => "https://login.microsoftonline.us",
+            Cloud::China => "https://login.chinacloudapi.cn",
+        }
+    }
+
+    /// The audience Entra expects in assertions for this cloud.
+    pub fn default_audience(self) -> &'static str {
+        match self {
+            Cloud::Public => "api://AzureADTokenExchange",
+            Cloud::UsGov => "api://AzureADTokenExchangeUSGov",
+            Cloud::China => "api://AzureADTokenExchangeChina",
+        }
+    }
+}
+
+/// How the broker builds the client assertion it sends to Entra for an identity.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum AssertionSource {
+    /// Forward the caller's own token; Entra must hold a matching FIC too.
+    #[default]
+    Passthrough,
+}
+
+/// `[[identities]]`: an Entra app registration or user-assigned managed identity.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityConfig {
+    pub name: String,
+    pub tenant_id: String,
+    pub client_id: String,
+    pub cloud: Option<Cloud>,
+    pub authority_host: Option<String>,
+    #[serde(default)]
+    pub assertion: AssertionSource,
+    #[serde(default)]
+    pub federated_credentials: Vec<FederatedCredentialConfig>,
+}
+
+/// `[[identities.federated_credentials]]`: who may act as the identity.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FederatedCredentialConfig {
+    pub name: String,
+    pub issuer: String,
+    pub subject: Option<String>,
+    pub claims_matching_expression: Option<String>,
+    /// Exactly one value; defaults to the identity's cloud audience.
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    pub description: Option<String>,
+}
+
+impl BrokerConfig {
+    /// Reads `path`, overlays `WIF_*` variables from the process environment, validates.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let vars: Vec<(String, String)> = std::env::vars().collect();
+        Self::from_toml_with_env(&text, &path.display().to_string(), &vars)
+    }
+
+    /// Built-in defaults with the environment overlaid (no file given).
+    pub fn from_env_only() -> Result<Self, ConfigError> {
+        let vars: Vec<(String, String)> = std::env::vars().collect();
+        Self::from_toml_with_env("", "defaults", &vars)
+    }
+
+    /// Parses TOML text without any environment overlay, then validates.
+    pub fn from_toml(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        Self::from_toml_with_env(text, origin, &[])
+    }
+
+    /// Parses TOML text, overlays the given `WIF_*` variables, then validates.
+    pub fn from_toml_with_env(
+        text: &str,
+        origin: &str,
+        vars: &[(String, String)],
+    ) -> Result<Self, ConfigError> {
+        let mut table: toml::Table = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            origin: origin.to_owned(),
+            message: e.to_string(),
+        })?;
+        env::overlay(&mut table, vars, Self::SECTIONS).map_err(|message| ConfigError::Parse {
+            origin: origin.to_owned(),
+            message,
+        })?;
+        let config: Self = table.try_into().map_err(|e: toml::de::Error| ConfigError::Parse {
+            origin: origin.to_owned(),
+            message: e.to_string(),
+        })?;
+        let problems = validate::broker(&config);
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError::Invalid {
+                origin: origin.to_owned(),
+                problems,
+            })
+        }
+    }
+
+    /// Sections whose keys may be overridden from the environment.
+    pub const SECTIONS: &'static [&'static str] = &[
+        "server", "store", "entra", "cache", "tokens", "jwks", "outbound", "log",
+    ];
+}
