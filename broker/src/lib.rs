@@ -3,10 +3,23 @@
 //! The modules follow one exchange in order: [`issuer`] (discovery and signing keys),
 //! [`token`] (verification), [`policy`] (federated credentials and matching), [`cache`]
 //! (Entra tokens per identity and scope), [`entra`] (the token endpoint), [`audit`]
-//! (one event per decision) and [`api`] (the HTTP edge). [`dev`] holds the local issuer
-//! and the Entra emulator used by `wif-broker dev` and by the tests.
+//! (one event per decision) and [`api`] (the HTTP edge); [`exchange`] strings them
+//! together. [`dev`] holds the local issuer and the Entra emulator used by
+//! `wif-broker dev` and by the tests; [`cli`] is the command line.
 
+pub mod api;
+pub mod audit;
+pub mod cache;
+pub mod cli;
 pub mod clock;
 pub mod crypto;
 pub mod dev;
+pub mod entra;
+pub mod exchange;
+pub mod issuer;
+pub mod metrics;
+pub mod outbound;
 pub mod policy;
+pub mod server;
+pub mod tls;
+pub mod token;

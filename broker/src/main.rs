@@ -1,1 +1,5 @@
-fn main() {}
+//! `wif-broker`: parses arguments and hands over to the library.
+
+fn main() -> std::process::ExitCode {
+    wif_broker::cli::main()
+}

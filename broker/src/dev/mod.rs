@@ -5,3 +5,4 @@
 pub mod entra;
 pub mod issuer;
 pub mod jwt;
+pub mod stack;

@@ -3,3 +3,6 @@
 
 pub mod ffl;
 pub mod rules;
+pub mod registry;
+
+pub use registry::{Credential, Identity, MatchError, Registry, SelectError, SubjectRule, select_identity};

@@ -1,0 +1,148 @@
+//! The one HTTP error type.
+//!
+//! Every error leaves the broker as `{"error", "error_description", "request_id"}` with a
+//! stable snake_case `error` code and a status that fits (400/401/403/404/409/413/429/502/
+//! 503). The description is safe for the caller; anything internal goes to the log only.
+//! 503s carry `Retry-After`.
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use crate::cache::CacheError;
+use crate::entra::EntraError;
+use crate::exchange::ExchangeError;
+use crate::issuer::KeyError;
+
+tokio::task_local! {
+    /// The current request's id, set by the request-id middleware.
+    pub static REQUEST_ID: String;
+}
+
+/// The current request id, or empty outside a request.
+pub fn current_request_id() -> String {
+    REQUEST_ID.try_with(Clone::clone).unwrap_or_default()
+}
+
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub description: String,
+    pub retry_after: Option<u64>,
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    error: &'a str,
+    error_description: &'a str,
+    request_id: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, description: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            description: description.into(),
+            retry_after: None,
+        }
+    }
+
+    pub fn bad_request(code: &'static str, description: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, description)
+    }
+
+    pub fn unauthorized(code: &'static str, description: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, code, description)
+    }
+
+    pub fn not_found() -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", "no such route")
+    }
+
+    pub fn with_retry_after(mut self, secs: u64) -> Self {
+        self.retry_after = Some(secs.max(1));
+        self
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = Body {
+            error: self.code,
+            error_description: &self.description,
+            request_id: current_request_id(),
+        };
+        let mut response = (self.status, Json(body)).into_response();
+        let headers = response.headers_mut();
+        if let Some(secs) = self.retry_after {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if self.status == StatusCode::UNAUTHORIZED {
+            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        response
+    }
+}
+
+impl From<ExchangeError> for ApiError {
+    fn from(e: ExchangeError) -> Self {
+        let code = e.code();
+        let description = e.to_string();
+        let status = match &e {
+            ExchangeError::Scope(_) | ExchangeError::Select(crate::policy::SelectError::Ambiguous(_)) => {
+                StatusCode::BAD_REQUEST
+            }
+            ExchangeError::Token(crate::token::TokenError::TooLarge { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
+            ExchangeError::Token(_)
+            | ExchangeError::UnknownIssuer
+            | ExchangeError::Keys(KeyError::UnknownKey { .. })
+            | ExchangeError::Match(crate::policy::MatchError::Audience { .. }) => StatusCode::UNAUTHORIZED,
+            ExchangeError::Keys(KeyError::Unavailable { .. }) => {
+                return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code, description).with_retry_after(30);
+            }
+            ExchangeError::Match(_) | ExchangeError::Select(_) => StatusCode::FORBIDDEN,
+            ExchangeError::Cache(CacheError::ShortLived { .. }) => StatusCode::BAD_GATEWAY,
+            ExchangeError::Cache(CacheError::Entra(entra)) => return entra_error(code, entra),
+        };
+        ApiError::new(status, code, description)
+    }
+}
+
+fn entra_error(code: &'static str, e: &EntraError) -> ApiError {
+    match e {
+        EntraError::Unavailable { retry_after, .. } => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            code,
+            format!("{e}; no cached token is available, retry later"),
+        )
+        .with_retry_after(retry_after.unwrap_or(5)),
+        EntraError::Protocol(_) => ApiError::new(StatusCode::BAD_GATEWAY, code, e.to_string()),
+        EntraError::Rejected { description, .. } => {
+            let (status, hint) = match code {
+                "entra_no_matching_federated_credential" => (
+                    StatusCode::FORBIDDEN,
+                    " The broker accepted the token, but the Entra app registration has no federated credential matching it; with the passthrough assertion, register the same issuer, subject and audience in Entra.",
+                ),
+                "entra_assertion_expired" => (
+                    StatusCode::UNAUTHORIZED,
+                    " The presented token expired before Entra saw it; request a fresh one.",
+                ),
+                "entra_assertion_rejected" => (StatusCode::UNAUTHORIZED, ""),
+                "entra_application_not_found" => (
+                    StatusCode::BAD_GATEWAY,
+                    " Check the identity's client_id and tenant_id.",
+                ),
+                "entra_tenant_not_found" => (
+                    StatusCode::BAD_GATEWAY,
+                    " Check the identity's tenant_id and cloud (authority host).",
+                ),
+                _ => (StatusCode::BAD_GATEWAY, ""),
+            };
+            ApiError::new(status, code, format!("Entra refused the request: {description}.{hint}"))
+        }
+    }
+}

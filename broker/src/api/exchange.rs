@@ -1,0 +1,228 @@
+//! The exchange endpoints: `POST /v1/token` (native) and `POST /oauth2/token` (RFC 8693).
+//! Both accept JSON or form bodies and answer through [`crate::exchange::Broker`].
+
+use std::collections::HashMap;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use super::{ApiError, AppState};
+use crate::exchange::{ExchangeRequest, Exchanged};
+
+pub const TOKEN_EXCHANGE_GRANT: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+const JWT_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:jwt";
+const ID_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:id_token";
+const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
+
+/// `POST /v1/token`: external token in `Authorization: Bearer`, `scope` or `resource` and
+/// optionally `identity` or `client_id` in the body.
+pub async fn native(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+    let token = bearer(&headers)?;
+    let params = read_params(&headers, body, state.max_body_bytes).await?;
+    reject_unknown(&params, &["scope", "resource", "client_id", "identity"])?;
+    let scope = scope_param(&params)?;
+    let identity = identity_param(&params)?;
+    let request_id = super::error::current_request_id();
+    let done = state
+        .broker
+        .exchange(ExchangeRequest {
+            endpoint: "/v1/token",
+            request_id: &request_id,
+            token,
+            scope,
+            identity,
+        })
+        .await?;
+    let now = state.broker.clock().now();
+    Ok(no_store(json!({
+        "access_token": done.token.access_token.expose(),
+        "token_type": "Bearer",
+        "expires_in": done.token.expires_on.saturating_sub(now),
+        "expires_on": done.token.expires_on,
+        "scope": done.scope,
+        "identity": {
+            "name": done.identity.name,
+            "tenant_id": done.identity.tenant_id,
+            "client_id": done.identity.client_id,
+        },
+    })))
+}
+
+/// `POST /oauth2/token`: RFC 8693 token exchange.
+pub async fn rfc8693(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+    let params = read_params(&headers, body, state.max_body_bytes).await?;
+    match params.get("grant_type").map(String::as_str) {
+        Some(TOKEN_EXCHANGE_GRANT) => {}
+        Some(other) => {
+            return Err(ApiError::bad_request(
+                "unsupported_grant_type",
+                format!("grant_type {other:?} is not supported; use {TOKEN_EXCHANGE_GRANT}"),
+            ));
+        }
+        None => return Err(ApiError::bad_request("invalid_request", "grant_type is required")),
+    }
+    let token = params
+        .get("subject_token")
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| ApiError::bad_request("invalid_request", "subject_token is required"))?;
+    match params.get("subject_token_type").map(String::as_str) {
+        Some(JWT_TOKEN_TYPE | ID_TOKEN_TYPE) => {}
+        _ => {
+            return Err(ApiError::bad_request(
+                "invalid_request",
+                format!("subject_token_type must be {JWT_TOKEN_TYPE}"),
+            ));
+        }
+    }
+    if let Some(t) = params.get("requested_token_type")
+        && t != ACCESS_TOKEN_TYPE
+    {
+        return Err(ApiError::bad_request(
+            "invalid_request",
+            format!("requested_token_type must be {ACCESS_TOKEN_TYPE}"),
+        ));
+    }
+    let scope = scope_param(&params)?;
+    let identity = identity_param(&params)?;
+    let request_id = super::error::current_request_id();
+    let done: Exchanged = state
+        .broker
+        .exchange(ExchangeRequest {
+            endpoint: "/oauth2/token",
+            request_id: &request_id,
+            token,
+            scope,
+            identity,
+        })
+        .await?;
+    let now = state.broker.clock().now();
+    Ok(no_store(json!({
+        "access_token": done.token.access_token.expose(),
+        "issued_token_type": ACCESS_TOKEN_TYPE,
+        "token_type": "Bearer",
+        "expires_in": done.token.expires_on.saturating_sub(now),
+        "scope": done.scope,
+    })))
+}
+
+fn no_store(body: Value) -> Response {
+    let mut response = (StatusCode::OK, Json(body)).into_response();
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-store"));
+    response
+}
+
+/// The token from `Authorization: Bearer <token>`.
+fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
+    let missing = || {
+        ApiError::unauthorized(
+            "missing_token",
+            "send the external OIDC token as `Authorization: Bearer <token>`",
+        )
+    };
+    let value = headers.get(header::AUTHORIZATION).ok_or_else(missing)?;
+    let value = value.to_str().map_err(|_| missing())?;
+    let (scheme, token) = value.split_once(' ').ok_or_else(missing)?;
+    if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
+        return Err(missing());
+    }
+    Ok(token.trim())
+}
+
+/// Reads a JSON object or form body (by `Content-Type`) into string parameters.
+pub async fn read_params(headers: &HeaderMap, body: Body, limit: usize) -> Result<HashMap<String, String>, ApiError> {
+    let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("the request body is larger than {limit} bytes"),
+        )
+    })?;
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    let mut params = HashMap::new();
+    if content_type.starts_with("application/json") {
+        if bytes.is_empty() {
+            return Ok(params);
+        }
+        let value: Value = serde_json::from_slice(&bytes)
+            .map_err(|e| ApiError::bad_request("invalid_request", format!("the body is not valid JSON: {e}")))?;
+        let Value::Object(map) = value else {
+            return Err(ApiError::bad_request("invalid_request", "the JSON body must be an object"));
+        };
+        for (k, v) in map {
+            match v {
+                Value::String(s) => {
+                    params.insert(k, s);
+                }
+                Value::Null => {}
+                _ => {
+                    return Err(ApiError::bad_request(
+                        "invalid_request",
+                        format!("`{k}` must be a string"),
+                    ));
+                }
+            }
+        }
+    } else if content_type.starts_with("application/x-www-form-urlencoded") || bytes.is_empty() {
+        for (k, v) in url::form_urlencoded::parse(&bytes) {
+            if params.insert(k.to_string(), v.into_owned()).is_some() {
+                return Err(ApiError::bad_request(
+                    "invalid_request",
+                    format!("parameter `{k}` is repeated"),
+                ));
+            }
+        }
+    } else {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "send application/json or application/x-www-form-urlencoded",
+        ));
+    }
+    Ok(params)
+}
+
+fn reject_unknown(params: &HashMap<String, String>, known: &[&str]) -> Result<(), ApiError> {
+    match params.keys().find(|k| !known.contains(&k.as_str())) {
+        Some(k) => Err(ApiError::bad_request(
+            "invalid_request",
+            format!(
+                "unknown parameter `{}`; accepted: {}",
+                k.chars().take(64).collect::<String>(),
+                known.join(", ")
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
+fn scope_param(params: &HashMap<String, String>) -> Result<Option<&str>, ApiError> {
+    match (params.get("scope"), params.get("resource")) {
+        (Some(_), Some(_)) => Err(ApiError::bad_request(
+            "invalid_request",
+            "give either `scope` or `resource`, not both",
+        )),
+        (Some(s), None) | (None, Some(s)) => Ok(Some(s.as_str())),
+        (None, None) => Ok(None),
+    }
+}
+
+fn identity_param(params: &HashMap<String, String>) -> Result<Option<&str>, ApiError> {
+    match (params.get("identity"), params.get("client_id")) {
+        (Some(a), Some(b)) if a != b => Err(ApiError::bad_request(
+            "invalid_request",
+            "give either `identity` or `client_id`, not both",
+        )),
+        (Some(s), _) | (None, Some(s)) => Ok(Some(s.as_str()).filter(|s| !s.is_empty())),
+        (None, None) => Ok(None),
+    }
+}

@@ -1,0 +1,105 @@
+//! The HTTP edge: routes, request ids, limits, timeouts. Handlers translate wire formats
+//! into calls on [`crate::exchange::Broker`]; no decision is made here.
+
+pub mod error;
+pub mod exchange;
+pub mod ops;
+pub mod serve;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+
+use crate::exchange::Broker;
+pub use error::ApiError;
+
+/// State shared by all handlers.
+#[derive(Clone)]
+pub struct AppState {
+    pub broker: Arc<Broker>,
+    pub max_body_bytes: usize,
+    pub request_timeout: Duration,
+    /// False once shutdown begins, so load balancers stop sending traffic.
+    pub ready: Arc<AtomicBool>,
+}
+
+impl AppState {
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::SeqCst)
+    }
+}
+
+/// The broker's routes.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/token", post(exchange::native))
+        .route("/oauth2/token", post(exchange::rfc8693))
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
+        .fallback(fallback)
+        .method_not_allowed_fallback(method_not_allowed)
+        // Handlers read bodies themselves against `max_body_bytes`.
+        .layer(DefaultBodyLimit::disable())
+        .layer(middleware::from_fn_with_state(state.clone(), request_context))
+        .with_state(state)
+}
+
+async fn fallback() -> ApiError {
+    ApiError::not_found()
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this route does not accept that method",
+    )
+}
+
+/// Gives each request an id (the caller's `x-request-id` when it is sane), a deadline, and
+/// one access-log line. The log line never includes headers or bodies.
+async fn request_context(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let id = request
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            !v.is_empty()
+                && v.len() <= 128
+                && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+        })
+        .map(str::to_owned)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let started = std::time::Instant::now();
+    let timeout = state.request_timeout;
+    let mut response = error::REQUEST_ID
+        .scope(id.clone(), async move {
+            match tokio::time::timeout(timeout, next.run(request)).await {
+                Ok(response) => response,
+                Err(_) => ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "timeout",
+                    format!("the request took longer than {} s", timeout.as_secs()),
+                )
+                .with_retry_after(1)
+                .into_response(),
+            }
+        })
+        .await;
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert("x-request-id", value);
+    }
+    tracing::debug!(request_id = %id, %method, path = %path.chars().take(200).collect::<String>(),
+        status = response.status().as_u16(), ms = started.elapsed().as_millis() as u64, "request");
+    response
+}

@@ -1,0 +1,1 @@
+//! `wif-broker dev`: the whole stack on loopback.

@@ -1,0 +1,334 @@
+//! Entra's token endpoint (DESIGN.md step 7): build the client assertion from the
+//! identity's source, POST the client-credentials request with a timeout, retry 429 and
+//! 5xx with backoff honouring `Retry-After`, and turn AADSTS codes into errors a caller
+//! can act on. Never logs an assertion or an access token.
+
+pub mod scope;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+use wif_config::{AssertionSource, EntraConfig};
+
+use crate::clock::SharedClock;
+use crate::metrics::Metrics;
+use crate::outbound::{self, OutboundError};
+use crate::policy::Identity;
+
+/// A string that must never be printed: `Debug` redacts it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: String) -> Self {
+        Self(value)
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// An access token from Entra.
+#[derive(Debug, Clone)]
+pub struct EntraToken {
+    pub access_token: Secret,
+    /// Epoch seconds.
+    pub expires_on: u64,
+}
+
+/// What Entra said, or why it could not be asked.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum EntraError {
+    /// Entra answered with an error (4xx), e.g. AADSTS700213.
+    #[error("Entra refused the request: {description}")]
+    Rejected {
+        status: u16,
+        error: String,
+        aadsts: Option<u32>,
+        description: String,
+        correlation_id: Option<String>,
+    },
+    /// 429, 5xx or no answer after the retries allowed.
+    #[error("Entra is unavailable: {reason}")]
+    Unavailable {
+        reason: String,
+        retry_after: Option<u64>,
+        correlation_id: Option<String>,
+    },
+    /// An answer that is not Entra's protocol.
+    #[error("Entra answered unexpectedly: {0}")]
+    Protocol(String),
+}
+
+impl EntraError {
+    pub fn correlation_id(&self) -> Option<&str> {
+        match self {
+            EntraError::Rejected { correlation_id, .. } | EntraError::Unavailable { correlation_id, .. } => {
+                correlation_id.as_deref()
+            }
+            EntraError::Protocol(_) => None,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct TokenResponse {
+    access_token: String,
+    #[serde(deserialize_with = "int_or_string")]
+    expires_in: u64,
+}
+
+#[derive(Deserialize, Default)]
+struct ErrorResponse {
+    #[serde(default)]
+    error: String,
+    #[serde(default)]
+    error_description: String,
+    #[serde(default)]
+    error_codes: Vec<u32>,
+    #[serde(default)]
+    correlation_id: Option<String>,
+}
+
+fn int_or_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Int(u64),
+        Str(String),
+    }
+    match Raw::deserialize(d)? {
+        Raw::Int(n) => Ok(n),
+        Raw::Str(s) => s.parse().map_err(serde::de::Error::custom),
+    }
+}
+
+/// Largest token-endpoint response read.
+const MAX_RESPONSE: usize = 256 * 1024;
+
+/// Client for Entra's token endpoint.
+pub struct EntraClient {
+    http: reqwest::Client,
+    cfg: EntraConfig,
+    clock: SharedClock,
+    metrics: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for EntraClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EntraClient").finish_non_exhaustive()
+    }
+}
+
+impl EntraClient {
+    pub fn new(cfg: &EntraConfig, clock: SharedClock, metrics: Arc<Metrics>) -> Result<Self, OutboundError> {
+        let http = outbound::client(Duration::from_secs(cfg.timeout_secs), cfg.ca_file.as_deref())?;
+        Ok(Self {
+            http,
+            cfg: cfg.clone(),
+            clock,
+            metrics,
+        })
+    }
+
+    /// The client assertion for `identity`, per its assertion source.
+    pub fn assertion<'a>(&self, identity: &Identity, caller_token: &'a str) -> &'a str {
+        match identity.assertion {
+            AssertionSource::Passthrough => caller_token,
+        }
+    }
+
+    /// Requests a token for `scope` (already a `/.default` scope) as `identity`.
+    pub async fn request_token(
+        &self,
+        identity: &Identity,
+        assertion: &str,
+        scope: &str,
+        request_id: &str,
+    ) -> Result<EntraToken, EntraError> {
+        let url = format!(
+            "{}/{}/oauth2/v2.0/token",
+            identity.authority_host.trim_end_matches('/'),
+            identity.tenant_id
+        );
+        let form = [
+            ("client_id", identity.client_id.as_str()),
+            ("grant_type", "client_credentials"),
+            (
+                "client_assertion_type",
+                "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+            ),
+            ("client_assertion", assertion),
+            ("scope", scope),
+        ];
+        let mut attempt: u32 = 0;
+        loop {
+            let outcome = self.attempt(&url, &form, request_id).await;
+            let (reason, retry_after, correlation_id) = match outcome {
+                Attempt::Done(result) => return result,
+                Attempt::Retryable {
+                    reason,
+                    retry_after,
+                    correlation_id,
+                } => (reason, retry_after, correlation_id),
+            };
+            let delay = self.backoff(attempt, retry_after);
+            let give_up = attempt >= self.cfg.max_retries
+                || retry_after.is_some_and(|s| s.saturating_mul(1000) > self.cfg.max_backoff_ms);
+            if give_up {
+                tracing::warn!(%reason, attempts = attempt + 1, "Entra unavailable");
+                return Err(EntraError::Unavailable {
+                    reason,
+                    retry_after: Some(retry_after.unwrap_or_else(|| delay.as_secs().max(1))),
+                    correlation_id,
+                });
+            }
+            self.metrics.entra_request("retry");
+            tracing::info!(%reason, attempt, delay_ms = delay.as_millis() as u64, "retrying Entra");
+            tokio::time::sleep(delay).await;
+            attempt += 1;
+        }
+    }
+
+    async fn attempt(&self, url: &str, form: &[(&str, &str)], request_id: &str) -> Attempt {
+        let response = self
+            .http
+            .post(url)
+            .header("client-request-id", request_id)
+            .header("return-client-request-id", "true")
+            .form(form)
+            .send()
+            .await;
+        let response = match response {
+            Ok(r) => r,
+            Err(e) => {
+                self.metrics.entra_error("unreachable");
+                return Attempt::Retryable {
+                    reason: outbound::describe(&e),
+                    retry_after: None,
+                    correlation_id: None,
+                };
+            }
+        };
+        let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        let body = match outbound::read_body(response, MAX_RESPONSE).await {
+            Ok(b) => b,
+            Err(e) => {
+                self.metrics.entra_error("unreadable");
+                return Attempt::Retryable {
+                    reason: e.to_string(),
+                    retry_after: None,
+                    correlation_id: None,
+                };
+            }
+        };
+        if status == 200 {
+            self.metrics.entra_request("ok");
+            return Attempt::Done(match serde_json::from_slice::<TokenResponse>(&body) {
+                Ok(t) => Ok(EntraToken {
+                    access_token: Secret::new(t.access_token),
+                    expires_on: self.clock.now().saturating_add(t.expires_in),
+                }),
+                Err(e) => Err(EntraError::Protocol(format!("token response: {e}"))),
+            });
+        }
+        self.metrics.entra_request("error");
+        let parsed: ErrorResponse = serde_json::from_slice(&body).unwrap_or_default();
+        let aadsts = parsed.error_codes.first().copied().or_else(|| aadsts_of(&parsed.error_description));
+        self.metrics
+            .entra_error(&aadsts.map_or_else(|| format!("http_{status}"), |c| format!("AADSTS{c}")));
+        if status == 429 || status >= 500 {
+            return Attempt::Retryable {
+                reason: format!("HTTP {status}{}", first_line(&parsed.error_description, " ")),
+                retry_after,
+                correlation_id: parsed.correlation_id,
+            };
+        }
+        Attempt::Done(Err(EntraError::Rejected {
+            status,
+            error: if parsed.error.is_empty() { format!("http_{status}") } else { parsed.error },
+            aadsts,
+            description: if parsed.error_description.is_empty() {
+                format!("HTTP {status} without an error description")
+            } else {
+                first_line(&parsed.error_description, "")
+            },
+            correlation_id: parsed.correlation_id,
+        }))
+    }
+
+    /// Exponential backoff with jitter, or the server's `Retry-After`, capped.
+    fn backoff(&self, attempt: u32, retry_after: Option<u64>) -> Duration {
+        let cap = self.cfg.max_backoff_ms;
+        let ms = match retry_after {
+            Some(secs) => secs.saturating_mul(1000),
+            None => {
+                let base = self.cfg.initial_backoff_ms.saturating_mul(1u64 << attempt.min(16));
+                base / 2 + jitter(base / 2 + 1)
+            }
+        };
+        Duration::from_millis(ms.min(cap))
+    }
+}
+
+enum Attempt {
+    Done(Result<EntraToken, EntraError>),
+    Retryable {
+        reason: String,
+        retry_after: Option<u64>,
+        correlation_id: Option<String>,
+    },
+}
+
+fn jitter(bound: u64) -> u64 {
+    let mut bytes = [0u8; 8];
+    if aws_lc_rs::rand::fill(&mut bytes).is_err() {
+        return 0;
+    }
+    u64::from_le_bytes(bytes) % bound.max(1)
+}
+
+/// `AADSTS700213: No matching ...` → 700213.
+fn aadsts_of(description: &str) -> Option<u32> {
+    let rest = description.strip_prefix("AADSTS")?;
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
+}
+
+/// Entra descriptions carry trace and correlation ids on later lines; keep the first.
+fn first_line(text: &str, prefix: &str) -> String {
+    match text.lines().next() {
+        Some(line) if !line.trim().is_empty() => format!("{prefix}{}", line.trim()),
+        _ => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aadsts_codes_are_read_from_descriptions() {
+        assert_eq!(aadsts_of("AADSTS700213: No matching federated identity record found"), Some(700213));
+        assert_eq!(aadsts_of("something else"), None);
+        assert_eq!(first_line("AADSTS1: x\r\nTrace ID: y", ""), "AADSTS1: x");
+    }
+
+    #[test]
+    fn secrets_do_not_debug_print() {
+        let s = Secret::new("eyJhbGciOi".into());
+        assert_eq!(format!("{s:?}"), "Secret(<redacted>)");
+    }
+}

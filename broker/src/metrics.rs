@@ -1,0 +1,147 @@
+//! Prometheus metrics. Label values are bounded: issuers only once they are known to the
+//! registry (anything else is `unknown`), outcomes and codes from fixed enums.
+
+use std::sync::Arc;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+type Labels = Vec<(&'static str, String)>;
+
+pub struct Metrics {
+    registry: Registry,
+    exchanges: Family<Labels, Counter>,
+    exchange_seconds: Family<Labels, Histogram>,
+    cache_hits: Counter,
+    cache_misses: Counter,
+    cache_refreshes: Family<Labels, Counter>,
+    entra_requests: Family<Labels, Counter>,
+    entra_errors: Family<Labels, Counter>,
+    jwks_fetches: Family<Labels, Counter>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+fn latency_histogram() -> Histogram {
+    Histogram::new([
+        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    ])
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Self> {
+        let mut registry = Registry::with_prefix("wif");
+        let exchanges = Family::<Labels, Counter>::default();
+        registry.register(
+            "exchanges",
+            "Token exchanges by outcome (ok or error code) and issuer",
+            exchanges.clone(),
+        );
+        let exchange_seconds =
+            Family::<Labels, Histogram>::new_with_constructor(latency_histogram as fn() -> Histogram);
+        registry.register(
+            "exchange_duration_seconds",
+            "Time to answer a token exchange, by endpoint",
+            exchange_seconds.clone(),
+        );
+        let cache_hits = Counter::default();
+        registry.register("token_cache_hits", "Exchanges answered from the token cache", cache_hits.clone());
+        let cache_misses = Counter::default();
+        registry.register(
+            "token_cache_misses",
+            "Exchanges that needed a token from Entra (coalesced callers count once each)",
+            cache_misses.clone(),
+        );
+        let cache_refreshes = Family::<Labels, Counter>::default();
+        registry.register(
+            "token_cache_refreshes",
+            "Background refreshes of cached tokens, by outcome",
+            cache_refreshes.clone(),
+        );
+        let entra_requests = Family::<Labels, Counter>::default();
+        registry.register(
+            "entra_requests",
+            "HTTP requests to Entra's token endpoint, by outcome (ok, error, retry)",
+            entra_requests.clone(),
+        );
+        let entra_errors = Family::<Labels, Counter>::default();
+        registry.register(
+            "entra_errors",
+            "Errors answered by Entra, by AADSTS code (or HTTP status when there is none)",
+            entra_errors.clone(),
+        );
+        let jwks_fetches = Family::<Labels, Counter>::default();
+        registry.register(
+            "jwks_fetches",
+            "Signing-key fetches, by issuer and outcome",
+            jwks_fetches.clone(),
+        );
+        Arc::new(Self {
+            registry,
+            exchanges,
+            exchange_seconds,
+            cache_hits,
+            cache_misses,
+            cache_refreshes,
+            entra_requests,
+            entra_errors,
+            jwks_fetches,
+        })
+    }
+
+    pub fn exchange(&self, endpoint: &'static str, outcome: &str, issuer: &str, seconds: f64) {
+        self.exchanges
+            .get_or_create(&vec![("outcome", outcome.to_owned()), ("issuer", issuer.to_owned())])
+            .inc();
+        self.exchange_seconds
+            .get_or_create(&vec![("endpoint", endpoint.to_owned())])
+            .observe(seconds);
+    }
+
+    pub fn cache_hit(&self) {
+        self.cache_hits.inc();
+    }
+
+    pub fn cache_miss(&self) {
+        self.cache_misses.inc();
+    }
+
+    pub fn cache_refresh(&self, outcome: &'static str) {
+        self.cache_refreshes
+            .get_or_create(&vec![("outcome", outcome.to_owned())])
+            .inc();
+    }
+
+    pub fn entra_request(&self, outcome: &'static str) {
+        self.entra_requests
+            .get_or_create(&vec![("outcome", outcome.to_owned())])
+            .inc();
+    }
+
+    pub fn entra_error(&self, code: &str) {
+        self.entra_errors
+            .get_or_create(&vec![("code", code.to_owned())])
+            .inc();
+    }
+
+    pub fn jwks_fetch(&self, issuer: &str, outcome: &'static str) {
+        self.jwks_fetches
+            .get_or_create(&vec![("issuer", issuer.to_owned()), ("outcome", outcome.to_owned())])
+            .inc();
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}

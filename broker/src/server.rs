@@ -1,0 +1,146 @@
+//! Starting and stopping a broker: build the exchange state from config, bind, serve.
+//! Used by `wif-broker serve`, by `dev`, and by tests that run real servers in-process.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use wif_config::BrokerConfig;
+
+use crate::api::{self, AppState};
+use crate::clock::SharedClock;
+use crate::exchange::{Broker, SetupError};
+use crate::metrics::Metrics;
+use crate::tls::{self, TlsError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Setup(#[from] SetupError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: String, source: std::io::Error },
+}
+
+/// A broker serving HTTP in this process.
+pub struct RunningBroker {
+    pub addr: SocketAddr,
+    pub tls: bool,
+    pub broker: Arc<Broker>,
+    ready: Arc<AtomicBool>,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<std::io::Result<()>>,
+}
+
+impl std::fmt::Debug for RunningBroker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunningBroker").field("addr", &self.addr).finish_non_exhaustive()
+    }
+}
+
+impl RunningBroker {
+    /// Builds the broker from `cfg` and starts serving on `cfg.server.listen`.
+    pub async fn start(cfg: &BrokerConfig, clock: SharedClock) -> Result<Self, StartError> {
+        crate::crypto::install_provider();
+        let metrics = Metrics::new();
+        let broker = Arc::new(Broker::new(cfg, clock, metrics)?);
+        let tls_config = match (&cfg.server.tls_cert, &cfg.server.tls_key) {
+            (Some(cert), Some(key)) => Some(tls::server_config(
+                cert.clone(),
+                key.clone(),
+                Duration::from_secs(cfg.server.tls_reload_secs),
+            )?),
+            _ => None,
+        };
+        let listener = TcpListener::bind(&cfg.server.listen)
+            .await
+            .map_err(|source| StartError::Bind {
+                addr: cfg.server.listen.clone(),
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| StartError::Bind {
+            addr: cfg.server.listen.clone(),
+            source,
+        })?;
+        let ready = Arc::new(AtomicBool::new(true));
+        let state = AppState {
+            broker: broker.clone(),
+            max_body_bytes: cfg.server.max_body_bytes,
+            request_timeout: Duration::from_secs(cfg.server.request_timeout_secs),
+            ready: ready.clone(),
+        };
+        let (stop, stopped) = oneshot::channel::<()>();
+        let tls = tls_config.is_some();
+        let task = tokio::spawn(api::serve::serve(
+            listener,
+            api::router(state),
+            tls_config,
+            async move {
+                let _ = stopped.await;
+            },
+            Duration::from_secs(cfg.server.shutdown_timeout_secs),
+        ));
+        tracing::info!(%addr, tls, "broker listening");
+        Ok(Self {
+            addr,
+            tls,
+            broker,
+            ready,
+            stop: Some(stop),
+            task,
+        })
+    }
+
+    /// `http://addr` or `https://addr`.
+    pub fn url(&self) -> String {
+        format!("{}://{}", if self.tls { "https" } else { "http" }, self.addr)
+    }
+
+    /// Stops accepting, fails readiness, lets in-flight requests finish (bounded by
+    /// `server.shutdown_timeout_secs`).
+    pub async fn shutdown(mut self) -> std::io::Result<()> {
+        self.ready.store(false, Ordering::SeqCst);
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        match (&mut self.task).await {
+            Ok(result) => result,
+            Err(e) => Err(std::io::Error::other(e)),
+        }
+    }
+
+    /// Serves until `signal` resolves, then shuts down.
+    pub async fn run_until(self, signal: impl Future<Output = ()>) -> std::io::Result<()> {
+        signal.await;
+        tracing::info!("shutting down");
+        self.shutdown().await
+    }
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}
