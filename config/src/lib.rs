@@ -335,6 +335,45 @@ pub struct FederatedCredentialConfig {
     pub description: Option<String>,
 }
 
+impl IdentityConfig {
+    /// The authority host to send this identity's token requests to: `authority_host` if
+    /// set, else the host of `cloud`, else `default` (normally `[entra] authority_host`).
+    /// A trailing `/` is removed, so `{host}/{tenant}/oauth2/v2.0/token` can be appended.
+    pub fn effective_authority_host(&self, default: &str) -> String {
+        self.authority_host
+            .as_deref()
+            .or(self.cloud.map(Cloud::authority_host))
+            .unwrap_or(default)
+            .trim_end_matches('/')
+            .to_owned()
+    }
+}
+
+impl FederatedCredentialConfig {
+    /// The audiences a token must carry to match: `audiences` if given, else the default
+    /// audience of the identity's `cloud` (`api://AzureADTokenExchange` when none is set).
+    pub fn effective_audiences(&self, cloud: Option<Cloud>) -> Vec<String> {
+        if self.audiences.is_empty() {
+            vec![cloud.unwrap_or(Cloud::Public).default_audience().to_owned()]
+        } else {
+            self.audiences.clone()
+        }
+    }
+}
+
+/// Whether `url`'s host is a loopback address (`localhost`, `127.0.0.0/8`, `::1`): the
+/// only hosts that may be reached over plain `http`, and only when
+/// `[outbound] allow_loopback_http` is set. Shared so the broker applies the same rule to
+/// URLs it learns at run time (a discovery document's `jwks_uri`).
+pub fn is_loopback(url: &url::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(a)) => a.is_loopback(),
+        Some(url::Host::Ipv6(a)) => a.is_loopback(),
+        None => false,
+    }
+}
+
 impl BrokerConfig {
     /// Reads `path`, overlays `WIF_*` variables from the process environment, validates.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
@@ -358,36 +397,114 @@ impl BrokerConfig {
     }
 
     /// Parses TOML text, overlays the given `WIF_*` variables, then validates.
+    ///
+    /// A mistake in the file is reported with its line and column; a bad override names
+    /// its variable; a validation problem on a key set from the environment says so.
     pub fn from_toml_with_env(
         text: &str,
         origin: &str,
         vars: &[(String, String)],
     ) -> Result<Self, ConfigError> {
-        let mut table: toml::Table = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            origin: origin.to_owned(),
-            message: e.to_string(),
-        })?;
-        env::overlay(&mut table, vars, Self::SECTIONS).map_err(|message| ConfigError::Parse {
+        let parse_error = |origin: &str, message: String| ConfigError::Parse {
             origin: origin.to_owned(),
             message,
-        })?;
-        let config: Self = table.try_into().map_err(|e: toml::de::Error| ConfigError::Parse {
-            origin: origin.to_owned(),
-            message: e.to_string(),
-        })?;
-        let problems = validate::broker(&config);
-        if problems.is_empty() {
-            Ok(config)
+        };
+        // Deserializing straight from the text keeps spans, so errors carry line numbers.
+        let from_file: Self =
+            toml::from_str(text).map_err(|e| parse_error(origin, e.to_string()))?;
+        let overrides = env::overrides(vars, Self::SECTIONS)
+            .map_err(|message| parse_error("environment", message))?;
+        let config = if overrides.is_empty() {
+            from_file
         } else {
-            Err(ConfigError::Invalid {
-                origin: origin.to_owned(),
-                problems,
-            })
+            let table: toml::Table =
+                toml::from_str(text).map_err(|e| parse_error(origin, e.to_string()))?;
+            env::apply(table, &overrides).map_err(|message| parse_error("environment", message))?
+        };
+        let mut problems = validate::broker(&config);
+        if problems.is_empty() {
+            return Ok(config);
         }
+        for problem in &mut problems {
+            if let Some(o) = overrides.iter().find(|o| o.path() == problem.key) {
+                problem.message = format!(
+                    "{} (set by environment variable {})",
+                    problem.message, o.variable
+                );
+            }
+        }
+        Err(ConfigError::Invalid {
+            origin: origin.to_owned(),
+            problems,
+        })
     }
 
     /// Sections whose keys may be overridden from the environment.
     pub const SECTIONS: &'static [&'static str] = &[
         "server", "store", "entra", "cache", "tokens", "jwks", "outbound", "log",
     ];
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn authority_host_prefers_explicit_then_cloud_then_default() {
+        let mut id = IdentityConfig::default();
+        assert_eq!(
+            id.effective_authority_host("https://login.microsoftonline.com/"),
+            "https://login.microsoftonline.com"
+        );
+        id.cloud = Some(Cloud::UsGov);
+        assert_eq!(
+            id.effective_authority_host("https://login.microsoftonline.com"),
+            "https://login.microsoftonline.us"
+        );
+        id.cloud = None;
+        id.authority_host = Some("https://login.azurestack.example/".into());
+        assert_eq!(
+            id.effective_authority_host("https://login.microsoftonline.com"),
+            "https://login.azurestack.example"
+        );
+    }
+
+    #[test]
+    fn audiences_default_to_the_clouds_exchange_audience() {
+        let mut fic = FederatedCredentialConfig::default();
+        assert_eq!(
+            fic.effective_audiences(None),
+            ["api://AzureADTokenExchange"]
+        );
+        assert_eq!(
+            fic.effective_audiences(Some(Cloud::UsGov)),
+            ["api://AzureADTokenExchangeUSGov"]
+        );
+        assert_eq!(
+            fic.effective_audiences(Some(Cloud::China)),
+            ["api://AzureADTokenExchangeChina"]
+        );
+        fic.audiences = vec!["api://custom".into()];
+        assert_eq!(
+            fic.effective_audiences(Some(Cloud::UsGov)),
+            ["api://custom"]
+        );
+    }
+
+    #[test]
+    fn loopback_hosts() {
+        for (url, loopback) in [
+            ("http://localhost:1", true),
+            ("http://LOCALHOST", true),
+            ("http://127.0.0.1", true),
+            ("http://127.8.9.1", true),
+            ("http://[::1]:80", true),
+            ("http://10.0.0.1", false),
+            ("http://localhost.example.com", false),
+            ("http://[::ffff:127.0.0.1]", false),
+        ] {
+            let parsed = url::Url::parse(url).unwrap();
+            assert_eq!(is_loopback(&parsed), loopback, "{url}");
+        }
+    }
 }

@@ -1,22 +1,1490 @@
-//! Structural validation of a parsed configuration. Entra's rules for federated
-//! credentials (name charset, lengths, one audience) are applied by the broker's
-//! policy module when it builds its registry, so the admin API and the file share them.
+//! Structural validation of a parsed configuration.
+//!
+//! This module answers "can the broker start with this?": addresses parse, limits are
+//! positive, URLs are https, identifiers have the right shape, nothing is set twice. It
+//! reports every problem at once, each naming its key as it is written in TOML
+//! (`identities[0].federated_credentials[1].issuer`), so an operator fixes a file in one
+//! pass.
+//!
+//! What it must not do: apply Entra's content rules for federated credentials (name
+//! charset and lengths, exactly one audience, `subject` versus
+//! `claims_matching_expression`, expression syntax). The broker's policy module applies
+//! those when it builds its registry, so credentials from the file and from the admin API
+//! are judged by the same code. Nor does it look at the file system or the network: a
+//! `jwks_file` or `tls_cert` that does not exist yet is a start-up error, not a
+//! configuration error, so the documented examples stay loadable anywhere.
 
-use crate::BrokerConfig;
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+
+use url::Url;
+
+use crate::{
+    ALGORITHMS, BrokerConfig, CacheConfig, EntraConfig, FederatedCredentialConfig, IdentityConfig,
+    IssuerConfig, JwksConfig, LogConfig, ServerConfig, StoreConfig, TokenConfig, is_loopback,
+};
 
 /// One thing wrong with a configuration, naming the key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
+    /// The key as written in TOML, e.g. `server.listen` or `issuers[2].jwks_uri`.
     pub key: String,
+    /// What is wrong, written for the operator who has to fix it.
     pub message: String,
 }
 
-impl std::fmt::Display for Problem {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}: {}", self.key, self.message)
     }
 }
 
-pub(crate) fn broker(_config: &BrokerConfig) -> Vec<Problem> {
-    Vec::new()
+#[derive(Default)]
+struct Problems(Vec<Problem>);
+
+impl Problems {
+    fn push(&mut self, key: impl Into<String>, message: impl Into<String>) {
+        self.0.push(Problem {
+            key: key.into(),
+            message: message.into(),
+        });
+    }
+}
+
+pub(crate) fn broker(config: &BrokerConfig) -> Vec<Problem> {
+    let mut p = Problems::default();
+    let loopback_http = config.outbound.allow_loopback_http;
+    server(&mut p, &config.server);
+    store(&mut p, &config.store);
+    entra(&mut p, &config.entra, loopback_http);
+    cache(&mut p, &config.cache);
+    tokens(&mut p, &config.tokens);
+    jwks(&mut p, &config.jwks);
+    log(&mut p, &config.log);
+    issuers(&mut p, &config.issuers, &config.tokens, loopback_http);
+    identities(&mut p, &config.identities, loopback_http);
+    p.0
+}
+
+fn server(p: &mut Problems, s: &ServerConfig) {
+    if s.listen.trim().is_empty() {
+        p.push(
+            "server.listen",
+            "must not be empty; give an IP address and port such as 127.0.0.1:8080",
+        );
+    } else if s.listen.parse::<SocketAddr>().is_err() {
+        p.push(
+            "server.listen",
+            format!(
+                "`{}` is not an IP address and port such as 127.0.0.1:8080, 0.0.0.0:8443 \
+                 or [::]:8443 (host names are not resolved)",
+                s.listen
+            ),
+        );
+    }
+    match (&s.tls_cert, &s.tls_key) {
+        (Some(_), None) => p.push(
+            "server.tls_key",
+            "is required when server.tls_cert is set (give both to serve TLS, or neither)",
+        ),
+        (None, Some(_)) => p.push(
+            "server.tls_cert",
+            "is required when server.tls_key is set (give both to serve TLS, or neither)",
+        ),
+        _ => {}
+    }
+    path(p, "server.tls_cert", s.tls_cert.as_deref());
+    path(p, "server.tls_key", s.tls_key.as_deref());
+    positive(p, "server.tls_reload_secs", s.tls_reload_secs);
+    positive(p, "server.max_body_bytes", s.max_body_bytes);
+    positive(p, "server.max_token_bytes", s.max_token_bytes);
+    if s.max_token_bytes > s.max_body_bytes {
+        p.push(
+            "server.max_token_bytes",
+            format!(
+                "{} exceeds server.max_body_bytes ({}); the token travels inside the \
+                 request, so it cannot be larger than the body",
+                s.max_token_bytes, s.max_body_bytes
+            ),
+        );
+    }
+    positive(p, "server.shutdown_timeout_secs", s.shutdown_timeout_secs);
+    positive(p, "server.request_timeout_secs", s.request_timeout_secs);
+}
+
+fn store(p: &mut Problems, s: &StoreConfig) {
+    // The URL may carry a database password: never echo it.
+    const KEY: &str = "store.url";
+    const HINT: &str = "use sqlite://PATH, sqlite::memory: or postgres://USER@HOST/DATABASE";
+    let url = s.url.trim();
+    if url.is_empty() {
+        p.push(KEY, format!("must not be empty; {HINT}"));
+    } else if let Some(rest) = url.strip_prefix("sqlite:") {
+        if rest.is_empty() || rest == "//" {
+            p.push(KEY, format!("names no SQLite database; {HINT}"));
+        }
+    } else if let Some(rest) = url
+        .strip_prefix("postgres://")
+        .or_else(|| url.strip_prefix("postgresql://"))
+    {
+        if rest.is_empty() {
+            p.push(KEY, format!("names no PostgreSQL server; {HINT}"));
+        }
+    } else {
+        let scheme = match url.split_once(':') {
+            Some((scheme, _)) => format!("the `{scheme}:` scheme is not supported"),
+            None => "has no scheme".to_owned(),
+        };
+        p.push(KEY, format!("{scheme}; {HINT}"));
+    }
+}
+
+fn entra(p: &mut Problems, e: &EntraConfig, loopback_http: bool) {
+    https_url(
+        p,
+        "entra.authority_host",
+        &e.authority_host,
+        UrlShape::Origin,
+        loopback_http,
+    );
+    path(p, "entra.ca_file", e.ca_file.as_deref());
+    positive(p, "entra.timeout_secs", e.timeout_secs);
+    if e.initial_backoff_ms > e.max_backoff_ms {
+        p.push(
+            "entra.initial_backoff_ms",
+            format!(
+                "{} exceeds entra.max_backoff_ms ({}); the first wait cannot be longer \
+                 than the longest",
+                e.initial_backoff_ms, e.max_backoff_ms
+            ),
+        );
+    }
+}
+
+/// The Azure SDKs treat a token with less than this left as already expired.
+const SDK_EXPIRY_MARGIN_SECS: u64 = 300;
+
+fn cache(p: &mut Problems, c: &CacheConfig) {
+    positive(p, "cache.max_entries", c.max_entries);
+    if c.min_remaining_secs < SDK_EXPIRY_MARGIN_SECS {
+        p.push(
+            "cache.min_remaining_secs",
+            format!(
+                "{} is below {SDK_EXPIRY_MARGIN_SECS}: the Azure SDKs treat a token with \
+                 under 5 minutes left as expired, so the broker must never hand one out",
+                c.min_remaining_secs
+            ),
+        );
+    }
+    if c.refresh_before_secs <= c.min_remaining_secs {
+        p.push(
+            "cache.refresh_before_secs",
+            format!(
+                "must be greater than cache.min_remaining_secs ({}); otherwise a cached \
+                 token stops being handed out before its background refresh begins",
+                c.min_remaining_secs
+            ),
+        );
+    }
+}
+
+/// Entra refuses assertions whose `exp - iat` exceeds 25 hours (AADSTS70023).
+const MAX_LIFETIME_CAP_SECS: u64 = 25 * 3600;
+const MIN_LIFETIME_SECS: u64 = 60;
+const MAX_LEEWAY_SECS: u64 = 300;
+
+fn tokens(p: &mut Problems, t: &TokenConfig) {
+    if t.max_lifetime_secs < MIN_LIFETIME_SECS {
+        p.push(
+            "tokens.max_lifetime_secs",
+            format!(
+                "{} is below {MIN_LIFETIME_SECS}; no real issuer's tokens would pass",
+                t.max_lifetime_secs
+            ),
+        );
+    } else if t.max_lifetime_secs > MAX_LIFETIME_CAP_SECS {
+        p.push(
+            "tokens.max_lifetime_secs",
+            format!(
+                "{} exceeds {MAX_LIFETIME_CAP_SECS} (25 hours), Entra's own cap on an \
+                 assertion's exp - iat",
+                t.max_lifetime_secs
+            ),
+        );
+    }
+    if t.leeway_secs > MAX_LEEWAY_SECS {
+        p.push(
+            "tokens.leeway_secs",
+            format!(
+                "{} exceeds {MAX_LEEWAY_SECS} (5 minutes); a larger leeway accepts tokens \
+                 that have plainly expired",
+                t.leeway_secs
+            ),
+        );
+    }
+    algorithms(p, "tokens.algorithms", &t.algorithms, None);
+}
+
+const MAX_JWKS_KEYS: usize = 1000;
+
+fn jwks(p: &mut Problems, j: &JwksConfig) {
+    positive(p, "jwks.timeout_secs", j.timeout_secs);
+    positive(p, "jwks.refresh_secs", j.refresh_secs);
+    positive(p, "jwks.refetch_cooldown_secs", j.refetch_cooldown_secs);
+    positive(p, "jwks.max_stale_secs", j.max_stale_secs);
+    positive(p, "jwks.max_response_bytes", j.max_response_bytes);
+    positive(p, "jwks.max_keys", j.max_keys);
+    if j.max_keys > MAX_JWKS_KEYS {
+        p.push(
+            "jwks.max_keys",
+            format!(
+                "{} exceeds {MAX_JWKS_KEYS}; no legitimate issuer publishes that many keys \
+                 (Entra itself reads only the first 100)",
+                j.max_keys
+            ),
+        );
+    }
+}
+
+fn log(p: &mut Problems, l: &LogConfig) {
+    if l.level.trim().is_empty() {
+        p.push(
+            "log.level",
+            "must not be empty; use a filter such as `info` or `wif_broker=debug,info`",
+        );
+    }
+    if l.format != "text" && l.format != "json" {
+        p.push(
+            "log.format",
+            format!("must be `text` or `json`, not `{}`", l.format),
+        );
+    }
+}
+
+fn issuers(p: &mut Problems, issuers: &[IssuerConfig], tokens: &TokenConfig, loopback_http: bool) {
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    for (i, issuer) in issuers.iter().enumerate() {
+        let at = format!("issuers[{i}]");
+        https_url(
+            p,
+            &format!("{at}.url"),
+            &issuer.url,
+            UrlShape::Issuer,
+            loopback_http,
+        );
+        if !issuer.url.is_empty() {
+            if let Some(first) = seen.get(issuer.url.as_str()) {
+                p.push(
+                    format!("{at}.url"),
+                    format!(
+                        "`{}` is already configured by issuers[{first}]; merge the two entries",
+                        issuer.url
+                    ),
+                );
+            } else {
+                seen.insert(&issuer.url, i);
+            }
+        }
+
+        let sources: Vec<&str> = [
+            ("jwks_uri", issuer.jwks_uri.is_some()),
+            ("jwks_file", issuer.jwks_file.is_some()),
+            ("jwks_inline", issuer.jwks_inline.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(name, set)| set.then_some(name))
+        .collect();
+        if sources.len() > 1 {
+            p.push(
+                at.clone(),
+                format!(
+                    "sets {}; set at most one of jwks_uri, jwks_file and jwks_inline \
+                     (or none, to use OIDC discovery)",
+                    sources.join(" and ")
+                ),
+            );
+        }
+        if let Some(uri) = &issuer.jwks_uri {
+            https_url(
+                p,
+                &format!("{at}.jwks_uri"),
+                uri,
+                UrlShape::Resource,
+                loopback_http,
+            );
+        }
+        path(p, &format!("{at}.jwks_file"), issuer.jwks_file.as_deref());
+        if let Some(inline) = &issuer.jwks_inline {
+            jwks_json(p, &format!("{at}.jwks_inline"), inline);
+        }
+        path(p, &format!("{at}.ca_file"), issuer.ca_file.as_deref());
+        if let Some(algs) = &issuer.algorithms {
+            algorithms(
+                p,
+                &format!("{at}.algorithms"),
+                algs,
+                Some(tokens.algorithms.as_slice()),
+            );
+        }
+    }
+}
+
+fn identities(p: &mut Problems, identities: &[IdentityConfig], loopback_http: bool) {
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    for (i, identity) in identities.iter().enumerate() {
+        let at = format!("identities[{i}]");
+        if identity.name.trim().is_empty() {
+            p.push(format!("{at}.name"), "must not be empty");
+        } else if let Some(first) = seen.get(identity.name.as_str()) {
+            p.push(
+                format!("{at}.name"),
+                format!(
+                    "`{}` is already used by identities[{first}]; identity names must be unique",
+                    identity.name
+                ),
+            );
+        } else {
+            seen.insert(&identity.name, i);
+        }
+
+        if identity.tenant_id.trim().is_empty() {
+            p.push(
+                format!("{at}.tenant_id"),
+                "must not be empty; give the directory (tenant) ID as a GUID, or a domain \
+                 such as contoso.onmicrosoft.com",
+            );
+        } else if !is_guid(&identity.tenant_id) && !is_domain(&identity.tenant_id) {
+            p.push(
+                format!("{at}.tenant_id"),
+                format!(
+                    "`{}` is neither a GUID nor a domain such as contoso.onmicrosoft.com",
+                    identity.tenant_id
+                ),
+            );
+        }
+
+        if !is_guid(&identity.client_id) {
+            p.push(
+                format!("{at}.client_id"),
+                format!(
+                    "`{}` is not a GUID; give the application (client) ID of the app \
+                     registration or managed identity, such as \
+                     7c4f1a3e-0000-4000-8000-000000000001",
+                    identity.client_id
+                ),
+            );
+        }
+
+        if let Some(host) = &identity.authority_host {
+            if identity.cloud.is_some() {
+                p.push(
+                    at.clone(),
+                    "sets both cloud and authority_host; set one of them (authority_host is \
+                     for hosts outside the named clouds, such as Azure Stack or a test \
+                     emulator)",
+                );
+            }
+            https_url(
+                p,
+                &format!("{at}.authority_host"),
+                host,
+                UrlShape::Origin,
+                loopback_http,
+            );
+        }
+
+        for (j, credential) in identity.federated_credentials.iter().enumerate() {
+            federated_credential(
+                p,
+                &format!("{at}.federated_credentials[{j}]"),
+                credential,
+                loopback_http,
+            );
+        }
+    }
+}
+
+/// Only what the broker needs to trust the issuer safely; Entra's content rules live in
+/// the policy module (see the module docs).
+fn federated_credential(
+    p: &mut Problems,
+    at: &str,
+    credential: &FederatedCredentialConfig,
+    loopback_http: bool,
+) {
+    https_url(
+        p,
+        &format!("{at}.issuer"),
+        &credential.issuer,
+        UrlShape::Issuer,
+        loopback_http,
+    );
+}
+
+fn positive<T: Default + PartialEq>(p: &mut Problems, key: &str, value: T) {
+    if value == T::default() {
+        p.push(key, "must be greater than 0");
+    }
+}
+
+fn path(p: &mut Problems, key: &str, value: Option<&Path>) {
+    if value.is_some_and(|v| v.as_os_str().is_empty()) {
+        p.push(key, "must not be empty; leave the key out instead");
+    }
+}
+
+/// Checks an algorithm list. `within` is the list an issuer's list may only narrow.
+fn algorithms(p: &mut Problems, key: &str, algs: &[String], within: Option<&[String]>) {
+    if algs.is_empty() {
+        p.push(
+            key,
+            format!(
+                "must list at least one algorithm; supported: {}",
+                ALGORITHMS.join(", ")
+            ),
+        );
+        return;
+    }
+    for alg in algs {
+        if ALGORITHMS.contains(&alg.as_str()) {
+            if let Some(within) = within
+                && !within.contains(alg)
+            {
+                p.push(
+                    key,
+                    format!(
+                        "`{alg}` is not in tokens.algorithms; an issuer's list can only \
+                         narrow that list"
+                    ),
+                );
+            }
+        } else if alg.eq_ignore_ascii_case("none") {
+            p.push(
+                key,
+                "`none` is never accepted: an unsigned token proves nothing about who sent it",
+            );
+        } else if alg.len() >= 2 && alg[..2].eq_ignore_ascii_case("HS") {
+            p.push(
+                key,
+                format!(
+                    "`{alg}` is never accepted: HMAC algorithms need a secret shared with \
+                     the issuer, and anyone holding it could mint tokens; use the \
+                     issuer's public keys (RS256, ES256, ...)"
+                ),
+            );
+        } else if let Some(known) = ALGORITHMS.iter().find(|a| a.eq_ignore_ascii_case(alg)) {
+            p.push(
+                key,
+                format!("`{alg}` is not an algorithm name (names are case-sensitive); did you mean `{known}`?"),
+            );
+        } else {
+            p.push(
+                key,
+                format!(
+                    "`{alg}` is not a supported algorithm; supported: {}",
+                    ALGORITHMS.join(", ")
+                ),
+            );
+        }
+    }
+}
+
+fn jwks_json(p: &mut Problems, key: &str, text: &str) {
+    let value: serde_json::Value = match serde_json::from_str(text) {
+        Ok(v) => v,
+        Err(e) => {
+            p.push(key, format!("is not valid JSON: {e}"));
+            return;
+        }
+    };
+    match value.get("keys").and_then(|k| k.as_array()) {
+        None => p.push(
+            key,
+            "is not a JWKS: expected a JSON object with a `keys` array, \
+             as in {\"keys\": [{\"kty\": \"RSA\", ...}]}",
+        ),
+        Some(keys) if keys.is_empty() => p.push(
+            key,
+            "has an empty `keys` array, so no token from this issuer could be verified",
+        ),
+        Some(keys) => {
+            if let Some(n) = keys.iter().position(|k| !k.is_object()) {
+                p.push(key, format!("`keys[{n}]` is not a JSON object"));
+            }
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum UrlShape {
+    /// Scheme, host and optional port only: authority hosts, to which the tenant is appended.
+    Origin,
+    /// An OIDC issuer: a path is normal (GitHub Enterprise, AKS), a query or fragment is not.
+    Issuer,
+    /// Any https resource, such as a `jwks_uri`.
+    Resource,
+}
+
+fn https_url(p: &mut Problems, key: &str, value: &str, shape: UrlShape, loopback_http: bool) {
+    if value.trim().is_empty() {
+        p.push(key, "must not be empty");
+        return;
+    }
+    let url = match Url::parse(value) {
+        Ok(url) => url,
+        Err(e) => {
+            p.push(key, format!("`{value}` is not an absolute https URL ({e})"));
+            return;
+        }
+    };
+    if !url.username().is_empty() || url.password().is_some() {
+        // Do not echo: the URL carries credentials.
+        p.push(key, "must not contain a user name or password");
+        return;
+    }
+    match url.scheme() {
+        "https" => {}
+        "http" if is_loopback(&url) => {
+            if !loopback_http {
+                p.push(
+                    key,
+                    format!(
+                        "`{value}` uses plain http, which is accepted for a loopback host \
+                         only with outbound.allow_loopback_http = true (meant for the dev \
+                         stack and tests); use https otherwise"
+                    ),
+                );
+            }
+        }
+        "http" => p.push(
+            key,
+            format!(
+                "`{value}` must use https; plain http is accepted only for a loopback host \
+                 (localhost, 127.0.0.1, [::1]) and only with outbound.allow_loopback_http = true"
+            ),
+        ),
+        _ => {
+            p.push(key, format!("`{value}` is not an https URL"));
+            return;
+        }
+    }
+    if url.host().is_none() {
+        p.push(key, format!("`{value}` has no host"));
+        return;
+    }
+    match shape {
+        UrlShape::Origin => {
+            if url.path() != "/" || url.query().is_some() || url.fragment().is_some() {
+                p.push(
+                    key,
+                    format!(
+                        "`{value}` must be a scheme and host only, such as \
+                         https://login.microsoftonline.com, with no path, query or fragment \
+                         (the tenant comes from identities[*].tenant_id)"
+                    ),
+                );
+            }
+        }
+        UrlShape::Issuer => {
+            if url.query().is_some() || url.fragment().is_some() {
+                p.push(
+                    key,
+                    format!("`{value}` has a query or fragment; an OIDC issuer URL has neither"),
+                );
+            }
+        }
+        UrlShape::Resource => {
+            if url.fragment().is_some() {
+                p.push(key, format!("`{value}` has a fragment; remove it"));
+            }
+        }
+    }
+}
+
+/// `xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx`, hex digits in either case.
+fn is_guid(s: &str) -> bool {
+    let groups: Vec<&str> = s.split('-').collect();
+    groups.len() == 5
+        && groups
+            .iter()
+            .zip([8, 4, 4, 4, 12])
+            .all(|(g, len)| g.len() == len && g.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// A DNS name with at least two labels, e.g. `contoso.onmicrosoft.com`.
+fn is_domain(s: &str) -> bool {
+    let labels: Vec<&str> = s.split('.').collect();
+    s.len() <= 253
+        && labels.len() >= 2
+        && labels.iter().all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+        && labels
+            .last()
+            .is_some_and(|tld| tld.bytes().all(|b| b.is_ascii_alphabetic()))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+    use crate::{Cloud, OutboundConfig};
+
+    const TENANT: &str = "72f988bf-0000-4000-8000-000000000001";
+    const CLIENT: &str = "0b7c9e1d-0000-4000-8000-000000000002";
+
+    fn identity(name: &str) -> IdentityConfig {
+        IdentityConfig {
+            name: name.into(),
+            tenant_id: TENANT.into(),
+            client_id: CLIENT.into(),
+            federated_credentials: vec![FederatedCredentialConfig {
+                name: "main".into(),
+                issuer: "https://token.actions.githubusercontent.com".into(),
+                subject: Some("repo:contoso/app:ref:refs/heads/main".into()),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    fn issuer(url: &str) -> IssuerConfig {
+        IssuerConfig {
+            url: url.into(),
+            ..Default::default()
+        }
+    }
+
+    /// Validates the defaults with `change` applied.
+    fn check(change: impl FnOnce(&mut BrokerConfig)) -> Vec<Problem> {
+        let mut config = BrokerConfig::default();
+        change(&mut config);
+        broker(&config)
+    }
+
+    /// Asserts the only problem is at `key` and its message contains `fragment`.
+    #[track_caller]
+    fn only(problems: &[Problem], key: &str, fragment: &str) {
+        assert_eq!(problems.len(), 1, "expected one problem, got {problems:#?}");
+        assert_eq!(problems[0].key, key, "{problems:#?}");
+        assert!(
+            problems[0].message.contains(fragment),
+            "message {:?} lacks {fragment:?}",
+            problems[0].message
+        );
+    }
+
+    #[track_caller]
+    fn none(problems: &[Problem]) {
+        assert!(
+            problems.is_empty(),
+            "expected no problems, got {problems:#?}"
+        );
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        none(&broker(&BrokerConfig::default()));
+    }
+
+    #[test]
+    fn a_realistic_config_is_valid() {
+        none(&check(|c| {
+            c.identities = vec![identity("deploy"), {
+                let mut gov = identity("gov");
+                gov.tenant_id = "fabrikam.onmicrosoft.us".into();
+                gov.cloud = Some(Cloud::UsGov);
+                gov
+            }];
+            c.issuers = vec![IssuerConfig {
+                url: "https://westeurope.oic.prod-aks.azure.com/t/u/".into(),
+                jwks_file: Some("/etc/wif/aks.jwks.json".into()),
+                algorithms: Some(vec!["RS256".into(), "ES256".into()]),
+                ..Default::default()
+            }];
+        }));
+    }
+
+    #[test]
+    fn problem_display_is_key_colon_message() {
+        let p = Problem {
+            key: "server.listen".into(),
+            message: "bad".into(),
+        };
+        assert_eq!(p.to_string(), "server.listen: bad");
+    }
+
+    // [server]
+
+    #[test]
+    fn listen_must_be_a_socket_address() {
+        only(
+            &check(|c| c.server.listen = "localhost:8080".into()),
+            "server.listen",
+            "`localhost:8080` is not an IP address and port",
+        );
+        only(
+            &check(|c| c.server.listen = "0.0.0.0".into()),
+            "server.listen",
+            "not an IP address and port",
+        );
+        only(
+            &check(|c| c.server.listen = " ".into()),
+            "server.listen",
+            "must not be empty",
+        );
+        none(&check(|c| c.server.listen = "[::]:8443".into()));
+    }
+
+    #[test]
+    fn tls_cert_and_key_come_together() {
+        only(
+            &check(|c| c.server.tls_cert = Some("cert.pem".into())),
+            "server.tls_key",
+            "required when server.tls_cert is set",
+        );
+        only(
+            &check(|c| c.server.tls_key = Some("key.pem".into())),
+            "server.tls_cert",
+            "required when server.tls_key is set",
+        );
+        none(&check(|c| {
+            c.server.tls_cert = Some("cert.pem".into());
+            c.server.tls_key = Some("key.pem".into());
+        }));
+    }
+
+    #[test]
+    fn empty_paths_are_refused() {
+        let problems = check(|c| {
+            c.server.tls_cert = Some(PathBuf::new());
+            c.server.tls_key = Some("key.pem".into());
+        });
+        only(&problems, "server.tls_cert", "must not be empty");
+        only(
+            &check(|c| c.entra.ca_file = Some(PathBuf::new())),
+            "entra.ca_file",
+            "must not be empty",
+        );
+    }
+
+    #[test]
+    fn server_limits_must_be_positive() {
+        for (key, change) in [
+            (
+                "server.tls_reload_secs",
+                (|c: &mut BrokerConfig| c.server.tls_reload_secs = 0) as fn(&mut BrokerConfig),
+            ),
+            ("server.shutdown_timeout_secs", |c| {
+                c.server.shutdown_timeout_secs = 0
+            }),
+            ("server.request_timeout_secs", |c| {
+                c.server.request_timeout_secs = 0
+            }),
+            ("server.max_token_bytes", |c| c.server.max_token_bytes = 0),
+        ] {
+            only(&check(change), key, "must be greater than 0");
+        }
+        // A zero body limit also puts the token limit above it.
+        let problems = check(|c| c.server.max_body_bytes = 0);
+        assert_eq!(problems.len(), 2, "{problems:#?}");
+        assert_eq!(problems[0].key, "server.max_body_bytes");
+        assert_eq!(problems[1].key, "server.max_token_bytes");
+    }
+
+    #[test]
+    fn token_limit_fits_in_body_limit() {
+        only(
+            &check(|c| {
+                c.server.max_body_bytes = 1000;
+                c.server.max_token_bytes = 1001;
+            }),
+            "server.max_token_bytes",
+            "1001 exceeds server.max_body_bytes (1000)",
+        );
+        none(&check(|c| {
+            c.server.max_body_bytes = 1000;
+            c.server.max_token_bytes = 1000;
+        }));
+    }
+
+    // [store]
+
+    #[test]
+    fn store_accepts_sqlite_and_postgres() {
+        for url in [
+            "sqlite://wif.db",
+            "sqlite::memory:",
+            "sqlite:/var/lib/wif/wif.db",
+            "postgres://wif@db/wif",
+            "postgresql://wif:secret@db:5432/wif?sslmode=verify-full",
+        ] {
+            none(&check(|c| c.store.url = url.into()));
+        }
+    }
+
+    #[test]
+    fn store_refuses_other_schemes_without_echoing_the_url() {
+        let problems = check(|c| c.store.url = "mysql://root:hunter2@db/wif".into());
+        only(
+            &problems,
+            "store.url",
+            "the `mysql:` scheme is not supported",
+        );
+        assert!(!problems[0].message.contains("hunter2"));
+        only(
+            &check(|c| c.store.url = "".into()),
+            "store.url",
+            "must not be empty",
+        );
+        only(
+            &check(|c| c.store.url = "wif.db".into()),
+            "store.url",
+            "has no scheme",
+        );
+        only(
+            &check(|c| c.store.url = "sqlite:".into()),
+            "store.url",
+            "names no SQLite",
+        );
+        only(
+            &check(|c| c.store.url = "postgres://".into()),
+            "store.url",
+            "names no PostgreSQL",
+        );
+    }
+
+    // [entra]
+
+    #[test]
+    fn authority_host_is_an_https_origin() {
+        none(&check(|c| {
+            c.entra.authority_host = "https://login.microsoftonline.com/".into()
+        }));
+        none(&check(|c| {
+            c.entra.authority_host = "https://login.example.test:8443".into()
+        }));
+        only(
+            &check(|c| c.entra.authority_host = "https://login.microsoftonline.com/contoso".into()),
+            "entra.authority_host",
+            "scheme and host only",
+        );
+        only(
+            &check(|c| c.entra.authority_host = "https://login.example.test/?x=1".into()),
+            "entra.authority_host",
+            "no path, query or fragment",
+        );
+        only(
+            &check(|c| c.entra.authority_host = "login.microsoftonline.com".into()),
+            "entra.authority_host",
+            "not an absolute https URL",
+        );
+        only(
+            &check(|c| c.entra.authority_host = "ftp://login.example.test".into()),
+            "entra.authority_host",
+            "is not an https URL",
+        );
+        only(
+            &check(|c| c.entra.authority_host = "".into()),
+            "entra.authority_host",
+            "must not be empty",
+        );
+    }
+
+    #[test]
+    fn urls_with_credentials_are_refused_without_echoing_them() {
+        let problems = check(|c| c.entra.authority_host = "https://u:hunter2@login.test".into());
+        only(&problems, "entra.authority_host", "user name or password");
+        assert!(!problems[0].message.contains("hunter2"));
+    }
+
+    #[test]
+    fn plain_http_needs_loopback_and_the_switch() {
+        only(
+            &check(|c| c.entra.authority_host = "http://login.microsoftonline.com".into()),
+            "entra.authority_host",
+            "must use https; plain http is accepted only for a loopback host",
+        );
+        // Loopback, but the switch is off: the message names the switch.
+        only(
+            &check(|c| c.entra.authority_host = "http://127.0.0.1:9000".into()),
+            "entra.authority_host",
+            "only with outbound.allow_loopback_http = true",
+        );
+        // Switch on, but not loopback: still refused.
+        only(
+            &check(|c| {
+                c.outbound = OutboundConfig {
+                    allow_loopback_http: true,
+                };
+                c.entra.authority_host = "http://10.0.0.1".into();
+            }),
+            "entra.authority_host",
+            "must use https",
+        );
+        for host in [
+            "http://127.0.0.1:9000",
+            "http://[::1]:9000",
+            "http://localhost",
+        ] {
+            none(&check(|c| {
+                c.outbound.allow_loopback_http = true;
+                c.entra.authority_host = host.into();
+            }));
+        }
+    }
+
+    #[test]
+    fn entra_timeout_and_backoff() {
+        only(
+            &check(|c| c.entra.timeout_secs = 0),
+            "entra.timeout_secs",
+            "must be greater than 0",
+        );
+        only(
+            &check(|c| {
+                c.entra.initial_backoff_ms = 6000;
+                c.entra.max_backoff_ms = 5000;
+            }),
+            "entra.initial_backoff_ms",
+            "6000 exceeds entra.max_backoff_ms (5000)",
+        );
+        none(&check(|c| {
+            c.entra.initial_backoff_ms = 5000;
+            c.entra.max_backoff_ms = 5000;
+            c.entra.max_retries = 0;
+        }));
+    }
+
+    // [cache]
+
+    #[test]
+    fn cache_never_hands_out_tokens_the_sdks_consider_expired() {
+        let problems = check(|c| c.cache.min_remaining_secs = 299);
+        only(&problems, "cache.min_remaining_secs", "under 5 minutes");
+        only(
+            &check(|c| c.cache.refresh_before_secs = 300),
+            "cache.refresh_before_secs",
+            "must be greater than cache.min_remaining_secs (300)",
+        );
+        only(
+            &check(|c| c.cache.max_entries = 0),
+            "cache.max_entries",
+            "must be greater than 0",
+        );
+        none(&check(|c| {
+            c.cache.min_remaining_secs = 600;
+            c.cache.refresh_before_secs = 601;
+        }));
+    }
+
+    // [tokens]
+
+    #[test]
+    fn token_lifetime_is_bounded_by_entras_cap() {
+        only(
+            &check(|c| c.tokens.max_lifetime_secs = 90_001),
+            "tokens.max_lifetime_secs",
+            "Entra's own cap",
+        );
+        only(
+            &check(|c| c.tokens.max_lifetime_secs = 59),
+            "tokens.max_lifetime_secs",
+            "below 60",
+        );
+        none(&check(|c| c.tokens.max_lifetime_secs = 60));
+        none(&check(|c| c.tokens.max_lifetime_secs = 90_000));
+    }
+
+    #[test]
+    fn leeway_is_at_most_five_minutes() {
+        only(
+            &check(|c| c.tokens.leeway_secs = 301),
+            "tokens.leeway_secs",
+            "301 exceeds 300",
+        );
+        none(&check(|c| c.tokens.leeway_secs = 0));
+        none(&check(|c| c.tokens.leeway_secs = 300));
+    }
+
+    #[test]
+    fn algorithms_are_a_nonempty_subset() {
+        only(
+            &check(|c| c.tokens.algorithms = vec![]),
+            "tokens.algorithms",
+            "at least one algorithm",
+        );
+        only(
+            &check(|c| c.tokens.algorithms = vec!["RS256".into(), "XS1".into()]),
+            "tokens.algorithms",
+            "`XS1` is not a supported algorithm",
+        );
+        only(
+            &check(|c| c.tokens.algorithms = vec!["rs256".into()]),
+            "tokens.algorithms",
+            "did you mean `RS256`?",
+        );
+        none(&check(|c| c.tokens.algorithms = vec!["ES256".into()]));
+    }
+
+    #[test]
+    fn none_and_hmac_are_never_accepted() {
+        only(
+            &check(|c| c.tokens.algorithms = vec!["none".into()]),
+            "tokens.algorithms",
+            "`none` is never accepted",
+        );
+        for hs in ["HS256", "HS384", "hs512"] {
+            only(
+                &check(|c| c.tokens.algorithms = vec![hs.into()]),
+                "tokens.algorithms",
+                &format!("`{hs}` is never accepted"),
+            );
+        }
+        // Every bad value is reported, not just the first.
+        let problems = check(|c| c.tokens.algorithms = vec!["none".into(), "HS256".into()]);
+        assert_eq!(problems.len(), 2, "{problems:#?}");
+    }
+
+    // [jwks]
+
+    #[test]
+    fn jwks_limits_must_be_positive() {
+        for (key, change) in [
+            (
+                "jwks.timeout_secs",
+                (|c: &mut BrokerConfig| c.jwks.timeout_secs = 0) as fn(&mut BrokerConfig),
+            ),
+            ("jwks.refresh_secs", |c| c.jwks.refresh_secs = 0),
+            ("jwks.refetch_cooldown_secs", |c| {
+                c.jwks.refetch_cooldown_secs = 0
+            }),
+            ("jwks.max_stale_secs", |c| c.jwks.max_stale_secs = 0),
+            ("jwks.max_response_bytes", |c| c.jwks.max_response_bytes = 0),
+            ("jwks.max_keys", |c| c.jwks.max_keys = 0),
+        ] {
+            only(&check(change), key, "must be greater than 0");
+        }
+    }
+
+    #[test]
+    fn jwks_key_count_is_capped() {
+        only(
+            &check(|c| c.jwks.max_keys = 1001),
+            "jwks.max_keys",
+            "1001 exceeds 1000",
+        );
+        none(&check(|c| c.jwks.max_keys = 1000));
+    }
+
+    // [log]
+
+    #[test]
+    fn log_level_and_format() {
+        only(
+            &check(|c| c.log.level = "".into()),
+            "log.level",
+            "must not be empty",
+        );
+        only(
+            &check(|c| c.log.format = "yaml".into()),
+            "log.format",
+            "must be `text` or `json`, not `yaml`",
+        );
+        none(&check(|c| {
+            c.log.level = "wif_broker=debug,info".into();
+            c.log.format = "json".into();
+        }));
+    }
+
+    // [[issuers]]
+
+    #[test]
+    fn issuer_urls_are_unique_https() {
+        let problems = check(|c| {
+            c.issuers = vec![
+                issuer("https://gitlab.example.com"),
+                issuer("http://gitlab.example.com"),
+                issuer("https://gitlab.example.com"),
+            ]
+        });
+        assert_eq!(problems.len(), 2, "{problems:#?}");
+        assert_eq!(problems[0].key, "issuers[1].url");
+        assert!(problems[0].message.contains("must use https"));
+        assert_eq!(problems[1].key, "issuers[2].url");
+        assert!(
+            problems[1]
+                .message
+                .contains("already configured by issuers[0]")
+        );
+        // Trailing slashes matter to issuers: these are two different issuers.
+        none(&check(|c| {
+            c.issuers = vec![
+                issuer("https://k8s.example.com/a"),
+                issuer("https://k8s.example.com/a/"),
+            ]
+        }));
+    }
+
+    #[test]
+    fn issuer_url_may_have_a_path_but_no_query() {
+        none(&check(|c| {
+            c.issuers = vec![issuer("https://ghe.example.com/_services/token")]
+        }));
+        only(
+            &check(|c| c.issuers = vec![issuer("https://issuer.example.com/?tenant=1")]),
+            "issuers[0].url",
+            "an OIDC issuer URL has neither",
+        );
+        only(
+            &check(|c| c.issuers = vec![issuer("")]),
+            "issuers[0].url",
+            "must not be empty",
+        );
+    }
+
+    #[test]
+    fn issuer_loopback_http_follows_the_switch() {
+        only(
+            &check(|c| c.issuers = vec![issuer("http://127.0.0.1:7000")]),
+            "issuers[0].url",
+            "outbound.allow_loopback_http = true",
+        );
+        none(&check(|c| {
+            c.outbound.allow_loopback_http = true;
+            c.issuers = vec![issuer("http://127.0.0.1:7000")];
+        }));
+    }
+
+    #[test]
+    fn at_most_one_key_source() {
+        only(
+            &check(|c| {
+                c.issuers = vec![IssuerConfig {
+                    jwks_uri: Some("https://issuer.example.com/keys".into()),
+                    jwks_file: Some("keys.json".into()),
+                    jwks_inline: Some(r#"{"keys":[{"kty":"RSA"}]}"#.into()),
+                    ..issuer("https://issuer.example.com")
+                }]
+            }),
+            "issuers[0]",
+            "sets jwks_uri and jwks_file and jwks_inline; set at most one",
+        );
+    }
+
+    #[test]
+    fn jwks_uri_is_https_with_the_loopback_rule() {
+        let with_uri = |uri: &str| IssuerConfig {
+            jwks_uri: Some(uri.into()),
+            ..issuer("https://issuer.example.com")
+        };
+        none(&check(|c| {
+            c.issuers = vec![with_uri("https://issuer.example.com/openid/v1/jwks?v=2")]
+        }));
+        only(
+            &check(|c| c.issuers = vec![with_uri("http://issuer.example.com/keys")]),
+            "issuers[0].jwks_uri",
+            "must use https",
+        );
+        only(
+            &check(|c| c.issuers = vec![with_uri("http://localhost:7000/keys")]),
+            "issuers[0].jwks_uri",
+            "outbound.allow_loopback_http = true",
+        );
+        only(
+            &check(|c| c.issuers = vec![with_uri("https://issuer.example.com/keys#x")]),
+            "issuers[0].jwks_uri",
+            "fragment",
+        );
+    }
+
+    #[test]
+    fn jwks_inline_is_a_jwks() {
+        let with_inline = |json: &str| IssuerConfig {
+            jwks_inline: Some(json.into()),
+            ..issuer("https://issuer.example.com")
+        };
+        none(&check(|c| {
+            c.issuers = vec![with_inline(r#"{"keys":[{"kty":"EC","crv":"P-256"}]}"#)]
+        }));
+        only(
+            &check(|c| c.issuers = vec![with_inline("{keys: []")]),
+            "issuers[0].jwks_inline",
+            "is not valid JSON",
+        );
+        only(
+            &check(|c| c.issuers = vec![with_inline(r#"{"kty":"RSA"}"#)]),
+            "issuers[0].jwks_inline",
+            "a JSON object with a `keys` array",
+        );
+        only(
+            &check(|c| c.issuers = vec![with_inline(r#"[]"#)]),
+            "issuers[0].jwks_inline",
+            "`keys` array",
+        );
+        only(
+            &check(|c| c.issuers = vec![with_inline(r#"{"keys":[]}"#)]),
+            "issuers[0].jwks_inline",
+            "empty `keys` array",
+        );
+        only(
+            &check(|c| c.issuers = vec![with_inline(r#"{"keys":[{}, "x"]}"#)]),
+            "issuers[0].jwks_inline",
+            "`keys[1]` is not a JSON object",
+        );
+    }
+
+    #[test]
+    fn issuer_files_must_not_be_empty_paths() {
+        let problems = check(|c| {
+            c.issuers = vec![IssuerConfig {
+                jwks_file: Some(PathBuf::new()),
+                ca_file: Some(PathBuf::new()),
+                ..issuer("https://issuer.example.com")
+            }]
+        });
+        assert_eq!(problems.len(), 2, "{problems:#?}");
+        assert_eq!(problems[0].key, "issuers[0].jwks_file");
+        assert_eq!(problems[1].key, "issuers[0].ca_file");
+    }
+
+    #[test]
+    fn issuer_algorithms_narrow_the_global_list() {
+        let with_algs = |algs: &[&str]| IssuerConfig {
+            algorithms: Some(algs.iter().map(|a| a.to_string()).collect()),
+            ..issuer("https://issuer.example.com")
+        };
+        none(&check(|c| c.issuers = vec![with_algs(&["ES256"])]));
+        only(
+            &check(|c| c.issuers = vec![with_algs(&[])]),
+            "issuers[0].algorithms",
+            "at least one",
+        );
+        only(
+            &check(|c| c.issuers = vec![with_algs(&["HS256"])]),
+            "issuers[0].algorithms",
+            "`HS256` is never accepted",
+        );
+        only(
+            &check(|c| {
+                c.tokens.algorithms = vec!["RS256".into()];
+                c.issuers = vec![with_algs(&["ES256"])];
+            }),
+            "issuers[0].algorithms",
+            "`ES256` is not in tokens.algorithms",
+        );
+    }
+
+    // [[identities]]
+
+    #[test]
+    fn identity_names_are_unique_and_present() {
+        let problems =
+            check(|c| c.identities = vec![identity("deploy"), identity(""), identity("deploy")]);
+        assert_eq!(problems.len(), 2, "{problems:#?}");
+        assert_eq!(problems[0].key, "identities[1].name");
+        assert!(problems[0].message.contains("must not be empty"));
+        assert_eq!(problems[1].key, "identities[2].name");
+        assert!(
+            problems[1]
+                .message
+                .contains("already used by identities[0]")
+        );
+    }
+
+    #[test]
+    fn tenant_id_is_a_guid_or_a_domain() {
+        for tenant in [
+            TENANT,
+            "contoso.onmicrosoft.com",
+            "CONTOSO.com",
+            "a-b.example.co.uk",
+        ] {
+            none(&check(|c| {
+                let mut id = identity("x");
+                id.tenant_id = tenant.into();
+                c.identities = vec![id];
+            }));
+        }
+        only(
+            &check(|c| {
+                let mut id = identity("x");
+                id.tenant_id = "".into();
+                c.identities = vec![id];
+            }),
+            "identities[0].tenant_id",
+            "must not be empty",
+        );
+        for bad in [
+            "common",
+            "contoso",
+            "-x.com",
+            "a..com",
+            "72f988bf-0000",
+            "x.123",
+            "con toso.com",
+        ] {
+            only(
+                &check(|c| {
+                    let mut id = identity("x");
+                    id.tenant_id = bad.into();
+                    c.identities = vec![id];
+                }),
+                "identities[0].tenant_id",
+                "neither a GUID nor a domain",
+            );
+        }
+    }
+
+    #[test]
+    fn client_id_is_a_guid() {
+        for bad in [
+            "",
+            "my-app",
+            "0b7c9e1d00004000800000000000000002",
+            "0b7c9e1d-0000-4000-8000-00000000000g",
+        ] {
+            only(
+                &check(|c| {
+                    let mut id = identity("x");
+                    id.client_id = bad.into();
+                    c.identities = vec![id];
+                }),
+                "identities[0].client_id",
+                "is not a GUID",
+            );
+        }
+        none(&check(|c| {
+            let mut id = identity("x");
+            id.client_id = CLIENT.to_uppercase();
+            c.identities = vec![id];
+        }));
+    }
+
+    #[test]
+    fn cloud_and_authority_host_are_exclusive() {
+        only(
+            &check(|c| {
+                let mut id = identity("x");
+                id.cloud = Some(Cloud::UsGov);
+                id.authority_host = Some("https://login.microsoftonline.us".into());
+                c.identities = vec![id];
+            }),
+            "identities[0]",
+            "sets both cloud and authority_host",
+        );
+    }
+
+    #[test]
+    fn identity_authority_host_follows_the_entra_rules() {
+        let with_host = |host: &str| {
+            let mut id = identity("x");
+            id.authority_host = Some(host.into());
+            id
+        };
+        none(&check(|c| {
+            c.identities = vec![with_host("https://login.azurestack.example")]
+        }));
+        only(
+            &check(|c| c.identities = vec![with_host("https://login.example.test/tenant")]),
+            "identities[0].authority_host",
+            "scheme and host only",
+        );
+        only(
+            &check(|c| c.identities = vec![with_host("http://127.0.0.1:9000")]),
+            "identities[0].authority_host",
+            "outbound.allow_loopback_http = true",
+        );
+        none(&check(|c| {
+            c.outbound.allow_loopback_http = true;
+            c.identities = vec![with_host("http://127.0.0.1:9000")];
+        }));
+    }
+
+    #[test]
+    fn credential_issuer_is_https() {
+        let with_issuer = |iss: &str| {
+            let mut id = identity("x");
+            id.federated_credentials.push(FederatedCredentialConfig {
+                name: "second".into(),
+                issuer: iss.into(),
+                subject: Some("s".into()),
+                ..Default::default()
+            });
+            id
+        };
+        none(&check(|c| {
+            c.identities = vec![with_issuer(
+                "https://westeurope.oic.prod-aks.azure.com/t/u/",
+            )]
+        }));
+        only(
+            &check(|c| c.identities = vec![with_issuer("http://gitlab.example.com")]),
+            "identities[0].federated_credentials[1].issuer",
+            "must use https",
+        );
+        only(
+            &check(|c| c.identities = vec![with_issuer("")]),
+            "identities[0].federated_credentials[1].issuer",
+            "must not be empty",
+        );
+    }
+
+    #[test]
+    fn entra_content_rules_are_left_to_the_policy_module() {
+        // Bad name charset, two audiences, both subject and expression, odd expression:
+        // all the policy module's business, so structural validation passes them.
+        none(&check(|c| {
+            let mut id = identity("x");
+            id.federated_credentials = vec![FederatedCredentialConfig {
+                name: "!".into(),
+                issuer: "https://token.actions.githubusercontent.com".into(),
+                subject: Some("a".into()),
+                claims_matching_expression: Some("claims[".into()),
+                audiences: vec!["a".into(), "b".into()],
+                description: None,
+            }];
+            c.identities = vec![id];
+        }));
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let problems = check(|c| {
+            c.server.listen = "nope".into();
+            c.cache.min_remaining_secs = 10;
+            c.log.format = "xml".into();
+            let mut id = identity("x");
+            id.client_id = "nope".into();
+            c.identities = vec![id];
+        });
+        let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "server.listen",
+                "cache.min_remaining_secs",
+                "log.format",
+                "identities[0].client_id"
+            ]
+        );
+    }
+
+    #[test]
+    fn guid_and_domain_shapes() {
+        assert!(is_guid("00000000-0000-0000-0000-000000000000"));
+        assert!(is_guid("ABCDEF01-abcd-4000-8000-0123456789ab"));
+        assert!(!is_guid("{00000000-0000-0000-0000-000000000000}"));
+        assert!(!is_guid("00000000-0000-0000-0000-0000000000000"));
+        assert!(is_domain("contoso.onmicrosoft.com"));
+        assert!(!is_domain("contoso"));
+        assert!(!is_domain("contoso.com."));
+    }
 }
