@@ -185,3 +185,58 @@ fn sovereign_example_targets_us_government() {
         ["api://AzureADTokenExchangeUSGov"]
     );
 }
+
+fn reference() -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/configuration.md");
+    std::fs::read_to_string(path).unwrap()
+}
+
+#[test]
+fn the_toml_examples_in_the_reference_are_valid() {
+    let doc = reference();
+    let blocks: Vec<&str> = doc
+        .split("```toml\n")
+        .skip(1)
+        .filter_map(|rest| rest.split("```").next())
+        .collect();
+    assert!(!blocks.is_empty());
+    for block in blocks {
+        if let Err(e) = BrokerConfig::from_toml(block, "docs/configuration.md") {
+            panic!("{e}\n{block}");
+        }
+    }
+}
+
+#[test]
+fn the_reference_documents_every_key_with_its_default() {
+    let doc = reference();
+    let defaults = toml::Table::try_from(BrokerConfig::default()).unwrap();
+    for (section, table) in &defaults {
+        let Some(table) = table.as_table() else {
+            continue;
+        };
+        let heading = format!("## `[{section}]`");
+        let Some(start) = doc.find(&heading) else {
+            panic!("docs/configuration.md has no {heading}");
+        };
+        let body = &doc[start + heading.len()..];
+        let body = &body[..body.find("\n## ").unwrap_or(body.len())];
+        for (key, value) in table {
+            let shown = match value {
+                toml::Value::Array(_) => continue, // described in words
+                toml::Value::String(s) => format!("`\"{s}\"`"),
+                other => format!("`{other}`"),
+            };
+            let Some(row) = body
+                .lines()
+                .find(|l| l.starts_with(&format!("| `{key}` |")))
+            else {
+                panic!("{section}.{key} is not in docs/configuration.md");
+            };
+            assert!(
+                row.contains(&shown),
+                "{section}.{key}: default {shown} not in row {row}"
+            );
+        }
+    }
+}
