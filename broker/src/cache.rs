@@ -73,7 +73,12 @@ impl ExpireEarly {
 }
 
 impl Expiry<CacheKey, Arc<EntraToken>> for ExpireEarly {
-    fn expire_after_create(&self, _: &CacheKey, value: &Arc<EntraToken>, _: Instant) -> Option<Duration> {
+    fn expire_after_create(
+        &self,
+        _: &CacheKey,
+        value: &Arc<EntraToken>,
+        _: Instant,
+    ) -> Option<Duration> {
         Some(self.ttl(value))
     }
     fn expire_after_update(
@@ -125,7 +130,11 @@ impl TokenCache {
 
     /// The token for `key`, from the cache or from `fetch` (called at most once per key at
     /// a time; also used for background refreshes, hence `'static`).
-    pub async fn get<F, Fut>(&self, key: CacheKey, fetch: F) -> Result<(Arc<EntraToken>, CacheOutcome), CacheError>
+    pub async fn get<F, Fut>(
+        &self,
+        key: CacheKey,
+        fetch: F,
+    ) -> Result<(Arc<EntraToken>, CacheOutcome), CacheError>
     where
         F: FnOnce() -> Fut + Send + 'static,
         Fut: Future<Output = Result<EntraToken, EntraError>> + Send + 'static,
@@ -166,7 +175,8 @@ impl TokenCache {
         self.tokens
             .entry_by_ref(key)
             .and_compute_with(|entry| {
-                let stale = entry.is_some_and(|e| e.value().expires_on.saturating_sub(clock.now()) <= min);
+                let stale =
+                    entry.is_some_and(|e| e.value().expires_on.saturating_sub(clock.now()) <= min);
                 std::future::ready(if stale { Op::Remove } else { Op::Nop })
             })
             .await;

@@ -54,7 +54,9 @@ impl ExchangeError {
                 | TokenError::AlgorithmKeyMismatch(_) => "unsupported_algorithm",
                 TokenError::BadSignature => "invalid_signature",
                 TokenError::Expired { .. } => "token_expired",
-                TokenError::NotYetValid { .. } | TokenError::IssuedInFuture { .. } => "token_not_yet_valid",
+                TokenError::NotYetValid { .. } | TokenError::IssuedInFuture { .. } => {
+                    "token_not_yet_valid"
+                }
                 TokenError::LifetimeTooLong { .. } => "token_lifetime_too_long",
             },
             ExchangeError::UnknownIssuer => "unknown_issuer",
@@ -69,7 +71,9 @@ impl ExchangeError {
                 EntraError::Unavailable { .. } => "entra_unavailable",
                 EntraError::Protocol(_) => "entra_bad_response",
                 EntraError::Rejected { aadsts, .. } => match aadsts {
-                    Some(70021 | 700211 | 700212 | 700213 | 7002138) => "entra_no_matching_federated_credential",
+                    Some(70021 | 700211 | 700212 | 700213 | 7002138) => {
+                        "entra_no_matching_federated_credential"
+                    }
                     Some(700024) => "entra_assertion_expired",
                     Some(70023 | 7000272 | 50027 | 700222) => "entra_assertion_rejected",
                     Some(700016) => "entra_application_not_found",
@@ -142,11 +146,15 @@ fn algorithms(names: &[String]) -> Result<Vec<Algorithm>, String> {
 }
 
 impl Broker {
-    pub fn new(cfg: &BrokerConfig, clock: SharedClock, metrics: Arc<Metrics>) -> Result<Self, SetupError> {
+    pub fn new(
+        cfg: &BrokerConfig,
+        clock: SharedClock,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, SetupError> {
         crate::crypto::install_provider();
         let registry = Registry::from_config(cfg).map_err(SetupError::Registry)?;
-        let default_algorithms =
-            algorithms(&cfg.tokens.algorithms).map_err(|reason| SetupError::Algorithms { index: 0, reason })?;
+        let default_algorithms = algorithms(&cfg.tokens.algorithms)
+            .map_err(|reason| SetupError::Algorithms { index: 0, reason })?;
         let default_policy = VerifyPolicy {
             algorithms: default_algorithms,
             leeway_secs: cfg.tokens.leeway_secs,
@@ -155,7 +163,8 @@ impl Broker {
         let mut issuer_policies = HashMap::new();
         for (index, issuer) in cfg.issuers.iter().enumerate() {
             if let Some(names) = &issuer.algorithms {
-                let algs = algorithms(names).map_err(|reason| SetupError::Algorithms { index, reason })?;
+                let algs =
+                    algorithms(names).map_err(|reason| SetupError::Algorithms { index, reason })?;
                 issuer_policies.insert(
                     issuer.url.clone(),
                     VerifyPolicy {
@@ -172,7 +181,11 @@ impl Broker {
             clock.clone(),
             metrics.clone(),
         )?;
-        let entra = Arc::new(EntraClient::new(&cfg.entra, clock.clone(), metrics.clone())?);
+        let entra = Arc::new(EntraClient::new(
+            &cfg.entra,
+            clock.clone(),
+            metrics.clone(),
+        )?);
         Ok(Self {
             registry: ArcSwap::from_pointee(registry),
             keys,
@@ -231,13 +244,21 @@ impl Broker {
                 }
             }
         }
-        self.metrics
-            .exchange(req.endpoint, &event.outcome, issuer_label, started.elapsed().as_secs_f64());
+        self.metrics.exchange(
+            req.endpoint,
+            &event.outcome,
+            issuer_label,
+            started.elapsed().as_secs_f64(),
+        );
         audit::record(&event);
         result
     }
 
-    async fn run(&self, req: &ExchangeRequest<'_>, event: &mut AuditEvent) -> Result<Exchanged, ExchangeError> {
+    async fn run(
+        &self,
+        req: &ExchangeRequest<'_>,
+        event: &mut AuditEvent,
+    ) -> Result<Exchanged, ExchangeError> {
         // 1. Read, don't trust.
         let unverified = UnverifiedToken::parse(req.token, self.max_token_bytes)?;
         let scope = crate::entra::scope::to_default_scope(req.scope.unwrap_or_default())?;
@@ -250,7 +271,10 @@ impl Broker {
         }
         event.issuer = Some(unverified.iss.clone());
         // 3. Keys.
-        let keys = self.keys.keys_for(&unverified.iss, unverified.kid.as_deref()).await?;
+        let keys = self
+            .keys
+            .keys_for(&unverified.iss, unverified.kid.as_deref())
+            .await?;
         // 4. Verify.
         let policy = self
             .issuer_policies
@@ -281,7 +305,11 @@ impl Broker {
             let assertion = entra.assertion(&identity, req.token).to_owned();
             let scope = scope.clone();
             let request_id = req.request_id.to_owned();
-            move || async move { entra.request_token(&identity, &assertion, &scope, &request_id).await }
+            move || async move {
+                entra
+                    .request_token(&identity, &assertion, &scope, &request_id)
+                    .await
+            }
         };
         let (token, cache) = self.cache.get(key, fetch).await?;
         Ok(Exchanged {

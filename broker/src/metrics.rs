@@ -44,15 +44,20 @@ impl Metrics {
             "Token exchanges by outcome (ok or error code) and issuer",
             exchanges.clone(),
         );
-        let exchange_seconds =
-            Family::<Labels, Histogram>::new_with_constructor(latency_histogram as fn() -> Histogram);
+        let exchange_seconds = Family::<Labels, Histogram>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
         registry.register(
             "exchange_duration_seconds",
             "Time to answer a token exchange, by endpoint",
             exchange_seconds.clone(),
         );
         let cache_hits = Counter::default();
-        registry.register("token_cache_hits", "Exchanges answered from the token cache", cache_hits.clone());
+        registry.register(
+            "token_cache_hits",
+            "Exchanges answered from the token cache",
+            cache_hits.clone(),
+        );
         let cache_misses = Counter::default();
         registry.register(
             "token_cache_misses",
@@ -98,7 +103,10 @@ impl Metrics {
 
     pub fn exchange(&self, endpoint: &'static str, outcome: &str, issuer: &str, seconds: f64) {
         self.exchanges
-            .get_or_create(&vec![("outcome", outcome.to_owned()), ("issuer", issuer.to_owned())])
+            .get_or_create(&vec![
+                ("outcome", outcome.to_owned()),
+                ("issuer", issuer.to_owned()),
+            ])
             .inc();
         self.exchange_seconds
             .get_or_create(&vec![("endpoint", endpoint.to_owned())])
@@ -133,7 +141,10 @@ impl Metrics {
 
     pub fn jwks_fetch(&self, issuer: &str, outcome: &'static str) {
         self.jwks_fetches
-            .get_or_create(&vec![("issuer", issuer.to_owned()), ("outcome", outcome.to_owned())])
+            .get_or_create(&vec![
+                ("issuer", issuer.to_owned()),
+                ("outcome", outcome.to_owned()),
+            ])
             .inc();
     }
 

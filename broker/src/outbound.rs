@@ -38,10 +38,11 @@ pub fn client(timeout: Duration, ca_file: Option<&Path>) -> Result<reqwest::Clie
             path: path.display().to_string(),
             reason: e.to_string(),
         })?;
-        let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| OutboundError::CaFile {
-            path: path.display().to_string(),
-            reason: e.to_string(),
-        })?;
+        let certs =
+            reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| OutboundError::CaFile {
+                path: path.display().to_string(),
+                reason: e.to_string(),
+            })?;
         if certs.is_empty() {
             return Err(OutboundError::CaFile {
                 path: path.display().to_string(),
@@ -119,13 +120,19 @@ pub async fn get_json(
 }
 
 /// Reads a response body, refusing more than `limit` bytes without reading them all.
-pub async fn read_body(mut response: reqwest::Response, limit: usize) -> Result<Vec<u8>, OutboundError> {
+pub async fn read_body(
+    mut response: reqwest::Response,
+    limit: usize,
+) -> Result<Vec<u8>, OutboundError> {
     let url = response.url().to_string();
     let too_large = || OutboundError::TooLarge {
         url: url.clone(),
         limit,
     };
-    if response.content_length().is_some_and(|len| len > limit as u64) {
+    if response
+        .content_length()
+        .is_some_and(|len| len > limit as u64)
+    {
         return Err(too_large());
     }
     let mut body = Vec::new();

@@ -25,7 +25,10 @@ pub enum StartError {
     #[error(transparent)]
     Tls(#[from] TlsError),
     #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: String, source: std::io::Error },
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
 }
 
 /// A broker serving HTTP in this process.
@@ -40,7 +43,9 @@ pub struct RunningBroker {
 
 impl std::fmt::Debug for RunningBroker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RunningBroker").field("addr", &self.addr).finish_non_exhaustive()
+        f.debug_struct("RunningBroker")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
     }
 }
 
@@ -99,7 +104,11 @@ impl RunningBroker {
 
     /// `http://addr` or `https://addr`.
     pub fn url(&self) -> String {
-        format!("{}://{}", if self.tls { "https" } else { "http" }, self.addr)
+        format!(
+            "{}://{}",
+            if self.tls { "https" } else { "http" },
+            self.addr
+        )
     }
 
     /// Stops accepting, fails readiness, lets in-flight requests finish (bounded by

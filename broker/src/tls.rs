@@ -39,9 +39,11 @@ pub fn load(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsError> {
         path: key.display().to_string(),
         reason: e.to_string(),
     })?;
-    let signing = rustls::crypto::aws_lc_rs::sign::any_supported_type(&key_der).map_err(|e| TlsError::Key {
-        path: key.display().to_string(),
-        reason: e.to_string(),
+    let signing = rustls::crypto::aws_lc_rs::sign::any_supported_type(&key_der).map_err(|e| {
+        TlsError::Key {
+            path: key.display().to_string(),
+            reason: e.to_string(),
+        }
     })?;
     let certified = CertifiedKey::new(certs, signing);
     certified
@@ -89,7 +91,9 @@ pub fn server_config(
         let mut seen = (modified(&cert), modified(&key));
         loop {
             tokio::time::sleep(interval).await;
-            let Some(resolver) = weak.upgrade() else { return };
+            let Some(resolver) = weak.upgrade() else {
+                return;
+            };
             let now = (modified(&cert), modified(&key));
             if now == seen {
                 continue;
@@ -101,7 +105,9 @@ pub fn server_config(
                     tracing::info!(cert = %cert.display(), "reloaded TLS certificate");
                 }
                 // Files may be mid-rotation; try again next tick.
-                Err(e) => tracing::warn!(error = %e, "TLS certificate reload failed; keeping the previous one"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "TLS certificate reload failed; keeping the previous one")
+                }
             }
         }
     });

@@ -93,16 +93,22 @@ impl From<ExchangeError> for ApiError {
         let code = e.code();
         let description = e.to_string();
         let status = match &e {
-            ExchangeError::Scope(_) | ExchangeError::Select(crate::policy::SelectError::Ambiguous(_)) => {
+            ExchangeError::Scope(_)
+            | ExchangeError::Select(crate::policy::SelectError::Ambiguous(_)) => {
                 StatusCode::BAD_REQUEST
             }
-            ExchangeError::Token(crate::token::TokenError::TooLarge { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
+            ExchangeError::Token(crate::token::TokenError::TooLarge { .. }) => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
             ExchangeError::Token(_)
             | ExchangeError::UnknownIssuer
             | ExchangeError::Keys(KeyError::UnknownKey { .. })
-            | ExchangeError::Match(crate::policy::MatchError::Audience { .. }) => StatusCode::UNAUTHORIZED,
+            | ExchangeError::Match(crate::policy::MatchError::Audience { .. }) => {
+                StatusCode::UNAUTHORIZED
+            }
             ExchangeError::Keys(KeyError::Unavailable { .. }) => {
-                return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code, description).with_retry_after(30);
+                return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code, description)
+                    .with_retry_after(30);
             }
             ExchangeError::Match(_) | ExchangeError::Select(_) => StatusCode::FORBIDDEN,
             ExchangeError::Cache(CacheError::ShortLived { .. }) => StatusCode::BAD_GATEWAY,
@@ -142,7 +148,11 @@ fn entra_error(code: &'static str, e: &EntraError) -> ApiError {
                 ),
                 _ => (StatusCode::BAD_GATEWAY, ""),
             };
-            ApiError::new(status, code, format!("Entra refused the request: {description}.{hint}"))
+            ApiError::new(
+                status,
+                code,
+                format!("Entra refused the request: {description}.{hint}"),
+            )
         }
     }
 }

@@ -20,7 +20,11 @@ const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
 
 /// `POST /v1/token`: external token in `Authorization: Bearer`, `scope` or `resource` and
 /// optionally `identity` or `client_id` in the body.
-pub async fn native(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+pub async fn native(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
     let token = bearer(&headers)?;
     let params = read_params(&headers, body, state.max_body_bytes).await?;
     reject_unknown(&params, &["scope", "resource", "client_id", "identity"])?;
@@ -53,7 +57,11 @@ pub async fn native(State(state): State<AppState>, headers: HeaderMap, body: Bod
 }
 
 /// `POST /oauth2/token`: RFC 8693 token exchange.
-pub async fn rfc8693(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+pub async fn rfc8693(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
     let params = read_params(&headers, body, state.max_body_bytes).await?;
     match params.get("grant_type").map(String::as_str) {
         Some(TOKEN_EXCHANGE_GRANT) => {}
@@ -63,7 +71,12 @@ pub async fn rfc8693(State(state): State<AppState>, headers: HeaderMap, body: Bo
                 format!("grant_type {other:?} is not supported; use {TOKEN_EXCHANGE_GRANT}"),
             ));
         }
-        None => return Err(ApiError::bad_request("invalid_request", "grant_type is required")),
+        None => {
+            return Err(ApiError::bad_request(
+                "invalid_request",
+                "grant_type is required",
+            ));
+        }
     }
     let token = params
         .get("subject_token")
@@ -111,9 +124,10 @@ pub async fn rfc8693(State(state): State<AppState>, headers: HeaderMap, body: Bo
 
 fn no_store(body: Value) -> Response {
     let mut response = (StatusCode::OK, Json(body)).into_response();
-    response
-        .headers_mut()
-        .insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-store"));
+    response.headers_mut().insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-store"),
+    );
     response
 }
 
@@ -135,7 +149,11 @@ fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
 }
 
 /// Reads a JSON object or form body (by `Content-Type`) into string parameters.
-pub async fn read_params(headers: &HeaderMap, body: Body, limit: usize) -> Result<HashMap<String, String>, ApiError> {
+pub async fn read_params(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<HashMap<String, String>, ApiError> {
     let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -153,10 +171,17 @@ pub async fn read_params(headers: &HeaderMap, body: Body, limit: usize) -> Resul
         if bytes.is_empty() {
             return Ok(params);
         }
-        let value: Value = serde_json::from_slice(&bytes)
-            .map_err(|e| ApiError::bad_request("invalid_request", format!("the body is not valid JSON: {e}")))?;
+        let value: Value = serde_json::from_slice(&bytes).map_err(|e| {
+            ApiError::bad_request(
+                "invalid_request",
+                format!("the body is not valid JSON: {e}"),
+            )
+        })?;
         let Value::Object(map) = value else {
-            return Err(ApiError::bad_request("invalid_request", "the JSON body must be an object"));
+            return Err(ApiError::bad_request(
+                "invalid_request",
+                "the JSON body must be an object",
+            ));
         };
         for (k, v) in map {
             match v {

@@ -16,15 +16,22 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
     if state.is_ready() {
         Json(json!({"status": "ready"})).into_response()
     } else {
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", "the broker is shutting down")
-            .with_retry_after(1)
-            .into_response()
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting_down",
+            "the broker is shutting down",
+        )
+        .with_retry_after(1)
+        .into_response()
     }
 }
 
 pub async fn metrics(State(state): State<AppState>) -> Response {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         state.broker.metrics().render(),
     )
         .into_response()

@@ -34,9 +34,12 @@ pub async fn serve(
     let server = async move {
         match tls {
             None => {
-                axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
-                    .with_graceful_shutdown(signal)
-                    .await
+                axum::serve(
+                    listener,
+                    router.into_make_service_with_connect_info::<SocketAddr>(),
+                )
+                .with_graceful_shutdown(signal)
+                .await
             }
             Some(config) => serve_tls(listener, router, config, signal).await,
         }
@@ -76,7 +79,9 @@ async fn serve_tls(
         let watcher = graceful.watcher();
         tokio::spawn(async move {
             // A client that never finishes its handshake must not hold a task forever.
-            let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
+            let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
+                .await
+            {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => {
                     tracing::debug!(%peer, error = %e, "TLS handshake failed");

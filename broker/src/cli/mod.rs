@@ -10,7 +10,11 @@ use crate::clock;
 use crate::server::{RunningBroker, shutdown_signal};
 
 #[derive(Debug, Parser)]
-#[command(name = "wif-broker", version, about = "Workload-identity federation broker for Microsoft Entra")]
+#[command(
+    name = "wif-broker",
+    version,
+    about = "Workload-identity federation broker for Microsoft Entra"
+)]
 pub struct Cli {
     /// Configuration file (TOML). `WIF_*` environment variables override its keys.
     #[arg(long, global = true, env = "WIF_CONFIG", value_name = "FILE")]
@@ -38,7 +42,10 @@ pub enum Command {
 /// Entry point for the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -84,7 +91,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!(
                 "configuration is valid: {} identities, {} federated credentials, {} explicit issuers",
                 cfg.identities.len(),
-                cfg.identities.iter().map(|i| i.federated_credentials.len()).sum::<usize>(),
+                cfg.identities
+                    .iter()
+                    .map(|i| i.federated_credentials.len())
+                    .sum::<usize>(),
                 cfg.issuers.len()
             );
             Ok(())
@@ -98,7 +108,9 @@ pub fn init_logging(cfg: &LogConfig) {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&cfg.level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let _ = if cfg.format == "json" {
         builder.json().try_init()
     } else {

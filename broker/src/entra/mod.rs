@@ -70,9 +70,8 @@ pub enum EntraError {
 impl EntraError {
     pub fn correlation_id(&self) -> Option<&str> {
         match self {
-            EntraError::Rejected { correlation_id, .. } | EntraError::Unavailable { correlation_id, .. } => {
-                correlation_id.as_deref()
-            }
+            EntraError::Rejected { correlation_id, .. }
+            | EntraError::Unavailable { correlation_id, .. } => correlation_id.as_deref(),
             EntraError::Protocol(_) => None,
         }
     }
@@ -128,8 +127,15 @@ impl std::fmt::Debug for EntraClient {
 }
 
 impl EntraClient {
-    pub fn new(cfg: &EntraConfig, clock: SharedClock, metrics: Arc<Metrics>) -> Result<Self, OutboundError> {
-        let http = outbound::client(Duration::from_secs(cfg.timeout_secs), cfg.ca_file.as_deref())?;
+    pub fn new(
+        cfg: &EntraConfig,
+        clock: SharedClock,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, OutboundError> {
+        let http = outbound::client(
+            Duration::from_secs(cfg.timeout_secs),
+            cfg.ca_file.as_deref(),
+        )?;
         Ok(Self {
             http,
             cfg: cfg.clone(),
@@ -246,19 +252,31 @@ impl EntraClient {
         }
         self.metrics.entra_request("error");
         let parsed: ErrorResponse = serde_json::from_slice(&body).unwrap_or_default();
-        let aadsts = parsed.error_codes.first().copied().or_else(|| aadsts_of(&parsed.error_description));
-        self.metrics
-            .entra_error(&aadsts.map_or_else(|| format!("http_{status}"), |c| format!("AADSTS{c}")));
+        let aadsts = parsed
+            .error_codes
+            .first()
+            .copied()
+            .or_else(|| aadsts_of(&parsed.error_description));
+        self.metrics.entra_error(
+            &aadsts.map_or_else(|| format!("http_{status}"), |c| format!("AADSTS{c}")),
+        );
         if status == 429 || status >= 500 {
             return Attempt::Retryable {
-                reason: format!("HTTP {status}{}", first_line(&parsed.error_description, " ")),
+                reason: format!(
+                    "HTTP {status}{}",
+                    first_line(&parsed.error_description, " ")
+                ),
                 retry_after,
                 correlation_id: parsed.correlation_id,
             };
         }
         Attempt::Done(Err(EntraError::Rejected {
             status,
-            error: if parsed.error.is_empty() { format!("http_{status}") } else { parsed.error },
+            error: if parsed.error.is_empty() {
+                format!("http_{status}")
+            } else {
+                parsed.error
+            },
             aadsts,
             description: if parsed.error_description.is_empty() {
                 format!("HTTP {status} without an error description")
@@ -275,7 +293,10 @@ impl EntraClient {
         let ms = match retry_after {
             Some(secs) => secs.saturating_mul(1000),
             None => {
-                let base = self.cfg.initial_backoff_ms.saturating_mul(1u64 << attempt.min(16));
+                let base = self
+                    .cfg
+                    .initial_backoff_ms
+                    .saturating_mul(1u64 << attempt.min(16));
                 base / 2 + jitter(base / 2 + 1)
             }
         };
@@ -321,7 +342,10 @@ mod tests {
 
     #[test]
     fn aadsts_codes_are_read_from_descriptions() {
-        assert_eq!(aadsts_of("AADSTS700213: No matching federated identity record found"), Some(700213));
+        assert_eq!(
+            aadsts_of("AADSTS700213: No matching federated identity record found"),
+            Some(700213)
+        );
         assert_eq!(aadsts_of("something else"), None);
         assert_eq!(first_line("AADSTS1: x\r\nTrace ID: y", ""), "AADSTS1: x");
     }

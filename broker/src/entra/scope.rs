@@ -58,6 +58,9 @@ mod tests {
         );
         assert_eq!(to_default_scope("  ").unwrap_err(), ScopeError::Missing);
         assert_eq!(to_default_scope("a b").unwrap_err(), ScopeError::Several(2));
-        assert_eq!(resource_of("https://vault.azure.net/.default"), "https://vault.azure.net");
+        assert_eq!(
+            resource_of("https://vault.azure.net/.default"),
+            "https://vault.azure.net"
+        );
     }
 }

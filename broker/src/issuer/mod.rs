@@ -118,13 +118,16 @@ impl KeyStore {
             let source = if let Some(inline) = &issuer.jwks_inline {
                 let doc: serde_json::Value =
                     serde_json::from_str(inline).map_err(|e| err(format!("jwks_inline: {e}")))?;
-                let keys = jwks::parse(&doc, cfg.max_keys).map_err(|e| err(format!("jwks_inline: {e}")))?;
+                let keys = jwks::parse(&doc, cfg.max_keys)
+                    .map_err(|e| err(format!("jwks_inline: {e}")))?;
                 Source::Inline(Arc::new(keys))
             } else if let Some(path) = &issuer.jwks_file {
                 Source::File(path.clone())
             } else {
                 let client = match &issuer.ca_file {
-                    Some(ca) => outbound::client(timeout, Some(ca)).map_err(|e| err(e.to_string()))?,
+                    Some(ca) => {
+                        outbound::client(timeout, Some(ca)).map_err(|e| err(e.to_string()))?
+                    }
                     None => default_client.clone(),
                 };
                 let jwks_uri = match &issuer.jwks_uri {
@@ -196,7 +199,10 @@ impl KeyStore {
 }
 
 impl IssuerKeys {
-    async fn keys_for(self: &Arc<Self>, kid: Option<&str>) -> Result<Arc<Vec<Arc<VerifyingKey>>>, KeyError> {
+    async fn keys_for(
+        self: &Arc<Self>,
+        kid: Option<&str>,
+    ) -> Result<Arc<Vec<Arc<VerifyingKey>>>, KeyError> {
         let cfg = &self.settings.cfg;
         let now = self.settings.clock.now();
         if let Some(snap) = self.snapshot.load_full() {
@@ -211,7 +217,10 @@ impl IssuerKeys {
                 return self.refetch_for_unknown_kid(kid, now).await;
             }
         }
-        let snap = self.refresh().await.map_err(|reason| KeyError::Unavailable { reason })?;
+        let snap = self
+            .refresh()
+            .await
+            .map_err(|reason| KeyError::Unavailable { reason })?;
         select(&snap.keys, kid).ok_or(KeyError::UnknownKey {
             kid: kid.map(str::to_owned),
         })
@@ -231,7 +240,8 @@ impl IssuerKeys {
             return Err(unknown());
         }
         let last = self.last_kid_refetch.load(Ordering::SeqCst);
-        let cooled = last == 0 || now.saturating_sub(last) >= self.settings.cfg.refetch_cooldown_secs;
+        let cooled =
+            last == 0 || now.saturating_sub(last) >= self.settings.cfg.refetch_cooldown_secs;
         if !cooled
             || self
                 .last_kid_refetch
@@ -323,7 +333,10 @@ impl IssuerKeys {
         let doc = outbound::get_json(client, &url, self.settings.cfg.max_response_bytes)
             .await
             .map_err(|e: OutboundError| e.to_string())?;
-        let issuer = doc.get("issuer").and_then(|v| v.as_str()).unwrap_or_default();
+        let issuer = doc
+            .get("issuer")
+            .and_then(|v| v.as_str())
+            .unwrap_or_default();
         if issuer != self.issuer {
             return Err(format!(
                 "discovery document names issuer {issuer:?}, expected {:?}",
@@ -338,7 +351,10 @@ impl IssuerKeys {
     }
 }
 
-fn select(keys: &Arc<Vec<Arc<VerifyingKey>>>, kid: Option<&str>) -> Option<Arc<Vec<Arc<VerifyingKey>>>> {
+fn select(
+    keys: &Arc<Vec<Arc<VerifyingKey>>>,
+    kid: Option<&str>,
+) -> Option<Arc<Vec<Arc<VerifyingKey>>>> {
     match kid {
         None => Some(keys.clone()),
         Some(kid) => {

@@ -2,7 +2,9 @@
 //! registry that matches a verified token to the identities it may act as.
 
 pub mod ffl;
-pub mod rules;
 pub mod registry;
+pub mod rules;
 
-pub use registry::{Credential, Identity, MatchError, Registry, SelectError, SubjectRule, select_identity};
+pub use registry::{
+    Credential, Identity, MatchError, Registry, SelectError, SubjectRule, select_identity,
+};

@@ -55,7 +55,9 @@ struct IssuerIndex {
 pub enum MatchError {
     #[error("no federated credential matches this token")]
     NoCredential,
-    #[error("a federated credential matches the subject but not the token's audience; expected {expected}")]
+    #[error(
+        "a federated credential matches the subject but not the token's audience; expected {expected}"
+    )]
     Audience { expected: String },
 }
 
@@ -160,10 +162,16 @@ impl Registry {
             if !client_ids.insert(identity.client_id.to_ascii_lowercase()) {
                 problems.push(BuildProblem {
                     key: format!("identity {}", identity.name),
-                    message: format!("client_id {} is used by another identity", identity.client_id),
+                    message: format!(
+                        "client_id {} is used by another identity",
+                        identity.client_id
+                    ),
                 });
             }
-            if by_name.insert(identity.name.clone(), identity.clone()).is_some() {
+            if by_name
+                .insert(identity.name.clone(), identity.clone())
+                .is_some()
+            {
                 problems.push(BuildProblem {
                     key: format!("identity {}", identity.name),
                     message: "an identity with this name already exists".into(),
@@ -192,7 +200,11 @@ impl Registry {
             let index = registry.by_issuer.entry(cred.issuer.clone()).or_default();
             match &cred.rule {
                 SubjectRule::Exact(subject) => {
-                    if !subjects.insert((cred.identity.name.clone(), cred.issuer.clone(), subject.clone())) {
+                    if !subjects.insert((
+                        cred.identity.name.clone(),
+                        cred.issuer.clone(),
+                        subject.clone(),
+                    )) {
                         problems.push(BuildProblem {
                             key,
                             message: format!(
@@ -202,7 +214,11 @@ impl Registry {
                         });
                         continue;
                     }
-                    index.exact.entry(subject.clone()).or_default().push(cred.clone());
+                    index
+                        .exact
+                        .entry(subject.clone())
+                        .or_default()
+                        .push(cred.clone());
                 }
                 SubjectRule::Expression(_) => index.expressions.push(cred.clone()),
             }
@@ -244,12 +260,13 @@ impl Registry {
             .and_then(|sub| index.exact.get(sub))
             .map(Vec::as_slice)
             .unwrap_or_default();
-        let mut subject_matches = exact.iter().chain(
-            index.expressions.iter().filter(|c| match &c.rule {
-                SubjectRule::Expression(e) => e.matches(&token.claims),
-                SubjectRule::Exact(_) => false,
-            }),
-        );
+        let mut subject_matches =
+            exact
+                .iter()
+                .chain(index.expressions.iter().filter(|c| match &c.rule {
+                    SubjectRule::Expression(e) => e.matches(&token.claims),
+                    SubjectRule::Exact(_) => false,
+                }));
         let mut matched = Vec::new();
         let mut wanted_audience = None;
         for cred in subject_matches.by_ref() {
@@ -296,11 +313,18 @@ pub fn select_identity(
 }
 
 /// Builds a credential from a spec that already passed [`rules::check`].
-pub fn build_credential(identity: &Arc<Identity>, spec: &CredentialSpec<'_>) -> Result<Credential, String> {
+pub fn build_credential(
+    identity: &Arc<Identity>,
+    spec: &CredentialSpec<'_>,
+) -> Result<Credential, String> {
     let rule = match (spec.subject, spec.claims_matching_expression) {
         (Some(subject), None) => SubjectRule::Exact(subject.to_owned()),
-        (None, Some(expr)) => SubjectRule::Expression(Expression::parse(expr).map_err(|e| e.to_string())?),
-        _ => return Err("exactly one of subject and claims_matching_expression is required".into()),
+        (None, Some(expr)) => {
+            SubjectRule::Expression(Expression::parse(expr).map_err(|e| e.to_string())?)
+        }
+        _ => {
+            return Err("exactly one of subject and claims_matching_expression is required".into());
+        }
     };
     let audience = spec
         .audiences

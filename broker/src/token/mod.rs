@@ -86,7 +86,10 @@ pub fn verify(
     if !policy.algorithms.contains(&alg) {
         return Err(TokenError::AlgorithmNotAllowed(token.alg.clone()));
     }
-    let mut candidates = keys.iter().filter(|k| k.algorithms.contains(&alg)).peekable();
+    let mut candidates = keys
+        .iter()
+        .filter(|k| k.algorithms.contains(&alg))
+        .peekable();
     if candidates.peek().is_none() {
         return Err(TokenError::AlgorithmKeyMismatch(token.alg.clone()));
     }
@@ -155,7 +158,11 @@ fn numeric(claims: &Value, name: &'static str) -> Result<u64, TokenError> {
     match claims.get(name) {
         Some(Value::Number(n)) => n
             .as_u64()
-            .or_else(|| n.as_f64().filter(|f| *f >= 0.0 && f.is_finite()).map(|f| f as u64))
+            .or_else(|| {
+                n.as_f64()
+                    .filter(|f| *f >= 0.0 && f.is_finite())
+                    .map(|f| f as u64)
+            })
             .ok_or(TokenError::MissingClaim(name)),
         _ => Err(TokenError::MissingClaim(name)),
     }

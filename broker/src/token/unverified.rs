@@ -34,9 +34,12 @@ impl<'a> UnverifiedToken<'a> {
             .split_once('.')
             .ok_or_else(|| malformed("a JWT has three dot-separated parts"))?;
         if payload_b64.contains('.') {
-            return Err(malformed("a JWT has three dot-separated parts (JWE is not accepted)"));
+            return Err(malformed(
+                "a JWT has three dot-separated parts (JWE is not accepted)",
+            ));
         }
-        let header: Value = decode_json(header_b64).ok_or_else(|| malformed("the header is not base64url JSON"))?;
+        let header: Value =
+            decode_json(header_b64).ok_or_else(|| malformed("the header is not base64url JSON"))?;
         let alg = header
             .get("alg")
             .and_then(Value::as_str)
