@@ -6,3 +6,18 @@ pub mod entra;
 pub mod issuer;
 pub mod jwt;
 pub mod stack;
+
+mod server;
+
+/// Why a local issuer or the Entra emulator could not start or mint.
+#[derive(Debug, thiserror::Error)]
+pub enum DevError {
+    #[error("could not listen on a loopback port: {0}")]
+    Bind(#[source] std::io::Error),
+    #[error(transparent)]
+    Jwt(#[from] jwt::JwtError),
+    #[error("could not build the HTTP client: {0}")]
+    HttpClient(#[source] reqwest::Error),
+    #[error("claims must be a JSON object")]
+    ClaimsNotObject,
+}
