@@ -17,7 +17,9 @@ use wif_broker::dev::issuer::{IssuerOptions, LocalIssuer};
 use wif_broker::server::RunningBroker;
 use wif_config::{BrokerConfig, FederatedCredentialConfig, IdentityConfig};
 
-pub use wif_broker::dev::issuer::{azure_devops_claims, github_claims, github_pull_request_claims, kubernetes_claims};
+pub use wif_broker::dev::issuer::{
+    azure_devops_claims, github_claims, github_pull_request_claims, kubernetes_claims,
+};
 
 pub const TENANT: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";
 /// App registration used by CI: GitHub main and an Azure DevOps service connection.
@@ -60,18 +62,36 @@ impl Answer {
         self.body["error_description"].as_str().unwrap_or("")
     }
     pub fn access_token(&self) -> &str {
-        self.body["access_token"].as_str().unwrap_or_else(|| panic!("no access token in {:?}", self.body))
+        self.body["access_token"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no access token in {:?}", self.body))
     }
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).and_then(|v| v.to_str().ok())
     }
     /// Asserts an error answer in the documented shape and returns it.
     pub fn expect_error(&self, status: u16, code: &str) -> &Self {
-        assert_eq!(self.status.as_u16(), status, "unexpected status; body {}", self.body);
-        assert_eq!(self.error(), code, "unexpected error code; body {}", self.body);
-        assert!(!self.description().is_empty(), "error without description: {}", self.body);
+        assert_eq!(
+            self.status.as_u16(),
+            status,
+            "unexpected status; body {}",
+            self.body
+        );
+        assert_eq!(
+            self.error(),
+            code,
+            "unexpected error code; body {}",
+            self.body
+        );
         assert!(
-            self.body["request_id"].as_str().is_some_and(|r| !r.is_empty()),
+            !self.description().is_empty(),
+            "error without description: {}",
+            self.body
+        );
+        assert!(
+            self.body["request_id"]
+                .as_str()
+                .is_some_and(|r| !r.is_empty()),
             "error without request id: {}",
             self.body
         );
@@ -79,7 +99,12 @@ impl Answer {
     }
 }
 
-fn credential(name: &str, issuer: &str, subject: Option<&str>, expression: Option<&str>) -> FederatedCredentialConfig {
+fn credential(
+    name: &str,
+    issuer: &str,
+    subject: Option<&str>,
+    expression: Option<&str>,
+) -> FederatedCredentialConfig {
     FederatedCredentialConfig {
         name: name.into(),
         issuer: issuer.into(),
@@ -104,7 +129,8 @@ impl Stack {
         let aks = LocalIssuer::start_with(
             shared.clone(),
             IssuerOptions {
-                path: "/72f988bf-86f1-41af-91ab-2d7cd011db47/5c0e1a2b-3d4f-4a5b-8c6d-7e8f9a0b1c2d/".into(),
+                path: "/72f988bf-86f1-41af-91ab-2d7cd011db47/5c0e1a2b-3d4f-4a5b-8c6d-7e8f9a0b1c2d/"
+                    .into(),
                 ..Default::default()
             },
         )
@@ -125,12 +151,21 @@ impl Stack {
                 .with_fic(EmulatedFic::new("github-main", &github.url(), MAIN_SUBJECT))
                 .with_fic(EmulatedFic::new("ado-prod", &ado.url(), ADO_SUBJECT)),
         );
-        entra.register_app(AppRegistration::new(TENANT, PAYMENTS_CLIENT).with_fic(EmulatedFic::new(
-            "payments-api",
-            &aks.url(),
-            "system:serviceaccount:payments:api",
-        )));
-        entra.register_app(AppRegistration::new(TENANT, UNSYNCED_CLIENT));
+        entra.register_app(AppRegistration::new(TENANT, PAYMENTS_CLIENT).with_fic(
+            EmulatedFic::new(
+                "payments-api",
+                &aks.url(),
+                "system:serviceaccount:payments:api",
+            ),
+        ));
+        // Entra holds a credential for this issuer, but not for the release branch.
+        entra.register_app(AppRegistration::new(TENANT, UNSYNCED_CLIENT).with_fic(
+            EmulatedFic::new(
+                "github-production",
+                &github.url(),
+                "repo:contoso/app:environment:production",
+            ),
+        ));
 
         let mut config = BrokerConfig::default();
         config.server.listen = "127.0.0.1:0".into();
@@ -168,7 +203,12 @@ impl Stack {
                 name: "unsynced".into(),
                 tenant_id: TENANT.into(),
                 client_id: UNSYNCED_CLIENT.into(),
-                federated_credentials: vec![credential("github-release", &github.url(), Some(RELEASE_SUBJECT), None)],
+                federated_credentials: vec![credential(
+                    "github-release",
+                    &github.url(),
+                    Some(RELEASE_SUBJECT),
+                    None,
+                )],
                 ..Default::default()
             },
         ];
@@ -240,7 +280,9 @@ impl Stack {
         let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
         validation.validate_aud = false;
         validation.validate_exp = false;
-        jsonwebtoken::decode::<Value>(token, &key, &validation).unwrap().claims
+        jsonwebtoken::decode::<Value>(token, &key, &validation)
+            .unwrap()
+            .claims
     }
 }
 
@@ -249,7 +291,11 @@ pub async fn answer(response: reqwest::Response) -> Answer {
     let headers = response.headers().clone();
     let text = response.text().await.unwrap();
     let body = serde_json::from_str(&text).unwrap_or_else(|_| json!({ "raw": text }));
-    Answer { status, headers, body }
+    Answer {
+        status,
+        headers,
+        body,
+    }
 }
 
 /// Sums every sample of a Prometheus metric whose line contains all `labels`.
