@@ -1,5 +1,124 @@
-//! `wif-broker dev`: the whole stack on loopback.
+//! `wif-broker dev`: the whole stack on loopback, ready to try in one command.
+//!
+//! A local OIDC issuer plays the CI system, the Entra emulator plays Entra, and the broker
+//! runs with an in-memory store, a demo identity and a federated credential for the demo
+//! subject. The emulator holds the same credential, as Entra must for the passthrough
+//! assertion. Everything listens on 127.0.0.1 only.
 
-pub async fn run(_listen: &str) -> anyhow::Result<()> {
-    anyhow::bail!("not yet")
+use std::io::Write;
+
+use serde_json::json;
+use wif_config::{BrokerConfig, FederatedCredentialConfig, IdentityConfig};
+
+use super::entra::{AppRegistration, EmulatedFic, EntraEmulator};
+use super::issuer::LocalIssuer;
+use crate::clock::{self, SharedClock};
+use crate::server::{RunningBroker, shutdown_signal};
+
+pub const DEMO_TENANT: &str = "11111111-1111-4111-8111-111111111111";
+pub const DEMO_CLIENT: &str = "22222222-2222-4222-8222-222222222222";
+pub const DEMO_IDENTITY: &str = "demo";
+pub const DEMO_SUBJECT: &str = "repo:contoso/demo:ref:refs/heads/main";
+pub const DEMO_SCOPE: &str = "https://management.azure.com/.default";
+/// How long the printed demo token stays valid.
+pub const DEMO_TOKEN_SECS: u64 = 3600;
+
+/// The running dev stack.
+pub struct DevStack {
+    pub issuer: LocalIssuer,
+    pub entra: EntraEmulator,
+    pub broker: RunningBroker,
+    pub config: BrokerConfig,
+}
+
+impl DevStack {
+    /// Starts the issuer, the emulator and a broker listening on `listen`.
+    pub async fn start(listen: &str, clock: SharedClock) -> anyhow::Result<Self> {
+        crate::crypto::install_provider();
+        let issuer = LocalIssuer::start(clock.clone()).await?;
+        let entra = EntraEmulator::start(clock.clone()).await?;
+        entra.register_app(
+            AppRegistration::new(DEMO_TENANT, DEMO_CLIENT).with_fic(EmulatedFic::new(
+                "demo-main",
+                &issuer.url(),
+                DEMO_SUBJECT,
+            )),
+        );
+        let config = dev_config(listen, &issuer.url(), &entra.url());
+        let broker = RunningBroker::start(&config, clock).await?;
+        Ok(Self {
+            issuer,
+            entra,
+            broker,
+            config,
+        })
+    }
+
+    /// A token from the local issuer for the demo subject, valid for an hour.
+    pub fn demo_token(&self, now: u64) -> anyhow::Result<String> {
+        Ok(self.issuer.mint(json!({
+            "sub": DEMO_SUBJECT,
+            "repository": "contoso/demo",
+            "ref": "refs/heads/main",
+            "exp": now + DEMO_TOKEN_SECS,
+        }))?)
+    }
+
+    /// The command a user pastes to get an access token.
+    pub fn curl(&self, token: &str) -> String {
+        format!(
+            "curl -s -X POST {}/v1/token \\\n  -H 'Authorization: Bearer {token}' \\\n  -d scope={DEMO_SCOPE}",
+            self.broker.url()
+        )
+    }
+}
+
+/// The broker configuration of the dev stack.
+pub fn dev_config(listen: &str, issuer: &str, entra: &str) -> BrokerConfig {
+    let mut config = BrokerConfig::default();
+    config.server.listen = listen.to_owned();
+    config.store.url = "sqlite::memory:".into();
+    config.entra.authority_host = entra.to_owned();
+    config.outbound.allow_loopback_http = true;
+    config.identities = vec![IdentityConfig {
+        name: DEMO_IDENTITY.into(),
+        tenant_id: DEMO_TENANT.into(),
+        client_id: DEMO_CLIENT.into(),
+        federated_credentials: vec![FederatedCredentialConfig {
+            name: "demo-main".into(),
+            issuer: issuer.to_owned(),
+            subject: Some(DEMO_SUBJECT.into()),
+            description: Some("The dev stack's demo job on main".into()),
+            ..Default::default()
+        }],
+        ..Default::default()
+    }];
+    config
+}
+
+/// Runs the dev stack until Ctrl-C, printing how to use it.
+pub async fn run(listen: &str) -> anyhow::Result<()> {
+    let clock = clock::system();
+    let stack = DevStack::start(listen, clock.clone()).await?;
+    let token = stack.demo_token(clock.now())?;
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "WIF broker dev stack is running on loopback (Ctrl-C to stop).\n\
+         \n  broker          {broker}\n  local issuer    {issuer}\n  Entra emulator  {entra}\n\
+         \n  identity        {DEMO_IDENTITY} (tenant {DEMO_TENANT}, client {DEMO_CLIENT})\
+         \n  credential      demo-main: issuer {issuer}, subject {DEMO_SUBJECT}\n\
+         \nA demo job token (valid {mins} minutes) is in this command; paste it to get an access token:\n\n{curl}\n",
+        broker = stack.broker.url(),
+        issuer = stack.issuer.url(),
+        entra = stack.entra.url(),
+        mins = DEMO_TOKEN_SECS / 60,
+        curl = stack.curl(&token),
+    )?;
+    out.flush()?;
+    drop(out);
+    stack.broker.run_until(shutdown_signal()).await?;
+    stack.issuer.shutdown().await;
+    stack.entra.shutdown().await;
+    Ok(())
 }
