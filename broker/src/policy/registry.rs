@@ -354,3 +354,155 @@ fn snake(field: &str) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn load(text: &str) -> Result<Registry, Vec<BuildProblem>> {
+        let cfg = BrokerConfig::from_toml(text, "test").unwrap();
+        Registry::from_config(&cfg)
+    }
+
+    #[test]
+    fn every_example_config_builds_a_registry_under_entras_rules() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/examples");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                let text = std::fs::read_to_string(&path).unwrap();
+                let registry = load(&text).unwrap_or_else(|p| panic!("{}: {p:?}", path.display()));
+                assert!(registry.identities().count() > 0, "{}", path.display());
+                seen += 1;
+            }
+        }
+        assert!(seen >= 3, "only {seen} examples found");
+    }
+
+    const BASE: &str = r#"
+        [[identities]]
+        name = "deploy"
+        tenant_id = "72f988bf-86f1-41af-91ab-2d7cd011db47"
+        client_id = "3f1c2a9e-5b7d-4e21-9c3a-1d2e3f4a5b6c"
+    "#;
+
+    #[test]
+    fn a_credential_breaking_entras_rules_is_named_by_its_key() {
+        let text = format!(
+            "{BASE}
+            [[identities.federated_credentials]]
+            name = \"bad name!\"
+            issuer = \"https://token.actions.githubusercontent.com\"
+            subject = \"repo:c/r:ref:refs/heads/main\"
+            audiences = [\"a\", \"b\"]
+            claims_matching_expression = \"claims['sub'] eq 'x'\"
+            "
+        );
+        let problems = load(&text).unwrap_err();
+        let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+        assert!(
+            keys.contains(&"identities[0].federated_credentials[0].name"),
+            "{problems:?}"
+        );
+        assert!(
+            keys.contains(&"identities[0].federated_credentials[0].audiences"),
+            "{problems:?}"
+        );
+        assert!(
+            keys.contains(&"identities[0].federated_credentials[0].subject"),
+            "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn duplicate_issuer_and_subject_on_one_identity_is_refused() {
+        let cred = "
+            [[identities.federated_credentials]]
+            issuer = \"https://token.actions.githubusercontent.com\"
+            subject = \"repo:c/r:ref:refs/heads/main\"
+            ";
+        let text = format!(
+            "{BASE}{}{}",
+            cred.replace(
+                "[[identities.federated_credentials]]",
+                "[[identities.federated_credentials]]\nname = \"one\""
+            ),
+            cred.replace(
+                "[[identities.federated_credentials]]",
+                "[[identities.federated_credentials]]\nname = \"two\""
+            )
+        );
+        let problems = load(&text).unwrap_err();
+        assert!(problems[0].message.contains("already used"), "{problems:?}");
+    }
+
+    fn token(iss: &str, sub: &str, aud: &str, extra: serde_json::Value) -> VerifiedToken {
+        let mut claims = json!({"iss": iss, "sub": sub, "aud": aud});
+        if let (Some(c), Some(e)) = (claims.as_object_mut(), extra.as_object()) {
+            c.extend(e.clone());
+        }
+        VerifiedToken {
+            iss: iss.into(),
+            sub: Some(sub.into()),
+            aud: vec![aud.into()],
+            exp: 0,
+            iat: 0,
+            jti: None,
+            sha256: String::new(),
+            claims,
+        }
+    }
+
+    #[test]
+    fn exact_subjects_and_expressions_match_with_the_right_audience_only() {
+        let text = format!(
+            "{BASE}
+            [[identities.federated_credentials]]
+            name = \"main\"
+            issuer = \"https://token.actions.githubusercontent.com\"
+            subject = \"repo:c/r:ref:refs/heads/main\"
+            [[identities.federated_credentials]]
+            name = \"releases\"
+            issuer = \"https://token.actions.githubusercontent.com\"
+            claims_matching_expression = \"claims['sub'] matches 'repo:c/r:ref:refs/heads/release/*' and claims['actor'] eq 'octocat'\"
+            "
+        );
+        let registry = load(&text).unwrap();
+        let gh = "https://token.actions.githubusercontent.com";
+        let aud = "api://AzureADTokenExchange";
+        let main = registry
+            .matching(&token(gh, "repo:c/r:ref:refs/heads/main", aud, json!({})))
+            .unwrap();
+        assert_eq!(main[0].name, "main");
+        let release = token(
+            gh,
+            "repo:c/r:ref:refs/heads/release/1.2",
+            aud,
+            json!({"actor": "octocat"}),
+        );
+        assert_eq!(registry.matching(&release).unwrap()[0].name, "releases");
+        let wrong_actor = token(
+            gh,
+            "repo:c/r:ref:refs/heads/release/1.2",
+            aud,
+            json!({"actor": "mallory"}),
+        );
+        assert_eq!(
+            registry.matching(&wrong_actor).unwrap_err(),
+            MatchError::NoCredential
+        );
+        let case = token(gh, "repo:c/r:ref:refs/heads/MAIN", aud, json!({}));
+        assert_eq!(
+            registry.matching(&case).unwrap_err(),
+            MatchError::NoCredential
+        );
+        let other_aud = token(gh, "repo:c/r:ref:refs/heads/main", "api://other", json!({}));
+        assert!(matches!(
+            registry.matching(&other_aud),
+            Err(MatchError::Audience { .. })
+        ));
+        assert!(!registry.knows_issuer("https://token.actions.githubusercontent.com/"));
+    }
+}
