@@ -36,6 +36,9 @@ pub struct AuditEvent {
 
 /// Emits the event.
 pub fn record(event: &AuditEvent) {
+    if !tracing::enabled!(target: "wif_audit", tracing::Level::INFO) {
+        return;
+    }
     match serde_json::to_string(event) {
         Ok(line) => tracing::info!(target: "wif_audit", "{line}"),
         Err(e) => tracing::error!(target: "wif_audit", error = %e, "cannot serialise audit event"),

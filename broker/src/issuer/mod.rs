@@ -159,8 +159,8 @@ impl KeyStore {
         self.explicit.keys().map(String::as_str)
     }
 
-    /// The keys that may have signed a token from `iss` with header `kid`. The caller must
-    /// already know `iss` is trusted.
+    /// The issuer's current keys, provided one has the token's `kid` (refetching once per
+    /// cooldown if none has). The caller must already know `iss` is trusted.
     pub async fn keys_for(
         &self,
         iss: &str,
@@ -351,21 +351,17 @@ impl IssuerKeys {
     }
 }
 
+/// The whole key set when it can verify a token with header `kid` (any set when the
+/// header names none); the verifier picks the key. Nothing is copied on this hot path.
 fn select(
     keys: &Arc<Vec<Arc<VerifyingKey>>>,
     kid: Option<&str>,
 ) -> Option<Arc<Vec<Arc<VerifyingKey>>>> {
-    match kid {
-        None => Some(keys.clone()),
-        Some(kid) => {
-            let found: Vec<Arc<VerifyingKey>> = keys
-                .iter()
-                .filter(|k| k.kid.as_deref() == Some(kid))
-                .cloned()
-                .collect();
-            (!found.is_empty()).then(|| Arc::new(found))
-        }
-    }
+    let usable = match kid {
+        None => true,
+        Some(kid) => keys.iter().any(|k| k.kid.as_deref() == Some(kid)),
+    };
+    usable.then(|| keys.clone())
 }
 
 async fn read_capped(path: &std::path::Path, limit: usize) -> Result<serde_json::Value, String> {

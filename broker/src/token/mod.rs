@@ -74,8 +74,8 @@ pub fn parse_algorithm(name: &str) -> Result<Algorithm, TokenError> {
         .map_err(|_| TokenError::AlgorithmNotAllowed(name.to_owned()))
 }
 
-/// Verifies signature and times. `keys` are the issuer's candidate keys for the header's
-/// `kid` (all keys when the header has none).
+/// Verifies signature and times. `keys` are the issuer's keys: the one with the header's
+/// `kid` is used, or, when the header names none, each key of the right type is tried.
 pub fn verify(
     token: UnverifiedToken<'_>,
     keys: &[Arc<VerifyingKey>],
@@ -86,8 +86,10 @@ pub fn verify(
     if !policy.algorithms.contains(&alg) {
         return Err(TokenError::AlgorithmNotAllowed(token.alg.clone()));
     }
+    let kid = token.kid.as_deref();
     let mut candidates = keys
         .iter()
+        .filter(|k| kid.is_none() || k.kid.as_deref() == kid)
         .filter(|k| k.algorithms.contains(&alg))
         .peekable();
     if candidates.peek().is_none() {
