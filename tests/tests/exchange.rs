@@ -1,6 +1,8 @@
 //! The exchange path end to end: real broker, real local issuers, the Entra emulator, all
 //! over loopback HTTP.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::time::Duration;
 
 use serde_json::json;
