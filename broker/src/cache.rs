@@ -8,7 +8,7 @@
 //! - A failed background refresh keeps the old token, so an Entra outage degrades to
 //!   cached tokens until they run out.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -92,9 +92,19 @@ impl Expiry<CacheKey, Arc<EntraToken>> for ExpireEarly {
     }
 }
 
+/// A background refresh that failed is not retried for this long, so an Entra outage
+/// sees one attempt per key per interval rather than one per request.
+pub const REFRESH_RETRY_SECS: u64 = 30;
+
+#[derive(Debug, Clone, Copy)]
+enum Refresh {
+    Running,
+    FailedAt(u64),
+}
+
 pub struct TokenCache {
     tokens: Cache<CacheKey, Arc<EntraToken>>,
-    refreshing: Arc<Mutex<HashSet<CacheKey>>>,
+    refreshing: Arc<Mutex<HashMap<CacheKey, Refresh>>>,
     clock: SharedClock,
     min_remaining: u64,
     refresh_before: u64,
@@ -120,7 +130,7 @@ impl TokenCache {
             .build();
         Self {
             tokens,
-            refreshing: Arc::new(Mutex::new(HashSet::new())),
+            refreshing: Arc::new(Mutex::new(HashMap::new())),
             clock,
             min_remaining: cfg.min_remaining_secs,
             refresh_before: cfg.refresh_before_secs,
@@ -188,30 +198,43 @@ impl TokenCache {
         Fut: Future<Output = Result<EntraToken, EntraError>> + Send + 'static,
     {
         {
-            let Ok(mut running) = self.refreshing.lock() else {
+            let Ok(mut refreshing) = self.refreshing.lock() else {
                 return;
             };
-            if !running.insert(key.clone()) {
-                return;
+            let now = self.clock.now();
+            match refreshing.get(&key) {
+                Some(Refresh::Running) => return,
+                Some(Refresh::FailedAt(at)) if now.saturating_sub(*at) < REFRESH_RETRY_SECS => {
+                    return;
+                }
+                _ => {}
             }
+            refreshing.insert(key.clone(), Refresh::Running);
         }
         let tokens = self.tokens.clone();
         let refreshing = self.refreshing.clone();
         let metrics = self.metrics.clone();
+        let clock = self.clock.clone();
         tokio::spawn(async move {
-            match fetch().await {
+            let outcome = match fetch().await {
                 Ok(token) => {
                     tokens.insert(key.clone(), Arc::new(token)).await;
                     metrics.cache_refresh("ok");
+                    None
                 }
                 Err(e) => {
                     metrics.cache_refresh("error");
                     tracing::warn!(error = %e, scope = %key.scope, client_id = %key.client_id,
-                        "background token refresh failed; the cached token keeps serving");
+                        "background token refresh failed; the cached token keeps serving"
+                    );
+                    Some(Refresh::FailedAt(clock.now()))
                 }
-            }
-            if let Ok(mut running) = refreshing.lock() {
-                running.remove(&key);
+            };
+            if let Ok(mut refreshing) = refreshing.lock() {
+                match outcome {
+                    Some(failed) => refreshing.insert(key, failed),
+                    None => refreshing.remove(&key),
+                };
             }
         });
     }

@@ -115,6 +115,8 @@ pub enum SetupError {
     Issuer(#[from] IssuerSetupError),
     #[error("entra: {0}")]
     Entra(#[from] crate::outbound::OutboundError),
+    #[error("tokens.algorithms: {0}")]
+    TokenAlgorithms(String),
     #[error("issuers[{index}].algorithms: {reason}")]
     Algorithms { index: usize, reason: String },
 }
@@ -153,8 +155,8 @@ impl Broker {
     ) -> Result<Self, SetupError> {
         crate::crypto::install_provider();
         let registry = Registry::from_config(cfg).map_err(SetupError::Registry)?;
-        let default_algorithms = algorithms(&cfg.tokens.algorithms)
-            .map_err(|reason| SetupError::Algorithms { index: 0, reason })?;
+        let default_algorithms =
+            algorithms(&cfg.tokens.algorithms).map_err(SetupError::TokenAlgorithms)?;
         let default_policy = VerifyPolicy {
             algorithms: default_algorithms,
             leeway_secs: cfg.tokens.leeway_secs,

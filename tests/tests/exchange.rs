@@ -655,6 +655,16 @@ async fn an_issuer_that_never_answered_gives_a_503_with_retry_after() {
     let answer = stack.exchange(&stack.github_token("main"), ARM).await;
     answer.expect_error(503, "issuer_unavailable");
     assert!(answer.header("retry-after").is_some());
+    // The failure is remembered briefly: callers are answered at once, and the down
+    // issuer is not asked again for every request.
+    let asked = stack.github.request_count();
+    for _ in 0..5 {
+        stack
+            .exchange(&stack.github_token("main"), ARM)
+            .await
+            .expect_error(503, "issuer_unavailable");
+    }
+    assert_eq!(stack.github.request_count(), asked);
 }
 
 #[tokio::test]
@@ -751,5 +761,42 @@ async fn health_readiness_and_metrics_are_served() {
     assert_eq!(
         metric_value(&metrics, "wif_entra_requests_total", &["outcome=\"ok\""]),
         1.0
+    );
+}
+
+#[tokio::test]
+async fn during_an_entra_outage_the_refresh_window_does_not_hammer_entra() {
+    let stack = Stack::start().await;
+    let first = stack.exchange(&stack.github_token("main"), ARM).await;
+    stack.clock.advance(50 * 60);
+    stack.entra.set_down(true);
+    for _ in 0..5 {
+        let during = stack.exchange(&stack.github_token("main"), ARM).await;
+        assert_eq!(during.access_token(), first.access_token());
+    }
+    // Wait for the one background refresh (with its retries) to give up.
+    let mut failed = 0.0;
+    for _ in 0..100 {
+        failed = metric_value(
+            &stack.metrics().await,
+            "wif_token_cache_refreshes_total",
+            &["error"],
+        );
+        if failed >= 1.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(failed, 1.0, "the background refresh never finished");
+    let attempts = stack.entra.token_requests();
+    for _ in 0..5 {
+        let during = stack.exchange(&stack.github_token("main"), ARM).await;
+        assert_eq!(during.access_token(), first.access_token());
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        stack.entra.token_requests(),
+        attempts,
+        "a failed refresh was retried at once"
     );
 }

@@ -108,7 +108,7 @@ impl From<ExchangeError> for ApiError {
             }
             ExchangeError::Keys(KeyError::Unavailable { .. }) => {
                 return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code, description)
-                    .with_retry_after(30);
+                    .with_retry_after(crate::issuer::RETRY_AFTER_FAILURE_SECS);
             }
             ExchangeError::Match(_) | ExchangeError::Select(_) => StatusCode::FORBIDDEN,
             ExchangeError::Cache(CacheError::ShortLived { .. }) => StatusCode::BAD_GATEWAY,

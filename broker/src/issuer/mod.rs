@@ -12,7 +12,7 @@ pub mod jwks;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
@@ -36,6 +36,8 @@ pub enum KeyError {
 /// A problem with an `[[issuers]]` entry found at start-up.
 #[derive(Debug, thiserror::Error)]
 pub enum IssuerSetupError {
+    #[error("cannot build the HTTP client for issuers: {0}")]
+    Client(String),
     #[error("issuers[{index}] ({url}): {reason}")]
     Invalid {
         index: usize,
@@ -62,6 +64,10 @@ struct Snapshot {
     fetched_at: u64,
 }
 
+/// After a failed fetch, callers get the failure at once for this long instead of each
+/// waiting on another fetch from an issuer that is down (and a down issuer is not hammered).
+pub const RETRY_AFTER_FAILURE_SECS: u64 = 5;
+
 /// One issuer's key state. Everything a background refresh needs lives here.
 struct IssuerKeys {
     issuer: String,
@@ -71,6 +77,8 @@ struct IssuerKeys {
     /// When an unknown `kid` last caused a refetch (0: never).
     last_kid_refetch: AtomicU64,
     refreshing: AtomicBool,
+    /// When the last fetch failed and why; cleared by a successful fetch.
+    last_failure: Mutex<Option<(u64, String)>>,
     settings: Settings,
 }
 
@@ -111,7 +119,7 @@ impl KeyStore {
             reason,
         };
         let default_client =
-            outbound::client(timeout, None).map_err(|e| invalid(0, "(default)", e.to_string()))?;
+            outbound::client(timeout, None).map_err(|e| IssuerSetupError::Client(e.to_string()))?;
         let mut explicit = HashMap::new();
         for (index, issuer) in issuers.iter().enumerate() {
             let err = |reason: String| invalid(index, &issuer.url, reason);
@@ -187,6 +195,7 @@ impl KeyStore {
             fetch_lock: tokio::sync::Mutex::new(()),
             last_kid_refetch: AtomicU64::new(0),
             refreshing: AtomicBool::new(false),
+            last_failure: Mutex::new(None),
             settings: self.settings.clone(),
         });
         match self.issuers.write() {
@@ -216,6 +225,9 @@ impl IssuerKeys {
                 }
                 return self.refetch_for_unknown_kid(kid, now).await;
             }
+        }
+        if let Some(reason) = self.recent_failure(now) {
+            return Err(KeyError::Unavailable { reason });
         }
         let snap = self
             .refresh()
@@ -259,8 +271,21 @@ impl IssuerKeys {
         }
     }
 
+    /// The reason of a fetch that failed less than [`RETRY_AFTER_FAILURE_SECS`] ago.
+    fn recent_failure(&self, now: u64) -> Option<String> {
+        let guard = self.last_failure.lock().ok()?;
+        match guard.as_ref() {
+            Some((at, reason)) if now.saturating_sub(*at) < RETRY_AFTER_FAILURE_SECS => {
+                Some(reason.clone())
+            }
+            _ => None,
+        }
+    }
+
     fn refresh_in_background(self: &Arc<Self>) {
-        if self.refreshing.swap(true, Ordering::SeqCst) {
+        if self.recent_failure(self.settings.clock.now()).is_some()
+            || self.refreshing.swap(true, Ordering::SeqCst)
+        {
             return;
         }
         let this = self.clone();
@@ -294,11 +319,17 @@ impl IssuerKeys {
                     fetched_at: self.settings.clock.now(),
                 });
                 self.snapshot.store(Some(snap.clone()));
+                if let Ok(mut failure) = self.last_failure.lock() {
+                    *failure = None;
+                }
                 Ok(snap)
             }
             Err(reason) => {
                 metrics.jwks_fetch(&self.issuer, "error");
                 tracing::warn!(issuer = %self.issuer, %reason, "fetching signing keys failed");
+                if let Ok(mut failure) = self.last_failure.lock() {
+                    *failure = Some((self.settings.clock.now(), reason.clone()));
+                }
                 Err(reason)
             }
         }
