@@ -28,20 +28,7 @@ pub async fn native(
     let token = bearer(&headers)?;
     let params = read_params(&headers, body, state.max_body_bytes).await?;
     reject_unknown(&params, &["scope", "resource", "client_id", "identity"])?;
-    let scope = scope_param(&params)?;
-    let identity = identity_param(&params)?;
-    let request_id = super::error::current_request_id();
-    let done = state
-        .broker
-        .exchange(ExchangeRequest {
-            endpoint: "/v1/token",
-            request_id: &request_id,
-            token,
-            scope,
-            identity,
-        })
-        .await?;
-    let now = state.broker.clock().now();
+    let (done, now) = exchange(&state, "/v1/token", token, &params).await?;
     Ok(no_store(json!({
         "access_token": done.token.access_token.expose(),
         "token_type": "Bearer",
@@ -99,20 +86,7 @@ pub async fn rfc8693(
             format!("requested_token_type must be {ACCESS_TOKEN_TYPE}"),
         ));
     }
-    let scope = scope_param(&params)?;
-    let identity = identity_param(&params)?;
-    let request_id = super::error::current_request_id();
-    let done: Exchanged = state
-        .broker
-        .exchange(ExchangeRequest {
-            endpoint: "/oauth2/token",
-            request_id: &request_id,
-            token,
-            scope,
-            identity,
-        })
-        .await?;
-    let now = state.broker.clock().now();
+    let (done, now) = exchange(&state, "/oauth2/token", token, &params).await?;
     Ok(no_store(json!({
         "access_token": done.token.access_token.expose(),
         "issued_token_type": ACCESS_TOKEN_TYPE,
@@ -120,6 +94,27 @@ pub async fn rfc8693(
         "expires_in": done.token.expires_on.saturating_sub(now),
         "scope": done.scope,
     })))
+}
+
+/// Runs the exchange with the body's scope and identity; returns the result and the time.
+async fn exchange(
+    state: &AppState,
+    endpoint: &'static str,
+    token: &str,
+    params: &HashMap<String, String>,
+) -> Result<(Exchanged, u64), ApiError> {
+    let request_id = super::error::current_request_id();
+    let done = state
+        .broker
+        .exchange(ExchangeRequest {
+            endpoint,
+            request_id: &request_id,
+            token,
+            scope: scope_param(params)?,
+            identity: identity_param(params)?,
+        })
+        .await?;
+    Ok((done, state.broker.clock().now()))
 }
 
 fn no_store(body: Value) -> Response {
