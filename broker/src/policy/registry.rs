@@ -505,4 +505,26 @@ mod tests {
         ));
         assert!(!registry.knows_issuer("https://token.actions.githubusercontent.com/"));
     }
+
+    #[test]
+    fn sovereign_clouds_get_their_authority_and_audience() {
+        let text = "
+            [[identities]]
+            name = \"gov\"
+            tenant_id = \"72f988bf-86f1-41af-91ab-2d7cd011db47\"
+            client_id = \"3f1c2a9e-5b7d-4e21-9c3a-1d2e3f4a5b6c\"
+            cloud = \"usgov\"
+            [[identities.federated_credentials]]
+            name = \"main\"
+            issuer = \"https://token.actions.githubusercontent.com\"
+            subject = \"repo:c/r:ref:refs/heads/main\"
+        ";
+        let registry = load(text).unwrap();
+        let gov = registry.identity("gov").unwrap();
+        assert_eq!(gov.authority_host, "https://login.microsoftonline.us");
+        assert_eq!(
+            registry.credentials()[0].audience,
+            "api://AzureADTokenExchangeUSGov"
+        );
+    }
 }
