@@ -24,11 +24,8 @@ pub enum StartError {
     Setup(#[from] SetupError),
     #[error(transparent)]
     Tls(#[from] TlsError),
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        addr: String,
-        source: std::io::Error,
-    },
+    #[error("cannot listen on {addr}: {error}")]
+    Bind { addr: String, error: std::io::Error },
 }
 
 /// A broker serving HTTP in this process.
@@ -65,13 +62,13 @@ impl RunningBroker {
         };
         let listener = TcpListener::bind(&cfg.server.listen)
             .await
-            .map_err(|source| StartError::Bind {
+            .map_err(|error| StartError::Bind {
                 addr: cfg.server.listen.clone(),
-                source,
+                error,
             })?;
-        let addr = listener.local_addr().map_err(|source| StartError::Bind {
+        let addr = listener.local_addr().map_err(|error| StartError::Bind {
             addr: cfg.server.listen.clone(),
-            source,
+            error,
         })?;
         let ready = Arc::new(AtomicBool::new(true));
         let state = AppState {

@@ -22,10 +22,10 @@ pub use validate::Problem;
 /// Why a configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
+    #[error("cannot read config file {path}: {error}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{origin}: {message}")]
     Parse { origin: String, message: String },
@@ -377,9 +377,9 @@ pub fn is_loopback(url: &url::Url) -> bool {
 impl BrokerConfig {
     /// Reads `path`, overlays `WIF_*` variables from the process environment, validates.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
             path: path.to_owned(),
-            source,
+            error,
         })?;
         let vars: Vec<(String, String)> = std::env::vars().collect();
         Self::from_toml_with_env(&text, &path.display().to_string(), &vars)

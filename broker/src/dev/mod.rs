@@ -13,11 +13,11 @@ mod server;
 #[derive(Debug, thiserror::Error)]
 pub enum DevError {
     #[error("could not listen on a loopback port: {0}")]
-    Bind(#[source] std::io::Error),
+    Bind(std::io::Error),
     #[error(transparent)]
     Jwt(#[from] jwt::JwtError),
     #[error("could not build the HTTP client: {0}")]
-    HttpClient(#[source] reqwest::Error),
+    HttpClient(reqwest::Error),
     #[error("claims must be a JSON object")]
     ClaimsNotObject,
 }
