@@ -375,8 +375,6 @@ async fn a_client_id_that_is_not_a_guid_is_refused_by_check_config_naming_the_ke
 }
 
 #[tokio::test]
-#[ignore = "policy::rules::check is a stub in this worktree (accepts every credential); \
-            enable once the real rules land"]
 async fn a_credential_name_entra_would_refuse_is_refused_by_check_config_naming_the_key() {
     let toml = format!(
         r#"{DEPLOY_IDENTITY}
@@ -417,9 +415,6 @@ async fn serve_with_an_unreadable_config_file_fails_naming_the_file() {
 }
 
 #[tokio::test]
-#[ignore = "bug: start-up errors print their OS reason twice (ConfigError::Read and \
-            StartError::Bind put {source} in their message and also expose it as the error \
-            source, and cli::main prints the chain with {:#})"]
 async fn start_up_errors_give_their_reason_once() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("absent.toml");
