@@ -9,64 +9,8 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
-};
+use wif_tests::pki::Pki;
 use wif_tests::*;
-
-/// A CA and a server certificate it signed for `127.0.0.1` and `localhost`.
-struct Pki {
-    ca_pem: String,
-    cert_pem: String,
-    key_pem: String,
-}
-
-impl Pki {
-    fn new(name: &str) -> Self {
-        let ca_key = KeyPair::generate().unwrap();
-        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca.distinguished_name
-            .push(DnType::CommonName, format!("{name} test CA"));
-        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        let ca_cert = ca.self_signed(&ca_key).unwrap();
-        let ca = Issuer::new(ca, ca_key);
-
-        let key = KeyPair::generate().unwrap();
-        let mut leaf =
-            CertificateParams::new(["127.0.0.1".to_owned(), "localhost".to_owned()]).unwrap();
-        leaf.distinguished_name
-            .push(DnType::CommonName, format!("{name} wif-broker"));
-        leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        let cert = leaf.signed_by(&key, &ca).unwrap();
-        Self {
-            ca_pem: ca_cert.pem(),
-            cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
-        }
-    }
-
-    /// Writes the pair over `files`, in place, the way a rotation does.
-    fn install(&self, files: &TlsFiles) {
-        std::fs::write(&files.cert, &self.cert_pem).unwrap();
-        std::fs::write(&files.key, &self.key_pem).unwrap();
-    }
-
-    /// An HTTPS client that trusts this CA and nothing else, and opens a new connection
-    /// (with a full handshake) for every request.
-    fn client(&self) -> reqwest::Client {
-        wif_broker::crypto::install_provider();
-        let ca = reqwest::Certificate::from_pem(self.ca_pem.as_bytes()).unwrap();
-        reqwest::Client::builder()
-            .no_proxy()
-            .tls_certs_only([ca])
-            .pool_max_idle_per_host(0)
-            .timeout(Duration::from_secs(10))
-            .build()
-            .unwrap()
-    }
-}
 
 /// Where the broker reads its certificate and key.
 struct TlsFiles {
@@ -134,7 +78,7 @@ fn assert_refused(result: reqwest::Result<reqwest::Response>, what: &str) {
 async fn the_broker_serves_https_to_clients_that_trust_its_ca() {
     let files = TlsFiles::new();
     let pki = Pki::new("first");
-    pki.install(&files);
+    pki.install(&files.cert, &files.key);
     let mut stack = tls_stack(&files).await;
     assert!(stack.broker.url().starts_with("https://127.0.0.1:"));
     stack.http = pki.client();
@@ -154,7 +98,7 @@ async fn the_broker_serves_https_to_clients_that_trust_its_ca() {
 async fn plain_http_to_the_tls_port_gets_no_answer() {
     let files = TlsFiles::new();
     let pki = Pki::new("first");
-    pki.install(&files);
+    pki.install(&files.cert, &files.key);
     let stack = tls_stack(&files).await;
 
     let plain = reqwest::Client::builder()
@@ -174,7 +118,7 @@ async fn plain_http_to_the_tls_port_gets_no_answer() {
 async fn a_certificate_rotated_in_place_is_served_without_a_restart() {
     let files = TlsFiles::new();
     let first = Pki::new("first");
-    first.install(&files);
+    first.install(&files.cert, &files.key);
     let mut stack = tls_stack(&files).await;
     assert_eq!(
         healthz(&first.client(), &stack).await.unwrap().status(),
@@ -183,7 +127,7 @@ async fn a_certificate_rotated_in_place_is_served_without_a_restart() {
 
     // cert-manager renews: a new CA and a new leaf, written over the same paths.
     let second = Pki::new("second");
-    second.install(&files);
+    second.install(&files.cert, &files.key);
     until_healthy(&second.client(), &stack, Duration::from_secs(10)).await;
 
     assert_refused(
@@ -198,7 +142,7 @@ async fn a_certificate_rotated_in_place_is_served_without_a_restart() {
 async fn a_broken_rotation_keeps_the_previous_certificate_serving() {
     let files = TlsFiles::new();
     let first = Pki::new("first");
-    first.install(&files);
+    first.install(&files.cert, &files.key);
     let stack = tls_stack(&files).await;
     let client = first.client();
     assert_eq!(healthz(&client, &stack).await.unwrap().status(), 200);
@@ -226,7 +170,7 @@ async fn a_broken_rotation_keeps_the_previous_certificate_serving() {
     );
 
     // Once the pair is whole again it is picked up.
-    second.install(&files);
+    second.install(&files.cert, &files.key);
     until_healthy(&second.client(), &stack, Duration::from_secs(10)).await;
 }
 
