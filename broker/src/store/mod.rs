@@ -1,0 +1,171 @@
+//! Persistence: identities, federated credentials, audit events and used token ids.
+//!
+//! One trait, [`Store`], two implementations: SQLite (the embedded default, WAL, also
+//! `sqlite::memory:` for the dev stack) and PostgreSQL (several replicas share one).
+//! Migrations are embedded and run at open. Every registry write bumps a version number in
+//! the same transaction, so replicas notice changes by polling [`Store::version`].
+//!
+//! An acknowledged write is durable: SQLite commits with WAL and `synchronous=FULL`,
+//! PostgreSQL commits before answering. The store never sees a token, only hashes and ids.
+
+pub mod postgres;
+pub mod sqlite;
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use wif_config::{AssertionSource, Cloud};
+
+/// An identity registered through the admin API.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredIdentity {
+    pub name: String,
+    pub tenant_id: String,
+    pub client_id: String,
+    pub cloud: Option<Cloud>,
+    pub authority_host: Option<String>,
+    pub assertion: AssertionSource,
+    /// Epoch seconds.
+    pub created_at: u64,
+    pub updated_at: u64,
+}
+
+/// A federated credential registered through the admin API.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredCredential {
+    /// A UUID assigned at creation, like Graph's `id`.
+    pub id: String,
+    pub identity: String,
+    pub name: String,
+    pub issuer: String,
+    pub subject: Option<String>,
+    /// FFL text as the admin wrote it (languageVersion 1).
+    pub claims_matching_expression: Option<String>,
+    pub audiences: Vec<String>,
+    pub description: Option<String>,
+    /// Each token (by `jti`, or its SHA-256 when it has none) is accepted once.
+    pub one_time_use: bool,
+    pub created_at: u64,
+    pub updated_at: u64,
+}
+
+/// One audit event as stored. `event` holds the whole event as JSON; the other fields
+/// are copies for filtering.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditRecord {
+    /// Assigned by the store; increasing. 0 before insertion.
+    pub id: i64,
+    /// Epoch seconds.
+    pub time: u64,
+    /// `exchange`, `simulate` or `admin`.
+    pub kind: String,
+    pub request_id: String,
+    /// Who acted: the admin's name for admin events, the token's subject otherwise.
+    pub actor: Option<String>,
+    pub identity: Option<String>,
+    pub subject: Option<String>,
+    /// `ok` or an error code.
+    pub outcome: String,
+    pub event: serde_json::Value,
+}
+
+/// Filters for reading audit events; all optional, combined with AND. Results are in
+/// increasing id order, starting after `after_id`, at most `limit`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditQuery {
+    pub since: Option<u64>,
+    pub until: Option<u64>,
+    pub kind: Option<String>,
+    pub identity: Option<String>,
+    pub subject: Option<String>,
+    pub outcome: Option<String>,
+    pub after_id: Option<i64>,
+    pub limit: u32,
+}
+
+/// Whether a put created or replaced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PutOutcome {
+    Created,
+    Replaced,
+}
+
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum StoreError {
+    /// The database cannot be reached or failed; the operation may be retried.
+    #[error("the store is unavailable: {0}")]
+    Unavailable(String),
+    /// A uniqueness rule would be broken; the message says which.
+    #[error("{0}")]
+    Conflict(String),
+    /// The identity (or credential) the operation names does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// A row could not be read back (for example a migration from a newer version).
+    #[error("the store holds data this version cannot read: {0}")]
+    Corrupt(String),
+    /// The URL is not a supported store.
+    #[error("unsupported store URL: {0}")]
+    Url(String),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// The persistence seam. Implementations must be safe to call from many tasks at once.
+#[async_trait::async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// A short name for logs: `sqlite` or `postgres`.
+    fn kind(&self) -> &'static str;
+
+    async fn list_identities(&self) -> StoreResult<Vec<StoredIdentity>>;
+    async fn get_identity(&self, name: &str) -> StoreResult<Option<StoredIdentity>>;
+    /// Creates or replaces (keeping `created_at` of an existing row). A `client_id` already
+    /// used by another identity is a `Conflict`.
+    async fn put_identity(&self, identity: &StoredIdentity) -> StoreResult<PutOutcome>;
+    /// Deletes the identity and its credentials; false if it did not exist.
+    async fn delete_identity(&self, name: &str) -> StoreResult<bool>;
+
+    /// All credentials, or those of one identity, ordered by identity then name.
+    async fn list_credentials(&self, identity: Option<&str>) -> StoreResult<Vec<StoredCredential>>;
+    /// By name or by id.
+    async fn get_credential(&self, identity: &str, name_or_id: &str) -> StoreResult<Option<StoredCredential>>;
+    /// `NotFound` when the identity does not exist; `Conflict` for a duplicate name, or a
+    /// duplicate issuer + subject, within the identity.
+    async fn create_credential(&self, credential: &StoredCredential) -> StoreResult<()>;
+    /// Replaces the row with the same identity and id (the name may not change); same
+    /// conflicts as create; `NotFound` when it does not exist.
+    async fn update_credential(&self, credential: &StoredCredential) -> StoreResult<()>;
+    /// False if it did not exist.
+    async fn delete_credential(&self, identity: &str, name_or_id: &str) -> StoreResult<bool>;
+    /// How many credentials an identity has (for the sanity limit).
+    async fn count_credentials(&self, identity: &str) -> StoreResult<u64>;
+
+    /// Increases with every identity or credential write, in the same transaction.
+    async fn version(&self) -> StoreResult<i64>;
+
+    /// Appends events (ids are assigned by the store).
+    async fn append_audit(&self, events: &[AuditRecord]) -> StoreResult<()>;
+    async fn query_audit(&self, query: &AuditQuery) -> StoreResult<Vec<AuditRecord>>;
+    /// Deletes events older than `before` (epoch seconds); returns how many.
+    async fn purge_audit(&self, before: u64) -> StoreResult<u64>;
+
+    /// Records `key` as used until `expires_at`. True when this is its first use; false
+    /// when it was already recorded (and not yet purged). Atomic across replicas.
+    async fn use_token_once(&self, key: &str, expires_at: u64) -> StoreResult<bool>;
+    /// Forgets used keys that expired before `now`; returns how many.
+    async fn purge_used_tokens(&self, now: u64) -> StoreResult<u64>;
+
+    /// Cheap liveness check.
+    async fn ping(&self) -> StoreResult<()>;
+}
+
+/// Opens the store named by `[store] url` and runs migrations.
+pub async fn open(url: &str) -> StoreResult<Arc<dyn Store>> {
+    if url.starts_with("sqlite:") {
+        Ok(Arc::new(sqlite::SqliteStore::open(url).await?))
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(Arc::new(postgres::PgStore::open(url).await?))
+    } else {
+        Err(StoreError::Url(url.split(':').next().unwrap_or_default().to_owned()))
+    }
+}
