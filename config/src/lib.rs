@@ -56,6 +56,8 @@ pub struct BrokerConfig {
     pub jwks: JwksConfig,
     pub outbound: OutboundConfig,
     pub log: LogConfig,
+    pub admin: AdminConfig,
+    pub audit: AuditConfig,
     pub issuers: Vec<IssuerConfig>,
     pub identities: Vec<IdentityConfig>,
 }
@@ -103,12 +105,68 @@ impl Default for ServerConfig {
 pub struct StoreConfig {
     /// `sqlite://path`, `sqlite::memory:` or `postgres://...`.
     pub url: String,
+    /// How often a replica checks the store for registry changes made by other replicas.
+    pub poll_interval_ms: u64,
 }
 
 impl Default for StoreConfig {
     fn default() -> Self {
         Self {
             url: "sqlite://wif.db".into(),
+            poll_interval_ms: 500,
+        }
+    }
+}
+
+/// `[admin]`: who may use the admin API, and limits on what they register.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Static admin tokens, one per line: `ROLE NAME sha256:HEX` (see docs/admin.md).
+    pub tokens_file: Option<PathBuf>,
+    /// An OIDC issuer whose tokens may call the admin API (e.g. Entra v2.0 for the tenant).
+    pub oidc_issuer: Option<String>,
+    /// The audience admin tokens must carry.
+    pub oidc_audience: Option<String>,
+    /// The claim holding roles or groups (a string or an array of strings).
+    pub oidc_role_claim: String,
+    /// The claim value that grants the `admin` role (write).
+    pub oidc_admin_role: Option<String>,
+    /// The claim value that grants the `reader` role (read, simulate).
+    pub oidc_reader_role: Option<String>,
+    /// Sanity limit on credentials per identity (Entra's own cap is 20).
+    pub max_credentials_per_identity: u64,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            tokens_file: None,
+            oidc_issuer: None,
+            oidc_audience: None,
+            oidc_role_claim: "roles".into(),
+            oidc_admin_role: None,
+            oidc_reader_role: None,
+            max_credentials_per_identity: 10_000,
+        }
+    }
+}
+
+/// `[audit]`: the audit trail.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// Events older than this are deleted from the store (0 keeps them forever).
+    pub retention_days: u64,
+    /// Events waiting to be written; beyond this, events are dropped and counted.
+    pub queue_size: usize,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            retention_days: 90,
+            queue_size: 10_000,
         }
     }
 }
@@ -441,7 +499,7 @@ impl BrokerConfig {
 
     /// Sections whose keys may be overridden from the environment.
     pub const SECTIONS: &'static [&'static str] = &[
-        "server", "store", "entra", "cache", "tokens", "jwks", "outbound", "log",
+        "server", "store", "entra", "cache", "tokens", "jwks", "outbound", "log", "admin", "audit",
     ];
 }
 

@@ -22,8 +22,9 @@ use std::path::Path;
 use url::Url;
 
 use crate::{
-    ALGORITHMS, BrokerConfig, CacheConfig, EntraConfig, FederatedCredentialConfig, IdentityConfig,
-    IssuerConfig, JwksConfig, LogConfig, ServerConfig, StoreConfig, TokenConfig, is_loopback,
+    ALGORITHMS, AdminConfig, AuditConfig, BrokerConfig, CacheConfig, EntraConfig,
+    FederatedCredentialConfig, IdentityConfig, IssuerConfig, JwksConfig, LogConfig, ServerConfig,
+    StoreConfig, TokenConfig, is_loopback,
 };
 
 /// One thing wrong with a configuration, naming the key.
@@ -65,6 +66,8 @@ pub(crate) fn broker(config: &BrokerConfig) -> Vec<Problem> {
     log(&mut p, &config.log);
     issuers(&mut p, &config.issuers, &config.tokens, loopback_http);
     identities(&mut p, &config.identities, loopback_http);
+    admin(&mut p, &config.admin, loopback_http);
+    audit(&mut p, &config.audit);
     p.0
 }
 
@@ -115,6 +118,7 @@ fn server(p: &mut Problems, s: &ServerConfig) {
 }
 
 fn store(p: &mut Problems, s: &StoreConfig) {
+    positive(p, "store.poll_interval_ms", s.poll_interval_ms);
     // The URL may carry a database password: never echo it.
     const KEY: &str = "store.url";
     const HINT: &str = "use sqlite://PATH, sqlite::memory: or postgres://USER@HOST/DATABASE";
@@ -421,6 +425,59 @@ fn federated_credential(
         UrlShape::Issuer,
         loopback_http,
     );
+}
+
+fn admin(p: &mut Problems, a: &AdminConfig, loopback_http: bool) {
+    path(p, "admin.tokens_file", a.tokens_file.as_deref());
+    positive(
+        p,
+        "admin.max_credentials_per_identity",
+        a.max_credentials_per_identity,
+    );
+    if a.oidc_role_claim.trim().is_empty() {
+        p.push("admin.oidc_role_claim", "must not be empty");
+    }
+    match &a.oidc_issuer {
+        Some(issuer) => {
+            https_url(
+                p,
+                "admin.oidc_issuer",
+                issuer,
+                UrlShape::Issuer,
+                loopback_http,
+            );
+            if a.oidc_audience
+                .as_deref()
+                .is_none_or(|s| s.trim().is_empty())
+            {
+                p.push(
+                    "admin.oidc_audience",
+                    "is required with admin.oidc_issuer: admin tokens must be meant for the broker",
+                );
+            }
+            if a.oidc_admin_role.is_none() && a.oidc_reader_role.is_none() {
+                p.push(
+                    "admin.oidc_admin_role",
+                    "admin.oidc_issuer needs oidc_admin_role or oidc_reader_role: without a required role every token of the issuer would be an admin",
+                );
+            }
+        }
+        None => {
+            for (key, set) in [
+                ("admin.oidc_audience", a.oidc_audience.is_some()),
+                ("admin.oidc_admin_role", a.oidc_admin_role.is_some()),
+                ("admin.oidc_reader_role", a.oidc_reader_role.is_some()),
+            ] {
+                if set {
+                    p.push(key, "has no effect without admin.oidc_issuer");
+                }
+            }
+        }
+    }
+}
+
+fn audit(p: &mut Problems, a: &AuditConfig) {
+    positive(p, "audit.queue_size", a.queue_size);
 }
 
 fn positive<T: Default + PartialEq>(p: &mut Problems, key: &str, value: T) {
