@@ -1,6 +1,7 @@
 //! The HTTP edge: routes, request ids, limits, timeouts. Handlers translate wire formats
 //! into calls on [`crate::exchange::Broker`]; no decision is made here.
 
+pub mod admin;
 pub mod error;
 pub mod exchange;
 pub mod ops;
