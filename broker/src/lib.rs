@@ -21,5 +21,6 @@ pub mod metrics;
 pub mod outbound;
 pub mod policy;
 pub mod server;
+pub mod store;
 pub mod tls;
 pub mod token;
