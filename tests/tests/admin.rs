@@ -670,3 +670,18 @@ async fn simulate_reports_a_bad_signature_and_an_expired_token() {
         (Some("times"), Some("failed"))
     );
 }
+
+#[tokio::test]
+async fn the_served_openapi_document_is_the_checked_in_one() {
+    let stack = Stack::start().await;
+    let served = stack
+        .http
+        .get(stack.url("/openapi.json"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(served.headers()["content-type"], "application/json");
+    let served = served.text().await.unwrap();
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/openapi.json");
+    assert_eq!(served, std::fs::read_to_string(path).unwrap());
+}

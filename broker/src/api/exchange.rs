@@ -8,7 +8,9 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
 
 use super::{ApiError, AppState};
 use crate::exchange::{ExchangeRequest, Exchanged};
@@ -18,8 +20,82 @@ const JWT_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:jwt";
 const ID_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:id_token";
 const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
 
-/// `POST /v1/token`: external token in `Authorization: Bearer`, `scope` or `resource` and
-/// optionally `identity` or `client_id` in the body.
+/// `POST /v1/token` body (form or JSON).
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct TokenRequest {
+    /// One resource's scope, e.g. `https://management.azure.com/.default`.
+    pub scope: Option<String>,
+    /// Alternatively the resource itself; `/.default` is appended.
+    pub resource: Option<String>,
+    /// The identity to act as (name), when the token may act as several.
+    pub identity: Option<String>,
+    /// The identity to act as (client id).
+    pub client_id: Option<String>,
+}
+
+/// The identity a token was issued for.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct IdentityRef {
+    pub name: String,
+    pub tenant_id: String,
+    pub client_id: String,
+}
+
+/// `POST /v1/token` answer.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct TokenResponse {
+    pub access_token: String,
+    /// Always `Bearer`.
+    pub token_type: String,
+    /// Seconds until expiry (never under `[cache] min_remaining_secs`).
+    pub expires_in: u64,
+    /// Epoch seconds.
+    pub expires_on: u64,
+    pub scope: String,
+    pub identity: IdentityRef,
+}
+
+/// `POST /oauth2/token` body (form or JSON), RFC 8693.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct TokenExchangeRequest {
+    /// `urn:ietf:params:oauth:grant-type:token-exchange`
+    pub grant_type: String,
+    pub subject_token: String,
+    /// `urn:ietf:params:oauth:token-type:jwt` or `...:id_token`
+    pub subject_token_type: String,
+    pub requested_token_type: Option<String>,
+    pub scope: Option<String>,
+    pub resource: Option<String>,
+    pub identity: Option<String>,
+    pub client_id: Option<String>,
+}
+
+/// `POST /oauth2/token` answer, RFC 8693.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct TokenExchangeResponse {
+    pub access_token: String,
+    /// `urn:ietf:params:oauth:token-type:access_token`
+    pub issued_token_type: String,
+    pub token_type: String,
+    pub expires_in: u64,
+    pub scope: String,
+}
+
+/// Exchange an external OIDC token for an Entra access token.
+///
+/// The external token goes in `Authorization: Bearer`.
+#[utoipa::path(
+    post,
+    path = "/v1/token",
+    tag = "exchange",
+    request_body(content = TokenRequest, content_type = "application/x-www-form-urlencoded"),
+    responses(
+        (status = 200, body = TokenResponse),
+        (status = "4XX", body = super::error::ErrorBody, description = "refused; see docs/api.md for every code"),
+        (status = "5XX", body = super::error::ErrorBody, description = "Entra, the issuer or the store is unavailable"),
+    ),
+    security(("external_token" = []))
+)]
 pub async fn native(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -29,21 +105,32 @@ pub async fn native(
     let params = read_params(&headers, body, state.max_body_bytes).await?;
     reject_unknown(&params, &["scope", "resource", "client_id", "identity"])?;
     let (done, now) = exchange(&state, "/v1/token", token, &params).await?;
-    Ok(no_store(json!({
-        "access_token": done.token.access_token.expose(),
-        "token_type": "Bearer",
-        "expires_in": done.token.expires_on.saturating_sub(now),
-        "expires_on": done.token.expires_on,
-        "scope": done.scope,
-        "identity": {
-            "name": done.identity.name,
-            "tenant_id": done.identity.tenant_id,
-            "client_id": done.identity.client_id,
+    Ok(no_store(TokenResponse {
+        access_token: done.token.access_token.expose().to_owned(),
+        token_type: "Bearer".into(),
+        expires_in: done.token.expires_on.saturating_sub(now),
+        expires_on: done.token.expires_on,
+        scope: done.scope,
+        identity: IdentityRef {
+            name: done.identity.name.clone(),
+            tenant_id: done.identity.tenant_id.clone(),
+            client_id: done.identity.client_id.clone(),
         },
-    })))
+    }))
 }
 
-/// `POST /oauth2/token`: RFC 8693 token exchange.
+/// RFC 8693 token exchange.
+#[utoipa::path(
+    post,
+    path = "/oauth2/token",
+    tag = "exchange",
+    request_body(content = TokenExchangeRequest, content_type = "application/x-www-form-urlencoded"),
+    responses(
+        (status = 200, body = TokenExchangeResponse),
+        (status = "4XX", body = super::error::ErrorBody),
+        (status = "5XX", body = super::error::ErrorBody),
+    )
+)]
 pub async fn rfc8693(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -87,13 +174,13 @@ pub async fn rfc8693(
         ));
     }
     let (done, now) = exchange(&state, "/oauth2/token", token, &params).await?;
-    Ok(no_store(json!({
-        "access_token": done.token.access_token.expose(),
-        "issued_token_type": ACCESS_TOKEN_TYPE,
-        "token_type": "Bearer",
-        "expires_in": done.token.expires_on.saturating_sub(now),
-        "scope": done.scope,
-    })))
+    Ok(no_store(TokenExchangeResponse {
+        access_token: done.token.access_token.expose().to_owned(),
+        issued_token_type: ACCESS_TOKEN_TYPE.into(),
+        token_type: "Bearer".into(),
+        expires_in: done.token.expires_on.saturating_sub(now),
+        scope: done.scope,
+    }))
 }
 
 /// Runs the exchange with the body's scope and identity; returns the result and the time.
@@ -117,7 +204,7 @@ async fn exchange(
     Ok((done, state.broker.clock().now()))
 }
 
-fn no_store(body: Value) -> Response {
+fn no_store(body: impl Serialize) -> Response {
     let mut response = (StatusCode::OK, Json(body)).into_response();
     response.headers_mut().insert(
         header::CACHE_CONTROL,

@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod error;
 pub mod exchange;
+pub mod openapi;
 pub mod ops;
 pub mod serve;
 
@@ -47,6 +48,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
+        .route("/openapi.json", get(ops::openapi))
         .route("/v1/identities", get(admin::list_identities))
         .route(
             "/v1/identities/{name}",

@@ -8,10 +8,15 @@ use serde_json::json;
 
 use super::{ApiError, AppState};
 
+/// Liveness: the process is up.
+#[utoipa::path(get, path = "/healthz", tag = "ops", responses((status = 200, description = "`{\"status\":\"ok\"}`")))]
 pub async fn healthz() -> Json<serde_json::Value> {
     Json(json!({"status": "ok"}))
 }
 
+/// Readiness: 503 once shutdown has begun.
+#[utoipa::path(get, path = "/readyz", tag = "ops",
+    responses((status = 200, description = "`{\"status\":\"ready\"}`"), (status = 503, body = super::error::ErrorBody)))]
 pub async fn readyz(State(state): State<AppState>) -> Response {
     if state.is_ready() {
         Json(json!({"status": "ready"})).into_response()
@@ -26,6 +31,8 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
     }
 }
 
+/// Prometheus metrics (text exposition format).
+#[utoipa::path(get, path = "/metrics", tag = "ops", responses((status = 200, content_type = "text/plain", body = String)))]
 pub async fn metrics(State(state): State<AppState>) -> Response {
     (
         [(
@@ -33,6 +40,16 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
             "text/plain; version=0.0.4; charset=utf-8",
         )],
         state.broker.metrics().render(),
+    )
+        .into_response()
+}
+
+/// This API's OpenAPI document (also checked in as `docs/openapi.json`).
+#[utoipa::path(get, path = "/openapi.json", tag = "ops", responses((status = 200, content_type = "application/json", body = Object)))]
+pub async fn openapi() -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        super::openapi::document(),
     )
         .into_response()
 }

@@ -20,7 +20,7 @@ use serde::de::DeserializeOwned;
 use self::auth::{Principal, Role};
 use self::model::{
     ClaimsMatchingExpression, Collection, Credential, CredentialRequest, Identity, IdentityRequest,
-    SimulateRequest,
+    SimulateRequest, SimulateResponse,
 };
 use super::{ApiError, AppState};
 use crate::admin::{AdminError, CredentialInput, IdentityInput};
@@ -237,6 +237,11 @@ async fn read_json<T: DeserializeOwned>(
 
 // ----- identities -----------------------------------------------------------------------
 
+/// List identities: declared in the config file and registered through the API.
+#[utoipa::path(get, path = "/v1/identities", tag = "admin",
+    responses((status = 200, body = Collection<Identity>), (status = 401, body = super::error::ErrorBody, description = "no or invalid admin token"),
+        (status = 403, body = super::error::ErrorBody, description = "the caller lacks the role"),),
+    security(("admin_token" = [])))]
 pub async fn list_identities(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -251,6 +256,12 @@ pub async fn list_identities(
     .into_response())
 }
 
+/// Show one identity.
+#[utoipa::path(get, path = "/v1/identities/{name}", tag = "admin",
+    params(("name" = String, Path, description = "identity name")),
+    responses((status = 200, body = Identity), (status = 401, body = super::error::ErrorBody, description = "no or invalid admin token"),
+        (status = 403, body = super::error::ErrorBody, description = "the caller lacks the role"), (status = 404, body = super::error::ErrorBody)),
+    security(("admin_token" = [])))]
 pub async fn get_identity(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -268,6 +279,14 @@ pub async fn get_identity(
     Ok(Json(identity_view(identity)).into_response())
 }
 
+/// Create or replace an identity (admin role).
+#[utoipa::path(put, path = "/v1/identities/{name}", tag = "admin",
+    params(("name" = String, Path, description = "identity name")),
+    request_body = IdentityRequest,
+    responses((status = 201, body = Identity, description = "created"), (status = 200, body = Identity, description = "replaced"),
+        (status = 400, body = super::error::ErrorBody), (status = 401, body = super::error::ErrorBody, description = "no or invalid admin token"),
+        (status = 403, body = super::error::ErrorBody, description = "the caller lacks the role"), (status = 409, body = super::error::ErrorBody), (status = 503, body = super::error::ErrorBody)),
+    security(("admin_token" = [])))]
 pub async fn put_identity(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -308,6 +327,12 @@ pub async fn put_identity(
     Ok((status, Json(view)).into_response())
 }
 
+/// Delete an identity and its credentials (admin role).
+#[utoipa::path(delete, path = "/v1/identities/{name}", tag = "admin",
+    params(("name" = String, Path, description = "identity name")),
+    responses((status = 204), (status = 401, body = super::error::ErrorBody, description = "no or invalid admin token"),
+        (status = 403, body = super::error::ErrorBody, description = "the caller lacks the role"), (status = 404, body = super::error::ErrorBody), (status = 409, body = super::error::ErrorBody), (status = 503, body = super::error::ErrorBody)),
+    security(("admin_token" = [])))]
 pub async fn delete_identity(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -327,6 +352,12 @@ pub async fn delete_identity(
 
 // ----- credentials ----------------------------------------------------------------------
 
+/// List an identity's federated credentials.
+#[utoipa::path(get, path = "/v1/identities/{name}/federatedIdentityCredentials", tag = "admin",
+    params(("name" = String, Path, description = "identity name")),
+    responses((status = 200, body = Collection<Credential>), (status = 401, body = super::error::ErrorBody, description = "no or invalid admin token"),
+        (status = 403, body = super::error::ErrorBody, description = "the caller lacks the role"), (status = 404, body = super::error::ErrorBody)),
+    security(("admin_token" = [])))]
 pub async fn list_credentials(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -355,6 +386,12 @@ pub async fn list_credentials(
     .into_response())
 }
 
+/// Show one federated credential (by name or id).
+#[utoipa::path(get, path = "/v1/identities/{name}/federatedIdentityCredentials/{credential}", tag = "admin",
+    params(("name" = String, Path, description = "identity name"), ("credential" = String, Path, description = "credential name or id")),
+    responses((status = 200, body = Credential), (status = 401, body = super::error::ErrorBody, description = "no or invalid admin token"),
+        (status = 403, body = super::error::ErrorBody, description = "the caller lacks the role"), (status = 404, body = super::error::ErrorBody)),
+    security(("admin_token" = [])))]
 pub async fn get_credential(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -397,6 +434,15 @@ fn expression_text(e: Option<ClaimsMatchingExpression>) -> Result<Option<String>
     }
 }
 
+/// Add a federated credential (admin role). Entra's rules are checked now, not at the
+/// first exchange; the credential admits tokens from the next exchange on.
+#[utoipa::path(post, path = "/v1/identities/{name}/federatedIdentityCredentials", tag = "admin",
+    params(("name" = String, Path, description = "identity name")),
+    request_body = CredentialRequest,
+    responses((status = 201, body = Credential), (status = 400, body = super::error::ErrorBody), (status = 401, body = super::error::ErrorBody, description = "no or invalid admin token"),
+        (status = 403, body = super::error::ErrorBody, description = "the caller lacks the role"),
+        (status = 404, body = super::error::ErrorBody), (status = 409, body = super::error::ErrorBody), (status = 503, body = super::error::ErrorBody)),
+    security(("admin_token" = [])))]
 pub async fn create_credential(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -431,6 +477,14 @@ pub async fn create_credential(
     Ok((StatusCode::CREATED, Json(stored_view(stored))).into_response())
 }
 
+/// Change a federated credential (admin role); its name is immutable.
+#[utoipa::path(patch, path = "/v1/identities/{name}/federatedIdentityCredentials/{credential}", tag = "admin",
+    params(("name" = String, Path, description = "identity name"), ("credential" = String, Path, description = "credential name or id")),
+    request_body = CredentialRequest,
+    responses((status = 200, body = Credential), (status = 400, body = super::error::ErrorBody), (status = 401, body = super::error::ErrorBody, description = "no or invalid admin token"),
+        (status = 403, body = super::error::ErrorBody, description = "the caller lacks the role"),
+        (status = 404, body = super::error::ErrorBody), (status = 409, body = super::error::ErrorBody), (status = 503, body = super::error::ErrorBody)),
+    security(("admin_token" = [])))]
 pub async fn update_credential(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -479,6 +533,12 @@ pub async fn update_credential(
     Ok(Json(stored_view(stored)).into_response())
 }
 
+/// Delete a federated credential (admin role).
+#[utoipa::path(delete, path = "/v1/identities/{name}/federatedIdentityCredentials/{credential}", tag = "admin",
+    params(("name" = String, Path, description = "identity name"), ("credential" = String, Path, description = "credential name or id")),
+    responses((status = 204), (status = 401, body = super::error::ErrorBody, description = "no or invalid admin token"),
+        (status = 403, body = super::error::ErrorBody, description = "the caller lacks the role"), (status = 404, body = super::error::ErrorBody), (status = 409, body = super::error::ErrorBody), (status = 503, body = super::error::ErrorBody)),
+    security(("admin_token" = [])))]
 pub async fn delete_credential(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -493,6 +553,13 @@ pub async fn delete_credential(
 
 // ----- simulate and audit ---------------------------------------------------------------
 
+/// What an exchange with this token (or these claims) would decide, and why, without
+/// calling Entra or spending a one-time-use token.
+#[utoipa::path(post, path = "/v1/simulate", tag = "admin",
+    request_body = SimulateRequest,
+    responses((status = 200, body = SimulateResponse), (status = 400, body = super::error::ErrorBody), (status = 401, body = super::error::ErrorBody, description = "no or invalid admin token"),
+        (status = 403, body = super::error::ErrorBody, description = "the caller lacks the role"),),
+    security(("admin_token" = [])))]
 pub async fn simulate(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -504,6 +571,21 @@ pub async fn simulate(
     Ok(Json(answer).into_response())
 }
 
+/// Read the audit trail, oldest first, in pages.
+#[utoipa::path(get, path = "/v1/audit", tag = "admin",
+    params(
+        ("since" = Option<u64>, Query, description = "epoch seconds, inclusive"),
+        ("until" = Option<u64>, Query, description = "epoch seconds, inclusive"),
+        ("kind" = Option<String>, Query, description = "`exchange` or `admin`"),
+        ("identity" = Option<String>, Query),
+        ("subject" = Option<String>, Query),
+        ("outcome" = Option<String>, Query, description = "`ok` or an error code"),
+        ("after" = Option<String>, Query, description = "`nextCursor` of the previous page"),
+        ("limit" = Option<u32>, Query, description = "1 to 1000, default 100"),
+    ),
+    responses((status = 200, body = Collection<Object>), (status = 400, body = super::error::ErrorBody), (status = 401, body = super::error::ErrorBody, description = "no or invalid admin token"),
+        (status = 403, body = super::error::ErrorBody, description = "the caller lacks the role"), (status = 503, body = super::error::ErrorBody)),
+    security(("admin_token" = [])))]
 pub async fn audit_events(
     State(state): State<AppState>,
     headers: HeaderMap,

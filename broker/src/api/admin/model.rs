@@ -2,10 +2,11 @@
 //! `{"value": [...]}`), shared by the server and the `wif-broker` CLI.
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 use wif_config::{AssertionSource, Cloud};
 
 /// `{"value": [...]}`, with a cursor for the next page where paging applies.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Collection<T> {
     pub value: Vec<T>,
@@ -15,30 +16,36 @@ pub struct Collection<T> {
 }
 
 /// `PUT /v1/identities/{name}` body.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct IdentityRequest {
     pub tenant_id: String,
     pub client_id: String,
+    /// `public`, `usgov` or `china`; or give `authorityHost`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
     pub cloud: Option<Cloud>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub authority_host: Option<String>,
+    /// How the broker builds the client assertion: `passthrough`.
     #[serde(default)]
+    #[schema(value_type = String)]
     pub assertion: AssertionSource,
 }
 
 /// An identity as the API shows it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Identity {
     pub name: String,
     pub tenant_id: String,
     pub client_id: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
     pub cloud: Option<Cloud>,
     /// The authority host the broker calls for this identity.
     pub authority_host: String,
+    #[schema(value_type = String)]
     pub assertion: AssertionSource,
     /// `config` (declared in the file, read-only here) or `api`.
     pub source: String,
@@ -50,7 +57,7 @@ pub struct Identity {
 }
 
 /// `claimsMatchingExpression`, as Graph writes it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ClaimsMatchingExpression {
     pub value: String,
@@ -59,7 +66,7 @@ pub struct ClaimsMatchingExpression {
 
 /// `POST .../federatedIdentityCredentials` body, and (every field optional but `name`
 /// immutable) `PATCH .../{credential}`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CredentialRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -96,7 +103,7 @@ pub struct CredentialRequest {
 }
 
 /// A federated identity credential as the API shows it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Credential {
     /// A UUID for API-registered credentials; `config:<name>` for declarative ones.
@@ -117,7 +124,7 @@ pub struct Credential {
 
 /// `POST /v1/simulate` body: a real token, or an issuer and claims to test rules before
 /// any job runs (then signature and times are not checked).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SimulateRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -125,6 +132,7 @@ pub struct SimulateRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub issuer: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
     pub claims: Option<serde_json::Value>,
     /// The identity the caller would name in the exchange.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -132,7 +140,7 @@ pub struct SimulateRequest {
 }
 
 /// What an exchange with this token (or these claims) would decide, and why.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SimulateResponse {
     /// `ok`, or the error code the exchange would answer.
@@ -149,7 +157,7 @@ pub struct SimulateResponse {
 }
 
 /// One verification step: `issuer`, `keys`, `signature`, `times`, `audience`, ...
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Check {
     pub name: String,
@@ -159,14 +167,14 @@ pub struct Check {
     pub detail: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CredentialRef {
     pub identity: String,
     pub credential: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct NearMiss {
     pub identity: String,
