@@ -10,16 +10,17 @@ use arc_swap::ArcSwap;
 use jsonwebtoken::Algorithm;
 use wif_config::BrokerConfig;
 
-use crate::audit::{self, AuditEvent};
+use crate::audit::{AuditEvent, Auditor};
 use crate::cache::{CacheError, CacheKey, CacheOutcome, TokenCache};
 use crate::clock::SharedClock;
 use crate::entra::scope::ScopeError;
 use crate::entra::{EntraClient, EntraError, EntraToken};
 use crate::issuer::{IssuerSetupError, KeyError, KeyStore};
 use crate::metrics::Metrics;
-use crate::policy::registry::BuildProblem;
+use crate::policy::registry::{BuildProblem, Declared};
 use crate::policy::{Identity, MatchError, Registry, SelectError, select_identity};
-use crate::token::{self, TokenError, UnverifiedToken, VerifyPolicy};
+use crate::store::{Store, StoreError};
+use crate::token::{self, TokenError, UnverifiedToken, VerifiedToken, VerifyPolicy};
 
 /// Everything an exchange can fail on.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -38,6 +39,10 @@ pub enum ExchangeError {
     Select(#[from] SelectError),
     #[error(transparent)]
     Cache(#[from] CacheError),
+    #[error("this token was already used, and its credential accepts each token once")]
+    Replayed,
+    #[error("replay protection needs the store, which cannot be reached: {0}")]
+    Store(StoreError),
 }
 
 impl ExchangeError {
@@ -67,6 +72,8 @@ impl ExchangeError {
             ExchangeError::Select(SelectError::NotAllowed) => "identity_not_allowed",
             ExchangeError::Select(SelectError::Ambiguous(_)) => "identity_required",
             ExchangeError::Cache(CacheError::ShortLived { .. }) => "entra_token_too_short",
+            ExchangeError::Replayed => "token_replayed",
+            ExchangeError::Store(_) => "store_unavailable",
             ExchangeError::Cache(CacheError::Entra(e)) => match e.as_ref() {
                 EntraError::Unavailable { .. } => "entra_unavailable",
                 EntraError::Protocol(_) => "entra_bad_response",
@@ -124,6 +131,11 @@ pub enum SetupError {
 /// The exchange path's state, shared by all requests.
 pub struct Broker {
     registry: ArcSwap<Registry>,
+    declared: Declared,
+    store: Option<Arc<dyn Store>>,
+    /// Serialises reloads; holds the store version last loaded.
+    loaded_version: tokio::sync::Mutex<Option<i64>>,
+    auditor: Auditor,
     keys: KeyStore,
     default_policy: VerifyPolicy,
     issuer_policies: HashMap<String, VerifyPolicy>,
@@ -148,13 +160,24 @@ fn algorithms(names: &[String]) -> Result<Vec<Algorithm>, String> {
 }
 
 impl Broker {
+    /// Builds the exchange path from `cfg`. With a store, call [`Broker::reload`] before
+    /// serving so API-registered credentials are in the registry; without one (as in
+    /// `check-config`), only declared credentials exist and nothing is audited to a store.
     pub fn new(
         cfg: &BrokerConfig,
         clock: SharedClock,
         metrics: Arc<Metrics>,
+        store: Option<Arc<dyn Store>>,
     ) -> Result<Self, SetupError> {
         crate::crypto::install_provider();
-        let registry = Registry::from_config(cfg).map_err(SetupError::Registry)?;
+        let declared = Declared::from_config(cfg).map_err(SetupError::Registry)?;
+        let (registry, _) = Registry::with_stored(&declared, &[], &[]);
+        let auditor = match &store {
+            Some(store) => {
+                Auditor::with_store(store.clone(), cfg.audit.queue_size, metrics.clone())
+            }
+            None => Auditor::log_only(metrics.clone()),
+        };
         let default_algorithms =
             algorithms(&cfg.tokens.algorithms).map_err(SetupError::TokenAlgorithms)?;
         let default_policy = VerifyPolicy {
@@ -190,6 +213,10 @@ impl Broker {
         )?);
         Ok(Self {
             registry: ArcSwap::from_pointee(registry),
+            declared,
+            store,
+            loaded_version: tokio::sync::Mutex::new(None),
+            auditor,
             keys,
             default_policy,
             issuer_policies,
@@ -205,9 +232,66 @@ impl Broker {
         self.registry.load_full()
     }
 
-    /// Replaces the registry; the next exchange sees the new one.
-    pub fn set_registry(&self, registry: Registry) {
-        self.registry.store(Arc::new(registry));
+    pub fn store(&self) -> Option<&Arc<dyn Store>> {
+        self.store.as_ref()
+    }
+
+    pub fn auditor(&self) -> &Auditor {
+        &self.auditor
+    }
+
+    pub fn keys(&self) -> &KeyStore {
+        &self.keys
+    }
+
+    /// The verification policy for tokens from `iss`.
+    pub fn verify_policy(&self, iss: &str) -> &VerifyPolicy {
+        self.issuer_policies
+            .get(iss)
+            .unwrap_or(&self.default_policy)
+    }
+
+    pub fn max_token_bytes(&self) -> usize {
+        self.max_token_bytes
+    }
+
+    /// Rebuilds the registry from the declared entries and the store, and swaps it in; the
+    /// next exchange sees it. `force` reloads even when the store's version is unchanged
+    /// (after this replica's own write). Returns whether a new registry was swapped in.
+    pub async fn reload(&self, trigger: &'static str, force: bool) -> Result<bool, StoreError> {
+        let Some(store) = &self.store else {
+            return Ok(false);
+        };
+        let mut loaded = self.loaded_version.lock().await;
+        let result = async {
+            let version = store.version().await?;
+            if !force && *loaded == Some(version) {
+                return Ok(None);
+            }
+            let identities = store.list_identities().await?;
+            let credentials = store.list_credentials(None).await?;
+            Ok(Some((version, identities, credentials)))
+        }
+        .await;
+        match result {
+            Ok(None) => Ok(false),
+            Ok(Some((version, identities, credentials))) => {
+                let (registry, problems) =
+                    Registry::with_stored(&self.declared, &identities, &credentials);
+                for p in &problems {
+                    tracing::warn!(entry = %p.key, problem = %p.message, "stored entry left out of the registry");
+                }
+                self.registry.store(Arc::new(registry));
+                *loaded = Some(version);
+                self.metrics.registry_reload(trigger, "ok");
+                Ok(true)
+            }
+            Err(e) => {
+                self.metrics.registry_reload(trigger, "error");
+                self.metrics.store_error();
+                Err(e)
+            }
+        }
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {
@@ -246,13 +330,13 @@ impl Broker {
                 }
             }
         }
+        self.auditor.record(&event);
         self.metrics.exchange(
             req.endpoint,
             &event.outcome,
             issuer_label,
             started.elapsed().as_secs_f64(),
         );
-        audit::record(&event);
         result
     }
 
@@ -278,10 +362,7 @@ impl Broker {
             .keys_for(&unverified.iss, unverified.kid.as_deref())
             .await?;
         // 4. Verify.
-        let policy = self
-            .issuer_policies
-            .get(&unverified.iss)
-            .unwrap_or(&self.default_policy);
+        let policy = self.verify_policy(&unverified.iss);
         let verified = token::verify(unverified, &keys, policy, self.clock.now())?;
         event.subject = verified.sub.clone();
         event.token_sha256 = Some(verified.sha256.clone());
@@ -290,10 +371,17 @@ impl Broker {
         let matched = registry.matching(&verified)?;
         let identity = select_identity(&matched, req.identity)?;
         event.identity = Some(identity.name.clone());
-        event.credential = matched
-            .iter()
-            .find(|c| c.identity.name == identity.name)
-            .map(|c| c.name.clone());
+        // A credential without replay protection admits the token as it is; otherwise the
+        // token is spent here, before any cached answer.
+        let mut of_identity = matched.iter().filter(|c| c.identity.name == identity.name);
+        let credential = of_identity
+            .clone()
+            .find(|c| !c.one_time_use)
+            .or_else(|| of_identity.next());
+        event.credential = credential.map(|c| c.name.clone());
+        if credential.is_some_and(|c| c.one_time_use) {
+            self.spend(&verified).await?;
+        }
         // 6. and 7. Cache, else Entra.
         let key = CacheKey {
             authority_host: identity.authority_host.clone(),
@@ -320,5 +408,26 @@ impl Broker {
             scope,
             cache,
         })
+    }
+
+    /// Records the token as used (by `jti`, or its hash when it has none) until it expires;
+    /// refuses it when it was used before. Fails closed without the store.
+    async fn spend(&self, token: &VerifiedToken) -> Result<(), ExchangeError> {
+        let Some(store) = &self.store else {
+            return Err(ExchangeError::Store(StoreError::Unavailable(
+                "no store is configured".into(),
+            )));
+        };
+        let id = token.jti.as_deref().unwrap_or(&token.sha256);
+        let key = format!("{}\n{id}", token.iss);
+        let until = token.exp.saturating_add(self.default_policy.leeway_secs);
+        match store.use_token_once(&key, until).await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(ExchangeError::Replayed),
+            Err(e) => {
+                self.metrics.store_error();
+                Err(ExchangeError::Store(e))
+            }
+        }
     }
 }

@@ -7,6 +7,7 @@
 //! together. [`dev`] holds the local issuer and the Entra emulator used by
 //! `wif-broker dev` and by the tests; [`cli`] is the command line.
 
+pub mod admin;
 pub mod api;
 pub mod audit;
 pub mod cache;
@@ -21,5 +22,8 @@ pub mod metrics;
 pub mod outbound;
 pub mod policy;
 pub mod server;
+pub mod simulate;
+pub mod store;
+pub mod sync;
 pub mod tls;
 pub mod token;

@@ -21,6 +21,10 @@ pub struct Metrics {
     entra_requests: Family<Labels, Counter>,
     entra_errors: Family<Labels, Counter>,
     jwks_fetches: Family<Labels, Counter>,
+    audit_dropped: Counter,
+    store_errors: Counter,
+    registry_reloads: Family<Labels, Counter>,
+    admin_requests: Family<Labels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -88,6 +92,30 @@ impl Metrics {
             "Signing-key fetches, by issuer and outcome",
             jwks_fetches.clone(),
         );
+        let audit_dropped = Counter::default();
+        registry.register(
+            "audit_dropped",
+            "Audit events not written to the store because its queue was full (they were still logged)",
+            audit_dropped.clone(),
+        );
+        let store_errors = Counter::default();
+        registry.register(
+            "store_errors",
+            "Failed store operations",
+            store_errors.clone(),
+        );
+        let registry_reloads = Family::<Labels, Counter>::default();
+        registry.register(
+            "registry_reloads",
+            "Registry rebuilds from the store, by trigger (write, poll) and outcome",
+            registry_reloads.clone(),
+        );
+        let admin_requests = Family::<Labels, Counter>::default();
+        registry.register(
+            "admin_requests",
+            "Admin API requests, by action and outcome",
+            admin_requests.clone(),
+        );
         Arc::new(Self {
             registry,
             exchanges,
@@ -98,6 +126,10 @@ impl Metrics {
             entra_requests,
             entra_errors,
             jwks_fetches,
+            audit_dropped,
+            store_errors,
+            registry_reloads,
+            admin_requests,
         })
     }
 
@@ -143,6 +175,32 @@ impl Metrics {
         self.jwks_fetches
             .get_or_create(&vec![
                 ("issuer", issuer.to_owned()),
+                ("outcome", outcome.to_owned()),
+            ])
+            .inc();
+    }
+
+    pub fn audit_dropped(&self) {
+        self.audit_dropped.inc();
+    }
+
+    pub fn store_error(&self) {
+        self.store_errors.inc();
+    }
+
+    pub fn registry_reload(&self, trigger: &'static str, outcome: &'static str) {
+        self.registry_reloads
+            .get_or_create(&vec![
+                ("trigger", trigger.to_owned()),
+                ("outcome", outcome.to_owned()),
+            ])
+            .inc();
+    }
+
+    pub fn admin_request(&self, action: &'static str, outcome: &str) {
+        self.admin_requests
+            .get_or_create(&vec![
+                ("action", action.to_owned()),
                 ("outcome", outcome.to_owned()),
             ])
             .inc();

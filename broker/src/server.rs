@@ -24,6 +24,10 @@ pub enum StartError {
     Setup(#[from] SetupError),
     #[error(transparent)]
     Tls(#[from] TlsError),
+    #[error(transparent)]
+    AdminAuth(#[from] crate::api::admin::auth::AuthSetupError),
+    #[error("cannot open the store: {0}")]
+    Store(#[from] crate::store::StoreError),
     #[error("cannot listen on {addr}: {error}")]
     Bind { addr: String, error: std::io::Error },
 }
@@ -36,6 +40,7 @@ pub struct RunningBroker {
     ready: Arc<AtomicBool>,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<std::io::Result<()>>,
+    sync: JoinHandle<()>,
 }
 
 impl std::fmt::Debug for RunningBroker {
@@ -51,7 +56,15 @@ impl RunningBroker {
     pub async fn start(cfg: &BrokerConfig, clock: SharedClock) -> Result<Self, StartError> {
         crate::crypto::install_provider();
         let metrics = Metrics::new();
-        let broker = Arc::new(Broker::new(cfg, clock, metrics)?);
+        let store = crate::store::open(&cfg.store.url).await?;
+        tracing::info!(kind = store.kind(), "store opened");
+        let broker = Arc::new(Broker::new(cfg, clock, metrics, Some(store))?);
+        broker.reload("start", true).await?;
+        let sync = crate::sync::spawn(
+            broker.clone(),
+            Duration::from_millis(cfg.store.poll_interval_ms),
+            cfg.audit.retention_days,
+        );
         let tls_config = match (&cfg.server.tls_cert, &cfg.server.tls_key) {
             (Some(cert), Some(key)) => Some(tls::server_config(
                 cert.clone(),
@@ -72,6 +85,12 @@ impl RunningBroker {
         })?;
         let ready = Arc::new(AtomicBool::new(true));
         let state = AppState {
+            admin: Arc::new(crate::admin::Admin::new(
+                broker.clone(),
+                cfg.outbound.allow_loopback_http,
+                cfg.admin.max_credentials_per_identity,
+            )),
+            auth: Arc::new(crate::api::admin::auth::AdminAuth::from_config(&cfg.admin)?),
             broker: broker.clone(),
             max_body_bytes: cfg.server.max_body_bytes,
             request_timeout: Duration::from_secs(cfg.server.request_timeout_secs),
@@ -96,6 +115,7 @@ impl RunningBroker {
             ready,
             stop: Some(stop),
             task,
+            sync,
         })
     }
 
@@ -115,6 +135,7 @@ impl RunningBroker {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
+        self.sync.abort();
         match (&mut self.task).await {
             Ok(result) => result,
             Err(e) => Err(std::io::Error::other(e)),
@@ -126,6 +147,12 @@ impl RunningBroker {
         signal.await;
         tracing::info!("shutting down");
         self.shutdown().await
+    }
+}
+
+impl Drop for RunningBroker {
+    fn drop(&mut self) {
+        self.sync.abort();
     }
 }
 

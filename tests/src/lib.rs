@@ -46,6 +46,10 @@ pub struct Stack {
     pub broker: RunningBroker,
     pub config: BrokerConfig,
     pub http: reqwest::Client,
+    /// Bearer tokens for the admin API (`admin` and `reader` roles).
+    pub admin_token: String,
+    pub reader_token: String,
+    _dir: Arc<tempfile::TempDir>,
 }
 
 /// The response to one HTTP call.
@@ -169,7 +173,21 @@ impl Stack {
             ),
         ));
 
+        let dir = tempfile::tempdir().unwrap();
+        let admin_token = "admin-token-for-tests".to_owned();
+        let reader_token = "reader-token-for-tests".to_owned();
+        let tokens_file = dir.path().join("admin-tokens");
+        std::fs::write(
+            &tokens_file,
+            format!(
+                "admin alice {}\nreader grafana {}\n",
+                wif_broker::api::admin::auth::token_hash(&admin_token),
+                wif_broker::api::admin::auth::token_hash(&reader_token)
+            ),
+        )
+        .unwrap();
         let mut config = BrokerConfig::default();
+        config.admin.tokens_file = Some(tokens_file);
         config.server.listen = "127.0.0.1:0".into();
         config.store.url = "sqlite::memory:".into();
         config.outbound.allow_loopback_http = true;
@@ -229,7 +247,34 @@ impl Stack {
             broker,
             config,
             http,
+            admin_token,
+            reader_token,
+            _dir: Arc::new(dir),
         }
+    }
+
+    /// An admin API call with `token` (None: unauthenticated) and an optional JSON body.
+    pub async fn call(
+        &self,
+        token: Option<&str>,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> Answer {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let mut request = self.http.request(method, self.url(path));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        answer(request.send().await.unwrap()).await
+    }
+
+    /// An admin API call as the `admin` role.
+    pub async fn admin(&self, method: &str, path: &str, body: Option<Value>) -> Answer {
+        self.call(Some(&self.admin_token), method, path, body).await
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -31,6 +31,8 @@ pub struct ApiError {
     pub code: &'static str,
     pub description: String,
     pub retry_after: Option<u64>,
+    /// One entry per violated rule, for validation errors: `[{"field","message"}]`.
+    pub details: Option<serde_json::Value>,
 }
 
 #[derive(Serialize)]
@@ -38,6 +40,8 @@ struct Body<'a> {
     error: &'a str,
     error_description: &'a str,
     request_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    details: Option<&'a serde_json::Value>,
 }
 
 impl ApiError {
@@ -47,6 +51,7 @@ impl ApiError {
             code,
             description: description.into(),
             retry_after: None,
+            details: None,
         }
     }
 
@@ -74,6 +79,7 @@ impl IntoResponse for ApiError {
             error: self.code,
             error_description: &self.description,
             request_id: current_request_id(),
+            details: self.details.as_ref(),
         };
         let mut response = (self.status, Json(body)).into_response();
         let headers = response.headers_mut();
@@ -111,10 +117,51 @@ impl From<ExchangeError> for ApiError {
                     .with_retry_after(crate::issuer::RETRY_AFTER_FAILURE_SECS);
             }
             ExchangeError::Match(_) | ExchangeError::Select(_) => StatusCode::FORBIDDEN,
+            ExchangeError::Replayed => StatusCode::UNAUTHORIZED,
+            ExchangeError::Store(_) => {
+                return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code, description)
+                    .with_retry_after(5);
+            }
             ExchangeError::Cache(CacheError::ShortLived { .. }) => StatusCode::BAD_GATEWAY,
             ExchangeError::Cache(CacheError::Entra(entra)) => return entra_error(code, entra),
         };
         ApiError::new(status, code, description)
+    }
+}
+
+impl From<crate::admin::AdminError> for ApiError {
+    fn from(e: crate::admin::AdminError) -> Self {
+        use crate::admin::AdminError;
+        let code = e.code();
+        let description = e.to_string();
+        match e {
+            AdminError::Invalid(violations) => {
+                let mut err = ApiError::bad_request(code, description);
+                err.details = serde_json::to_value(violations).ok();
+                err
+            }
+            AdminError::NotFound(_) => ApiError::new(StatusCode::NOT_FOUND, code, description),
+            AdminError::Conflict(_) | AdminError::ReadOnly(_) | AdminError::Limit { .. } => {
+                ApiError::new(StatusCode::CONFLICT, code, description)
+            }
+            AdminError::Store(_) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code, description)
+                    .with_retry_after(5)
+            }
+        }
+    }
+}
+
+impl From<crate::api::admin::auth::AuthError> for ApiError {
+    fn from(e: crate::api::admin::auth::AuthError) -> Self {
+        use crate::api::admin::auth::AuthError;
+        match e {
+            AuthError::Missing => ApiError::unauthorized("unauthenticated", e.to_string()),
+            AuthError::Invalid(_) => ApiError::unauthorized("invalid_admin_token", e.to_string()),
+            AuthError::NoRole(_) => {
+                ApiError::new(StatusCode::FORBIDDEN, "forbidden", e.to_string())
+            }
+        }
     }
 }
 

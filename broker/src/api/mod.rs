@@ -16,7 +16,7 @@ use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 
 use crate::exchange::Broker;
 pub use error::ApiError;
@@ -25,6 +25,8 @@ pub use error::ApiError;
 #[derive(Clone)]
 pub struct AppState {
     pub broker: Arc<Broker>,
+    pub admin: Arc<crate::admin::Admin>,
+    pub auth: Arc<admin::auth::AdminAuth>,
     pub max_body_bytes: usize,
     pub request_timeout: Duration,
     /// False once shutdown begins, so load balancers stop sending traffic.
@@ -45,6 +47,25 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
+        .route("/v1/identities", get(admin::list_identities))
+        .route(
+            "/v1/identities/{name}",
+            put(admin::put_identity)
+                .get(admin::get_identity)
+                .delete(admin::delete_identity),
+        )
+        .route(
+            "/v1/identities/{name}/federatedIdentityCredentials",
+            post(admin::create_credential).get(admin::list_credentials),
+        )
+        .route(
+            "/v1/identities/{name}/federatedIdentityCredentials/{credential}",
+            get(admin::get_credential)
+                .patch(admin::update_credential)
+                .delete(admin::delete_credential),
+        )
+        .route("/v1/simulate", post(admin::simulate))
+        .route("/v1/audit", get(admin::audit_events))
         .fallback(fallback)
         .method_not_allowed_fallback(method_not_allowed)
         // Handlers read bodies themselves against `max_body_bytes`.

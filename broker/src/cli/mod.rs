@@ -105,7 +105,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::CheckConfig => {
             let cfg = load_config(cli.config.as_deref())?;
-            crate::exchange::Broker::new(&cfg, clock::system(), crate::metrics::Metrics::new())?;
+            crate::exchange::Broker::new(
+                &cfg,
+                clock::system(),
+                crate::metrics::Metrics::new(),
+                None,
+            )?;
             println!(
                 "configuration is valid: {} identities, {} federated credentials, {} explicit issuers",
                 cfg.identities.len(),

@@ -7,10 +7,11 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
-use wif_config::{AssertionSource, BrokerConfig};
+use wif_config::{AssertionSource, BrokerConfig, Cloud};
 
 use super::ffl::Expression;
 use super::rules::{self, CredentialSpec, RuleOptions};
+use crate::store::{StoredCredential, StoredIdentity};
 use crate::token::VerifiedToken;
 
 /// An Entra identity (app registration or user-assigned managed identity).
@@ -20,9 +21,13 @@ pub struct Identity {
     pub tenant_id: String,
     pub client_id: String,
     pub authority_host: String,
+    pub cloud: Option<Cloud>,
     pub assertion: AssertionSource,
     /// Declared in the config file; the admin API may not change it.
     pub read_only: bool,
+    /// Epoch seconds, for API-registered identities.
+    pub created_at: Option<u64>,
+    pub updated_at: Option<u64>,
 }
 
 /// How a credential decides on a token's subject.
@@ -36,12 +41,18 @@ pub enum SubjectRule {
 /// as `identity`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Credential {
+    /// A UUID for API-registered credentials, `config:<name>` for declared ones.
+    pub id: String,
     pub name: String,
     pub identity: Arc<Identity>,
     pub issuer: String,
     pub rule: SubjectRule,
     pub audience: String,
     pub description: Option<String>,
+    /// Each token is accepted once (replay protection, recorded in the store).
+    pub one_time_use: bool,
+    pub created_at: Option<u64>,
+    pub updated_at: Option<u64>,
 }
 
 #[derive(Debug, Default)]
@@ -94,6 +105,94 @@ pub struct Registry {
 impl Registry {
     /// Builds the declarative registry from the config file, applying Entra's rules.
     pub fn from_config(cfg: &BrokerConfig) -> Result<Self, Vec<BuildProblem>> {
+        let declared = Declared::from_config(cfg)?;
+        Ok(Self::with_stored(&declared, &[], &[]).0)
+    }
+
+    /// The declared entries plus those registered through the API. Stored entries were
+    /// checked when written; one that no longer fits (a clash with a declared name, a rule
+    /// that changed) is left out and reported.
+    pub fn with_stored(
+        declared: &Declared,
+        identities: &[StoredIdentity],
+        credentials: &[StoredCredential],
+    ) -> (Self, Vec<BuildProblem>) {
+        let mut all_identities = declared.identities.clone();
+        let mut all_credentials = declared.credentials.clone();
+        let mut problems = Vec::new();
+        let mut stored = HashMap::new();
+        for s in identities {
+            let identity = Arc::new(Identity {
+                name: s.name.clone(),
+                tenant_id: s.tenant_id.clone(),
+                client_id: s.client_id.clone(),
+                authority_host: effective_authority_host(
+                    s.authority_host.as_deref(),
+                    s.cloud,
+                    &declared.default_authority_host,
+                ),
+                cloud: s.cloud,
+                assertion: s.assertion,
+                read_only: false,
+                created_at: Some(s.created_at),
+                updated_at: Some(s.updated_at),
+            });
+            stored.insert(s.name.as_str(), identity.clone());
+            all_identities.push(identity);
+        }
+        for c in credentials {
+            let Some(identity) = stored.get(c.identity.as_str()) else {
+                continue;
+            };
+            let spec = CredentialSpec {
+                name: &c.name,
+                issuer: &c.issuer,
+                subject: c.subject.as_deref(),
+                claims_matching_expression: c.claims_matching_expression.as_deref(),
+                audiences: &c.audiences,
+                description: c.description.as_deref(),
+            };
+            match build_credential(identity, &spec) {
+                Ok(mut cred) => {
+                    cred.id = c.id.clone();
+                    cred.one_time_use = c.one_time_use;
+                    cred.created_at = Some(c.created_at);
+                    cred.updated_at = Some(c.updated_at);
+                    all_credentials.push(cred);
+                }
+                Err(message) => problems.push(BuildProblem {
+                    key: format!("identity {} credential {}", c.identity, c.name),
+                    message,
+                }),
+            }
+        }
+        let (registry, mut more) =
+            Self::build(all_identities, all_credentials, &declared.explicit_issuers);
+        problems.append(&mut more);
+        (registry, problems)
+    }
+}
+
+fn effective_authority_host(host: Option<&str>, cloud: Option<Cloud>, default: &str) -> String {
+    host.map(str::to_owned)
+        .or_else(|| cloud.map(|c| c.authority_host().to_owned()))
+        .unwrap_or_else(|| default.to_owned())
+        .trim_end_matches('/')
+        .to_owned()
+}
+
+/// The part of the registry declared in the config file, checked once at start-up.
+#[derive(Debug, Clone, Default)]
+pub struct Declared {
+    pub identities: Vec<Arc<Identity>>,
+    pub credentials: Vec<Credential>,
+    pub explicit_issuers: Vec<String>,
+    pub default_authority_host: String,
+}
+
+impl Declared {
+    /// Applies Entra's rules to every declared credential; every problem names its key.
+    pub fn from_config(cfg: &BrokerConfig) -> Result<Self, Vec<BuildProblem>> {
         let opts = RuleOptions {
             allow_loopback_http: cfg.outbound.allow_loopback_http,
         };
@@ -109,8 +208,11 @@ impl Registry {
                     .effective_authority_host(&cfg.entra.authority_host)
                     .trim_end_matches('/')
                     .to_owned(),
+                cloud: id.cloud,
                 assertion: id.assertion,
                 read_only: true,
+                created_at: None,
+                updated_at: None,
             });
             for (j, fc) in id.federated_credentials.iter().enumerate() {
                 let key = format!("identities[{i}].federated_credentials[{j}]");
@@ -138,27 +240,41 @@ impl Registry {
             }
             identities.push(identity);
         }
-        let explicit: Vec<String> = cfg.issuers.iter().map(|i| i.url.clone()).collect();
-        match Self::build(identities, credentials, &explicit) {
-            Ok(r) if problems.is_empty() => Ok(r),
-            Ok(_) => Err(problems),
-            Err(mut more) => {
-                problems.append(&mut more);
-                Err(problems)
-            }
+        let explicit_issuers: Vec<String> = cfg.issuers.iter().map(|i| i.url.clone()).collect();
+        let (_, mut more) =
+            Registry::build(identities.clone(), credentials.clone(), &explicit_issuers);
+        problems.append(&mut more);
+        if !problems.is_empty() {
+            return Err(problems);
         }
+        Ok(Self {
+            identities,
+            credentials,
+            explicit_issuers,
+            default_authority_host: cfg.entra.authority_host.trim_end_matches('/').to_owned(),
+        })
     }
+}
 
-    /// Indexes identities and credentials; rejects duplicates the way Entra does.
+impl Registry {
+    /// Indexes identities and credentials. Duplicates are refused the way Entra refuses
+    /// them: the first one stays, the later one is left out and reported.
     pub fn build(
         identities: Vec<Arc<Identity>>,
         credentials: Vec<Credential>,
         explicit_issuers: &[String],
-    ) -> Result<Self, Vec<BuildProblem>> {
+    ) -> (Self, Vec<BuildProblem>) {
         let mut problems = Vec::new();
         let mut by_name = BTreeMap::new();
         let mut client_ids = HashSet::new();
         for identity in identities {
+            if by_name.contains_key(&identity.name) {
+                problems.push(BuildProblem {
+                    key: format!("identity {}", identity.name),
+                    message: "an identity with this name already exists".into(),
+                });
+                continue;
+            }
             if !client_ids.insert(identity.client_id.to_ascii_lowercase()) {
                 problems.push(BuildProblem {
                     key: format!("identity {}", identity.name),
@@ -167,16 +283,9 @@ impl Registry {
                         identity.client_id
                     ),
                 });
+                continue;
             }
-            if by_name
-                .insert(identity.name.clone(), identity.clone())
-                .is_some()
-            {
-                problems.push(BuildProblem {
-                    key: format!("identity {}", identity.name),
-                    message: "an identity with this name already exists".into(),
-                });
-            }
+            by_name.insert(identity.name.clone(), identity);
         }
         let mut registry = Registry {
             identities: by_name,
@@ -189,6 +298,14 @@ impl Registry {
         let mut subjects = HashSet::new();
         for cred in credentials {
             let key = format!("identity {} credential {}", cred.identity.name, cred.name);
+            // A credential of an identity that was left out goes with it.
+            if !registry
+                .identities
+                .get(&cred.identity.name)
+                .is_some_and(|i| Arc::ptr_eq(i, &cred.identity))
+            {
+                continue;
+            }
             if !names.insert((cred.identity.name.clone(), cred.name.clone())) {
                 problems.push(BuildProblem {
                     key,
@@ -224,11 +341,7 @@ impl Registry {
             }
             registry.credentials.push(cred);
         }
-        if problems.is_empty() {
-            Ok(registry)
-        } else {
-            Err(problems)
-        }
+        (registry, problems)
     }
 
     /// True when tokens from `iss` are trusted at all (some credential or `[[issuers]]`
@@ -284,6 +397,103 @@ impl Registry {
     }
 }
 
+/// Why a credential did not admit a token, for `simulate`.
+#[derive(Debug, Clone)]
+pub struct Miss {
+    pub credential: Arc<Credential>,
+    /// `issuer`, `subject`, `expression` or `audience`.
+    pub check: &'static str,
+    /// For `expression`: the first clause that fails (1-based) and its text.
+    pub clause: Option<(usize, String)>,
+    pub detail: String,
+}
+
+/// Most near misses `explain` reports.
+pub const MAX_MISSES: usize = 50;
+
+impl Registry {
+    /// Every credential the token satisfies, and near misses with the check each failed:
+    /// same issuer but another subject, expression clause or audience, or an issuer that
+    /// differs only in case or a trailing `/` (Entra compares issuers exactly).
+    pub fn explain(&self, token: &VerifiedToken) -> (Vec<Arc<Credential>>, Vec<Miss>) {
+        let mut matched = Vec::new();
+        let mut misses = Vec::new();
+        let loose = |s: &str| s.trim_end_matches('/').to_ascii_lowercase();
+        for cred in &self.credentials {
+            if cred.issuer != token.iss {
+                if loose(&cred.issuer) == loose(&token.iss) {
+                    misses.push(Miss {
+                        credential: cred.clone(),
+                        check: "issuer",
+                        clause: None,
+                        detail: format!(
+                            "the token's iss {:?} differs from the credential's issuer {:?} only in case or a trailing '/'; issuers are compared exactly",
+                            token.iss, cred.issuer
+                        ),
+                    });
+                }
+                continue;
+            }
+            let subject_miss = match &cred.rule {
+                SubjectRule::Exact(subject) => match token.sub.as_deref() {
+                    Some(sub) if sub == subject => None,
+                    Some(sub) if sub.eq_ignore_ascii_case(subject) => Some((
+                        "subject",
+                        None,
+                        format!(
+                            "the token's sub {sub:?} differs from {subject:?} only in case; subjects are compared case-sensitively"
+                        ),
+                    )),
+                    Some(sub) => Some((
+                        "subject",
+                        None,
+                        format!("the token's sub {sub:?} is not {subject:?}"),
+                    )),
+                    None => Some(("subject", None, "the token has no sub claim".to_owned())),
+                },
+                SubjectRule::Expression(expression) => {
+                    expression.first_failure(&token.claims).map(|(i, clause)| {
+                        let path: Vec<&str> = clause.path.iter().map(String::as_str).collect();
+                        let mut actual = &token.claims;
+                        for name in &path {
+                            actual = actual.get(*name).unwrap_or(&serde_json::Value::Null);
+                        }
+                        let actual = match actual {
+                            serde_json::Value::Null => "the claim is missing".to_owned(),
+                            other => format!("the token has {other}"),
+                        };
+                        (
+                            "expression",
+                            Some((i + 1, clause.to_string())),
+                            format!("clause {} does not hold: {actual}", i + 1),
+                        )
+                    })
+                }
+            };
+            match subject_miss {
+                Some((check, clause, detail)) => misses.push(Miss {
+                    credential: cred.clone(),
+                    check,
+                    clause,
+                    detail,
+                }),
+                None if token.aud.iter().any(|a| a == &cred.audience) => matched.push(cred.clone()),
+                None => misses.push(Miss {
+                    credential: cred.clone(),
+                    check: "audience",
+                    clause: None,
+                    detail: format!(
+                        "the token's aud {:?} does not include {:?}",
+                        token.aud, cred.audience
+                    ),
+                }),
+            }
+        }
+        misses.truncate(MAX_MISSES);
+        (matched, misses)
+    }
+}
+
 /// Chooses the identity (DESIGN.md step 5): the requested one if the token may act as it,
 /// else the only one.
 pub fn select_identity(
@@ -332,12 +542,16 @@ pub fn build_credential(
         .cloned()
         .unwrap_or_else(|| rules::DEFAULT_AUDIENCE.to_owned());
     Ok(Credential {
+        id: format!("config:{}", spec.name),
         name: spec.name.to_owned(),
         identity: identity.clone(),
         issuer: spec.issuer.to_owned(),
         rule,
         audience,
         description: spec.description.map(str::to_owned),
+        one_time_use: false,
+        created_at: None,
+        updated_at: None,
     })
 }
 

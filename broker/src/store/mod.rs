@@ -9,6 +9,7 @@
 //! PostgreSQL commits before answering. The store never sees a token, only hashes and ids.
 
 pub mod postgres;
+mod sql;
 pub mod sqlite;
 
 use std::sync::Arc;
@@ -128,7 +129,11 @@ pub trait Store: Send + Sync + 'static {
     /// All credentials, or those of one identity, ordered by identity then name.
     async fn list_credentials(&self, identity: Option<&str>) -> StoreResult<Vec<StoredCredential>>;
     /// By name or by id.
-    async fn get_credential(&self, identity: &str, name_or_id: &str) -> StoreResult<Option<StoredCredential>>;
+    async fn get_credential(
+        &self,
+        identity: &str,
+        name_or_id: &str,
+    ) -> StoreResult<Option<StoredCredential>>;
     /// `NotFound` when the identity does not exist; `Conflict` for a duplicate name, or a
     /// duplicate issuer + subject, within the identity.
     async fn create_credential(&self, credential: &StoredCredential) -> StoreResult<()>;
@@ -166,6 +171,8 @@ pub async fn open(url: &str) -> StoreResult<Arc<dyn Store>> {
     } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         Ok(Arc::new(postgres::PgStore::open(url).await?))
     } else {
-        Err(StoreError::Url(url.split(':').next().unwrap_or_default().to_owned()))
+        Err(StoreError::Url(
+            url.split(':').next().unwrap_or_default().to_owned(),
+        ))
     }
 }

@@ -1,3 +1,586 @@
 //! The admin API: identities and federated credentials (Graph-shaped), simulate, audit.
+//!
+//! Handlers authenticate the caller, translate the wire format, and call
+//! [`crate::admin::Admin`] (writes), the registry (reads), [`crate::simulate`] or the
+//! store (audit). Every write, and every refused attempt to write, is one audit event
+//! with the caller's identity.
 
+pub mod auth;
 pub mod model;
+
+use std::collections::HashMap;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::de::DeserializeOwned;
+
+use self::auth::{Principal, Role};
+use self::model::{
+    ClaimsMatchingExpression, Collection, Credential, CredentialRequest, Identity, IdentityRequest,
+    SimulateRequest,
+};
+use super::{ApiError, AppState};
+use crate::admin::{AdminError, CredentialInput, IdentityInput};
+use crate::audit::AuditEvent;
+use crate::policy::rules::Violation;
+use crate::policy::{self, SubjectRule};
+use crate::store::{AuditQuery, PutOutcome, StoredCredential};
+
+/// RFC 3339 (UTC, seconds) for Graph's `...DateTime` fields.
+pub fn rfc3339(epoch: u64) -> String {
+    let days = (epoch / 86_400) as i64;
+    let secs = epoch % 86_400;
+    // Civil-from-days (Howard Hinnant), proleptic Gregorian.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        secs / 3600,
+        (secs / 60) % 60,
+        secs % 60
+    )
+}
+
+fn identity_view(i: &policy::Identity) -> Identity {
+    Identity {
+        name: i.name.clone(),
+        tenant_id: i.tenant_id.clone(),
+        client_id: i.client_id.clone(),
+        cloud: i.cloud,
+        authority_host: i.authority_host.clone(),
+        assertion: i.assertion,
+        source: if i.read_only { "config" } else { "api" }.into(),
+        read_only: i.read_only,
+        created_date_time: i.created_at.map(rfc3339),
+        last_modified_date_time: i.updated_at.map(rfc3339),
+    }
+}
+
+fn expression(text: String) -> ClaimsMatchingExpression {
+    ClaimsMatchingExpression {
+        value: text,
+        language_version: 1,
+    }
+}
+
+fn credential_view(c: &policy::Credential) -> Credential {
+    let (subject, claims_matching_expression) = match &c.rule {
+        SubjectRule::Exact(s) => (Some(s.clone()), None),
+        SubjectRule::Expression(e) => (None, Some(expression(e.to_string()))),
+    };
+    Credential {
+        id: c.id.clone(),
+        name: c.name.clone(),
+        issuer: c.issuer.clone(),
+        subject,
+        claims_matching_expression,
+        audiences: vec![c.audience.clone()],
+        description: c.description.clone(),
+        one_time_use: c.one_time_use,
+        read_only: c.identity.read_only,
+    }
+}
+
+fn stored_view(c: StoredCredential) -> Credential {
+    Credential {
+        id: c.id,
+        name: c.name,
+        issuer: c.issuer,
+        subject: c.subject,
+        claims_matching_expression: c.claims_matching_expression.map(expression),
+        audiences: c.audiences,
+        description: c.description,
+        one_time_use: c.one_time_use,
+        read_only: false,
+    }
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    (scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty()).then(|| token.trim())
+}
+
+/// Authenticates and checks the role. Refused writes are audited here.
+async fn caller(
+    state: &AppState,
+    headers: &HeaderMap,
+    needed: Role,
+    action: &'static str,
+) -> Result<Principal, ApiError> {
+    let authenticated = state
+        .auth
+        .authenticate(bearer(headers), &state.broker)
+        .await;
+    let result = match &authenticated {
+        Ok(p) if p.role >= needed => Ok(p.clone()),
+        Ok(p) => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!(
+                "{} has the {} role; this needs {}",
+                p.name,
+                p.role.as_str(),
+                needed.as_str()
+            ),
+        )),
+        Err(e) => Err(ApiError::from(e.clone())),
+    };
+    if let Err(e) = &result {
+        if needed == Role::Admin {
+            let actor = authenticated.ok().map(|p| (p.name, p.role.as_str()));
+            audit(state, action, actor, None, None, Err(e));
+        } else {
+            state.broker.metrics().admin_request(action, e.code);
+        }
+    }
+    result
+}
+
+fn audit(
+    state: &AppState,
+    action: &'static str,
+    actor: Option<(String, &'static str)>,
+    identity: Option<&str>,
+    credential: Option<&str>,
+    outcome: Result<(), &ApiError>,
+) {
+    let (actor, role) = match actor {
+        Some((name, role)) => (name, Some(role)),
+        None => ("anonymous".to_owned(), None),
+    };
+    let (outcome, reason) = match outcome {
+        Ok(()) => ("ok".to_owned(), None),
+        Err(e) => (e.code.to_owned(), Some(e.description.clone())),
+    };
+    state.broker.metrics().admin_request(action, &outcome);
+    state.broker.auditor().record(&AuditEvent {
+        kind: "admin",
+        time: state.broker.clock().now(),
+        request_id: super::error::current_request_id(),
+        endpoint: "admin",
+        actor: Some(actor),
+        role,
+        action: Some(action),
+        identity: identity.map(str::to_owned),
+        credential: credential.map(str::to_owned),
+        outcome,
+        reason,
+        ..Default::default()
+    });
+}
+
+/// Audits a write's result and passes it on.
+fn audited<T, E: Into<ApiError>>(
+    state: &AppState,
+    who: &Principal,
+    action: &'static str,
+    identity: &str,
+    credential: Option<&str>,
+    result: Result<T, E>,
+) -> Result<T, ApiError> {
+    let result = result.map_err(Into::into);
+    audit(
+        state,
+        action,
+        Some((who.name.clone(), who.role.as_str())),
+        Some(identity),
+        credential,
+        result.as_ref().map(|_| ()),
+    );
+    result
+}
+
+async fn read_json<T: DeserializeOwned>(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<T, ApiError> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    if !content_type
+        .to_ascii_lowercase()
+        .starts_with("application/json")
+    {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "send application/json",
+        ));
+    }
+    let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("the request body is larger than {limit} bytes"),
+        )
+    })?;
+    serde_json::from_slice(&bytes).map_err(|e| {
+        ApiError::bad_request(
+            "invalid_request",
+            format!("the body is not a valid request: {e}"),
+        )
+    })
+}
+
+// ----- identities -----------------------------------------------------------------------
+
+pub async fn list_identities(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    caller(&state, &headers, Role::Reader, "identity.list").await?;
+    let registry = state.broker.registry();
+    let value = registry.identities().map(|i| identity_view(i)).collect();
+    Ok(Json(Collection {
+        value,
+        next_cursor: None,
+    })
+    .into_response())
+}
+
+pub async fn get_identity(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    caller(&state, &headers, Role::Reader, "identity.get").await?;
+    let registry = state.broker.registry();
+    let identity = registry.identity(&name).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no identity named {name:?}"),
+        )
+    })?;
+    Ok(Json(identity_view(identity)).into_response())
+}
+
+pub async fn put_identity(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    const ACTION: &str = "identity.put";
+    let who = caller(&state, &headers, Role::Admin, ACTION).await?;
+    let result = async {
+        let request: IdentityRequest = read_json(&headers, body, state.max_body_bytes).await?;
+        let input = IdentityInput {
+            tenant_id: request.tenant_id,
+            client_id: request.client_id,
+            cloud: request.cloud,
+            authority_host: request.authority_host,
+            assertion: request.assertion,
+        };
+        Ok::<_, ApiError>(state.admin.put_identity(&name, input).await?)
+    }
+    .await;
+    let outcome = audited(&state, &who, ACTION, &name, None, result)?;
+    let status = match outcome {
+        PutOutcome::Created => StatusCode::CREATED,
+        PutOutcome::Replaced => StatusCode::OK,
+    };
+    let registry = state.broker.registry();
+    let view = registry
+        .identity(&name)
+        .map(|i| identity_view(i))
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store_unavailable",
+                "written, but not yet loaded; retry the read",
+            )
+            .with_retry_after(1)
+        })?;
+    Ok((status, Json(view)).into_response())
+}
+
+pub async fn delete_identity(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let who = caller(&state, &headers, Role::Admin, "identity.delete").await?;
+    audited(
+        &state,
+        &who,
+        "identity.delete",
+        &name,
+        None,
+        state.admin.delete_identity(&name).await,
+    )?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+// ----- credentials ----------------------------------------------------------------------
+
+pub async fn list_credentials(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(identity): Path<String>,
+) -> Result<Response, ApiError> {
+    caller(&state, &headers, Role::Reader, "credential.list").await?;
+    let registry = state.broker.registry();
+    if registry.identity(&identity).is_none() {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no identity named {identity:?}"),
+        ));
+    }
+    let mut value: Vec<Credential> = registry
+        .credentials()
+        .iter()
+        .filter(|c| c.identity.name == identity)
+        .map(|c| credential_view(c))
+        .collect();
+    value.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(Json(Collection {
+        value,
+        next_cursor: None,
+    })
+    .into_response())
+}
+
+pub async fn get_credential(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path((identity, credential)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    caller(&state, &headers, Role::Reader, "credential.get").await?;
+    let registry = state.broker.registry();
+    registry
+        .credentials()
+        .iter()
+        .find(|c| c.identity.name == identity && (c.name == credential || c.id == credential))
+        .map(|c| Json(credential_view(c)).into_response())
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("identity {identity:?} has no federated credential {credential:?}"),
+            )
+        })
+}
+
+fn invalid(field: &'static str, message: &str) -> AdminError {
+    AdminError::Invalid(vec![Violation {
+        field,
+        message: message.to_owned(),
+    }])
+}
+
+fn expression_text(e: Option<ClaimsMatchingExpression>) -> Result<Option<String>, Violation> {
+    match e {
+        None => Ok(None),
+        Some(e) if e.language_version == 1 => Ok(Some(e.value)),
+        Some(e) => Err(Violation {
+            field: "claimsMatchingExpression",
+            message: format!(
+                "languageVersion {} is not supported; use 1",
+                e.language_version
+            ),
+        }),
+    }
+}
+
+pub async fn create_credential(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(identity): Path<String>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    const ACTION: &str = "credential.create";
+    let who = caller(&state, &headers, Role::Admin, ACTION).await?;
+    let result = async {
+        let request: CredentialRequest = read_json(&headers, body, state.max_body_bytes).await?;
+        let input = CredentialInput {
+            name: request
+                .name
+                .ok_or_else(|| invalid("name", "name is required"))?,
+            issuer: request
+                .issuer
+                .ok_or_else(|| invalid("issuer", "issuer is required"))?,
+            subject: request.subject.flatten(),
+            claims_matching_expression: expression_text(
+                request.claims_matching_expression.flatten(),
+            )
+            .map_err(|v| AdminError::Invalid(vec![v]))?,
+            audiences: request.audiences.unwrap_or_default(),
+            description: request.description.flatten(),
+            one_time_use: request.one_time_use.unwrap_or(false),
+        };
+        Ok::<_, ApiError>(state.admin.create_credential(&identity, input).await?)
+    }
+    .await;
+    let name = result.as_ref().ok().map(|c| c.name.clone());
+    let stored = audited(&state, &who, ACTION, &identity, name.as_deref(), result)?;
+    Ok((StatusCode::CREATED, Json(stored_view(stored))).into_response())
+}
+
+pub async fn update_credential(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path((identity, credential)): Path<(String, String)>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    const ACTION: &str = "credential.update";
+    let who = caller(&state, &headers, Role::Admin, ACTION).await?;
+    let result = async {
+        let request: CredentialRequest = read_json(&headers, body, state.max_body_bytes).await?;
+        let expression = match request.claims_matching_expression {
+            Some(e) => Some(expression_text(e).map_err(|v| AdminError::Invalid(vec![v]))?),
+            None => None,
+        };
+        state
+            .admin
+            .update_credential(&identity, &credential, move |input| {
+                if let Some(name) = request.name {
+                    input.name = name;
+                }
+                if let Some(issuer) = request.issuer {
+                    input.issuer = issuer;
+                }
+                if let Some(subject) = request.subject {
+                    input.subject = subject;
+                }
+                if let Some(expression) = expression {
+                    input.claims_matching_expression = expression;
+                }
+                if let Some(audiences) = request.audiences {
+                    input.audiences = audiences;
+                }
+                if let Some(description) = request.description {
+                    input.description = description;
+                }
+                if let Some(one_time_use) = request.one_time_use {
+                    input.one_time_use = one_time_use;
+                }
+                Ok(())
+            })
+            .await
+            .map_err(ApiError::from)
+    }
+    .await;
+    let stored = audited(&state, &who, ACTION, &identity, Some(&credential), result)?;
+    Ok(Json(stored_view(stored)).into_response())
+}
+
+pub async fn delete_credential(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path((identity, credential)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    const ACTION: &str = "credential.delete";
+    let who = caller(&state, &headers, Role::Admin, ACTION).await?;
+    let result = state.admin.delete_credential(&identity, &credential).await;
+    audited(&state, &who, ACTION, &identity, Some(&credential), result)?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+// ----- simulate and audit ---------------------------------------------------------------
+
+pub async fn simulate(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    caller(&state, &headers, Role::Reader, "simulate").await?;
+    let request: SimulateRequest = read_json(&headers, body, state.max_body_bytes).await?;
+    let answer = crate::simulate::simulate(&state.broker, request).await?;
+    Ok(Json(answer).into_response())
+}
+
+pub async fn audit_events(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    caller(&state, &headers, Role::Reader, "audit.read").await?;
+    let number = |key: &str| -> Result<Option<u64>, ApiError> {
+        params
+            .get(key)
+            .map(|v| {
+                v.parse::<u64>().map_err(|_| {
+                    ApiError::bad_request(
+                        "invalid_request",
+                        format!("`{key}` must be a non-negative integer"),
+                    )
+                })
+            })
+            .transpose()
+    };
+    let known = [
+        "since", "until", "kind", "identity", "subject", "outcome", "after", "limit",
+    ];
+    if let Some(unknown) = params.keys().find(|k| !known.contains(&k.as_str())) {
+        return Err(ApiError::bad_request(
+            "invalid_request",
+            format!(
+                "unknown parameter `{unknown}`; accepted: {}",
+                known.join(", ")
+            ),
+        ));
+    }
+    let limit = number("limit")?.unwrap_or(100).clamp(1, 1000) as u32;
+    let query = AuditQuery {
+        since: number("since")?,
+        until: number("until")?,
+        kind: params.get("kind").cloned(),
+        identity: params.get("identity").cloned(),
+        subject: params.get("subject").cloned(),
+        outcome: params.get("outcome").cloned(),
+        after_id: number("after")?.map(|n| n as i64),
+        limit,
+    };
+    let store = state.broker.store().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store_unavailable",
+            "no store is configured",
+        )
+    })?;
+    let records = store
+        .query_audit(&query)
+        .await
+        .map_err(|e| ApiError::from(AdminError::from(e)))?;
+    let next_cursor = (records.len() == limit as usize)
+        .then(|| records.last().map(|r| r.id.to_string()))
+        .flatten();
+    let value = records
+        .into_iter()
+        .map(|r| {
+            let mut event = r.event;
+            if let Some(map) = event.as_object_mut() {
+                map.insert("id".into(), r.id.into());
+            }
+            event
+        })
+        .collect();
+    Ok(Json(Collection { value, next_cursor }).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_formats_epoch_seconds() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339(1_795_406_154), "2026-11-23T03:55:54Z");
+    }
+}

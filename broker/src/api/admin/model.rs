@@ -173,7 +173,7 @@ pub struct NearMiss {
     pub credential: String,
     /// `issuer`, `audience`, `subject` or `expression`.
     pub failed: String,
-    /// For `expression`: the first clause that does not hold, and its index.
+    /// For `expression`: the first clause that does not hold, and its position (1-based).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub clause: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -1,0 +1,405 @@
+//! Registering identities and federated credentials through the admin API.
+//!
+//! Every write is checked with Entra's rules before it is stored (Entra itself checks
+//! nothing until an exchange fails), has no 20-credential cap (a configurable sanity limit
+//! instead), and takes effect on the next exchange: after the store commits, this
+//! replica's registry is rebuilt before the write is acknowledged. Identities and
+//! credentials declared in the config file are read-only here.
+
+use std::sync::Arc;
+
+use wif_config::{AssertionSource, Cloud};
+
+use crate::exchange::Broker;
+use crate::outbound;
+use crate::policy::rules::{self, CredentialSpec, RuleOptions, Violation};
+use crate::store::{PutOutcome, StoreError, StoredCredential, StoredIdentity};
+
+/// Why an admin operation was refused.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum AdminError {
+    #[error("{}", describe(.0))]
+    Invalid(Vec<Violation>),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    ReadOnly(String),
+    #[error(
+        "identity {identity:?} already has {limit} federated credentials, the configured maximum (admin.max_credentials_per_identity)"
+    )]
+    Limit { identity: String, limit: u64 },
+    #[error(transparent)]
+    Store(StoreError),
+}
+
+fn describe(violations: &[Violation]) -> String {
+    violations
+        .iter()
+        .map(|v| v.message.as_str())
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+impl From<StoreError> for AdminError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Conflict(m) => AdminError::Conflict(m),
+            StoreError::NotFound(m) => AdminError::NotFound(m),
+            other => AdminError::Store(other),
+        }
+    }
+}
+
+impl AdminError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            AdminError::Invalid(_) => "invalid_request",
+            AdminError::NotFound(_) => "not_found",
+            AdminError::Conflict(_) => "conflict",
+            AdminError::ReadOnly(_) => "read_only",
+            AdminError::Limit { .. } => "too_many_credentials",
+            AdminError::Store(_) => "store_unavailable",
+        }
+    }
+}
+
+/// An identity as written through the API.
+#[derive(Debug, Clone)]
+pub struct IdentityInput {
+    pub tenant_id: String,
+    pub client_id: String,
+    pub cloud: Option<Cloud>,
+    pub authority_host: Option<String>,
+    pub assertion: AssertionSource,
+}
+
+/// A credential as written through the API, after a PATCH was merged.
+#[derive(Debug, Clone, Default)]
+pub struct CredentialInput {
+    pub name: String,
+    pub issuer: String,
+    pub subject: Option<String>,
+    pub claims_matching_expression: Option<String>,
+    pub audiences: Vec<String>,
+    pub description: Option<String>,
+    pub one_time_use: bool,
+}
+
+/// Admin operations on one broker.
+pub struct Admin {
+    broker: Arc<Broker>,
+    rule_options: RuleOptions,
+    max_credentials: u64,
+}
+
+impl std::fmt::Debug for Admin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Admin").finish_non_exhaustive()
+    }
+}
+
+fn invalid(field: &'static str, message: impl Into<String>) -> Violation {
+    Violation {
+        field,
+        message: message.into(),
+    }
+}
+
+/// A tenant is a GUID or a verified domain such as `contoso.onmicrosoft.com`.
+fn is_tenant(s: &str) -> bool {
+    rules::is_guid(s)
+        || (s.len() <= 253
+            && s.contains('.')
+            && s.split('.').all(|label| {
+                !label.is_empty()
+                    && label.len() <= 63
+                    && label
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                    && !label.starts_with('-')
+                    && !label.ends_with('-')
+            }))
+}
+
+impl Admin {
+    pub fn new(broker: Arc<Broker>, allow_loopback_http: bool, max_credentials: u64) -> Self {
+        Self {
+            broker,
+            rule_options: RuleOptions {
+                allow_loopback_http,
+            },
+            max_credentials,
+        }
+    }
+
+    pub fn broker(&self) -> &Arc<Broker> {
+        &self.broker
+    }
+
+    fn store(&self) -> Result<&Arc<dyn crate::store::Store>, AdminError> {
+        self.broker.store().ok_or_else(|| {
+            AdminError::Store(StoreError::Unavailable("no store is configured".into()))
+        })
+    }
+
+    /// Refuses changes to what the config file declares.
+    fn writable(&self, identity: &str) -> Result<(), AdminError> {
+        match self.broker.registry().identity(identity) {
+            Some(i) if i.read_only => Err(AdminError::ReadOnly(format!(
+                "identity {identity:?} is declared in the config file and is read-only through the API"
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    /// After a committed write: this replica serves the change from the next exchange on.
+    async fn apply(&self) {
+        if let Err(e) = self.broker.reload("write", true).await {
+            tracing::warn!(error = %e, "write committed but the registry could not be reloaded yet; the next poll will");
+        }
+    }
+
+    pub fn check_identity(&self, name: &str, input: &IdentityInput) -> Vec<Violation> {
+        let mut v = Vec::new();
+        v.extend(rules::check_identity_name(name));
+        if !is_tenant(&input.tenant_id) {
+            v.push(invalid(
+                "tenantId",
+                format!(
+                    "tenantId {:?} must be a GUID or a domain such as contoso.onmicrosoft.com",
+                    input.tenant_id
+                ),
+            ));
+        }
+        if !rules::is_guid(&input.client_id) {
+            v.push(invalid(
+                "clientId",
+                format!(
+                    "clientId {:?} must be the application (client) id, a GUID",
+                    input.client_id
+                ),
+            ));
+        }
+        if input.cloud.is_some() && input.authority_host.is_some() {
+            v.push(invalid(
+                "authorityHost",
+                "give cloud or authorityHost, not both",
+            ));
+        }
+        if let Some(host) = &input.authority_host {
+            match outbound::check_url(host, self.rule_options.allow_loopback_http) {
+                Ok(url) if url.path() != "/" || url.query().is_some() => v.push(invalid(
+                    "authorityHost",
+                    "authorityHost is an origin such as https://login.microsoftonline.com, without a path",
+                )),
+                Ok(_) => {}
+                Err(e) => v.push(invalid("authorityHost", e.to_string())),
+            }
+        }
+        v
+    }
+
+    /// Creates or replaces an API-registered identity.
+    pub async fn put_identity(
+        &self,
+        name: &str,
+        input: IdentityInput,
+    ) -> Result<PutOutcome, AdminError> {
+        let violations = self.check_identity(name, &input);
+        if !violations.is_empty() {
+            return Err(AdminError::Invalid(violations));
+        }
+        self.writable(name)?;
+        if let Some(other) = self
+            .broker
+            .registry()
+            .identities()
+            .find(|i| i.read_only && i.client_id.eq_ignore_ascii_case(&input.client_id))
+        {
+            return Err(AdminError::Conflict(format!(
+                "client id {} is already used by identity {:?} from the config file",
+                input.client_id, other.name
+            )));
+        }
+        let now = self.broker.clock().now();
+        let outcome = self
+            .store()?
+            .put_identity(&StoredIdentity {
+                name: name.to_owned(),
+                tenant_id: input.tenant_id,
+                client_id: input.client_id,
+                cloud: input.cloud,
+                authority_host: input
+                    .authority_host
+                    .map(|h| h.trim_end_matches('/').to_owned()),
+                assertion: input.assertion,
+                created_at: now,
+                updated_at: now,
+            })
+            .await?;
+        self.apply().await;
+        Ok(outcome)
+    }
+
+    pub async fn delete_identity(&self, name: &str) -> Result<(), AdminError> {
+        self.writable(name)?;
+        if !self.store()?.delete_identity(name).await? {
+            return Err(AdminError::NotFound(format!("no identity named {name:?}")));
+        }
+        self.apply().await;
+        Ok(())
+    }
+
+    fn check_credential(&self, input: &CredentialInput) -> Vec<Violation> {
+        rules::check(
+            &CredentialSpec {
+                name: &input.name,
+                issuer: &input.issuer,
+                subject: input.subject.as_deref(),
+                claims_matching_expression: input.claims_matching_expression.as_deref(),
+                audiences: &input.audiences,
+                description: input.description.as_deref(),
+            },
+            &self.rule_options,
+        )
+    }
+
+    /// An identity that exists and may be changed through the API.
+    fn api_identity(&self, identity: &str) -> Result<(), AdminError> {
+        match self.broker.registry().identity(identity) {
+            None => Err(AdminError::NotFound(format!(
+                "no identity named {identity:?}"
+            ))),
+            Some(_) => self.writable(identity),
+        }
+    }
+
+    pub async fn create_credential(
+        &self,
+        identity: &str,
+        mut input: CredentialInput,
+    ) -> Result<StoredCredential, AdminError> {
+        if input.audiences.is_empty() {
+            let cloud = self
+                .broker
+                .registry()
+                .identity(identity)
+                .and_then(|i| i.cloud);
+            input.audiences = vec![cloud.unwrap_or(Cloud::Public).default_audience().to_owned()];
+        }
+        let violations = self.check_credential(&input);
+        if !violations.is_empty() {
+            return Err(AdminError::Invalid(violations));
+        }
+        self.api_identity(identity)?;
+        let store = self.store()?;
+        if store.count_credentials(identity).await? >= self.max_credentials {
+            return Err(AdminError::Limit {
+                identity: identity.to_owned(),
+                limit: self.max_credentials,
+            });
+        }
+        let now = self.broker.clock().now();
+        let stored = StoredCredential {
+            id: uuid::Uuid::new_v4().to_string(),
+            identity: identity.to_owned(),
+            name: input.name,
+            issuer: input.issuer,
+            subject: input.subject,
+            claims_matching_expression: input.claims_matching_expression,
+            audiences: input.audiences,
+            description: input.description,
+            one_time_use: input.one_time_use,
+            created_at: now,
+            updated_at: now,
+        };
+        store.create_credential(&stored).await?;
+        self.apply().await;
+        Ok(stored)
+    }
+
+    /// Applies `change` to the stored credential and stores the result, re-checked.
+    pub async fn update_credential(
+        &self,
+        identity: &str,
+        credential: &str,
+        change: impl FnOnce(&mut CredentialInput) -> Result<(), Violation>,
+    ) -> Result<StoredCredential, AdminError> {
+        self.api_identity(identity)?;
+        let store = self.store()?;
+        let Some(current) = store.get_credential(identity, credential).await? else {
+            return Err(AdminError::NotFound(format!(
+                "identity {identity:?} has no federated credential {credential:?}"
+            )));
+        };
+        let mut input = CredentialInput {
+            name: current.name.clone(),
+            issuer: current.issuer.clone(),
+            subject: current.subject.clone(),
+            claims_matching_expression: current.claims_matching_expression.clone(),
+            audiences: current.audiences.clone(),
+            description: current.description.clone(),
+            one_time_use: current.one_time_use,
+        };
+        change(&mut input).map_err(|v| AdminError::Invalid(vec![v]))?;
+        if input.name != current.name {
+            return Err(AdminError::Invalid(vec![invalid(
+                "name",
+                "the name of a federated credential cannot be changed; create a new one",
+            )]));
+        }
+        let violations = self.check_credential(&input);
+        if !violations.is_empty() {
+            return Err(AdminError::Invalid(violations));
+        }
+        let updated = StoredCredential {
+            issuer: input.issuer,
+            subject: input.subject,
+            claims_matching_expression: input.claims_matching_expression,
+            audiences: input.audiences,
+            description: input.description,
+            one_time_use: input.one_time_use,
+            updated_at: self.broker.clock().now(),
+            ..current
+        };
+        store.update_credential(&updated).await?;
+        self.apply().await;
+        Ok(updated)
+    }
+
+    pub async fn delete_credential(
+        &self,
+        identity: &str,
+        credential: &str,
+    ) -> Result<(), AdminError> {
+        self.api_identity(identity)?;
+        if !self
+            .store()?
+            .delete_credential(identity, credential)
+            .await?
+        {
+            return Err(AdminError::NotFound(format!(
+                "identity {identity:?} has no federated credential {credential:?}"
+            )));
+        }
+        self.apply().await;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tenants_are_guids_or_domains() {
+        assert!(is_tenant("72f988bf-86f1-41af-91ab-2d7cd011db47"));
+        assert!(is_tenant("contoso.onmicrosoft.com"));
+        assert!(!is_tenant("contoso"));
+        assert!(!is_tenant("-bad.example.com"));
+        assert!(!is_tenant("a..b"));
+        assert!(!is_tenant(""));
+    }
+}

@@ -1,0 +1,225 @@
+//! "Why was I denied?": runs an exchange's checks on a token, or on an issuer and claims
+//! before any job has run, and reports each check, the credentials that match, and near
+//! misses with the check or expression clause that failed. Never calls Entra, never spends
+//! a one-time-use token, changes nothing.
+
+use serde_json::Value;
+
+use crate::api::ApiError;
+use crate::api::admin::model::{Check, CredentialRef, NearMiss, SimulateRequest, SimulateResponse};
+use crate::exchange::{Broker, ExchangeError};
+use crate::policy::select_identity;
+use crate::token::{self, TokenError, UnverifiedToken, VerifiedToken};
+
+fn check(name: &str, passed: bool, detail: Option<String>) -> Check {
+    Check {
+        name: name.to_owned(),
+        result: if passed { "passed" } else { "failed" }.to_owned(),
+        detail,
+    }
+}
+
+fn skipped(name: &str, why: &str) -> Check {
+    Check {
+        name: name.to_owned(),
+        result: "skipped".to_owned(),
+        detail: Some(why.to_owned()),
+    }
+}
+
+fn refused(checks: Vec<Check>, error: ExchangeError) -> SimulateResponse {
+    SimulateResponse {
+        outcome: error.code().to_owned(),
+        description: error.to_string(),
+        identity: None,
+        checks,
+        matches: Vec::new(),
+        near_misses: Vec::new(),
+    }
+}
+
+/// Which check a verification error belongs to.
+fn check_of(e: &TokenError) -> &'static str {
+    match e {
+        TokenError::ForbiddenAlgorithm(_)
+        | TokenError::AlgorithmNotAllowed(_)
+        | TokenError::AlgorithmKeyMismatch(_)
+        | TokenError::BadSignature => "signature",
+        TokenError::TooLarge { .. } | TokenError::Malformed(_) => "parse",
+        TokenError::MissingClaim(_)
+        | TokenError::Expired { .. }
+        | TokenError::NotYetValid { .. }
+        | TokenError::IssuedInFuture { .. }
+        | TokenError::LifetimeTooLong { .. } => "times",
+    }
+}
+
+/// Claims given directly: nothing to verify, but the fields matching needs must be there.
+fn from_claims(issuer: Option<String>, claims: Value) -> Result<VerifiedToken, ApiError> {
+    let bad = |m: &str| ApiError::bad_request("invalid_request", m.to_owned());
+    if !claims.is_object() {
+        return Err(bad("`claims` must be a JSON object"));
+    }
+    let iss = issuer
+        .or_else(|| claims.get("iss").and_then(Value::as_str).map(str::to_owned))
+        .ok_or_else(|| bad("give `issuer`, or an `iss` in `claims`"))?;
+    let aud = match claims.get("aud") {
+        Some(Value::String(a)) => vec![a.clone()],
+        Some(Value::Array(items)) => items
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .collect(),
+        None => vec![crate::policy::rules::DEFAULT_AUDIENCE.to_owned()],
+        Some(_) => return Err(bad("`aud` must be a string or an array of strings")),
+    };
+    let number = |name: &str| claims.get(name).and_then(Value::as_u64).unwrap_or(0);
+    Ok(VerifiedToken {
+        sub: claims.get("sub").and_then(Value::as_str).map(str::to_owned),
+        jti: claims.get("jti").and_then(Value::as_str).map(str::to_owned),
+        exp: number("exp"),
+        iat: number("iat"),
+        sha256: String::new(),
+        iss,
+        aud,
+        claims,
+    })
+}
+
+pub async fn simulate(
+    broker: &Broker,
+    request: SimulateRequest,
+) -> Result<SimulateResponse, ApiError> {
+    let registry = broker.registry();
+    let mut checks = Vec::new();
+    let verified = match (request.token, request.issuer, request.claims) {
+        (Some(raw), None, None) => {
+            let unverified = match UnverifiedToken::parse(&raw, broker.max_token_bytes()) {
+                Ok(u) => u,
+                Err(e) => {
+                    checks.push(check("parse", false, Some(e.to_string())));
+                    return Ok(refused(checks, e.into()));
+                }
+            };
+            checks.push(check("parse", true, None));
+            let known = registry.knows_issuer(&unverified.iss);
+            checks.push(check(
+                "issuer",
+                known,
+                (!known).then(|| {
+                    format!(
+                        "no federated credential names the issuer {:?}",
+                        unverified.iss
+                    )
+                }),
+            ));
+            if !known {
+                let mut answer = refused(checks, ExchangeError::UnknownIssuer);
+                // Issuers that differ only in case or a trailing '/' are worth naming.
+                let as_claims =
+                    from_claims(Some(unverified.iss.clone()), unverified.claims.clone())?;
+                answer.near_misses = near_misses(registry.explain(&as_claims).1);
+                return Ok(answer);
+            }
+            let keys = match broker
+                .keys()
+                .keys_for(&unverified.iss, unverified.kid.as_deref())
+                .await
+            {
+                Ok(keys) => keys,
+                Err(e) => {
+                    checks.push(check("keys", false, Some(e.to_string())));
+                    return Ok(refused(checks, e.into()));
+                }
+            };
+            checks.push(check("keys", true, None));
+            let policy = broker.verify_policy(&unverified.iss);
+            match token::verify(unverified, &keys, policy, broker.clock().now()) {
+                Ok(v) => {
+                    checks.push(check("signature", true, None));
+                    checks.push(check("times", true, None));
+                    v
+                }
+                Err(e) => {
+                    let failed = check_of(&e);
+                    if failed == "times" {
+                        checks.push(check("signature", true, None));
+                    }
+                    checks.push(check(failed, false, Some(e.to_string())));
+                    return Ok(refused(checks, e.into()));
+                }
+            }
+        }
+        (None, issuer, Some(claims)) => {
+            let token = from_claims(issuer, claims)?;
+            let known = registry.knows_issuer(&token.iss);
+            checks.push(check(
+                "issuer",
+                known,
+                (!known)
+                    .then(|| format!("no federated credential names the issuer {:?}", token.iss)),
+            ));
+            if !known {
+                let mut answer = refused(checks, ExchangeError::UnknownIssuer);
+                answer.near_misses = near_misses(registry.explain(&token).1);
+                return Ok(answer);
+            }
+            checks.push(skipped("signature", "claims were given, not a token"));
+            checks.push(skipped("times", "claims were given, not a token"));
+            token
+        }
+        _ => {
+            return Err(ApiError::bad_request(
+                "invalid_request",
+                "give `token`, or `claims` (with `issuer` or an `iss` claim)",
+            ));
+        }
+    };
+    let (matched, misses) = registry.explain(&verified);
+    let decision = registry
+        .matching(&verified)
+        .map_err(ExchangeError::from)
+        .and_then(|m| {
+            select_identity(&m, request.identity.as_deref()).map_err(ExchangeError::from)
+        });
+    checks.push(check(
+        "match",
+        decision.is_ok(),
+        decision.as_ref().err().map(|e| e.to_string()),
+    ));
+    let (outcome, description, identity) = match decision {
+        Ok(identity) => (
+            "ok".to_owned(),
+            format!("an exchange would act as identity {:?}", identity.name),
+            Some(identity.name.clone()),
+        ),
+        Err(e) => (e.code().to_owned(), e.to_string(), None),
+    };
+    Ok(SimulateResponse {
+        outcome,
+        description,
+        identity,
+        checks,
+        matches: matched
+            .iter()
+            .map(|c| CredentialRef {
+                identity: c.identity.name.clone(),
+                credential: c.name.clone(),
+            })
+            .collect(),
+        near_misses: near_misses(misses),
+    })
+}
+
+fn near_misses(misses: Vec<crate::policy::registry::Miss>) -> Vec<NearMiss> {
+    misses
+        .into_iter()
+        .map(|m| NearMiss {
+            identity: m.credential.identity.name.clone(),
+            credential: m.credential.name.clone(),
+            failed: m.check.to_owned(),
+            clause_index: m.clause.as_ref().map(|(i, _)| *i),
+            clause: m.clause.map(|(_, text)| text),
+            detail: m.detail,
+        })
+        .collect()
+}

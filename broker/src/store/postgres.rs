@@ -1,0 +1,477 @@
+//! The shared store: several broker replicas on one PostgreSQL database.
+//!
+//! Every registry write bumps `registry_version` first, in its own transaction: the row
+//! lock serialises registry writes across replicas (so the uniqueness checks cannot race)
+//! and the new number becomes visible together with the data at commit, which is what
+//! replicas poll for. A write is acknowledged only after PostgreSQL reports the commit.
+//! A database that is down answers `Unavailable` within the acquire timeout, never hangs.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{Connection, PgConnection, PgPool, PgTransaction, Postgres, QueryBuilder};
+
+use super::sql::{self, AuditRow, CredentialRow, IdentityRow, db_error, db_time, without_nul};
+use super::{
+    AuditQuery, AuditRecord, PutOutcome, Store, StoreError, StoreResult, StoredCredential,
+    StoredIdentity,
+};
+
+/// How long a task waits for a connection, including connecting; then `Unavailable`.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+/// An outer bound on opening, in case a connect attempt itself stalls.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(8);
+const MAX_CONNECTIONS: u32 = 10;
+
+const MIGRATIONS: &[(i64, &str, &str)] = &[(
+    1,
+    "initial",
+    include_str!("../../migrations/postgres/0001_initial.sql"),
+)];
+
+const INSERT_AUDIT: &str = "INSERT INTO audit_events (time, kind, request_id, actor, identity, \
+     subject, outcome, event) VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb)";
+
+/// The PostgreSQL store. Cheap to share behind an `Arc`; all methods take `&self`.
+pub struct PgStore {
+    pool: PgPool,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore").finish_non_exhaustive()
+    }
+}
+
+impl PgStore {
+    /// Connects to `postgres://…` (or `postgresql://…`) and runs the embedded migrations.
+    pub async fn open(url: &str) -> StoreResult<Self> {
+        Self::connect(parse_url(url)?).await
+    }
+
+    /// Like [`PgStore::open`], but everything lives in `schema`, created if missing: each
+    /// pooled connection starts with its `search_path` set to it. Tests use one schema
+    /// each on a shared database; an operator may use it to keep the broker's tables
+    /// apart. `schema` must be ASCII letters, digits and `_`.
+    pub async fn open_in_schema(url: &str, schema: &str) -> StoreResult<Self> {
+        let schema = sql::checked_schema(schema)?;
+        let options = parse_url(url)?;
+        let create = async {
+            let mut conn = PgConnection::connect_with(&options).await?;
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "CREATE SCHEMA IF NOT EXISTS \"{schema}\""
+            )))
+            .execute(&mut conn)
+            .await?;
+            conn.close().await
+        };
+        tokio::time::timeout(OPEN_TIMEOUT, create)
+            .await
+            .map_err(|_| timed_out())?
+            .map_err(db_error)?;
+        Self::connect(options.options([("search_path", schema)])).await
+    }
+
+    /// Closes every connection, waiting for work in flight. Later calls fail with
+    /// `Unavailable`.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    async fn connect(options: PgConnectOptions) -> StoreResult<Self> {
+        let pool = PgPoolOptions::new()
+            .max_connections(MAX_CONNECTIONS)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_with(options);
+        let pool = tokio::time::timeout(OPEN_TIMEOUT, pool)
+            .await
+            .map_err(|_| timed_out())?
+            .map_err(db_error)?;
+        // Replicas starting together take turns: sqlx holds an advisory lock while
+        // migrating.
+        sql::migrator(MIGRATIONS)
+            .run(&pool)
+            .await
+            .map_err(sql::migrate_error)?;
+        Ok(Self { pool })
+    }
+
+    async fn begin_write(&self) -> StoreResult<PgTransaction<'static>> {
+        self.pool.begin().await.map_err(db_error)
+    }
+
+    async fn begin_registry_write(&self) -> StoreResult<PgTransaction<'static>> {
+        let mut tx = self.begin_write().await?;
+        sqlx::query(sql::BUMP_VERSION)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?;
+        Ok(tx)
+    }
+}
+
+fn parse_url(url: &str) -> StoreResult<PgConnectOptions> {
+    // The error text never includes the URL: it may hold a password.
+    PgConnectOptions::from_str(url)
+        .map_err(|e| StoreError::Url(format!("not a valid PostgreSQL URL: {e}")))
+}
+
+fn timed_out() -> StoreError {
+    StoreError::Unavailable(format!(
+        "PostgreSQL did not answer within {} s",
+        OPEN_TIMEOUT.as_secs()
+    ))
+}
+
+async fn find_credential(
+    conn: &mut sqlx::PgConnection,
+    identity: &str,
+    name_or_id: &str,
+) -> StoreResult<Option<StoredCredential>> {
+    sqlx::query_as::<_, CredentialRow>(sql::GET_CREDENTIAL)
+        .bind(identity)
+        .bind(name_or_id)
+        .fetch_optional(conn)
+        .await
+        .map_err(db_error)?
+        .map(sql::credential_from_row)
+        .transpose()
+}
+
+/// The conflict, if any, that writing `credential` would cause.
+async fn credential_conflict(
+    conn: &mut sqlx::PgConnection,
+    credential: &StoredCredential,
+) -> StoreResult<Option<StoreError>> {
+    let clashes = sqlx::query_scalar::<_, String>(sql::CREDENTIAL_CLASHES)
+        .bind(&credential.identity)
+        .bind(&credential.id)
+        .bind(&credential.name)
+        .bind(&credential.issuer)
+        .bind(&credential.subject)
+        .fetch_all(conn)
+        .await
+        .map_err(db_error)?;
+    Ok(sql::credential_clash(credential, &clashes))
+}
+
+#[async_trait::async_trait]
+impl Store for PgStore {
+    fn kind(&self) -> &'static str {
+        "postgres"
+    }
+
+    async fn list_identities(&self) -> StoreResult<Vec<StoredIdentity>> {
+        sqlx::query_as::<_, IdentityRow>(sql::LIST_IDENTITIES)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_error)?
+            .into_iter()
+            .map(sql::identity_from_row)
+            .collect()
+    }
+
+    async fn get_identity(&self, name: &str) -> StoreResult<Option<StoredIdentity>> {
+        sqlx::query_as::<_, IdentityRow>(sql::GET_IDENTITY)
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_error)?
+            .map(sql::identity_from_row)
+            .transpose()
+    }
+
+    async fn put_identity(&self, identity: &StoredIdentity) -> StoreResult<PutOutcome> {
+        let (cloud, assertion) = sql::identity_enums(identity)?;
+        let mut tx = self.begin_registry_write().await?;
+        let owner = sqlx::query_scalar::<_, String>(sql::CLIENT_ID_OWNER)
+            .bind(&identity.client_id)
+            .bind(&identity.name)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db_error)?;
+        if let Some(other) = owner {
+            return Err(sql::client_id_taken(&identity.client_id, &other));
+        }
+        let exists = sqlx::query_scalar::<_, i64>(sql::IDENTITY_CREATED_AT)
+            .bind(&identity.name)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db_error)?
+            .is_some();
+        let (outcome, written) = if exists {
+            let written = sqlx::query(sql::UPDATE_IDENTITY)
+                .bind(&identity.name)
+                .bind(&identity.tenant_id)
+                .bind(&identity.client_id)
+                .bind(&cloud)
+                .bind(&identity.authority_host)
+                .bind(&assertion)
+                .bind(db_time(identity.updated_at))
+                .execute(&mut *tx)
+                .await;
+            (PutOutcome::Replaced, written)
+        } else {
+            let written = sqlx::query(sql::INSERT_IDENTITY)
+                .bind(&identity.name)
+                .bind(&identity.tenant_id)
+                .bind(&identity.client_id)
+                .bind(&cloud)
+                .bind(&identity.authority_host)
+                .bind(&assertion)
+                .bind(db_time(identity.created_at))
+                .bind(db_time(identity.updated_at))
+                .execute(&mut *tx)
+                .await;
+            (PutOutcome::Created, written)
+        };
+        written.map_err(|e| sql::identity_write_error(identity, e))?;
+        tx.commit().await.map_err(db_error)?;
+        Ok(outcome)
+    }
+
+    async fn delete_identity(&self, name: &str) -> StoreResult<bool> {
+        let mut tx = self.begin_registry_write().await?;
+        let deleted = sqlx::query(sql::DELETE_IDENTITY)
+            .bind(name)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?
+            .rows_affected();
+        if deleted == 0 {
+            return Ok(false); // dropping the transaction rolls the version back
+        }
+        tx.commit().await.map_err(db_error)?;
+        Ok(true)
+    }
+
+    async fn list_credentials(&self, identity: Option<&str>) -> StoreResult<Vec<StoredCredential>> {
+        let rows = match identity {
+            Some(identity) => {
+                sqlx::query_as::<_, CredentialRow>(sql::LIST_CREDENTIALS)
+                    .bind(identity)
+                    .fetch_all(&self.pool)
+                    .await
+            }
+            None => {
+                sqlx::query_as::<_, CredentialRow>(sql::LIST_ALL_CREDENTIALS)
+                    .fetch_all(&self.pool)
+                    .await
+            }
+        };
+        rows.map_err(db_error)?
+            .into_iter()
+            .map(sql::credential_from_row)
+            .collect()
+    }
+
+    async fn get_credential(
+        &self,
+        identity: &str,
+        name_or_id: &str,
+    ) -> StoreResult<Option<StoredCredential>> {
+        let mut conn = self.pool.acquire().await.map_err(db_error)?;
+        find_credential(&mut conn, identity, name_or_id).await
+    }
+
+    async fn create_credential(&self, credential: &StoredCredential) -> StoreResult<()> {
+        let audiences = sql::audiences_to_text(credential)?;
+        let mut tx = self.begin_registry_write().await?;
+        let identity_exists = sqlx::query(sql::IDENTITY_EXISTS)
+            .bind(&credential.identity)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db_error)?
+            .is_some();
+        if !identity_exists {
+            return Err(sql::identity_missing(&credential.identity));
+        }
+        if let Some(conflict) = credential_conflict(&mut tx, credential).await? {
+            return Err(conflict);
+        }
+        let id_owner = sqlx::query_as::<_, (String, String)>(sql::CREDENTIAL_ID_OWNER)
+            .bind(&credential.id)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db_error)?;
+        if let Some((identity, name)) = id_owner {
+            return Err(sql::id_taken(&credential.id, &identity, &name));
+        }
+        sqlx::query(sql::INSERT_CREDENTIAL)
+            .bind(&credential.id)
+            .bind(&credential.identity)
+            .bind(&credential.name)
+            .bind(&credential.issuer)
+            .bind(&credential.subject)
+            .bind(&credential.claims_matching_expression)
+            .bind(&audiences)
+            .bind(&credential.description)
+            .bind(credential.one_time_use)
+            .bind(db_time(credential.created_at))
+            .bind(db_time(credential.updated_at))
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| sql::credential_write_error(credential, e))?;
+        tx.commit().await.map_err(db_error)
+    }
+
+    async fn update_credential(&self, credential: &StoredCredential) -> StoreResult<()> {
+        let audiences = sql::audiences_to_text(credential)?;
+        let mut tx = self.begin_registry_write().await?;
+        let stored = sqlx::query_as::<_, CredentialRow>(sql::GET_CREDENTIAL_BY_ID)
+            .bind(&credential.identity)
+            .bind(&credential.id)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db_error)?
+            .map(sql::credential_from_row)
+            .transpose()?
+            .ok_or_else(|| sql::credential_missing(credential))?;
+        if stored.name != credential.name {
+            return Err(sql::rename_refused(&stored.name, &credential.name));
+        }
+        if let Some(conflict) = credential_conflict(&mut tx, credential).await? {
+            return Err(conflict);
+        }
+        sqlx::query(sql::UPDATE_CREDENTIAL)
+            .bind(&credential.identity)
+            .bind(&credential.id)
+            .bind(&credential.issuer)
+            .bind(&credential.subject)
+            .bind(&credential.claims_matching_expression)
+            .bind(&audiences)
+            .bind(&credential.description)
+            .bind(credential.one_time_use)
+            .bind(db_time(credential.updated_at))
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| sql::credential_write_error(credential, e))?;
+        tx.commit().await.map_err(db_error)
+    }
+
+    async fn delete_credential(&self, identity: &str, name_or_id: &str) -> StoreResult<bool> {
+        let mut tx = self.begin_registry_write().await?;
+        let Some(stored) = find_credential(&mut tx, identity, name_or_id).await? else {
+            return Ok(false);
+        };
+        sqlx::query(sql::DELETE_CREDENTIAL_BY_ID)
+            .bind(identity)
+            .bind(&stored.id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?;
+        tx.commit().await.map_err(db_error)?;
+        Ok(true)
+    }
+
+    async fn count_credentials(&self, identity: &str) -> StoreResult<u64> {
+        let count = sqlx::query_scalar::<_, i64>(sql::COUNT_CREDENTIALS)
+            .bind(identity)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db_error)?;
+        Ok(u64::try_from(count).unwrap_or(0))
+    }
+
+    async fn version(&self) -> StoreResult<i64> {
+        sqlx::query_scalar::<_, i64>(sql::GET_VERSION)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db_error)
+    }
+
+    async fn append_audit(&self, events: &[AuditRecord]) -> StoreResult<()> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.begin_write().await?;
+        for event in events {
+            sqlx::query(INSERT_AUDIT)
+                .bind(db_time(event.time))
+                .bind(without_nul(&event.kind))
+                .bind(without_nul(&event.request_id))
+                .bind(event.actor.as_deref().map(without_nul))
+                .bind(event.identity.as_deref().map(without_nul))
+                .bind(event.subject.as_deref().map(without_nul))
+                .bind(without_nul(&event.outcome))
+                .bind(sql::event_to_text(&sql::json_without_nul(&event.event))?)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_error)?;
+        }
+        tx.commit().await.map_err(db_error)
+    }
+
+    async fn query_audit(&self, query: &AuditQuery) -> StoreResult<Vec<AuditRecord>> {
+        let mut builder = QueryBuilder::<Postgres>::new(sql::audit_select("event::text"));
+        if let Some(since) = query.since {
+            builder.push(" AND time >= ").push_bind(db_time(since));
+        }
+        if let Some(until) = query.until {
+            builder.push(" AND time <= ").push_bind(db_time(until));
+        }
+        if let Some(kind) = &query.kind {
+            builder.push(" AND kind = ").push_bind(kind.clone());
+        }
+        if let Some(identity) = &query.identity {
+            builder.push(" AND identity = ").push_bind(identity.clone());
+        }
+        if let Some(subject) = &query.subject {
+            builder.push(" AND subject = ").push_bind(subject.clone());
+        }
+        if let Some(outcome) = &query.outcome {
+            builder.push(" AND outcome = ").push_bind(outcome.clone());
+        }
+        if let Some(after_id) = query.after_id {
+            builder.push(" AND id > ").push_bind(after_id);
+        }
+        builder
+            .push(" ORDER BY id LIMIT ")
+            .push_bind(sql::audit_limit(query));
+        builder
+            .build_query_as::<AuditRow>()
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_error)?
+            .into_iter()
+            .map(sql::audit_from_row)
+            .collect()
+    }
+
+    async fn purge_audit(&self, before: u64) -> StoreResult<u64> {
+        let result = sqlx::query(sql::PURGE_AUDIT)
+            .bind(db_time(before))
+            .execute(&self.pool)
+            .await
+            .map_err(db_error)?;
+        Ok(result.rows_affected())
+    }
+
+    async fn use_token_once(&self, key: &str, expires_at: u64) -> StoreResult<bool> {
+        let result = sqlx::query(sql::USE_TOKEN)
+            .bind(without_nul(key))
+            .bind(db_time(expires_at))
+            .execute(&self.pool)
+            .await
+            .map_err(db_error)?;
+        Ok(result.rows_affected() == 1)
+    }
+
+    async fn purge_used_tokens(&self, now: u64) -> StoreResult<u64> {
+        let result = sqlx::query(sql::PURGE_USED_TOKENS)
+            .bind(db_time(now))
+            .execute(&self.pool)
+            .await
+            .map_err(db_error)?;
+        Ok(result.rows_affected())
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map_err(db_error)?;
+        Ok(())
+    }
+}

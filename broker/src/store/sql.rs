@@ -1,0 +1,532 @@
+//! What the two SQL backends share: the statements both accept (SQLite reads `$1` the way
+//! PostgreSQL does), row conversions, error mapping, and the conflict messages an admin
+//! reads. Kept out of the backends so SQLite and PostgreSQL cannot drift apart in meaning.
+
+use std::borrow::Cow;
+
+use sqlx::SqlSafeStr;
+use sqlx::error::ErrorKind;
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use wif_config::{AssertionSource, Cloud};
+
+use super::{AuditQuery, AuditRecord, StoreError, StoredCredential, StoredIdentity};
+
+/// Most audit events one query returns.
+pub(super) const MAX_AUDIT_PAGE: u32 = 1000;
+
+/// Builds a migrator from migration files embedded at compile time: `(version,
+/// description, sql)`. Checksums are recorded in `_sqlx_migrations`, so an applied file
+/// must never be edited.
+pub(super) fn migrator(files: &[(i64, &'static str, &'static str)]) -> Migrator {
+    Migrator::with_migrations(
+        files
+            .iter()
+            .map(|&(version, description, sql)| {
+                Migration::new(
+                    version,
+                    Cow::Borrowed(description),
+                    MigrationType::Simple,
+                    sql.into_sql_str(),
+                    false,
+                )
+            })
+            .collect(),
+    )
+}
+
+/// `IDENTITY_COLUMNS` in the order [`IdentityRow`] decodes them.
+macro_rules! identity_columns {
+    () => {
+        "name, tenant_id, client_id, cloud, authority_host, assertion, created_at, updated_at"
+    };
+}
+/// `CREDENTIAL_COLUMNS` in the order [`CredentialRow`] decodes them.
+macro_rules! credential_columns {
+    () => {
+        "id, identity, name, issuer, subject, claims_matching_expression, audiences, \
+         description, one_time_use, created_at, updated_at"
+    };
+}
+
+pub(super) const LIST_IDENTITIES: &str = concat!(
+    "SELECT ",
+    identity_columns!(),
+    " FROM identities ORDER BY name"
+);
+pub(super) const GET_IDENTITY: &str = concat!(
+    "SELECT ",
+    identity_columns!(),
+    " FROM identities WHERE name = $1"
+);
+pub(super) const IDENTITY_CREATED_AT: &str = "SELECT created_at FROM identities WHERE name = $1";
+pub(super) const CLIENT_ID_OWNER: &str =
+    "SELECT name FROM identities WHERE lower(client_id) = lower($1) AND name <> $2 LIMIT 1";
+pub(super) const INSERT_IDENTITY: &str = "INSERT INTO identities (name, tenant_id, client_id, \
+     cloud, authority_host, assertion, created_at, updated_at) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
+pub(super) const UPDATE_IDENTITY: &str = "UPDATE identities SET tenant_id = $2, client_id = $3, \
+     cloud = $4, authority_host = $5, assertion = $6, updated_at = $7 WHERE name = $1";
+pub(super) const DELETE_IDENTITY: &str = "DELETE FROM identities WHERE name = $1";
+pub(super) const IDENTITY_EXISTS: &str = "SELECT 1 FROM identities WHERE name = $1";
+
+pub(super) const LIST_ALL_CREDENTIALS: &str = concat!(
+    "SELECT ",
+    credential_columns!(),
+    " FROM federated_credentials ORDER BY identity, name"
+);
+pub(super) const LIST_CREDENTIALS: &str = concat!(
+    "SELECT ",
+    credential_columns!(),
+    " FROM federated_credentials WHERE identity = $1 ORDER BY name"
+);
+/// By name or by id; a name wins over another credential's id.
+pub(super) const GET_CREDENTIAL: &str = concat!(
+    "SELECT ",
+    credential_columns!(),
+    " FROM federated_credentials WHERE identity = $1 AND (name = $2 OR id = $2) \
+     ORDER BY CASE WHEN name = $2 THEN 0 ELSE 1 END LIMIT 1"
+);
+pub(super) const GET_CREDENTIAL_BY_ID: &str = concat!(
+    "SELECT ",
+    credential_columns!(),
+    " FROM federated_credentials WHERE identity = $1 AND id = $2"
+);
+/// Other credentials of the identity that share the name, or the issuer and subject.
+pub(super) const CREDENTIAL_CLASHES: &str = "SELECT name FROM federated_credentials \
+     WHERE identity = $1 AND id <> $2 AND (name = $3 OR (issuer = $4 AND subject = $5)) \
+     ORDER BY CASE WHEN name = $3 THEN 0 ELSE 1 END";
+pub(super) const CREDENTIAL_ID_OWNER: &str =
+    "SELECT identity, name FROM federated_credentials WHERE id = $1";
+pub(super) const INSERT_CREDENTIAL: &str = concat!(
+    "INSERT INTO federated_credentials (",
+    credential_columns!(),
+    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+);
+pub(super) const UPDATE_CREDENTIAL: &str = "UPDATE federated_credentials SET issuer = $3, \
+     subject = $4, claims_matching_expression = $5, audiences = $6, description = $7, \
+     one_time_use = $8, updated_at = $9 WHERE identity = $1 AND id = $2";
+pub(super) const DELETE_CREDENTIAL_BY_ID: &str =
+    "DELETE FROM federated_credentials WHERE identity = $1 AND id = $2";
+pub(super) const COUNT_CREDENTIALS: &str =
+    "SELECT COUNT(*) FROM federated_credentials WHERE identity = $1";
+
+pub(super) const BUMP_VERSION: &str =
+    "UPDATE registry_version SET version = version + 1 WHERE id = 1";
+pub(super) const GET_VERSION: &str = "SELECT version FROM registry_version WHERE id = 1";
+
+pub(super) const PURGE_AUDIT: &str = "DELETE FROM audit_events WHERE time < $1";
+pub(super) const USE_TOKEN: &str =
+    "INSERT INTO used_tokens (key, expires_at) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING";
+pub(super) const PURGE_USED_TOKENS: &str = "DELETE FROM used_tokens WHERE expires_at < $1";
+
+/// An identity row as the database returns it.
+pub(super) type IdentityRow = (
+    String,
+    String,
+    String,
+    Option<String>,
+    Option<String>,
+    String,
+    i64,
+    i64,
+);
+
+/// A credential row as the database returns it.
+pub(super) type CredentialRow = (
+    String,
+    String,
+    String,
+    String,
+    Option<String>,
+    Option<String>,
+    String,
+    Option<String>,
+    bool,
+    i64,
+    i64,
+);
+
+/// An audit row as the database returns it (`event` as JSON text).
+pub(super) type AuditRow = (
+    i64,
+    i64,
+    String,
+    String,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    String,
+    String,
+);
+
+/// The columns of an audit query, `event` as text; the backend supplies the text cast.
+pub(super) fn audit_select(event_as_text: &str) -> String {
+    format!(
+        "SELECT id, time, kind, request_id, actor, identity, subject, outcome, {event_as_text} \
+         FROM audit_events WHERE 1 = 1"
+    )
+}
+
+/// Clamps epoch seconds into a BIGINT.
+pub(super) fn db_time(t: u64) -> i64 {
+    i64::try_from(t).unwrap_or(i64::MAX)
+}
+
+fn rust_time(t: i64) -> u64 {
+    u64::try_from(t).unwrap_or(0)
+}
+
+/// The effective page size of an audit query: 0 or anything above the cap means the cap.
+pub(super) fn audit_limit(query: &AuditQuery) -> i64 {
+    let limit = match query.limit {
+        0 => MAX_AUDIT_PAGE,
+        n => n.min(MAX_AUDIT_PAGE),
+    };
+    i64::from(limit)
+}
+
+/// The identity's enums as stored: `(cloud, assertion)`.
+pub(super) fn identity_enums(
+    identity: &StoredIdentity,
+) -> Result<(Option<String>, String), StoreError> {
+    Ok((
+        identity.cloud.map(|c| enum_to_text(&c)).transpose()?,
+        enum_to_text(&identity.assertion)?,
+    ))
+}
+
+pub(super) fn identity_from_row(row: IdentityRow) -> Result<StoredIdentity, StoreError> {
+    let (name, tenant_id, client_id, cloud, authority_host, assertion, created_at, updated_at) =
+        row;
+    Ok(StoredIdentity {
+        cloud: cloud.as_deref().map(enum_from_text::<Cloud>).transpose()?,
+        assertion: enum_from_text::<AssertionSource>(&assertion)?,
+        name,
+        tenant_id,
+        client_id,
+        authority_host,
+        created_at: rust_time(created_at),
+        updated_at: rust_time(updated_at),
+    })
+}
+
+pub(super) fn audiences_to_text(credential: &StoredCredential) -> Result<String, StoreError> {
+    serde_json::to_string(&credential.audiences)
+        .map_err(|e| StoreError::Corrupt(format!("audiences cannot be encoded: {e}")))
+}
+
+pub(super) fn credential_from_row(row: CredentialRow) -> Result<StoredCredential, StoreError> {
+    let (
+        id,
+        identity,
+        name,
+        issuer,
+        subject,
+        claims_matching_expression,
+        audiences,
+        description,
+        one_time_use,
+        created_at,
+        updated_at,
+    ) = row;
+    let audiences = serde_json::from_str(&audiences).map_err(|e| {
+        StoreError::Corrupt(format!(
+            "audiences of credential {id} are not a JSON list: {e}"
+        ))
+    })?;
+    Ok(StoredCredential {
+        id,
+        identity,
+        name,
+        issuer,
+        subject,
+        claims_matching_expression,
+        audiences,
+        description,
+        one_time_use,
+        created_at: rust_time(created_at),
+        updated_at: rust_time(updated_at),
+    })
+}
+
+pub(super) fn event_to_text(event: &serde_json::Value) -> Result<String, StoreError> {
+    serde_json::to_string(event)
+        .map_err(|e| StoreError::Corrupt(format!("audit event cannot be encoded: {e}")))
+}
+
+pub(super) fn audit_from_row(row: AuditRow) -> Result<AuditRecord, StoreError> {
+    let (id, time, kind, request_id, actor, identity, subject, outcome, event) = row;
+    let event = serde_json::from_str(&event)
+        .map_err(|e| StoreError::Corrupt(format!("audit event {id} is not JSON: {e}")))?;
+    Ok(AuditRecord {
+        id,
+        time: rust_time(time),
+        kind,
+        request_id,
+        actor,
+        identity,
+        subject,
+        outcome,
+        event,
+    })
+}
+
+/// Unit enums are stored as their serde name (`public`, `passthrough`) so the rows read
+/// well; anything richer is stored as JSON.
+fn enum_to_text<T: serde::Serialize>(value: &T) -> Result<String, StoreError> {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::String(s)) => Ok(s),
+        Ok(other) => Ok(other.to_string()),
+        Err(e) => Err(StoreError::Corrupt(format!("value cannot be encoded: {e}"))),
+    }
+}
+
+fn enum_from_text<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, StoreError> {
+    let value =
+        serde_json::from_str(text).unwrap_or_else(|_| serde_json::Value::String(text.to_owned()));
+    serde_json::from_value(value)
+        .map_err(|e| StoreError::Corrupt(format!("unknown stored value {text:?}: {e}")))
+}
+
+/// PostgreSQL text cannot hold NUL. Audit fields and token keys come from tokens, which
+/// anyone can write, so NUL is replaced rather than allowed to fail the write.
+pub(super) fn without_nul(text: &str) -> Cow<'_, str> {
+    if text.contains('\0') {
+        Cow::Owned(text.replace('\0', "\u{FFFD}"))
+    } else {
+        Cow::Borrowed(text)
+    }
+}
+
+/// [`without_nul`] throughout a JSON value, keys included.
+pub(super) fn json_without_nul(value: &serde_json::Value) -> Cow<'_, serde_json::Value> {
+    use serde_json::Value;
+    fn has_nul(value: &Value) -> bool {
+        match value {
+            Value::String(s) => s.contains('\0'),
+            Value::Array(items) => items.iter().any(has_nul),
+            Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
+            _ => false,
+        }
+    }
+    fn clean(value: &Value) -> Value {
+        match value {
+            Value::String(s) => Value::String(without_nul(s).into_owned()),
+            Value::Array(items) => Value::Array(items.iter().map(clean).collect()),
+            Value::Object(map) => Value::Object(
+                map.iter()
+                    .map(|(k, v)| (without_nul(k).into_owned(), clean(v)))
+                    .collect(),
+            ),
+            other => other.clone(),
+        }
+    }
+    if has_nul(value) {
+        Cow::Owned(clean(value))
+    } else {
+        Cow::Borrowed(value)
+    }
+}
+
+/// Maps a database error with no better explanation at hand.
+pub(super) fn db_error(e: sqlx::Error) -> StoreError {
+    match e {
+        sqlx::Error::Database(db) => match db.kind() {
+            ErrorKind::UniqueViolation => StoreError::Conflict(format!(
+                "the change clashes with an existing record ({})",
+                db.message()
+            )),
+            ErrorKind::ForeignKeyViolation => StoreError::NotFound(format!(
+                "a record it refers to does not exist ({})",
+                db.message()
+            )),
+            _ => StoreError::Unavailable(db.to_string()),
+        },
+        sqlx::Error::ColumnDecode { .. }
+        | sqlx::Error::Decode(_)
+        | sqlx::Error::ColumnNotFound(_)
+        | sqlx::Error::ColumnIndexOutOfBounds { .. }
+        | sqlx::Error::TypeNotFound { .. } => StoreError::Corrupt(e.to_string()),
+        sqlx::Error::Migrate(m) => migrate_error(*m),
+        other => StoreError::Unavailable(other.to_string()),
+    }
+}
+
+pub(super) fn migrate_error(e: sqlx::migrate::MigrateError) -> StoreError {
+    use sqlx::migrate::MigrateError;
+    match e {
+        MigrateError::Execute(inner) | MigrateError::ExecuteMigration(inner, _) => db_error(inner),
+        MigrateError::VersionMissing(v) => StoreError::Corrupt(format!(
+            "the database was migrated by a newer broker (migration {v} is unknown to this version)"
+        )),
+        MigrateError::VersionMismatch(v) => StoreError::Corrupt(format!(
+            "migration {v} was applied from a different file than this version ships"
+        )),
+        MigrateError::Dirty(v) => StoreError::Corrupt(format!(
+            "migration {v} failed part-way earlier; repair the database by hand"
+        )),
+        other => StoreError::Unavailable(format!("migrations failed: {other}")),
+    }
+}
+
+/// Which uniqueness rule a violation names, read from the constraint (PostgreSQL) or the
+/// message (SQLite names the columns).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Clash {
+    ClientId,
+    CredentialSubject,
+    CredentialName,
+    CredentialId,
+    IdentityName,
+    Other,
+}
+
+/// `Some(clash)` when `e` is a unique violation.
+pub(super) fn unique_violation(e: &sqlx::Error) -> Option<Clash> {
+    let sqlx::Error::Database(db) = e else {
+        return None;
+    };
+    if db.kind() != ErrorKind::UniqueViolation {
+        return None;
+    }
+    let detail = db.constraint().unwrap_or_else(|| db.message());
+    let clash = if detail.contains("client_id") {
+        Clash::ClientId
+    } else if detail.contains("subject") {
+        Clash::CredentialSubject
+    } else if detail.contains("federated_credentials_name") || detail.contains("credentials.name") {
+        Clash::CredentialName
+    } else if detail.contains("federated_credentials") {
+        Clash::CredentialId
+    } else if detail.contains("identities") {
+        Clash::IdentityName
+    } else {
+        Clash::Other
+    };
+    Some(clash)
+}
+
+pub(super) fn client_id_taken(client_id: &str, other: &str) -> StoreError {
+    StoreError::Conflict(format!(
+        "client id {client_id} is already used by identity \"{other}\""
+    ))
+}
+
+pub(super) fn name_taken(credential: &StoredCredential) -> StoreError {
+    StoreError::Conflict(format!(
+        "a credential named \"{}\" already exists on identity \"{}\"",
+        credential.name, credential.identity
+    ))
+}
+
+pub(super) fn subject_taken(credential: &StoredCredential, other: Option<&str>) -> StoreError {
+    let subject = credential.subject.as_deref().unwrap_or_default();
+    let by = match other {
+        Some(other) => format!("credential \"{other}\""),
+        None => "another credential".to_owned(),
+    };
+    StoreError::Conflict(format!(
+        "issuer {} and subject {subject} are already used by {by} of identity \"{}\"",
+        credential.issuer, credential.identity
+    ))
+}
+
+pub(super) fn id_taken(id: &str, identity: &str, name: &str) -> StoreError {
+    StoreError::Conflict(format!(
+        "id {id} is already used by credential \"{name}\" of identity \"{identity}\""
+    ))
+}
+
+pub(super) fn identity_missing(identity: &str) -> StoreError {
+    StoreError::NotFound(format!("identity \"{identity}\" does not exist"))
+}
+
+pub(super) fn credential_missing(credential: &StoredCredential) -> StoreError {
+    StoreError::NotFound(format!(
+        "credential \"{}\" (id {}) does not exist on identity \"{}\"",
+        credential.name, credential.id, credential.identity
+    ))
+}
+
+pub(super) fn rename_refused(stored: &str, wanted: &str) -> StoreError {
+    StoreError::Conflict(format!(
+        "credential \"{stored}\" cannot be renamed to \"{wanted}\"; create a new credential instead"
+    ))
+}
+
+/// The conflict for a credential write whose pre-check found `clashes` (names of other
+/// credentials of the identity, the one with the same name first).
+pub(super) fn credential_clash(
+    credential: &StoredCredential,
+    clashes: &[String],
+) -> Option<StoreError> {
+    let first = clashes.first()?;
+    if *first == credential.name {
+        Some(name_taken(credential))
+    } else {
+        Some(subject_taken(credential, Some(first)))
+    }
+}
+
+/// The error for a failed identity write; the pre-check names the other identity, this
+/// only runs if a concurrent write slipped past it.
+pub(super) fn identity_write_error(identity: &StoredIdentity, e: sqlx::Error) -> StoreError {
+    match unique_violation(&e) {
+        Some(Clash::ClientId) => StoreError::Conflict(format!(
+            "client id {} is already used by another identity",
+            identity.client_id
+        )),
+        Some(_) => StoreError::Conflict(format!(
+            "identity \"{}\" was changed concurrently; try again",
+            identity.name
+        )),
+        None => db_error(e),
+    }
+}
+
+/// The error for a failed credential insert or update.
+pub(super) fn credential_write_error(credential: &StoredCredential, e: sqlx::Error) -> StoreError {
+    if let sqlx::Error::Database(db) = &e
+        && db.kind() == ErrorKind::ForeignKeyViolation
+    {
+        return identity_missing(&credential.identity);
+    }
+    match unique_violation(&e) {
+        Some(clash) => credential_violation(credential, clash),
+        None => db_error(e),
+    }
+}
+
+/// The conflict for a unique violation raised by a credential write whose pre-check raced.
+fn credential_violation(credential: &StoredCredential, clash: Clash) -> StoreError {
+    match clash {
+        Clash::CredentialName => name_taken(credential),
+        Clash::CredentialSubject => subject_taken(credential, None),
+        Clash::CredentialId => StoreError::Conflict(format!(
+            "a credential with id {} already exists",
+            credential.id
+        )),
+        _ => StoreError::Conflict(format!(
+            "credential \"{}\" clashes with an existing record",
+            credential.name
+        )),
+    }
+}
+
+/// A schema name safe to splice into SQL: ASCII letters, digits and `_`, not starting
+/// with a digit, at most 63 bytes (PostgreSQL's identifier limit).
+pub(super) fn checked_schema(schema: &str) -> Result<&str, StoreError> {
+    let ok = !schema.is_empty()
+        && schema.len() <= 63
+        && !schema.starts_with(|c: char| c.is_ascii_digit())
+        && schema
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if ok {
+        Ok(schema)
+    } else {
+        Err(StoreError::Url(format!(
+            "schema name {schema:?} must be letters, digits and _"
+        )))
+    }
+}

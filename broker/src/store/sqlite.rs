@@ -1,0 +1,483 @@
+//! The embedded store: one SQLite file (or `sqlite::memory:` for the dev stack).
+//!
+//! Writes go through a single connection, so they queue in the broker instead of
+//! contending for SQLite's file lock; reads use a small pool of their own and, with WAL,
+//! never wait for a writer. `synchronous = FULL` makes every commit reach the disk before
+//! it is acknowledged, so an acknowledged write survives a crash or a power loss.
+//! A SQLite file belongs to one broker process: replicas share PostgreSQL instead.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{QueryBuilder, Sqlite, SqlitePool, SqliteTransaction};
+
+use super::sql::{self, AuditRow, CredentialRow, IdentityRow, db_error, db_time};
+use super::{
+    AuditQuery, AuditRecord, PutOutcome, Store, StoreError, StoreResult, StoredCredential,
+    StoredIdentity,
+};
+
+/// How long a statement waits for another process holding the file's write lock.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a task waits for the connection it needs; writers queue here.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
+const READERS: u32 = 4;
+
+const MIGRATIONS: &[(i64, &str, &str)] = &[(
+    1,
+    "initial",
+    include_str!("../../migrations/sqlite/0001_initial.sql"),
+)];
+
+const INSERT_AUDIT: &str = "INSERT INTO audit_events (time, kind, request_id, actor, identity, \
+     subject, outcome, event) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
+
+/// The SQLite store. Cheap to share behind an `Arc`; all methods take `&self`.
+pub struct SqliteStore {
+    read: SqlitePool,
+    write: SqlitePool,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore").finish_non_exhaustive()
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating if missing) the database at `url` — `sqlite://path`, `sqlite:path`
+    /// or `sqlite::memory:` — and runs the embedded migrations.
+    pub async fn open(url: &str) -> StoreResult<Self> {
+        let options = SqliteConnectOptions::from_str(url)
+            .map_err(|e| StoreError::Url(format!("{url}: {e}")))?
+            .create_if_missing(true)
+            .foreign_keys(true)
+            .busy_timeout(BUSY_TIMEOUT)
+            .synchronous(SqliteSynchronous::Full);
+
+        if is_in_memory(url) {
+            // An in-memory database lives as long as a connection to it: keep exactly one,
+            // forever, and let every task share it.
+            let pool = SqlitePoolOptions::new()
+                .max_connections(1)
+                .min_connections(1)
+                .idle_timeout(None)
+                .max_lifetime(None)
+                .acquire_timeout(ACQUIRE_TIMEOUT)
+                .connect_with(options)
+                .await
+                .map_err(db_error)?;
+            let store = Self {
+                read: pool.clone(),
+                write: pool,
+            };
+            store.migrate().await?;
+            return Ok(store);
+        }
+
+        let write = SqlitePoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_with(options.clone().journal_mode(SqliteJournalMode::Wal))
+            .await
+            .map_err(db_error)?;
+        // Readers open the file the writer created; WAL mode is a property of the file.
+        let read = SqlitePoolOptions::new()
+            .max_connections(READERS)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_lazy_with(options.create_if_missing(false));
+        let store = Self { read, write };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// Closes every connection, waiting for work in flight. Later calls fail with
+    /// `Unavailable`.
+    pub async fn close(&self) {
+        self.read.close().await;
+        self.write.close().await;
+    }
+
+    async fn migrate(&self) -> StoreResult<()> {
+        sql::migrator(MIGRATIONS)
+            .run(&self.write)
+            .await
+            .map_err(sql::migrate_error)
+    }
+
+    /// `BEGIN IMMEDIATE` takes the write lock up front, so a transaction that reads before
+    /// it writes cannot fail half-way on a lock upgrade.
+    async fn begin_write(&self) -> StoreResult<SqliteTransaction<'static>> {
+        self.write
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(db_error)
+    }
+
+    async fn begin_registry_write(&self) -> StoreResult<SqliteTransaction<'static>> {
+        let mut tx = self.begin_write().await?;
+        sqlx::query(sql::BUMP_VERSION)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?;
+        Ok(tx)
+    }
+}
+
+fn is_in_memory(url: &str) -> bool {
+    let (database, params) = url.split_once('?').unwrap_or((url, ""));
+    database.ends_with(":memory:") || params.split('&').any(|p| p == "mode=memory")
+}
+
+async fn find_credential(
+    conn: &mut sqlx::SqliteConnection,
+    identity: &str,
+    name_or_id: &str,
+) -> StoreResult<Option<StoredCredential>> {
+    sqlx::query_as::<_, CredentialRow>(sql::GET_CREDENTIAL)
+        .bind(identity)
+        .bind(name_or_id)
+        .fetch_optional(conn)
+        .await
+        .map_err(db_error)?
+        .map(sql::credential_from_row)
+        .transpose()
+}
+
+/// The conflict, if any, that writing `credential` would cause.
+async fn credential_conflict(
+    conn: &mut sqlx::SqliteConnection,
+    credential: &StoredCredential,
+) -> StoreResult<Option<StoreError>> {
+    let clashes = sqlx::query_scalar::<_, String>(sql::CREDENTIAL_CLASHES)
+        .bind(&credential.identity)
+        .bind(&credential.id)
+        .bind(&credential.name)
+        .bind(&credential.issuer)
+        .bind(&credential.subject)
+        .fetch_all(conn)
+        .await
+        .map_err(db_error)?;
+    Ok(sql::credential_clash(credential, &clashes))
+}
+
+#[async_trait::async_trait]
+impl Store for SqliteStore {
+    fn kind(&self) -> &'static str {
+        "sqlite"
+    }
+
+    async fn list_identities(&self) -> StoreResult<Vec<StoredIdentity>> {
+        sqlx::query_as::<_, IdentityRow>(sql::LIST_IDENTITIES)
+            .fetch_all(&self.read)
+            .await
+            .map_err(db_error)?
+            .into_iter()
+            .map(sql::identity_from_row)
+            .collect()
+    }
+
+    async fn get_identity(&self, name: &str) -> StoreResult<Option<StoredIdentity>> {
+        sqlx::query_as::<_, IdentityRow>(sql::GET_IDENTITY)
+            .bind(name)
+            .fetch_optional(&self.read)
+            .await
+            .map_err(db_error)?
+            .map(sql::identity_from_row)
+            .transpose()
+    }
+
+    async fn put_identity(&self, identity: &StoredIdentity) -> StoreResult<PutOutcome> {
+        let (cloud, assertion) = sql::identity_enums(identity)?;
+        let mut tx = self.begin_registry_write().await?;
+        let owner = sqlx::query_scalar::<_, String>(sql::CLIENT_ID_OWNER)
+            .bind(&identity.client_id)
+            .bind(&identity.name)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db_error)?;
+        if let Some(other) = owner {
+            return Err(sql::client_id_taken(&identity.client_id, &other));
+        }
+        let exists = sqlx::query_scalar::<_, i64>(sql::IDENTITY_CREATED_AT)
+            .bind(&identity.name)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db_error)?
+            .is_some();
+        let (outcome, written) = if exists {
+            let written = sqlx::query(sql::UPDATE_IDENTITY)
+                .bind(&identity.name)
+                .bind(&identity.tenant_id)
+                .bind(&identity.client_id)
+                .bind(&cloud)
+                .bind(&identity.authority_host)
+                .bind(&assertion)
+                .bind(db_time(identity.updated_at))
+                .execute(&mut *tx)
+                .await;
+            (PutOutcome::Replaced, written)
+        } else {
+            let written = sqlx::query(sql::INSERT_IDENTITY)
+                .bind(&identity.name)
+                .bind(&identity.tenant_id)
+                .bind(&identity.client_id)
+                .bind(&cloud)
+                .bind(&identity.authority_host)
+                .bind(&assertion)
+                .bind(db_time(identity.created_at))
+                .bind(db_time(identity.updated_at))
+                .execute(&mut *tx)
+                .await;
+            (PutOutcome::Created, written)
+        };
+        written.map_err(|e| sql::identity_write_error(identity, e))?;
+        tx.commit().await.map_err(db_error)?;
+        Ok(outcome)
+    }
+
+    async fn delete_identity(&self, name: &str) -> StoreResult<bool> {
+        let mut tx = self.begin_registry_write().await?;
+        let deleted = sqlx::query(sql::DELETE_IDENTITY)
+            .bind(name)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?
+            .rows_affected();
+        if deleted == 0 {
+            return Ok(false); // dropping the transaction rolls the version back
+        }
+        tx.commit().await.map_err(db_error)?;
+        Ok(true)
+    }
+
+    async fn list_credentials(&self, identity: Option<&str>) -> StoreResult<Vec<StoredCredential>> {
+        let rows = match identity {
+            Some(identity) => {
+                sqlx::query_as::<_, CredentialRow>(sql::LIST_CREDENTIALS)
+                    .bind(identity)
+                    .fetch_all(&self.read)
+                    .await
+            }
+            None => {
+                sqlx::query_as::<_, CredentialRow>(sql::LIST_ALL_CREDENTIALS)
+                    .fetch_all(&self.read)
+                    .await
+            }
+        };
+        rows.map_err(db_error)?
+            .into_iter()
+            .map(sql::credential_from_row)
+            .collect()
+    }
+
+    async fn get_credential(
+        &self,
+        identity: &str,
+        name_or_id: &str,
+    ) -> StoreResult<Option<StoredCredential>> {
+        let mut conn = self.read.acquire().await.map_err(db_error)?;
+        find_credential(&mut conn, identity, name_or_id).await
+    }
+
+    async fn create_credential(&self, credential: &StoredCredential) -> StoreResult<()> {
+        let audiences = sql::audiences_to_text(credential)?;
+        let mut tx = self.begin_registry_write().await?;
+        let identity_exists = sqlx::query(sql::IDENTITY_EXISTS)
+            .bind(&credential.identity)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db_error)?
+            .is_some();
+        if !identity_exists {
+            return Err(sql::identity_missing(&credential.identity));
+        }
+        if let Some(conflict) = credential_conflict(&mut tx, credential).await? {
+            return Err(conflict);
+        }
+        let id_owner = sqlx::query_as::<_, (String, String)>(sql::CREDENTIAL_ID_OWNER)
+            .bind(&credential.id)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db_error)?;
+        if let Some((identity, name)) = id_owner {
+            return Err(sql::id_taken(&credential.id, &identity, &name));
+        }
+        sqlx::query(sql::INSERT_CREDENTIAL)
+            .bind(&credential.id)
+            .bind(&credential.identity)
+            .bind(&credential.name)
+            .bind(&credential.issuer)
+            .bind(&credential.subject)
+            .bind(&credential.claims_matching_expression)
+            .bind(&audiences)
+            .bind(&credential.description)
+            .bind(credential.one_time_use)
+            .bind(db_time(credential.created_at))
+            .bind(db_time(credential.updated_at))
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| sql::credential_write_error(credential, e))?;
+        tx.commit().await.map_err(db_error)
+    }
+
+    async fn update_credential(&self, credential: &StoredCredential) -> StoreResult<()> {
+        let audiences = sql::audiences_to_text(credential)?;
+        let mut tx = self.begin_registry_write().await?;
+        let stored = sqlx::query_as::<_, CredentialRow>(sql::GET_CREDENTIAL_BY_ID)
+            .bind(&credential.identity)
+            .bind(&credential.id)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db_error)?
+            .map(sql::credential_from_row)
+            .transpose()?
+            .ok_or_else(|| sql::credential_missing(credential))?;
+        if stored.name != credential.name {
+            return Err(sql::rename_refused(&stored.name, &credential.name));
+        }
+        if let Some(conflict) = credential_conflict(&mut tx, credential).await? {
+            return Err(conflict);
+        }
+        sqlx::query(sql::UPDATE_CREDENTIAL)
+            .bind(&credential.identity)
+            .bind(&credential.id)
+            .bind(&credential.issuer)
+            .bind(&credential.subject)
+            .bind(&credential.claims_matching_expression)
+            .bind(&audiences)
+            .bind(&credential.description)
+            .bind(credential.one_time_use)
+            .bind(db_time(credential.updated_at))
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| sql::credential_write_error(credential, e))?;
+        tx.commit().await.map_err(db_error)
+    }
+
+    async fn delete_credential(&self, identity: &str, name_or_id: &str) -> StoreResult<bool> {
+        let mut tx = self.begin_registry_write().await?;
+        let Some(stored) = find_credential(&mut tx, identity, name_or_id).await? else {
+            return Ok(false);
+        };
+        sqlx::query(sql::DELETE_CREDENTIAL_BY_ID)
+            .bind(identity)
+            .bind(&stored.id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?;
+        tx.commit().await.map_err(db_error)?;
+        Ok(true)
+    }
+
+    async fn count_credentials(&self, identity: &str) -> StoreResult<u64> {
+        let count = sqlx::query_scalar::<_, i64>(sql::COUNT_CREDENTIALS)
+            .bind(identity)
+            .fetch_one(&self.read)
+            .await
+            .map_err(db_error)?;
+        Ok(u64::try_from(count).unwrap_or(0))
+    }
+
+    async fn version(&self) -> StoreResult<i64> {
+        sqlx::query_scalar::<_, i64>(sql::GET_VERSION)
+            .fetch_one(&self.read)
+            .await
+            .map_err(db_error)
+    }
+
+    async fn append_audit(&self, events: &[AuditRecord]) -> StoreResult<()> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.begin_write().await?;
+        for event in events {
+            sqlx::query(INSERT_AUDIT)
+                .bind(db_time(event.time))
+                .bind(&event.kind)
+                .bind(&event.request_id)
+                .bind(&event.actor)
+                .bind(&event.identity)
+                .bind(&event.subject)
+                .bind(&event.outcome)
+                .bind(sql::event_to_text(&event.event)?)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_error)?;
+        }
+        tx.commit().await.map_err(db_error)
+    }
+
+    async fn query_audit(&self, query: &AuditQuery) -> StoreResult<Vec<AuditRecord>> {
+        let mut builder = QueryBuilder::<Sqlite>::new(sql::audit_select("event"));
+        if let Some(since) = query.since {
+            builder.push(" AND time >= ").push_bind(db_time(since));
+        }
+        if let Some(until) = query.until {
+            builder.push(" AND time <= ").push_bind(db_time(until));
+        }
+        if let Some(kind) = &query.kind {
+            builder.push(" AND kind = ").push_bind(kind.clone());
+        }
+        if let Some(identity) = &query.identity {
+            builder.push(" AND identity = ").push_bind(identity.clone());
+        }
+        if let Some(subject) = &query.subject {
+            builder.push(" AND subject = ").push_bind(subject.clone());
+        }
+        if let Some(outcome) = &query.outcome {
+            builder.push(" AND outcome = ").push_bind(outcome.clone());
+        }
+        if let Some(after_id) = query.after_id {
+            builder.push(" AND id > ").push_bind(after_id);
+        }
+        builder
+            .push(" ORDER BY id LIMIT ")
+            .push_bind(sql::audit_limit(query));
+        builder
+            .build_query_as::<AuditRow>()
+            .fetch_all(&self.read)
+            .await
+            .map_err(db_error)?
+            .into_iter()
+            .map(sql::audit_from_row)
+            .collect()
+    }
+
+    async fn purge_audit(&self, before: u64) -> StoreResult<u64> {
+        let result = sqlx::query(sql::PURGE_AUDIT)
+            .bind(db_time(before))
+            .execute(&self.write)
+            .await
+            .map_err(db_error)?;
+        Ok(result.rows_affected())
+    }
+
+    async fn use_token_once(&self, key: &str, expires_at: u64) -> StoreResult<bool> {
+        let result = sqlx::query(sql::USE_TOKEN)
+            .bind(key)
+            .bind(db_time(expires_at))
+            .execute(&self.write)
+            .await
+            .map_err(db_error)?;
+        Ok(result.rows_affected() == 1)
+    }
+
+    async fn purge_used_tokens(&self, now: u64) -> StoreResult<u64> {
+        let result = sqlx::query(sql::PURGE_USED_TOKENS)
+            .bind(db_time(now))
+            .execute(&self.write)
+            .await
+            .map_err(db_error)?;
+        Ok(result.rows_affected())
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        sqlx::query("SELECT 1")
+            .execute(&self.read)
+            .await
+            .map_err(db_error)?;
+        Ok(())
+    }
+}

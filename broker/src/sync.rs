@@ -1,0 +1,66 @@
+//! Keeping this replica's registry in step with the store, and the store tidy.
+//!
+//! Every `[store] poll_interval_ms` the store's registry version is read; when another
+//! replica changed it, the registry is rebuilt. A store that cannot be reached leaves the
+//! current registry serving (exchanges go on; admin writes answer 503). Once an hour,
+//! audit events past their retention and expired used-token records are deleted.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+
+use crate::exchange::Broker;
+
+/// How often expired audit events and used-token records are purged.
+const MAINTENANCE_SECS: u64 = 3600;
+
+pub fn spawn(broker: Arc<Broker>, poll: Duration, retention_days: u64) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut interval = tokio::time::interval(poll);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut healthy = true;
+        let mut last_maintenance = 0u64;
+        loop {
+            interval.tick().await;
+            match broker.reload("poll", false).await {
+                Ok(changed) => {
+                    if !healthy {
+                        tracing::info!("the store is reachable again");
+                        healthy = true;
+                    }
+                    if changed {
+                        tracing::debug!("registry reloaded after a change in the store");
+                    }
+                }
+                Err(e) => {
+                    if healthy {
+                        tracing::warn!(error = %e, "cannot reach the store; serving the last registry");
+                        healthy = false;
+                    }
+                    continue;
+                }
+            }
+            let now = broker.clock().now();
+            if now.saturating_sub(last_maintenance) >= MAINTENANCE_SECS {
+                last_maintenance = now;
+                maintain(&broker, now, retention_days).await;
+            }
+        }
+    })
+}
+
+async fn maintain(broker: &Broker, now: u64, retention_days: u64) {
+    let Some(store) = broker.store() else { return };
+    if retention_days > 0 {
+        let before = now.saturating_sub(retention_days.saturating_mul(86_400));
+        match store.purge_audit(before).await {
+            Ok(n) if n > 0 => tracing::info!(deleted = n, "purged audit events past retention"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot purge audit events"),
+        }
+    }
+    if let Err(e) = store.purge_used_tokens(now).await {
+        tracing::warn!(error = %e, "cannot purge used-token records");
+    }
+}
