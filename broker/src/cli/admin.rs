@@ -11,7 +11,7 @@ use std::io::{Read, Write};
 use std::path::PathBuf;
 
 use anyhow::{Context, anyhow, bail};
-use clap::{Args, Subcommand, ValueEnum};
+use clap::{Args, Subcommand};
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 use wif_config::{AssertionSource, Cloud};
@@ -19,6 +19,7 @@ use wif_config::{AssertionSource, Cloud};
 use super::client::{AdminClient, Secret};
 use super::output::{self, Output, Table, fields, pretty};
 use super::timespec;
+use crate::api::admin::auth::Role;
 use crate::api::admin::model::{
     ClaimsMatchingExpression, Collection, Credential, CredentialRequest, Identity, IdentityRequest,
     NearMiss, SimulateRequest, SimulateResponse,
@@ -848,33 +849,23 @@ pub enum AdminTokenCommand {
         #[arg(long)]
         name: String,
         /// What the token may do: admin (read and write) or reader (read, simulate).
-        #[arg(long, value_enum)]
+        #[arg(long, value_parser = parse_role, value_name = "admin|reader")]
         role: Role,
     },
     /// Read a token on stdin and print its `sha256:HEX` for the `tokens_file`.
     Hash,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Role {
-    Admin,
-    Reader,
-}
+/// `sha256:HEX`, the form a `tokens_file` line holds: the server's own hash function, so
+/// the CLI and the broker cannot disagree.
+pub use crate::api::admin::auth::token_hash;
 
-impl Role {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Admin => "admin",
-            Role::Reader => "reader",
-        }
+fn parse_role(text: &str) -> Result<Role, String> {
+    match text {
+        "admin" => Ok(Role::Admin),
+        "reader" => Ok(Role::Reader),
+        other => Err(format!("{other:?} is not a role; use admin or reader")),
     }
-}
-
-/// `sha256:HEX`: the lowercase hex SHA-256 of the token's UTF-8 bytes, as a `tokens_file`
-/// line holds it. The server hashes presented tokens with this same function.
-pub fn token_hash(token: &str) -> String {
-    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
-    format!("sha256:{}", hex::encode(digest.as_ref()))
 }
 
 /// 32 random bytes from the system generator, base64url without padding (43 characters).
