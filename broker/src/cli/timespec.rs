@@ -3,7 +3,8 @@
 //! A time is a duration ago (`90s`, `15m`, `2h`, `7d`, `1w`, or sums like `1h30m`), epoch
 //! seconds (`1767225600`), or an RFC 3339 date-time (`2026-01-01T12:00:00Z`, with any
 //! offset) or date (`2026-01-01`, midnight UTC). Calendar arithmetic is done here, in the
-//! proleptic Gregorian calendar, so the CLI needs no date crate.
+//! proleptic Gregorian calendar, so the CLI needs no date crate; printing reuses the admin
+//! API's own formatter.
 
 /// Resolves `text` to epoch seconds; durations count back from `now`.
 pub fn parse_when(text: &str, now: u64) -> Result<u64, String> {
@@ -113,17 +114,9 @@ pub fn parse_rfc3339(text: &str) -> Option<i64> {
     Some(days * 86_400 + hour * 3600 + minute * 60 + second.min(59) - offset)
 }
 
-/// Epoch seconds as `2026-01-01T12:00:00Z`.
+/// Epoch seconds as `2026-01-01T12:00:00Z`, as the admin API writes its times.
 pub fn format_rfc3339(epoch: u64) -> String {
-    let epoch = i64::try_from(epoch).unwrap_or(i64::MAX);
-    let (days, secs) = (epoch.div_euclid(86_400), epoch.rem_euclid(86_400));
-    let (year, month, day) = civil_from_days(days);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        secs / 3600,
-        secs % 3600 / 60,
-        secs % 60
-    )
+    crate::api::admin::rfc3339(epoch)
 }
 
 fn is_leap(year: i64) -> bool {
@@ -148,19 +141,6 @@ fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
     let doy = (153 * mp + 2) / 5 + day - 1;
     let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
     era * 146_097 + doe - 719_468
-}
-
-fn civil_from_days(days: i64) -> (i64, i64, i64) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
 }
 
 #[cfg(test)]
