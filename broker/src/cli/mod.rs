@@ -1,4 +1,11 @@
-//! The `wif-broker` command line: `serve`, `dev`, and `check-config`.
+//! The `wif-broker` command line: `serve`, `dev`, `check-config`; the admin commands
+//! `identity`, `credential`, `simulate` and `audit`, which call a running broker's admin
+//! API ([`admin`]); and `admin-token`, which makes admin tokens locally.
+
+pub mod admin;
+pub mod client;
+pub mod output;
+pub mod timespec;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -37,6 +44,17 @@ pub enum Command {
     },
     /// Load and validate the configuration, then exit (0 when valid).
     CheckConfig,
+    /// Register, list, show and delete identities on a running broker.
+    Identity(admin::IdentityArgs),
+    /// Register, list, show, update and delete federated credentials on a running broker.
+    Credential(admin::CredentialArgs),
+    /// Ask a running broker what an exchange with a token (or claims) would decide, and why.
+    Simulate(admin::SimulateArgs),
+    /// Read a running broker's audit trail.
+    Audit(admin::AuditArgs),
+    /// Make admin tokens and their `tokens_file` lines (no broker needed).
+    #[command(subcommand)]
+    AdminToken(admin::AdminTokenCommand),
 }
 
 /// Entry point for the binary.
@@ -104,6 +122,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::Identity(args) => admin::identity(args).await,
+        Command::Credential(args) => admin::credential(args).await,
+        Command::Simulate(args) => admin::simulate(args).await,
+        Command::Audit(args) => admin::audit(args, clock::system()).await,
+        Command::AdminToken(command) => admin::admin_token(command),
     }
 }
 
