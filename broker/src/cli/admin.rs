@@ -380,6 +380,7 @@ pub fn credential_request(
         description: f.description.clone().map(Some),
         one_time_use: f.one_time_use,
         id: None,
+        read_only: None,
     };
     if kind == RequestKind::Update && request == CredentialRequest::default() {
         bail!(

@@ -100,6 +100,9 @@ pub struct CredentialRequest {
     /// credential read from Graph or from here can be posted back unchanged.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
+    /// Read-only in what this API returns; accepted and ignored for the same reason.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_only: Option<bool>,
 }
 
 /// A federated identity credential as the API shows it.
