@@ -1088,6 +1088,87 @@ async fn an_acknowledged_write_to_a_sqlite_file_is_there_after_reopening() {
 }
 
 #[tokio::test]
+async fn a_sqlite_write_survives_a_broker_that_never_shut_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("wif.db").display());
+    let store = SqliteStore::open(&url).await.unwrap();
+    store
+        .put_identity(&identity("deploy", DEPLOY_CLIENT))
+        .await
+        .unwrap();
+    // No close, no checkpoint: the commit lives only in the write-ahead log, as after a
+    // kill -9.
+    std::mem::forget(store);
+
+    let reopened = SqliteStore::open(&url).await.unwrap();
+    assert!(reopened.get_identity("deploy").await.unwrap().is_some());
+    reopened.close().await;
+}
+
+/// Played by a child process in `an_acknowledged_sqlite_write_survives_kill_9`: writes
+/// identities forever, announcing each one once `put_identity` has returned. A no-op when
+/// run as an ordinary test.
+#[tokio::test]
+async fn crash_child_writes_until_killed() {
+    let Ok(url) = std::env::var(CRASH_CHILD_URL) else {
+        return;
+    };
+    let store = SqliteStore::open(&url).await.unwrap();
+    for i in 0.. {
+        let client_id = uuid::Uuid::new_v4().to_string();
+        store
+            .put_identity(&identity(&format!("id-{i}"), &client_id))
+            .await
+            .unwrap();
+        println!("acknowledged id-{i}");
+    }
+}
+
+const CRASH_CHILD_URL: &str = "WIF_TEST_CRASH_CHILD_STORE_URL";
+
+#[test]
+fn an_acknowledged_sqlite_write_survives_kill_9() {
+    use std::io::BufRead;
+
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("wif.db").display());
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["crash_child_writes_until_killed", "--exact", "--nocapture"])
+        .env(CRASH_CHILD_URL, &url)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut acknowledged = Vec::new();
+    // Keep the reading end open until the kill, so the child is never stopped by a broken pipe.
+    let mut lines = stdout.lines();
+    for line in lines.by_ref() {
+        if let Some(name) = line.unwrap().strip_prefix("acknowledged ") {
+            acknowledged.push(name.to_owned());
+            if acknowledged.len() == 25 {
+                break;
+            }
+        }
+    }
+    child.kill().unwrap(); // SIGKILL, mid-write
+    child.wait().unwrap();
+    drop(lines);
+    assert_eq!(acknowledged.len(), 25, "the child stopped writing early");
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let store = SqliteStore::open(&url).await.unwrap();
+        for name in &acknowledged {
+            assert!(
+                store.get_identity(name).await.unwrap().is_some(),
+                "{name} was acknowledged, then lost"
+            );
+        }
+        store.close().await;
+    });
+}
+
+#[tokio::test]
 async fn a_sqlite_file_uses_wal_and_full_synchronous_commits() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("wif.db").display());

@@ -9,10 +9,9 @@ use sqlx::error::ErrorKind;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use wif_config::{AssertionSource, Cloud};
 
-use super::{AuditQuery, AuditRecord, StoreError, StoredCredential, StoredIdentity};
-
-/// Most audit events one query returns.
-pub(super) const MAX_AUDIT_PAGE: u32 = 1000;
+use super::{
+    AuditQuery, AuditRecord, MAX_AUDIT_PAGE, StoreError, StoredCredential, StoredIdentity,
+};
 
 /// Builds a migrator from migration files embedded at compile time: `(version,
 /// description, sql)`. Checksums are recorded in `_sqlx_migrations`, so an applied file
