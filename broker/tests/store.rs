@@ -1169,7 +1169,7 @@ fn an_acknowledged_sqlite_write_survives_kill_9() {
 }
 
 #[tokio::test]
-async fn a_sqlite_file_uses_wal_and_full_synchronous_commits() {
+async fn a_sqlite_file_is_left_in_wal_mode() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("wif.db").display());
     let store = SqliteStore::open(&url).await.unwrap();

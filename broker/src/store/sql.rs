@@ -33,13 +33,13 @@ pub(super) fn migrator(files: &[(i64, &'static str, &'static str)]) -> Migrator 
     )
 }
 
-/// `IDENTITY_COLUMNS` in the order [`IdentityRow`] decodes them.
+/// The identity columns, in the order [`IdentityRow`] decodes them.
 macro_rules! identity_columns {
     () => {
         "name, tenant_id, client_id, cloud, authority_host, assertion, created_at, updated_at"
     };
 }
-/// `CREDENTIAL_COLUMNS` in the order [`CredentialRow`] decodes them.
+/// The credential columns, in the order [`CredentialRow`] decodes them.
 macro_rules! credential_columns {
     () => {
         "id, identity, name, issuer, subject, claims_matching_expression, audiences, \

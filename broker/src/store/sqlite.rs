@@ -529,6 +529,30 @@ mod tests {
             .map(drop)
     }
 
+    #[tokio::test]
+    async fn every_connection_is_durable_and_enforces_foreign_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("wif.db").display());
+        let store = SqliteStore::open(&url).await.unwrap();
+        for pool in [&store.write, &store.read] {
+            let pragma = async |name: &str| -> i64 {
+                sqlx::query_scalar(sqlx::AssertSqlSafe(format!("PRAGMA {name}")))
+                    .fetch_one(pool)
+                    .await
+                    .unwrap()
+            };
+            assert_eq!(pragma("synchronous").await, 2, "FULL");
+            assert_eq!(pragma("foreign_keys").await, 1);
+            assert_eq!(pragma("busy_timeout").await, 5000);
+        }
+        let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+            .fetch_one(&store.read)
+            .await
+            .unwrap();
+        assert_eq!(mode, "wal");
+        store.close().await;
+    }
+
     /// The checks inside each write transaction normally catch every clash first; this
     /// is the net under them: the database's own refusal still reads as a conflict.
     #[tokio::test]
