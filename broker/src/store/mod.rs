@@ -81,8 +81,12 @@ pub struct AuditQuery {
     pub subject: Option<String>,
     pub outcome: Option<String>,
     pub after_id: Option<i64>,
+    /// At most [`MAX_AUDIT_PAGE`]; 0 (the default) means that maximum.
     pub limit: u32,
 }
+
+/// The most audit events one [`Store::query_audit`] call returns.
+pub const MAX_AUDIT_PAGE: u32 = 1000;
 
 /// Whether a put created or replaced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

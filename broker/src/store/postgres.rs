@@ -1,10 +1,11 @@
 //! The shared store: several broker replicas on one PostgreSQL database.
 //!
-//! Every registry write bumps `registry_version` first, in its own transaction: the row
-//! lock serialises registry writes across replicas (so the uniqueness checks cannot race)
-//! and the new number becomes visible together with the data at commit, which is what
-//! replicas poll for. A write is acknowledged only after PostgreSQL reports the commit.
-//! A database that is down answers `Unavailable` within the acquire timeout, never hangs.
+//! Every registry write bumps `registry_version` as the first statement of its
+//! transaction: the row lock serialises registry writes across replicas (so the
+//! uniqueness checks cannot race) and the new number becomes visible together with the
+//! data at commit, which is what replicas poll for. A write is acknowledged only after
+//! PostgreSQL reports the commit. A database that is down answers `Unavailable` within the
+//! acquire timeout; a lock held by a stalled replica is given up after `lock_timeout`.
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -23,6 +24,13 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 /// An outer bound on opening, in case a connect attempt itself stalls.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(8);
 const MAX_CONNECTIONS: u32 = 10;
+/// Session settings for every connection: wait at most this long for a row lock (the
+/// registry version's, mostly) and end sessions that sit idle inside a transaction, so a
+/// replica that stalls mid-write cannot block the others for long.
+const SESSION_SETTINGS: [(&str, &str); 2] = [
+    ("lock_timeout", "10s"),
+    ("idle_in_transaction_session_timeout", "60s"),
+];
 
 const MIGRATIONS: &[(i64, &str, &str)] = &[(
     1,
@@ -59,17 +67,22 @@ impl PgStore {
         let options = parse_url(url)?;
         let create = async {
             let mut conn = PgConnection::connect_with(&options).await?;
-            sqlx::query(sqlx::AssertSqlSafe(format!(
+            let created = sqlx::query(sqlx::AssertSqlSafe(format!(
                 "CREATE SCHEMA IF NOT EXISTS \"{schema}\""
             )))
             .execute(&mut conn)
-            .await?;
-            conn.close().await
+            .await;
+            conn.close().await?;
+            match created {
+                // Another replica created it between our check and our insert: fine.
+                Err(e) if sql::unique_violation(&e).is_some() => Ok(()),
+                other => other.map(drop),
+            }
         };
         tokio::time::timeout(OPEN_TIMEOUT, create)
             .await
             .map_err(|_| timed_out())?
-            .map_err(db_error)?;
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
         Self::connect(options.options([("search_path", schema)])).await
     }
 
@@ -83,7 +96,7 @@ impl PgStore {
         let pool = PgPoolOptions::new()
             .max_connections(MAX_CONNECTIONS)
             .acquire_timeout(ACQUIRE_TIMEOUT)
-            .connect_with(options);
+            .connect_with(options.options(SESSION_SETTINGS));
         let pool = tokio::time::timeout(OPEN_TIMEOUT, pool)
             .await
             .map_err(|_| timed_out())?
@@ -473,5 +486,106 @@ impl Store for PgStore {
             .await
             .map_err(db_error)?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use super::*;
+    use crate::store::sql::testing::{clashing_credentials, credential, identity};
+
+    async fn insert_identity(
+        store: &PgStore,
+        identity: &StoredIdentity,
+    ) -> Result<(), sqlx::Error> {
+        let (cloud, assertion) = sql::identity_enums(identity).unwrap();
+        sqlx::query(sql::INSERT_IDENTITY)
+            .bind(&identity.name)
+            .bind(&identity.tenant_id)
+            .bind(&identity.client_id)
+            .bind(&cloud)
+            .bind(&identity.authority_host)
+            .bind(&assertion)
+            .bind(db_time(identity.created_at))
+            .bind(db_time(identity.updated_at))
+            .execute(&store.pool)
+            .await
+            .map(drop)
+    }
+
+    async fn insert_credential(store: &PgStore, c: &StoredCredential) -> Result<(), sqlx::Error> {
+        sqlx::query(sql::INSERT_CREDENTIAL)
+            .bind(&c.id)
+            .bind(&c.identity)
+            .bind(&c.name)
+            .bind(&c.issuer)
+            .bind(&c.subject)
+            .bind(&c.claims_matching_expression)
+            .bind(sql::audiences_to_text(c).unwrap())
+            .bind(&c.description)
+            .bind(c.one_time_use)
+            .bind(db_time(c.created_at))
+            .bind(db_time(c.updated_at))
+            .execute(&store.pool)
+            .await
+            .map(drop)
+    }
+
+    /// The checks inside each write transaction normally catch every clash first; this
+    /// is the net under them: the database's own refusal still reads as a conflict.
+    #[tokio::test]
+    async fn sessions_are_pinned_and_unique_violations_read_as_conflicts() {
+        crate::crypto::install_provider();
+        let url = std::env::var("WIF_TEST_POSTGRES_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+        let schema = format!("t_{}", uuid::Uuid::new_v4().simple());
+        let store = match PgStore::open_in_schema(&url, &schema).await {
+            Ok(store) => store,
+            Err(e) if std::env::var("CI").is_ok_and(|v| v == "true") => {
+                panic!("PostgreSQL is required under CI=true: {e}")
+            }
+            Err(e) => {
+                eprintln!("notice: skipping, PostgreSQL is unavailable: {e}");
+                return;
+            }
+        };
+        for (setting, expected) in [
+            ("search_path", schema.as_str()),
+            ("lock_timeout", "10s"),
+            ("idle_in_transaction_session_timeout", "1min"),
+        ] {
+            let value: String = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SHOW {setting}")))
+                .fetch_one(&store.pool)
+                .await
+                .unwrap();
+            assert_eq!(value, expected, "{setting}");
+        }
+
+        insert_identity(&store, &identity("deploy", "ABC"))
+            .await
+            .unwrap();
+        let other = identity("other", "abc");
+        let e = insert_identity(&store, &other).await.unwrap_err();
+        assert_eq!(
+            sql::identity_write_error(&other, e),
+            StoreError::Conflict("client id abc is already used by another identity".into())
+        );
+
+        insert_credential(&store, &credential("c1", "main", "s1"))
+            .await
+            .unwrap();
+        for (clashing, expected) in clashing_credentials() {
+            let e = insert_credential(&store, &clashing).await.unwrap_err();
+            assert_eq!(sql::credential_write_error(&clashing, e), expected);
+        }
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP SCHEMA \"{schema}\" CASCADE"
+        )))
+        .execute(&store.pool)
+        .await
+        .unwrap();
+        store.close().await;
     }
 }

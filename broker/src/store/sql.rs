@@ -9,10 +9,9 @@ use sqlx::error::ErrorKind;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use wif_config::{AssertionSource, Cloud};
 
-use super::{AuditQuery, AuditRecord, StoreError, StoredCredential, StoredIdentity};
-
-/// Most audit events one query returns.
-pub(super) const MAX_AUDIT_PAGE: u32 = 1000;
+use super::{
+    AuditQuery, AuditRecord, MAX_AUDIT_PAGE, StoreError, StoredCredential, StoredIdentity,
+};
 
 /// Builds a migrator from migration files embedded at compile time: `(version,
 /// description, sql)`. Checksums are recorded in `_sqlx_migrations`, so an applied file
@@ -34,13 +33,13 @@ pub(super) fn migrator(files: &[(i64, &'static str, &'static str)]) -> Migrator 
     )
 }
 
-/// `IDENTITY_COLUMNS` in the order [`IdentityRow`] decodes them.
+/// The identity columns, in the order [`IdentityRow`] decodes them.
 macro_rules! identity_columns {
     () => {
         "name, tenant_id, client_id, cloud, authority_host, assertion, created_at, updated_at"
     };
 }
-/// `CREDENTIAL_COLUMNS` in the order [`CredentialRow`] decodes them.
+/// The credential columns, in the order [`CredentialRow`] decodes them.
 macro_rules! credential_columns {
     () => {
         "id, identity, name, issuer, subject, claims_matching_expression, audiences, \
@@ -528,5 +527,110 @@ pub(super) fn checked_schema(schema: &str) -> Result<&str, StoreError> {
         Err(StoreError::Url(format!(
             "schema name {schema:?} must be letters, digits and _"
         )))
+    }
+}
+
+/// Rows and checks shared by the backends' tests of the unique-violation safety net.
+#[cfg(test)]
+pub(super) mod testing {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use super::*;
+
+    pub(crate) fn identity(name: &str, client_id: &str) -> StoredIdentity {
+        StoredIdentity {
+            name: name.to_owned(),
+            tenant_id: "72f988bf-86f1-41af-91ab-2d7cd011db47".to_owned(),
+            client_id: client_id.to_owned(),
+            cloud: Some(Cloud::Public),
+            authority_host: None,
+            assertion: AssertionSource::Passthrough,
+            created_at: 1,
+            updated_at: 1,
+        }
+    }
+
+    pub(crate) fn credential(id: &str, name: &str, subject: &str) -> StoredCredential {
+        StoredCredential {
+            id: id.to_owned(),
+            identity: "deploy".to_owned(),
+            name: name.to_owned(),
+            issuer: "https://token.actions.githubusercontent.com".to_owned(),
+            subject: Some(subject.to_owned()),
+            claims_matching_expression: None,
+            audiences: vec!["api://AzureADTokenExchange".to_owned()],
+            description: None,
+            one_time_use: false,
+            created_at: 1,
+            updated_at: 1,
+        }
+    }
+
+    /// The identity `deploy` and its credential `main` (id `c1`, subject `s1`) exist;
+    /// these writes break each uniqueness rule once, and what the database says must read
+    /// as the conflict an admin would understand.
+    pub(crate) fn clashing_credentials() -> Vec<(StoredCredential, StoreError)> {
+        let same_name = credential("c2", "main", "s2");
+        let same_subject = credential("c3", "other", "s1");
+        let same_id = credential("c1", "third", "s3");
+        let orphan = StoredCredential {
+            identity: "ghost".to_owned(),
+            ..credential("c4", "main", "s4")
+        };
+        vec![
+            (same_name.clone(), name_taken(&same_name)),
+            (same_subject.clone(), subject_taken(&same_subject, None)),
+            (
+                same_id,
+                StoreError::Conflict("a credential with id c1 already exists".to_owned()),
+            ),
+            (orphan, identity_missing("ghost")),
+        ]
+    }
+
+    #[test]
+    fn schema_names_are_plain_identifiers() {
+        assert!(checked_schema("t_0123abcd").is_ok());
+        for bad in ["", "1abc", "a-b", "a\"b", "a b", &"x".repeat(64)] {
+            assert!(checked_schema(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn enums_are_stored_by_their_names() {
+        let (cloud, assertion) = identity_enums(&identity("a", "b")).unwrap();
+        assert_eq!(cloud.as_deref(), Some("public"));
+        assert_eq!(assertion, "passthrough");
+        assert_eq!(
+            enum_from_text::<Cloud>("usgov").unwrap(),
+            Cloud::UsGov,
+            "plain names read back"
+        );
+        assert!(matches!(
+            enum_from_text::<Cloud>("mars"),
+            Err(StoreError::Corrupt(_))
+        ));
+    }
+
+    #[test]
+    fn nul_is_replaced_throughout_json() {
+        let value = serde_json::json!({"a\u{0}": ["b\u{0}", 1, {"c": "d\u{0}"}]});
+        let clean = json_without_nul(&value).into_owned();
+        assert!(!clean.to_string().contains("\\u0000"), "{clean}");
+        let plain = serde_json::json!({"a": "b"});
+        assert!(matches!(json_without_nul(&plain), Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn audit_pages_are_capped() {
+        let limit = |limit| {
+            audit_limit(&AuditQuery {
+                limit,
+                ..Default::default()
+            })
+        };
+        assert_eq!(limit(0), 1000);
+        assert_eq!(limit(10), 10);
+        assert_eq!(limit(5000), 1000);
     }
 }

@@ -481,3 +481,99 @@ impl Store for SqliteStore {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use super::*;
+    use crate::store::sql::testing::{clashing_credentials, credential, identity};
+
+    async fn insert_identity(
+        store: &SqliteStore,
+        identity: &StoredIdentity,
+    ) -> Result<(), sqlx::Error> {
+        let (cloud, assertion) = sql::identity_enums(identity).unwrap();
+        sqlx::query(sql::INSERT_IDENTITY)
+            .bind(&identity.name)
+            .bind(&identity.tenant_id)
+            .bind(&identity.client_id)
+            .bind(&cloud)
+            .bind(&identity.authority_host)
+            .bind(&assertion)
+            .bind(db_time(identity.created_at))
+            .bind(db_time(identity.updated_at))
+            .execute(&store.write)
+            .await
+            .map(drop)
+    }
+
+    async fn insert_credential(
+        store: &SqliteStore,
+        c: &StoredCredential,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query(sql::INSERT_CREDENTIAL)
+            .bind(&c.id)
+            .bind(&c.identity)
+            .bind(&c.name)
+            .bind(&c.issuer)
+            .bind(&c.subject)
+            .bind(&c.claims_matching_expression)
+            .bind(sql::audiences_to_text(c).unwrap())
+            .bind(&c.description)
+            .bind(c.one_time_use)
+            .bind(db_time(c.created_at))
+            .bind(db_time(c.updated_at))
+            .execute(&store.write)
+            .await
+            .map(drop)
+    }
+
+    #[tokio::test]
+    async fn every_connection_is_durable_and_enforces_foreign_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("wif.db").display());
+        let store = SqliteStore::open(&url).await.unwrap();
+        for pool in [&store.write, &store.read] {
+            let pragma = async |name: &str| -> i64 {
+                sqlx::query_scalar(sqlx::AssertSqlSafe(format!("PRAGMA {name}")))
+                    .fetch_one(pool)
+                    .await
+                    .unwrap()
+            };
+            assert_eq!(pragma("synchronous").await, 2, "FULL");
+            assert_eq!(pragma("foreign_keys").await, 1);
+            assert_eq!(pragma("busy_timeout").await, 5000);
+        }
+        let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+            .fetch_one(&store.read)
+            .await
+            .unwrap();
+        assert_eq!(mode, "wal");
+        store.close().await;
+    }
+
+    /// The checks inside each write transaction normally catch every clash first; this
+    /// is the net under them: the database's own refusal still reads as a conflict.
+    #[tokio::test]
+    async fn unique_violations_read_as_conflicts() {
+        let store = SqliteStore::open("sqlite::memory:").await.unwrap();
+        insert_identity(&store, &identity("deploy", "ABC"))
+            .await
+            .unwrap();
+        let other = identity("other", "abc");
+        let e = insert_identity(&store, &other).await.unwrap_err();
+        assert_eq!(
+            sql::identity_write_error(&other, e),
+            StoreError::Conflict("client id abc is already used by another identity".into())
+        );
+
+        insert_credential(&store, &credential("c1", "main", "s1"))
+            .await
+            .unwrap();
+        for (clashing, expected) in clashing_credentials() {
+            let e = insert_credential(&store, &clashing).await.unwrap_err();
+            assert_eq!(sql::credential_write_error(&clashing, e), expected);
+        }
+    }
+}
