@@ -163,6 +163,20 @@ impl Admin {
 
     pub fn check_identity(&self, name: &str, input: &IdentityInput) -> Vec<Violation> {
         let mut v = Vec::new();
+        if [name, &input.tenant_id, &input.client_id]
+            .iter()
+            .any(|t| t.contains('\0'))
+            || input
+                .authority_host
+                .as_deref()
+                .is_some_and(|h| h.contains('\0'))
+        {
+            v.push(invalid(
+                "name",
+                "identity fields must not contain NUL characters",
+            ));
+            return v;
+        }
         v.extend(rules::check_identity_name(name));
         if !is_tenant(&input.tenant_id) {
             v.push(invalid(
@@ -253,6 +267,27 @@ impl Admin {
     }
 
     fn check_credential(&self, input: &CredentialInput) -> Vec<Violation> {
+        let mut texts = vec![
+            ("name", input.name.as_str()),
+            ("issuer", input.issuer.as_str()),
+        ];
+        texts.extend(input.subject.as_deref().map(|t| ("subject", t)));
+        texts.extend(
+            input
+                .claims_matching_expression
+                .as_deref()
+                .map(|t| ("claimsMatchingExpression", t)),
+        );
+        texts.extend(input.description.as_deref().map(|t| ("description", t)));
+        texts.extend(input.audiences.iter().map(|t| ("audiences", t.as_str())));
+        let nul: Vec<Violation> = texts
+            .into_iter()
+            .filter(|(_, t)| t.contains('\0'))
+            .map(|(field, _)| invalid(field, format!("{field} must not contain NUL characters")))
+            .collect();
+        if !nul.is_empty() {
+            return nul;
+        }
         rules::check(
             &CredentialSpec {
                 name: &input.name,

@@ -189,6 +189,16 @@ async fn every_broken_entra_rule_is_one_clear_error() {
         bad_expression.description()
     );
 
+    let nul = stack
+        .admin(
+            "POST",
+            &credentials("api-app"),
+            Some(json!({"name": "nul", "issuer": stack.github.url(), "subject": "repo:a/b\u{0}"})),
+        )
+        .await;
+    nul.expect_error(400, "invalid_request");
+    assert_eq!(nul.body["details"][0]["field"], "subject");
+
     let bad_identity = stack
         .admin(
             "PUT",

@@ -170,13 +170,109 @@ pub trait Store: Send + Sync + 'static {
 
 /// Opens the store named by `[store] url` and runs migrations.
 pub async fn open(url: &str) -> StoreResult<Arc<dyn Store>> {
-    if url.starts_with("sqlite:") {
-        Ok(Arc::new(sqlite::SqliteStore::open(url).await?))
+    let inner: Arc<dyn Store> = if url.starts_with("sqlite:") {
+        Arc::new(sqlite::SqliteStore::open(url).await?)
     } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        Ok(Arc::new(postgres::PgStore::open(url).await?))
+        Arc::new(postgres::PgStore::open(url).await?)
     } else {
-        Err(StoreError::Url(
+        return Err(StoreError::Url(
             url.split(':').next().unwrap_or_default().to_owned(),
-        ))
+        ));
+    };
+    Ok(Arc::new(Bounded {
+        inner,
+        timeout: CALL_TIMEOUT,
+    }))
+}
+
+/// The longest any store call may take.
+pub const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Bounds every call of another store, so a database that stops answering mid-query (a
+/// network partition: the drivers have no per-query socket timeout) becomes `Unavailable`
+/// instead of a hang. A write that times out may still commit later; retrying it then
+/// answers a conflict, never a duplicate.
+pub struct Bounded {
+    inner: Arc<dyn Store>,
+    timeout: std::time::Duration,
+}
+
+impl Bounded {
+    async fn run<T>(
+        &self,
+        call: impl std::future::Future<Output = StoreResult<T>>,
+    ) -> StoreResult<T> {
+        match tokio::time::timeout(self.timeout, call).await {
+            Ok(result) => result,
+            Err(_) => Err(StoreError::Unavailable(format!(
+                "the {} store did not answer within {} s",
+                self.inner.kind(),
+                self.timeout.as_secs()
+            ))),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Store for Bounded {
+    fn kind(&self) -> &'static str {
+        self.inner.kind()
+    }
+    async fn list_identities(&self) -> StoreResult<Vec<StoredIdentity>> {
+        self.run(self.inner.list_identities()).await
+    }
+    async fn get_identity(&self, name: &str) -> StoreResult<Option<StoredIdentity>> {
+        self.run(self.inner.get_identity(name)).await
+    }
+    async fn put_identity(&self, identity: &StoredIdentity) -> StoreResult<PutOutcome> {
+        self.run(self.inner.put_identity(identity)).await
+    }
+    async fn delete_identity(&self, name: &str) -> StoreResult<bool> {
+        self.run(self.inner.delete_identity(name)).await
+    }
+    async fn list_credentials(&self, identity: Option<&str>) -> StoreResult<Vec<StoredCredential>> {
+        self.run(self.inner.list_credentials(identity)).await
+    }
+    async fn get_credential(
+        &self,
+        identity: &str,
+        name_or_id: &str,
+    ) -> StoreResult<Option<StoredCredential>> {
+        self.run(self.inner.get_credential(identity, name_or_id))
+            .await
+    }
+    async fn create_credential(&self, credential: &StoredCredential) -> StoreResult<()> {
+        self.run(self.inner.create_credential(credential)).await
+    }
+    async fn update_credential(&self, credential: &StoredCredential) -> StoreResult<()> {
+        self.run(self.inner.update_credential(credential)).await
+    }
+    async fn delete_credential(&self, identity: &str, name_or_id: &str) -> StoreResult<bool> {
+        self.run(self.inner.delete_credential(identity, name_or_id))
+            .await
+    }
+    async fn count_credentials(&self, identity: &str) -> StoreResult<u64> {
+        self.run(self.inner.count_credentials(identity)).await
+    }
+    async fn version(&self) -> StoreResult<i64> {
+        self.run(self.inner.version()).await
+    }
+    async fn append_audit(&self, events: &[AuditRecord]) -> StoreResult<()> {
+        self.run(self.inner.append_audit(events)).await
+    }
+    async fn query_audit(&self, query: &AuditQuery) -> StoreResult<Vec<AuditRecord>> {
+        self.run(self.inner.query_audit(query)).await
+    }
+    async fn purge_audit(&self, before: u64) -> StoreResult<u64> {
+        self.run(self.inner.purge_audit(before)).await
+    }
+    async fn use_token_once(&self, key: &str, expires_at: u64) -> StoreResult<bool> {
+        self.run(self.inner.use_token_once(key, expires_at)).await
+    }
+    async fn purge_used_tokens(&self, now: u64) -> StoreResult<u64> {
+        self.run(self.inner.purge_used_tokens(now)).await
+    }
+    async fn ping(&self) -> StoreResult<()> {
+        self.run(self.inner.ping()).await
     }
 }
