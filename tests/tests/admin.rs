@@ -695,3 +695,82 @@ async fn the_served_openapi_document_is_the_checked_in_one() {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/openapi.json");
     assert_eq!(served, std::fs::read_to_string(path).unwrap());
 }
+
+#[tokio::test]
+async fn oidc_admin_tokens_need_the_audience_and_a_role() {
+    let stack = Stack::start_with(|cfg| {
+        // Any OIDC issuer will do; here the local issuer stands in for Entra.
+        cfg.admin.oidc_issuer = Some(cfg.identities[0].federated_credentials[0].issuer.clone());
+        cfg.admin.oidc_audience = Some("api://wif-broker-admin".into());
+        cfg.admin.oidc_admin_role = Some("WifBroker.Admin".into());
+        cfg.admin.oidc_reader_role = Some("WifBroker.Reader".into());
+    })
+    .await;
+    let token = |roles: Value, aud: &str| {
+        stack
+            .github
+            .mint(json!({"sub": "00000000-aaaa-bbbb-cccc-000000000001", "preferred_username": "carol@contoso.com", "roles": roles, "aud": aud}))
+            .unwrap()
+    };
+    let body = json!({"tenantId": TENANT, "clientId": API_CLIENT});
+    let admin = token(json!(["WifBroker.Admin"]), "api://wif-broker-admin");
+    let created = stack
+        .call(
+            Some(&admin),
+            "PUT",
+            "/v1/identities/oidc-app",
+            Some(body.clone()),
+        )
+        .await;
+    assert_eq!(created.status, 201, "{:?}", created.body);
+
+    let reader = token(json!(["WifBroker.Reader"]), "api://wif-broker-admin");
+    assert_eq!(
+        stack
+            .call(Some(&reader), "GET", "/v1/identities/oidc-app", None)
+            .await
+            .status,
+        200
+    );
+    stack
+        .call(Some(&reader), "DELETE", "/v1/identities/oidc-app", None)
+        .await
+        .expect_error(403, "forbidden");
+
+    let no_role = token(json!(["Something.Else"]), "api://wif-broker-admin");
+    stack
+        .call(Some(&no_role), "GET", "/v1/identities", None)
+        .await
+        .expect_error(403, "forbidden");
+    let wrong_audience = token(json!(["WifBroker.Admin"]), "api://AzureADTokenExchange");
+    stack
+        .call(Some(&wrong_audience), "GET", "/v1/identities", None)
+        .await
+        .expect_error(401, "invalid_admin_token");
+    // A job token from the same issuer is not an admin token.
+    stack
+        .call(
+            Some(&stack.github_token("main")),
+            "GET",
+            "/v1/identities",
+            None,
+        )
+        .await
+        .expect_error(401, "invalid_admin_token");
+
+    let mut events = Vec::new();
+    for _ in 0..50 {
+        events = stack
+            .admin("GET", "/v1/audit?kind=admin&outcome=ok", None)
+            .await
+            .body["value"]
+            .as_array()
+            .unwrap()
+            .clone();
+        if !events.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(events[0]["actor"], "carol@contoso.com");
+}
