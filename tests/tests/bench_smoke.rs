@@ -41,10 +41,10 @@ fn number(report: &Value, path: &str) -> f64 {
 
 #[test]
 fn the_quick_benchmark_reports_every_figure_as_json() {
-    let output = wif_bench(&["--quick", "--json"]);
+    let output = wif_bench(&["--quick", "--split", "--json"]);
     let report: Value = serde_json::from_slice(&output.stdout).expect("stdout is one JSON object");
 
-    for target in ["floor", "limit", "broker_cache_hit"] {
+    for target in ["floor", "limit", "broker_logic", "broker_cache_hit"] {
         for figure in ["requests_per_sec", "p50_us", "p99_us", "cpu_us_per_request"] {
             let value = number(&report, &format!("/{target}/{figure}"));
             assert!(value > 0.0, "{target}.{figure} = {value}");

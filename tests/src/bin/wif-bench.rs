@@ -9,9 +9,11 @@
 //! - the floor: a bare axum handler answering fixed JSON (HTTP cost alone);
 //! - the limit: a bare axum handler doing one RS256 verification of the same token;
 //! - the broker: `POST /v1/token` answered from the token cache;
+//! - with `--split`, also the broker's `Broker::exchange` behind a bare handler, which
+//!   splits the broker's extra cost into its exchange logic and its HTTP edge;
 //!
 //! in interleaved rounds (floor, limit, broker, floor, limit, broker, ...), medians
-//! reported. Then coalescing: N concurrent cold requests for one (identity, scope) against
+//! reported; the budget ratio is the median of the per-round broker ÷ limit ratios. Then coalescing: N concurrent cold requests for one (identity, scope) against
 //! a fresh stack whose Entra is slowed down, counting the token calls Entra receives. Then
 //! a breakdown of the cache-hit path measured in-process without HTTP, and the process's
 //! resident memory.
@@ -58,9 +60,12 @@ OPTIONS:
     --cold N               concurrent cold requests for the coalescing check (default 1000)
     --entra-delay-ms MS    how long Entra takes to answer during that check (default 1000)
     --breakdown N          iterations of each in-process breakdown step (default 5000)
+    --split                also measure the broker's exchange logic behind a bare axum
+                           handler, to split the broker's cost into logic and HTTP edge
     --quick                tiny counts for a smoke test (a few seconds in all)
     --json                 print one JSON object instead of the table
     --markdown             print a Markdown table (for docs/PERFORMANCE.md)
+    --json-file PATH       also write the JSON object to PATH (one run, two formats)
     -h, --help             print this help
 ";
 
@@ -81,7 +86,9 @@ pub struct Options {
     pub entra_delay: Duration,
     pub breakdown: u32,
     pub quick: bool,
+    pub split: bool,
     pub format: Format,
+    pub json_file: Option<std::path::PathBuf>,
 }
 
 impl Options {
@@ -95,7 +102,9 @@ impl Options {
             entra_delay: Duration::from_millis(1000),
             breakdown: 5000,
             quick: false,
+            split: false,
             format: Format::Table,
+            json_file: None,
         }
     }
 
@@ -109,7 +118,9 @@ impl Options {
             entra_delay: Duration::from_millis(300),
             breakdown: 50,
             quick: true,
+            split: false,
             format: Format::Table,
+            json_file: None,
         }
     }
 
@@ -131,8 +142,10 @@ impl Options {
             };
             match arg.as_str() {
                 "--quick" => {}
+                "--split" => opts.split = true,
                 "--json" => opts.format = Format::Json,
                 "--markdown" => opts.format = Format::Markdown,
+                "--json-file" => opts.json_file = Some(value()?.into()),
                 "--concurrency" => opts.concurrency = positive(arg, value()?)?,
                 "--duration" => {
                     let secs: f64 = value()?
@@ -198,12 +211,17 @@ async fn run(opts: Options) -> anyhow::Result<Report> {
             per_round: opts.stop.describe(),
             warmup_per_round: opts.warmup.describe(),
             rounds: opts.rounds,
-            order: "floor, limit, broker",
+            order: if opts.split {
+                "floor, limit, broker logic, broker"
+            } else {
+                "floor, limit, broker"
+            },
             quick: opts.quick,
             logging: "off (no tracing subscriber)",
         },
         floor: t.floor,
         limit: t.limit,
+        broker_logic: t.broker_logic,
         broker_cache_hit: t.broker,
         cache_hit_vs_limit: Budget {
             ratio: t.ratio,
@@ -226,8 +244,13 @@ async fn main() -> anyhow::Result<()> {
         print!("{USAGE}");
         return Ok(());
     };
-    let format = opts.format;
+    let (format, json_file) = (opts.format, opts.json_file.clone());
     let report = run(opts).await?;
+    if let Some(path) = json_file {
+        let json = serde_json::to_string_pretty(&report)?;
+        std::fs::write(&path, json + "\n")
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
     match format {
         Format::Table => print!("{}", table(&report)),
         Format::Markdown => print!("{}", markdown(&report)),

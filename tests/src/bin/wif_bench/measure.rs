@@ -21,7 +21,7 @@ use wif_config::CacheConfig;
 use wif_tests::{ARM, DEPLOY_CLIENT, MAIN_SUBJECT, TENANT, metric_value};
 
 use crate::Options;
-use crate::load::{Measured, Round, Target, drive, load_client};
+use crate::load::{Measured, Round, Target, drive, load_client, median};
 use crate::servers::{BenchStack, LimitServer};
 
 /// DESIGN.md: 1,000 concurrent cold requests → exactly 1 Entra call.
@@ -30,18 +30,37 @@ const COALESCING_TARGET: u64 = 1;
 pub struct Throughput {
     pub floor: Measured,
     pub limit: Measured,
+    /// Only with `--split`.
+    pub broker_logic: Option<Measured>,
     pub broker: Measured,
     pub ratio: f64,
     pub round_ratios: Vec<f64>,
     pub cpu_ratio: f64,
 }
 
-/// Floor, limit and broker cache hit, interleaved round by round.
+/// Floor, limit (and with `--split` the broker's logic behind a bare handler) and broker
+/// cache hit, interleaved round by round.
 pub async fn throughput(opts: &Options, stack: &BenchStack) -> anyhow::Result<Throughput> {
+    let client = load_client(opts.concurrency)?;
+    let broker_target = Arc::new(stack.target()?);
+    // Warm the cache with one exchange (the only Entra call of this stack).
+    let answer = broker_target
+        .send(&client)
+        .await
+        .context("the warm-up exchange failed")?;
+    let first: Value = serde_json::from_slice(&answer)?;
+    if first["access_token"].as_str().is_none_or(str::is_empty) {
+        bail!("the warm-up exchange returned no access token: {first}");
+    }
+
     let jwk: jsonwebtoken::jwk::Jwk =
         serde_json::from_value(stack.issuer.current_key().public_jwk())?;
-    let limit_server = LimitServer::start(DecodingKey::from_jwk(&jwk)?).await?;
-    let client = load_client(opts.concurrency)?;
+    let limit_server = LimitServer::start(
+        DecodingKey::from_jwk(&jwk)?,
+        stack.broker.broker.clone(),
+        answer,
+    )
+    .await?;
     let floor_target = Arc::new(Target::new(
         &format!("{}/fixed", limit_server.url),
         &stack.token,
@@ -50,26 +69,25 @@ pub async fn throughput(opts: &Options, stack: &BenchStack) -> anyhow::Result<Th
         &format!("{}/verify", limit_server.url),
         &stack.token,
     )?);
-    let broker_target = Arc::new(stack.target()?);
-
-    // Warm the cache with one exchange (the only Entra call of this stack), and check
-    // that both servers answer what they should before measuring anything.
-    let first: Value = serde_json::from_slice(
-        &broker_target
-            .send(&client)
-            .await
-            .context("the warm-up exchange failed")?,
-    )?;
-    if first["access_token"].as_str().is_none_or(str::is_empty) {
-        bail!("the warm-up exchange returned no access token: {first}");
-    }
+    let logic_target = Arc::new(Target::new(
+        &format!("{}/exchange", limit_server.url),
+        &stack.token,
+    )?);
     limit_target
         .send(&client)
         .await
         .context("the limit server did not verify the token")?;
+    logic_target
+        .send(&client)
+        .await
+        .context("the in-process exchange failed")?;
 
-    let targets = [&floor_target, &limit_target, &broker_target];
-    let mut rounds: [Vec<Round>; 3] = Default::default();
+    let mut targets = vec![&floor_target, &limit_target];
+    if opts.split {
+        targets.push(&logic_target);
+    }
+    targets.push(&broker_target);
+    let mut rounds: Vec<Vec<Round>> = vec![Vec::new(); targets.len()];
     for _ in 0..opts.rounds {
         for (target, rounds) in targets.iter().zip(rounds.iter_mut()) {
             drive(&client, target, opts.concurrency, opts.warmup).await?;
@@ -79,8 +97,15 @@ pub async fn throughput(opts: &Options, stack: &BenchStack) -> anyhow::Result<Th
     drop(client);
     limit_server.shutdown().await;
 
-    let [floor, limit, broker] = rounds;
-    let round_ratios = limit
+    let mut rounds = rounds.into_iter();
+    let mut next = || rounds.next().context("a target without rounds");
+    let floor = next()?;
+    let limit = next()?;
+    let logic = if opts.split { Some(next()?) } else { None };
+    let broker = next()?;
+    // Each round's broker figure is divided by the limit measured just before it, so slow
+    // drift in the machine's load cancels out; the headline is the median of these.
+    let round_ratios: Vec<f64> = limit
         .iter()
         .zip(&broker)
         .map(|(l, b)| ratio(b.requests_per_sec, l.requests_per_sec))
@@ -88,8 +113,11 @@ pub async fn throughput(opts: &Options, stack: &BenchStack) -> anyhow::Result<Th
     let floor = Measured::new("bare axum handler, fixed JSON (HTTP floor)", floor);
     let limit = Measured::new("limit: bare axum handler, one RS256 verify", limit);
     let broker = Measured::new("broker: POST /v1/token, cache hit", broker);
+    let broker_logic =
+        logic.map(|rounds| Measured::new("broker logic in a bare handler (no HTTP edge)", rounds));
     Ok(Throughput {
-        ratio: ratio(broker.requests_per_sec, limit.requests_per_sec),
+        broker_logic,
+        ratio: median(round_ratios.iter().copied()),
         round_ratios,
         cpu_ratio: ratio(limit.cpu_us_per_request, broker.cpu_us_per_request),
         floor,
@@ -126,6 +154,19 @@ pub async fn coalescing(opts: &Options) -> anyhow::Result<Coalescing> {
     stack.entra.push_fault(Fault::Delay(opts.entra_delay));
     let client = load_client(opts.cold)?;
     let target = Arc::new(stack.target()?);
+    // Open the connections first (one `GET /healthz` each), so the exchanges below reach
+    // the broker together instead of trailing behind a storm of TCP handshakes.
+    let health = format!("{}/healthz", stack.broker.url());
+    let mut connecting = JoinSet::new();
+    for _ in 0..opts.cold {
+        let (client, health) = (client.clone(), health.clone());
+        connecting.spawn(async move { client.get(health).send().await?.bytes().await });
+    }
+    while let Some(joined) = connecting.join_next().await {
+        joined
+            .context("a connecting task failed")?
+            .context("GET /healthz failed")?;
+    }
     let started = Instant::now();
     let mut requests = JoinSet::new();
     for _ in 0..opts.cold {

@@ -29,10 +29,12 @@ pub struct Settings {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Budget {
+    /// Median over rounds of broker requests/s ÷ the limit's requests/s in the same round.
     pub ratio: f64,
     pub budget: f64,
     pub pass: bool,
     pub verdict: &'static str,
+    /// Broker ÷ limit requests/s, round by round.
     pub round_ratios: Vec<f64>,
     /// Limit CPU per request / broker CPU per request: the throughput ratio both would
     /// reach with the cores to themselves. A cross-check on a noisy machine, not the budget.
@@ -46,11 +48,24 @@ pub struct Report {
     pub settings: Settings,
     pub floor: Measured,
     pub limit: Measured,
+    /// Only with `--split`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub broker_logic: Option<Measured>,
     pub broker_cache_hit: Measured,
     pub cache_hit_vs_limit: Budget,
     pub coalescing: Coalescing,
     pub breakdown: Breakdown,
     pub memory: Memory,
+}
+
+impl Report {
+    /// The load-generator targets in the order they ran.
+    pub fn measured(&self) -> impl Iterator<Item = &Measured> {
+        [&self.floor, &self.limit]
+            .into_iter()
+            .chain(&self.broker_logic)
+            .chain([&self.broker_cache_hit])
+    }
 }
 
 pub fn cpu_model() -> String {
@@ -132,7 +147,7 @@ pub fn table(r: &Report) -> String {
         "{:<46} {:>11} {:>9} {:>9} {:>9} {:>9} {:>6}",
         "measurement", "requests/s", "p50", "p99", "CPU/req", "requests", "errors"
     );
-    for m in [&r.floor, &r.limit, &r.broker_cache_hit] {
+    for m in r.measured() {
         let _ = writeln!(
             out,
             "{:<46} {:>11.0} {:>9} {:>9} {:>9} {:>9} {:>6}",
@@ -198,7 +213,7 @@ pub fn table(r: &Report) -> String {
         mib(r.memory.vm_hwm_kib),
         r.memory.scope
     );
-    for m in [&r.floor, &r.limit, &r.broker_cache_hit] {
+    for m in r.measured() {
         if let Some(e) = m.first_error() {
             let _ = writeln!(out, "first error ({}): {e}", m.what);
         }
@@ -248,6 +263,9 @@ pub fn markdown(r: &Report) -> String {
     };
     row(&mut out, &r.floor, "(context)", "");
     row(&mut out, &r.limit, "(the limit)", "");
+    if let Some(logic) = &r.broker_logic {
+        row(&mut out, logic, "(context)", "");
+    }
     let b = &r.cache_hit_vs_limit;
     row(
         &mut out,

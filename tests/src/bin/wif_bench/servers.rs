@@ -18,9 +18,10 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use wif_broker::dev::entra::{AppRegistration, EmulatedFic, EntraEmulator};
 use wif_broker::dev::issuer::LocalIssuer;
+use wif_broker::exchange::{Broker, ExchangeRequest};
 use wif_broker::server::RunningBroker;
 use wif_config::{BrokerConfig, FederatedCredentialConfig, IdentityConfig};
-use wif_tests::{DEPLOY_CLIENT, MAIN_SUBJECT, REPO, TENANT, github_claims};
+use wif_tests::{ARM, DEPLOY_CLIENT, MAIN_SUBJECT, REPO, TENANT, github_claims};
 
 use crate::load::Target;
 
@@ -93,9 +94,12 @@ impl BenchStack {
     }
 }
 
-/// The bare axum server: `/verify` does one RS256 verification of the bearer token with a
-/// prebuilt key (no claims validation), `/fixed` answers fixed JSON. Both read the body,
-/// as the broker does.
+/// The bare axum server. Every route reads the body, as the broker does.
+/// - `/verify` does one RS256 verification of the bearer token with a prebuilt key (no
+///   claims validation) and answers small JSON: the limit;
+/// - `/fixed` answers small JSON: the HTTP floor;
+/// - `/exchange` runs the broker's `Broker::exchange` in-process and answers the broker's
+///   own (pre-recorded) answer bytes: the broker's logic without its HTTP edge.
 pub struct LimitServer {
     pub url: String,
     pub stop: oneshot::Sender<()>,
@@ -103,11 +107,20 @@ pub struct LimitServer {
 }
 
 impl LimitServer {
-    pub async fn start(key: DecodingKey) -> anyhow::Result<Self> {
+    pub async fn start(
+        key: DecodingKey,
+        broker: Arc<Broker>,
+        answer: Bytes,
+    ) -> anyhow::Result<Self> {
         let app = Router::new()
             .route("/verify", post(verify_once))
             .route("/fixed", post(fixed_json))
-            .with_state(Arc::new(key));
+            .route("/exchange", post(exchange_in_process))
+            .with_state(Arc::new(Bare {
+                key,
+                broker,
+                answer,
+            }));
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
         let url = format!("http://{}", listener.local_addr()?);
         let (stop, stopped) = oneshot::channel::<()>();
@@ -130,18 +143,28 @@ impl LimitServer {
     }
 }
 
-pub async fn verify_once(
-    State(key): State<Arc<DecodingKey>>,
-    headers: HeaderMap,
-    _body: Bytes,
-) -> Response {
-    let verified = headers
+pub struct Bare {
+    key: DecodingKey,
+    broker: Arc<Broker>,
+    answer: Bytes,
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
+}
+
+pub async fn verify_once(
+    State(bare): State<Arc<Bare>>,
+    headers: HeaderMap,
+    _body: Bytes,
+) -> Response {
+    let verified = bearer(&headers)
         .and_then(|token| token.rsplit_once('.'))
         .is_some_and(|(message, signature)| {
-            jsonwebtoken::crypto::verify(signature, message.as_bytes(), &key, Algorithm::RS256)
+            jsonwebtoken::crypto::verify(signature, message.as_bytes(), &bare.key, Algorithm::RS256)
                 .unwrap_or(false)
         });
     if verified {
@@ -157,4 +180,35 @@ pub async fn verify_once(
 
 pub async fn fixed_json(_body: Bytes) -> Response {
     Json(json!({ "verified": false, "alg": "none" })).into_response()
+}
+
+pub async fn exchange_in_process(
+    State(bare): State<Arc<Bare>>,
+    headers: HeaderMap,
+    _body: Bytes,
+) -> Response {
+    let Some(token) = bearer(&headers) else {
+        return StatusCode::UNAUTHORIZED.into_response();
+    };
+    let exchanged = bare
+        .broker
+        .exchange(ExchangeRequest {
+            endpoint: "/v1/token",
+            request_id: "wif-bench",
+            token,
+            scope: Some(ARM),
+            identity: None,
+        })
+        .await;
+    match exchanged {
+        Ok(_) => (
+            [
+                (header::CONTENT_TYPE, "application/json"),
+                (header::CACHE_CONTROL, "no-store"),
+            ],
+            bare.answer.clone(),
+        )
+            .into_response(),
+        Err(e) => (StatusCode::FORBIDDEN, e.code()).into_response(),
+    }
 }
