@@ -272,7 +272,7 @@ pub fn markdown(r: &Report) -> String {
         &r.broker_cache_hit,
         "≥ 0.80 × limit",
         &format!(
-            "{:.2} × limit: {} (CPU cross-check {:.2})",
+            "{:.3} × limit: {} (CPU cross-check {:.3})",
             b.ratio, b.verdict, b.cpu_ratio
         ),
     );
