@@ -188,6 +188,7 @@ fn positive(flag: &str, value: &str) -> anyhow::Result<usize> {
 async fn run(opts: Options) -> anyhow::Result<Report> {
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
     let stack = BenchStack::start().await?;
+    let token_bytes = stack.token.len();
     let t = throughput(&opts, &stack).await?;
     let breakdown = breakdown(&opts, &stack).await?;
     stack.shutdown().await;
@@ -218,6 +219,8 @@ async fn run(opts: Options) -> anyhow::Result<Report> {
             },
             quick: opts.quick,
             logging: "off (no tracing subscriber)",
+            token_bytes,
+            broker_answer_bytes: t.broker_answer_bytes,
         },
         floor: t.floor,
         limit: t.limit,

@@ -36,6 +36,7 @@ pub struct Throughput {
     pub ratio: f64,
     pub round_ratios: Vec<f64>,
     pub cpu_ratio: f64,
+    pub broker_answer_bytes: usize,
 }
 
 /// Floor, limit (and with `--split` the broker's logic behind a bare handler) and broker
@@ -48,6 +49,7 @@ pub async fn throughput(opts: &Options, stack: &BenchStack) -> anyhow::Result<Th
         .send(&client)
         .await
         .context("the warm-up exchange failed")?;
+    let broker_answer_bytes = answer.len();
     let first: Value = serde_json::from_slice(&answer)?;
     if first["access_token"].as_str().is_none_or(str::is_empty) {
         bail!("the warm-up exchange returned no access token: {first}");
@@ -117,6 +119,7 @@ pub async fn throughput(opts: &Options, stack: &BenchStack) -> anyhow::Result<Th
         logic.map(|rounds| Measured::new("broker logic in a bare handler (no HTTP edge)", rounds));
     Ok(Throughput {
         broker_logic,
+        broker_answer_bytes,
         ratio: median(round_ratios.iter().copied()),
         round_ratios,
         cpu_ratio: ratio(limit.cpu_us_per_request, broker.cpu_us_per_request),

@@ -25,6 +25,10 @@ pub struct Settings {
     pub order: &'static str,
     pub quick: bool,
     pub logging: &'static str,
+    /// Size of the job token sent as the bearer.
+    pub token_bytes: usize,
+    /// Size of the broker's answer body (the bare handlers answer about 35 bytes).
+    pub broker_answer_bytes: usize,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -140,6 +144,11 @@ pub fn table(r: &Report) -> String {
         r.settings.rounds,
         r.settings.order,
         r.settings.logging,
+    );
+    let _ = writeln!(
+        out,
+        "Request: a {}-byte job token as bearer; the broker answers {} bytes.",
+        r.settings.token_bytes, r.settings.broker_answer_bytes
     );
     let _ = writeln!(out);
     let _ = writeln!(
