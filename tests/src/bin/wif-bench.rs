@@ -1,1 +1,263 @@
-fn main() {}
+//! `wif-bench`: the benchmark harness behind DESIGN.md "Performance budgets".
+//!
+//! Everything runs in this one process, on loopback, on one tokio runtime: the broker with
+//! the dev stack's local issuer and Entra emulator, a bare axum server that stands for the
+//! machine's limit, and the load generator. The figures are reported, never asserted: the
+//! process always exits 0 once it has measured, whatever the verdicts say.
+//!
+//! Measured, with the same load generator and settings for every target:
+//! - the floor: a bare axum handler answering fixed JSON (HTTP cost alone);
+//! - the limit: a bare axum handler doing one RS256 verification of the same token;
+//! - the broker: `POST /v1/token` answered from the token cache;
+//! - with `--split`, also the broker's `Broker::exchange` behind a bare handler, which
+//!   splits the broker's extra cost into its exchange logic and its HTTP edge;
+//!
+//! in interleaved rounds (floor, limit, broker, floor, limit, broker, ...), medians
+//! reported; the budget ratio is the median of the per-round broker ÷ limit ratios. Then coalescing: N concurrent cold requests for one (identity, scope) against
+//! a fresh stack whose Entra is slowed down, counting the token calls Entra receives. Then
+//! a breakdown of the cache-hit path measured in-process without HTTP, and the process's
+//! resident memory.
+//!
+//! No tracing subscriber is installed, so logging costs nothing beyond what the broker
+//! does before it reaches the `tracing` macros.
+
+#[path = "wif_bench/load.rs"]
+mod load;
+#[path = "wif_bench/measure.rs"]
+mod measure;
+#[path = "wif_bench/report.rs"]
+mod report;
+#[path = "wif_bench/servers.rs"]
+mod servers;
+
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use wif_broker::clock::{Clock, SystemClock};
+
+use load::Stop;
+use measure::{breakdown, coalescing, memory, throughput};
+use report::{
+    Budget, Machine, Report, Settings, cpu_model, markdown, table, utc_timestamp, verdict,
+};
+use servers::BenchStack;
+
+/// DESIGN.md: cache-hit exchange throughput ≥ 80% of the limit.
+const RATIO_BUDGET: f64 = 0.80;
+
+const USAGE: &str = "\
+wif-bench: cache-hit exchange throughput against the machine's limit, coalescing, memory.
+
+USAGE:
+    cargo run --release -p wif-tests --bin wif-bench -- [OPTIONS]
+
+OPTIONS:
+    --concurrency N        requests in flight at once (default 32)
+    --duration SECS        length of each measured round (default 5)
+    --requests N           measure N requests per round instead of a duration
+    --warmup-ms MS         unmeasured load before each round (default 500)
+    --rounds N             interleaved rounds per target; medians are reported (default 3)
+    --cold N               concurrent cold requests for the coalescing check (default 1000)
+    --entra-delay-ms MS    how long Entra takes to answer during that check (default 1000)
+    --breakdown N          iterations of each in-process breakdown step (default 5000)
+    --split                also measure the broker's exchange logic behind a bare axum
+                           handler, to split the broker's cost into logic and HTTP edge
+    --quick                tiny counts for a smoke test (a few seconds in all)
+    --json                 print one JSON object instead of the table
+    --markdown             print a Markdown table (for docs/PERFORMANCE.md)
+    --json-file PATH       also write the JSON object to PATH (one run, two formats)
+    -h, --help             print this help
+";
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Format {
+    Table,
+    Json,
+    Markdown,
+}
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub concurrency: usize,
+    pub stop: Stop,
+    pub warmup: Stop,
+    pub rounds: usize,
+    pub cold: usize,
+    pub entra_delay: Duration,
+    pub breakdown: u32,
+    pub quick: bool,
+    pub split: bool,
+    pub format: Format,
+    pub json_file: Option<std::path::PathBuf>,
+}
+
+impl Options {
+    fn full() -> Self {
+        Self {
+            concurrency: 32,
+            stop: Stop::After(Duration::from_secs(5)),
+            warmup: Stop::After(Duration::from_millis(500)),
+            rounds: 3,
+            cold: 1000,
+            entra_delay: Duration::from_millis(1000),
+            breakdown: 5000,
+            quick: false,
+            split: false,
+            format: Format::Table,
+            json_file: None,
+        }
+    }
+
+    fn quick() -> Self {
+        Self {
+            concurrency: 4,
+            stop: Stop::Count(200),
+            warmup: Stop::Count(20),
+            rounds: 1,
+            cold: 50,
+            entra_delay: Duration::from_millis(300),
+            breakdown: 50,
+            quick: true,
+            split: false,
+            format: Format::Table,
+            json_file: None,
+        }
+    }
+
+    /// `None` when help was asked for.
+    fn parse(args: &[String]) -> anyhow::Result<Option<Self>> {
+        if args.iter().any(|a| a == "-h" || a == "--help") {
+            return Ok(None);
+        }
+        let mut opts = if args.iter().any(|a| a == "--quick") {
+            Self::quick()
+        } else {
+            Self::full()
+        };
+        let mut args = args.iter();
+        while let Some(arg) = args.next() {
+            let mut value = || {
+                args.next()
+                    .with_context(|| format!("{arg} needs a value (see --help)"))
+            };
+            match arg.as_str() {
+                "--quick" => {}
+                "--split" => opts.split = true,
+                "--json" => opts.format = Format::Json,
+                "--markdown" => opts.format = Format::Markdown,
+                "--json-file" => opts.json_file = Some(value()?.into()),
+                "--concurrency" => opts.concurrency = positive(arg, value()?)?,
+                "--duration" => {
+                    let secs: f64 = value()?
+                        .parse()
+                        .with_context(|| format!("{arg} takes seconds"))?;
+                    if !(secs > 0.0 && secs <= 3600.0) {
+                        bail!("{arg} must be between 0 and 3600 seconds");
+                    }
+                    opts.stop = Stop::After(Duration::from_secs_f64(secs));
+                }
+                "--requests" => opts.stop = Stop::Count(positive(arg, value()?)? as u64),
+                "--warmup-ms" => {
+                    let ms: u64 = value()?
+                        .parse()
+                        .with_context(|| format!("{arg} takes milliseconds"))?;
+                    opts.warmup = Stop::After(Duration::from_millis(ms));
+                }
+                "--rounds" => opts.rounds = positive(arg, value()?)?,
+                "--cold" => opts.cold = positive(arg, value()?)?,
+                "--entra-delay-ms" => {
+                    opts.entra_delay = Duration::from_millis(positive(arg, value()?)? as u64)
+                }
+                "--breakdown" => opts.breakdown = positive(arg, value()?)? as u32,
+                other => bail!("unknown argument {other:?} (see --help)"),
+            }
+        }
+        Ok(Some(opts))
+    }
+}
+
+fn positive(flag: &str, value: &str) -> anyhow::Result<usize> {
+    match value.parse::<usize>() {
+        Ok(n) if n > 0 && n <= 10_000_000 => Ok(n),
+        _ => bail!("{flag} takes a positive whole number, not {value:?}"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+
+async fn run(opts: Options) -> anyhow::Result<Report> {
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let stack = BenchStack::start().await?;
+    let token_bytes = stack.token.len();
+    let t = throughput(&opts, &stack).await?;
+    let breakdown = breakdown(&opts, &stack).await?;
+    stack.shutdown().await;
+    let coalescing = coalescing(&opts).await?;
+    let memory = memory()?;
+    let pass = t.ratio >= RATIO_BUDGET;
+    Ok(Report {
+        date_utc: utc_timestamp(SystemClock.now()),
+        machine: Machine {
+            cores,
+            cpu: cpu_model(),
+            note: "the load generator and all servers run in this process on one tokio runtime and share these cores, so every target pays the same client cost",
+            build: if cfg!(debug_assertions) {
+                "debug"
+            } else {
+                "release"
+            },
+        },
+        settings: Settings {
+            concurrency: opts.concurrency,
+            per_round: opts.stop.describe(),
+            warmup_per_round: opts.warmup.describe(),
+            rounds: opts.rounds,
+            order: if opts.split {
+                "floor, limit, broker logic, broker"
+            } else {
+                "floor, limit, broker"
+            },
+            quick: opts.quick,
+            logging: "off (no tracing subscriber)",
+            token_bytes,
+            broker_answer_bytes: t.broker_answer_bytes,
+        },
+        floor: t.floor,
+        limit: t.limit,
+        broker_logic: t.broker_logic,
+        broker_cache_hit: t.broker,
+        cache_hit_vs_limit: Budget {
+            ratio: t.ratio,
+            budget: RATIO_BUDGET,
+            pass,
+            verdict: verdict(pass),
+            round_ratios: t.round_ratios,
+            cpu_ratio: t.cpu_ratio,
+        },
+        coalescing,
+        breakdown,
+        memory,
+    })
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some(opts) = Options::parse(&args)? else {
+        print!("{USAGE}");
+        return Ok(());
+    };
+    let (format, json_file) = (opts.format, opts.json_file.clone());
+    let report = run(opts).await?;
+    if let Some(path) = json_file {
+        let json = serde_json::to_string_pretty(&report)?;
+        std::fs::write(&path, json + "\n")
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    match format {
+        Format::Table => print!("{}", table(&report)),
+        Format::Markdown => print!("{}", markdown(&report)),
+        Format::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+    }
+    Ok(())
+}

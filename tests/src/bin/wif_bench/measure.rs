@@ -1,0 +1,388 @@
+//! The measurements: throughput of floor, limit and broker in interleaved rounds;
+//! coalescing of cold requests; the in-process breakdown of a cache hit; memory.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use jsonwebtoken::{Algorithm, DecodingKey};
+use serde::Serialize;
+use serde_json::Value;
+use tokio::task::JoinSet;
+use wif_broker::audit::AuditEvent;
+use wif_broker::cache::{CacheKey, TokenCache};
+use wif_broker::dev::entra::Fault;
+use wif_broker::entra::{EntraToken, Secret};
+use wif_broker::exchange::ExchangeRequest;
+use wif_broker::metrics::Metrics;
+use wif_broker::token::UnverifiedToken;
+use wif_config::CacheConfig;
+use wif_tests::{ARM, DEPLOY_CLIENT, MAIN_SUBJECT, TENANT, metric_value};
+
+use crate::Options;
+use crate::load::{Measured, Round, Target, drive, load_client, median};
+use crate::servers::{BenchStack, LimitServer};
+
+/// DESIGN.md: 1,000 concurrent cold requests → exactly 1 Entra call.
+const COALESCING_TARGET: u64 = 1;
+
+pub struct Throughput {
+    pub floor: Measured,
+    pub limit: Measured,
+    /// Only with `--split`.
+    pub broker_logic: Option<Measured>,
+    pub broker: Measured,
+    pub ratio: f64,
+    pub round_ratios: Vec<f64>,
+    pub cpu_ratio: f64,
+    pub broker_answer_bytes: usize,
+}
+
+/// Floor, limit (and with `--split` the broker's logic behind a bare handler) and broker
+/// cache hit, interleaved round by round.
+pub async fn throughput(opts: &Options, stack: &BenchStack) -> anyhow::Result<Throughput> {
+    let client = load_client(opts.concurrency)?;
+    let broker_target = Arc::new(stack.target()?);
+    // Warm the cache with one exchange (the only Entra call of this stack).
+    let answer = broker_target
+        .send(&client)
+        .await
+        .context("the warm-up exchange failed")?;
+    let broker_answer_bytes = answer.len();
+    let first: Value = serde_json::from_slice(&answer)?;
+    if first["access_token"].as_str().is_none_or(str::is_empty) {
+        bail!("the warm-up exchange returned no access token: {first}");
+    }
+
+    let jwk: jsonwebtoken::jwk::Jwk =
+        serde_json::from_value(stack.issuer.current_key().public_jwk())?;
+    let limit_server = LimitServer::start(
+        DecodingKey::from_jwk(&jwk)?,
+        stack.broker.broker.clone(),
+        answer,
+    )
+    .await?;
+    let floor_target = Arc::new(Target::new(
+        &format!("{}/fixed", limit_server.url),
+        &stack.token,
+    )?);
+    let limit_target = Arc::new(Target::new(
+        &format!("{}/verify", limit_server.url),
+        &stack.token,
+    )?);
+    let logic_target = Arc::new(Target::new(
+        &format!("{}/exchange", limit_server.url),
+        &stack.token,
+    )?);
+    limit_target
+        .send(&client)
+        .await
+        .context("the limit server did not verify the token")?;
+    logic_target
+        .send(&client)
+        .await
+        .context("the in-process exchange failed")?;
+
+    let mut targets = vec![&floor_target, &limit_target];
+    if opts.split {
+        targets.push(&logic_target);
+    }
+    targets.push(&broker_target);
+    let mut rounds: Vec<Vec<Round>> = vec![Vec::new(); targets.len()];
+    for _ in 0..opts.rounds {
+        for (target, rounds) in targets.iter().zip(rounds.iter_mut()) {
+            drive(&client, target, opts.concurrency, opts.warmup).await?;
+            rounds.push(drive(&client, target, opts.concurrency, opts.stop).await?);
+        }
+    }
+    drop(client);
+    limit_server.shutdown().await;
+
+    let mut rounds = rounds.into_iter();
+    let mut next = || rounds.next().context("a target without rounds");
+    let floor = next()?;
+    let limit = next()?;
+    let logic = if opts.split { Some(next()?) } else { None };
+    let broker = next()?;
+    // Each round's broker figure is divided by the limit measured just before it, so slow
+    // drift in the machine's load cancels out; the headline is the median of these.
+    let round_ratios: Vec<f64> = limit
+        .iter()
+        .zip(&broker)
+        .map(|(l, b)| ratio(b.requests_per_sec, l.requests_per_sec))
+        .collect();
+    let floor = Measured::new("bare axum handler, fixed JSON (HTTP floor)", floor);
+    let limit = Measured::new("limit: bare axum handler, one RS256 verify", limit);
+    let broker = Measured::new("broker: POST /v1/token, cache hit", broker);
+    let broker_logic =
+        logic.map(|rounds| Measured::new("broker logic in a bare handler (no HTTP edge)", rounds));
+    Ok(Throughput {
+        broker_logic,
+        broker_answer_bytes,
+        ratio: median(round_ratios.iter().copied()),
+        round_ratios,
+        cpu_ratio: ratio(limit.cpu_us_per_request, broker.cpu_us_per_request),
+        floor,
+        limit,
+        broker,
+    })
+}
+
+pub fn ratio(a: f64, b: f64) -> f64 {
+    if b > 0.0 { a / b } else { 0.0 }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Coalescing {
+    pub cold_requests: usize,
+    pub entra_delay_ms: u64,
+    pub ok: usize,
+    pub failed: usize,
+    pub distinct_access_tokens: usize,
+    /// Callers that found the cache empty and waited on the one upstream call.
+    pub cache_misses: u64,
+    pub entra_token_calls: u64,
+    pub target_entra_calls: u64,
+    pub wall_ms: f64,
+    pub pass: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_error: Option<String>,
+}
+
+/// N concurrent cold requests for one (identity, scope) against a fresh stack whose Entra
+/// answers after a delay, so they all arrive while the first upstream call is in flight.
+pub async fn coalescing(opts: &Options) -> anyhow::Result<Coalescing> {
+    let stack = BenchStack::start().await?;
+    stack.entra.push_fault(Fault::Delay(opts.entra_delay));
+    let client = load_client(opts.cold)?;
+    let target = Arc::new(stack.target()?);
+    // Open the connections first (one `GET /healthz` each), so the exchanges below reach
+    // the broker together instead of trailing behind a storm of TCP handshakes.
+    let health = format!("{}/healthz", stack.broker.url());
+    let mut connecting = JoinSet::new();
+    for _ in 0..opts.cold {
+        let (client, health) = (client.clone(), health.clone());
+        connecting.spawn(async move { client.get(health).send().await?.bytes().await });
+    }
+    while let Some(joined) = connecting.join_next().await {
+        joined
+            .context("a connecting task failed")?
+            .context("GET /healthz failed")?;
+    }
+    let started = Instant::now();
+    let mut requests = JoinSet::new();
+    for _ in 0..opts.cold {
+        let (client, target) = (client.clone(), target.clone());
+        requests.spawn(async move {
+            let body = target.send(&client).await?;
+            let answer: Value = serde_json::from_slice(&body)?;
+            answer["access_token"]
+                .as_str()
+                .map(str::to_owned)
+                .context("an answer without access_token")
+        });
+    }
+    let mut tokens = HashSet::new();
+    let (mut ok, mut failed, mut first_error) = (0, 0, None);
+    while let Some(joined) = requests.join_next().await {
+        match joined.context("a request task failed")? {
+            Ok(token) => {
+                ok += 1;
+                tokens.insert(token);
+            }
+            Err(e) => {
+                failed += 1;
+                first_error.get_or_insert_with(|| format!("{e:#}"));
+            }
+        }
+    }
+    let wall_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let metrics = stack.broker.broker.metrics().render();
+    let cache_misses = metric_value(&metrics, "wif_token_cache_misses_total", &[]) as u64;
+    let entra_token_calls = stack.entra.token_requests();
+    drop(client);
+    stack.shutdown().await;
+    Ok(Coalescing {
+        cold_requests: opts.cold,
+        entra_delay_ms: u64::try_from(opts.entra_delay.as_millis()).unwrap_or(u64::MAX),
+        ok,
+        failed,
+        distinct_access_tokens: tokens.len(),
+        cache_misses,
+        entra_token_calls,
+        target_entra_calls: COALESCING_TARGET,
+        wall_ms,
+        pass: entra_token_calls == COALESCING_TARGET && failed == 0,
+        first_error,
+    })
+}
+
+/// Where the time of a cache hit goes, measured in-process on one task with no HTTP and
+/// no contention: some steps alone, then the whole decision path (`Broker::exchange`).
+#[derive(Debug, Clone, Serialize)]
+pub struct Breakdown {
+    pub iterations: u32,
+    /// Split the token and decode its header and payload (`UnverifiedToken::parse`).
+    pub parse_us: f64,
+    /// One RS256 verification with a prebuilt key: what the limit does per request.
+    pub rs256_verify_us: f64,
+    /// `TokenCache::get` answering a hit (key built from four strings, moka lookup).
+    pub cache_hit_us: f64,
+    /// The metrics one exchange records (`Metrics::exchange` and `cache_hit`).
+    pub metrics_us: f64,
+    /// Serialise an audit event like the one a cache hit records.
+    pub audit_json_us: f64,
+    /// The broker's whole exchange on a cache hit, without HTTP.
+    pub exchange_cache_hit_us: f64,
+}
+
+/// Mean microseconds per call of `step` over `n` calls, after a short warm-up.
+pub fn per_call(n: u32, mut step: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<f64> {
+    for _ in 0..n.min(100) {
+        step()?;
+    }
+    let started = Instant::now();
+    for _ in 0..n {
+        step()?;
+    }
+    Ok(started.elapsed().as_secs_f64() * 1e6 / f64::from(n))
+}
+
+pub async fn breakdown(opts: &Options, stack: &BenchStack) -> anyhow::Result<Breakdown> {
+    let n = opts.breakdown;
+    let token = stack.token.as_str();
+
+    let parse_us = per_call(n, || {
+        std::hint::black_box(UnverifiedToken::parse(
+            std::hint::black_box(token),
+            16 * 1024,
+        )?);
+        Ok(())
+    })?;
+
+    let jwk: jsonwebtoken::jwk::Jwk =
+        serde_json::from_value(stack.issuer.current_key().public_jwk())?;
+    let key = DecodingKey::from_jwk(&jwk)?;
+    let (message, signature) = token.rsplit_once('.').context("not a JWT")?;
+    let rs256_verify_us = per_call(n, || {
+        let ok = jsonwebtoken::crypto::verify(
+            std::hint::black_box(signature),
+            message.as_bytes(),
+            &key,
+            Algorithm::RS256,
+        )?;
+        if !ok {
+            bail!("the job token does not verify against its issuer's key");
+        }
+        Ok(())
+    })?;
+
+    let clock = wif_broker::clock::system();
+    let metrics = Metrics::new();
+    let cache = TokenCache::new(&CacheConfig::default(), clock.clone(), metrics.clone());
+    let key = |scope: &str| CacheKey {
+        authority_host: "https://login.microsoftonline.com".into(),
+        tenant_id: TENANT.into(),
+        client_id: DEPLOY_CLIENT.into(),
+        scope: scope.into(),
+    };
+    let expires_on = clock.now() + 3600;
+    let fetch = move || async move {
+        Ok(EntraToken {
+            access_token: Secret::new("x".repeat(1200)),
+            expires_on,
+        })
+    };
+    cache.get(key(ARM), fetch).await?;
+    for _ in 0..n.min(100) {
+        cache.get(key(ARM), fetch).await?;
+    }
+    let started = Instant::now();
+    for _ in 0..n {
+        std::hint::black_box(cache.get(key(ARM), fetch).await?);
+    }
+    let cache_hit_us = started.elapsed().as_secs_f64() * 1e6 / f64::from(n);
+
+    let issuer = stack.issuer.url();
+    let metrics_us = per_call(n, || {
+        metrics.exchange("/v1/token", "ok", &issuer, 0.000_1);
+        metrics.cache_hit();
+        Ok(())
+    })?;
+
+    let event = AuditEvent {
+        kind: "exchange",
+        time: clock.now(),
+        request_id: "0f8fad5b-d9cb-469f-a165-70867728950e".into(),
+        endpoint: "/v1/token",
+        issuer: Some(issuer.clone()),
+        subject: Some(MAIN_SUBJECT.into()),
+        token_sha256: Some("0".repeat(64)),
+        jti: Some("2b0d8e6c-5f3a-4c1e-9d7b-8a6f4e2c1b0a".into()),
+        credential: Some("github-main".into()),
+        identity: Some("deploy".into()),
+        scope: Some(ARM.into()),
+        outcome: "ok".into(),
+        cache: Some("hit"),
+        ..Default::default()
+    };
+    let audit_json_us = per_call(n, || {
+        std::hint::black_box(serde_json::to_string(std::hint::black_box(&event))?);
+        Ok(())
+    })?;
+
+    let broker = &stack.broker.broker;
+    let exchange = || {
+        broker.exchange(ExchangeRequest {
+            endpoint: "/v1/token",
+            request_id: "bench-breakdown",
+            token,
+            scope: Some(ARM),
+            identity: None,
+        })
+    };
+    for _ in 0..n.min(100) {
+        exchange().await?;
+    }
+    let started = Instant::now();
+    for _ in 0..n {
+        std::hint::black_box(exchange().await?);
+    }
+    let exchange_cache_hit_us = started.elapsed().as_secs_f64() * 1e6 / f64::from(n);
+
+    Ok(Breakdown {
+        iterations: n,
+        parse_us,
+        rs256_verify_us,
+        cache_hit_us,
+        metrics_us,
+        audit_json_us,
+        exchange_cache_hit_us,
+    })
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Memory {
+    pub scope: &'static str,
+    pub vm_rss_kib: u64,
+    pub vm_hwm_kib: u64,
+}
+
+/// VmRSS and VmHWM of this process from /proc/self/status (Linux only).
+pub fn memory() -> anyhow::Result<Memory> {
+    let status = std::fs::read_to_string("/proc/self/status")
+        .context("cannot read /proc/self/status (Linux only)")?;
+    let field = |name: &str| -> anyhow::Result<u64> {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+            .with_context(|| format!("no {name} in /proc/self/status"))
+    };
+    Ok(Memory {
+        scope: "whole benchmark process: broker, local issuer, Entra emulator, limit server and load generator",
+        vm_rss_kib: field("VmRSS:")?,
+        vm_hwm_kib: field("VmHWM:")?,
+    })
+}

@@ -1,0 +1,214 @@
+//! The servers under test: the broker with its dev-stack neighbours, and the bare axum
+//! server that stands for the machine's limit.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Json, Response};
+use axum::routing::post;
+use jsonwebtoken::{Algorithm, DecodingKey};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use wif_broker::dev::entra::{AppRegistration, EmulatedFic, EntraEmulator};
+use wif_broker::dev::issuer::LocalIssuer;
+use wif_broker::exchange::{Broker, ExchangeRequest};
+use wif_broker::server::RunningBroker;
+use wif_config::{BrokerConfig, FederatedCredentialConfig, IdentityConfig};
+use wif_tests::{ARM, DEPLOY_CLIENT, MAIN_SUBJECT, REPO, TENANT, github_claims};
+
+use crate::load::Target;
+
+/// How long minted job tokens stay valid: longer than any sane run.
+const TOKEN_LIFETIME_SECS: u64 = 3600;
+
+/// The broker with one GitHub-style issuer and the Entra emulator, as in `wif_tests::Stack`
+/// (same identity, credential and Entra-side FIC), but failing with errors, not panics.
+pub struct BenchStack {
+    pub issuer: LocalIssuer,
+    pub entra: EntraEmulator,
+    pub broker: RunningBroker,
+    /// A job token for contoso/app on main, valid for [`TOKEN_LIFETIME_SECS`].
+    pub token: String,
+}
+
+impl BenchStack {
+    pub async fn start() -> anyhow::Result<Self> {
+        wif_broker::crypto::install_provider();
+        let clock = wif_broker::clock::system();
+        let issuer = LocalIssuer::start(clock.clone()).await?;
+        let entra = EntraEmulator::start(clock.clone()).await?;
+        entra.register_app(
+            AppRegistration::new(TENANT, DEPLOY_CLIENT).with_fic(EmulatedFic::new(
+                "github-main",
+                &issuer.url(),
+                MAIN_SUBJECT,
+            )),
+        );
+        let mut config = BrokerConfig::default();
+        config.server.listen = "127.0.0.1:0".into();
+        config.server.shutdown_timeout_secs = 2;
+        config.store.url = "sqlite::memory:".into();
+        config.outbound.allow_loopback_http = true;
+        config.entra.authority_host = entra.url();
+        config.identities = vec![IdentityConfig {
+            name: "deploy".into(),
+            tenant_id: TENANT.into(),
+            client_id: DEPLOY_CLIENT.into(),
+            federated_credentials: vec![FederatedCredentialConfig {
+                name: "github-main".into(),
+                issuer: issuer.url(),
+                subject: Some(MAIN_SUBJECT.into()),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }];
+        let broker = RunningBroker::start(&config, clock.clone()).await?;
+        let mut claims = github_claims(REPO, "main");
+        if let Value::Object(map) = &mut claims {
+            map.insert("exp".into(), Value::from(clock.now() + TOKEN_LIFETIME_SECS));
+        }
+        let token = issuer.mint(claims)?;
+        Ok(Self {
+            issuer,
+            entra,
+            broker,
+            token,
+        })
+    }
+
+    pub fn target(&self) -> anyhow::Result<Target> {
+        Target::new(&format!("{}/v1/token", self.broker.url()), &self.token)
+    }
+
+    pub async fn shutdown(self) {
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.broker.shutdown()).await;
+        self.issuer.shutdown().await;
+        self.entra.shutdown().await;
+    }
+}
+
+/// The bare axum server. Every route reads the body, as the broker does.
+/// - `/verify` does one RS256 verification of the bearer token with a prebuilt key (no
+///   claims validation) and answers small JSON: the limit;
+/// - `/fixed` answers small JSON: the HTTP floor;
+/// - `/exchange` runs the broker's `Broker::exchange` in-process and answers the broker's
+///   own (pre-recorded) answer bytes: the broker's logic without its HTTP edge.
+pub struct LimitServer {
+    pub url: String,
+    pub stop: oneshot::Sender<()>,
+    pub task: JoinHandle<std::io::Result<()>>,
+}
+
+impl LimitServer {
+    pub async fn start(
+        key: DecodingKey,
+        broker: Arc<Broker>,
+        answer: Bytes,
+    ) -> anyhow::Result<Self> {
+        let app = Router::new()
+            .route("/verify", post(verify_once))
+            .route("/fixed", post(fixed_json))
+            .route("/exchange", post(exchange_in_process))
+            .with_state(Arc::new(Bare {
+                key,
+                broker,
+                answer,
+            }));
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
+        let url = format!("http://{}", listener.local_addr()?);
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(async move {
+                let _ = stopped.await;
+            })
+            .await
+        });
+        Ok(Self { url, stop, task })
+    }
+
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(());
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.task).await;
+    }
+}
+
+pub struct Bare {
+    key: DecodingKey,
+    broker: Arc<Broker>,
+    answer: Bytes,
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+}
+
+pub async fn verify_once(
+    State(bare): State<Arc<Bare>>,
+    headers: HeaderMap,
+    _body: Bytes,
+) -> Response {
+    let verified = bearer(&headers)
+        .and_then(|token| token.rsplit_once('.'))
+        .is_some_and(|(message, signature)| {
+            jsonwebtoken::crypto::verify(signature, message.as_bytes(), &bare.key, Algorithm::RS256)
+                .unwrap_or(false)
+        });
+    if verified {
+        Json(json!({ "verified": true, "alg": "RS256" })).into_response()
+    } else {
+        (
+            StatusCode::UNAUTHORIZED,
+            Json(json!({ "error": "invalid_signature" })),
+        )
+            .into_response()
+    }
+}
+
+pub async fn fixed_json(_body: Bytes) -> Response {
+    Json(json!({ "verified": false, "alg": "none" })).into_response()
+}
+
+pub async fn exchange_in_process(
+    State(bare): State<Arc<Bare>>,
+    headers: HeaderMap,
+    _body: Bytes,
+) -> Response {
+    let Some(token) = bearer(&headers) else {
+        return StatusCode::UNAUTHORIZED.into_response();
+    };
+    let exchanged = bare
+        .broker
+        .exchange(ExchangeRequest {
+            endpoint: "/v1/token",
+            request_id: "wif-bench",
+            token,
+            scope: Some(ARM),
+            identity: None,
+        })
+        .await;
+    match exchanged {
+        Ok(_) => (
+            [
+                (header::CONTENT_TYPE, "application/json"),
+                (header::CACHE_CONTROL, "no-store"),
+            ],
+            bare.answer.clone(),
+        )
+            .into_response(),
+        Err(e) => (StatusCode::FORBIDDEN, e.code()).into_response(),
+    }
+}

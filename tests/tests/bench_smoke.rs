@@ -1,0 +1,158 @@
+//! The benchmark harness must keep working: `wif-bench --quick` runs every measurement
+//! with tiny counts, exits 0 and reports every figure as a number. Speed is never
+//! asserted here; the machine running the tests may be arbitrarily slow or busy.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+fn wif_bench(args: &[&str]) -> Output {
+    let started = Instant::now();
+    let output = Command::new(env!("CARGO_BIN_EXE_wif-bench"))
+        .args(args)
+        .output()
+        .expect("wif-bench runs");
+    assert!(
+        output.status.success(),
+        "wif-bench {args:?} failed with {}\nstdout:\n{}\nstderr:\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+    );
+    // Generous: --quick takes about a second; this only catches a harness that hangs.
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "wif-bench --quick took {:?}",
+        started.elapsed()
+    );
+    output
+}
+
+fn number(report: &Value, path: &str) -> f64 {
+    let value = report
+        .pointer(path)
+        .unwrap_or_else(|| panic!("no {path} in the report: {report:#}"));
+    value
+        .as_f64()
+        .unwrap_or_else(|| panic!("{path} is not a number: {value}"))
+}
+
+#[test]
+fn the_quick_benchmark_reports_every_figure_as_json() {
+    let output = wif_bench(&["--quick", "--split", "--json"]);
+    let report: Value = serde_json::from_slice(&output.stdout).expect("stdout is one JSON object");
+
+    for target in ["floor", "limit", "broker_logic", "broker_cache_hit"] {
+        for figure in ["requests_per_sec", "p50_us", "p99_us", "cpu_us_per_request"] {
+            let value = number(&report, &format!("/{target}/{figure}"));
+            assert!(value > 0.0, "{target}.{figure} = {value}");
+        }
+        assert!(number(&report, &format!("/{target}/requests")) > 0.0);
+        assert_eq!(
+            number(&report, &format!("/{target}/errors")),
+            0.0,
+            "{target} had errors: {:#}",
+            report[target]
+        );
+    }
+
+    let ratio = number(&report, "/cache_hit_vs_limit/ratio");
+    assert!(ratio > 0.0, "ratio {ratio}");
+    assert_eq!(number(&report, "/cache_hit_vs_limit/budget"), 0.80);
+    assert!(number(&report, "/cache_hit_vs_limit/cpu_ratio") > 0.0);
+    let verdict = report["cache_hit_vs_limit"]["verdict"].as_str().unwrap();
+    assert!(["PASS", "BELOW BUDGET"].contains(&verdict), "{verdict}");
+
+    // Coalescing is a count, not a speed: the quick run must see it too.
+    let cold = number(&report, "/coalescing/cold_requests");
+    assert!(cold > 0.0);
+    assert_eq!(
+        number(&report, "/coalescing/ok"),
+        cold,
+        "{:#}",
+        report["coalescing"]
+    );
+    assert_eq!(number(&report, "/coalescing/entra_token_calls"), 1.0);
+    assert_eq!(number(&report, "/coalescing/distinct_access_tokens"), 1.0);
+
+    for step in [
+        "parse_us",
+        "rs256_verify_us",
+        "cache_hit_us",
+        "metrics_us",
+        "audit_json_us",
+        "exchange_cache_hit_us",
+    ] {
+        assert!(
+            number(&report, &format!("/breakdown/{step}")) > 0.0,
+            "{step}"
+        );
+    }
+    assert!(number(&report, "/memory/vm_rss_kib") > 0.0);
+    assert!(number(&report, "/machine/cores") >= 1.0);
+}
+
+#[test]
+fn the_quick_benchmark_prints_a_table_and_markdown() {
+    let table = String::from_utf8(wif_bench(&["--quick"]).stdout).unwrap();
+    for line_start in [
+        "bare axum handler, fixed JSON (HTTP floor)",
+        "limit: bare axum handler, one RS256 verify",
+        "broker: POST /v1/token, cache hit",
+    ] {
+        let line = table
+            .lines()
+            .find(|l| l.starts_with(line_start))
+            .unwrap_or_else(|| panic!("no {line_start:?} row in:\n{table}"));
+        let requests_per_sec: f64 = line[line_start.len()..]
+            .split_whitespace()
+            .next()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no requests/s in {line:?}"));
+        assert!(requests_per_sec > 0.0, "{line}");
+    }
+    assert!(
+        table.contains("ratio broker / limit: ") && table.contains("(budget >= 0.80)"),
+        "{table}"
+    );
+    assert!(
+        table.contains("entra token calls: 1 (target exactly 1): PASS"),
+        "{table}"
+    );
+    assert!(table.contains("share these cores"), "{table}");
+    assert!(table.contains("RSS after the run: "), "{table}");
+
+    let markdown = String::from_utf8(wif_bench(&["--quick", "--markdown"]).stdout).unwrap();
+    assert!(
+        markdown.contains("| Measurement | Requests/s | p50 | p99 | CPU/req | Budget | Result |"),
+        "{markdown}"
+    );
+    assert!(
+        markdown.contains("| broker: POST /v1/token, cache hit | "),
+        "{markdown}"
+    );
+}
+
+#[test]
+fn help_and_bad_arguments() {
+    let help = String::from_utf8(wif_bench(&["--help"]).stdout).unwrap();
+    assert!(
+        help.contains("--quick") && help.contains("--json"),
+        "{help}"
+    );
+
+    let bad = Command::new(env!("CARGO_BIN_EXE_wif-bench"))
+        .arg("--concurrency")
+        .arg("zero")
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr)
+            .contains("--concurrency takes a positive whole number"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+}
