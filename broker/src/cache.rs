@@ -138,14 +138,16 @@ impl TokenCache {
         }
     }
 
-    /// The token for `key`, from the cache or from `fetch` (called at most once per key at
-    /// a time; also used for background refreshes, hence `'static`).
-    pub async fn get<F, Fut>(
+    /// The token for `key`, from the cache or from the fetch `make` builds. `make` runs
+    /// only on a miss or in the refresh window, so a plain hit copies nothing; the fetch
+    /// runs at most once per key at a time and is `'static` for background refreshes.
+    pub async fn get<M, F, Fut>(
         &self,
         key: CacheKey,
-        fetch: F,
+        make: M,
     ) -> Result<(Arc<EntraToken>, CacheOutcome), CacheError>
     where
+        M: FnOnce() -> F,
         F: FnOnce() -> Fut + Send + 'static,
         Fut: Future<Output = Result<EntraToken, EntraError>> + Send + 'static,
     {
@@ -155,7 +157,7 @@ impl TokenCache {
             if remaining > self.min_remaining {
                 self.metrics.cache_hit();
                 if remaining <= self.refresh_before {
-                    self.refresh_in_background(key, fetch);
+                    self.refresh_in_background(key, make());
                     return Ok((token, CacheOutcome::HitRefreshing));
                 }
                 return Ok((token, CacheOutcome::Hit));
@@ -163,6 +165,7 @@ impl TokenCache {
             self.evict_if_stale(&key).await;
         }
         self.metrics.cache_miss();
+        let fetch = make();
         let token = self
             .tokens
             .try_get_with(key, async move { fetch().await.map(Arc::new) })

@@ -389,7 +389,7 @@ impl Broker {
             client_id: identity.client_id.clone(),
             scope: scope.clone(),
         };
-        let fetch = {
+        let make_fetch = || {
             let entra = self.entra.clone();
             let identity = identity.clone();
             let assertion = entra.assertion(&identity, req.token).to_owned();
@@ -401,7 +401,7 @@ impl Broker {
                     .await
             }
         };
-        let (token, cache) = self.cache.get(key, fetch).await?;
+        let (token, cache) = self.cache.get(key, make_fetch).await?;
         Ok(Exchanged {
             token,
             identity,

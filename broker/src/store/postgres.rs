@@ -38,8 +38,6 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[(
     include_str!("../../migrations/postgres/0001_initial.sql"),
 )];
 
-const INSERT_AUDIT: &str = "INSERT INTO audit_events (time, kind, request_id, actor, identity, \
-     subject, outcome, event) VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb)";
 
 /// The PostgreSQL store. Cheap to share behind an `Arc`; all methods take `&self`.
 pub struct PgStore {
@@ -399,19 +397,24 @@ impl Store for PgStore {
             return Ok(());
         }
         let mut tx = self.begin_write().await?;
-        for event in events {
-            sqlx::query(INSERT_AUDIT)
-                .bind(db_time(event.time))
-                .bind(without_nul(&event.kind))
-                .bind(without_nul(&event.request_id))
-                .bind(event.actor.as_deref().map(without_nul))
-                .bind(event.identity.as_deref().map(without_nul))
-                .bind(event.subject.as_deref().map(without_nul))
-                .bind(without_nul(&event.outcome))
-                .bind(sql::event_to_text(&sql::json_without_nul(&event.event))?)
-                .execute(&mut *tx)
-                .await
-                .map_err(db_error)?;
+        for chunk in events.chunks(sql::AUDIT_ROWS_PER_STATEMENT) {
+            let texts = chunk
+                .iter()
+                .map(|e| sql::event_to_text(&sql::json_without_nul(&e.event)))
+                .collect::<StoreResult<Vec<_>>>()?;
+            let mut builder = QueryBuilder::<Postgres>::new(sql::INSERT_AUDIT_ROWS);
+            builder.push_values(chunk.iter().zip(texts), |mut row, (event, text)| {
+                row.push_bind(db_time(event.time))
+                    .push_bind(without_nul(&event.kind))
+                    .push_bind(without_nul(&event.request_id))
+                    .push_bind(event.actor.as_deref().map(without_nul))
+                    .push_bind(event.identity.as_deref().map(without_nul))
+                    .push_bind(event.subject.as_deref().map(without_nul))
+                    .push_bind(without_nul(&event.outcome))
+                    .push_bind(text)
+                    .push_unseparated("::jsonb");
+            });
+            builder.build().execute(&mut *tx).await.map_err(db_error)?;
         }
         tx.commit().await.map_err(db_error)
     }

@@ -634,3 +634,10 @@ pub(super) mod testing {
         assert_eq!(limit(5000), 1000);
     }
 }
+
+/// The start of a multi-row audit insert; rows follow from `push_values`.
+pub(crate) const INSERT_AUDIT_ROWS: &str =
+    "INSERT INTO audit_events (time, kind, request_id, actor, identity, subject, outcome, event) ";
+
+/// Rows per audit insert statement (8 parameters each, well under both databases' limits).
+pub(crate) const AUDIT_ROWS_PER_STATEMENT: usize = 256;

@@ -30,8 +30,6 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[(
     include_str!("../../migrations/sqlite/0001_initial.sql"),
 )];
 
-const INSERT_AUDIT: &str = "INSERT INTO audit_events (time, kind, request_id, actor, identity, \
-     subject, outcome, event) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
 
 /// The SQLite store. Cheap to share behind an `Arc`; all methods take `&self`.
 pub struct SqliteStore {
@@ -392,19 +390,25 @@ impl Store for SqliteStore {
             return Ok(());
         }
         let mut tx = self.begin_write().await?;
-        for event in events {
-            sqlx::query(INSERT_AUDIT)
-                .bind(db_time(event.time))
-                .bind(&event.kind)
-                .bind(&event.request_id)
-                .bind(&event.actor)
-                .bind(&event.identity)
-                .bind(&event.subject)
-                .bind(&event.outcome)
-                .bind(sql::event_to_text(&event.event)?)
-                .execute(&mut *tx)
-                .await
-                .map_err(db_error)?;
+        // One statement per chunk: each statement is a round trip to SQLite's worker
+        // thread, which would otherwise cost more than the insert itself.
+        for chunk in events.chunks(sql::AUDIT_ROWS_PER_STATEMENT) {
+            let texts = chunk
+                .iter()
+                .map(|e| sql::event_to_text(&e.event))
+                .collect::<StoreResult<Vec<_>>>()?;
+            let mut builder = QueryBuilder::<Sqlite>::new(sql::INSERT_AUDIT_ROWS);
+            builder.push_values(chunk.iter().zip(texts), |mut row, (event, text)| {
+                row.push_bind(db_time(event.time))
+                    .push_bind(event.kind.clone())
+                    .push_bind(event.request_id.clone())
+                    .push_bind(event.actor.clone())
+                    .push_bind(event.identity.clone())
+                    .push_bind(event.subject.clone())
+                    .push_bind(event.outcome.clone())
+                    .push_bind(text);
+            });
+            builder.build().execute(&mut *tx).await.map_err(db_error)?;
         }
         tx.commit().await.map_err(db_error)
     }

@@ -294,13 +294,13 @@ pub async fn breakdown(opts: &Options, stack: &BenchStack) -> anyhow::Result<Bre
             expires_on,
         })
     };
-    cache.get(key(ARM), fetch).await?;
+    cache.get(key(ARM), || fetch).await?;
     for _ in 0..n.min(100) {
-        cache.get(key(ARM), fetch).await?;
+        cache.get(key(ARM), || fetch).await?;
     }
     let started = Instant::now();
     for _ in 0..n {
-        std::hint::black_box(cache.get(key(ARM), fetch).await?);
+        std::hint::black_box(cache.get(key(ARM), || fetch).await?);
     }
     let cache_hit_us = started.elapsed().as_secs_f64() * 1e6 / f64::from(n);
 
