@@ -9,7 +9,8 @@
 //! the brokers reach it through `?options=-c search_path=<schema>` in the store URL. When
 //! PostgreSQL cannot be reached the tests that need it print a notice and pass, except
 //! under `CI=true`, where they fail. The issuer and Entra are the in-process emulators.
-//! Every wait is bounded, and every child is killed when its handle drops.
+//! Every wait is bounded, and every child is killed when its handle drops. Tests marked
+//! `#[ignore = "bug: ..."]` reproduce broker bugs; `--ignored` runs them.
 
 // Helpers outside `#[test]` functions are test code too.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -19,13 +20,14 @@ use std::ops::Deref;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use reqwest::Method;
 use serde_json::{Value, json};
 use sqlx::{Connection, PgConnection};
-use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::process::{Child, Command};
 use tokio::sync::watch;
@@ -175,13 +177,41 @@ enum Link {
     /// Closes every forwarded connection, and new ones as soon as they arrive: the
     /// database server went away.
     Closed,
+    /// Every connection, old or new, goes silent (held open, nothing forwarded either
+    /// way) as soon as it carries a query: the network failed while queries were in flight.
+    StallsQueries,
 }
 
-/// A TCP proxy in front of PostgreSQL whose link the test controls.
+/// A TCP proxy in front of PostgreSQL whose link the test controls. It reads the
+/// PostgreSQL wire protocol just enough to tell a query from a handshake or a ping, so the
+/// store URL through it must say `sslmode=disable`.
 struct PgProxy {
     port: u16,
     link: watch::Sender<Link>,
+    shared: Arc<ProxyShared>,
     task: JoinHandle<()>,
+}
+
+#[derive(Default)]
+struct ProxyShared {
+    /// The next query, on whichever connection, stalls (while the link is up).
+    stall_next: AtomicBool,
+    /// Queries stalled so far.
+    stalled: AtomicU64,
+}
+
+impl ProxyShared {
+    fn stalls(&self, link: Link) -> bool {
+        let stall = match link {
+            Link::Up => self.stall_next.swap(false, Ordering::SeqCst),
+            Link::StallsQueries => true,
+            Link::Closed => false,
+        };
+        if stall {
+            self.stalled.fetch_add(1, Ordering::SeqCst);
+        }
+        stall
+    }
 }
 
 impl PgProxy {
@@ -189,19 +219,38 @@ impl PgProxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let (link, watch) = watch::channel(Link::Up);
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((client, _)) = listener.accept().await else {
-                    continue;
-                };
-                tokio::spawn(forward(client, watch.clone()));
+        let shared = Arc::new(ProxyShared::default());
+        let task = tokio::spawn({
+            let shared = shared.clone();
+            async move {
+                loop {
+                    let Ok((client, _)) = listener.accept().await else {
+                        continue;
+                    };
+                    tokio::spawn(forward(client, watch.clone(), shared.clone()));
+                }
             }
         });
-        Self { port, link, task }
+        Self {
+            port,
+            link,
+            shared,
+            task,
+        }
     }
 
     fn set(&self, link: Link) {
         self.link.send_replace(link);
+    }
+
+    /// The next query through the proxy never gets an answer (its connection stays open
+    /// and silent); everything else goes on working: one TCP flow lost in the network.
+    fn stall_next_query(&self) {
+        self.shared.stall_next.store(true, Ordering::SeqCst);
+    }
+
+    fn stalled_queries(&self) -> u64 {
+        self.shared.stalled.load(Ordering::SeqCst)
     }
 }
 
@@ -212,20 +261,61 @@ impl Drop for PgProxy {
     }
 }
 
+/// Whether a chunk the client sent starts a query: Parse, Bind or a simple Query. (The
+/// handshake starts with a length, a ping is a lone Sync.) The brokers write each message
+/// group at once, so chunks start at message boundaries.
+fn is_query(chunk: &[u8]) -> bool {
+    matches!(chunk.first(), Some(b'P' | b'B' | b'Q'))
+}
+
 /// One proxied connection. Ends, closing both sides, when either side closes or the link
-/// closes.
-async fn forward(mut client: TcpStream, mut link: watch::Receiver<Link>) {
-    if *link.borrow_and_update() == Link::Closed {
+/// closes; a stalled connection stays open and silent until then.
+async fn forward(client: TcpStream, link: watch::Receiver<Link>, shared: Arc<ProxyShared>) {
+    let mut closing = link.clone();
+    if *closing.borrow_and_update() == Link::Closed {
         return;
     }
     let connect = TcpStream::connect((PG_HOST, PG_PORT));
-    let Ok(Ok(mut server)) = tokio::time::timeout(Duration::from_secs(5), connect).await else {
+    let Ok(Ok(server)) = tokio::time::timeout(Duration::from_secs(5), connect).await else {
         return;
     };
+    let (mut client_read, mut client_write) = client.into_split();
+    let (mut server_read, mut server_write) = server.into_split();
+    let stalled = AtomicBool::new(false);
+    let upstream = async {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = client_read.read(&mut buf).await?;
+            if n == 0 {
+                return Ok::<_, std::io::Error>(());
+            }
+            let stall = is_query(&buf[..n]) && shared.stalls(*link.borrow());
+            if stall {
+                stalled.store(true, Ordering::SeqCst);
+            }
+            server_write.write_all(&buf[..n]).await?;
+            if stall {
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    let downstream = async {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = server_read.read(&mut buf).await?;
+            if n == 0 {
+                return Ok::<_, std::io::Error>(());
+            }
+            if !stalled.load(Ordering::SeqCst) {
+                client_write.write_all(&buf[..n]).await?;
+            }
+        }
+    };
     tokio::select! {
-        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+        _ = upstream => {}
+        _ = downstream => {}
         // Closed, or the proxy dropped.
-        _ = link.wait_for(|l| *l == Link::Closed) => {}
+        _ = closing.wait_for(|l| *l == Link::Closed) => {}
     }
 }
 
@@ -837,6 +927,121 @@ async fn while_postgresql_is_gone_exchanges_go_on_and_writes_answer_503_then_wri
     assert!(admitted_after < CONVERGENCE, "{admitted_after:?}");
 }
 
+/// A request whose store query is in flight when the network fails must still answer
+/// within a few seconds, like one that finds the store gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "bug: PgStore bounds only connection acquisition (5 s), not queries; a query in flight when the network to PostgreSQL fails hangs its request until server.request_timeout_secs (60 s)"]
+async fn when_the_network_fails_mid_query_writes_and_one_time_use_exchanges_still_answer_503_within_seconds()
+ {
+    let Some(pg) = PgSchema::create().await else {
+        return;
+    };
+    let proxy = PgProxy::start().await;
+    let upstreams = Upstreams::start().await;
+    let files = BrokerFiles::new(&pg.url_through(&proxy), &upstreams);
+    let a = Replica::start("A", &files.config).await;
+    upstreams.entra_trusts("main");
+    upstreams.entra_trusts("release");
+    a.put_identity().await;
+    a.create_credential(&upstreams.credential("main", "main"))
+        .await
+        .expect(201);
+    let mut once = upstreams.credential("release-once", "release");
+    once["oneTimeUse"] = json!(true);
+    a.create_credential(&once).await.expect(201);
+    a.exchange(&upstreams.job_token("release"))
+        .await
+        .expect(200);
+
+    proxy.set(Link::StallsQueries);
+
+    // Exchanges that need no store go on.
+    a.exchange(&upstreams.job_token("main")).await.expect(200);
+    // Those that do, and writes, are refused in time with a retryable 503.
+    let hotfix = upstreams.credential("hotfix", "hotfix");
+    let release = upstreams.job_token("release");
+    let started = Instant::now();
+    let (write, spend) = tokio::join!(
+        tokio::time::timeout(OUTAGE_ANSWER, a.create_credential(&hotfix)),
+        tokio::time::timeout(OUTAGE_ANSWER, a.exchange(&release)),
+    );
+    eprintln!("stalled store: answers after {:?}", started.elapsed());
+    let write = write.unwrap_or_else(|_| panic!("a write hung for {OUTAGE_ANSWER:?}"));
+    let spend =
+        spend.unwrap_or_else(|_| panic!("a one-time-use exchange hung for {OUTAGE_ANSWER:?}"));
+    write.expect_error(503, "store_unavailable");
+    spend.expect_error(503, "store_unavailable");
+}
+
+/// One lost TCP flow (a query that never gets its answer while the database is fine, as
+/// when a NAT or conntrack entry vanishes) must not stop a replica from converging or
+/// from answering its own writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "bug: sync's poll waits without bound on a stalled query while holding Broker::reload's lock; the replica stops seeing other replicas' writes, and its own writes commit and then hang in Admin::apply until the 60 s request timeout (503 timeout)"]
+async fn a_replica_with_one_stalled_store_connection_still_sees_writes_and_answers_its_own() {
+    let Some(pg) = PgSchema::create().await else {
+        return;
+    };
+    let proxy = PgProxy::start().await;
+    let upstreams = Upstreams::start().await;
+    let through_proxy = BrokerFiles::new(&pg.url_through(&proxy), &upstreams);
+    let direct = BrokerFiles::new(&pg.url(), &upstreams);
+    let (a, b) = tokio::join!(
+        Replica::start("A", &through_proxy.config),
+        Replica::start("B", &direct.config)
+    );
+    upstreams.entra_trusts("main");
+    upstreams.entra_trusts("late");
+    a.put_identity().await;
+    a.create_credential(&upstreams.credential("main", "main"))
+        .await
+        .expect(201);
+    b.knows_credential("main").await;
+
+    // A is idle (its audit events written); the next query it sends is its poll.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    proxy.stall_next_query();
+    let armed = Instant::now();
+    while proxy.stalled_queries() == 0 {
+        assert!(armed.elapsed() < PATIENCE, "A sent no query");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // A credential created at B reaches A, and A answers a write of its own.
+    b.create_credential(&upstreams.credential("late", "late"))
+        .await
+        .expect(201);
+    let acknowledged = Instant::now();
+    let job = upstreams.job_token("late");
+    let converged = async {
+        loop {
+            if a.exchange(&job).await.status == 200 {
+                return acknowledged.elapsed();
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let own = upstreams.credential("own", "main-own");
+    let (converged, own_write) = tokio::join!(
+        tokio::time::timeout(OUTAGE_ANSWER, converged),
+        tokio::time::timeout(OUTAGE_ANSWER, a.create_credential(&own)),
+    );
+    let mut failures = Vec::new();
+    match own_write {
+        Err(_) => failures.push(format!("A's own write hung for {OUTAGE_ANSWER:?}")),
+        Ok(answer) if answer.status != 201 => failures.push(format!("A's own write: {answer:?}")),
+        Ok(_) => {}
+    }
+    match converged {
+        Err(_) => failures.push(format!("A did not see B's write within {OUTAGE_ANSWER:?}")),
+        Ok(after) if after >= CONVERGENCE => {
+            failures.push(format!("A saw B's write after {after:?}"))
+        }
+        Ok(_) => {}
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
 // ---------------------------------------------------------------------------------------
 // kill -9 during a stream of writes
 
@@ -960,4 +1165,19 @@ async fn serve_exits_with_a_clear_message_when_the_store_cannot_be_reached_at_st
         assert!(stderr.contains("cannot open the store"), "{url}: {stderr}");
         assert!(stderr.contains("unavailable"), "{url}: {stderr}");
     }
+}
+
+/// The operator reads one line that says what is wrong with the store, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "bug: StartError::Store prints its reason twice (\"{0}\" in the message and #[from] as the source), and sqlx's \"pool timed out\" hides the cause (connection refused)"]
+async fn serve_says_once_why_the_store_cannot_be_reached() {
+    let refused = format!("postgres://postgres@127.0.0.1:{}/test", free_port());
+    let (_, status, stderr) = serve_to_the_end(&refused).await;
+    assert!(!status.success(), "{status}");
+    assert_eq!(
+        stderr.matches("the store is unavailable").count(),
+        1,
+        "{stderr}"
+    );
+    assert!(stderr.to_ascii_lowercase().contains("refused"), "{stderr}");
 }
