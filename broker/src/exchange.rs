@@ -133,8 +133,9 @@ pub struct Broker {
     registry: ArcSwap<Registry>,
     declared: Declared,
     store: Option<Arc<dyn Store>>,
-    /// Serialises reloads; holds the store version last loaded.
-    loaded_version: tokio::sync::Mutex<Option<i64>>,
+    /// The store version of the registry in use. Held only to compare and swap, never
+    /// across a store call, so a stalled database cannot block a write's own reload.
+    loaded_version: std::sync::Mutex<Option<i64>>,
     auditor: Auditor,
     keys: KeyStore,
     default_policy: VerifyPolicy,
@@ -215,7 +216,7 @@ impl Broker {
             registry: ArcSwap::from_pointee(registry),
             declared,
             store,
-            loaded_version: tokio::sync::Mutex::new(None),
+            loaded_version: std::sync::Mutex::new(None),
             auditor,
             keys,
             default_policy,
@@ -262,36 +263,42 @@ impl Broker {
         let Some(store) = &self.store else {
             return Ok(false);
         };
-        let mut loaded = self.loaded_version.lock().await;
+        let loaded = || self.loaded_version.lock().map(|v| *v).unwrap_or(None);
         let result = async {
             let version = store.version().await?;
-            if !force && *loaded == Some(version) {
+            if !force && loaded() == Some(version) {
                 return Ok(None);
             }
+            // Read after the version: the lists are at least as new as it says.
             let identities = store.list_identities().await?;
             let credentials = store.list_credentials(None).await?;
             Ok(Some((version, identities, credentials)))
         }
         .await;
-        match result {
-            Ok(None) => Ok(false),
-            Ok(Some((version, identities, credentials))) => {
-                let (registry, problems) =
-                    Registry::with_stored(&self.declared, &identities, &credentials);
-                for p in &problems {
-                    tracing::warn!(entry = %p.key, problem = %p.message, "stored entry left out of the registry");
-                }
-                self.registry.store(Arc::new(registry));
-                *loaded = Some(version);
-                self.metrics.registry_reload(trigger, "ok");
-                Ok(true)
-            }
+        let (version, identities, credentials) = match result {
+            Ok(Some(fresh)) => fresh,
+            Ok(None) => return Ok(false),
             Err(e) => {
                 self.metrics.registry_reload(trigger, "error");
                 self.metrics.store_error();
-                Err(e)
+                return Err(e);
             }
+        };
+        let (registry, problems) = Registry::with_stored(&self.declared, &identities, &credentials);
+        for p in &problems {
+            tracing::warn!(entry = %p.key, problem = %p.message, "stored entry left out of the registry");
         }
+        let Ok(mut current) = self.loaded_version.lock() else {
+            return Ok(false);
+        };
+        // Concurrent reloads may finish out of order; never go back to an older version.
+        if current.is_some_and(|v| v > version) {
+            return Ok(false);
+        }
+        self.registry.store(Arc::new(registry));
+        *current = Some(version);
+        self.metrics.registry_reload(trigger, "ok");
+        Ok(true)
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {

@@ -27,7 +27,7 @@ pub enum StartError {
     #[error(transparent)]
     AdminAuth(#[from] crate::api::admin::auth::AuthSetupError),
     #[error("cannot open the store: {0}")]
-    Store(#[from] crate::store::StoreError),
+    Store(crate::store::StoreError),
     #[error("cannot listen on {addr}: {error}")]
     Bind { addr: String, error: std::io::Error },
 }
@@ -147,6 +147,12 @@ impl RunningBroker {
         signal.await;
         tracing::info!("shutting down");
         self.shutdown().await
+    }
+}
+
+impl From<crate::store::StoreError> for StartError {
+    fn from(e: crate::store::StoreError) -> Self {
+        StartError::Store(e)
     }
 }
 

@@ -930,7 +930,6 @@ async fn while_postgresql_is_gone_exchanges_go_on_and_writes_answer_503_then_wri
 /// A request whose store query is in flight when the network fails must still answer
 /// within a few seconds, like one that finds the store gone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: PgStore bounds only connection acquisition (5 s), not queries; a query in flight when the network to PostgreSQL fails hangs its request until server.request_timeout_secs (60 s)"]
 async fn when_the_network_fails_mid_query_writes_and_one_time_use_exchanges_still_answer_503_within_seconds()
  {
     let Some(pg) = PgSchema::create().await else {
@@ -977,7 +976,6 @@ async fn when_the_network_fails_mid_query_writes_and_one_time_use_exchanges_stil
 /// when a NAT or conntrack entry vanishes) must not stop a replica from converging or
 /// from answering its own writes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: sync's poll waits without bound on a stalled query while holding Broker::reload's lock; the replica stops seeing other replicas' writes, and its own writes commit and then hang in Admin::apply until the 60 s request timeout (503 timeout)"]
 async fn a_replica_with_one_stalled_store_connection_still_sees_writes_and_answers_its_own() {
     let Some(pg) = PgSchema::create().await else {
         return;
@@ -1169,7 +1167,6 @@ async fn serve_exits_with_a_clear_message_when_the_store_cannot_be_reached_at_st
 
 /// The operator reads one line that says what is wrong with the store, once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: StartError::Store prints its reason twice (\"{0}\" in the message and #[from] as the source), and sqlx's \"pool timed out\" hides the cause (connection refused)"]
 async fn serve_says_once_why_the_store_cannot_be_reached() {
     let refused = format!("postgres://postgres@127.0.0.1:{}/test", free_port());
     let (_, status, stderr) = serve_to_the_end(&refused).await;

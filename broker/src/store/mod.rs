@@ -186,7 +186,7 @@ pub async fn open(url: &str) -> StoreResult<Arc<dyn Store>> {
 }
 
 /// The longest any store call may take.
-pub const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+pub const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Bounds every call of another store, so a database that stops answering mid-query (a
 /// network partition: the drivers have no per-query socket timeout) becomes `Unavailable`

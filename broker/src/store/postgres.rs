@@ -38,7 +38,6 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[(
     include_str!("../../migrations/postgres/0001_initial.sql"),
 )];
 
-
 /// The PostgreSQL store. Cheap to share behind an `Arc`; all methods take `&self`.
 pub struct PgStore {
     pool: PgPool,
@@ -91,6 +90,13 @@ impl PgStore {
     }
 
     async fn connect(options: PgConnectOptions) -> StoreResult<Self> {
+        // One direct connection first: when the database cannot be reached, the pool only
+        // says it timed out, while a connection says why (refused, unknown host, auth).
+        let probe = tokio::time::timeout(OPEN_TIMEOUT, PgConnection::connect_with(&options))
+            .await
+            .map_err(|_| timed_out())?
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        let _ = probe.close().await;
         let pool = PgPoolOptions::new()
             .max_connections(MAX_CONNECTIONS)
             .acquire_timeout(ACQUIRE_TIMEOUT)

@@ -30,7 +30,6 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[(
     include_str!("../../migrations/sqlite/0001_initial.sql"),
 )];
 
-
 /// The SQLite store. Cheap to share behind an `Arc`; all methods take `&self`.
 pub struct SqliteStore {
     read: SqlitePool,
