@@ -66,7 +66,7 @@ impl AuditEvent {
             identity: self.identity.clone(),
             subject: self.subject.clone(),
             outcome: self.outcome.clone(),
-            event: serde_json::to_value(self).unwrap_or(serde_json::Value::Null),
+            event: serde_json::to_string(self).unwrap_or_else(|_| "{}".into()),
         }
     }
 }

@@ -131,6 +131,8 @@ pub enum SetupError {
 /// The exchange path's state, shared by all requests.
 pub struct Broker {
     registry: ArcSwap<Registry>,
+    /// Tokens whose signature verified, by SHA-256 of the raw token.
+    verified: Option<moka::sync::Cache<[u8; 32], Arc<VerifiedToken>>>,
     declared: Declared,
     store: Option<Arc<dyn Store>>,
     /// The store version of the registry in use. Held only to compare and swap, never
@@ -212,8 +214,17 @@ impl Broker {
             clock.clone(),
             metrics.clone(),
         )?);
+        let verified = (cfg.tokens.verified_cache_entries > 0).then(|| {
+            moka::sync::Cache::builder()
+                .max_capacity(cfg.tokens.verified_cache_entries)
+                .time_to_live(std::time::Duration::from_secs(
+                    cfg.tokens.verified_cache_secs,
+                ))
+                .build()
+        });
         Ok(Self {
             registry: ArcSwap::from_pointee(registry),
+            verified,
             declared,
             store,
             loaded_version: std::sync::Mutex::new(None),
@@ -352,25 +363,9 @@ impl Broker {
         req: &ExchangeRequest<'_>,
         event: &mut AuditEvent,
     ) -> Result<Exchanged, ExchangeError> {
-        // 1. Read, don't trust.
-        let unverified = UnverifiedToken::parse(req.token, self.max_token_bytes)?;
-        let scope = crate::entra::scope::to_default_scope(req.scope.unwrap_or_default())?;
-        event.scope = Some(scope.clone());
-        // 2. Known issuers only: nothing is fetched for any other.
+        let verified = self.verify(req, event).await?;
         let registry = self.registry.load();
-        if !registry.knows_issuer(&unverified.iss) {
-            event.issuer = Some(unverified.iss.chars().take(200).collect());
-            return Err(ExchangeError::UnknownIssuer);
-        }
-        event.issuer = Some(unverified.iss.clone());
-        // 3. Keys.
-        let keys = self
-            .keys
-            .keys_for(&unverified.iss, unverified.kid.as_deref())
-            .await?;
-        // 4. Verify.
-        let policy = self.verify_policy(&unverified.iss);
-        let verified = token::verify(unverified, &keys, policy, self.clock.now())?;
+        let scope = event.scope.clone().unwrap_or_default();
         event.subject = verified.sub.clone();
         event.token_sha256 = Some(verified.sha256.clone());
         event.jti = verified.jti.clone();
@@ -415,6 +410,70 @@ impl Broker {
             scope,
             cache,
         })
+    }
+
+    /// Steps 1 to 4: the token read, its issuer trusted, its signature and times checked.
+    /// A token seen before is recognised by its SHA-256 and not verified again, but its
+    /// expiry and its issuer's trust are checked on every request.
+    async fn verify(
+        &self,
+        req: &ExchangeRequest<'_>,
+        event: &mut AuditEvent,
+    ) -> Result<Arc<VerifiedToken>, ExchangeError> {
+        // 1. Read, don't trust.
+        if req.token.len() > self.max_token_bytes {
+            return Err(TokenError::TooLarge {
+                limit: self.max_token_bytes,
+            }
+            .into());
+        }
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, req.token.as_bytes());
+        let mut key = [0u8; 32];
+        key.copy_from_slice(digest.as_ref());
+        let now = self.clock.now();
+        let remembered = self.verified.as_ref().and_then(|cache| cache.get(&key));
+        let registry = self.registry.load();
+        if let Some(known) = remembered {
+            event.scope = Some(crate::entra::scope::to_default_scope(
+                req.scope.unwrap_or_default(),
+            )?);
+            if !registry.knows_issuer(&known.iss) {
+                event.issuer = Some(known.iss.clone());
+                return Err(ExchangeError::UnknownIssuer);
+            }
+            event.issuer = Some(known.iss.clone());
+            let leeway = self.verify_policy(&known.iss).leeway_secs;
+            if now >= known.exp.saturating_add(leeway) {
+                return Err(TokenError::Expired {
+                    exp: known.exp,
+                    now,
+                }
+                .into());
+            }
+            return Ok(known);
+        }
+        let unverified = UnverifiedToken::parse(req.token, self.max_token_bytes)?;
+        event.scope = Some(crate::entra::scope::to_default_scope(
+            req.scope.unwrap_or_default(),
+        )?);
+        // 2. Known issuers only: nothing is fetched for any other.
+        if !registry.knows_issuer(&unverified.iss) {
+            event.issuer = Some(unverified.iss.chars().take(200).collect());
+            return Err(ExchangeError::UnknownIssuer);
+        }
+        event.issuer = Some(unverified.iss.clone());
+        // 3. Keys.
+        let keys = self
+            .keys
+            .keys_for(&unverified.iss, unverified.kid.as_deref())
+            .await?;
+        // 4. Verify.
+        let policy = self.verify_policy(&unverified.iss);
+        let verified = Arc::new(token::verify(unverified, &keys, policy, now)?);
+        if let Some(cache) = &self.verified {
+            cache.insert(key, verified.clone());
+        }
+        Ok(verified)
     }
 
     /// Records the token as used (by `jti`, or its hash when it has none) until it expires;

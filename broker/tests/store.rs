@@ -243,7 +243,8 @@ fn audit(
             "scope": "https://management.azure.com/.default",
             "outcome": outcome,
             "token_sha256": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
-        }),
+        })
+        .to_string(),
     }
 }
 
@@ -1018,7 +1019,7 @@ async fn expired_token_keys_are_purged(store: Arc<dyn Store>) {
 async fn text_from_tokens_with_nul_characters_is_stored(store: Arc<dyn Store>) {
     // Claims are written by whoever minted the token; a NUL must not fail the write.
     let event = AuditRecord {
-        event: json!({"subject": "evil\u{0}sub", "claims": {"k\u{0}": ["a\u{0}"]}}),
+        event: json!({"subject": "evil\u{0}sub", "claims": {"k\u{0}": ["a\u{0}"]}}).to_string(),
         ..audit(
             T0,
             "exchange",

@@ -234,6 +234,11 @@ pub struct TokenConfig {
     pub max_lifetime_secs: u64,
     /// Signature algorithms accepted by default; an issuer may narrow this.
     pub algorithms: Vec<String>,
+    /// Tokens whose signature already verified, remembered by SHA-256 so a workload that
+    /// presents the same token again is not verified again (0 turns this off).
+    pub verified_cache_entries: u64,
+    /// How long a verified token is remembered (never past its `exp`).
+    pub verified_cache_secs: u64,
 }
 
 impl Default for TokenConfig {
@@ -242,6 +247,8 @@ impl Default for TokenConfig {
             leeway_secs: 60,
             max_lifetime_secs: 25 * 3600,
             algorithms: ALGORITHMS.iter().map(|a| a.to_string()).collect(),
+            verified_cache_entries: 10_000,
+            verified_cache_secs: 300,
         }
     }
 }

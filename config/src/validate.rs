@@ -200,6 +200,12 @@ const MIN_LIFETIME_SECS: u64 = 60;
 const MAX_LEEWAY_SECS: u64 = 300;
 
 fn tokens(p: &mut Problems, t: &TokenConfig) {
+    if t.verified_cache_entries > 0 && !(1..=3600).contains(&t.verified_cache_secs) {
+        p.push(
+            "tokens.verified_cache_secs",
+            "must be 1 to 3600 while tokens.verified_cache_entries is above 0",
+        );
+    }
     if t.max_lifetime_secs < MIN_LIFETIME_SECS {
         p.push(
             "tokens.max_lifetime_secs",

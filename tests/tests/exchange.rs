@@ -800,3 +800,27 @@ async fn during_an_entra_outage_the_refresh_window_does_not_hammer_entra() {
         "a failed refresh was retried at once"
     );
 }
+
+#[tokio::test]
+async fn a_token_presented_again_is_recognised_but_still_expires() {
+    let stack = Stack::start().await;
+    let token = stack.github_token("main");
+    assert_eq!(stack.exchange(&token, ARM).await.status, 200);
+    // The same token again: recognised by its hash, answered without a second check of
+    // its signature (the cached Entra token answers too).
+    assert_eq!(stack.exchange(&token, ARM).await.status, 200);
+    // Its expiry is still checked on every request.
+    stack.clock.advance(3600);
+    stack
+        .exchange(&token, ARM)
+        .await
+        .expect_error(401, "token_expired");
+    // A remembered token with one changed byte is a new token, verified from scratch.
+    let token = stack.github_token("main");
+    assert_eq!(stack.exchange(&token, ARM).await.status, 200);
+    let forged = format!("{}x", &token[..token.len() - 1]);
+    stack
+        .exchange(&forged, ARM)
+        .await
+        .expect_error(401, "invalid_signature");
+}

@@ -50,7 +50,7 @@ CREATE TABLE audit_events (
     identity   TEXT,
     subject    TEXT,
     outcome    TEXT   NOT NULL,
-    event      JSONB  NOT NULL
+    event JSON  NOT NULL
 );
 CREATE INDEX audit_events_time ON audit_events (time);
 CREATE INDEX audit_events_identity ON audit_events (identity, id);

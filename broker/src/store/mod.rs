@@ -50,8 +50,8 @@ pub struct StoredCredential {
     pub updated_at: u64,
 }
 
-/// One audit event as stored. `event` holds the whole event as JSON; the other fields
-/// are copies for filtering.
+/// One audit event as stored. `event` holds the whole event as JSON text (an object);
+/// the other fields are copies for filtering.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditRecord {
     /// Assigned by the store; increasing. 0 before insertion.
@@ -67,7 +67,7 @@ pub struct AuditRecord {
     pub subject: Option<String>,
     /// `ok` or an error code.
     pub outcome: String,
-    pub event: serde_json::Value,
+    pub event: String,
 }
 
 /// Filters for reading audit events; all optional, combined with AND. Results are in

@@ -406,7 +406,7 @@ impl Store for PgStore {
         for chunk in events.chunks(sql::AUDIT_ROWS_PER_STATEMENT) {
             let texts = chunk
                 .iter()
-                .map(|e| sql::event_to_text(&sql::json_without_nul(&e.event)))
+                .map(|e| sql::event_without_nul(&e.event))
                 .collect::<StoreResult<Vec<_>>>()?;
             let mut builder = QueryBuilder::<Postgres>::new(sql::INSERT_AUDIT_ROWS);
             builder.push_values(chunk.iter().zip(texts), |mut row, (event, text)| {
@@ -418,7 +418,7 @@ impl Store for PgStore {
                     .push_bind(event.subject.as_deref().map(without_nul))
                     .push_bind(without_nul(&event.outcome))
                     .push_bind(text)
-                    .push_unseparated("::jsonb");
+                    .push_unseparated("::json");
             });
             builder.build().execute(&mut *tx).await.map_err(db_error)?;
         }

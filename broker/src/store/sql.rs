@@ -113,6 +113,13 @@ pub(super) const BUMP_VERSION: &str =
     "UPDATE registry_version SET version = version + 1 WHERE id = 1";
 pub(super) const GET_VERSION: &str = "SELECT version FROM registry_version WHERE id = 1";
 
+/// The start of a multi-row audit insert; rows follow from `push_values`.
+pub(crate) const INSERT_AUDIT_ROWS: &str =
+    "INSERT INTO audit_events (time, kind, request_id, actor, identity, subject, outcome, event) ";
+
+/// Rows per audit insert statement (8 parameters each, well under both databases' limits).
+pub(crate) const AUDIT_ROWS_PER_STATEMENT: usize = 256;
+
 pub(super) const PURGE_AUDIT: &str = "DELETE FROM audit_events WHERE time < $1";
 pub(super) const USE_TOKEN: &str =
     "INSERT INTO used_tokens (key, expires_at) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING";
@@ -248,15 +255,21 @@ pub(super) fn credential_from_row(row: CredentialRow) -> Result<StoredCredential
     })
 }
 
-pub(super) fn event_to_text(event: &serde_json::Value) -> Result<String, StoreError> {
-    serde_json::to_string(event)
+/// PostgreSQL text cannot hold NUL, and token claims are written by whoever minted the
+/// token: an event whose JSON escapes a NUL is rewritten without it.
+pub(super) fn event_without_nul(event: &str) -> Result<Cow<'_, str>, StoreError> {
+    if !event.contains("\\u0000") {
+        return Ok(Cow::Borrowed(event));
+    }
+    let value: serde_json::Value = serde_json::from_str(event)
+        .map_err(|e| StoreError::Corrupt(format!("audit event is not JSON: {e}")))?;
+    serde_json::to_string(&json_without_nul(&value))
+        .map(Cow::Owned)
         .map_err(|e| StoreError::Corrupt(format!("audit event cannot be encoded: {e}")))
 }
 
 pub(super) fn audit_from_row(row: AuditRow) -> Result<AuditRecord, StoreError> {
     let (id, time, kind, request_id, actor, identity, subject, outcome, event) = row;
-    let event = serde_json::from_str(&event)
-        .map_err(|e| StoreError::Corrupt(format!("audit event {id} is not JSON: {e}")))?;
     Ok(AuditRecord {
         id,
         time: rust_time(time),
@@ -634,10 +647,3 @@ pub(super) mod testing {
         assert_eq!(limit(5000), 1000);
     }
 }
-
-/// The start of a multi-row audit insert; rows follow from `push_values`.
-pub(crate) const INSERT_AUDIT_ROWS: &str =
-    "INSERT INTO audit_events (time, kind, request_id, actor, identity, subject, outcome, event) ";
-
-/// Rows per audit insert statement (8 parameters each, well under both databases' limits).
-pub(crate) const AUDIT_ROWS_PER_STATEMENT: usize = 256;

@@ -392,12 +392,8 @@ impl Store for SqliteStore {
         // One statement per chunk: each statement is a round trip to SQLite's worker
         // thread, which would otherwise cost more than the insert itself.
         for chunk in events.chunks(sql::AUDIT_ROWS_PER_STATEMENT) {
-            let texts = chunk
-                .iter()
-                .map(|e| sql::event_to_text(&e.event))
-                .collect::<StoreResult<Vec<_>>>()?;
             let mut builder = QueryBuilder::<Sqlite>::new(sql::INSERT_AUDIT_ROWS);
-            builder.push_values(chunk.iter().zip(texts), |mut row, (event, text)| {
+            builder.push_values(chunk, |mut row, event| {
                 row.push_bind(db_time(event.time))
                     .push_bind(event.kind.clone())
                     .push_bind(event.request_id.clone())
@@ -405,7 +401,7 @@ impl Store for SqliteStore {
                     .push_bind(event.identity.clone())
                     .push_bind(event.subject.clone())
                     .push_bind(event.outcome.clone())
-                    .push_bind(text);
+                    .push_bind(event.event.clone());
             });
             builder.build().execute(&mut *tx).await.map_err(db_error)?;
         }

@@ -62,6 +62,8 @@ OPTIONS:
     --breakdown N          iterations of each in-process breakdown step (default 5000)
     --split                also measure the broker's exchange logic behind a bare axum
                            handler, to split the broker's cost into logic and HTTP edge
+    --no-verified-cache    the broker verifies every token's signature, as with a new token
+                           per request (default: it remembers verified tokens, as deployed)
     --quick                tiny counts for a smoke test (a few seconds in all)
     --json                 print one JSON object instead of the table
     --markdown             print a Markdown table (for docs/PERFORMANCE.md)
@@ -87,6 +89,8 @@ pub struct Options {
     pub breakdown: u32,
     pub quick: bool,
     pub split: bool,
+    /// Whether the broker remembers verified tokens (on by default, as deployed).
+    pub verified_cache: bool,
     pub format: Format,
     pub json_file: Option<std::path::PathBuf>,
 }
@@ -103,6 +107,7 @@ impl Options {
             breakdown: 5000,
             quick: false,
             split: false,
+            verified_cache: true,
             format: Format::Table,
             json_file: None,
         }
@@ -119,6 +124,7 @@ impl Options {
             breakdown: 50,
             quick: true,
             split: false,
+            verified_cache: true,
             format: Format::Table,
             json_file: None,
         }
@@ -143,6 +149,7 @@ impl Options {
             match arg.as_str() {
                 "--quick" => {}
                 "--split" => opts.split = true,
+                "--no-verified-cache" => opts.verified_cache = false,
                 "--json" => opts.format = Format::Json,
                 "--markdown" => opts.format = Format::Markdown,
                 "--json-file" => opts.json_file = Some(value()?.into()),
@@ -187,7 +194,7 @@ fn positive(flag: &str, value: &str) -> anyhow::Result<usize> {
 
 async fn run(opts: Options) -> anyhow::Result<Report> {
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
-    let stack = BenchStack::start().await?;
+    let stack = BenchStack::start_with(opts.verified_cache).await?;
     let token_bytes = stack.token.len();
     let t = throughput(&opts, &stack).await?;
     let breakdown = breakdown(&opts, &stack).await?;
@@ -219,6 +226,7 @@ async fn run(opts: Options) -> anyhow::Result<Report> {
             },
             quick: opts.quick,
             logging: "off (no tracing subscriber)",
+            verified_cache: opts.verified_cache,
             token_bytes,
             broker_answer_bytes: t.broker_answer_bytes,
         },

@@ -645,7 +645,8 @@ pub async fn audit_events(
     let value = records
         .into_iter()
         .map(|r| {
-            let mut event = r.event;
+            let mut event: serde_json::Value =
+                serde_json::from_str(&r.event).unwrap_or_else(|_| serde_json::json!({}));
             if let Some(map) = event.as_object_mut() {
                 map.insert("id".into(), r.id.into());
             }

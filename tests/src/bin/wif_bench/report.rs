@@ -25,6 +25,8 @@ pub struct Settings {
     pub order: &'static str,
     pub quick: bool,
     pub logging: &'static str,
+    /// Whether the broker remembered verified tokens (its default).
+    pub verified_cache: bool,
     /// Size of the job token sent as the bearer.
     pub token_bytes: usize,
     /// Size of the broker's answer body (the bare handlers answer about 35 bytes).
@@ -147,8 +149,14 @@ pub fn table(r: &Report) -> String {
     );
     let _ = writeln!(
         out,
-        "Request: a {}-byte job token as bearer; the broker answers {} bytes.",
-        r.settings.token_bytes, r.settings.broker_answer_bytes
+        "Request: a {}-byte job token as bearer, the same on every request; the broker answers {} bytes; its verified-token cache is {}.",
+        r.settings.token_bytes,
+        r.settings.broker_answer_bytes,
+        if r.settings.verified_cache {
+            "on (the default: a repeated token is not verified again)"
+        } else {
+            "off (every request verifies the signature, like a new token each time)"
+        }
     );
     let _ = writeln!(out);
     let _ = writeln!(

@@ -36,10 +36,18 @@ pub struct BenchStack {
     pub broker: RunningBroker,
     /// A job token for contoso/app on main, valid for [`TOKEN_LIFETIME_SECS`].
     pub token: String,
+    /// Holds the SQLite file (WAL, as deployed): every exchange's audit event is written.
+    _store_dir: tempfile::TempDir,
 }
 
 impl BenchStack {
     pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with(true).await
+    }
+
+    /// `verified_cache`: whether the broker remembers verified tokens (`[tokens]
+    /// verified_cache_entries`); off, every request verifies the signature like the limit.
+    pub async fn start_with(verified_cache: bool) -> anyhow::Result<Self> {
         wif_broker::crypto::install_provider();
         let clock = wif_broker::clock::system();
         let issuer = LocalIssuer::start(clock.clone()).await?;
@@ -54,7 +62,11 @@ impl BenchStack {
         let mut config = BrokerConfig::default();
         config.server.listen = "127.0.0.1:0".into();
         config.server.shutdown_timeout_secs = 2;
-        config.store.url = "sqlite::memory:".into();
+        let store_dir = tempfile::tempdir()?;
+        config.store.url = format!("sqlite://{}", store_dir.path().join("wif.db").display());
+        if !verified_cache {
+            config.tokens.verified_cache_entries = 0;
+        }
         config.outbound.allow_loopback_http = true;
         config.entra.authority_host = entra.url();
         config.identities = vec![IdentityConfig {
@@ -80,6 +92,7 @@ impl BenchStack {
             entra,
             broker,
             token,
+            _store_dir: store_dir,
         })
     }
 
