@@ -10,8 +10,11 @@
 //!
 //! This crate never touches the network and never reads the clock.
 
+pub mod agent;
 pub mod env;
 mod validate;
+
+pub use agent::AgentConfig;
 
 use std::path::{Path, PathBuf};
 

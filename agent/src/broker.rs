@@ -1,0 +1,204 @@
+//! Talking to the broker: `POST /v1/token` with the external token as bearer, over HTTP
+//! or HTTPS (rustls, optional CA file and client certificate), with a timeout and retries
+//! when the broker is unreachable or answers 5xx/429.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// An access token from the broker.
+#[derive(Clone, PartialEq, Eq)]
+pub struct BrokerToken {
+    pub access_token: String,
+    /// Epoch seconds.
+    pub expires_on: u64,
+    pub client_id: String,
+    pub tenant_id: String,
+}
+
+impl std::fmt::Debug for BrokerToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BrokerToken")
+            .field("expires_on", &self.expires_on)
+            .field("client_id", &self.client_id)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum BrokerError {
+    /// No answer, or 5xx/429 after the retries: callers should retry later.
+    #[error("the broker is unavailable: {0}")]
+    Unavailable(String),
+    /// The broker refused (4xx): retrying will not help.
+    #[error("the broker refused: {description} ({code})")]
+    Refused {
+        status: u16,
+        code: String,
+        description: String,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientSetupError {
+    #[error("cannot read {path}: {reason}")]
+    File { path: String, reason: String },
+    #[error("cannot build the HTTP client: {0}")]
+    Client(String),
+    #[error("the broker URL {0:?} is not an http(s) URL")]
+    Url(String),
+}
+
+#[derive(Deserialize)]
+struct TokenAnswer {
+    access_token: String,
+    expires_on: u64,
+    identity: IdentityAnswer,
+}
+
+#[derive(Deserialize)]
+struct IdentityAnswer {
+    client_id: String,
+    tenant_id: String,
+}
+
+#[derive(Deserialize, Default)]
+struct ErrorAnswer {
+    #[serde(default)]
+    error: String,
+    #[serde(default)]
+    error_description: String,
+}
+
+/// Which identity to ask for, as the SDK named it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct Selector {
+    /// `client_id`: the broker matches it against identities' client ids.
+    pub client_id: Option<String>,
+    /// An identity name: from `object_id`/`principal_id`, the last segment of `mi_res_id`,
+    /// or the agent's configured default.
+    pub identity: Option<String>,
+}
+
+pub struct BrokerClient {
+    http: reqwest::Client,
+    url: String,
+    retries: u32,
+}
+
+impl std::fmt::Debug for BrokerClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BrokerClient")
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, ClientSetupError> {
+    std::fs::read(path).map_err(|e| ClientSetupError::File {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })
+}
+
+impl BrokerClient {
+    pub fn new(
+        base: &str,
+        timeout: Duration,
+        retries: u32,
+        ca_file: Option<&Path>,
+        client_identity: Option<(&Path, &Path)>,
+    ) -> Result<Self, ClientSetupError> {
+        let parsed = url::Url::parse(base).map_err(|_| ClientSetupError::Url(base.to_owned()))?;
+        if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
+            return Err(ClientSetupError::Url(base.to_owned()));
+        }
+        let mut builder = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout.min(Duration::from_secs(5)))
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("wif-agent/", env!("CARGO_PKG_VERSION")));
+        if let Some(ca) = ca_file {
+            let certs = reqwest::Certificate::from_pem_bundle(&read(ca)?)
+                .map_err(|e| ClientSetupError::Client(e.to_string()))?;
+            builder = builder.tls_certs_merge(certs);
+        }
+        if let Some((cert, key)) = client_identity {
+            let mut pem = read(cert)?;
+            pem.extend_from_slice(b"\n");
+            pem.extend(read(key)?);
+            let identity = reqwest::Identity::from_pem(&pem)
+                .map_err(|e| ClientSetupError::Client(e.to_string()))?;
+            builder = builder.identity(identity);
+        }
+        let http = builder
+            .build()
+            .map_err(|e| ClientSetupError::Client(e.to_string()))?;
+        Ok(Self {
+            http,
+            url: format!("{}/v1/token", base.trim_end_matches('/')),
+            retries,
+        })
+    }
+
+    /// Exchanges `token` for an access token to `resource`.
+    pub async fn exchange(
+        &self,
+        token: &str,
+        resource: &str,
+        selector: &Selector,
+    ) -> Result<BrokerToken, BrokerError> {
+        let mut form = vec![("resource", resource)];
+        if let Some(c) = &selector.client_id {
+            form.push(("client_id", c));
+        } else if let Some(i) = &selector.identity {
+            form.push(("identity", i));
+        }
+        let mut attempt = 0;
+        loop {
+            let reason = match self
+                .http
+                .post(&self.url)
+                .bearer_auth(token)
+                .form(&form)
+                .send()
+                .await
+            {
+                Ok(response) => {
+                    let status = response.status().as_u16();
+                    let body = response.bytes().await.unwrap_or_default();
+                    if status == 200 {
+                        return serde_json::from_slice::<TokenAnswer>(&body)
+                            .map(|a| BrokerToken {
+                                access_token: a.access_token,
+                                expires_on: a.expires_on,
+                                client_id: a.identity.client_id,
+                                tenant_id: a.identity.tenant_id,
+                            })
+                            .map_err(|e| {
+                                BrokerError::Unavailable(format!("unexpected answer: {e}"))
+                            });
+                    }
+                    let error: ErrorAnswer = serde_json::from_slice(&body).unwrap_or_default();
+                    if status != 429 && status < 500 {
+                        return Err(BrokerError::Refused {
+                            status,
+                            code: error.error,
+                            description: error.error_description,
+                        });
+                    }
+                    format!("HTTP {status} {}", error.error)
+                }
+                Err(e) if e.is_timeout() => "timed out".to_owned(),
+                Err(e) if e.is_connect() => "connection failed".to_owned(),
+                Err(e) => e.to_string(),
+            };
+            if attempt >= self.retries {
+                return Err(BrokerError::Unavailable(reason));
+            }
+            attempt += 1;
+            tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
+        }
+    }
+}

@@ -1,0 +1,146 @@
+//! Tokens per (identity selector, resource). A hit answers at once; inside the refresh
+//! window one background refresh runs; a token with less than the floor left is never
+//! handed out. When the broker cannot be reached, cached tokens keep flowing until they
+//! reach the floor.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use moka::Expiry;
+use moka::future::Cache;
+use wif_broker::clock::SharedClock;
+
+use crate::broker::{BrokerError, BrokerToken, Selector};
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Key {
+    pub selector: Selector,
+    pub resource: String,
+}
+
+struct Floor {
+    clock: SharedClock,
+    min_remaining: u64,
+}
+
+impl Expiry<Key, Arc<BrokerToken>> for Floor {
+    fn expire_after_create(
+        &self,
+        _: &Key,
+        token: &Arc<BrokerToken>,
+        _: Instant,
+    ) -> Option<Duration> {
+        let usable_until = token.expires_on.saturating_sub(self.min_remaining);
+        Some(Duration::from_secs(
+            usable_until.saturating_sub(self.clock.now()),
+        ))
+    }
+    fn expire_after_update(
+        &self,
+        key: &Key,
+        token: &Arc<BrokerToken>,
+        at: Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
+        self.expire_after_create(key, token, at)
+    }
+}
+
+/// After a failed background refresh, the next waits this long.
+pub const REFRESH_RETRY_SECS: u64 = 30;
+
+pub struct TokenCache {
+    tokens: Cache<Key, Arc<BrokerToken>>,
+    refreshing: Arc<Mutex<HashSet<Key>>>,
+    clock: SharedClock,
+    min_remaining: u64,
+    refresh_before: u64,
+}
+
+/// How a lookup was answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Hit,
+    Miss,
+}
+
+impl TokenCache {
+    pub fn new(clock: SharedClock, min_remaining: u64, refresh_before: u64) -> Self {
+        Self {
+            tokens: Cache::builder()
+                .max_capacity(10_000)
+                .expire_after(Floor {
+                    clock: clock.clone(),
+                    min_remaining,
+                })
+                .build(),
+            refreshing: Arc::new(Mutex::new(HashSet::new())),
+            clock,
+            min_remaining,
+            refresh_before,
+        }
+    }
+
+    /// The token for `key`, from the cache or from `fetch` (one call per key at a time).
+    pub async fn get<F, Fut>(
+        &self,
+        key: Key,
+        fetch: F,
+    ) -> Result<(Arc<BrokerToken>, Outcome), Arc<BrokerError>>
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Result<BrokerToken, BrokerError>> + Send + 'static,
+    {
+        let now = self.clock.now();
+        if let Some(token) = self.tokens.get(&key).await {
+            let remaining = token.expires_on.saturating_sub(now);
+            if remaining > self.min_remaining {
+                if remaining <= self.refresh_before {
+                    self.refresh(key, fetch);
+                }
+                return Ok((token, Outcome::Hit));
+            }
+            self.tokens.invalidate(&key).await;
+        }
+        let token = self
+            .tokens
+            .try_get_with(key, async move { fetch().await.map(Arc::new) })
+            .await?;
+        if token.expires_on.saturating_sub(self.clock.now()) <= self.min_remaining {
+            return Err(Arc::new(BrokerError::Unavailable(
+                "the broker answered a token that expires within the floor".into(),
+            )));
+        }
+        Ok((token, Outcome::Miss))
+    }
+
+    fn refresh<F, Fut>(&self, key: Key, fetch: F)
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Result<BrokerToken, BrokerError>> + Send + 'static,
+    {
+        let started = self
+            .refreshing
+            .lock()
+            .map(|mut running| running.insert(key.clone()));
+        if !matches!(started, Ok(true)) {
+            return;
+        }
+        let tokens = self.tokens.clone();
+        let refreshing = self.refreshing.clone();
+        tokio::spawn(async move {
+            match fetch().await {
+                Ok(token) => tokens.insert(key.clone(), Arc::new(token)).await,
+                Err(e) => {
+                    tracing::warn!(error = %e, "background refresh failed; the cached token keeps serving");
+                    // Not again for a while: a down broker is not asked on every request.
+                    tokio::time::sleep(Duration::from_secs(REFRESH_RETRY_SECS)).await;
+                }
+            }
+            if let Ok(mut running) = refreshing.lock() {
+                running.remove(&key);
+            }
+        });
+    }
+}

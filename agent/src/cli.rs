@@ -1,0 +1,213 @@
+//! The `wif-agent` command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use wif_config::AgentConfig;
+
+use crate::broker::BrokerClient;
+use crate::serve::{Agent, AgentSettings, RunningAgent};
+use crate::source::{CommandSource, FileSource, TokenSource};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "wif-agent",
+    version,
+    about = "Azure tokens for workloads, through the WIF broker, with no code change"
+)]
+pub struct Cli {
+    /// Configuration file (TOML); flags override its keys, `WIF_AGENT_*` variables too.
+    #[arg(long, global = true, env = "WIF_AGENT_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the managed-identity endpoints (App Service and IMDS protocols).
+    Serve(ServeArgs),
+}
+
+/// Flags shared by the commands that talk to the broker.
+#[derive(Debug, Clone, Args, Default)]
+pub struct BrokerArgs {
+    /// The broker's base URL.
+    #[arg(long, value_name = "URL")]
+    pub broker: Option<String>,
+    /// External token file, re-read for every exchange [default: $AZURE_FEDERATED_TOKEN_FILE].
+    #[arg(long, value_name = "PATH")]
+    pub token_file: Option<PathBuf>,
+    /// Command printing the external token, run for every exchange.
+    #[arg(long, value_name = "CMD", conflicts_with = "token_file")]
+    pub token_command: Option<String>,
+    /// Identity to ask for when a request names none.
+    #[arg(long)]
+    pub identity: Option<String>,
+    /// Extra PEM roots for the broker's certificate.
+    #[arg(long, value_name = "PATH")]
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate (PEM) for mutual TLS with the broker.
+    #[arg(long, value_name = "PATH", requires = "client_key")]
+    pub client_cert: Option<PathBuf>,
+    /// Client key (PEM) for mutual TLS with the broker.
+    #[arg(long, value_name = "PATH", requires = "client_cert")]
+    pub client_key: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub broker: BrokerArgs,
+    /// Where to listen (loopback by default).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub listen: Option<String>,
+    /// Also listen on this Unix socket.
+    #[arg(long, value_name = "PATH")]
+    pub unix_socket: Option<PathBuf>,
+    /// The App Service protocol's X-IDENTITY-HEADER secret.
+    #[arg(
+        long,
+        env = "WIF_AGENT_IDENTITY_HEADER",
+        hide_env_values = true,
+        value_name = "VALUE"
+    )]
+    pub identity_header: Option<String>,
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The config file (or defaults) with the environment overlaid.
+pub fn load_config(path: Option<&std::path::Path>) -> anyhow::Result<AgentConfig> {
+    let vars: Vec<(String, String)> = std::env::vars()
+        .filter(|(k, _)| k != "WIF_AGENT_CONFIG" && k != "WIF_AGENT_IDENTITY_HEADER")
+        .collect();
+    let (text, origin) = match path {
+        Some(p) => (
+            std::fs::read_to_string(p)
+                .with_context(|| format!("cannot read config file {}", p.display()))?,
+            p.display().to_string(),
+        ),
+        None => (String::new(), "defaults".to_owned()),
+    };
+    Ok(AgentConfig::from_toml_with_env(&text, &origin, &vars)?)
+}
+
+/// Applies the flags over the file's keys.
+pub fn merge(mut cfg: AgentConfig, args: &BrokerArgs) -> AgentConfig {
+    let a = args.clone();
+    cfg.broker = a.broker.or(cfg.broker);
+    if a.token_file.is_some() || a.token_command.is_some() {
+        cfg.token_file = a.token_file;
+        cfg.token_command = a.token_command;
+    }
+    cfg.identity = a.identity.or(cfg.identity);
+    cfg.ca_file = a.ca_file.or(cfg.ca_file);
+    cfg.client_cert = a.client_cert.or(cfg.client_cert);
+    cfg.client_key = a.client_key.or(cfg.client_key);
+    cfg
+}
+
+/// The token source the config names: a command, a file, or `AZURE_FEDERATED_TOKEN_FILE`.
+pub fn file_or_command_source(cfg: &AgentConfig) -> anyhow::Result<Arc<dyn TokenSource>> {
+    if let Some(command) = &cfg.token_command {
+        return Ok(Arc::new(CommandSource {
+            command: command.clone(),
+            timeout: Duration::from_secs(cfg.timeout_secs.max(1)),
+        }));
+    }
+    let file = cfg
+        .token_file
+        .clone()
+        .or_else(|| std::env::var_os("AZURE_FEDERATED_TOKEN_FILE").map(PathBuf::from))
+        .context("no external token source: give --token-file, --token-command, or set AZURE_FEDERATED_TOKEN_FILE")?;
+    Ok(Arc::new(FileSource(file)))
+}
+
+pub fn broker_client(cfg: &AgentConfig) -> anyhow::Result<BrokerClient> {
+    let url = cfg
+        .broker
+        .as_deref()
+        .context("no broker: give --broker URL or `broker` in the config")?;
+    let identity = match (&cfg.client_cert, &cfg.client_key) {
+        (Some(c), Some(k)) => Some((c.as_path(), k.as_path())),
+        _ => None,
+    };
+    Ok(BrokerClient::new(
+        url,
+        Duration::from_secs(cfg.timeout_secs),
+        cfg.retries,
+        cfg.ca_file.as_deref(),
+        identity,
+    )?)
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    wif_broker::crypto::install_provider();
+    init_logging();
+    match cli.command {
+        Command::Serve(args) => {
+            let mut cfg = merge(load_config(cli.config.as_deref())?, &args.broker);
+            if let Some(listen) = args.listen {
+                cfg.listen = listen;
+            }
+            cfg.unix_socket = args.unix_socket.or(cfg.unix_socket);
+            cfg.identity_header = args.identity_header.or(cfg.identity_header);
+            if cfg.identity_header.as_deref().is_some_and(|h| h.len() < 16) {
+                anyhow::bail!("the identity header secret must be at least 16 characters");
+            }
+            let agent = Agent::new(
+                AgentSettings {
+                    client: broker_client(&cfg)?,
+                    source: file_or_command_source(&cfg)?,
+                    header_secret: cfg.identity_header.clone(),
+                    default_identity: cfg.identity.clone(),
+                    min_remaining_secs: cfg.min_remaining_secs,
+                    refresh_before_secs: cfg.refresh_before_secs,
+                },
+                wif_broker::clock::system(),
+            );
+            let running = RunningAgent::start(agent, &cfg.listen, cfg.unix_socket.as_deref())
+                .await
+                .with_context(|| format!("cannot listen on {}", cfg.listen))?;
+            if let Some(url) = running.url() {
+                tracing::info!(%url, "agent listening");
+            }
+            wif_broker::server::shutdown_signal().await;
+            running.shutdown().await;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}

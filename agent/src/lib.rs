@@ -1,0 +1,14 @@
+//! WIF agent: runs beside workloads and gets them Azure tokens through the WIF broker.
+//!
+//! - [`serve`]: the managed-identity endpoints the Azure SDKs already call (App Service and
+//!   IMDS protocols), backed by [`broker`] exchanges and a [`cache`];
+//! - [`source`]: where the external token comes from (a file, a command, a CI platform);
+//! - [`cli`]: `wif-agent serve`, `token` and `exec`.
+//!
+//! The agent never logs a token or the identity header secret.
+
+pub mod broker;
+pub mod cache;
+pub mod cli;
+pub mod serve;
+pub mod source;

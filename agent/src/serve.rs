@@ -1,0 +1,521 @@
+//! The managed-identity endpoints the Azure SDKs already call (PROTOCOLS.md §4), answered
+//! with tokens from the broker:
+//! - App Service (2019-08-01) at `/msi/token`, guarded by the `X-IDENTITY-HEADER` secret;
+//! - IMDS (2018-02-01) at `/metadata/identity/oauth2/token`, guarded by `Metadata: true`;
+//! - `/healthz`, `/readyz`, `/metrics`.
+//!
+//! A request without its guard is refused before anything else happens: no external token
+//! is read and nothing is exchanged. Tokens with under five minutes left are never handed
+//! out; when the broker is down and no usable token is cached, the answer is a 503 the
+//! SDKs retry.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use axum::Json;
+use axum::Router;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use serde_json::json;
+use subtle::ConstantTimeEq;
+use tokio::sync::oneshot;
+use wif_broker::clock::SharedClock;
+
+use crate::broker::{BrokerClient, BrokerError, BrokerToken, Selector};
+use crate::cache::{Key, Outcome, TokenCache};
+use crate::source::TokenSource;
+
+/// The API versions each protocol accepts.
+const APP_SERVICE_VERSIONS: &[&str] = &["2019-08-01"];
+const IMDS_VERSIONS: &[&str] = &[
+    "2018-02-01",
+    "2019-08-01",
+    "2019-11-01",
+    "2020-06-01",
+    "2021-02-01",
+];
+
+type Labels = Vec<(&'static str, String)>;
+
+struct Metrics {
+    registry: prometheus_client::registry::Registry,
+    requests: Family<Labels, Counter>,
+    broker_calls: Family<Labels, Counter>,
+}
+
+impl Metrics {
+    fn new() -> Self {
+        let mut registry = prometheus_client::registry::Registry::with_prefix("wif_agent");
+        let requests = Family::<Labels, Counter>::default();
+        registry.register(
+            "requests",
+            "Token requests by protocol (app_service, imds) and outcome (hit, miss or an error code)",
+            requests.clone(),
+        );
+        let broker_calls = Family::<Labels, Counter>::default();
+        registry.register(
+            "broker_calls",
+            "Exchanges at the broker, by outcome",
+            broker_calls.clone(),
+        );
+        Self {
+            registry,
+            requests,
+            broker_calls,
+        }
+    }
+
+    fn request(&self, protocol: &'static str, outcome: &str) {
+        self.requests
+            .get_or_create(&vec![
+                ("protocol", protocol.to_owned()),
+                ("outcome", outcome.to_owned()),
+            ])
+            .inc();
+    }
+}
+
+/// What the endpoints share.
+pub struct Agent {
+    client: Arc<BrokerClient>,
+    source: Arc<dyn TokenSource>,
+    cache: TokenCache,
+    /// The App Service protocol's secret; `None` disables `/msi/token`.
+    header_secret: Option<String>,
+    default_identity: Option<String>,
+    clock: SharedClock,
+    metrics: Arc<Metrics>,
+    ready: AtomicBool,
+}
+
+impl std::fmt::Debug for Agent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Agent")
+            .field("source", &self.source.describe())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Settings for [`Agent::new`].
+pub struct AgentSettings {
+    pub client: BrokerClient,
+    pub source: Arc<dyn TokenSource>,
+    pub header_secret: Option<String>,
+    pub default_identity: Option<String>,
+    pub min_remaining_secs: u64,
+    pub refresh_before_secs: u64,
+}
+
+/// A protocol's error, in the shape the SDKs parse: `{"error","error_description"}`.
+struct AgentError {
+    status: StatusCode,
+    error: &'static str,
+    description: String,
+    retry_after: Option<u64>,
+}
+
+impl AgentError {
+    fn new(status: StatusCode, error: &'static str, description: impl Into<String>) -> Self {
+        Self {
+            status,
+            error,
+            description: description.into(),
+            retry_after: None,
+        }
+    }
+}
+
+impl IntoResponse for AgentError {
+    fn into_response(self) -> Response {
+        let mut response = (
+            self.status,
+            Json(json!({"error": self.error, "error_description": self.description})),
+        )
+            .into_response();
+        if let Some(secs) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        response
+    }
+}
+
+impl Agent {
+    pub fn new(settings: AgentSettings, clock: SharedClock) -> Arc<Self> {
+        Arc::new(Self {
+            client: Arc::new(settings.client),
+            source: settings.source,
+            cache: TokenCache::new(
+                clock.clone(),
+                settings.min_remaining_secs,
+                settings.refresh_before_secs,
+            ),
+            header_secret: settings.header_secret,
+            default_identity: settings.default_identity,
+            clock,
+            metrics: Arc::new(Metrics::new()),
+            ready: AtomicBool::new(true),
+        })
+    }
+
+    /// A token for `resource` as `selector`: cached, or exchanged now with a fresh
+    /// external token.
+    async fn token(
+        &self,
+        resource: &str,
+        mut selector: Selector,
+    ) -> Result<(Arc<BrokerToken>, Outcome), AgentError> {
+        if selector.client_id.is_none() && selector.identity.is_none() {
+            selector.identity = self.default_identity.clone();
+        }
+        let key = Key {
+            selector: selector.clone(),
+            resource: resource.to_owned(),
+        };
+        let (client, source, metrics, resource) = (
+            self.client.clone(),
+            self.source.clone(),
+            self.metrics.clone(),
+            resource.to_owned(),
+        );
+        let fetch = move || {
+            let (client, source, metrics, resource, selector) = (
+                client.clone(),
+                source.clone(),
+                metrics.clone(),
+                resource.clone(),
+                selector.clone(),
+            );
+            async move {
+                let token = source
+                    .token()
+                    .await
+                    .map_err(|e| BrokerError::Unavailable(format!("no external token: {e}")))?;
+                let result = client.exchange(&token, &resource, &selector).await;
+                let outcome = match &result {
+                    Ok(_) => "ok".to_owned(),
+                    Err(BrokerError::Unavailable(_)) => "unavailable".to_owned(),
+                    Err(BrokerError::Refused { code, .. }) => code.clone(),
+                };
+                metrics
+                    .broker_calls
+                    .get_or_create(&vec![("outcome", outcome)])
+                    .inc();
+                result
+            }
+        };
+        self.cache
+            .get(key, fetch)
+            .await
+            .map_err(|e| match e.as_ref() {
+                BrokerError::Unavailable(reason) => {
+                    let mut err = AgentError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "temporarily_unavailable",
+                        format!("no token is cached and the broker cannot give one: {reason}"),
+                    );
+                    err.retry_after = Some(5);
+                    err
+                }
+                BrokerError::Refused {
+                    status,
+                    code,
+                    description,
+                } => AgentError::new(
+                    if *status == 403 {
+                        StatusCode::FORBIDDEN
+                    } else {
+                        StatusCode::BAD_REQUEST
+                    },
+                    "invalid_request",
+                    format!("the broker refused: {description} ({code})"),
+                ),
+            })
+    }
+}
+
+fn selector(params: &HashMap<String, String>) -> Result<Selector, AgentError> {
+    let given: Vec<&str> = ["client_id", "principal_id", "object_id", "mi_res_id"]
+        .into_iter()
+        .filter(|k| params.get(*k).is_some_and(|v| !v.is_empty()))
+        .collect();
+    if given.len() > 1 {
+        return Err(AgentError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            format!(
+                "give at most one of client_id, principal_id, object_id, mi_res_id (got {})",
+                given.join(", ")
+            ),
+        ));
+    }
+    let mut selector = Selector::default();
+    match given.first().copied() {
+        Some("client_id") => selector.client_id = params.get("client_id").cloned(),
+        Some("mi_res_id") => {
+            // .../userAssignedIdentities/NAME names the identity.
+            selector.identity = params
+                .get("mi_res_id")
+                .and_then(|r| r.trim_end_matches('/').rsplit('/').next())
+                .map(str::to_owned);
+        }
+        Some(key) => selector.identity = params.get(key).cloned(),
+        None => {}
+    }
+    Ok(selector)
+}
+
+fn required<'a>(params: &'a HashMap<String, String>, key: &str) -> Result<&'a str, AgentError> {
+    params
+        .get(key)
+        .map(String::as_str)
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| {
+            AgentError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                format!("`{key}` is required"),
+            )
+        })
+}
+
+fn api_version(params: &HashMap<String, String>, accepted: &[&str]) -> Result<(), AgentError> {
+    let version = required(params, "api-version")?;
+    if accepted.contains(&version) {
+        Ok(())
+    } else {
+        Err(AgentError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            format!(
+                "api-version {version} is not supported; use {}",
+                accepted.join(" or ")
+            ),
+        ))
+    }
+}
+
+fn outcome_label(result: &Result<Response, AgentError>) -> &'static str {
+    match result {
+        Ok(_) => "ok",
+        Err(e) => e.error,
+    }
+}
+
+/// `GET /msi/token`: the App Service protocol.
+async fn app_service(
+    State(agent): State<Arc<Agent>>,
+    headers: HeaderMap,
+    Query(params): Query<HashMap<String, String>>,
+) -> Response {
+    let result = async {
+        let Some(secret) = &agent.header_secret else {
+            return Err(AgentError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "the App Service endpoint is not enabled (no identity header secret)",
+            ));
+        };
+        let presented = headers
+            .get("x-identity-header")
+            .map(HeaderValue::as_bytes)
+            .unwrap_or_default();
+        if presented.is_empty() || !bool::from(presented.ct_eq(secret.as_bytes())) {
+            return Err(AgentError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "missing or wrong X-IDENTITY-HEADER",
+            ));
+        }
+        api_version(&params, APP_SERVICE_VERSIONS)?;
+        let resource = required(&params, "resource")?;
+        let (token, _) = agent.token(resource, selector(&params)?).await?;
+        Ok(Json(json!({
+            "access_token": token.access_token,
+            "expires_on": token.expires_on.to_string(),
+            "resource": resource,
+            "token_type": "Bearer",
+            "client_id": token.client_id,
+        }))
+        .into_response())
+    }
+    .await;
+    agent.metrics.request("app_service", outcome_label(&result));
+    result.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// `GET /metadata/identity/oauth2/token`: the IMDS protocol.
+async fn imds(
+    State(agent): State<Arc<Agent>>,
+    headers: HeaderMap,
+    Query(params): Query<HashMap<String, String>>,
+) -> Response {
+    let result = async {
+        let metadata = headers.get("metadata").and_then(|v| v.to_str().ok());
+        if !metadata.is_some_and(|v| v.eq_ignore_ascii_case("true")) {
+            return Err(AgentError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request_102",
+                "Required metadata header not specified",
+            ));
+        }
+        // Like IMDS: a request relayed through a proxy is not from the workload itself.
+        if headers.contains_key("x-forwarded-for") {
+            return Err(AgentError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "requests with X-Forwarded-For are refused",
+            ));
+        }
+        api_version(&params, IMDS_VERSIONS)?;
+        let resource = required(&params, "resource")?;
+        let (token, _) = agent.token(resource, selector(&params)?).await?;
+        let now = agent.clock.now();
+        let expires_in = token.expires_on.saturating_sub(now).to_string();
+        Ok(Json(json!({
+            "access_token": token.access_token,
+            "client_id": token.client_id,
+            "expires_in": expires_in,
+            "expires_on": token.expires_on.to_string(),
+            "ext_expires_in": expires_in,
+            "not_before": now.to_string(),
+            "resource": resource,
+            "token_type": "Bearer",
+        }))
+        .into_response())
+    }
+    .await;
+    agent.metrics.request("imds", outcome_label(&result));
+    result.unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({"status": "ok"}))
+}
+
+async fn readyz(State(agent): State<Arc<Agent>>) -> Response {
+    if agent.ready.load(Ordering::SeqCst) {
+        Json(json!({"status": "ready", "token_source": agent.source.describe()})).into_response()
+    } else {
+        AgentError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting_down",
+            "the agent is stopping",
+        )
+        .into_response()
+    }
+}
+
+async fn metrics(State(agent): State<Arc<Agent>>) -> Response {
+    let mut out = String::new();
+    let _ = encode(&mut out, &agent.metrics.registry);
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        out,
+    )
+        .into_response()
+}
+
+async fn not_found() -> AgentError {
+    AgentError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
+}
+
+pub fn router(agent: Arc<Agent>) -> Router {
+    Router::new()
+        .route("/msi/token", get(app_service))
+        .route("/metadata/identity/oauth2/token", get(imds))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .with_state(agent)
+}
+
+/// An agent serving on a loopback TCP port (and optionally a Unix socket) in this process.
+pub struct RunningAgent {
+    pub addr: Option<SocketAddr>,
+    pub agent: Arc<Agent>,
+    stop: Option<oneshot::Sender<()>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for RunningAgent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunningAgent")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RunningAgent {
+    /// Binds `listen` (empty: no TCP listener) and `unix_socket`, and serves.
+    pub async fn start(
+        agent: Arc<Agent>,
+        listen: &str,
+        unix_socket: Option<&std::path::Path>,
+    ) -> std::io::Result<Self> {
+        let (stop, stopped) = oneshot::channel::<()>();
+        let stopped = futures::future::FutureExt::shared(async move {
+            let _ = stopped.await;
+        });
+        let mut tasks = Vec::new();
+        let mut addr = None;
+        if !listen.is_empty() {
+            let listener = tokio::net::TcpListener::bind(listen).await?;
+            addr = Some(listener.local_addr()?);
+            let app = router(agent.clone());
+            let signal = stopped.clone();
+            tasks.push(tokio::spawn(async move {
+                let _ = axum::serve(listener, app)
+                    .with_graceful_shutdown(signal)
+                    .await;
+            }));
+        }
+        #[cfg(unix)]
+        if let Some(path) = unix_socket {
+            let _ = std::fs::remove_file(path);
+            let listener = tokio::net::UnixListener::bind(path)?;
+            let app = router(agent.clone());
+            let signal = stopped.clone();
+            tasks.push(tokio::spawn(async move {
+                let _ = axum::serve(listener, app)
+                    .with_graceful_shutdown(signal)
+                    .await;
+            }));
+        }
+        Ok(Self {
+            addr,
+            agent,
+            stop: Some(stop),
+            tasks,
+        })
+    }
+
+    /// `http://addr` of the TCP listener.
+    pub fn url(&self) -> Option<String> {
+        self.addr.map(|a| format!("http://{a}"))
+    }
+
+    /// Stops serving; in-flight requests finish (bounded).
+    pub async fn shutdown(mut self) {
+        self.agent.ready.store(false, Ordering::SeqCst);
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        for task in self.tasks.drain(..) {
+            let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+        }
+    }
+}

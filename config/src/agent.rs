@@ -1,0 +1,154 @@
+//! The agent's configuration (`wif-agent --config FILE`). Every key can also be given as a
+//! command-line flag, which wins over the file; `WIF_AGENT_<KEY>` variables override keys
+//! of the file too.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::ConfigError;
+
+/// `wif-agent` settings. Flags of the same name override these.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentConfig {
+    /// The broker's base URL, e.g. `https://wif-broker.wif.svc:8443`.
+    pub broker: Option<String>,
+    /// The external token, re-read for every exchange (kubelet rewrites it). Defaults to
+    /// `AZURE_FEDERATED_TOKEN_FILE` when neither this nor `token_command` is set.
+    pub token_file: Option<PathBuf>,
+    /// A command whose standard output is the external token (run for every exchange).
+    pub token_command: Option<String>,
+    /// Where to listen, `host:port` (loopback by default).
+    pub listen: String,
+    /// Also (or instead, with `listen = ""`) listen on this Unix socket.
+    pub unix_socket: Option<PathBuf>,
+    /// The App Service protocol's `X-IDENTITY-HEADER` secret; prefer the environment
+    /// variable `WIF_AGENT_IDENTITY_HEADER` over putting it in a file.
+    pub identity_header: Option<String>,
+    /// The identity to ask the broker for when a request names none.
+    pub identity: Option<String>,
+    /// Extra PEM roots for the broker's certificate.
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate and key (PEM) for brokers that require mutual TLS.
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
+    /// Timeout of one call to the broker.
+    pub timeout_secs: u64,
+    /// Retries after the first attempt when the broker is unreachable or answers 5xx.
+    pub retries: u32,
+    /// Tokens are refreshed in the background once they have less than this left.
+    pub refresh_before_secs: u64,
+    /// A token with less than this left is never handed out (the SDKs' own floor).
+    pub min_remaining_secs: u64,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        Self {
+            broker: None,
+            token_file: None,
+            token_command: None,
+            listen: "127.0.0.1:8181".into(),
+            unix_socket: None,
+            identity_header: None,
+            identity: None,
+            ca_file: None,
+            client_cert: None,
+            client_key: None,
+            timeout_secs: 10,
+            retries: 2,
+            refresh_before_secs: 600,
+            min_remaining_secs: 300,
+        }
+    }
+}
+
+impl AgentConfig {
+    /// Parses TOML, overlays `WIF_AGENT_*` variables from `vars`, validates.
+    pub fn from_toml_with_env(
+        text: &str,
+        origin: &str,
+        vars: &[(String, String)],
+    ) -> Result<Self, ConfigError> {
+        let mut table: toml::Table = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            origin: origin.to_owned(),
+            message: e.to_string(),
+        })?;
+        for (name, value) in vars {
+            let Some(key) = name.strip_prefix("WIF_AGENT_") else {
+                continue;
+            };
+            let key = key.to_ascii_lowercase();
+            let parsed = format!("v = {value}")
+                .parse::<toml::Table>()
+                .ok()
+                .and_then(|mut t| t.remove("v"))
+                .filter(|v| !matches!(v, toml::Value::Table(_)))
+                .unwrap_or_else(|| toml::Value::String(value.clone()));
+            // Paths, URLs and secrets are strings even when they look like numbers.
+            let value = match key.as_str() {
+                "timeout_secs" | "retries" | "refresh_before_secs" | "min_remaining_secs" => parsed,
+                _ => toml::Value::String(value.clone()),
+            };
+            table.insert(key, value);
+        }
+        let config: Self = table
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Parse {
+                origin: origin.to_owned(),
+                message: e.to_string(),
+            })?;
+        let problems = config.problems();
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError::Invalid {
+                origin: origin.to_owned(),
+                problems,
+            })
+        }
+    }
+
+    fn problems(&self) -> Vec<crate::Problem> {
+        let mut p = Vec::new();
+        let mut push = |key: &str, message: &str| {
+            p.push(crate::Problem {
+                key: key.to_owned(),
+                message: message.to_owned(),
+            })
+        };
+        if self.token_file.is_some() && self.token_command.is_some() {
+            push(
+                "token_command",
+                "give token_file or token_command, not both",
+            );
+        }
+        if self.client_cert.is_some() != self.client_key.is_some() {
+            push("client_key", "client_cert and client_key come together");
+        }
+        if self.min_remaining_secs < 300 {
+            push(
+                "min_remaining_secs",
+                "must be at least 300: the Azure SDKs treat a token with less left as expired",
+            );
+        }
+        if self.refresh_before_secs <= self.min_remaining_secs {
+            push("refresh_before_secs", "must be above min_remaining_secs");
+        }
+        if self.timeout_secs == 0 {
+            push("timeout_secs", "must be above 0");
+        }
+        if self
+            .identity_header
+            .as_deref()
+            .is_some_and(|h| h.len() < 16)
+        {
+            push(
+                "identity_header",
+                "must be at least 16 characters: it is the only guard against other local processes (SSRF)",
+            );
+        }
+        p
+    }
+}
