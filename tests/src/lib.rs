@@ -6,6 +6,7 @@
 //! federated credentials Entra would hold for the passthrough assertion.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod ci;
 pub mod pki;
 
 use std::sync::Arc;
