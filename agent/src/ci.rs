@@ -380,6 +380,12 @@ mod tests {
     fn vars(pairs: &[(&'static str, &'static str)]) -> Vars {
         Vars(pairs.iter().copied().collect())
     }
+    fn err(result: Result<Arc<dyn TokenSource>, DetectError>) -> DetectError {
+        match result {
+            Ok(source) => panic!("expected an error, got {}", source.describe()),
+            Err(e) => e,
+        }
+    }
     fn options() -> CiOptions {
         CiOptions {
             timeout: Duration::from_secs(5),
@@ -468,24 +474,20 @@ mod tests {
 
     #[test]
     fn errors_name_what_is_missing() {
-        let err = detect(
-            &options(),
-            &vars(&[
-                ("SYSTEM_OIDCREQUESTURI", "http://ado/oidc"),
-                ("SYSTEM_ACCESSTOKEN", "t"),
-            ]),
-        )
-        .unwrap_err();
-        assert!(err.0.contains("--service-connection"), "{err}");
+        let ado = vars(&[
+            ("SYSTEM_OIDCREQUESTURI", "http://ado/oidc"),
+            ("SYSTEM_ACCESSTOKEN", "t"),
+        ]);
+        let e = err(detect(&options(), &ado));
+        assert!(e.0.contains("--service-connection"), "{e}");
         let mut opts = options();
         opts.service_connection = Some("c".into());
-        let err = detect(
+        let e = err(detect(
             &opts,
             &vars(&[("SYSTEM_OIDCREQUESTURI", "http://ado/oidc")]),
-        )
-        .unwrap_err();
-        assert!(err.0.contains("SYSTEM_ACCESSTOKEN"), "{err}");
-        let err = detect(&options(), &vars(&[("GITHUB_ACTIONS", "true")])).unwrap_err();
-        assert!(err.0.contains("id-token: write"), "{err}");
+        ));
+        assert!(e.0.contains("SYSTEM_ACCESSTOKEN"), "{e}");
+        let e = err(detect(&options(), &vars(&[("GITHUB_ACTIONS", "true")])));
+        assert!(e.0.contains("id-token: write"), "{e}");
     }
 }

@@ -347,3 +347,80 @@ impl ClockNow for Stack {
         self.clock.now()
     }
 }
+
+#[tokio::test]
+async fn the_ci_emulators_refuse_what_the_platforms_refuse() {
+    let stack = Stack::start().await;
+    let github = GitHubActionsEmulator::start(&stack.github, REPO, "main", 300).await;
+    let pipelines = AzurePipelinesEmulator::start(&stack.ado, 600).await;
+    let http = &stack.http;
+    let gh = |url: String, bearer: &'static str| http.get(url).bearer_auth(bearer).send();
+    let aud = "&audience=api%3A%2F%2FAzureADTokenExchange";
+    let ok = wif_tests::ci::GITHUB_REQUEST_TOKEN;
+    let status = |r: reqwest::Response| r.status().as_u16();
+    assert_eq!(
+        status(
+            gh(format!("{}{aud}", github.request_url()), ok)
+                .await
+                .unwrap()
+        ),
+        200
+    );
+    assert_eq!(
+        status(
+            gh(format!("{}{aud}", github.request_url()), "wrong")
+                .await
+                .unwrap()
+        ),
+        401
+    );
+    assert_eq!(status(gh(github.request_url(), ok).await.unwrap()), 400);
+    let no_version = github.request_url().replace("?api-version=2.0", "?x=1");
+    assert_eq!(
+        status(gh(format!("{no_version}{aud}"), ok).await.unwrap()),
+        400
+    );
+
+    let ado = |query: &str, bearer: &str, json: bool| {
+        let mut request = http
+            .post(format!("{}{query}", pipelines.request_uri()))
+            .bearer_auth(bearer);
+        if json {
+            request = request
+                .header("Content-Type", "application/json")
+                .body("{}");
+        }
+        request.send()
+    };
+    let good = format!(
+        "?api-version=7.1&serviceConnectionId={}",
+        wif_tests::ci::ADO_SERVICE_CONNECTION_ID
+    );
+    let token = wif_tests::ci::ADO_ACCESS_TOKEN;
+    let answer = ado(&good, token, true).await.unwrap();
+    assert_eq!(answer.status().as_u16(), 200);
+    let body: Value = answer.json().await.unwrap();
+    let oidc = body["oidcToken"].as_str().unwrap();
+    assert_eq!(stack.exchange(oidc, ARM).await.status.as_u16(), 200);
+    assert_eq!(status(ado(&good, "wrong", true).await.unwrap()), 401);
+    assert_eq!(status(ado(&good, token, false).await.unwrap()), 415);
+    assert_eq!(
+        status(ado("?api-version=7.1", token, true).await.unwrap()),
+        400
+    );
+    let no_version = format!(
+        "?serviceConnectionId={}",
+        wif_tests::ci::ADO_SERVICE_CONNECTION_ID
+    );
+    assert_eq!(status(ado(&no_version, token, true).await.unwrap()), 400);
+    assert_eq!(
+        status(
+            ado("?api-version=7.1&serviceConnectionId=other", token, true)
+                .await
+                .unwrap()
+        ),
+        404
+    );
+    assert_eq!(github.tokens_issued(), 1);
+    assert_eq!(pipelines.tokens_issued(), 1);
+}
