@@ -35,19 +35,17 @@ struct Shared {
     lifetime_secs: u64,
     bearer: String,
     requests: AtomicU64,
-    claims: Box<dyn Fn(&HashMap<String, String>) -> Value + Send + Sync>,
+    /// The job's claims (one job: the same run, sha and subject every time).
+    claims: Value,
 }
 
 impl Shared {
     /// A fresh token living `lifetime_secs` from now (by the issuer's clock).
-    fn mint(&self, overlay: Value) -> Result<String, Response> {
-        let fail = |e: wif_broker::dev::DevError| {
-            (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response()
-        };
-        let mut claims = self.issuer.claims(overlay).map_err(fail)?;
+    fn mint(&self, overlay: Value) -> Result<String, wif_broker::dev::DevError> {
+        let mut claims = self.issuer.claims(overlay)?;
         let iat = claims["iat"].as_u64().unwrap_or(0);
         claims["exp"] = Value::from(iat + self.lifetime_secs);
-        self.issuer.mint(claims).map_err(fail)
+        self.issuer.mint(claims)
     }
 
     fn authorized(&self, headers: &HeaderMap) -> bool {
@@ -100,13 +98,12 @@ impl GitHubActionsEmulator {
         git_ref: &str,
         lifetime_secs: u64,
     ) -> Self {
-        let (repo, git_ref) = (repo.to_owned(), git_ref.to_owned());
         let shared = Arc::new(Shared {
             issuer: issuer.clone(),
             lifetime_secs,
             bearer: GITHUB_REQUEST_TOKEN.to_owned(),
             requests: AtomicU64::new(0),
-            claims: Box::new(move |_| github_claims(&repo, &git_ref)),
+            claims: github_claims(repo, git_ref),
         });
         let app = Router::new()
             .route("/_apis/pipelines/1/runs/7/idtoken", get(github))
@@ -156,14 +153,14 @@ async fn github(
     let Some(audience) = params.get("audience").filter(|a| !a.is_empty()) else {
         return bad(StatusCode::BAD_REQUEST, "audience is required");
     };
-    let mut claims = (shared.claims)(&params);
+    let mut claims = shared.claims.clone();
     claims["aud"] = Value::from(audience.as_str());
     match shared.mint(claims) {
         Ok(jwt) => {
             shared.requests.fetch_add(1, Ordering::SeqCst);
             Json(json!({ "count": 1, "value": jwt })).into_response()
         }
-        Err(response) => response,
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
     }
 }
 
@@ -180,7 +177,7 @@ impl AzurePipelinesEmulator {
             lifetime_secs,
             bearer: ADO_ACCESS_TOKEN.to_owned(),
             requests: AtomicU64::new(0),
-            claims: Box::new(|_| azure_devops_claims("contoso", "web", "prod-connection")),
+            claims: azure_devops_claims("contoso", "web", "prod-connection"),
         });
         let app = Router::new()
             .route(
@@ -247,11 +244,11 @@ async fn azure_pipelines(
             "Content-Type must be application/json",
         );
     }
-    match shared.mint((shared.claims)(&params)) {
+    match shared.mint(shared.claims.clone()) {
         Ok(jwt) => {
             shared.requests.fetch_add(1, Ordering::SeqCst);
             Json(json!({ "oidcToken": jwt })).into_response()
         }
-        Err(response) => response,
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
     }
 }
