@@ -115,6 +115,7 @@ pub struct AgentSettings {
 }
 
 /// A protocol's error, in the shape the SDKs parse: `{"error","error_description"}`.
+#[derive(Debug)]
 struct AgentError {
     status: StatusCode,
     error: &'static str,
