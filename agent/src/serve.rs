@@ -526,28 +526,56 @@ mod tests {
     use super::*;
 
     fn params(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
     fn selectors_name_a_client_id_or_an_identity() {
-        let s = selector(&params(&[("client_id", "3f1c2a9e-5b7d-4e21-9c3a-1d2e3f4a5b6c")])).unwrap();
-        assert_eq!(s.client_id.as_deref(), Some("3f1c2a9e-5b7d-4e21-9c3a-1d2e3f4a5b6c"));
+        let s = selector(&params(&[(
+            "client_id",
+            "3f1c2a9e-5b7d-4e21-9c3a-1d2e3f4a5b6c",
+        )]))
+        .unwrap();
+        assert_eq!(
+            s.client_id.as_deref(),
+            Some("3f1c2a9e-5b7d-4e21-9c3a-1d2e3f4a5b6c")
+        );
         let s = selector(&params(&[(
             "mi_res_id",
             "/subscriptions/x/resourceGroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/payments",
         )]))
         .unwrap();
         assert_eq!(s.identity.as_deref(), Some("payments"));
-        assert_eq!(selector(&params(&[("object_id", "deploy")])).unwrap().identity.as_deref(), Some("deploy"));
+        assert_eq!(
+            selector(&params(&[("object_id", "deploy")]))
+                .unwrap()
+                .identity
+                .as_deref(),
+            Some("deploy")
+        );
         assert_eq!(selector(&params(&[])).unwrap(), Selector::default());
         assert!(selector(&params(&[("client_id", "a"), ("object_id", "b")])).is_err());
     }
 
     #[test]
     fn api_versions_are_checked() {
-        assert!(api_version(&params(&[("api-version", "2019-08-01")]), APP_SERVICE_VERSIONS).is_ok());
-        assert!(api_version(&params(&[("api-version", "2017-09-01")]), APP_SERVICE_VERSIONS).is_err());
+        assert!(
+            api_version(
+                &params(&[("api-version", "2019-08-01")]),
+                APP_SERVICE_VERSIONS
+            )
+            .is_ok()
+        );
+        assert!(
+            api_version(
+                &params(&[("api-version", "2017-09-01")]),
+                APP_SERVICE_VERSIONS
+            )
+            .is_err()
+        );
         assert!(api_version(&params(&[]), IMDS_VERSIONS).is_err());
     }
 }
