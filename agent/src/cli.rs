@@ -9,7 +9,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use wif_config::AgentConfig;
 
-use crate::broker::BrokerClient;
+use crate::broker::{BrokerClient, BrokerToken, Selector};
 use crate::serve::{Agent, AgentSettings, RunningAgent};
 use crate::source::{CommandSource, FileSource, TokenSource};
 
@@ -31,6 +31,66 @@ pub struct Cli {
 pub enum Command {
     /// Serve the managed-identity endpoints (App Service and IMDS protocols).
     Serve(ServeArgs),
+    /// Exchange the CI job's OIDC token once and print the access token.
+    Token(TokenArgs),
+    /// Run a command with managed-identity endpoints backed by the CI job's OIDC token.
+    Exec(ExecArgs),
+}
+
+/// Where a CI job's OIDC token comes from. Detected from the environment: GitHub Actions
+/// (`ACTIONS_ID_TOKEN_REQUEST_URL` and `_TOKEN`), Azure Pipelines (`SYSTEM_OIDCREQUESTURI`,
+/// `SYSTEM_ACCESSTOKEN` and a service connection), GitLab (`WIF_GITLAB_TOKEN_VARIABLE`),
+/// else `AZURE_FEDERATED_TOKEN_FILE`; `--token-file`, `--token-command` or
+/// `--gitlab-variable` choose explicitly.
+#[derive(Debug, Clone, Args, Default)]
+pub struct CiArgs {
+    /// Audience to ask GitHub Actions for (Azure Pipelines tokens always carry the default).
+    #[arg(long, value_name = "AUD", default_value = crate::ci::DEFAULT_AUDIENCE)]
+    pub audience: String,
+    /// Azure Pipelines service connection id [env: AZURE_SERVICE_CONNECTION_ID, WIF_SERVICE_CONNECTION_ID].
+    #[arg(long, value_name = "ID")]
+    pub service_connection: Option<String>,
+    /// GitLab: the `id_tokens` variable holding the token [env: WIF_GITLAB_TOKEN_VARIABLE].
+    #[arg(long, value_name = "NAME")]
+    pub gitlab_variable: Option<String>,
+}
+
+/// How `token` prints the access token.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// `{"access_token","expires_on","client_id","tenant_id","token_type":"Bearer"}`.
+    #[default]
+    Json,
+    /// The access token alone.
+    Raw,
+    /// `export` lines: AZURE_ACCESS_TOKEN, AZURE_ACCESS_TOKEN_EXPIRES_ON, AZURE_CLIENT_ID,
+    /// AZURE_TENANT_ID.
+    Env,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct TokenArgs {
+    #[command(flatten)]
+    pub broker: BrokerArgs,
+    #[command(flatten)]
+    pub ci: CiArgs,
+    /// The scope or resource to get a token for, e.g. https://management.azure.com/.default.
+    #[arg(long, value_name = "SCOPE")]
+    pub scope: String,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Json)]
+    pub format: Format,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ExecArgs {
+    #[command(flatten)]
+    pub broker: BrokerArgs,
+    #[command(flatten)]
+    pub ci: CiArgs,
+    /// The command and its arguments, after `--`.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub command: Vec<std::ffi::OsString>,
 }
 
 /// Flags shared by the commands that talk to the broker.
@@ -200,7 +260,99 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             running.shutdown().await;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Token(args) => token(cli.config.as_deref(), args).await,
+        Command::Exec(args) => exec(cli.config.as_deref(), args).await,
     }
+}
+
+/// The CI token source: an explicit `--token-command`, else [`crate::ci::detect`].
+pub fn ci_source(cfg: &AgentConfig, ci: &CiArgs) -> anyhow::Result<Arc<dyn TokenSource>> {
+    if cfg.token_command.is_some() {
+        return file_or_command_source(cfg);
+    }
+    let options = crate::ci::CiOptions {
+        audience: Some(ci.audience.clone()),
+        service_connection: ci.service_connection.clone(),
+        gitlab_variable: ci.gitlab_variable.clone(),
+        token_file: cfg.token_file.clone(),
+        timeout: Duration::from_secs(cfg.timeout_secs.max(1)),
+    };
+    Ok(crate::ci::detect(&options, &crate::ci::ProcessEnv)?)
+}
+
+fn selector(cfg: &AgentConfig) -> Selector {
+    Selector {
+        client_id: None,
+        identity: cfg.identity.clone(),
+    }
+}
+
+/// Single-quoted for a POSIX shell.
+fn shell_quote(value: &str) -> String {
+    format!("'{}'", value.replace('\'', "'\\''"))
+}
+
+/// What `token` prints for `token` in `format`.
+pub fn render(token: &BrokerToken, format: Format) -> String {
+    match format {
+        Format::Json => serde_json::json!({
+            "access_token": token.access_token,
+            "expires_on": token.expires_on,
+            "client_id": token.client_id,
+            "tenant_id": token.tenant_id,
+            "token_type": "Bearer",
+        })
+        .to_string(),
+        Format::Raw => token.access_token.clone(),
+        Format::Env => [
+            ("AZURE_ACCESS_TOKEN", token.access_token.clone()),
+            (
+                "AZURE_ACCESS_TOKEN_EXPIRES_ON",
+                token.expires_on.to_string(),
+            ),
+            ("AZURE_CLIENT_ID", token.client_id.clone()),
+            ("AZURE_TENANT_ID", token.tenant_id.clone()),
+        ]
+        .iter()
+        .map(|(name, value)| format!("export {name}={}", shell_quote(value)))
+        .collect::<Vec<_>>()
+        .join("\n"),
+    }
+}
+
+async fn token(config: Option<&std::path::Path>, args: TokenArgs) -> anyhow::Result<ExitCode> {
+    let cfg = merge(load_config(config)?, &args.broker);
+    let source = ci_source(&cfg, &args.ci)?;
+    let client = broker_client(&cfg)?;
+    let external = source
+        .token()
+        .await
+        .with_context(|| format!("no token from {}", source.describe()))?;
+    let answer = client
+        .exchange(&external, &args.scope, &selector(&cfg))
+        .await?;
+    println!("{}", render(&answer, args.format));
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn exec(config: Option<&std::path::Path>, args: ExecArgs) -> anyhow::Result<ExitCode> {
+    let cfg = merge(load_config(config)?, &args.broker);
+    let source = ci_source(&cfg, &args.ci)?;
+    tracing::debug!(source = %source.describe(), "exec token source");
+    let secret = crate::exec::header_secret()?;
+    let agent = Agent::new(
+        AgentSettings {
+            client: broker_client(&cfg)?,
+            source,
+            header_secret: Some(secret.clone()),
+            default_identity: cfg.identity.clone(),
+            min_remaining_secs: cfg.min_remaining_secs,
+            refresh_before_secs: cfg.refresh_before_secs,
+        },
+        wif_broker::clock::system(),
+    );
+    let code = crate::exec::run(agent, &secret, &args.command).await?;
+    Ok(ExitCode::from(code))
 }
 
 fn init_logging() {

@@ -2,13 +2,17 @@
 //!
 //! - [`serve`]: the managed-identity endpoints the Azure SDKs already call (App Service and
 //!   IMDS protocols), backed by [`broker`] exchanges and a [`cache`];
-//! - [`source`]: where the external token comes from (a file, a command, a CI platform);
+//! - [`source`]: where the external token comes from (a file, a command), and [`ci`]: a CI
+//!   platform's OIDC endpoint or variable;
+//! - [`exec`]: the endpoints for the life of one command in a CI job;
 //! - [`cli`]: `wif-agent serve`, `token` and `exec`.
 //!
 //! The agent never logs a token or the identity header secret.
 
 pub mod broker;
 pub mod cache;
+pub mod ci;
 pub mod cli;
+pub mod exec;
 pub mod serve;
 pub mod source;

@@ -115,6 +115,7 @@ pub struct AgentSettings {
 }
 
 /// A protocol's error, in the shape the SDKs parse: `{"error","error_description"}`.
+#[derive(Debug)]
 struct AgentError {
     status: StatusCode,
     error: &'static str,
@@ -517,5 +518,64 @@ impl RunningAgent {
         for task in self.tasks.drain(..) {
             let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn selectors_name_a_client_id_or_an_identity() {
+        let s = selector(&params(&[(
+            "client_id",
+            "3f1c2a9e-5b7d-4e21-9c3a-1d2e3f4a5b6c",
+        )]))
+        .unwrap();
+        assert_eq!(
+            s.client_id.as_deref(),
+            Some("3f1c2a9e-5b7d-4e21-9c3a-1d2e3f4a5b6c")
+        );
+        let s = selector(&params(&[(
+            "mi_res_id",
+            "/subscriptions/x/resourceGroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/payments",
+        )]))
+        .unwrap();
+        assert_eq!(s.identity.as_deref(), Some("payments"));
+        assert_eq!(
+            selector(&params(&[("object_id", "deploy")]))
+                .unwrap()
+                .identity
+                .as_deref(),
+            Some("deploy")
+        );
+        assert_eq!(selector(&params(&[])).unwrap(), Selector::default());
+        assert!(selector(&params(&[("client_id", "a"), ("object_id", "b")])).is_err());
+    }
+
+    #[test]
+    fn api_versions_are_checked() {
+        assert!(
+            api_version(
+                &params(&[("api-version", "2019-08-01")]),
+                APP_SERVICE_VERSIONS
+            )
+            .is_ok()
+        );
+        assert!(
+            api_version(
+                &params(&[("api-version", "2017-09-01")]),
+                APP_SERVICE_VERSIONS
+            )
+            .is_err()
+        );
+        assert!(api_version(&params(&[]), IMDS_VERSIONS).is_err());
     }
 }
