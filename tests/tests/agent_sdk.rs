@@ -63,6 +63,24 @@ async fn imds(
     answer(request.send().await.unwrap()).await
 }
 
+/// Requests the agent answered with a token over `protocol` (`app_service` or `imds`).
+async fn served(stack: &Stack, agent: &TestAgent, protocol: &str) -> f64 {
+    let exposition = stack
+        .http
+        .get(format!("{}/metrics", agent.url()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    metric_value(
+        &exposition,
+        "wif_agent_requests_total",
+        &[&format!("protocol=\"{protocol}\""), "outcome=\"ok\""],
+    )
+}
+
 /// An agent error in the shape the SDKs parse.
 fn assert_agent_error(answer: &wif_tests::Answer, status: u16, code: &str) {
     assert_eq!(answer.status.as_u16(), status, "body {}", answer.body);
@@ -103,24 +121,7 @@ async fn python_managed_identity_credential_gets_an_arm_token_over_imds() {
         expires_on > stack.clock.now() + 300,
         "expires_on {expires_on}"
     );
-    let agent_metrics = stack
-        .http
-        .get(format!("{}/metrics", agent.url()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert_eq!(
-        metric_value(
-            &agent_metrics,
-            "wif_agent_requests_total",
-            &["protocol=\"imds\"", "outcome=\"ok\""]
-        ),
-        1.0,
-        "the SDK used the IMDS endpoint: {agent_metrics}"
-    );
+    assert_eq!(served(&stack, &agent, "imds").await, 1.0);
 }
 
 #[tokio::test]
@@ -140,6 +141,8 @@ async fn python_default_azure_credential_gets_an_arm_token() {
         "DefaultAzureCredential took {:?}",
         started.elapsed()
     );
+    // The chain reached ManagedIdentityCredential, which chose App Service.
+    assert_eq!(served(&stack, &agent, "app_service").await, 1.0);
 }
 
 #[tokio::test]
