@@ -1,0 +1,152 @@
+//! `wif-agent serve` as a sidecar runs it: the real binary, flags and a config file, the
+//! header secret from the environment, a TCP port and a Unix socket.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use wif_tests::*;
+
+const AGENT: &str = env!("CARGO_BIN_EXE_wif-agent");
+const SECRET: &str = "a-sidecar-secret-of-32-characters";
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn wait_healthy(http: &reqwest::Client, url: &str) {
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(20) {
+        if http
+            .get(format!("{url}/healthz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the agent at {url} never became healthy");
+}
+
+#[tokio::test]
+async fn a_sidecar_serves_app_service_and_imds_from_its_flags_and_config_file() {
+    let stack = Stack::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("azure-identity-token");
+    std::fs::write(&token_file, stack.github_token("main")).unwrap();
+    let socket = dir.path().join("agent.sock");
+    // The broker comes from the file; the rest from flags; the secret from the environment.
+    let config = dir.path().join("agent.toml");
+    std::fs::write(
+        &config,
+        format!("broker = \"{}\"\ntimeout_secs = 5\n", stack.broker.url()),
+    )
+    .unwrap();
+    let port = free_port();
+    let mut child = tokio::process::Command::new(AGENT)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .arg("--token-file")
+        .arg(&token_file)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .arg("--unix-socket")
+        .arg(&socket)
+        .env_clear()
+        .env("WIF_AGENT_IDENTITY_HEADER", SECRET)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap();
+    wait_healthy(&http, &url).await;
+
+    let app_service = http
+        .get(format!(
+            "{url}/msi/token?api-version=2019-08-01&resource=https://management.azure.com"
+        ))
+        .header("X-IDENTITY-HEADER", SECRET)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(app_service.status(), 200);
+    let body: serde_json::Value = app_service.json().await.unwrap();
+    assert!(body["expires_on"].is_string(), "{body}");
+    assert_eq!(body["client_id"], DEPLOY_CLIENT);
+    let claims = stack.verify_access_token(body["access_token"].as_str().unwrap());
+    assert_eq!(claims["aud"], "https://management.azure.com");
+
+    let imds = http
+        .get(format!("{url}/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https://vault.azure.net"))
+        .header("Metadata", "true")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(imds.status(), 200);
+    let body: serde_json::Value = imds.json().await.unwrap();
+    assert!(
+        body["expires_in"].is_string() && body["expires_on"].is_string(),
+        "{body}"
+    );
+
+    // The same endpoints on the Unix socket, spoken with curl.
+    let output = tokio::process::Command::new("curl")
+        .args(["-s", "--unix-socket"])
+        .arg(&socket)
+        .args(["-H", &format!("X-IDENTITY-HEADER: {SECRET}")])
+        .arg("http://agent/msi/token?api-version=2019-08-01&resource=https://management.azure.com")
+        .output()
+        .await
+        .unwrap();
+    let over_socket: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(over_socket["client_id"], DEPLOY_CLIENT);
+
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().unwrap().to_string()])
+        .status();
+    let status = tokio::time::timeout(Duration::from_secs(15), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "{status}");
+}
+
+#[tokio::test]
+async fn a_short_header_secret_or_a_missing_broker_stops_the_agent_with_a_clear_message() {
+    let run = |args: &[&str], secret: &str| {
+        std::process::Command::new(AGENT)
+            .args(args)
+            .env_clear()
+            .env("WIF_AGENT_IDENTITY_HEADER", secret)
+            .output()
+            .unwrap()
+    };
+    let short = run(
+        &[
+            "serve",
+            "--broker",
+            "http://127.0.0.1:1",
+            "--token-file",
+            "/nonexistent",
+        ],
+        "short",
+    );
+    assert!(!short.status.success());
+    assert!(String::from_utf8_lossy(&short.stderr).contains("at least 16 characters"));
+    let no_broker = run(&["serve", "--token-file", "/nonexistent"], SECRET);
+    assert!(!no_broker.status.success());
+    assert!(String::from_utf8_lossy(&no_broker.stderr).contains("--broker"));
+}
