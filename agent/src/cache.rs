@@ -82,13 +82,16 @@ impl TokenCache {
         }
     }
 
-    /// The token for `key`, from the cache or from `fetch` (one call per key at a time).
-    pub async fn get<F, Fut>(
+    /// The token for `key`, from the cache or from the fetch `make` builds (one call per
+    /// key at a time). `make` runs only on a miss or in the refresh window, so a plain hit
+    /// allocates nothing for it.
+    pub async fn get<M, F, Fut>(
         &self,
         key: Key,
-        fetch: F,
+        make: M,
     ) -> Result<(Arc<BrokerToken>, Outcome), Arc<BrokerError>>
     where
+        M: FnOnce() -> F,
         F: Fn() -> Fut + Send + Sync + 'static,
         Fut: std::future::Future<Output = Result<BrokerToken, BrokerError>> + Send + 'static,
     {
@@ -97,12 +100,13 @@ impl TokenCache {
             let remaining = token.expires_on.saturating_sub(now);
             if remaining > self.min_remaining {
                 if remaining <= self.refresh_before {
-                    self.refresh(key, fetch);
+                    self.refresh(key, make());
                 }
                 return Ok((token, Outcome::Hit));
             }
             self.tokens.invalidate(&key).await;
         }
+        let fetch = make();
         let token = self
             .tokens
             .try_get_with(key, async move { fetch().await.map(Arc::new) })

@@ -182,40 +182,43 @@ impl Agent {
             selector: selector.clone(),
             resource: resource.to_owned(),
         };
-        let (client, source, metrics, resource) = (
-            self.client.clone(),
-            self.source.clone(),
-            self.metrics.clone(),
-            resource.to_owned(),
-        );
-        let fetch = move || {
-            let (client, source, metrics, resource, selector) = (
-                client.clone(),
-                source.clone(),
-                metrics.clone(),
-                resource.clone(),
-                selector.clone(),
+        let make = || {
+            let (client, source, metrics, resource) = (
+                self.client.clone(),
+                self.source.clone(),
+                self.metrics.clone(),
+                resource.to_owned(),
             );
-            async move {
-                let token = source
-                    .token()
-                    .await
-                    .map_err(|e| BrokerError::Unavailable(format!("no external token: {e}")))?;
-                let result = client.exchange(&token, &resource, &selector).await;
-                let outcome = match &result {
-                    Ok(_) => "ok".to_owned(),
-                    Err(BrokerError::Unavailable(_)) => "unavailable".to_owned(),
-                    Err(BrokerError::Refused { code, .. }) => code.clone(),
-                };
-                metrics
-                    .broker_calls
-                    .get_or_create(&vec![("outcome", outcome)])
-                    .inc();
-                result
+            let selector = selector.clone();
+            move || {
+                let (client, source, metrics, resource, selector) = (
+                    client.clone(),
+                    source.clone(),
+                    metrics.clone(),
+                    resource.clone(),
+                    selector.clone(),
+                );
+                async move {
+                    let token = source
+                        .token()
+                        .await
+                        .map_err(|e| BrokerError::Unavailable(format!("no external token: {e}")))?;
+                    let result = client.exchange(&token, &resource, &selector).await;
+                    let outcome = match &result {
+                        Ok(_) => "ok".to_owned(),
+                        Err(BrokerError::Unavailable(_)) => "unavailable".to_owned(),
+                        Err(BrokerError::Refused { code, .. }) => code.clone(),
+                    };
+                    metrics
+                        .broker_calls
+                        .get_or_create(&vec![("outcome", outcome)])
+                        .inc();
+                    result
+                }
             }
         };
         self.cache
-            .get(key, fetch)
+            .get(key, make)
             .await
             .map_err(|e| match e.as_ref() {
                 BrokerError::Unavailable(reason) => {
