@@ -202,6 +202,7 @@ async fn run(opts: Options) -> anyhow::Result<Report> {
     let coalescing = coalescing(&opts).await?;
     let memory = memory()?;
     let pass = t.ratio >= RATIO_BUDGET;
+    let agent_pass = t.agent_ratio >= RATIO_BUDGET;
     Ok(Report {
         date_utc: utc_timestamp(SystemClock.now()),
         machine: Machine {
@@ -220,9 +221,9 @@ async fn run(opts: Options) -> anyhow::Result<Report> {
             warmup_per_round: opts.warmup.describe(),
             rounds: opts.rounds,
             order: if opts.split {
-                "floor, limit, broker logic, broker"
+                "floor, limit, broker logic, broker, GET floor, agent"
             } else {
-                "floor, limit, broker"
+                "floor, limit, broker, GET floor, agent"
             },
             quick: opts.quick,
             logging: "off (no tracing subscriber)",
@@ -241,6 +242,16 @@ async fn run(opts: Options) -> anyhow::Result<Report> {
             verdict: verdict(pass),
             round_ratios: t.round_ratios,
             cpu_ratio: t.cpu_ratio,
+        },
+        agent_floor: t.floor_get,
+        agent_cache_hit: t.agent,
+        agent_vs_floor: Budget {
+            ratio: t.agent_ratio,
+            budget: RATIO_BUDGET,
+            pass: agent_pass,
+            verdict: verdict(agent_pass),
+            round_ratios: t.agent_round_ratios,
+            cpu_ratio: t.agent_cpu_ratio,
         },
         coalescing,
         breakdown,

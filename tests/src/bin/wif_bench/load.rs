@@ -36,25 +36,46 @@ impl Stop {
 /// One request, prebuilt so the generator does the same small work for every target.
 pub struct Target {
     pub url: reqwest::Url,
-    pub authorization: HeaderValue,
+    /// `Some`: `POST` the exchange body with this bearer; `None`: a plain `GET`.
+    pub authorization: Option<HeaderValue>,
+    /// Extra headers (the agent's `X-IDENTITY-HEADER`).
+    pub headers: Vec<(&'static str, HeaderValue)>,
 }
 
 impl Target {
     pub fn new(url: &str, token: &str) -> anyhow::Result<Self> {
         Ok(Self {
             url: url.parse()?,
-            authorization: HeaderValue::from_str(&format!("Bearer {token}"))?,
+            authorization: Some(HeaderValue::from_str(&format!("Bearer {token}"))?),
+            headers: Vec::new(),
+        })
+    }
+
+    /// A `GET` with `headers`, as an SDK asks a managed-identity endpoint.
+    pub fn get(url: &str, headers: &[(&'static str, &str)]) -> anyhow::Result<Self> {
+        Ok(Self {
+            url: url.parse()?,
+            authorization: None,
+            headers: headers
+                .iter()
+                .map(|(k, v)| Ok((*k, HeaderValue::from_str(v)?)))
+                .collect::<anyhow::Result<_>>()?,
         })
     }
 
     pub async fn send(&self, client: &reqwest::Client) -> anyhow::Result<Bytes> {
-        let response = client
-            .post(self.url.clone())
-            .header(header::AUTHORIZATION, self.authorization.clone())
-            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-            .body(BODY)
-            .send()
-            .await?;
+        let mut request = match &self.authorization {
+            Some(bearer) => client
+                .post(self.url.clone())
+                .header(header::AUTHORIZATION, bearer.clone())
+                .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+                .body(BODY),
+            None => client.get(self.url.clone()),
+        };
+        for (name, value) in &self.headers {
+            request = request.header(*name, value.clone());
+        }
+        let response = request.send().await?;
         let status = response.status();
         let body = response.bytes().await?;
         if status != StatusCode::OK {

@@ -37,7 +37,47 @@ pub struct Throughput {
     pub round_ratios: Vec<f64>,
     pub cpu_ratio: f64,
     pub broker_answer_bytes: usize,
+    /// The agent's budget: its cache hit against a bare handler answering `GET` with
+    /// fixed JSON, measured in the same rounds.
+    pub floor_get: Measured,
+    pub agent: Measured,
+    pub agent_ratio: f64,
+    pub agent_round_ratios: Vec<f64>,
+    pub agent_cpu_ratio: f64,
 }
+
+/// An in-process `wif-agent` in front of the bench's broker, reading the job token from a
+/// file, as a sidecar does.
+async fn start_agent(
+    stack: &BenchStack,
+    dir: &tempfile::TempDir,
+) -> anyhow::Result<(wif_agent::serve::RunningAgent, String)> {
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, &stack.token)?;
+    let client = wif_agent::broker::BrokerClient::new(
+        &stack.broker.url(),
+        std::time::Duration::from_secs(10),
+        1,
+        None,
+        None,
+    )?;
+    let agent = wif_agent::serve::Agent::new(
+        wif_agent::serve::AgentSettings {
+            client,
+            source: Arc::new(wif_agent::source::FileSource(token_file)),
+            header_secret: Some(AGENT_SECRET.into()),
+            default_identity: None,
+            min_remaining_secs: 300,
+            refresh_before_secs: 600,
+        },
+        wif_broker::clock::system(),
+    );
+    let running = wif_agent::serve::RunningAgent::start(agent, "127.0.0.1:0", None).await?;
+    let url = running.url().context("the agent has no TCP listener")?;
+    Ok((running, url))
+}
+
+const AGENT_SECRET: &str = "wif-bench-identity-header-secret";
 
 /// Floor, limit (and with `--split` the broker's logic behind a bare handler) and broker
 /// cache hit, interleaved round by round.
@@ -84,11 +124,28 @@ pub async fn throughput(opts: &Options, stack: &BenchStack) -> anyhow::Result<Th
         .await
         .context("the in-process exchange failed")?;
 
+    let agent_dir = tempfile::tempdir()?;
+    let (agent, agent_url) = start_agent(stack, &agent_dir).await?;
+    let floor_get_target = Arc::new(Target::get(&format!("{}/fixed", limit_server.url), &[])?);
+    let agent_target = Arc::new(Target::get(
+        &format!(
+            "{agent_url}/msi/token?api-version=2019-08-01&resource=https://management.azure.com"
+        ),
+        &[("x-identity-header", AGENT_SECRET)],
+    )?);
+    // Warm the agent's cache (its one exchange at the broker).
+    agent_target
+        .send(&client)
+        .await
+        .context("the agent did not answer a token")?;
+
     let mut targets = vec![&floor_target, &limit_target];
     if opts.split {
         targets.push(&logic_target);
     }
     targets.push(&broker_target);
+    targets.push(&floor_get_target);
+    targets.push(&agent_target);
     let mut rounds: Vec<Vec<Round>> = vec![Vec::new(); targets.len()];
     for _ in 0..opts.rounds {
         for (target, rounds) in targets.iter().zip(rounds.iter_mut()) {
@@ -97,6 +154,7 @@ pub async fn throughput(opts: &Options, stack: &BenchStack) -> anyhow::Result<Th
         }
     }
     drop(client);
+    agent.shutdown().await;
     limit_server.shutdown().await;
 
     let mut rounds = rounds.into_iter();
@@ -105,6 +163,18 @@ pub async fn throughput(opts: &Options, stack: &BenchStack) -> anyhow::Result<Th
     let limit = next()?;
     let logic = if opts.split { Some(next()?) } else { None };
     let broker = next()?;
+    let floor_get = next()?;
+    let agent = next()?;
+    let agent_round_ratios: Vec<f64> = floor_get
+        .iter()
+        .zip(&agent)
+        .map(|(f, a)| ratio(a.requests_per_sec, f.requests_per_sec))
+        .collect();
+    let floor_get = Measured::new(
+        "bare axum handler, GET, fixed JSON (agent floor)",
+        floor_get,
+    );
+    let agent = Measured::new("agent: GET /msi/token, cache hit", agent);
     // Each round's broker figure is divided by the limit measured just before it, so slow
     // drift in the machine's load cancels out; the headline is the median of these.
     let round_ratios: Vec<f64> = limit
@@ -118,6 +188,11 @@ pub async fn throughput(opts: &Options, stack: &BenchStack) -> anyhow::Result<Th
     let broker_logic =
         logic.map(|rounds| Measured::new("broker logic in a bare handler (no HTTP edge)", rounds));
     Ok(Throughput {
+        agent_ratio: median(agent_round_ratios.iter().copied()),
+        agent_round_ratios,
+        agent_cpu_ratio: ratio(floor_get.cpu_us_per_request, agent.cpu_us_per_request),
+        floor_get,
+        agent,
         broker_logic,
         broker_answer_bytes,
         ratio: median(round_ratios.iter().copied()),

@@ -59,6 +59,10 @@ pub struct Report {
     pub broker_logic: Option<Measured>,
     pub broker_cache_hit: Measured,
     pub cache_hit_vs_limit: Budget,
+    pub agent_floor: Measured,
+    pub agent_cache_hit: Measured,
+    /// The agent's cache hit against the `GET` floor.
+    pub agent_vs_floor: Budget,
     pub coalescing: Coalescing,
     pub breakdown: Breakdown,
     pub memory: Memory,
@@ -70,7 +74,11 @@ impl Report {
         [&self.floor, &self.limit]
             .into_iter()
             .chain(&self.broker_logic)
-            .chain([&self.broker_cache_hit])
+            .chain([
+                &self.broker_cache_hit,
+                &self.agent_floor,
+                &self.agent_cache_hit,
+            ])
     }
 }
 
@@ -196,6 +204,20 @@ pub fn table(r: &Report) -> String {
         "cross-check from CPU time per request (limit / broker): {:.3}",
         b.cpu_ratio
     );
+    let a = &r.agent_vs_floor;
+    let _ = writeln!(
+        out,
+        "ratio agent / GET floor: {:.3} (budget >= {:.2}): {}  [per round: {}]; CPU cross-check {:.3}",
+        a.ratio,
+        a.budget,
+        a.verdict,
+        a.round_ratios
+            .iter()
+            .map(|x| format!("{x:.3}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        a.cpu_ratio
+    );
     let c = &r.coalescing;
     let _ = writeln!(
         out,
@@ -291,6 +313,17 @@ pub fn markdown(r: &Report) -> String {
         &format!(
             "{:.3} × limit: {} (CPU cross-check {:.3})",
             b.ratio, b.verdict, b.cpu_ratio
+        ),
+    );
+    row(&mut out, &r.agent_floor, "(context)", "");
+    let a = &r.agent_vs_floor;
+    row(
+        &mut out,
+        &r.agent_cache_hit,
+        "≥ 0.80 × GET floor",
+        &format!(
+            "{:.3} × floor: {} (CPU cross-check {:.3})",
+            a.ratio, a.verdict, a.cpu_ratio
         ),
     );
     let c = &r.coalescing;

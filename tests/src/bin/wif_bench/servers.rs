@@ -127,7 +127,7 @@ impl LimitServer {
     ) -> anyhow::Result<Self> {
         let app = Router::new()
             .route("/verify", post(verify_once))
-            .route("/fixed", post(fixed_json))
+            .route("/fixed", post(fixed_json).get(fixed_json))
             .route("/exchange", post(exchange_in_process))
             .with_state(Arc::new(Bare {
                 key,
