@@ -452,7 +452,8 @@ impl Broker {
             }
             return Ok(known);
         }
-        let unverified = UnverifiedToken::parse(req.token, self.max_token_bytes)?;
+        let mut unverified = UnverifiedToken::parse(req.token, self.max_token_bytes)?;
+        unverified.sha256 = Some(key);
         event.scope = Some(crate::entra::scope::to_default_scope(
             req.scope.unwrap_or_default(),
         )?);

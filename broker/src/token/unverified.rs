@@ -19,6 +19,8 @@ pub struct UnverifiedToken<'a> {
     pub claims: Value,
     /// The `iss` claim, not yet trusted.
     pub iss: String,
+    /// SHA-256 of `raw`, when the caller already computed it (else verification does).
+    pub sha256: Option<[u8; 32]>,
 }
 
 impl<'a> UnverifiedToken<'a> {
@@ -65,6 +67,7 @@ impl<'a> UnverifiedToken<'a> {
             kid,
             claims,
             iss,
+            sha256: None,
         })
     }
 }
