@@ -2,7 +2,7 @@
 
 Run by tests/tests/agent_sdk.rs with a controlled environment:
 
-    get_token.py managed-appservice|managed-imds|default|workload|msal SCOPE
+    get_token.py managed-appservice|managed-imds|default|workload|workload-env|msal SCOPE
 
 - managed-appservice: ManagedIdentityCredential; the test sets IDENTITY_ENDPOINT and
   IDENTITY_HEADER (the App Service protocol).
@@ -12,7 +12,8 @@ Run by tests/tests/agent_sdk.rs with a controlled environment:
   reaches ManagedIdentityCredential without running az, pwsh or azd.
 - workload: WorkloadIdentityCredential against the broker's Entra-compatible endpoint;
   the test sets azure-workload-identity's AZURE_TENANT_ID, AZURE_CLIENT_ID,
-  AZURE_FEDERATED_TOKEN_FILE and AZURE_AUTHORITY_HOST (the broker's https URL).
+  AZURE_FEDERATED_TOKEN_FILE and AZURE_AUTHORITY_HOST (the broker's https URL), passed
+  as arguments; workload-env: the same credential reading them itself.
 - msal: plain MSAL ConfidentialClientApplication with the token file's content as the
   client assertion, same variables.
 
@@ -53,6 +54,9 @@ def credential(mode):
             authority=os.environ["AZURE_AUTHORITY_HOST"],
             disable_instance_discovery=True,
         )
+    if mode == "workload-env":
+        # Everything from the environment, as azure-workload-identity sets it.
+        return WorkloadIdentityCredential(disable_instance_discovery=True)
     raise SystemExit(f"unknown mode {mode!r}")
 
 
@@ -76,7 +80,7 @@ def msal_token(scope):
 def main():
     if len(sys.argv) != 3:
         raise SystemExit(
-            "usage: get_token.py managed-appservice|managed-imds|default|workload|msal SCOPE"
+            "usage: get_token.py managed-appservice|managed-imds|default|workload|workload-env|msal SCOPE"
         )
     mode, scope = sys.argv[1], sys.argv[2]
     if mode == "msal":

@@ -234,6 +234,10 @@ async fn workload_identity_credential_gets_a_token_from_the_broker() {
         .await
         .unwrap_or_else(|e| panic!("WorkloadIdentityCredential failed: {e}"));
     assert_deploy_arm_token(&stack, &token);
+    let token = python_token(&python, "workload-env", &stack, &files)
+        .await
+        .unwrap_or_else(|e| panic!("WorkloadIdentityCredential from the environment failed: {e}"));
+    assert_deploy_arm_token(&stack, &token);
 }
 
 #[tokio::test]

@@ -89,7 +89,7 @@ pub async fn discovery(
     let now = state.broker.clock().now();
     if !sane_tenant(&tenant) {
         return entra_error(
-            ApiError::bad_request("invalid_tenant", "the tenant is not a valid tenant id"),
+            ApiError::bad_request("invalid_request", "the tenant is not a valid tenant id"),
             now,
         );
     }
