@@ -95,6 +95,7 @@ impl RunningBroker {
             max_body_bytes: cfg.server.max_body_bytes,
             request_timeout: Duration::from_secs(cfg.server.request_timeout_secs),
             ready: ready.clone(),
+            tls: tls_config.is_some(),
         };
         let (stop, stopped) = oneshot::channel::<()>();
         let tls = tls_config.is_some();

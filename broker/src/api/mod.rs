@@ -2,6 +2,7 @@
 //! into calls on [`crate::exchange::Broker`]; no decision is made here.
 
 pub mod admin;
+pub mod entra_compat;
 pub mod error;
 pub mod exchange;
 pub mod openapi;
@@ -32,6 +33,8 @@ pub struct AppState {
     pub request_timeout: Duration,
     /// False once shutdown begins, so load balancers stop sending traffic.
     pub ready: Arc<AtomicBool>,
+    /// The listener serves TLS: URLs the broker gives out about itself use `https`.
+    pub tls: bool,
 }
 
 impl AppState {
@@ -45,6 +48,11 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/v1/token", post(exchange::native))
         .route("/oauth2/token", post(exchange::rfc8693))
+        .route("/{tenant}/oauth2/v2.0/token", post(entra_compat::token))
+        .route(
+            "/{tenant}/v2.0/.well-known/openid-configuration",
+            get(entra_compat::discovery),
+        )
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))

@@ -13,6 +13,8 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
     paths(
         super::exchange::native,
         super::exchange::rfc8693,
+        super::entra_compat::token,
+        super::entra_compat::discovery,
         super::admin::list_identities,
         super::admin::get_identity,
         super::admin::put_identity,

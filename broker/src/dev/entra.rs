@@ -453,7 +453,7 @@ fn json_response(status: StatusCode, body: &Value, trace_id: &str, correlation: 
 }
 
 /// `YYYY-MM-DD HH:MM:SSZ`, as Entra writes `timestamp`.
-fn entra_timestamp(epoch: u64) -> String {
+pub(crate) fn entra_timestamp(epoch: u64) -> String {
     let (y, mo, d, h, mi, s) = civil(epoch);
     format!("{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{s:02}Z")
 }

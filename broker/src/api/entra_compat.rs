@@ -1,0 +1,367 @@
+//! The Entra-compatible endpoints, so an unchanged `WorkloadIdentityCredential` (or MSAL's
+//! client-credentials flow with a client assertion) pointed at the broker gets its tokens
+//! from it: `GET /{tenant}/v2.0/.well-known/openid-configuration` and
+//! `POST /{tenant}/oauth2/v2.0/token`.
+//!
+//! The client assertion is the workload's external OIDC token; `client_id` names the
+//! identity. The handlers only translate Entra's wire format to [`ExchangeRequest`] and
+//! [`super::ApiError`] back to Entra's error shape.
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use utoipa::ToSchema;
+
+use super::error::current_request_id;
+use super::exchange::read_params;
+use super::{ApiError, AppState};
+use crate::exchange::ExchangeRequest;
+
+pub const ENDPOINT: &str = "/{tenant}/oauth2/v2.0/token";
+const CLIENT_CREDENTIALS: &str = "client_credentials";
+const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+/// Scopes MSAL may add that name no resource.
+const RESERVED_SCOPES: &[&str] = &["openid", "profile", "offline_access"];
+
+/// `POST /{tenant}/oauth2/v2.0/token` body (form), as MSAL sends it.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct EntraTokenRequest {
+    /// The identity's client id (or name).
+    pub client_id: String,
+    /// `client_credentials`
+    pub grant_type: String,
+    /// `urn:ietf:params:oauth:client-assertion-type:jwt-bearer`
+    pub client_assertion_type: String,
+    /// The workload's external OIDC token.
+    pub client_assertion: String,
+    /// One resource's `/.default` scope.
+    pub scope: String,
+}
+
+/// `POST /{tenant}/oauth2/v2.0/token` answer, as Entra's.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct EntraTokenResponse {
+    /// Always `Bearer`.
+    pub token_type: String,
+    pub expires_in: u64,
+    pub ext_expires_in: u64,
+    pub access_token: String,
+}
+
+/// Entra's error shape.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct EntraErrorBody {
+    /// An OAuth code: `invalid_request`, `invalid_client`, `unauthorized_client`,
+    /// `invalid_scope`, `unsupported_grant_type`, `temporarily_unavailable`, `server_error`.
+    pub error: String,
+    /// Starts with the broker's stable code (docs/api.md), e.g. `no_matching_credential: ...`.
+    pub error_description: String,
+    /// Always empty: the broker has no AADSTS codes of its own.
+    pub error_codes: Vec<u32>,
+    /// `YYYY-MM-DD HH:MM:SSZ`
+    pub timestamp: String,
+    pub trace_id: String,
+    /// The broker's request id (also in `x-request-id`).
+    pub correlation_id: String,
+}
+
+/// Entra's tenant discovery document, with the broker as the authority.
+#[utoipa::path(
+    get,
+    path = "/{tenant}/v2.0/.well-known/openid-configuration",
+    tag = "exchange",
+    params(("tenant" = String, Path, description = "The identity's tenant id")),
+    responses(
+        (status = 200, description = "OpenID Connect discovery document naming the broker's token endpoint", body = Object),
+        (status = 400, body = EntraErrorBody),
+    )
+)]
+pub async fn discovery(
+    State(state): State<AppState>,
+    Path(tenant): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    let now = state.broker.clock().now();
+    if !sane_tenant(&tenant) {
+        return entra_error(
+            ApiError::bad_request("invalid_request", "the tenant is not a valid tenant id"),
+            now,
+        );
+    }
+    let Some(host) = host(&uri, &headers) else {
+        return entra_error(
+            ApiError::bad_request("invalid_request", "the request has no valid Host header"),
+            now,
+        );
+    };
+    let scheme = if state.tls { "https" } else { "http" };
+    let base = format!("{scheme}://{host}/{tenant}");
+    let document = json!({
+        "token_endpoint": format!("{base}/oauth2/v2.0/token"),
+        "token_endpoint_auth_methods_supported": ["private_key_jwt"],
+        "jwks_uri": format!("{base}/discovery/v2.0/keys"),
+        "response_modes_supported": ["query", "fragment", "form_post"],
+        "subject_types_supported": ["pairwise"],
+        "id_token_signing_alg_values_supported": ["RS256"],
+        "response_types_supported": ["code", "id_token", "code id_token", "id_token token"],
+        "scopes_supported": ["openid", "profile", "email", "offline_access"],
+        "issuer": format!("{base}/v2.0"),
+        "request_uri_parameter_supported": false,
+        "authorization_endpoint": format!("{base}/oauth2/v2.0/authorize"),
+        "http_logout_supported": false,
+        "frontchannel_logout_supported": false,
+        "claims_supported": ["sub", "iss", "aud", "exp", "iat", "nbf", "tid", "oid"],
+        "tenant_region_scope": null,
+        "cloud_instance_name": host,
+        "cloud_graph_host_name": host,
+        "msgraph_host": host,
+        "rbac_url": host,
+    });
+    let mut response = (StatusCode::OK, Json(document)).into_response();
+    response.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("max-age=86400, private"),
+    );
+    response
+}
+
+/// Entra's token endpoint: client credentials with the external token as the client
+/// assertion.
+#[utoipa::path(
+    post,
+    path = "/{tenant}/oauth2/v2.0/token",
+    tag = "exchange",
+    params(("tenant" = String, Path, description = "The identity's tenant id")),
+    request_body(content = EntraTokenRequest, content_type = "application/x-www-form-urlencoded"),
+    responses(
+        (status = 200, body = EntraTokenResponse),
+        (status = 400, body = EntraErrorBody, description = "refused; `error_description` starts with the broker's code"),
+        (status = 401, body = EntraErrorBody, description = "the client assertion is not acceptable"),
+        (status = "5XX", body = EntraErrorBody, description = "Entra, the issuer or the store is unavailable"),
+    )
+)]
+pub async fn token(
+    State(state): State<AppState>,
+    Path(tenant): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    match token_inner(&state, &tenant, &headers, body).await {
+        Ok(response) => response,
+        Err(e) => entra_error(e, state.broker.clock().now()),
+    }
+}
+
+async fn token_inner(
+    state: &AppState,
+    tenant: &str,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let params = read_params(headers, body, state.max_body_bytes).await?;
+    let param = |name: &str| {
+        params
+            .get(name)
+            .map(String::as_str)
+            .filter(|v| !v.is_empty())
+    };
+    match param("grant_type") {
+        Some(CLIENT_CREDENTIALS) => {}
+        Some(other) => {
+            return Err(ApiError::bad_request(
+                "unsupported_grant_type",
+                format!(
+                    "grant_type {:?} is not supported; use {CLIENT_CREDENTIALS}",
+                    other.chars().take(64).collect::<String>()
+                ),
+            ));
+        }
+        None => {
+            return Err(ApiError::bad_request(
+                "invalid_request",
+                "grant_type is required",
+            ));
+        }
+    }
+    if param("client_assertion_type") != Some(JWT_BEARER) {
+        return Err(ApiError::bad_request(
+            "invalid_request",
+            format!("client_assertion_type must be {JWT_BEARER}"),
+        ));
+    }
+    let assertion = param("client_assertion").ok_or_else(|| {
+        ApiError::bad_request(
+            "invalid_request",
+            "client_assertion (the external OIDC token) is required",
+        )
+    })?;
+    let client_id = param("client_id")
+        .ok_or_else(|| ApiError::bad_request("invalid_request", "client_id is required"))?;
+    let scope = resource_scope(param("scope").unwrap_or_default())?;
+    let registry = state.broker.registry();
+    if let Some(identity) = registry
+        .identities()
+        .find(|i| i.client_id.eq_ignore_ascii_case(client_id) || i.name == client_id)
+        && !identity.tenant_id.eq_ignore_ascii_case(tenant)
+    {
+        return Err(ApiError::bad_request(
+            "tenant_mismatch",
+            format!(
+                "identity {client_id} is not in tenant {}; use its tenant in the URL",
+                tenant.chars().take(64).collect::<String>()
+            ),
+        ));
+    }
+    drop(registry);
+    let request_id = current_request_id();
+    let done = state
+        .broker
+        .exchange(ExchangeRequest {
+            endpoint: ENDPOINT,
+            request_id: &request_id,
+            token: assertion,
+            scope: Some(&scope),
+            identity: Some(client_id),
+        })
+        .await?;
+    let expires_in = done
+        .token
+        .expires_on
+        .saturating_sub(state.broker.clock().now());
+    let mut response = (
+        StatusCode::OK,
+        Json(EntraTokenResponse {
+            token_type: "Bearer".into(),
+            expires_in,
+            ext_expires_in: expires_in,
+            access_token: done.token.access_token.expose().to_owned(),
+        }),
+    )
+        .into_response();
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(response)
+}
+
+/// The one resource scope among MSAL's scopes (which may include `openid` and friends).
+fn resource_scope(scopes: &str) -> Result<String, ApiError> {
+    let mut resources = scopes
+        .split(' ')
+        .filter(|s| !s.is_empty() && !RESERVED_SCOPES.contains(s));
+    match (resources.next(), resources.next()) {
+        (Some(one), None) => Ok(one.to_owned()),
+        (None, _) => Err(ApiError::bad_request(
+            "invalid_scope",
+            "scope is required: one resource's `/.default` scope",
+        )),
+        (Some(_), Some(_)) => Err(ApiError::bad_request(
+            "invalid_scope",
+            "give one resource's `/.default` scope",
+        )),
+    }
+}
+
+fn sane_tenant(tenant: &str) -> bool {
+    !tenant.is_empty()
+        && tenant.len() <= 128
+        && tenant
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b))
+}
+
+/// The authority the client used: the Host header (HTTP/1.1) or the URI's (HTTP/2).
+fn host(uri: &Uri, headers: &HeaderMap) -> Option<String> {
+    let host = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| uri.authority().map(|a| a.as_str().to_owned()))?;
+    let sane = !host.is_empty()
+        && host.len() <= 255
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-.:[]_".contains(&b));
+    sane.then_some(host)
+}
+
+/// An [`ApiError`] in Entra's shape: the OAuth `error` Entra would use, the broker's code
+/// first in `error_description`, and Entra's statuses (400, 401, 503 with `Retry-After`).
+fn entra_error(e: ApiError, now: u64) -> Response {
+    let (status, error) = match (e.status.as_u16(), e.code) {
+        (503 | 429, _) => (StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable"),
+        (500..=599, _) => (StatusCode::INTERNAL_SERVER_ERROR, "server_error"),
+        (401, _) => (StatusCode::UNAUTHORIZED, "invalid_client"),
+        (403, _) => (StatusCode::BAD_REQUEST, "unauthorized_client"),
+        (_, "invalid_scope") => (StatusCode::BAD_REQUEST, "invalid_scope"),
+        (_, "unsupported_grant_type") => (StatusCode::BAD_REQUEST, "unsupported_grant_type"),
+        _ => (StatusCode::BAD_REQUEST, "invalid_request"),
+    };
+    let correlation = current_request_id();
+    let trace_id = uuid::Uuid::new_v4().to_string();
+    let timestamp = crate::dev::entra::entra_timestamp(now);
+    let body = EntraErrorBody {
+        error: error.to_owned(),
+        error_description: format!(
+            "{}: {}\r\nTrace ID: {trace_id}\r\nCorrelation ID: {correlation}\r\nTimestamp: {timestamp}",
+            e.code, e.description
+        ),
+        error_codes: Vec::new(),
+        timestamp,
+        trace_id,
+        correlation_id: correlation,
+    };
+    let mut response = (status, Json(body)).into_response();
+    let headers = response.headers_mut();
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        headers.insert(
+            header::RETRY_AFTER,
+            HeaderValue::from(e.retry_after.unwrap_or(5)),
+        );
+    }
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_resource_scope_is_kept_and_reserved_scopes_dropped() {
+        assert_eq!(
+            resource_scope("https://management.azure.com/.default offline_access openid").unwrap(),
+            "https://management.azure.com/.default"
+        );
+        assert_eq!(resource_scope("").unwrap_err().code, "invalid_scope");
+        assert_eq!(
+            resource_scope("https://a/.default https://b/.default")
+                .unwrap_err()
+                .code,
+            "invalid_scope"
+        );
+    }
+
+    #[test]
+    fn errors_take_entra_statuses() {
+        let e = entra_error(ApiError::unauthorized("unknown_issuer", "x"), 0);
+        assert_eq!(e.status(), StatusCode::UNAUTHORIZED);
+        let e = entra_error(
+            ApiError::new(StatusCode::FORBIDDEN, "no_matching_credential", "x"),
+            0,
+        );
+        assert_eq!(e.status(), StatusCode::BAD_REQUEST);
+        let e = entra_error(
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "entra_unavailable", "x")
+                .with_retry_after(7),
+            0,
+        );
+        assert_eq!(e.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(e.headers()[header::RETRY_AFTER], "7");
+    }
+}
