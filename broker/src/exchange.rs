@@ -39,6 +39,8 @@ pub enum ExchangeError {
     Select(#[from] SelectError),
     #[error(transparent)]
     Cache(#[from] CacheError),
+    #[error("the identity is not in tenant {0}; use its tenant in the URL")]
+    TenantMismatch(String),
     #[error("this token was already used, and its credential accepts each token once")]
     Replayed,
     #[error("replay protection needs the store, which cannot be reached: {0}")]
@@ -73,6 +75,7 @@ impl ExchangeError {
             ExchangeError::Select(SelectError::Ambiguous(_)) => "identity_required",
             ExchangeError::Cache(CacheError::ShortLived { .. }) => "entra_token_too_short",
             ExchangeError::Replayed => "token_replayed",
+            ExchangeError::TenantMismatch(_) => "tenant_mismatch",
             ExchangeError::Store(_) => "store_unavailable",
             ExchangeError::Cache(CacheError::Entra(e)) => match e.as_ref() {
                 EntraError::Unavailable { .. } => "entra_unavailable",
@@ -102,6 +105,10 @@ pub struct ExchangeRequest<'a> {
     pub scope: Option<&'a str>,
     /// An identity name or client id.
     pub identity: Option<&'a str>,
+    /// The tenant the caller addressed (the Entra-compatible endpoint's `{tenant}`); the
+    /// chosen identity must be in it. Checked only after the token verified, so nothing
+    /// about identities is revealed to a caller without a valid token.
+    pub tenant: Option<&'a str>,
 }
 
 /// A successful exchange.
@@ -373,6 +380,13 @@ impl Broker {
         let matched = registry.matching(&verified)?;
         let identity = select_identity(&matched, req.identity)?;
         event.identity = Some(identity.name.clone());
+        if let Some(tenant) = req.tenant
+            && !identity.tenant_id.eq_ignore_ascii_case(tenant)
+        {
+            return Err(ExchangeError::TenantMismatch(
+                tenant.chars().take(64).collect(),
+            ));
+        }
         // A credential without replay protection admits the token as it is; otherwise the
         // token is spent here, before any cached answer.
         let mut of_identity = matched.iter().filter(|c| c.identity.name == identity.name);

@@ -124,6 +124,15 @@ async fn the_entra_token_endpoint_refuses_in_entras_shape() {
     )
     .await;
     expect_entra_error(&mismatch, 400, "invalid_request", "tenant_mismatch");
+    // Without a valid token the tenant is not even looked at: nothing about identities leaks.
+    let forged = format!("{}x", &token[..token.len() - 1]);
+    let hidden = entra_token(
+        &stack,
+        other_tenant,
+        &client_credentials(&forged, DEPLOY_CLIENT),
+    )
+    .await;
+    expect_entra_error(&hidden, 401, "invalid_client", "invalid_signature");
 
     // A release-branch token matches no credential of the deploy identity.
     let release = stack.github_token("release");

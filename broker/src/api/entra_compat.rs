@@ -203,21 +203,6 @@ async fn token_inner(
     let client_id = param("client_id")
         .ok_or_else(|| ApiError::bad_request("invalid_request", "client_id is required"))?;
     let scope = resource_scope(param("scope").unwrap_or_default())?;
-    let registry = state.broker.registry();
-    if let Some(identity) = registry
-        .identities()
-        .find(|i| i.client_id.eq_ignore_ascii_case(client_id) || i.name == client_id)
-        && !identity.tenant_id.eq_ignore_ascii_case(tenant)
-    {
-        return Err(ApiError::bad_request(
-            "tenant_mismatch",
-            format!(
-                "identity {client_id} is not in tenant {}; use its tenant in the URL",
-                tenant.chars().take(64).collect::<String>()
-            ),
-        ));
-    }
-    drop(registry);
     let request_id = current_request_id();
     let done = state
         .broker
@@ -227,6 +212,7 @@ async fn token_inner(
             token: assertion,
             scope: Some(&scope),
             identity: Some(client_id),
+            tenant: Some(tenant),
         })
         .await?;
     let expires_in = done

@@ -138,6 +138,7 @@ impl From<ExchangeError> for ApiError {
             }
             ExchangeError::Match(_) | ExchangeError::Select(_) => StatusCode::FORBIDDEN,
             ExchangeError::Replayed => StatusCode::UNAUTHORIZED,
+            ExchangeError::TenantMismatch(_) => StatusCode::BAD_REQUEST,
             ExchangeError::Store(_) => {
                 return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code, description)
                     .with_retry_after(5);

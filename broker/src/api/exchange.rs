@@ -199,6 +199,7 @@ async fn exchange(
             token,
             scope: scope_param(params)?,
             identity: identity_param(params)?,
+            tenant: None,
         })
         .await?;
     Ok((done, state.broker.clock().now()))

@@ -415,6 +415,7 @@ pub async fn breakdown(opts: &Options, stack: &BenchStack) -> anyhow::Result<Bre
             token,
             scope: Some(ARM),
             identity: None,
+            tenant: None,
         })
     };
     for _ in 0..n.min(100) {

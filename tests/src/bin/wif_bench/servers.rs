@@ -211,6 +211,7 @@ pub async fn exchange_in_process(
             token,
             scope: Some(ARM),
             identity: None,
+            tenant: None,
         })
         .await;
     match exchanged {
