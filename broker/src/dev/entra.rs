@@ -454,30 +454,12 @@ fn json_response(status: StatusCode, body: &Value, trace_id: &str, correlation: 
 
 /// `YYYY-MM-DD HH:MM:SSZ`, as Entra writes `timestamp`.
 pub(crate) fn entra_timestamp(epoch: u64) -> String {
-    let (y, mo, d, h, mi, s) = civil(epoch);
-    format!("{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{s:02}Z")
+    crate::clock::rfc3339(epoch).replacen('T', " ", 1)
 }
 
 /// `YYYY-MM-DDTHH:MM:SS.0000000Z`, as Entra writes times inside messages.
 fn entra_instant(epoch: i64) -> String {
-    let (y, mo, d, h, mi, s) = civil(epoch.max(0) as u64);
-    format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}.0000000Z")
-}
-
-/// Calendar date and time (UTC) of Unix seconds (Howard Hinnant's days-to-civil).
-fn civil(epoch: u64) -> (i64, u64, u64, u64, u64, u64) {
-    let days = (epoch / 86_400) as i64;
-    let secs = epoch % 86_400;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u64;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u64;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day, secs / 3600, secs % 3600 / 60, secs % 60)
+    crate::clock::rfc3339(epoch.max(0) as u64).replacen('Z', ".0000000Z", 1)
 }
 
 // ---------------------------------------------------------------------------------------
