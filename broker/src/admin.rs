@@ -266,7 +266,9 @@ impl Admin {
         Ok(())
     }
 
-    fn check_credential(&self, input: &CredentialInput) -> Vec<Violation> {
+    /// Entra's rules on a credential as it would be written (also the console's live
+    /// validation); empty when it is valid.
+    pub fn check_credential(&self, input: &CredentialInput) -> Vec<Violation> {
         let mut texts = vec![
             ("name", input.name.as_str()),
             ("issuer", input.issuer.as_str()),
@@ -301,6 +303,16 @@ impl Admin {
         )
     }
 
+    /// The audience a new credential of `identity` gets when none is given: its cloud's.
+    pub fn default_audience(&self, identity: &str) -> String {
+        let cloud = self
+            .broker
+            .registry()
+            .identity(identity)
+            .and_then(|i| i.cloud);
+        cloud.unwrap_or(Cloud::Public).default_audience().to_owned()
+    }
+
     /// An identity that exists and may be changed through the API.
     fn api_identity(&self, identity: &str) -> Result<(), AdminError> {
         match self.broker.registry().identity(identity) {
@@ -317,12 +329,7 @@ impl Admin {
         mut input: CredentialInput,
     ) -> Result<StoredCredential, AdminError> {
         if input.audiences.is_empty() {
-            let cloud = self
-                .broker
-                .registry()
-                .identity(identity)
-                .and_then(|i| i.cloud);
-            input.audiences = vec![cloud.unwrap_or(Cloud::Public).default_audience().to_owned()];
+            input.audiences = vec![self.default_audience(identity)];
         }
         let violations = self.check_credential(&input);
         if !violations.is_empty() {

@@ -5,7 +5,8 @@
 //! (Entra tokens per identity and scope), [`entra`] (the token endpoint), [`audit`]
 //! (one event per decision) and [`api`] (the HTTP edge); [`exchange`] strings them
 //! together. [`dev`] holds the local issuer and the Entra emulator used by
-//! `wif-broker dev` and by the tests; [`cli`] is the command line.
+//! `wif-broker dev` and by the tests; [`cli`] is the command line; [`ui`] is the admin
+//! console served at `/ui/`.
 
 pub mod admin;
 pub mod api;
@@ -27,3 +28,4 @@ pub mod store;
 pub mod sync;
 pub mod tls;
 pub mod token;
+pub mod ui;

@@ -76,6 +76,8 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/simulate", post(admin::simulate))
         .route("/v1/audit", get(admin::audit_events))
+        // The admin console (HTML, its own security headers).
+        .merge(crate::ui::router(state.clone()))
         .fallback(fallback)
         .method_not_allowed_fallback(method_not_allowed)
         // Handlers read bodies themselves against `max_body_bytes`.

@@ -127,7 +127,8 @@ async fn caller(
     result
 }
 
-fn audit(
+/// Records one admin event (also used by the console for its sign-ins and refusals).
+pub(crate) fn audit(
     state: &AppState,
     action: &'static str,
     actor: Option<(String, &'static str)>,
@@ -160,8 +161,8 @@ fn audit(
     });
 }
 
-/// Audits a write's result and passes it on.
-fn audited<T, E: Into<ApiError>>(
+/// Audits a write's result and passes it on (the API's and the console's writes).
+pub(crate) fn audited<T, E: Into<ApiError>>(
     state: &AppState,
     who: &Principal,
     action: &'static str,

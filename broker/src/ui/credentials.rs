@@ -1,0 +1,737 @@
+//! Federated credentials: the "Add credential" wizard (scenarios that build the subject,
+//! live validation with Entra's rules, a preview of the exact Graph JSON), edit and
+//! delete.
+//!
+//! The wizard works without JavaScript (the server builds the subject from the submitted
+//! fields); with it, `console.js` posts the form to `/ui/api/draft` as the admin types
+//! and shows what the server answers: the same builders and the same rules
+//! ([`crate::admin::Admin::check_credential`]) that the save will apply.
+
+use std::fmt::Write as _;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use super::Console;
+use super::html::{self, Nav, esc, path_segment};
+use super::session::{self, CSRF_HEADER, Form, Session, Signed};
+use super::wizard::{self, Built, Rule, SCENARIOS, Scenario};
+use crate::admin::{AdminError, CredentialInput};
+use crate::api::ApiError;
+use crate::api::admin::audited;
+use crate::api::admin::model::{ClaimsMatchingExpression, CredentialRequest};
+use crate::policy::{self, SubjectRule};
+
+/// One problem with the draft: a wizard field (`gh_org`, ...) or a Graph field (`name`,
+/// `issuer`, `subject`, ...).
+#[derive(Debug, Clone, Serialize)]
+pub struct DraftProblem {
+    pub field: String,
+    pub message: String,
+}
+
+/// What the wizard would save, and whether it may.
+#[derive(Debug, Clone, Serialize)]
+pub struct Draft {
+    pub valid: bool,
+    pub issuer: Option<String>,
+    pub subject: Option<String>,
+    pub expression: Option<String>,
+    /// The credential as Graph writes it (the body of a `POST .../federatedIdentityCredentials`).
+    pub graph: String,
+    pub problems: Vec<DraftProblem>,
+}
+
+/// The credential the form describes, for the store.
+fn input_of(console: &Console, identity: &str, form: &Form, built: &Built) -> CredentialInput {
+    let audience = form
+        .optional("audience")
+        .unwrap_or_else(|| console.app.admin.default_audience(identity));
+    let (subject, expression) = match &built.rule {
+        Rule::Subject(s) => (Some(s.clone()), None),
+        Rule::Expression(e) => (None, Some(e.clone())),
+    };
+    CredentialInput {
+        name: form.trimmed("name").to_owned(),
+        issuer: built.issuer.clone(),
+        subject,
+        claims_matching_expression: expression,
+        audiences: vec![audience],
+        description: form.optional("description"),
+        one_time_use: form.checked("one_time_use"),
+    }
+}
+
+fn graph_json(input: &CredentialInput) -> String {
+    let request = CredentialRequest {
+        name: Some(input.name.clone()),
+        issuer: Some(input.issuer.clone()),
+        subject: input.subject.clone().map(Some),
+        claims_matching_expression: input.claims_matching_expression.clone().map(|value| {
+            Some(ClaimsMatchingExpression {
+                value,
+                language_version: 1,
+            })
+        }),
+        audiences: Some(input.audiences.clone()),
+        description: input.description.clone().map(Some),
+        one_time_use: input.one_time_use.then_some(true),
+        id: None,
+        read_only: None,
+    };
+    serde_json::to_string_pretty(&request).unwrap_or_default()
+}
+
+/// Builds and checks what the form describes. `editing` names the credential being
+/// changed (it does not conflict with itself).
+pub fn draft(console: &Console, identity: &policy::Identity, form: &Form, editing: Option<&str>) -> (Draft, Option<CredentialInput>) {
+    let mut problems = Vec::new();
+    let built = Scenario::from_fields(|n| form.get(n))
+        .map_err(|p| vec![p])
+        .and_then(|s| s.build());
+    let built = match built {
+        Ok(b) => Some(b),
+        Err(ps) => {
+            problems.extend(ps.into_iter().map(|p| DraftProblem {
+                field: p.field.to_owned(),
+                message: p.message,
+            }));
+            None
+        }
+    };
+    let name = form.trimmed("name");
+    let mut input = None;
+    let mut graph = String::new();
+    if let Some(built) = &built {
+        let candidate = input_of(console, &identity.name, form, built);
+        problems.extend(
+            console
+                .app
+                .admin
+                .check_credential(&candidate)
+                .into_iter()
+                .map(|v| DraftProblem {
+                    field: v.field.to_owned(),
+                    message: v.message,
+                }),
+        );
+        let registry = console.app.broker.registry();
+        for other in registry
+            .credentials()
+            .iter()
+            .filter(|c| c.identity.name == identity.name && Some(c.name.as_str()) != editing)
+        {
+            if editing.is_none() && other.name == name {
+                problems.push(DraftProblem {
+                    field: "name".into(),
+                    message: format!("identity {:?} already has a credential named {name:?}", identity.name),
+                });
+            }
+            if let (SubjectRule::Exact(s), Some(subject)) = (&other.rule, &candidate.subject)
+                && other.issuer == candidate.issuer
+                && s == subject
+            {
+                problems.push(DraftProblem {
+                    field: "subject".into(),
+                    message: format!("credential {:?} already has this issuer and subject", other.name),
+                });
+            }
+        }
+        graph = graph_json(&candidate);
+        input = Some(candidate);
+    }
+    let (subject, expression) = match built.as_ref().map(|b| &b.rule) {
+        Some(Rule::Subject(s)) => (Some(s.clone()), None),
+        Some(Rule::Expression(e)) => (None, Some(e.clone())),
+        None => (None, None),
+    };
+    let draft = Draft {
+        valid: problems.is_empty(),
+        issuer: built.map(|b| b.issuer),
+        subject,
+        expression,
+        graph,
+        problems,
+    };
+    let input = if draft.valid { input } else { None };
+    (draft, input)
+}
+
+/// `POST /ui/api/draft`: the live preview. JSON in the documented error shape on refusal.
+pub async fn draft_endpoint(
+    State(console): State<Console>,
+    headers: axum::http::HeaderMap,
+    Signed(session): Signed,
+    body: Body,
+) -> Response {
+    let Ok(bytes) = axum::body::to_bytes(body, console.app.max_body_bytes).await else {
+        return ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", "the form is too large").into_response();
+    };
+    let form = Form::parse(&bytes);
+    let presented = headers
+        .get(CSRF_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| form.get(session::CSRF_FIELD));
+    if !session::tokens_equal(&session.csrf, presented) {
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            "csrf_token_required",
+            "the request did not carry the console's CSRF token",
+        )
+        .into_response();
+    }
+    let registry = console.app.broker.registry();
+    let name = form.trimmed("identity");
+    let Some(identity) = registry.identity(name) else {
+        return ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no identity named {name:?}")).into_response();
+    };
+    let editing = form.optional("editing");
+    let (draft, _) = draft(&console, identity, &form, editing.as_deref());
+    Json(draft).into_response()
+}
+
+fn field(form: &Form, name: &str, label: &str, placeholder: &str, hint: &str) -> String {
+    format!(
+        "<label for=\"{name}\">{label}</label>\
+         <input id=\"{name}\" name=\"{name}\" value=\"{}\" placeholder=\"{}\" spellcheck=\"false\" autocomplete=\"off\">{}",
+        esc(form.get(name).unwrap_or_default()),
+        esc(placeholder),
+        if hint.is_empty() {
+            String::new()
+        } else {
+            format!("<p class=\"hint\">{hint}</p>")
+        }
+    )
+}
+
+fn checkbox(form: &Form, name: &str, label: &str) -> String {
+    format!(
+        "<label class=\"check\"><input type=\"checkbox\" id=\"{name}\" name=\"{name}\"{}> {label}</label>",
+        if form.checked(name) { " checked" } else { "" }
+    )
+}
+
+fn select(form: &Form, name: &str, label: &str, options: &[(&str, &str)]) -> String {
+    let current = form.get(name).unwrap_or_default();
+    let mut out = format!("<label for=\"{name}\">{label}</label><select id=\"{name}\" name=\"{name}\">");
+    for (value, text) in options {
+        let _ = write!(
+            out,
+            "<option value=\"{value}\"{}>{text}</option>",
+            if current == *value { " selected" } else { "" }
+        );
+    }
+    out.push_str("</select>");
+    out
+}
+
+fn scenario_fieldset(key: &str, legend: &str, inner: String) -> String {
+    format!("<fieldset class=\"scenario\" data-scenario=\"{key}\"><legend>{legend}</legend>{inner}</fieldset>")
+}
+
+fn other_fields(form: &Form) -> String {
+    let mode = form.get("other_mode").unwrap_or("subject");
+    let radio = |value: &str, label: &str| {
+        format!(
+            "<label class=\"check\"><input type=\"radio\" name=\"other_mode\" value=\"{value}\"{}> {label}</label>",
+            if mode == value { " checked" } else { "" }
+        )
+    };
+    format!(
+        "{}<div class=\"radios\">{}{}</div><div data-mode=\"subject\">{}</div><div data-mode=\"expression\">\
+         <label for=\"other_expression\">Claims-matching expression (FFL)</label>\
+         <textarea id=\"other_expression\" name=\"other_expression\" rows=\"3\" spellcheck=\"false\" placeholder=\"claims['sub'] matches 'organization:contoso:*' and claims['aud'] eq 'api://AzureADTokenExchange'\">{}</textarea>\
+         <p class=\"hint\">Clauses <code>claims['NAME'] eq 'VALUE'</code> or <code>matches</code> (<code>*</code>, <code>?</code>) joined by <code>and</code>; nested claims as <code>claims['kubernetes.io']['namespace']</code>.</p></div>",
+        field(form, "other_issuer", "Issuer", "https://app.terraform.io", "Compared with the token's <code>iss</code> exactly: case and a trailing '/' matter."),
+        radio("subject", "Exact subject"),
+        radio("expression", "Expression"),
+        field(form, "other_subject", "Subject", "organization:contoso:project:web:workspace:prod:run_phase:apply", "Compared with the token's <code>sub</code> exactly and case-sensitively."),
+        esc(form.get("other_expression").unwrap_or_default()),
+    )
+}
+
+fn scenario_fields(form: &Form) -> String {
+    let mut out = String::new();
+    out.push_str(&scenario_fieldset(
+        "github",
+        "GitHub Actions",
+        format!(
+            "{}{}{}{}{}{}<div data-when=\"gh_ids\">{}{}</div>",
+            field(form, "gh_issuer", "Issuer", wizard::GITHUB_ISSUER, "github.com: <code>https://token.actions.githubusercontent.com</code>; an enterprise with its own issuer adds <code>/SLUG</code>; GitHub Enterprise Server: <code>https://HOST/_services/token</code>."),
+            field(form, "gh_org", "Organization (owner)", "contoso", ""),
+            field(form, "gh_repo", "Repository", "app", ""),
+            select(form, "gh_entity", "Entity", &[("branch", "Branch"), ("tag", "Tag"), ("environment", "Environment"), ("pull_request", "Pull request")]),
+            field(form, "gh_value", "Branch, tag or environment", "main", "Wildcards <code>*</code> and <code>?</code> (e.g. <code>release/*</code>) make it an expression."),
+            checkbox(form, "gh_ids", "Immutable form with owner and repository ids (<code>repo:ORG@ID/REPO@ID:…</code>)"),
+            field(form, "gh_org_id", "Organization id", "1342004", ""),
+            field(form, "gh_repo_id", "Repository id", "70107786", ""),
+        ),
+    ));
+    out.push_str(&scenario_fieldset(
+        "kubernetes",
+        "Kubernetes service account",
+        format!(
+            "{}{}{}{}",
+            field(form, "k8s_issuer", "Cluster issuer URL", "https://westeurope.oic.prod-aks.azure.com/TENANT/CLUSTER/", "The cluster's <code>--service-account-issuer</code>; AKS issuers end in '/', and it must be copied exactly."),
+            field(form, "k8s_namespace", "Namespace", "payments", ""),
+            field(form, "k8s_sa", "Service account", "api", ""),
+            checkbox(form, "k8s_all", "Every service account in the namespace (an expression)"),
+        ),
+    ));
+    out.push_str(&scenario_fieldset(
+        "azure_devops",
+        "Azure DevOps service connection",
+        format!(
+            "{}{}{}{}{}",
+            field(form, "ado_org_id", "Organization id", "00000000-0000-0000-0000-000000000000", "The GUID in the issuer <code>https://vstoken.dev.azure.com/{org-guid}</code> the service connection shows."),
+            field(form, "ado_org", "Organization", "contoso", ""),
+            field(form, "ado_project", "Project", "web", ""),
+            field(form, "ado_connection", "Service connection", "prod-connection", ""),
+            field(form, "ado_issuer", "Issuer (instead of the organization id)", "", "Only for connections whose issuer is not vstoken.dev.azure.com."),
+        ),
+    ));
+    out.push_str(&scenario_fieldset(
+        "gitlab",
+        "GitLab CI",
+        format!(
+            "{}{}{}{}",
+            field(form, "gl_issuer", "Instance URL (issuer)", wizard::GITLAB_ISSUER, ""),
+            field(form, "gl_project", "Project path", "group/project", ""),
+            select(form, "gl_ref_type", "Ref type", &[("branch", "Branch"), ("tag", "Tag")]),
+            field(form, "gl_ref", "Branch or tag", "main", "Wildcards make it an expression."),
+        ),
+    ));
+    out.push_str(&scenario_fieldset("other", "Other issuer", other_fields(form)));
+    out
+}
+
+fn problems_list(problems: &[DraftProblem]) -> String {
+    let mut out = String::new();
+    for p in problems {
+        let _ = write!(
+            out,
+            "<li data-field=\"{}\"><b>{}</b>: {}</li>",
+            esc(&p.field),
+            esc(&p.field),
+            esc(&p.message)
+        );
+    }
+    out
+}
+
+/// Whether the wizard creates a credential or edits one.
+enum Mode<'a> {
+    Create,
+    Edit(&'a str),
+}
+
+#[allow(clippy::too_many_arguments)]
+fn wizard_page(
+    console: &Console,
+    session: &Session,
+    identity: &policy::Identity,
+    form: &Form,
+    mode: Mode<'_>,
+    error: Option<&ApiError>,
+    status: StatusCode,
+) -> Response {
+    let seg = path_segment(&identity.name);
+    let editing = match mode {
+        Mode::Edit(name) => Some(name),
+        Mode::Create => None,
+    };
+    let (draft, _) = draft(console, identity, form, editing);
+    let can_save = session.can_write() && !identity.read_only;
+    let save_disabled = if !can_save {
+        html::disabled_unless_admin(session).to_owned() + if identity.read_only { " disabled" } else { "" }
+    } else if draft.valid {
+        String::new()
+    } else {
+        " disabled".to_owned()
+    };
+    let (title, action, scenarios, hidden) = match mode {
+        Mode::Create => {
+            let current = form.get("scenario").unwrap_or("github");
+            let mut radios = String::from("<fieldset class=\"scenarios\"><legend>Where do the tokens come from?</legend>");
+            for (key, label) in SCENARIOS {
+                let _ = write!(
+                    radios,
+                    "<label class=\"scenario-choice\"><input type=\"radio\" name=\"scenario\" value=\"{key}\" data-testid=\"scenario-{key}\"{}> {label}</label>",
+                    if current == key { " checked" } else { "" }
+                );
+            }
+            radios.push_str("</fieldset>");
+            (
+                format!("Add a credential to {}", identity.name),
+                format!("/ui/identities/{seg}/credentials"),
+                radios + &scenario_fields(form),
+                String::new(),
+            )
+        }
+        Mode::Edit(name) => (
+            format!("Edit credential {name}"),
+            format!("/ui/identities/{seg}/credentials/{}", path_segment(name)),
+            scenario_fieldset("other", "Issuer and subject", other_fields(form)),
+            format!(
+                "<input type=\"hidden\" name=\"scenario\" value=\"other\"><input type=\"hidden\" name=\"editing\" value=\"{}\">",
+                esc(name)
+            ),
+        ),
+    };
+    let name_attrs = if editing.is_some() { " readonly" } else { " required" };
+    let rule_kind = if draft.expression.is_some() { "expression" } else { "subject" };
+    let rule_text = draft.subject.as_deref().or(draft.expression.as_deref()).unwrap_or_default();
+    let body = format!(
+        "<p class=\"crumbs\"><a href=\"/ui/identities\">Identities</a> › <a href=\"/ui/identities/{seg}\">{identity_name}</a> ›</p>\
+         <h1>{title}</h1>{read_only}{error}\
+         <div class=\"wizard\"><form method=\"post\" action=\"{action}\" id=\"wizard\" class=\"stacked\" data-draft=\"/ui/api/draft\" data-can-save=\"{can_save}\">\
+         {csrf}<input type=\"hidden\" name=\"identity\" value=\"{identity_name}\">{hidden}{scenarios}\
+         <fieldset class=\"common\"><legend>The credential</legend>\
+         <label for=\"name\">Name</label><input id=\"name\" name=\"name\" value=\"{name}\" spellcheck=\"false\" autocomplete=\"off\" placeholder=\"github-main\"{name_attrs}>\
+         <p class=\"hint\">3–120 letters, digits, '-' and '_'; unique on this identity; cannot be changed later.</p>\
+         <label for=\"audience\">Audience</label><input id=\"audience\" name=\"audience\" value=\"{audience}\" spellcheck=\"false\">\
+         <p class=\"hint\">The token's <code>aud</code> must include it. Entra's default for this identity's cloud is <code>{default_audience}</code>.</p>\
+         <label for=\"description\">Description</label><input id=\"description\" name=\"description\" value=\"{description}\">\
+         {once}</fieldset>\
+         <div class=\"buttons\"><button type=\"submit\" class=\"primary\" id=\"save\" data-testid=\"save\"{save_disabled}>Save credential</button>\
+         <a class=\"button\" href=\"/ui/identities/{seg}\">Cancel</a></div></form>\
+         <aside class=\"preview\" aria-live=\"polite\"><h2>What tokens must carry</h2>\
+         <p><span class=\"kind\" id=\"rule-kind\">{rule_kind}</span></p><p><code id=\"subject\" data-testid=\"subject\">{rule_text}</code></p>\
+         <p class=\"muted\">issuer <code id=\"issuer\" data-testid=\"issuer\">{issuer}</code></p>\
+         <h2>Checks</h2><p id=\"valid\" data-testid=\"valid\" class=\"{valid_class}\">{valid_text}</p>\
+         <ul id=\"problems\" class=\"problems\" data-testid=\"problems\">{problems}</ul>\
+         <h2>Graph JSON that will be stored</h2><pre id=\"graph\" data-testid=\"graph\">{graph}</pre></aside></div>",
+        identity_name = esc(&identity.name),
+        title = esc(&title),
+        read_only = if identity.read_only {
+            "<p class=\"error\">This identity is declared in the config file: its credentials are read-only here. The wizard still shows what a credential would look like.</p>"
+        } else {
+            ""
+        },
+        error = error.map(html::error_box).unwrap_or_default(),
+        action = esc(&action),
+        can_save = can_save,
+        csrf = html::csrf_field(session),
+        name = esc(form.get("name").unwrap_or_default()),
+        audience = esc(form.get("audience").unwrap_or_default()),
+        default_audience = esc(&console.app.admin.default_audience(&identity.name)),
+        description = esc(form.get("description").unwrap_or_default()),
+        once = checkbox(form, "one_time_use", "Accept each token only once (<code>oneTimeUse</code>, a broker extension)"),
+        rule_text = esc(rule_text),
+        issuer = esc(draft.issuer.as_deref().unwrap_or_default()),
+        valid_class = if draft.valid { "ok" } else { "bad" },
+        valid_text = if draft.valid {
+            "Valid: Entra's rules hold."
+        } else {
+            "Not valid yet:"
+        },
+        problems = problems_list(&draft.problems),
+        graph = esc(&draft.graph),
+    );
+    html::html(status, html::page(&title, Some(session), Nav::Identities, &body))
+}
+
+fn identity_not_found(session: &Session, name: &str) -> Response {
+    html::error_page(
+        StatusCode::NOT_FOUND,
+        Some(session),
+        "No such identity",
+        &format!("There is no identity named {name:?}."),
+    )
+}
+
+/// `GET /ui/identities/{name}/credentials/new`
+pub async fn wizard_form(
+    State(console): State<Console>,
+    Signed(session): Signed,
+    Path(name): Path<String>,
+) -> Response {
+    let registry = console.app.broker.registry();
+    let Some(identity) = registry.identity(&name) else {
+        return identity_not_found(&session, &name);
+    };
+    let mut form = Form::default();
+    form.set_default("scenario", "github");
+    form.set_default("gh_issuer", wizard::GITHUB_ISSUER);
+    form.set_default("gh_entity", "branch");
+    form.set_default("gl_issuer", wizard::GITLAB_ISSUER);
+    form.set_default("gl_ref_type", "branch");
+    form.set_default("other_mode", "subject");
+    form.set_default("audience", &console.app.admin.default_audience(&name));
+    wizard_page(&console, &session, identity, &form, Mode::Create, None, StatusCode::OK)
+}
+
+/// `POST /ui/identities/{name}/credentials`
+pub async fn create(
+    State(console): State<Console>,
+    Signed(session): Signed,
+    Path(name): Path<String>,
+    body: Body,
+) -> Response {
+    const ACTION: &str = "credential.create";
+    let form = match session::read_form(&console, Some(&session), body).await {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    if let Err(r) = session::check_csrf(&session, &form) {
+        return r;
+    }
+    let credential = form.optional("name");
+    if let Err(r) = session::refuse_reader(&console, &session, ACTION, Some(&name), credential.as_deref()) {
+        return r;
+    }
+    let registry = console.app.broker.registry();
+    let Some(identity) = registry.identity(&name) else {
+        return identity_not_found(&session, &name);
+    };
+    let (draft, input) = draft(&console, identity, &form, None);
+    let result = match input {
+        Some(input) => console.app.admin.create_credential(&name, input).await,
+        None => Err(AdminError::Invalid(
+            draft
+                .problems
+                .iter()
+                .map(|p| crate::policy::rules::Violation {
+                    field: graph_field(&p.field),
+                    message: p.message.clone(),
+                })
+                .collect(),
+        )),
+    };
+    match audited(&console.app, &session.principal, ACTION, &name, credential.as_deref(), result) {
+        Ok(stored) => html::redirect(&format!(
+            "/ui/identities/{}?notice=credential-created&credential={}",
+            path_segment(&name),
+            html::url_component(&stored.name)
+        )),
+        Err(e) => wizard_page(&console, &session, identity, &form, Mode::Create, Some(&e), e.status),
+    }
+}
+
+/// The `'static` field name of a problem, for [`AdminError::Invalid`].
+fn graph_field(field: &str) -> &'static str {
+    const KNOWN: [&str; 31] = [
+        "name", "issuer", "subject", "claimsMatchingExpression", "audiences", "description", "scenario",
+        "gh_issuer", "gh_org", "gh_repo", "gh_entity", "gh_value", "gh_org_id", "gh_repo_id",
+        "k8s_issuer", "k8s_namespace", "k8s_sa", "ado_org_id", "ado_org", "ado_project", "ado_connection",
+        "ado_issuer", "gl_issuer", "gl_project", "gl_ref_type", "gl_ref", "other_issuer", "other_mode",
+        "other_subject", "other_expression", "audience",
+    ];
+    KNOWN.into_iter().find(|k| *k == field).unwrap_or("credential")
+}
+
+/// The stored credential, for the edit and delete pages.
+async fn stored_credential(
+    console: &Console,
+    session: &Session,
+    identity: &str,
+    credential: &str,
+) -> Result<crate::store::StoredCredential, Response> {
+    let registry = console.app.broker.registry();
+    match registry.identity(identity) {
+        None => return Err(identity_not_found(session, identity)),
+        Some(i) if i.read_only => {
+            return Err(html::error_page(
+                StatusCode::CONFLICT,
+                Some(session),
+                "Read-only credential",
+                &format!("Identity {identity:?} is declared in the config file; its credentials are read-only here."),
+            ));
+        }
+        Some(_) => {}
+    }
+    let found = match console.app.broker.store() {
+        Some(store) => store.get_credential(identity, credential).await,
+        None => Ok(None),
+    };
+    match found {
+        Ok(Some(c)) => Ok(c),
+        Ok(None) => Err(html::error_page(
+            StatusCode::NOT_FOUND,
+            Some(session),
+            "No such credential",
+            &format!("Identity {identity:?} has no federated credential {credential:?}."),
+        )),
+        Err(e) => Err(html::error_page(
+            StatusCode::SERVICE_UNAVAILABLE,
+            Some(session),
+            "Store unavailable",
+            &e.to_string(),
+        )),
+    }
+}
+
+/// `GET /ui/identities/{name}/credentials/{credential}/edit`
+pub async fn edit_form(
+    State(console): State<Console>,
+    Signed(session): Signed,
+    Path((name, credential)): Path<(String, String)>,
+) -> Response {
+    let stored = match stored_credential(&console, &session, &name, &credential).await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let registry = console.app.broker.registry();
+    let Some(identity) = registry.identity(&name) else {
+        return identity_not_found(&session, &name);
+    };
+    let mut pairs = vec![
+        ("scenario".to_owned(), "other".to_owned()),
+        ("name".to_owned(), stored.name.clone()),
+        ("other_issuer".to_owned(), stored.issuer.clone()),
+        ("audience".to_owned(), stored.audiences.first().cloned().unwrap_or_default()),
+        ("description".to_owned(), stored.description.clone().unwrap_or_default()),
+    ];
+    match (&stored.subject, &stored.claims_matching_expression) {
+        (_, Some(e)) => {
+            pairs.push(("other_mode".into(), "expression".into()));
+            pairs.push(("other_expression".into(), e.clone()));
+        }
+        (s, None) => {
+            pairs.push(("other_mode".into(), "subject".into()));
+            pairs.push(("other_subject".into(), s.clone().unwrap_or_default()));
+        }
+    }
+    if stored.one_time_use {
+        pairs.push(("one_time_use".into(), "on".into()));
+    }
+    let form = Form::from_pairs(pairs);
+    wizard_page(&console, &session, identity, &form, Mode::Edit(&stored.name), None, StatusCode::OK)
+}
+
+/// `POST /ui/identities/{name}/credentials/{credential}`
+pub async fn update(
+    State(console): State<Console>,
+    Signed(session): Signed,
+    Path((name, credential)): Path<(String, String)>,
+    body: Body,
+) -> Response {
+    const ACTION: &str = "credential.update";
+    let form = match session::read_form(&console, Some(&session), body).await {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    if let Err(r) = session::check_csrf(&session, &form) {
+        return r;
+    }
+    if let Err(r) = session::refuse_reader(&console, &session, ACTION, Some(&name), Some(&credential)) {
+        return r;
+    }
+    let stored = match stored_credential(&console, &session, &name, &credential).await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let registry = console.app.broker.registry();
+    let Some(identity) = registry.identity(&name) else {
+        return identity_not_found(&session, &name);
+    };
+    // The name is fixed: whatever the form says, this credential is edited.
+    let mut pairs: Vec<(String, String)> = vec![("name".into(), stored.name.clone()), ("scenario".into(), "other".into())];
+    for key in ["csrf", "other_issuer", "other_mode", "other_subject", "other_expression", "audience", "description", "one_time_use"] {
+        if let Some(v) = form.get(key) {
+            pairs.push((key.into(), v.into()));
+        }
+    }
+    let form = Form::from_pairs(pairs);
+    let (draft, input) = draft(&console, identity, &form, Some(&stored.name));
+    let result = match input {
+        Some(new) => {
+            console
+                .app
+                .admin
+                .update_credential(&name, &stored.id, move |current| {
+                    current.issuer = new.issuer;
+                    current.subject = new.subject;
+                    current.claims_matching_expression = new.claims_matching_expression;
+                    current.audiences = new.audiences;
+                    current.description = new.description;
+                    current.one_time_use = new.one_time_use;
+                    Ok(())
+                })
+                .await
+        }
+        None => Err(AdminError::Invalid(
+            draft
+                .problems
+                .iter()
+                .map(|p| crate::policy::rules::Violation {
+                    field: graph_field(&p.field),
+                    message: p.message.clone(),
+                })
+                .collect(),
+        )),
+    };
+    match audited(&console.app, &session.principal, ACTION, &name, Some(&stored.name), result) {
+        Ok(c) => html::redirect(&format!(
+            "/ui/identities/{}?notice=credential-updated&credential={}",
+            path_segment(&name),
+            html::url_component(&c.name)
+        )),
+        Err(e) => wizard_page(&console, &session, identity, &form, Mode::Edit(&stored.name), Some(&e), e.status),
+    }
+}
+
+/// `GET /ui/identities/{name}/credentials/{credential}/delete`: asks first.
+pub async fn delete_form(
+    State(console): State<Console>,
+    Signed(session): Signed,
+    Path((name, credential)): Path<(String, String)>,
+) -> Response {
+    let stored = match stored_credential(&console, &session, &name, &credential).await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let seg = path_segment(&name);
+    let rule = match (&stored.subject, &stored.claims_matching_expression) {
+        (_, Some(e)) => format!("expression <code>{}</code>", esc(e)),
+        (s, None) => format!("subject <code>{}</code>", esc(s.as_deref().unwrap_or_default())),
+    };
+    let body = format!(
+        "<p class=\"crumbs\"><a href=\"/ui/identities\">Identities</a> › <a href=\"/ui/identities/{seg}\">{identity}</a> ›</p>\
+         <h1>Delete credential {cred}?</h1>\
+         <p>Tokens from <code>{issuer}</code> with {rule} will be refused from the next exchange on.</p>\
+         <form method=\"post\" action=\"/ui/identities/{seg}/credentials/{cseg}/delete\">{csrf}\
+         <div class=\"buttons\"><button type=\"submit\" class=\"danger\" data-testid=\"confirm-delete\"{disabled}>Delete</button>\
+         <a class=\"button\" href=\"/ui/identities/{seg}\">Cancel</a></div></form>",
+        identity = esc(&name),
+        cred = esc(&stored.name),
+        cseg = path_segment(&stored.name),
+        issuer = esc(&stored.issuer),
+        csrf = html::csrf_field(&session),
+        disabled = html::disabled_unless_admin(&session),
+    );
+    html::html(StatusCode::OK, html::page("Delete credential", Some(&session), Nav::Identities, &body))
+}
+
+/// `POST /ui/identities/{name}/credentials/{credential}/delete`
+pub async fn delete(
+    State(console): State<Console>,
+    Signed(session): Signed,
+    Path((name, credential)): Path<(String, String)>,
+    body: Body,
+) -> Response {
+    const ACTION: &str = "credential.delete";
+    let form = match session::read_form(&console, Some(&session), body).await {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    if let Err(r) = session::check_csrf(&session, &form) {
+        return r;
+    }
+    if let Err(r) = session::refuse_reader(&console, &session, ACTION, Some(&name), Some(&credential)) {
+        return r;
+    }
+    let result = console.app.admin.delete_credential(&name, &credential).await;
+    match audited(&console.app, &session.principal, ACTION, &name, Some(&credential), result) {
+        Ok(()) => html::redirect(&format!(
+            "/ui/identities/{}?notice=credential-deleted&credential={}",
+            path_segment(&name),
+            html::url_component(&credential)
+        )),
+        Err(e) => html::error_page(e.status, Some(&session), "Not deleted", &e.description),
+    }
+}

@@ -1,0 +1,563 @@
+//! Sign-in, sessions and CSRF protection for the console.
+//!
+//! An admin signs in by pasting the same bearer token the admin API accepts; it is checked
+//! by [`crate::api::admin::auth::AdminAuth`] (static hashed tokens or OIDC admin tokens)
+//! and then forgotten. The broker keeps a server-side session: a random 256-bit id, of
+//! which the cookie carries the id and the server keeps only its SHA-256, with the
+//! principal's name and role and a per-session CSRF token. Sessions end after
+//! [`IDLE_SECS`] without a request, after [`MAX_SECS`] in any case, when an OIDC admin
+//! token they were opened with expires, and at sign-out. Sessions live in this replica's
+//! memory: behind a load balancer, use sticky sessions or sign in again on another
+//! replica.
+//!
+//! The cookie is `HttpOnly; SameSite=Strict; Path=/ui`, plus `Secure` when the listener
+//! serves TLS. Every form that changes anything (and the sign-in and sign-out forms)
+//! carries a CSRF token that is compared in constant time; a POST without it is refused
+//! with 403 before anything else happens. The sign-in form, which has no session yet,
+//! uses a double-submit cookie instead.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_lc_rs::rand::{SecureRandom, SystemRandom};
+use axum::body::Body;
+use axum::extract::{FromRequestParts, Query, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use subtle::ConstantTimeEq;
+
+use super::Console;
+use super::html::{self, esc};
+use crate::api::ApiError;
+use crate::api::admin::auth::{Principal, Role};
+use crate::clock::SharedClock;
+use crate::token::UnverifiedToken;
+
+/// A session ends after this long without a request.
+pub const IDLE_SECS: u64 = 30 * 60;
+/// A session ends this long after sign-in whatever happens.
+pub const MAX_SECS: u64 = 8 * 60 * 60;
+/// The most sessions kept at once (the oldest idle ones go first).
+const MAX_SESSIONS: u64 = 10_000;
+/// The session cookie.
+pub const SESSION_COOKIE: &str = "wif_ui_session";
+/// The sign-in form's double-submit cookie.
+pub const LOGIN_COOKIE: &str = "wif_ui_login";
+/// The form field, and for JSON calls the header, that carries the CSRF token.
+pub const CSRF_FIELD: &str = "csrf";
+pub const CSRF_HEADER: &str = "x-csrf-token";
+
+/// One signed-in admin or reader.
+#[derive(Debug)]
+pub struct Session {
+    pub principal: Principal,
+    /// Sent in every form; compared in constant time on every POST.
+    pub csrf: String,
+    /// Clock seconds after which the session is over.
+    pub expires_at: u64,
+}
+
+impl Session {
+    pub fn can_write(&self) -> bool {
+        self.principal.role >= Role::Admin
+    }
+}
+
+/// The sessions of this replica.
+pub struct Sessions {
+    by_hash: moka::sync::Cache<[u8; 32], Arc<Session>>,
+    clock: SharedClock,
+    rng: SystemRandom,
+}
+
+impl std::fmt::Debug for Sessions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sessions")
+            .field("count", &self.by_hash.entry_count())
+            .finish()
+    }
+}
+
+/// The random source failed (the operating system could not provide randomness).
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("no randomness available for a session id")]
+pub struct NoRandomness;
+
+fn digest(id: &str) -> [u8; 32] {
+    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, id.as_bytes());
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
+}
+
+impl Sessions {
+    pub fn new(clock: SharedClock) -> Self {
+        Self {
+            by_hash: moka::sync::Cache::builder()
+                .max_capacity(MAX_SESSIONS)
+                .time_to_idle(Duration::from_secs(IDLE_SECS))
+                .time_to_live(Duration::from_secs(MAX_SECS))
+                .build(),
+            clock,
+            rng: SystemRandom::new(),
+        }
+    }
+
+    /// 256 random bits as 64 hex digits.
+    pub fn random_token(&self) -> Result<String, NoRandomness> {
+        let mut bytes = [0u8; 32];
+        self.rng.fill(&mut bytes).map_err(|_| NoRandomness)?;
+        Ok(hex::encode(bytes))
+    }
+
+    /// Opens a session; returns the id for the cookie. `not_after` caps its life (the
+    /// expiry of the OIDC token it was opened with).
+    pub fn open(
+        &self,
+        principal: Principal,
+        not_after: Option<u64>,
+    ) -> Result<(String, Arc<Session>), NoRandomness> {
+        let id = self.random_token()?;
+        let now = self.clock.now();
+        let mut expires_at = now.saturating_add(MAX_SECS);
+        if let Some(limit) = not_after {
+            expires_at = expires_at.min(limit);
+        }
+        let session = Arc::new(Session {
+            principal,
+            csrf: self.random_token()?,
+            expires_at,
+        });
+        self.by_hash.insert(digest(&id), session.clone());
+        Ok((id, session))
+    }
+
+    /// The live session with this id, if any.
+    pub fn get(&self, id: &str) -> Option<Arc<Session>> {
+        let key = digest(id);
+        let session = self.by_hash.get(&key)?;
+        if self.clock.now() >= session.expires_at {
+            self.by_hash.invalidate(&key);
+            return None;
+        }
+        Some(session)
+    }
+
+    pub fn close(&self, id: &str) {
+        self.by_hash.invalidate(&digest(id));
+    }
+}
+
+/// Constant-time comparison of a presented token with the expected one.
+pub fn tokens_equal(expected: &str, presented: Option<&str>) -> bool {
+    match presented {
+        Some(p) if !expected.is_empty() => bool::from(expected.as_bytes().ct_eq(p.as_bytes())),
+        _ => false,
+    }
+}
+
+/// The value of cookie `name` in the request, if present.
+pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+/// A `Set-Cookie` value with the console's attributes.
+pub fn set_cookie(name: &str, value: &str, max_age: u64, secure: bool) -> String {
+    format!(
+        "{name}={value}; Path=/ui; HttpOnly; SameSite=Strict; Max-Age={max_age}{}",
+        if secure { "; Secure" } else { "" }
+    )
+}
+
+fn with_cookie(mut response: Response, cookie: &str) -> Response {
+    if let Ok(value) = HeaderValue::from_str(cookie) {
+        response.headers_mut().append(header::SET_COOKIE, value);
+    }
+    response
+}
+
+/// The live session of this request, if any.
+pub fn current(console: &Console, headers: &HeaderMap) -> Option<Arc<Session>> {
+    cookie(headers, SESSION_COOKIE).and_then(|id| console.sessions.get(id))
+}
+
+/// A request from a signed-in admin or reader. Without a live session, pages redirect to
+/// the sign-in page and the JSON helpers answer 401.
+#[derive(Debug, Clone)]
+pub struct Signed(pub Arc<Session>);
+
+impl FromRequestParts<Console> for Signed {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, console: &Console) -> Result<Self, Response> {
+        if let Some(session) = cookie(&parts.headers, SESSION_COOKIE).and_then(|id| console.sessions.get(id)) {
+            return Ok(Signed(session));
+        }
+        let path = parts.uri.path();
+        if path.starts_with("/ui/api/") {
+            return Err(ApiError::unauthorized(
+                "unauthenticated",
+                "the console session is missing or has expired; sign in again",
+            )
+            .into_response());
+        }
+        let next = parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .filter(|_| parts.method == axum::http::Method::GET)
+            .unwrap_or("/ui/identities");
+        Err(html::redirect(&format!(
+            "/ui/login?next={}",
+            html::url_component(next)
+        )))
+    }
+}
+
+/// A `application/x-www-form-urlencoded` body, read against the size limit.
+#[derive(Debug, Default, Clone)]
+pub struct Form(Vec<(String, String)>);
+
+impl Form {
+    pub fn parse(bytes: &[u8]) -> Self {
+        Form(
+            url::form_urlencoded::parse(bytes)
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect(),
+        )
+    }
+
+    pub fn from_pairs(pairs: Vec<(String, String)>) -> Self {
+        Form(pairs)
+    }
+
+    /// Sets `name` unless the form already has a value for it.
+    pub fn set_default(&mut self, name: &str, value: &str) {
+        if self.get(name).is_none() {
+            self.0.push((name.to_owned(), value.to_owned()));
+        }
+    }
+
+    /// The first value of `name`, as sent.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The value of `name` with surrounding whitespace removed, or "".
+    pub fn trimmed(&self, name: &str) -> &str {
+        self.get(name).map(str::trim).unwrap_or_default()
+    }
+
+    /// The trimmed value, or None when empty.
+    pub fn optional(&self, name: &str) -> Option<String> {
+        Some(self.trimmed(name)).filter(|v| !v.is_empty()).map(str::to_owned)
+    }
+
+    pub fn checked(&self, name: &str) -> bool {
+        matches!(self.get(name), Some("on" | "true" | "1" | "yes"))
+    }
+}
+
+pub async fn read_form(console: &Console, session: Option<&Session>, body: Body) -> Result<Form, Response> {
+    let limit = console.app.max_body_bytes;
+    match axum::body::to_bytes(body, limit).await {
+        Ok(bytes) => Ok(Form::parse(&bytes)),
+        Err(_) => Err(html::error_page(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            session,
+            "Form too large",
+            &format!("The form is larger than {limit} bytes."),
+        )),
+    }
+}
+
+/// 403 unless the form carries this session's CSRF token.
+pub fn check_csrf(session: &Session, form: &Form) -> Result<(), Response> {
+    if tokens_equal(&session.csrf, form.get(CSRF_FIELD)) {
+        return Ok(());
+    }
+    Err(csrf_refused(Some(session)))
+}
+
+pub fn csrf_refused(session: Option<&Session>) -> Response {
+    html::error_page(
+        StatusCode::FORBIDDEN,
+        session,
+        "Request refused",
+        "This form did not carry the console's security token (CSRF protection), so nothing was changed. Reload the page and try again.",
+    )
+}
+
+/// 403 for a reader trying to change something; the attempt is audited like a refused
+/// admin API write.
+pub fn refuse_reader(console: &Console, session: &Session, action: &'static str, identity: Option<&str>, credential: Option<&str>) -> Result<(), Response> {
+    if session.can_write() {
+        return Ok(());
+    }
+    let error = ApiError::new(
+        StatusCode::FORBIDDEN,
+        "forbidden",
+        format!(
+            "{} has the {} role; this needs admin",
+            session.principal.name,
+            session.principal.role.as_str()
+        ),
+    );
+    crate::api::admin::audit(
+        &console.app,
+        action,
+        Some((session.principal.name.clone(), session.principal.role.as_str())),
+        identity,
+        credential,
+        Err(&error),
+    );
+    Err(html::error_page(
+        StatusCode::FORBIDDEN,
+        Some(session),
+        "Not allowed",
+        &format!(
+            "You are signed in as {} with the reader role: you can look at everything but change nothing.",
+            session.principal.name
+        ),
+    ))
+}
+
+// ----- pages ----------------------------------------------------------------------------
+
+#[derive(Debug, serde::Deserialize)]
+pub struct LoginQuery {
+    next: Option<String>,
+}
+
+/// Where to go after signing in: only paths of this console (no open redirect).
+pub fn safe_next(next: Option<&str>) -> &str {
+    match next {
+        Some(n)
+            if n.starts_with("/ui/")
+                && !n.starts_with("/ui/login")
+                && !n.contains("//")
+                && !n.contains('\\')
+                && n.bytes().all(|b| b.is_ascii_graphic()) =>
+        {
+            n
+        }
+        _ => "/ui/identities",
+    }
+}
+
+fn login_page(status: StatusCode, csrf: &str, next: &str, error: Option<&str>) -> Response {
+    let error = error
+        .map(|e| format!("<p class=\"error\" role=\"alert\" data-testid=\"error\">{}</p>", esc(e)))
+        .unwrap_or_default();
+    let body = format!(
+        "<section class=\"login\"><h1>Sign in</h1>\
+         <p>Paste an admin or reader token: the same bearer token the admin API and the \
+         <code>wif-broker</code> CLI accept (a static token from <code>[admin] tokens_file</code> \
+         or an OIDC admin token). The broker checks it once and keeps only a session; the token \
+         is not stored.</p>{error}\
+         <form method=\"post\" action=\"/ui/login\" autocomplete=\"off\">\
+         <input type=\"hidden\" name=\"csrf\" value=\"{}\">\
+         <input type=\"hidden\" name=\"next\" value=\"{}\">\
+         <label for=\"token\">Token</label>\
+         <input type=\"password\" id=\"token\" name=\"token\" required autofocus spellcheck=\"false\">\
+         <button type=\"submit\" class=\"primary\">Sign in</button></form></section>",
+        esc(csrf),
+        esc(next)
+    );
+    html::html(status, html::page("Sign in", None, html::Nav::None, &body))
+}
+
+/// `GET /ui/login`
+pub async fn login_form(
+    State(console): State<Console>,
+    headers: HeaderMap,
+    Query(query): Query<LoginQuery>,
+) -> Response {
+    let next = safe_next(query.next.as_deref()).to_owned();
+    if cookie(&headers, SESSION_COOKIE).and_then(|id| console.sessions.get(id)).is_some() {
+        return html::redirect(&next);
+    }
+    let Ok(csrf) = console.sessions.random_token() else {
+        return no_randomness();
+    };
+    let response = login_page(StatusCode::OK, &csrf, &next, None);
+    with_cookie(response, &set_cookie(LOGIN_COOKIE, &csrf, 3600, console.app.tls))
+}
+
+fn no_randomness() -> Response {
+    html::error_page(
+        StatusCode::SERVICE_UNAVAILABLE,
+        None,
+        "Cannot sign in",
+        "The broker could not get randomness for a session; try again.",
+    )
+}
+
+/// `POST /ui/login`
+pub async fn login(State(console): State<Console>, headers: HeaderMap, body: Body) -> Response {
+    let form = match read_form(&console, None, body).await {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    let next = safe_next(form.get("next")).to_owned();
+    let expected = cookie(&headers, LOGIN_COOKIE).unwrap_or_default();
+    if !tokens_equal(expected, form.get(CSRF_FIELD)) {
+        return csrf_refused(None);
+    }
+    let token = form.trimmed("token");
+    let token = (!token.is_empty()).then_some(token);
+    let app = &console.app;
+    match app.auth.authenticate(token, &app.broker).await {
+        Ok(principal) => {
+            let not_after = token
+                .filter(|t| t.matches('.').count() == 2)
+                .and_then(|t| UnverifiedToken::parse(t, app.broker.max_token_bytes()).ok())
+                .and_then(|u| u.claims.get("exp").and_then(serde_json::Value::as_u64));
+            let (id, _) = match console.sessions.open(principal.clone(), not_after) {
+                Ok(opened) => opened,
+                Err(_) => return no_randomness(),
+            };
+            crate::api::admin::audit(
+                app,
+                "console.sign_in",
+                Some((principal.name.clone(), principal.role.as_str())),
+                None,
+                None,
+                Ok(()),
+            );
+            let response = html::redirect(&next);
+            let response = with_cookie(response, &set_cookie(SESSION_COOKIE, &id, MAX_SECS, app.tls));
+            with_cookie(response, &set_cookie(LOGIN_COOKIE, "", 0, app.tls))
+        }
+        Err(e) => {
+            let error = ApiError::from(e);
+            crate::api::admin::audit(app, "console.sign_in", None, None, None, Err(&error));
+            let message = format!("That token was not accepted: {}", error.description);
+            login_page(error.status, expected, &next, Some(&message))
+        }
+    }
+}
+
+/// `POST /ui/logout`
+pub async fn logout(State(console): State<Console>, headers: HeaderMap, Signed(session): Signed, body: Body) -> Response {
+    let form = match read_form(&console, Some(&session), body).await {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    if let Err(r) = check_csrf(&session, &form) {
+        return r;
+    }
+    if let Some(id) = cookie(&headers, SESSION_COOKIE) {
+        console.sessions.close(id);
+    }
+    crate::api::admin::audit(
+        &console.app,
+        "console.sign_out",
+        Some((session.principal.name.clone(), session.principal.role.as_str())),
+        None,
+        None,
+        Ok(()),
+    );
+    with_cookie(
+        html::redirect("/ui/login"),
+        &set_cookie(SESSION_COOKIE, "", 0, console.app.tls),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::OffsetClock;
+
+    fn alice() -> Principal {
+        Principal {
+            name: "alice".into(),
+            role: Role::Admin,
+        }
+    }
+
+    #[test]
+    fn a_session_is_found_by_its_id_and_not_by_anything_else() {
+        let sessions = Sessions::new(OffsetClock::new());
+        let (id, session) = sessions.open(alice(), None).unwrap();
+        assert_eq!(id.len(), 64);
+        assert_eq!(session.csrf.len(), 64);
+        assert_ne!(id, session.csrf);
+        assert_eq!(sessions.get(&id).unwrap().principal.name, "alice");
+        assert!(sessions.get(&session.csrf).is_none());
+        assert!(sessions.get("").is_none());
+        sessions.close(&id);
+        assert!(sessions.get(&id).is_none());
+    }
+
+    #[test]
+    fn sessions_end_at_the_absolute_limit_and_at_the_admin_tokens_expiry() {
+        let clock = OffsetClock::new();
+        let sessions = Sessions::new(clock.clone());
+        let (id, _) = sessions.open(alice(), None).unwrap();
+        let now = crate::clock::Clock::now(clock.as_ref());
+        let (short, _) = sessions.open(alice(), Some(now + 60)).unwrap();
+        clock.advance(61);
+        assert!(sessions.get(&id).is_some());
+        assert!(sessions.get(&short).is_none(), "past the OIDC token's exp");
+        clock.advance(MAX_SECS as i64);
+        assert!(sessions.get(&id).is_none(), "past the absolute limit");
+    }
+
+    #[test]
+    fn csrf_tokens_compare_exactly() {
+        assert!(tokens_equal("abc", Some("abc")));
+        assert!(!tokens_equal("abc", Some("abd")));
+        assert!(!tokens_equal("abc", Some("ab")));
+        assert!(!tokens_equal("abc", None));
+        assert!(!tokens_equal("", Some("")), "an empty expected token never matches");
+    }
+
+    #[test]
+    fn cookies_are_read_from_every_cookie_header() {
+        let mut headers = HeaderMap::new();
+        headers.append(header::COOKIE, HeaderValue::from_static("a=1; wif_ui_login=xyz"));
+        headers.append(header::COOKIE, HeaderValue::from_static("wif_ui_session=s1"));
+        assert_eq!(cookie(&headers, LOGIN_COOKIE), Some("xyz"));
+        assert_eq!(cookie(&headers, SESSION_COOKIE), Some("s1"));
+        assert_eq!(cookie(&headers, "wif_ui"), None);
+    }
+
+    #[test]
+    fn the_cookie_is_http_only_strict_and_secure_over_tls() {
+        let plain = set_cookie(SESSION_COOKIE, "id", 60, false);
+        assert_eq!(plain, "wif_ui_session=id; Path=/ui; HttpOnly; SameSite=Strict; Max-Age=60");
+        assert!(set_cookie(SESSION_COOKIE, "id", 60, true).ends_with("; Secure"));
+    }
+
+    #[test]
+    fn only_console_paths_are_followed_after_sign_in() {
+        assert_eq!(safe_next(Some("/ui/activity?outcome=denied")), "/ui/activity?outcome=denied");
+        for bad in ["https://evil.example/", "//evil.example", "/ui//evil", "/v1/identities", "/ui/login?next=x", "/ui/a b"] {
+            assert_eq!(safe_next(Some(bad)), "/ui/identities", "{bad}");
+        }
+        assert_eq!(safe_next(None), "/ui/identities");
+    }
+
+    #[test]
+    fn forms_are_decoded() {
+        let form = Form::parse(b"name=a+b&csrf=%2Fx&flag=on&empty=&name=second");
+        assert_eq!(form.get("name"), Some("a b"));
+        assert_eq!(form.get("csrf"), Some("/x"));
+        assert!(form.checked("flag"));
+        assert!(!form.checked("empty"));
+        assert_eq!(form.optional("empty"), None);
+        assert_eq!(form.trimmed("missing"), "");
+    }
+}

@@ -1,0 +1,231 @@
+//! "Test it": paste a token, or an issuer and claims, and see what an exchange would
+//! decide: which credentials match and, for near misses, which check or expression clause
+//! failed. It runs [`crate::simulate::simulate`], the same code as `POST /v1/simulate`:
+//! nothing is sent to Entra, no one-time-use token is spent, nothing changes. Readers may
+//! use it. The pasted token is never logged or stored.
+
+use std::fmt::Write as _;
+
+use axum::body::Body;
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use serde::Deserialize;
+
+use super::Console;
+use super::html::{self, Nav, esc, path_segment};
+use super::session::{self, Form, Session, Signed};
+use crate::api::admin::model::{SimulateRequest, SimulateResponse};
+use crate::policy::SubjectRule;
+
+#[derive(Debug, Default, Deserialize)]
+pub struct TestQuery {
+    identity: Option<String>,
+}
+
+fn identity_options(console: &Console, selected: &str) -> String {
+    let registry = console.app.broker.registry();
+    let mut out = format!(
+        "<option value=\"\"{}>(any: the one the token may act as)</option>",
+        if selected.is_empty() { " selected" } else { "" }
+    );
+    for i in registry.identities() {
+        let _ = write!(
+            out,
+            "<option value=\"{name}\"{sel}>{name}</option>",
+            name = esc(&i.name),
+            sel = if i.name == selected { " selected" } else { "" }
+        );
+    }
+    out
+}
+
+fn form_html(console: &Console, session: &Session, form: &Form) -> String {
+    let mode = form.get("mode").unwrap_or("token");
+    let radio = |value: &str, label: &str| {
+        format!(
+            "<label class=\"check\"><input type=\"radio\" name=\"mode\" value=\"{value}\" data-testid=\"mode-{value}\"{}> {label}</label>",
+            if mode == value { " checked" } else { "" }
+        )
+    };
+    format!(
+        "<form method=\"post\" action=\"/ui/test\" class=\"stacked\" id=\"test-form\">{csrf}\
+         <div class=\"radios\">{r1}{r2}</div>\
+         <div data-mode=\"token\"><label for=\"token\">Token (a JWT)</label>\
+         <textarea id=\"token\" name=\"token\" rows=\"5\" spellcheck=\"false\" autocomplete=\"off\" placeholder=\"eyJhbGciOi...\">{token}</textarea>\
+         <p class=\"hint\">Its signature and times are checked against the issuer's keys, as in an exchange.</p></div>\
+         <div data-mode=\"claims\"><label for=\"issuer\">Issuer</label>\
+         <input id=\"issuer\" name=\"issuer\" value=\"{issuer}\" spellcheck=\"false\" placeholder=\"https://token.actions.githubusercontent.com\">\
+         <label for=\"claims\">Claims (JSON)</label>\
+         <textarea id=\"claims\" name=\"claims\" rows=\"6\" spellcheck=\"false\" placeholder='{{\"sub\": \"repo:contoso/app:ref:refs/heads/main\", \"aud\": \"api://AzureADTokenExchange\"}}'>{claims}</textarea>\
+         <p class=\"hint\">To try rules before any job has run: signature and times are skipped.</p></div>\
+         <label for=\"identity\">Identity the workload would ask for</label><select id=\"identity\" name=\"identity\">{options}</select>\
+         <div class=\"buttons\"><button type=\"submit\" class=\"primary\" data-testid=\"run-test\">Test</button></div></form>",
+        csrf = html::csrf_field(session),
+        r1 = radio("token", "A token"),
+        r2 = radio("claims", "Issuer and claims"),
+        token = esc(form.get("token").unwrap_or_default()),
+        issuer = esc(form.get("issuer").unwrap_or_default()),
+        claims = esc(form.get("claims").unwrap_or_default()),
+        options = identity_options(console, form.trimmed("identity")),
+    )
+}
+
+fn page(console: &Console, session: &Session, form: &Form, result: &str, status: StatusCode) -> Response {
+    let body = format!(
+        "<h1>Test it</h1><p class=\"muted\">What would an exchange decide for this token, and why? \
+         Nothing is sent to Entra and nothing changes.</p><div class=\"two\">{}<section class=\"result\" data-testid=\"result\">{result}</section></div>",
+        form_html(console, session, form)
+    );
+    html::html(status, html::page("Test it", Some(session), Nav::Test, &body))
+}
+
+/// `GET /ui/test?identity=`
+pub async fn form(
+    State(console): State<Console>,
+    Signed(session): Signed,
+    Query(query): Query<TestQuery>,
+) -> Response {
+    let mut form = Form::default();
+    if let Some(identity) = &query.identity {
+        form.set_default("identity", identity);
+    }
+    page(&console, &session, &form, "", StatusCode::OK)
+}
+
+/// What a credential expects, for the near-miss table.
+fn expects(console: &Console, identity: &str, credential: &str) -> String {
+    let registry = console.app.broker.registry();
+    registry
+        .credentials()
+        .iter()
+        .find(|c| c.identity.name == identity && c.name == credential)
+        .map(|c| {
+            let rule = match &c.rule {
+                SubjectRule::Exact(s) => format!("subject <code class=\"subject\">{}</code>", esc(s)),
+                SubjectRule::Expression(e) => format!("expression <code class=\"subject\">{}</code>", esc(&e.to_string())),
+            };
+            format!("{rule}<br><span class=\"muted\">issuer <code>{}</code>, audience <code>{}</code></span>", esc(&c.issuer), esc(&c.audience))
+        })
+        .unwrap_or_default()
+}
+
+/// The answer, as HTML.
+pub fn render(console: &Console, answer: &SimulateResponse) -> String {
+    let mut out = String::new();
+    if answer.outcome == "ok" {
+        let _ = write!(
+            out,
+            "<p class=\"verdict ok\" data-testid=\"verdict\" data-outcome=\"ok\"><b>Match</b>: {}</p>",
+            esc(&answer.description)
+        );
+    } else {
+        let _ = write!(
+            out,
+            "<p class=\"verdict bad\" data-testid=\"verdict\" data-outcome=\"{code}\"><b>No match</b> — <code>{code}</code>: {desc}</p>",
+            code = esc(&answer.outcome),
+            desc = esc(&answer.description)
+        );
+    }
+    out.push_str("<h2>Checks, in the order an exchange makes them</h2><table class=\"list checks\" data-testid=\"checks\"><thead><tr><th>Check</th><th>Result</th><th>Detail</th></tr></thead><tbody>");
+    for c in &answer.checks {
+        let _ = write!(
+            out,
+            "<tr><td>{}</td><td><span class=\"result-{r}\">{r}</span></td><td>{}</td></tr>",
+            esc(&c.name),
+            esc(c.detail.as_deref().unwrap_or_default()),
+            r = esc(&c.result),
+        );
+    }
+    out.push_str("</tbody></table>");
+    out.push_str("<h2>Matching credentials</h2>");
+    if answer.matches.is_empty() {
+        out.push_str("<p class=\"muted\" data-testid=\"matches\">None.</p>");
+    } else {
+        out.push_str("<ul data-testid=\"matches\">");
+        for m in &answer.matches {
+            let _ = write!(
+                out,
+                "<li class=\"match\"><a href=\"/ui/identities/{}\">{}</a> / {}</li>",
+                path_segment(&m.identity),
+                esc(&m.identity),
+                esc(&m.credential)
+            );
+        }
+        out.push_str("</ul>");
+    }
+    out.push_str("<h2>Near misses</h2>");
+    if answer.near_misses.is_empty() {
+        out.push_str("<p class=\"muted\" data-testid=\"near-misses\">None.</p>");
+    } else {
+        out.push_str("<table class=\"list\" data-testid=\"near-misses\"><thead><tr><th>Identity / credential</th><th>Failed check</th><th>Why</th><th>The credential expects</th></tr></thead><tbody>");
+        for m in &answer.near_misses {
+            let clause = m
+                .clause
+                .as_deref()
+                .map(|c| {
+                    format!(
+                        "<br>clause {}: <code>{}</code>",
+                        m.clause_index.unwrap_or(0),
+                        esc(c)
+                    )
+                })
+                .unwrap_or_default();
+            let _ = write!(
+                out,
+                "<tr class=\"near-miss\" data-credential=\"{cred}\" data-failed=\"{failed}\"><td>{identity} / {cred}</td><td><b>{failed}</b></td><td>{detail}{clause}</td><td>{expects}</td></tr>",
+                identity = esc(&m.identity),
+                cred = esc(&m.credential),
+                failed = esc(&m.failed),
+                detail = esc(&m.detail),
+                expects = expects(console, &m.identity, &m.credential),
+            );
+        }
+        out.push_str("</tbody></table>");
+    }
+    out
+}
+
+/// `POST /ui/test`
+pub async fn run(State(console): State<Console>, Signed(session): Signed, body: Body) -> Response {
+    let form = match session::read_form(&console, Some(&session), body).await {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    if let Err(r) = session::check_csrf(&session, &form) {
+        return r;
+    }
+    let identity = form.optional("identity");
+    let request = if form.get("mode") == Some("claims") {
+        let claims = match serde_json::from_str::<serde_json::Value>(form.trimmed("claims")) {
+            Ok(v @ serde_json::Value::Object(_)) => v,
+            Ok(_) | Err(_) => {
+                let message = "<p class=\"error\" data-testid=\"error\">The claims must be a JSON object, e.g. <code>{\"sub\": \"...\"}</code>.</p>";
+                return page(&console, &session, &form, message, StatusCode::BAD_REQUEST);
+            }
+        };
+        SimulateRequest {
+            token: None,
+            issuer: form.optional("issuer"),
+            claims: Some(claims),
+            identity,
+        }
+    } else {
+        SimulateRequest {
+            token: Some(form.trimmed("token").to_owned()),
+            issuer: None,
+            claims: None,
+            identity,
+        }
+    };
+    match crate::simulate::simulate(&console.app.broker, request).await {
+        Ok(answer) => {
+            let result = render(&console, &answer);
+            page(&console, &session, &form, &result, StatusCode::OK)
+        }
+        Err(e) => {
+            let result = html::error_box(&e);
+            page(&console, &session, &form, &result, e.status)
+        }
+    }
+}
