@@ -113,7 +113,13 @@ fn time_label(epoch: u64, window: u64) -> String {
 }
 
 /// A stacked bar chart as inline SVG: one bar per bucket, one segment per series.
-pub fn stacked_bars(testid: &str, title: &str, series: &[Series], start: u64, bucket_secs: u64) -> String {
+pub fn stacked_bars(
+    testid: &str,
+    title: &str,
+    series: &[Series],
+    start: u64,
+    bucket_secs: u64,
+) -> String {
     const W: u64 = 760;
     const H: u64 = 220;
     const LEFT: u64 = 44;
@@ -122,7 +128,12 @@ pub fn stacked_bars(testid: &str, title: &str, series: &[Series], start: u64, bu
     const BOTTOM: u64 = 28;
     let n = series.first().map(|s| s.counts.len()).unwrap_or(0).max(1) as u64;
     let totals: Vec<u64> = (0..n as usize)
-        .map(|i| series.iter().map(|s| s.counts.get(i).copied().unwrap_or(0)).sum())
+        .map(|i| {
+            series
+                .iter()
+                .map(|s| s.counts.get(i).copied().unwrap_or(0))
+                .sum()
+        })
         .collect();
     let max = totals.iter().copied().max().unwrap_or(0).max(1);
     let plot_w = W - LEFT - RIGHT;
@@ -213,7 +224,10 @@ struct Event {
 
 impl Event {
     fn text(&self, key: &str) -> &str {
-        self.json.get(key).and_then(Value::as_str).unwrap_or_default()
+        self.json
+            .get(key)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
     }
 }
 
@@ -307,14 +321,20 @@ pub async fn page(
     }
 
     // Charts: exchanges only.
-    let exchanges: Vec<&Event> = events.iter().filter(|e| e.record.kind == "exchange").collect();
+    let exchanges: Vec<&Event> = events
+        .iter()
+        .filter(|e| e.record.kind == "exchange")
+        .collect();
     let by_outcome: Vec<Series> = Class::ALL
         .into_iter()
         .map(|c| Series {
             label: c.label().to_owned(),
             color: c.color(),
             counts: bucket(
-                exchanges.iter().filter(|e| Class::of(&e.record.outcome) == c).map(|e| e.record.time),
+                exchanges
+                    .iter()
+                    .filter(|e| Class::of(&e.record.outcome) == c)
+                    .map(|e| e.record.time),
                 start,
                 bucket_secs,
             ),
@@ -322,11 +342,17 @@ pub async fn page(
         .collect();
     let mut per_identity: HashMap<&str, u64> = HashMap::new();
     for e in &exchanges {
-        *per_identity.entry(e.record.identity.as_deref().unwrap_or("")).or_default() += 1;
+        *per_identity
+            .entry(e.record.identity.as_deref().unwrap_or(""))
+            .or_default() += 1;
     }
     let mut ranked: Vec<(&str, u64)> = per_identity.into_iter().collect();
     ranked.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
-    let top: Vec<&str> = ranked.iter().take(IDENTITY_COLORS.len() - 1).map(|(n, _)| *n).collect();
+    let top: Vec<&str> = ranked
+        .iter()
+        .take(IDENTITY_COLORS.len() - 1)
+        .map(|(n, _)| *n)
+        .collect();
     let mut by_identity: Vec<Series> = top
         .iter()
         .enumerate()
@@ -375,8 +401,20 @@ pub async fn page(
             totals.first().copied().unwrap_or(0),
             totals.get(1).copied().unwrap_or(0),
             totals.get(2).copied().unwrap_or(0),
-            stacked_bars("chart-outcome", "Exchanges over time by outcome", &by_outcome, start, bucket_secs),
-            stacked_bars("chart-identity", "Exchanges over time by identity", &by_identity, start, bucket_secs),
+            stacked_bars(
+                "chart-outcome",
+                "Exchanges over time by outcome",
+                &by_outcome,
+                start,
+                bucket_secs
+            ),
+            stacked_bars(
+                "chart-identity",
+                "Exchanges over time by identity",
+                &by_identity,
+                start,
+                bucket_secs
+            ),
         )
     };
 
@@ -393,7 +431,10 @@ pub async fn page(
             ("denied", "refused")
         };
         let who = if r.kind == "exchange" {
-            format!("<code>{}</code>", esc(r.subject.as_deref().unwrap_or_default()))
+            format!(
+                "<code>{}</code>",
+                esc(r.subject.as_deref().unwrap_or_default())
+            )
         } else {
             format!(
                 "{} <span class=\"muted\">{}</span>",
@@ -404,10 +445,18 @@ pub async fn page(
         let what = if r.kind == "exchange" {
             let mut w = esc(e.text("scope")).to_string();
             if !e.text("credential").is_empty() {
-                let _ = write!(w, " <span class=\"muted\">via {}</span>", esc(e.text("credential")));
+                let _ = write!(
+                    w,
+                    " <span class=\"muted\">via {}</span>",
+                    esc(e.text("credential"))
+                );
             }
             if !e.text("cache").is_empty() {
-                let _ = write!(w, " <span class=\"muted\">cache {}</span>", esc(e.text("cache")));
+                let _ = write!(
+                    w,
+                    " <span class=\"muted\">cache {}</span>",
+                    esc(e.text("cache"))
+                );
             }
             w
         } else {
@@ -480,7 +529,9 @@ pub async fn page(
         k2 = option("admin", "admin changes", kind),
         k3 = option("all", "all", kind),
         truncated = if truncated {
-            format!("<p class=\"error\">More than {MAX_SCANNED} events match; the charts and the list show the oldest {MAX_SCANNED}. Narrow the filters.</p>")
+            format!(
+                "<p class=\"error\">More than {MAX_SCANNED} events match; the charts and the list show the oldest {MAX_SCANNED}. Narrow the filters.</p>"
+            )
         } else {
             String::new()
         },
@@ -500,7 +551,10 @@ mod tests {
         assert_eq!(Class::of("ok"), Class::Granted);
         assert_eq!(Class::of("no_matching_credential"), Class::Denied);
         assert_eq!(Class::of("token_expired"), Class::Denied);
-        assert_eq!(Class::of("entra_no_matching_federated_credential"), Class::Upstream);
+        assert_eq!(
+            Class::of("entra_no_matching_federated_credential"),
+            Class::Upstream
+        );
         assert_eq!(Class::of("entra_unavailable"), Class::Upstream);
         assert_eq!(Class::of("issuer_unavailable"), Class::Upstream);
     }
@@ -511,7 +565,10 @@ mod tests {
         assert_eq!(counts.len(), BUCKETS);
         assert_eq!(counts[0], 3, "before the start counts in the first bucket");
         assert_eq!(counts[1], 1);
-        assert_eq!(counts[23], 2, "the last bucket takes what is at or after its start");
+        assert_eq!(
+            counts[23], 2,
+            "the last bucket takes what is at or after its start"
+        );
     }
 
     #[test]
@@ -520,14 +577,25 @@ mod tests {
         counts[3] = 2;
         counts[4] = 1;
         let series = [
-            Series { label: "<b>granted</b>".into(), color: "#2e7d32", counts: counts.clone() },
-            Series { label: "denied".into(), color: "#c62828", counts: vec![0; BUCKETS] },
+            Series {
+                label: "<b>granted</b>".into(),
+                color: "#2e7d32",
+                counts: counts.clone(),
+            },
+            Series {
+                label: "denied".into(),
+                color: "#c62828",
+                counts: vec![0; BUCKETS],
+            },
         ];
         let svg = stacked_bars("chart", "t", &series, 0, 3600);
         assert_eq!(svg.matches("<rect class=\"bar\"").count(), 2);
         assert!(svg.contains("&lt;b&gt;granted&lt;/b&gt;: 2"), "{svg}");
         assert!(!svg.contains("<b>granted"));
-        assert!(svg.contains(">2</text>"), "the axis is labelled with the largest bar");
+        assert!(
+            svg.contains(">2</text>"),
+            "the axis is labelled with the largest bar"
+        );
     }
 
     #[test]

@@ -88,7 +88,12 @@ fn graph_json(input: &CredentialInput) -> String {
 
 /// Builds and checks what the form describes. `editing` names the credential being
 /// changed (it does not conflict with itself).
-pub fn draft(console: &Console, identity: &policy::Identity, form: &Form, editing: Option<&str>) -> (Draft, Option<CredentialInput>) {
+pub fn draft(
+    console: &Console,
+    identity: &policy::Identity,
+    form: &Form,
+    editing: Option<&str>,
+) -> (Draft, Option<CredentialInput>) {
     let mut problems = Vec::new();
     let built = Scenario::from_fields(|n| form.get(n))
         .map_err(|p| vec![p])
@@ -128,7 +133,10 @@ pub fn draft(console: &Console, identity: &policy::Identity, form: &Form, editin
             if editing.is_none() && other.name == name {
                 problems.push(DraftProblem {
                     field: "name".into(),
-                    message: format!("identity {:?} already has a credential named {name:?}", identity.name),
+                    message: format!(
+                        "identity {:?} already has a credential named {name:?}",
+                        identity.name
+                    ),
                 });
             }
             if let (SubjectRule::Exact(s), Some(subject)) = (&other.rule, &candidate.subject)
@@ -137,7 +145,10 @@ pub fn draft(console: &Console, identity: &policy::Identity, form: &Form, editin
             {
                 problems.push(DraftProblem {
                     field: "subject".into(),
-                    message: format!("credential {:?} already has this issuer and subject", other.name),
+                    message: format!(
+                        "credential {:?} already has this issuer and subject",
+                        other.name
+                    ),
                 });
             }
         }
@@ -169,7 +180,12 @@ pub async fn draft_endpoint(
     body: Body,
 ) -> Response {
     let Ok(bytes) = axum::body::to_bytes(body, console.app.max_body_bytes).await else {
-        return ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", "the form is too large").into_response();
+        return ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            "the form is too large",
+        )
+        .into_response();
     };
     let form = Form::parse(&bytes);
     let presented = headers
@@ -187,7 +203,12 @@ pub async fn draft_endpoint(
     let registry = console.app.broker.registry();
     let name = form.trimmed("identity");
     let Some(identity) = registry.identity(name) else {
-        return ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no identity named {name:?}")).into_response();
+        return ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no identity named {name:?}"),
+        )
+        .into_response();
     };
     let editing = form.optional("editing");
     let (draft, _) = draft(&console, identity, &form, editing.as_deref());
@@ -217,7 +238,8 @@ fn checkbox(form: &Form, name: &str, label: &str) -> String {
 
 fn select(form: &Form, name: &str, label: &str, options: &[(&str, &str)]) -> String {
     let current = form.get(name).unwrap_or_default();
-    let mut out = format!("<label for=\"{name}\">{label}</label><select id=\"{name}\" name=\"{name}\">");
+    let mut out =
+        format!("<label for=\"{name}\">{label}</label><select id=\"{name}\" name=\"{name}\">");
     for (value, text) in options {
         let _ = write!(
             out,
@@ -230,7 +252,9 @@ fn select(form: &Form, name: &str, label: &str, options: &[(&str, &str)]) -> Str
 }
 
 fn scenario_fieldset(key: &str, legend: &str, inner: String) -> String {
-    format!("<fieldset class=\"scenario\" data-scenario=\"{key}\"><legend>{legend}</legend>{inner}</fieldset>")
+    format!(
+        "<fieldset class=\"scenario\" data-scenario=\"{key}\"><legend>{legend}</legend>{inner}</fieldset>"
+    )
 }
 
 fn other_fields(form: &Form) -> String {
@@ -246,10 +270,22 @@ fn other_fields(form: &Form) -> String {
          <label for=\"other_expression\">Claims-matching expression (FFL)</label>\
          <textarea id=\"other_expression\" name=\"other_expression\" rows=\"3\" spellcheck=\"false\" placeholder=\"claims['sub'] matches 'organization:contoso:*' and claims['aud'] eq 'api://AzureADTokenExchange'\">{}</textarea>\
          <p class=\"hint\">Clauses <code>claims['NAME'] eq 'VALUE'</code> or <code>matches</code> (<code>*</code>, <code>?</code>) joined by <code>and</code>; nested claims as <code>claims['kubernetes.io']['namespace']</code>.</p></div>",
-        field(form, "other_issuer", "Issuer", "https://app.terraform.io", "Compared with the token's <code>iss</code> exactly: case and a trailing '/' matter."),
+        field(
+            form,
+            "other_issuer",
+            "Issuer",
+            "https://app.terraform.io",
+            "Compared with the token's <code>iss</code> exactly: case and a trailing '/' matter."
+        ),
         radio("subject", "Exact subject"),
         radio("expression", "Expression"),
-        field(form, "other_subject", "Subject", "organization:contoso:project:web:workspace:prod:run_phase:apply", "Compared with the token's <code>sub</code> exactly and case-sensitively."),
+        field(
+            form,
+            "other_subject",
+            "Subject",
+            "organization:contoso:project:web:workspace:prod:run_phase:apply",
+            "Compared with the token's <code>sub</code> exactly and case-sensitively."
+        ),
         esc(form.get("other_expression").unwrap_or_default()),
     )
 }
@@ -299,13 +335,34 @@ fn scenario_fields(form: &Form) -> String {
         "GitLab CI",
         format!(
             "{}{}{}{}",
-            field(form, "gl_issuer", "Instance URL (issuer)", wizard::GITLAB_ISSUER, ""),
+            field(
+                form,
+                "gl_issuer",
+                "Instance URL (issuer)",
+                wizard::GITLAB_ISSUER,
+                ""
+            ),
             field(form, "gl_project", "Project path", "group/project", ""),
-            select(form, "gl_ref_type", "Ref type", &[("branch", "Branch"), ("tag", "Tag")]),
-            field(form, "gl_ref", "Branch or tag", "main", "Wildcards make it an expression."),
+            select(
+                form,
+                "gl_ref_type",
+                "Ref type",
+                &[("branch", "Branch"), ("tag", "Tag")]
+            ),
+            field(
+                form,
+                "gl_ref",
+                "Branch or tag",
+                "main",
+                "Wildcards make it an expression."
+            ),
         ),
     ));
-    out.push_str(&scenario_fieldset("other", "Other issuer", other_fields(form)));
+    out.push_str(&scenario_fieldset(
+        "other",
+        "Other issuer",
+        other_fields(form),
+    ));
     out
 }
 
@@ -347,7 +404,8 @@ fn wizard_page(
     let (draft, _) = draft(console, identity, form, editing);
     let can_save = session.can_write() && !identity.read_only;
     let save_disabled = if !can_save {
-        html::disabled_unless_admin(session).to_owned() + if identity.read_only { " disabled" } else { "" }
+        html::disabled_unless_admin(session).to_owned()
+            + if identity.read_only { " disabled" } else { "" }
     } else if draft.valid {
         String::new()
     } else {
@@ -356,7 +414,9 @@ fn wizard_page(
     let (title, action, scenarios, hidden) = match mode {
         Mode::Create => {
             let current = form.get("scenario").unwrap_or("github");
-            let mut radios = String::from("<fieldset class=\"scenarios\"><legend>Where do the tokens come from?</legend>");
+            let mut radios = String::from(
+                "<fieldset class=\"scenarios\"><legend>Where do the tokens come from?</legend>",
+            );
             for (key, label) in SCENARIOS {
                 let _ = write!(
                     radios,
@@ -382,9 +442,21 @@ fn wizard_page(
             ),
         ),
     };
-    let name_attrs = if editing.is_some() { " readonly" } else { " required" };
-    let rule_kind = if draft.expression.is_some() { "expression" } else { "subject" };
-    let rule_text = draft.subject.as_deref().or(draft.expression.as_deref()).unwrap_or_default();
+    let name_attrs = if editing.is_some() {
+        " readonly"
+    } else {
+        " required"
+    };
+    let rule_kind = if draft.expression.is_some() {
+        "expression"
+    } else {
+        "subject"
+    };
+    let rule_text = draft
+        .subject
+        .as_deref()
+        .or(draft.expression.as_deref())
+        .unwrap_or_default();
     let body = format!(
         "<p class=\"crumbs\"><a href=\"/ui/identities\">Identities</a> › <a href=\"/ui/identities/{seg}\">{identity_name}</a> ›</p>\
          <h1>{title}</h1>{read_only}{error}\
@@ -420,7 +492,11 @@ fn wizard_page(
         audience = esc(form.get("audience").unwrap_or_default()),
         default_audience = esc(&console.app.admin.default_audience(&identity.name)),
         description = esc(form.get("description").unwrap_or_default()),
-        once = checkbox(form, "one_time_use", "Accept each token only once (<code>oneTimeUse</code>, a broker extension)"),
+        once = checkbox(
+            form,
+            "one_time_use",
+            "Accept each token only once (<code>oneTimeUse</code>, a broker extension)"
+        ),
         rule_text = esc(rule_text),
         issuer = esc(draft.issuer.as_deref().unwrap_or_default()),
         valid_class = if draft.valid { "ok" } else { "bad" },
@@ -432,7 +508,10 @@ fn wizard_page(
         problems = problems_list(&draft.problems),
         graph = esc(&draft.graph),
     );
-    html::html(status, html::page(&title, Some(session), Nav::Identities, &body))
+    html::html(
+        status,
+        html::page(&title, Some(session), Nav::Identities, &body),
+    )
 }
 
 fn identity_not_found(session: &Session, name: &str) -> Response {
@@ -462,7 +541,15 @@ pub async fn wizard_form(
     form.set_default("gl_ref_type", "branch");
     form.set_default("other_mode", "subject");
     form.set_default("audience", &console.app.admin.default_audience(&name));
-    wizard_page(&console, &session, identity, &form, Mode::Create, None, StatusCode::OK)
+    wizard_page(
+        &console,
+        &session,
+        identity,
+        &form,
+        Mode::Create,
+        None,
+        StatusCode::OK,
+    )
 }
 
 /// `POST /ui/identities/{name}/credentials`
@@ -477,11 +564,17 @@ pub async fn create(
         Ok(f) => f,
         Err(r) => return r,
     };
-    if let Err(r) = session::check_csrf(&session, &form) {
+    if let Some(r) = session::csrf_refusal(&session, &form) {
         return r;
     }
     let credential = form.optional("name");
-    if let Err(r) = session::refuse_reader(&console, &session, ACTION, Some(&name), credential.as_deref()) {
+    if let Some(r) = session::reader_refusal(
+        &console,
+        &session,
+        ACTION,
+        Some(&name),
+        credential.as_deref(),
+    ) {
         return r;
     }
     let registry = console.app.broker.registry();
@@ -502,26 +595,70 @@ pub async fn create(
                 .collect(),
         )),
     };
-    match audited(&console.app, &session.principal, ACTION, &name, credential.as_deref(), result) {
+    match audited(
+        &console.app,
+        &session.principal,
+        ACTION,
+        &name,
+        credential.as_deref(),
+        result,
+    ) {
         Ok(stored) => html::redirect(&format!(
             "/ui/identities/{}?notice=credential-created&credential={}",
             path_segment(&name),
             html::url_component(&stored.name)
         )),
-        Err(e) => wizard_page(&console, &session, identity, &form, Mode::Create, Some(&e), e.status),
+        Err(e) => wizard_page(
+            &console,
+            &session,
+            identity,
+            &form,
+            Mode::Create,
+            Some(&e),
+            e.status,
+        ),
     }
 }
 
 /// The `'static` field name of a problem, for [`AdminError::Invalid`].
 fn graph_field(field: &str) -> &'static str {
     const KNOWN: [&str; 31] = [
-        "name", "issuer", "subject", "claimsMatchingExpression", "audiences", "description", "scenario",
-        "gh_issuer", "gh_org", "gh_repo", "gh_entity", "gh_value", "gh_org_id", "gh_repo_id",
-        "k8s_issuer", "k8s_namespace", "k8s_sa", "ado_org_id", "ado_org", "ado_project", "ado_connection",
-        "ado_issuer", "gl_issuer", "gl_project", "gl_ref_type", "gl_ref", "other_issuer", "other_mode",
-        "other_subject", "other_expression", "audience",
+        "name",
+        "issuer",
+        "subject",
+        "claimsMatchingExpression",
+        "audiences",
+        "description",
+        "scenario",
+        "gh_issuer",
+        "gh_org",
+        "gh_repo",
+        "gh_entity",
+        "gh_value",
+        "gh_org_id",
+        "gh_repo_id",
+        "k8s_issuer",
+        "k8s_namespace",
+        "k8s_sa",
+        "ado_org_id",
+        "ado_org",
+        "ado_project",
+        "ado_connection",
+        "ado_issuer",
+        "gl_issuer",
+        "gl_project",
+        "gl_ref_type",
+        "gl_ref",
+        "other_issuer",
+        "other_mode",
+        "other_subject",
+        "other_expression",
+        "audience",
     ];
-    KNOWN.into_iter().find(|k| *k == field).unwrap_or("credential")
+    KNOWN
+        .into_iter()
+        .find(|k| *k == field)
+        .unwrap_or("credential")
 }
 
 /// The stored credential, for the edit and delete pages.
@@ -539,7 +676,9 @@ async fn stored_credential(
                 StatusCode::CONFLICT,
                 Some(session),
                 "Read-only credential",
-                &format!("Identity {identity:?} is declared in the config file; its credentials are read-only here."),
+                &format!(
+                    "Identity {identity:?} is declared in the config file; its credentials are read-only here."
+                ),
             ));
         }
         Some(_) => {}
@@ -583,8 +722,14 @@ pub async fn edit_form(
         ("scenario".to_owned(), "other".to_owned()),
         ("name".to_owned(), stored.name.clone()),
         ("other_issuer".to_owned(), stored.issuer.clone()),
-        ("audience".to_owned(), stored.audiences.first().cloned().unwrap_or_default()),
-        ("description".to_owned(), stored.description.clone().unwrap_or_default()),
+        (
+            "audience".to_owned(),
+            stored.audiences.first().cloned().unwrap_or_default(),
+        ),
+        (
+            "description".to_owned(),
+            stored.description.clone().unwrap_or_default(),
+        ),
     ];
     match (&stored.subject, &stored.claims_matching_expression) {
         (_, Some(e)) => {
@@ -600,7 +745,15 @@ pub async fn edit_form(
         pairs.push(("one_time_use".into(), "on".into()));
     }
     let form = Form::from_pairs(pairs);
-    wizard_page(&console, &session, identity, &form, Mode::Edit(&stored.name), None, StatusCode::OK)
+    wizard_page(
+        &console,
+        &session,
+        identity,
+        &form,
+        Mode::Edit(&stored.name),
+        None,
+        StatusCode::OK,
+    )
 }
 
 /// `POST /ui/identities/{name}/credentials/{credential}`
@@ -615,10 +768,12 @@ pub async fn update(
         Ok(f) => f,
         Err(r) => return r,
     };
-    if let Err(r) = session::check_csrf(&session, &form) {
+    if let Some(r) = session::csrf_refusal(&session, &form) {
         return r;
     }
-    if let Err(r) = session::refuse_reader(&console, &session, ACTION, Some(&name), Some(&credential)) {
+    if let Some(r) =
+        session::reader_refusal(&console, &session, ACTION, Some(&name), Some(&credential))
+    {
         return r;
     }
     let stored = match stored_credential(&console, &session, &name, &credential).await {
@@ -630,8 +785,20 @@ pub async fn update(
         return identity_not_found(&session, &name);
     };
     // The name is fixed: whatever the form says, this credential is edited.
-    let mut pairs: Vec<(String, String)> = vec![("name".into(), stored.name.clone()), ("scenario".into(), "other".into())];
-    for key in ["csrf", "other_issuer", "other_mode", "other_subject", "other_expression", "audience", "description", "one_time_use"] {
+    let mut pairs: Vec<(String, String)> = vec![
+        ("name".into(), stored.name.clone()),
+        ("scenario".into(), "other".into()),
+    ];
+    for key in [
+        "csrf",
+        "other_issuer",
+        "other_mode",
+        "other_subject",
+        "other_expression",
+        "audience",
+        "description",
+        "one_time_use",
+    ] {
         if let Some(v) = form.get(key) {
             pairs.push((key.into(), v.into()));
         }
@@ -665,13 +832,28 @@ pub async fn update(
                 .collect(),
         )),
     };
-    match audited(&console.app, &session.principal, ACTION, &name, Some(&stored.name), result) {
+    match audited(
+        &console.app,
+        &session.principal,
+        ACTION,
+        &name,
+        Some(&stored.name),
+        result,
+    ) {
         Ok(c) => html::redirect(&format!(
             "/ui/identities/{}?notice=credential-updated&credential={}",
             path_segment(&name),
             html::url_component(&c.name)
         )),
-        Err(e) => wizard_page(&console, &session, identity, &form, Mode::Edit(&stored.name), Some(&e), e.status),
+        Err(e) => wizard_page(
+            &console,
+            &session,
+            identity,
+            &form,
+            Mode::Edit(&stored.name),
+            Some(&e),
+            e.status,
+        ),
     }
 }
 
@@ -688,7 +870,10 @@ pub async fn delete_form(
     let seg = path_segment(&name);
     let rule = match (&stored.subject, &stored.claims_matching_expression) {
         (_, Some(e)) => format!("expression <code>{}</code>", esc(e)),
-        (s, None) => format!("subject <code>{}</code>", esc(s.as_deref().unwrap_or_default())),
+        (s, None) => format!(
+            "subject <code>{}</code>",
+            esc(s.as_deref().unwrap_or_default())
+        ),
     };
     let body = format!(
         "<p class=\"crumbs\"><a href=\"/ui/identities\">Identities</a> › <a href=\"/ui/identities/{seg}\">{identity}</a> ›</p>\
@@ -704,7 +889,10 @@ pub async fn delete_form(
         csrf = html::csrf_field(&session),
         disabled = html::disabled_unless_admin(&session),
     );
-    html::html(StatusCode::OK, html::page("Delete credential", Some(&session), Nav::Identities, &body))
+    html::html(
+        StatusCode::OK,
+        html::page("Delete credential", Some(&session), Nav::Identities, &body),
+    )
 }
 
 /// `POST /ui/identities/{name}/credentials/{credential}/delete`
@@ -719,14 +907,27 @@ pub async fn delete(
         Ok(f) => f,
         Err(r) => return r,
     };
-    if let Err(r) = session::check_csrf(&session, &form) {
+    if let Some(r) = session::csrf_refusal(&session, &form) {
         return r;
     }
-    if let Err(r) = session::refuse_reader(&console, &session, ACTION, Some(&name), Some(&credential)) {
+    if let Some(r) =
+        session::reader_refusal(&console, &session, ACTION, Some(&name), Some(&credential))
+    {
         return r;
     }
-    let result = console.app.admin.delete_credential(&name, &credential).await;
-    match audited(&console.app, &session.principal, ACTION, &name, Some(&credential), result) {
+    let result = console
+        .app
+        .admin
+        .delete_credential(&name, &credential)
+        .await;
+    match audited(
+        &console.app,
+        &session.principal,
+        ACTION,
+        &name,
+        Some(&credential),
+        result,
+    ) {
         Ok(()) => html::redirect(&format!(
             "/ui/identities/{}?notice=credential-deleted&credential={}",
             path_segment(&name),

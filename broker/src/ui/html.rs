@@ -145,7 +145,12 @@ pub fn html(status: StatusCode, text: String) -> Response {
 }
 
 /// A page that says what went wrong; the request id lets an operator find the log line.
-pub fn error_page(status: StatusCode, session: Option<&Session>, title: &str, message: &str) -> Response {
+pub fn error_page(
+    status: StatusCode,
+    session: Option<&Session>,
+    title: &str,
+    message: &str,
+) -> Response {
     let body = format!(
         "<section class=\"error-page\"><h1>{}</h1><p class=\"error\" data-testid=\"error\">{}</p>\
          <p class=\"muted\">Status {} · request id <code>{}</code></p>\
@@ -200,7 +205,10 @@ pub fn error_box(error: &crate::api::ApiError) -> String {
         out.push_str("<ul>");
         for d in details {
             let field = d.get("field").and_then(|v| v.as_str()).unwrap_or_default();
-            let message = d.get("message").and_then(|v| v.as_str()).unwrap_or_default();
+            let message = d
+                .get("message")
+                .and_then(|v| v.as_str())
+                .unwrap_or_default();
             let _ = write!(out, "<li><b>{}</b>: {}</li>", esc(field), esc(message));
         }
         out.push_str("</ul>");
@@ -224,7 +232,10 @@ mod tests {
     #[test]
     fn plain_and_unicode_text_is_unchanged() {
         assert_eq!(escape(""), "");
-        assert_eq!(escape("repo:contoso/app:ref:refs/heads/main"), "repo:contoso/app:ref:refs/heads/main");
+        assert_eq!(
+            escape("repo:contoso/app:ref:refs/heads/main"),
+            "repo:contoso/app:ref:refs/heads/main"
+        );
         assert_eq!(escape("naïve — 日本 <"), "naïve — 日本 &lt;");
     }
 

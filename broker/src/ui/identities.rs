@@ -32,7 +32,11 @@ pub struct NoticeQuery {
     credential: Option<String>,
 }
 
-fn matches_search(identity: &policy::Identity, credentials: &[&policy::Credential], q: &str) -> bool {
+fn matches_search(
+    identity: &policy::Identity,
+    credentials: &[&policy::Credential],
+    q: &str,
+) -> bool {
     let q = q.to_lowercase();
     let hit = |s: &str| s.to_lowercase().contains(&q);
     hit(&identity.name)
@@ -113,7 +117,11 @@ pub async fn list(
          <tbody>{rows}</tbody></table>",
         notice = html::notice(query.notice.as_deref(), None),
         new_disabled = if session.can_write() { "" } else { " disabled" },
-        new_aria = if session.can_write() { "" } else { " aria-disabled=\"true\" tabindex=\"-1\"" },
+        new_aria = if session.can_write() {
+            ""
+        } else {
+            " aria-disabled=\"true\" tabindex=\"-1\""
+        },
         q = esc(q),
     );
     html::html(
@@ -334,7 +342,11 @@ fn identity_form(
     let cloud_option = |value: &str, label: &str| {
         format!(
             "<option value=\"{value}\"{}>{label}</option>",
-            if fields.cloud == value { " selected" } else { "" }
+            if fields.cloud == value {
+                " selected"
+            } else {
+                ""
+            }
         )
     };
     let name_input = if editing {
@@ -381,7 +393,10 @@ fn form_page(session: &Session, title: &str, status: StatusCode, form: String) -
         "<p class=\"crumbs\"><a href=\"/ui/identities\">Identities</a> ›</p><h1>{}</h1>{form}",
         esc(title)
     );
-    html::html(status, html::page(title, Some(session), Nav::Identities, &body))
+    html::html(
+        status,
+        html::page(title, Some(session), Nav::Identities, &body),
+    )
 }
 
 /// `GET /ui/identities/new`
@@ -397,21 +412,31 @@ pub async fn new_form(Signed(session): Signed) -> Response {
 }
 
 /// `POST /ui/identities`
-pub async fn create(State(console): State<Console>, Signed(session): Signed, body: Body) -> Response {
+pub async fn create(
+    State(console): State<Console>,
+    Signed(session): Signed,
+    body: Body,
+) -> Response {
     const ACTION: &str = "identity.put";
     let form = match session::read_form(&console, Some(&session), body).await {
         Ok(f) => f,
         Err(r) => return r,
     };
-    if let Err(r) = session::check_csrf(&session, &form) {
+    if let Some(r) = session::csrf_refusal(&session, &form) {
         return r;
     }
     let fields = IdentityFields::from_form(&form);
-    if let Err(r) = session::refuse_reader(&console, &session, ACTION, Some(&fields.name), None) {
+    if let Some(r) = session::reader_refusal(&console, &session, ACTION, Some(&fields.name), None) {
         return r;
     }
     let result = async {
-        if console.app.broker.registry().identity(&fields.name).is_some() {
+        if console
+            .app
+            .broker
+            .registry()
+            .identity(&fields.name)
+            .is_some()
+        {
             return Err(ApiError::new(
                 StatusCode::CONFLICT,
                 "conflict",
@@ -495,10 +520,10 @@ pub async fn update(
         Ok(f) => f,
         Err(r) => return r,
     };
-    if let Err(r) = session::check_csrf(&session, &form) {
+    if let Some(r) = session::csrf_refusal(&session, &form) {
         return r;
     }
-    if let Err(r) = session::refuse_reader(&console, &session, ACTION, Some(&name), None) {
+    if let Some(r) = session::reader_refusal(&console, &session, ACTION, Some(&name), None) {
         return r;
     }
     let mut fields = IdentityFields::from_form(&form);
@@ -513,7 +538,14 @@ pub async fn update(
         Ok::<_, ApiError>(console.app.admin.put_identity(&name, input).await?)
     }
     .await;
-    match audited(&console.app, &session.principal, ACTION, &name, None, result) {
+    match audited(
+        &console.app,
+        &session.principal,
+        ACTION,
+        &name,
+        None,
+        result,
+    ) {
         Ok(_) => html::redirect(&format!(
             "/ui/identities/{}?notice=identity-updated",
             path_segment(&name)
@@ -578,20 +610,22 @@ pub async fn delete(
         Ok(f) => f,
         Err(r) => return r,
     };
-    if let Err(r) = session::check_csrf(&session, &form) {
+    if let Some(r) = session::csrf_refusal(&session, &form) {
         return r;
     }
-    if let Err(r) = session::refuse_reader(&console, &session, ACTION, Some(&name), None) {
+    if let Some(r) = session::reader_refusal(&console, &session, ACTION, Some(&name), None) {
         return r;
     }
     let result = console.app.admin.delete_identity(&name).await;
-    match audited(&console.app, &session.principal, ACTION, &name, None, result) {
+    match audited(
+        &console.app,
+        &session.principal,
+        ACTION,
+        &name,
+        None,
+        result,
+    ) {
         Ok(()) => html::redirect("/ui/identities?notice=identity-deleted"),
-        Err(e) => html::error_page(
-            e.status,
-            Some(&session),
-            "Not deleted",
-            &e.description,
-        ),
+        Err(e) => html::error_page(e.status, Some(&session), "Not deleted", &e.description),
     }
 }

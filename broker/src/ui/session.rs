@@ -198,7 +198,9 @@ impl FromRequestParts<Console> for Signed {
     type Rejection = Response;
 
     async fn from_request_parts(parts: &mut Parts, console: &Console) -> Result<Self, Response> {
-        if let Some(session) = cookie(&parts.headers, SESSION_COOKIE).and_then(|id| console.sessions.get(id)) {
+        if let Some(session) =
+            cookie(&parts.headers, SESSION_COOKIE).and_then(|id| console.sessions.get(id))
+        {
             return Ok(Signed(session));
         }
         let path = parts.uri.path();
@@ -261,7 +263,9 @@ impl Form {
 
     /// The trimmed value, or None when empty.
     pub fn optional(&self, name: &str) -> Option<String> {
-        Some(self.trimmed(name)).filter(|v| !v.is_empty()).map(str::to_owned)
+        Some(self.trimmed(name))
+            .filter(|v| !v.is_empty())
+            .map(str::to_owned)
     }
 
     pub fn checked(&self, name: &str) -> bool {
@@ -269,7 +273,11 @@ impl Form {
     }
 }
 
-pub async fn read_form(console: &Console, session: Option<&Session>, body: Body) -> Result<Form, Response> {
+pub async fn read_form(
+    console: &Console,
+    session: Option<&Session>,
+    body: Body,
+) -> Result<Form, Response> {
     let limit = console.app.max_body_bytes;
     match axum::body::to_bytes(body, limit).await {
         Ok(bytes) => Ok(Form::parse(&bytes)),
@@ -282,12 +290,12 @@ pub async fn read_form(console: &Console, session: Option<&Session>, body: Body)
     }
 }
 
-/// 403 unless the form carries this session's CSRF token.
-pub fn check_csrf(session: &Session, form: &Form) -> Result<(), Response> {
+/// A 403 page unless the form carries this session's CSRF token.
+pub fn csrf_refusal(session: &Session, form: &Form) -> Option<Response> {
     if tokens_equal(&session.csrf, form.get(CSRF_FIELD)) {
-        return Ok(());
+        return None;
     }
-    Err(csrf_refused(Some(session)))
+    Some(csrf_refused(Some(session)))
 }
 
 pub fn csrf_refused(session: Option<&Session>) -> Response {
@@ -299,11 +307,17 @@ pub fn csrf_refused(session: Option<&Session>) -> Response {
     )
 }
 
-/// 403 for a reader trying to change something; the attempt is audited like a refused
-/// admin API write.
-pub fn refuse_reader(console: &Console, session: &Session, action: &'static str, identity: Option<&str>, credential: Option<&str>) -> Result<(), Response> {
+/// A 403 page for a reader trying to change something; the attempt is audited like a
+/// refused admin API write.
+pub fn reader_refusal(
+    console: &Console,
+    session: &Session,
+    action: &'static str,
+    identity: Option<&str>,
+    credential: Option<&str>,
+) -> Option<Response> {
     if session.can_write() {
-        return Ok(());
+        return None;
     }
     let error = ApiError::new(
         StatusCode::FORBIDDEN,
@@ -317,12 +331,15 @@ pub fn refuse_reader(console: &Console, session: &Session, action: &'static str,
     crate::api::admin::audit(
         &console.app,
         action,
-        Some((session.principal.name.clone(), session.principal.role.as_str())),
+        Some((
+            session.principal.name.clone(),
+            session.principal.role.as_str(),
+        )),
         identity,
         credential,
         Err(&error),
     );
-    Err(html::error_page(
+    Some(html::error_page(
         StatusCode::FORBIDDEN,
         Some(session),
         "Not allowed",
@@ -358,7 +375,12 @@ pub fn safe_next(next: Option<&str>) -> &str {
 
 fn login_page(status: StatusCode, csrf: &str, next: &str, error: Option<&str>) -> Response {
     let error = error
-        .map(|e| format!("<p class=\"error\" role=\"alert\" data-testid=\"error\">{}</p>", esc(e)))
+        .map(|e| {
+            format!(
+                "<p class=\"error\" role=\"alert\" data-testid=\"error\">{}</p>",
+                esc(e)
+            )
+        })
         .unwrap_or_default();
     let body = format!(
         "<section class=\"login\"><h1>Sign in</h1>\
@@ -385,14 +407,20 @@ pub async fn login_form(
     Query(query): Query<LoginQuery>,
 ) -> Response {
     let next = safe_next(query.next.as_deref()).to_owned();
-    if cookie(&headers, SESSION_COOKIE).and_then(|id| console.sessions.get(id)).is_some() {
+    if cookie(&headers, SESSION_COOKIE)
+        .and_then(|id| console.sessions.get(id))
+        .is_some()
+    {
         return html::redirect(&next);
     }
     let Ok(csrf) = console.sessions.random_token() else {
         return no_randomness();
     };
     let response = login_page(StatusCode::OK, &csrf, &next, None);
-    with_cookie(response, &set_cookie(LOGIN_COOKIE, &csrf, 3600, console.app.tls))
+    with_cookie(
+        response,
+        &set_cookie(LOGIN_COOKIE, &csrf, 3600, console.app.tls),
+    )
 }
 
 fn no_randomness() -> Response {
@@ -437,7 +465,10 @@ pub async fn login(State(console): State<Console>, headers: HeaderMap, body: Bod
                 Ok(()),
             );
             let response = html::redirect(&next);
-            let response = with_cookie(response, &set_cookie(SESSION_COOKIE, &id, MAX_SECS, app.tls));
+            let response = with_cookie(
+                response,
+                &set_cookie(SESSION_COOKIE, &id, MAX_SECS, app.tls),
+            );
             with_cookie(response, &set_cookie(LOGIN_COOKIE, "", 0, app.tls))
         }
         Err(e) => {
@@ -450,12 +481,17 @@ pub async fn login(State(console): State<Console>, headers: HeaderMap, body: Bod
 }
 
 /// `POST /ui/logout`
-pub async fn logout(State(console): State<Console>, headers: HeaderMap, Signed(session): Signed, body: Body) -> Response {
+pub async fn logout(
+    State(console): State<Console>,
+    headers: HeaderMap,
+    Signed(session): Signed,
+    body: Body,
+) -> Response {
     let form = match read_form(&console, Some(&session), body).await {
         Ok(f) => f,
         Err(r) => return r,
     };
-    if let Err(r) = check_csrf(&session, &form) {
+    if let Some(r) = csrf_refusal(&session, &form) {
         return r;
     }
     if let Some(id) = cookie(&headers, SESSION_COOKIE) {
@@ -464,7 +500,10 @@ pub async fn logout(State(console): State<Console>, headers: HeaderMap, Signed(s
     crate::api::admin::audit(
         &console.app,
         "console.sign_out",
-        Some((session.principal.name.clone(), session.principal.role.as_str())),
+        Some((
+            session.principal.name.clone(),
+            session.principal.role.as_str(),
+        )),
         None,
         None,
         Ok(()),
@@ -521,14 +560,23 @@ mod tests {
         assert!(!tokens_equal("abc", Some("abd")));
         assert!(!tokens_equal("abc", Some("ab")));
         assert!(!tokens_equal("abc", None));
-        assert!(!tokens_equal("", Some("")), "an empty expected token never matches");
+        assert!(
+            !tokens_equal("", Some("")),
+            "an empty expected token never matches"
+        );
     }
 
     #[test]
     fn cookies_are_read_from_every_cookie_header() {
         let mut headers = HeaderMap::new();
-        headers.append(header::COOKIE, HeaderValue::from_static("a=1; wif_ui_login=xyz"));
-        headers.append(header::COOKIE, HeaderValue::from_static("wif_ui_session=s1"));
+        headers.append(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; wif_ui_login=xyz"),
+        );
+        headers.append(
+            header::COOKIE,
+            HeaderValue::from_static("wif_ui_session=s1"),
+        );
         assert_eq!(cookie(&headers, LOGIN_COOKIE), Some("xyz"));
         assert_eq!(cookie(&headers, SESSION_COOKIE), Some("s1"));
         assert_eq!(cookie(&headers, "wif_ui"), None);
@@ -537,14 +585,27 @@ mod tests {
     #[test]
     fn the_cookie_is_http_only_strict_and_secure_over_tls() {
         let plain = set_cookie(SESSION_COOKIE, "id", 60, false);
-        assert_eq!(plain, "wif_ui_session=id; Path=/ui; HttpOnly; SameSite=Strict; Max-Age=60");
+        assert_eq!(
+            plain,
+            "wif_ui_session=id; Path=/ui; HttpOnly; SameSite=Strict; Max-Age=60"
+        );
         assert!(set_cookie(SESSION_COOKIE, "id", 60, true).ends_with("; Secure"));
     }
 
     #[test]
     fn only_console_paths_are_followed_after_sign_in() {
-        assert_eq!(safe_next(Some("/ui/activity?outcome=denied")), "/ui/activity?outcome=denied");
-        for bad in ["https://evil.example/", "//evil.example", "/ui//evil", "/v1/identities", "/ui/login?next=x", "/ui/a b"] {
+        assert_eq!(
+            safe_next(Some("/ui/activity?outcome=denied")),
+            "/ui/activity?outcome=denied"
+        );
+        for bad in [
+            "https://evil.example/",
+            "//evil.example",
+            "/ui//evil",
+            "/v1/identities",
+            "/ui/login?next=x",
+            "/ui/a b",
+        ] {
             assert_eq!(safe_next(Some(bad)), "/ui/identities", "{bad}");
         }
         assert_eq!(safe_next(None), "/ui/identities");

@@ -71,13 +71,22 @@ fn form_html(console: &Console, session: &Session, form: &Form) -> String {
     )
 }
 
-fn page(console: &Console, session: &Session, form: &Form, result: &str, status: StatusCode) -> Response {
+fn page(
+    console: &Console,
+    session: &Session,
+    form: &Form,
+    result: &str,
+    status: StatusCode,
+) -> Response {
     let body = format!(
         "<h1>Test it</h1><p class=\"muted\">What would an exchange decide for this token, and why? \
          Nothing is sent to Entra and nothing changes.</p><div class=\"two\">{}<section class=\"result\" data-testid=\"result\">{result}</section></div>",
         form_html(console, session, form)
     );
-    html::html(status, html::page("Test it", Some(session), Nav::Test, &body))
+    html::html(
+        status,
+        html::page("Test it", Some(session), Nav::Test, &body),
+    )
 }
 
 /// `GET /ui/test?identity=`
@@ -192,7 +201,7 @@ pub async fn run(State(console): State<Console>, Signed(session): Signed, body: 
         Ok(f) => f,
         Err(r) => return r,
     };
-    if let Err(r) = session::check_csrf(&session, &form) {
+    if let Some(r) = session::csrf_refusal(&session, &form) {
         return r;
     }
     let identity = form.optional("identity");

@@ -275,9 +275,15 @@ fn check_github_name(value: &str, field: &'static str, what: &str, out: &mut Vec
 
 fn check_digits(value: &str, field: &'static str, what: &str, out: &mut Vec<Problem>) {
     if value.is_empty() {
-        out.push(problem(field, format!("{what} is required for the immutable form")));
+        out.push(problem(
+            field,
+            format!("{what} is required for the immutable form"),
+        ));
     } else if !value.bytes().all(|b| b.is_ascii_digit()) {
-        out.push(problem(field, format!("{what} {value:?} must be a number (the id GitHub shows in the API)")));
+        out.push(problem(
+            field,
+            format!("{what} {value:?} must be a number (the id GitHub shows in the API)"),
+        ));
     }
 }
 
@@ -343,7 +349,8 @@ fn or_default(value: &str, default: &str) -> String {
 fn is_dns_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !s.starts_with('-')
         && !s.ends_with('-')
 }
@@ -357,7 +364,12 @@ fn is_dns_subdomain(s: &str) -> bool {
 /// `claims['sub'] matches 'system:serviceaccount:NS:*'`.
 pub fn kubernetes(k: &Kubernetes) -> Result<Built, Vec<Problem>> {
     let mut out = Vec::new();
-    required(&k.issuer, "k8s_issuer", "the cluster's issuer URL (its --service-account-issuer)", &mut out);
+    required(
+        &k.issuer,
+        "k8s_issuer",
+        "the cluster's issuer URL (its --service-account-issuer)",
+        &mut out,
+    );
     if k.namespace.is_empty() {
         out.push(problem("k8s_namespace", "the namespace is required"));
     } else if !is_dns_label(&k.namespace) {
@@ -383,7 +395,10 @@ pub fn kubernetes(k: &Kubernetes) -> Result<Built, Vec<Problem>> {
         return Err(out);
     }
     let rule = if k.whole_namespace {
-        Rule::Expression(sub_matches(&format!("system:serviceaccount:{}:*", k.namespace)))
+        Rule::Expression(sub_matches(&format!(
+            "system:serviceaccount:{}:*",
+            k.namespace
+        )))
     } else {
         Rule::Subject(format!(
             "system:serviceaccount:{}:{}",
@@ -400,7 +415,10 @@ fn check_ado_name(value: &str, field: &'static str, what: &str, out: &mut Vec<Pr
     if value.is_empty() {
         out.push(problem(field, format!("{what} is required")));
     } else if value.contains('/') || value.chars().any(char::is_control) {
-        out.push(problem(field, format!("{what} {value:?} must not contain '/' or control characters")));
+        out.push(problem(
+            field,
+            format!("{what} {value:?} must not contain '/' or control characters"),
+        ));
     }
 }
 
@@ -422,11 +440,19 @@ pub fn azure_devops(a: &AzureDevOps) -> Result<Built, Vec<Problem>> {
         ));
         String::new()
     } else {
-        format!("{AZURE_DEVOPS_ISSUER_PREFIX}{}", a.org_id.to_ascii_lowercase())
+        format!(
+            "{AZURE_DEVOPS_ISSUER_PREFIX}{}",
+            a.org_id.to_ascii_lowercase()
+        )
     };
     check_ado_name(&a.org, "ado_org", "the organization", &mut out);
     check_ado_name(&a.project, "ado_project", "the project", &mut out);
-    check_ado_name(&a.connection, "ado_connection", "the service connection", &mut out);
+    check_ado_name(
+        &a.connection,
+        "ado_connection",
+        "the service connection",
+        &mut out,
+    );
     if !out.is_empty() {
         return Err(out);
     }
@@ -441,7 +467,10 @@ pub fn gitlab(g: &GitLab) -> Result<Built, Vec<Problem>> {
     let mut out = Vec::new();
     let path = g.project_path.trim_matches('/');
     if path.is_empty() {
-        out.push(problem("gl_project", "the project path (group/project) is required"));
+        out.push(problem(
+            "gl_project",
+            "the project path (group/project) is required",
+        ));
     } else if !path.contains('/') {
         out.push(problem(
             "gl_project",
@@ -450,7 +479,9 @@ pub fn gitlab(g: &GitLab) -> Result<Built, Vec<Problem>> {
     } else if path.contains("//") || path.chars().any(|c| c.is_whitespace() || c == ':') {
         out.push(problem(
             "gl_project",
-            format!("project path {path:?} must be group/project without spaces, ':' or empty parts"),
+            format!(
+                "project path {path:?} must be group/project without spaces, ':' or empty parts"
+            ),
         ));
     }
     if !matches!(g.ref_type.as_str(), "branch" | "tag") {
@@ -475,7 +506,12 @@ pub fn other(o: &Other) -> Result<Built, Vec<Problem>> {
     required(&o.issuer, "other_issuer", "the issuer", &mut out);
     let rule = match o.mode.as_str() {
         "expression" => {
-            required(&o.expression, "other_expression", "the expression", &mut out);
+            required(
+                &o.expression,
+                "other_expression",
+                "the expression",
+                &mut out,
+            );
             Rule::Expression(o.expression.clone())
         }
         "subject" | "" => {
@@ -534,11 +570,26 @@ mod tests {
 
     #[test]
     fn github_subjects_for_each_entity() {
-        assert_eq!(subject(github(&gh("branch", "main"))), "repo:contoso/app:ref:refs/heads/main");
-        assert_eq!(subject(github(&gh("branch", "refs/heads/main"))), "repo:contoso/app:ref:refs/heads/main");
-        assert_eq!(subject(github(&gh("tag", "v1.2.0"))), "repo:contoso/app:ref:refs/tags/v1.2.0");
-        assert_eq!(subject(github(&gh("environment", "production"))), "repo:contoso/app:environment:production");
-        assert_eq!(subject(github(&gh("pull_request", "ignored"))), "repo:contoso/app:pull_request");
+        assert_eq!(
+            subject(github(&gh("branch", "main"))),
+            "repo:contoso/app:ref:refs/heads/main"
+        );
+        assert_eq!(
+            subject(github(&gh("branch", "refs/heads/main"))),
+            "repo:contoso/app:ref:refs/heads/main"
+        );
+        assert_eq!(
+            subject(github(&gh("tag", "v1.2.0"))),
+            "repo:contoso/app:ref:refs/tags/v1.2.0"
+        );
+        assert_eq!(
+            subject(github(&gh("environment", "production"))),
+            "repo:contoso/app:environment:production"
+        );
+        assert_eq!(
+            subject(github(&gh("pull_request", "ignored"))),
+            "repo:contoso/app:pull_request"
+        );
         assert_eq!(github(&gh("branch", "main")).unwrap().issuer, GITHUB_ISSUER);
     }
 
@@ -550,7 +601,10 @@ mod tests {
             repo_id: "70107786".into(),
             ..gh("branch", "main")
         };
-        assert_eq!(subject(github(&g)), "repo:contoso@1342004/app@70107786:ref:refs/heads/main");
+        assert_eq!(
+            subject(github(&g)),
+            "repo:contoso@1342004/app@70107786:ref:refs/heads/main"
+        );
         let bad = GitHub {
             org_id: "contoso".into(),
             repo_id: String::new(),
@@ -573,7 +627,10 @@ mod tests {
             issuer: "https://ghes.contoso.com/_services/token".into(),
             ..gh("tag", "v1")
         };
-        assert_eq!(github(&g).unwrap().issuer, "https://ghes.contoso.com/_services/token");
+        assert_eq!(
+            github(&g).unwrap().issuer,
+            "https://ghes.contoso.com/_services/token"
+        );
     }
 
     #[test]
@@ -586,7 +643,10 @@ mod tests {
         };
         assert_eq!(fields(github(&g)), ["gh_org", "gh_repo", "gh_value"]);
         assert_eq!(fields(github(&gh("commit", "x"))), ["gh_entity"]);
-        assert_eq!(fields(github(&gh("branch", "main").clone_with_repo("a b"))), ["gh_repo"]);
+        assert_eq!(
+            fields(github(&gh("branch", "main").clone_with_repo("a b"))),
+            ["gh_repo"]
+        );
     }
 
     impl GitHub {
@@ -607,8 +667,14 @@ mod tests {
             whole_namespace: false,
         };
         let built = kubernetes(&k).unwrap();
-        assert_eq!(built.issuer, "https://westeurope.oic.prod-aks.azure.com/t/c/", "the trailing '/' is kept");
-        assert_eq!(built.rule, Rule::Subject("system:serviceaccount:payments:api".into()));
+        assert_eq!(
+            built.issuer, "https://westeurope.oic.prod-aks.azure.com/t/c/",
+            "the trailing '/' is kept"
+        );
+        assert_eq!(
+            built.rule,
+            Rule::Subject("system:serviceaccount:payments:api".into())
+        );
         let all = Kubernetes {
             whole_namespace: true,
             service_account: String::new(),
@@ -624,7 +690,10 @@ mod tests {
             service_account: "API".into(),
             whole_namespace: false,
         };
-        assert_eq!(fields(kubernetes(&bad)), ["k8s_issuer", "k8s_namespace", "k8s_sa"]);
+        assert_eq!(
+            fields(kubernetes(&bad)),
+            ["k8s_issuer", "k8s_namespace", "k8s_sa"]
+        );
     }
 
     #[test]
@@ -637,14 +706,23 @@ mod tests {
             issuer: String::new(),
         };
         let built = azure_devops(&a).unwrap();
-        assert_eq!(built.issuer, "https://vstoken.dev.azure.com/5a6b7c8d-9e0f-4a1b-2c3d-4e5f6a7b8c9d");
-        assert_eq!(built.rule, Rule::Subject("sc://contoso/web shop/prod-connection".into()));
+        assert_eq!(
+            built.issuer,
+            "https://vstoken.dev.azure.com/5a6b7c8d-9e0f-4a1b-2c3d-4e5f6a7b8c9d"
+        );
+        assert_eq!(
+            built.rule,
+            Rule::Subject("sc://contoso/web shop/prod-connection".into())
+        );
         let custom = AzureDevOps {
             org_id: String::new(),
             issuer: "https://login.microsoftonline.com/t/v2.0".into(),
             ..a.clone()
         };
-        assert_eq!(azure_devops(&custom).unwrap().issuer, "https://login.microsoftonline.com/t/v2.0");
+        assert_eq!(
+            azure_devops(&custom).unwrap().issuer,
+            "https://login.microsoftonline.com/t/v2.0"
+        );
         let bad = AzureDevOps {
             org_id: "not-a-guid".into(),
             project: "a/b".into(),
@@ -663,7 +741,10 @@ mod tests {
         };
         let built = gitlab(&g).unwrap();
         assert_eq!(built.issuer, GITLAB_ISSUER);
-        assert_eq!(built.rule, Rule::Subject("project_path:contoso/platform/app:ref_type:branch:ref:main".into()));
+        assert_eq!(
+            built.rule,
+            Rule::Subject("project_path:contoso/platform/app:ref_type:branch:ref:main".into())
+        );
         let tags = GitLab {
             issuer: "https://gitlab.contoso.com".into(),
             ref_type: "tag".into(),
@@ -674,7 +755,10 @@ mod tests {
         assert_eq!(built.issuer, "https://gitlab.contoso.com");
         assert_eq!(
             built.rule,
-            Rule::Expression("claims['sub'] matches 'project_path:contoso/platform/app:ref_type:tag:ref:v*'".into())
+            Rule::Expression(
+                "claims['sub'] matches 'project_path:contoso/platform/app:ref_type:tag:ref:v*'"
+                    .into()
+            )
         );
         let bad = GitLab {
             project_path: "app".into(),
@@ -682,7 +766,10 @@ mod tests {
             git_ref: String::new(),
             ..g
         };
-        assert_eq!(fields(gitlab(&bad)), ["gl_project", "gl_ref_type", "gl_ref"]);
+        assert_eq!(
+            fields(gitlab(&bad)),
+            ["gl_project", "gl_ref_type", "gl_ref"]
+        );
     }
 
     #[test]
@@ -699,13 +786,23 @@ mod tests {
             expression: "claims['sub'] matches 'organization:O:*'".into(),
             ..o.clone()
         };
-        assert_eq!(other(&e).unwrap().rule, Rule::Expression(e.expression.clone()));
+        assert_eq!(
+            other(&e).unwrap().rule,
+            Rule::Expression(e.expression.clone())
+        );
         let spaced = Other {
             subject: " x ".into(),
             ..o
         };
-        assert_eq!(other(&spaced).unwrap().rule, Rule::Subject(" x ".into()), "not trimmed: Entra's rules report it");
-        assert_eq!(fields(other(&Other::default())), ["other_issuer", "other_subject"]);
+        assert_eq!(
+            other(&spaced).unwrap().rule,
+            Rule::Subject(" x ".into()),
+            "not trimmed: Entra's rules report it"
+        );
+        assert_eq!(
+            fields(other(&Other::default())),
+            ["other_issuer", "other_subject"]
+        );
     }
 
     #[test]
@@ -734,6 +831,9 @@ mod tests {
         };
         assert_eq!(g.org, "contoso");
         assert!(g.immutable_ids);
-        assert_eq!(Scenario::from_fields(|_| Some("nope")).unwrap_err().field, "scenario");
+        assert_eq!(
+            Scenario::from_fields(|_| Some("nope")).unwrap_err().field,
+            "scenario"
+        );
     }
 }
