@@ -82,6 +82,7 @@ pub fn page(title: &str, session: Option<&Session>, nav: Nav, body: &str) -> Str
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
          <title>{} · WIF Broker</title>\
+         <link rel=\"icon\" href=\"/ui/assets/favicon.svg\" type=\"image/svg+xml\">\
          <link rel=\"stylesheet\" href=\"/ui/assets/console.css\">\
          <script src=\"/ui/assets/console.js\" defer></script></head><body>",
         esc(title)

@@ -49,6 +49,7 @@ pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'
 
 const CSS: &str = include_str!("assets/console.css");
 const JS: &str = include_str!("assets/console.js");
+const ICON: &str = include_str!("assets/favicon.svg");
 
 /// The console's routes, all under `/ui`, ready to merge into the broker's router.
 pub fn router(state: AppState) -> Router<AppState> {
@@ -61,6 +62,7 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route("/ui/", get(|| async { html::redirect("/ui/identities") }))
         .route("/ui/assets/console.css", get(css))
         .route("/ui/assets/console.js", get(js))
+        .route("/ui/assets/favicon.svg", get(icon))
         .route("/ui/login", get(session::login_form).post(session::login))
         .route("/ui/logout", post(session::logout))
         .route(
@@ -121,6 +123,10 @@ async fn css() -> Response {
 
 async fn js() -> Response {
     asset(JS, "text/javascript; charset=utf-8")
+}
+
+async fn icon() -> Response {
+    asset(ICON, "image/svg+xml")
 }
 
 fn asset(body: &'static str, content_type: &'static str) -> Response {

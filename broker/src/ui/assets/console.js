@@ -107,6 +107,7 @@
     }
 
     function later() {
+      form.setAttribute("data-draft-state", "pending");
       if (timer) { clearTimeout(timer); }
       timer = setTimeout(refresh, 150);
     }
