@@ -641,6 +641,7 @@ async fn an_admin_registers_and_tests_a_credential_in_a_browser() {
     }
 
     let screenshots = repo_root().join("target/console-screenshots");
+    let _ = std::fs::remove_dir_all(&screenshots);
     std::fs::create_dir_all(&screenshots).unwrap();
     let script = repo_root().join("tests/browser/console.spec.mjs");
     let mut command = tokio::process::Command::new(node);

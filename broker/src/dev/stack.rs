@@ -3,7 +3,8 @@
 //! A local OIDC issuer plays the CI system, the Entra emulator plays Entra, and the broker
 //! runs with an in-memory store, a demo identity and a federated credential for the demo
 //! subject. The emulator holds the same credential, as Entra must for the passthrough
-//! assertion. Everything listens on 127.0.0.1 only.
+//! assertion. Everything listens on 127.0.0.1 only. A random admin token made for this
+//! run signs in to the admin console at `/ui/`.
 
 use std::io::Write;
 
@@ -29,6 +30,8 @@ pub struct DevStack {
     pub entra: EntraEmulator,
     pub broker: RunningBroker,
     pub config: BrokerConfig,
+    /// An admin token for the admin API and console, valid for this run only.
+    pub admin_token: String,
 }
 
 impl DevStack {
@@ -44,13 +47,29 @@ impl DevStack {
                 DEMO_SUBJECT,
             )),
         );
-        let config = dev_config(listen, &issuer.url(), &entra.url());
-        let broker = RunningBroker::start(&config, clock).await?;
+        let mut config = dev_config(listen, &issuer.url(), &entra.url());
+        // The tokens file holds only the hash, and is read once at start.
+        let admin_token = crate::cli::admin::new_admin_token()?;
+        let tokens_file = std::env::temp_dir().join(format!(
+            "wif-dev-admin-tokens-{}",
+            uuid::Uuid::new_v4().simple()
+        ));
+        std::fs::write(
+            &tokens_file,
+            format!(
+                "admin dev {}\n",
+                crate::api::admin::auth::token_hash(&admin_token)
+            ),
+        )?;
+        config.admin.tokens_file = Some(tokens_file.clone());
+        let broker = RunningBroker::start(&config, clock).await;
+        let _ = std::fs::remove_file(&tokens_file);
         Ok(Self {
             issuer,
             entra,
-            broker,
+            broker: broker?,
             config,
+            admin_token,
         })
     }
 
@@ -108,11 +127,13 @@ pub async fn run(listen: &str) -> anyhow::Result<()> {
          \n  broker          {broker}\n  local issuer    {issuer}\n  Entra emulator  {entra}\n\
          \n  identity        {DEMO_IDENTITY} (tenant {DEMO_TENANT}, client {DEMO_CLIENT})\
          \n  credential      demo-main: issuer {issuer}, subject {DEMO_SUBJECT}\n\
+         \n  admin console   {broker}/ui/ (sign in with admin token {admin_token}, valid for this run)\n\
          \nA demo job token (valid {mins} minutes) is in this command; paste it to get an access token:\n\n{curl}\n",
         broker = stack.broker.url(),
         issuer = stack.issuer.url(),
         entra = stack.entra.url(),
         mins = DEMO_TOKEN_SECS / 60,
+        admin_token = stack.admin_token,
         curl = stack.curl(&token),
     )?;
     out.flush()?;

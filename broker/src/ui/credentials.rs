@@ -480,7 +480,9 @@ fn wizard_page(
         identity_name = esc(&identity.name),
         title = esc(&title),
         read_only = if identity.read_only {
-            "<p class=\"error\">This identity is declared in the config file: its credentials are read-only here. The wizard still shows what a credential would look like.</p>"
+            "<p class=\"error\" data-testid=\"read-only\">This identity is declared in the config file: its credentials are read-only here. The wizard still shows what a credential would look like.</p>"
+        } else if !session.can_write() {
+            "<p class=\"error\" data-testid=\"read-only\">You are signed in with the reader role: try the wizard and its checks, but saving is for admins.</p>"
         } else {
             ""
         },
