@@ -288,6 +288,10 @@ async fn an_admin_signs_in_and_forms_without_the_csrf_token_are_refused() {
     assert!(list.body.contains("alice"), "the signed-in admin is named");
     assert_no_external_resources(&list);
     let csrf = list.csrf();
+    let missing = browser.get("/ui/no-such-page").await;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+    assert!(missing.body.contains("Not found"), "{}", missing.body);
+    assert_console_headers(&missing);
     audited_event(&stack, "kind=admin", |e| {
         e["action"] == "console.sign_in" && e["actor"] == "alice" && e["outcome"] == "ok"
     })

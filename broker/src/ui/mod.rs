@@ -102,7 +102,8 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route("/ui/api/draft", post(credentials::draft_endpoint))
         .route("/ui/test", get(simulate::form).post(simulate::run))
         .route("/ui/activity", get(activity::page))
-        .fallback(not_found)
+        // The broker's router has the one fallback (JSON); console paths get a page.
+        .route("/ui/{*rest}", get(not_found).post(not_found))
         .layer(middleware::from_fn(security_headers))
         .with_state(console)
 }
