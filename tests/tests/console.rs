@@ -411,6 +411,77 @@ async fn an_admin_signs_in_and_forms_without_the_csrf_token_are_refused() {
     assert!(!detail.body.contains("<script>alert(1)"));
     assert!(!detail.body.contains("<b>x</b>"));
 
+    // Editing a credential: from a subject to an expression, through the same rules.
+    let edit = browser
+        .get("/ui/identities/web/credentials/escaped/edit")
+        .await;
+    assert_eq!(edit.status, StatusCode::OK, "{}", edit.body);
+    assert!(
+        edit.body.contains("refs/heads/&lt;b&gt;x&lt;/b&gt;"),
+        "{}",
+        edit.body
+    );
+    let github = stack.github.url();
+    let mut change = vec![
+        ("csrf", csrf.as_str()),
+        ("other_issuer", github.as_str()),
+        ("other_mode", "expression"),
+        (
+            "other_expression",
+            "claims['sub'] matches 'repo:contoso/app:*'",
+        ),
+        ("audience", "api://AzureADTokenExchange"),
+        ("description", "edited"),
+        ("name", "renamed-is-ignored"),
+    ];
+    let page = browser
+        .post("/ui/identities/web/credentials/escaped", &change)
+        .await;
+    assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.body);
+    let stored = stack
+        .admin(
+            "GET",
+            "/v1/identities/web/federatedIdentityCredentials/escaped",
+            None,
+        )
+        .await;
+    assert_eq!(stored.body["subject"], Value::Null, "{}", stored.body);
+    assert_eq!(
+        stored.body["claimsMatchingExpression"]["value"],
+        "claims['sub'] matches 'repo:contoso/app:*'"
+    );
+    assert_eq!(stored.body["description"], "edited");
+    change[3] = ("other_expression", "claims['sub'] equals 'x'");
+    let page = browser
+        .post("/ui/identities/web/credentials/escaped", &change)
+        .await;
+    assert_eq!(
+        page.status,
+        StatusCode::BAD_REQUEST,
+        "a broken expression is refused"
+    );
+    assert!(
+        page.body.contains("FFL has only the operators"),
+        "{}",
+        page.body
+    );
+
+    // Editing and deleting an identity.
+    let page = browser
+        .post(
+            "/ui/identities/web",
+            &[
+                ("csrf", &csrf),
+                ("tenant_id", TENANT),
+                ("client_id", WEB_CLIENT),
+                ("cloud", "usgov"),
+            ],
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.body);
+    let web = stack.admin("GET", "/v1/identities/web", None).await;
+    assert_eq!(web.body["cloud"], "usgov", "{}", web.body);
+
     // Declarative identities are read-only and say where they come from.
     let deploy = browser.get("/ui/identities/deploy").await;
     assert!(
@@ -419,6 +490,15 @@ async fn an_admin_signs_in_and_forms_without_the_csrf_token_are_refused() {
         deploy.body
     );
     assert!(deploy.body.contains("read-only (config file)"));
+
+    let page = browser
+        .post("/ui/identities/web/delete", &[("csrf", &csrf)])
+        .await;
+    assert_eq!(page.location(), "/ui/identities?notice=identity-deleted");
+    stack
+        .admin("GET", "/v1/identities/web", None)
+        .await
+        .expect_error(404, "not_found");
 
     // Sign-out ends the session on the server: the old cookie no longer works.
     let old = browser.cookie_header();

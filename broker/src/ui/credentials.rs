@@ -403,13 +403,12 @@ fn wizard_page(
     };
     let (draft, _) = draft(console, identity, form, editing);
     let can_save = session.can_write() && !identity.read_only;
-    let save_disabled = if !can_save {
-        html::disabled_unless_admin(session).to_owned()
-            + if identity.read_only { " disabled" } else { "" }
-    } else if draft.valid {
-        String::new()
+    let save_disabled = if !session.can_write() {
+        html::disabled_unless_admin(session)
+    } else if identity.read_only || !draft.valid {
+        " disabled"
     } else {
-        " disabled".to_owned()
+        ""
     };
     let (title, action, scenarios, hidden) = match mode {
         Mode::Create => {
