@@ -167,7 +167,7 @@ pub fn render(console: &Console, answer: &SimulateResponse) -> String {
     if answer.near_misses.is_empty() {
         out.push_str("<p class=\"muted\" data-testid=\"near-misses\">None.</p>");
     } else {
-        out.push_str("<table class=\"list\" data-testid=\"near-misses\"><thead><tr><th>Identity / credential</th><th>Failed check</th><th>Why</th><th>The credential expects</th></tr></thead><tbody>");
+        out.push_str("<table class=\"list near\" data-testid=\"near-misses\"><thead><tr><th>Identity / credential</th><th>Failed check</th><th>Why</th><th>The credential expects</th></tr></thead><tbody>");
         for m in &answer.near_misses {
             let clause = m
                 .clause
