@@ -28,6 +28,8 @@ pub enum StartError {
     AdminAuth(#[from] crate::api::admin::auth::AuthSetupError),
     #[error("cannot open the store: {0}")]
     Store(crate::store::StoreError),
+    #[error(transparent)]
+    Webhook(#[from] crate::api::mutate::WebhookSetupError),
     #[error("cannot listen on {addr}: {error}")]
     Bind { addr: String, error: std::io::Error },
 }
@@ -96,6 +98,7 @@ impl RunningBroker {
             request_timeout: Duration::from_secs(cfg.server.request_timeout_secs),
             ready: ready.clone(),
             tls: tls_config.is_some(),
+            webhook: crate::api::mutate::Webhook::from_config(cfg)?,
         };
         let (stop, stopped) = oneshot::channel::<()>();
         let tls = tls_config.is_some();

@@ -30,6 +30,9 @@ pub struct AgentConfig {
     pub identity: Option<String>,
     /// Extra PEM roots for the broker's certificate.
     pub ca_file: Option<PathBuf>,
+    /// Extra PEM roots given inline, normally as `WIF_AGENT_CA_PEM` (the admission webhook
+    /// hands sidecars the broker's CA this way); added to `ca_file`'s.
+    pub ca_pem: Option<String>,
     /// Client certificate and key (PEM) for brokers that require mutual TLS.
     pub client_cert: Option<PathBuf>,
     pub client_key: Option<PathBuf>,
@@ -54,6 +57,7 @@ impl Default for AgentConfig {
             identity_header: None,
             identity: None,
             ca_file: None,
+            ca_pem: None,
             client_cert: None,
             client_key: None,
             timeout_secs: 10,
@@ -123,6 +127,13 @@ impl AgentConfig {
                 "token_command",
                 "give token_file or token_command, not both",
             );
+        }
+        if self
+            .ca_pem
+            .as_deref()
+            .is_some_and(|pem| !pem.contains("-----BEGIN CERTIFICATE-----"))
+        {
+            push("ca_pem", "holds no PEM certificate");
         }
         if self.client_cert.is_some() != self.client_key.is_some() {
             push("client_key", "client_cert and client_key come together");

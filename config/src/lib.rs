@@ -13,8 +13,10 @@
 pub mod agent;
 pub mod env;
 mod validate;
+pub mod webhook;
 
 pub use agent::AgentConfig;
+pub use webhook::WebhookConfig;
 
 use std::path::{Path, PathBuf};
 
@@ -61,6 +63,7 @@ pub struct BrokerConfig {
     pub log: LogConfig,
     pub admin: AdminConfig,
     pub audit: AuditConfig,
+    pub webhook: WebhookConfig,
     pub issuers: Vec<IssuerConfig>,
     pub identities: Vec<IdentityConfig>,
 }
@@ -510,6 +513,7 @@ impl BrokerConfig {
     /// Sections whose keys may be overridden from the environment.
     pub const SECTIONS: &'static [&'static str] = &[
         "server", "store", "entra", "cache", "tokens", "jwks", "outbound", "log", "admin", "audit",
+        "webhook",
     ];
 }
 

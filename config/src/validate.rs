@@ -24,7 +24,7 @@ use url::Url;
 use crate::{
     ALGORITHMS, AdminConfig, AuditConfig, BrokerConfig, CacheConfig, EntraConfig,
     FederatedCredentialConfig, IdentityConfig, IssuerConfig, JwksConfig, LogConfig, ServerConfig,
-    StoreConfig, TokenConfig, is_loopback,
+    StoreConfig, TokenConfig, WebhookConfig, is_loopback,
 };
 
 /// One thing wrong with a configuration, naming the key.
@@ -68,6 +68,7 @@ pub(crate) fn broker(config: &BrokerConfig) -> Vec<Problem> {
     identities(&mut p, &config.identities, loopback_http);
     admin(&mut p, &config.admin, loopback_http);
     audit(&mut p, &config.audit);
+    webhook(&mut p, &config.webhook, loopback_http);
     p.0
 }
 
@@ -484,6 +485,145 @@ fn admin(p: &mut Problems, a: &AdminConfig, loopback_http: bool) {
 
 fn audit(p: &mut Problems, a: &AuditConfig) {
     positive(p, "audit.queue_size", a.queue_size);
+}
+
+fn webhook(p: &mut Problems, w: &WebhookConfig, loopback_http: bool) {
+    if w.enabled {
+        https_url(
+            p,
+            "webhook.broker_url",
+            &w.broker_url,
+            UrlShape::Resource,
+            loopback_http,
+        );
+        if w.agent_image.trim().is_empty() {
+            p.push(
+                "webhook.agent_image",
+                "is required when webhook.enabled = true: the image holding wif-agent",
+            );
+        }
+    }
+    if w.agent_image.chars().any(char::is_whitespace) {
+        p.push("webhook.agent_image", "must not contain whitespace");
+    }
+    if !crate::webhook::PULL_POLICIES.contains(&w.agent_image_pull_policy.as_str()) {
+        p.push(
+            "webhook.agent_image_pull_policy",
+            format!(
+                "`{}` is not one of {}",
+                w.agent_image_pull_policy,
+                crate::webhook::PULL_POLICIES.join(", ")
+            ),
+        );
+    }
+    positive(p, "webhook.agent_port", w.agent_port);
+    for (key, value) in [
+        ("webhook.agent_cpu_request", &w.agent_cpu_request),
+        ("webhook.agent_memory_request", &w.agent_memory_request),
+        ("webhook.agent_memory_limit", &w.agent_memory_limit),
+    ] {
+        if !is_quantity(value) {
+            p.push(
+                key,
+                format!("`{value}` is not a Kubernetes quantity such as 10m, 16Mi or 1"),
+            );
+        }
+    }
+    if w.token_audience.trim().is_empty() {
+        p.push("webhook.token_audience", "must not be empty");
+    }
+    if !(600..=86_400).contains(&w.token_expiration_secs) {
+        p.push(
+            "webhook.token_expiration_secs",
+            format!(
+                "{} is outside 600–86400 (Kubernetes refuses projected tokens under 10 minutes)",
+                w.token_expiration_secs
+            ),
+        );
+    }
+    if !w.token_mount_path.starts_with('/') || w.token_mount_path.contains(':') {
+        p.push(
+            "webhook.token_mount_path",
+            format!("`{}` is not an absolute path", w.token_mount_path),
+        );
+    }
+    if !is_annotation_key(&w.skip_containers_annotation) {
+        p.push(
+            "webhook.skip_containers_annotation",
+            format!(
+                "`{}` is not a Kubernetes annotation key such as example.com/skip-containers",
+                w.skip_containers_annotation
+            ),
+        );
+    }
+    if let Some(tenant) = &w.default_tenant_id
+        && !is_guid(tenant)
+        && !is_domain(tenant)
+    {
+        p.push(
+            "webhook.default_tenant_id",
+            format!("`{tenant}` is not a GUID or a domain such as contoso.onmicrosoft.com"),
+        );
+    }
+    if let Some(url) = &w.kube_api_url {
+        https_url(
+            p,
+            "webhook.kube_api_url",
+            url,
+            UrlShape::Origin,
+            loopback_http,
+        );
+    }
+    path(p, "webhook.broker_ca_file", w.broker_ca_file.as_deref());
+    path(p, "webhook.kube_token_file", Some(&w.kube_token_file));
+    path(p, "webhook.kube_ca_file", Some(&w.kube_ca_file));
+    positive(p, "webhook.max_body_bytes", w.max_body_bytes);
+}
+
+/// A Kubernetes resource quantity: digits with an optional fraction and suffix.
+fn is_quantity(s: &str) -> bool {
+    let number_len = s
+        .bytes()
+        .take_while(|b| b.is_ascii_digit() || *b == b'.')
+        .count();
+    let suffix = &s[number_len..];
+    number_len > 0
+        && s[..number_len].bytes().filter(|b| *b == b'.').count() <= 1
+        && [
+            "", "m", "k", "M", "G", "T", "P", "E", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei",
+        ]
+        .contains(&suffix)
+}
+
+/// `[prefix/]name`: a DNS-subdomain prefix and a name of letters, digits, `-`, `_`, `.`.
+fn is_annotation_key(s: &str) -> bool {
+    let (prefix, name) = match s.rsplit_once('/') {
+        Some((prefix, name)) => (Some(prefix), name),
+        None => (None, s),
+    };
+    let name_ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        && name
+            .as_bytes()
+            .first()
+            .is_some_and(u8::is_ascii_alphanumeric)
+        && name
+            .as_bytes()
+            .last()
+            .is_some_and(u8::is_ascii_alphanumeric);
+    let prefix_ok = prefix.is_none_or(|p| {
+        !p.is_empty()
+            && p.len() <= 253
+            && p.split('.').all(|l| {
+                !l.is_empty()
+                    && l.bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            })
+    });
+    name_ok && prefix_ok
 }
 
 fn positive<T: Default + PartialEq>(p: &mut Problems, key: &str, value: T) {
@@ -1549,5 +1689,85 @@ mod tests {
         assert!(is_domain("contoso.onmicrosoft.com"));
         assert!(!is_domain("contoso"));
         assert!(!is_domain("contoso.com."));
+    }
+
+    #[test]
+    fn the_webhook_is_off_and_unconstrained_by_default() {
+        none(&check(|_| {}));
+    }
+
+    #[test]
+    fn an_enabled_webhook_needs_a_broker_url_and_an_image() {
+        let problems = check(|c| c.webhook.enabled = true);
+        let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(keys, ["webhook.broker_url", "webhook.agent_image"]);
+        none(&check(|c| {
+            c.webhook.enabled = true;
+            c.webhook.broker_url = "https://wif-broker.wif-system.svc:8443".into();
+            c.webhook.agent_image = "registry.example/wif-broker:0.1.0".into();
+        }));
+        only(
+            &check(|c| {
+                c.webhook.enabled = true;
+                c.webhook.broker_url = "http://wif-broker.wif-system.svc:8080".into();
+                c.webhook.agent_image = "wif-broker:0.1.0".into();
+            }),
+            "webhook.broker_url",
+            "must use https",
+        );
+    }
+
+    #[test]
+    fn webhook_sidecar_settings_are_checked() {
+        only(
+            &check(|c| c.webhook.token_expiration_secs = 60),
+            "webhook.token_expiration_secs",
+            "600",
+        );
+        only(
+            &check(|c| c.webhook.agent_image_pull_policy = "always".into()),
+            "webhook.agent_image_pull_policy",
+            "IfNotPresent",
+        );
+        only(
+            &check(|c| c.webhook.agent_memory_limit = "64 MB".into()),
+            "webhook.agent_memory_limit",
+            "quantity",
+        );
+        only(
+            &check(|c| c.webhook.skip_containers_annotation = "Example.com/x".into()),
+            "webhook.skip_containers_annotation",
+            "annotation key",
+        );
+        only(
+            &check(|c| c.webhook.token_mount_path = "relative/dir".into()),
+            "webhook.token_mount_path",
+            "absolute",
+        );
+        only(
+            &check(|c| c.webhook.default_tenant_id = Some("contoso".into())),
+            "webhook.default_tenant_id",
+            "GUID",
+        );
+        only(
+            &check(|c| c.webhook.agent_port = 0),
+            "webhook.agent_port",
+            "greater than 0",
+        );
+        only(
+            &check(|c| c.webhook.kube_api_url = Some("https://10.0.0.1:443/api".into())),
+            "webhook.kube_api_url",
+            "scheme and host only",
+        );
+        for good in ["10m", "0.5", "16Mi", "1", "2Gi"] {
+            assert!(is_quantity(good), "{good}");
+        }
+        for bad in ["", "m", "1.2.3", "16MB", "-1"] {
+            assert!(!is_quantity(bad), "{bad}");
+        }
+        assert!(is_annotation_key("wif-broker.io/skip-containers"));
+        assert!(is_annotation_key("skip"));
+        assert!(!is_annotation_key("a/"));
+        assert!(!is_annotation_key("/x"));
     }
 }

@@ -5,6 +5,7 @@ pub mod admin;
 pub mod entra_compat;
 pub mod error;
 pub mod exchange;
+pub mod mutate;
 pub mod openapi;
 pub mod ops;
 pub mod serve;
@@ -35,6 +36,8 @@ pub struct AppState {
     pub ready: Arc<AtomicBool>,
     /// The listener serves TLS: URLs the broker gives out about itself use `https`.
     pub tls: bool,
+    /// The sidecar-injecting admission webhook, when `[webhook] enabled`.
+    pub webhook: Option<Arc<mutate::Webhook>>,
 }
 
 impl AppState {
@@ -76,6 +79,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/simulate", post(admin::simulate))
         .route("/v1/audit", get(admin::audit_events))
+        .route("/mutate/v1/pods", post(mutate::pods))
         .fallback(fallback)
         .method_not_allowed_fallback(method_not_allowed)
         // Handlers read bodies themselves against `max_body_bytes`.

@@ -30,12 +30,14 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
         super::ops::readyz,
         super::ops::metrics,
         super::ops::openapi,
+        super::mutate::pods,
     ),
     modifiers(&Security),
     tags(
         (name = "exchange", description = "External OIDC token in, Entra access token out"),
         (name = "admin", description = "Identities, federated credentials, simulate, audit"),
         (name = "ops", description = "Health, readiness, metrics"),
+        (name = "webhook", description = "Kubernetes admission webhook injecting the wif-agent sidecar"),
     )
 )]
 struct ApiDoc;
@@ -115,6 +117,7 @@ mod tests {
             "/readyz",
             "/metrics",
             "/openapi.json",
+            "/mutate/v1/pods",
         ] {
             assert!(
                 doc["paths"].get(path).is_some(),
