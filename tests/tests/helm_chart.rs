@@ -582,3 +582,23 @@ async fn the_default_install_serves_the_webhook_with_the_certificate_it_generate
     assert_eq!(sidecar["value"]["image"], "wif-broker:0.1.0");
     broker.shutdown().await.unwrap();
 }
+
+#[test]
+fn the_image_holds_the_binaries_the_chart_and_the_webhook_run() {
+    // No container engine here: check that the Dockerfile, the chart's Deployment and the
+    // injected sidecar agree on paths and user.
+    let dockerfile = std::fs::read_to_string(k8s::repo_root().join("Dockerfile")).unwrap();
+    let deployment =
+        std::fs::read_to_string(k8s::repo_root().join("helm/wif-broker/templates/deployment.yaml"))
+            .unwrap();
+    assert!(dockerfile.contains("cargo build --release --locked -p wif-broker -p wif-agent"));
+    assert!(
+        dockerfile.contains("COPY --from=build /out/wif-broker /out/wif-agent /usr/local/bin/")
+    );
+    assert!(dockerfile.contains("USER 65532:65532"));
+    assert_eq!(wif_broker::inject::AGENT_BINARY, "/usr/local/bin/wif-agent");
+    assert_eq!(wif_broker::inject::SIDECAR_UID, 65532);
+    assert!(deployment.contains(r#"command: ["/usr/local/bin/wif-broker"]"#));
+    let dockerignore = std::fs::read_to_string(k8s::repo_root().join(".dockerignore")).unwrap();
+    assert!(dockerignore.lines().any(|l| l == "target/"));
+}
