@@ -163,3 +163,36 @@ impl AgentConfig {
         p
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use super::*;
+
+    fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn the_ca_can_come_inline_from_the_environment() {
+        let pem = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+        let config =
+            AgentConfig::from_toml_with_env("", "defaults", &vars(&[("WIF_AGENT_CA_PEM", pem)]))
+                .unwrap();
+        assert_eq!(config.ca_pem.as_deref(), Some(pem));
+        let err = AgentConfig::from_toml_with_env(
+            "",
+            "defaults",
+            &vars(&[("WIF_AGENT_CA_PEM", "/etc/ca.crt")]),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("ca_pem: holds no PEM certificate"),
+            "{err}"
+        );
+    }
+}
