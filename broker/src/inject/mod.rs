@@ -26,8 +26,9 @@
 //! loopback interface (`hostNetwork` pods); it does not hide anything from someone who
 //! may read the pod.
 //!
-//! This module is pure: the caller supplies the service account's annotations and the
-//! random secret. It never panics on odd input; a pod it cannot understand is an error.
+//! Building the patch ([`mutate`]) is pure: the caller supplies the service account's
+//! annotations (read by [`kube`]) and the random secret. It never panics on odd input; a
+//! pod it cannot understand is an error.
 
 pub mod kube;
 
