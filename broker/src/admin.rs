@@ -212,6 +212,19 @@ impl Admin {
                 Err(e) => v.push(invalid("authorityHost", e.to_string())),
             }
         }
+        match input.assertion {
+            AssertionSource::Certificate => v.push(invalid(
+                "assertion",
+                "certificate assertions are declared in the broker's config file \
+                 (certificate_file and certificate_key_file name files on the broker's disk)",
+            )),
+            AssertionSource::Broker if !self.broker.is_issuer() => v.push(invalid(
+                "assertion",
+                "this broker is not an issuer: set [broker_issuer] url in its config to use \
+                 the broker assertion",
+            )),
+            _ => {}
+        }
         v
     }
 

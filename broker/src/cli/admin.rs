@@ -1442,6 +1442,7 @@ mod tests {
             authority_host: "https://login.microsoftonline.com".into(),
             assertion: AssertionSource::Passthrough,
             source: "api".into(),
+            entra_federated_credential: None,
             read_only: false,
             created_date_time: None,
             last_modified_date_time: None,

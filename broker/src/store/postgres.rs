@@ -16,7 +16,7 @@ use sqlx::{Connection, PgConnection, PgPool, PgTransaction, Postgres, QueryBuild
 use super::sql::{self, AuditRow, CredentialRow, IdentityRow, db_error, db_time, without_nul};
 use super::{
     AuditQuery, AuditRecord, PutOutcome, Store, StoreError, StoreResult, StoredCredential,
-    StoredIdentity,
+    StoredIdentity, StoredSigningKey,
 };
 
 /// How long a task waits for a connection, including connecting; then `Unavailable`.
@@ -483,6 +483,40 @@ impl Store for PgStore {
     async fn purge_used_tokens(&self, now: u64) -> StoreResult<u64> {
         let result = sqlx::query(sql::PURGE_USED_TOKENS)
             .bind(db_time(now))
+            .execute(&self.pool)
+            .await
+            .map_err(db_error)?;
+        Ok(result.rows_affected())
+    }
+
+    async fn list_signing_keys(&self) -> StoreResult<Vec<StoredSigningKey>> {
+        Ok(
+            sqlx::query_as::<_, sql::SigningKeyRow>(sql::LIST_SIGNING_KEYS)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db_error)?
+                .into_iter()
+                .map(sql::signing_key_from_row)
+                .collect(),
+        )
+    }
+
+    async fn insert_signing_key(&self, key: &StoredSigningKey) -> StoreResult<bool> {
+        let result = sqlx::query(sql::INSERT_SIGNING_KEY)
+            .bind(key.generation)
+            .bind(&key.kid)
+            .bind(key.private_key.expose())
+            .bind(db_time(key.created_at))
+            .bind(db_time(key.active_from))
+            .execute(&self.pool)
+            .await
+            .map_err(db_error)?;
+        Ok(result.rows_affected() == 1)
+    }
+
+    async fn delete_signing_keys_before(&self, generation: i64) -> StoreResult<u64> {
+        let result = sqlx::query(sql::DELETE_SIGNING_KEYS_BEFORE)
+            .bind(generation)
             .execute(&self.pool)
             .await
             .map_err(db_error)?;

@@ -125,6 +125,28 @@ pub(super) const USE_TOKEN: &str =
     "INSERT INTO used_tokens (key, expires_at) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING";
 pub(super) const PURGE_USED_TOKENS: &str = "DELETE FROM used_tokens WHERE expires_at < $1";
 
+pub(super) const LIST_SIGNING_KEYS: &str = "SELECT generation, kid, private_key, created_at, \
+     active_from FROM signing_keys ORDER BY generation";
+pub(super) const INSERT_SIGNING_KEY: &str = "INSERT INTO signing_keys (generation, kid, \
+     private_key, created_at, active_from) VALUES ($1, $2, $3, $4, $5) \
+     ON CONFLICT (generation) DO NOTHING";
+pub(super) const DELETE_SIGNING_KEYS_BEFORE: &str =
+    "DELETE FROM signing_keys WHERE generation < $1";
+
+/// A signing-key row as the database returns it.
+pub(super) type SigningKeyRow = (i64, String, String, i64, i64);
+
+pub(super) fn signing_key_from_row(row: SigningKeyRow) -> super::StoredSigningKey {
+    let (generation, kid, private_key, created_at, active_from) = row;
+    super::StoredSigningKey {
+        generation,
+        kid,
+        private_key: crate::entra::Secret::new(private_key),
+        created_at: rust_time(created_at),
+        active_from: rust_time(active_from),
+    }
+}
+
 /// An identity row as the database returns it.
 pub(super) type IdentityRow = (
     String,
