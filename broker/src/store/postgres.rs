@@ -32,11 +32,18 @@ const SESSION_SETTINGS: [(&str, &str); 2] = [
     ("idle_in_transaction_session_timeout", "60s"),
 ];
 
-const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "initial",
-    include_str!("../../migrations/postgres/0001_initial.sql"),
-)];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "initial",
+        include_str!("../../migrations/postgres/0001_initial.sql"),
+    ),
+    (
+        2,
+        "signing keys",
+        include_str!("../../migrations/postgres/0002_signing_keys.sql"),
+    ),
+];
 
 /// The PostgreSQL store. Cheap to share behind an `Arc`; all methods take `&self`.
 pub struct PgStore {

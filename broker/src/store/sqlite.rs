@@ -24,11 +24,18 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 const READERS: u32 = 4;
 
-const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "initial",
-    include_str!("../../migrations/sqlite/0001_initial.sql"),
-)];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "initial",
+        include_str!("../../migrations/sqlite/0001_initial.sql"),
+    ),
+    (
+        2,
+        "signing keys",
+        include_str!("../../migrations/sqlite/0002_signing_keys.sql"),
+    ),
+];
 
 /// The SQLite store. Cheap to share behind an `Arc`; all methods take `&self`.
 pub struct SqliteStore {
