@@ -110,7 +110,8 @@ pub enum IdentityCommand {
         /// An explicit Entra authority host instead of a cloud's.
         #[arg(long, value_name = "URL")]
         authority_host: Option<String>,
-        /// How the broker builds the assertion it sends to Entra: passthrough.
+        /// How the broker builds the assertion it sends to Entra: passthrough, broker
+        /// (the broker's own issuer; needs [broker_issuer] url) or managed_identity.
         #[arg(long, value_parser = parse_wire::<AssertionSource>, default_value = "passthrough")]
         assertion: AssertionSource,
     },
@@ -203,6 +204,17 @@ pub fn identity_fields(i: &Identity) -> String {
         ("authorityHost", Some(i.authority_host.clone())),
         ("assertion", Some(wire_name(&i.assertion))),
         ("source", Some(i.source.clone())),
+        (
+            "entraCredential",
+            i.entra_federated_credential.as_ref().map(|c| {
+                format!(
+                    "issuer {} subject {} audience {}",
+                    c.issuer,
+                    c.subject,
+                    c.audiences.join(",")
+                )
+            }),
+        ),
         ("readOnly", Some(i.read_only.to_string())),
         ("created", i.created_date_time.clone()),
         ("lastModified", i.last_modified_date_time.clone()),
