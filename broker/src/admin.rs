@@ -73,6 +73,7 @@ pub struct IdentityInput {
     pub cloud: Option<Cloud>,
     pub authority_host: Option<String>,
     pub assertion: AssertionSource,
+    pub assertion_subject: Option<String>,
 }
 
 /// A credential as written through the API, after a PATCH was merged.
@@ -225,6 +226,19 @@ impl Admin {
             )),
             _ => {}
         }
+        if let Some(subject) = &input.assertion_subject {
+            if input.assertion != AssertionSource::Broker {
+                v.push(invalid(
+                    "assertionSubject",
+                    "assertionSubject is used only with assertion \"broker\"",
+                ));
+            } else if subject.is_empty() || subject.chars().count() > 600 {
+                v.push(invalid(
+                    "assertionSubject",
+                    "assertionSubject must be 1 to 600 characters (Entra's limit for a subject)",
+                ));
+            }
+        }
         v
     }
 
@@ -262,6 +276,7 @@ impl Admin {
                     .authority_host
                     .map(|h| h.trim_end_matches('/').to_owned()),
                 assertion: input.assertion,
+                assertion_subject: input.assertion_subject,
                 created_at: now,
                 updated_at: now,
             })

@@ -164,6 +164,7 @@ on_every_backend!(
     expired_token_keys_are_purged,
     text_from_tokens_with_nul_characters_is_stored,
     replicas_racing_to_add_a_signing_key_agree_on_one,
+    a_broker_assertion_subject_is_kept_and_cleared,
 );
 
 // ---------------------------------------------------------------------------------------
@@ -177,6 +178,7 @@ fn identity(name: &str, client_id: &str) -> StoredIdentity {
         cloud: Some(Cloud::Public),
         authority_host: None,
         assertion: AssertionSource::Passthrough,
+        assertion_subject: None,
         created_at: T0,
         updated_at: T0,
     }
@@ -1016,6 +1018,22 @@ async fn expired_token_keys_are_purged(store: Arc<dyn Store>) {
     // A purged key is forgotten; a kept one is still remembered.
     assert!(store.use_token_once("jti:0", T0 + 3600).await.unwrap());
     assert!(!store.use_token_once("jti:3", T0 + 3600).await.unwrap());
+}
+
+async fn a_broker_assertion_subject_is_kept_and_cleared(store: Arc<dyn Store>) {
+    let mut fleet = identity("fleet", DEPLOY_CLIENT);
+    fleet.assertion = AssertionSource::Broker;
+    fleet.assertion_subject = Some("fleet-production".into());
+    store.put_identity(&fleet).await.unwrap();
+    assert_eq!(
+        store.get_identity("fleet").await.unwrap(),
+        Some(fleet.clone())
+    );
+    fleet.assertion_subject = None;
+    store.put_identity(&fleet).await.unwrap();
+    let read = store.get_identity("fleet").await.unwrap().unwrap();
+    assert_eq!(read.assertion_subject, None);
+    assert_eq!(read.assertion, AssertionSource::Broker);
 }
 
 fn signing_key(generation: i64, kid: &str) -> StoredSigningKey {

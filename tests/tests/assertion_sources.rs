@@ -183,6 +183,78 @@ async fn the_broker_publishes_its_discovery_document_and_keys() {
 }
 
 #[tokio::test]
+async fn an_api_registered_identity_uses_the_broker_assertion_at_once() {
+    let (stack, issuer_url) = fleet_stack().await;
+    const API_CLIENT: &str = "7e8f9a0b-1c2d-4e3f-8a4b-5c6d7e8f9a0b";
+    let created = stack
+        .admin(
+            "PUT",
+            "/v1/identities/api-fleet",
+            Some(
+                json!({"tenantId": TENANT, "clientId": API_CLIENT, "assertion": "broker",
+                "assertionSubject": "api-fleet-prod"}),
+            ),
+        )
+        .await;
+    assert_eq!(created.status, 201, "{:?}", created.body);
+    assert_eq!(
+        created.body["entraFederatedCredential"]["subject"],
+        "api-fleet-prod"
+    );
+    let credential = stack
+        .admin(
+            "POST",
+            "/v1/identities/api-fleet/federatedIdentityCredentials",
+            Some(json!({"name": "k8s-batch", "issuer": stack.aks.url(),
+                "claimsMatchingExpression": {"value": "claims['sub'] matches 'system:serviceaccount:batch:*'", "languageVersion": 1},
+                "audiences": [EXCHANGE_AUDIENCE]})),
+        )
+        .await;
+    assert_eq!(credential.status, 201, "{:?}", credential.body);
+    stack.entra.register_app(
+        AppRegistration::new(TENANT, API_CLIENT).with_fic(EmulatedFic::new(
+            "wif-broker",
+            &issuer_url,
+            "api-fleet-prod",
+        )),
+    );
+    let token = stack
+        .aks
+        .mint(kubernetes_claims("batch", "nightly-report"))
+        .unwrap();
+    let granted = exchange_as(
+        &stack,
+        &token,
+        "api-fleet",
+        "https://vault.azure.net/.default",
+    )
+    .await;
+    assert_eq!(granted.status, 200, "{:?}", granted.body);
+    assert_eq!(
+        stack.entra.last_assertion_claims().unwrap()["sub"],
+        "api-fleet-prod"
+    );
+
+    // A subject without the broker assertion, and certificates, are refused at write time.
+    stack
+        .admin(
+            "PUT",
+            "/v1/identities/api-fleet",
+            Some(json!({"tenantId": TENANT, "clientId": API_CLIENT, "assertionSubject": "x"})),
+        )
+        .await
+        .expect_error(400, "invalid_request");
+    stack
+        .admin(
+            "PUT",
+            "/v1/identities/api-cert",
+            Some(json!({"tenantId": TENANT, "clientId": CERT_CLIENT, "assertion": "certificate"})),
+        )
+        .await
+        .expect_error(400, "invalid_request");
+}
+
+#[tokio::test]
 async fn a_broker_that_is_not_an_issuer_says_so() {
     let stack = Stack::start().await;
     stack

@@ -114,6 +114,10 @@ pub enum IdentityCommand {
         /// (the broker's own issuer; needs [broker_issuer] url) or managed_identity.
         #[arg(long, value_parser = parse_wire::<AssertionSource>, default_value = "passthrough")]
         assertion: AssertionSource,
+        /// With `--assertion broker`: the subject of the broker's assertions, which the
+        /// identity's one federated credential in Entra names (default: NAME).
+        #[arg(long, value_name = "SUBJECT")]
+        assertion_subject: Option<String>,
     },
     /// List identities.
     List,
@@ -134,6 +138,7 @@ pub async fn identity(args: IdentityArgs) -> anyhow::Result<()> {
             cloud,
             authority_host,
             assertion,
+            assertion_subject,
         } => {
             let request = IdentityRequest {
                 tenant_id,
@@ -141,6 +146,7 @@ pub async fn identity(args: IdentityArgs) -> anyhow::Result<()> {
                 cloud,
                 authority_host,
                 assertion,
+                assertion_subject,
             };
             let answer = client
                 .call(

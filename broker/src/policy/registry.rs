@@ -137,7 +137,7 @@ impl Registry {
                 ),
                 cloud: s.cloud,
                 assertion: s.assertion,
-                assertion_subject: None,
+                assertion_subject: s.assertion_subject.clone(),
                 certificate: None,
                 read_only: false,
                 created_at: Some(s.created_at),

@@ -26,6 +26,8 @@ pub struct StoredIdentity {
     pub cloud: Option<Cloud>,
     pub authority_host: Option<String>,
     pub assertion: AssertionSource,
+    /// `sub` of the broker's assertions (`assertion = "broker"`); `None`: the name.
+    pub assertion_subject: Option<String>,
     /// Epoch seconds.
     pub created_at: u64,
     pub updated_at: u64,

@@ -43,6 +43,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "signing keys",
         include_str!("../../migrations/postgres/0002_signing_keys.sql"),
     ),
+    (
+        3,
+        "assertion subject",
+        include_str!("../../migrations/postgres/0003_assertion_subject.sql"),
+    ),
 ];
 
 /// The PostgreSQL store. Cheap to share behind an `Arc`; all methods take `&self`.
@@ -233,6 +238,7 @@ impl Store for PgStore {
                 .bind(&identity.authority_host)
                 .bind(&assertion)
                 .bind(db_time(identity.updated_at))
+                .bind(&identity.assertion_subject)
                 .execute(&mut *tx)
                 .await;
             (PutOutcome::Replaced, written)
@@ -246,6 +252,7 @@ impl Store for PgStore {
                 .bind(&assertion)
                 .bind(db_time(identity.created_at))
                 .bind(db_time(identity.updated_at))
+                .bind(&identity.assertion_subject)
                 .execute(&mut *tx)
                 .await;
             (PutOutcome::Created, written)

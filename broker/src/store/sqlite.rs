@@ -35,6 +35,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "signing keys",
         include_str!("../../migrations/sqlite/0002_signing_keys.sql"),
     ),
+    (
+        3,
+        "assertion subject",
+        include_str!("../../migrations/sqlite/0003_assertion_subject.sql"),
+    ),
 ];
 
 /// The SQLite store. Cheap to share behind an `Arc`; all methods take `&self`.
@@ -219,6 +224,7 @@ impl Store for SqliteStore {
                 .bind(&identity.authority_host)
                 .bind(&assertion)
                 .bind(db_time(identity.updated_at))
+                .bind(&identity.assertion_subject)
                 .execute(&mut *tx)
                 .await;
             (PutOutcome::Replaced, written)
@@ -232,6 +238,7 @@ impl Store for SqliteStore {
                 .bind(&assertion)
                 .bind(db_time(identity.created_at))
                 .bind(db_time(identity.updated_at))
+                .bind(&identity.assertion_subject)
                 .execute(&mut *tx)
                 .await;
             (PutOutcome::Created, written)

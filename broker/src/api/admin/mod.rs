@@ -304,6 +304,7 @@ pub async fn put_identity(
             cloud: request.cloud,
             authority_host: request.authority_host,
             assertion: request.assertion,
+            assertion_subject: request.assertion_subject,
         };
         Ok::<_, ApiError>(state.admin.put_identity(&name, input).await?)
     }

@@ -32,6 +32,10 @@ pub struct IdentityRequest {
     #[serde(default)]
     #[schema(value_type = String)]
     pub assertion: AssertionSource,
+    /// With `assertion: broker`, the `sub` of the broker's assertions (1–600
+    /// characters); default: the identity's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assertion_subject: Option<String>,
 }
 
 /// The federated credential Entra must hold for an identity with the broker assertion.
