@@ -550,6 +550,7 @@ mod tests {
             .bind(&assertion)
             .bind(db_time(identity.created_at))
             .bind(db_time(identity.updated_at))
+            .bind(&identity.assertion_subject)
             .execute(&store.write)
             .await
             .map(drop)

@@ -25,6 +25,9 @@ use crate::store::{Store, StoreError, StoredSigningKey};
 /// Seconds a retired key outlives its last assertion, for verifiers' clock skew.
 const RETIRE_LEEWAY_SECS: u64 = 60;
 
+/// After a failed refresh, requests do not try again for this long.
+const FAILURE_HOLD_OFF_SECS: u64 = 5;
+
 /// Why the issuer has no usable key.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum IssuerKeyError {
@@ -138,9 +141,37 @@ impl BrokerIssuer {
     /// Reloads the key files or the store's keys, generating or rotating keys as due.
     /// On failure the keys in use stay in use.
     pub async fn refresh(&self) -> Result<(), IssuerKeyError> {
+        self.refresh_if(|| true).await
+    }
+
+    /// Refreshes under the lock when `due()` still holds there, so requests that all
+    /// find the keys due make one refresh, not one each.
+    async fn refresh_if(&self, due: impl Fn() -> bool) -> Result<(), IssuerKeyError> {
         let mut source = self.source.lock().await;
+        if !due() {
+            return Ok(());
+        }
         let now = self.clock.now();
-        let set = match &mut *source {
+        match self.load(&mut source, now).await {
+            Ok(set) => {
+                self.keys.store(Arc::new(set));
+                Ok(())
+            }
+            Err(e) => {
+                // Keep the keys in use, and do not retry on every request.
+                let old = self.keys.load_full();
+                self.keys.store(Arc::new(KeySet {
+                    signing: old.signing.clone(),
+                    published: old.published.clone(),
+                    refresh_at: now + FAILURE_HOLD_OFF_SECS,
+                }));
+                Err(e)
+            }
+        }
+    }
+
+    async fn load(&self, source: &mut Source, now: u64) -> Result<KeySet, IssuerKeyError> {
+        Ok(match source {
             Source::Files {
                 signing,
                 published,
@@ -150,7 +181,8 @@ impl BrokerIssuer {
                 if signing.as_os_str().is_empty() {
                     return Err(IssuerKeyError::NoKey);
                 }
-                let set = load_files(signing, published, parsed, now + self.reload_secs)?;
+                // File changes are noticed by the periodic refresh.
+                let set = load_files(signing, published, parsed, u64::MAX)?;
                 if let (Some(old), Some(new)) = (self.keys.load().signing.clone(), &set.signing)
                     && old.kid() != new.kid()
                 {
@@ -172,10 +204,7 @@ impl BrokerIssuer {
                 };
                 load_store(store.as_ref(), &rules, parsed, now).await?
             }
-        };
-        let refresh_at = set.refresh_at.min(now + self.reload_secs);
-        self.keys.store(Arc::new(KeySet { refresh_at, ..set }));
-        Ok(())
+        })
     }
 
     /// The current keys, refreshed first when a scheduled change is due.
@@ -184,7 +213,8 @@ impl BrokerIssuer {
         if self.clock.now() < keys.refresh_at {
             return keys;
         }
-        if let Err(e) = self.refresh().await {
+        let due = || self.clock.now() >= self.keys.load().refresh_at;
+        if let Err(e) = self.refresh_if(due).await {
             tracing::warn!(error = %e, "cannot refresh the broker's signing keys; keeping the current ones");
         }
         self.keys.load_full()
