@@ -22,7 +22,7 @@ use std::path::Path;
 use url::Url;
 
 use crate::{
-    ALGORITHMS, AdminConfig, AuditConfig, BrokerConfig, CacheConfig, EntraConfig,
+    ALGORITHMS, AdminConfig, AssertionSource, AuditConfig, BrokerConfig, CacheConfig, EntraConfig,
     FederatedCredentialConfig, IdentityConfig, IssuerConfig, JwksConfig, LogConfig, ServerConfig,
     StoreConfig, TokenConfig, WebhookConfig, is_loopback,
 };
@@ -66,6 +66,7 @@ pub(crate) fn broker(config: &BrokerConfig) -> Vec<Problem> {
     log(&mut p, &config.log);
     issuers(&mut p, &config.issuers, &config.tokens, loopback_http);
     identities(&mut p, &config.identities, loopback_http);
+    assertion_sources(&mut p, config);
     admin(&mut p, &config.admin, loopback_http);
     audit(&mut p, &config.audit);
     webhook(&mut p, &config.webhook, loopback_http);
@@ -432,6 +433,139 @@ fn federated_credential(
         UrlShape::Issuer,
         loopback_http,
     );
+}
+
+/// `[broker_issuer]`, `[managed_identity]`, and what each identity's assertion source needs.
+fn assertion_sources(p: &mut Problems, config: &BrokerConfig) {
+    let b = &config.broker_issuer;
+    let loopback_http = config.outbound.allow_loopback_http;
+    if let Some(url) = &b.url {
+        https_url(p, "broker_issuer.url", url, UrlShape::Issuer, loopback_http);
+    }
+    if !(60..=600).contains(&b.assertion_lifetime_secs) {
+        p.push(
+            "broker_issuer.assertion_lifetime_secs",
+            "must be between 60 and 600: assertions are used at once, and a short life \
+             limits what a leaked one is worth",
+        );
+    }
+    path(
+        p,
+        "broker_issuer.signing_key_file",
+        b.signing_key_file.as_deref(),
+    );
+    for (i, file) in b.published_key_files.iter().enumerate() {
+        path(
+            p,
+            &format!("broker_issuer.published_key_files[{i}]"),
+            Some(file),
+        );
+    }
+    if b.signing_key_file.is_none() && !b.published_key_files.is_empty() {
+        p.push(
+            "broker_issuer.published_key_files",
+            "needs signing_key_file: published key files are the next and previous keys of \
+             a manual rotation (without signing_key_file, keys are generated and rotated in \
+             the store)",
+        );
+    }
+    positive(p, "broker_issuer.rotation_days", b.rotation_days);
+    positive(p, "broker_issuer.reload_secs", b.reload_secs);
+    if b.publish_ahead_hours >= b.rotation_days.saturating_mul(24) {
+        p.push(
+            "broker_issuer.publish_ahead_hours",
+            "must be shorter than rotation_days",
+        );
+    }
+
+    let m = &config.managed_identity;
+    if let Some(endpoint) = &m.endpoint {
+        managed_identity_endpoint(p, endpoint);
+    }
+    if let Some(client_id) = &m.client_id
+        && !is_guid(client_id)
+    {
+        p.push(
+            "managed_identity.client_id",
+            format!("`{client_id}` is not a GUID"),
+        );
+    }
+    positive(p, "managed_identity.timeout_secs", m.timeout_secs);
+
+    for (i, identity) in config.identities.iter().enumerate() {
+        let at = format!("identities[{i}]");
+        if identity.assertion == AssertionSource::Broker && b.url.is_none() {
+            p.push(
+                format!("{at}.assertion"),
+                "is `broker`, which needs [broker_issuer] url: the public URL Entra fetches \
+                 the broker's keys from",
+            );
+        }
+        if let Some(subject) = &identity.assertion_subject {
+            if identity.assertion != AssertionSource::Broker {
+                p.push(
+                    format!("{at}.assertion_subject"),
+                    "is used only with assertion = \"broker\"",
+                );
+            }
+            if subject.is_empty() || subject.len() > 600 {
+                p.push(
+                    format!("{at}.assertion_subject"),
+                    "must be 1 to 600 characters (Entra's limit for a FIC subject)",
+                );
+            }
+        }
+        let certificate =
+            identity.certificate_file.is_some() || identity.certificate_key_file.is_some();
+        match (identity.assertion, &identity.certificate_file) {
+            (AssertionSource::Certificate, None) => p.push(
+                format!("{at}.certificate_file"),
+                "is required with assertion = \"certificate\": the PEM certificate \
+                 registered on the app",
+            ),
+            (AssertionSource::Certificate, Some(file)) => {
+                path(p, &format!("{at}.certificate_file"), Some(file));
+                path(
+                    p,
+                    &format!("{at}.certificate_key_file"),
+                    identity.certificate_key_file.as_deref(),
+                );
+            }
+            _ if certificate => p.push(
+                format!("{at}.certificate_file"),
+                "is used only with assertion = \"certificate\"",
+            ),
+            _ => {}
+        }
+    }
+}
+
+/// The managed-identity endpoint is plain http by nature (IMDS at 169.254.169.254, App
+/// Service on loopback), so http is allowed here, but only to link-local and loopback
+/// hosts: a token request must never leave the machine in clear text.
+fn managed_identity_endpoint(p: &mut Problems, endpoint: &str) {
+    let key = "managed_identity.endpoint";
+    let Ok(url) = Url::parse(endpoint) else {
+        p.push(key, format!("`{endpoint}` is not an absolute URL"));
+        return;
+    };
+    let local = match url.host() {
+        Some(url::Host::Ipv4(a)) => a.is_loopback() || a.is_link_local(),
+        Some(url::Host::Ipv6(a)) => a.is_loopback(),
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        None => false,
+    };
+    match url.scheme() {
+        "https" => {}
+        "http" if local => {}
+        _ => p.push(
+            key,
+            format!(
+                "`{endpoint}` must be https, or http to a loopback or link-local address \
+                 (IMDS is http://169.254.169.254)"
+            ),
+        ),
+    }
 }
 
 fn admin(p: &mut Problems, a: &AdminConfig, loopback_http: bool) {
@@ -1769,5 +1903,72 @@ mod tests {
         assert!(is_annotation_key("skip"));
         assert!(!is_annotation_key("a/"));
         assert!(!is_annotation_key("/x"));
+    }
+
+    #[test]
+    fn a_broker_assertion_needs_the_broker_issuer_url() {
+        let problems = check(|c| {
+            let mut id = identity("deploy");
+            id.assertion = AssertionSource::Broker;
+            c.identities = vec![id];
+        });
+        only(&problems, "identities[0].assertion", "[broker_issuer] url");
+        none(&check(|c| {
+            let mut id = identity("deploy");
+            id.assertion = AssertionSource::Broker;
+            id.assertion_subject = Some("deploy-prod".into());
+            c.identities = vec![id];
+            c.broker_issuer.url = Some("https://wif.contoso.com".into());
+        }));
+    }
+
+    #[test]
+    fn broker_assertions_live_at_most_ten_minutes() {
+        only(
+            &check(|c| c.broker_issuer.assertion_lifetime_secs = 601),
+            "broker_issuer.assertion_lifetime_secs",
+            "between 60 and 600",
+        );
+        only(
+            &check(|c| c.broker_issuer.published_key_files = vec!["next.pem".into()]),
+            "broker_issuer.published_key_files",
+            "needs signing_key_file",
+        );
+    }
+
+    #[test]
+    fn a_certificate_assertion_needs_the_certificate() {
+        let problems = check(|c| {
+            let mut id = identity("cert");
+            id.assertion = AssertionSource::Certificate;
+            c.identities = vec![id];
+        });
+        only(&problems, "identities[0].certificate_file", "is required");
+        let problems = check(|c| {
+            let mut id = identity("cert");
+            id.certificate_file = Some("app.pem".into());
+            c.identities = vec![id];
+        });
+        only(
+            &problems,
+            "identities[0].certificate_file",
+            "used only with",
+        );
+    }
+
+    #[test]
+    fn the_managed_identity_endpoint_stays_on_the_machine() {
+        none(&check(|c| {
+            c.managed_identity.endpoint =
+                Some("http://169.254.169.254/metadata/identity/oauth2/token".into())
+        }));
+        none(&check(|c| {
+            c.managed_identity.endpoint = Some("http://127.0.0.1:41000/msi/token".into())
+        }));
+        only(
+            &check(|c| c.managed_identity.endpoint = Some("http://imds.example.com/token".into())),
+            "managed_identity.endpoint",
+            "loopback or link-local",
+        );
     }
 }

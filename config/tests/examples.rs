@@ -260,3 +260,25 @@ fn kubernetes_example_serves_the_webhook_over_tls() {
         }
     );
 }
+
+#[test]
+fn the_assertion_sources_example_uses_each_source() {
+    let config = load("assertion-sources.toml");
+    assert_eq!(
+        config.broker_issuer.url.as_deref(),
+        Some("https://wif.contoso.com")
+    );
+    let sources: Vec<_> = config.identities.iter().map(|i| i.assertion).collect();
+    assert_eq!(
+        sources,
+        vec![
+            wif_config::AssertionSource::Broker,
+            wif_config::AssertionSource::ManagedIdentity,
+            wif_config::AssertionSource::Certificate,
+        ]
+    );
+    assert_eq!(
+        config.identities[0].assertion_subject.as_deref(),
+        Some("fleet-production")
+    );
+}

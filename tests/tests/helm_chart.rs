@@ -39,6 +39,7 @@ fn cases() -> Value {
             "store": {"type": "postgres", "postgres": {"existingSecret": "wif-broker-postgres"}},
             "admin": {"existingSecret": "wif-admin-tokens"},
             "signingKeys": {"existingSecret": "wif-signing-keys"},
+            "brokerIssuer": {"url": "https://wif.contoso.com"},
             "networkPolicy": {"enabled": true},
             "webhook": {"failurePolicy": "Ignore", "defaultTenantId": "72f988bf-86f1-41af-91ab-2d7cd011db47"},
             "broker": {
@@ -377,6 +378,24 @@ fn value_sets_change_what_they_should() {
     assert_eq!(
         config.webhook.default_tenant_id.as_deref(),
         Some("72f988bf-86f1-41af-91ab-2d7cd011db47")
+    );
+    assert_eq!(
+        config.broker_issuer.url.as_deref(),
+        Some("https://wif.contoso.com")
+    );
+    assert_eq!(
+        config.broker_issuer.signing_key_file.as_deref(),
+        Some(std::path::Path::new(
+            "/etc/wif-broker/signing-keys/signing.pem"
+        ))
+    );
+    assert_eq!(config.broker_issuer.published_key_files.len(), 2);
+    assert!(
+        broker_config(case("default").unwrap())
+            .broker_issuer
+            .url
+            .is_none(),
+        "not an issuer unless asked"
     );
     let mounts: Vec<&str> = pod["containers"][0]["volumeMounts"]
         .as_array()

@@ -9,6 +9,7 @@ pub mod mutate;
 pub mod openapi;
 pub mod ops;
 pub mod serve;
+pub mod well_known;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -56,6 +57,11 @@ pub fn router(state: AppState) -> Router {
             "/{tenant}/v2.0/.well-known/openid-configuration",
             get(entra_compat::discovery),
         )
+        .route(
+            "/.well-known/openid-configuration",
+            get(well_known::discovery),
+        )
+        .route("/.well-known/jwks.json", get(well_known::jwks))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))

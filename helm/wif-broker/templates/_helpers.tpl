@@ -114,6 +114,17 @@ with toToml. Helm reads every number in values as a float, and toToml would writ
 {{- if .Values.admin.existingSecret }}
 {{- $_ := set $managed "admin" (dict "tokens_file" "/etc/wif-broker/admin/tokens") }}
 {{- end }}
+{{- $issuer := dict }}
+{{- if .Values.brokerIssuer.url }}
+{{- $_ := set $issuer "url" .Values.brokerIssuer.url }}
+{{- end }}
+{{- if .Values.signingKeys.existingSecret }}
+{{- $_ := set $issuer "signing_key_file" "/etc/wif-broker/signing-keys/signing.pem" }}
+{{- $_ := set $issuer "published_key_files" (list "/etc/wif-broker/signing-keys/next.pem" "/etc/wif-broker/signing-keys/previous.pem") }}
+{{- end }}
+{{- if $issuer }}
+{{- $_ := set $managed "broker_issuer" $issuer }}
+{{- end }}
 {{- if .Values.webhook.enabled }}
 {{- $w := .Values.webhook }}
 {{- $webhook := dict
