@@ -110,6 +110,19 @@ impl BrokerClient {
         ca_file: Option<&Path>,
         client_identity: Option<(&Path, &Path)>,
     ) -> Result<Self, ClientSetupError> {
+        Self::with_roots(base, timeout, retries, ca_file, None, client_identity)
+    }
+
+    /// Like [`BrokerClient::new`], also trusting the PEM roots in `ca_pem` (given inline,
+    /// as the admission webhook hands a sidecar the broker's CA).
+    pub fn with_roots(
+        base: &str,
+        timeout: Duration,
+        retries: u32,
+        ca_file: Option<&Path>,
+        ca_pem: Option<&str>,
+        client_identity: Option<(&Path, &Path)>,
+    ) -> Result<Self, ClientSetupError> {
         let parsed = url::Url::parse(base).map_err(|_| ClientSetupError::Url(base.to_owned()))?;
         if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
             return Err(ClientSetupError::Url(base.to_owned()));
@@ -122,6 +135,11 @@ impl BrokerClient {
         if let Some(ca) = ca_file {
             let certs = reqwest::Certificate::from_pem_bundle(&read(ca)?)
                 .map_err(|e| ClientSetupError::Client(e.to_string()))?;
+            builder = builder.tls_certs_merge(certs);
+        }
+        if let Some(pem) = ca_pem {
+            let certs = reqwest::Certificate::from_pem_bundle(pem.as_bytes())
+                .map_err(|e| ClientSetupError::Client(format!("WIF_AGENT_CA_PEM: {e}")))?;
             builder = builder.tls_certs_merge(certs);
         }
         if let Some((cert, key)) = client_identity {

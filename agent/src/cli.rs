@@ -216,11 +216,12 @@ pub fn broker_client(cfg: &AgentConfig) -> anyhow::Result<BrokerClient> {
         (Some(c), Some(k)) => Some((c.as_path(), k.as_path())),
         _ => None,
     };
-    Ok(BrokerClient::new(
+    Ok(BrokerClient::with_roots(
         url,
         Duration::from_secs(cfg.timeout_secs),
         cfg.retries,
         cfg.ca_file.as_deref(),
+        cfg.ca_pem.as_deref(),
         identity,
     )?)
 }

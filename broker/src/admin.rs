@@ -73,6 +73,7 @@ pub struct IdentityInput {
     pub cloud: Option<Cloud>,
     pub authority_host: Option<String>,
     pub assertion: AssertionSource,
+    pub assertion_subject: Option<String>,
 }
 
 /// A credential as written through the API, after a PATCH was merged.
@@ -212,6 +213,32 @@ impl Admin {
                 Err(e) => v.push(invalid("authorityHost", e.to_string())),
             }
         }
+        match input.assertion {
+            AssertionSource::Certificate => v.push(invalid(
+                "assertion",
+                "certificate assertions are declared in the broker's config file \
+                 (certificate_file and certificate_key_file name files on the broker's disk)",
+            )),
+            AssertionSource::Broker if !self.broker.is_issuer() => v.push(invalid(
+                "assertion",
+                "this broker is not an issuer: set [broker_issuer] url in its config to use \
+                 the broker assertion",
+            )),
+            _ => {}
+        }
+        if let Some(subject) = &input.assertion_subject {
+            if input.assertion != AssertionSource::Broker {
+                v.push(invalid(
+                    "assertionSubject",
+                    "assertionSubject is used only with assertion \"broker\"",
+                ));
+            } else if subject.is_empty() || subject.chars().count() > 600 {
+                v.push(invalid(
+                    "assertionSubject",
+                    "assertionSubject must be 1 to 600 characters (Entra's limit for a subject)",
+                ));
+            }
+        }
         v
     }
 
@@ -249,6 +276,7 @@ impl Admin {
                     .authority_host
                     .map(|h| h.trim_end_matches('/').to_owned()),
                 assertion: input.assertion,
+                assertion_subject: input.assertion_subject,
                 created_at: now,
                 updated_at: now,
             })

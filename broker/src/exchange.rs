@@ -13,8 +13,10 @@ use wif_config::BrokerConfig;
 use crate::audit::{AuditEvent, Auditor};
 use crate::cache::{CacheError, CacheKey, CacheOutcome, TokenCache};
 use crate::clock::SharedClock;
+use crate::entra::assertion::Assertions;
+use crate::entra::assertion::issuer::BrokerIssuer;
 use crate::entra::scope::ScopeError;
-use crate::entra::{EntraClient, EntraError, EntraToken};
+use crate::entra::{EntraClient, EntraError, EntraToken, Secret};
 use crate::issuer::{IssuerSetupError, KeyError, KeyStore};
 use crate::metrics::Metrics;
 use crate::policy::registry::{BuildProblem, Declared};
@@ -80,12 +82,14 @@ impl ExchangeError {
             ExchangeError::Cache(CacheError::Entra(e)) => match e.as_ref() {
                 EntraError::Unavailable { .. } => "entra_unavailable",
                 EntraError::Protocol(_) => "entra_bad_response",
+                EntraError::Assertion(a) if a.is_transient() => "assertion_unavailable",
+                EntraError::Assertion(_) => "assertion_misconfigured",
                 EntraError::Rejected { aadsts, .. } => match aadsts {
                     Some(70021 | 700211 | 700212 | 700213 | 7002138) => {
                         "entra_no_matching_federated_credential"
                     }
                     Some(700024) => "entra_assertion_expired",
-                    Some(70023 | 7000272 | 50027 | 700222) => "entra_assertion_rejected",
+                    Some(70023 | 7000272 | 50027 | 700222 | 700027) => "entra_assertion_rejected",
                     Some(700016) => "entra_application_not_found",
                     Some(90002) => "entra_tenant_not_found",
                     _ => "entra_rejected",
@@ -216,10 +220,17 @@ impl Broker {
             clock.clone(),
             metrics.clone(),
         )?;
+        let assertions = Assertions::new(
+            cfg,
+            store.clone(),
+            |name| std::env::var(name).ok(),
+            clock.clone(),
+        )?;
         let entra = Arc::new(EntraClient::new(
             &cfg.entra,
             clock.clone(),
             metrics.clone(),
+            assertions,
         )?);
         let verified = (cfg.tokens.verified_cache_entries > 0).then(|| {
             moka::sync::Cache::builder()
@@ -249,6 +260,20 @@ impl Broker {
 
     pub fn registry(&self) -> Arc<Registry> {
         self.registry.load_full()
+    }
+
+    /// The broker as an OIDC issuer, when `[broker_issuer] url` is set.
+    pub fn issuer(&self) -> Option<&Arc<BrokerIssuer>> {
+        self.entra.assertions().issuer()
+    }
+
+    /// `[entra] authority_host`, without a trailing `/`.
+    pub fn default_authority_host(&self) -> &str {
+        &self.declared.default_authority_host
+    }
+
+    pub fn is_issuer(&self) -> bool {
+        self.issuer().is_some()
     }
 
     pub fn store(&self) -> Option<&Arc<dyn Store>> {
@@ -408,12 +433,12 @@ impl Broker {
         let make_fetch = || {
             let entra = self.entra.clone();
             let identity = identity.clone();
-            let assertion = entra.assertion(&identity, req.token).to_owned();
+            let caller_token = Secret::new(req.token.to_owned());
             let scope = scope.clone();
             let request_id = req.request_id.to_owned();
             move || async move {
                 entra
-                    .request_token(&identity, &assertion, &scope, &request_id)
+                    .token_for(&identity, &caller_token, &scope, &request_id)
                     .await
             }
         };

@@ -18,6 +18,7 @@ pub mod crypto;
 pub mod dev;
 pub mod entra;
 pub mod exchange;
+pub mod inject;
 pub mod issuer;
 pub mod metrics;
 pub mod outbound;

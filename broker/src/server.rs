@@ -28,8 +28,12 @@ pub enum StartError {
     AdminAuth(#[from] crate::api::admin::auth::AuthSetupError),
     #[error("cannot open the store: {0}")]
     Store(crate::store::StoreError),
+    #[error(transparent)]
+    Webhook(#[from] crate::api::mutate::WebhookSetupError),
     #[error("cannot listen on {addr}: {error}")]
     Bind { addr: String, error: std::io::Error },
+    #[error("broker_issuer: {0}")]
+    Issuer(#[from] crate::entra::assertion::issuer::IssuerKeyError),
 }
 
 /// A broker serving HTTP in this process.
@@ -40,7 +44,8 @@ pub struct RunningBroker {
     ready: Arc<AtomicBool>,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<std::io::Result<()>>,
-    sync: JoinHandle<()>,
+    /// Registry sync and, for an issuer, signing-key refresh.
+    background: Vec<JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for RunningBroker {
@@ -54,17 +59,40 @@ impl std::fmt::Debug for RunningBroker {
 impl RunningBroker {
     /// Builds the broker from `cfg` and starts serving on `cfg.server.listen`.
     pub async fn start(cfg: &BrokerConfig, clock: SharedClock) -> Result<Self, StartError> {
+        let listener = TcpListener::bind(&cfg.server.listen)
+            .await
+            .map_err(|error| StartError::Bind {
+                addr: cfg.server.listen.clone(),
+                error,
+            })?;
+        Self::start_on(cfg, clock, listener).await
+    }
+
+    /// Like [`Self::start`], on a listener bound already (so a test can know the broker's
+    /// URL, say as its issuer URL, before it starts).
+    pub async fn start_on(
+        cfg: &BrokerConfig,
+        clock: SharedClock,
+        listener: TcpListener,
+    ) -> Result<Self, StartError> {
         crate::crypto::install_provider();
         let metrics = Metrics::new();
         let store = crate::store::open(&cfg.store.url).await?;
         tracing::info!(kind = store.kind(), "store opened");
         let broker = Arc::new(Broker::new(cfg, clock, metrics, Some(store))?);
         broker.reload("start", true).await?;
-        let sync = crate::sync::spawn(
+        let mut background = Vec::new();
+        if let Some(issuer) = broker.issuer() {
+            // Keys first: an identity with the broker assertion must not find none.
+            issuer.refresh().await?;
+            background.push(issuer.spawn_refresh());
+            tracing::info!(url = issuer.url(), "serving as an OIDC issuer");
+        }
+        background.push(crate::sync::spawn(
             broker.clone(),
             Duration::from_millis(cfg.store.poll_interval_ms),
             cfg.audit.retention_days,
-        );
+        ));
         let tls_config = match (&cfg.server.tls_cert, &cfg.server.tls_key) {
             (Some(cert), Some(key)) => Some(tls::server_config(
                 cert.clone(),
@@ -73,12 +101,6 @@ impl RunningBroker {
             )?),
             _ => None,
         };
-        let listener = TcpListener::bind(&cfg.server.listen)
-            .await
-            .map_err(|error| StartError::Bind {
-                addr: cfg.server.listen.clone(),
-                error,
-            })?;
         let addr = listener.local_addr().map_err(|error| StartError::Bind {
             addr: cfg.server.listen.clone(),
             error,
@@ -96,6 +118,7 @@ impl RunningBroker {
             request_timeout: Duration::from_secs(cfg.server.request_timeout_secs),
             ready: ready.clone(),
             tls: tls_config.is_some(),
+            webhook: crate::api::mutate::Webhook::from_config(cfg)?,
         };
         let (stop, stopped) = oneshot::channel::<()>();
         let tls = tls_config.is_some();
@@ -116,7 +139,7 @@ impl RunningBroker {
             ready,
             stop: Some(stop),
             task,
-            sync,
+            background,
         })
     }
 
@@ -136,7 +159,7 @@ impl RunningBroker {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        self.sync.abort();
+        self.background.iter().for_each(JoinHandle::abort);
         match (&mut self.task).await {
             Ok(result) => result,
             Err(e) => Err(std::io::Error::other(e)),
@@ -159,7 +182,7 @@ impl From<crate::store::StoreError> for StartError {
 
 impl Drop for RunningBroker {
     fn drop(&mut self) {
-        self.sync.abort();
+        self.background.iter().for_each(JoinHandle::abort);
     }
 }
 

@@ -19,6 +19,7 @@ use wif_broker::store::postgres::PgStore;
 use wif_broker::store::sqlite::SqliteStore;
 use wif_broker::store::{
     self, AuditQuery, AuditRecord, PutOutcome, Store, StoreError, StoredCredential, StoredIdentity,
+    StoredSigningKey,
 };
 use wif_config::{AssertionSource, Cloud};
 
@@ -162,6 +163,8 @@ on_every_backend!(
     twenty_replays_at_once_let_exactly_one_through,
     expired_token_keys_are_purged,
     text_from_tokens_with_nul_characters_is_stored,
+    replicas_racing_to_add_a_signing_key_agree_on_one,
+    a_broker_assertion_subject_is_kept_and_cleared,
 );
 
 // ---------------------------------------------------------------------------------------
@@ -175,6 +178,7 @@ fn identity(name: &str, client_id: &str) -> StoredIdentity {
         cloud: Some(Cloud::Public),
         authority_host: None,
         assertion: AssertionSource::Passthrough,
+        assertion_subject: None,
         created_at: T0,
         updated_at: T0,
     }
@@ -1014,6 +1018,84 @@ async fn expired_token_keys_are_purged(store: Arc<dyn Store>) {
     // A purged key is forgotten; a kept one is still remembered.
     assert!(store.use_token_once("jti:0", T0 + 3600).await.unwrap());
     assert!(!store.use_token_once("jti:3", T0 + 3600).await.unwrap());
+}
+
+async fn a_broker_assertion_subject_is_kept_and_cleared(store: Arc<dyn Store>) {
+    let mut fleet = identity("fleet", DEPLOY_CLIENT);
+    fleet.assertion = AssertionSource::Broker;
+    fleet.assertion_subject = Some("fleet-production".into());
+    store.put_identity(&fleet).await.unwrap();
+    assert_eq!(
+        store.get_identity("fleet").await.unwrap(),
+        Some(fleet.clone())
+    );
+    fleet.assertion_subject = None;
+    store.put_identity(&fleet).await.unwrap();
+    let read = store.get_identity("fleet").await.unwrap().unwrap();
+    assert_eq!(read.assertion_subject, None);
+    assert_eq!(read.assertion, AssertionSource::Broker);
+}
+
+fn signing_key(generation: i64, kid: &str) -> StoredSigningKey {
+    StoredSigningKey {
+        generation,
+        kid: kid.to_owned(),
+        private_key: wif_broker::entra::Secret::new(format!("pkcs8-of-{kid}")),
+        created_at: T0,
+        active_from: T0 + 60,
+    }
+}
+
+async fn replicas_racing_to_add_a_signing_key_agree_on_one(store: Arc<dyn Store>) {
+    assert!(store.list_signing_keys().await.unwrap().is_empty());
+    let tasks: Vec<_> = (0..8)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .insert_signing_key(&signing_key(1, &format!("replica-{i}")))
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    let inserted = futures::future::join_all(tasks)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .filter(|won| *won)
+        .count();
+    assert_eq!(inserted, 1, "one replica's key per generation");
+    let keys = store.list_signing_keys().await.unwrap();
+    assert_eq!(keys.len(), 1);
+    assert!(keys[0].kid.starts_with("replica-"));
+    assert_eq!(
+        keys[0].private_key.expose(),
+        format!("pkcs8-of-{}", keys[0].kid)
+    );
+    assert_eq!((keys[0].created_at, keys[0].active_from), (T0, T0 + 60));
+
+    assert!(
+        store
+            .insert_signing_key(&signing_key(2, "second"))
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .insert_signing_key(&signing_key(3, "third"))
+            .await
+            .unwrap()
+    );
+    assert_eq!(store.delete_signing_keys_before(3).await.unwrap(), 2);
+    let left: Vec<i64> = store
+        .list_signing_keys()
+        .await
+        .unwrap()
+        .iter()
+        .map(|k| k.generation)
+        .collect();
+    assert_eq!(left, vec![3]);
 }
 
 async fn text_from_tokens_with_nul_characters_is_stored(store: Arc<dyn Store>) {

@@ -30,6 +30,9 @@ pub struct AgentConfig {
     pub identity: Option<String>,
     /// Extra PEM roots for the broker's certificate.
     pub ca_file: Option<PathBuf>,
+    /// Extra PEM roots given inline, normally as `WIF_AGENT_CA_PEM` (the admission webhook
+    /// hands sidecars the broker's CA this way); added to `ca_file`'s.
+    pub ca_pem: Option<String>,
     /// Client certificate and key (PEM) for brokers that require mutual TLS.
     pub client_cert: Option<PathBuf>,
     pub client_key: Option<PathBuf>,
@@ -54,6 +57,7 @@ impl Default for AgentConfig {
             identity_header: None,
             identity: None,
             ca_file: None,
+            ca_pem: None,
             client_cert: None,
             client_key: None,
             timeout_secs: 10,
@@ -124,6 +128,13 @@ impl AgentConfig {
                 "give token_file or token_command, not both",
             );
         }
+        if self
+            .ca_pem
+            .as_deref()
+            .is_some_and(|pem| !pem.contains("-----BEGIN CERTIFICATE-----"))
+        {
+            push("ca_pem", "holds no PEM certificate");
+        }
         if self.client_cert.is_some() != self.client_key.is_some() {
             push("client_key", "client_cert and client_key come together");
         }
@@ -150,5 +161,38 @@ impl AgentConfig {
             );
         }
         p
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use super::*;
+
+    fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn the_ca_can_come_inline_from_the_environment() {
+        let pem = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+        let config =
+            AgentConfig::from_toml_with_env("", "defaults", &vars(&[("WIF_AGENT_CA_PEM", pem)]))
+                .unwrap();
+        assert_eq!(config.ca_pem.as_deref(), Some(pem));
+        let err = AgentConfig::from_toml_with_env(
+            "",
+            "defaults",
+            &vars(&[("WIF_AGENT_CA_PEM", "/etc/ca.crt")]),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("ca_pem: holds no PEM certificate"),
+            "{err}"
+        );
     }
 }

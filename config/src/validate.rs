@@ -22,9 +22,9 @@ use std::path::Path;
 use url::Url;
 
 use crate::{
-    ALGORITHMS, AdminConfig, AuditConfig, BrokerConfig, CacheConfig, EntraConfig,
+    ALGORITHMS, AdminConfig, AssertionSource, AuditConfig, BrokerConfig, CacheConfig, EntraConfig,
     FederatedCredentialConfig, IdentityConfig, IssuerConfig, JwksConfig, LogConfig, ServerConfig,
-    StoreConfig, TokenConfig, is_loopback,
+    StoreConfig, TokenConfig, WebhookConfig, is_loopback,
 };
 
 /// One thing wrong with a configuration, naming the key.
@@ -66,8 +66,10 @@ pub(crate) fn broker(config: &BrokerConfig) -> Vec<Problem> {
     log(&mut p, &config.log);
     issuers(&mut p, &config.issuers, &config.tokens, loopback_http);
     identities(&mut p, &config.identities, loopback_http);
+    assertion_sources(&mut p, config);
     admin(&mut p, &config.admin, loopback_http);
     audit(&mut p, &config.audit);
+    webhook(&mut p, &config.webhook, loopback_http);
     p.0
 }
 
@@ -433,6 +435,139 @@ fn federated_credential(
     );
 }
 
+/// `[broker_issuer]`, `[managed_identity]`, and what each identity's assertion source needs.
+fn assertion_sources(p: &mut Problems, config: &BrokerConfig) {
+    let b = &config.broker_issuer;
+    let loopback_http = config.outbound.allow_loopback_http;
+    if let Some(url) = &b.url {
+        https_url(p, "broker_issuer.url", url, UrlShape::Issuer, loopback_http);
+    }
+    if !(60..=600).contains(&b.assertion_lifetime_secs) {
+        p.push(
+            "broker_issuer.assertion_lifetime_secs",
+            "must be between 60 and 600: assertions are used at once, and a short life \
+             limits what a leaked one is worth",
+        );
+    }
+    path(
+        p,
+        "broker_issuer.signing_key_file",
+        b.signing_key_file.as_deref(),
+    );
+    for (i, file) in b.published_key_files.iter().enumerate() {
+        path(
+            p,
+            &format!("broker_issuer.published_key_files[{i}]"),
+            Some(file),
+        );
+    }
+    if b.signing_key_file.is_none() && !b.published_key_files.is_empty() {
+        p.push(
+            "broker_issuer.published_key_files",
+            "needs signing_key_file: published key files are the next and previous keys of \
+             a manual rotation (without signing_key_file, keys are generated and rotated in \
+             the store)",
+        );
+    }
+    positive(p, "broker_issuer.rotation_days", b.rotation_days);
+    positive(p, "broker_issuer.reload_secs", b.reload_secs);
+    if b.publish_ahead_hours >= b.rotation_days.saturating_mul(24) {
+        p.push(
+            "broker_issuer.publish_ahead_hours",
+            "must be shorter than rotation_days",
+        );
+    }
+
+    let m = &config.managed_identity;
+    if let Some(endpoint) = &m.endpoint {
+        managed_identity_endpoint(p, endpoint);
+    }
+    if let Some(client_id) = &m.client_id
+        && !is_guid(client_id)
+    {
+        p.push(
+            "managed_identity.client_id",
+            format!("`{client_id}` is not a GUID"),
+        );
+    }
+    positive(p, "managed_identity.timeout_secs", m.timeout_secs);
+
+    for (i, identity) in config.identities.iter().enumerate() {
+        let at = format!("identities[{i}]");
+        if identity.assertion == AssertionSource::Broker && b.url.is_none() {
+            p.push(
+                format!("{at}.assertion"),
+                "is `broker`, which needs [broker_issuer] url: the public URL Entra fetches \
+                 the broker's keys from",
+            );
+        }
+        if let Some(subject) = &identity.assertion_subject {
+            if identity.assertion != AssertionSource::Broker {
+                p.push(
+                    format!("{at}.assertion_subject"),
+                    "is used only with assertion = \"broker\"",
+                );
+            }
+            if subject.is_empty() || subject.len() > 600 {
+                p.push(
+                    format!("{at}.assertion_subject"),
+                    "must be 1 to 600 characters (Entra's limit for a FIC subject)",
+                );
+            }
+        }
+        let certificate =
+            identity.certificate_file.is_some() || identity.certificate_key_file.is_some();
+        match (identity.assertion, &identity.certificate_file) {
+            (AssertionSource::Certificate, None) => p.push(
+                format!("{at}.certificate_file"),
+                "is required with assertion = \"certificate\": the PEM certificate \
+                 registered on the app",
+            ),
+            (AssertionSource::Certificate, Some(file)) => {
+                path(p, &format!("{at}.certificate_file"), Some(file));
+                path(
+                    p,
+                    &format!("{at}.certificate_key_file"),
+                    identity.certificate_key_file.as_deref(),
+                );
+            }
+            _ if certificate => p.push(
+                format!("{at}.certificate_file"),
+                "is used only with assertion = \"certificate\"",
+            ),
+            _ => {}
+        }
+    }
+}
+
+/// The managed-identity endpoint is plain http by nature (IMDS at 169.254.169.254, App
+/// Service on loopback), so http is allowed here, but only to link-local and loopback
+/// hosts: a token request must never leave the machine in clear text.
+fn managed_identity_endpoint(p: &mut Problems, endpoint: &str) {
+    let key = "managed_identity.endpoint";
+    let Ok(url) = Url::parse(endpoint) else {
+        p.push(key, format!("`{endpoint}` is not an absolute URL"));
+        return;
+    };
+    let local = match url.host() {
+        Some(url::Host::Ipv4(a)) => a.is_loopback() || a.is_link_local(),
+        Some(url::Host::Ipv6(a)) => a.is_loopback(),
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        None => false,
+    };
+    match url.scheme() {
+        "https" => {}
+        "http" if local => {}
+        _ => p.push(
+            key,
+            format!(
+                "`{endpoint}` must be https, or http to a loopback or link-local address \
+                 (IMDS is http://169.254.169.254)"
+            ),
+        ),
+    }
+}
+
 fn admin(p: &mut Problems, a: &AdminConfig, loopback_http: bool) {
     path(p, "admin.tokens_file", a.tokens_file.as_deref());
     positive(
@@ -484,6 +619,145 @@ fn admin(p: &mut Problems, a: &AdminConfig, loopback_http: bool) {
 
 fn audit(p: &mut Problems, a: &AuditConfig) {
     positive(p, "audit.queue_size", a.queue_size);
+}
+
+fn webhook(p: &mut Problems, w: &WebhookConfig, loopback_http: bool) {
+    if w.enabled {
+        https_url(
+            p,
+            "webhook.broker_url",
+            &w.broker_url,
+            UrlShape::Resource,
+            loopback_http,
+        );
+        if w.agent_image.trim().is_empty() {
+            p.push(
+                "webhook.agent_image",
+                "is required when webhook.enabled = true: the image holding wif-agent",
+            );
+        }
+    }
+    if w.agent_image.chars().any(char::is_whitespace) {
+        p.push("webhook.agent_image", "must not contain whitespace");
+    }
+    if !crate::webhook::PULL_POLICIES.contains(&w.agent_image_pull_policy.as_str()) {
+        p.push(
+            "webhook.agent_image_pull_policy",
+            format!(
+                "`{}` is not one of {}",
+                w.agent_image_pull_policy,
+                crate::webhook::PULL_POLICIES.join(", ")
+            ),
+        );
+    }
+    positive(p, "webhook.agent_port", w.agent_port);
+    for (key, value) in [
+        ("webhook.agent_cpu_request", &w.agent_cpu_request),
+        ("webhook.agent_memory_request", &w.agent_memory_request),
+        ("webhook.agent_memory_limit", &w.agent_memory_limit),
+    ] {
+        if !is_quantity(value) {
+            p.push(
+                key,
+                format!("`{value}` is not a Kubernetes quantity such as 10m, 16Mi or 1"),
+            );
+        }
+    }
+    if w.token_audience.trim().is_empty() {
+        p.push("webhook.token_audience", "must not be empty");
+    }
+    if !(600..=86_400).contains(&w.token_expiration_secs) {
+        p.push(
+            "webhook.token_expiration_secs",
+            format!(
+                "{} is outside 600–86400 (Kubernetes refuses projected tokens under 10 minutes)",
+                w.token_expiration_secs
+            ),
+        );
+    }
+    if !w.token_mount_path.starts_with('/') || w.token_mount_path.contains(':') {
+        p.push(
+            "webhook.token_mount_path",
+            format!("`{}` is not an absolute path", w.token_mount_path),
+        );
+    }
+    if !is_annotation_key(&w.skip_containers_annotation) {
+        p.push(
+            "webhook.skip_containers_annotation",
+            format!(
+                "`{}` is not a Kubernetes annotation key such as example.com/skip-containers",
+                w.skip_containers_annotation
+            ),
+        );
+    }
+    if let Some(tenant) = &w.default_tenant_id
+        && !is_guid(tenant)
+        && !is_domain(tenant)
+    {
+        p.push(
+            "webhook.default_tenant_id",
+            format!("`{tenant}` is not a GUID or a domain such as contoso.onmicrosoft.com"),
+        );
+    }
+    if let Some(url) = &w.kube_api_url {
+        https_url(
+            p,
+            "webhook.kube_api_url",
+            url,
+            UrlShape::Origin,
+            loopback_http,
+        );
+    }
+    path(p, "webhook.broker_ca_file", w.broker_ca_file.as_deref());
+    path(p, "webhook.kube_token_file", Some(&w.kube_token_file));
+    path(p, "webhook.kube_ca_file", Some(&w.kube_ca_file));
+    positive(p, "webhook.max_body_bytes", w.max_body_bytes);
+}
+
+/// A Kubernetes resource quantity: digits with an optional fraction and suffix.
+fn is_quantity(s: &str) -> bool {
+    let number_len = s
+        .bytes()
+        .take_while(|b| b.is_ascii_digit() || *b == b'.')
+        .count();
+    let suffix = &s[number_len..];
+    number_len > 0
+        && s[..number_len].bytes().filter(|b| *b == b'.').count() <= 1
+        && [
+            "", "m", "k", "M", "G", "T", "P", "E", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei",
+        ]
+        .contains(&suffix)
+}
+
+/// `[prefix/]name`: a DNS-subdomain prefix and a name of letters, digits, `-`, `_`, `.`.
+fn is_annotation_key(s: &str) -> bool {
+    let (prefix, name) = match s.rsplit_once('/') {
+        Some((prefix, name)) => (Some(prefix), name),
+        None => (None, s),
+    };
+    let name_ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        && name
+            .as_bytes()
+            .first()
+            .is_some_and(u8::is_ascii_alphanumeric)
+        && name
+            .as_bytes()
+            .last()
+            .is_some_and(u8::is_ascii_alphanumeric);
+    let prefix_ok = prefix.is_none_or(|p| {
+        !p.is_empty()
+            && p.len() <= 253
+            && p.split('.').all(|l| {
+                !l.is_empty()
+                    && l.bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            })
+    });
+    name_ok && prefix_ok
 }
 
 fn positive<T: Default + PartialEq>(p: &mut Problems, key: &str, value: T) {
@@ -1549,5 +1823,152 @@ mod tests {
         assert!(is_domain("contoso.onmicrosoft.com"));
         assert!(!is_domain("contoso"));
         assert!(!is_domain("contoso.com."));
+    }
+
+    #[test]
+    fn the_webhook_is_off_and_unconstrained_by_default() {
+        none(&check(|_| {}));
+    }
+
+    #[test]
+    fn an_enabled_webhook_needs_a_broker_url_and_an_image() {
+        let problems = check(|c| c.webhook.enabled = true);
+        let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(keys, ["webhook.broker_url", "webhook.agent_image"]);
+        none(&check(|c| {
+            c.webhook.enabled = true;
+            c.webhook.broker_url = "https://wif-broker.wif-system.svc:8443".into();
+            c.webhook.agent_image = "registry.example/wif-broker:0.1.0".into();
+        }));
+        only(
+            &check(|c| {
+                c.webhook.enabled = true;
+                c.webhook.broker_url = "http://wif-broker.wif-system.svc:8080".into();
+                c.webhook.agent_image = "wif-broker:0.1.0".into();
+            }),
+            "webhook.broker_url",
+            "must use https",
+        );
+    }
+
+    #[test]
+    fn webhook_sidecar_settings_are_checked() {
+        only(
+            &check(|c| c.webhook.token_expiration_secs = 60),
+            "webhook.token_expiration_secs",
+            "600",
+        );
+        only(
+            &check(|c| c.webhook.agent_image_pull_policy = "always".into()),
+            "webhook.agent_image_pull_policy",
+            "IfNotPresent",
+        );
+        only(
+            &check(|c| c.webhook.agent_memory_limit = "64 MB".into()),
+            "webhook.agent_memory_limit",
+            "quantity",
+        );
+        only(
+            &check(|c| c.webhook.skip_containers_annotation = "Example.com/x".into()),
+            "webhook.skip_containers_annotation",
+            "annotation key",
+        );
+        only(
+            &check(|c| c.webhook.token_mount_path = "relative/dir".into()),
+            "webhook.token_mount_path",
+            "absolute",
+        );
+        only(
+            &check(|c| c.webhook.default_tenant_id = Some("contoso".into())),
+            "webhook.default_tenant_id",
+            "GUID",
+        );
+        only(
+            &check(|c| c.webhook.agent_port = 0),
+            "webhook.agent_port",
+            "greater than 0",
+        );
+        only(
+            &check(|c| c.webhook.kube_api_url = Some("https://10.0.0.1:443/api".into())),
+            "webhook.kube_api_url",
+            "scheme and host only",
+        );
+        for good in ["10m", "0.5", "16Mi", "1", "2Gi"] {
+            assert!(is_quantity(good), "{good}");
+        }
+        for bad in ["", "m", "1.2.3", "16MB", "-1"] {
+            assert!(!is_quantity(bad), "{bad}");
+        }
+        assert!(is_annotation_key("wif-broker.io/skip-containers"));
+        assert!(is_annotation_key("skip"));
+        assert!(!is_annotation_key("a/"));
+        assert!(!is_annotation_key("/x"));
+    }
+
+    #[test]
+    fn a_broker_assertion_needs_the_broker_issuer_url() {
+        let problems = check(|c| {
+            let mut id = identity("deploy");
+            id.assertion = AssertionSource::Broker;
+            c.identities = vec![id];
+        });
+        only(&problems, "identities[0].assertion", "[broker_issuer] url");
+        none(&check(|c| {
+            let mut id = identity("deploy");
+            id.assertion = AssertionSource::Broker;
+            id.assertion_subject = Some("deploy-prod".into());
+            c.identities = vec![id];
+            c.broker_issuer.url = Some("https://wif.contoso.com".into());
+        }));
+    }
+
+    #[test]
+    fn broker_assertions_live_at_most_ten_minutes() {
+        only(
+            &check(|c| c.broker_issuer.assertion_lifetime_secs = 601),
+            "broker_issuer.assertion_lifetime_secs",
+            "between 60 and 600",
+        );
+        only(
+            &check(|c| c.broker_issuer.published_key_files = vec!["next.pem".into()]),
+            "broker_issuer.published_key_files",
+            "needs signing_key_file",
+        );
+    }
+
+    #[test]
+    fn a_certificate_assertion_needs_the_certificate() {
+        let problems = check(|c| {
+            let mut id = identity("cert");
+            id.assertion = AssertionSource::Certificate;
+            c.identities = vec![id];
+        });
+        only(&problems, "identities[0].certificate_file", "is required");
+        let problems = check(|c| {
+            let mut id = identity("cert");
+            id.certificate_file = Some("app.pem".into());
+            c.identities = vec![id];
+        });
+        only(
+            &problems,
+            "identities[0].certificate_file",
+            "used only with",
+        );
+    }
+
+    #[test]
+    fn the_managed_identity_endpoint_stays_on_the_machine() {
+        none(&check(|c| {
+            c.managed_identity.endpoint =
+                Some("http://169.254.169.254/metadata/identity/oauth2/token".into())
+        }));
+        none(&check(|c| {
+            c.managed_identity.endpoint = Some("http://127.0.0.1:41000/msi/token".into())
+        }));
+        only(
+            &check(|c| c.managed_identity.endpoint = Some("http://imds.example.com/token".into())),
+            "managed_identity.endpoint",
+            "loopback or link-local",
+        );
     }
 }

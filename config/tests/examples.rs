@@ -240,3 +240,45 @@ fn the_reference_documents_every_key_with_its_default() {
         }
     }
 }
+
+#[test]
+fn kubernetes_example_serves_the_webhook_over_tls() {
+    let config = load("kubernetes.toml");
+    assert!(config.webhook.enabled);
+    assert!(config.server.tls_cert.is_some() && config.server.tls_key.is_some());
+    assert!(config.webhook.broker_url.starts_with("https://"));
+    assert!(config.webhook.broker_ca_file.is_some());
+    // Everything else is at its default (the commented-out lines show them).
+    assert_eq!(
+        config.webhook,
+        wif_config::WebhookConfig {
+            enabled: true,
+            broker_url: config.webhook.broker_url.clone(),
+            broker_ca_file: config.webhook.broker_ca_file.clone(),
+            agent_image: config.webhook.agent_image.clone(),
+            ..Default::default()
+        }
+    );
+}
+
+#[test]
+fn the_assertion_sources_example_uses_each_source() {
+    let config = load("assertion-sources.toml");
+    assert_eq!(
+        config.broker_issuer.url.as_deref(),
+        Some("https://wif.contoso.com")
+    );
+    let sources: Vec<_> = config.identities.iter().map(|i| i.assertion).collect();
+    assert_eq!(
+        sources,
+        vec![
+            wif_config::AssertionSource::Broker,
+            wif_config::AssertionSource::ManagedIdentity,
+            wif_config::AssertionSource::Certificate,
+        ]
+    );
+    assert_eq!(
+        config.identities[0].assertion_subject.as_deref(),
+        Some("fleet-production")
+    );
+}

@@ -8,6 +8,7 @@
 
 pub mod agent;
 pub mod ci;
+pub mod k8s;
 pub mod pki;
 
 use std::sync::Arc;
@@ -190,7 +191,10 @@ impl Stack {
         .unwrap();
         let mut config = BrokerConfig::default();
         config.admin.tokens_file = Some(tokens_file);
-        config.server.listen = "127.0.0.1:0".into();
+        // Bound before `tweak`, so a tweak can name the broker's own URL (its issuer URL).
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let bound = listener.local_addr().unwrap().to_string();
+        config.server.listen = bound.clone();
         config.store.url = "sqlite::memory:".into();
         config.outbound.allow_loopback_http = true;
         config.entra.authority_host = entra.url();
@@ -235,7 +239,13 @@ impl Stack {
             },
         ];
         tweak(&mut config);
-        let broker = RunningBroker::start(&config, shared).await.unwrap();
+        let broker = if config.server.listen == bound {
+            RunningBroker::start_on(&config, shared, listener).await
+        } else {
+            drop(listener);
+            RunningBroker::start(&config, shared).await
+        }
+        .unwrap();
         let http = reqwest::Client::builder()
             .timeout(std::time::Duration::from_secs(30))
             .build()

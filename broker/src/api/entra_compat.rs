@@ -104,7 +104,11 @@ pub async fn discovery(
     let document = json!({
         "token_endpoint": format!("{base}/oauth2/v2.0/token"),
         "token_endpoint_auth_methods_supported": ["private_key_jwt"],
-        "jwks_uri": format!("{base}/discovery/v2.0/keys"),
+        // The access tokens handed out are Entra's; Entra's keys verify them.
+        "jwks_uri": format!(
+            "{}/{tenant}/discovery/v2.0/keys",
+            state.broker.default_authority_host()
+        ),
         "response_modes_supported": ["query", "fragment", "form_post"],
         "subject_types_supported": ["pairwise"],
         "id_token_signing_alg_values_supported": ["RS256"],

@@ -195,11 +195,15 @@ fn entra_error(code: &'static str, e: &EntraError) -> ApiError {
         )
         .with_retry_after(retry_after.unwrap_or(5)),
         EntraError::Protocol(_) => ApiError::new(StatusCode::BAD_GATEWAY, code, e.to_string()),
+        EntraError::Assertion(a) if a.is_transient() => {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code, e.to_string()).with_retry_after(5)
+        }
+        EntraError::Assertion(_) => ApiError::new(StatusCode::BAD_GATEWAY, code, e.to_string()),
         EntraError::Rejected { description, .. } => {
             let (status, hint) = match code {
                 "entra_no_matching_federated_credential" => (
                     StatusCode::FORBIDDEN,
-                    " The broker accepted the token, but the Entra app registration has no federated credential matching it; with the passthrough assertion, register the same issuer, subject and audience in Entra.",
+                    " The broker accepted the token, but the Entra app registration has no federated credential matching the assertion: with the passthrough assertion, register the token's issuer, subject and audience in Entra; with the broker assertion, one credential trusting the broker's issuer URL and the identity's assertion subject (see docs/assertion-sources.md).",
                 ),
                 "entra_assertion_expired" => (
                     StatusCode::UNAUTHORIZED,

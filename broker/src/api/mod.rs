@@ -5,9 +5,11 @@ pub mod admin;
 pub mod entra_compat;
 pub mod error;
 pub mod exchange;
+pub mod mutate;
 pub mod openapi;
 pub mod ops;
 pub mod serve;
+pub mod well_known;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -35,6 +37,8 @@ pub struct AppState {
     pub ready: Arc<AtomicBool>,
     /// The listener serves TLS: URLs the broker gives out about itself use `https`.
     pub tls: bool,
+    /// The sidecar-injecting admission webhook, when `[webhook] enabled`.
+    pub webhook: Option<Arc<mutate::Webhook>>,
 }
 
 impl AppState {
@@ -53,6 +57,11 @@ pub fn router(state: AppState) -> Router {
             "/{tenant}/v2.0/.well-known/openid-configuration",
             get(entra_compat::discovery),
         )
+        .route(
+            "/.well-known/openid-configuration",
+            get(well_known::discovery),
+        )
+        .route("/.well-known/jwks.json", get(well_known::jwks))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
@@ -76,6 +85,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/simulate", post(admin::simulate))
         .route("/v1/audit", get(admin::audit_events))
+        .route("/mutate/v1/pods", post(mutate::pods))
         // The admin console (HTML, its own security headers).
         .merge(crate::ui::router(state.clone()))
         .fallback(fallback)

@@ -26,16 +26,21 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
         super::admin::delete_credential,
         super::admin::simulate,
         super::admin::audit_events,
+        super::well_known::discovery,
+        super::well_known::jwks,
         super::ops::healthz,
         super::ops::readyz,
         super::ops::metrics,
         super::ops::openapi,
+        super::mutate::pods,
     ),
     modifiers(&Security),
     tags(
         (name = "exchange", description = "External OIDC token in, Entra access token out"),
         (name = "admin", description = "Identities, federated credentials, simulate, audit"),
+        (name = "issuer", description = "The broker as an OIDC issuer of its own assertions"),
         (name = "ops", description = "Health, readiness, metrics"),
+        (name = "webhook", description = "Kubernetes admission webhook injecting the wif-agent sidecar"),
     )
 )]
 struct ApiDoc;
@@ -115,6 +120,7 @@ mod tests {
             "/readyz",
             "/metrics",
             "/openapi.json",
+            "/mutate/v1/pods",
         ] {
             assert!(
                 doc["paths"].get(path).is_some(),

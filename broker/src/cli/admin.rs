@@ -110,9 +110,14 @@ pub enum IdentityCommand {
         /// An explicit Entra authority host instead of a cloud's.
         #[arg(long, value_name = "URL")]
         authority_host: Option<String>,
-        /// How the broker builds the assertion it sends to Entra: passthrough.
+        /// How the broker builds the assertion it sends to Entra: passthrough, broker
+        /// (the broker's own issuer; needs [broker_issuer] url) or managed_identity.
         #[arg(long, value_parser = parse_wire::<AssertionSource>, default_value = "passthrough")]
         assertion: AssertionSource,
+        /// With `--assertion broker`: the subject of the broker's assertions, which the
+        /// identity's one federated credential in Entra names (default: NAME).
+        #[arg(long, value_name = "SUBJECT")]
+        assertion_subject: Option<String>,
     },
     /// List identities.
     List,
@@ -133,6 +138,7 @@ pub async fn identity(args: IdentityArgs) -> anyhow::Result<()> {
             cloud,
             authority_host,
             assertion,
+            assertion_subject,
         } => {
             let request = IdentityRequest {
                 tenant_id,
@@ -140,6 +146,7 @@ pub async fn identity(args: IdentityArgs) -> anyhow::Result<()> {
                 cloud,
                 authority_host,
                 assertion,
+                assertion_subject,
             };
             let answer = client
                 .call(
@@ -203,6 +210,17 @@ pub fn identity_fields(i: &Identity) -> String {
         ("authorityHost", Some(i.authority_host.clone())),
         ("assertion", Some(wire_name(&i.assertion))),
         ("source", Some(i.source.clone())),
+        (
+            "entraCredential",
+            i.entra_federated_credential.as_ref().map(|c| {
+                format!(
+                    "issuer {} subject {} audience {}",
+                    c.issuer,
+                    c.subject,
+                    c.audiences.join(",")
+                )
+            }),
+        ),
         ("readOnly", Some(i.read_only.to_string())),
         ("created", i.created_date_time.clone()),
         ("lastModified", i.last_modified_date_time.clone()),
@@ -1442,6 +1460,7 @@ mod tests {
             authority_host: "https://login.microsoftonline.com".into(),
             assertion: AssertionSource::Passthrough,
             source: "api".into(),
+            entra_federated_credential: None,
             read_only: false,
             created_date_time: None,
             last_modified_date_time: None,

@@ -47,6 +47,33 @@ pub struct AppRegistration {
     pub client_id: String,
     pub object_id: String,
     pub federated_credentials: Vec<EmulatedFic>,
+    /// Certificates uploaded to the app ("Certificates & secrets").
+    pub certificates: Vec<EmulatedCertificate>,
+}
+
+/// A certificate credential as Entra keeps it: thumbprints and public key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EmulatedCertificate {
+    /// SHA-1 thumbprint, base64url (the `x5t` header).
+    pub x5t: String,
+    /// SHA-256 thumbprint, base64url (the `x5t#S256` header).
+    pub x5t_s256: String,
+    /// PKCS#1 `RSAPublicKey` DER.
+    pub public_key: Vec<u8>,
+}
+
+impl EmulatedCertificate {
+    /// From a DER certificate with an RSA key; `None` otherwise (Entra accepts only RSA
+    /// certificates for client assertions).
+    pub fn from_der(der: &[u8]) -> Option<Self> {
+        let public_key = crate::entra::assertion::certificate::rsa_public_key(der)?.to_vec();
+        let (x5t, x5t_s256) = crate::entra::assertion::certificate::thumbprints(der);
+        Some(Self {
+            x5t,
+            x5t_s256,
+            public_key,
+        })
+    }
 }
 
 impl AppRegistration {
@@ -57,7 +84,13 @@ impl AppRegistration {
             client_id: client_id.to_owned(),
             object_id: uuid::Uuid::new_v4().to_string(),
             federated_credentials: Vec::new(),
+            certificates: Vec::new(),
         }
+    }
+
+    pub fn with_certificate(mut self, certificate: EmulatedCertificate) -> Self {
+        self.certificates.push(certificate);
+        self
     }
 
     pub fn with_fic(mut self, fic: EmulatedFic) -> Self {
@@ -132,6 +165,7 @@ struct EntraState {
     token_requests: AtomicU64,
     issued: AtomicU64,
     last_assertion: Mutex<Option<Value>>,
+    last_assertion_token: Mutex<Option<String>>,
     http: reqwest::Client,
 }
 
@@ -160,6 +194,7 @@ impl EntraEmulator {
             token_requests: AtomicU64::new(0),
             issued: AtomicU64::new(0),
             last_assertion: Mutex::new(None),
+            last_assertion_token: Mutex::new(None),
             http,
         });
         let router = Router::new()
@@ -212,6 +247,17 @@ impl EntraEmulator {
         match apps.iter_mut().find(|a| same_app(a, tenant, client_id)) {
             Some(app) => app.federated_credentials.push(fic),
             None => apps.push(AppRegistration::new(tenant, client_id).with_fic(fic)),
+        }
+    }
+
+    /// Uploads a certificate to an identity, registering the identity if needed.
+    pub fn add_certificate(&self, tenant: &str, client_id: &str, certificate: EmulatedCertificate) {
+        let mut apps = self.state.apps.write().unwrap_or_else(|p| p.into_inner());
+        match apps.iter_mut().find(|a| same_app(a, tenant, client_id)) {
+            Some(app) => app.certificates.push(certificate),
+            None => {
+                apps.push(AppRegistration::new(tenant, client_id).with_certificate(certificate))
+            }
         }
     }
 
@@ -286,6 +332,21 @@ impl EntraEmulator {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// The last assertion that parsed as a JWT, as it arrived (tests replay it).
+    pub fn last_assertion(&self) -> Option<String> {
+        self.state
+            .last_assertion_token
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The issuer of Entra's v2.0 tokens for `tenant`, which managed-identity tokens
+    /// carry and a managed-identity-as-FIC credential names.
+    pub fn v2_issuer(tenant: &str) -> String {
+        format!("https://login.microsoftonline.com/{tenant}/v2.0")
     }
 
     /// The JWKS that verifies issued access tokens.
@@ -675,12 +736,17 @@ impl EntraState {
                 )
             })?;
 
+        let raw = assertion;
         let assertion = parse_assertion(assertion)
             .ok_or_else(|| AadError::malformed("The assertion is not a compact JWS."))?;
         *self
             .last_assertion
             .lock()
             .unwrap_or_else(|p| p.into_inner()) = Some(assertion.claims.clone());
+        *self
+            .last_assertion_token
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(raw.to_owned());
         let alg = assertion
             .header
             .get("alg")
@@ -697,6 +763,14 @@ impl EntraState {
         let sub = claims.get("sub").and_then(Value::as_str).unwrap_or("");
         let auds = audiences(claims);
         let aud_text = auds.join(",");
+
+        // A client assertion the app signed itself (certificate credential), not a
+        // federated one: `iss` and `sub` are the client id.
+        if iss.eq_ignore_ascii_case(&app.client_id) && sub.eq_ignore_ascii_case(&app.client_id) {
+            self.check_certificate_assertion(&app, tenant, &assertion, &auds)?;
+            self.check_times(claims)?;
+            return self.issue(&app, resource);
+        }
 
         let fics = &app.federated_credentials;
         let with_issuer: Vec<&EmulatedFic> = fics.iter().filter(|f| f.issuer == iss).collect();
@@ -726,7 +800,26 @@ impl EntraState {
             return Err(AadError::no_match(700211, "issuer", iss));
         }
 
-        let jwks = self.fetch_jwks(iss).await?;
+        let jwks = if is_entra_issuer(iss) {
+            // Managed identity as a federated credential: Entra knows its own keys, and
+            // accepts only tokens of the app's own tenant.
+            let same_tenant = iss
+                .trim_end_matches('/')
+                .trim_end_matches("/v2.0")
+                .rsplit('/')
+                .next()
+                .is_some_and(|t| t.eq_ignore_ascii_case(&app.tenant_id));
+            if !same_tenant {
+                return Err(AadError::invalid_request(
+                    700222,
+                    "AAD-issued tokens may be used as federated credentials only within the \
+                     same tenant.",
+                ));
+            }
+            vec![self.key.public_jwk()]
+        } else {
+            self.fetch_jwks(iss).await?
+        };
         let kid = assertion
             .header
             .get("kid")
@@ -754,6 +847,39 @@ impl EntraState {
             ));
         }
 
+        self.check_times(claims)?;
+
+        let with_audience: Vec<&EmulatedFic> = with_issuer
+            .into_iter()
+            .filter(|f| auds.contains(&f.audience))
+            .collect();
+        if with_audience.is_empty() {
+            return Err(AadError::no_match(700212, "audience", &aud_text));
+        }
+        if !with_audience.iter().any(|f| f.subject == sub) {
+            let lowered = sub.to_lowercase();
+            if !sub.is_empty()
+                && with_audience
+                    .iter()
+                    .any(|f| f.subject.to_lowercase() == lowered)
+            {
+                return Err(AadError::invalid_request(
+                    7002138,
+                    format!(
+                        "No matching federated identity record found for presented assertion \
+                         subject '{sub}'. A federated identity credential matches the subject \
+                         only if case is ignored; subjects are case-sensitive."
+                    ),
+                ));
+            }
+            return Err(AadError::no_match(700213, "subject", sub));
+        }
+
+        self.issue(&app, resource)
+    }
+
+    /// `exp`, `iat`, `nbf` and the 25-hour lifetime cap, as Entra checks them.
+    fn check_times(&self, claims: &Value) -> Result<(), AadError> {
         let now = self.clock.now() as i64;
         let exp = numeric_claim(claims, "exp")
             .ok_or_else(|| AadError::malformed("The assertion has no 'exp' claim."))?;
@@ -789,34 +915,80 @@ impl EntraState {
                 ),
             ));
         }
+        Ok(())
+    }
 
-        let with_audience: Vec<&EmulatedFic> = with_issuer
-            .into_iter()
-            .filter(|f| auds.contains(&f.audience))
-            .collect();
-        if with_audience.is_empty() {
-            return Err(AadError::no_match(700212, "audience", &aud_text));
-        }
-        if !with_audience.iter().any(|f| f.subject == sub) {
-            let lowered = sub.to_lowercase();
-            if !sub.is_empty()
-                && with_audience
-                    .iter()
-                    .any(|f| f.subject.to_lowercase() == lowered)
-            {
-                return Err(AadError::invalid_request(
-                    7002138,
-                    format!(
-                        "No matching federated identity record found for presented assertion \
-                         subject '{sub}'. A federated identity credential matches the subject \
-                         only if case is ignored; subjects are case-sensitive."
-                    ),
+    /// A certificate credential: the thumbprint names a certificate on the app, its key
+    /// signed the assertion, and the audience is this token endpoint.
+    fn check_certificate_assertion(
+        &self,
+        app: &AppRegistration,
+        tenant: &str,
+        assertion: &Assertion<'_>,
+        auds: &[String],
+    ) -> Result<(), AadError> {
+        let header = |name: &str| assertion.header.get(name).and_then(Value::as_str);
+        let (thumbprint, by_sha256) = match (header("x5t#S256"), header("x5t")) {
+            (Some(t), _) => (t, true),
+            (None, Some(t)) => (t, false),
+            (None, None) => {
+                return Err(AadError::invalid_client(
+                    700027,
+                    "Client assertion failed signature validation. [Reason - The key was not \
+                     found.] The assertion header has neither 'x5t#S256' nor 'x5t'.",
                 ));
             }
-            return Err(AadError::no_match(700213, "subject", sub));
+        };
+        let certificate = app.certificates.iter().find(|c| {
+            if by_sha256 {
+                c.x5t_s256 == thumbprint
+            } else {
+                c.x5t == thumbprint
+            }
+        });
+        let Some(certificate) = certificate else {
+            return Err(AadError::invalid_client(
+                700027,
+                format!(
+                    "Client assertion failed signature validation. [Reason - The key was not \
+                     found., Thumbprint of key used by client: '{thumbprint}', Please visit \
+                     the Azure Portal, Graph Explorer or directly use MS Graph to see \
+                     configured keys for app Id '{}'.]",
+                    app.client_id
+                ),
+            ));
+        };
+        let verified = aws_lc_rs::signature::UnparsedPublicKey::new(
+            &RSA_PKCS1_2048_8192_SHA256,
+            &certificate.public_key,
+        )
+        .verify(assertion.signing_input.as_bytes(), &assertion.signature)
+        .is_ok();
+        if !verified {
+            return Err(AadError::invalid_client(
+                700027,
+                "Client assertion failed signature validation. [Reason - The provided \
+                 signature value did not match the expected signature value.]",
+            ));
         }
-
-        self.issue(&app, resource)
+        let endpoint = format!("{}/{tenant}/oauth2/v2.0/token", self.url);
+        let accepted = |aud: &String| {
+            aud == &endpoint
+                || aud.eq_ignore_ascii_case(&format!(
+                    "https://login.microsoftonline.com/{tenant}/oauth2/v2.0/token"
+                ))
+        };
+        if !auds.iter().any(accepted) {
+            return Err(AadError::invalid_client(
+                50027,
+                format!(
+                    "JWT token is invalid. The audience of the client assertion must be the token endpoint \
+                     '{endpoint}'; it was '{}'.",
+                    auds.join(",")
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// Discovery, then the JWKS's `keys`.

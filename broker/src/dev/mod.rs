@@ -3,6 +3,7 @@
 //! Nothing here is used by `serve`.
 
 pub mod entra;
+pub mod imds;
 pub mod issuer;
 pub mod jwt;
 pub mod stack;

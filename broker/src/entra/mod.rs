@@ -3,13 +3,14 @@
 //! 5xx with backoff honouring `Retry-After`, and turn AADSTS codes into errors a caller
 //! can act on. Never logs an assertion or an access token.
 
+pub mod assertion;
 pub mod scope;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
-use wif_config::{AssertionSource, EntraConfig};
+use wif_config::EntraConfig;
 
 use crate::clock::SharedClock;
 use crate::metrics::Metrics;
@@ -65,6 +66,9 @@ pub enum EntraError {
     /// An answer that is not Entra's protocol.
     #[error("Entra answered unexpectedly: {0}")]
     Protocol(String),
+    /// No client assertion could be built, so Entra was not asked.
+    #[error("no client assertion: {0}")]
+    Assertion(#[from] assertion::AssertionError),
 }
 
 impl EntraError {
@@ -72,7 +76,7 @@ impl EntraError {
         match self {
             EntraError::Rejected { correlation_id, .. }
             | EntraError::Unavailable { correlation_id, .. } => correlation_id.as_deref(),
-            EntraError::Protocol(_) => None,
+            EntraError::Protocol(_) | EntraError::Assertion(_) => None,
         }
     }
 }
@@ -118,6 +122,7 @@ pub struct EntraClient {
     cfg: EntraConfig,
     clock: SharedClock,
     metrics: Arc<Metrics>,
+    assertions: assertion::Assertions,
 }
 
 impl std::fmt::Debug for EntraClient {
@@ -131,6 +136,7 @@ impl EntraClient {
         cfg: &EntraConfig,
         clock: SharedClock,
         metrics: Arc<Metrics>,
+        assertions: assertion::Assertions,
     ) -> Result<Self, OutboundError> {
         let http = outbound::client(
             Duration::from_secs(cfg.timeout_secs),
@@ -141,14 +147,26 @@ impl EntraClient {
             cfg: cfg.clone(),
             clock,
             metrics,
+            assertions,
         })
     }
 
-    /// The client assertion for `identity`, per its assertion source.
-    pub fn assertion<'a>(&self, identity: &Identity, caller_token: &'a str) -> &'a str {
-        match identity.assertion {
-            AssertionSource::Passthrough => caller_token,
-        }
+    pub fn assertions(&self) -> &assertion::Assertions {
+        &self.assertions
+    }
+
+    /// Builds `identity`'s client assertion (from `caller_token` for `passthrough`) and
+    /// requests a token for `scope` with it.
+    pub async fn token_for(
+        &self,
+        identity: &Identity,
+        caller_token: &Secret,
+        scope: &str,
+        request_id: &str,
+    ) -> Result<EntraToken, EntraError> {
+        let assertion = self.assertions.build(identity, caller_token).await?;
+        self.request_token(identity, assertion.expose(), scope, request_id)
+            .await
     }
 
     /// Requests a token for `scope` (already a `/.default` scope) as `identity`.

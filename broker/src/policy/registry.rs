@@ -23,6 +23,10 @@ pub struct Identity {
     pub authority_host: String,
     pub cloud: Option<Cloud>,
     pub assertion: AssertionSource,
+    /// `sub` of the broker's assertions (`assertion = "broker"`); default: the name.
+    pub assertion_subject: Option<String>,
+    /// Certificate and key files (`assertion = "certificate"`; declared identities only).
+    pub certificate: Option<(std::path::PathBuf, std::path::PathBuf)>,
     /// Declared in the config file; the admin API may not change it.
     pub read_only: bool,
     /// Epoch seconds, for API-registered identities.
@@ -133,6 +137,8 @@ impl Registry {
                 ),
                 cloud: s.cloud,
                 assertion: s.assertion,
+                assertion_subject: s.assertion_subject.clone(),
+                certificate: None,
                 read_only: false,
                 created_at: Some(s.created_at),
                 updated_at: Some(s.updated_at),
@@ -210,6 +216,11 @@ impl Declared {
                     .to_owned(),
                 cloud: id.cloud,
                 assertion: id.assertion,
+                assertion_subject: id.assertion_subject.clone(),
+                certificate: id.certificate_file.as_ref().map(|cert| {
+                    let key = id.certificate_key_file.as_ref().unwrap_or(cert);
+                    (cert.clone(), key.clone())
+                }),
                 read_only: true,
                 created_at: None,
                 updated_at: None,

@@ -26,6 +26,8 @@ pub struct StoredIdentity {
     pub cloud: Option<Cloud>,
     pub authority_host: Option<String>,
     pub assertion: AssertionSource,
+    /// `sub` of the broker's assertions (`assertion = "broker"`); `None`: the name.
+    pub assertion_subject: Option<String>,
     /// Epoch seconds.
     pub created_at: u64,
     pub updated_at: u64,
@@ -48,6 +50,30 @@ pub struct StoredCredential {
     pub one_time_use: bool,
     pub created_at: u64,
     pub updated_at: u64,
+}
+
+/// A key the broker generated to sign its assertions (`assertion = "broker"`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct StoredSigningKey {
+    /// 1, 2, 3, ...: replicas race to insert the next one; exactly one wins.
+    pub generation: i64,
+    pub kid: String,
+    /// PKCS#8 DER, base64.
+    pub private_key: crate::entra::Secret,
+    /// Epoch seconds: published from `created_at`, signs from `active_from`.
+    pub created_at: u64,
+    pub active_from: u64,
+}
+
+impl std::fmt::Debug for StoredSigningKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoredSigningKey")
+            .field("generation", &self.generation)
+            .field("kid", &self.kid)
+            .field("created_at", &self.created_at)
+            .field("active_from", &self.active_from)
+            .finish_non_exhaustive()
+    }
 }
 
 /// One audit event as stored. `event` holds the whole event as JSON text (an object);
@@ -164,6 +190,13 @@ pub trait Store: Send + Sync + 'static {
     /// Forgets used keys that expired before `now`; returns how many.
     async fn purge_used_tokens(&self, now: u64) -> StoreResult<u64>;
 
+    /// The broker's generated signing keys, by increasing generation.
+    async fn list_signing_keys(&self) -> StoreResult<Vec<StoredSigningKey>>;
+    /// Inserts `key` unless its generation exists; true when this call inserted it.
+    async fn insert_signing_key(&self, key: &StoredSigningKey) -> StoreResult<bool>;
+    /// Deletes the keys of generations below `generation`; returns how many.
+    async fn delete_signing_keys_before(&self, generation: i64) -> StoreResult<u64>;
+
     /// Cheap liveness check.
     async fn ping(&self) -> StoreResult<()>;
 }
@@ -271,6 +304,16 @@ impl Store for Bounded {
     }
     async fn purge_used_tokens(&self, now: u64) -> StoreResult<u64> {
         self.run(self.inner.purge_used_tokens(now)).await
+    }
+    async fn list_signing_keys(&self) -> StoreResult<Vec<StoredSigningKey>> {
+        self.run(self.inner.list_signing_keys()).await
+    }
+    async fn insert_signing_key(&self, key: &StoredSigningKey) -> StoreResult<bool> {
+        self.run(self.inner.insert_signing_key(key)).await
+    }
+    async fn delete_signing_keys_before(&self, generation: i64) -> StoreResult<u64> {
+        self.run(self.inner.delete_signing_keys_before(generation))
+            .await
     }
     async fn ping(&self) -> StoreResult<()> {
         self.run(self.inner.ping()).await

@@ -16,7 +16,7 @@ use sqlx::{Connection, PgConnection, PgPool, PgTransaction, Postgres, QueryBuild
 use super::sql::{self, AuditRow, CredentialRow, IdentityRow, db_error, db_time, without_nul};
 use super::{
     AuditQuery, AuditRecord, PutOutcome, Store, StoreError, StoreResult, StoredCredential,
-    StoredIdentity,
+    StoredIdentity, StoredSigningKey,
 };
 
 /// How long a task waits for a connection, including connecting; then `Unavailable`.
@@ -32,11 +32,23 @@ const SESSION_SETTINGS: [(&str, &str); 2] = [
     ("idle_in_transaction_session_timeout", "60s"),
 ];
 
-const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "initial",
-    include_str!("../../migrations/postgres/0001_initial.sql"),
-)];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "initial",
+        include_str!("../../migrations/postgres/0001_initial.sql"),
+    ),
+    (
+        2,
+        "signing keys",
+        include_str!("../../migrations/postgres/0002_signing_keys.sql"),
+    ),
+    (
+        3,
+        "assertion subject",
+        include_str!("../../migrations/postgres/0003_assertion_subject.sql"),
+    ),
+];
 
 /// The PostgreSQL store. Cheap to share behind an `Arc`; all methods take `&self`.
 pub struct PgStore {
@@ -226,6 +238,7 @@ impl Store for PgStore {
                 .bind(&identity.authority_host)
                 .bind(&assertion)
                 .bind(db_time(identity.updated_at))
+                .bind(&identity.assertion_subject)
                 .execute(&mut *tx)
                 .await;
             (PutOutcome::Replaced, written)
@@ -239,6 +252,7 @@ impl Store for PgStore {
                 .bind(&assertion)
                 .bind(db_time(identity.created_at))
                 .bind(db_time(identity.updated_at))
+                .bind(&identity.assertion_subject)
                 .execute(&mut *tx)
                 .await;
             (PutOutcome::Created, written)
@@ -489,6 +503,40 @@ impl Store for PgStore {
         Ok(result.rows_affected())
     }
 
+    async fn list_signing_keys(&self) -> StoreResult<Vec<StoredSigningKey>> {
+        Ok(
+            sqlx::query_as::<_, sql::SigningKeyRow>(sql::LIST_SIGNING_KEYS)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db_error)?
+                .into_iter()
+                .map(sql::signing_key_from_row)
+                .collect(),
+        )
+    }
+
+    async fn insert_signing_key(&self, key: &StoredSigningKey) -> StoreResult<bool> {
+        let result = sqlx::query(sql::INSERT_SIGNING_KEY)
+            .bind(key.generation)
+            .bind(&key.kid)
+            .bind(key.private_key.expose())
+            .bind(db_time(key.created_at))
+            .bind(db_time(key.active_from))
+            .execute(&self.pool)
+            .await
+            .map_err(db_error)?;
+        Ok(result.rows_affected() == 1)
+    }
+
+    async fn delete_signing_keys_before(&self, generation: i64) -> StoreResult<u64> {
+        let result = sqlx::query(sql::DELETE_SIGNING_KEYS_BEFORE)
+            .bind(generation)
+            .execute(&self.pool)
+            .await
+            .map_err(db_error)?;
+        Ok(result.rows_affected())
+    }
+
     async fn ping(&self) -> StoreResult<()> {
         sqlx::query("SELECT 1")
             .execute(&self.pool)
@@ -519,6 +567,7 @@ mod tests {
             .bind(&assertion)
             .bind(db_time(identity.created_at))
             .bind(db_time(identity.updated_at))
+            .bind(&identity.assertion_subject)
             .execute(&store.pool)
             .await
             .map(drop)

@@ -36,7 +36,8 @@ pub(super) fn migrator(files: &[(i64, &'static str, &'static str)]) -> Migrator 
 /// The identity columns, in the order [`IdentityRow`] decodes them.
 macro_rules! identity_columns {
     () => {
-        "name, tenant_id, client_id, cloud, authority_host, assertion, created_at, updated_at"
+        "name, tenant_id, client_id, cloud, authority_host, assertion, created_at, updated_at, \
+         assertion_subject"
     };
 }
 /// The credential columns, in the order [`CredentialRow`] decodes them.
@@ -61,10 +62,11 @@ pub(super) const IDENTITY_CREATED_AT: &str = "SELECT created_at FROM identities 
 pub(super) const CLIENT_ID_OWNER: &str =
     "SELECT name FROM identities WHERE lower(client_id) = lower($1) AND name <> $2 LIMIT 1";
 pub(super) const INSERT_IDENTITY: &str = "INSERT INTO identities (name, tenant_id, client_id, \
-     cloud, authority_host, assertion, created_at, updated_at) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
+     cloud, authority_host, assertion, created_at, updated_at, assertion_subject) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
 pub(super) const UPDATE_IDENTITY: &str = "UPDATE identities SET tenant_id = $2, client_id = $3, \
-     cloud = $4, authority_host = $5, assertion = $6, updated_at = $7 WHERE name = $1";
+     cloud = $4, authority_host = $5, assertion = $6, updated_at = $7, assertion_subject = $8 \
+     WHERE name = $1";
 pub(super) const DELETE_IDENTITY: &str = "DELETE FROM identities WHERE name = $1";
 pub(super) const IDENTITY_EXISTS: &str = "SELECT 1 FROM identities WHERE name = $1";
 
@@ -125,6 +127,28 @@ pub(super) const USE_TOKEN: &str =
     "INSERT INTO used_tokens (key, expires_at) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING";
 pub(super) const PURGE_USED_TOKENS: &str = "DELETE FROM used_tokens WHERE expires_at < $1";
 
+pub(super) const LIST_SIGNING_KEYS: &str = "SELECT generation, kid, private_key, created_at, \
+     active_from FROM signing_keys ORDER BY generation";
+pub(super) const INSERT_SIGNING_KEY: &str = "INSERT INTO signing_keys (generation, kid, \
+     private_key, created_at, active_from) VALUES ($1, $2, $3, $4, $5) \
+     ON CONFLICT (generation) DO NOTHING";
+pub(super) const DELETE_SIGNING_KEYS_BEFORE: &str =
+    "DELETE FROM signing_keys WHERE generation < $1";
+
+/// A signing-key row as the database returns it.
+pub(super) type SigningKeyRow = (i64, String, String, i64, i64);
+
+pub(super) fn signing_key_from_row(row: SigningKeyRow) -> super::StoredSigningKey {
+    let (generation, kid, private_key, created_at, active_from) = row;
+    super::StoredSigningKey {
+        generation,
+        kid,
+        private_key: crate::entra::Secret::new(private_key),
+        created_at: rust_time(created_at),
+        active_from: rust_time(active_from),
+    }
+}
+
 /// An identity row as the database returns it.
 pub(super) type IdentityRow = (
     String,
@@ -135,6 +159,7 @@ pub(super) type IdentityRow = (
     String,
     i64,
     i64,
+    Option<String>,
 );
 
 /// A credential row as the database returns it.
@@ -202,8 +227,17 @@ pub(super) fn identity_enums(
 }
 
 pub(super) fn identity_from_row(row: IdentityRow) -> Result<StoredIdentity, StoreError> {
-    let (name, tenant_id, client_id, cloud, authority_host, assertion, created_at, updated_at) =
-        row;
+    let (
+        name,
+        tenant_id,
+        client_id,
+        cloud,
+        authority_host,
+        assertion,
+        created_at,
+        updated_at,
+        assertion_subject,
+    ) = row;
     Ok(StoredIdentity {
         cloud: cloud.as_deref().map(enum_from_text::<Cloud>).transpose()?,
         assertion: enum_from_text::<AssertionSource>(&assertion)?,
@@ -211,6 +245,7 @@ pub(super) fn identity_from_row(row: IdentityRow) -> Result<StoredIdentity, Stor
         tenant_id,
         client_id,
         authority_host,
+        assertion_subject,
         created_at: rust_time(created_at),
         updated_at: rust_time(updated_at),
     })
@@ -558,6 +593,7 @@ pub(super) mod testing {
             cloud: Some(Cloud::Public),
             authority_host: None,
             assertion: AssertionSource::Passthrough,
+            assertion_subject: None,
             created_at: 1,
             updated_at: 1,
         }

@@ -15,7 +15,7 @@ use sqlx::{QueryBuilder, Sqlite, SqlitePool, SqliteTransaction};
 use super::sql::{self, AuditRow, CredentialRow, IdentityRow, db_error, db_time};
 use super::{
     AuditQuery, AuditRecord, PutOutcome, Store, StoreError, StoreResult, StoredCredential,
-    StoredIdentity,
+    StoredIdentity, StoredSigningKey,
 };
 
 /// How long a statement waits for another process holding the file's write lock.
@@ -24,11 +24,23 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 const READERS: u32 = 4;
 
-const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "initial",
-    include_str!("../../migrations/sqlite/0001_initial.sql"),
-)];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "initial",
+        include_str!("../../migrations/sqlite/0001_initial.sql"),
+    ),
+    (
+        2,
+        "signing keys",
+        include_str!("../../migrations/sqlite/0002_signing_keys.sql"),
+    ),
+    (
+        3,
+        "assertion subject",
+        include_str!("../../migrations/sqlite/0003_assertion_subject.sql"),
+    ),
+];
 
 /// The SQLite store. Cheap to share behind an `Arc`; all methods take `&self`.
 pub struct SqliteStore {
@@ -212,6 +224,7 @@ impl Store for SqliteStore {
                 .bind(&identity.authority_host)
                 .bind(&assertion)
                 .bind(db_time(identity.updated_at))
+                .bind(&identity.assertion_subject)
                 .execute(&mut *tx)
                 .await;
             (PutOutcome::Replaced, written)
@@ -225,6 +238,7 @@ impl Store for SqliteStore {
                 .bind(&assertion)
                 .bind(db_time(identity.created_at))
                 .bind(db_time(identity.updated_at))
+                .bind(&identity.assertion_subject)
                 .execute(&mut *tx)
                 .await;
             (PutOutcome::Created, written)
@@ -472,6 +486,40 @@ impl Store for SqliteStore {
         Ok(result.rows_affected())
     }
 
+    async fn list_signing_keys(&self) -> StoreResult<Vec<StoredSigningKey>> {
+        Ok(
+            sqlx::query_as::<_, sql::SigningKeyRow>(sql::LIST_SIGNING_KEYS)
+                .fetch_all(&self.read)
+                .await
+                .map_err(db_error)?
+                .into_iter()
+                .map(sql::signing_key_from_row)
+                .collect(),
+        )
+    }
+
+    async fn insert_signing_key(&self, key: &StoredSigningKey) -> StoreResult<bool> {
+        let result = sqlx::query(sql::INSERT_SIGNING_KEY)
+            .bind(key.generation)
+            .bind(&key.kid)
+            .bind(key.private_key.expose())
+            .bind(db_time(key.created_at))
+            .bind(db_time(key.active_from))
+            .execute(&self.write)
+            .await
+            .map_err(db_error)?;
+        Ok(result.rows_affected() == 1)
+    }
+
+    async fn delete_signing_keys_before(&self, generation: i64) -> StoreResult<u64> {
+        let result = sqlx::query(sql::DELETE_SIGNING_KEYS_BEFORE)
+            .bind(generation)
+            .execute(&self.write)
+            .await
+            .map_err(db_error)?;
+        Ok(result.rows_affected())
+    }
+
     async fn ping(&self) -> StoreResult<()> {
         sqlx::query("SELECT 1")
             .execute(&self.read)
@@ -502,6 +550,7 @@ mod tests {
             .bind(&assertion)
             .bind(db_time(identity.created_at))
             .bind(db_time(identity.updated_at))
+            .bind(&identity.assertion_subject)
             .execute(&store.write)
             .await
             .map(drop)

@@ -309,7 +309,12 @@ impl IdentityFields {
         }
     }
 
-    fn input(&self, assertion: wif_config::AssertionSource) -> Result<IdentityInput, ApiError> {
+    /// The identity as written; an edit keeps the assertion source and subject as they are.
+    fn input(
+        &self,
+        assertion: wif_config::AssertionSource,
+        assertion_subject: Option<String>,
+    ) -> Result<IdentityInput, ApiError> {
         let cloud = match self.cloud.as_str() {
             "" => None,
             other => Some(
@@ -328,6 +333,7 @@ impl IdentityFields {
             cloud,
             authority_host: (!self.authority_host.is_empty()).then(|| self.authority_host.clone()),
             assertion,
+            assertion_subject,
         })
     }
 }
@@ -446,7 +452,7 @@ pub async fn create(
                 ),
             ));
         }
-        let input = fields.input(wif_config::AssertionSource::default())?;
+        let input = fields.input(wif_config::AssertionSource::default(), None)?;
         Ok(console.app.admin.put_identity(&fields.name, input).await?)
     }
     .await;
@@ -532,9 +538,9 @@ pub async fn update(
     let Some(current) = registry.identity(&name) else {
         return not_found(&session, &name);
     };
-    let assertion = current.assertion;
+    let (assertion, subject) = (current.assertion, current.assertion_subject.clone());
     let result = async {
-        let input = fields.input(assertion)?;
+        let input = fields.input(assertion, subject)?;
         Ok::<_, ApiError>(console.app.admin.put_identity(&name, input).await?)
     }
     .await;

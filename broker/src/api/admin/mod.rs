@@ -19,8 +19,8 @@ use serde::de::DeserializeOwned;
 
 use self::auth::{Principal, Role};
 use self::model::{
-    ClaimsMatchingExpression, Collection, Credential, CredentialRequest, Identity, IdentityRequest,
-    SimulateRequest, SimulateResponse,
+    ClaimsMatchingExpression, Collection, Credential, CredentialRequest, EntraCredential, Identity,
+    IdentityRequest, SimulateRequest, SimulateResponse,
 };
 use super::{ApiError, AppState};
 use crate::admin::{AdminError, CredentialInput, IdentityInput};
@@ -31,8 +31,26 @@ use crate::store::{AuditQuery, PutOutcome, StoredCredential};
 
 pub use crate::clock::rfc3339;
 
-fn identity_view(i: &policy::Identity) -> Identity {
+fn identity_view(state: &AppState, i: &policy::Identity) -> Identity {
+    // With the broker assertion, the one federated credential Entra needs.
+    let entra_credential = match (i.assertion, state.broker.issuer()) {
+        (wif_config::AssertionSource::Broker, Some(issuer)) => Some(EntraCredential {
+            issuer: issuer.url().to_owned(),
+            subject: i
+                .assertion_subject
+                .clone()
+                .unwrap_or_else(|| i.name.clone()),
+            audiences: vec![
+                i.cloud
+                    .unwrap_or(wif_config::Cloud::Public)
+                    .default_audience()
+                    .to_owned(),
+            ],
+        }),
+        _ => None,
+    };
     Identity {
+        entra_federated_credential: entra_credential,
         name: i.name.clone(),
         tenant_id: i.tenant_id.clone(),
         client_id: i.client_id.clone(),
@@ -229,7 +247,10 @@ pub async fn list_identities(
 ) -> Result<Response, ApiError> {
     caller(&state, &headers, Role::Reader, "identity.list").await?;
     let registry = state.broker.registry();
-    let value = registry.identities().map(|i| identity_view(i)).collect();
+    let value = registry
+        .identities()
+        .map(|i| identity_view(&state, i))
+        .collect();
     Ok(Json(Collection {
         value,
         next_cursor: None,
@@ -257,7 +278,7 @@ pub async fn get_identity(
             format!("no identity named {name:?}"),
         )
     })?;
-    Ok(Json(identity_view(identity)).into_response())
+    Ok(Json(identity_view(&state, identity)).into_response())
 }
 
 /// Create or replace an identity (admin role).
@@ -284,6 +305,7 @@ pub async fn put_identity(
             cloud: request.cloud,
             authority_host: request.authority_host,
             assertion: request.assertion,
+            assertion_subject: request.assertion_subject,
         };
         Ok::<_, ApiError>(state.admin.put_identity(&name, input).await?)
     }
@@ -296,7 +318,7 @@ pub async fn put_identity(
     let registry = state.broker.registry();
     let view = registry
         .identity(&name)
-        .map(|i| identity_view(i))
+        .map(|i| identity_view(&state, i))
         .ok_or_else(|| {
             ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,

@@ -27,10 +27,24 @@ pub struct IdentityRequest {
     pub cloud: Option<Cloud>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub authority_host: Option<String>,
-    /// How the broker builds the client assertion: `passthrough`.
+    /// How the broker builds the client assertion: `passthrough`, `broker` (needs
+    /// `[broker_issuer] url`) or `managed_identity`; `certificate` is config-file only.
     #[serde(default)]
     #[schema(value_type = String)]
     pub assertion: AssertionSource,
+    /// With `assertion: broker`, the `sub` of the broker's assertions (1–600
+    /// characters); default: the identity's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assertion_subject: Option<String>,
+}
+
+/// The federated credential Entra must hold for an identity with the broker assertion.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EntraCredential {
+    pub issuer: String,
+    pub subject: String,
+    pub audiences: Vec<String>,
 }
 
 /// An identity as the API shows it.
@@ -49,6 +63,10 @@ pub struct Identity {
     pub assertion: AssertionSource,
     /// `config` (declared in the file, read-only here) or `api`.
     pub source: String,
+    /// With `assertion: broker`: the one federated credential to create on the app in
+    /// Entra (issuer, subject, audiences), trusting this broker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entra_federated_credential: Option<EntraCredential>,
     pub read_only: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub created_date_time: Option<String>,

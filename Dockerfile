@@ -1,0 +1,30 @@
+# The WIF Broker image: both binaries, `wif-broker` (the broker and its admission webhook)
+# and `wif-agent` (the sidecar the webhook injects), on a small non-root base.
+#
+#   docker build -t wif-broker:0.1.0 .
+#
+# The Helm chart (helm/wif-broker) runs /usr/local/bin/wif-broker for the broker and
+# /usr/local/bin/wif-agent in injected sidecars, as user 65532.
+
+# --- build -------------------------------------------------------------------------------
+FROM rust:1.95-bookworm AS build
+# aws-lc-rs (the TLS crypto provider) compiles C code; cmake and clang make that reliable.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends cmake clang \
+ && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+COPY . .
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/src/target \
+    cargo build --release --locked -p wif-broker -p wif-agent \
+ && install -D -m 0755 target/release/wif-broker /out/wif-broker \
+ && install -D -m 0755 target/release/wif-agent /out/wif-agent
+
+# --- runtime -----------------------------------------------------------------------------
+# glibc and libgcc, CA certificates, no shell, no package manager.
+FROM gcr.io/distroless/cc-debian12:nonroot
+COPY --from=build /out/wif-broker /out/wif-agent /usr/local/bin/
+USER 65532:65532
+EXPOSE 8443
+ENTRYPOINT ["/usr/local/bin/wif-broker"]
+CMD ["serve"]
