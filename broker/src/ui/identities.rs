@@ -154,10 +154,12 @@ pub fn rule_cell(rule: &SubjectRule) -> String {
 }
 
 fn assertion_text(identity: &policy::Identity) -> String {
-    match serde_json::to_value(identity.assertion) {
-        Ok(serde_json::Value::String(s)) => s,
-        Ok(other) => other.to_string(),
-        Err(_) => "?".to_owned(),
+    match identity.assertion {
+        wif_config::AssertionSource::Broker => format!(
+            "broker (the subject Entra's credential names: {})",
+            identity.assertion_subject.as_deref().unwrap_or(&identity.name)
+        ),
+        other => other.as_str().to_owned(),
     }
 }
 
