@@ -1145,3 +1145,43 @@ async fn msal_metadata_points_back_at_the_emulator() {
     // Metadata requests are not token requests.
     assert_eq!(stack.entra.token_requests(), 0);
 }
+
+#[tokio::test]
+async fn the_dev_stack_shows_the_broker_assertion_with_one_entra_credential() {
+    use wif_broker::dev::stack::{DEMO_FLEET_CLIENT, DEMO_FLEET_IDENTITY, DEMO_SCOPE, DevStack};
+    let clock = system();
+    let stack = DevStack::start("127.0.0.1:0", clock.clone()).await.unwrap();
+    let url = format!("{}/v1/token", stack.broker.url());
+    let feature = stack
+        .demo_token_for(clock.now(), "refs/heads/feature/login")
+        .unwrap();
+    let answer: Value = http()
+        .post(&url)
+        .bearer_auth(&feature)
+        .form(&[("scope", DEMO_SCOPE)])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(answer["identity"]["name"], DEMO_FLEET_IDENTITY, "{answer}");
+    assert_eq!(answer["identity"]["client_id"], DEMO_FLEET_CLIENT);
+    let assertion = stack.entra.last_assertion_claims().unwrap();
+    assert_eq!(assertion["iss"], stack.broker.url().as_str());
+    assert_eq!(assertion["sub"], DEMO_FLEET_IDENTITY);
+
+    // The printed demo token (main) still selects the demo identity on its own.
+    let main = stack.demo_token(clock.now()).unwrap();
+    let answer: Value = http()
+        .post(&url)
+        .bearer_auth(&main)
+        .form(&[("scope", DEMO_SCOPE)])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(answer["identity"]["name"], "demo", "{answer}");
+}

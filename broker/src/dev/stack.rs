@@ -9,7 +9,7 @@
 use std::io::Write;
 
 use serde_json::json;
-use wif_config::{BrokerConfig, FederatedCredentialConfig, IdentityConfig};
+use wif_config::{AssertionSource, BrokerConfig, FederatedCredentialConfig, IdentityConfig};
 
 use super::entra::{AppRegistration, EmulatedFic, EntraEmulator};
 use super::issuer::LocalIssuer;
@@ -21,6 +21,12 @@ pub const DEMO_CLIENT: &str = "22222222-2222-4222-8222-222222222222";
 pub const DEMO_IDENTITY: &str = "demo";
 pub const DEMO_SUBJECT: &str = "repo:contoso/demo:ref:refs/heads/main";
 pub const DEMO_SCOPE: &str = "https://management.azure.com/.default";
+/// An identity with the broker assertion: Entra holds one credential trusting the broker,
+/// and any `feature/*` branch of the demo repository may act as it.
+pub const DEMO_FLEET_IDENTITY: &str = "demo-fleet";
+pub const DEMO_FLEET_CLIENT: &str = "22222222-2222-4222-8222-222222222223";
+pub const DEMO_FLEET_EXPRESSION: &str =
+    "claims['sub'] matches 'repo:contoso/demo:ref:refs/heads/feature/*'";
 /// How long the printed demo token stays valid.
 pub const DEMO_TOKEN_SECS: u64 = 3600;
 
@@ -47,7 +53,18 @@ impl DevStack {
                 DEMO_SUBJECT,
             )),
         );
+        // Bound first: the broker's own URL is its issuer URL.
+        let listener = tokio::net::TcpListener::bind(listen).await?;
+        let broker_url = format!("http://{}", listener.local_addr()?);
+        entra.register_app(
+            AppRegistration::new(DEMO_TENANT, DEMO_FLEET_CLIENT).with_fic(EmulatedFic::new(
+                "wif-broker",
+                &broker_url,
+                DEMO_FLEET_IDENTITY,
+            )),
+        );
         let mut config = dev_config(listen, &issuer.url(), &entra.url());
+        config.broker_issuer.url = Some(broker_url);
         // The tokens file holds only the hash, and is read once at start.
         let admin_token = crate::cli::admin::new_admin_token()?;
         let tokens_file = std::env::temp_dir().join(format!(
@@ -62,7 +79,7 @@ impl DevStack {
             ),
         )?;
         config.admin.tokens_file = Some(tokens_file.clone());
-        let broker = RunningBroker::start(&config, clock).await;
+        let broker = RunningBroker::start_on(&config, clock, listener).await;
         let _ = std::fs::remove_file(&tokens_file);
         Ok(Self {
             issuer,
@@ -75,10 +92,15 @@ impl DevStack {
 
     /// A token from the local issuer for the demo subject, valid for an hour.
     pub fn demo_token(&self, now: u64) -> anyhow::Result<String> {
+        self.demo_token_for(now, "refs/heads/main")
+    }
+
+    /// A token for a push to `git_ref` of the demo repository, valid for an hour.
+    pub fn demo_token_for(&self, now: u64, git_ref: &str) -> anyhow::Result<String> {
         Ok(self.issuer.mint(json!({
-            "sub": DEMO_SUBJECT,
+            "sub": format!("repo:contoso/demo:ref:{git_ref}"),
             "repository": "contoso/demo",
-            "ref": "refs/heads/main",
+            "ref": git_ref,
             "exp": now + DEMO_TOKEN_SECS,
         }))?)
     }
@@ -99,19 +121,39 @@ pub fn dev_config(listen: &str, issuer: &str, entra: &str) -> BrokerConfig {
     config.store.url = "sqlite::memory:".into();
     config.entra.authority_host = entra.to_owned();
     config.outbound.allow_loopback_http = true;
-    config.identities = vec![IdentityConfig {
-        name: DEMO_IDENTITY.into(),
-        tenant_id: DEMO_TENANT.into(),
-        client_id: DEMO_CLIENT.into(),
-        federated_credentials: vec![FederatedCredentialConfig {
-            name: "demo-main".into(),
-            issuer: issuer.to_owned(),
-            subject: Some(DEMO_SUBJECT.into()),
-            description: Some("The dev stack's demo job on main".into()),
+    config.identities = vec![
+        IdentityConfig {
+            name: DEMO_IDENTITY.into(),
+            tenant_id: DEMO_TENANT.into(),
+            client_id: DEMO_CLIENT.into(),
+            federated_credentials: vec![FederatedCredentialConfig {
+                name: "demo-main".into(),
+                issuer: issuer.to_owned(),
+                subject: Some(DEMO_SUBJECT.into()),
+                description: Some("The dev stack's demo job on main".into()),
+                ..Default::default()
+            }],
             ..Default::default()
-        }],
-        ..Default::default()
-    }];
+        },
+        IdentityConfig {
+            name: DEMO_FLEET_IDENTITY.into(),
+            tenant_id: DEMO_TENANT.into(),
+            client_id: DEMO_FLEET_CLIENT.into(),
+            assertion: AssertionSource::Broker,
+            federated_credentials: vec![FederatedCredentialConfig {
+                name: "demo-features".into(),
+                issuer: issuer.to_owned(),
+                claims_matching_expression: Some(DEMO_FLEET_EXPRESSION.into()),
+                description: Some(
+                    "Any feature branch of the demo repository; Entra holds one credential \
+                     trusting the broker"
+                        .into(),
+                ),
+                ..Default::default()
+            }],
+            ..Default::default()
+        },
+    ];
     config
 }
 
@@ -126,7 +168,9 @@ pub async fn run(listen: &str) -> anyhow::Result<()> {
         "WIF broker dev stack is running on loopback (Ctrl-C to stop).\n\
          \n  broker          {broker}\n  local issuer    {issuer}\n  Entra emulator  {entra}\n\
          \n  identity        {DEMO_IDENTITY} (tenant {DEMO_TENANT}, client {DEMO_CLIENT})\
-         \n  credential      demo-main: issuer {issuer}, subject {DEMO_SUBJECT}\n\
+         \n  credential      demo-main: issuer {issuer}, subject {DEMO_SUBJECT}\
+         \n  identity        {DEMO_FLEET_IDENTITY} (assertion broker: Entra holds one credential, trusting {broker})\
+         \n  credential      demo-features: {DEMO_FLEET_EXPRESSION}\n\
          \n  admin console   {broker}/ui/ (sign in with admin token {admin_token}, valid for this run)\n\
          \nA demo job token (valid {mins} minutes) is in this command; paste it to get an access token:\n\n{curl}\n",
         broker = stack.broker.url(),

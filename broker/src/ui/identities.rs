@@ -157,7 +157,10 @@ fn assertion_text(identity: &policy::Identity) -> String {
     match identity.assertion {
         wif_config::AssertionSource::Broker => format!(
             "broker (the subject Entra's credential names: {})",
-            identity.assertion_subject.as_deref().unwrap_or(&identity.name)
+            identity
+                .assertion_subject
+                .as_deref()
+                .unwrap_or(&identity.name)
         ),
         other => other.as_str().to_owned(),
     }
