@@ -158,6 +158,7 @@ on_every_backend!(
     writes_naming_missing_identities_or_credentials_are_not_found,
     the_version_moves_on_every_registry_write_and_never_on_reads,
     audit_events_are_filtered_and_paged_by_cursor,
+    audit_events_are_read_newest_first_by_cursor,
     old_audit_events_are_purged,
     a_token_is_accepted_once,
     twenty_replays_at_once_let_exactly_one_through,
@@ -930,6 +931,83 @@ async fn audit_events_are_filtered_and_paged_by_cursor(store: Arc<dyn Store>) {
     assert_eq!(page.len(), 1000);
     let page = store.query_audit(&AuditQuery::default()).await.unwrap();
     assert_eq!(page.len(), 1000, "no limit means the largest page");
+}
+
+async fn audit_events_are_read_newest_first_by_cursor(store: Arc<dyn Store>) {
+    let events: Vec<_> = (0..7)
+        .map(|i| {
+            let outcome = if i % 2 == 0 {
+                "ok"
+            } else {
+                "no_matching_credential"
+            };
+            audit(T0 + i * 10, "exchange", Some("deploy"), MAIN, outcome)
+        })
+        .collect();
+    store.append_audit(&events).await.unwrap();
+
+    // Newest first, two at a time, each page starting below the last id seen.
+    let mut seen = Vec::new();
+    let mut before_id = None;
+    loop {
+        let page = store
+            .query_audit(&AuditQuery {
+                before_id,
+                newest_first: true,
+                limit: 2,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert!(page.len() <= 2);
+        assert!(page.windows(2).all(|w| w[0].id > w[1].id), "decreasing ids");
+        let Some(last) = page.last() else { break };
+        before_id = Some(last.id);
+        seen.extend(page.into_iter().map(|e| e.time - T0));
+    }
+    assert_eq!(seen, [60, 50, 40, 30, 20, 10, 0]);
+
+    // The newest page comes first: a limit keeps the newest events, not the oldest.
+    assert_eq!(
+        times(
+            &store,
+            AuditQuery {
+                newest_first: true,
+                limit: 3,
+                ..Default::default()
+            }
+        )
+        .await,
+        [60, 50, 40]
+    );
+    // A newest-first cursor combines with filters and with `after_id`.
+    let all = store.query_audit(&AuditQuery::default()).await.unwrap();
+    assert_eq!(
+        times(
+            &store,
+            AuditQuery {
+                outcome: Some("ok".into()),
+                after_id: Some(all[0].id),
+                before_id: Some(all[6].id),
+                newest_first: true,
+                ..Default::default()
+            }
+        )
+        .await,
+        [40, 20]
+    );
+    // `before_id` also bounds the oldest-first order.
+    assert_eq!(
+        times(
+            &store,
+            AuditQuery {
+                before_id: Some(all[2].id),
+                ..Default::default()
+            }
+        )
+        .await,
+        [0, 10]
+    );
 }
 
 async fn old_audit_events_are_purged(store: Arc<dyn Store>) {

@@ -97,7 +97,8 @@ pub struct AuditRecord {
 }
 
 /// Filters for reading audit events; all optional, combined with AND. Results are in
-/// increasing id order, starting after `after_id`, at most `limit`.
+/// increasing id order (decreasing when `newest_first`), only ids above `after_id` and
+/// below `before_id`, at most `limit`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AuditQuery {
     pub since: Option<u64>,
@@ -107,6 +108,10 @@ pub struct AuditQuery {
     pub subject: Option<String>,
     pub outcome: Option<String>,
     pub after_id: Option<i64>,
+    /// Only events with an id below this one (a cursor for reading newest first).
+    pub before_id: Option<i64>,
+    /// Decreasing id order (newest first) instead of increasing.
+    pub newest_first: bool,
     /// At most [`MAX_AUDIT_PAGE`]; 0 (the default) means that maximum.
     pub limit: u32,
 }

@@ -462,8 +462,12 @@ impl Store for PgStore {
         if let Some(after_id) = query.after_id {
             builder.push(" AND id > ").push_bind(after_id);
         }
+        if let Some(before_id) = query.before_id {
+            builder.push(" AND id < ").push_bind(before_id);
+        }
         builder
-            .push(" ORDER BY id LIMIT ")
+            .push(sql::audit_order(query))
+            .push(" LIMIT ")
             .push_bind(sql::audit_limit(query));
         builder
             .build_query_as::<AuditRow>()

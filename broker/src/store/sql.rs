@@ -207,6 +207,15 @@ fn rust_time(t: i64) -> u64 {
     u64::try_from(t).unwrap_or(0)
 }
 
+/// The `ORDER BY` of an audit query: by id, newest first when asked.
+pub(super) fn audit_order(query: &AuditQuery) -> &'static str {
+    if query.newest_first {
+        " ORDER BY id DESC"
+    } else {
+        " ORDER BY id"
+    }
+}
+
 /// The effective page size of an audit query: 0 or anything above the cap means the cap.
 pub(super) fn audit_limit(query: &AuditQuery) -> i64 {
     let limit = match query.limit {

@@ -18,9 +18,10 @@ use serde_json::Value;
 use super::Console;
 use super::html::{self, Nav, esc};
 use super::session::Signed;
-use crate::store::{AuditQuery, AuditRecord, MAX_AUDIT_PAGE};
+use crate::store::{AuditQuery, AuditRecord, MAX_AUDIT_PAGE, Store, StoreError};
 
-/// The most events one page reads from the store (then it says the view is truncated).
+/// The most audit rows one page reads from the store, newest first, whether the outcome
+/// filter keeps them or not (then it says the view is truncated).
 const MAX_SCANNED: usize = 20_000;
 /// The most events listed in the table (newest first).
 const MAX_LISTED: usize = 200;
@@ -216,18 +217,139 @@ fn bucket(times: impl Iterator<Item = u64>, start: u64, bucket_secs: u64) -> Vec
     counts
 }
 
-/// An event read back from the store, with its JSON.
+/// An event read back from the store, keeping only what the page shows: what the charts
+/// count for every event, and the table's text for the newest [`MAX_LISTED`].
 struct Event {
-    record: AuditRecord,
-    json: Value,
+    time: u64,
+    kind: String,
+    outcome: String,
+    identity: Option<String>,
+    /// The table's columns; `None` past the first [`MAX_LISTED`] events kept.
+    shown: Option<Shown>,
 }
 
-impl Event {
-    fn text(&self, key: &str) -> &str {
-        self.json
-            .get(key)
-            .and_then(Value::as_str)
-            .unwrap_or_default()
+/// The table's text of one event.
+#[derive(Default)]
+struct Shown {
+    subject: String,
+    actor: String,
+    role: String,
+    scope: String,
+    credential: String,
+    cache: String,
+    action: String,
+    reason: String,
+    upstream_correlation_id: String,
+}
+
+impl Shown {
+    fn of(record: &AuditRecord) -> Shown {
+        let json: Value = serde_json::from_str(&record.event).unwrap_or(Value::Null);
+        let text = |key: &str| {
+            json.get(key)
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned()
+        };
+        Shown {
+            subject: record.subject.clone().unwrap_or_default(),
+            actor: record.actor.clone().unwrap_or_default(),
+            role: text("role"),
+            scope: text("scope"),
+            credential: text("credential"),
+            cache: text("cache"),
+            action: text("action"),
+            reason: text("reason"),
+            upstream_correlation_id: text("upstream_correlation_id"),
+        }
+    }
+}
+
+/// What the page asks the store for.
+struct Filters<'a> {
+    since: u64,
+    kind: &'a str,
+    identity: &'a str,
+    outcome: &'a str,
+}
+
+/// The events kept, newest first, and whether the scan stopped before the oldest.
+struct Scan {
+    events: Vec<Event>,
+    truncated: bool,
+}
+
+/// Reads matching events newest first, a page at a time, until the window's start or
+/// `max_scanned` rows read (kept or skipped by the outcome filter), whichever is first.
+async fn scan(
+    store: &dyn Store,
+    filters: &Filters<'_>,
+    max_scanned: usize,
+) -> Result<Scan, StoreError> {
+    let class_filter = Class::ALL.into_iter().find(|c| c.key() == filters.outcome);
+    let exact_outcome =
+        (filters.outcome != "all" && class_filter.is_none() && !filters.outcome.is_empty())
+            .then(|| filters.outcome.to_owned());
+    let mut events: Vec<Event> = Vec::new();
+    let mut before = None;
+    let mut scanned = 0usize;
+    loop {
+        let room = max_scanned.saturating_sub(scanned);
+        let limit = room.min(MAX_AUDIT_PAGE as usize);
+        if limit == 0 {
+            // Out of budget: say so only if something older remains.
+            let more = store
+                .query_audit(&AuditQuery {
+                    since: Some(filters.since),
+                    kind: (filters.kind != "all").then(|| filters.kind.to_owned()),
+                    identity: (!filters.identity.is_empty()).then(|| filters.identity.to_owned()),
+                    outcome: exact_outcome.clone(),
+                    before_id: before,
+                    newest_first: true,
+                    limit: 1,
+                    ..Default::default()
+                })
+                .await?;
+            return Ok(Scan {
+                events,
+                truncated: !more.is_empty(),
+            });
+        }
+        let page = store
+            .query_audit(&AuditQuery {
+                since: Some(filters.since),
+                kind: (filters.kind != "all").then(|| filters.kind.to_owned()),
+                identity: (!filters.identity.is_empty()).then(|| filters.identity.to_owned()),
+                outcome: exact_outcome.clone(),
+                before_id: before,
+                newest_first: true,
+                limit: limit as u32,
+                ..Default::default()
+            })
+            .await?;
+        let full = page.len() == limit;
+        scanned += page.len();
+        before = page.last().map(|r| r.id);
+        for record in page {
+            let class = Class::of(&record.outcome);
+            if class_filter.is_some_and(|c| c != class || record.kind != "exchange") {
+                continue;
+            }
+            let shown = (events.len() < MAX_LISTED).then(|| Shown::of(&record));
+            events.push(Event {
+                time: record.time,
+                kind: record.kind,
+                outcome: record.outcome,
+                identity: record.identity,
+                shown,
+            });
+        }
+        if !full {
+            return Ok(Scan {
+                events,
+                truncated: false,
+            });
+        }
     }
 }
 
@@ -273,58 +395,26 @@ pub async fn page(
         );
     };
     let class_filter = Class::ALL.into_iter().find(|c| c.key() == outcome);
-    let mut events: Vec<Event> = Vec::new();
-    let mut after = None;
-    let mut truncated = false;
-    loop {
-        let page = store
-            .query_audit(&AuditQuery {
-                since: Some(start),
-                until: None,
-                kind: (kind != "all").then(|| kind.to_owned()),
-                identity: (!identity.is_empty()).then(|| identity.to_owned()),
-                subject: None,
-                outcome: (outcome != "all" && class_filter.is_none() && !outcome.is_empty())
-                    .then(|| outcome.to_owned()),
-                after_id: after,
-                limit: MAX_AUDIT_PAGE,
-            })
-            .await;
-        let page = match page {
-            Ok(p) => p,
-            Err(e) => {
-                return html::error_page(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    Some(&session),
-                    "Store unavailable",
-                    &e.to_string(),
-                );
-            }
-        };
-        let full = page.len() == MAX_AUDIT_PAGE as usize;
-        after = page.last().map(|r| r.id);
-        for record in page {
-            let class = Class::of(&record.outcome);
-            if class_filter.is_some_and(|c| c != class || record.kind != "exchange") {
-                continue;
-            }
-            let json = serde_json::from_str(&record.event).unwrap_or(Value::Null);
-            events.push(Event { record, json });
+    let filters = Filters {
+        since: start,
+        kind,
+        identity,
+        outcome,
+    };
+    let Scan { events, truncated } = match scan(store.as_ref(), &filters, MAX_SCANNED).await {
+        Ok(s) => s,
+        Err(e) => {
+            return html::error_page(
+                StatusCode::SERVICE_UNAVAILABLE,
+                Some(&session),
+                "Store unavailable",
+                &e.to_string(),
+            );
         }
-        if !full {
-            break;
-        }
-        if events.len() >= MAX_SCANNED {
-            truncated = true;
-            break;
-        }
-    }
+    };
 
     // Charts: exchanges only.
-    let exchanges: Vec<&Event> = events
-        .iter()
-        .filter(|e| e.record.kind == "exchange")
-        .collect();
+    let exchanges: Vec<&Event> = events.iter().filter(|e| e.kind == "exchange").collect();
     let by_outcome: Vec<Series> = Class::ALL
         .into_iter()
         .map(|c| Series {
@@ -333,8 +423,8 @@ pub async fn page(
             counts: bucket(
                 exchanges
                     .iter()
-                    .filter(|e| Class::of(&e.record.outcome) == c)
-                    .map(|e| e.record.time),
+                    .filter(|e| Class::of(&e.outcome) == c)
+                    .map(|e| e.time),
                 start,
                 bucket_secs,
             ),
@@ -343,7 +433,7 @@ pub async fn page(
     let mut per_identity: HashMap<&str, u64> = HashMap::new();
     for e in &exchanges {
         *per_identity
-            .entry(e.record.identity.as_deref().unwrap_or(""))
+            .entry(e.identity.as_deref().unwrap_or(""))
             .or_default() += 1;
     }
     let mut ranked: Vec<(&str, u64)> = per_identity.into_iter().collect();
@@ -366,8 +456,8 @@ pub async fn page(
             counts: bucket(
                 exchanges
                     .iter()
-                    .filter(|e| e.record.identity.as_deref().unwrap_or("") == *name)
-                    .map(|e| e.record.time),
+                    .filter(|e| e.identity.as_deref().unwrap_or("") == *name)
+                    .map(|e| e.time),
                 start,
                 bucket_secs,
             ),
@@ -380,8 +470,8 @@ pub async fn page(
             counts: bucket(
                 exchanges
                     .iter()
-                    .filter(|e| !top.contains(&e.record.identity.as_deref().unwrap_or("")))
-                    .map(|e| e.record.time),
+                    .filter(|e| !top.contains(&e.identity.as_deref().unwrap_or("")))
+                    .map(|e| e.time),
                 start,
                 bucket_secs,
             ),
@@ -420,8 +510,10 @@ pub async fn page(
 
     // The table: newest first.
     let mut rows = String::new();
-    for e in events.iter().rev().take(MAX_LISTED) {
-        let r = &e.record;
+    for r in events.iter().take(MAX_LISTED) {
+        let Some(e) = r.shown.as_ref() else {
+            break;
+        };
         let (class_key, class_label) = if r.kind == "exchange" {
             let c = Class::of(&r.outcome);
             (c.key(), c.label())
@@ -431,50 +523,43 @@ pub async fn page(
             ("denied", "refused")
         };
         let who = if r.kind == "exchange" {
-            format!(
-                "<code>{}</code>",
-                esc(r.subject.as_deref().unwrap_or_default())
-            )
+            format!("<code>{}</code>", esc(&e.subject))
         } else {
             format!(
                 "{} <span class=\"muted\">{}</span>",
-                esc(r.actor.as_deref().unwrap_or_default()),
-                esc(e.text("role"))
+                esc(&e.actor),
+                esc(&e.role)
             )
         };
         let what = if r.kind == "exchange" {
-            let mut w = esc(e.text("scope")).to_string();
-            if !e.text("credential").is_empty() {
+            let mut w = esc(&e.scope).to_string();
+            if !e.credential.is_empty() {
                 let _ = write!(
                     w,
                     " <span class=\"muted\">via {}</span>",
-                    esc(e.text("credential"))
+                    esc(&e.credential)
                 );
             }
-            if !e.text("cache").is_empty() {
-                let _ = write!(
-                    w,
-                    " <span class=\"muted\">cache {}</span>",
-                    esc(e.text("cache"))
-                );
+            if !e.cache.is_empty() {
+                let _ = write!(w, " <span class=\"muted\">cache {}</span>", esc(&e.cache));
             }
             w
         } else {
-            let mut w = esc(e.text("action")).to_string();
-            if !e.text("credential").is_empty() {
-                let _ = write!(w, " {}", esc(e.text("credential")));
+            let mut w = esc(&e.action).to_string();
+            if !e.credential.is_empty() {
+                let _ = write!(w, " {}", esc(&e.credential));
             }
             w
         };
         let reason = if r.outcome == "ok" {
             String::new()
         } else {
-            let mut text = format!("<code>{}</code> {}", esc(&r.outcome), esc(e.text("reason")));
-            if !e.text("upstream_correlation_id").is_empty() {
+            let mut text = format!("<code>{}</code> {}", esc(&r.outcome), esc(&e.reason));
+            if !e.upstream_correlation_id.is_empty() {
                 let _ = write!(
                     text,
                     " <span class=\"muted\">(Entra correlation id {})</span>",
-                    esc(e.text("upstream_correlation_id"))
+                    esc(&e.upstream_correlation_id)
                 );
             }
             text
@@ -530,7 +615,7 @@ pub async fn page(
         k3 = option("all", "all", kind),
         truncated = if truncated {
             format!(
-                "<p class=\"error\">More than {MAX_SCANNED} events match; the charts and the list show the oldest {MAX_SCANNED}. Narrow the filters.</p>"
+                "<p class=\"error\">The page read its limit of {MAX_SCANNED} events and older ones remain; the charts and the list cover only the newest events read. Narrow the filters.</p>"
             )
         } else {
             String::new()
@@ -545,6 +630,64 @@ pub async fn page(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::sqlite::SqliteStore;
+
+    fn record(time: u64, identity: &str, outcome: &str) -> AuditRecord {
+        AuditRecord {
+            id: 0,
+            time,
+            kind: "exchange".to_owned(),
+            request_id: format!("r{time}"),
+            actor: Some("repo:contoso/app:ref:refs/heads/main".to_owned()),
+            identity: (!identity.is_empty()).then(|| identity.to_owned()),
+            subject: Some("repo:contoso/app:ref:refs/heads/main".to_owned()),
+            outcome: outcome.to_owned(),
+            event: format!(r#"{{"scope":"s","reason":"because {time}"}}"#),
+        }
+    }
+
+    fn filters(outcome: &str) -> Filters<'_> {
+        Filters {
+            since: 0,
+            kind: "exchange",
+            identity: "",
+            outcome,
+        }
+    }
+
+    /// A flood of old junk denials must not hide what happened since: the scan reads
+    /// newest first, and its budget counts every row read, kept or not.
+    #[tokio::test]
+    async fn a_flood_of_old_denials_does_not_hide_recent_events() {
+        let store = SqliteStore::open("sqlite::memory:").await.unwrap();
+        let junk: Vec<_> = (0..50)
+            .map(|i| record(1_000 + i, "", "token_invalid"))
+            .collect();
+        store.append_audit(&junk).await.unwrap();
+        let recent: Vec<_> = (0..3).map(|i| record(2_000 + i, "deploy", "ok")).collect();
+        store.append_audit(&recent).await.unwrap();
+
+        let all = scan(&store, &filters("all"), 20).await.unwrap();
+        assert!(all.truncated);
+        assert_eq!(all.events.len(), 20);
+        let times: Vec<u64> = all.events.iter().take(3).map(|e| e.time).collect();
+        assert_eq!(times, [2_002, 2_001, 2_000], "newest first");
+        assert_eq!(all.events[0].shown.as_ref().unwrap().reason, "because 2002");
+
+        // Filtering for granted exchanges still scans at most the budget.
+        let granted = scan(&store, &filters("granted"), 20).await.unwrap();
+        assert!(granted.truncated, "skipped rows count toward the budget");
+        assert_eq!(granted.events.len(), 3);
+
+        // Within budget, the whole window is read and nothing is truncated.
+        let whole = scan(&store, &filters("all"), 1_000).await.unwrap();
+        assert!(!whole.truncated);
+        assert_eq!(whole.events.len(), 53);
+        // Exactly the budget: nothing older remains, so not truncated.
+        let exact = scan(&store, &filters("all"), 53).await.unwrap();
+        assert!(!exact.truncated);
+        assert_eq!(exact.events.len(), 53);
+    }
 
     #[test]
     fn outcomes_are_grouped_for_people() {

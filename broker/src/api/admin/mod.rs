@@ -629,6 +629,8 @@ pub async fn audit_events(
         subject: params.get("subject").cloned(),
         outcome: params.get("outcome").cloned(),
         after_id: number("after")?.map(|n| n as i64),
+        before_id: None,
+        newest_first: false,
         limit,
     };
     let store = state.broker.store().ok_or_else(|| {
