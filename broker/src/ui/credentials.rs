@@ -327,7 +327,7 @@ fn scenario_fields(form: &Form) -> String {
             field(form, "ado_org", "Organization", "contoso", ""),
             field(form, "ado_project", "Project", "web", ""),
             field(form, "ado_connection", "Service connection", "prod-connection", ""),
-            field(form, "ado_issuer", "Issuer (instead of the organization id)", "", "Only for connections whose issuer is not vstoken.dev.azure.com."),
+            field(form, "ado_issuer", "Issuer (instead of the organization id)", "", "Only <code>https://vstoken.dev.azure.com/{org-guid}</code>. A connection issued by <code>login.microsoftonline.com</code> has <code>/eid1/...</code> subjects: use <em>Other issuer</em>."),
         ),
     ));
     out.push_str(&scenario_fieldset(

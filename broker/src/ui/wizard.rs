@@ -423,10 +423,26 @@ fn check_ado_name(value: &str, field: &'static str, what: &str, out: &mut Vec<Pr
 }
 
 /// Issuer `https://vstoken.dev.azure.com/{org-guid}`, subject `sc://ORG/PROJECT/CONNECTION`.
+///
+/// Only that issuer's tokens carry `sc://` subjects: connections whose issuer is
+/// `https://login.microsoftonline.com/{tenant}/v2.0` use `/eid1/...` subjects, so another
+/// issuer is refused here and belongs in "Other issuer".
 pub fn azure_devops(a: &AzureDevOps) -> Result<Built, Vec<Problem>> {
     let mut out = Vec::new();
     let issuer = if !a.issuer.is_empty() {
-        a.issuer.clone()
+        let guid = a.issuer.strip_prefix(AZURE_DEVOPS_ISSUER_PREFIX);
+        if guid.is_some_and(crate::policy::rules::is_guid) {
+            a.issuer.clone()
+        } else {
+            out.push(problem(
+                "ado_issuer",
+                format!(
+                    "issuer {:?} is not {AZURE_DEVOPS_ISSUER_PREFIX}{{org-guid}}: only that issuer's tokens carry sc://ORG/PROJECT/CONNECTION subjects (connections issued by login.microsoftonline.com use /eid1/... subjects); use the \"Other issuer\" scenario with the subject the connection shows",
+                    a.issuer
+                ),
+            ));
+            String::new()
+        }
     } else if a.org_id.is_empty() {
         out.push(problem(
             "ado_org_id",
@@ -714,15 +730,29 @@ mod tests {
             built.rule,
             Rule::Subject("sc://contoso/web shop/prod-connection".into())
         );
-        let custom = AzureDevOps {
+        // An issuer given instead of the organization id must be vstoken's.
+        let given = AzureDevOps {
             org_id: String::new(),
-            issuer: "https://login.microsoftonline.com/t/v2.0".into(),
+            issuer: "https://vstoken.dev.azure.com/5a6b7c8d-9e0f-4a1b-2c3d-4e5f6a7b8c9d".into(),
             ..a.clone()
         };
-        assert_eq!(
-            azure_devops(&custom).unwrap().issuer,
-            "https://login.microsoftonline.com/t/v2.0"
-        );
+        assert_eq!(azure_devops(&given).unwrap().issuer, given.issuer);
+        // Entra-issued connection tokens carry /eid1/... subjects, never sc://...
+        for issuer in [
+            "https://login.microsoftonline.com/72f988bf-86f1-41af-91ab-2d7cd011db47/v2.0",
+            "https://vstoken.dev.azure.com/not-a-guid",
+            "https://example.com/5a6b7c8d-9e0f-4a1b-2c3d-4e5f6a7b8c9d",
+        ] {
+            let custom = AzureDevOps {
+                org_id: String::new(),
+                issuer: issuer.into(),
+                ..a.clone()
+            };
+            let problems = azure_devops(&custom).unwrap_err();
+            assert_eq!(problems.len(), 1, "{issuer}");
+            assert_eq!(problems[0].field, "ado_issuer");
+            assert!(problems[0].message.contains("Other issuer"), "{issuer}");
+        }
         let bad = AzureDevOps {
             org_id: "not-a-guid".into(),
             project: "a/b".into(),
