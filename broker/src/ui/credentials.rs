@@ -44,6 +44,73 @@ pub struct Draft {
     /// The credential as Graph writes it (the body of a `POST .../federatedIdentityCredentials`).
     pub graph: String,
     pub problems: Vec<DraftProblem>,
+    /// What may still go wrong although the broker would save it (not counted in `valid`).
+    pub warnings: Vec<DraftProblem>,
+}
+
+/// What the wizard says of a valid draft, true whatever the identity's assertion source.
+pub const VALID_TEXT: &str = "Valid: the broker can save this credential.";
+
+/// The issuers for which Entra accepts a claims-matching expression, with the claims it
+/// accepts in one: GitHub (`sub`, `job_workflow_ref`), GitLab and Terraform Cloud (`sub`).
+fn entra_expression_claims(issuer: &str) -> Option<&'static [&'static str]> {
+    let github = issuer == wizard::GITHUB_ISSUER
+        || issuer
+            .strip_prefix(wizard::GITHUB_ISSUER)
+            .is_some_and(|rest| rest.starts_with('/'));
+    if github {
+        Some(&["sub", "job_workflow_ref"])
+    } else if issuer == wizard::GITLAB_ISSUER || issuer == "https://app.terraform.io" {
+        Some(&["sub"])
+    } else {
+        None
+    }
+}
+
+/// With the `passthrough` assertion Entra receives the caller's own token, so it must
+/// hold a matching federated credential itself; it cannot for an expression on an issuer
+/// or a claim it does not support. A warning, not a problem: the broker may still save it.
+pub fn passthrough_warnings(
+    assertion: wif_config::AssertionSource,
+    issuer: &str,
+    expression: Option<&str>,
+) -> Vec<DraftProblem> {
+    let Some(expression) = expression else {
+        return Vec::new();
+    };
+    if assertion != wif_config::AssertionSource::Passthrough {
+        return Vec::new();
+    }
+    let advice = "Entra must hold the same credential when the identity uses the passthrough \
+                  assertion; use the broker assertion instead (see docs/assertion-sources.md)";
+    let Some(allowed) = entra_expression_claims(issuer) else {
+        return vec![DraftProblem {
+            field: "expression".into(),
+            message: format!(
+                "Entra accepts claims-matching expressions only for GitHub, GitLab and Terraform Cloud issuers, not {issuer:?}: {advice}"
+            ),
+        }];
+    };
+    let Ok(parsed) = policy::ffl::Expression::parse(expression) else {
+        return Vec::new();
+    };
+    let other: Vec<String> = parsed
+        .clauses()
+        .iter()
+        .map(|c| c.path.join("."))
+        .filter(|claim| !allowed.contains(&claim.as_str()))
+        .collect();
+    if other.is_empty() {
+        return Vec::new();
+    }
+    vec![DraftProblem {
+        field: "expression".into(),
+        message: format!(
+            "Entra accepts expressions on this issuer only on {}, not on {}: {advice}",
+            allowed.join(" and "),
+            other.join(", ")
+        ),
+    }]
 }
 
 /// The credential the form describes, for the store.
@@ -160,6 +227,10 @@ pub fn draft(
         Some(Rule::Expression(e)) => (None, Some(e.clone())),
         None => (None, None),
     };
+    let warnings = built
+        .as_ref()
+        .map(|b| passthrough_warnings(identity.assertion, &b.issuer, expression.as_deref()))
+        .unwrap_or_default();
     let draft = Draft {
         valid: problems.is_empty(),
         issuer: built.map(|b| b.issuer),
@@ -167,6 +238,7 @@ pub fn draft(
         expression,
         graph,
         problems,
+        warnings,
     };
     let input = if draft.valid { input } else { None };
     (draft, input)
@@ -475,6 +547,7 @@ fn wizard_page(
          <p class=\"muted\">issuer <code id=\"issuer\" data-testid=\"issuer\">{issuer}</code></p>\
          <h2>Checks</h2><p id=\"valid\" data-testid=\"valid\" class=\"{valid_class}\">{valid_text}</p>\
          <ul id=\"problems\" class=\"problems\" data-testid=\"problems\">{problems}</ul>\
+         <ul id=\"warnings\" class=\"warnings\" data-testid=\"warnings\">{warnings}</ul>\
          <h2>Graph JSON that will be stored</h2><pre id=\"graph\" data-testid=\"graph\">{graph}</pre></aside></div>",
         identity_name = esc(&identity.name),
         title = esc(&title),
@@ -502,11 +575,12 @@ fn wizard_page(
         issuer = esc(draft.issuer.as_deref().unwrap_or_default()),
         valid_class = if draft.valid { "ok" } else { "bad" },
         valid_text = if draft.valid {
-            "Valid: Entra's rules hold."
+            VALID_TEXT
         } else {
             "Not valid yet:"
         },
         problems = problems_list(&draft.problems),
+        warnings = problems_list(&draft.warnings),
         graph = esc(&draft.graph),
     );
     html::html(
@@ -935,5 +1009,71 @@ pub async fn delete(
             html::url_component(&credential)
         )),
         Err(e) => html::error_page(e.status, Some(&session), "Not deleted", &e.description),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wif_config::AssertionSource;
+
+    const K8S: &str = "https://westeurope.oic.prod-aks.azure.com/t/u/";
+    const NS: &str = "claims['sub'] matches 'system:serviceaccount:apps:*'";
+
+    #[test]
+    fn passthrough_expressions_entra_cannot_hold_are_warned_about() {
+        let w = passthrough_warnings(AssertionSource::Passthrough, K8S, Some(NS));
+        assert_eq!(w.len(), 1);
+        assert_eq!(w[0].field, "expression");
+        assert!(w[0].message.contains("Entra must hold the same credential"));
+        assert!(w[0].message.contains("broker assertion"));
+
+        // A claim Entra does not accept, on an issuer it accepts expressions for.
+        let w = passthrough_warnings(
+            AssertionSource::Passthrough,
+            wizard::GITLAB_ISSUER,
+            Some("claims['sub'] eq 'a' and claims['ref'] eq 'main'"),
+        );
+        assert_eq!(w.len(), 1);
+        assert!(w[0].message.contains("ref"), "{}", w[0].message);
+    }
+
+    #[test]
+    fn what_entra_accepts_or_other_sources_are_not_warned_about() {
+        let gh = "claims['sub'] matches 'repo:c/r:ref:refs/heads/*' and claims['job_workflow_ref'] matches 'c/w/*'";
+        for issuer in [
+            wizard::GITHUB_ISSUER.to_owned(),
+            format!("{}/contoso", wizard::GITHUB_ISSUER),
+        ] {
+            assert!(
+                passthrough_warnings(AssertionSource::Passthrough, &issuer, Some(gh)).is_empty()
+            );
+        }
+        assert!(
+            passthrough_warnings(
+                AssertionSource::Passthrough,
+                "https://app.terraform.io",
+                Some("claims['sub'] matches 'organization:o:*'")
+            )
+            .is_empty()
+        );
+        // Exact subjects are fine everywhere.
+        assert!(passthrough_warnings(AssertionSource::Passthrough, K8S, None).is_empty());
+        // Other sources: Entra only trusts the broker (or the host), never the caller.
+        for source in [
+            AssertionSource::Broker,
+            AssertionSource::ManagedIdentity,
+            AssertionSource::Certificate,
+        ] {
+            assert!(passthrough_warnings(source, K8S, Some(NS)).is_empty());
+        }
+    }
+
+    #[test]
+    fn the_valid_message_promises_nothing_of_entra() {
+        assert!(!VALID_TEXT.contains("Entra"));
+        assert!(
+            !html::notice(Some("credential-created"), Some("x")).contains("no propagation delay")
+        );
     }
 }

@@ -184,7 +184,7 @@ pub fn notice(kind: Option<&str>, credential: Option<&str>) -> String {
         Some("identity-updated") => "Identity saved.".to_owned(),
         Some("identity-deleted") => "Identity deleted, with its federated credentials.".to_owned(),
         Some("credential-created") => format!(
-            "Credential {credential} added. It admits tokens from the next exchange on: no propagation delay."
+            "Credential {credential} added: the broker admits matching tokens from its next exchange on. With the passthrough assertion Entra must also hold a matching federated credential, and Entra takes minutes to propagate a new one."
         ),
         Some("credential-updated") => format!("Credential {credential} saved."),
         Some("credential-deleted") => format!("Credential {credential} deleted."),

@@ -63,10 +63,23 @@
       kind.textContent = draft.expression ? "expression" : "subject";
       issuer.textContent = draft.issuer || "";
       graph.textContent = draft.graph || "";
-      valid.textContent = draft.valid ? "Valid: Entra's rules hold." : "Not valid yet:";
+      valid.textContent = draft.valid ? "Valid: the broker can save this credential." : "Not valid yet:";
       valid.className = draft.valid ? "ok" : "bad";
       while (problems.firstChild) { problems.removeChild(problems.firstChild); }
       $all("[aria-invalid]", form).forEach(function (el) { el.removeAttribute("aria-invalid"); });
+      var warnings = $("#warnings");
+      if (warnings) {
+        while (warnings.firstChild) { warnings.removeChild(warnings.firstChild); }
+        (draft.warnings || []).forEach(function (w) {
+          var li = document.createElement("li");
+          li.setAttribute("data-field", w.field);
+          var b = document.createElement("b");
+          b.textContent = "warning";
+          li.appendChild(b);
+          li.appendChild(document.createTextNode(": " + w.message));
+          warnings.appendChild(li);
+        });
+      }
       (draft.problems || []).forEach(function (p) {
         var li = document.createElement("li");
         li.setAttribute("data-field", p.field);
