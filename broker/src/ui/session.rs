@@ -16,7 +16,8 @@
 //! with 403 before anything else happens. The sign-in form, which has no session yet,
 //! uses a double-submit cookie instead.
 
-use std::sync::Arc;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
@@ -38,8 +39,11 @@ use crate::token::UnverifiedToken;
 pub const IDLE_SECS: u64 = 30 * 60;
 /// A session ends this long after sign-in whatever happens.
 pub const MAX_SECS: u64 = 8 * 60 * 60;
-/// The most sessions kept at once (the oldest idle ones go first).
+/// The most sessions kept at once; when full, the least recently used one ends (LRU, so a
+/// new sign-in is always admitted).
 const MAX_SESSIONS: u64 = 10_000;
+/// The most sessions one principal holds at once; opening another ends its oldest.
+pub const MAX_SESSIONS_PER_PRINCIPAL: usize = 20;
 /// The session cookie.
 pub const SESSION_COOKIE: &str = "wif_ui_session";
 /// The sign-in form's double-submit cookie.
@@ -67,6 +71,8 @@ impl Session {
 /// The sessions of this replica.
 pub struct Sessions {
     by_hash: moka::sync::Cache<[u8; 32], Arc<Session>>,
+    /// Each principal's session hashes, oldest first (some may have ended already).
+    by_principal: Mutex<HashMap<String, VecDeque<[u8; 32]>>>,
     clock: SharedClock,
     rng: SystemRandom,
 }
@@ -96,9 +102,11 @@ impl Sessions {
         Self {
             by_hash: moka::sync::Cache::builder()
                 .max_capacity(MAX_SESSIONS)
+                .eviction_policy(moka::policy::EvictionPolicy::lru())
                 .time_to_idle(Duration::from_secs(IDLE_SECS))
                 .time_to_live(Duration::from_secs(MAX_SECS))
                 .build(),
+            by_principal: Mutex::new(HashMap::new()),
             clock,
             rng: SystemRandom::new(),
         }
@@ -112,12 +120,18 @@ impl Sessions {
     }
 
     /// Opens a session; returns the id for the cookie. `not_after` caps its life (the
-    /// expiry of the OIDC token it was opened with).
+    /// expiry of the OIDC token it was opened with). `replacing` is the session id the
+    /// browser already held, which ends; and when the principal already holds
+    /// [`MAX_SESSIONS_PER_PRINCIPAL`] sessions, its oldest ends.
     pub fn open(
         &self,
+        replacing: Option<&str>,
         principal: Principal,
         not_after: Option<u64>,
     ) -> Result<(String, Arc<Session>), NoRandomness> {
+        if let Some(previous) = replacing {
+            self.close(previous);
+        }
         let id = self.random_token()?;
         let now = self.clock.now();
         let mut expires_at = now.saturating_add(MAX_SECS);
@@ -129,7 +143,24 @@ impl Sessions {
             csrf: self.random_token()?,
             expires_at,
         });
-        self.by_hash.insert(digest(&id), session.clone());
+        let key = digest(&id);
+        {
+            let mut by_principal = self
+                .by_principal
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let held = by_principal
+                .entry(session.principal.name.clone())
+                .or_default();
+            held.retain(|k| self.by_hash.contains_key(k));
+            while held.len() >= MAX_SESSIONS_PER_PRINCIPAL {
+                if let Some(oldest) = held.pop_front() {
+                    self.by_hash.invalidate(&oldest);
+                }
+            }
+            held.push_back(key);
+        }
+        self.by_hash.insert(key, session.clone());
         Ok((id, session))
     }
 
@@ -145,7 +176,20 @@ impl Sessions {
     }
 
     pub fn close(&self, id: &str) {
-        self.by_hash.invalidate(&digest(id));
+        let key = digest(id);
+        let Some(session) = self.by_hash.remove(&key) else {
+            return;
+        };
+        let mut by_principal = self
+            .by_principal
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(held) = by_principal.get_mut(&session.principal.name) {
+            held.retain(|k| *k != key);
+            if held.is_empty() {
+                by_principal.remove(&session.principal.name);
+            }
+        }
     }
 }
 
@@ -452,7 +496,12 @@ pub async fn login(State(console): State<Console>, headers: HeaderMap, body: Bod
                 .filter(|t| t.matches('.').count() == 2)
                 .and_then(|t| UnverifiedToken::parse(t, app.broker.max_token_bytes()).ok())
                 .and_then(|u| u.claims.get("exp").and_then(serde_json::Value::as_u64));
-            let (id, _) = match console.sessions.open(principal.clone(), not_after) {
+            // Signing in ends the session this browser held before, if any.
+            let previous = cookie(&headers, SESSION_COOKIE);
+            let (id, _) = match console
+                .sessions
+                .open(previous, principal.clone(), not_after)
+            {
                 Ok(opened) => opened,
                 Err(_) => return no_randomness(),
             };
@@ -529,7 +578,7 @@ mod tests {
     #[test]
     fn a_session_is_found_by_its_id_and_not_by_anything_else() {
         let sessions = Sessions::new(OffsetClock::new());
-        let (id, session) = sessions.open(alice(), None).unwrap();
+        let (id, session) = sessions.open(None, alice(), None).unwrap();
         assert_eq!(id.len(), 64);
         assert_eq!(session.csrf.len(), 64);
         assert_ne!(id, session.csrf);
@@ -544,14 +593,49 @@ mod tests {
     fn sessions_end_at_the_absolute_limit_and_at_the_admin_tokens_expiry() {
         let clock = OffsetClock::new();
         let sessions = Sessions::new(clock.clone());
-        let (id, _) = sessions.open(alice(), None).unwrap();
+        let (id, _) = sessions.open(None, alice(), None).unwrap();
         let now = crate::clock::Clock::now(clock.as_ref());
-        let (short, _) = sessions.open(alice(), Some(now + 60)).unwrap();
+        let (short, _) = sessions.open(None, alice(), Some(now + 60)).unwrap();
         clock.advance(61);
         assert!(sessions.get(&id).is_some());
         assert!(sessions.get(&short).is_none(), "past the OIDC token's exp");
         clock.advance(MAX_SECS as i64);
         assert!(sessions.get(&id).is_none(), "past the absolute limit");
+    }
+
+    #[test]
+    fn signing_in_again_ends_the_previous_session() {
+        let sessions = Sessions::new(OffsetClock::new());
+        let (first, _) = sessions.open(None, alice(), None).unwrap();
+        let (second, _) = sessions.open(Some(&first), alice(), None).unwrap();
+        assert!(sessions.get(&first).is_none());
+        assert!(sessions.get(&second).is_some());
+    }
+
+    #[test]
+    fn a_principal_holds_at_most_its_cap_of_sessions_and_others_keep_theirs() {
+        let sessions = Sessions::new(OffsetClock::new());
+        let bob = Principal {
+            name: "bob".into(),
+            role: Role::Reader,
+        };
+        let (admin, _) = sessions.open(None, alice(), None).unwrap();
+        let ids: Vec<String> = (0..MAX_SESSIONS_PER_PRINCIPAL + 5)
+            .map(|_| sessions.open(None, bob.clone(), None).unwrap().0)
+            .collect();
+        let live = ids.iter().filter(|id| sessions.get(id).is_some()).count();
+        assert_eq!(live, MAX_SESSIONS_PER_PRINCIPAL);
+        assert!(sessions.get(&ids[0]).is_none(), "the oldest ended");
+        assert!(sessions.get(&ids[ids.len() - 1]).is_some());
+        assert!(
+            sessions.get(&admin).is_some(),
+            "another principal is untouched"
+        );
+        // Sign-out frees a place without ending another session.
+        sessions.close(&ids[ids.len() - 1]);
+        let (extra, _) = sessions.open(None, bob.clone(), None).unwrap();
+        assert!(sessions.get(&extra).is_some());
+        assert!(sessions.get(&ids[ids.len() - 2]).is_some());
     }
 
     #[test]
