@@ -60,6 +60,22 @@ fn source_badge(identity: &policy::Identity) -> &'static str {
     }
 }
 
+/// The credentials of each identity, by identity name, in registry order: one pass over
+/// all credentials instead of one per identity.
+pub fn credentials_by_identity(
+    credentials: &[std::sync::Arc<policy::Credential>],
+) -> std::collections::HashMap<&str, Vec<&policy::Credential>> {
+    let mut by_identity: std::collections::HashMap<&str, Vec<&policy::Credential>> =
+        std::collections::HashMap::new();
+    for c in credentials {
+        by_identity
+            .entry(c.identity.name.as_str())
+            .or_default()
+            .push(c.as_ref());
+    }
+    by_identity
+}
+
 /// `GET /ui/identities?q=`
 pub async fn list(
     State(console): State<Console>,
@@ -71,14 +87,13 @@ pub async fn list(
     let mut rows = String::new();
     let mut shown = 0usize;
     let mut total = 0usize;
+    let by_identity = credentials_by_identity(registry.credentials());
     for identity in registry.identities() {
         total += 1;
-        let credentials: Vec<&policy::Credential> = registry
-            .credentials()
-            .iter()
-            .filter(|c| c.identity.name == identity.name)
-            .map(|c| c.as_ref())
-            .collect();
+        let credentials: &[&policy::Credential] = by_identity
+            .get(identity.name.as_str())
+            .map(Vec::as_slice)
+            .unwrap_or_default();
         if !q.is_empty() && !matches_search(identity, &credentials, q) {
             continue;
         }

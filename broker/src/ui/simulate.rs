@@ -16,7 +16,7 @@ use super::Console;
 use super::html::{self, Nav, esc, path_segment};
 use super::session::{self, Form, Session, Signed};
 use crate::api::admin::model::{SimulateRequest, SimulateResponse};
-use crate::policy::SubjectRule;
+use crate::policy::{self, SubjectRule};
 
 #[derive(Debug, Default, Deserialize)]
 pub struct TestQuery {
@@ -103,12 +103,8 @@ pub async fn form(
 }
 
 /// What a credential expects, for the near-miss table.
-fn expects(console: &Console, identity: &str, credential: &str) -> String {
-    let registry = console.app.broker.registry();
-    registry
-        .credentials()
-        .iter()
-        .find(|c| c.identity.name == identity && c.name == credential)
+fn expects(credential: Option<&policy::Credential>) -> String {
+    credential
         .map(|c| {
             let rule = match &c.rule {
                 SubjectRule::Exact(s) => format!("subject <code class=\"subject\">{}</code>", esc(s)),
@@ -117,6 +113,16 @@ fn expects(console: &Console, identity: &str, credential: &str) -> String {
             format!("{rule}<br><span class=\"muted\">issuer <code>{}</code>, audience <code>{}</code></span>", esc(&c.issuer), esc(&c.audience))
         })
         .unwrap_or_default()
+}
+
+/// Every credential by (identity, name), built once per answer.
+fn by_identity_and_name(
+    credentials: &[std::sync::Arc<policy::Credential>],
+) -> std::collections::HashMap<(&str, &str), &policy::Credential> {
+    credentials
+        .iter()
+        .map(|c| ((c.identity.name.as_str(), c.name.as_str()), c.as_ref()))
+        .collect()
 }
 
 /// The answer, as HTML.
@@ -168,6 +174,8 @@ pub fn render(console: &Console, answer: &SimulateResponse) -> String {
         out.push_str("<p class=\"muted\" data-testid=\"near-misses\">None.</p>");
     } else {
         out.push_str("<table class=\"list near\" data-testid=\"near-misses\"><thead><tr><th>Identity / credential</th><th>Failed check</th><th>Why</th><th>The credential expects</th></tr></thead><tbody>");
+        let registry = console.app.broker.registry();
+        let credentials = by_identity_and_name(registry.credentials());
         for m in &answer.near_misses {
             let clause = m
                 .clause
@@ -187,7 +195,11 @@ pub fn render(console: &Console, answer: &SimulateResponse) -> String {
                 cred = esc(&m.credential),
                 failed = esc(&m.failed),
                 detail = esc(&m.detail),
-                expects = expects(console, &m.identity, &m.credential),
+                expects = expects(
+                    credentials
+                        .get(&(m.identity.as_str(), m.credential.as_str()))
+                        .copied()
+                ),
             );
         }
         out.push_str("</tbody></table>");
@@ -236,5 +248,47 @@ pub async fn run(State(console): State<Console>, Signed(session): Signed, body: 
             let result = html::error_box(&e);
             page(&console, &session, &form, &result, e.status)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::Registry;
+
+    /// Two identities, each with a credential named `main`: the near-miss table must
+    /// show each identity's own, found by (identity, name).
+    fn registry() -> Registry {
+        let mut text = String::new();
+        for (name, client) in [("deploy", "1"), ("web", "2")] {
+            text.push_str(&format!(
+                "[[identities]]\nname = \"{name}\"\ntenant_id = \"72f988bf-86f1-41af-91ab-2d7cd011db47\"\n\
+                 client_id = \"3f1c2a9e-5b7d-4e21-9c3a-1d2e3f4a5b6{client}\"\n\
+                 [[identities.federated_credentials]]\nname = \"main\"\n\
+                 issuer = \"https://token.actions.githubusercontent.com\"\nsubject = \"repo:c/{name}:ref:refs/heads/main\"\n"
+            ));
+        }
+        let cfg = wif_config::BrokerConfig::from_toml(&text, "test").unwrap();
+        Registry::from_config(&cfg).unwrap()
+    }
+
+    #[test]
+    fn near_misses_show_the_credential_of_their_own_identity() {
+        let registry = registry();
+        let by_key = by_identity_and_name(registry.credentials());
+        assert_eq!(by_key.len(), 2);
+        let web = expects(by_key.get(&("web", "main")).copied());
+        assert!(web.contains("repo:c/web:ref:refs/heads/main"), "{web}");
+        assert!(expects(by_key.get(&("web", "other")).copied()).is_empty());
+    }
+
+    #[test]
+    fn credentials_are_grouped_by_identity_once() {
+        let registry = registry();
+        let grouped = super::super::identities::credentials_by_identity(registry.credentials());
+        assert_eq!(grouped.len(), 2);
+        assert_eq!(grouped["deploy"].len(), 1);
+        assert_eq!(grouped["deploy"][0].identity.name, "deploy");
+        assert!(!grouped.contains_key("nobody"));
     }
 }
