@@ -533,6 +533,20 @@ async fn a_reader_sees_everything_and_changes_nothing() {
         )
         .await;
     assert_eq!(put.status, 201, "{}", put.body);
+    let created = stack
+        .admin(
+            "POST",
+            "/v1/identities/web/federatedIdentityCredentials",
+            Some(json!({
+                "name": "main",
+                "issuer": stack.github.url(),
+                "subject": "repo:contoso/web:ref:refs/heads/main",
+                "audiences": ["api://AzureADTokenExchange"],
+                "description": "kept",
+            })),
+        )
+        .await;
+    assert_eq!(created.status, 201, "{}", created.body);
     let mut reader = Client::plain(&stack);
     assert_eq!(
         reader.sign_in(&stack.reader_token).await.status,
@@ -575,7 +589,13 @@ async fn a_reader_sees_everything_and_changes_nothing() {
             None,
         )
         .await;
-    assert_eq!(listed.body["value"], json!([]), "nothing was written");
+    let names: Vec<&Value> = listed.body["value"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| &c["name"])
+        .collect();
+    assert_eq!(names, [&json!("main")], "nothing was written");
     audited_event(&stack, "kind=admin&identity=web", |e| {
         e["action"] == "credential.create" && e["actor"] == "grafana" && e["outcome"] == "forbidden"
     })
@@ -601,6 +621,55 @@ async fn a_reader_sees_everything_and_changes_nothing() {
     assert_eq!(
         stack.admin("GET", "/v1/identities/web", None).await.status,
         200
+    );
+    // Editing and deleting the credential, and editing the identity, are refused too.
+    let before_identity = stack.admin("GET", "/v1/identities/web", None).await.body;
+    let credential_path = "/v1/identities/web/federatedIdentityCredentials/main";
+    let before_credential = stack.admin("GET", credential_path, None).await.body;
+    let github = stack.github.url();
+    for (path, form) in [
+        (
+            "/ui/identities/web/credentials/main",
+            vec![
+                ("csrf", csrf.as_str()),
+                ("scenario", "other"),
+                ("other_issuer", github.as_str()),
+                ("other_mode", "subject"),
+                ("other_subject", "repo:contoso/app:ref:refs/heads/evil"),
+                ("audience", "api://AzureADTokenExchange"),
+                ("description", "changed by a reader"),
+            ],
+        ),
+        (
+            "/ui/identities/web/credentials/main/delete",
+            vec![("csrf", csrf.as_str())],
+        ),
+        (
+            "/ui/identities/web",
+            vec![
+                ("csrf", csrf.as_str()),
+                ("tenant_id", TENANT),
+                ("client_id", WEB_CLIENT),
+                ("cloud", "usgov"),
+            ],
+        ),
+    ] {
+        assert_eq!(
+            reader.post(path, &form).await.status,
+            StatusCode::FORBIDDEN,
+            "{path}"
+        );
+    }
+    let after_credential = stack.admin("GET", credential_path, None).await;
+    assert_eq!(
+        after_credential.status, 200,
+        "the credential is still there"
+    );
+    assert_eq!(after_credential.body, before_credential, "nothing changed");
+    assert_eq!(
+        stack.admin("GET", "/v1/identities/web", None).await.body,
+        before_identity,
+        "the identity did not change"
     );
 
     // Reading is allowed: "Test it" with claims, and the activity page.
