@@ -687,6 +687,38 @@ async fn a_reader_sees_everything_and_changes_nothing() {
     assert_eq!(page.status, StatusCode::OK, "{}", page.body);
     assert!(page.body.contains("data-outcome=\"ok\""), "{}", page.body);
     assert_eq!(reader.get("/ui/activity").await.status, StatusCode::OK);
+
+    // An identity may be named `new`: its page is not the create form, which is at `+new`.
+    let put = stack
+        .admin(
+            "PUT",
+            "/v1/identities/new",
+            Some(json!({"tenantId": TENANT, "clientId": "7c1d7a3c-2e4f-4a6b-8c9d-0e1f2a3b4c5d"})),
+        )
+        .await;
+    assert_eq!(put.status, 201, "{}", put.body);
+    let detail = reader.get("/ui/identities/new").await;
+    assert_eq!(detail.status, StatusCode::OK);
+    assert!(
+        detail.body.contains("7c1d7a3c-2e4f-4a6b-8c9d-0e1f2a3b4c5d"),
+        "{}",
+        detail.body
+    );
+    assert!(!detail.body.contains("data-testid=\"identity-form\""));
+    let form = reader.get("/ui/identities/+new").await;
+    assert_eq!(form.status, StatusCode::OK);
+    assert!(
+        form.body.contains("data-testid=\"identity-form\""),
+        "{}",
+        form.body
+    );
+    assert!(
+        reader
+            .get("/ui/identities")
+            .await
+            .body
+            .contains("href=\"/ui/identities/+new\"")
+    );
 }
 
 #[tokio::test]

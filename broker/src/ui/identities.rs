@@ -122,7 +122,7 @@ pub async fn list(
     }
     let body = format!(
         "{notice}<div class=\"heading\"><h1>Identities</h1>\
-         <a class=\"button primary{new_disabled}\" href=\"/ui/identities/new\" data-testid=\"new-identity\"{new_aria}>New identity</a></div>\
+         <a class=\"button primary{new_disabled}\" href=\"/ui/identities/+new\" data-testid=\"new-identity\"{new_aria}>New identity</a></div>\
          <p class=\"muted\">Entra app registrations and user-assigned managed identities, and who may act as them.</p>\
          <form class=\"search\" method=\"get\" action=\"/ui/identities\" role=\"search\">\
          <input type=\"search\" name=\"q\" value=\"{q}\" placeholder=\"Search names, client ids, issuers, subjects\" aria-label=\"Search\">\
@@ -425,7 +425,7 @@ fn form_page(session: &Session, title: &str, status: StatusCode, form: String) -
     )
 }
 
-/// `GET /ui/identities/new`
+/// `GET /ui/identities/+new` (`+` is in no identity name, so an identity may be named `new`)
 pub async fn new_form(Signed(session): Signed) -> Response {
     let form = identity_form(
         &session,

@@ -69,7 +69,7 @@ pub fn router(state: AppState) -> Router<AppState> {
             "/ui/identities",
             get(identities::list).post(identities::create),
         )
-        .route("/ui/identities/new", get(identities::new_form))
+        .route("/ui/identities/+new", get(identities::new_form))
         .route(
             "/ui/identities/{name}",
             get(identities::detail).post(identities::update),
