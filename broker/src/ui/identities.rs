@@ -94,7 +94,7 @@ pub async fn list(
             .get(identity.name.as_str())
             .map(Vec::as_slice)
             .unwrap_or_default();
-        if !q.is_empty() && !matches_search(identity, &credentials, q) {
+        if !q.is_empty() && !matches_search(identity, credentials, q) {
             continue;
         }
         shown += 1;
