@@ -248,6 +248,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     default_identity: cfg.identity.clone(),
                     min_remaining_secs: cfg.min_remaining_secs,
                     refresh_before_secs: cfg.refresh_before_secs,
+                    imds: cfg.imds,
                 },
                 wif_broker::clock::system(),
             );
@@ -349,6 +350,7 @@ async fn exec(config: Option<&std::path::Path>, args: ExecArgs) -> anyhow::Resul
             default_identity: cfg.identity.clone(),
             min_remaining_secs: cfg.min_remaining_secs,
             refresh_before_secs: cfg.refresh_before_secs,
+            imds: cfg.imds,
         },
         wif_broker::clock::system(),
     );

@@ -90,6 +90,8 @@ pub struct Agent {
     cache: TokenCache,
     /// The App Service protocol's secret; `None` disables `/msi/token`.
     header_secret: Option<String>,
+    /// Whether `/metadata/identity/oauth2/token` answers (IMDS carries no secret).
+    imds: bool,
     default_identity: Option<String>,
     clock: SharedClock,
     metrics: Arc<Metrics>,
@@ -112,6 +114,8 @@ pub struct AgentSettings {
     pub default_identity: Option<String>,
     pub min_remaining_secs: u64,
     pub refresh_before_secs: u64,
+    /// Serve the IMDS protocol (no secret: anything reaching the listener may ask).
+    pub imds: bool,
 }
 
 /// A protocol's error, in the shape the SDKs parse: `{"error","error_description"}`.
@@ -161,6 +165,7 @@ impl Agent {
                 settings.refresh_before_secs,
             ),
             header_secret: settings.header_secret,
+            imds: settings.imds,
             default_identity: settings.default_identity,
             clock,
             metrics: Arc::new(Metrics::new()),
@@ -364,6 +369,15 @@ async fn imds(
     Query(params): Query<HashMap<String, String>>,
 ) -> Response {
     let result = async {
+        if !agent.imds {
+            // 400, not 404: the SDKs retry a 404, while a 400 moves a credential chain on.
+            return Err(AgentError::new(
+                StatusCode::BAD_REQUEST,
+                "imds_disabled",
+                "this agent does not serve the IMDS protocol (imds = false); use \
+                 IDENTITY_ENDPOINT and IDENTITY_HEADER",
+            ));
+        }
         let metadata = headers.get("metadata").and_then(|v| v.to_str().ok());
         if !metadata.is_some_and(|v| v.eq_ignore_ascii_case("true")) {
             return Err(AgentError::new(

@@ -35,6 +35,60 @@ async fn wait_healthy(http: &reqwest::Client, url: &str) {
     panic!("the agent at {url} never became healthy");
 }
 
+/// As the webhook runs it in a `hostNetwork` pod: IMDS off, next to a Service named
+/// `wif-agent` whose service-link variables share the agent's prefix.
+#[tokio::test]
+async fn a_host_network_sidecar_serves_only_the_header_guarded_protocol() {
+    let stack = Stack::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("azure-identity-token");
+    std::fs::write(&token_file, stack.github_token("main")).unwrap();
+    let port = free_port();
+    let mut child = tokio::process::Command::new(AGENT)
+        .args(["serve", "--broker", &stack.broker.url()])
+        .arg("--token-file")
+        .arg(&token_file)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .env_clear()
+        .env("WIF_AGENT_IDENTITY_HEADER", SECRET)
+        .env("WIF_AGENT_IMDS", "false")
+        .env("WIF_AGENT_SERVICE_HOST", "10.96.0.12")
+        .env("WIF_AGENT_PORT", "tcp://10.96.0.12:8181")
+        .env("WIF_AGENT_PORT_8181_TCP_ADDR", "10.96.0.12")
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap();
+    wait_healthy(&http, &url).await;
+    let imds = http
+        .get(format!("{url}/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https://vault.azure.net"))
+        .header("Metadata", "true")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(imds.status(), 400, "a 400 moves SDK credential chains on");
+    let body: serde_json::Value = imds.json().await.unwrap();
+    assert_eq!(body["error"], "imds_disabled", "{body}");
+    let app_service = http
+        .get(format!(
+            "{url}/msi/token?api-version=2019-08-01&resource=https://management.azure.com"
+        ))
+        .header("X-IDENTITY-HEADER", SECRET)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(app_service.status(), 200);
+    child.kill().await.unwrap();
+}
+
 #[tokio::test]
 async fn a_sidecar_serves_app_service_and_imds_from_its_flags_and_config_file() {
     let stack = Stack::start().await;

@@ -40,6 +40,10 @@ pub struct AgentConfig {
     pub timeout_secs: u64,
     /// Retries after the first attempt when the broker is unreachable or answers 5xx.
     pub retries: u32,
+    /// Serve the IMDS protocol. IMDS requests carry no secret, so anything that can reach
+    /// the listener can ask; turn it off where the listener is shared (a `hostNetwork`
+    /// pod's sidecar listens on the node's loopback) and rely on the App Service protocol.
+    pub imds: bool,
     /// Tokens are refreshed in the background once they have less than this left.
     pub refresh_before_secs: u64,
     /// A token with less than this left is never handed out (the SDKs' own floor).
@@ -62,6 +66,7 @@ impl Default for AgentConfig {
             client_key: None,
             timeout_secs: 10,
             retries: 2,
+            imds: true,
             refresh_before_secs: 600,
             min_remaining_secs: 300,
         }
@@ -84,6 +89,9 @@ impl AgentConfig {
                 continue;
             };
             let key = key.to_ascii_lowercase();
+            if crate::env::is_service_link(&key, value) {
+                continue;
+            }
             let parsed = format!("v = {value}")
                 .parse::<toml::Table>()
                 .ok()
@@ -92,7 +100,11 @@ impl AgentConfig {
                 .unwrap_or_else(|| toml::Value::String(value.clone()));
             // Paths, URLs and secrets are strings even when they look like numbers.
             let value = match key.as_str() {
-                "timeout_secs" | "retries" | "refresh_before_secs" | "min_remaining_secs" => parsed,
+                "timeout_secs"
+                | "retries"
+                | "refresh_before_secs"
+                | "min_remaining_secs"
+                | "imds" => parsed,
                 _ => toml::Value::String(value.clone()),
             };
             table.insert(key, value);
@@ -193,6 +205,26 @@ mod tests {
         assert!(
             err.to_string().contains("ca_pem: holds no PEM certificate"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn imds_can_be_turned_off_and_service_links_are_ignored() {
+        let config = AgentConfig::from_toml_with_env(
+            "",
+            "defaults",
+            &vars(&[
+                ("WIF_AGENT_IMDS", "false"),
+                ("WIF_AGENT_SERVICE_HOST", "10.0.0.7"),
+                ("WIF_AGENT_PORT_8181_TCP", "tcp://10.0.0.7:8181"),
+            ]),
+        )
+        .unwrap();
+        assert!(!config.imds);
+        assert!(AgentConfig::default().imds);
+        assert!(
+            AgentConfig::from_toml_with_env("", "d", &vars(&[("WIF_AGENT_LISTNE", "x")])).is_err(),
+            "a misspelt key is still an error"
         );
     }
 }

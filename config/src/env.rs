@@ -11,12 +11,43 @@
 //! section, or a value of the wrong type, is an error naming the variable.
 //!
 //! The arrays of tables (`[[issuers]]`, `[[identities]]`) cannot be set this way.
+//!
+//! Kubernetes gives every container service-link variables for each Service in its
+//! namespace (`<SVC>_SERVICE_HOST`, `<SVC>_PORT_443_TCP`, ...); for a Service named
+//! `wif-server` or `wif-agent` they share the prefix. Their shapes are not keys of any
+//! section, so they are ignored rather than refused.
 
 /// The prefix shared by every override.
 pub const PREFIX: &str = "WIF_";
 
 /// Variables with the prefix that are not key overrides.
 const RESERVED: &[&str] = &["WIF_CONFIG", "WIF_SERVER_URL", "WIF_ADMIN_TOKEN"];
+
+/// Whether `key` (after `WIF_<SECTION>_`, lower-cased) is the tail of a Kubernetes
+/// service-link variable rather than a key override.
+/// `value` tells `<SVC>_PORT=tcp://10.0.0.1:443` from a key named `port`.
+pub fn is_service_link(key: &str, value: &str) -> bool {
+    let port_detail = key.strip_prefix("port_").is_some_and(|rest| {
+        let mut parts = rest.split('_');
+        let number = parts.next().is_some_and(|n| n.parse::<u16>().is_ok());
+        let protocol = parts
+            .next()
+            .is_some_and(|p| matches!(p, "tcp" | "udp" | "sctp"));
+        let tail = parts.next();
+        number
+            && protocol
+            && matches!(tail, None | Some("proto" | "port" | "addr"))
+            && parts.next().is_none()
+    });
+    key == "service_host"
+        || key == "service_port"
+        || key.starts_with("service_port_")
+        || (key == "port"
+            && ["tcp://", "udp://", "sctp://"]
+                .iter()
+                .any(|p| value.starts_with(p)))
+        || port_detail
+}
 
 /// One `WIF_<SECTION>_<KEY>` variable, resolved to the key it sets.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,6 +92,9 @@ pub fn overrides(vars: &[(String, String)], sections: &[&str]) -> Result<Vec<Ove
         };
         if key.is_empty() {
             return Err(format!("{name} names no key"));
+        }
+        if is_service_link(&key, raw) {
+            continue;
         }
         out.push(Override {
             variable: name.clone(),
@@ -213,6 +247,24 @@ mod tests {
         listen: String,
         port: u16,
         name: String,
+    }
+
+    #[test]
+    fn kubernetes_service_links_are_not_overrides() {
+        let found = overrides(
+            &vars(&[
+                ("WIF_SERVER_SERVICE_HOST", "10.0.0.1"),
+                ("WIF_SERVER_SERVICE_PORT", "443"),
+                ("WIF_SERVER_SERVICE_PORT_HTTPS", "443"),
+                ("WIF_SERVER_PORT", "tcp://10.0.0.1:443"),
+                ("WIF_SERVER_PORT_443_TCP_ADDR", "10.0.0.1"),
+                ("WIF_SERVER_LISTEN", "0.0.0.0:8443"),
+            ]),
+            &["server"],
+        )
+        .unwrap();
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].path(), "server.listen");
     }
 
     #[test]

@@ -58,6 +58,7 @@ impl TestAgent {
                 default_identity: None,
                 min_remaining_secs: 300,
                 refresh_before_secs: 600,
+                imds: true,
             },
             clock,
         );

@@ -376,6 +376,7 @@ async fn the_injected_sidecar_serves_the_app_a_token_from_the_broker() {
             default_identity: None,
             min_remaining_secs: 300,
             refresh_before_secs: 600,
+            imds: true,
         },
         clock,
     );

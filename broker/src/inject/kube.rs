@@ -148,10 +148,10 @@ impl KubeClient {
             .map_err(|e| KubeError::Unavailable(e.without_url().to_string()))?;
         let facts = match response.status().as_u16() {
             200 => {
-                let body = response
-                    .bytes()
+                // A service account is small; its annotations are all the webhook reads.
+                let body = outbound::read_body(response, 256 * 1024)
                     .await
-                    .map_err(|e| KubeError::Unavailable(e.without_url().to_string()))?;
+                    .map_err(|e| KubeError::Unavailable(e.to_string()))?;
                 let sa: ServiceAccount = serde_json::from_slice(&body)
                     .map_err(|e| KubeError::Unavailable(format!("unexpected answer: {e}")))?;
                 ServiceAccountFacts {

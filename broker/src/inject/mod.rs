@@ -15,16 +15,23 @@
 //! running it again on its own output adds nothing (the sidecar's port and header secret
 //! are read back from the sidecar); no iptables, so `hostNetwork` pods work, but they
 //! must choose their loopback port (`wif-broker.io/agent-port`), since every pod on the
-//! node shares it. `AZURE_FEDERATED_TOKEN_FILE` is never injected, and never removed: a
-//! container that sets it gets a warning, because JavaScript SDKs would then send the
-//! token to Entra directly instead of asking the sidecar (PROTOCOLS.md §4).
+//! node shares it; their sidecar declares it (a host port, so the scheduler keeps two such
+//! pods apart) and serves only the App Service protocol, since IMDS requests carry no
+//! secret and the node's loopback is shared. Containers that use `envFrom` keep their own
+//! `AZURE_CLIENT_ID` / `AZURE_TENANT_ID`. `AZURE_FEDERATED_TOKEN_FILE` is never injected,
+//! and never removed: a container that sets it gets a warning, because
+//! `DefaultAzureCredential` (and JavaScript's `ManagedIdentityCredential`) would then send
+//! the token to Entra directly instead of asking the sidecar (PROTOCOLS.md §4).
 //!
 //! The `IDENTITY_HEADER` secret is a random value drawn per pod and written as a literal
 //! into both the sidecar's and the app containers' environment: nothing has to exist in
 //! the pod's namespace beforehand, and the secret is as visible as the pod spec. It guards
-//! the agent against request forgery (SSRF) and against other processes sharing the
-//! loopback interface (`hostNetwork` pods); it does not hide anything from someone who
-//! may read the pod.
+//! the App Service protocol against request forgery (SSRF) and against other processes
+//! sharing the loopback interface (`hostNetwork` pods, where IMDS is therefore off); it
+//! does not hide anything from someone who may read the pod. Within an ordinary pod,
+//! containers share the pod's loopback, so a container listed in the skip annotation can
+//! still reach the sidecar's IMDS endpoint: skipping a container keeps variables out of
+//! it, it is not an isolation boundary.
 //!
 //! Building the patch ([`mutate`]) is pure: the caller supplies the service account's
 //! annotations (read by [`kube`]) and the random secret. It never panics on odd input; a
@@ -297,15 +304,30 @@ fn identity_fact(pod: &Value, sa: &ServiceAccountFacts, keys: &[&str]) -> Option
         .map(|v| v.trim().to_owned())
 }
 
-fn sidecar(settings: &Settings, port: u16, header: &str, identity: Option<&str>) -> Value {
+fn is_host_network(pod: &Value) -> bool {
+    pod.pointer("/spec/hostNetwork") == Some(&Value::Bool(true))
+}
+
+fn sidecar(
+    settings: &Settings,
+    port: u16,
+    header: &str,
+    identity: Option<&str>,
+    host_network: bool,
+) -> Value {
     let mut vars = vec![env("WIF_AGENT_IDENTITY_HEADER", header)];
+    if host_network {
+        // On the node's loopback, anything on the node could reach IMDS, which carries no
+        // secret: only the header-guarded App Service protocol is served.
+        vars.push(env("WIF_AGENT_IMDS", "false"));
+    }
     if let Some(pem) = &settings.broker_ca_pem {
         vars.push(env("WIF_AGENT_CA_PEM", pem));
     }
     if let Some(identity) = identity {
         vars.push(env("WIF_AGENT_IDENTITY", identity));
     }
-    json!({
+    let mut sidecar = json!({
         "name": SIDECAR_NAME,
         "image": settings.agent_image,
         "imagePullPolicy": settings.agent_image_pull_policy,
@@ -339,7 +361,16 @@ fn sidecar(settings: &Settings, port: u16, header: &str, identity: Option<&str>)
             "capabilities": {"drop": ["ALL"]},
             "seccompProfile": {"type": "RuntimeDefault"},
         },
-    })
+    });
+    if host_network && let Value::Object(map) = &mut sidecar {
+        // With hostNetwork the port becomes a host port, so the scheduler keeps two such
+        // pods off one node instead of letting the second sidecar fail to bind.
+        map.insert(
+            "ports".into(),
+            json!([{"name": "wif-agent", "containerPort": port, "protocol": "TCP"}]),
+        );
+    }
+    sidecar
 }
 
 fn token_volume(settings: &Settings) -> Value {
@@ -383,7 +414,12 @@ pub fn mutate(
         Some(existing) => (existing.port, existing.header, false),
         None => {
             let port = agent_port(pod, settings)?;
-            for c in containers {
+            let init = pod
+                .pointer("/spec/initContainers")
+                .and_then(Value::as_array)
+                .map(Vec::as_slice)
+                .unwrap_or_default();
+            for c in containers.iter().chain(init) {
                 let declares = c["ports"].as_array().is_some_and(|ports| {
                     ports
                         .iter()
@@ -409,7 +445,7 @@ pub fn mutate(
             }
             let header = new_secret();
             let identity = annotation(pod, IDENTITY_ANNOTATION).filter(|s| !s.trim().is_empty());
-            let sidecar = sidecar(settings, port, &header, identity);
+            let sidecar = sidecar(settings, port, &header, identity, is_host_network(pod));
             match pod
                 .pointer("/spec/initContainers")
                 .and_then(Value::as_array)
@@ -467,8 +503,10 @@ pub fn mutate(
     let mut wanted = vec![
         env("IDENTITY_ENDPOINT", &format!("{base}/msi/token")),
         env("IDENTITY_HEADER", &header),
-        env("AZURE_POD_IDENTITY_AUTHORITY_HOST", &base),
     ];
+    if !is_host_network(pod) {
+        wanted.push(env("AZURE_POD_IDENTITY_AUTHORITY_HOST", &base));
+    }
     if let Some(client_id) = &client_id {
         wanted.push(env("AZURE_CLIENT_ID", client_id));
     }
@@ -491,10 +529,26 @@ pub fn mutate(
                 continue;
             }
             let index = i + shift;
+            // Values from `envFrom` lose to `env`: the identity ids, the ones a ConfigMap
+            // plausibly holds, are left to it rather than overwritten.
+            let from_env_from = container["envFrom"]
+                .as_array()
+                .is_some_and(|sources| !sources.is_empty());
             let missing: Vec<&Value> = wanted
                 .iter()
-                .filter(|e| !has_env(container, e["name"].as_str().unwrap_or_default()))
+                .filter(|e| {
+                    let name = e["name"].as_str().unwrap_or_default();
+                    let left_to_env_from =
+                        from_env_from && matches!(name, "AZURE_CLIENT_ID" | "AZURE_TENANT_ID");
+                    !has_env(container, name) && !left_to_env_from
+                })
                 .collect();
+            if from_env_from && (client_id.is_some() || tenant_id.is_some()) {
+                out.warnings.push(format!(
+                    "container {name:?} uses envFrom: AZURE_CLIENT_ID and AZURE_TENANT_ID are \
+                     not added to it, so values from its ConfigMaps or Secrets are not overridden"
+                ));
+            }
             if env_value(container, "IDENTITY_HEADER").is_some_and(|v| v != header) {
                 out.warnings.push(format!(
                     "container {name:?} sets its own IDENTITY_HEADER, which the wif-agent sidecar will refuse"
@@ -502,8 +556,9 @@ pub fn mutate(
             }
             if has_env(container, "AZURE_FEDERATED_TOKEN_FILE") {
                 out.warnings.push(format!(
-                    "container {name:?} sets AZURE_FEDERATED_TOKEN_FILE: JavaScript Azure SDKs \
-                     will send that token to Entra directly instead of asking the wif-agent sidecar"
+                    "container {name:?} sets AZURE_FEDERATED_TOKEN_FILE: DefaultAzureCredential \
+                     (and JavaScript's ManagedIdentityCredential) will send that token to Entra \
+                     directly instead of asking the wif-agent sidecar"
                 ));
             }
             if missing.is_empty() {
@@ -785,6 +840,15 @@ mod tests {
             env_of(&out["spec"]["containers"][0])["IDENTITY_ENDPOINT"],
             "http://127.0.0.1:15081/msi/token"
         );
+        // The node's loopback is shared: no secret-less IMDS, and the port is declared.
+        let app = env_of(&out["spec"]["containers"][0]);
+        assert!(
+            !app.contains_key("AZURE_POD_IDENTITY_AUTHORITY_HOST"),
+            "{app:?}"
+        );
+        let sidecar = &out["spec"]["initContainers"][0];
+        assert_eq!(env_of(sidecar)["WIF_AGENT_IMDS"], "false");
+        assert_eq!(sidecar["ports"][0]["containerPort"], 15081);
         p["metadata"]["annotations"] = json!({PORT_ANNOTATION: "http"});
         assert_eq!(
             mutate(&p, &settings(), &Default::default(), || "h".repeat(32)).unwrap_err(),
@@ -798,6 +862,29 @@ mod tests {
         p["spec"]["containers"][0]["ports"] = json!([{"containerPort": 8181}]);
         let err = mutate(&p, &settings(), &Default::default(), || "h".repeat(32)).unwrap_err();
         assert_eq!(err.code(), "agent_port_in_use");
+        let mut p = pod(json!({INJECT_LABEL: "true"}));
+        p["spec"]["initContainers"] =
+            json!([{"name": "proxy", "image": "envoy", "ports": [{"containerPort": 8181}]}]);
+        let err = mutate(&p, &settings(), &Default::default(), || "h".repeat(32)).unwrap_err();
+        assert_eq!(err.code(), "agent_port_in_use", "init containers count too");
+    }
+
+    #[test]
+    fn identity_ids_from_env_from_are_not_overridden() {
+        let mut p = pod(json!({INJECT_LABEL: "true"}));
+        p["metadata"]["annotations"] =
+            json!({CLIENT_ID_ANNOTATION: "11111111-1111-4111-8111-111111111111"});
+        p["spec"]["containers"][0]["envFrom"] = json!([{"configMapRef": {"name": "azure"}}]);
+        let m = mutate(&p, &settings(), &Default::default(), || "h".repeat(32)).unwrap();
+        let out = apply(&p, &m.patch);
+        let app = env_of(&out["spec"]["containers"][0]);
+        assert!(!app.contains_key("AZURE_CLIENT_ID"), "{app:?}");
+        assert!(app.contains_key("IDENTITY_ENDPOINT"));
+        assert!(
+            m.warnings.iter().any(|w| w.contains("envFrom")),
+            "{:?}",
+            m.warnings
+        );
     }
 
     #[test]

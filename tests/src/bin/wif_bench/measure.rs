@@ -69,6 +69,7 @@ async fn start_agent(
             default_identity: None,
             min_remaining_secs: 300,
             refresh_before_secs: 600,
+            imds: true,
         },
         wif_broker::clock::system(),
     );
