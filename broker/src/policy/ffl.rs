@@ -191,6 +191,25 @@ impl Expression {
     }
 
     /// The clauses, in the order written.
+    /// A literal that the `sub` claim of every token this expression admits starts with,
+    /// when one of its clauses fixes one (`claims['sub'] eq 'x'` fixes all of `x`;
+    /// `matches 'repo:o/r:*'` fixes `repo:o/r:`). The longest such literal, for indexing;
+    /// `None` when no clause constrains `sub` by a non-empty literal start.
+    pub fn sub_prefix(&self) -> Option<&str> {
+        self.clauses
+            .iter()
+            .filter(|c| c.path.len() == 1 && c.path[0] == "sub")
+            .map(|c| match c.op {
+                Op::Eq => c.value.as_str(),
+                Op::Matches => {
+                    let end = c.value.find(['*', '?']).unwrap_or(c.value.len());
+                    &c.value[..end]
+                }
+            })
+            .filter(|p| !p.is_empty())
+            .max_by_key(|p| p.len())
+    }
+
     pub fn clauses(&self) -> &[Clause] {
         &self.clauses
     }
@@ -1444,5 +1463,31 @@ mod tests {
         let e = parse("claims['sub'] eq 'a and b\tc  d'");
         assert_eq!(e.clauses()[0].value, "a and b\tc  d");
         assert_eq!(e.clauses().len(), 1);
+    }
+
+    #[test]
+    fn the_sub_prefix_is_the_longest_literal_start_of_a_sub_clause() {
+        let prefix = |text: &str| {
+            Expression::parse(text)
+                .unwrap()
+                .sub_prefix()
+                .map(str::to_owned)
+        };
+        assert_eq!(prefix("claims['sub'] eq 'a:b'").as_deref(), Some("a:b"));
+        assert_eq!(
+            prefix("claims['sub'] matches 'repo:o/r:*'").as_deref(),
+            Some("repo:o/r:")
+        );
+        assert_eq!(
+            prefix("claims['sub'] matches 'repo:o/?:*'").as_deref(),
+            Some("repo:o/")
+        );
+        assert_eq!(prefix("claims['sub'] matches '*:prod'"), None);
+        assert_eq!(prefix("claims['actor'] eq 'octocat'"), None);
+        assert_eq!(
+            prefix("claims['sub'] matches 'repo:*' and claims['sub'] matches 'repo:o/r:ref:*'")
+                .as_deref(),
+            Some("repo:o/r:ref:")
+        );
     }
 }

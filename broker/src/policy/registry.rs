@@ -62,7 +62,48 @@ pub struct Credential {
 #[derive(Debug, Default)]
 struct IssuerIndex {
     exact: HashMap<String, Vec<Arc<Credential>>>,
+    /// Expressions whose `sub` clause fixes a literal start, by that literal: a token is
+    /// tried only against those whose literal starts its `sub`.
+    by_sub_prefix: HashMap<String, Vec<Arc<Credential>>>,
+    /// The distinct lengths (bytes) of the keys of `by_sub_prefix`, ascending.
+    prefix_lengths: Vec<usize>,
+    /// Expressions without such a literal: tried for every token of the issuer.
     expressions: Vec<Arc<Credential>>,
+}
+
+impl IssuerIndex {
+    fn add_expression(&mut self, cred: Arc<Credential>, expression: &Expression) {
+        match expression.sub_prefix() {
+            Some(prefix) => {
+                if let Err(at) = self.prefix_lengths.binary_search(&prefix.len()) {
+                    self.prefix_lengths.insert(at, prefix.len());
+                }
+                self.by_sub_prefix
+                    .entry(prefix.to_owned())
+                    .or_default()
+                    .push(cred);
+            }
+            None => self.expressions.push(cred),
+        }
+    }
+
+    /// The expression credentials worth evaluating for a token with this `sub`.
+    fn expression_candidates<'a>(&'a self, sub: Option<&'a str>) -> Vec<&'a Arc<Credential>> {
+        let mut out: Vec<&Arc<Credential>> = match sub {
+            Some(sub) => self
+                .prefix_lengths
+                .iter()
+                .take_while(|len| **len <= sub.len())
+                .filter_map(|len| sub.get(..*len))
+                .filter_map(|prefix| self.by_sub_prefix.get(prefix))
+                .flatten()
+                .collect(),
+            // A `sub` that is absent or not a string: no literal to look up by.
+            None => self.by_sub_prefix.values().flatten().collect(),
+        };
+        out.extend(self.expressions.iter());
+        out
+    }
 }
 
 /// Why a verified token matched no credential.
@@ -348,7 +389,9 @@ impl Registry {
                         .or_default()
                         .push(cred.clone());
                 }
-                SubjectRule::Expression(_) => index.expressions.push(cred.clone()),
+                SubjectRule::Expression(expression) => {
+                    index.add_expression(cred.clone(), expression)
+                }
             }
             registry.credentials.push(cred);
         }
@@ -384,10 +427,11 @@ impl Registry {
             .and_then(|sub| index.exact.get(sub))
             .map(Vec::as_slice)
             .unwrap_or_default();
+        let candidates = index.expression_candidates(token.sub.as_deref());
         let mut subject_matches =
             exact
                 .iter()
-                .chain(index.expressions.iter().filter(|c| match &c.rule {
+                .chain(candidates.into_iter().filter(|c| match &c.rule {
                     SubjectRule::Expression(e) => e.matches(&token.claims),
                     SubjectRule::Exact(_) => false,
                 }));
@@ -729,6 +773,80 @@ mod tests {
             Err(MatchError::Audience { .. })
         ));
         assert!(!registry.knows_issuer("https://token.actions.githubusercontent.com/"));
+    }
+
+    /// The expression index is only a shortcut: for every token it must find exactly the
+    /// credentials that evaluating every expression finds.
+    #[test]
+    fn the_expression_index_agrees_with_trying_every_expression() {
+        let mut text = BASE.to_owned();
+        let expressions = [
+            "claims['sub'] matches 'repo:c/r:ref:refs/heads/*'",
+            "claims['sub'] matches 'repo:c/r:*'",
+            "claims['sub'] eq 'repo:c/r:ref:refs/heads/main'",
+            "claims['sub'] matches 'repo:c/?:ref:*'",
+            "claims['sub'] matches '*:environment:prod'",
+            "claims['actor'] eq 'octocat'",
+            "claims['sub'] matches 'repo:c/r:ref:refs/tags/v*' and claims['sub'] matches 'repo:c/*'",
+            "claims['sub'] matches 'répo:ü/*'",
+        ];
+        for (i, e) in expressions.iter().enumerate() {
+            text.push_str(&format!(
+                "[[identities.federated_credentials]]\nname = \"e{i}x\"\n\
+                 issuer = \"https://token.actions.githubusercontent.com\"\n\
+                 claims_matching_expression = \"{e}\"\n"
+            ));
+        }
+        let registry = load(&text).unwrap();
+        let gh = "https://token.actions.githubusercontent.com";
+        let aud = "api://AzureADTokenExchange";
+        let subjects = [
+            "repo:c/r:ref:refs/heads/main",
+            "repo:c/r:ref:refs/heads/dev",
+            "repo:c/r:ref:refs/tags/v1",
+            "repo:c/x:ref:refs/heads/main",
+            "repo:c/r:environment:prod",
+            "repo:d/r:environment:prod",
+            "répo:ü/app",
+            "repo:c/r",
+            "",
+        ];
+        for sub in subjects {
+            for extra in [json!({}), json!({"actor": "octocat"})] {
+                let t = token(gh, sub, aud, extra.clone());
+                let mut indexed: Vec<String> = registry
+                    .matching(&t)
+                    .map(|m| m.iter().map(|c| c.name.clone()).collect())
+                    .unwrap_or_default();
+                let mut every: Vec<String> = registry
+                    .credentials()
+                    .iter()
+                    .filter(|c| match &c.rule {
+                        SubjectRule::Expression(e) => e.matches(&t.claims),
+                        SubjectRule::Exact(s) => s == sub,
+                    })
+                    .map(|c| c.name.clone())
+                    .collect();
+                indexed.sort();
+                every.sort();
+                assert_eq!(indexed, every, "sub {sub:?} with {extra}");
+            }
+        }
+        // A `sub` that is not a string is still tried against every expression.
+        let mut odd = token(
+            gh,
+            "x",
+            aud,
+            json!({"sub": ["repo:c/r:ref:refs/heads/main"]}),
+        );
+        odd.sub = None;
+        let names: Vec<String> = registry
+            .matching(&odd)
+            .unwrap()
+            .iter()
+            .map(|c| c.name.clone())
+            .collect();
+        assert!(names.contains(&"e0x".to_owned()), "{names:?}");
     }
 
     #[test]
