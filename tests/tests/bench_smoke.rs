@@ -156,3 +156,30 @@ fn help_and_bad_arguments() {
         String::from_utf8_lossy(&bad.stderr)
     );
 }
+
+#[test]
+fn the_scale_harness_reports_every_figure_and_checks_every_answer() {
+    let output = Command::new(env!("CARGO_BIN_EXE_wif-scale"))
+        .args(["--credentials", "2000", "--lookups", "2000", "--json"])
+        .output()
+        .expect("wif-scale runs");
+    assert!(
+        output.status.success(),
+        "wif-scale failed with {}\nstdout:\n{}\nstderr:\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+    );
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["credentials"], 2000);
+    assert_eq!(report["wrong_answers"], 0);
+    for path in [
+        "/start_secs",
+        "/rss_mib",
+        "/match_us/p50",
+        "/match_us/p99",
+        "/match_us/max",
+    ] {
+        assert!(number(&report, path) >= 0.0, "{path}");
+    }
+}
