@@ -1152,19 +1152,17 @@ async fn the_dev_stack_shows_the_broker_assertion_with_one_entra_credential() {
     let clock = system();
     let stack = DevStack::start("127.0.0.1:0", clock.clone()).await.unwrap();
     let url = format!("{}/v1/token", stack.broker.url());
+    let exchange = |token: String| {
+        let request = http()
+            .post(&url)
+            .bearer_auth(token)
+            .form(&[("scope", DEMO_SCOPE)]);
+        async move { request.send().await.unwrap().json::<Value>().await.unwrap() }
+    };
     let feature = stack
         .demo_token_for(clock.now(), "refs/heads/feature/login")
         .unwrap();
-    let answer: Value = http()
-        .post(&url)
-        .bearer_auth(&feature)
-        .form(&[("scope", DEMO_SCOPE)])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let answer = exchange(feature).await;
     assert_eq!(answer["identity"]["name"], DEMO_FLEET_IDENTITY, "{answer}");
     assert_eq!(answer["identity"]["client_id"], DEMO_FLEET_CLIENT);
     let assertion = stack.entra.last_assertion_claims().unwrap();
@@ -1172,16 +1170,6 @@ async fn the_dev_stack_shows_the_broker_assertion_with_one_entra_credential() {
     assert_eq!(assertion["sub"], DEMO_FLEET_IDENTITY);
 
     // The printed demo token (main) still selects the demo identity on its own.
-    let main = stack.demo_token(clock.now()).unwrap();
-    let answer: Value = http()
-        .post(&url)
-        .bearer_auth(&main)
-        .form(&[("scope", DEMO_SCOPE)])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let answer = exchange(stack.demo_token(clock.now()).unwrap()).await;
     assert_eq!(answer["identity"]["name"], "demo", "{answer}");
 }
