@@ -70,6 +70,8 @@ enum Source {
         /// Keys that signed here before the signing file changed, published until.
         retired: Vec<(Arc<RsaKey>, u64)>,
     },
+    /// Neither a key file nor a store (`check-config`).
+    Nothing,
 }
 
 /// The broker's issuer identity.
@@ -112,12 +114,7 @@ impl BrokerIssuer {
                 parsed: Default::default(),
             },
             // No store (check-config): nothing to sign with, nothing to publish.
-            (None, None) => Source::Files {
-                signing: PathBuf::new(),
-                published: Vec::new(),
-                parsed: Default::default(),
-                retired: Vec::new(),
-            },
+            (None, None) => Source::Nothing,
         };
         Some(Self {
             url: url.trim_end_matches('/').to_owned(),
@@ -178,9 +175,6 @@ impl BrokerIssuer {
                 parsed,
                 retired,
             } => {
-                if signing.as_os_str().is_empty() {
-                    return Err(IssuerKeyError::NoKey);
-                }
                 // File changes are noticed by the periodic refresh.
                 let set = load_files(signing, published, parsed, u64::MAX)?;
                 if let (Some(old), Some(new)) = (self.keys.load().signing.clone(), &set.signing)
@@ -204,6 +198,7 @@ impl BrokerIssuer {
                 };
                 load_store(store.as_ref(), &rules, parsed, now).await?
             }
+            Source::Nothing => return Err(IssuerKeyError::NoKey),
         })
     }
 
