@@ -635,13 +635,10 @@ pub async fn create(
     body: Body,
 ) -> Response {
     const ACTION: &str = "credential.create";
-    let form = match session::read_form(&console, Some(&session), body).await {
+    let form = match session::checked_form(&console, &session, body).await {
         Ok(f) => f,
         Err(r) => return r,
     };
-    if let Some(r) = session::csrf_refusal(&session, &form) {
-        return r;
-    }
     let credential = form.optional("name");
     if let Some(r) = session::reader_refusal(
         &console,
@@ -839,13 +836,10 @@ pub async fn update(
     body: Body,
 ) -> Response {
     const ACTION: &str = "credential.update";
-    let form = match session::read_form(&console, Some(&session), body).await {
+    let form = match session::checked_form(&console, &session, body).await {
         Ok(f) => f,
         Err(r) => return r,
     };
-    if let Some(r) = session::csrf_refusal(&session, &form) {
-        return r;
-    }
     if let Some(r) =
         session::reader_refusal(&console, &session, ACTION, Some(&name), Some(&credential))
     {
@@ -978,11 +972,7 @@ pub async fn delete(
     body: Body,
 ) -> Response {
     const ACTION: &str = "credential.delete";
-    let form = match session::read_form(&console, Some(&session), body).await {
-        Ok(f) => f,
-        Err(r) => return r,
-    };
-    if let Some(r) = session::csrf_refusal(&session, &form) {
+    if let Err(r) = session::checked_form(&console, &session, body).await {
         return r;
     }
     if let Some(r) =

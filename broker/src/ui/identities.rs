@@ -444,13 +444,10 @@ pub async fn create(
     body: Body,
 ) -> Response {
     const ACTION: &str = "identity.put";
-    let form = match session::read_form(&console, Some(&session), body).await {
+    let form = match session::checked_form(&console, &session, body).await {
         Ok(f) => f,
         Err(r) => return r,
     };
-    if let Some(r) = session::csrf_refusal(&session, &form) {
-        return r;
-    }
     let fields = IdentityFields::from_form(&form);
     if let Some(r) = session::reader_refusal(&console, &session, ACTION, Some(&fields.name), None) {
         return r;
@@ -542,13 +539,10 @@ pub async fn update(
     body: Body,
 ) -> Response {
     const ACTION: &str = "identity.put";
-    let form = match session::read_form(&console, Some(&session), body).await {
+    let form = match session::checked_form(&console, &session, body).await {
         Ok(f) => f,
         Err(r) => return r,
     };
-    if let Some(r) = session::csrf_refusal(&session, &form) {
-        return r;
-    }
     if let Some(r) = session::reader_refusal(&console, &session, ACTION, Some(&name), None) {
         return r;
     }
@@ -632,11 +626,7 @@ pub async fn delete(
     body: Body,
 ) -> Response {
     const ACTION: &str = "identity.delete";
-    let form = match session::read_form(&console, Some(&session), body).await {
-        Ok(f) => f,
-        Err(r) => return r,
-    };
-    if let Some(r) = session::csrf_refusal(&session, &form) {
+    if let Err(r) = session::checked_form(&console, &session, body).await {
         return r;
     }
     if let Some(r) = session::reader_refusal(&console, &session, ACTION, Some(&name), None) {

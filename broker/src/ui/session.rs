@@ -317,7 +317,7 @@ impl Form {
     }
 }
 
-pub async fn read_form(
+async fn read_form(
     console: &Console,
     session: Option<&Session>,
     body: Body,
@@ -335,7 +335,21 @@ pub async fn read_form(
 }
 
 /// A 403 page unless the form carries this session's CSRF token.
-pub fn csrf_refusal(session: &Session, form: &Form) -> Option<Response> {
+/// A posted form, read within the body limit and with its CSRF token checked: what every
+/// console POST starts with.
+pub async fn checked_form(
+    console: &Console,
+    session: &Session,
+    body: Body,
+) -> Result<Form, Response> {
+    let form = read_form(console, Some(session), body).await?;
+    match csrf_refusal(session, &form) {
+        Some(refused) => Err(refused),
+        None => Ok(form),
+    }
+}
+
+fn csrf_refusal(session: &Session, form: &Form) -> Option<Response> {
     if tokens_equal(&session.csrf, form.get(CSRF_FIELD)) {
         return None;
     }
@@ -536,11 +550,7 @@ pub async fn logout(
     Signed(session): Signed,
     body: Body,
 ) -> Response {
-    let form = match read_form(&console, Some(&session), body).await {
-        Ok(f) => f,
-        Err(r) => return r,
-    };
-    if let Some(r) = csrf_refusal(&session, &form) {
+    if let Err(r) = checked_form(&console, &session, body).await {
         return r;
     }
     if let Some(id) = cookie(&headers, SESSION_COOKIE) {

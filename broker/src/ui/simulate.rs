@@ -209,13 +209,10 @@ pub fn render(console: &Console, answer: &SimulateResponse) -> String {
 
 /// `POST /ui/test`
 pub async fn run(State(console): State<Console>, Signed(session): Signed, body: Body) -> Response {
-    let form = match session::read_form(&console, Some(&session), body).await {
+    let form = match session::checked_form(&console, &session, body).await {
         Ok(f) => f,
         Err(r) => return r,
     };
-    if let Some(r) = session::csrf_refusal(&session, &form) {
-        return r;
-    }
     let identity = form.optional("identity");
     let request = if form.get("mode") == Some("claims") {
         let claims = match serde_json::from_str::<serde_json::Value>(form.trimmed("claims")) {
