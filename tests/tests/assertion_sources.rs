@@ -559,17 +559,12 @@ async fn broker_beside(stack: &Stack, change: impl FnOnce(&mut BrokerConfig)) ->
         .unwrap()
 }
 
-async fn exchange_at(
-    stack: &Stack,
-    broker: &RunningBroker,
-    token: &str,
-    identity: &str,
-    scope: &str,
-) -> Answer {
+/// A GitHub job on main asks `broker` for `scope` as `identity`.
+async fn main_job_at(stack: &Stack, broker: &RunningBroker, identity: &str, scope: &str) -> Answer {
     let response = stack
         .http
         .post(format!("{}/v1/token", broker.url()))
-        .bearer_auth(token)
+        .bearer_auth(stack.github_token("refs/heads/main"))
         .form(&[("scope", scope), ("identity", identity)])
         .send()
         .await
@@ -605,29 +600,35 @@ async fn managed_identity_host(stack: &Stack) -> ManagedIdentityHost {
     host
 }
 
-fn mi_identity(github: &str) -> IdentityConfig {
-    let mut app = identity("mi-app", MI_APP_CLIENT, AssertionSource::ManagedIdentity);
-    app.federated_credentials = vec![credential("main", github, Some(MAIN_SUBJECT), None)];
-    app
+/// A broker beside the stack whose `mi-app` identity presents the host's managed-identity
+/// token, with `managed` choosing how it is fetched.
+async fn mi_broker(
+    stack: &Stack,
+    managed: impl FnOnce(&mut wif_config::ManagedIdentityConfig),
+) -> RunningBroker {
+    let github = stack.github.url();
+    broker_beside(stack, |cfg| {
+        managed(&mut cfg.managed_identity);
+        let mut app = identity("mi-app", MI_APP_CLIENT, AssertionSource::ManagedIdentity);
+        app.federated_credentials = vec![credential("main", &github, Some(MAIN_SUBJECT), None)];
+        cfg.identities.push(app);
+    })
+    .await
 }
 
 #[tokio::test]
 async fn a_managed_identity_token_from_imds_is_the_assertion() {
     let stack = Stack::start().await;
     let host = managed_identity_host(&stack).await;
-    let github = stack.github.url();
-    let broker = broker_beside(&stack, |cfg| {
-        cfg.managed_identity.protocol = ManagedIdentityProtocol::Imds;
-        cfg.managed_identity.endpoint = Some(host.imds_endpoint());
-        cfg.managed_identity.client_id = Some(HOST_UAMI_CLIENT.into());
-        cfg.identities.push(mi_identity(&github));
+    let broker = mi_broker(&stack, |mi| {
+        mi.protocol = ManagedIdentityProtocol::Imds;
+        mi.endpoint = Some(host.imds_endpoint());
+        mi.client_id = Some(HOST_UAMI_CLIENT.into());
     })
     .await;
-    let token = stack.github_token("refs/heads/main");
-    let granted = exchange_at(
+    let granted = main_job_at(
         &stack,
         &broker,
-        &token,
         "mi-app",
         "https://vault.azure.net/.default",
     )
@@ -643,10 +644,9 @@ async fn a_managed_identity_token_from_imds_is_the_assertion() {
     assert_eq!(claims["aud"], EXCHANGE_AUDIENCE);
 
     // The managed-identity token is cached: another scope, no second IMDS call.
-    let granted = exchange_at(
+    let granted = main_job_at(
         &stack,
         &broker,
-        &token,
         "mi-app",
         "https://storage.azure.com/.default",
     )
@@ -656,11 +656,9 @@ async fn a_managed_identity_token_from_imds_is_the_assertion() {
 
     // Near its expiry it is fetched again.
     stack.clock.advance(86_400 - 300);
-    let token = stack.github_token("refs/heads/main");
-    let granted = exchange_at(
+    let granted = main_job_at(
         &stack,
         &broker,
-        &token,
         "mi-app",
         "https://graph.microsoft.com/.default",
     )
@@ -673,20 +671,16 @@ async fn a_managed_identity_token_from_imds_is_the_assertion() {
 async fn a_managed_identity_token_from_app_service_is_the_assertion() {
     let stack = Stack::start().await;
     let host = managed_identity_host(&stack).await;
-    let github = stack.github.url();
-    let broker = broker_beside(&stack, |cfg| {
-        cfg.managed_identity.protocol = ManagedIdentityProtocol::AppService;
-        cfg.managed_identity.endpoint = Some(host.app_service_endpoint());
-        cfg.managed_identity.identity_header = Some(host.identity_header());
-        cfg.managed_identity.client_id = Some(HOST_UAMI_CLIENT.into());
-        cfg.identities.push(mi_identity(&github));
+    let broker = mi_broker(&stack, |mi| {
+        mi.protocol = ManagedIdentityProtocol::AppService;
+        mi.endpoint = Some(host.app_service_endpoint());
+        mi.identity_header = Some(host.identity_header());
+        mi.client_id = Some(HOST_UAMI_CLIENT.into());
     })
     .await;
-    let token = stack.github_token("refs/heads/main");
-    let granted = exchange_at(
+    let granted = main_job_at(
         &stack,
         &broker,
-        &token,
         "mi-app",
         "https://vault.azure.net/.default",
     )
@@ -702,19 +696,15 @@ async fn a_managed_identity_token_from_app_service_is_the_assertion() {
 async fn a_managed_identity_endpoint_that_refuses_is_a_retryable_503() {
     let stack = Stack::start().await;
     let host = managed_identity_host(&stack).await;
-    let github = stack.github.url();
-    let broker = broker_beside(&stack, |cfg| {
-        cfg.managed_identity.protocol = ManagedIdentityProtocol::AppService;
-        cfg.managed_identity.endpoint = Some(host.app_service_endpoint());
-        cfg.managed_identity.identity_header = Some("not-the-secret".into());
-        cfg.identities.push(mi_identity(&github));
+    let broker = mi_broker(&stack, |mi| {
+        mi.protocol = ManagedIdentityProtocol::AppService;
+        mi.endpoint = Some(host.app_service_endpoint());
+        mi.identity_header = Some("not-the-secret".into());
     })
     .await;
-    let token = stack.github_token("refs/heads/main");
-    let refused = exchange_at(
+    let refused = main_job_at(
         &stack,
         &broker,
-        &token,
         "mi-app",
         "https://vault.azure.net/.default",
     )
@@ -772,11 +762,9 @@ async fn a_certificate_assertion_is_accepted_and_a_wrong_thumbprint_refused() {
             .push(cert_identity("cert-app", &github, &cert_path, &key_path));
     })
     .await;
-    let token = stack.github_token("refs/heads/main");
-    let granted = exchange_at(
+    let granted = main_job_at(
         &stack,
         &broker,
-        &token,
         "cert-app",
         "https://vault.azure.net/.default",
     )
@@ -800,10 +788,9 @@ async fn a_certificate_assertion_is_accepted_and_a_wrong_thumbprint_refused() {
     let (renewed_pem, renewed_der) = certificate(&renewed_key);
     std::fs::write(&key_path, &renewed_key).unwrap();
     std::fs::write(&cert_path, &renewed_pem).unwrap();
-    let refused = exchange_at(
+    let refused = main_job_at(
         &stack,
         &broker,
-        &token,
         "cert-app",
         "https://storage.azure.com/.default",
     )
@@ -821,10 +808,9 @@ async fn a_certificate_assertion_is_accepted_and_a_wrong_thumbprint_refused() {
         CERT_CLIENT,
         EmulatedCertificate::from_der(&renewed_der).unwrap(),
     );
-    let granted = exchange_at(
+    let granted = main_job_at(
         &stack,
         &broker,
-        &token,
         "cert-app",
         "https://storage.azure.com/.default",
     )
@@ -848,11 +834,9 @@ async fn a_key_that_does_not_match_its_certificate_is_named() {
             .push(cert_identity("cert-app", &github, &cert_path, &key_path));
     })
     .await;
-    let token = stack.github_token("refs/heads/main");
-    let refused = exchange_at(
+    let refused = main_job_at(
         &stack,
         &broker,
-        &token,
         "cert-app",
         "https://vault.azure.net/.default",
     )
