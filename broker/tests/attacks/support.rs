@@ -1,0 +1,356 @@
+//! The attack suite's harness: a real `wif-broker serve` process on loopback, fed a config
+//! file, with what it logs captured so a test can measure how much an attacker made it
+//! write; and the external parties it talks to (an issuer, Entra) as faithful fakes.
+//! Every wait is bounded and every child is killed when its handle drops.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::process::{Child, Command};
+use wif_broker::clock;
+use wif_broker::dev::entra::{AppRegistration, EmulatedFic, EntraEmulator};
+use wif_broker::dev::issuer::{LocalIssuer, github_claims};
+
+pub const TENANT: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";
+pub const CLIENT: &str = "3f1c2a9e-5b7d-4e21-9c3a-1d2e3f4a5b6c";
+pub const REPO: &str = "contoso/app";
+pub const MAIN_SUBJECT: &str = "repo:contoso/app:ref:refs/heads/main";
+pub const ARM: &str = "https://management.azure.com/.default";
+/// The static admin token every test broker accepts (role `admin`).
+pub const ADMIN_TOKEN: &str = "wif-attack-suite-admin-token-0123456789";
+
+/// Longest a broker may take to start answering.
+const STARTUP: Duration = Duration::from_secs(30);
+
+/// `wif-broker` with a clean environment: no `WIF_*` override, `RUST_LOG` or proxy of the
+/// developer's shell leaks into the test.
+fn wif_broker() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_wif-broker"));
+    for (name, _) in std::env::vars_os() {
+        let upper = name.to_string_lossy().to_ascii_uppercase();
+        if upper.starts_with("WIF_") || upper.ends_with("_PROXY") || upper == "RUST_LOG" {
+            cmd.env_remove(&name);
+        }
+    }
+    cmd.env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    cmd
+}
+
+/// A loopback port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Reads a pipe into a buffer in the background, so the child never blocks on a full pipe.
+fn collect(mut pipe: impl AsyncRead + Unpin + Send + 'static) -> Arc<Mutex<Vec<u8>>> {
+    let buffer = Arc::new(Mutex::new(Vec::new()));
+    let sink = buffer.clone();
+    tokio::spawn(async move {
+        let mut chunk = [0u8; 8192];
+        while let Ok(n @ 1..) = pipe.read(&mut chunk).await {
+            sink.lock().unwrap().extend_from_slice(&chunk[..n]);
+        }
+    });
+    buffer
+}
+
+/// A client that never goes through a proxy and never reuses a connection.
+pub fn client() -> reqwest::Client {
+    wif_broker::crypto::install_provider();
+    reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(0)
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
+/// A directory for one broker's files (config, admin tokens, SQLite store).
+pub struct BrokerDir {
+    dir: tempfile::TempDir,
+}
+
+impl BrokerDir {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("admin-tokens"),
+            format!(
+                "admin attacker-admin {}\n",
+                wif_broker::api::admin::auth::token_hash(ADMIN_TOKEN)
+            ),
+        )
+        .unwrap();
+        Self { dir }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// The SQLite store's URL in this directory.
+    pub fn sqlite_url(&self) -> String {
+        format!("sqlite://{}", self.path("wif.db").display())
+    }
+
+    /// The `[store]` and `[admin]` sections every test broker has: SQLite in this
+    /// directory and the static admin token [`ADMIN_TOKEN`].
+    pub fn base_sections(&self) -> String {
+        format!(
+            "[store]\nurl = \"{}\"\n\n[admin]\ntokens_file = \"{}\"\n",
+            self.sqlite_url(),
+            self.path("admin-tokens").display()
+        )
+    }
+
+    /// Total size of the SQLite store's files (database, WAL, shared memory).
+    pub fn store_bytes(&self) -> u64 {
+        ["wif.db", "wif.db-wal", "wif.db-shm"]
+            .iter()
+            .filter_map(|f| std::fs::metadata(self.path(f)).ok())
+            .map(|m| m.len())
+            .sum()
+    }
+}
+
+/// A running `wif-broker serve`.
+pub struct Broker {
+    child: Child,
+    stdout: Arc<Mutex<Vec<u8>>>,
+    stderr: Arc<Mutex<Vec<u8>>>,
+    pub addr: SocketAddr,
+    pub config: PathBuf,
+}
+
+impl Broker {
+    /// Writes `toml` to `dir/wif.toml` and starts `wif-broker serve` on it, listening on a
+    /// free loopback port (set through `WIF_SERVER_LISTEN`, so `toml` need not name one),
+    /// and waits until `/healthz` answers. `env` adds environment variables.
+    pub async fn start(dir: &BrokerDir, toml: &str, env: &[(&str, &str)]) -> Self {
+        let config = dir.path("wif.toml");
+        std::fs::write(&config, toml).unwrap();
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let mut cmd = wif_broker();
+        cmd.arg("serve")
+            .arg("--config")
+            .arg(&config)
+            .env("WIF_SERVER_LISTEN", addr.to_string());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let stdout = collect(child.stdout.take().unwrap());
+        let stderr = collect(child.stderr.take().unwrap());
+        let mut broker = Self {
+            child,
+            stdout,
+            stderr,
+            addr,
+            config,
+        };
+        broker.wait_answering().await;
+        broker
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    async fn wait_answering(&mut self) {
+        let http = client();
+        let deadline = Instant::now() + STARTUP;
+        loop {
+            if http
+                .get(format!("{}/healthz", self.url()))
+                .send()
+                .await
+                .is_ok()
+            {
+                return;
+            }
+            if let Some(status) = self.child.try_wait().unwrap() {
+                self.fail(&format!("wif-broker exited early with {status}"));
+            }
+            if Instant::now() > deadline {
+                self.fail(&format!("/healthz did not answer within {STARTUP:?}"));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Everything the process wrote so far (stdout, then stderr), as text.
+    pub fn output(&self) -> String {
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&self.stdout.lock().unwrap()),
+            String::from_utf8_lossy(&self.stderr.lock().unwrap())
+        )
+    }
+
+    /// How many bytes the process has written to stdout and stderr (its log).
+    pub fn log_bytes(&self) -> usize {
+        self.stdout.lock().unwrap().len() + self.stderr.lock().unwrap().len()
+    }
+
+    /// Fails the test, showing the end of what the process printed.
+    pub fn fail(&self, why: &str) -> ! {
+        let out = self.output();
+        let tail: String = {
+            let chars: Vec<char> = out.chars().collect();
+            chars[chars.len().saturating_sub(6000)..].iter().collect()
+        };
+        panic!("{why}\n--- wif-broker output (end) ---\n{tail}")
+    }
+
+    /// Sends SIGTERM, as Kubernetes does to stop a pod.
+    pub async fn terminate(&self) {
+        let pid = self.child.id().expect("the process is still running");
+        let status = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .await
+            .unwrap();
+        assert!(status.success(), "kill -TERM {pid} failed");
+    }
+
+    /// Waits at most `limit` for the process to exit.
+    pub async fn exit(&mut self, limit: Duration) -> std::process::ExitStatus {
+        match tokio::time::timeout(limit, self.child.wait()).await {
+            Ok(status) => status.unwrap(),
+            Err(_) => self.fail(&format!("wif-broker still running {limit:?} later")),
+        }
+    }
+}
+
+/// The external parties: a GitHub-style issuer and the Entra emulator, which holds the
+/// app [`CLIENT`] in [`TENANT`] trusting jobs on main.
+pub struct Upstreams {
+    pub issuer: LocalIssuer,
+    pub entra: EntraEmulator,
+}
+
+impl Upstreams {
+    pub async fn start() -> Self {
+        let issuer = LocalIssuer::start(clock::system()).await.unwrap();
+        let entra = EntraEmulator::start(clock::system()).await.unwrap();
+        entra.register_app(AppRegistration::new(TENANT, CLIENT));
+        entra.add_fic(
+            TENANT,
+            CLIENT,
+            EmulatedFic::new("main", &issuer.url(), MAIN_SUBJECT),
+        );
+        Self { issuer, entra }
+    }
+
+    /// A fresh token (new `jti`) of a job on main.
+    pub fn main_job_token(&self) -> String {
+        self.issuer.mint(github_claims(REPO, "main")).unwrap()
+    }
+
+    /// A config declaring identity `deploy` (tenant [`TENANT`], client [`CLIENT`],
+    /// passthrough) trusting jobs on main, with `extra` appended (more sections or keys of
+    /// sections not named here: `[server]`, `[jwks]`, `[audit]`, ...).
+    pub fn config(&self, dir: &BrokerDir, extra: &str) -> String {
+        format!(
+            r#"{base}
+[entra]
+authority_host = "{entra}"
+max_retries = 0
+timeout_secs = 5
+
+[outbound]
+allow_loopback_http = true
+
+[[identities]]
+name = "deploy"
+tenant_id = "{TENANT}"
+client_id = "{CLIENT}"
+
+[[identities.federated_credentials]]
+name = "main"
+issuer = "{issuer}"
+subject = "{MAIN_SUBJECT}"
+
+{extra}
+"#,
+            base = dir.base_sections(),
+            entra = self.entra.url(),
+            issuer = self.issuer.url(),
+        )
+    }
+}
+
+/// One HTTP answer.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Value,
+    pub text: String,
+}
+
+impl Answer {
+    pub fn error(&self) -> &str {
+        self.body["error"].as_str().unwrap_or("<no error code>")
+    }
+    pub fn description(&self) -> &str {
+        self.body["error_description"].as_str().unwrap_or("")
+    }
+}
+
+pub async fn answer(response: reqwest::Response) -> Answer {
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let text = response.text().await.unwrap_or_default();
+    let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+    Answer {
+        status,
+        headers,
+        body,
+        text,
+    }
+}
+
+/// `POST /v1/token` with `token` as the bearer and `scope`.
+pub async fn exchange(http: &reqwest::Client, broker: &str, token: &str, scope: &str) -> Answer {
+    let response = http
+        .post(format!("{broker}/v1/token"))
+        .bearer_auth(token)
+        .json(&serde_json::json!({ "scope": scope }))
+        .send()
+        .await
+        .unwrap();
+    answer(response).await
+}
+
+/// An admin API call with [`ADMIN_TOKEN`].
+pub async fn admin(
+    http: &reqwest::Client,
+    method: reqwest::Method,
+    url: &str,
+    body: Option<Value>,
+) -> Answer {
+    let mut request = http.request(method, url).bearer_auth(ADMIN_TOKEN);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    answer(request.send().await.unwrap()).await
+}
+
+/// A file's size, 0 when it does not exist.
+pub fn file_len(path: &Path) -> u64 {
+    std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
+}
