@@ -252,9 +252,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 },
                 wif_broker::clock::system(),
             );
-            let running = RunningAgent::start(agent, &cfg.listen, cfg.unix_socket.as_deref())
-                .await
-                .with_context(|| format!("cannot listen on {}", cfg.listen))?;
+            let running = RunningAgent::start_with_limits(
+                agent,
+                &cfg.listen,
+                cfg.unix_socket.as_deref(),
+                crate::serve::limits(&cfg),
+            )
+            .await
+            .with_context(|| format!("cannot listen on {}", cfg.listen))?;
             if let Some(url) = running.url() {
                 tracing::info!(%url, "agent listening");
             }

@@ -27,6 +27,7 @@ use prometheus_client::metrics::family::Family;
 use serde_json::json;
 use subtle::ConstantTimeEq;
 use tokio::sync::oneshot;
+use wif_broker::api::serve::{Limits, serve};
 use wif_broker::clock::SharedClock;
 
 use crate::broker::{BrokerClient, BrokerError, BrokerToken, Selector};
@@ -450,6 +451,20 @@ async fn not_found() -> AgentError {
     AgentError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
 }
 
+/// The connection limits and shutdown timing of `cfg` (the HTTP/2 settings are the
+/// broker's defaults: SDKs speak HTTP/1.1 to the agent).
+pub fn limits(cfg: &wif_config::AgentConfig) -> Limits {
+    Limits {
+        header_read_timeout: Duration::from_secs(cfg.header_read_timeout_secs),
+        idle_timeout: Duration::from_secs(cfg.idle_timeout_secs),
+        max_connections: cfg.max_connections,
+        ops_reserve_connections: 8,
+        drain: Duration::from_secs(cfg.drain_secs),
+        shutdown_timeout: Duration::from_secs(cfg.shutdown_timeout_secs),
+        ..Limits::default()
+    }
+}
+
 pub fn router(agent: Arc<Agent>) -> Router {
     Router::new()
         .route("/msi/token", get(app_service))
@@ -466,7 +481,8 @@ pub struct RunningAgent {
     pub addr: Option<SocketAddr>,
     pub agent: Arc<Agent>,
     stop: Option<oneshot::Sender<()>>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    tasks: Vec<tokio::task::JoinHandle<std::io::Result<()>>>,
+    limits: Limits,
 }
 
 impl std::fmt::Debug for RunningAgent {
@@ -478,11 +494,29 @@ impl std::fmt::Debug for RunningAgent {
 }
 
 impl RunningAgent {
-    /// Binds `listen` (empty: no TCP listener) and `unix_socket`, and serves.
+    /// Binds `listen` (empty: no TCP listener) and `unix_socket`, and serves with the
+    /// default connection limits.
     pub async fn start(
         agent: Arc<Agent>,
         listen: &str,
         unix_socket: Option<&std::path::Path>,
+    ) -> std::io::Result<Self> {
+        Self::start_with_limits(
+            agent,
+            listen,
+            unix_socket,
+            limits(&wif_config::AgentConfig::default()),
+        )
+        .await
+    }
+
+    /// Like [`Self::start`], with the connection limits and shutdown timing given (both
+    /// listeners get them; see docs/agent.md).
+    pub async fn start_with_limits(
+        agent: Arc<Agent>,
+        listen: &str,
+        unix_socket: Option<&std::path::Path>,
+        limits: Limits,
     ) -> std::io::Result<Self> {
         let (stop, stopped) = oneshot::channel::<()>();
         let stopped = futures::future::FutureExt::shared(async move {
@@ -493,31 +527,32 @@ impl RunningAgent {
         if !listen.is_empty() {
             let listener = tokio::net::TcpListener::bind(listen).await?;
             addr = Some(listener.local_addr()?);
-            let app = router(agent.clone());
-            let signal = stopped.clone();
-            tasks.push(tokio::spawn(async move {
-                let _ = axum::serve(listener, app)
-                    .with_graceful_shutdown(signal)
-                    .await;
-            }));
+            tasks.push(tokio::spawn(serve(
+                listener,
+                router(agent.clone()),
+                None,
+                stopped.clone(),
+                limits.clone(),
+            )));
         }
         #[cfg(unix)]
         if let Some(path) = unix_socket {
             let _ = std::fs::remove_file(path);
             let listener = tokio::net::UnixListener::bind(path)?;
-            let app = router(agent.clone());
-            let signal = stopped.clone();
-            tasks.push(tokio::spawn(async move {
-                let _ = axum::serve(listener, app)
-                    .with_graceful_shutdown(signal)
-                    .await;
-            }));
+            tasks.push(tokio::spawn(serve(
+                listener,
+                router(agent.clone()),
+                None,
+                stopped.clone(),
+                limits.clone(),
+            )));
         }
         Ok(Self {
             addr,
             agent,
             stop: Some(stop),
             tasks,
+            limits,
         })
     }
 
@@ -526,14 +561,17 @@ impl RunningAgent {
         self.addr.map(|a| format!("http://{a}"))
     }
 
-    /// Stops serving; in-flight requests finish (bounded).
+    /// Fails readiness, serves on for `drain_secs`, then stops accepting; in-flight
+    /// requests finish (bounded by `shutdown_timeout_secs`, then 503 `shutting_down`).
     pub async fn shutdown(mut self) {
         self.agent.ready.store(false, Ordering::SeqCst);
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
+        // `serve` ends on its own within drain + deadline; this only guards against a bug.
+        let bound = self.limits.drain + self.limits.shutdown_timeout + Duration::from_secs(5);
         for task in self.tasks.drain(..) {
-            let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+            let _ = tokio::time::timeout(bound, task).await;
         }
     }
 }

@@ -129,7 +129,7 @@ impl RunningBroker {
             async move {
                 let _ = stopped.await;
             },
-            Duration::from_secs(cfg.server.shutdown_timeout_secs),
+            api::serve::Limits::from_config(&cfg.server),
         ));
         tracing::info!(%addr, tls, "broker listening");
         Ok(Self {
@@ -152,8 +152,9 @@ impl RunningBroker {
         )
     }
 
-    /// Stops accepting, fails readiness, lets in-flight requests finish (bounded by
-    /// `server.shutdown_timeout_secs`).
+    /// Fails readiness and keeps serving for `server.drain_secs`, then stops accepting and
+    /// lets in-flight requests finish (bounded by `server.shutdown_timeout_secs`; later
+    /// ones get 503 `shutting_down`). See docs/kubernetes.md.
     pub async fn shutdown(mut self) -> std::io::Result<()> {
         self.ready.store(false, Ordering::SeqCst);
         if let Some(stop) = self.stop.take() {

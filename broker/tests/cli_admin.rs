@@ -47,6 +47,7 @@ impl Admin {
         .unwrap();
         let mut config = BrokerConfig::default();
         config.server.listen = "127.0.0.1:0".into();
+        config.server.drain_secs = 0;
         config.store.url = "sqlite::memory:".into();
         config.outbound.allow_loopback_http = true;
         config.admin.tokens_file = Some(tokens_file);

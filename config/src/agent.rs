@@ -48,6 +48,19 @@ pub struct AgentConfig {
     pub refresh_before_secs: u64,
     /// A token with less than this left is never handed out (the SDKs' own floor).
     pub min_remaining_secs: u64,
+    /// Time a client has to send a request's headers (from connecting, or from the first
+    /// byte of a later request on the connection).
+    pub header_read_timeout_secs: u64,
+    /// A keep-alive connection idle this long between requests is closed.
+    pub idle_timeout_secs: u64,
+    /// Connections served at once; 8 more serve only `/healthz`, `/readyz`, `/metrics`.
+    pub max_connections: usize,
+    /// On SIGTERM, how long the agent keeps serving (with `/readyz` failing) before it stops
+    /// accepting.
+    pub drain_secs: u64,
+    /// After the drain, time allowed for requests in flight; those still running are then
+    /// answered 503 `shutting_down`.
+    pub shutdown_timeout_secs: u64,
 }
 
 impl Default for AgentConfig {
@@ -69,6 +82,11 @@ impl Default for AgentConfig {
             imds: true,
             refresh_before_secs: 600,
             min_remaining_secs: 300,
+            header_read_timeout_secs: 10,
+            idle_timeout_secs: 60,
+            max_connections: 256,
+            drain_secs: 0,
+            shutdown_timeout_secs: 10,
         }
     }
 }
@@ -104,6 +122,11 @@ impl AgentConfig {
                 | "retries"
                 | "refresh_before_secs"
                 | "min_remaining_secs"
+                | "header_read_timeout_secs"
+                | "idle_timeout_secs"
+                | "max_connections"
+                | "drain_secs"
+                | "shutdown_timeout_secs"
                 | "imds" => parsed,
                 _ => toml::Value::String(value.clone()),
             };
@@ -159,8 +182,16 @@ impl AgentConfig {
         if self.refresh_before_secs <= self.min_remaining_secs {
             push("refresh_before_secs", "must be above min_remaining_secs");
         }
-        if self.timeout_secs == 0 {
-            push("timeout_secs", "must be above 0");
+        for (key, value) in [
+            ("timeout_secs", self.timeout_secs),
+            ("header_read_timeout_secs", self.header_read_timeout_secs),
+            ("idle_timeout_secs", self.idle_timeout_secs),
+            ("max_connections", self.max_connections as u64),
+            ("shutdown_timeout_secs", self.shutdown_timeout_secs),
+        ] {
+            if value == 0 {
+                push(key, "must be above 0");
+            }
         }
         if self
             .identity_header

@@ -86,10 +86,31 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// Largest accepted external token.
     pub max_token_bytes: usize,
-    /// Time allowed for in-flight requests to finish on shutdown.
+    /// After the drain: time allowed for in-flight requests to finish on shutdown; those
+    /// still running are then answered 503 `shutting_down`.
     pub shutdown_timeout_secs: u64,
     /// Upper bound on one request's handling time.
     pub request_timeout_secs: u64,
+    /// On SIGTERM, how long the broker keeps serving (with `/readyz` failing) before it
+    /// stops accepting, so load balancers stop routing to it first. 0: stop at once.
+    pub drain_secs: u64,
+    /// Time a client has to send a request's headers: from accepting the connection (TLS
+    /// handshake included), or from the first byte of a later request on it.
+    pub header_read_timeout_secs: u64,
+    /// A keep-alive connection idle this long between requests is closed.
+    pub idle_timeout_secs: u64,
+    /// HTTP/2: how often an idle peer is pinged.
+    pub http2_keepalive_interval_secs: u64,
+    /// HTTP/2: a ping unanswered this long closes the connection.
+    pub http2_keepalive_timeout_secs: u64,
+    /// HTTP/2: concurrent requests (streams) per connection.
+    pub http2_max_concurrent_streams: u32,
+    /// Connections served at once; beyond it, see `ops_reserve_connections`.
+    pub max_connections: usize,
+    /// Connections accepted above `max_connections` that serve only `/healthz`, `/readyz`
+    /// and `/metrics` (one request, 2 s to send it); other requests on them get 503
+    /// `overloaded`. Beyond both, new connections are closed at once.
+    pub ops_reserve_connections: usize,
 }
 
 impl Default for ServerConfig {
@@ -103,6 +124,14 @@ impl Default for ServerConfig {
             max_token_bytes: 16 * 1024,
             shutdown_timeout_secs: 20,
             request_timeout_secs: 60,
+            drain_secs: 5,
+            header_read_timeout_secs: 10,
+            idle_timeout_secs: 60,
+            http2_keepalive_interval_secs: 20,
+            http2_keepalive_timeout_secs: 10,
+            http2_max_concurrent_streams: 100,
+            max_connections: 1024,
+            ops_reserve_connections: 16,
         }
     }
 }

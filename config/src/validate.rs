@@ -117,6 +117,24 @@ fn server(p: &mut Problems, s: &ServerConfig) {
     }
     positive(p, "server.shutdown_timeout_secs", s.shutdown_timeout_secs);
     positive(p, "server.request_timeout_secs", s.request_timeout_secs);
+    positive(p, "server.header_read_timeout_secs", s.header_read_timeout_secs);
+    positive(p, "server.idle_timeout_secs", s.idle_timeout_secs);
+    positive(
+        p,
+        "server.http2_keepalive_interval_secs",
+        s.http2_keepalive_interval_secs,
+    );
+    positive(
+        p,
+        "server.http2_keepalive_timeout_secs",
+        s.http2_keepalive_timeout_secs,
+    );
+    positive(
+        p,
+        "server.http2_max_concurrent_streams",
+        s.http2_max_concurrent_streams,
+    );
+    positive(p, "server.max_connections", s.max_connections);
 }
 
 fn store(p: &mut Problems, s: &StoreConfig) {
@@ -1126,6 +1144,20 @@ mod tests {
                 c.server.request_timeout_secs = 0
             }),
             ("server.max_token_bytes", |c| c.server.max_token_bytes = 0),
+            ("server.header_read_timeout_secs", |c| {
+                c.server.header_read_timeout_secs = 0
+            }),
+            ("server.idle_timeout_secs", |c| c.server.idle_timeout_secs = 0),
+            ("server.http2_keepalive_interval_secs", |c| {
+                c.server.http2_keepalive_interval_secs = 0
+            }),
+            ("server.http2_keepalive_timeout_secs", |c| {
+                c.server.http2_keepalive_timeout_secs = 0
+            }),
+            ("server.http2_max_concurrent_streams", |c| {
+                c.server.http2_max_concurrent_streams = 0
+            }),
+            ("server.max_connections", |c| c.server.max_connections = 0),
         ] {
             only(&check(change), key, "must be greater than 0");
         }

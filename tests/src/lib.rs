@@ -196,6 +196,8 @@ impl Stack {
         let bound = listener.local_addr().unwrap().to_string();
         config.server.listen = bound.clone();
         config.store.url = "sqlite::memory:".into();
+        // No load balancer to drain in tests: shutting down stops at once.
+        config.server.drain_secs = 0;
         config.outbound.allow_loopback_http = true;
         config.entra.authority_host = entra.url();
         config.entra.initial_backoff_ms = 20;

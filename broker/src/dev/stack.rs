@@ -118,6 +118,8 @@ impl DevStack {
 pub fn dev_config(listen: &str, issuer: &str, entra: &str) -> BrokerConfig {
     let mut config = BrokerConfig::default();
     config.server.listen = listen.to_owned();
+    // Ctrl-C stops the dev stack at once: no load balancer to drain.
+    config.server.drain_secs = 0;
     config.store.url = "sqlite::memory:".into();
     config.entra.authority_host = entra.to_owned();
     config.outbound.allow_loopback_http = true;

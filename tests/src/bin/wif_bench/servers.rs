@@ -62,6 +62,7 @@ impl BenchStack {
         let mut config = BrokerConfig::default();
         config.server.listen = "127.0.0.1:0".into();
         config.server.shutdown_timeout_secs = 2;
+        config.server.drain_secs = 0;
         let store_dir = tempfile::tempdir()?;
         config.store.url = format!("sqlite://{}", store_dir.path().join("wif.db").display());
         if !verified_cache {
