@@ -37,6 +37,7 @@ use axum::extract::ConnectInfo;
 use axum::http::{HeaderValue, Request, StatusCode, Version, header};
 use axum::response::{IntoResponse, Response};
 use axum::serve::Listener;
+use futures::FutureExt;
 use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
@@ -152,10 +153,27 @@ where
         }
     };
     tokio::pin!(drained);
+    // After the drain, connections the kernel has already completed are still taken (and
+    // answered 503 `shutting_down`) rather than reset with the listener; a bounded number.
+    let mut backlog = None::<usize>;
     loop {
-        let (io, addr) = tokio::select! {
-            accepted = listener.accept() => accepted,
-            () = &mut drained => break,
+        let (io, addr) = match &mut backlog {
+            None => tokio::select! {
+                accepted = listener.accept() => accepted,
+                () = &mut drained => {
+                    phase_tx.send_replace(Phase::Closing);
+                    backlog = Some(main_permits as usize + reserve_permits as usize);
+                    continue;
+                }
+            },
+            Some(0) => break,
+            Some(left) => {
+                *left -= 1;
+                match listener.accept().now_or_never() {
+                    Some(accepted) => accepted,
+                    None => break,
+                }
+            }
         };
         let accepted_at = Instant::now();
         let (permit, reserved) = match main.clone().try_acquire_owned() {
@@ -197,7 +215,6 @@ where
     drop(listener);
 
     // Close: connections finish what they are doing, bounded by the deadline.
-    phase_tx.send_replace(Phase::Closing);
     let all_closed = async {
         let _main = main.acquire_many(main_permits).await;
         let _reserve = reserve.acquire_many(reserve_permits).await;
