@@ -286,6 +286,10 @@ fn the_default_install_is_one_hardened_broker_with_the_webhook() {
     assert_eq!(config.webhook.agent_image, "wif-broker:0.1.0");
     assert_eq!(config.webhook.token_expiration_secs, 3600);
     assert_eq!(config.server.listen, "0.0.0.0:8443");
+    // SIGTERM: the broker drains, then its deadline; the grace period covers both.
+    assert_eq!(config.server.drain_secs, 10);
+    assert_eq!(config.server.shutdown_timeout_secs, 20);
+    assert_eq!(pod["terminationGracePeriodSeconds"], 35);
 
     // The webhook reaches this Service, on its port, at the broker's route.
     let service = one(case, "Service");

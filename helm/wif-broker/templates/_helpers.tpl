@@ -101,7 +101,7 @@ with toToml. Helm reads every number in values as a float, and toToml would writ
 */}}
 {{- define "wif-broker.config" -}}
 {{- $managed := dict }}
-{{- $server := dict "listen" (printf "0.0.0.0:%d" (int .Values.broker.port)) }}
+{{- $server := dict "listen" (printf "0.0.0.0:%d" (int .Values.broker.port)) "drain_secs" (int .Values.broker.drainSeconds) "shutdown_timeout_secs" (int .Values.broker.shutdownTimeoutSeconds) }}
 {{- if .Values.tls.enabled }}
 {{- $_ := set $server "tls_cert" "/etc/wif-broker/tls/tls.crt" }}
 {{- $_ := set $server "tls_key" "/etc/wif-broker/tls/tls.key" }}
