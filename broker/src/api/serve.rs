@@ -55,11 +55,16 @@ pub const OPS_PATHS: &[&str] = &["/healthz", "/readyz", "/metrics"];
 /// The header timeout of a reserve connection (at most; `header_read_timeout` if shorter).
 const RESERVE_HEADER_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// How long a reserve connection is kept after its one answer (HTTP/1 closes by itself
+/// right after it; this bounds HTTP/2).
+const RESERVE_IDLE_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// Once connections are being closed: how long an idle one (or one with half-sent headers)
 /// gets for its close (an HTTP/2 GOAWAY) to go out.
 const CLOSE_GRACE: Duration = Duration::from_millis(500);
 
-/// After the deadline: how long the 503 `shutting_down` answers get to be written.
+/// After the deadline: how long the 503 `shutting_down` answers get to be written before
+/// every connection is closed.
 const DEADLINE_GRACE: Duration = Duration::from_secs(1);
 
 /// File descriptors kept free of connections (store, outbound calls, files, logs).
@@ -322,7 +327,7 @@ impl Connection {
 
     fn idle_timeout(&self) -> Duration {
         if self.reserved {
-            Duration::ZERO
+            RESERVE_IDLE_TIMEOUT
         } else {
             self.limits.idle_timeout
         }
@@ -390,6 +395,9 @@ impl Connection {
             let notified = activity.changed.notified();
             let deadline = activity.deadline(&timeouts, phase_since);
             tokio::select! {
+                // The connection first: an answer it is writing goes out before a timer
+                // that fired meanwhile closes it.
+                biased;
                 result = conn.as_mut() => {
                     if let Err(e) = result {
                         tracing::debug!(peer = ?addr, error = %e, "connection ended with an error");
@@ -498,10 +506,10 @@ impl Activity {
     fn deadline(&self, t: &Timeouts, (phase, since): (Phase, Instant)) -> Option<Instant> {
         let state = self.lock();
         match phase {
-            Phase::Deadline if state.in_flight == 0 => Some(since),
             Phase::Deadline => Some(since + DEADLINE_GRACE),
             _ if state.in_flight > 0 => None,
-            Phase::Closing => Some(since + CLOSE_GRACE),
+            // Room for the last answer to be flushed (HTTP/1 closes by itself after it).
+            Phase::Closing => Some(since.max(state.idle_since) + CLOSE_GRACE),
             Phase::Serving | Phase::Draining => Some(if !state.served {
                 state.accepted_at + t.header
             } else if let Some(first) = state.first_byte {

@@ -136,12 +136,19 @@ async fn half_sent_request_lines_and_headers_are_closed_after_the_header_timeout
     let config = up.config(&dir, "[server]\nheader_read_timeout_secs = 3\n");
     let broker = Broker::start(&dir, &config, &[]).await;
 
-    // Half a request line, and a request whose headers trickle in a byte at a time (each
-    // byte well within any per-read timeout).
+    // Half a request line, an HTTP/2 preface without a request, and a request whose headers
+    // trickle in a byte at a time (each byte well within any per-read timeout).
     let mut halves = silent(broker.addr, 20).await;
     for stream in &mut halves {
         stream.write_all(b"POST /v1/tok").await.unwrap();
     }
+    // An HTTP/2 client that sends its preface and settings, and no request.
+    let mut preface = TcpStream::connect(broker.addr).await.unwrap();
+    preface
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .await
+        .unwrap();
+    halves.push(preface);
     let mut trickle = TcpStream::connect(broker.addr).await.unwrap();
     trickle
         .write_all(b"GET /healthz HTTP/1.1\r\nHost: broker\r\n")
@@ -158,7 +165,7 @@ async fn half_sent_request_lines_and_headers_are_closed_after_the_header_timeout
         false
     });
 
-    all_closed_within(&broker, halves, HANG_GUARD, "half-sent request lines").await;
+    all_closed_within(&broker, halves, HANG_GUARD, "half-sent requests").await;
     let cut_off = tokio::time::timeout(HANG_GUARD + Duration::from_secs(5), dripping)
         .await
         .unwrap()
