@@ -57,9 +57,12 @@ async fn start(config: &str) -> Agent {
         .unwrap();
     let started = Instant::now();
     loop {
-        if raw_request(addr, "GET /healthz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
-            .await
-            .starts_with("HTTP/1.1 200")
+        if raw_request(
+            addr,
+            "GET /healthz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+        )
+        .await
+        .starts_with("HTTP/1.1 200")
         {
             break;
         }
@@ -144,10 +147,9 @@ async fn silent_and_half_sent_connections_at_the_cap_leave_healthz_answering_and
 
 #[tokio::test(flavor = "multi_thread")]
 async fn idle_keep_alive_connections_are_closed_and_a_half_sent_request_does_not_hold_shutdown() {
-    let mut agent = start(
-        "idle_timeout_secs = 2\nheader_read_timeout_secs = 60\nshutdown_timeout_secs = 60\n",
-    )
-    .await;
+    let mut agent =
+        start("idle_timeout_secs = 2\nheader_read_timeout_secs = 60\nshutdown_timeout_secs = 60\n")
+            .await;
 
     // Keep-alive works, then an idle connection is closed (the header timeout is far off).
     let mut stream = TcpStream::connect(agent.addr).await.unwrap();

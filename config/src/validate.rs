@@ -117,7 +117,11 @@ fn server(p: &mut Problems, s: &ServerConfig) {
     }
     positive(p, "server.shutdown_timeout_secs", s.shutdown_timeout_secs);
     positive(p, "server.request_timeout_secs", s.request_timeout_secs);
-    positive(p, "server.header_read_timeout_secs", s.header_read_timeout_secs);
+    positive(
+        p,
+        "server.header_read_timeout_secs",
+        s.header_read_timeout_secs,
+    );
     positive(p, "server.idle_timeout_secs", s.idle_timeout_secs);
     positive(
         p,
@@ -1147,7 +1151,9 @@ mod tests {
             ("server.header_read_timeout_secs", |c| {
                 c.server.header_read_timeout_secs = 0
             }),
-            ("server.idle_timeout_secs", |c| c.server.idle_timeout_secs = 0),
+            ("server.idle_timeout_secs", |c| {
+                c.server.idle_timeout_secs = 0
+            }),
             ("server.http2_keepalive_interval_secs", |c| {
                 c.server.http2_keepalive_interval_secs = 0
             }),

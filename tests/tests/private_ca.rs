@@ -30,7 +30,7 @@ async fn https_server(
         routes(&url),
         Some(tls),
         std::future::pending(),
-        Duration::from_secs(1),
+        wif_broker::api::serve::Limits::default(),
     ));
     url
 }

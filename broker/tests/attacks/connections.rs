@@ -275,7 +275,10 @@ async fn sigterm_drains_while_busy_clients_see_no_failure_then_the_broker_exits(
     const DRAIN: Duration = Duration::from_secs(5);
     let up = Upstreams::start().await;
     let dir = BrokerDir::new();
-    let config = up.config(&dir, "[server]\ndrain_secs = 5\nshutdown_timeout_secs = 5\n");
+    let config = up.config(
+        &dir,
+        "[server]\ndrain_secs = 5\nshutdown_timeout_secs = 5\n",
+    );
     let mut broker = Broker::start(&dir, &config, &[]).await;
     let url = broker.url();
     let http = client();
@@ -397,7 +400,10 @@ async fn a_request_still_running_at_the_deadline_gets_503_shutting_down() {
     let up = Upstreams::start().await;
     let (entra, mut arrivals) = hanging_entra().await;
     let dir = BrokerDir::new();
-    let config = up.config(&dir, "[server]\ndrain_secs = 1\nshutdown_timeout_secs = 2\n");
+    let config = up.config(
+        &dir,
+        "[server]\ndrain_secs = 1\nshutdown_timeout_secs = 2\n",
+    );
     let mut broker = Broker::start(
         &dir,
         &config,
