@@ -433,3 +433,47 @@ async fn a_request_still_running_at_the_deadline_gets_503_shutting_down() {
     let status = broker.exit(HANG_GUARD).await;
     assert!(status.success(), "{status}\n{}", broker.output());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn silent_connections_beyond_a_low_open_files_limit_leave_healthz_answering() {
+    if std::process::Command::new("prlimit")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("prlimit (util-linux) is not installed; skipping");
+        return;
+    }
+    let up = Upstreams::start().await;
+    let dir = BrokerDir::new();
+    // The default caps (1024 + 16) do not fit in 256 files; the header timeout is long, so
+    // only the lowered caps (and the reserve's short timeout) can free a slot in time.
+    let config = up.config(&dir, "[server]\nheader_read_timeout_secs = 60\n");
+    let broker =
+        Broker::start_under(&["prlimit", "--nofile=256:256", "--"], &dir, &config, &[]).await;
+    assert!(
+        broker.output().contains("open-files limit"),
+        "no warning about the lowered caps\n{}",
+        broker.output()
+    );
+
+    // More silent connections than the process has files.
+    let streams = silent(broker.addr, 300).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // The probe gets through: at once, or once a reserve connection's 2 s are up.
+    let http = client();
+    let started = Instant::now();
+    loop {
+        if let Ok(response) = http.get(format!("{}/healthz", broker.url())).send().await
+            && response.status() == 200
+        {
+            break;
+        }
+        if started.elapsed() > HANG_GUARD {
+            broker.fail("/healthz did not answer with 300 silent connections and 256 files");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop(streams);
+}

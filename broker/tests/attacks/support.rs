@@ -354,3 +354,51 @@ pub async fn admin(
 pub fn file_len(path: &Path) -> u64 {
     std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
 }
+
+impl Broker {
+    /// Like [`Broker::start`], with `wif-broker serve` run through `prefix` (a program and
+    /// its arguments that execs the rest, such as `prlimit --nofile=256:256 --`).
+    pub async fn start_under(
+        prefix: &[&str],
+        dir: &BrokerDir,
+        toml: &str,
+        env: &[(&str, &str)],
+    ) -> Self {
+        let config = dir.path("wif.toml");
+        std::fs::write(&config, toml).unwrap();
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let plain = wif_broker();
+        let mut cmd = Command::new(prefix[0]);
+        cmd.args(&prefix[1..])
+            .arg(plain.as_std().get_program())
+            .arg("serve")
+            .arg("--config")
+            .arg(&config)
+            .env("WIF_SERVER_LISTEN", addr.to_string());
+        for (name, value) in plain.as_std().get_envs() {
+            match value {
+                Some(value) => cmd.env(name, value),
+                None => cmd.env_remove(name),
+            };
+        }
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = cmd.spawn().unwrap();
+        let stdout = collect(child.stdout.take().unwrap());
+        let stderr = collect(child.stderr.take().unwrap());
+        let mut broker = Self {
+            child,
+            stdout,
+            stderr,
+            addr,
+            config,
+        };
+        broker.wait_answering().await;
+        broker
+    }
+}
