@@ -477,3 +477,67 @@ async fn silent_connections_beyond_a_low_open_files_limit_leave_healthz_answerin
     }
     drop(streams);
 }
+
+/// Opens an HTTP/2 (prior knowledge) connection, sends `GET /healthz` on stream 1 and reads
+/// frames until its response headers arrive. The client never acknowledges anything.
+async fn h2_healthz(broker: &Broker) -> TcpStream {
+    let mut stream = TcpStream::connect(broker.addr).await.unwrap();
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]); // empty SETTINGS
+    // HPACK: :method GET, :scheme http, :path "/healthz", :authority "a".
+    let mut block = vec![0x82, 0x86, 0x44, 8];
+    block.extend_from_slice(b"/healthz");
+    block.extend_from_slice(&[0x41, 1, b'a']);
+    out.extend_from_slice(&[0, 0, block.len() as u8, 1, 0x05, 0, 0, 0, 1]); // HEADERS, END_STREAM|END_HEADERS
+    out.extend_from_slice(&block);
+    stream.write_all(&out).await.unwrap();
+    let answered = async {
+        loop {
+            let mut head = [0u8; 9];
+            stream.read_exact(&mut head).await?;
+            let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+            let mut payload = vec![0u8; len];
+            stream.read_exact(&mut payload).await?;
+            let stream_id = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+            if head[3] == 1 && stream_id == 1 {
+                return Ok::<_, std::io::Error>(());
+            }
+        }
+    };
+    match tokio::time::timeout(HANG_GUARD, answered).await {
+        Ok(Ok(())) => stream,
+        other => broker.fail(&format!("no HTTP/2 answer to GET /healthz: {other:?}")),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn http2_connections_that_sit_idle_or_whose_peer_stops_answering_pings_are_closed() {
+    let up = Upstreams::start().await;
+
+    // Idle after a request: the idle timeout closes it (the first ping is a minute away).
+    let dir = BrokerDir::new();
+    let config = up.config(
+        &dir,
+        "[server]\nidle_timeout_secs = 2\nheader_read_timeout_secs = 60\n\
+         http2_keepalive_interval_secs = 60\n",
+    );
+    let broker = Broker::start(&dir, &config, &[]).await;
+    let mut idle = h2_healthz(&broker).await;
+    if !closed_within(&mut idle, HANG_GUARD).await {
+        broker.fail("an idle HTTP/2 connection was kept past the idle timeout");
+    }
+
+    // A peer that never acknowledges pings is dead: keep-alive closes it long before the
+    // idle timeout would.
+    let dir = BrokerDir::new();
+    let config = up.config(
+        &dir,
+        "[server]\nidle_timeout_secs = 120\nheader_read_timeout_secs = 120\n\
+         http2_keepalive_interval_secs = 1\nhttp2_keepalive_timeout_secs = 2\n",
+    );
+    let broker = Broker::start(&dir, &config, &[]).await;
+    let mut dead = h2_healthz(&broker).await;
+    if !closed_within(&mut dead, HANG_GUARD).await {
+        broker.fail("an HTTP/2 peer that answers no ping was kept");
+    }
+}
