@@ -229,11 +229,8 @@ where
         .await
         .is_err()
     {
-        let open = (main_permits as usize - main.available_permits())
-            + (reserve_permits as usize - reserve.available_permits());
         tracing::warn!(
             deadline_secs = limits.shutdown_timeout.as_secs(),
-            connections = open,
             "shutdown deadline passed; answering requests still running with 503 shutting_down"
         );
         phase_tx.send_replace(Phase::Deadline);
@@ -262,7 +259,9 @@ fn fit_to_file_limit(mut limits: Limits) -> Limits {
         let Some(files) = getrlimit(Resource::Nofile).current else {
             return limits;
         };
-        let wanted = (limits.max_connections + limits.ops_reserve_connections) as u64;
+        let wanted = limits
+            .max_connections
+            .saturating_add(limits.ops_reserve_connections) as u64;
         let room = files.saturating_sub(SPARE_FILES);
         if wanted > room {
             let reserve = (limits.ops_reserve_connections as u64).min(room / 2);
