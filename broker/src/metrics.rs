@@ -25,6 +25,7 @@ pub struct Metrics {
     store_errors: Counter,
     registry_reloads: Family<Labels, Counter>,
     admin_requests: Family<Labels, Counter>,
+    connections: crate::api::serve::ConnectionMetrics,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -116,6 +117,27 @@ impl Metrics {
             "Admin API requests, by action and outcome",
             admin_requests.clone(),
         );
+        let connections = crate::api::serve::ConnectionMetrics::default();
+        registry.register(
+            "connections_open",
+            "HTTP connections open now",
+            connections.open.clone(),
+        );
+        registry.register(
+            "connections_reserved",
+            "Connections accepted above [server] max_connections, into the ops reserve",
+            connections.reserved.clone(),
+        );
+        registry.register(
+            "connections_refused",
+            "Connections closed at accept: max_connections and the ops reserve were full",
+            connections.refused.clone(),
+        );
+        registry.register(
+            "connections_timed_out",
+            "Connections closed by the header-read or idle timeout",
+            connections.timed_out.clone(),
+        );
         Arc::new(Self {
             registry,
             exchanges,
@@ -130,7 +152,13 @@ impl Metrics {
             store_errors,
             registry_reloads,
             admin_requests,
+            connections,
         })
+    }
+
+    /// The listeners' connection counters (`wif_connections_*`).
+    pub fn connections(&self) -> crate::api::serve::ConnectionMetrics {
+        self.connections.clone()
     }
 
     pub fn exchange(&self, endpoint: &'static str, outcome: &str, issuer: &str, seconds: f64) {

@@ -122,7 +122,7 @@ impl RunningBroker {
         };
         let (stop, stopped) = oneshot::channel::<()>();
         let tls = tls_config.is_some();
-        let task = tokio::spawn(api::serve::serve(
+        let task = tokio::spawn(api::serve::serve_counted(
             listener,
             api::router(state),
             tls_config,
@@ -130,6 +130,7 @@ impl RunningBroker {
                 let _ = stopped.await;
             },
             api::serve::Limits::from_config(&cfg.server),
+            broker.metrics().connections(),
         ));
         tracing::info!(%addr, tls, "broker listening");
         Ok(Self {

@@ -41,6 +41,8 @@ use futures::FutureExt;
 use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{Notify, Semaphore, watch};
 use tokio::time::Instant;
@@ -109,6 +111,36 @@ impl Default for Limits {
     }
 }
 
+/// What a server counts about its connections. The broker registers them as
+/// `wif_connections_*` (docs/api.md); unregistered, they only count.
+#[derive(Debug, Clone, Default)]
+pub struct ConnectionMetrics {
+    /// Connections open now.
+    pub open: Gauge,
+    /// Connections accepted above `max_connections`, into the ops reserve.
+    pub reserved: Counter,
+    /// Connections closed at accept: both caps were full.
+    pub refused: Counter,
+    /// Connections closed by the header-read or idle timeout.
+    pub timed_out: Counter,
+}
+
+/// Counts a connection open until dropped.
+struct Open(Gauge);
+
+impl Open {
+    fn new(gauge: &Gauge) -> Self {
+        gauge.inc();
+        Self(gauge.clone())
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 /// Where a server is in its life. Only moves forward.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Phase {
@@ -125,11 +157,35 @@ enum Phase {
 /// drains and stops as the module documentation describes. Returns once every connection
 /// is closed (at most `drain + shutdown_timeout` and a second or two after `shutdown`).
 pub async fn serve<L>(
+    listener: L,
+    router: Router,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    limits: Limits,
+) -> std::io::Result<()>
+where
+    L: Listener,
+    L::Addr: Clone + Debug + Sync + 'static,
+{
+    serve_counted(
+        listener,
+        router,
+        tls,
+        shutdown,
+        limits,
+        ConnectionMetrics::default(),
+    )
+    .await
+}
+
+/// [`serve`], counting connections in `metrics`.
+pub async fn serve_counted<L>(
     mut listener: L,
     router: Router,
     tls: Option<Arc<rustls::ServerConfig>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
     limits: Limits,
+    metrics: ConnectionMetrics,
 ) -> std::io::Result<()>
 where
     L: Listener,
@@ -184,8 +240,12 @@ where
         let (permit, reserved) = match main.clone().try_acquire_owned() {
             Ok(permit) => (permit, false),
             Err(_) => match reserve.clone().try_acquire_owned() {
-                Ok(permit) => (permit, true),
+                Ok(permit) => {
+                    metrics.reserved.inc();
+                    (permit, true)
+                }
                 Err(_) => {
+                    metrics.refused.inc();
                     refused.note(limits.max_connections, limits.ops_reserve_connections);
                     drop(io);
                     continue;
@@ -198,8 +258,10 @@ where
             phase: phase_rx.clone(),
             reserved,
             accepted_at,
+            timed_out: metrics.timed_out.clone(),
         };
         let acceptor = acceptor.clone();
+        let open = Open::new(&metrics.open);
         tokio::spawn(async move {
             match acceptor {
                 None => connection.run(io, addr).await,
@@ -215,6 +277,7 @@ where
                 }
             }
             drop(permit);
+            drop(open);
         });
     }
     drop(listener);
@@ -313,6 +376,7 @@ struct Connection {
     /// Above `max_connections`: ops routes only, one request.
     reserved: bool,
     accepted_at: Instant,
+    timed_out: Counter,
 }
 
 impl Connection {
@@ -410,6 +474,9 @@ impl Connection {
                         .is_some_and(|d| d <= Instant::now())
                     {
                         tracing::debug!(peer = ?addr, phase = ?now_phase, "closing a connection: timed out");
+                        if now_phase < Phase::Closing {
+                            self.timed_out.inc();
+                        }
                         return;
                     }
                 }

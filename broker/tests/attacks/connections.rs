@@ -62,6 +62,23 @@ async fn all_closed_within(broker: &Broker, streams: Vec<TcpStream>, limit: Dura
     }
 }
 
+/// The broker's `/metrics` text.
+async fn metrics_text(broker: &Broker) -> String {
+    let response = client()
+        .get(format!("{}/metrics", broker.url()))
+        .send()
+        .await
+        .unwrap_or_else(|e| broker.fail(&format!("/metrics: {e}")));
+    response.text().await.unwrap()
+}
+
+/// The value of the unlabelled metric `name` in `text` (0 when absent).
+fn metric(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0)
+}
+
 /// Sends one raw HTTP/1.1 request on a new connection and reads the answer until the
 /// broker closes the connection (bounded).
 async fn raw_request(addr: SocketAddr, request: &str) -> String {
@@ -121,8 +138,21 @@ async fn silent_connections_at_the_cap_leave_healthz_answering_and_are_closed_af
         "{refused}"
     );
 
+    // Operators see it: connections open, and taken into the reserve.
+    let metrics = metrics_text(&broker).await;
+    assert!(metric(&metrics, "wif_connections_open") >= 50, "{metrics}");
+    assert!(
+        metric(&metrics, "wif_connections_reserved_total") >= 3,
+        "{metrics}"
+    );
+
     // The silent connections are closed after the header timeout (8 s), not kept forever.
     all_closed_within(&broker, streams, HANG_GUARD, "silent connections").await;
+    let metrics = metrics_text(&broker).await;
+    assert!(
+        metric(&metrics, "wif_connections_timed_out_total") >= 50,
+        "{metrics}"
+    );
 
     // Capacity is back: a real exchange succeeds.
     let got = exchange(&http, &broker.url(), &up.main_job_token(), ARM).await;
