@@ -27,7 +27,7 @@ use prometheus_client::metrics::family::Family;
 use serde_json::json;
 use subtle::ConstantTimeEq;
 use tokio::sync::oneshot;
-use wif_broker::api::serve::{Limits, serve};
+use wif_broker::api::serve::{ConnectionMetrics, Limits, serve_counted};
 use wif_broker::clock::SharedClock;
 
 use crate::broker::{BrokerClient, BrokerError, BrokerToken, Selector};
@@ -50,6 +50,7 @@ struct Metrics {
     registry: prometheus_client::registry::Registry,
     requests: Family<Labels, Counter>,
     broker_calls: Family<Labels, Counter>,
+    connections: ConnectionMetrics,
 }
 
 impl Metrics {
@@ -67,10 +68,32 @@ impl Metrics {
             "Exchanges at the broker, by outcome",
             broker_calls.clone(),
         );
+        let connections = ConnectionMetrics::default();
+        registry.register(
+            "connections_open",
+            "Connections open now",
+            connections.open.clone(),
+        );
+        registry.register(
+            "connections_reserved",
+            "Connections accepted above max_connections, into the ops reserve",
+            connections.reserved.clone(),
+        );
+        registry.register(
+            "connections_refused",
+            "Connections closed at accept: max_connections and the ops reserve were full",
+            connections.refused.clone(),
+        );
+        registry.register(
+            "connections_timed_out",
+            "Connections closed by the header-read or idle timeout",
+            connections.timed_out.clone(),
+        );
         Self {
             registry,
             requests,
             broker_calls,
+            connections,
         }
     }
 
@@ -527,24 +550,26 @@ impl RunningAgent {
         if !listen.is_empty() {
             let listener = tokio::net::TcpListener::bind(listen).await?;
             addr = Some(listener.local_addr()?);
-            tasks.push(tokio::spawn(serve(
+            tasks.push(tokio::spawn(serve_counted(
                 listener,
                 router(agent.clone()),
                 None,
                 stopped.clone(),
                 limits.clone(),
+                agent.metrics.connections.clone(),
             )));
         }
         #[cfg(unix)]
         if let Some(path) = unix_socket {
             let _ = std::fs::remove_file(path);
             let listener = tokio::net::UnixListener::bind(path)?;
-            tasks.push(tokio::spawn(serve(
+            tasks.push(tokio::spawn(serve_counted(
                 listener,
                 router(agent.clone()),
                 None,
                 stopped.clone(),
                 limits.clone(),
+                agent.metrics.connections.clone(),
             )));
         }
         Ok(Self {

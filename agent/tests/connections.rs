@@ -136,6 +136,17 @@ async fn silent_and_half_sent_connections_at_the_cap_leave_healthz_answering_and
     assert!(refused.starts_with("HTTP/1.1 503"), "{refused}");
     assert!(refused.contains("\"error\":\"overloaded\""), "{refused}");
 
+    let metrics = raw_request(agent.addr, "GET /metrics HTTP/1.1\r\nHost: a\r\n\r\n").await;
+    let reserved: u64 = metrics
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("wif_agent_connections_reserved_total ")?
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0);
+    assert!(reserved >= 2, "{metrics}");
+
     let checks = streams
         .iter_mut()
         .map(|s| closed_within(s, HANG_GUARD))
