@@ -187,10 +187,8 @@ impl Broker {
         let declared = Declared::from_config(cfg).map_err(SetupError::Registry)?;
         let (registry, _) = Registry::with_stored(&declared, &[], &[]);
         let auditor = match &store {
-            Some(store) => {
-                Auditor::with_store(store.clone(), cfg.audit.queue_size, metrics.clone())
-            }
-            None => Auditor::log_only(metrics.clone()),
+            Some(store) => Auditor::with_store(store.clone(), &cfg.audit, metrics.clone()),
+            None => Auditor::log_only(&cfg.audit, metrics.clone()),
         };
         let default_algorithms =
             algorithms(&cfg.tokens.algorithms).map_err(SetupError::TokenAlgorithms)?;
@@ -360,6 +358,9 @@ impl Broker {
             time: self.clock.now(),
             request_id: req.request_id.to_owned(),
             endpoint: req.endpoint,
+            // Until the token verifies: such refusals cost the caller nothing, so they are
+            // sampled rather than recorded one by one.
+            unauthenticated: true,
             ..Default::default()
         };
         let result = self.run(&req, &mut event).await;
@@ -396,6 +397,7 @@ impl Broker {
         event: &mut AuditEvent,
     ) -> Result<Exchanged, ExchangeError> {
         let verified = self.verify(req, event).await?;
+        event.unauthenticated = false;
         let registry = self.registry.load();
         let scope = event.scope.clone().unwrap_or_default();
         event.subject = verified.sub.clone();

@@ -22,6 +22,7 @@ pub struct Metrics {
     entra_errors: Family<Labels, Counter>,
     jwks_fetches: Family<Labels, Counter>,
     audit_dropped: Counter,
+    audit_sampled: Family<Labels, Counter>,
     store_errors: Counter,
     registry_reloads: Family<Labels, Counter>,
     admin_requests: Family<Labels, Counter>,
@@ -98,6 +99,13 @@ impl Metrics {
             "Audit events not written to the store because its queue was full (they were still logged)",
             audit_dropped.clone(),
         );
+        let audit_sampled = Family::<Labels, Counter>::default();
+        registry.register(
+            "audit_sampled",
+            "Refusals of unauthenticated requests counted into a summary event instead of \
+             being recorded one by one, by kind and outcome",
+            audit_sampled.clone(),
+        );
         let store_errors = Counter::default();
         registry.register(
             "store_errors",
@@ -127,6 +135,7 @@ impl Metrics {
             entra_errors,
             jwks_fetches,
             audit_dropped,
+            audit_sampled,
             store_errors,
             registry_reloads,
             admin_requests,
@@ -182,6 +191,15 @@ impl Metrics {
 
     pub fn audit_dropped(&self) {
         self.audit_dropped.inc();
+    }
+
+    pub fn audit_sampled(&self, kind: &str, outcome: &str) {
+        self.audit_sampled
+            .get_or_create(&vec![
+                ("kind", kind.to_owned()),
+                ("outcome", outcome.to_owned()),
+            ])
+            .inc();
     }
 
     pub fn store_error(&self) {

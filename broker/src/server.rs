@@ -42,6 +42,7 @@ pub struct RunningBroker {
     pub tls: bool,
     pub broker: Arc<Broker>,
     ready: Arc<AtomicBool>,
+    shutdown_timeout: Duration,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<std::io::Result<()>>,
     /// Registry sync and, for an issuer, signing-key refresh.
@@ -137,6 +138,7 @@ impl RunningBroker {
             tls,
             broker,
             ready,
+            shutdown_timeout: Duration::from_secs(cfg.server.shutdown_timeout_secs),
             stop: Some(stop),
             task,
             background,
@@ -160,10 +162,19 @@ impl RunningBroker {
             let _ = stop.send(());
         }
         self.background.iter().for_each(JoinHandle::abort);
-        match (&mut self.task).await {
+        let started = std::time::Instant::now();
+        let served = match (&mut self.task).await {
             Ok(result) => result,
             Err(e) => Err(std::io::Error::other(e)),
-        }
+        };
+        // What the audit queue still holds goes to the store (or the spill file) within
+        // what is left of the deadline, and at least a second.
+        let left = self.shutdown_timeout.saturating_sub(started.elapsed());
+        self.broker
+            .auditor()
+            .close(self.broker.clock().now(), left.max(Duration::from_secs(1)))
+            .await;
+        served
     }
 
     /// Serves until `signal` resolves, then shuts down.

@@ -23,6 +23,7 @@ pub fn spawn(broker: Arc<Broker>, poll: Duration, retention_days: u64) -> JoinHa
         let mut last_maintenance = 0u64;
         loop {
             interval.tick().await;
+            broker.auditor().flush_due(broker.clock().now());
             match broker.reload("poll", false).await {
                 Ok(changed) => {
                     if !healthy {

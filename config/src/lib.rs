@@ -168,6 +168,17 @@ pub struct AuditConfig {
     pub retention_days: u64,
     /// Events waiting to be written; beyond this, events are dropped and counted.
     pub queue_size: usize,
+    /// Refusals of unauthenticated requests (tokens that never verified, admin calls
+    /// without a valid admin token) are recorded one by one only up to
+    /// `samples_per_window` per kind, endpoint, issuer and outcome in each window of this
+    /// many seconds; the rest are counted into one summary event per window.
+    pub sample_window_secs: u64,
+    /// See `sample_window_secs`.
+    pub samples_per_window: u64,
+    /// Where events that could not be written to the store by the end of a shutdown are
+    /// kept (JSON lines), to be written at the next start. Without it they are counted in
+    /// `wif_audit_dropped_total` and their number is logged.
+    pub spill_file: Option<PathBuf>,
 }
 
 impl Default for AuditConfig {
@@ -175,6 +186,9 @@ impl Default for AuditConfig {
         Self {
             retention_days: 90,
             queue_size: 10_000,
+            sample_window_secs: 60,
+            samples_per_window: 5,
+            spill_file: None,
         }
     }
 }

@@ -619,6 +619,8 @@ fn admin(p: &mut Problems, a: &AdminConfig, loopback_http: bool) {
 
 fn audit(p: &mut Problems, a: &AuditConfig) {
     positive(p, "audit.queue_size", a.queue_size);
+    positive(p, "audit.sample_window_secs", a.sample_window_secs);
+    path(p, "audit.spill_file", a.spill_file.as_deref());
 }
 
 fn webhook(p: &mut Problems, w: &WebhookConfig, loopback_http: bool) {

@@ -154,6 +154,7 @@ pub(crate) fn audit(
     credential: Option<&str>,
     outcome: Result<(), &ApiError>,
 ) {
+    let unauthenticated = actor.is_none();
     let (actor, role) = match actor {
         Some((name, role)) => (name, Some(role)),
         None => ("anonymous".to_owned(), None),
@@ -175,6 +176,7 @@ pub(crate) fn audit(
         credential: credential.map(str::to_owned),
         outcome,
         reason,
+        unauthenticated,
         ..Default::default()
     });
 }
