@@ -430,7 +430,7 @@ async fn write_batches(
             metrics.store_error();
             tracing::warn!(error = %e, events = batch.len(), "cannot write audit events; retrying");
             let deadline = *stop.borrow();
-            if deadline.is_some_and(|d| Instant::now() + delay >= d) {
+            if deadline.is_some_and(|d| Instant::now() >= d) {
                 rx.close();
                 while let Ok(record) = rx.try_recv() {
                     batch.push(record);
@@ -446,10 +446,13 @@ async fn write_batches(
 }
 
 /// Waits `delay` before the next try of a failed store write; when shutdown begins
-/// meanwhile, returns at once so the deadline is checked.
+/// meanwhile, returns at once, and during shutdown never sleeps past the deadline.
 async fn pause(stop: &mut watch::Receiver<Option<Instant>>, delay: Duration) {
-    if stop.borrow().is_some() {
-        tokio::time::sleep(delay).await;
+    let deadline = *stop.borrow();
+    if let Some(deadline) = deadline {
+        // Shutting down: try again until the deadline, never sleeping past it.
+        let left = deadline.saturating_duration_since(Instant::now());
+        tokio::time::sleep(delay.min(left)).await;
         return;
     }
     let gone = matches!(

@@ -686,6 +686,31 @@ impl Replica {
         }
     }
 
+    /// SIGTERM, as Kubernetes stops a pod, then waits for a clean exit.
+    async fn terminate(&mut self) {
+        let pid = self.child.id().expect("the process is still running");
+        let kill = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .await
+            .unwrap();
+        assert!(kill.success(), "kill -TERM {pid} failed: {kill}");
+        let status = tokio::time::timeout(Duration::from_secs(60), self.child.wait())
+            .await
+            .expect("still running a minute after SIGTERM")
+            .unwrap();
+        assert!(
+            status.success(),
+            "replica {} exited with {status}",
+            self.label
+        );
+    }
+
+    /// What the process logged so far.
+    fn stderr_text(&self) -> String {
+        String::from_utf8_lossy(&self.stderr.lock().unwrap()).into_owned()
+    }
+
     /// `kill -9`: no shutdown, no flush, as a crash or the OOM killer.
     async fn kill_9(&mut self) {
         let pid = self.child.id().expect("the process is still running");
@@ -1177,4 +1202,135 @@ async fn serve_says_once_why_the_store_cannot_be_reached() {
         "{stderr}"
     );
     assert!(stderr.to_ascii_lowercase().contains("refused"), "{stderr}");
+}
+
+// ---------------------------------------------------------------------------------------
+// Audit events across a shutdown during an outage
+
+/// Exchanges `n` main-branch tokens at `replica`, 8 at a time, all granted.
+async fn granted_exchanges(replica: &Replica, upstreams: &Upstreams, n: usize) {
+    use futures::StreamExt;
+    let token = upstreams.job_token("main");
+    let mut answers = futures::stream::iter(0..n)
+        .map(|_| replica.exchange(&token))
+        .buffer_unordered(8);
+    while let Some(answer) = answers.next().await {
+        answer.expect(200);
+    }
+}
+
+/// How many granted exchanges the store's audit trail holds.
+async fn audited_exchanges(replica: &Replica) -> usize {
+    let mut total = 0;
+    let mut after = String::new();
+    loop {
+        let page = replica
+            .admin(
+                Method::GET,
+                &format!("/v1/audit?kind=exchange&outcome=ok&limit=1000{after}"),
+                None,
+            )
+            .await;
+        page.expect(200);
+        total += page.body["value"].as_array().unwrap().len();
+        match page.body["nextCursor"].as_str() {
+            Some(cursor) => after = format!("&after={cursor}"),
+            None => return total,
+        }
+    }
+}
+
+const DURING_OUTAGE: usize = 2000;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_a_postgresql_outage_spills_every_audit_event_and_the_next_start_writes_them()
+ {
+    let Some(pg) = PgSchema::create().await else {
+        return;
+    };
+    let proxy = PgProxy::start().await;
+    let upstreams = Upstreams::start().await;
+    let files = BrokerFiles::new(&pg.url_through(&proxy), &upstreams);
+    let spill = files.config.with_file_name("audit-spill.jsonl");
+    let mut config = std::fs::read_to_string(&files.config).unwrap();
+    config.push_str(&format!(
+        "\n[audit]\nspill_file = \"{}\"\n",
+        spill.display()
+    ));
+    std::fs::write(&files.config, config).unwrap();
+    upstreams.entra_trusts("main");
+    let mut a = Replica::start("A", &files.config).await;
+    a.put_identity().await;
+    a.create_credential(&upstreams.credential("main", "main"))
+        .await
+        .expect(201);
+
+    proxy.set(Link::Closed);
+    granted_exchanges(&a, &upstreams, DURING_OUTAGE).await;
+    a.terminate().await;
+    let spilled = std::fs::read_to_string(&spill).unwrap_or_default();
+    let spilled_exchanges = spilled
+        .lines()
+        .map(|line| serde_json::from_str::<Value>(line).unwrap())
+        .filter(|record| record["kind"] == "exchange" && record["outcome"] == "ok")
+        .count();
+    assert_eq!(
+        spilled_exchanges,
+        DURING_OUTAGE,
+        "granted exchanges kept in the spill file at shutdown:\n{}",
+        a.stderr_text()
+    );
+
+    proxy.set(Link::Up);
+    let b = Replica::start("B", &files.config).await;
+    let started = Instant::now();
+    loop {
+        let stored = audited_exchanges(&b).await;
+        if stored == DURING_OUTAGE {
+            break;
+        }
+        assert!(stored < DURING_OUTAGE, "{stored} events stored: some twice");
+        assert!(
+            started.elapsed() < PATIENCE,
+            "only {stored} of {DURING_OUTAGE} spilled events written after the restart"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(!spill.exists(), "the spill file is removed once written");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_spill_file_audit_events_lost_at_shutdown_are_counted_and_logged() {
+    let Some(pg) = PgSchema::create().await else {
+        return;
+    };
+    let proxy = PgProxy::start().await;
+    let upstreams = Upstreams::start().await;
+    let files = BrokerFiles::new(&pg.url_through(&proxy), &upstreams);
+    upstreams.entra_trusts("main");
+    let mut a = Replica::start("A", &files.config).await;
+    a.put_identity().await;
+    a.create_credential(&upstreams.credential("main", "main"))
+        .await
+        .expect(201);
+
+    proxy.set(Link::Closed);
+    granted_exchanges(&a, &upstreams, DURING_OUTAGE).await;
+    a.terminate().await;
+    let log = a.stderr_text();
+    let lost = log
+        .lines()
+        .find(|l| l.contains("audit events lost from the store"))
+        .unwrap_or_else(|| panic!("no line counts the lost events:\n{log}"));
+    // Every granted exchange, and perhaps the admin writes just before the outage.
+    let counted: usize = lost
+        .split("events=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no count in {lost}"));
+    assert!(
+        (DURING_OUTAGE..=DURING_OUTAGE + 2).contains(&counted),
+        "the line does not count all {DURING_OUTAGE} events: {lost}"
+    );
 }
