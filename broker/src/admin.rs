@@ -47,6 +47,9 @@ impl From<StoreError> for AdminError {
         match e {
             StoreError::Conflict(m) => AdminError::Conflict(m),
             StoreError::NotFound(m) => AdminError::NotFound(m),
+            StoreError::Invalid { field, message } => {
+                AdminError::Invalid(vec![crate::policy::rules::Violation { field, message }])
+            }
             other => AdminError::Store(other),
         }
     }

@@ -1334,3 +1334,56 @@ async fn without_a_spill_file_audit_events_lost_at_shutdown_are_counted_and_logg
         "the line does not count all {DURING_OUTAGE} events: {lost}"
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// Client errors are not outages
+
+/// A NUL character in a filter or a stored field is the caller's mistake: 400 with our own
+/// message, on either backend, and never the database's text.
+async fn nul_characters_are_refused_as_bad_requests(store_url: &str) {
+    let upstreams = Upstreams::start().await;
+    let files = BrokerFiles::new(store_url, &upstreams);
+    let a = Replica::start("A", &files.config).await;
+    a.put_identity().await;
+    let check = |answer: Answer, field: &str| {
+        answer.expect_error(400, "invalid_request");
+        let text = answer.body.to_string();
+        assert!(text.contains(field), "{text}");
+        for leak in ["invalid byte sequence", "0x00", "database", "sqlx"] {
+            assert!(
+                !text.contains(leak),
+                "the database's text reached the caller: {text}"
+            );
+        }
+    };
+    for filter in ["subject", "identity", "outcome", "kind"] {
+        check(
+            a.admin(Method::GET, &format!("/v1/audit?{filter}=%00"), None)
+                .await,
+            filter,
+        );
+    }
+    let mut credential = upstreams.credential("main", "main");
+    credential["description"] = json!("deploys\u{0}");
+    check(a.create_credential(&credential).await, "description");
+    // Nothing was written, and the store is not taken for down.
+    assert!(a.credential_names().await.is_empty());
+    a.admin(Method::GET, "/v1/audit?limit=1", None)
+        .await
+        .expect(200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nul_characters_are_bad_requests_on_postgresql() {
+    let Some(pg) = PgSchema::create().await else {
+        return;
+    };
+    nul_characters_are_refused_as_bad_requests(&pg.url()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nul_characters_are_bad_requests_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("wif.db").display());
+    nul_characters_are_refused_as_bad_requests(&url).await;
+}

@@ -143,6 +143,13 @@ pub enum StoreError {
     /// The URL is not a supported store.
     #[error("unsupported store URL: {0}")]
     Url(String),
+    /// A value no database can hold as given (text with a NUL character): the caller's
+    /// mistake, refused before any database sees it, the same on every backend.
+    #[error("{field}: {message}")]
+    Invalid {
+        field: &'static str,
+        message: String,
+    },
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -217,10 +224,15 @@ pub async fn open(url: &str) -> StoreResult<Arc<dyn Store>> {
             url.split(':').next().unwrap_or_default().to_owned(),
         ));
     };
-    Ok(Arc::new(Bounded {
+    Ok(bounded(inner))
+}
+
+/// `inner` behind [`Bounded`]: every call time-limited, unstorable text refused.
+pub fn bounded(inner: Arc<dyn Store>) -> Arc<dyn Store> {
+    Arc::new(Bounded {
         inner,
         timeout: CALL_TIMEOUT,
-    }))
+    })
 }
 
 /// The longest any store call may take.
@@ -229,10 +241,59 @@ pub const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 /// Bounds every call of another store, so a database that stops answering mid-query (a
 /// network partition: the drivers have no per-query socket timeout) becomes `Unavailable`
 /// instead of a hang. A write that times out may still commit later; retrying it then
-/// answers a conflict, never a duplicate.
+/// answers a conflict, never a duplicate. Text a database cannot hold is refused here as
+/// [`StoreError::Invalid`] before any backend sees it (PostgreSQL refuses NUL in text
+/// with an error that would otherwise read as an outage).
 pub struct Bounded {
     inner: Arc<dyn Store>,
     timeout: std::time::Duration,
+}
+
+/// Refuses text with a NUL character, which PostgreSQL cannot store or compare.
+fn storable(field: &'static str, value: &str) -> StoreResult<()> {
+    if value.contains('\0') {
+        return Err(StoreError::Invalid {
+            field,
+            message: "must not contain a NUL character".into(),
+        });
+    }
+    Ok(())
+}
+
+fn storable_all<'a>(
+    values: impl IntoIterator<Item = (&'static str, Option<&'a str>)>,
+) -> StoreResult<()> {
+    values
+        .into_iter()
+        .try_for_each(|(field, value)| value.map_or(Ok(()), |v| storable(field, v)))
+}
+
+fn storable_identity(i: &StoredIdentity) -> StoreResult<()> {
+    storable_all([
+        ("name", Some(i.name.as_str())),
+        ("tenantId", Some(&i.tenant_id)),
+        ("clientId", Some(&i.client_id)),
+        ("authorityHost", i.authority_host.as_deref()),
+        ("assertionSubject", i.assertion_subject.as_deref()),
+    ])
+}
+
+fn storable_credential(c: &StoredCredential) -> StoreResult<()> {
+    storable_all([
+        ("id", Some(c.id.as_str())),
+        ("identity", Some(&c.identity)),
+        ("name", Some(&c.name)),
+        ("issuer", Some(&c.issuer)),
+        ("subject", c.subject.as_deref()),
+        (
+            "claimsMatchingExpression",
+            c.claims_matching_expression.as_deref(),
+        ),
+        ("description", c.description.as_deref()),
+    ])?;
+    c.audiences
+        .iter()
+        .try_for_each(|a| storable("audiences", a))
 }
 
 impl Bounded {
@@ -260,15 +321,19 @@ impl Store for Bounded {
         self.run(self.inner.list_identities()).await
     }
     async fn get_identity(&self, name: &str) -> StoreResult<Option<StoredIdentity>> {
+        storable("name", name)?;
         self.run(self.inner.get_identity(name)).await
     }
     async fn put_identity(&self, identity: &StoredIdentity) -> StoreResult<PutOutcome> {
+        storable_identity(identity)?;
         self.run(self.inner.put_identity(identity)).await
     }
     async fn delete_identity(&self, name: &str) -> StoreResult<bool> {
+        storable("name", name)?;
         self.run(self.inner.delete_identity(name)).await
     }
     async fn list_credentials(&self, identity: Option<&str>) -> StoreResult<Vec<StoredCredential>> {
+        storable_all([("identity", identity)])?;
         self.run(self.inner.list_credentials(identity)).await
     }
     async fn get_credential(
@@ -276,20 +341,25 @@ impl Store for Bounded {
         identity: &str,
         name_or_id: &str,
     ) -> StoreResult<Option<StoredCredential>> {
+        storable_all([("identity", Some(identity)), ("name", Some(name_or_id))])?;
         self.run(self.inner.get_credential(identity, name_or_id))
             .await
     }
     async fn create_credential(&self, credential: &StoredCredential) -> StoreResult<()> {
+        storable_credential(credential)?;
         self.run(self.inner.create_credential(credential)).await
     }
     async fn update_credential(&self, credential: &StoredCredential) -> StoreResult<()> {
+        storable_credential(credential)?;
         self.run(self.inner.update_credential(credential)).await
     }
     async fn delete_credential(&self, identity: &str, name_or_id: &str) -> StoreResult<bool> {
+        storable_all([("identity", Some(identity)), ("name", Some(name_or_id))])?;
         self.run(self.inner.delete_credential(identity, name_or_id))
             .await
     }
     async fn count_credentials(&self, identity: &str) -> StoreResult<u64> {
+        storable("identity", identity)?;
         self.run(self.inner.count_credentials(identity)).await
     }
     async fn version(&self) -> StoreResult<i64> {
@@ -299,6 +369,12 @@ impl Store for Bounded {
         self.run(self.inner.append_audit(events)).await
     }
     async fn query_audit(&self, query: &AuditQuery) -> StoreResult<Vec<AuditRecord>> {
+        storable_all([
+            ("kind", query.kind.as_deref()),
+            ("identity", query.identity.as_deref()),
+            ("subject", query.subject.as_deref()),
+            ("outcome", query.outcome.as_deref()),
+        ])?;
         self.run(self.inner.query_audit(query)).await
     }
     async fn purge_audit(&self, before: u64) -> StoreResult<u64> {
