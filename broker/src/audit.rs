@@ -110,7 +110,16 @@ impl AuditEvent {
         }
     }
 
+    /// The stored row. The event's JSON leaves out what the row's columns hold (time,
+    /// kind, request id, identity, subject, outcome); [`AuditRecord::to_json`] puts them
+    /// back when the event is read.
     fn to_record(&self) -> AuditRecord {
+        let mut event = serde_json::to_value(self).unwrap_or_default();
+        if let Some(map) = event.as_object_mut() {
+            for column in AuditRecord::COLUMNS {
+                map.remove(column);
+            }
+        }
         AuditRecord {
             id: 0,
             time: self.time,
@@ -120,7 +129,7 @@ impl AuditEvent {
             identity: self.identity.clone(),
             subject: self.subject.clone(),
             outcome: self.outcome.clone(),
-            event: serde_json::to_string(self).unwrap_or_else(|_| "{}".into()),
+            event: event.to_string(),
         }
     }
 }
@@ -318,7 +327,10 @@ impl Auditor {
             store,
             rx,
             stopped,
-            cfg.spill_file.clone(),
+            Limits {
+                spill: cfg.spill_file.clone(),
+                max_events: cfg.max_events,
+            },
             metrics.clone(),
         ));
         Self {
@@ -393,17 +405,36 @@ impl Auditor {
     }
 }
 
+/// What the writer keeps within bounds.
+struct Limits {
+    /// `[audit] spill_file`.
+    spill: Option<PathBuf>,
+    /// `[audit] max_events` (0: no limit).
+    max_events: u64,
+}
+
+impl Limits {
+    /// How many events are written between two trims: 1% of the limit, so the store holds
+    /// at most 1% more than `max_events`, and a trim is a small delete.
+    fn trim_every(&self) -> u64 {
+        (self.max_events / 100).max(1)
+    }
+}
+
 async fn write_batches(
     store: Arc<dyn Store>,
     mut rx: mpsc::Receiver<AuditRecord>,
     mut stop: watch::Receiver<Option<Instant>>,
-    spill: Option<PathBuf>,
+    limits: Limits,
     metrics: Arc<Metrics>,
 ) {
+    let spill = limits.spill.clone();
     let mut batch = Vec::with_capacity(BATCH);
     if let Some(path) = &spill {
         replay_spill(&store, path, &mut stop, &metrics).await;
     }
+    // Trim after the first write, in case the limit was lowered while the broker was down.
+    let mut since_trim = limits.trim_every();
     // False once the auditor is gone without a shutdown (then only the queue ends us).
     let mut watching = true;
     loop {
@@ -441,7 +472,22 @@ async fn write_batches(
             pause(&mut stop, delay).await;
             delay = (delay * 2).min(Duration::from_secs(5));
         }
+        since_trim += batch.len() as u64;
         batch.clear();
+        if limits.max_events > 0 && since_trim >= limits.trim_every() {
+            since_trim = 0;
+            match store.trim_audit(limits.max_events).await {
+                Ok(0) => {}
+                Ok(n) => tracing::debug!(
+                    deleted = n,
+                    "trimmed audit events beyond [audit] max_events"
+                ),
+                Err(e) => {
+                    metrics.store_error();
+                    tracing::warn!(error = %e, "cannot trim audit events beyond [audit] max_events");
+                }
+            }
+        }
     }
 }
 

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
@@ -24,6 +25,8 @@ pub struct Metrics {
     audit_dropped: Counter,
     audit_sampled: Family<Labels, Counter>,
     store_errors: Counter,
+    store_bytes: Gauge,
+    store_audit_events: Gauge,
     registry_reloads: Family<Labels, Counter>,
     admin_requests: Family<Labels, Counter>,
 }
@@ -112,6 +115,18 @@ impl Metrics {
             "Failed store operations",
             store_errors.clone(),
         );
+        let store_bytes = Gauge::default();
+        registry.register(
+            "store_size_bytes",
+            "The store's size on disk (SQLite pages; PostgreSQL: the broker's tables with their indexes)",
+            store_bytes.clone(),
+        );
+        let store_audit_events = Gauge::default();
+        registry.register(
+            "store_audit_events",
+            "Audit events the store holds (bounded by [audit] max_events and retention_days)",
+            store_audit_events.clone(),
+        );
         let registry_reloads = Family::<Labels, Counter>::default();
         registry.register(
             "registry_reloads",
@@ -137,6 +152,8 @@ impl Metrics {
             audit_dropped,
             audit_sampled,
             store_errors,
+            store_bytes,
+            store_audit_events,
             registry_reloads,
             admin_requests,
         })
@@ -200,6 +217,13 @@ impl Metrics {
                 ("outcome", outcome.to_owned()),
             ])
             .inc();
+    }
+
+    pub fn store_size(&self, size: crate::store::StoreSize) {
+        self.store_bytes
+            .set(i64::try_from(size.bytes).unwrap_or(i64::MAX));
+        self.store_audit_events
+            .set(i64::try_from(size.audit_events).unwrap_or(i64::MAX));
     }
 
     pub fn store_error(&self) {

@@ -1387,3 +1387,62 @@ async fn nul_characters_are_bad_requests_on_sqlite() {
     let url = format!("sqlite://{}", dir.path().join("wif.db").display());
     nul_characters_are_refused_as_bad_requests(&url).await;
 }
+
+// ---------------------------------------------------------------------------------------
+// The audit trail has a size
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_trail_keeps_at_most_max_events_and_reports_the_stores_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("wif.db").display());
+    let upstreams = Upstreams::start().await;
+    let files = BrokerFiles::new(&url, &upstreams);
+    let mut config = std::fs::read_to_string(&files.config).unwrap();
+    config.push_str("\n[audit]\nmax_events = 50\n");
+    std::fs::write(&files.config, config).unwrap();
+    upstreams.entra_trusts("main");
+    let a = Replica::start("A", &files.config).await;
+    a.put_identity().await;
+    a.create_credential(&upstreams.credential("main", "main"))
+        .await
+        .expect(201);
+    granted_exchanges(&a, &upstreams, 300).await;
+
+    let started = Instant::now();
+    loop {
+        let held = audited_exchanges(&a).await;
+        if held <= 50 {
+            assert!(held >= 40, "only {held} events left: trimmed too far");
+            break;
+        }
+        assert!(
+            started.elapsed() < PATIENCE,
+            "{held} exchange events still stored with max_events = 50"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let metrics = a
+        .http
+        .get(format!("{}/metrics", a.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for gauge in ["wif_store_size_bytes ", "wif_store_audit_events "] {
+        let value = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(gauge))
+            .unwrap_or_else(|| panic!("no {gauge} in\n{metrics}"));
+        assert!(value.trim().parse::<u64>().is_ok(), "{gauge}{value}");
+    }
+    let bytes: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("wif_store_size_bytes "))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(bytes > 0, "the store's size is reported");
+}

@@ -160,6 +160,7 @@ on_every_backend!(
     audit_events_are_filtered_and_paged_by_cursor,
     audit_events_are_read_newest_first_by_cursor,
     old_audit_events_are_purged,
+    audit_events_beyond_the_limit_are_trimmed_oldest_first,
     a_token_is_accepted_once,
     twenty_replays_at_once_let_exactly_one_through,
     expired_token_keys_are_purged,
@@ -1035,6 +1036,31 @@ async fn old_audit_events_are_purged(store: Arc<dyn Store>) {
     store.append_audit(&events[..1]).await.unwrap();
     let fresh = store.query_audit(&AuditQuery::default()).await.unwrap();
     assert!(fresh[0].id > last_id);
+}
+
+async fn audit_events_beyond_the_limit_are_trimmed_oldest_first(store: Arc<dyn Store>) {
+    assert_eq!(store.trim_audit(10).await.unwrap(), 0, "nothing to trim");
+    let empty = store.size().await.unwrap();
+    assert_eq!(empty.audit_events, 0);
+    assert!(empty.bytes > 0, "{empty:?}");
+    let events: Vec<_> = (0..25_000)
+        .map(|i| audit(T0 + i, "exchange", Some("deploy"), MAIN, "ok"))
+        .collect();
+    for chunk in events.chunks(5_000) {
+        store.append_audit(chunk).await.unwrap();
+    }
+    let full = store.size().await.unwrap();
+    assert_eq!(full.audit_events, 25_000);
+    assert!(full.bytes > empty.bytes, "{full:?} vs {empty:?}");
+
+    // More than one trim step's worth, whatever the age of the events.
+    assert_eq!(store.trim_audit(100).await.unwrap(), 24_900);
+    assert_eq!(store.size().await.unwrap().audit_events, 100);
+    let left = times(&store, AuditQuery::default()).await;
+    assert_eq!(left.first(), Some(&24_900), "the newest are kept");
+    assert_eq!(left.len(), 100);
+    assert_eq!(store.trim_audit(100).await.unwrap(), 0);
+    assert_eq!(store.trim_audit(0).await.unwrap(), 100);
 }
 
 // ---------------------------------------------------------------------------------------

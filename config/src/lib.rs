@@ -168,6 +168,9 @@ pub struct AuditConfig {
     pub retention_days: u64,
     /// Events waiting to be written; beyond this, events are dropped and counted.
     pub queue_size: usize,
+    /// The most events the store keeps: beyond it the oldest are deleted as new ones are
+    /// written, whatever their age (0: no limit but the age).
+    pub max_events: u64,
     /// Refusals of unauthenticated requests (tokens that never verified, admin calls
     /// without a valid admin token) are recorded one by one only up to
     /// `samples_per_window` per kind, endpoint, issuer and outcome in each window of this
@@ -186,6 +189,7 @@ impl Default for AuditConfig {
         Self {
             retention_days: 90,
             queue_size: 10_000,
+            max_events: 10_000_000,
             sample_window_secs: 60,
             samples_per_window: 5,
             spill_file: None,

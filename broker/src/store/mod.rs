@@ -76,8 +76,8 @@ impl std::fmt::Debug for StoredSigningKey {
     }
 }
 
-/// One audit event as stored. `event` holds the whole event as JSON text (an object);
-/// the other fields are copies for filtering.
+/// One audit event as stored: the columns filters use, and in `event` the rest of the
+/// event as JSON text (an object). [`AuditRecord::to_json`] gives the whole event.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditRecord {
     /// Assigned by the store; increasing. 0 before insertion.
@@ -94,6 +94,39 @@ pub struct AuditRecord {
     /// `ok` or an error code.
     pub outcome: String,
     pub event: String,
+}
+
+impl AuditRecord {
+    /// The event fields kept in columns, not repeated in `event`.
+    pub const COLUMNS: [&'static str; 6] = [
+        "time",
+        "kind",
+        "request_id",
+        "identity",
+        "subject",
+        "outcome",
+    ];
+
+    /// The whole event as JSON: `event` with the columns and the id put back (events
+    /// stored before rows were compacted hold them already; the columns win).
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut event: serde_json::Value =
+            serde_json::from_str(&self.event).unwrap_or_else(|_| serde_json::json!({}));
+        if let Some(map) = event.as_object_mut() {
+            map.insert("id".into(), self.id.into());
+            map.insert("time".into(), self.time.into());
+            map.insert("kind".into(), self.kind.clone().into());
+            map.insert("request_id".into(), self.request_id.clone().into());
+            for (key, value) in [("identity", &self.identity), ("subject", &self.subject)] {
+                match value {
+                    Some(v) => map.insert(key.into(), v.clone().into()),
+                    None => map.remove(key),
+                };
+            }
+            map.insert("outcome".into(), self.outcome.clone().into());
+        }
+        event
+    }
 }
 
 /// Filters for reading audit events; all optional, combined with AND. Results are in
@@ -118,6 +151,17 @@ pub struct AuditQuery {
 
 /// The most audit events one [`Store::query_audit`] call returns.
 pub const MAX_AUDIT_PAGE: u32 = 1000;
+
+/// What [`Store::size`] reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StoreSize {
+    /// The database's size: SQLite's pages (the WAL aside), PostgreSQL's
+    /// `pg_total_relation_size` of the broker's tables.
+    pub bytes: u64,
+    /// Audit events held: newest id minus oldest id plus one (exact on SQLite, an upper
+    /// bound on PostgreSQL, whose ids may skip).
+    pub audit_events: u64,
+}
 
 /// Whether a put created or replaced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -195,6 +239,11 @@ pub trait Store: Send + Sync + 'static {
     async fn query_audit(&self, query: &AuditQuery) -> StoreResult<Vec<AuditRecord>>;
     /// Deletes events older than `before` (epoch seconds); returns how many.
     async fn purge_audit(&self, before: u64) -> StoreResult<u64>;
+    /// Deletes the oldest events beyond the newest `keep` (by id, so at most `keep` are
+    /// left); returns how many.
+    async fn trim_audit(&self, keep: u64) -> StoreResult<u64>;
+    /// How big the store is: its bytes on disk and its audit events (an estimate from ids).
+    async fn size(&self) -> StoreResult<StoreSize>;
 
     /// Records `key` as used until `expires_at`. True when this is its first use; false
     /// when it was already recorded (and not yet purged). Atomic across replicas.
@@ -379,6 +428,12 @@ impl Store for Bounded {
     }
     async fn purge_audit(&self, before: u64) -> StoreResult<u64> {
         self.run(self.inner.purge_audit(before)).await
+    }
+    async fn trim_audit(&self, keep: u64) -> StoreResult<u64> {
+        self.run(self.inner.trim_audit(keep)).await
+    }
+    async fn size(&self) -> StoreResult<StoreSize> {
+        self.run(self.inner.size()).await
     }
     async fn use_token_once(&self, key: &str, expires_at: u64) -> StoreResult<bool> {
         self.run(self.inner.use_token_once(key, expires_at)).await

@@ -471,6 +471,46 @@ impl Store for SqliteStore {
         Ok(result.rows_affected())
     }
 
+    async fn trim_audit(&self, keep: u64) -> StoreResult<u64> {
+        let (min, max): (Option<i64>, Option<i64>) = sqlx::query_as(sql::AUDIT_ID_RANGE)
+            .fetch_one(&self.write)
+            .await
+            .map_err(db_error)?;
+        let (Some(min), Some(max)) = (min, max) else {
+            return Ok(0);
+        };
+        let mut deleted = 0;
+        for (from, to) in sql::trim_plan(min, max, keep) {
+            deleted += sqlx::query(sql::DELETE_AUDIT_IDS)
+                .bind(from)
+                .bind(to)
+                .execute(&self.write)
+                .await
+                .map_err(db_error)?
+                .rows_affected();
+        }
+        Ok(deleted)
+    }
+
+    async fn size(&self) -> StoreResult<super::StoreSize> {
+        let (pages, page_size): (i64, i64) = sqlx::query_as(
+            "SELECT (SELECT page_count FROM pragma_page_count()), \
+                    (SELECT page_size FROM pragma_page_size())",
+        )
+        .fetch_one(&self.read)
+        .await
+        .map_err(db_error)?;
+        let bytes = u64::try_from(pages.saturating_mul(page_size)).unwrap_or(0);
+        let (min, max): (Option<i64>, Option<i64>) = sqlx::query_as(sql::AUDIT_ID_RANGE)
+            .fetch_one(&self.read)
+            .await
+            .map_err(db_error)?;
+        Ok(super::StoreSize {
+            bytes,
+            audit_events: sql::audit_count(min, max),
+        })
+    }
+
     async fn use_token_once(&self, key: &str, expires_at: u64) -> StoreResult<bool> {
         let result = sqlx::query(sql::USE_TOKEN)
             .bind(key)
