@@ -264,7 +264,11 @@ pub trait Store: Send + Sync + 'static {
 
 /// Opens the store named by `[store] url` and runs migrations.
 pub async fn open(url: &str) -> StoreResult<Arc<dyn Store>> {
-    let inner: Arc<dyn Store> = if url.starts_with("sqlite:") {
+    Ok(bounded(open_backend(url).await?))
+}
+
+async fn open_backend(url: &str) -> StoreResult<Arc<dyn Store>> {
+    Ok(if url.starts_with("sqlite:") {
         Arc::new(sqlite::SqliteStore::open(url).await?)
     } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         Arc::new(postgres::PgStore::open(url).await?)
@@ -272,14 +276,55 @@ pub async fn open(url: &str) -> StoreResult<Arc<dyn Store>> {
         return Err(StoreError::Url(
             url.split(':').next().unwrap_or_default().to_owned(),
         ));
-    };
-    Ok(bounded(inner))
+    })
+}
+
+/// Opens the store like [`open`], except that a PostgreSQL database that cannot be
+/// reached now does not stop the broker: the store is then opened in the background
+/// (retrying with back-off up to 30 s) and, until it is, every call answers
+/// `Unavailable`, as during an outage. The broker meanwhile serves the identities of its
+/// configuration file (docs/storage.md "Starting without the database"). Any other
+/// failure (a bad URL, an SQLite file that cannot be opened, a schema from a newer
+/// version) is returned, so a mistake still stops the start.
+pub async fn open_or_defer(url: &str) -> StoreResult<Arc<dyn Store>> {
+    let postgres = url.starts_with("postgres://") || url.starts_with("postgresql://");
+    match open(url).await {
+        Err(StoreError::Unavailable(reason)) if postgres => {
+            tracing::warn!(%reason, "cannot reach the store; starting without it and retrying in the background");
+            let cell = Arc::new(tokio::sync::OnceCell::new());
+            let url = url.to_owned();
+            let target = cell.clone();
+            let deferred = Arc::new(Bounded {
+                inner: cell,
+                kind: "postgres",
+                timeout: CALL_TIMEOUT,
+            });
+            tokio::spawn(async move {
+                let mut delay = std::time::Duration::from_secs(1);
+                loop {
+                    tokio::time::sleep(delay).await;
+                    match open_backend(&url).await {
+                        Ok(store) => {
+                            let _ = target.set(store);
+                            tracing::info!("the store is reachable; opened it");
+                            return;
+                        }
+                        Err(e) => tracing::warn!(error = %e, "the store is still unreachable"),
+                    }
+                    delay = (delay * 2).min(std::time::Duration::from_secs(30));
+                }
+            });
+            Ok(deferred)
+        }
+        other => other,
+    }
 }
 
 /// `inner` behind [`Bounded`]: every call time-limited, unstorable text refused.
 pub fn bounded(inner: Arc<dyn Store>) -> Arc<dyn Store> {
     Arc::new(Bounded {
-        inner,
+        kind: inner.kind(),
+        inner: Arc::new(tokio::sync::OnceCell::new_with(Some(inner))),
         timeout: CALL_TIMEOUT,
     })
 }
@@ -294,7 +339,10 @@ pub const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 /// [`StoreError::Invalid`] before any backend sees it (PostgreSQL refuses NUL in text
 /// with an error that would otherwise read as an outage).
 pub struct Bounded {
-    inner: Arc<dyn Store>,
+    /// Empty while a store deferred by [`open_or_defer`] is still being opened: calls
+    /// answer `Unavailable`, as during an outage.
+    inner: Arc<tokio::sync::OnceCell<Arc<dyn Store>>>,
+    kind: &'static str,
     timeout: std::time::Duration,
 }
 
@@ -346,6 +394,15 @@ fn storable_credential(c: &StoredCredential) -> StoreResult<()> {
 }
 
 impl Bounded {
+    fn inner(&self) -> StoreResult<&Arc<dyn Store>> {
+        self.inner.get().ok_or_else(|| {
+            StoreError::Unavailable(format!(
+                "the {} store has not been reachable since the broker started",
+                self.kind
+            ))
+        })
+    }
+
     async fn run<T>(
         &self,
         call: impl std::future::Future<Output = StoreResult<T>>,
@@ -354,7 +411,7 @@ impl Bounded {
             Ok(result) => result,
             Err(_) => Err(StoreError::Unavailable(format!(
                 "the {} store did not answer within {} s",
-                self.inner.kind(),
+                self.kind,
                 self.timeout.as_secs()
             ))),
         }
@@ -364,26 +421,26 @@ impl Bounded {
 #[async_trait::async_trait]
 impl Store for Bounded {
     fn kind(&self) -> &'static str {
-        self.inner.kind()
+        self.kind
     }
     async fn list_identities(&self) -> StoreResult<Vec<StoredIdentity>> {
-        self.run(self.inner.list_identities()).await
+        self.run(self.inner()?.list_identities()).await
     }
     async fn get_identity(&self, name: &str) -> StoreResult<Option<StoredIdentity>> {
         storable("name", name)?;
-        self.run(self.inner.get_identity(name)).await
+        self.run(self.inner()?.get_identity(name)).await
     }
     async fn put_identity(&self, identity: &StoredIdentity) -> StoreResult<PutOutcome> {
         storable_identity(identity)?;
-        self.run(self.inner.put_identity(identity)).await
+        self.run(self.inner()?.put_identity(identity)).await
     }
     async fn delete_identity(&self, name: &str) -> StoreResult<bool> {
         storable("name", name)?;
-        self.run(self.inner.delete_identity(name)).await
+        self.run(self.inner()?.delete_identity(name)).await
     }
     async fn list_credentials(&self, identity: Option<&str>) -> StoreResult<Vec<StoredCredential>> {
         storable_all([("identity", identity)])?;
-        self.run(self.inner.list_credentials(identity)).await
+        self.run(self.inner()?.list_credentials(identity)).await
     }
     async fn get_credential(
         &self,
@@ -391,31 +448,31 @@ impl Store for Bounded {
         name_or_id: &str,
     ) -> StoreResult<Option<StoredCredential>> {
         storable_all([("identity", Some(identity)), ("name", Some(name_or_id))])?;
-        self.run(self.inner.get_credential(identity, name_or_id))
+        self.run(self.inner()?.get_credential(identity, name_or_id))
             .await
     }
     async fn create_credential(&self, credential: &StoredCredential) -> StoreResult<()> {
         storable_credential(credential)?;
-        self.run(self.inner.create_credential(credential)).await
+        self.run(self.inner()?.create_credential(credential)).await
     }
     async fn update_credential(&self, credential: &StoredCredential) -> StoreResult<()> {
         storable_credential(credential)?;
-        self.run(self.inner.update_credential(credential)).await
+        self.run(self.inner()?.update_credential(credential)).await
     }
     async fn delete_credential(&self, identity: &str, name_or_id: &str) -> StoreResult<bool> {
         storable_all([("identity", Some(identity)), ("name", Some(name_or_id))])?;
-        self.run(self.inner.delete_credential(identity, name_or_id))
+        self.run(self.inner()?.delete_credential(identity, name_or_id))
             .await
     }
     async fn count_credentials(&self, identity: &str) -> StoreResult<u64> {
         storable("identity", identity)?;
-        self.run(self.inner.count_credentials(identity)).await
+        self.run(self.inner()?.count_credentials(identity)).await
     }
     async fn version(&self) -> StoreResult<i64> {
-        self.run(self.inner.version()).await
+        self.run(self.inner()?.version()).await
     }
     async fn append_audit(&self, events: &[AuditRecord]) -> StoreResult<()> {
-        self.run(self.inner.append_audit(events)).await
+        self.run(self.inner()?.append_audit(events)).await
     }
     async fn query_audit(&self, query: &AuditQuery) -> StoreResult<Vec<AuditRecord>> {
         storable_all([
@@ -424,34 +481,35 @@ impl Store for Bounded {
             ("subject", query.subject.as_deref()),
             ("outcome", query.outcome.as_deref()),
         ])?;
-        self.run(self.inner.query_audit(query)).await
+        self.run(self.inner()?.query_audit(query)).await
     }
     async fn purge_audit(&self, before: u64) -> StoreResult<u64> {
-        self.run(self.inner.purge_audit(before)).await
+        self.run(self.inner()?.purge_audit(before)).await
     }
     async fn trim_audit(&self, keep: u64) -> StoreResult<u64> {
-        self.run(self.inner.trim_audit(keep)).await
+        self.run(self.inner()?.trim_audit(keep)).await
     }
     async fn size(&self) -> StoreResult<StoreSize> {
-        self.run(self.inner.size()).await
+        self.run(self.inner()?.size()).await
     }
     async fn use_token_once(&self, key: &str, expires_at: u64) -> StoreResult<bool> {
-        self.run(self.inner.use_token_once(key, expires_at)).await
+        self.run(self.inner()?.use_token_once(key, expires_at))
+            .await
     }
     async fn purge_used_tokens(&self, now: u64) -> StoreResult<u64> {
-        self.run(self.inner.purge_used_tokens(now)).await
+        self.run(self.inner()?.purge_used_tokens(now)).await
     }
     async fn list_signing_keys(&self) -> StoreResult<Vec<StoredSigningKey>> {
-        self.run(self.inner.list_signing_keys()).await
+        self.run(self.inner()?.list_signing_keys()).await
     }
     async fn insert_signing_key(&self, key: &StoredSigningKey) -> StoreResult<bool> {
-        self.run(self.inner.insert_signing_key(key)).await
+        self.run(self.inner()?.insert_signing_key(key)).await
     }
     async fn delete_signing_keys_before(&self, generation: i64) -> StoreResult<u64> {
-        self.run(self.inner.delete_signing_keys_before(generation))
+        self.run(self.inner()?.delete_signing_keys_before(generation))
             .await
     }
     async fn ping(&self) -> StoreResult<()> {
-        self.run(self.inner.ping()).await
+        self.run(self.inner()?.ping()).await
     }
 }
