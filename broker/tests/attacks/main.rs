@@ -9,3 +9,5 @@
 mod support;
 
 mod harness;
+mod issuers;
+mod tokens;
