@@ -98,6 +98,9 @@ mod tests {
     #[test]
     fn control_characters_are_escaped() {
         assert_eq!(untrusted("a\nb\r\u{1b}[31m"), "a\\nb\\r\\u{1b}[31m");
-        assert_eq!(format!("{:?}", Untrusted::new("say \"hi\"\n")), "\"say \\\"hi\\\"\\n\"");
+        assert_eq!(
+            format!("{:?}", Untrusted::new("say \"hi\"\n")),
+            "\"say \\\"hi\\\"\\n\""
+        );
     }
 }

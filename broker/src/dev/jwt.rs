@@ -191,7 +191,11 @@ impl SigningKey {
     /// Signs a header and payload given as JSON text, byte for byte (so a test can sign
     /// JSON no `Value` can hold, such as an object naming a member twice).
     pub fn sign_json_text(&self, header: &str, payload: &str) -> Result<String, JwtError> {
-        let signing_input = format!("{}.{}", b64url(header.as_bytes()), b64url(payload.as_bytes()));
+        let signing_input = format!(
+            "{}.{}",
+            b64url(header.as_bytes()),
+            b64url(payload.as_bytes())
+        );
         let signature = self.raw_sign(signing_input.as_bytes())?;
         Ok(format!("{signing_input}.{}", b64url(&signature)))
     }

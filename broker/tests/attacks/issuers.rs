@@ -90,7 +90,10 @@ async fn a_new_kid_during_an_outage_is_issuer_unavailable_and_accepted_soon_afte
     up.issuer.rotate_key();
     let token = up.main_job_token();
     let got = exchange(&http, &broker.url(), &token, ARM).await;
-    assert_eq!(got.status, 503, "an outage looked like a bad token: {got:?}");
+    assert_eq!(
+        got.status, 503,
+        "an outage looked like a bad token: {got:?}"
+    );
     assert_eq!(got.error(), "issuer_unavailable");
     assert!(got.headers.contains_key("retry-after"), "{got:?}");
     assert!(

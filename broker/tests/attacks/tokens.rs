@@ -74,10 +74,7 @@ async fn an_11500_character_kid_or_alg_is_capped_in_the_answer_the_audit_and_the
         "{description}"
     );
 
-    let long_alg = unsigned_with_header(
-        &json!({"alg": "R".repeat(11_000), "typ": "JWT"}),
-        &claims,
-    );
+    let long_alg = unsigned_with_header(&json!({"alg": "R".repeat(11_000), "typ": "JWT"}), &claims);
     let got = exchange(&http, &broker.url(), &long_alg, ARM).await;
     assert_eq!(got.status, 401, "{got:?}");
     assert_eq!(got.error(), "unsupported_algorithm");
@@ -89,18 +86,33 @@ async fn an_11500_character_kid_or_alg_is_capped_in_the_answer_the_audit_and_the
 
     let audit = audit_text(&http, &broker, 2).await;
     assert!(audit.contains("unknown_signing_key"), "{audit}");
-    assert!(longest_run(&audit, 'Q') <= CAP, "an audit row holds the kid uncut");
-    assert!(longest_run(&audit, 'R') <= CAP, "an audit row holds the alg uncut");
+    assert!(
+        longest_run(&audit, 'Q') <= CAP,
+        "an audit row holds the kid uncut"
+    );
+    assert!(
+        longest_run(&audit, 'R') <= CAP,
+        "an audit row holds the alg uncut"
+    );
     let log = broker.output();
-    assert!(log.contains("unknown_signing_key"), "the refusal was not logged\n{log}");
+    assert!(
+        log.contains("unknown_signing_key"),
+        "the refusal was not logged\n{log}"
+    );
     assert!(
         longest_run(&log, 'Q') <= CAP && longest_run(&log, 'R') <= CAP,
         "the log holds {} chars of the kid and {} of the alg",
         longest_run(&log, 'Q'),
         longest_run(&log, 'R')
     );
-    assert!(!log.contains("\u{1b}[31mFORGED"), "a raw escape sequence reached the log");
-    assert!(!log.contains("FORGED\nline"), "a raw newline from the token reached the log");
+    assert!(
+        !log.contains("\u{1b}[31mFORGED"),
+        "a raw escape sequence reached the log"
+    );
+    assert!(
+        !log.contains("FORGED\nline"),
+        "a raw newline from the token reached the log"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -149,9 +161,8 @@ async fn a_member_named_twice_in_a_signed_header_or_payload_is_refused() {
 
 /// The order of the P-256 group, big-endian.
 const P256_N: [u8; 32] = [
-    0xff, 0xff, 0xff, 0xff, 0x00, 0x00, 0x00, 0x00, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
-    0xff, 0xbc, 0xe6, 0xfa, 0xad, 0xa7, 0x17, 0x9e, 0x84, 0xf3, 0xb9, 0xca, 0xc2, 0xfc, 0x63,
-    0x25, 0x51,
+    0xff, 0xff, 0xff, 0xff, 0x00, 0x00, 0x00, 0x00, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+    0xbc, 0xe6, 0xfa, 0xad, 0xa7, 0x17, 0x9e, 0x84, 0xf3, 0xb9, 0xca, 0xc2, 0xfc, 0x63, 0x25, 0x51,
 ];
 
 /// The same token with its ES256 signature `(r, s)` replaced by `(r, n - s)`, which verifies
@@ -215,7 +226,9 @@ async fn the_ecdsa_twin_of_a_one_time_token_without_jti_is_refused_as_a_replay()
     .await;
     assert_eq!(created.status, 201, "{created:?}");
 
-    let token = ec.mint(json!({ "sub": MAIN_SUBJECT, "jti": null })).unwrap();
+    let token = ec
+        .mint(json!({ "sub": MAIN_SUBJECT, "jti": null }))
+        .unwrap();
     let twin = ecdsa_twin(&token);
     assert_ne!(token, twin);
     assert_ne!(
@@ -233,7 +246,10 @@ async fn the_ecdsa_twin_of_a_one_time_token_without_jti_is_refused_as_a_replay()
         broker.output()
     );
     let again = exchange(&http, &broker.url(), &twin, ARM).await;
-    assert_eq!(again.status, 401, "the re-signed twin was accepted: {again:?}");
+    assert_eq!(
+        again.status, 401,
+        "the re-signed twin was accepted: {again:?}"
+    );
     assert_eq!(again.error(), "token_replayed");
     let original = exchange(&http, &broker.url(), &token, ARM).await;
     assert_eq!(original.error(), "token_replayed", "{original:?}");
