@@ -81,6 +81,9 @@ struct Snapshot {
 /// waiting on another fetch from an issuer that is down (and a down issuer is not hammered).
 pub const RETRY_AFTER_FAILURE_SECS: u64 = 5;
 
+/// Longest `jwks_uri` accepted from a discovery document.
+const MAX_JWKS_URI_BYTES: usize = 2048;
+
 /// One issuer's key state. Everything a background refresh needs lives here.
 struct IssuerKeys {
     issuer: String,
@@ -441,6 +444,14 @@ impl IssuerKeys {
             .get("jwks_uri")
             .and_then(|v| v.as_str())
             .ok_or("discovery document has no jwks_uri")?;
+        // Bounded, so the URL in every later fetch error (and log line) is too.
+        if jwks_uri.len() > MAX_JWKS_URI_BYTES {
+            return Err(format!(
+                "discovery names a jwks_uri of {} bytes (at most {MAX_JWKS_URI_BYTES}): \"{}\"",
+                jwks_uri.len(),
+                untrusted(jwks_uri)
+            ));
+        }
         let jwks_url = outbound::check_url(jwks_uri, allow)
             .map_err(|_| format!("jwks_uri \"{}\" is not an allowed URL", untrusted(jwks_uri)))?;
         if !cross_origin_jwks_uri && jwks_url.origin() != base.origin() {

@@ -257,14 +257,32 @@ mod tests {
         ];
         let mut above = half_p256;
         above[31] += 1;
-        assert!(!is_high_s_ecdsa(Algorithm::ES256, &signature(1, &half_p256)));
+        assert!(!is_high_s_ecdsa(
+            Algorithm::ES256,
+            &signature(1, &half_p256)
+        ));
         assert!(is_high_s_ecdsa(Algorithm::ES256, &signature(1, &above)));
-        assert!(is_high_s_ecdsa(Algorithm::ES256, &signature(1, &[0xff; 32])));
-        assert!(!is_high_s_ecdsa(Algorithm::ES256, &signature(1, &[0x01; 32])));
+        assert!(is_high_s_ecdsa(
+            Algorithm::ES256,
+            &signature(1, &[0xff; 32])
+        ));
+        assert!(!is_high_s_ecdsa(
+            Algorithm::ES256,
+            &signature(1, &[0x01; 32])
+        ));
         // Other algorithms and malformed signatures are left to the verifier.
-        assert!(!is_high_s_ecdsa(Algorithm::RS256, &signature(1, &[0xff; 32])));
-        assert!(!is_high_s_ecdsa(Algorithm::ES256, &signature(1, &[0xff; 48])));
-        assert!(is_high_s_ecdsa(Algorithm::ES384, &signature(1, &[0xff; 48])));
+        assert!(!is_high_s_ecdsa(
+            Algorithm::RS256,
+            &signature(1, &[0xff; 32])
+        ));
+        assert!(!is_high_s_ecdsa(
+            Algorithm::ES256,
+            &signature(1, &[0xff; 48])
+        ));
+        assert!(is_high_s_ecdsa(
+            Algorithm::ES384,
+            &signature(1, &[0xff; 48])
+        ));
         assert!(!is_high_s_ecdsa(Algorithm::ES256, "not base64!"));
     }
 }
