@@ -21,6 +21,7 @@ use crate::issuer::{IssuerSetupError, KeyError, KeyStore};
 use crate::metrics::Metrics;
 use crate::policy::registry::{BuildProblem, Declared};
 use crate::policy::{Identity, MatchError, Registry, SelectError, select_identity};
+use crate::redact::{Untrusted, untrusted};
 use crate::store::{Store, StoreError};
 use crate::token::{self, TokenError, UnverifiedToken, VerifiedToken, VerifyPolicy};
 
@@ -42,7 +43,7 @@ pub enum ExchangeError {
     #[error(transparent)]
     Cache(#[from] CacheError),
     #[error("the identity is not in tenant {0}; use its tenant in the URL")]
-    TenantMismatch(String),
+    TenantMismatch(Untrusted),
     #[error("this token was already used, and its credential accepts each token once")]
     Replayed,
     #[error("replay protection needs the store, which cannot be reached: {0}")]
@@ -196,6 +197,7 @@ impl Broker {
             algorithms: default_algorithms,
             leeway_secs: cfg.tokens.leeway_secs,
             max_lifetime_secs: cfg.tokens.max_lifetime_secs,
+            ecdsa_low_s_only: cfg.tokens.ecdsa_low_s_only,
         };
         let mut issuer_policies = HashMap::new();
         for (index, issuer) in cfg.issuers.iter().enumerate() {
@@ -410,9 +412,7 @@ impl Broker {
         if let Some(tenant) = req.tenant
             && !identity.tenant_id.eq_ignore_ascii_case(tenant)
         {
-            return Err(ExchangeError::TenantMismatch(
-                tenant.chars().take(64).collect(),
-            ));
+            return Err(ExchangeError::TenantMismatch(Untrusted::new(tenant)));
         }
         // A credential without replay protection admits the token as it is; otherwise the
         // token is spent here, before any cached answer.
@@ -455,7 +455,10 @@ impl Broker {
 
     /// Steps 1 to 4: the token read, its issuer trusted, its signature and times checked.
     /// A token seen before is recognised by its SHA-256 and not verified again, but its
-    /// expiry and its issuer's trust are checked on every request.
+    /// expiry and its issuer's trust are checked on every request. The cache key is the
+    /// whole token, signature included: keyed on `header.payload` alone, a copy with any
+    /// signature would pass as verified. A re-signed copy (ECDSA `s` → `n - s`) misses the
+    /// cache and is verified like any new token; replay protection does not depend on it.
     async fn verify(
         &self,
         req: &ExchangeRequest<'_>,
@@ -500,7 +503,7 @@ impl Broker {
         )?);
         // 2. Known issuers only: nothing is fetched for any other.
         if !registry.knows_issuer(&unverified.iss) {
-            event.issuer = Some(unverified.iss.chars().take(200).collect());
+            event.issuer = Some(untrusted(&unverified.iss));
             return Err(ExchangeError::UnknownIssuer);
         }
         event.issuer = Some(unverified.iss.clone());
@@ -518,15 +521,17 @@ impl Broker {
         Ok(verified)
     }
 
-    /// Records the token as used (by `jti`, or its hash when it has none) until it expires;
-    /// refuses it when it was used before. Fails closed without the store.
+    /// Records the token as used until it expires; refuses it when it was used before.
+    /// The key is what the issuer signed: its `jti`, or the SHA-256 of `header.payload`
+    /// when it has none, never the raw token, whose signature another party can vary
+    /// (ECDSA `s` → `n - s`) without the key. Fails closed without the store.
     async fn spend(&self, token: &VerifiedToken) -> Result<(), ExchangeError> {
         let Some(store) = &self.store else {
             return Err(ExchangeError::Store(StoreError::Unavailable(
                 "no store is configured".into(),
             )));
         };
-        let id = token.jti.as_deref().unwrap_or(&token.sha256);
+        let id = token.jti.as_deref().unwrap_or(&token.signed_sha256);
         let key = format!("{}\n{id}", token.iss);
         let until = token.exp.saturating_add(self.default_policy.leeway_secs);
         match store.use_token_once(&key, until).await {

@@ -265,6 +265,9 @@ pub struct TokenConfig {
     pub verified_cache_entries: u64,
     /// How long a verified token is remembered (never past its `exp`).
     pub verified_cache_secs: u64,
+    /// Refuse ECDSA (ES256, ES384) signatures with a high `s`, the malleable twin of a
+    /// low-`s` signature. Only for issuers known to sign with low `s`.
+    pub ecdsa_low_s_only: bool,
 }
 
 impl Default for TokenConfig {
@@ -275,6 +278,7 @@ impl Default for TokenConfig {
             algorithms: ALGORITHMS.iter().map(|a| a.to_string()).collect(),
             verified_cache_entries: 10_000,
             verified_cache_secs: 300,
+            ecdsa_low_s_only: false,
         }
     }
 }
@@ -358,6 +362,10 @@ pub struct IssuerConfig {
     pub ca_file: Option<PathBuf>,
     /// Narrows `[tokens] algorithms` for this issuer.
     pub algorithms: Option<Vec<String>>,
+    /// Accept a discovery document whose `jwks_uri` is on another origin (scheme, host,
+    /// port) than the issuer's. Off: such a document is refused.
+    #[serde(default)]
+    pub allow_cross_origin_jwks_uri: bool,
 }
 
 /// The Azure cloud an identity lives in.

@@ -318,6 +318,15 @@ fn issuers(p: &mut Problems, issuers: &[IssuerConfig], tokens: &TokenConfig, loo
                 ),
             );
         }
+        if issuer.allow_cross_origin_jwks_uri && !sources.is_empty() {
+            p.push(
+                format!("{at}.allow_cross_origin_jwks_uri"),
+                format!(
+                    "applies only to OIDC discovery, and this issuer sets {}",
+                    sources.join(" and ")
+                ),
+            );
+        }
         if let Some(uri) = &issuer.jwks_uri {
             https_url(
                 p,
@@ -1541,6 +1550,27 @@ mod tests {
             &check(|c| c.issuers = vec![with_uri("https://issuer.example.com/keys#x")]),
             "issuers[0].jwks_uri",
             "fragment",
+        );
+    }
+
+    #[test]
+    fn cross_origin_jwks_uri_is_only_for_discovery() {
+        none(&check(|c| {
+            c.issuers = vec![IssuerConfig {
+                allow_cross_origin_jwks_uri: true,
+                ..issuer("https://accounts.google.com")
+            }]
+        }));
+        only(
+            &check(|c| {
+                c.issuers = vec![IssuerConfig {
+                    allow_cross_origin_jwks_uri: true,
+                    jwks_uri: Some("https://www.googleapis.com/oauth2/v3/certs".into()),
+                    ..issuer("https://accounts.google.com")
+                }]
+            }),
+            "issuers[0].allow_cross_origin_jwks_uri",
+            "applies only to OIDC discovery",
         );
     }
 

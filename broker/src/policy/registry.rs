@@ -720,6 +720,7 @@ mod tests {
             iat: 0,
             jti: None,
             sha256: String::new(),
+            signed_sha256: String::new(),
             claims,
         }
     }

@@ -10,3 +10,5 @@ mod support;
 
 mod anonymous;
 mod harness;
+mod issuers;
+mod tokens;
