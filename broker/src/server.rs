@@ -44,6 +44,8 @@ pub struct RunningBroker {
     ready: Arc<AtomicBool>,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<std::io::Result<()>>,
+    /// The admission webhook's own TLS listener, when `[webhook] enabled`.
+    webhook: Option<crate::api::mutate::WebhookServer>,
     /// Registry sync and, for an issuer, signing-key refresh.
     background: Vec<JoinHandle<()>>,
 }
@@ -120,6 +122,7 @@ impl RunningBroker {
             tls: tls_config.is_some(),
             webhook: crate::api::mutate::Webhook::from_config(cfg)?,
         };
+        let webhook = crate::api::mutate::WebhookServer::start(cfg, state.clone()).await?;
         let (stop, stopped) = oneshot::channel::<()>();
         let tls = tls_config.is_some();
         let task = tokio::spawn(api::serve::serve(
@@ -139,6 +142,7 @@ impl RunningBroker {
             ready,
             stop: Some(stop),
             task,
+            webhook,
             background,
         })
     }
@@ -152,6 +156,11 @@ impl RunningBroker {
         )
     }
 
+    /// `https://addr` of the admission webhook's own listener, when it is enabled.
+    pub fn webhook_url(&self) -> Option<String> {
+        self.webhook.as_ref().map(|w| w.url())
+    }
+
     /// Stops accepting, fails readiness, lets in-flight requests finish (bounded by
     /// `server.shutdown_timeout_secs`).
     pub async fn shutdown(mut self) -> std::io::Result<()> {
@@ -160,10 +169,15 @@ impl RunningBroker {
             let _ = stop.send(());
         }
         self.background.iter().for_each(JoinHandle::abort);
-        match (&mut self.task).await {
+        let webhook = self.webhook.take().map(|w| tokio::spawn(w.stop()));
+        let result = match (&mut self.task).await {
             Ok(result) => result,
             Err(e) => Err(std::io::Error::other(e)),
+        };
+        if let Some(webhook) = webhook {
+            let _ = webhook.await;
         }
+        result
     }
 
     /// Serves until `signal` resolves, then shuts down.
