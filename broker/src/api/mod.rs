@@ -37,7 +37,8 @@ pub struct AppState {
     pub ready: Arc<AtomicBool>,
     /// The listener serves TLS: URLs the broker gives out about itself use `https`.
     pub tls: bool,
-    /// The sidecar-injecting admission webhook, when `[webhook] enabled`.
+    /// The sidecar-injecting admission webhook, when `[webhook] enabled`; served by
+    /// [`webhook_router`] on its own listener only, never by [`router`].
     pub webhook: Option<Arc<mutate::Webhook>>,
 }
 
