@@ -45,6 +45,8 @@ pub struct RunningBroker {
     shutdown_timeout: Duration,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<std::io::Result<()>>,
+    /// The admission webhook's own TLS listener, when `[webhook] enabled`.
+    webhook: Option<crate::api::mutate::WebhookServer>,
     /// Registry sync and, for an issuer, signing-key refresh.
     background: Vec<JoinHandle<()>>,
 }
@@ -121,6 +123,7 @@ impl RunningBroker {
             tls: tls_config.is_some(),
             webhook: crate::api::mutate::Webhook::from_config(cfg)?,
         };
+        let webhook = crate::api::mutate::WebhookServer::start(cfg, state.clone()).await?;
         let (stop, stopped) = oneshot::channel::<()>();
         let tls = tls_config.is_some();
         let task = tokio::spawn(api::serve::serve(
@@ -141,6 +144,7 @@ impl RunningBroker {
             shutdown_timeout: Duration::from_secs(cfg.server.shutdown_timeout_secs),
             stop: Some(stop),
             task,
+            webhook,
             background,
         })
     }
@@ -154,6 +158,11 @@ impl RunningBroker {
         )
     }
 
+    /// `https://addr` of the admission webhook's own listener, when it is enabled.
+    pub fn webhook_url(&self) -> Option<String> {
+        self.webhook.as_ref().map(|w| w.url())
+    }
+
     /// Stops accepting, fails readiness, lets in-flight requests finish (bounded by
     /// `server.shutdown_timeout_secs`).
     pub async fn shutdown(mut self) -> std::io::Result<()> {
@@ -163,10 +172,14 @@ impl RunningBroker {
         }
         self.background.iter().for_each(JoinHandle::abort);
         let started = std::time::Instant::now();
+        let webhook = self.webhook.take().map(|w| tokio::spawn(w.stop()));
         let served = match (&mut self.task).await {
             Ok(result) => result,
             Err(e) => Err(std::io::Error::other(e)),
         };
+        if let Some(webhook) = webhook {
+            let _ = webhook.await;
+        }
         // What the audit queue still holds goes to the store (or the spill file) within
         // what is left of the deadline, and at least a second.
         let left = self.shutdown_timeout.saturating_sub(started.elapsed());

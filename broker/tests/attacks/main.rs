@@ -12,3 +12,4 @@ mod anonymous;
 mod harness;
 mod issuers;
 mod tokens;
+mod webhook;

@@ -414,3 +414,52 @@ pub fn longest_run(text: &str, c: char) -> usize {
     }
     best
 }
+
+/// A throwaway CA and a server certificate it signed for `127.0.0.1` and `localhost`, for
+/// TLS listeners (the admission webhook's).
+pub struct TestPki {
+    pub ca_pem: String,
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl TestPki {
+    pub fn new() -> Self {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_cert = ca.self_signed(&ca_key).unwrap();
+        let ca = Issuer::new(ca, ca_key);
+        let key = KeyPair::generate().unwrap();
+        let leaf =
+            CertificateParams::new(["127.0.0.1".to_owned(), "localhost".to_owned()]).unwrap();
+        let cert = leaf.signed_by(&key, &ca).unwrap();
+        Self {
+            ca_pem: ca_cert.pem(),
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        }
+    }
+
+    /// Writes the certificate and key into `dir` (`tls.crt`, `tls.key`); returns their paths.
+    pub fn write(&self, dir: &BrokerDir) -> (PathBuf, PathBuf) {
+        let (cert, key) = (dir.path("tls.crt"), dir.path("tls.key"));
+        std::fs::write(&cert, &self.cert_pem).unwrap();
+        std::fs::write(&key, &self.key_pem).unwrap();
+        (cert, key)
+    }
+
+    /// An HTTPS client trusting this CA only, never through a proxy.
+    pub fn client(&self) -> reqwest::Client {
+        wif_broker::crypto::install_provider();
+        let ca = reqwest::Certificate::from_pem(self.ca_pem.as_bytes()).unwrap();
+        reqwest::Client::builder()
+            .no_proxy()
+            .tls_certs_only([ca])
+            .pool_max_idle_per_host(0)
+            .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap()
+    }
+}
