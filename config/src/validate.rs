@@ -155,6 +155,15 @@ fn entra(p: &mut Problems, e: &EntraConfig, loopback_http: bool) {
         UrlShape::Origin,
         loopback_http,
     );
+    for (i, host) in e.allowed_authority_hosts.iter().enumerate() {
+        https_url(
+            p,
+            &format!("entra.allowed_authority_hosts[{i}]"),
+            host,
+            UrlShape::Origin,
+            loopback_http,
+        );
+    }
     path(p, "entra.ca_file", e.ca_file.as_deref());
     positive(p, "entra.timeout_secs", e.timeout_secs);
     if e.initial_backoff_ms > e.max_backoff_ms {

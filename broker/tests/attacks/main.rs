@@ -8,4 +8,5 @@
 #[allow(dead_code)] // a shared harness: not every helper is used by every module
 mod support;
 
+mod admin;
 mod harness;
