@@ -123,6 +123,10 @@ pub struct ServerConfig {
     pub shutdown_timeout_secs: u64,
     /// Upper bound on one request's handling time.
     pub request_timeout_secs: u64,
+    /// The URL clients reach the broker at (`https://wif-broker.example`), an origin. The
+    /// Entra-compatible discovery document names it; unset, only the listen address (and
+    /// `localhost` when listening on loopback or every address) is accepted as `Host`.
+    pub public_url: Option<String>,
 }
 
 impl Default for ServerConfig {
@@ -136,6 +140,7 @@ impl Default for ServerConfig {
             max_token_bytes: 16 * 1024,
             shutdown_timeout_secs: 20,
             request_timeout_secs: 60,
+            public_url: None,
         }
     }
 }

@@ -57,7 +57,7 @@ impl Problems {
 pub(crate) fn broker(config: &BrokerConfig) -> Vec<Problem> {
     let mut p = Problems::default();
     let loopback_http = config.outbound.allow_loopback_http;
-    server(&mut p, &config.server);
+    server(&mut p, &config.server, loopback_http);
     store(&mut p, &config.store);
     entra(&mut p, &config.entra, loopback_http);
     cache(&mut p, &config.cache);
@@ -73,7 +73,10 @@ pub(crate) fn broker(config: &BrokerConfig) -> Vec<Problem> {
     p.0
 }
 
-fn server(p: &mut Problems, s: &ServerConfig) {
+fn server(p: &mut Problems, s: &ServerConfig, loopback_http: bool) {
+    if let Some(url) = &s.public_url {
+        https_url(p, "server.public_url", url, UrlShape::Origin, loopback_http);
+    }
     if s.listen.trim().is_empty() {
         p.push(
             "server.listen",
