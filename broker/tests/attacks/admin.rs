@@ -86,11 +86,13 @@ async fn an_api_admin_cannot_send_broker_or_managed_identity_assertions_to_its_o
     let cred = admin(
         &http,
         Method::POST,
-        &url("/v1/identities/x/federated-credentials"),
+        &url("/v1/identities/x/federatedIdentityCredentials"),
         Some(json!({"name": "mine", "issuer": up.issuer.url(), "subject": ATTACKER_SUBJECT})),
     )
     .await;
     assert_eq!(cred.status, 404, "{cred:?}");
+    assert_eq!(cred.error(), "not_found", "{cred:?}");
+    assert!(cred.description().contains("no identity"), "{cred:?}");
     let token = up
         .issuer
         .mint(github_claims(ATTACKER_REPO, "main"))

@@ -9,4 +9,5 @@
 mod support;
 
 mod admin;
+mod gaps;
 mod harness;
