@@ -340,10 +340,8 @@ async fn a_console_session_ends_with_a_fractional_exp_admin_token() {
     );
     let broker = Broker::start(&dir, &config, &[]).await;
     let http = browser();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
+    let clock = wif_broker::clock::system();
+    let now = clock.now();
     let exp = now as f64 + 4.5;
     let token = up
         .issuer
@@ -366,12 +364,7 @@ async fn a_console_session_ends_with_a_fractional_exp_admin_token() {
     };
     assert_eq!(page(http.clone(), session.clone()).await, 200);
     // Past the token's exp (by the wall clock the broker also uses).
-    while std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs_f64()
-        < exp + 1.0
-    {
+    while clock.now() < now + 6 {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert_eq!(
