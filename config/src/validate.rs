@@ -1213,6 +1213,24 @@ mod tests {
     // [entra]
 
     #[test]
+    fn allowed_authority_hosts_and_the_public_url_are_https_origins() {
+        none(&check(|c| {
+            c.entra.allowed_authority_hosts = vec!["https://login.stack.example:8443".into()];
+            c.server.public_url = Some("https://wif.contoso.example".into());
+        }));
+        only(
+            &check(|c| c.entra.allowed_authority_hosts = vec!["http://login.example".into()]),
+            "entra.allowed_authority_hosts[0]",
+            "https",
+        );
+        only(
+            &check(|c| c.server.public_url = Some("https://wif.contoso.example/x".into())),
+            "server.public_url",
+            "",
+        );
+    }
+
+    #[test]
     fn authority_host_is_an_https_origin() {
         none(&check(|c| {
             c.entra.authority_host = "https://login.microsoftonline.com/".into()

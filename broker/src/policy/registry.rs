@@ -727,6 +727,40 @@ mod tests {
     "#;
 
     #[test]
+    fn a_broker_assertion_subject_or_a_name_differing_in_case_is_refused_in_the_config() {
+        let second = |name: &str, subject: &str| {
+            format!(
+                "[broker_issuer]
+                url = \"https://wif.contoso.example\"
+                {BASE}
+                [[identities]]
+                name = \"{name}\"
+                tenant_id = \"72f988bf-86f1-41af-91ab-2d7cd011db47\"
+                client_id = \"6d2f4e1a-7b3c-4d5e-8f9a-0b1c2d3e4f5a\"
+                assertion = \"broker\"
+                assertion_subject = \"{subject}\"
+                "
+            )
+        };
+        // `deploy`'s default subject is its name.
+        let problems = load(&second("fleet", "deploy")).unwrap_err();
+        assert!(
+            problems[0].message.contains("assertion subject"),
+            "{problems:?}"
+        );
+        let problems = load(&second("Deploy", "other")).unwrap_err();
+        assert!(problems[0].message.contains("case"), "{problems:?}");
+        let registry = load(&second("fleet", "fleet-production")).unwrap();
+        assert_eq!(
+            registry
+                .assertion_subject_owner("fleet-production")
+                .map(|i| i.client_id.as_str()),
+            Some("6d2f4e1a-7b3c-4d5e-8f9a-0b1c2d3e4f5a")
+        );
+        assert_eq!(registry.claimant("deploy").unwrap().name, "deploy");
+    }
+
+    #[test]
     fn a_credential_breaking_entras_rules_is_named_by_its_key() {
         let text = format!(
             "{BASE}

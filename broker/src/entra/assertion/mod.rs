@@ -191,3 +191,69 @@ impl Assertions {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_configured_authority_hosts_are_allowed_compared_by_origin() {
+        let cfg = BrokerConfig::from_toml(
+            r#"
+            [entra]
+            authority_host = "https://login.contoso-stack.example:8443"
+            allowed_authority_hosts = ["https://login.emulator.example"]
+            "#,
+            "test",
+        )
+        .unwrap();
+        let hosts = AuthorityHosts::from_config(&cfg);
+        for allowed in [
+            "https://login.microsoftonline.com",
+            "https://LOGIN.microsoftonline.com:443/",
+            "https://login.microsoftonline.us",
+            "https://login.chinacloudapi.cn",
+            "https://login.contoso-stack.example:8443",
+            "https://login.emulator.example",
+        ] {
+            assert!(hosts.allows(allowed), "{allowed}");
+        }
+        for refused in [
+            "http://login.microsoftonline.com",
+            "https://login.microsoftonline.com:8443",
+            "https://login.microsoftonline.com.attacker.example",
+            "https://login.microsoftonline.com@attacker.example",
+            "http://127.0.0.1:9999",
+            "not a url",
+        ] {
+            assert!(!hosts.allows(refused), "{refused}");
+        }
+    }
+
+    #[tokio::test]
+    async fn no_assertion_is_built_for_an_identity_at_another_host() {
+        let cfg = BrokerConfig::default();
+        let assertions = Assertions::new(&cfg, None, |_| None, crate::clock::system()).unwrap();
+        let identity = Identity {
+            name: "x".into(),
+            tenant_id: "72f988bf-86f1-41af-91ab-2d7cd011db47".into(),
+            client_id: "3f1c2a9e-5b7d-4e21-9c3a-1d2e3f4a5b6c".into(),
+            authority_host: "http://127.0.0.1:9999".into(),
+            cloud: None,
+            assertion: AssertionSource::Passthrough,
+            assertion_subject: None,
+            certificate: None,
+            read_only: false,
+            created_at: None,
+            updated_at: None,
+        };
+        let refused = assertions
+            .build(&identity, &Secret::new("caller-token".into()))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(refused, AssertionError::AuthorityHostNotAllowed { .. }),
+            "{refused:?}"
+        );
+    }
+}
