@@ -272,6 +272,11 @@ impl Broker {
         &self.declared.default_authority_host
     }
 
+    /// The authority hosts identities may use (docs/configuration.md).
+    pub fn authority_hosts(&self) -> &crate::entra::assertion::AuthorityHosts {
+        &self.declared.authority_hosts
+    }
+
     pub fn is_issuer(&self) -> bool {
         self.issuer().is_some()
     }

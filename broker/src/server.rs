@@ -121,6 +121,10 @@ impl RunningBroker {
             request_timeout: Duration::from_secs(cfg.server.request_timeout_secs),
             ready: ready.clone(),
             tls: tls_config.is_some(),
+            self_address: Arc::new(crate::api::entra_compat::SelfAddress::new(
+                cfg.server.public_url.as_deref(),
+                addr,
+            )),
             webhook: crate::api::mutate::Webhook::from_config(cfg)?,
         };
         let webhook = crate::api::mutate::WebhookServer::start(cfg, state.clone()).await?;

@@ -70,6 +70,39 @@ pub struct BrokerConfig {
     pub identities: Vec<IdentityConfig>,
 }
 
+impl BrokerConfig {
+    /// Every authority host the operator allowed, as origins (see
+    /// [`authority_origin`]): the named clouds' hosts, `[entra] authority_host`, the
+    /// `authority_host` of each declared identity and `[entra] allowed_authority_hosts`.
+    pub fn allowed_authority_hosts(&self) -> Vec<String> {
+        let mut hosts: Vec<String> = [Cloud::Public, Cloud::UsGov, Cloud::China]
+            .iter()
+            .map(|c| c.authority_host().to_owned())
+            .collect();
+        hosts.push(self.entra.authority_host.clone());
+        hosts.extend(
+            self.identities
+                .iter()
+                .filter_map(|i| i.authority_host.clone()),
+        );
+        hosts.extend(self.entra.allowed_authority_hosts.iter().cloned());
+        let mut origins: Vec<String> = hosts.iter().filter_map(|h| authority_origin(h)).collect();
+        origins.sort();
+        origins.dedup();
+        origins
+    }
+}
+
+/// An authority host reduced to its origin (`scheme://host[:port]`, lower case, default
+/// port left out), the form in which hosts are compared; `None` when it is not a URL.
+pub fn authority_origin(host: &str) -> Option<String> {
+    let url = url::Url::parse(host.trim()).ok()?;
+    match url.origin() {
+        url::Origin::Tuple(..) => Some(url.origin().ascii_serialization()),
+        url::Origin::Opaque(_) => None,
+    }
+}
+
 /// `[server]`: the HTTP listener.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -90,6 +123,10 @@ pub struct ServerConfig {
     pub shutdown_timeout_secs: u64,
     /// Upper bound on one request's handling time.
     pub request_timeout_secs: u64,
+    /// The URL clients reach the broker at (`https://wif-broker.example`), an origin. The
+    /// Entra-compatible discovery document names it; unset, only the listen address (and
+    /// `localhost` when listening on loopback or every address) is accepted as `Host`.
+    pub public_url: Option<String>,
 }
 
 impl Default for ServerConfig {
@@ -103,6 +140,7 @@ impl Default for ServerConfig {
             max_token_bytes: 16 * 1024,
             shutdown_timeout_secs: 20,
             request_timeout_secs: 60,
+            public_url: None,
         }
     }
 }
@@ -213,6 +251,11 @@ pub struct EntraConfig {
     pub initial_backoff_ms: u64,
     /// Longest wait between attempts, including an honoured `Retry-After`.
     pub max_backoff_ms: u64,
+    /// More authority hosts (origins) identities registered through the admin API may
+    /// use. The named clouds' hosts, `authority_host` above and the `authority_host` of
+    /// every `[[identities]]` entry are always allowed; no other host ever receives a
+    /// token request (see docs/configuration.md).
+    pub allowed_authority_hosts: Vec<String>,
 }
 
 impl Default for EntraConfig {
@@ -224,6 +267,7 @@ impl Default for EntraConfig {
             max_retries: 3,
             initial_backoff_ms: 200,
             max_backoff_ms: 5_000,
+            allowed_authority_hosts: Vec::new(),
         }
     }
 }

@@ -57,7 +57,7 @@ impl Problems {
 pub(crate) fn broker(config: &BrokerConfig) -> Vec<Problem> {
     let mut p = Problems::default();
     let loopback_http = config.outbound.allow_loopback_http;
-    server(&mut p, &config.server);
+    server(&mut p, &config.server, loopback_http);
     store(&mut p, &config.store);
     entra(&mut p, &config.entra, loopback_http);
     cache(&mut p, &config.cache);
@@ -73,7 +73,10 @@ pub(crate) fn broker(config: &BrokerConfig) -> Vec<Problem> {
     p.0
 }
 
-fn server(p: &mut Problems, s: &ServerConfig) {
+fn server(p: &mut Problems, s: &ServerConfig, loopback_http: bool) {
+    if let Some(url) = &s.public_url {
+        https_url(p, "server.public_url", url, UrlShape::Origin, loopback_http);
+    }
     if s.listen.trim().is_empty() {
         p.push(
             "server.listen",
@@ -155,6 +158,15 @@ fn entra(p: &mut Problems, e: &EntraConfig, loopback_http: bool) {
         UrlShape::Origin,
         loopback_http,
     );
+    for (i, host) in e.allowed_authority_hosts.iter().enumerate() {
+        https_url(
+            p,
+            &format!("entra.allowed_authority_hosts[{i}]"),
+            host,
+            UrlShape::Origin,
+            loopback_http,
+        );
+    }
     path(p, "entra.ca_file", e.ca_file.as_deref());
     positive(p, "entra.timeout_secs", e.timeout_secs);
     if e.initial_backoff_ms > e.max_backoff_ms {
@@ -1259,6 +1271,24 @@ mod tests {
     }
 
     // [entra]
+
+    #[test]
+    fn allowed_authority_hosts_and_the_public_url_are_https_origins() {
+        none(&check(|c| {
+            c.entra.allowed_authority_hosts = vec!["https://login.stack.example:8443".into()];
+            c.server.public_url = Some("https://wif.contoso.example".into());
+        }));
+        only(
+            &check(|c| c.entra.allowed_authority_hosts = vec!["http://login.example".into()]),
+            "entra.allowed_authority_hosts[0]",
+            "https",
+        );
+        only(
+            &check(|c| c.server.public_url = Some("https://wif.contoso.example/x".into())),
+            "server.public_url",
+            "",
+        );
+    }
 
     #[test]
     fn authority_host_is_an_https_origin() {

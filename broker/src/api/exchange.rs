@@ -137,6 +137,21 @@ pub async fn rfc8693(
     body: Body,
 ) -> Result<Response, ApiError> {
     let params = read_params(&headers, body, state.max_body_bytes).await?;
+    // As `/v1/token`: a parameter the broker would ignore (`audience`, `actor_token`, a
+    // typo) is refused rather than silently dropped.
+    reject_unknown(
+        &params,
+        &[
+            "grant_type",
+            "subject_token",
+            "subject_token_type",
+            "requested_token_type",
+            "scope",
+            "resource",
+            "client_id",
+            "identity",
+        ],
+    )?;
     match params.get("grant_type").map(String::as_str) {
         Some(TOKEN_EXCHANGE_GRANT) => {}
         Some(other) => {

@@ -37,6 +37,8 @@ pub struct AppState {
     pub ready: Arc<AtomicBool>,
     /// The listener serves TLS: URLs the broker gives out about itself use `https`.
     pub tls: bool,
+    /// Where clients reach the broker, for the URLs it gives out about itself.
+    pub self_address: Arc<entra_compat::SelfAddress>,
     /// The sidecar-injecting admission webhook, when `[webhook] enabled`; served by
     /// [`webhook_router`] on its own listener only, never by [`router`].
     pub webhook: Option<Arc<mutate::Webhook>>,

@@ -177,6 +177,9 @@ impl EntraClient {
         scope: &str,
         request_id: &str,
     ) -> Result<EntraToken, EntraError> {
+        // The same allow-list as when the assertion was built, for callers that built it
+        // themselves: no token request goes to a host the operator did not allow.
+        self.assertions.authority_hosts().check(identity)?;
         let url = format!(
             "{}/{}/oauth2/v2.0/token",
             identity.authority_host.trim_end_matches('/'),

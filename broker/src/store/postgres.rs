@@ -48,6 +48,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "assertion subject",
         include_str!("../../migrations/postgres/0003_assertion_subject.sql"),
     ),
+    (
+        4,
+        "identity name case",
+        include_str!("../../migrations/postgres/0004_identity_name_case.sql"),
+    ),
 ];
 
 /// The PostgreSQL store. Cheap to share behind an `Arc`; all methods take `&self`.

@@ -419,14 +419,16 @@ pub(super) fn json_without_nul(value: &serde_json::Value) -> Cow<'_, serde_json:
 pub(super) fn db_error(e: sqlx::Error) -> StoreError {
     match e {
         sqlx::Error::Database(db) => match db.kind() {
-            ErrorKind::UniqueViolation => StoreError::Conflict(format!(
-                "the change clashes with an existing record ({})",
-                db.message()
-            )),
-            ErrorKind::ForeignKeyViolation => StoreError::NotFound(format!(
-                "a record it refers to does not exist ({})",
-                db.message()
-            )),
+            // The database's own text names tables and columns: log it, tell the caller
+            // what the rule means.
+            ErrorKind::UniqueViolation => {
+                tracing::debug!(error = %db.message(), "unique violation");
+                StoreError::Conflict("the change clashes with an existing record".into())
+            }
+            ErrorKind::ForeignKeyViolation => {
+                tracing::debug!(error = %db.message(), "foreign key violation");
+                StoreError::NotFound("a record it refers to does not exist".into())
+            }
             _ => StoreError::Unavailable(db.to_string()),
         },
         sqlx::Error::ColumnDecode { .. }
@@ -461,6 +463,8 @@ pub(super) fn migrate_error(e: sqlx::migrate::MigrateError) -> StoreError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Clash {
     ClientId,
+    /// Another identity's name differs only in case.
+    NameCase,
     CredentialSubject,
     CredentialName,
     CredentialId,
@@ -479,6 +483,8 @@ pub(super) fn unique_violation(e: &sqlx::Error) -> Option<Clash> {
     let detail = db.constraint().unwrap_or_else(|| db.message());
     let clash = if detail.contains("client_id") {
         Clash::ClientId
+    } else if detail.contains("name_lower") {
+        Clash::NameCase
     } else if detail.contains("subject") {
         Clash::CredentialSubject
     } else if detail.contains("federated_credentials_name") || detail.contains("credentials.name") {
@@ -562,6 +568,10 @@ pub(super) fn identity_write_error(identity: &StoredIdentity, e: sqlx::Error) ->
         Some(Clash::ClientId) => StoreError::Conflict(format!(
             "client id {} is already used by another identity",
             identity.client_id
+        )),
+        Some(Clash::NameCase) => StoreError::Conflict(format!(
+            "an identity whose name differs from \"{}\" only in case already exists; names are compared without regard to case",
+            identity.name
         )),
         Some(_) => StoreError::Conflict(format!(
             "identity \"{}\" was changed concurrently; try again",

@@ -40,6 +40,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "assertion subject",
         include_str!("../../migrations/sqlite/0003_assertion_subject.sql"),
     ),
+    (
+        4,
+        "identity name case",
+        include_str!("../../migrations/sqlite/0004_identity_name_case.sql"),
+    ),
 ];
 
 /// The SQLite store. Cheap to share behind an `Arc`; all methods take `&self`.
@@ -85,6 +90,7 @@ impl SqliteStore {
             return Ok(store);
         }
 
+        create_private(options.get_filename())?;
         let write = SqlitePoolOptions::new()
             .max_connections(1)
             .acquire_timeout(ACQUIRE_TIMEOUT)
@@ -131,6 +137,24 @@ impl SqliteStore {
             .await
             .map_err(db_error)?;
         Ok(tx)
+    }
+}
+
+/// Creates the database file, when missing, readable by the broker's user only (0600): it
+/// holds the generated signing keys. SQLite gives the `-wal` and `-shm` files it creates
+/// the database file's permissions. An existing file keeps the mode the operator gave it.
+fn create_private(path: &std::path::Path) -> StoreResult<()> {
+    let mut open = std::fs::OpenOptions::new();
+    open.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut open, 0o600);
+    match open.open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(StoreError::Unavailable(format!(
+            "cannot create the database file {}: {e}",
+            path.display()
+        ))),
     }
 }
 

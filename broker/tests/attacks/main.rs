@@ -8,7 +8,9 @@
 #[allow(dead_code)] // a shared harness: not every helper is used by every module
 mod support;
 
+mod admin;
 mod anonymous;
+mod gaps;
 mod harness;
 mod issuers;
 mod tokens;
