@@ -150,6 +150,9 @@ pub struct Broker {
     /// The store version of the registry in use. Held only to compare and swap, never
     /// across a store call, so a stalled database cannot block a write's own reload.
     loaded_version: std::sync::Mutex<Option<i64>>,
+    /// Whether the last registry load reached the store (readiness says `degraded` when
+    /// not: the broker serves what it has, the store's registry may be missing or stale).
+    store_reachable: std::sync::atomic::AtomicBool,
     auditor: Auditor,
     keys: KeyStore,
     default_policy: VerifyPolicy,
@@ -246,6 +249,7 @@ impl Broker {
             declared,
             store,
             loaded_version: std::sync::Mutex::new(None),
+            store_reachable: std::sync::atomic::AtomicBool::new(true),
             auditor,
             keys,
             default_policy,
@@ -329,9 +333,15 @@ impl Broker {
             Err(e) => {
                 self.metrics.registry_reload(trigger, "error");
                 self.metrics.store_error();
+                if matches!(e, StoreError::Unavailable(_)) {
+                    self.store_reachable
+                        .store(false, std::sync::atomic::Ordering::Relaxed);
+                }
                 return Err(e);
             }
         };
+        self.store_reachable
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         let (registry, problems) = Registry::with_stored(&self.declared, &identities, &credentials);
         for p in &problems {
             tracing::warn!(entry = %p.key, problem = %p.message, "stored entry left out of the registry");
@@ -347,6 +357,12 @@ impl Broker {
         *current = Some(version);
         self.metrics.registry_reload(trigger, "ok");
         Ok(true)
+    }
+
+    /// False while the store cannot be reached (seen by the last registry load).
+    pub fn store_reachable(&self) -> bool {
+        self.store_reachable
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {

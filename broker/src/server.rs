@@ -80,14 +80,28 @@ impl RunningBroker {
     ) -> Result<Self, StartError> {
         crate::crypto::install_provider();
         let metrics = Metrics::new();
-        let store = crate::store::open(&cfg.store.url).await?;
-        tracing::info!(kind = store.kind(), "store opened");
+        let store = crate::store::open_or_defer(&cfg.store.url).await?;
         let broker = Arc::new(Broker::new(cfg, clock, metrics, Some(store))?);
-        broker.reload("start", true).await?;
+        // Without the database, start anyway and serve the config file's identities; the
+        // registry sync picks up the stored ones once the store answers.
+        let degraded = match broker.reload("start", true).await {
+            Ok(_) => false,
+            Err(crate::store::StoreError::Unavailable(reason)) => {
+                tracing::warn!(%reason, "the store is unreachable: serving the config file's identities until it answers");
+                true
+            }
+            Err(e) => return Err(e.into()),
+        };
         let mut background = Vec::new();
         if let Some(issuer) = broker.issuer() {
-            // Keys first: an identity with the broker assertion must not find none.
-            issuer.refresh().await?;
+            // Keys first: an identity with the broker assertion must not find none. Keys
+            // kept in an unreachable store come with it.
+            match issuer.refresh().await {
+                Err(e) if degraded => {
+                    tracing::warn!(error = %e, "no signing keys until the store answers")
+                }
+                other => other?,
+            }
             background.push(issuer.spawn_refresh());
             tracing::info!(url = issuer.url(), "serving as an OIDC issuer");
         }

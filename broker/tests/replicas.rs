@@ -1446,3 +1446,79 @@ async fn the_audit_trail_keeps_at_most_max_events_and_reports_the_stores_size() 
         .unwrap();
     assert!(bytes > 0, "the store's size is reported");
 }
+
+// ---------------------------------------------------------------------------------------
+// Starting without the database
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_started_while_postgresql_is_down_serves_config_identities_then_stored_ones() {
+    const DECLARED_CLIENT: &str = "9b8a7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d";
+    let Some(pg) = PgSchema::create().await else {
+        return;
+    };
+    let proxy = PgProxy::start().await;
+    let upstreams = Upstreams::start().await;
+    let files = BrokerFiles::new(&pg.url_through(&proxy), &upstreams);
+    // A config-file identity for release jobs, beside the stored one for main.
+    let mut config = std::fs::read_to_string(&files.config).unwrap();
+    config.push_str(&format!(
+        r#"
+[[identities]]
+name = "declared"
+tenant_id = "{TENANT}"
+client_id = "{DECLARED_CLIENT}"
+
+[[identities.federated_credentials]]
+name = "release"
+issuer = "{issuer}"
+subject = "{subject}"
+"#,
+        issuer = upstreams.issuer.url(),
+        subject = Upstreams::subject("release"),
+    ));
+    std::fs::write(&files.config, config).unwrap();
+    upstreams
+        .entra
+        .register_app(AppRegistration::new(TENANT, DECLARED_CLIENT));
+    upstreams.entra.add_fic(
+        TENANT,
+        DECLARED_CLIENT,
+        EmulatedFic::new(
+            "release",
+            &upstreams.issuer.url(),
+            &Upstreams::subject("release"),
+        ),
+    );
+    upstreams.entra_trusts("main");
+    let mut a = Replica::start("A", &files.config).await;
+    a.put_identity().await;
+    a.create_credential(&upstreams.credential("main", "main"))
+        .await
+        .expect(201);
+    a.terminate().await;
+
+    proxy.set(Link::Closed);
+    let b = Replica::start("B", &files.config).await;
+    let ready = Api::answer(b.http.get(format!("{}/readyz", b.url)))
+        .await
+        .unwrap();
+    assert_eq!(ready.status, 200, "{ready:?}");
+    assert_eq!(ready.body["status"], "degraded", "{ready:?}");
+    b.exchange(&upstreams.job_token("release"))
+        .await
+        .expect(200);
+    b.exchange(&upstreams.job_token("main"))
+        .await
+        .expect_error(403, "no_matching_credential");
+
+    proxy.set(Link::Up);
+    let recovered = Instant::now();
+    let (after, _) = b
+        .exchange_until(&upstreams.job_token("main"), recovered, |a| a.status == 200)
+        .await;
+    eprintln!("stored identities served {after:?} after PostgreSQL came back");
+    let ready = Api::answer(b.http.get(format!("{}/readyz", b.url)))
+        .await
+        .unwrap();
+    assert_eq!(ready.body["status"], "ready", "{ready:?}");
+}

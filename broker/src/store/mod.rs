@@ -281,7 +281,7 @@ async fn open_backend(url: &str) -> StoreResult<Arc<dyn Store>> {
 
 /// Opens the store like [`open`], except that a PostgreSQL database that cannot be
 /// reached now does not stop the broker: the store is then opened in the background
-/// (retrying with back-off up to 30 s) and, until it is, every call answers
+/// (retrying with back-off up to 10 s) and, until it is, every call answers
 /// `Unavailable`, as during an outage. The broker meanwhile serves the identities of its
 /// configuration file (docs/storage.md "Starting without the database"). Any other
 /// failure (a bad URL, an SQLite file that cannot be opened, a schema from a newer
@@ -311,7 +311,7 @@ pub async fn open_or_defer(url: &str) -> StoreResult<Arc<dyn Store>> {
                         }
                         Err(e) => tracing::warn!(error = %e, "the store is still unreachable"),
                     }
-                    delay = (delay * 2).min(std::time::Duration::from_secs(30));
+                    delay = (delay * 2).min(std::time::Duration::from_secs(10));
                 }
             });
             Ok(deferred)
