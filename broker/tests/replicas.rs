@@ -34,7 +34,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use wif_broker::api::admin::auth::token_hash;
 use wif_broker::clock;
-use wif_broker::dev::entra::{AppRegistration, EmulatedFic, EntraEmulator};
+use wif_broker::dev::entra::{AppRegistration, EmulatedFic, EntraEmulator, Fault};
 use wif_broker::dev::issuer::{LocalIssuer, github_claims};
 
 const TENANT: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";
@@ -1521,4 +1521,43 @@ subject = "{subject}"
         .await
         .unwrap();
     assert_eq!(ready.body["status"], "ready", "{ready:?}");
+}
+
+// ---------------------------------------------------------------------------------------
+// One deadline per exchange
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cache_miss_against_a_hanging_entra_is_answered_within_the_exchange_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("wif.db").display());
+    let upstreams = Upstreams::start().await;
+    let files = BrokerFiles::new(&url, &upstreams);
+    // Entra's defaults (10 s per attempt, 3 retries: ~41 s against a hanging Entra), and
+    // the default deadline.
+    let config = std::fs::read_to_string(&files.config)
+        .unwrap()
+        .replace("max_retries = 0\n", "")
+        .replace("timeout_secs = 5\n", "");
+    std::fs::write(&files.config, config).unwrap();
+    upstreams.entra_trusts("main");
+    let a = Replica::start("A", &files.config).await;
+    a.put_identity().await;
+    a.create_credential(&upstreams.credential("main", "main"))
+        .await
+        .expect(201);
+    for _ in 0..8 {
+        upstreams
+            .entra
+            .push_fault(Fault::Delay(Duration::from_secs(120)));
+    }
+    let started = Instant::now();
+    let answer = a.exchange(&upstreams.job_token("main")).await;
+    let took = started.elapsed();
+    eprintln!("a cache miss against a hanging Entra answered after {took:?}");
+    answer.expect_error(503, "entra_unavailable");
+    assert!(answer.retry_after.is_some(), "{answer:?}");
+    assert!(
+        took < Duration::from_secs(15),
+        "answered after {took:?}, past the 8 s deadline and the agent's 10 s timeout"
+    );
 }

@@ -251,6 +251,11 @@ pub struct EntraConfig {
     pub initial_backoff_ms: u64,
     /// Longest wait between attempts, including an honoured `Retry-After`.
     pub max_backoff_ms: u64,
+    /// The most one Entra token request may take with all its retries and backoff (and
+    /// the client assertion's making): attempts are cut short, and retries stop, when it
+    /// cannot be met. Keep it under the agent's and the SDKs' own timeouts (10 s for
+    /// `wif-agent`), so an answer still reaches a caller that waits.
+    pub deadline_secs: u64,
     /// More authority hosts (origins) identities registered through the admin API may
     /// use. The named clouds' hosts, `authority_host` above and the `authority_host` of
     /// every `[[identities]]` entry are always allowed; no other host ever receives a
@@ -267,6 +272,7 @@ impl Default for EntraConfig {
             max_retries: 3,
             initial_backoff_ms: 200,
             max_backoff_ms: 5_000,
+            deadline_secs: 8,
             allowed_authority_hosts: Vec::new(),
         }
     }

@@ -151,6 +151,7 @@ fn store(p: &mut Problems, s: &StoreConfig) {
 }
 
 fn entra(p: &mut Problems, e: &EntraConfig, loopback_http: bool) {
+    positive(p, "entra.deadline_secs", e.deadline_secs);
     https_url(
         p,
         "entra.authority_host",
