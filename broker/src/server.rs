@@ -87,7 +87,7 @@ impl RunningBroker {
         let degraded = match broker.reload("start", true).await {
             Ok(_) => false,
             Err(crate::store::StoreError::Unavailable(reason)) => {
-                tracing::warn!(%reason, "the store is unreachable: serving the config file's identities until it answers");
+                tracing::debug!(%reason, "no stored registry at start: serving the config file's identities until the store answers");
                 true
             }
             Err(e) => return Err(e.into()),

@@ -21,7 +21,8 @@ pub fn spawn(broker: Arc<Broker>, poll: Duration, retention_days: u64) -> JoinHa
     tokio::spawn(async move {
         let mut interval = tokio::time::interval(poll);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut healthy = true;
+        // A broker that started without its store has said so already.
+        let mut healthy = broker.store_reachable();
         let mut last_maintenance = 0u64;
         let mut last_size = 0u64;
         loop {

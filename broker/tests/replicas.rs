@@ -1068,14 +1068,14 @@ async fn a_replica_with_one_stalled_store_connection_still_sees_writes_and_answe
 // ---------------------------------------------------------------------------------------
 // kill -9 during a stream of writes
 
-/// Creates credentials w0000, w0001, ... one after another at `api` until the broker stops
-/// answering; returns the names it acknowledged with 2xx.
-fn stream_of_writes(api: Api, upstreams: &Upstreams) -> JoinHandle<Vec<String>> {
+/// Creates credentials `{prefix}0000`, `{prefix}0001`, ... one after another at `api`
+/// until the broker stops answering; returns the names it acknowledged with 2xx.
+fn stream_of_writes(api: Api, upstreams: &Upstreams, prefix: String) -> JoinHandle<Vec<String>> {
     let issuer = upstreams.issuer.url();
     tokio::spawn(async move {
         let mut acknowledged = Vec::new();
         for i in 0.. {
-            let name = format!("w{i:04}");
+            let name = format!("{prefix}{i:04}");
             let body = json!({
                 "name": name,
                 "issuer": issuer,
@@ -1094,36 +1094,66 @@ fn stream_of_writes(api: Api, upstreams: &Upstreams) -> JoinHandle<Vec<String>> 
     })
 }
 
+/// Rounds of `kill -9` the crash-consistency test runs, and writers in each.
+const KILL_ROUNDS: usize = 5;
+const WRITERS: usize = 3;
+
+/// Repeatedly: a broker takes concurrent admin writes and is killed with `kill -9` in the
+/// middle of them; the next round starts a new broker on the same store. At the end every
+/// write any round acknowledged is there, once.
 async fn no_acknowledged_write_is_lost_to_kill_9(store_url: &str) {
     let upstreams = Upstreams::start().await;
     let files = BrokerFiles::new(store_url, &upstreams);
-    let mut first = Replica::start("first", &files.config).await;
-    first.put_identity().await;
+    let mut acknowledged = Vec::new();
+    for round in 0..KILL_ROUNDS {
+        let mut broker = Replica::start("writer", &files.config).await;
+        if round == 0 {
+            broker.put_identity().await;
+        }
+        let writers: Vec<_> = (0..WRITERS)
+            .map(|w| stream_of_writes(broker.api.clone(), &upstreams, format!("r{round}w{w}-")))
+            .collect();
+        // Kill at a different point of the writes each round.
+        tokio::time::sleep(Duration::from_millis(700 + 200 * round as u64)).await;
+        broker.kill_9().await;
+        let mut this_round = 0;
+        for writer in writers {
+            let names = tokio::time::timeout(PATIENCE, writer)
+                .await
+                .expect("a writer never noticed the broker was gone")
+                .unwrap();
+            this_round += names.len();
+            acknowledged.extend(names);
+        }
+        assert!(
+            this_round >= 3,
+            "round {round}: too few writes to mean anything ({this_round})"
+        );
+    }
 
-    let writes = stream_of_writes(first.api.clone(), &upstreams);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    first.kill_9().await;
-    let acknowledged = tokio::time::timeout(PATIENCE, writes)
-        .await
-        .expect("the writer never noticed the broker was gone")
-        .unwrap();
-    assert!(
-        acknowledged.len() >= 5,
-        "too few writes to mean anything: {acknowledged:?}"
-    );
-
-    let second = Replica::start("second", &files.config).await;
-    let listed = second.credential_names().await;
+    let last = Replica::start("last", &files.config).await;
+    let listed = last.credential_names().await;
     let lost: Vec<&String> = acknowledged
         .iter()
         .filter(|name| !listed.contains(name))
         .collect();
+    let mut unique = listed.clone();
+    unique.sort();
+    unique.dedup();
     eprintln!(
-        "{store_url}: {} writes acknowledged before kill -9, {} listed after restart",
+        "{store_url}: {} writes acknowledged over {KILL_ROUNDS} rounds of kill -9, {} listed after the last restart",
         acknowledged.len(),
         listed.len()
     );
     assert!(lost.is_empty(), "acknowledged, then lost: {lost:?}");
+    assert_eq!(unique.len(), listed.len(), "a credential listed twice");
+    // Beyond the acknowledged ones, at most the write each writer had in flight per round.
+    assert!(
+        listed.len() <= acknowledged.len() + KILL_ROUNDS * WRITERS,
+        "{} listed for {} acknowledged",
+        listed.len(),
+        acknowledged.len()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1165,8 +1195,22 @@ async fn serve_to_the_end(store_url: &str) -> (Duration, ExitStatus, String) {
     )
 }
 
+/// `wif-broker serve` on `store_url` until it answers `/readyz`: its answer, and what it
+/// logged by then.
+async fn serve_until_ready(store_url: &str) -> (Value, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("wif.toml");
+    std::fs::write(&config, format!("[store]\nurl = \"{store_url}\"\n")).unwrap();
+    let replica = Replica::start("no-store", &config).await;
+    let ready = Api::answer(replica.http.get(format!("{}/readyz", replica.url)))
+        .await
+        .unwrap();
+    ready.expect(200);
+    (ready.body, replica.stderr_text())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn serve_exits_with_a_clear_message_when_the_store_cannot_be_reached_at_start_up() {
+async fn serve_starts_degraded_and_says_why_when_postgresql_cannot_be_reached_at_start_up() {
     // Nothing listens on one port; on the other something accepts and never answers, as
     // a host behind a firewall that drops packets.
     let refused = format!("postgres://postgres@127.0.0.1:{}/test", free_port());
@@ -1180,28 +1224,40 @@ async fn serve_exits_with_a_clear_message_when_the_store_cannot_be_reached_at_st
     });
 
     let (refused_end, silent_end) =
-        tokio::join!(serve_to_the_end(&refused), serve_to_the_end(&silent_url));
+        tokio::join!(serve_until_ready(&refused), serve_until_ready(&silent_url));
     holder.abort();
-    for (url, (took, status, stderr)) in [(&refused, refused_end), (&silent_url, silent_end)] {
-        eprintln!("{url}: exited with {status} after {took:?}: {stderr}");
-        assert!(!status.success(), "{url}: {status}");
-        assert!(stderr.contains("cannot open the store"), "{url}: {stderr}");
-        assert!(stderr.contains("unavailable"), "{url}: {stderr}");
+    for (url, (ready, stderr)) in [(&refused, refused_end), (&silent_url, silent_end)] {
+        assert_eq!(ready["status"], "degraded", "{url}: {ready}");
+        assert_eq!(
+            stderr.matches("cannot reach the store").count(),
+            1,
+            "{url}: the operator reads why once:\n{stderr}"
+        );
     }
 }
 
-/// The operator reads one line that says what is wrong with the store, once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn serve_says_once_why_the_store_cannot_be_reached() {
+async fn serve_says_why_the_store_cannot_be_reached() {
     let refused = format!("postgres://postgres@127.0.0.1:{}/test", free_port());
-    let (_, status, stderr) = serve_to_the_end(&refused).await;
-    assert!(!status.success(), "{status}");
-    assert_eq!(
-        stderr.matches("the store is unavailable").count(),
-        1,
-        "{stderr}"
+    let (_, stderr) = serve_until_ready(&refused).await;
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("cannot reach the store"))
+        .unwrap_or_else(|| panic!("{stderr}"));
+    assert!(line.to_ascii_lowercase().contains("refused"), "{line}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_exits_with_a_clear_message_when_the_sqlite_file_cannot_be_opened() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!(
+        "sqlite://{}",
+        dir.path().join("missing-dir/wif.db").display()
     );
-    assert!(stderr.to_ascii_lowercase().contains("refused"), "{stderr}");
+    let (took, status, stderr) = serve_to_the_end(&url).await;
+    eprintln!("exited with {status} after {took:?}: {stderr}");
+    assert!(!status.success(), "{status}");
+    assert!(stderr.contains("cannot open the store"), "{stderr}");
 }
 
 // ---------------------------------------------------------------------------------------

@@ -309,7 +309,7 @@ pub async fn open_or_defer(url: &str) -> StoreResult<Arc<dyn Store>> {
                             tracing::info!("the store is reachable; opened it");
                             return;
                         }
-                        Err(e) => tracing::warn!(error = %e, "the store is still unreachable"),
+                        Err(e) => tracing::debug!(error = %e, "the store is still unreachable"),
                     }
                     delay = (delay * 2).min(std::time::Duration::from_secs(10));
                 }
