@@ -157,7 +157,10 @@ pub async fn rfc8693(
         Some(other) => {
             return Err(ApiError::bad_request(
                 "unsupported_grant_type",
-                format!("grant_type {other:?} is not supported; use {TOKEN_EXCHANGE_GRANT}"),
+                format!(
+                    "grant_type \"{}\" is not supported; use {TOKEN_EXCHANGE_GRANT}",
+                    crate::redact::untrusted(other)
+                ),
             ));
         }
         None => {
@@ -320,7 +323,7 @@ fn reject_unknown(params: &HashMap<String, String>, known: &[&str]) -> Result<()
             "invalid_request",
             format!(
                 "unknown parameter `{}`; accepted: {}",
-                k.chars().take(64).collect::<String>(),
+                crate::redact::untrusted(k),
                 known.join(", ")
             ),
         )),

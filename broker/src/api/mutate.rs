@@ -30,6 +30,7 @@ use wif_config::BrokerConfig;
 use super::{ApiError, AppState};
 use crate::inject::kube::{KubeClient, KubeError};
 use crate::inject::{self, InjectError, ServiceAccountFacts, Settings};
+use crate::redact::untrusted;
 
 /// The webhook's state, built once at start-up.
 #[derive(Debug)]
@@ -192,11 +193,6 @@ fn json_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
     }
 }
 
-/// At most `max` characters of an untrusted value, for an error or a log line.
-fn capped(value: &str, max: usize) -> String {
-    value.chars().take(max).collect()
-}
-
 fn invalid(description: impl Into<String>) -> ApiError {
     ApiError::bad_request("invalid_admission_review", description)
 }
@@ -267,7 +263,7 @@ pub async fn pods(
             "not_a_pod",
             format!(
                 "this webhook mutates Pods only, not {}; check the MutatingWebhookConfiguration's rules",
-                capped(kind["kind"].as_str().unwrap_or("an unnamed kind"), 64)
+                untrusted(kind["kind"].as_str().unwrap_or("an unnamed kind"))
             ),
         ));
     }
@@ -303,13 +299,13 @@ pub async fn pods(
         Some(kube) => match kube.service_account(namespace, account).await {
             Ok(facts) => facts,
             Err(e) => {
-                tracing::warn!(namespace = %capped(namespace, 253),
-                    service_account = %capped(account, 253), error = %e,
+                tracing::warn!(namespace = %untrusted(namespace),
+                    service_account = %untrusted(account), error = %e,
                     "webhook: cannot read the service account");
                 warnings.push(format!(
                     "wif-broker could not read service account {:?} ({e}); \
                      AZURE_CLIENT_ID and AZURE_TENANT_ID come from pod annotations only",
-                    capped(account, 253)
+                    untrusted(account)
                 ));
                 ServiceAccountFacts::default()
             }
@@ -321,8 +317,8 @@ pub async fn pods(
         Ok(mutation) => {
             warnings.extend(mutation.warnings);
             tracing::info!(
-                namespace = %capped(namespace, 253),
-                pod = %capped(pod_name, 253),
+                namespace = %untrusted(namespace),
+                pod = %untrusted(pod_name),
                 ?trigger,
                 operations = mutation.patch.len(),
                 "webhook: pod admitted"
@@ -346,8 +342,8 @@ pub async fn pods(
         )),
         Err(refused) => {
             tracing::info!(
-                namespace = %capped(namespace, 253),
-                pod = %capped(pod_name, 253),
+                namespace = %untrusted(namespace),
+                pod = %untrusted(pod_name),
                 reason = refused.code(),
                 "webhook: pod refused"
             );

@@ -85,8 +85,8 @@ impl AuthorityHosts {
             return Ok(());
         }
         Err(AssertionError::AuthorityHostNotAllowed {
-            identity: capped(&identity.name),
-            host: capped(&identity.authority_host),
+            identity: crate::redact::untrusted(&identity.name),
+            host: crate::redact::untrusted(&identity.authority_host),
         })
     }
 
@@ -94,11 +94,6 @@ impl AuthorityHosts {
     pub fn origins(&self) -> &[String] {
         &self.0
     }
-}
-
-/// Stored values are capped when written; cap again before they reach an error text.
-fn capped(value: &str) -> String {
-    value.chars().take(256).collect()
 }
 
 /// Builds assertions for every identity of this broker.
