@@ -5,6 +5,7 @@
 //! - [`source`]: where the external token comes from (a file, a command), and [`ci`]: a CI
 //!   platform's OIDC endpoint or variable;
 //! - [`exec`]: the endpoints for the life of one command in a CI job;
+//! - [`guard`]: only direct local callers are answered (no DNS rebinding, no proxies);
 //! - [`cli`]: `wif-agent serve`, `token` and `exec`.
 //!
 //! The agent never logs a token or the identity header secret.
@@ -14,5 +15,6 @@ pub mod cache;
 pub mod ci;
 pub mod cli;
 pub mod exec;
+pub mod guard;
 pub mod serve;
 pub mod source;

@@ -144,7 +144,7 @@ pub struct AgentSettings {
 
 /// A protocol's error, in the shape the SDKs parse: `{"error","error_description"}`.
 #[derive(Debug)]
-struct AgentError {
+pub(crate) struct AgentError {
     status: StatusCode,
     error: &'static str,
     description: String,
@@ -152,7 +152,11 @@ struct AgentError {
 }
 
 impl AgentError {
-    fn new(status: StatusCode, error: &'static str, description: impl Into<String>) -> Self {
+    pub(crate) fn new(
+        status: StatusCode,
+        error: &'static str,
+        description: impl Into<String>,
+    ) -> Self {
         Self {
             status,
             error,
@@ -410,14 +414,6 @@ async fn imds(
                 "Required metadata header not specified",
             ));
         }
-        // Like IMDS: a request relayed through a proxy is not from the workload itself.
-        if headers.contains_key("x-forwarded-for") {
-            return Err(AgentError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_request",
-                "requests with X-Forwarded-For are refused",
-            ));
-        }
         api_version(&params, IMDS_VERSIONS)?;
         let resource = required(&params, "resource")?;
         let (token, _) = agent.token(resource, selector(&params)?).await?;
@@ -488,15 +484,19 @@ pub fn limits(cfg: &wif_config::AgentConfig) -> Limits {
     }
 }
 
+/// The agent's routes. Relayed requests are refused on all of them (like IMDS: a request
+/// that passed through a proxy is not from the workload itself; see [`crate::guard`]).
 pub fn router(agent: Arc<Agent>) -> Router {
-    Router::new()
-        .route("/msi/token", get(app_service))
-        .route("/metadata/identity/oauth2/token", get(imds))
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .fallback(not_found)
-        .with_state(agent)
+    crate::guard::refuse_proxied(
+        Router::new()
+            .route("/msi/token", get(app_service))
+            .route("/metadata/identity/oauth2/token", get(imds))
+            .route("/healthz", get(healthz))
+            .route("/readyz", get(readyz))
+            .route("/metrics", get(metrics))
+            .fallback(not_found)
+            .with_state(agent),
+    )
 }
 
 /// An agent serving on a loopback TCP port (and optionally a Unix socket) in this process.
@@ -550,9 +550,11 @@ impl RunningAgent {
         if !listen.is_empty() {
             let listener = tokio::net::TcpListener::bind(listen).await?;
             addr = Some(listener.local_addr()?);
+            // On TCP, only requests naming the agent by address (no DNS rebinding).
+            let app = crate::guard::HostPolicy::for_listen(listen).apply(router(agent.clone()));
             tasks.push(tokio::spawn(serve_counted(
                 listener,
-                router(agent.clone()),
+                app,
                 None,
                 stopped.clone(),
                 limits.clone(),

@@ -47,6 +47,9 @@ impl From<StoreError> for AdminError {
         match e {
             StoreError::Conflict(m) => AdminError::Conflict(m),
             StoreError::NotFound(m) => AdminError::NotFound(m),
+            StoreError::Invalid { field, message } => {
+                AdminError::Invalid(vec![crate::policy::rules::Violation { field, message }])
+            }
             other => AdminError::Store(other),
         }
     }
@@ -213,6 +216,23 @@ impl Admin {
                 Err(e) => v.push(invalid("authorityHost", e.to_string())),
             }
         }
+        if v.iter().all(|x| x.field != "authorityHost") {
+            let host = input
+                .authority_host
+                .clone()
+                .or_else(|| input.cloud.map(|c| c.authority_host().to_owned()))
+                .unwrap_or_else(|| self.broker.default_authority_host().to_owned());
+            if !self.broker.authority_hosts().allows(&host) {
+                v.push(invalid(
+                    "authorityHost",
+                    format!(
+                        "authorityHost {:?} is not an authority host this broker allows; allowed are the named clouds' hosts, [entra] authority_host and [entra] allowed_authority_hosts of the broker's config file ({}), and the API cannot add hosts",
+                        host.chars().take(256).collect::<String>(),
+                        self.broker.authority_hosts().origins().join(", ")
+                    ),
+                ));
+            }
+        }
         match input.assertion {
             AssertionSource::Certificate => v.push(invalid(
                 "assertion",
@@ -253,9 +273,8 @@ impl Admin {
             return Err(AdminError::Invalid(violations));
         }
         self.writable(name)?;
-        if let Some(other) = self
-            .broker
-            .registry()
+        let registry = self.broker.registry();
+        if let Some(other) = registry
             .identities()
             .find(|i| i.read_only && i.client_id.eq_ignore_ascii_case(&input.client_id))
         {
@@ -263,6 +282,28 @@ impl Admin {
                 "client id {} is already used by identity {:?} from the config file",
                 input.client_id, other.name
             )));
+        }
+        if let Some(other) = registry
+            .identity_ignoring_case(name)
+            .filter(|i| i.name != name)
+        {
+            return Err(AdminError::Conflict(format!(
+                "identity {:?} already exists; names are compared without regard to case",
+                other.name
+            )));
+        }
+        // A broker-assertion subject belongs to one identity: neither this identity's
+        // subject nor its name (another identity's default subject) may be another
+        // identity's name or subject, config-declared ones included.
+        let subject = input.assertion_subject.as_deref().unwrap_or(name);
+        for claimed in [name, subject] {
+            if let Some(other) = registry.claimant(claimed).filter(|i| i.name != name) {
+                return Err(AdminError::Conflict(format!(
+                    "{:?} is already the name or assertion subject of identity {:?}; a broker-assertion subject belongs to exactly one identity",
+                    claimed.chars().take(256).collect::<String>(),
+                    other.name
+                )));
+            }
         }
         let now = self.broker.clock().now();
         let outcome = self

@@ -21,6 +21,7 @@ use crate::issuer::{IssuerSetupError, KeyError, KeyStore};
 use crate::metrics::Metrics;
 use crate::policy::registry::{BuildProblem, Declared};
 use crate::policy::{Identity, MatchError, Registry, SelectError, select_identity};
+use crate::redact::{Untrusted, untrusted};
 use crate::store::{Store, StoreError};
 use crate::token::{self, TokenError, UnverifiedToken, VerifiedToken, VerifyPolicy};
 
@@ -42,7 +43,7 @@ pub enum ExchangeError {
     #[error(transparent)]
     Cache(#[from] CacheError),
     #[error("the identity is not in tenant {0}; use its tenant in the URL")]
-    TenantMismatch(String),
+    TenantMismatch(Untrusted),
     #[error("this token was already used, and its credential accepts each token once")]
     Replayed,
     #[error("replay protection needs the store, which cannot be reached: {0}")]
@@ -149,6 +150,9 @@ pub struct Broker {
     /// The store version of the registry in use. Held only to compare and swap, never
     /// across a store call, so a stalled database cannot block a write's own reload.
     loaded_version: std::sync::Mutex<Option<i64>>,
+    /// Whether the last registry load reached the store (readiness says `degraded` when
+    /// not: the broker serves what it has, the store's registry may be missing or stale).
+    store_reachable: std::sync::atomic::AtomicBool,
     auditor: Auditor,
     keys: KeyStore,
     default_policy: VerifyPolicy,
@@ -187,10 +191,8 @@ impl Broker {
         let declared = Declared::from_config(cfg).map_err(SetupError::Registry)?;
         let (registry, _) = Registry::with_stored(&declared, &[], &[]);
         let auditor = match &store {
-            Some(store) => {
-                Auditor::with_store(store.clone(), cfg.audit.queue_size, metrics.clone())
-            }
-            None => Auditor::log_only(metrics.clone()),
+            Some(store) => Auditor::with_store(store.clone(), &cfg.audit, metrics.clone()),
+            None => Auditor::log_only(&cfg.audit, metrics.clone()),
         };
         let default_algorithms =
             algorithms(&cfg.tokens.algorithms).map_err(SetupError::TokenAlgorithms)?;
@@ -198,6 +200,7 @@ impl Broker {
             algorithms: default_algorithms,
             leeway_secs: cfg.tokens.leeway_secs,
             max_lifetime_secs: cfg.tokens.max_lifetime_secs,
+            ecdsa_low_s_only: cfg.tokens.ecdsa_low_s_only,
         };
         let mut issuer_policies = HashMap::new();
         for (index, issuer) in cfg.issuers.iter().enumerate() {
@@ -246,6 +249,7 @@ impl Broker {
             declared,
             store,
             loaded_version: std::sync::Mutex::new(None),
+            store_reachable: std::sync::atomic::AtomicBool::new(true),
             auditor,
             keys,
             default_policy,
@@ -270,6 +274,11 @@ impl Broker {
     /// `[entra] authority_host`, without a trailing `/`.
     pub fn default_authority_host(&self) -> &str {
         &self.declared.default_authority_host
+    }
+
+    /// The authority hosts identities may use (docs/configuration.md).
+    pub fn authority_hosts(&self) -> &crate::entra::assertion::AuthorityHosts {
+        &self.declared.authority_hosts
     }
 
     pub fn is_issuer(&self) -> bool {
@@ -324,9 +333,15 @@ impl Broker {
             Err(e) => {
                 self.metrics.registry_reload(trigger, "error");
                 self.metrics.store_error();
+                if matches!(e, StoreError::Unavailable(_)) {
+                    self.store_reachable
+                        .store(false, std::sync::atomic::Ordering::Relaxed);
+                }
                 return Err(e);
             }
         };
+        self.store_reachable
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         let (registry, problems) = Registry::with_stored(&self.declared, &identities, &credentials);
         for p in &problems {
             tracing::warn!(entry = %p.key, problem = %p.message, "stored entry left out of the registry");
@@ -342,6 +357,12 @@ impl Broker {
         *current = Some(version);
         self.metrics.registry_reload(trigger, "ok");
         Ok(true)
+    }
+
+    /// False while the store cannot be reached (seen by the last registry load).
+    pub fn store_reachable(&self) -> bool {
+        self.store_reachable
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {
@@ -360,6 +381,9 @@ impl Broker {
             time: self.clock.now(),
             request_id: req.request_id.to_owned(),
             endpoint: req.endpoint,
+            // Until the token verifies: such refusals cost the caller nothing, so they are
+            // sampled rather than recorded one by one.
+            unauthenticated: true,
             ..Default::default()
         };
         let result = self.run(&req, &mut event).await;
@@ -396,6 +420,7 @@ impl Broker {
         event: &mut AuditEvent,
     ) -> Result<Exchanged, ExchangeError> {
         let verified = self.verify(req, event).await?;
+        event.unauthenticated = false;
         let registry = self.registry.load();
         let scope = event.scope.clone().unwrap_or_default();
         event.subject = verified.sub.clone();
@@ -408,9 +433,7 @@ impl Broker {
         if let Some(tenant) = req.tenant
             && !identity.tenant_id.eq_ignore_ascii_case(tenant)
         {
-            return Err(ExchangeError::TenantMismatch(
-                tenant.chars().take(64).collect(),
-            ));
+            return Err(ExchangeError::TenantMismatch(Untrusted::new(tenant)));
         }
         // A credential without replay protection admits the token as it is; otherwise the
         // token is spent here, before any cached answer.
@@ -453,7 +476,10 @@ impl Broker {
 
     /// Steps 1 to 4: the token read, its issuer trusted, its signature and times checked.
     /// A token seen before is recognised by its SHA-256 and not verified again, but its
-    /// expiry and its issuer's trust are checked on every request.
+    /// expiry and its issuer's trust are checked on every request. The cache key is the
+    /// whole token, signature included: keyed on `header.payload` alone, a copy with any
+    /// signature would pass as verified. A re-signed copy (ECDSA `s` → `n - s`) misses the
+    /// cache and is verified like any new token; replay protection does not depend on it.
     async fn verify(
         &self,
         req: &ExchangeRequest<'_>,
@@ -498,7 +524,7 @@ impl Broker {
         )?);
         // 2. Known issuers only: nothing is fetched for any other.
         if !registry.knows_issuer(&unverified.iss) {
-            event.issuer = Some(unverified.iss.chars().take(200).collect());
+            event.issuer = Some(untrusted(&unverified.iss));
             return Err(ExchangeError::UnknownIssuer);
         }
         event.issuer = Some(unverified.iss.clone());
@@ -516,15 +542,17 @@ impl Broker {
         Ok(verified)
     }
 
-    /// Records the token as used (by `jti`, or its hash when it has none) until it expires;
-    /// refuses it when it was used before. Fails closed without the store.
+    /// Records the token as used until it expires; refuses it when it was used before.
+    /// The key is what the issuer signed: its `jti`, or the SHA-256 of `header.payload`
+    /// when it has none, never the raw token, whose signature another party can vary
+    /// (ECDSA `s` → `n - s`) without the key. Fails closed without the store.
     async fn spend(&self, token: &VerifiedToken) -> Result<(), ExchangeError> {
         let Some(store) = &self.store else {
             return Err(ExchangeError::Store(StoreError::Unavailable(
                 "no store is configured".into(),
             )));
         };
-        let id = token.jti.as_deref().unwrap_or(&token.sha256);
+        let id = token.jti.as_deref().unwrap_or(&token.signed_sha256);
         let key = format!("{}\n{id}", token.iss);
         let until = token.exp.saturating_add(self.default_policy.leeway_secs);
         match store.use_token_once(&key, until).await {

@@ -23,6 +23,7 @@ pub mod issuer;
 pub mod metrics;
 pub mod outbound;
 pub mod policy;
+pub mod redact;
 pub mod server;
 pub mod simulate;
 pub mod store;

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
@@ -22,7 +23,10 @@ pub struct Metrics {
     entra_errors: Family<Labels, Counter>,
     jwks_fetches: Family<Labels, Counter>,
     audit_dropped: Counter,
+    audit_sampled: Family<Labels, Counter>,
     store_errors: Counter,
+    store_bytes: Gauge,
+    store_audit_events: Gauge,
     registry_reloads: Family<Labels, Counter>,
     admin_requests: Family<Labels, Counter>,
     connections: crate::api::serve::ConnectionMetrics,
@@ -99,11 +103,30 @@ impl Metrics {
             "Audit events not written to the store because its queue was full (they were still logged)",
             audit_dropped.clone(),
         );
+        let audit_sampled = Family::<Labels, Counter>::default();
+        registry.register(
+            "audit_sampled",
+            "Refusals of unauthenticated requests counted into a summary event instead of \
+             being recorded one by one, by kind and outcome",
+            audit_sampled.clone(),
+        );
         let store_errors = Counter::default();
         registry.register(
             "store_errors",
             "Failed store operations",
             store_errors.clone(),
+        );
+        let store_bytes = Gauge::default();
+        registry.register(
+            "store_size_bytes",
+            "The store's size on disk (SQLite pages; PostgreSQL: the broker's tables with their indexes)",
+            store_bytes.clone(),
+        );
+        let store_audit_events = Gauge::default();
+        registry.register(
+            "store_audit_events",
+            "Audit events the store holds (bounded by [audit] max_events and retention_days)",
+            store_audit_events.clone(),
         );
         let registry_reloads = Family::<Labels, Counter>::default();
         registry.register(
@@ -149,7 +172,10 @@ impl Metrics {
             entra_errors,
             jwks_fetches,
             audit_dropped,
+            audit_sampled,
             store_errors,
+            store_bytes,
+            store_audit_events,
             registry_reloads,
             admin_requests,
             connections,
@@ -210,6 +236,22 @@ impl Metrics {
 
     pub fn audit_dropped(&self) {
         self.audit_dropped.inc();
+    }
+
+    pub fn audit_sampled(&self, kind: &str, outcome: &str) {
+        self.audit_sampled
+            .get_or_create(&vec![
+                ("kind", kind.to_owned()),
+                ("outcome", outcome.to_owned()),
+            ])
+            .inc();
+    }
+
+    pub fn store_size(&self, size: crate::store::StoreSize) {
+        self.store_bytes
+            .set(i64::try_from(size.bytes).unwrap_or(i64::MAX));
+        self.store_audit_events
+            .set(i64::try_from(size.audit_events).unwrap_or(i64::MAX));
     }
 
     pub fn store_error(&self) {

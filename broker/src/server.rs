@@ -42,8 +42,11 @@ pub struct RunningBroker {
     pub tls: bool,
     pub broker: Arc<Broker>,
     ready: Arc<AtomicBool>,
+    shutdown_timeout: Duration,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<std::io::Result<()>>,
+    /// The admission webhook's own TLS listener, when `[webhook] enabled`.
+    webhook: Option<crate::api::mutate::WebhookServer>,
     /// Registry sync and, for an issuer, signing-key refresh.
     background: Vec<JoinHandle<()>>,
 }
@@ -77,14 +80,28 @@ impl RunningBroker {
     ) -> Result<Self, StartError> {
         crate::crypto::install_provider();
         let metrics = Metrics::new();
-        let store = crate::store::open(&cfg.store.url).await?;
-        tracing::info!(kind = store.kind(), "store opened");
+        let store = crate::store::open_or_defer(&cfg.store.url).await?;
         let broker = Arc::new(Broker::new(cfg, clock, metrics, Some(store))?);
-        broker.reload("start", true).await?;
+        // Without the database, start anyway and serve the config file's identities; the
+        // registry sync picks up the stored ones once the store answers.
+        let degraded = match broker.reload("start", true).await {
+            Ok(_) => false,
+            Err(crate::store::StoreError::Unavailable(reason)) => {
+                tracing::debug!(%reason, "no stored registry at start: serving the config file's identities until the store answers");
+                true
+            }
+            Err(e) => return Err(e.into()),
+        };
         let mut background = Vec::new();
         if let Some(issuer) = broker.issuer() {
-            // Keys first: an identity with the broker assertion must not find none.
-            issuer.refresh().await?;
+            // Keys first: an identity with the broker assertion must not find none. Keys
+            // kept in an unreachable store come with it.
+            match issuer.refresh().await {
+                Err(e) if degraded => {
+                    tracing::warn!(error = %e, "no signing keys until the store answers")
+                }
+                other => other?,
+            }
             background.push(issuer.spawn_refresh());
             tracing::info!(url = issuer.url(), "serving as an OIDC issuer");
         }
@@ -118,8 +135,13 @@ impl RunningBroker {
             request_timeout: Duration::from_secs(cfg.server.request_timeout_secs),
             ready: ready.clone(),
             tls: tls_config.is_some(),
+            self_address: Arc::new(crate::api::entra_compat::SelfAddress::new(
+                cfg.server.public_url.as_deref(),
+                addr,
+            )),
             webhook: crate::api::mutate::Webhook::from_config(cfg)?,
         };
+        let webhook = crate::api::mutate::WebhookServer::start(cfg, state.clone()).await?;
         let (stop, stopped) = oneshot::channel::<()>();
         let tls = tls_config.is_some();
         let task = tokio::spawn(api::serve::serve_counted(
@@ -138,8 +160,12 @@ impl RunningBroker {
             tls,
             broker,
             ready,
+            shutdown_timeout: Duration::from_secs(
+                cfg.server.drain_secs + cfg.server.shutdown_timeout_secs,
+            ),
             stop: Some(stop),
             task,
+            webhook,
             background,
         })
     }
@@ -153,6 +179,11 @@ impl RunningBroker {
         )
     }
 
+    /// `https://addr` of the admission webhook's own listener, when it is enabled.
+    pub fn webhook_url(&self) -> Option<String> {
+        self.webhook.as_ref().map(|w| w.url())
+    }
+
     /// Fails readiness and keeps serving for `server.drain_secs`, then stops accepting and
     /// lets in-flight requests finish (bounded by `server.shutdown_timeout_secs`; later
     /// ones get 503 `shutting_down`). See docs/kubernetes.md.
@@ -162,10 +193,23 @@ impl RunningBroker {
             let _ = stop.send(());
         }
         self.background.iter().for_each(JoinHandle::abort);
-        match (&mut self.task).await {
+        let started = std::time::Instant::now();
+        let webhook = self.webhook.take().map(|w| tokio::spawn(w.stop()));
+        let served = match (&mut self.task).await {
             Ok(result) => result,
             Err(e) => Err(std::io::Error::other(e)),
+        };
+        if let Some(webhook) = webhook {
+            let _ = webhook.await;
         }
+        // What the audit queue still holds goes to the store (or the spill file) within
+        // what is left of the deadline, and at least a second.
+        let left = self.shutdown_timeout.saturating_sub(started.elapsed());
+        self.broker
+            .auditor()
+            .close(self.broker.clock().now(), left.max(Duration::from_secs(1)))
+            .await;
+        served
     }
 
     /// Serves until `signal` resolves, then shuts down.

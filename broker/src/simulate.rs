@@ -79,6 +79,7 @@ fn from_claims(issuer: Option<String>, claims: Value) -> Result<VerifiedToken, A
         exp: number("exp"),
         iat: number("iat"),
         sha256: String::new(),
+        signed_sha256: String::new(),
         iss,
         aud,
         claims,
@@ -108,7 +109,7 @@ pub async fn simulate(
                 (!known).then(|| {
                     format!(
                         "no federated credential names the issuer {:?}",
-                        unverified.iss
+                        crate::redact::Untrusted::new(&unverified.iss)
                     )
                 }),
             ));

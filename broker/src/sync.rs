@@ -14,15 +14,20 @@ use crate::exchange::Broker;
 
 /// How often expired audit events and used-token records are purged.
 const MAINTENANCE_SECS: u64 = 3600;
+/// How often the store's size is read for `wif_store_size_bytes`.
+const SIZE_SECS: u64 = 60;
 
 pub fn spawn(broker: Arc<Broker>, poll: Duration, retention_days: u64) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut interval = tokio::time::interval(poll);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut healthy = true;
+        // A broker that started without its store has said so already.
+        let mut healthy = broker.store_reachable();
         let mut last_maintenance = 0u64;
+        let mut last_size = 0u64;
         loop {
             interval.tick().await;
+            broker.auditor().flush_due(broker.clock().now());
             match broker.reload("poll", false).await {
                 Ok(changed) => {
                     if !healthy {
@@ -42,6 +47,15 @@ pub fn spawn(broker: Arc<Broker>, poll: Duration, retention_days: u64) -> JoinHa
                 }
             }
             let now = broker.clock().now();
+            if now.saturating_sub(last_size) >= SIZE_SECS {
+                last_size = now;
+                if let Some(store) = broker.store() {
+                    match store.size().await {
+                        Ok(size) => broker.metrics().store_size(size),
+                        Err(e) => tracing::debug!(error = %e, "cannot read the store's size"),
+                    }
+                }
+            }
             if now.saturating_sub(last_maintenance) >= MAINTENANCE_SECS {
                 last_maintenance = now;
                 maintain(&broker, now, retention_days).await;

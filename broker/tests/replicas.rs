@@ -34,7 +34,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use wif_broker::api::admin::auth::token_hash;
 use wif_broker::clock;
-use wif_broker::dev::entra::{AppRegistration, EmulatedFic, EntraEmulator};
+use wif_broker::dev::entra::{AppRegistration, EmulatedFic, EntraEmulator, Fault};
 use wif_broker::dev::issuer::{LocalIssuer, github_claims};
 
 const TENANT: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";
@@ -686,6 +686,31 @@ impl Replica {
         }
     }
 
+    /// SIGTERM, as Kubernetes stops a pod, then waits for a clean exit.
+    async fn terminate(&mut self) {
+        let pid = self.child.id().expect("the process is still running");
+        let kill = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .await
+            .unwrap();
+        assert!(kill.success(), "kill -TERM {pid} failed: {kill}");
+        let status = tokio::time::timeout(Duration::from_secs(60), self.child.wait())
+            .await
+            .expect("still running a minute after SIGTERM")
+            .unwrap();
+        assert!(
+            status.success(),
+            "replica {} exited with {status}",
+            self.label
+        );
+    }
+
+    /// What the process logged so far.
+    fn stderr_text(&self) -> String {
+        String::from_utf8_lossy(&self.stderr.lock().unwrap()).into_owned()
+    }
+
     /// `kill -9`: no shutdown, no flush, as a crash or the OOM killer.
     async fn kill_9(&mut self) {
         let pid = self.child.id().expect("the process is still running");
@@ -1043,14 +1068,14 @@ async fn a_replica_with_one_stalled_store_connection_still_sees_writes_and_answe
 // ---------------------------------------------------------------------------------------
 // kill -9 during a stream of writes
 
-/// Creates credentials w0000, w0001, ... one after another at `api` until the broker stops
-/// answering; returns the names it acknowledged with 2xx.
-fn stream_of_writes(api: Api, upstreams: &Upstreams) -> JoinHandle<Vec<String>> {
+/// Creates credentials `{prefix}0000`, `{prefix}0001`, ... one after another at `api`
+/// until the broker stops answering; returns the names it acknowledged with 2xx.
+fn stream_of_writes(api: Api, upstreams: &Upstreams, prefix: String) -> JoinHandle<Vec<String>> {
     let issuer = upstreams.issuer.url();
     tokio::spawn(async move {
         let mut acknowledged = Vec::new();
         for i in 0.. {
-            let name = format!("w{i:04}");
+            let name = format!("{prefix}{i:04}");
             let body = json!({
                 "name": name,
                 "issuer": issuer,
@@ -1069,36 +1094,66 @@ fn stream_of_writes(api: Api, upstreams: &Upstreams) -> JoinHandle<Vec<String>> 
     })
 }
 
+/// Rounds of `kill -9` the crash-consistency test runs, and writers in each.
+const KILL_ROUNDS: usize = 5;
+const WRITERS: usize = 3;
+
+/// Repeatedly: a broker takes concurrent admin writes and is killed with `kill -9` in the
+/// middle of them; the next round starts a new broker on the same store. At the end every
+/// write any round acknowledged is there, once.
 async fn no_acknowledged_write_is_lost_to_kill_9(store_url: &str) {
     let upstreams = Upstreams::start().await;
     let files = BrokerFiles::new(store_url, &upstreams);
-    let mut first = Replica::start("first", &files.config).await;
-    first.put_identity().await;
+    let mut acknowledged = Vec::new();
+    for round in 0..KILL_ROUNDS {
+        let mut broker = Replica::start("writer", &files.config).await;
+        if round == 0 {
+            broker.put_identity().await;
+        }
+        let writers: Vec<_> = (0..WRITERS)
+            .map(|w| stream_of_writes(broker.api.clone(), &upstreams, format!("r{round}w{w}-")))
+            .collect();
+        // Kill at a different point of the writes each round.
+        tokio::time::sleep(Duration::from_millis(700 + 200 * round as u64)).await;
+        broker.kill_9().await;
+        let mut this_round = 0;
+        for writer in writers {
+            let names = tokio::time::timeout(PATIENCE, writer)
+                .await
+                .expect("a writer never noticed the broker was gone")
+                .unwrap();
+            this_round += names.len();
+            acknowledged.extend(names);
+        }
+        assert!(
+            this_round >= 3,
+            "round {round}: too few writes to mean anything ({this_round})"
+        );
+    }
 
-    let writes = stream_of_writes(first.api.clone(), &upstreams);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    first.kill_9().await;
-    let acknowledged = tokio::time::timeout(PATIENCE, writes)
-        .await
-        .expect("the writer never noticed the broker was gone")
-        .unwrap();
-    assert!(
-        acknowledged.len() >= 5,
-        "too few writes to mean anything: {acknowledged:?}"
-    );
-
-    let second = Replica::start("second", &files.config).await;
-    let listed = second.credential_names().await;
+    let last = Replica::start("last", &files.config).await;
+    let listed = last.credential_names().await;
     let lost: Vec<&String> = acknowledged
         .iter()
         .filter(|name| !listed.contains(name))
         .collect();
+    let mut unique = listed.clone();
+    unique.sort();
+    unique.dedup();
     eprintln!(
-        "{store_url}: {} writes acknowledged before kill -9, {} listed after restart",
+        "{store_url}: {} writes acknowledged over {KILL_ROUNDS} rounds of kill -9, {} listed after the last restart",
         acknowledged.len(),
         listed.len()
     );
     assert!(lost.is_empty(), "acknowledged, then lost: {lost:?}");
+    assert_eq!(unique.len(), listed.len(), "a credential listed twice");
+    // Beyond the acknowledged ones, at most the write each writer had in flight per round.
+    assert!(
+        listed.len() <= acknowledged.len() + KILL_ROUNDS * WRITERS,
+        "{} listed for {} acknowledged",
+        listed.len(),
+        acknowledged.len()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1140,8 +1195,22 @@ async fn serve_to_the_end(store_url: &str) -> (Duration, ExitStatus, String) {
     )
 }
 
+/// `wif-broker serve` on `store_url` until it answers `/readyz`: its answer, and what it
+/// logged by then.
+async fn serve_until_ready(store_url: &str) -> (Value, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("wif.toml");
+    std::fs::write(&config, format!("[store]\nurl = \"{store_url}\"\n")).unwrap();
+    let replica = Replica::start("no-store", &config).await;
+    let ready = Api::answer(replica.http.get(format!("{}/readyz", replica.url)))
+        .await
+        .unwrap();
+    ready.expect(200);
+    (ready.body, replica.stderr_text())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn serve_exits_with_a_clear_message_when_the_store_cannot_be_reached_at_start_up() {
+async fn serve_starts_degraded_and_says_why_when_postgresql_cannot_be_reached_at_start_up() {
     // Nothing listens on one port; on the other something accepts and never answers, as
     // a host behind a firewall that drops packets.
     let refused = format!("postgres://postgres@127.0.0.1:{}/test", free_port());
@@ -1155,26 +1224,396 @@ async fn serve_exits_with_a_clear_message_when_the_store_cannot_be_reached_at_st
     });
 
     let (refused_end, silent_end) =
-        tokio::join!(serve_to_the_end(&refused), serve_to_the_end(&silent_url));
+        tokio::join!(serve_until_ready(&refused), serve_until_ready(&silent_url));
     holder.abort();
-    for (url, (took, status, stderr)) in [(&refused, refused_end), (&silent_url, silent_end)] {
-        eprintln!("{url}: exited with {status} after {took:?}: {stderr}");
-        assert!(!status.success(), "{url}: {status}");
-        assert!(stderr.contains("cannot open the store"), "{url}: {stderr}");
-        assert!(stderr.contains("unavailable"), "{url}: {stderr}");
+    for (url, (ready, stderr)) in [(&refused, refused_end), (&silent_url, silent_end)] {
+        assert_eq!(ready["status"], "degraded", "{url}: {ready}");
+        assert_eq!(
+            stderr.matches("cannot reach the store").count(),
+            1,
+            "{url}: the operator reads why once:\n{stderr}"
+        );
     }
 }
 
-/// The operator reads one line that says what is wrong with the store, once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn serve_says_once_why_the_store_cannot_be_reached() {
+async fn serve_says_why_the_store_cannot_be_reached() {
     let refused = format!("postgres://postgres@127.0.0.1:{}/test", free_port());
-    let (_, status, stderr) = serve_to_the_end(&refused).await;
-    assert!(!status.success(), "{status}");
-    assert_eq!(
-        stderr.matches("the store is unavailable").count(),
-        1,
-        "{stderr}"
+    let (_, stderr) = serve_until_ready(&refused).await;
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("cannot reach the store"))
+        .unwrap_or_else(|| panic!("{stderr}"));
+    assert!(line.to_ascii_lowercase().contains("refused"), "{line}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_exits_with_a_clear_message_when_the_sqlite_file_cannot_be_opened() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!(
+        "sqlite://{}",
+        dir.path().join("missing-dir/wif.db").display()
     );
-    assert!(stderr.to_ascii_lowercase().contains("refused"), "{stderr}");
+    let (took, status, stderr) = serve_to_the_end(&url).await;
+    eprintln!("exited with {status} after {took:?}: {stderr}");
+    assert!(!status.success(), "{status}");
+    assert!(stderr.contains("cannot open the store"), "{stderr}");
+}
+
+// ---------------------------------------------------------------------------------------
+// Audit events across a shutdown during an outage
+
+/// Exchanges `n` main-branch tokens at `replica`, 8 at a time, all granted.
+async fn granted_exchanges(replica: &Replica, upstreams: &Upstreams, n: usize) {
+    use futures::StreamExt;
+    let token = upstreams.job_token("main");
+    let mut answers = futures::stream::iter(0..n)
+        .map(|_| replica.exchange(&token))
+        .buffer_unordered(8);
+    while let Some(answer) = answers.next().await {
+        answer.expect(200);
+    }
+}
+
+/// How many granted exchanges the store's audit trail holds.
+async fn audited_exchanges(replica: &Replica) -> usize {
+    let mut total = 0;
+    let mut after = String::new();
+    loop {
+        let page = replica
+            .admin(
+                Method::GET,
+                &format!("/v1/audit?kind=exchange&outcome=ok&limit=1000{after}"),
+                None,
+            )
+            .await;
+        page.expect(200);
+        total += page.body["value"].as_array().unwrap().len();
+        match page.body["nextCursor"].as_str() {
+            Some(cursor) => after = format!("&after={cursor}"),
+            None => return total,
+        }
+    }
+}
+
+const DURING_OUTAGE: usize = 2000;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_a_postgresql_outage_spills_every_audit_event_and_the_next_start_writes_them()
+ {
+    let Some(pg) = PgSchema::create().await else {
+        return;
+    };
+    let proxy = PgProxy::start().await;
+    let upstreams = Upstreams::start().await;
+    let files = BrokerFiles::new(&pg.url_through(&proxy), &upstreams);
+    let spill = files.config.with_file_name("audit-spill.jsonl");
+    let mut config = std::fs::read_to_string(&files.config).unwrap();
+    config.push_str(&format!(
+        "\n[audit]\nspill_file = \"{}\"\n",
+        spill.display()
+    ));
+    std::fs::write(&files.config, config).unwrap();
+    upstreams.entra_trusts("main");
+    let mut a = Replica::start("A", &files.config).await;
+    a.put_identity().await;
+    a.create_credential(&upstreams.credential("main", "main"))
+        .await
+        .expect(201);
+
+    proxy.set(Link::Closed);
+    granted_exchanges(&a, &upstreams, DURING_OUTAGE).await;
+    a.terminate().await;
+    let spilled = std::fs::read_to_string(&spill).unwrap_or_default();
+    let spilled_exchanges = spilled
+        .lines()
+        .map(|line| serde_json::from_str::<Value>(line).unwrap())
+        .filter(|record| record["kind"] == "exchange" && record["outcome"] == "ok")
+        .count();
+    assert_eq!(
+        spilled_exchanges,
+        DURING_OUTAGE,
+        "granted exchanges kept in the spill file at shutdown:\n{}",
+        a.stderr_text()
+    );
+
+    proxy.set(Link::Up);
+    let b = Replica::start("B", &files.config).await;
+    let started = Instant::now();
+    loop {
+        let stored = audited_exchanges(&b).await;
+        if stored == DURING_OUTAGE {
+            break;
+        }
+        assert!(stored < DURING_OUTAGE, "{stored} events stored: some twice");
+        assert!(
+            started.elapsed() < PATIENCE,
+            "only {stored} of {DURING_OUTAGE} spilled events written after the restart"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(!spill.exists(), "the spill file is removed once written");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_spill_file_audit_events_lost_at_shutdown_are_counted_and_logged() {
+    let Some(pg) = PgSchema::create().await else {
+        return;
+    };
+    let proxy = PgProxy::start().await;
+    let upstreams = Upstreams::start().await;
+    let files = BrokerFiles::new(&pg.url_through(&proxy), &upstreams);
+    upstreams.entra_trusts("main");
+    let mut a = Replica::start("A", &files.config).await;
+    a.put_identity().await;
+    a.create_credential(&upstreams.credential("main", "main"))
+        .await
+        .expect(201);
+
+    proxy.set(Link::Closed);
+    granted_exchanges(&a, &upstreams, DURING_OUTAGE).await;
+    a.terminate().await;
+    let log = a.stderr_text();
+    let lost = log
+        .lines()
+        .find(|l| l.contains("audit events lost from the store"))
+        .unwrap_or_else(|| panic!("no line counts the lost events:\n{log}"));
+    // Every granted exchange, and perhaps the admin writes just before the outage.
+    let counted: usize = lost
+        .split("events=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no count in {lost}"));
+    assert!(
+        (DURING_OUTAGE..=DURING_OUTAGE + 2).contains(&counted),
+        "the line does not count all {DURING_OUTAGE} events: {lost}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Client errors are not outages
+
+/// A NUL character in a filter or a stored field is the caller's mistake: 400 with our own
+/// message, on either backend, and never the database's text.
+async fn nul_characters_are_refused_as_bad_requests(store_url: &str) {
+    let upstreams = Upstreams::start().await;
+    let files = BrokerFiles::new(store_url, &upstreams);
+    let a = Replica::start("A", &files.config).await;
+    a.put_identity().await;
+    let check = |answer: Answer, field: &str| {
+        answer.expect_error(400, "invalid_request");
+        let text = answer.body.to_string();
+        assert!(text.contains(field), "{text}");
+        for leak in ["invalid byte sequence", "0x00", "database", "sqlx"] {
+            assert!(
+                !text.contains(leak),
+                "the database's text reached the caller: {text}"
+            );
+        }
+    };
+    for filter in ["subject", "identity", "outcome", "kind"] {
+        check(
+            a.admin(Method::GET, &format!("/v1/audit?{filter}=%00"), None)
+                .await,
+            filter,
+        );
+    }
+    let mut credential = upstreams.credential("main", "main");
+    credential["description"] = json!("deploys\u{0}");
+    check(a.create_credential(&credential).await, "description");
+    // Nothing was written, and the store is not taken for down.
+    assert!(a.credential_names().await.is_empty());
+    a.admin(Method::GET, "/v1/audit?limit=1", None)
+        .await
+        .expect(200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nul_characters_are_bad_requests_on_postgresql() {
+    let Some(pg) = PgSchema::create().await else {
+        return;
+    };
+    nul_characters_are_refused_as_bad_requests(&pg.url()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nul_characters_are_bad_requests_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("wif.db").display());
+    nul_characters_are_refused_as_bad_requests(&url).await;
+}
+
+// ---------------------------------------------------------------------------------------
+// The audit trail has a size
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_trail_keeps_at_most_max_events_and_reports_the_stores_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("wif.db").display());
+    let upstreams = Upstreams::start().await;
+    let files = BrokerFiles::new(&url, &upstreams);
+    let mut config = std::fs::read_to_string(&files.config).unwrap();
+    config.push_str("\n[audit]\nmax_events = 50\n");
+    std::fs::write(&files.config, config).unwrap();
+    upstreams.entra_trusts("main");
+    let a = Replica::start("A", &files.config).await;
+    a.put_identity().await;
+    a.create_credential(&upstreams.credential("main", "main"))
+        .await
+        .expect(201);
+    granted_exchanges(&a, &upstreams, 300).await;
+
+    let started = Instant::now();
+    loop {
+        let held = audited_exchanges(&a).await;
+        if held <= 50 {
+            assert!(held >= 40, "only {held} events left: trimmed too far");
+            break;
+        }
+        assert!(
+            started.elapsed() < PATIENCE,
+            "{held} exchange events still stored with max_events = 50"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let metrics = a
+        .http
+        .get(format!("{}/metrics", a.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for gauge in ["wif_store_size_bytes ", "wif_store_audit_events "] {
+        let value = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(gauge))
+            .unwrap_or_else(|| panic!("no {gauge} in\n{metrics}"));
+        assert!(value.trim().parse::<u64>().is_ok(), "{gauge}{value}");
+    }
+    let bytes: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("wif_store_size_bytes "))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(bytes > 0, "the store's size is reported");
+}
+
+// ---------------------------------------------------------------------------------------
+// Starting without the database
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_started_while_postgresql_is_down_serves_config_identities_then_stored_ones() {
+    const DECLARED_CLIENT: &str = "9b8a7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d";
+    let Some(pg) = PgSchema::create().await else {
+        return;
+    };
+    let proxy = PgProxy::start().await;
+    let upstreams = Upstreams::start().await;
+    let files = BrokerFiles::new(&pg.url_through(&proxy), &upstreams);
+    // A config-file identity for release jobs, beside the stored one for main.
+    let mut config = std::fs::read_to_string(&files.config).unwrap();
+    config.push_str(&format!(
+        r#"
+[[identities]]
+name = "declared"
+tenant_id = "{TENANT}"
+client_id = "{DECLARED_CLIENT}"
+
+[[identities.federated_credentials]]
+name = "release"
+issuer = "{issuer}"
+subject = "{subject}"
+"#,
+        issuer = upstreams.issuer.url(),
+        subject = Upstreams::subject("release"),
+    ));
+    std::fs::write(&files.config, config).unwrap();
+    upstreams
+        .entra
+        .register_app(AppRegistration::new(TENANT, DECLARED_CLIENT));
+    upstreams.entra.add_fic(
+        TENANT,
+        DECLARED_CLIENT,
+        EmulatedFic::new(
+            "release",
+            &upstreams.issuer.url(),
+            &Upstreams::subject("release"),
+        ),
+    );
+    upstreams.entra_trusts("main");
+    let mut a = Replica::start("A", &files.config).await;
+    a.put_identity().await;
+    a.create_credential(&upstreams.credential("main", "main"))
+        .await
+        .expect(201);
+    a.terminate().await;
+
+    proxy.set(Link::Closed);
+    let b = Replica::start("B", &files.config).await;
+    let ready = Api::answer(b.http.get(format!("{}/readyz", b.url)))
+        .await
+        .unwrap();
+    assert_eq!(ready.status, 200, "{ready:?}");
+    assert_eq!(ready.body["status"], "degraded", "{ready:?}");
+    b.exchange(&upstreams.job_token("release"))
+        .await
+        .expect(200);
+    b.exchange(&upstreams.job_token("main"))
+        .await
+        .expect_error(403, "no_matching_credential");
+
+    proxy.set(Link::Up);
+    let recovered = Instant::now();
+    let (after, _) = b
+        .exchange_until(&upstreams.job_token("main"), recovered, |a| a.status == 200)
+        .await;
+    eprintln!("stored identities served {after:?} after PostgreSQL came back");
+    let ready = Api::answer(b.http.get(format!("{}/readyz", b.url)))
+        .await
+        .unwrap();
+    assert_eq!(ready.body["status"], "ready", "{ready:?}");
+}
+
+// ---------------------------------------------------------------------------------------
+// One deadline per exchange
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cache_miss_against_a_hanging_entra_is_answered_within_the_exchange_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("wif.db").display());
+    let upstreams = Upstreams::start().await;
+    let files = BrokerFiles::new(&url, &upstreams);
+    // Entra's defaults (10 s per attempt, 3 retries: ~41 s against a hanging Entra), and
+    // the default deadline.
+    let config = std::fs::read_to_string(&files.config)
+        .unwrap()
+        .replace("max_retries = 0\n", "")
+        .replace("timeout_secs = 5\n", "");
+    std::fs::write(&files.config, config).unwrap();
+    upstreams.entra_trusts("main");
+    let a = Replica::start("A", &files.config).await;
+    a.put_identity().await;
+    a.create_credential(&upstreams.credential("main", "main"))
+        .await
+        .expect(201);
+    for _ in 0..8 {
+        upstreams
+            .entra
+            .push_fault(Fault::Delay(Duration::from_secs(120)));
+    }
+    let started = Instant::now();
+    let answer = a.exchange(&upstreams.job_token("main")).await;
+    let took = started.elapsed();
+    eprintln!("a cache miss against a hanging Entra answered after {took:?}");
+    answer.expect_error(503, "entra_unavailable");
+    assert!(answer.retry_after.is_some(), "{answer:?}");
+    assert!(
+        took < Duration::from_secs(15),
+        "answered after {took:?}, past the 8 s deadline and the agent's 10 s timeout"
+    );
 }

@@ -160,10 +160,12 @@ on_every_backend!(
     audit_events_are_filtered_and_paged_by_cursor,
     audit_events_are_read_newest_first_by_cursor,
     old_audit_events_are_purged,
+    audit_events_beyond_the_limit_are_trimmed_oldest_first,
     a_token_is_accepted_once,
     twenty_replays_at_once_let_exactly_one_through,
     expired_token_keys_are_purged,
     text_from_tokens_with_nul_characters_is_stored,
+    text_no_database_can_hold_is_refused_as_the_callers_mistake,
     replicas_racing_to_add_a_signing_key_agree_on_one,
     a_broker_assertion_subject_is_kept_and_cleared,
 );
@@ -1036,6 +1038,31 @@ async fn old_audit_events_are_purged(store: Arc<dyn Store>) {
     assert!(fresh[0].id > last_id);
 }
 
+async fn audit_events_beyond_the_limit_are_trimmed_oldest_first(store: Arc<dyn Store>) {
+    assert_eq!(store.trim_audit(10).await.unwrap(), 0, "nothing to trim");
+    let empty = store.size().await.unwrap();
+    assert_eq!(empty.audit_events, 0);
+    assert!(empty.bytes > 0, "{empty:?}");
+    let events: Vec<_> = (0..25_000)
+        .map(|i| audit(T0 + i, "exchange", Some("deploy"), MAIN, "ok"))
+        .collect();
+    for chunk in events.chunks(5_000) {
+        store.append_audit(chunk).await.unwrap();
+    }
+    let full = store.size().await.unwrap();
+    assert_eq!(full.audit_events, 25_000);
+    assert!(full.bytes > empty.bytes, "{full:?} vs {empty:?}");
+
+    // More than one trim step's worth, whatever the age of the events.
+    assert_eq!(store.trim_audit(100).await.unwrap(), 24_900);
+    assert_eq!(store.size().await.unwrap().audit_events, 100);
+    let left = times(&store, AuditQuery::default()).await;
+    assert_eq!(left.first(), Some(&24_900), "the newest are kept");
+    assert_eq!(left.len(), 100);
+    assert_eq!(store.trim_audit(100).await.unwrap(), 0);
+    assert_eq!(store.trim_audit(0).await.unwrap(), 100);
+}
+
 // ---------------------------------------------------------------------------------------
 // One-time-use tokens
 
@@ -1194,6 +1221,46 @@ async fn text_from_tokens_with_nul_characters_is_stored(store: Arc<dyn Store>) {
     assert!(stored[0].subject.as_deref().unwrap().starts_with("evil"));
     assert!(store.use_token_once("jti:a\u{0}b", T0).await.unwrap());
     assert!(!store.use_token_once("jti:a\u{0}b", T0).await.unwrap());
+}
+
+async fn text_no_database_can_hold_is_refused_as_the_callers_mistake(store: Arc<dyn Store>) {
+    // What the broker runs on: the backend behind the bound every call goes through.
+    let store = wif_broker::store::bounded(store);
+    with_deploy_identity(&store).await;
+    let invalid = |result: Result<(), StoreError>, field: &str| match result {
+        Err(StoreError::Invalid { field: f, .. }) if f == field => {}
+        other => panic!("expected Invalid for {field}, got {other:?}"),
+    };
+    let query = AuditQuery {
+        subject: Some("\u{0}".into()),
+        ..AuditQuery::default()
+    };
+    invalid(store.query_audit(&query).await.map(drop), "subject");
+    let query = AuditQuery {
+        outcome: Some("ok\u{0}".into()),
+        ..AuditQuery::default()
+    };
+    invalid(store.query_audit(&query).await.map(drop), "outcome");
+    invalid(
+        store
+            .put_identity(&identity("x\u{0}", "c-1"))
+            .await
+            .map(drop),
+        "name",
+    );
+    invalid(store.get_identity("\u{0}").await.map(drop), "name");
+    let mut bad = credential("deploy", "main", "https://issuer", Some("repo:a\u{0}"));
+    invalid(store.create_credential(&bad).await, "subject");
+    bad.subject = Some("repo:a".into());
+    bad.description = Some("d\u{0}".into());
+    invalid(store.create_credential(&bad).await, "description");
+    invalid(
+        store.get_credential("deploy", "m\u{0}").await.map(drop),
+        "name",
+    );
+    // Nothing was written, and the store still answers.
+    assert!(store.list_credentials(None).await.unwrap().is_empty());
+    assert_eq!(store.list_identities().await.unwrap().len(), 1);
 }
 
 // ---------------------------------------------------------------------------------------

@@ -70,6 +70,39 @@ pub struct BrokerConfig {
     pub identities: Vec<IdentityConfig>,
 }
 
+impl BrokerConfig {
+    /// Every authority host the operator allowed, as origins (see
+    /// [`authority_origin`]): the named clouds' hosts, `[entra] authority_host`, the
+    /// `authority_host` of each declared identity and `[entra] allowed_authority_hosts`.
+    pub fn allowed_authority_hosts(&self) -> Vec<String> {
+        let mut hosts: Vec<String> = [Cloud::Public, Cloud::UsGov, Cloud::China]
+            .iter()
+            .map(|c| c.authority_host().to_owned())
+            .collect();
+        hosts.push(self.entra.authority_host.clone());
+        hosts.extend(
+            self.identities
+                .iter()
+                .filter_map(|i| i.authority_host.clone()),
+        );
+        hosts.extend(self.entra.allowed_authority_hosts.iter().cloned());
+        let mut origins: Vec<String> = hosts.iter().filter_map(|h| authority_origin(h)).collect();
+        origins.sort();
+        origins.dedup();
+        origins
+    }
+}
+
+/// An authority host reduced to its origin (`scheme://host[:port]`, lower case, default
+/// port left out), the form in which hosts are compared; `None` when it is not a URL.
+pub fn authority_origin(host: &str) -> Option<String> {
+    let url = url::Url::parse(host.trim()).ok()?;
+    match url.origin() {
+        url::Origin::Tuple(..) => Some(url.origin().ascii_serialization()),
+        url::Origin::Opaque(_) => None,
+    }
+}
+
 /// `[server]`: the HTTP listener.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -111,6 +144,10 @@ pub struct ServerConfig {
     /// and `/metrics` (one request, 2 s to send it); other requests on them get 503
     /// `overloaded`. Beyond both, new connections are closed at once.
     pub ops_reserve_connections: usize,
+    /// The URL clients reach the broker at (`https://wif-broker.example`), an origin. The
+    /// Entra-compatible discovery document names it; unset, only the listen address (and
+    /// `localhost` when listening on loopback or every address) is accepted as `Host`.
+    pub public_url: Option<String>,
 }
 
 impl Default for ServerConfig {
@@ -132,6 +169,7 @@ impl Default for ServerConfig {
             http2_max_concurrent_streams: 100,
             max_connections: 1024,
             ops_reserve_connections: 16,
+            public_url: None,
         }
     }
 }
@@ -197,6 +235,20 @@ pub struct AuditConfig {
     pub retention_days: u64,
     /// Events waiting to be written; beyond this, events are dropped and counted.
     pub queue_size: usize,
+    /// The most events the store keeps: beyond it the oldest are deleted as new ones are
+    /// written, whatever their age (0: no limit but the age).
+    pub max_events: u64,
+    /// Refusals of unauthenticated requests (tokens that never verified, admin calls
+    /// without a valid admin token) are recorded one by one only up to
+    /// `samples_per_window` per kind, endpoint, issuer and outcome in each window of this
+    /// many seconds; the rest are counted into one summary event per window.
+    pub sample_window_secs: u64,
+    /// See `sample_window_secs`.
+    pub samples_per_window: u64,
+    /// Where events that could not be written to the store by the end of a shutdown are
+    /// kept (JSON lines), to be written at the next start. Without it they are counted in
+    /// `wif_audit_dropped_total` and their number is logged.
+    pub spill_file: Option<PathBuf>,
 }
 
 impl Default for AuditConfig {
@@ -204,6 +256,10 @@ impl Default for AuditConfig {
         Self {
             retention_days: 90,
             queue_size: 10_000,
+            max_events: 10_000_000,
+            sample_window_secs: 60,
+            samples_per_window: 5,
+            spill_file: None,
         }
     }
 }
@@ -224,6 +280,16 @@ pub struct EntraConfig {
     pub initial_backoff_ms: u64,
     /// Longest wait between attempts, including an honoured `Retry-After`.
     pub max_backoff_ms: u64,
+    /// The most one Entra token request may take with all its retries and backoff (and
+    /// the client assertion's making): attempts are cut short, and retries stop, when it
+    /// cannot be met. Keep it under the agent's and the SDKs' own timeouts (10 s for
+    /// `wif-agent`), so an answer still reaches a caller that waits.
+    pub deadline_secs: u64,
+    /// More authority hosts (origins) identities registered through the admin API may
+    /// use. The named clouds' hosts, `authority_host` above and the `authority_host` of
+    /// every `[[identities]]` entry are always allowed; no other host ever receives a
+    /// token request (see docs/configuration.md).
+    pub allowed_authority_hosts: Vec<String>,
 }
 
 impl Default for EntraConfig {
@@ -235,6 +301,8 @@ impl Default for EntraConfig {
             max_retries: 3,
             initial_backoff_ms: 200,
             max_backoff_ms: 5_000,
+            deadline_secs: 8,
+            allowed_authority_hosts: Vec::new(),
         }
     }
 }
@@ -276,6 +344,9 @@ pub struct TokenConfig {
     pub verified_cache_entries: u64,
     /// How long a verified token is remembered (never past its `exp`).
     pub verified_cache_secs: u64,
+    /// Refuse ECDSA (ES256, ES384) signatures with a high `s`, the malleable twin of a
+    /// low-`s` signature. Only for issuers known to sign with low `s`.
+    pub ecdsa_low_s_only: bool,
 }
 
 impl Default for TokenConfig {
@@ -286,6 +357,7 @@ impl Default for TokenConfig {
             algorithms: ALGORITHMS.iter().map(|a| a.to_string()).collect(),
             verified_cache_entries: 10_000,
             verified_cache_secs: 300,
+            ecdsa_low_s_only: false,
         }
     }
 }
@@ -369,6 +441,10 @@ pub struct IssuerConfig {
     pub ca_file: Option<PathBuf>,
     /// Narrows `[tokens] algorithms` for this issuer.
     pub algorithms: Option<Vec<String>>,
+    /// Accept a discovery document whose `jwks_uri` is on another origin (scheme, host,
+    /// port) than the issuer's. Off: such a document is refused.
+    #[serde(default)]
+    pub allow_cross_origin_jwks_uri: bool,
 }
 
 /// The Azure cloud an identity lives in.

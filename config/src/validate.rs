@@ -57,7 +57,7 @@ impl Problems {
 pub(crate) fn broker(config: &BrokerConfig) -> Vec<Problem> {
     let mut p = Problems::default();
     let loopback_http = config.outbound.allow_loopback_http;
-    server(&mut p, &config.server);
+    server(&mut p, &config.server, loopback_http);
     store(&mut p, &config.store);
     entra(&mut p, &config.entra, loopback_http);
     cache(&mut p, &config.cache);
@@ -69,11 +69,14 @@ pub(crate) fn broker(config: &BrokerConfig) -> Vec<Problem> {
     assertion_sources(&mut p, config);
     admin(&mut p, &config.admin, loopback_http);
     audit(&mut p, &config.audit);
-    webhook(&mut p, &config.webhook, loopback_http);
+    webhook(&mut p, &config.webhook, &config.server, loopback_http);
     p.0
 }
 
-fn server(p: &mut Problems, s: &ServerConfig) {
+fn server(p: &mut Problems, s: &ServerConfig, loopback_http: bool) {
+    if let Some(url) = &s.public_url {
+        https_url(p, "server.public_url", url, UrlShape::Origin, loopback_http);
+    }
     if s.listen.trim().is_empty() {
         p.push(
             "server.listen",
@@ -170,6 +173,7 @@ fn store(p: &mut Problems, s: &StoreConfig) {
 }
 
 fn entra(p: &mut Problems, e: &EntraConfig, loopback_http: bool) {
+    positive(p, "entra.deadline_secs", e.deadline_secs);
     https_url(
         p,
         "entra.authority_host",
@@ -177,6 +181,15 @@ fn entra(p: &mut Problems, e: &EntraConfig, loopback_http: bool) {
         UrlShape::Origin,
         loopback_http,
     );
+    for (i, host) in e.allowed_authority_hosts.iter().enumerate() {
+        https_url(
+            p,
+            &format!("entra.allowed_authority_hosts[{i}]"),
+            host,
+            UrlShape::Origin,
+            loopback_http,
+        );
+    }
     path(p, "entra.ca_file", e.ca_file.as_deref());
     positive(p, "entra.timeout_secs", e.timeout_secs);
     if e.initial_backoff_ms > e.max_backoff_ms {
@@ -336,6 +349,15 @@ fn issuers(p: &mut Problems, issuers: &[IssuerConfig], tokens: &TokenConfig, loo
                 format!(
                     "sets {}; set at most one of jwks_uri, jwks_file and jwks_inline \
                      (or none, to use OIDC discovery)",
+                    sources.join(" and ")
+                ),
+            );
+        }
+        if issuer.allow_cross_origin_jwks_uri && !sources.is_empty() {
+            p.push(
+                format!("{at}.allow_cross_origin_jwks_uri"),
+                format!(
+                    "applies only to OIDC discovery, and this issuer sets {}",
                     sources.join(" and ")
                 ),
             );
@@ -641,10 +663,13 @@ fn admin(p: &mut Problems, a: &AdminConfig, loopback_http: bool) {
 
 fn audit(p: &mut Problems, a: &AuditConfig) {
     positive(p, "audit.queue_size", a.queue_size);
+    positive(p, "audit.sample_window_secs", a.sample_window_secs);
+    path(p, "audit.spill_file", a.spill_file.as_deref());
 }
 
-fn webhook(p: &mut Problems, w: &WebhookConfig, loopback_http: bool) {
+fn webhook(p: &mut Problems, w: &WebhookConfig, server: &ServerConfig, loopback_http: bool) {
     if w.enabled {
+        webhook_listener(p, w, server);
         https_url(
             p,
             "webhook.broker_url",
@@ -730,10 +755,58 @@ fn webhook(p: &mut Problems, w: &WebhookConfig, loopback_http: bool) {
             loopback_http,
         );
     }
+    path(p, "webhook.tls_cert", w.tls_cert.as_deref());
+    path(p, "webhook.tls_key", w.tls_key.as_deref());
     path(p, "webhook.broker_ca_file", w.broker_ca_file.as_deref());
     path(p, "webhook.kube_token_file", Some(&w.kube_token_file));
     path(p, "webhook.kube_ca_file", Some(&w.kube_ca_file));
     positive(p, "webhook.max_body_bytes", w.max_body_bytes);
+}
+
+/// The webhook's own TLS listener (docs/kubernetes.md): an address apart from the API's,
+/// and a certificate, since the API server calls webhooks over https only.
+fn webhook_listener(p: &mut Problems, w: &WebhookConfig, server: &ServerConfig) {
+    match w.listen.parse::<SocketAddr>() {
+        _ if w.listen.trim().is_empty() => p.push(
+            "webhook.listen",
+            "is required when webhook.enabled = true: the webhook's own TLS listener, such as \
+             0.0.0.0:9443 (it is never served on the API port)",
+        ),
+        Err(_) => p.push(
+            "webhook.listen",
+            format!(
+                "`{}` is not an IP address and port such as 0.0.0.0:9443 (host names are not \
+                 resolved)",
+                w.listen.chars().take(100).collect::<String>()
+            ),
+        ),
+        Ok(addr) => {
+            if let Ok(api) = server.listen.parse::<SocketAddr>()
+                && addr.port() != 0
+                && addr.port() == api.port()
+            {
+                p.push(
+                    "webhook.listen",
+                    format!(
+                        "port {} is the API port (server.listen): the webhook has its own listener",
+                        addr.port()
+                    ),
+                );
+            }
+        }
+    }
+    for (key, value) in [
+        ("webhook.tls_cert", &w.tls_cert),
+        ("webhook.tls_key", &w.tls_key),
+    ] {
+        if value.is_none() {
+            p.push(
+                key,
+                "is required when webhook.enabled = true: the API server calls admission \
+                 webhooks over https only",
+            );
+        }
+    }
 }
 
 /// A Kubernetes resource quantity: digits with an optional fraction and suffix.
@@ -1239,6 +1312,24 @@ mod tests {
     // [entra]
 
     #[test]
+    fn allowed_authority_hosts_and_the_public_url_are_https_origins() {
+        none(&check(|c| {
+            c.entra.allowed_authority_hosts = vec!["https://login.stack.example:8443".into()];
+            c.server.public_url = Some("https://wif.contoso.example".into());
+        }));
+        only(
+            &check(|c| c.entra.allowed_authority_hosts = vec!["http://login.example".into()]),
+            "entra.allowed_authority_hosts[0]",
+            "https",
+        );
+        only(
+            &check(|c| c.server.public_url = Some("https://wif.contoso.example/x".into())),
+            "server.public_url",
+            "",
+        );
+    }
+
+    #[test]
     fn authority_host_is_an_https_origin() {
         none(&check(|c| {
             c.entra.authority_host = "https://login.microsoftonline.com/".into()
@@ -1581,6 +1672,27 @@ mod tests {
     }
 
     #[test]
+    fn cross_origin_jwks_uri_is_only_for_discovery() {
+        none(&check(|c| {
+            c.issuers = vec![IssuerConfig {
+                allow_cross_origin_jwks_uri: true,
+                ..issuer("https://accounts.google.com")
+            }]
+        }));
+        only(
+            &check(|c| {
+                c.issuers = vec![IssuerConfig {
+                    allow_cross_origin_jwks_uri: true,
+                    jwks_uri: Some("https://www.googleapis.com/oauth2/v3/certs".into()),
+                    ..issuer("https://accounts.google.com")
+                }]
+            }),
+            "issuers[0].allow_cross_origin_jwks_uri",
+            "applies only to OIDC discovery",
+        );
+    }
+
+    #[test]
     fn jwks_inline_is_a_jwks() {
         let with_inline = |json: &str| IssuerConfig {
             jwks_inline: Some(json.into()),
@@ -1872,21 +1984,74 @@ mod tests {
     fn an_enabled_webhook_needs_a_broker_url_and_an_image() {
         let problems = check(|c| c.webhook.enabled = true);
         let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
-        assert_eq!(keys, ["webhook.broker_url", "webhook.agent_image"]);
-        none(&check(|c| {
+        assert_eq!(
+            keys,
+            [
+                "webhook.listen",
+                "webhook.tls_cert",
+                "webhook.tls_key",
+                "webhook.broker_url",
+                "webhook.agent_image"
+            ]
+        );
+        fn enabled(c: &mut BrokerConfig) {
             c.webhook.enabled = true;
+            c.webhook.listen = "0.0.0.0:9443".into();
+            c.webhook.tls_cert = Some("/etc/wif-broker/tls/tls.crt".into());
+            c.webhook.tls_key = Some("/etc/wif-broker/tls/tls.key".into());
             c.webhook.broker_url = "https://wif-broker.wif-system.svc:8443".into();
             c.webhook.agent_image = "registry.example/wif-broker:0.1.0".into();
-        }));
+        }
+        none(&check(enabled));
         only(
             &check(|c| {
-                c.webhook.enabled = true;
+                enabled(c);
                 c.webhook.broker_url = "http://wif-broker.wif-system.svc:8080".into();
-                c.webhook.agent_image = "wif-broker:0.1.0".into();
             }),
             "webhook.broker_url",
             "must use https",
         );
+    }
+
+    #[test]
+    fn the_webhook_has_its_own_tls_listener_apart_from_the_api() {
+        let enabled = |c: &mut BrokerConfig| {
+            c.webhook.enabled = true;
+            c.webhook.listen = "0.0.0.0:9443".into();
+            c.webhook.tls_cert = Some("tls.crt".into());
+            c.webhook.tls_key = Some("tls.key".into());
+            c.webhook.broker_url = "https://wif-broker.wif-system.svc:8443".into();
+            c.webhook.agent_image = "wif-broker:0.1.0".into();
+        };
+        only(
+            &check(|c| {
+                enabled(c);
+                c.server.listen = "0.0.0.0:9443".into();
+            }),
+            "webhook.listen",
+            "the API port",
+        );
+        only(
+            &check(|c| {
+                enabled(c);
+                c.webhook.listen = "webhook.local:9443".into();
+            }),
+            "webhook.listen",
+            "not an IP address and port",
+        );
+        only(
+            &check(|c| {
+                enabled(c);
+                c.webhook.tls_key = None;
+            }),
+            "webhook.tls_key",
+            "https only",
+        );
+        none(&check(|c| {
+            enabled(c);
+            c.server.listen = "127.0.0.1:0".into();
+            c.webhook.listen = "127.0.0.1:0".into();
+        }));
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! `[webhook]`: the sidecar-injecting admission webhook the broker serves at
-//! `POST /mutate/v1/pods` (see docs/kubernetes.md). Off unless `enabled = true`.
+//! `POST /mutate/v1/pods` on its own TLS listener, never on the API port (see
+//! docs/kubernetes.md). Off unless `enabled = true`.
 
 use std::path::PathBuf;
 
@@ -9,8 +10,18 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct WebhookConfig {
-    /// Serve `POST /mutate/v1/pods`. Off by default: the route answers 404.
+    /// Serve `POST /mutate/v1/pods` on the webhook's own listener. Off by default: no
+    /// webhook listener is opened (the API port never serves the webhook).
     pub enabled: bool,
+    /// Address of the webhook's own TLS listener, e.g. `0.0.0.0:9443`: the Kubernetes API
+    /// server calls it, nothing else should reach it. Must differ from `server.listen`.
+    /// Required when enabled.
+    pub listen: String,
+    /// PEM certificate chain of the webhook listener (the API server calls webhooks over
+    /// https only). Required when enabled; may be the same file as `server.tls_cert`.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of the webhook listener. Required when enabled.
+    pub tls_key: Option<PathBuf>,
     /// The broker's base URL as the injected sidecars reach it, e.g.
     /// `https://wif-broker.wif-system.svc:8443`. Required when enabled.
     pub broker_url: String,
@@ -58,6 +69,9 @@ impl Default for WebhookConfig {
     fn default() -> Self {
         Self {
             enabled: false,
+            listen: String::new(),
+            tls_cert: None,
+            tls_key: None,
             broker_url: String::new(),
             broker_ca_file: None,
             agent_image: String::new(),

@@ -253,6 +253,9 @@ fn kubernetes_example_serves_the_webhook_over_tls() {
         config.webhook,
         wif_config::WebhookConfig {
             enabled: true,
+            listen: "0.0.0.0:9443".into(),
+            tls_cert: config.server.tls_cert.clone(),
+            tls_key: config.server.tls_key.clone(),
             broker_url: config.webhook.broker_url.clone(),
             broker_ca_file: config.webhook.broker_ca_file.clone(),
             agent_image: config.webhook.agent_image.clone(),

@@ -739,13 +739,15 @@ async fn over_tls_the_cookies_are_secure() {
         stack.broker.url(),
         reqwest::Client::builder().no_proxy().tls_certs_only([ca]),
     );
+    // Over TLS the sign-in cookie carries the `__Host-` prefix: Secure, Path=/, no Domain,
+    // so no other host (nor a plain-http page) can plant one.
     let login = browser.get("/ui/login").await;
+    let cookie = login.set_cookie("__Host-wif_ui_login").unwrap();
     assert!(
-        login
-            .set_cookie("wif_ui_login")
-            .unwrap()
-            .ends_with("; Secure")
+        cookie.ends_with("; Secure") && cookie.contains("Path=/;") && !cookie.contains("Domain"),
+        "{cookie}"
     );
+    assert!(login.set_cookie("wif_ui_login").is_none());
     let page = browser.sign_in(&stack.admin_token).await;
     assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.body);
     let session = page.set_cookie("wif_ui_session").unwrap();

@@ -21,6 +21,8 @@ use wif_tests::k8s;
 const NAMESPACE: &str = "wif-system";
 /// `<release>-<chart>`: the release is `wif` (tests/python/k8s.py).
 const FULLNAME: &str = "wif-wif-broker";
+/// The admission webhook's own Service (and certificate).
+const WEBHOOK: &str = "wif-wif-broker-webhook";
 
 /// The value sets, by name. Names ending in `!` must be refused.
 fn cases() -> Value {
@@ -40,7 +42,7 @@ fn cases() -> Value {
             "admin": {"existingSecret": "wif-admin-tokens"},
             "signingKeys": {"existingSecret": "wif-signing-keys"},
             "brokerIssuer": {"url": "https://wif.contoso.com"},
-            "networkPolicy": {"enabled": true},
+            "networkPolicy": {"enabled": true, "webhookFrom": [{"ipBlock": {"cidr": "10.224.0.0/28"}}]},
             "webhook": {"failurePolicy": "Ignore", "defaultTenantId": "72f988bf-86f1-41af-91ab-2d7cd011db47"},
             "broker": {
                 "extraEnv": [{"name": "WIF_ENTRA_MAX_RETRIES", "value": "5"}],
@@ -68,6 +70,8 @@ fn cases() -> Value {
         {"name": "sqlite-with-replicas!", "values": {"replicaCount": 2}},
         {"name": "sqlite-with-autoscaling!", "values": {"autoscaling": {"enabled": true}}},
         {"name": "webhook-without-tls!", "values": {"tls": {"enabled": false}}},
+        {"name": "network-policy-without-webhook-peers!", "values": {"networkPolicy": {"enabled": true}}},
+        {"name": "webhook-on-the-api-port!", "values": {"webhook": {"port": 8443}}},
         {"name": "postgres-without-secret!", "values": {"store": {"type": "postgres"}}},
         {"name": "secret-without-ca-bundle!", "values": {"tls": {"source": "secret", "existingSecret": "x"}}},
         {"name": "bad-failure-policy!", "values": {"webhook": {"failurePolicy": "Sometimes"}}},
@@ -110,6 +114,14 @@ fn objects(case: &Value) -> &Vec<Value> {
 
 fn find<'a>(case: &'a Value, kind: &str) -> Option<&'a Value> {
     objects(case).iter().find(|o| o["kind"] == kind)
+}
+
+/// The object of `kind` called `name`.
+fn named<'a>(case: &'a Value, kind: &str, name: &str) -> &'a Value {
+    objects(case)
+        .iter()
+        .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("no {kind} {name}"))
 }
 
 fn one<'a>(case: &'a Value, kind: &str) -> &'a Value {
@@ -205,6 +217,11 @@ fn impossible_combinations_are_refused_with_the_reason() {
         ("sqlite-with-replicas!", "need store.type: postgres"),
         ("sqlite-with-autoscaling!", "need store.type: postgres"),
         ("webhook-without-tls!", "needs tls.enabled"),
+        (
+            "network-policy-without-webhook-peers!",
+            "needs networkPolicy.webhookFrom",
+        ),
+        ("webhook-on-the-api-port!", "must differ from broker.port"),
         ("postgres-without-secret!", "store.postgres.existingSecret"),
         ("secret-without-ca-bundle!", "tls.caBundle"),
         ("bad-failure-policy!", "failurePolicy"),
@@ -290,9 +307,32 @@ fn the_default_install_is_one_hardened_broker_with_the_webhook() {
     assert_eq!(config.server.drain_secs, 10);
     assert_eq!(config.server.shutdown_timeout_secs, 20);
     assert_eq!(pod["terminationGracePeriodSeconds"], 35);
+    // The webhook has its own TLS listener and certificate, apart from the API's.
+    assert_eq!(config.webhook.listen, "0.0.0.0:9443");
+    assert_eq!(
+        config.webhook.tls_cert.as_deref(),
+        Some(std::path::Path::new("/etc/wif-broker/webhook-tls/tls.crt"))
+    );
+    let ports = &pod["containers"][0]["ports"];
+    assert_eq!(
+        *ports,
+        json!([
+            {"name": "api", "containerPort": 8443, "protocol": "TCP"},
+            {"name": "webhook", "containerPort": 9443, "protocol": "TCP"},
+        ])
+    );
+    let api = named(case, "Service", FULLNAME);
+    assert_eq!(
+        api["spec"]["ports"].as_array().unwrap().len(),
+        1,
+        "the API Service does not lead to the webhook"
+    );
+    assert_eq!(api["spec"]["ports"][0]["targetPort"], "api");
 
-    // The webhook reaches this Service, on its port, at the broker's route.
-    let service = one(case, "Service");
+    // The API server reaches the webhook's own Service, on its port, at the webhook's route.
+    let service = named(case, "Service", WEBHOOK);
+    assert_eq!(service["spec"]["type"], "ClusterIP");
+    assert_eq!(service["spec"]["ports"][0]["targetPort"], "webhook");
     let webhook = one(case, "MutatingWebhookConfiguration");
     let hooks = webhook["webhooks"].as_array().unwrap();
     assert_eq!(
@@ -325,10 +365,15 @@ fn the_default_install_is_one_hardened_broker_with_the_webhook() {
         hooks[1]["objectSelector"]["matchLabels"],
         json!({"azure.workload.identity/use": "true"})
     );
-    let secret = one(case, "Secret");
+    let secret = named(case, "Secret", &format!("{WEBHOOK}-tls"));
     assert_eq!(
         hooks[0]["clientConfig"]["caBundle"],
         secret["data"]["ca.crt"]
+    );
+    assert_ne!(
+        secret["data"]["ca.crt"],
+        named(case, "Secret", &format!("{FULLNAME}-tls"))["data"]["ca.crt"],
+        "the webhook's own CA; the API's (which sidecars trust) is untouched"
     );
     let role = one(case, "ClusterRole");
     assert_eq!(
@@ -413,7 +458,18 @@ fn value_sets_change_what_they_should() {
         one(ha, "MutatingWebhookConfiguration")["webhooks"][0]["failurePolicy"],
         "Ignore"
     );
-    assert!(one(ha, "NetworkPolicy")["spec"]["ingress"][0]["ports"].is_array());
+    let ingress = &one(ha, "NetworkPolicy")["spec"]["ingress"];
+    assert_eq!(
+        ingress[0]["ports"],
+        json!([{"port": "api", "protocol": "TCP"}])
+    );
+    assert!(ingress[0]["from"].is_null(), "sidecars come from anywhere");
+    assert_eq!(
+        ingress[1],
+        json!({"ports": [{"port": "webhook", "protocol": "TCP"}],
+               "from": [{"ipBlock": {"cidr": "10.224.0.0/28"}}]}),
+        "the webhook port only from where the API server comes"
+    );
 
     let scaled = case("autoscaling").unwrap();
     let hpa = one(scaled, "HorizontalPodAutoscaler");
@@ -431,30 +487,38 @@ fn value_sets_change_what_they_should() {
         .iter()
         .filter(|o| o["kind"] == "Certificate")
         .collect();
-    assert_eq!(certificates.len(), 2, "a CA and the serving certificate");
-    let serving = certificates
-        .iter()
-        .find(|c| c["spec"]["isCA"].is_null())
-        .unwrap();
+    assert_eq!(
+        certificates.len(),
+        3,
+        "a CA, the serving certificate and the webhook's"
+    );
+    let serving = named(cm, "Certificate", &format!("{FULLNAME}-tls"));
     assert!(
         serving["spec"]["dnsNames"]
             .as_array()
             .unwrap()
             .contains(&json!(format!("{FULLNAME}.{NAMESPACE}.svc")))
     );
+    let webhook_certificate = named(cm, "Certificate", &format!("{WEBHOOK}-tls"));
+    assert_eq!(
+        webhook_certificate["spec"]["dnsNames"][2],
+        format!("{WEBHOOK}.{NAMESPACE}.svc")
+    );
     let webhook = one(cm, "MutatingWebhookConfiguration");
     assert_eq!(
         webhook["metadata"]["annotations"]["cert-manager.io/inject-ca-from"],
-        format!("{NAMESPACE}/{FULLNAME}-tls")
+        format!("{NAMESPACE}/{WEBHOOK}-tls")
     );
     assert!(webhook["webhooks"][0]["clientConfig"]["caBundle"].is_null());
 
     let issuer = case("tls-cert-manager-issuer").unwrap();
     assert!(find(issuer, "Issuer").is_none(), "the given issuer is used");
-    assert_eq!(
-        one(issuer, "Certificate")["spec"]["issuerRef"]["kind"],
-        "ClusterIssuer"
-    );
+    for certificate in objects(issuer)
+        .iter()
+        .filter(|o| o["kind"] == "Certificate")
+    {
+        assert_eq!(certificate["spec"]["issuerRef"]["kind"], "ClusterIssuer");
+    }
 
     let secret = case("tls-secret").unwrap();
     assert!(find(secret, "Secret").is_none());
@@ -465,6 +529,17 @@ fn value_sets_change_what_they_should() {
         .find(|v| v["name"] == "tls")
         .unwrap();
     assert_eq!(volume["secret"]["secretName"], "wif-broker-tls");
+    let volumes = &one(secret, "Deployment")["spec"]["template"]["spec"]["volumes"];
+    let webhook_tls = volumes
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "webhook-tls")
+        .unwrap();
+    assert_eq!(
+        webhook_tls["secret"]["secretName"], "wif-broker-tls",
+        "the given Secret serves the webhook too"
+    );
 
     let monitored = case("service-monitor").unwrap();
     let monitor = one(monitored, "ServiceMonitor");
@@ -533,41 +608,55 @@ async fn the_default_install_serves_the_webhook_with_the_certificate_it_generate
             .decode(v.as_str().unwrap())
             .unwrap()
     };
-    // The pod's files: the ConfigMap's TOML and the TLS Secret, at a temporary root.
+    // The pod's files: the ConfigMap's TOML and the TLS Secrets, at a temporary root.
     let dir = tempfile::tempdir().unwrap();
-    let tls = dir.path().join("tls");
-    std::fs::create_dir(&tls).unwrap();
-    let secret = one(case, "Secret");
-    for file in ["tls.crt", "tls.key", "ca.crt"] {
-        std::fs::write(tls.join(file), decode(&secret["data"][file])).unwrap();
+    let mut toml = broker_toml(case);
+    for (secret, mount) in [
+        (format!("{FULLNAME}-tls"), "tls"),
+        (format!("{WEBHOOK}-tls"), "webhook-tls"),
+    ] {
+        let path = dir.path().join(mount);
+        std::fs::create_dir(&path).unwrap();
+        let secret = named(case, "Secret", &secret);
+        for file in ["tls.crt", "tls.key", "ca.crt"] {
+            std::fs::write(path.join(file), decode(&secret["data"][file])).unwrap();
+        }
+        toml = toml.replace(
+            &format!("/etc/wif-broker/{mount}/"),
+            &format!("{}/", path.to_str().unwrap()),
+        );
     }
-    let toml = broker_toml(case).replace("/etc/wif-broker/tls", tls.to_str().unwrap());
+    let secret = named(case, "Secret", &format!("{FULLNAME}-tls"));
     let mut config = BrokerConfig::from_toml(&toml, "ConfigMap broker.toml").unwrap();
     config.server.listen = "127.0.0.1:0".into();
+    config.webhook.listen = "127.0.0.1:0".into();
     config.store.url = "sqlite::memory:".into();
     wif_broker::crypto::install_provider();
     let broker = wif_broker::server::RunningBroker::start(&config, wif_broker::clock::system())
         .await
         .unwrap();
+    let webhook_addr: SocketAddr = broker
+        .webhook_url()
+        .unwrap()
+        .trim_start_matches("https://")
+        .parse()
+        .unwrap();
 
-    // The API server's call: the Service's DNS name, verified with the webhook's caBundle.
+    // The API server's call: the webhook Service's DNS name, verified with the caBundle.
     let webhook = one(case, "MutatingWebhookConfiguration");
     let client_config = &webhook["webhooks"][0]["clientConfig"];
-    let host = format!("{FULLNAME}.{NAMESPACE}.svc");
+    let host = format!("{WEBHOOK}.{NAMESPACE}.svc");
     let ca = reqwest::Certificate::from_pem(&decode(&client_config["caBundle"])).unwrap();
     let http = reqwest::Client::builder()
         .tls_certs_only([ca])
         .resolve(
             &host,
-            SocketAddr::from(([127, 0, 0, 1], broker.addr.port())),
+            SocketAddr::from(([127, 0, 0, 1], webhook_addr.port())),
         )
         .build()
         .unwrap();
-    let url = format!(
-        "https://{host}:{}{}",
-        broker.addr.port(),
-        client_config["service"]["path"].as_str().unwrap()
-    );
+    let path = client_config["service"]["path"].as_str().unwrap();
+    let url = format!("https://{host}:{}{path}", webhook_addr.port());
     let review: Value = serde_json::from_str(
         &std::fs::read_to_string(
             k8s::repo_root().join("tests/fixtures/admission/labelled-pod.json"),
@@ -585,6 +674,24 @@ async fn the_default_install_serves_the_webhook_with_the_certificate_it_generate
         .await
         .unwrap();
     assert_eq!(answer["response"]["allowed"], true, "{answer}");
+
+    // The API's Service, with the API's CA: no webhook there.
+    let api_host = format!("{FULLNAME}.{NAMESPACE}.svc");
+    let api_ca = reqwest::Certificate::from_pem(&decode(&secret["data"]["ca.crt"])).unwrap();
+    let api = reqwest::Client::builder()
+        .tls_certs_only([api_ca])
+        .resolve(
+            &api_host,
+            SocketAddr::from(([127, 0, 0, 1], broker.addr.port())),
+        )
+        .build()
+        .unwrap()
+        .post(format!("https://{api_host}:{}{path}", broker.addr.port()))
+        .json(&review)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(api.status().as_u16(), 404);
     let patch: Value = serde_json::from_slice(&decode(&answer["response"]["patch"])).unwrap();
     let sidecar = patch
         .as_array()

@@ -189,8 +189,9 @@ async fn an_issuer_sending_more_than_the_size_cap_is_not_trusted() {
     stack.github.rotate_key();
     let answer = stack.exchange(&stack.github_token("main"), ARM).await;
     answer.expect_error(503, "issuer_unavailable");
+    // The reason (the size limit) is for the operator's log, not for an anonymous caller.
     assert!(
-        answer.description().contains("more than 600 bytes"),
+        !answer.description().contains("600 bytes"),
         "{}",
         answer.description()
     );
@@ -226,8 +227,9 @@ async fn a_discovery_document_naming_another_issuer_is_not_trusted() {
     let token = real.mint(claims).unwrap();
     let answer = stack.exchange(&token, ARM).await;
     answer.expect_error(503, "issuer_unavailable");
+    // The reason (the mismatch) is for the operator's log, not for an anonymous caller.
     assert!(
-        answer
+        !answer
             .description()
             .contains("discovery document names issuer")
     );

@@ -1,6 +1,6 @@
 //! The sidecar-injecting admission webhook, as the Kubernetes API server uses it:
 //! AdmissionReview fixtures (`tests/fixtures/admission/`) are POSTed over TLS to a real
-//! broker, the returned JSON Patch is applied, and the resulting pod is checked for the
+//! broker's webhook listener (`[webhook] listen`, apart from the API port), the returned JSON Patch is applied, and the resulting pod is checked for the
 //! sidecar, the variables and the token volume, and validated against the Kubernetes
 //! schemas (kubernetes-validate, through `tests/python/k8s.py`). The service accounts'
 //! annotations come from a stand-in for the Kubernetes API on loopback.
@@ -99,7 +99,8 @@ struct Webhook {
 }
 
 impl Webhook {
-    /// A broker serving TLS with the webhook on, as the Helm chart runs it.
+    /// A broker serving TLS with the webhook on its own TLS listener, as the Helm chart
+    /// runs it.
     async fn start() -> Webhook {
         let kube = FakeKube::start().await;
         let pki = Pki::new("webhook");
@@ -114,6 +115,9 @@ impl Webhook {
             cfg.server.tls_cert = Some(path("tls.crt"));
             cfg.server.tls_key = Some(path("tls.key"));
             cfg.webhook.enabled = true;
+            cfg.webhook.listen = "127.0.0.1:0".into();
+            cfg.webhook.tls_cert = Some(path("tls.crt"));
+            cfg.webhook.tls_key = Some(path("tls.key"));
             cfg.webhook.broker_url = BROKER_URL.into();
             cfg.webhook.broker_ca_file = Some(path("ca.crt"));
             cfg.webhook.agent_image = AGENT_IMAGE.into();
@@ -135,7 +139,7 @@ impl Webhook {
     async fn post(&self, body: impl Into<reqwest::Body>) -> (StatusCode, Value) {
         let response = self
             .http
-            .post(self.stack.url("/mutate/v1/pods"))
+            .post(format!("{}/mutate/v1/pods", self.url()))
             .header("content-type", "application/json")
             .body(body)
             .send()
@@ -143,6 +147,11 @@ impl Webhook {
             .unwrap();
         let status = StatusCode::from_u16(response.status().as_u16()).unwrap();
         (status, response.json().await.unwrap())
+    }
+
+    /// `https://addr` of the webhook's own listener.
+    fn url(&self) -> String {
+        self.stack.broker.webhook_url().unwrap()
     }
 
     /// POSTs `review` and checks the AdmissionReview envelope; returns `response`.
@@ -563,8 +572,9 @@ async fn bad_input_is_a_clear_error() {
 }
 
 #[tokio::test]
-async fn the_webhook_is_off_unless_enabled() {
+async fn the_webhook_is_off_unless_enabled_and_never_on_the_api_port() {
     let stack = Stack::start().await;
+    assert!(stack.broker.webhook_url().is_none(), "no webhook listener");
     let response = stack
         .http
         .post(stack.url("/mutate/v1/pods"))
@@ -575,4 +585,20 @@ async fn the_webhook_is_off_unless_enabled() {
     assert_eq!(response.status().as_u16(), 404);
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["error"], "not_found");
+
+    // Enabled, it has its own listener; the API port still does not serve it.
+    let w = Webhook::start().await;
+    assert_ne!(w.url(), w.stack.broker.url());
+    let response = w
+        .http
+        .post(w.stack.url("/mutate/v1/pods"))
+        .json(&fixture("labelled-pod.json"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 404);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"], "not_found");
+    let response = w.review(&fixture("labelled-pod.json")).await;
+    assert_eq!(response["allowed"], true, "{response}");
 }

@@ -93,14 +93,12 @@ pub async fn discovery(
             now,
         );
     }
-    let Some(host) = host(&uri, &headers) else {
-        return entra_error(
-            ApiError::bad_request("invalid_request", "the request has no valid Host header"),
-            now,
-        );
-    };
     let scheme = if state.tls { "https" } else { "http" };
-    let base = format!("{scheme}://{host}/{tenant}");
+    let (origin, host) = match state.self_address.origin(scheme, host(&uri, &headers)) {
+        Ok(found) => found,
+        Err(e) => return entra_error(e, now),
+    };
+    let base = format!("{origin}/{tenant}");
     let document = json!({
         "token_endpoint": format!("{base}/oauth2/v2.0/token"),
         "token_endpoint_auth_methods_supported": ["private_key_jwt"],
@@ -263,6 +261,62 @@ fn sane_tenant(tenant: &str) -> bool {
         && tenant
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b))
+}
+
+/// Where clients reach this broker, for the URLs it gives out about itself: `[server]
+/// public_url` when set; otherwise the request's `Host`, accepted only when it names the
+/// listen address (or `localhost`/loopback on its port, when the broker listens on
+/// loopback or every address), so a forged `Host` is never reflected into a document a
+/// client (or a cache) trusts. See docs/configuration.md.
+#[derive(Debug, Clone, Default)]
+pub struct SelfAddress {
+    public_url: Option<String>,
+    hosts: Vec<String>,
+}
+
+impl SelfAddress {
+    pub fn new(public_url: Option<&str>, listen: std::net::SocketAddr) -> Self {
+        let port = listen.port();
+        let mut hosts = vec![listen.to_string()];
+        if listen.ip().is_unspecified() || listen.ip().is_loopback() {
+            hosts.extend([
+                format!("localhost:{port}"),
+                format!("127.0.0.1:{port}"),
+                format!("[::1]:{port}"),
+            ]);
+        }
+        Self {
+            public_url: public_url.map(|u| u.trim_end_matches('/').to_owned()),
+            hosts,
+        }
+    }
+
+    /// The origin (`scheme://host[:port]`) and host to name in URLs about the broker.
+    fn origin(&self, scheme: &str, host: Option<String>) -> Result<(String, String), ApiError> {
+        if let Some(url) = &self.public_url {
+            let host = url::Url::parse(url)
+                .ok()
+                .and_then(|u| {
+                    u.host_str()
+                        .map(|h| u.port().map_or(h.to_owned(), |p| format!("{h}:{p}")))
+                })
+                .unwrap_or_default();
+            return Ok((url.clone(), host));
+        }
+        let host = host.ok_or_else(|| {
+            ApiError::bad_request("invalid_request", "the request has no valid Host header")
+        })?;
+        if self.hosts.iter().any(|h| h.eq_ignore_ascii_case(&host)) {
+            return Ok((format!("{scheme}://{host}"), host));
+        }
+        Err(ApiError::bad_request(
+            "unknown_host",
+            format!(
+                "Host {:?} is not this broker's address; the operator sets [server] public_url to the URL clients use",
+                host.chars().take(64).collect::<String>()
+            ),
+        ))
+    }
 }
 
 /// The authority the client used: the Host header (HTTP/1.1) or the URI's (HTTP/2).

@@ -114,10 +114,45 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// What a caller is told when the store fails; the store's own text (a database error)
+/// goes to the log only, tied to the answer by the request id.
+pub const STORE_UNAVAILABLE: &str =
+    "the broker's store cannot be reached; retry later, or quote the request id to an operator";
+
+/// For a store failure shown to a caller (the console's error pages): logs the detail
+/// and returns [`STORE_UNAVAILABLE`].
+pub fn store_failure(e: &crate::store::StoreError) -> String {
+    log_internal("store_unavailable", e);
+    STORE_UNAVAILABLE.to_owned()
+}
+
+/// Logs an internal failure's detail with the request id, for [`STORE_UNAVAILABLE`] and
+/// its kind.
+fn log_internal(code: &'static str, detail: &dyn std::fmt::Display) {
+    let request_id = current_request_id();
+    tracing::error!(error = %detail, code, request_id = %request_id, "internal failure; the caller got a fixed description");
+}
+
+/// Whether `e` carries internal (store or database) text that must not reach a caller.
+fn is_internal(e: &ExchangeError) -> bool {
+    use crate::entra::assertion::AssertionError;
+    use crate::entra::assertion::issuer::IssuerKeyError;
+    matches!(e, ExchangeError::Store(_))
+        || matches!(e, ExchangeError::Cache(CacheError::Entra(entra))
+        if matches!(entra.as_ref(), EntraError::Assertion(AssertionError::Issuer(
+            IssuerKeyError::Store(_) | IssuerKeyError::StoredKey(_)
+        ))))
+}
+
 impl From<ExchangeError> for ApiError {
     fn from(e: ExchangeError) -> Self {
         let code = e.code();
-        let description = e.to_string();
+        let description = if is_internal(&e) {
+            log_internal(code, &e);
+            STORE_UNAVAILABLE.to_owned()
+        } else {
+            e.to_string()
+        };
         let status = match &e {
             ExchangeError::Scope(_)
             | ExchangeError::Select(crate::policy::SelectError::Ambiguous(_)) => {
@@ -144,6 +179,10 @@ impl From<ExchangeError> for ApiError {
                     .with_retry_after(5);
             }
             ExchangeError::Cache(CacheError::ShortLived { .. }) => StatusCode::BAD_GATEWAY,
+            ExchangeError::Cache(CacheError::Entra(_)) if is_internal(&e) => {
+                return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code, description)
+                    .with_retry_after(5);
+            }
             ExchangeError::Cache(CacheError::Entra(entra)) => return entra_error(code, entra),
         };
         ApiError::new(status, code, description)
@@ -154,7 +193,13 @@ impl From<crate::admin::AdminError> for ApiError {
     fn from(e: crate::admin::AdminError) -> Self {
         use crate::admin::AdminError;
         let code = e.code();
-        let description = e.to_string();
+        let description = match &e {
+            AdminError::Store(store) => {
+                log_internal(code, store);
+                STORE_UNAVAILABLE.to_owned()
+            }
+            _ => e.to_string(),
+        };
         match e {
             AdminError::Invalid(violations) => {
                 let mut err = ApiError::bad_request(code, description);

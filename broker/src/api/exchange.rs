@@ -137,12 +137,30 @@ pub async fn rfc8693(
     body: Body,
 ) -> Result<Response, ApiError> {
     let params = read_params(&headers, body, state.max_body_bytes).await?;
+    // As `/v1/token`: a parameter the broker would ignore (`audience`, `actor_token`, a
+    // typo) is refused rather than silently dropped.
+    reject_unknown(
+        &params,
+        &[
+            "grant_type",
+            "subject_token",
+            "subject_token_type",
+            "requested_token_type",
+            "scope",
+            "resource",
+            "client_id",
+            "identity",
+        ],
+    )?;
     match params.get("grant_type").map(String::as_str) {
         Some(TOKEN_EXCHANGE_GRANT) => {}
         Some(other) => {
             return Err(ApiError::bad_request(
                 "unsupported_grant_type",
-                format!("grant_type {other:?} is not supported; use {TOKEN_EXCHANGE_GRANT}"),
+                format!(
+                    "grant_type \"{}\" is not supported; use {TOKEN_EXCHANGE_GRANT}",
+                    crate::redact::untrusted(other)
+                ),
             ));
         }
         None => {
@@ -305,7 +323,7 @@ fn reject_unknown(params: &HashMap<String, String>, known: &[&str]) -> Result<()
             "invalid_request",
             format!(
                 "unknown parameter `{}`; accepted: {}",
-                k.chars().take(64).collect::<String>(),
+                crate::redact::untrusted(k),
                 known.join(", ")
             ),
         )),

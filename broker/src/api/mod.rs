@@ -37,7 +37,10 @@ pub struct AppState {
     pub ready: Arc<AtomicBool>,
     /// The listener serves TLS: URLs the broker gives out about itself use `https`.
     pub tls: bool,
-    /// The sidecar-injecting admission webhook, when `[webhook] enabled`.
+    /// Where clients reach the broker, for the URLs it gives out about itself.
+    pub self_address: Arc<entra_compat::SelfAddress>,
+    /// The sidecar-injecting admission webhook, when `[webhook] enabled`; served by
+    /// [`webhook_router`] on its own listener only, never by [`router`].
     pub webhook: Option<Arc<mutate::Webhook>>,
 }
 
@@ -85,12 +88,29 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/simulate", post(admin::simulate))
         .route("/v1/audit", get(admin::audit_events))
-        .route("/mutate/v1/pods", post(mutate::pods))
         // The admin console (HTML, its own security headers).
         .merge(crate::ui::router(state.clone()))
         .fallback(fallback)
         .method_not_allowed_fallback(method_not_allowed)
         // Handlers read bodies themselves against `max_body_bytes`.
+        .layer(DefaultBodyLimit::disable())
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            request_context,
+        ))
+        .with_state(state)
+}
+
+/// The admission webhook's own listener (docs/kubernetes.md): `POST /mutate/v1/pods` and
+/// a liveness check, nothing else. Never merged into [`router`]: the API port does not
+/// serve the webhook.
+pub fn webhook_router(state: AppState) -> Router {
+    Router::new()
+        .route("/mutate/v1/pods", post(mutate::pods))
+        .route("/healthz", get(ops::healthz))
+        .fallback(fallback)
+        .method_not_allowed_fallback(method_not_allowed)
+        // The handler reads the body itself against `[webhook] max_body_bytes`.
         .layer(DefaultBodyLimit::disable())
         .layer(middleware::from_fn_with_state(
             state.clone(),

@@ -1,27 +1,36 @@
 //! `POST /mutate/v1/pods`: the sidecar-injecting admission webhook (AdmissionReview v1 in,
-//! AdmissionReview v1 with a JSON Patch out). The Kubernetes API server calls it over TLS;
-//! it needs no admin credential, and answers 404 unless `[webhook] enabled = true`.
+//! AdmissionReview v1 with a JSON Patch out). The Kubernetes API server calls it over TLS
+//! on the webhook's own listener (`[webhook] listen`, see docs/kubernetes.md), never on the
+//! API port: its answers carry service accounts' client and tenant ids, which are nobody
+//! else's business. It needs no admin credential; it is only served when
+//! `[webhook] enabled = true`.
 //!
 //! The handler only translates the wire format: what happens to the pod is decided in
-//! [`crate::inject`]. A body that is not an AdmissionReview for a Pod is a 400 in the
-//! broker's error shape; a pod the webhook refuses to mutate (a `hostNetwork` pod without a
-//! port, say) is an AdmissionReview with `allowed: false` and the reason, which `kubectl`
+//! [`crate::inject`]. A body that is not a JSON AdmissionReview for a Pod is a 4xx in the
+//! broker's error shape; a pod the webhook refuses to mutate (a `hostNetwork` pod without
+//! a port, say) is an AdmissionReview with `allowed: false` and the reason, which `kubectl`
 //! shows the user.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Json;
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
 use wif_config::BrokerConfig;
 
 use super::{ApiError, AppState};
 use crate::inject::kube::{KubeClient, KubeError};
 use crate::inject::{self, InjectError, ServiceAccountFacts, Settings};
+use crate::redact::untrusted;
 
 /// The webhook's state, built once at start-up.
 #[derive(Debug)]
@@ -37,6 +46,14 @@ pub enum WebhookSetupError {
     CaFile { path: String, reason: String },
     #[error(transparent)]
     Kube(#[from] KubeError),
+    #[error(
+        "webhook.tls_cert and webhook.tls_key are required: the API server calls webhooks over https only"
+    )]
+    NoTls,
+    #[error("webhook TLS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
+    #[error("cannot listen on webhook.listen {addr}: {error}")]
+    Bind { addr: String, error: std::io::Error },
 }
 
 impl Webhook {
@@ -79,6 +96,105 @@ impl Webhook {
     }
 }
 
+/// The webhook's own TLS listener (`[webhook] listen`), serving
+/// [`super::webhook_router`] until [`WebhookServer::stop`].
+#[derive(Debug)]
+pub struct WebhookServer {
+    /// The address it listens on.
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+impl WebhookServer {
+    /// Binds `[webhook] listen` and serves the webhook there over TLS with `state` (whose
+    /// `webhook` is set); `None` when the webhook is not enabled. In-flight reviews get
+    /// `server.shutdown_timeout_secs` to finish once stopped.
+    pub async fn start(
+        cfg: &BrokerConfig,
+        state: AppState,
+    ) -> Result<Option<Self>, WebhookSetupError> {
+        if state.webhook.is_none() {
+            return Ok(None);
+        }
+        let w = &cfg.webhook;
+        let (Some(cert), Some(key)) = (&w.tls_cert, &w.tls_key) else {
+            return Err(WebhookSetupError::NoTls);
+        };
+        let tls = crate::tls::server_config(
+            cert.clone(),
+            key.clone(),
+            Duration::from_secs(cfg.server.tls_reload_secs),
+        )?;
+        let bind = |error| WebhookSetupError::Bind {
+            addr: w.listen.clone(),
+            error,
+        };
+        let listener = TcpListener::bind(&w.listen).await.map_err(bind)?;
+        let addr = listener.local_addr().map_err(bind)?;
+        let (stop, stopped) = oneshot::channel::<()>();
+        let metrics = state.broker.metrics().connections();
+        let task = tokio::spawn(super::serve::serve_counted(
+            listener,
+            super::webhook_router(state),
+            Some(tls),
+            async move {
+                let _ = stopped.await;
+            },
+            super::serve::Limits::from_config(&cfg.server),
+            metrics,
+        ));
+        tracing::info!(%addr, "admission webhook listening (TLS)");
+        Ok(Some(Self {
+            addr,
+            stop: Some(stop),
+            task: Some(task),
+        }))
+    }
+
+    /// `https://addr`.
+    pub fn url(&self) -> String {
+        format!("https://{}", self.addr)
+    }
+
+    /// Stops accepting and waits for in-flight reviews (bounded by the shutdown deadline).
+    pub async fn stop(mut self) -> std::io::Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        match self.task.take() {
+            Some(task) => task.await.unwrap_or_else(|e| Err(std::io::Error::other(e))),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for WebhookServer {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
+}
+
+/// The API server sends `Content-Type: application/json`; nothing else is a review.
+fn json_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
+    let media_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(str::trim);
+    if media_type.is_some_and(|m| m.eq_ignore_ascii_case("application/json")) {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "the webhook accepts only an AdmissionReview as application/json",
+        ))
+    }
+}
+
 fn invalid(description: impl Into<String>) -> ApiError {
     ApiError::bad_request("invalid_admission_review", description)
 }
@@ -111,19 +227,11 @@ fn review(response: Value) -> Response {
 /// Pods labelled `wif-broker.io/inject: "true"` or `azure.workload.identity/use: "true"`
 /// get the agent as a native sidecar, a projected service-account token and the Azure SDK
 /// variables; other pods are allowed unchanged. See docs/kubernetes.md.
-#[utoipa::path(
-    post,
-    path = "/mutate/v1/pods",
-    tag = "webhook",
-    request_body(content = Object, content_type = "application/json", description = "An AdmissionReview (admission.k8s.io/v1) for a Pod"),
-    responses(
-        (status = 200, description = "The AdmissionReview with `response`: `uid`, `allowed`, and a base64 JSON Patch (`patchType: JSONPatch`) when the pod changes", body = Object),
-        (status = 400, body = super::error::ErrorBody, description = "not an AdmissionReview v1 for a Pod"),
-        (status = 404, body = super::error::ErrorBody, description = "the webhook is not enabled"),
-        (status = 413, body = super::error::ErrorBody),
-    )
-)]
-pub async fn pods(State(state): State<AppState>, body: Body) -> Result<Response, ApiError> {
+pub async fn pods(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
     let Some(webhook) = state.webhook.clone() else {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -131,6 +239,7 @@ pub async fn pods(State(state): State<AppState>, body: Body) -> Result<Response,
             "the admission webhook is not enabled ([webhook] enabled = true)",
         ));
     };
+    json_content_type(&headers)?;
     let limit = webhook.max_body_bytes;
     let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
         ApiError::new(
@@ -156,7 +265,7 @@ pub async fn pods(State(state): State<AppState>, body: Body) -> Result<Response,
             "not_a_pod",
             format!(
                 "this webhook mutates Pods only, not {}; check the MutatingWebhookConfiguration's rules",
-                kind["kind"].as_str().unwrap_or("an unnamed kind")
+                untrusted(kind["kind"].as_str().unwrap_or("an unnamed kind"))
             ),
         ));
     }
@@ -192,11 +301,13 @@ pub async fn pods(State(state): State<AppState>, body: Body) -> Result<Response,
         Some(kube) => match kube.service_account(namespace, account).await {
             Ok(facts) => facts,
             Err(e) => {
-                tracing::warn!(namespace, service_account = account, error = %e,
+                tracing::warn!(namespace = %untrusted(namespace),
+                    service_account = %untrusted(account), error = %e,
                     "webhook: cannot read the service account");
                 warnings.push(format!(
-                    "wif-broker could not read service account {account:?} ({e}); \
-                     AZURE_CLIENT_ID and AZURE_TENANT_ID come from pod annotations only"
+                    "wif-broker could not read service account {:?} ({e}); \
+                     AZURE_CLIENT_ID and AZURE_TENANT_ID come from pod annotations only",
+                    untrusted(account)
                 ));
                 ServiceAccountFacts::default()
             }
@@ -208,8 +319,8 @@ pub async fn pods(State(state): State<AppState>, body: Body) -> Result<Response,
         Ok(mutation) => {
             warnings.extend(mutation.warnings);
             tracing::info!(
-                namespace,
-                pod = pod_name,
+                namespace = %untrusted(namespace),
+                pod = %untrusted(pod_name),
                 ?trigger,
                 operations = mutation.patch.len(),
                 "webhook: pod admitted"
@@ -233,8 +344,8 @@ pub async fn pods(State(state): State<AppState>, body: Body) -> Result<Response,
         )),
         Err(refused) => {
             tracing::info!(
-                namespace,
-                pod = pod_name,
+                namespace = %untrusted(namespace),
+                pod = %untrusted(pod_name),
                 reason = refused.code(),
                 "webhook: pod refused"
             );

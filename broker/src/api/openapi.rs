@@ -32,7 +32,6 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
         super::ops::readyz,
         super::ops::metrics,
         super::ops::openapi,
-        super::mutate::pods,
     ),
     modifiers(&Security),
     tags(
@@ -40,7 +39,6 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
         (name = "admin", description = "Identities, federated credentials, simulate, audit"),
         (name = "issuer", description = "The broker as an OIDC issuer of its own assertions"),
         (name = "ops", description = "Health, readiness, metrics"),
-        (name = "webhook", description = "Kubernetes admission webhook injecting the wif-agent sidecar"),
     )
 )]
 struct ApiDoc;
@@ -120,12 +118,13 @@ mod tests {
             "/readyz",
             "/metrics",
             "/openapi.json",
-            "/mutate/v1/pods",
         ] {
             assert!(
                 doc["paths"].get(path).is_some(),
                 "{path} is not in the OpenAPI document"
             );
         }
+        // The webhook has its own listener (docs/kubernetes.md); the API does not serve it.
+        assert!(doc["paths"].get("/mutate/v1/pods").is_none());
     }
 }

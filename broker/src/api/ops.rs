@@ -14,12 +14,18 @@ pub async fn healthz() -> Json<serde_json::Value> {
     Json(json!({"status": "ok"}))
 }
 
-/// Readiness: 503 once shutdown has begun.
+/// Readiness: 503 once shutdown has begun. While the store cannot be reached the broker
+/// still serves (its config file's identities, the last registry it loaded, cached
+/// tokens), so it stays ready and says `degraded`.
 #[utoipa::path(get, path = "/readyz", tag = "ops",
-    responses((status = 200, description = "`{\"status\":\"ready\"}`"), (status = 503, body = super::error::ErrorBody)))]
+    responses((status = 200, description = "`{\"status\":\"ready\"}`, or `{\"status\":\"degraded\",\"store\":\"unreachable\"}` while the store cannot be reached"), (status = 503, body = super::error::ErrorBody)))]
 pub async fn readyz(State(state): State<AppState>) -> Response {
     if state.is_ready() {
-        Json(json!({"status": "ready"})).into_response()
+        if state.broker.store_reachable() {
+            Json(json!({"status": "ready"})).into_response()
+        } else {
+            Json(json!({"status": "degraded", "store": "unreachable"})).into_response()
+        }
     } else {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,

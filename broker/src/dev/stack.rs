@@ -71,12 +71,17 @@ impl DevStack {
             "wif-dev-admin-tokens-{}",
             uuid::Uuid::new_v4().simple()
         ));
-        std::fs::write(
-            &tokens_file,
+        let mut open = std::fs::OpenOptions::new();
+        open.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut open, 0o600);
+        std::io::Write::write_all(
+            &mut open.open(&tokens_file)?,
             format!(
                 "admin dev {}\n",
                 crate::api::admin::auth::token_hash(&admin_token)
-            ),
+            )
+            .as_bytes(),
         )?;
         config.admin.tokens_file = Some(tokens_file.clone());
         let broker = RunningBroker::start_on(&config, clock, listener).await;

@@ -9,6 +9,8 @@ pub mod scope;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use serde::Deserialize;
 use wif_config::EntraConfig;
 
@@ -164,12 +166,29 @@ impl EntraClient {
         scope: &str,
         request_id: &str,
     ) -> Result<EntraToken, EntraError> {
-        let assertion = self.assertions.build(identity, caller_token).await?;
-        self.request_token(identity, assertion.expose(), scope, request_id)
+        let deadline = Instant::now() + Duration::from_secs(self.cfg.deadline_secs);
+        let assertion =
+            tokio::time::timeout_at(deadline, self.assertions.build(identity, caller_token))
+                .await
+                .map_err(|_| self.past_deadline("making the client assertion", None))??;
+        self.request_token_by(identity, assertion.expose(), scope, request_id, deadline)
             .await
     }
 
-    /// Requests a token for `scope` (already a `/.default` scope) as `identity`.
+    /// The error for work cut short by `[entra] deadline_secs`.
+    fn past_deadline(&self, what: &str, correlation_id: Option<String>) -> EntraError {
+        EntraError::Unavailable {
+            reason: format!(
+                "{what} took longer than the exchange deadline ([entra] deadline_secs = {})",
+                self.cfg.deadline_secs
+            ),
+            retry_after: Some(1),
+            correlation_id,
+        }
+    }
+
+    /// Requests a token for `scope` (already a `/.default` scope) as `identity`, within
+    /// `[entra] deadline_secs`.
     pub async fn request_token(
         &self,
         identity: &Identity,
@@ -177,6 +196,24 @@ impl EntraClient {
         scope: &str,
         request_id: &str,
     ) -> Result<EntraToken, EntraError> {
+        let deadline = Instant::now() + Duration::from_secs(self.cfg.deadline_secs);
+        self.request_token_by(identity, assertion, scope, request_id, deadline)
+            .await
+    }
+
+    /// Attempts until one answers for good, the retries run out, or the next attempt could
+    /// not finish before `deadline`.
+    async fn request_token_by(
+        &self,
+        identity: &Identity,
+        assertion: &str,
+        scope: &str,
+        request_id: &str,
+        deadline: Instant,
+    ) -> Result<EntraToken, EntraError> {
+        // The same allow-list as when the assertion was built, for callers that built it
+        // themselves: no token request goes to a host the operator did not allow.
+        self.assertions.authority_hosts().check(identity)?;
         let url = format!(
             "{}/{}/oauth2/v2.0/token",
             identity.authority_host.trim_end_matches('/'),
@@ -194,7 +231,22 @@ impl EntraClient {
         ];
         let mut attempt: u32 = 0;
         loop {
-            let outcome = self.attempt(&url, &form, request_id).await;
+            let outcome = match tokio::time::timeout_at(
+                deadline,
+                self.attempt(&url, &form, request_id),
+            )
+            .await
+            {
+                Ok(outcome) => outcome,
+                Err(_) => {
+                    self.metrics.entra_error("deadline");
+                    tracing::warn!(
+                        attempts = attempt + 1,
+                        "Entra did not answer within the exchange deadline"
+                    );
+                    return Err(self.past_deadline("Entra's answer", None));
+                }
+            };
             let (reason, retry_after, correlation_id) = match outcome {
                 Attempt::Done(result) => return result,
                 Attempt::Retryable {
@@ -204,8 +256,10 @@ impl EntraClient {
                 } => (reason, retry_after, correlation_id),
             };
             let delay = self.backoff(attempt, retry_after);
+            // A retry that would start after the deadline cannot help the caller.
             let give_up = attempt >= self.cfg.max_retries
-                || retry_after.is_some_and(|s| s.saturating_mul(1000) > self.cfg.max_backoff_ms);
+                || retry_after.is_some_and(|s| s.saturating_mul(1000) > self.cfg.max_backoff_ms)
+                || Instant::now() + delay >= deadline;
             if give_up {
                 tracing::warn!(%reason, attempts = attempt + 1, "Entra unavailable");
                 return Err(EntraError::Unavailable {

@@ -6,6 +6,14 @@
 //! taken from a token. Keys are cached and refreshed in the background; an unknown `kid`
 //! triggers at most one refetch per cooldown; when the issuer stops answering, the last
 //! good keys keep serving until `max_stale_secs`.
+//!
+//! One fetch runs at a time per issuer, and every caller waiting on it gets its outcome,
+//! success or failure. A failed fetch makes callers get `issuer_unavailable` at once for
+//! [`RETRY_AFTER_FAILURE_SECS`]; it never uses up the unknown-`kid` cooldown, so a key the
+//! issuer publishes once it is back is accepted within that back-off. The reason of a
+//! failure goes to the log, never to the caller. Discovery's `jwks_uri` must be on the
+//! issuer's own origin unless `[[issuers]] allow_cross_origin_jwks_uri` says otherwise
+//! (docs/configuration.md, `[[issuers]]`).
 
 pub mod jwks;
 
@@ -22,14 +30,17 @@ use wif_config::{IssuerConfig, JwksConfig};
 use crate::clock::SharedClock;
 use crate::metrics::Metrics;
 use crate::outbound::{self, OutboundError};
+use crate::redact::{Untrusted, untrusted};
 pub use jwks::VerifyingKey;
 
 /// Why no key could be produced for a token.
 #[derive(Debug, Clone, thiserror::Error, PartialEq)]
 pub enum KeyError {
     #[error("the issuer publishes no signing key with kid {kid:?}")]
-    UnknownKey { kid: Option<String> },
-    #[error("the issuer's signing keys are unavailable: {reason}")]
+    UnknownKey { kid: Option<Untrusted> },
+    /// `reason` is for the log only: it names URLs, statuses and limits of the issuer's
+    /// endpoints, which are none of an anonymous caller's business.
+    #[error("the issuer's signing keys cannot be fetched right now; retry later")]
     Unavailable { reason: String },
 }
 
@@ -52,6 +63,8 @@ enum Source {
     Remote {
         client: reqwest::Client,
         jwks_uri: Option<Url>,
+        /// Discovery may name a `jwks_uri` on another origin than the issuer's.
+        cross_origin_jwks_uri: bool,
     },
     /// A file re-read on each refresh (a mounted ConfigMap may change).
     File(PathBuf),
@@ -68,6 +81,9 @@ struct Snapshot {
 /// waiting on another fetch from an issuer that is down (and a down issuer is not hammered).
 pub const RETRY_AFTER_FAILURE_SECS: u64 = 5;
 
+/// Longest `jwks_uri` accepted from a discovery document.
+const MAX_JWKS_URI_BYTES: usize = 2048;
+
 /// One issuer's key state. Everything a background refresh needs lives here.
 struct IssuerKeys {
     issuer: String,
@@ -79,6 +95,9 @@ struct IssuerKeys {
     refreshing: AtomicBool,
     /// When the last fetch failed and why; cleared by a successful fetch.
     last_failure: Mutex<Option<(u64, String)>>,
+    /// Fetches completed (either way). A caller that waited on `fetch_lock` while this
+    /// moved takes that fetch's outcome instead of fetching again.
+    fetches: AtomicU64,
     settings: Settings,
 }
 
@@ -145,7 +164,11 @@ impl KeyStore {
                     ),
                     None => None,
                 };
-                Source::Remote { client, jwks_uri }
+                Source::Remote {
+                    client,
+                    jwks_uri,
+                    cross_origin_jwks_uri: issuer.allow_cross_origin_jwks_uri,
+                }
             };
             explicit.insert(issuer.url.clone(), source);
         }
@@ -187,6 +210,7 @@ impl KeyStore {
         let source = self.explicit.get(iss).cloned().unwrap_or(Source::Remote {
             client: self.default_client.clone(),
             jwks_uri: None,
+            cross_origin_jwks_uri: false,
         });
         let fresh = Arc::new(IssuerKeys {
             issuer: iss.to_owned(),
@@ -196,6 +220,7 @@ impl KeyStore {
             last_kid_refetch: AtomicU64::new(0),
             refreshing: AtomicBool::new(false),
             last_failure: Mutex::new(None),
+            fetches: AtomicU64::new(0),
             settings: self.settings.clone(),
         });
         match self.issuers.write() {
@@ -234,40 +259,62 @@ impl IssuerKeys {
             .await
             .map_err(|reason| KeyError::Unavailable { reason })?;
         select(&snap.keys, kid).ok_or(KeyError::UnknownKey {
-            kid: kid.map(str::to_owned),
+            kid: kid.map(Untrusted::new),
         })
     }
 
     /// An unknown `kid` may mean the issuer rotated: refetch, but at most once per cooldown
-    /// so a stream of forged `kid`s cannot turn the broker against the issuer.
+    /// so a stream of forged `kid`s cannot turn the broker against the issuer. A fetch that
+    /// fails answers `Unavailable` and gives the cooldown back: the issuer being down says
+    /// nothing about the `kid`, and the failure back-off already protects the issuer.
     async fn refetch_for_unknown_kid(
         &self,
         kid: Option<&str>,
         now: u64,
     ) -> Result<Arc<Vec<Arc<VerifyingKey>>>, KeyError> {
         let unknown = || KeyError::UnknownKey {
-            kid: kid.map(str::to_owned),
+            kid: kid.map(Untrusted::new),
         };
         if matches!(self.source, Source::Inline(_)) {
             return Err(unknown());
         }
+        if let Some(reason) = self.recent_failure(now) {
+            return Err(KeyError::Unavailable { reason });
+        }
         let last = self.last_kid_refetch.load(Ordering::SeqCst);
         let cooled =
             last == 0 || now.saturating_sub(last) >= self.settings.cfg.refetch_cooldown_secs;
+        let stamp = now.max(1);
         if !cooled
             || self
                 .last_kid_refetch
-                .compare_exchange(last, now.max(1), Ordering::SeqCst, Ordering::SeqCst)
+                .compare_exchange(last, stamp, Ordering::SeqCst, Ordering::SeqCst)
                 .is_err()
         {
-            // Another caller is refetching right now; it will have the new keys shortly.
+            // Another caller may be refetching right now; it will have the new keys shortly.
             let _wait = self.fetch_lock.lock().await;
-            let snap = self.snapshot.load_full().ok_or_else(unknown)?;
-            return select(&snap.keys, kid).ok_or_else(unknown);
+            let found = self
+                .snapshot
+                .load_full()
+                .and_then(|snap| select(&snap.keys, kid));
+            return match (found, self.recent_failure(self.settings.clock.now())) {
+                (Some(keys), _) => Ok(keys),
+                (None, Some(reason)) => Err(KeyError::Unavailable { reason }),
+                (None, None) => Err(unknown()),
+            };
         }
         match self.refresh().await {
             Ok(snap) => select(&snap.keys, kid).ok_or_else(unknown),
-            Err(_) => Err(unknown()),
+            Err(reason) => {
+                // Only if no other caller has taken the cooldown since.
+                let _ = self.last_kid_refetch.compare_exchange(
+                    stamp,
+                    last,
+                    Ordering::SeqCst,
+                    Ordering::SeqCst,
+                );
+                Err(KeyError::Unavailable { reason })
+            }
         }
     }
 
@@ -295,23 +342,17 @@ impl IssuerKeys {
         });
     }
 
-    /// Fetches keys once however many callers ask at the same moment. On failure the
-    /// previous snapshot stays in place.
+    /// Fetches keys once however many callers ask at the same moment: a caller that waited
+    /// while another fetch completed gets that fetch's outcome, success or failure, without
+    /// fetching again. On failure the previous snapshot stays in place.
     async fn refresh(&self) -> Result<Arc<Snapshot>, String> {
-        let started = self.settings.clock.now();
-        let before = self.snapshot.load_full();
+        let seen = self.fetches.load(Ordering::SeqCst);
         let _guard = self.fetch_lock.lock().await;
-        if let Some(current) = self.snapshot.load_full() {
-            let replaced = match &before {
-                Some(b) => !Arc::ptr_eq(b, &current),
-                None => true,
-            };
-            if replaced && current.fetched_at >= started {
-                return Ok(current);
-            }
+        if self.fetches.load(Ordering::SeqCst) != seen {
+            return self.last_outcome();
         }
         let metrics = &self.settings.metrics;
-        match self.fetch().await {
+        let outcome = match self.fetch().await {
             Ok(keys) => {
                 metrics.jwks_fetch(&self.issuer, "ok");
                 let snap = Arc::new(Snapshot {
@@ -332,6 +373,22 @@ impl IssuerKeys {
                 }
                 Err(reason)
             }
+        };
+        self.fetches.fetch_add(1, Ordering::SeqCst);
+        outcome
+    }
+
+    /// The outcome of the last completed fetch (call with `fetch_lock` held).
+    fn last_outcome(&self) -> Result<Arc<Snapshot>, String> {
+        let failure = self
+            .last_failure
+            .lock()
+            .ok()
+            .and_then(|f| f.as_ref().map(|(_, reason)| reason.clone()));
+        match (failure, self.snapshot.load_full()) {
+            (None, Some(snap)) => Ok(snap),
+            (Some(reason), _) => Err(reason),
+            (None, None) => Err("the concurrent fetch left no keys".into()),
         }
     }
 
@@ -340,10 +397,14 @@ impl IssuerKeys {
         let doc = match &self.source {
             Source::Inline(keys) => return Ok(keys.as_ref().clone()),
             Source::File(path) => read_capped(path, cfg.max_response_bytes).await?,
-            Source::Remote { client, jwks_uri } => {
+            Source::Remote {
+                client,
+                jwks_uri,
+                cross_origin_jwks_uri,
+            } => {
                 let jwks_uri = match jwks_uri {
                     Some(uri) => uri.clone(),
-                    None => self.discover(client).await?,
+                    None => self.discover(client, *cross_origin_jwks_uri).await?,
                 };
                 outbound::get_json(client, &jwks_uri, cfg.max_response_bytes)
                     .await
@@ -353,7 +414,11 @@ impl IssuerKeys {
         jwks::parse(&doc, cfg.max_keys).map_err(|e| e.to_string())
     }
 
-    async fn discover(&self, client: &reqwest::Client) -> Result<Url, String> {
+    async fn discover(
+        &self,
+        client: &reqwest::Client,
+        cross_origin_jwks_uri: bool,
+    ) -> Result<Url, String> {
         let allow = self.settings.allow_loopback_http;
         let base = outbound::check_url(&self.issuer, allow).map_err(|e| e.to_string())?;
         let url = format!(
@@ -370,7 +435,8 @@ impl IssuerKeys {
             .unwrap_or_default();
         if issuer != self.issuer {
             return Err(format!(
-                "discovery document names issuer {issuer:?}, expected {:?}",
+                "discovery document names issuer \"{}\", expected {:?}",
+                untrusted(issuer),
                 self.issuer
             ));
         }
@@ -378,7 +444,26 @@ impl IssuerKeys {
             .get("jwks_uri")
             .and_then(|v| v.as_str())
             .ok_or("discovery document has no jwks_uri")?;
-        outbound::check_url(jwks_uri, allow).map_err(|e| format!("jwks_uri: {e}"))
+        // Bounded, so the URL in every later fetch error (and log line) is too.
+        if jwks_uri.len() > MAX_JWKS_URI_BYTES {
+            return Err(format!(
+                "discovery names a jwks_uri of {} bytes (at most {MAX_JWKS_URI_BYTES}): \"{}\"",
+                jwks_uri.len(),
+                untrusted(jwks_uri)
+            ));
+        }
+        let jwks_url = outbound::check_url(jwks_uri, allow)
+            .map_err(|_| format!("jwks_uri \"{}\" is not an allowed URL", untrusted(jwks_uri)))?;
+        if !cross_origin_jwks_uri && jwks_url.origin() != base.origin() {
+            return Err(format!(
+                "discovery names jwks_uri \"{}\", not on the issuer's origin {}; set \
+                 allow_cross_origin_jwks_uri or jwks_uri in this issuer's [[issuers]] entry \
+                 if that is intended",
+                untrusted(jwks_uri),
+                base.origin().ascii_serialization()
+            ));
+        }
+        Ok(jwks_url)
     }
 }
 

@@ -11,6 +11,7 @@ use wif_config::{AssertionSource, BrokerConfig, Cloud};
 
 use super::ffl::Expression;
 use super::rules::{self, CredentialSpec, RuleOptions};
+use crate::entra::assertion::AuthorityHosts;
 use crate::store::{StoredCredential, StoredIdentity};
 use crate::token::VerifiedToken;
 
@@ -143,6 +144,10 @@ impl std::fmt::Display for BuildProblem {
 #[derive(Debug, Default)]
 pub struct Registry {
     identities: BTreeMap<String, Arc<Identity>>,
+    /// Each identity's broker-assertion subject (`assertion_subject`, else its name): one
+    /// identity per subject, so the broker signs an assertion for subject S only for the
+    /// identity (tenant and client id) owning S (docs/assertion-sources.md).
+    assertion_subjects: HashMap<String, Arc<Identity>>,
     credentials: Vec<Arc<Credential>>,
     by_issuer: HashMap<String, IssuerIndex>,
 }
@@ -167,15 +172,27 @@ impl Registry {
         let mut problems = Vec::new();
         let mut stored = HashMap::new();
         for s in identities {
+            let authority_host = effective_authority_host(
+                s.authority_host.as_deref(),
+                s.cloud,
+                &declared.default_authority_host,
+            );
+            // A row written before the allow-list existed: left out, so nothing of it is
+            // ever sent to that host.
+            if !declared.authority_hosts.allows(&authority_host) {
+                problems.push(BuildProblem {
+                    key: format!("identity {}", s.name),
+                    message: format!(
+                        "authority host {authority_host:?} is not allowed by this broker's config ([entra] allowed_authority_hosts); the identity is left out"
+                    ),
+                });
+                continue;
+            }
             let identity = Arc::new(Identity {
                 name: s.name.clone(),
                 tenant_id: s.tenant_id.clone(),
                 client_id: s.client_id.clone(),
-                authority_host: effective_authority_host(
-                    s.authority_host.as_deref(),
-                    s.cloud,
-                    &declared.default_authority_host,
-                ),
+                authority_host,
                 cloud: s.cloud,
                 assertion: s.assertion,
                 assertion_subject: s.assertion_subject.clone(),
@@ -235,6 +252,8 @@ pub struct Declared {
     pub credentials: Vec<Credential>,
     pub explicit_issuers: Vec<String>,
     pub default_authority_host: String,
+    /// The authority hosts identities may use (docs/configuration.md).
+    pub authority_hosts: AuthorityHosts,
 }
 
 impl Declared {
@@ -304,6 +323,7 @@ impl Declared {
             credentials,
             explicit_issuers,
             default_authority_host: cfg.entra.authority_host.trim_end_matches('/').to_owned(),
+            authority_hosts: AuthorityHosts::from_config(cfg),
         })
     }
 }
@@ -318,12 +338,36 @@ impl Registry {
     ) -> (Self, Vec<BuildProblem>) {
         let mut problems = Vec::new();
         let mut by_name = BTreeMap::new();
+        let mut lower_names = HashSet::new();
         let mut client_ids = HashSet::new();
+        // Names and assertion subjects, by the identity claiming them.
+        let mut claims: HashMap<String, String> = HashMap::new();
+        let mut assertion_subjects = HashMap::new();
         for identity in identities {
-            if by_name.contains_key(&identity.name) {
+            if by_name.contains_key(&identity.name)
+                || lower_names.contains(&identity.name.to_lowercase())
+            {
                 problems.push(BuildProblem {
                     key: format!("identity {}", identity.name),
-                    message: "an identity with this name already exists".into(),
+                    message:
+                        "an identity with this name (compared without regard to case) already exists"
+                            .into(),
+                });
+                continue;
+            }
+            let subject = identity
+                .assertion_subject
+                .as_deref()
+                .unwrap_or(&identity.name);
+            let claimed_by = [identity.name.as_str(), subject]
+                .into_iter()
+                .find_map(|c| claims.get(c).map(|owner| (c, owner)));
+            if let Some((claimed, owner)) = claimed_by {
+                problems.push(BuildProblem {
+                    key: format!("identity {}", identity.name),
+                    message: format!(
+                        "{claimed:?} is already the name or assertion subject of identity {owner:?}; a broker-assertion subject belongs to one identity"
+                    ),
                 });
                 continue;
             }
@@ -337,10 +381,16 @@ impl Registry {
                 });
                 continue;
             }
+            for claimed in [identity.name.as_str(), subject] {
+                claims.insert(claimed.to_owned(), identity.name.clone());
+            }
+            assertion_subjects.insert(subject.to_owned(), identity.clone());
+            lower_names.insert(identity.name.to_lowercase());
             by_name.insert(identity.name.clone(), identity);
         }
         let mut registry = Registry {
             identities: by_name,
+            assertion_subjects,
             ..Default::default()
         };
         for issuer in explicit_issuers {
@@ -410,6 +460,25 @@ impl Registry {
 
     pub fn identity(&self, name: &str) -> Option<&Arc<Identity>> {
         self.identities.get(name)
+    }
+
+    /// The identity whose name differs from `name` only in case, if any.
+    pub fn identity_ignoring_case(&self, name: &str) -> Option<&Arc<Identity>> {
+        self.identities
+            .values()
+            .find(|i| i.name.to_lowercase() == name.to_lowercase())
+    }
+
+    /// The identity whose broker-assertion subject is `subject`.
+    pub fn assertion_subject_owner(&self, subject: &str) -> Option<&Arc<Identity>> {
+        self.assertion_subjects.get(subject)
+    }
+
+    /// The identity whose name or broker-assertion subject is `value`.
+    pub fn claimant(&self, value: &str) -> Option<&Arc<Identity>> {
+        self.identities
+            .get(value)
+            .or_else(|| self.assertion_subjects.get(value))
     }
 
     pub fn credentials(&self) -> &[Arc<Credential>] {
@@ -658,6 +727,40 @@ mod tests {
     "#;
 
     #[test]
+    fn a_broker_assertion_subject_or_a_name_differing_in_case_is_refused_in_the_config() {
+        let second = |name: &str, subject: &str| {
+            format!(
+                "[broker_issuer]
+                url = \"https://wif.contoso.example\"
+                {BASE}
+                [[identities]]
+                name = \"{name}\"
+                tenant_id = \"72f988bf-86f1-41af-91ab-2d7cd011db47\"
+                client_id = \"6d2f4e1a-7b3c-4d5e-8f9a-0b1c2d3e4f5a\"
+                assertion = \"broker\"
+                assertion_subject = \"{subject}\"
+                "
+            )
+        };
+        // `deploy`'s default subject is its name.
+        let problems = load(&second("fleet", "deploy")).unwrap_err();
+        assert!(
+            problems[0].message.contains("assertion subject"),
+            "{problems:?}"
+        );
+        let problems = load(&second("Deploy", "other")).unwrap_err();
+        assert!(problems[0].message.contains("case"), "{problems:?}");
+        let registry = load(&second("fleet", "fleet-production")).unwrap();
+        assert_eq!(
+            registry
+                .assertion_subject_owner("fleet-production")
+                .map(|i| i.client_id.as_str()),
+            Some("6d2f4e1a-7b3c-4d5e-8f9a-0b1c2d3e4f5a")
+        );
+        assert_eq!(registry.claimant("deploy").unwrap().name, "deploy");
+    }
+
+    #[test]
     fn a_credential_breaking_entras_rules_is_named_by_its_key() {
         let text = format!(
             "{BASE}
@@ -720,6 +823,7 @@ mod tests {
             iat: 0,
             jti: None,
             sha256: String::new(),
+            signed_sha256: String::new(),
             claims,
         }
     }

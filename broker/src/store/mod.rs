@@ -76,8 +76,8 @@ impl std::fmt::Debug for StoredSigningKey {
     }
 }
 
-/// One audit event as stored. `event` holds the whole event as JSON text (an object);
-/// the other fields are copies for filtering.
+/// One audit event as stored: the columns filters use, and in `event` the rest of the
+/// event as JSON text (an object). [`AuditRecord::to_json`] gives the whole event.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditRecord {
     /// Assigned by the store; increasing. 0 before insertion.
@@ -94,6 +94,39 @@ pub struct AuditRecord {
     /// `ok` or an error code.
     pub outcome: String,
     pub event: String,
+}
+
+impl AuditRecord {
+    /// The event fields kept in columns, not repeated in `event`.
+    pub const COLUMNS: [&'static str; 6] = [
+        "time",
+        "kind",
+        "request_id",
+        "identity",
+        "subject",
+        "outcome",
+    ];
+
+    /// The whole event as JSON: `event` with the columns and the id put back (events
+    /// stored before rows were compacted hold them already; the columns win).
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut event: serde_json::Value =
+            serde_json::from_str(&self.event).unwrap_or_else(|_| serde_json::json!({}));
+        if let Some(map) = event.as_object_mut() {
+            map.insert("id".into(), self.id.into());
+            map.insert("time".into(), self.time.into());
+            map.insert("kind".into(), self.kind.clone().into());
+            map.insert("request_id".into(), self.request_id.clone().into());
+            for (key, value) in [("identity", &self.identity), ("subject", &self.subject)] {
+                match value {
+                    Some(v) => map.insert(key.into(), v.clone().into()),
+                    None => map.remove(key),
+                };
+            }
+            map.insert("outcome".into(), self.outcome.clone().into());
+        }
+        event
+    }
 }
 
 /// Filters for reading audit events; all optional, combined with AND. Results are in
@@ -119,6 +152,17 @@ pub struct AuditQuery {
 /// The most audit events one [`Store::query_audit`] call returns.
 pub const MAX_AUDIT_PAGE: u32 = 1000;
 
+/// What [`Store::size`] reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StoreSize {
+    /// The database's size: SQLite's pages (the WAL aside), PostgreSQL's
+    /// `pg_total_relation_size` of the broker's tables.
+    pub bytes: u64,
+    /// Audit events held: newest id minus oldest id plus one (exact on SQLite, an upper
+    /// bound on PostgreSQL, whose ids may skip).
+    pub audit_events: u64,
+}
+
 /// Whether a put created or replaced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PutOutcome {
@@ -143,6 +187,13 @@ pub enum StoreError {
     /// The URL is not a supported store.
     #[error("unsupported store URL: {0}")]
     Url(String),
+    /// A value no database can hold as given (text with a NUL character): the caller's
+    /// mistake, refused before any database sees it, the same on every backend.
+    #[error("{field}: {message}")]
+    Invalid {
+        field: &'static str,
+        message: String,
+    },
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -188,6 +239,11 @@ pub trait Store: Send + Sync + 'static {
     async fn query_audit(&self, query: &AuditQuery) -> StoreResult<Vec<AuditRecord>>;
     /// Deletes events older than `before` (epoch seconds); returns how many.
     async fn purge_audit(&self, before: u64) -> StoreResult<u64>;
+    /// Deletes the oldest events beyond the newest `keep` (by id, so at most `keep` are
+    /// left); returns how many.
+    async fn trim_audit(&self, keep: u64) -> StoreResult<u64>;
+    /// How big the store is: its bytes on disk and its audit events (an estimate from ids).
+    async fn size(&self) -> StoreResult<StoreSize>;
 
     /// Records `key` as used until `expires_at`. True when this is its first use; false
     /// when it was already recorded (and not yet purged). Atomic across replicas.
@@ -208,7 +264,11 @@ pub trait Store: Send + Sync + 'static {
 
 /// Opens the store named by `[store] url` and runs migrations.
 pub async fn open(url: &str) -> StoreResult<Arc<dyn Store>> {
-    let inner: Arc<dyn Store> = if url.starts_with("sqlite:") {
+    Ok(bounded(open_backend(url).await?))
+}
+
+async fn open_backend(url: &str) -> StoreResult<Arc<dyn Store>> {
+    Ok(if url.starts_with("sqlite:") {
         Arc::new(sqlite::SqliteStore::open(url).await?)
     } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         Arc::new(postgres::PgStore::open(url).await?)
@@ -216,11 +276,57 @@ pub async fn open(url: &str) -> StoreResult<Arc<dyn Store>> {
         return Err(StoreError::Url(
             url.split(':').next().unwrap_or_default().to_owned(),
         ));
-    };
-    Ok(Arc::new(Bounded {
-        inner,
+    })
+}
+
+/// Opens the store like [`open`], except that a PostgreSQL database that cannot be
+/// reached now does not stop the broker: the store is then opened in the background
+/// (retrying with back-off up to 10 s) and, until it is, every call answers
+/// `Unavailable`, as during an outage. The broker meanwhile serves the identities of its
+/// configuration file (docs/storage.md "Starting without the database"). Any other
+/// failure (a bad URL, an SQLite file that cannot be opened, a schema from a newer
+/// version) is returned, so a mistake still stops the start.
+pub async fn open_or_defer(url: &str) -> StoreResult<Arc<dyn Store>> {
+    let postgres = url.starts_with("postgres://") || url.starts_with("postgresql://");
+    match open(url).await {
+        Err(StoreError::Unavailable(reason)) if postgres => {
+            tracing::warn!(%reason, "cannot reach the store; starting without it and retrying in the background");
+            let cell = Arc::new(tokio::sync::OnceCell::new());
+            let url = url.to_owned();
+            let target = cell.clone();
+            let deferred = Arc::new(Bounded {
+                inner: cell,
+                kind: "postgres",
+                timeout: CALL_TIMEOUT,
+            });
+            tokio::spawn(async move {
+                let mut delay = std::time::Duration::from_secs(1);
+                loop {
+                    tokio::time::sleep(delay).await;
+                    match open_backend(&url).await {
+                        Ok(store) => {
+                            let _ = target.set(store);
+                            tracing::info!("the store is reachable; opened it");
+                            return;
+                        }
+                        Err(e) => tracing::debug!(error = %e, "the store is still unreachable"),
+                    }
+                    delay = (delay * 2).min(std::time::Duration::from_secs(10));
+                }
+            });
+            Ok(deferred)
+        }
+        other => other,
+    }
+}
+
+/// `inner` behind [`Bounded`]: every call time-limited, unstorable text refused.
+pub fn bounded(inner: Arc<dyn Store>) -> Arc<dyn Store> {
+    Arc::new(Bounded {
+        kind: inner.kind(),
+        inner: Arc::new(tokio::sync::OnceCell::new_with(Some(inner))),
         timeout: CALL_TIMEOUT,
-    }))
+    })
 }
 
 /// The longest any store call may take.
@@ -229,13 +335,74 @@ pub const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 /// Bounds every call of another store, so a database that stops answering mid-query (a
 /// network partition: the drivers have no per-query socket timeout) becomes `Unavailable`
 /// instead of a hang. A write that times out may still commit later; retrying it then
-/// answers a conflict, never a duplicate.
+/// answers a conflict, never a duplicate. Text a database cannot hold is refused here as
+/// [`StoreError::Invalid`] before any backend sees it (PostgreSQL refuses NUL in text
+/// with an error that would otherwise read as an outage).
 pub struct Bounded {
-    inner: Arc<dyn Store>,
+    /// Empty while a store deferred by [`open_or_defer`] is still being opened: calls
+    /// answer `Unavailable`, as during an outage.
+    inner: Arc<tokio::sync::OnceCell<Arc<dyn Store>>>,
+    kind: &'static str,
     timeout: std::time::Duration,
 }
 
+/// Refuses text with a NUL character, which PostgreSQL cannot store or compare.
+fn storable(field: &'static str, value: &str) -> StoreResult<()> {
+    if value.contains('\0') {
+        return Err(StoreError::Invalid {
+            field,
+            message: "must not contain a NUL character".into(),
+        });
+    }
+    Ok(())
+}
+
+fn storable_all<'a>(
+    values: impl IntoIterator<Item = (&'static str, Option<&'a str>)>,
+) -> StoreResult<()> {
+    values
+        .into_iter()
+        .try_for_each(|(field, value)| value.map_or(Ok(()), |v| storable(field, v)))
+}
+
+fn storable_identity(i: &StoredIdentity) -> StoreResult<()> {
+    storable_all([
+        ("name", Some(i.name.as_str())),
+        ("tenantId", Some(&i.tenant_id)),
+        ("clientId", Some(&i.client_id)),
+        ("authorityHost", i.authority_host.as_deref()),
+        ("assertionSubject", i.assertion_subject.as_deref()),
+    ])
+}
+
+fn storable_credential(c: &StoredCredential) -> StoreResult<()> {
+    storable_all([
+        ("id", Some(c.id.as_str())),
+        ("identity", Some(&c.identity)),
+        ("name", Some(&c.name)),
+        ("issuer", Some(&c.issuer)),
+        ("subject", c.subject.as_deref()),
+        (
+            "claimsMatchingExpression",
+            c.claims_matching_expression.as_deref(),
+        ),
+        ("description", c.description.as_deref()),
+    ])?;
+    c.audiences
+        .iter()
+        .try_for_each(|a| storable("audiences", a))
+}
+
 impl Bounded {
+    fn inner(&self) -> StoreResult<&Arc<dyn Store>> {
+        self.inner.get().ok_or_else(|| {
+            StoreError::Unavailable(format!(
+                "the {} store has not been reachable since the broker started",
+                self.kind
+            ))
+        })
+    }
+
     async fn run<T>(
         &self,
         call: impl std::future::Future<Output = StoreResult<T>>,
@@ -244,7 +411,7 @@ impl Bounded {
             Ok(result) => result,
             Err(_) => Err(StoreError::Unavailable(format!(
                 "the {} store did not answer within {} s",
-                self.inner.kind(),
+                self.kind,
                 self.timeout.as_secs()
             ))),
         }
@@ -254,73 +421,95 @@ impl Bounded {
 #[async_trait::async_trait]
 impl Store for Bounded {
     fn kind(&self) -> &'static str {
-        self.inner.kind()
+        self.kind
     }
     async fn list_identities(&self) -> StoreResult<Vec<StoredIdentity>> {
-        self.run(self.inner.list_identities()).await
+        self.run(self.inner()?.list_identities()).await
     }
     async fn get_identity(&self, name: &str) -> StoreResult<Option<StoredIdentity>> {
-        self.run(self.inner.get_identity(name)).await
+        storable("name", name)?;
+        self.run(self.inner()?.get_identity(name)).await
     }
     async fn put_identity(&self, identity: &StoredIdentity) -> StoreResult<PutOutcome> {
-        self.run(self.inner.put_identity(identity)).await
+        storable_identity(identity)?;
+        self.run(self.inner()?.put_identity(identity)).await
     }
     async fn delete_identity(&self, name: &str) -> StoreResult<bool> {
-        self.run(self.inner.delete_identity(name)).await
+        storable("name", name)?;
+        self.run(self.inner()?.delete_identity(name)).await
     }
     async fn list_credentials(&self, identity: Option<&str>) -> StoreResult<Vec<StoredCredential>> {
-        self.run(self.inner.list_credentials(identity)).await
+        storable_all([("identity", identity)])?;
+        self.run(self.inner()?.list_credentials(identity)).await
     }
     async fn get_credential(
         &self,
         identity: &str,
         name_or_id: &str,
     ) -> StoreResult<Option<StoredCredential>> {
-        self.run(self.inner.get_credential(identity, name_or_id))
+        storable_all([("identity", Some(identity)), ("name", Some(name_or_id))])?;
+        self.run(self.inner()?.get_credential(identity, name_or_id))
             .await
     }
     async fn create_credential(&self, credential: &StoredCredential) -> StoreResult<()> {
-        self.run(self.inner.create_credential(credential)).await
+        storable_credential(credential)?;
+        self.run(self.inner()?.create_credential(credential)).await
     }
     async fn update_credential(&self, credential: &StoredCredential) -> StoreResult<()> {
-        self.run(self.inner.update_credential(credential)).await
+        storable_credential(credential)?;
+        self.run(self.inner()?.update_credential(credential)).await
     }
     async fn delete_credential(&self, identity: &str, name_or_id: &str) -> StoreResult<bool> {
-        self.run(self.inner.delete_credential(identity, name_or_id))
+        storable_all([("identity", Some(identity)), ("name", Some(name_or_id))])?;
+        self.run(self.inner()?.delete_credential(identity, name_or_id))
             .await
     }
     async fn count_credentials(&self, identity: &str) -> StoreResult<u64> {
-        self.run(self.inner.count_credentials(identity)).await
+        storable("identity", identity)?;
+        self.run(self.inner()?.count_credentials(identity)).await
     }
     async fn version(&self) -> StoreResult<i64> {
-        self.run(self.inner.version()).await
+        self.run(self.inner()?.version()).await
     }
     async fn append_audit(&self, events: &[AuditRecord]) -> StoreResult<()> {
-        self.run(self.inner.append_audit(events)).await
+        self.run(self.inner()?.append_audit(events)).await
     }
     async fn query_audit(&self, query: &AuditQuery) -> StoreResult<Vec<AuditRecord>> {
-        self.run(self.inner.query_audit(query)).await
+        storable_all([
+            ("kind", query.kind.as_deref()),
+            ("identity", query.identity.as_deref()),
+            ("subject", query.subject.as_deref()),
+            ("outcome", query.outcome.as_deref()),
+        ])?;
+        self.run(self.inner()?.query_audit(query)).await
     }
     async fn purge_audit(&self, before: u64) -> StoreResult<u64> {
-        self.run(self.inner.purge_audit(before)).await
+        self.run(self.inner()?.purge_audit(before)).await
+    }
+    async fn trim_audit(&self, keep: u64) -> StoreResult<u64> {
+        self.run(self.inner()?.trim_audit(keep)).await
+    }
+    async fn size(&self) -> StoreResult<StoreSize> {
+        self.run(self.inner()?.size()).await
     }
     async fn use_token_once(&self, key: &str, expires_at: u64) -> StoreResult<bool> {
-        self.run(self.inner.use_token_once(key, expires_at)).await
+        self.run(self.inner()?.use_token_once(key, expires_at))
+            .await
     }
     async fn purge_used_tokens(&self, now: u64) -> StoreResult<u64> {
-        self.run(self.inner.purge_used_tokens(now)).await
+        self.run(self.inner()?.purge_used_tokens(now)).await
     }
     async fn list_signing_keys(&self) -> StoreResult<Vec<StoredSigningKey>> {
-        self.run(self.inner.list_signing_keys()).await
+        self.run(self.inner()?.list_signing_keys()).await
     }
     async fn insert_signing_key(&self, key: &StoredSigningKey) -> StoreResult<bool> {
-        self.run(self.inner.insert_signing_key(key)).await
+        self.run(self.inner()?.insert_signing_key(key)).await
     }
     async fn delete_signing_keys_before(&self, generation: i64) -> StoreResult<u64> {
-        self.run(self.inner.delete_signing_keys_before(generation))
+        self.run(self.inner()?.delete_signing_keys_before(generation))
             .await
     }
     async fn ping(&self) -> StoreResult<()> {
-        self.run(self.inner.ping()).await
+        self.run(self.inner()?.ping()).await
     }
 }

@@ -48,6 +48,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "assertion subject",
         include_str!("../../migrations/postgres/0003_assertion_subject.sql"),
     ),
+    (
+        4,
+        "identity name case",
+        include_str!("../../migrations/postgres/0004_identity_name_case.sql"),
+    ),
 ];
 
 /// The PostgreSQL store. Cheap to share behind an `Arc`; all methods take `&self`.
@@ -486,6 +491,47 @@ impl Store for PgStore {
             .await
             .map_err(db_error)?;
         Ok(result.rows_affected())
+    }
+
+    async fn trim_audit(&self, keep: u64) -> StoreResult<u64> {
+        let (min, max): (Option<i64>, Option<i64>) = sqlx::query_as(sql::AUDIT_ID_RANGE)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db_error)?;
+        let (Some(min), Some(max)) = (min, max) else {
+            return Ok(0);
+        };
+        let mut deleted = 0;
+        for (from, to) in sql::trim_plan(min, max, keep) {
+            deleted += sqlx::query(sql::DELETE_AUDIT_IDS)
+                .bind(from)
+                .bind(to)
+                .execute(&self.pool)
+                .await
+                .map_err(db_error)?
+                .rows_affected();
+        }
+        Ok(deleted)
+    }
+
+    async fn size(&self) -> StoreResult<super::StoreSize> {
+        let (bytes,): (i64,) = sqlx::query_as(
+            "SELECT COALESCE(sum(pg_total_relation_size(c.oid)), 0)::BIGINT \
+             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE c.relkind = 'r' AND n.nspname = current_schema()",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db_error)?;
+        let bytes = u64::try_from(bytes).unwrap_or(0);
+        let (min, max): (Option<i64>, Option<i64>) = sqlx::query_as(sql::AUDIT_ID_RANGE)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db_error)?;
+        Ok(super::StoreSize {
+            bytes,
+            audit_events: sql::audit_count(min, max),
+        })
     }
 
     async fn use_token_once(&self, key: &str, expires_at: u64) -> StoreResult<bool> {

@@ -123,6 +123,37 @@ pub(crate) const INSERT_AUDIT_ROWS: &str =
 pub(crate) const AUDIT_ROWS_PER_STATEMENT: usize = 256;
 
 pub(super) const PURGE_AUDIT: &str = "DELETE FROM audit_events WHERE time < $1";
+/// The oldest and newest audit ids (NULLs when there is none).
+pub(super) const AUDIT_ID_RANGE: &str = "SELECT min(id), max(id) FROM audit_events";
+/// Deletes audit events with ids from `$1` to `$2`; [`trim_plan`] keeps each statement
+/// small, so a large trim never holds the write lock long.
+pub(super) const DELETE_AUDIT_IDS: &str = "DELETE FROM audit_events WHERE id >= $1 AND id <= $2";
+
+/// Most rows one trim statement deletes.
+const TRIM_CHUNK: i64 = 10_000;
+
+/// The id ranges to delete so that, of the ids `min..=max`, at most the newest `keep` are
+/// left.
+pub(super) fn trim_plan(min: i64, max: i64, keep: u64) -> Vec<(i64, i64)> {
+    let keep = i64::try_from(keep).unwrap_or(i64::MAX);
+    let last = max.saturating_sub(keep);
+    let mut out = Vec::new();
+    let mut from = min;
+    while from <= last {
+        let to = from.saturating_add(TRIM_CHUNK - 1).min(last);
+        out.push((from, to));
+        from = to + 1;
+    }
+    out
+}
+
+/// The audit events [`super::StoreSize`] counts, from the id range.
+pub(super) fn audit_count(min: Option<i64>, max: Option<i64>) -> u64 {
+    match (min, max) {
+        (Some(min), Some(max)) if max >= min => u64::try_from(max - min + 1).unwrap_or(0),
+        _ => 0,
+    }
+}
 pub(super) const USE_TOKEN: &str =
     "INSERT INTO used_tokens (key, expires_at) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING";
 pub(super) const PURGE_USED_TOKENS: &str = "DELETE FROM used_tokens WHERE expires_at < $1";
@@ -388,14 +419,16 @@ pub(super) fn json_without_nul(value: &serde_json::Value) -> Cow<'_, serde_json:
 pub(super) fn db_error(e: sqlx::Error) -> StoreError {
     match e {
         sqlx::Error::Database(db) => match db.kind() {
-            ErrorKind::UniqueViolation => StoreError::Conflict(format!(
-                "the change clashes with an existing record ({})",
-                db.message()
-            )),
-            ErrorKind::ForeignKeyViolation => StoreError::NotFound(format!(
-                "a record it refers to does not exist ({})",
-                db.message()
-            )),
+            // The database's own text names tables and columns: log it, tell the caller
+            // what the rule means.
+            ErrorKind::UniqueViolation => {
+                tracing::debug!(error = %db.message(), "unique violation");
+                StoreError::Conflict("the change clashes with an existing record".into())
+            }
+            ErrorKind::ForeignKeyViolation => {
+                tracing::debug!(error = %db.message(), "foreign key violation");
+                StoreError::NotFound("a record it refers to does not exist".into())
+            }
             _ => StoreError::Unavailable(db.to_string()),
         },
         sqlx::Error::ColumnDecode { .. }
@@ -430,6 +463,8 @@ pub(super) fn migrate_error(e: sqlx::migrate::MigrateError) -> StoreError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Clash {
     ClientId,
+    /// Another identity's name differs only in case.
+    NameCase,
     CredentialSubject,
     CredentialName,
     CredentialId,
@@ -448,6 +483,8 @@ pub(super) fn unique_violation(e: &sqlx::Error) -> Option<Clash> {
     let detail = db.constraint().unwrap_or_else(|| db.message());
     let clash = if detail.contains("client_id") {
         Clash::ClientId
+    } else if detail.contains("name_lower") {
+        Clash::NameCase
     } else if detail.contains("subject") {
         Clash::CredentialSubject
     } else if detail.contains("federated_credentials_name") || detail.contains("credentials.name") {
@@ -531,6 +568,10 @@ pub(super) fn identity_write_error(identity: &StoredIdentity, e: sqlx::Error) ->
         Some(Clash::ClientId) => StoreError::Conflict(format!(
             "client id {} is already used by another identity",
             identity.client_id
+        )),
+        Some(Clash::NameCase) => StoreError::Conflict(format!(
+            "an identity whose name differs from \"{}\" only in case already exists; names are compared without regard to case",
+            identity.name
         )),
         Some(_) => StoreError::Conflict(format!(
             "identity \"{}\" was changed concurrently; try again",
@@ -677,6 +718,18 @@ pub(super) mod testing {
         assert!(!clean.to_string().contains("\\u0000"), "{clean}");
         let plain = serde_json::json!({"a": "b"});
         assert!(matches!(json_without_nul(&plain), Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn trims_leave_the_newest_and_go_in_small_steps() {
+        assert_eq!(trim_plan(1, 100, 100), vec![]);
+        assert_eq!(trim_plan(1, 100, 40), vec![(1, 60)]);
+        assert_eq!(trim_plan(5, 100, 0), vec![(5, 100)]);
+        let big = trim_plan(1, 25_000, 1);
+        assert_eq!(big, vec![(1, 10_000), (10_001, 20_000), (20_001, 24_999)]);
+        assert_eq!(trim_plan(1, 10, u64::MAX), vec![]);
+        assert_eq!(audit_count(Some(3), Some(7)), 5);
+        assert_eq!(audit_count(None, None), 0);
     }
 
     #[test]

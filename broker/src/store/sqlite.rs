@@ -40,6 +40,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "assertion subject",
         include_str!("../../migrations/sqlite/0003_assertion_subject.sql"),
     ),
+    (
+        4,
+        "identity name case",
+        include_str!("../../migrations/sqlite/0004_identity_name_case.sql"),
+    ),
 ];
 
 /// The SQLite store. Cheap to share behind an `Arc`; all methods take `&self`.
@@ -85,6 +90,7 @@ impl SqliteStore {
             return Ok(store);
         }
 
+        create_private(options.get_filename())?;
         let write = SqlitePoolOptions::new()
             .max_connections(1)
             .acquire_timeout(ACQUIRE_TIMEOUT)
@@ -131,6 +137,24 @@ impl SqliteStore {
             .await
             .map_err(db_error)?;
         Ok(tx)
+    }
+}
+
+/// Creates the database file, when missing, readable by the broker's user only (0600): it
+/// holds the generated signing keys. SQLite gives the `-wal` and `-shm` files it creates
+/// the database file's permissions. An existing file keeps the mode the operator gave it.
+fn create_private(path: &std::path::Path) -> StoreResult<()> {
+    let mut open = std::fs::OpenOptions::new();
+    open.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut open, 0o600);
+    match open.open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(StoreError::Unavailable(format!(
+            "cannot create the database file {}: {e}",
+            path.display()
+        ))),
     }
 }
 
@@ -469,6 +493,46 @@ impl Store for SqliteStore {
             .await
             .map_err(db_error)?;
         Ok(result.rows_affected())
+    }
+
+    async fn trim_audit(&self, keep: u64) -> StoreResult<u64> {
+        let (min, max): (Option<i64>, Option<i64>) = sqlx::query_as(sql::AUDIT_ID_RANGE)
+            .fetch_one(&self.write)
+            .await
+            .map_err(db_error)?;
+        let (Some(min), Some(max)) = (min, max) else {
+            return Ok(0);
+        };
+        let mut deleted = 0;
+        for (from, to) in sql::trim_plan(min, max, keep) {
+            deleted += sqlx::query(sql::DELETE_AUDIT_IDS)
+                .bind(from)
+                .bind(to)
+                .execute(&self.write)
+                .await
+                .map_err(db_error)?
+                .rows_affected();
+        }
+        Ok(deleted)
+    }
+
+    async fn size(&self) -> StoreResult<super::StoreSize> {
+        let (pages, page_size): (i64, i64) = sqlx::query_as(
+            "SELECT (SELECT page_count FROM pragma_page_count()), \
+                    (SELECT page_size FROM pragma_page_size())",
+        )
+        .fetch_one(&self.read)
+        .await
+        .map_err(db_error)?;
+        let bytes = u64::try_from(pages.saturating_mul(page_size)).unwrap_or(0);
+        let (min, max): (Option<i64>, Option<i64>) = sqlx::query_as(sql::AUDIT_ID_RANGE)
+            .fetch_one(&self.read)
+            .await
+            .map_err(db_error)?;
+        Ok(super::StoreSize {
+            bytes,
+            audit_events: sql::audit_count(min, max),
+        })
     }
 
     async fn use_token_once(&self, key: &str, expires_at: u64) -> StoreResult<bool> {

@@ -4,6 +4,10 @@
 //! issuer; `none` and HMAC are never accepted. `iss`, `aud`, `exp`, `nbf` and `iat` are
 //! required, the lifetime is capped (25 h by default, like Entra), and time comes from the
 //! caller's clock. The audience is checked against the matched credential in `policy`.
+//!
+//! Work per unverified token is bounded: at most [`MAX_CANDIDATE_KEYS`] keys are tried
+//! (docs/api.md, "Which key verifies a token"). Values read from the token appear in errors
+//! only capped and escaped ([`crate::redact::Untrusted`]).
 
 pub mod unverified;
 
@@ -13,6 +17,7 @@ use jsonwebtoken::Algorithm;
 use serde_json::Value;
 
 use crate::issuer::VerifyingKey;
+use crate::redact::Untrusted;
 pub use unverified::UnverifiedToken;
 
 /// Why a token was refused.
@@ -21,15 +26,15 @@ pub enum TokenError {
     #[error("the token is larger than {limit} bytes")]
     TooLarge { limit: usize },
     #[error("the token is not a well-formed JWT: {0}")]
-    Malformed(String),
+    Malformed(&'static str),
     #[error("the token has no valid `{0}` claim")]
     MissingClaim(&'static str),
     #[error("algorithm {0:?} is never accepted")]
-    ForbiddenAlgorithm(String),
+    ForbiddenAlgorithm(Untrusted),
     #[error("algorithm {0} is not allowed for this issuer")]
-    AlgorithmNotAllowed(String),
+    AlgorithmNotAllowed(Untrusted),
     #[error("the signing key does not support algorithm {0}")]
-    AlgorithmKeyMismatch(String),
+    AlgorithmKeyMismatch(Untrusted),
     #[error("the signature does not verify")]
     BadSignature,
     #[error("the token expired at {exp} (now {now})")]
@@ -48,7 +53,16 @@ pub struct VerifyPolicy {
     pub algorithms: Vec<Algorithm>,
     pub leeway_secs: u64,
     pub max_lifetime_secs: u64,
+    /// Refuse ECDSA signatures whose `s` is above half the curve order (`[tokens]
+    /// ecdsa_low_s_only`). Off by default: many issuers sign with high `s` half the time.
+    pub ecdsa_low_s_only: bool,
 }
+
+/// Most keys one token's signature is checked against. A token with a `kid` is checked
+/// against the keys with that `kid`, one without against the issuer's keys that support
+/// its algorithm, in JWKS order; either way only the first two count, so a JWKS of many
+/// keys cannot multiply the work an anonymous caller causes.
+pub const MAX_CANDIDATE_KEYS: usize = 2;
 
 /// A token whose signature and times have been checked.
 #[derive(Debug, Clone)]
@@ -59,8 +73,11 @@ pub struct VerifiedToken {
     pub exp: u64,
     pub iat: u64,
     pub jti: Option<String>,
-    /// Hex SHA-256 of the raw token, for audit and replay checks.
+    /// Hex SHA-256 of the raw token, for audit and the verified-token cache.
     pub sha256: String,
+    /// Hex SHA-256 of `header.payload`, what the issuer signed: the same for every
+    /// signature over it, so replay protection keys on it when there is no `jti`.
+    pub signed_sha256: String,
     /// The payload; always a JSON object.
     pub claims: Value,
 }
@@ -68,14 +85,15 @@ pub struct VerifiedToken {
 /// Parses an algorithm name from a header; HMAC and `none` are refused here.
 pub fn parse_algorithm(name: &str) -> Result<Algorithm, TokenError> {
     if name.eq_ignore_ascii_case("none") || name.starts_with("HS") {
-        return Err(TokenError::ForbiddenAlgorithm(name.to_owned()));
+        return Err(TokenError::ForbiddenAlgorithm(Untrusted::new(name)));
     }
     name.parse::<Algorithm>()
-        .map_err(|_| TokenError::AlgorithmNotAllowed(name.to_owned()))
+        .map_err(|_| TokenError::AlgorithmNotAllowed(Untrusted::new(name)))
 }
 
-/// Verifies signature and times. `keys` are the issuer's keys: the one with the header's
-/// `kid` is used, or, when the header names none, each key of the right type is tried.
+/// Verifies signature and times. `keys` are the issuer's keys: those with the header's
+/// `kid`, or, when the header names none, those that support its algorithm; at most
+/// [`MAX_CANDIDATE_KEYS`] of them are tried.
 pub fn verify(
     token: UnverifiedToken<'_>,
     keys: &[Arc<VerifyingKey>],
@@ -84,16 +102,20 @@ pub fn verify(
 ) -> Result<VerifiedToken, TokenError> {
     let alg = parse_algorithm(&token.alg)?;
     if !policy.algorithms.contains(&alg) {
-        return Err(TokenError::AlgorithmNotAllowed(token.alg.clone()));
+        return Err(TokenError::AlgorithmNotAllowed(Untrusted::new(&token.alg)));
     }
     let kid = token.kid.as_deref();
     let mut candidates = keys
         .iter()
         .filter(|k| kid.is_none() || k.kid.as_deref() == kid)
         .filter(|k| k.algorithms.contains(&alg))
+        .take(MAX_CANDIDATE_KEYS)
         .peekable();
     if candidates.peek().is_none() {
-        return Err(TokenError::AlgorithmKeyMismatch(token.alg.clone()));
+        return Err(TokenError::AlgorithmKeyMismatch(Untrusted::new(&token.alg)));
+    }
+    if policy.ecdsa_low_s_only && is_high_s_ecdsa(alg, token.signature) {
+        return Err(TokenError::BadSignature);
     }
     let signed = candidates.any(|k| {
         jsonwebtoken::crypto::verify(token.signature, token.signed_part.as_bytes(), &k.key, alg)
@@ -103,6 +125,38 @@ pub fn verify(
         return Err(TokenError::BadSignature);
     }
     check_times(token, policy, now)
+}
+
+/// Whether `signature` (base64url `r || s`) is an ECDSA signature whose `s` is above half
+/// the curve order. For every valid `(r, s)`, `(r, n - s)` verifies too; only one of the
+/// two is low. Anything that is not a well-sized ECDSA signature is left to the verifier.
+pub fn is_high_s_ecdsa(alg: Algorithm, signature: &str) -> bool {
+    // Half the group orders of P-256 and P-384 (n / 2, rounded down), big-endian.
+    const P256_HALF: [u8; 32] = [
+        0x7f, 0xff, 0xff, 0xff, 0x80, 0x00, 0x00, 0x00, 0x7f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0xff, 0xde, 0x73, 0x7d, 0x56, 0xd3, 0x8b, 0xcf, 0x42, 0x79, 0xdc, 0xe5, 0x61, 0x7e, 0x31,
+        0x92, 0xa8,
+    ];
+    const P384_HALF: [u8; 48] = [
+        0x7f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xe3, 0xb1, 0xa6, 0xc0, 0xfa, 0x1b,
+        0x96, 0xef, 0xac, 0x0d, 0x06, 0xd9, 0x24, 0x58, 0x53, 0xbd, 0x76, 0x76, 0x0c, 0xb5, 0x66,
+        0x62, 0x94, 0xb9,
+    ];
+    let half: &[u8] = match alg {
+        Algorithm::ES256 => &P256_HALF,
+        Algorithm::ES384 => &P384_HALF,
+        _ => return false,
+    };
+    use base64::Engine;
+    let Ok(bytes) = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(signature) else {
+        return false;
+    };
+    if bytes.len() != 2 * half.len() {
+        return false;
+    }
+    // Equal-length big-endian numbers compare like byte strings.
+    &bytes[half.len()..] > half
 }
 
 fn check_times(
@@ -142,6 +196,8 @@ fn check_times(
     }
     let sub = claims.get("sub").and_then(Value::as_str).map(str::to_owned);
     let jti = claims.get("jti").and_then(Value::as_str).map(str::to_owned);
+    let signed_digest =
+        aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.signed_part.as_bytes());
     let digest = match token.sha256 {
         Some(known) => known,
         None => {
@@ -161,6 +217,7 @@ fn check_times(
         iat,
         jti,
         sha256: hex::encode(digest),
+        signed_sha256: hex::encode(signed_digest.as_ref()),
         claims: token.claims,
     })
 }
@@ -177,5 +234,55 @@ fn numeric(claims: &Value, name: &'static str) -> Result<u64, TokenError> {
             })
             .ok_or(TokenError::MissingClaim(name)),
         _ => Err(TokenError::MissingClaim(name)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use base64::Engine;
+
+    fn signature(r: u8, s: &[u8]) -> String {
+        let mut bytes = vec![r; s.len()];
+        bytes.extend_from_slice(s);
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    }
+
+    #[test]
+    fn high_s_is_above_half_the_order_exactly() {
+        let half_p256: [u8; 32] = [
+            0x7f, 0xff, 0xff, 0xff, 0x80, 0x00, 0x00, 0x00, 0x7f, 0xff, 0xff, 0xff, 0xff, 0xff,
+            0xff, 0xff, 0xde, 0x73, 0x7d, 0x56, 0xd3, 0x8b, 0xcf, 0x42, 0x79, 0xdc, 0xe5, 0x61,
+            0x7e, 0x31, 0x92, 0xa8,
+        ];
+        let mut above = half_p256;
+        above[31] += 1;
+        assert!(!is_high_s_ecdsa(
+            Algorithm::ES256,
+            &signature(1, &half_p256)
+        ));
+        assert!(is_high_s_ecdsa(Algorithm::ES256, &signature(1, &above)));
+        assert!(is_high_s_ecdsa(
+            Algorithm::ES256,
+            &signature(1, &[0xff; 32])
+        ));
+        assert!(!is_high_s_ecdsa(
+            Algorithm::ES256,
+            &signature(1, &[0x01; 32])
+        ));
+        // Other algorithms and malformed signatures are left to the verifier.
+        assert!(!is_high_s_ecdsa(
+            Algorithm::RS256,
+            &signature(1, &[0xff; 32])
+        ));
+        assert!(!is_high_s_ecdsa(
+            Algorithm::ES256,
+            &signature(1, &[0xff; 48])
+        ));
+        assert!(is_high_s_ecdsa(
+            Algorithm::ES384,
+            &signature(1, &[0xff; 48])
+        ));
+        assert!(!is_high_s_ecdsa(Algorithm::ES256, "not base64!"));
     }
 }

@@ -408,7 +408,7 @@ pub async fn page(
                 StatusCode::SERVICE_UNAVAILABLE,
                 Some(&session),
                 "Store unavailable",
-                &e.to_string(),
+                &crate::api::error::store_failure(&e),
             );
         }
     };

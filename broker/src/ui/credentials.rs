@@ -771,7 +771,7 @@ async fn stored_credential(
             StatusCode::SERVICE_UNAVAILABLE,
             Some(session),
             "Store unavailable",
-            &e.to_string(),
+            &crate::api::error::store_failure(&e),
         )),
     }
 }

@@ -522,7 +522,7 @@ pub async fn edit_form(
                 StatusCode::SERVICE_UNAVAILABLE,
                 Some(&session),
                 "Store unavailable",
-                &e.to_string(),
+                &crate::api::error::store_failure(&e),
             );
         }
     };

@@ -14,7 +14,8 @@
 //! serves TLS. Every form that changes anything (and the sign-in and sign-out forms)
 //! carries a CSRF token that is compared in constant time; a POST without it is refused
 //! with 403 before anything else happens. The sign-in form, which has no session yet,
-//! uses a double-submit cookie instead.
+//! gets a random sign-in id in a cookie (`__Host-wif_ui_login` over TLS) whose CSRF token
+//! the server keeps: a planted cookie with a made-up token is refused.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -33,7 +34,6 @@ use super::html::{self, esc};
 use crate::api::ApiError;
 use crate::api::admin::auth::{Principal, Role};
 use crate::clock::SharedClock;
-use crate::token::UnverifiedToken;
 
 /// A session ends after this long without a request.
 pub const IDLE_SECS: u64 = 30 * 60;
@@ -46,8 +46,16 @@ const MAX_SESSIONS: u64 = 10_000;
 pub const MAX_SESSIONS_PER_PRINCIPAL: usize = 20;
 /// The session cookie.
 pub const SESSION_COOKIE: &str = "wif_ui_session";
-/// The sign-in form's double-submit cookie.
+/// The sign-in form's cookie over plain HTTP: it carries a random sign-in id whose CSRF
+/// token only the server knows (see [`Sessions::begin_login`]).
 pub const LOGIN_COOKIE: &str = "wif_ui_login";
+/// The same over TLS, with the `__Host-` prefix: the browser accepts it only from this
+/// origin over HTTPS, with `Path=/` and no `Domain`, so no sibling host can plant one.
+pub const LOGIN_COOKIE_TLS: &str = "__Host-wif_ui_login";
+/// How long a sign-in form stays usable.
+const LOGIN_SECS: u64 = 3600;
+/// The most sign-in forms outstanding at once (least recently used dropped first).
+const MAX_LOGINS: u64 = 50_000;
 /// The form field, and for JSON calls the header, that carries the CSRF token.
 pub const CSRF_FIELD: &str = "csrf";
 pub const CSRF_HEADER: &str = "x-csrf-token";
@@ -71,6 +79,9 @@ impl Session {
 /// The sessions of this replica.
 pub struct Sessions {
     by_hash: moka::sync::Cache<[u8; 32], Arc<Session>>,
+    /// Outstanding sign-in forms: SHA-256 of the sign-in id in the cookie → the CSRF token
+    /// the form carries. A cookie the server did not issue names no form.
+    logins: moka::sync::Cache<[u8; 32], String>,
     /// Each principal's session hashes, oldest first (some may have ended already).
     by_principal: Mutex<HashMap<String, VecDeque<[u8; 32]>>>,
     clock: SharedClock,
@@ -106,10 +117,42 @@ impl Sessions {
                 .time_to_idle(Duration::from_secs(IDLE_SECS))
                 .time_to_live(Duration::from_secs(MAX_SECS))
                 .build(),
+            logins: moka::sync::Cache::builder()
+                .max_capacity(MAX_LOGINS)
+                .eviction_policy(moka::policy::EvictionPolicy::lru())
+                .time_to_live(Duration::from_secs(LOGIN_SECS))
+                .build(),
             by_principal: Mutex::new(HashMap::new()),
             clock,
             rng: SystemRandom::new(),
         }
+    }
+
+    /// A new sign-in form: the id for its cookie and the CSRF token for the form, bound
+    /// together here on the server.
+    pub fn begin_login(&self) -> Result<(String, String), NoRandomness> {
+        let id = self.random_token()?;
+        let csrf = self.random_token()?;
+        self.logins.insert(digest(&id), csrf.clone());
+        Ok((id, csrf))
+    }
+
+    /// Whether `presented` is the CSRF token of the sign-in form `id` was issued with.
+    pub fn login_matches(&self, id: Option<&str>, presented: Option<&str>) -> bool {
+        let Some(expected) = id.and_then(|id| self.logins.get(&digest(id))) else {
+            return false;
+        };
+        tokens_equal(&expected, presented)
+    }
+
+    /// The CSRF token of sign-in form `id`, if it is outstanding.
+    pub fn login_csrf(&self, id: &str) -> Option<String> {
+        self.logins.get(&digest(id))
+    }
+
+    /// Ends sign-in form `id` (after a successful sign-in: it cannot be used again).
+    pub fn end_login(&self, id: &str) {
+        self.logins.invalidate(&digest(id));
     }
 
     /// 256 random bits as 64 hex digits.
@@ -219,6 +262,22 @@ pub fn set_cookie(name: &str, value: &str, max_age: u64, secure: bool) -> String
         "{name}={value}; Path=/ui; HttpOnly; SameSite=Strict; Max-Age={max_age}{}",
         if secure { "; Secure" } else { "" }
     )
+}
+
+/// The sign-in cookie's name and `Set-Cookie` value: `__Host-` over TLS (which requires
+/// `Secure` and `Path=/`), the console's attributes otherwise.
+fn login_cookie(value: &str, max_age: u64, tls: bool) -> String {
+    if tls {
+        format!(
+            "{LOGIN_COOKIE_TLS}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age}; Secure"
+        )
+    } else {
+        set_cookie(LOGIN_COOKIE, value, max_age, false)
+    }
+}
+
+fn login_cookie_name(tls: bool) -> &'static str {
+    if tls { LOGIN_COOKIE_TLS } else { LOGIN_COOKIE }
 }
 
 fn with_cookie(mut response: Response, cookie: &str) -> Response {
@@ -471,14 +530,11 @@ pub async fn login_form(
     {
         return html::redirect(&next);
     }
-    let Ok(csrf) = console.sessions.random_token() else {
+    let Ok((id, csrf)) = console.sessions.begin_login() else {
         return no_randomness();
     };
     let response = login_page(StatusCode::OK, &csrf, &next, None);
-    with_cookie(
-        response,
-        &set_cookie(LOGIN_COOKIE, &csrf, 3600, console.app.tls),
-    )
+    with_cookie(response, &login_cookie(&id, LOGIN_SECS, console.app.tls))
 }
 
 fn no_randomness() -> Response {
@@ -497,19 +553,32 @@ pub async fn login(State(console): State<Console>, headers: HeaderMap, body: Bod
         Err(r) => return r,
     };
     let next = safe_next(form.get("next")).to_owned();
-    let expected = cookie(&headers, LOGIN_COOKIE).unwrap_or_default();
-    if !tokens_equal(expected, form.get(CSRF_FIELD)) {
+    // The form's token must be the one the server bound to this browser's sign-in id: a
+    // cookie and token pair made up by someone else (a planted cookie) names no form.
+    // A browser saying the form was posted from another site is refused too.
+    let login_id = cookie(&headers, login_cookie_name(console.app.tls));
+    let cross_site = headers
+        .get("sec-fetch-site")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.eq_ignore_ascii_case("cross-site") || v.eq_ignore_ascii_case("same-site")
+        });
+    if cross_site
+        || !console
+            .sessions
+            .login_matches(login_id, form.get(CSRF_FIELD))
+    {
         return csrf_refused(None);
     }
+    let login_id = login_id.unwrap_or_default();
+    let expected = console.sessions.login_csrf(login_id).unwrap_or_default();
     let token = form.trimmed("token");
     let token = (!token.is_empty()).then_some(token);
     let app = &console.app;
     match app.auth.authenticate(token, &app.broker).await {
         Ok(principal) => {
-            let not_after = token
-                .filter(|t| t.matches('.').count() == 2)
-                .and_then(|t| UnverifiedToken::parse(t, app.broker.max_token_bytes()).ok())
-                .and_then(|u| u.claims.get("exp").and_then(serde_json::Value::as_u64));
+            // The verified `exp` of an OIDC admin token (a fractional one included).
+            let not_after = principal.expires_at;
             // Signing in ends the session this browser held before, if any.
             let previous = cookie(&headers, SESSION_COOKIE);
             let (id, _) = match console
@@ -532,13 +601,14 @@ pub async fn login(State(console): State<Console>, headers: HeaderMap, body: Bod
                 response,
                 &set_cookie(SESSION_COOKIE, &id, MAX_SECS, app.tls),
             );
-            with_cookie(response, &set_cookie(LOGIN_COOKIE, "", 0, app.tls))
+            console.sessions.end_login(login_id);
+            with_cookie(response, &login_cookie("", 0, app.tls))
         }
         Err(e) => {
             let error = ApiError::from(e);
             crate::api::admin::audit(app, "console.sign_in", None, None, None, Err(&error));
             let message = format!("That token was not accepted: {}", error.description);
-            login_page(error.status, expected, &next, Some(&message))
+            login_page(error.status, &expected, &next, Some(&message))
         }
     }
 }
@@ -582,6 +652,7 @@ mod tests {
         Principal {
             name: "alice".into(),
             role: Role::Admin,
+            expires_at: None,
         }
     }
 
@@ -628,6 +699,7 @@ mod tests {
         let bob = Principal {
             name: "bob".into(),
             role: Role::Reader,
+            expires_at: None,
         };
         let (admin, _) = sessions.open(None, alice(), None).unwrap();
         let ids: Vec<String> = (0..MAX_SESSIONS_PER_PRINCIPAL + 5)

@@ -8,5 +8,11 @@
 #[allow(dead_code)] // a shared harness: not every helper is used by every module
 mod support;
 
+mod admin;
+mod anonymous;
 mod connections;
+mod gaps;
 mod harness;
+mod issuers;
+mod tokens;
+mod webhook;

@@ -67,6 +67,31 @@ app.kubernetes.io/part-of: wif-broker
 {{- list $name (printf "%s.%s" $name $ns) (printf "%s.%s.svc" $name $ns) (printf "%s.%s.svc.cluster.local" $name $ns) | toJson }}
 {{- end }}
 
+{{/* The webhook's own Service (and its certificate's name): apart from the API's. */}}
+{{- define "wif-broker.webhookName" -}}
+{{- printf "%s-webhook" (include "wif-broker.fullname" . | trunc 55 | trimSuffix "-") }}
+{{- end }}
+
+{{/*
+The Secret holding the webhook listener's certificate (tls.crt, tls.key, ca.crt): its own,
+generated or issued for the webhook Service's names; with tls.source: secret, the given
+Secret, whose certificate must also carry those names.
+*/}}
+{{- define "wif-broker.webhookTlsSecretName" -}}
+{{- if eq .Values.tls.source "secret" }}
+{{- include "wif-broker.tlsSecretName" . }}
+{{- else }}
+{{- printf "%s-tls" (include "wif-broker.webhookName" .) }}
+{{- end }}
+{{- end }}
+
+{{/* DNS names the webhook listener's certificate must carry (the API server calls <svc>.<ns>.svc). */}}
+{{- define "wif-broker.webhookDnsNames" -}}
+{{- $name := include "wif-broker.webhookName" . }}
+{{- $ns := .Release.Namespace }}
+{{- list $name (printf "%s.%s" $name $ns) (printf "%s.%s.svc" $name $ns) (printf "%s.%s.svc.cluster.local" $name $ns) | toJson }}
+{{- end }}
+
 {{- define "wif-broker.scheme" -}}
 {{- if .Values.tls.enabled }}https{{ else }}http{{ end }}
 {{- end }}
@@ -87,6 +112,12 @@ app.kubernetes.io/part-of: wif-broker
 {{- if not .Values.store.postgres.existingSecret }}
 {{- fail "store.type: postgres needs store.postgres.existingSecret, a Secret holding the PostgreSQL URL" }}
 {{- end }}
+{{- end }}
+{{- if and .Values.webhook.enabled .Values.networkPolicy.enabled (not .Values.networkPolicy.webhookFrom) }}
+{{- fail "networkPolicy.enabled with the webhook needs networkPolicy.webhookFrom: the peers the API server's calls come from (a NetworkPolicy cannot name the API server; see docs/kubernetes.md)" }}
+{{- end }}
+{{- if and .Values.webhook.enabled (eq (int .Values.webhook.port) (int .Values.broker.port)) }}
+{{- fail "webhook.port must differ from broker.port: the webhook has its own listener, never the API port" }}
 {{- end }}
 {{- if and .Values.webhook.enabled (eq .Values.tls.source "secret") (not .Values.tls.caBundle) }}
 {{- fail "the webhook with tls.source: secret needs tls.caBundle (base64 PEM) for the API server" }}
@@ -129,6 +160,9 @@ with toToml. Helm reads every number in values as a float, and toToml would writ
 {{- $w := .Values.webhook }}
 {{- $webhook := dict
       "enabled" true
+      "listen" (printf "0.0.0.0:%d" (int $w.port))
+      "tls_cert" "/etc/wif-broker/webhook-tls/tls.crt"
+      "tls_key" "/etc/wif-broker/webhook-tls/tls.key"
       "broker_url" (printf "https://%s.%s.svc:%d" (include "wif-broker.fullname" .) .Release.Namespace (int .Values.service.port))
       "agent_image" (include "wif-broker.agentImage" .)
       "agent_image_pull_policy" $w.agent.imagePullPolicy

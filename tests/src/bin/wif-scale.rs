@@ -91,6 +91,7 @@ fn token(iss: String, sub: String) -> VerifiedToken {
         iat: 0,
         jti: None,
         sha256: String::new(),
+        signed_sha256: String::new(),
     }
 }
 

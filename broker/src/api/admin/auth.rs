@@ -40,6 +40,10 @@ impl Role {
 pub struct Principal {
     pub name: String,
     pub role: Role,
+    /// When the credential that authenticated it ends (an OIDC admin token's verified
+    /// `exp`, integer or fractional); `None` for static tokens. A console session opened
+    /// with it ends then too (docs/console.md).
+    pub expires_at: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -185,6 +189,7 @@ impl AdminAuth {
             return Ok(Principal {
                 name: entry.name.clone(),
                 role: entry.role,
+                expires_at: None,
             });
         }
         match &self.oidc {
@@ -240,7 +245,11 @@ impl Oidc {
                 self.role_claim
             )));
         };
-        Ok(Principal { name, role })
+        Ok(Principal {
+            name,
+            role,
+            expires_at: Some(verified.exp),
+        })
     }
 }
 

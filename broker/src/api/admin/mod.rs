@@ -154,6 +154,7 @@ pub(crate) fn audit(
     credential: Option<&str>,
     outcome: Result<(), &ApiError>,
 ) {
+    let unauthenticated = actor.is_none();
     let (actor, role) = match actor {
         Some((name, role)) => (name, Some(role)),
         None => ("anonymous".to_owned(), None),
@@ -175,6 +176,7 @@ pub(crate) fn audit(
         credential: credential.map(str::to_owned),
         outcome,
         reason,
+        unauthenticated,
         ..Default::default()
     });
 }
@@ -648,15 +650,8 @@ pub async fn audit_events(
         .then(|| records.last().map(|r| r.id.to_string()))
         .flatten();
     let value = records
-        .into_iter()
-        .map(|r| {
-            let mut event: serde_json::Value =
-                serde_json::from_str(&r.event).unwrap_or_else(|_| serde_json::json!({}));
-            if let Some(map) = event.as_object_mut() {
-                map.insert("id".into(), r.id.into());
-            }
-            event
-        })
+        .iter()
+        .map(crate::store::AuditRecord::to_json)
         .collect();
     Ok(Json(Collection { value, next_cursor }).into_response())
 }

@@ -25,6 +25,8 @@ pub struct IdentityRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<String>)]
     pub cloud: Option<Cloud>,
+    /// An authority host the operator allowed in the config file (the named clouds',
+    /// `[entra] authority_host`, `[entra] allowed_authority_hosts`); others are refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub authority_host: Option<String>,
     /// How the broker builds the client assertion: `passthrough`, `broker` (needs
@@ -33,7 +35,8 @@ pub struct IdentityRequest {
     #[schema(value_type = String)]
     pub assertion: AssertionSource,
     /// With `assertion: broker`, the `sub` of the broker's assertions (1–600
-    /// characters); default: the identity's name.
+    /// characters); default: the identity's name. Unique: not another identity's name
+    /// or subject.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub assertion_subject: Option<String>,
 }

@@ -42,6 +42,13 @@ pub enum AssertionError {
     ManagedIdentity(#[from] ManagedIdentityError),
     #[error("the identity's certificate: {0}")]
     Certificate(#[from] CertificateError),
+    /// The identity names an authority host the operator did not allow (a row stored
+    /// before the allow-list existed, for example): no assertion is built for it, and no
+    /// request goes to that host.
+    #[error(
+        "identity {identity:?} names authority host {host:?}, which this broker's config does not allow ([entra] allowed_authority_hosts)"
+    )]
+    AuthorityHostNotAllowed { identity: String, host: String },
 }
 
 impl AssertionError {
@@ -56,8 +63,42 @@ impl AssertionError {
     }
 }
 
+/// The authority hosts (origins) the operator allowed: the named clouds', `[entra]
+/// authority_host`, declared identities' and `[entra] allowed_authority_hosts`
+/// (docs/configuration.md). Nothing else ever receives an assertion.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuthorityHosts(Vec<String>);
+
+impl AuthorityHosts {
+    pub fn from_config(cfg: &BrokerConfig) -> Self {
+        Self(cfg.allowed_authority_hosts())
+    }
+
+    /// Whether `host` (any URL; compared by origin) is allowed.
+    pub fn allows(&self, host: &str) -> bool {
+        wif_config::authority_origin(host).is_some_and(|origin| self.0.contains(&origin))
+    }
+
+    /// `Err` unless `identity`'s authority host is allowed.
+    pub fn check(&self, identity: &Identity) -> Result<(), AssertionError> {
+        if self.allows(&identity.authority_host) {
+            return Ok(());
+        }
+        Err(AssertionError::AuthorityHostNotAllowed {
+            identity: crate::redact::untrusted(&identity.name),
+            host: crate::redact::untrusted(&identity.authority_host),
+        })
+    }
+
+    /// The allowed origins, sorted.
+    pub fn origins(&self) -> &[String] {
+        &self.0
+    }
+}
+
 /// Builds assertions for every identity of this broker.
 pub struct Assertions {
+    hosts: AuthorityHosts,
     issuer: Option<Arc<BrokerIssuer>>,
     managed: ManagedIdentity,
     certificates: Certificates,
@@ -80,6 +121,7 @@ impl Assertions {
         clock: SharedClock,
     ) -> Result<Self, crate::outbound::OutboundError> {
         Ok(Self {
+            hosts: AuthorityHosts::from_config(cfg),
             issuer: BrokerIssuer::from_config(&cfg.broker_issuer, store, clock.clone())
                 .map(Arc::new),
             managed: ManagedIdentity::from_config(&cfg.managed_identity, env, clock.clone())?,
@@ -92,12 +134,21 @@ impl Assertions {
         self.issuer.as_ref()
     }
 
-    /// The client assertion for `identity`.
+    /// The authority hosts assertions may be sent to.
+    pub fn authority_hosts(&self) -> &AuthorityHosts {
+        &self.hosts
+    }
+
+    /// The client assertion for `identity`. Refused, before anything is signed or
+    /// fetched, when the identity's authority host is not one the operator allowed: an
+    /// assertion (the caller's token, one the broker signs, or the broker's own
+    /// managed-identity token) is only ever built for an allowed host.
     pub async fn build(
         &self,
         identity: &Identity,
         caller_token: &Secret,
     ) -> Result<Secret, AssertionError> {
+        self.hosts.check(identity)?;
         let audience = identity.cloud.unwrap_or(Cloud::Public).default_audience();
         let not_configured = |missing| AssertionError::NotConfigured {
             identity: identity.name.clone(),
@@ -133,5 +184,71 @@ impl Assertions {
                     .sign(certificate, key, &identity.client_id, &endpoint)?)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_configured_authority_hosts_are_allowed_compared_by_origin() {
+        let cfg = BrokerConfig::from_toml(
+            r#"
+            [entra]
+            authority_host = "https://login.contoso-stack.example:8443"
+            allowed_authority_hosts = ["https://login.emulator.example"]
+            "#,
+            "test",
+        )
+        .unwrap();
+        let hosts = AuthorityHosts::from_config(&cfg);
+        for allowed in [
+            "https://login.microsoftonline.com",
+            "https://LOGIN.microsoftonline.com:443/",
+            "https://login.microsoftonline.us",
+            "https://login.chinacloudapi.cn",
+            "https://login.contoso-stack.example:8443",
+            "https://login.emulator.example",
+        ] {
+            assert!(hosts.allows(allowed), "{allowed}");
+        }
+        for refused in [
+            "http://login.microsoftonline.com",
+            "https://login.microsoftonline.com:8443",
+            "https://login.microsoftonline.com.attacker.example",
+            "https://login.microsoftonline.com@attacker.example",
+            "http://127.0.0.1:9999",
+            "not a url",
+        ] {
+            assert!(!hosts.allows(refused), "{refused}");
+        }
+    }
+
+    #[tokio::test]
+    async fn no_assertion_is_built_for_an_identity_at_another_host() {
+        let cfg = BrokerConfig::default();
+        let assertions = Assertions::new(&cfg, None, |_| None, crate::clock::system()).unwrap();
+        let identity = Identity {
+            name: "x".into(),
+            tenant_id: "72f988bf-86f1-41af-91ab-2d7cd011db47".into(),
+            client_id: "3f1c2a9e-5b7d-4e21-9c3a-1d2e3f4a5b6c".into(),
+            authority_host: "http://127.0.0.1:9999".into(),
+            cloud: None,
+            assertion: AssertionSource::Passthrough,
+            assertion_subject: None,
+            certificate: None,
+            read_only: false,
+            created_at: None,
+            updated_at: None,
+        };
+        let refused = assertions
+            .build(&identity, &Secret::new("caller-token".into()))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(refused, AssertionError::AuthorityHostNotAllowed { .. }),
+            "{refused:?}"
+        );
     }
 }

@@ -1,0 +1,286 @@
+//! Requests the agent answers only when they come straight from a local workload
+//! (docs/agent.md, "Who may call the agent"), as IMDS does:
+//!
+//! - DNS rebinding: a web page the workload's browser (or any HTTP client following an
+//!   attacker's name) loads can point a name it controls, say `rebind.attacker.example`, at
+//!   127.0.0.1 and then call the agent as same-origin. Such a request carries the
+//!   attacker's name in `Host`, so on TCP the agent answers only a `Host` (or an
+//!   absolute-form request target, or an HTTP/2 `:authority`) that names it by address:
+//!   `127.0.0.1`, `[::1]`, `localhost`, `169.254.169.254` (the IMDS address the SDKs use),
+//!   or the host of its `listen` address, each with any port or none. When it listens on
+//!   an unspecified address (`0.0.0.0`, `[::]`) any IP literal is accepted too: an address
+//!   cannot be rebound, only a name can.
+//! - Relayed requests: a request carrying `Forwarded`, `Via`, `X-Forwarded-For` or
+//!   `X-Forwarded-Host` passed through a proxy, so it is not from the workload itself;
+//!   real IMDS refuses it with 400. This applies to every listener, Unix socket included.
+//!
+//! Both are 400s in the agent's error shape, which moves SDK credential chains on.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, StatusCode, Uri, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+
+use crate::serve::AgentError;
+
+/// Headers a proxy adds; their presence means the request was relayed.
+const PROXY_HEADERS: &[&str] = &["forwarded", "via", "x-forwarded-for", "x-forwarded-host"];
+
+/// Refuses relayed requests (any proxy header), on every route of `router`.
+pub fn refuse_proxied(router: Router) -> Router {
+    router.layer(middleware::from_fn(proxied))
+}
+
+async fn proxied(request: Request, next: Next) -> Response {
+    match proxy_header(request.headers()) {
+        Some(name) => AgentError::new(
+            StatusCode::BAD_REQUEST,
+            "proxied_request",
+            format!("requests relayed by a proxy ({name} header) are refused"),
+        )
+        .into_response(),
+        None => next.run(request).await,
+    }
+}
+
+fn proxy_header(headers: &HeaderMap) -> Option<&'static str> {
+    PROXY_HEADERS
+        .iter()
+        .copied()
+        .find(|name| headers.contains_key(*name))
+}
+
+/// The names a request on a TCP listener may call the agent by.
+#[derive(Debug, Clone)]
+pub struct HostPolicy {
+    names: Vec<String>,
+    addresses: Vec<IpAddr>,
+    any_address: bool,
+}
+
+impl HostPolicy {
+    /// Loopback literals, the IMDS address, and the host of `listen` (`IP:port` or
+    /// `name:port`); any IP literal as well when `listen` is an unspecified address.
+    pub fn for_listen(listen: &str) -> Self {
+        let mut policy = Self {
+            names: vec!["localhost".into()],
+            addresses: vec![
+                IpAddr::from([127, 0, 0, 1]),
+                IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
+                IpAddr::from([169, 254, 169, 254]),
+            ],
+            any_address: false,
+        };
+        match split_authority(listen).map(|(host, _)| parse_host(host)) {
+            Some(Host::Address(ip)) if ip.is_unspecified() => policy.any_address = true,
+            Some(Host::Address(ip)) => policy.addresses.push(ip),
+            Some(Host::Name(name)) => policy.names.push(name),
+            None => {}
+        }
+        policy
+    }
+
+    /// Whether `authority` (`host[:port]`) names the agent.
+    pub fn allows(&self, authority: &str) -> bool {
+        match split_authority(authority).map(|(host, _)| parse_host(host)) {
+            Some(Host::Address(ip)) => self.any_address || self.addresses.contains(&ip),
+            Some(Host::Name(name)) => self.names.contains(&name),
+            None => false,
+        }
+    }
+
+    /// Wraps `router`: a request whose `Host` or request target names anything else is
+    /// refused before it reaches a route.
+    pub fn apply(self, router: Router) -> Router {
+        router.layer(middleware::from_fn_with_state(Arc::new(self), host_check))
+    }
+
+    /// `Ok` when every authority the request carries is allowed and it carries one.
+    fn check(&self, uri: &Uri, headers: &HeaderMap) -> Result<(), &'static str> {
+        let hosts: Vec<_> = headers.get_all(header::HOST).iter().collect();
+        if hosts.len() > 1 {
+            return Err("more than one Host header");
+        }
+        let mut named = false;
+        if let Some(authority) = uri.authority() {
+            named = true;
+            if !self.allows(authority.as_str()) {
+                return Err("the request target names another host");
+            }
+        }
+        if let Some(host) = hosts.first() {
+            named = true;
+            if !host.to_str().is_ok_and(|h| self.allows(h)) {
+                return Err("the Host header names another host");
+            }
+        }
+        if named { Ok(()) } else { Err("no Host header") }
+    }
+}
+
+async fn host_check(
+    State(policy): State<Arc<HostPolicy>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    match policy.check(request.uri(), request.headers()) {
+        Ok(()) => next.run(request).await,
+        Err(why) => {
+            tracing::debug!(reason = why, "refused a request naming another host");
+            AgentError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_host",
+                format!(
+                    "{why}: call the agent at 127.0.0.1, [::1], localhost or \
+                     169.254.169.254 (requests for other names may be DNS rebinding)"
+                ),
+            )
+            .into_response()
+        }
+    }
+}
+
+#[derive(Debug, PartialEq)]
+enum Host {
+    Address(IpAddr),
+    /// Lowercased.
+    Name(String),
+}
+
+/// `host[:port]` split into the host and the port (digits, or none); `None` when malformed.
+fn split_authority(authority: &str) -> Option<(&str, Option<&str>)> {
+    let (host, rest) = if authority.starts_with('[') {
+        let end = authority.find(']')? + 1;
+        (&authority[..end], &authority[end..])
+    } else {
+        let host = authority.split(':').next().unwrap_or_default();
+        (host, &authority[host.len()..])
+    };
+    let port = match rest.strip_prefix(':') {
+        Some(port) if (1..=5).contains(&port.len()) && port.bytes().all(|b| b.is_ascii_digit()) => {
+            Some(port)
+        }
+        Some(_) => return None,
+        None if rest.is_empty() => None,
+        None => return None,
+    };
+    (!host.is_empty()).then_some((host, port))
+}
+
+fn parse_host(host: &str) -> Host {
+    if let Some(v6) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        return match v6.parse::<std::net::Ipv6Addr>() {
+            Ok(ip) => Host::Address(IpAddr::V6(ip)),
+            // Not an address: never equal to an allowed name either.
+            Err(_) => Host::Name(host.to_ascii_lowercase()),
+        };
+    }
+    match host.parse::<std::net::Ipv4Addr>() {
+        Ok(ip) => Host::Address(IpAddr::V4(ip)),
+        Err(_) => Host::Name(host.to_ascii_lowercase()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_literals_the_imds_address_and_the_listen_host_are_allowed() {
+        let policy = HostPolicy::for_listen("127.0.0.1:8181");
+        for ok in [
+            "127.0.0.1",
+            "127.0.0.1:8181",
+            "127.0.0.1:15181",
+            "localhost",
+            "LocalHost:8181",
+            "[::1]",
+            "[::1]:8181",
+            "169.254.169.254",
+            "169.254.169.254:80",
+        ] {
+            assert!(policy.allows(ok), "{ok}");
+        }
+        for refused in [
+            "rebind.attacker.example",
+            "rebind.attacker.example:8181",
+            "localhost.attacker.example",
+            "127.0.0.1.nip.io:8181",
+            "127.1:8181",
+            "0177.0.0.1",
+            "10.0.0.7:8181",
+            "127.0.0.1:8181:1",
+            "127.0.0.1:abc",
+            "127.0.0.1:",
+            "[::1",
+            "[::1]x",
+            "[rebind.attacker.example]",
+            "",
+            ":8181",
+        ] {
+            assert!(!policy.allows(refused), "{refused}");
+        }
+        let host_network = HostPolicy::for_listen("10.0.0.7:15181");
+        assert!(host_network.allows("10.0.0.7:15181"));
+        assert!(!host_network.allows("10.0.0.8:15181"));
+        let v6 = HostPolicy::for_listen("[fd00::7]:8181");
+        assert!(v6.allows("[FD00::7]:8181"));
+        let named = HostPolicy::for_listen("wif-agent.local:8181");
+        assert!(named.allows("wif-agent.local:8181"));
+        assert!(!named.allows("rebind.attacker.example:8181"));
+    }
+
+    #[test]
+    fn an_unspecified_listen_address_allows_any_address_but_no_other_name() {
+        let policy = HostPolicy::for_listen("0.0.0.0:8181");
+        assert!(policy.allows("10.1.2.3:8181"));
+        assert!(policy.allows("[fd00::1]:8181"));
+        assert!(policy.allows("localhost:8181"));
+        assert!(!policy.allows("rebind.attacker.example:8181"));
+    }
+
+    #[test]
+    fn a_request_must_name_the_agent_once_everywhere() {
+        let policy = HostPolicy::for_listen("127.0.0.1:8181");
+        let headers = |hosts: &[&str]| {
+            let mut map = HeaderMap::new();
+            for h in hosts {
+                map.append(header::HOST, h.parse().unwrap());
+            }
+            map
+        };
+        let origin: Uri = "/metadata/identity/oauth2/token".parse().unwrap();
+        assert!(policy.check(&origin, &headers(&["127.0.0.1:8181"])).is_ok());
+        assert!(policy.check(&origin, &headers(&[])).is_err());
+        assert!(
+            policy
+                .check(&origin, &headers(&["127.0.0.1:8181", "127.0.0.1:8181"]))
+                .is_err()
+        );
+        let absolute: Uri = "http://rebind.attacker.example:8181/msi/token"
+            .parse()
+            .unwrap();
+        assert!(
+            policy
+                .check(&absolute, &headers(&["127.0.0.1:8181"]))
+                .is_err()
+        );
+        let h2: Uri = "http://127.0.0.1:8181/msi/token".parse().unwrap();
+        assert!(policy.check(&h2, &headers(&[])).is_ok());
+    }
+
+    #[test]
+    fn proxy_headers_are_found() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(proxy_header(&headers), None);
+        headers.insert("via", "1.1 proxy".parse().unwrap());
+        assert_eq!(proxy_header(&headers), Some("via"));
+        let mut headers = HeaderMap::new();
+        headers.insert("Forwarded", "for=203.0.113.7".parse().unwrap());
+        assert_eq!(proxy_header(&headers), Some("forwarded"));
+    }
+}
