@@ -59,7 +59,7 @@ async fn start(config: &str) -> Agent {
     loop {
         if raw_request(
             addr,
-            "GET /healthz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+            "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
         )
         .await
         .starts_with("HTTP/1.1 200")
@@ -122,21 +122,29 @@ async fn silent_and_half_sent_connections_at_the_cap_leave_healthz_answering_and
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
 
-    let health = raw_request(agent.addr, "GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n").await;
+    let health = raw_request(
+        agent.addr,
+        "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+    )
+    .await;
     assert!(health.starts_with("HTTP/1.1 200"), "{health}");
     // The cap was reached all along: a token request is turned away.
     let refused = raw_request(
         agent.addr,
         &format!(
             "GET /msi/token?api-version=2019-08-01&resource=https://vault.azure.net HTTP/1.1\r\n\
-             Host: a\r\nX-IDENTITY-HEADER: {SECRET}\r\n\r\n"
+             Host: 127.0.0.1\r\nX-IDENTITY-HEADER: {SECRET}\r\n\r\n"
         ),
     )
     .await;
     assert!(refused.starts_with("HTTP/1.1 503"), "{refused}");
     assert!(refused.contains("\"error\":\"overloaded\""), "{refused}");
 
-    let metrics = raw_request(agent.addr, "GET /metrics HTTP/1.1\r\nHost: a\r\n\r\n").await;
+    let metrics = raw_request(
+        agent.addr,
+        "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+    )
+    .await;
     let reserved: u64 = metrics
         .lines()
         .find_map(|l| {
@@ -167,7 +175,7 @@ async fn idle_keep_alive_connections_are_closed_and_a_half_sent_request_does_not
     let mut buf = vec![0u8; 4096];
     for _ in 0..2 {
         stream
-            .write_all(b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n")
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
             .await
             .unwrap();
         let n = tokio::time::timeout(HANG_GUARD, stream.read(&mut buf))
@@ -184,7 +192,7 @@ async fn idle_keep_alive_connections_are_closed_and_a_half_sent_request_does_not
 
     // Half a request does not keep the agent from stopping (neither timeout would end it).
     let mut half = TcpStream::connect(agent.addr).await.unwrap();
-    half.write_all(b"GET /msi/token HTTP/1.1\r\nHost: a\r\nX-IDENT")
+    half.write_all(b"GET /msi/token HTTP/1.1\r\nHost: 127.0.0.1\r\nX-IDENT")
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
