@@ -373,6 +373,29 @@ impl Broker {
         &self.clock
     }
 
+    /// Records a refusal an exchange endpoint made before the exchange began (no token,
+    /// a malformed or unknown parameter): counted in `wif_exchanges_total` and audited
+    /// like every unauthenticated refusal, so sampled (docs/admin.md, "Audit").
+    pub fn record_refusal(
+        &self,
+        endpoint: &'static str,
+        request_id: &str,
+        code: &str,
+        description: &str,
+    ) {
+        self.auditor.record(&AuditEvent {
+            kind: "exchange",
+            time: self.clock.now(),
+            request_id: request_id.to_owned(),
+            endpoint,
+            outcome: code.to_owned(),
+            reason: Some(description.to_owned()),
+            unauthenticated: true,
+            ..Default::default()
+        });
+        self.metrics.exchange(endpoint, code, "unknown", 0.0);
+    }
+
     /// Runs one exchange and records its audit event and metrics.
     pub async fn exchange(&self, req: ExchangeRequest<'_>) -> Result<Exchanged, ExchangeError> {
         let started = std::time::Instant::now();

@@ -155,7 +155,10 @@ pub async fn token(
 ) -> Response {
     match token_inner(&state, &tenant, &headers, body).await {
         Ok(response) => response,
-        Err(e) => entra_error(e, state.broker.clock().now()),
+        Err(e) => entra_error(
+            super::exchange::recorded(&state, ENDPOINT, e),
+            state.broker.clock().now(),
+        ),
     }
 }
 

@@ -33,6 +33,9 @@ pub struct ApiError {
     pub retry_after: Option<u64>,
     /// One entry per violated rule, for validation errors: `[{"field","message"}]`.
     pub details: Option<serde_json::Value>,
+    /// The exchange recorded this refusal already (audit event and metrics); the
+    /// exchange endpoints record every other refusal themselves.
+    pub recorded: bool,
 }
 
 #[derive(Serialize)]
@@ -72,6 +75,7 @@ impl ApiError {
             description: description.into(),
             retry_after: None,
             details: None,
+            recorded: false,
         }
     }
 
@@ -146,47 +150,54 @@ fn is_internal(e: &ExchangeError) -> bool {
 
 impl From<ExchangeError> for ApiError {
     fn from(e: ExchangeError) -> Self {
-        let code = e.code();
-        let description = if is_internal(&e) {
-            log_internal(code, &e);
-            STORE_UNAVAILABLE.to_owned()
-        } else {
-            e.to_string()
-        };
-        let status = match &e {
-            ExchangeError::Scope(_)
-            | ExchangeError::Select(crate::policy::SelectError::Ambiguous(_)) => {
-                StatusCode::BAD_REQUEST
-            }
-            ExchangeError::Token(crate::token::TokenError::TooLarge { .. }) => {
-                StatusCode::PAYLOAD_TOO_LARGE
-            }
-            ExchangeError::Token(_)
-            | ExchangeError::UnknownIssuer
-            | ExchangeError::Keys(KeyError::UnknownKey { .. })
-            | ExchangeError::Match(crate::policy::MatchError::Audience { .. }) => {
-                StatusCode::UNAUTHORIZED
-            }
-            ExchangeError::Keys(KeyError::Unavailable { .. }) => {
-                return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code, description)
-                    .with_retry_after(crate::issuer::RETRY_AFTER_FAILURE_SECS);
-            }
-            ExchangeError::Match(_) | ExchangeError::Select(_) => StatusCode::FORBIDDEN,
-            ExchangeError::Replayed => StatusCode::UNAUTHORIZED,
-            ExchangeError::TenantMismatch(_) => StatusCode::BAD_REQUEST,
-            ExchangeError::Store(_) => {
-                return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code, description)
-                    .with_retry_after(5);
-            }
-            ExchangeError::Cache(CacheError::ShortLived { .. }) => StatusCode::BAD_GATEWAY,
-            ExchangeError::Cache(CacheError::Entra(_)) if is_internal(&e) => {
-                return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code, description)
-                    .with_retry_after(5);
-            }
-            ExchangeError::Cache(CacheError::Entra(entra)) => return entra_error(code, entra),
-        };
-        ApiError::new(status, code, description)
+        ApiError {
+            recorded: true,
+            ..exchange_error(e)
+        }
     }
+}
+
+fn exchange_error(e: ExchangeError) -> ApiError {
+    let code = e.code();
+    let description = if is_internal(&e) {
+        log_internal(code, &e);
+        STORE_UNAVAILABLE.to_owned()
+    } else {
+        e.to_string()
+    };
+    let status = match &e {
+        ExchangeError::Scope(_)
+        | ExchangeError::Select(crate::policy::SelectError::Ambiguous(_)) => {
+            StatusCode::BAD_REQUEST
+        }
+        ExchangeError::Token(crate::token::TokenError::TooLarge { .. }) => {
+            StatusCode::PAYLOAD_TOO_LARGE
+        }
+        ExchangeError::Token(_)
+        | ExchangeError::UnknownIssuer
+        | ExchangeError::Keys(KeyError::UnknownKey { .. })
+        | ExchangeError::Match(crate::policy::MatchError::Audience { .. }) => {
+            StatusCode::UNAUTHORIZED
+        }
+        ExchangeError::Keys(KeyError::Unavailable { .. }) => {
+            return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code, description)
+                .with_retry_after(crate::issuer::RETRY_AFTER_FAILURE_SECS);
+        }
+        ExchangeError::Match(_) | ExchangeError::Select(_) => StatusCode::FORBIDDEN,
+        ExchangeError::Replayed => StatusCode::UNAUTHORIZED,
+        ExchangeError::TenantMismatch(_) => StatusCode::BAD_REQUEST,
+        ExchangeError::Store(_) => {
+            return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code, description)
+                .with_retry_after(5);
+        }
+        ExchangeError::Cache(CacheError::ShortLived { .. }) => StatusCode::BAD_GATEWAY,
+        ExchangeError::Cache(CacheError::Entra(_)) if is_internal(&e) => {
+            return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code, description)
+                .with_retry_after(5);
+        }
+        ExchangeError::Cache(CacheError::Entra(entra)) => return entra_error(code, entra),
+    };
+    ApiError::new(status, code, description)
 }
 
 impl From<crate::admin::AdminError> for ApiError {

@@ -101,10 +101,34 @@ pub async fn native(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
+    native_inner(&state, headers, body)
+        .await
+        .map_err(|e| recorded(&state, "/v1/token", e))
+}
+
+/// `e`, recorded first unless the exchange recorded it: every refusal of an exchange
+/// endpoint is audited and counted, also those before the token is looked at.
+pub(super) fn recorded(state: &AppState, endpoint: &'static str, e: ApiError) -> ApiError {
+    if !e.recorded {
+        state.broker.record_refusal(
+            endpoint,
+            &super::error::current_request_id(),
+            e.code,
+            &e.description,
+        );
+    }
+    e
+}
+
+async fn native_inner(
+    state: &AppState,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
     let token = bearer(&headers)?;
     let params = read_params(&headers, body, state.max_body_bytes).await?;
     reject_unknown(&params, &["scope", "resource", "client_id", "identity"])?;
-    let (done, now) = exchange(&state, "/v1/token", token, &params).await?;
+    let (done, now) = exchange(state, "/v1/token", token, &params).await?;
     Ok(no_store(TokenResponse {
         access_token: done.token.access_token.expose().to_owned(),
         token_type: "Bearer".into(),
@@ -133,6 +157,16 @@ pub async fn native(
 )]
 pub async fn rfc8693(
     State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    rfc8693_inner(&state, headers, body)
+        .await
+        .map_err(|e| recorded(&state, "/oauth2/token", e))
+}
+
+async fn rfc8693_inner(
+    state: &AppState,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
@@ -191,7 +225,7 @@ pub async fn rfc8693(
             format!("requested_token_type must be {ACCESS_TOKEN_TYPE}"),
         ));
     }
-    let (done, now) = exchange(&state, "/oauth2/token", token, &params).await?;
+    let (done, now) = exchange(state, "/oauth2/token", token, &params).await?;
     Ok(no_store(TokenExchangeResponse {
         access_token: done.token.access_token.expose().to_owned(),
         issued_token_type: ACCESS_TOKEN_TYPE.into(),

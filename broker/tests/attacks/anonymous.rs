@@ -1,5 +1,6 @@
-//! An anonymous caller floods the broker with forged and malformed tokens and with admin
-//! calls carrying no valid admin token, each carrying kilobytes of junk. It must not fill
+//! An anonymous caller floods the broker with forged and malformed tokens, requests with
+//! no token or unknown parameters, and admin calls carrying no valid admin token, each
+//! carrying kilobytes of junk. It must not fill
 //! the disk or the log: every refusal is accounted for (recorded, or counted into a
 //! summary event), and what the broker writes does not grow with what the caller sends.
 
@@ -67,7 +68,7 @@ async fn a_flood_of_junk_tokens_and_admin_calls_neither_fills_the_disk_nor_the_l
     let junk = "k".repeat(11_500);
     let iss = up.issuer.url();
     let attacks: Vec<(&str, reqwest::RequestBuilder)> = (0..2000)
-        .map(|i| match i % 5 {
+        .map(|i| match i % 7 {
             // A registered issuer, an 11,500-character kid, a signature of junk.
             0 => (
                 "exchange",
@@ -107,6 +108,18 @@ async fn a_flood_of_junk_tokens_and_admin_calls_neither_fills_the_disk_nor_the_l
                     ("subject_token_type", "urn:ietf:params:oauth:token-type:jwt"),
                     ("scope", ARM),
                 ]),
+            ),
+            // No token at all.
+            4 => (
+                "exchange",
+                http.post(format!("{url}/v1/token")).form(&[("scope", ARM)]),
+            ),
+            // A parameter nobody knows, named by 2,000 characters.
+            5 => (
+                "exchange",
+                http.post(format!("{url}/v1/token"))
+                    .bearer_auth("junk")
+                    .form(&[("scope", ARM), (&junk[..2000], "x")]),
             ),
             // An admin write without a valid admin token, for an identity with a long name.
             _ => (
@@ -191,4 +204,15 @@ async fn a_flood_of_junk_tokens_and_admin_calls_neither_fills_the_disk_nor_the_l
             .any(|e| e["count"].as_u64().is_some_and(|n| n > 100)),
         "no summary event: {junk_events:?}"
     );
+    // Refusals before the token is even read are in the trail and the metrics too.
+    for code in ["missing_token", "invalid_request"] {
+        assert!(
+            refused.contains_key(&("exchange", code.to_owned())),
+            "no {code} refusal: {refused:?}"
+        );
+        assert!(
+            metrics.contains(&format!("outcome=\"{code}\"")),
+            "{code} is not counted in wif_exchanges_total:\n{metrics}"
+        );
+    }
 }
