@@ -303,6 +303,11 @@ fn the_default_install_is_one_hardened_broker_with_the_webhook() {
     assert_eq!(config.webhook.agent_image, "wif-broker:0.1.0");
     assert_eq!(config.webhook.token_expiration_secs, 3600);
     assert_eq!(config.server.listen, "0.0.0.0:8443");
+    // The Entra-compatible discovery names the Service clients use, whatever `Host` says.
+    assert_eq!(
+        config.server.public_url.as_deref(),
+        Some(format!("https://{FULLNAME}.{NAMESPACE}.svc:8443").as_str())
+    );
     // SIGTERM: the broker drains, then its deadline; the grace period covers both.
     assert_eq!(config.server.drain_secs, 10);
     assert_eq!(config.server.shutdown_timeout_secs, 20);

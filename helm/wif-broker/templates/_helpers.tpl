@@ -137,6 +137,13 @@ with toToml. Helm reads every number in values as a float, and toToml would writ
 {{- $_ := set $server "tls_cert" "/etc/wif-broker/tls/tls.crt" }}
 {{- $_ := set $server "tls_key" "/etc/wif-broker/tls/tls.key" }}
 {{- end }}
+{{- $publicUrl := .Values.broker.publicUrl }}
+{{- if and (not $publicUrl) .Values.tls.enabled }}
+{{- $publicUrl = printf "https://%s.%s.svc:%d" (include "wif-broker.fullname" .) .Release.Namespace (int .Values.service.port) }}
+{{- end }}
+{{- if $publicUrl }}
+{{- $_ := set $server "public_url" $publicUrl }}
+{{- end }}
 {{- $_ := set $managed "server" $server }}
 {{- if eq .Values.store.type "sqlite" }}
 {{- $_ := set $managed "store" (dict "url" "sqlite:///var/lib/wif-broker/wif.db") }}
