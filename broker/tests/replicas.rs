@@ -372,6 +372,14 @@ struct BrokerFiles {
 }
 
 impl BrokerFiles {
+    /// Adds `toml` (whole sections) to the end of the config file.
+    fn append(&self, toml: &str) {
+        let mut config = std::fs::read_to_string(&self.config).unwrap();
+        config.push('\n');
+        config.push_str(toml);
+        std::fs::write(&self.config, config).unwrap();
+    }
+
     fn new(store_url: &str, upstreams: &Upstreams) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let tokens = dir.path().join("admin-tokens");
@@ -652,6 +660,19 @@ impl Deref for Replica {
 }
 
 impl Replica {
+    /// Starts a replica holding the API identity with a credential for jobs on main
+    /// (which Entra trusts).
+    async fn serving_main(label: &'static str, files: &BrokerFiles, upstreams: &Upstreams) -> Self {
+        upstreams.entra_trusts("main");
+        let replica = Self::start(label, &files.config).await;
+        replica.put_identity().await;
+        replica
+            .create_credential(&upstreams.credential("main", "main"))
+            .await
+            .expect(201);
+        replica
+    }
+
     /// Starts `wif-broker serve --config <config>` on a free loopback port (through
     /// `WIF_SERVER_LISTEN`) and waits until it answers.
     async fn start(label: &'static str, config: &Path) -> Self {
@@ -1308,18 +1329,11 @@ async fn sigterm_during_a_postgresql_outage_spills_every_audit_event_and_the_nex
     let upstreams = Upstreams::start().await;
     let files = BrokerFiles::new(&pg.url_through(&proxy), &upstreams);
     let spill = files.config.with_file_name("audit-spill.jsonl");
-    let mut config = std::fs::read_to_string(&files.config).unwrap();
-    config.push_str(&format!(
+    files.append(&format!(
         "\n[audit]\nspill_file = \"{}\"\n",
         spill.display()
     ));
-    std::fs::write(&files.config, config).unwrap();
-    upstreams.entra_trusts("main");
-    let mut a = Replica::start("A", &files.config).await;
-    a.put_identity().await;
-    a.create_credential(&upstreams.credential("main", "main"))
-        .await
-        .expect(201);
+    let mut a = Replica::serving_main("A", &files, &upstreams).await;
 
     proxy.set(Link::Closed);
     granted_exchanges(&a, &upstreams, DURING_OUTAGE).await;
@@ -1363,12 +1377,7 @@ async fn without_a_spill_file_audit_events_lost_at_shutdown_are_counted_and_logg
     let proxy = PgProxy::start().await;
     let upstreams = Upstreams::start().await;
     let files = BrokerFiles::new(&pg.url_through(&proxy), &upstreams);
-    upstreams.entra_trusts("main");
-    let mut a = Replica::start("A", &files.config).await;
-    a.put_identity().await;
-    a.create_credential(&upstreams.credential("main", "main"))
-        .await
-        .expect(201);
+    let mut a = Replica::serving_main("A", &files, &upstreams).await;
 
     proxy.set(Link::Closed);
     granted_exchanges(&a, &upstreams, DURING_OUTAGE).await;
@@ -1453,15 +1462,8 @@ async fn the_audit_trail_keeps_at_most_max_events_and_reports_the_stores_size() 
     let url = format!("sqlite://{}", dir.path().join("wif.db").display());
     let upstreams = Upstreams::start().await;
     let files = BrokerFiles::new(&url, &upstreams);
-    let mut config = std::fs::read_to_string(&files.config).unwrap();
-    config.push_str("\n[audit]\nmax_events = 50\n");
-    std::fs::write(&files.config, config).unwrap();
-    upstreams.entra_trusts("main");
-    let a = Replica::start("A", &files.config).await;
-    a.put_identity().await;
-    a.create_credential(&upstreams.credential("main", "main"))
-        .await
-        .expect(201);
+    files.append("\n[audit]\nmax_events = 50\n");
+    let a = Replica::serving_main("A", &files, &upstreams).await;
     granted_exchanges(&a, &upstreams, 300).await;
 
     let started = Instant::now();
@@ -1516,8 +1518,7 @@ async fn a_replica_started_while_postgresql_is_down_serves_config_identities_the
     let upstreams = Upstreams::start().await;
     let files = BrokerFiles::new(&pg.url_through(&proxy), &upstreams);
     // A config-file identity for release jobs, beside the stored one for main.
-    let mut config = std::fs::read_to_string(&files.config).unwrap();
-    config.push_str(&format!(
+    files.append(&format!(
         r#"
 [[identities]]
 name = "declared"
@@ -1532,7 +1533,6 @@ subject = "{subject}"
         issuer = upstreams.issuer.url(),
         subject = Upstreams::subject("release"),
     ));
-    std::fs::write(&files.config, config).unwrap();
     upstreams
         .entra
         .register_app(AppRegistration::new(TENANT, DECLARED_CLIENT));
@@ -1545,12 +1545,7 @@ subject = "{subject}"
             &Upstreams::subject("release"),
         ),
     );
-    upstreams.entra_trusts("main");
-    let mut a = Replica::start("A", &files.config).await;
-    a.put_identity().await;
-    a.create_credential(&upstreams.credential("main", "main"))
-        .await
-        .expect(201);
+    let mut a = Replica::serving_main("A", &files, &upstreams).await;
     a.terminate().await;
 
     proxy.set(Link::Closed);
@@ -1595,12 +1590,7 @@ async fn a_cache_miss_against_a_hanging_entra_is_answered_within_the_exchange_de
         .replace("max_retries = 0\n", "")
         .replace("timeout_secs = 5\n", "");
     std::fs::write(&files.config, config).unwrap();
-    upstreams.entra_trusts("main");
-    let a = Replica::start("A", &files.config).await;
-    a.put_identity().await;
-    a.create_credential(&upstreams.credential("main", "main"))
-        .await
-        .expect(201);
+    let a = Replica::serving_main("A", &files, &upstreams).await;
     for _ in 0..8 {
         upstreams
             .entra
