@@ -140,29 +140,7 @@ impl Broker {
     /// free loopback port (set through `WIF_SERVER_LISTEN`, so `toml` need not name one),
     /// and waits until `/healthz` answers. `env` adds environment variables.
     pub async fn start(dir: &BrokerDir, toml: &str, env: &[(&str, &str)]) -> Self {
-        let config = dir.path("wif.toml");
-        std::fs::write(&config, toml).unwrap();
-        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let mut cmd = wif_broker();
-        cmd.arg("serve")
-            .arg("--config")
-            .arg(&config)
-            .env("WIF_SERVER_LISTEN", addr.to_string());
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().unwrap();
-        let stdout = collect(child.stdout.take().unwrap());
-        let stderr = collect(child.stderr.take().unwrap());
-        let mut broker = Self {
-            child,
-            stdout,
-            stderr,
-            addr,
-            config,
-        };
-        broker.wait_answering().await;
-        broker
+        Self::start_under(&[], dir, toml, env).await
     }
 
     pub fn url(&self) -> String {
@@ -512,7 +490,8 @@ impl Drop for StandIn {
 
 impl Broker {
     /// Like [`Broker::start`], with `wif-broker serve` run through `prefix` (a program and
-    /// its arguments that execs the rest, such as `prlimit --nofile=256:256 --`).
+    /// its arguments that execs the rest, such as `prlimit --nofile=256:256 --`; none:
+    /// run directly).
     pub async fn start_under(
         prefix: &[&str],
         dir: &BrokerDir,
@@ -523,26 +502,31 @@ impl Broker {
         std::fs::write(&config, toml).unwrap();
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let plain = wif_broker();
-        let mut cmd = Command::new(prefix[0]);
-        cmd.args(&prefix[1..])
-            .arg(plain.as_std().get_program())
-            .arg("serve")
+        let mut cmd = match prefix.split_first() {
+            None => plain,
+            Some((program, args)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(args).arg(plain.as_std().get_program());
+                for (name, value) in plain.as_std().get_envs() {
+                    match value {
+                        Some(value) => cmd.env(name, value),
+                        None => cmd.env_remove(name),
+                    };
+                }
+                cmd.stdin(Stdio::null())
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .kill_on_drop(true);
+                cmd
+            }
+        };
+        cmd.arg("serve")
             .arg("--config")
             .arg(&config)
             .env("WIF_SERVER_LISTEN", addr.to_string());
-        for (name, value) in plain.as_std().get_envs() {
-            match value {
-                Some(value) => cmd.env(name, value),
-                None => cmd.env_remove(name),
-            };
-        }
         for (k, v) in env {
             cmd.env(k, v);
         }
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
         let mut child = cmd.spawn().unwrap();
         let stdout = collect(child.stdout.take().unwrap());
         let stderr = collect(child.stderr.take().unwrap());
