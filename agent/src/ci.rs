@@ -1,4 +1,4 @@
-//! External tokens from the CI platform the job runs on (PROTOCOLS.md §3): GitHub Actions and
+//! External tokens from the CI platform the job runs on: GitHub Actions and
 //! Azure Pipelines hand out a fresh OIDC token on request for the whole run, GitLab puts it
 //! in a variable. Each source asks again for every exchange, so a job running for hours
 //! never presents an expired assertion (AADSTS700024).

@@ -7,7 +7,7 @@
 //! - `IDENTITY_ENDPOINT=http://127.0.0.1:PORT/msi/token` and `IDENTITY_HEADER` (App Service);
 //! - `AZURE_POD_IDENTITY_AUTHORITY_HOST=http://127.0.0.1:PORT` (IMDS, Python and JavaScript);
 //! - `AZURE_FEDERATED_TOKEN_FILE` removed, so JavaScript's workload-identity credential does
-//!   not send the raw CI token straight to Entra (PROTOCOLS.md §4).
+//!   not send the raw CI token straight to Entra.
 //!
 //! SIGINT and SIGTERM are passed on to the child; its exit code becomes ours (a child
 //! killed by signal N gives 128 + N). The header secret is never printed or logged.

@@ -1,4 +1,4 @@
-//! The managed-identity endpoints the Azure SDKs already call (PROTOCOLS.md §4), answered
+//! The managed-identity endpoints the Azure SDKs already call, answered
 //! with tokens from the broker:
 //! - App Service (2019-08-01) at `/msi/token`, guarded by the `X-IDENTITY-HEADER` secret;
 //! - IMDS (2018-02-01) at `/metadata/identity/oauth2/token`, guarded by `Metadata: true`;
@@ -68,27 +68,7 @@ impl Metrics {
             "Exchanges at the broker, by outcome",
             broker_calls.clone(),
         );
-        let connections = ConnectionMetrics::default();
-        registry.register(
-            "connections_open",
-            "Connections open now",
-            connections.open.clone(),
-        );
-        registry.register(
-            "connections_reserved",
-            "Connections accepted above max_connections, into the ops reserve",
-            connections.reserved.clone(),
-        );
-        registry.register(
-            "connections_refused",
-            "Connections closed at accept: max_connections and the ops reserve were full",
-            connections.refused.clone(),
-        );
-        registry.register(
-            "connections_timed_out",
-            "Connections closed by the header-read or idle timeout",
-            connections.timed_out.clone(),
-        );
+        let connections = ConnectionMetrics::registered(&mut registry);
         Self {
             registry,
             requests,

@@ -140,27 +140,7 @@ impl Metrics {
             "Admin API requests, by action and outcome",
             admin_requests.clone(),
         );
-        let connections = crate::api::serve::ConnectionMetrics::default();
-        registry.register(
-            "connections_open",
-            "HTTP connections open now",
-            connections.open.clone(),
-        );
-        registry.register(
-            "connections_reserved",
-            "Connections accepted above [server] max_connections, into the ops reserve",
-            connections.reserved.clone(),
-        );
-        registry.register(
-            "connections_refused",
-            "Connections closed at accept: max_connections and the ops reserve were full",
-            connections.refused.clone(),
-        );
-        registry.register(
-            "connections_timed_out",
-            "Connections closed by the header-read or idle timeout",
-            connections.timed_out.clone(),
-        );
+        let connections = crate::api::serve::ConnectionMetrics::registered(&mut registry);
         Arc::new(Self {
             registry,
             exchanges,

@@ -125,6 +125,36 @@ pub struct ConnectionMetrics {
     pub timed_out: Counter,
 }
 
+impl ConnectionMetrics {
+    /// New counters, registered in `registry` as `connections_open`,
+    /// `connections_reserved_total`, `connections_refused_total` and
+    /// `connections_timed_out_total` (under the registry's prefix).
+    pub fn registered(registry: &mut prometheus_client::registry::Registry) -> Self {
+        let metrics = Self::default();
+        registry.register(
+            "connections_open",
+            "Connections open now",
+            metrics.open.clone(),
+        );
+        registry.register(
+            "connections_reserved",
+            "Connections accepted above max_connections, into the ops reserve",
+            metrics.reserved.clone(),
+        );
+        registry.register(
+            "connections_refused",
+            "Connections closed at accept: max_connections and the ops reserve were full",
+            metrics.refused.clone(),
+        );
+        registry.register(
+            "connections_timed_out",
+            "Connections closed by the header-read or idle timeout",
+            metrics.timed_out.clone(),
+        );
+        metrics
+    }
+}
+
 /// Counts a connection open until dropped.
 struct Open(Gauge);
 
