@@ -86,6 +86,31 @@ pub struct AuditEvent {
 }
 
 impl AuditEvent {
+    /// Whether every field is within its cap already.
+    fn within_caps(&self) -> bool {
+        let short = |v: &str, max: usize| v.len() <= max;
+        let short_opt = |v: &Option<String>| v.as_deref().is_none_or(|v| short(v, MAX_FIELD_CHARS));
+        short(&self.request_id, MAX_FIELD_CHARS)
+            && short(&self.outcome, MAX_FIELD_CHARS)
+            && self
+                .reason
+                .as_deref()
+                .is_none_or(|v| short(v, MAX_REASON_CHARS))
+            && [
+                &self.actor,
+                &self.issuer,
+                &self.subject,
+                &self.token_sha256,
+                &self.jti,
+                &self.credential,
+                &self.identity,
+                &self.scope,
+                &self.upstream_correlation_id,
+            ]
+            .into_iter()
+            .all(short_opt)
+    }
+
     /// The same event with every field cut to a bounded length, so one event's size does
     /// not depend on what a caller sent.
     fn bounded(&self) -> AuditEvent {
@@ -342,10 +367,17 @@ impl Auditor {
     }
 
     pub fn record(&self, event: &AuditEvent) {
-        let event = event.bounded();
+        // Copied only when some field is over its cap (never for an ordinary exchange).
+        let capped;
+        let event = if event.within_caps() {
+            event
+        } else {
+            capped = event.bounded();
+            &capped
+        };
         let mut summaries = self.sampler.due(event.time, false);
         let admit = if event.unauthenticated && event.count.is_none() {
-            self.sampler.admit(&event, &mut summaries)
+            self.sampler.admit(event, &mut summaries)
         } else {
             Admit::Record
         };
@@ -353,7 +385,7 @@ impl Auditor {
             self.emit(summary);
         }
         match admit {
-            Admit::Record => self.emit(&event),
+            Admit::Record => self.emit(event),
             Admit::Count => self.metrics.audit_sampled(event.kind, &event.outcome),
         }
     }
@@ -703,7 +735,13 @@ mod tests {
 
     #[test]
     fn every_field_is_capped() {
+        assert!(refusal(0, "https://issuer", "invalid_signature").within_caps());
         let long = "k".repeat(20_000);
+        let over = AuditEvent {
+            jti: Some(long.clone()),
+            ..refusal(0, "https://issuer", "invalid_signature")
+        };
+        assert!(!over.within_caps());
         let event = AuditEvent {
             issuer: Some(long.clone()),
             subject: Some(long.clone()),
@@ -713,6 +751,7 @@ mod tests {
             ..Default::default()
         }
         .bounded();
+        assert!(event.within_caps());
         let json = serde_json::to_string(&event).unwrap();
         assert!(
             json.len() < 4 * MAX_FIELD_CHARS + MAX_REASON_CHARS + 600,
