@@ -751,7 +751,6 @@ mod tests {
             ..Default::default()
         }
         .bounded();
-        assert!(event.within_caps());
         let json = serde_json::to_string(&event).unwrap();
         assert!(
             json.len() < 4 * MAX_FIELD_CHARS + MAX_REASON_CHARS + 600,
