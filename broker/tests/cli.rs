@@ -257,6 +257,21 @@ async fn serve_help_mentions_the_config_option() {
 // ---------------------------------------------------------------------------------------
 // dev
 
+/// A busy port is named, with the flag that picks another, not just "Address in use".
+#[tokio::test]
+async fn dev_on_a_busy_port_names_the_address_and_the_flag_to_change_it() {
+    let busy = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = busy.local_addr().unwrap().to_string();
+    let output = wif_broker_run(&["dev", "--listen", &addr]).await;
+    assert!(!output.status.success(), "{output:?}");
+    let stderr = text(&output.stderr);
+    assert!(
+        stderr.contains(&format!("cannot listen on {addr}")),
+        "{stderr}"
+    );
+    assert!(stderr.contains("--listen"), "{stderr}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_curl_printed_by_dev_returns_an_access_token_and_sigterm_stops_it() {
     let mut cmd = wif_broker();

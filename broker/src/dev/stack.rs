@@ -54,7 +54,13 @@ impl DevStack {
             )),
         );
         // Bound first: the broker's own URL is its issuer URL.
-        let listener = tokio::net::TcpListener::bind(listen).await?;
+        let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| {
+            anyhow::anyhow!(
+                "cannot listen on {listen}: {e}; another process may be using it (another \
+                 `wif-broker dev`?): stop it, or pick another address with --listen, e.g. \
+                 `wif-broker dev --listen 127.0.0.1:8090`"
+            )
+        })?;
         let broker_url = format!("http://{}", listener.local_addr()?);
         entra.register_app(
             AppRegistration::new(DEMO_TENANT, DEMO_FLEET_CLIENT).with_fic(EmulatedFic::new(
