@@ -1,6 +1,6 @@
 //! `wif-agent token` and `exec` as a CI job runs them: the real binary, against the real
 //! broker, with GitHub Actions and Azure Pipelines token endpoints emulated as
-//! PROTOCOLS.md §3 describes them.
+//! docs/agent.md describes them.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 

@@ -1,4 +1,4 @@
-//! The Entra token cache (DESIGN.md step 6), keyed by (identity, scope).
+//! The Entra token cache (README, "How an exchange works", step 6), keyed by (identity, scope).
 //!
 //! - A miss makes one upstream call however many callers wait for the same key (moka
 //!   coalesces them).

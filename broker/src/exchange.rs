@@ -1,4 +1,4 @@
-//! One exchange, step by step (DESIGN.md "One exchange"): read the token without trusting
+//! One exchange, step by step (README, "How an exchange works"): read the token without trusting
 //! it, refuse unknown issuers without any network call, get the issuer's keys, verify,
 //! match credentials and choose the identity, then answer from the cache or from Entra,
 //! and record the decision.

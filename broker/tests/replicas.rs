@@ -1,5 +1,5 @@
 //! Replicas as operators run them: several `wif-broker serve` processes on one PostgreSQL.
-//! A change made at one replica reaches the others within 2 s (DESIGN.md, Invariants), a
+//! A change made at one replica reaches the others within 2 s (docs/storage.md), a
 //! one-time-use token is spent once across all of them, a store outage keeps exchanges
 //! going while writes answer 503, and `kill -9` loses no acknowledged write, on SQLite and
 //! on PostgreSQL.
@@ -48,7 +48,7 @@ const PG_HOST: &str = "127.0.0.1";
 const PG_PORT: u16 = 5432;
 const PG_DATABASE: &str = "test";
 
-/// DESIGN.md: replicas on one PostgreSQL see each other's writes within this.
+/// docs/storage.md: replicas on one PostgreSQL see each other's writes within this.
 const CONVERGENCE: Duration = Duration::from_secs(2);
 /// Longest a broker may take to start answering.
 const STARTUP: Duration = Duration::from_secs(30);

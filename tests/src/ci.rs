@@ -1,4 +1,4 @@
-//! CI platforms' OIDC token endpoints, faithful to PROTOCOLS.md §3, for driving
+//! CI platforms' OIDC token endpoints, faithful to what docs/agent.md describes, for driving
 //! `wif-agent token` and `exec` as a job would:
 //! - [`GitHubActionsEmulator`]: `GET {request_url}&audience=A` with the request bearer →
 //!   `{"value": jwt}`; 401 on a wrong bearer, 400 without `api-version` or `audience`.

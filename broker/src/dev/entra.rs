@@ -1,4 +1,4 @@
-//! An emulator of Entra's token endpoint (PROTOCOLS.md §2) on 127.0.0.1.
+//! An emulator of Entra's token endpoint (docs/api.md, Entra errors) on 127.0.0.1.
 //!
 //! It checks a federated client assertion the way Entra does, in Entra's order, and
 //! answers with Entra's error shape and AADSTS codes, so the broker's Entra client and the

@@ -1,4 +1,4 @@
-//! An emulator of a host's managed-identity endpoints (PROTOCOLS.md §4): IMDS at
+//! An emulator of a host's managed-identity endpoints (docs/agent.md): IMDS at
 //! `/metadata/identity/oauth2/token` (`Metadata: true`) and App Service at `/msi/token`
 //! (`X-IDENTITY-HEADER`). Tokens are signed with the Entra emulator's key and carry
 //! Entra's v2.0 issuer, so the emulator accepts them as managed-identity-as-FIC

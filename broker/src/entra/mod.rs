@@ -1,4 +1,4 @@
-//! Entra's token endpoint (DESIGN.md step 7): build the client assertion from the
+//! Entra's token endpoint (README, "How an exchange works", step 7): build the client assertion from the
 //! identity's source, POST the client-credentials request with a timeout, retry 429 and
 //! 5xx with backoff honouring `Retry-After`, and turn AADSTS codes into errors a caller
 //! can act on. Never logs an assertion or an access token.

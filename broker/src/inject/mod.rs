@@ -21,7 +21,7 @@
 //! `AZURE_CLIENT_ID` / `AZURE_TENANT_ID`. `AZURE_FEDERATED_TOKEN_FILE` is never injected,
 //! and never removed: a container that sets it gets a warning, because
 //! `DefaultAzureCredential` (and JavaScript's `ManagedIdentityCredential`) would then send
-//! the token to Entra directly instead of asking the sidecar (PROTOCOLS.md §4).
+//! the token to Entra directly instead of asking the sidecar (docs/kubernetes.md).
 //!
 //! The `IDENTITY_HEADER` secret is a random value drawn per pod and written as a literal
 //! into both the sidecar's and the app containers' environment: nothing has to exist in

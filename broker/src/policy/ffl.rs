@@ -784,7 +784,7 @@ mod tests {
         })
     }
 
-    // --- the examples in PROTOCOLS.md -------------------------------------------------
+    // --- the examples in docs/admin.md ------------------------------------------------
 
     #[test]
     fn a_github_job_on_any_branch_matches_the_branch_wildcard() {

@@ -618,7 +618,7 @@ impl Registry {
     }
 }
 
-/// Chooses the identity (DESIGN.md step 5): the requested one if the token may act as it,
+/// Chooses the identity (docs/api.md, `identity`): the requested one if the token may act as it,
 /// else the only one.
 pub fn select_identity(
     matched: &[Arc<Credential>],

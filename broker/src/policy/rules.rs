@@ -1,4 +1,4 @@
-//! Entra's validation rules for a federated identity credential (PROTOCOLS.md §1), applied
+//! Entra's validation rules for a federated identity credential (docs/admin.md), applied
 //! whenever a credential is written, from the configuration file or the admin API.
 //!
 //! Entra itself checks almost nothing at write time: a wrong value only shows up as a

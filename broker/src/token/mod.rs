@@ -1,4 +1,4 @@
-//! Verifying external tokens (DESIGN.md step 4).
+//! Verifying external tokens (README, "How an exchange works", step 4).
 //!
 //! The algorithm comes from the key and must equal the header's and be allowed for the
 //! issuer; `none` and HMAC are never accepted. `iss`, `aud`, `exp`, `nbf` and `iat` are

@@ -1,7 +1,7 @@
 //! The "Add credential" wizard's subject builders: from what an admin knows about a
 //! pipeline or a pod (organization, repository, branch; namespace, service account; ...)
 //! to the exact issuer and subject, or FFL expression, the platform's tokens will carry
-//! (PROTOCOLS.md §3). Pure functions, no I/O; Entra's rules on the result are applied
+//! (docs/console.md). Pure functions, no I/O; Entra's rules on the result are applied
 //! afterwards by [`crate::admin::Admin::check_credential`].
 //!
 //! Wildcards (`*`, `?`) in a branch, tag, environment or ref name turn the subject into an

@@ -1,4 +1,4 @@
-//! `wif-bench`: the benchmark harness behind DESIGN.md "Performance budgets".
+//! `wif-bench`: the benchmark harness behind docs/PERFORMANCE.md.
 //!
 //! Everything runs in this one process, on loopback, on one tokio runtime: the broker with
 //! the dev stack's local issuer and Entra emulator, a bare axum server that stands for the
@@ -42,7 +42,7 @@ use report::{
 };
 use servers::BenchStack;
 
-/// DESIGN.md: cache-hit exchange throughput ≥ 80% of the limit.
+/// docs/PERFORMANCE.md: cache-hit exchange throughput ≥ 80% of the limit.
 const RATIO_BUDGET: f64 = 0.80;
 
 const USAGE: &str = "\

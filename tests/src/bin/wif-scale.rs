@@ -1,4 +1,4 @@
-//! `wif-scale`: DESIGN.md's scale budget — with 100,000 registered credentials, match
+//! `wif-scale`: the scale budget of docs/PERFORMANCE.md — with 100,000 registered credentials, match
 //! p99 < 20 µs, broker RSS < 256 MiB, start < 2 s.
 //!
 //! The credentials are declared (as a config file holds them): identities of 20

@@ -1,4 +1,4 @@
-//! Client assertions (DESIGN.md step 7): what the broker presents to Entra as an identity.
+//! Client assertions (docs/assertion-sources.md): what the broker presents to Entra as an identity.
 //!
 //! - `passthrough`: the caller's own token (Entra holds a FIC matching it);
 //! - `broker`: a short assertion the broker signs as its own issuer ([`issuer`]);

@@ -24,7 +24,7 @@ use crate::Options;
 use crate::load::{Measured, Round, Target, drive, load_client, median};
 use crate::servers::{BenchStack, LimitServer};
 
-/// DESIGN.md: 1,000 concurrent cold requests → exactly 1 Entra call.
+/// docs/PERFORMANCE.md: 1,000 concurrent cold requests → exactly 1 Entra call.
 const COALESCING_TARGET: u64 = 1;
 
 pub struct Throughput {
