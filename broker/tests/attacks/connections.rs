@@ -115,13 +115,7 @@ async fn silent_connections_at_the_cap_leave_healthz_answering_and_are_closed_af
     )
     .await;
     assert_eq!(health.status, 200, "{health:?}");
-    let ready = answer(
-        http.get(format!("{}/readyz", broker.url()))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let ready = send(http.get(format!("{}/readyz", broker.url()))).await;
     assert_eq!(ready.status, 200, "{ready:?}");
 
     // The cap was reached all along (silent connections only ever go away): anything but
@@ -205,14 +199,7 @@ async fn half_sent_request_lines_and_headers_are_closed_after_the_header_timeout
     }
 
     // The broker still serves.
-    let health = answer(
-        client()
-            .get(format!("{}/healthz", broker.url()))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let health = send(client().get(format!("{}/healthz", broker.url()))).await;
     assert_eq!(health.status, 200);
 }
 

@@ -47,7 +47,7 @@ fn csrf_field(page: &str) -> String {
 
 /// Signs in at the console as a browser would; the session cookie on success.
 async fn console_sign_in(http: &reqwest::Client, broker: &str, token: &str) -> Answer {
-    let form = answer(http.get(format!("{broker}/ui/login")).send().await.unwrap()).await;
+    let form = send(http.get(format!("{broker}/ui/login"))).await;
     assert_eq!(form.status, 200, "{form:?}");
     let id = set_cookie(&form, "wif_ui_login").expect("the sign-in cookie");
     let csrf = csrf_field(&form.text);
@@ -69,12 +69,9 @@ async fn discovery_does_not_reflect_a_forged_host_header() {
     let http = client();
     let path = format!("/{TENANT}/v2.0/.well-known/openid-configuration");
 
-    let forged = answer(
+    let forged = send(
         http.get(format!("{}{path}", broker.url()))
-            .header("host", "evil.example")
-            .send()
-            .await
-            .unwrap(),
+            .header("host", "evil.example"),
     )
     .await;
     assert_eq!(forged.status, 400, "{forged:?}");
@@ -88,13 +85,7 @@ async fn discovery_does_not_reflect_a_forged_host_header() {
     );
 
     // Its own address still works (unchanged SDK use on loopback).
-    let own = answer(
-        http.get(format!("{}{path}", broker.url()))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let own = send(http.get(format!("{}{path}", broker.url()))).await;
     assert_eq!(own.status, 200, "{own:?}");
     assert_eq!(
         own.body["token_endpoint"],
@@ -112,12 +103,9 @@ async fn discovery_does_not_reflect_a_forged_host_header() {
         &[],
     )
     .await;
-    let forged = answer(
+    let forged = send(
         http.get(format!("{}{path}", broker.url()))
-            .header("host", "evil.example")
-            .send()
-            .await
-            .unwrap(),
+            .header("host", "evil.example"),
     )
     .await;
     assert_eq!(forged.status, 200, "{forged:?}");
@@ -153,13 +141,7 @@ async fn a_planted_sign_in_cookie_does_not_sign_a_browser_in() {
     );
 
     // A form the server issued, posted from another site, is refused too.
-    let form = answer(
-        http.get(format!("{}/ui/login", broker.url()))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let form = send(http.get(format!("{}/ui/login", broker.url()))).await;
     let id = set_cookie(&form, "wif_ui_login").unwrap();
     assert_ne!(
         id,
@@ -204,14 +186,7 @@ async fn the_sqlite_file_holding_generated_keys_is_private_to_the_broker() {
     )
     .await;
     // The JWKS is served from the generated keys, which are in the store by now.
-    let jwks = answer(
-        client()
-            .get(format!("{}/.well-known/jwks.json", broker.url()))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let jwks = send(client().get(format!("{}/.well-known/jwks.json", broker.url()))).await;
     assert_eq!(jwks.status, 200, "{jwks:?}");
     for file in ["wif.db", "wif.db-wal", "wif.db-shm"] {
         let Ok(meta) = std::fs::metadata(dir.path(file)) else {
@@ -304,24 +279,18 @@ async fn oauth2_token_refuses_unknown_parameters() {
     ] {
         let mut form = base.to_vec();
         form.push(extra);
-        let got = answer(
+        let got = send(
             http.post(format!("{}/oauth2/token", broker.url()))
-                .form(&form)
-                .send()
-                .await
-                .unwrap(),
+                .form(&form),
         )
         .await;
         assert_eq!(got.status, 400, "{extra:?}: {got:?}");
         assert_eq!(got.error(), "invalid_request", "{got:?}");
         assert!(got.description().contains(extra.0), "{got:?}");
     }
-    let got = answer(
+    let got = send(
         http.post(format!("{}/oauth2/token", broker.url()))
-            .form(&base)
-            .send()
-            .await
-            .unwrap(),
+            .form(&base),
     )
     .await;
     assert_eq!(got.status, 200, "{got:?}");

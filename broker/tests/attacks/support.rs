@@ -289,6 +289,11 @@ impl Answer {
     }
 }
 
+/// Sends `request` and reads its answer.
+pub async fn send(request: reqwest::RequestBuilder) -> Answer {
+    answer(request.send().await.unwrap()).await
+}
+
 pub async fn answer(response: reqwest::Response) -> Answer {
     let status = response.status().as_u16();
     let headers = response.headers().clone();

@@ -133,7 +133,7 @@ impl Hooked {
         if let Some(content_type) = content_type {
             request = request.header("content-type", content_type);
         }
-        answer(request.send().await.unwrap()).await
+        send(request).await
     }
 }
 
@@ -141,12 +141,9 @@ impl Hooked {
 async fn the_api_port_does_not_answer_admission_reviews() {
     let h = hooked().await;
     let http = client();
-    let stranger = answer(
+    let stranger = send(
         http.post(format!("{}/mutate/v1/pods", h.broker.url()))
-            .json(&review())
-            .send()
-            .await
-            .unwrap(),
+            .json(&review()),
     )
     .await;
     assert_eq!(stranger.status, 404, "{stranger:?}");
@@ -158,12 +155,9 @@ async fn the_api_port_does_not_answer_admission_reviews() {
     );
     // Nor is it served under another method or with a trailing slash.
     for method in [reqwest::Method::GET, reqwest::Method::PUT] {
-        let other = answer(
+        let other = send(
             http.request(method.clone(), format!("{}/mutate/v1/pods", h.broker.url()))
-                .json(&review())
-                .send()
-                .await
-                .unwrap(),
+                .json(&review()),
         )
         .await;
         assert_eq!(other.status, 404, "{method}: {other:?}");
@@ -216,26 +210,16 @@ async fn the_webhook_listener_speaks_tls_only_and_serves_nothing_else() {
         "/.well-known/openid-configuration",
         "/ui/",
     ] {
-        let got = answer(
+        let got = send(
             https
                 .get(format!("{}{path}", h.webhook))
-                .bearer_auth(ADMIN_TOKEN)
-                .send()
-                .await
-                .unwrap(),
+                .bearer_auth(ADMIN_TOKEN),
         )
         .await;
         assert_eq!(got.status, 404, "{path}: {got:?}");
         assert_eq!(got.error(), "not_found", "{path}: {got:?}");
     }
-    let health = answer(
-        https
-            .get(format!("{}/healthz", h.webhook))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let health = send(https.get(format!("{}/healthz", h.webhook))).await;
     assert_eq!(health.status, 200, "{health:?}");
     assert!(h.kube_calls.lock().unwrap().is_empty());
 }
@@ -301,15 +285,7 @@ async fn the_webhook_listener_refuses_what_is_not_an_admission_review() {
     assert_eq!(got.status, 413, "{got:?}");
     assert_eq!(got.error(), "body_too_large", "{got:?}");
     // Only POST.
-    let got = answer(
-        h.pki
-            .client()
-            .get(format!("{}/mutate/v1/pods", h.webhook))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let got = send(h.pki.client().get(format!("{}/mutate/v1/pods", h.webhook))).await;
     assert_eq!(got.status, 405, "{got:?}");
     assert!(
         h.kube_calls.lock().unwrap().is_empty(),
