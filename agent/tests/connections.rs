@@ -6,15 +6,14 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::net::SocketAddr;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 
-const AGENT: &str = env!("CARGO_BIN_EXE_wif-agent");
-const SECRET: &str = "a-sidecar-secret-of-32-characters";
+mod support;
+use support::{SECRET, agent_serve};
 /// Generous bound for anything the agent must close or answer "soon".
 const HANG_GUARD: Duration = Duration::from_secs(15);
 
@@ -40,19 +39,12 @@ async fn start(config: &str) -> Agent {
         let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         probe.local_addr().unwrap()
     };
-    let child = Command::new(AGENT)
-        .args(["serve", "--config"])
+    let child = agent_serve()
+        .arg("--config")
         .arg(&config_file)
         .arg("--token-file")
         .arg(&token_file)
         .args(["--listen", &addr.to_string()])
-        .env_clear()
-        .env("WIF_AGENT_IDENTITY_HEADER", SECRET)
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
         .spawn()
         .unwrap();
     let started = Instant::now();

@@ -11,15 +11,14 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use wif_tests::*;
 
-const AGENT: &str = env!("CARGO_BIN_EXE_wif-agent");
-const SECRET: &str = "a-sidecar-secret-of-32-characters";
+mod support;
+use support::{SECRET, agent_serve};
 const IMDS: &str = "/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https%3A%2F%2Fmanagement.azure.com%2F";
 const APP_SERVICE: &str =
     "/msi/token?api-version=2019-08-01&resource=https%3A%2F%2Fmanagement.azure.com%2F";
@@ -44,20 +43,13 @@ async fn sidecar() -> Sidecar {
         .local_addr()
         .unwrap()
         .port();
-    let child = tokio::process::Command::new(AGENT)
-        .args(["serve", "--broker", &stack.broker.url()])
+    let child = agent_serve()
+        .args(["--broker", &stack.broker.url()])
         .arg("--token-file")
         .arg(&token_file)
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .arg("--unix-socket")
         .arg(&socket)
-        .env_clear()
-        .env("WIF_AGENT_IDENTITY_HEADER", SECRET)
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
         .spawn()
         .unwrap();
     let sidecar = Sidecar {
