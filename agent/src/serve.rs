@@ -243,18 +243,14 @@ impl Agent {
                     err.retry_after = Some(5);
                     err
                 }
-                BrokerError::Refused {
-                    status,
-                    code,
-                    description,
-                } => AgentError::new(
+                refused @ BrokerError::Refused { status, .. } => AgentError::new(
                     if *status == 403 {
                         StatusCode::FORBIDDEN
                     } else {
                         StatusCode::BAD_REQUEST
                     },
                     "invalid_request",
-                    format!("the broker refused: {description} ({code})"),
+                    refused.to_string(),
                 ),
             })
     }

@@ -40,6 +40,12 @@ const SHUTDOWN: Duration = Duration::from_secs(10);
 /// developer's shell leaks into the test, and no proxy intercepts loopback calls.
 fn wif_broker() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_wif-broker"));
+    clean_env(&mut cmd);
+    cmd
+}
+
+/// Drops the developer's `WIF_*`, `RUST_LOG` and proxies; sets `NO_COLOR`; pipes output.
+fn clean_env(cmd: &mut Command) {
     for (name, _) in std::env::vars_os() {
         let upper = name.to_string_lossy().to_ascii_uppercase();
         if upper.starts_with("WIF_") || upper.ends_with("_PROXY") || upper == "RUST_LOG" {
@@ -51,7 +57,6 @@ fn wif_broker() -> Command {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
-    cmd
 }
 
 /// Runs a command to completion, failing the test if it takes longer than `limit`.
@@ -247,11 +252,41 @@ async fn help_describes_the_commands_and_the_config_option() {
 }
 
 #[tokio::test]
-async fn serve_help_mentions_the_config_option() {
+async fn serve_help_mentions_the_config_option_and_the_defaults() {
     let output = wif_broker_run(&["serve", "--help"]).await;
     assert!(output.status.success(), "{output:?}");
     let help = text(&output.stdout);
     assert!(help.contains("--config"), "{help}");
+    for default in ["127.0.0.1:8080", "./wif.db", "WIF_SERVER_LISTEN", "WIF_STORE_URL"] {
+        assert!(help.contains(default), "serve --help omits {default}:\n{help}");
+    }
+}
+
+/// A client command lists its own options, then the connection options under their own
+/// heading, and not the broker's `--config`, which means nothing to a client.
+#[tokio::test]
+async fn client_help_sets_the_connection_options_apart_and_omits_config() {
+    for command in [
+        &["identity", "create", "--help"][..],
+        &["credential", "list", "--help"],
+        &["simulate", "--help"],
+        &["audit", "--help"],
+    ] {
+        let output = wif_broker_run(command).await;
+        assert!(output.status.success(), "{output:?}");
+        let help = text(&output.stdout);
+        assert!(!help.contains("--config"), "{command:?}:\n{help}");
+        let heading = help
+            .find("Connection options")
+            .unwrap_or_else(|| panic!("{command:?} has no connection heading:\n{help}"));
+        let server = help.find("--server").unwrap();
+        assert!(server > heading, "{command:?}: --server before its heading:\n{help}");
+    }
+    let audit = text(&wif_broker_run(&["audit", "--help"]).await.stdout);
+    assert!(audit.contains("[possible values: exchange, admin]"), "{audit}");
+    let wrong = wif_broker_run(&["audit", "--kind", "exchanges"]).await;
+    assert_eq!(wrong.status.code(), Some(2), "{wrong:?}");
+    assert!(text(&wrong.stderr).contains("exchange, admin"), "{wrong:?}");
 }
 
 // ---------------------------------------------------------------------------------------
@@ -404,6 +439,148 @@ subject = "{MAIN_SUBJECT}"
         stderr.contains("identities[0].federated_credentials[0].name"),
         "{stderr}"
     );
+}
+
+/// `wif-broker` with no `WIF_*` variable at all, run in a fresh directory.
+async fn in_empty_dir(args: &[&str]) -> (Output, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = wif_broker();
+    cmd.args(args).current_dir(dir.path());
+    (run_to_end(cmd, QUICK).await, dir)
+}
+
+#[tokio::test]
+async fn check_config_with_nothing_to_check_fails_and_says_what_to_do() {
+    let (output, _dir) = in_empty_dir(&["check-config"]).await;
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    let stderr = text(&output.stderr);
+    for hint in ["no configuration", "--config FILE", "config/examples/broker.toml", "wif-broker dev"] {
+        assert!(stderr.contains(hint), "no {hint:?} in: {stderr}");
+    }
+    assert!(text(&output.stdout).is_empty(), "{output:?}");
+}
+
+#[tokio::test]
+async fn serve_with_no_configuration_refuses_to_start_and_creates_no_store() {
+    let (output, dir) = in_empty_dir(&["serve"]).await;
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    assert!(text(&output.stderr).contains("no configuration"), "{output:?}");
+    let created: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    assert!(created.is_empty(), "serve created {created:?}");
+}
+
+/// The `WIF_*` variables alone are a configuration.
+#[tokio::test]
+async fn check_config_on_variables_alone_checks_them() {
+    let mut cmd = wif_broker();
+    cmd.arg("check-config").env("WIF_SERVER_LISTEN", "not-an-address");
+    let output = run_to_end(cmd, QUICK).await;
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    assert!(text(&output.stderr).contains("WIF_SERVER_LISTEN"), "{output:?}");
+
+    let mut cmd = wif_broker();
+    cmd.arg("check-config").env("WIF_STORE_URL", "sqlite::memory:");
+    let output = run_to_end(cmd, QUICK).await;
+    assert!(output.status.success(), "{output:?}");
+}
+
+#[tokio::test]
+async fn check_config_counts_in_the_singular_and_warns_when_nothing_can_be_exchanged() {
+    let (_dir, path) = config_file(&format!(
+        r#"{DEPLOY_IDENTITY}
+[[identities.federated_credentials]]
+name = "github-main"
+issuer = "https://token.actions.githubusercontent.com"
+subject = "{MAIN_SUBJECT}"
+"#
+    ));
+    let output = wif_broker_run(&["check-config", "--config", path.to_str().unwrap()]).await;
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(
+        text(&output.stdout).trim(),
+        "configuration is valid: 1 identity, 1 federated credential, 0 explicit issuers"
+    );
+    assert!(text(&output.stderr).is_empty(), "{output:?}");
+
+    let (_dir, empty) = config_file("[store]\nurl = \"sqlite::memory:\"\n");
+    let output = wif_broker_run(&["check-config", "--config", empty.to_str().unwrap()]).await;
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(
+        text(&output.stdout).trim(),
+        "configuration is valid: 0 identities, 0 federated credentials, 0 explicit issuers"
+    );
+    let stderr = text(&output.stderr);
+    assert!(stderr.starts_with("warning: no identities"), "{stderr}");
+    assert!(stderr.contains("tokens_file"), "{stderr}");
+}
+
+// ---------------------------------------------------------------------------------------
+// dev token
+
+#[tokio::test]
+async fn dev_token_without_an_issuer_says_where_to_find_one() {
+    let output = wif_broker_run(&["dev", "token", "--sub", "x"]).await;
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    let stderr = text(&output.stderr);
+    assert!(stderr.contains("WIF_DEV_ISSUER"), "{stderr}");
+    assert!(stderr.contains("wif-broker dev"), "{stderr}");
+
+    let remote = wif_broker_run(&["dev", "token", "--issuer", "https://token.actions.githubusercontent.com"]).await;
+    assert_eq!(remote.status.code(), Some(1), "{remote:?}");
+    assert!(text(&remote.stderr).contains("loopback"), "{remote:?}");
+
+    let bad = wif_broker_run(&["dev", "token", "--issuer", "http://127.0.0.1:1", "--claim", "novalue"]).await;
+    assert_eq!(bad.status.code(), Some(2), "{bad:?}");
+    assert!(text(&bad.stderr).contains("NAME=VALUE"), "{bad:?}");
+
+    let closed = format!("http://127.0.0.1:{}", free_port());
+    let down = wif_broker_run(&["dev", "token", "--issuer", &closed]).await;
+    assert_eq!(down.status.code(), Some(1), "{down:?}");
+    assert!(text(&down.stderr).contains(&closed), "{down:?}");
+}
+
+// ---------------------------------------------------------------------------------------
+// colours
+
+/// Log lines carry ANSI colours on a terminal only, and never with `NO_COLOR`. The
+/// terminal is a real pseudo-terminal from util-linux `script`; `serve` logs its warning
+/// about an empty configuration, then stops on a port that is taken.
+#[tokio::test]
+async fn logs_are_coloured_only_on_a_terminal_without_no_color() {
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let (_dir, path) = config_file(&format!(
+        "[server]\nlisten = \"{}\"\n[store]\nurl = \"sqlite::memory:\"\n",
+        taken.local_addr().unwrap()
+    ));
+    let serve = format!(
+        "exec {} serve --config {} 2>&1",
+        env!("CARGO_BIN_EXE_wif-broker"),
+        path.display()
+    );
+    let coloured = |tty: bool, no_color: bool| {
+        let mut cmd = if tty {
+            let mut script = Command::new("script");
+            script.args(["-qec", &serve, "/dev/null"]);
+            script
+        } else {
+            let mut sh = Command::new("sh");
+            sh.args(["-c", &serve]);
+            sh
+        };
+        clean_env(&mut cmd);
+        if !no_color {
+            cmd.env_remove("NO_COLOR");
+        }
+        async move {
+            let output = run_to_end(cmd, QUICK).await;
+            let out = text(&output.stdout);
+            assert!(out.contains("no identities are configured"), "tty={tty}: {output:?}");
+            out.contains('\u{1b}')
+        }
+    };
+    assert!(coloured(true, false).await, "no colours on a terminal");
+    assert!(!coloured(true, true).await, "colours despite NO_COLOR");
+    assert!(!coloured(false, false).await, "colours in a pipe");
 }
 
 // ---------------------------------------------------------------------------------------

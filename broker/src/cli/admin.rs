@@ -26,8 +26,10 @@ use crate::api::admin::model::{
 };
 use crate::clock::SharedClock;
 
-/// Where the broker is, who is calling, and how to print: shared by every admin command.
+/// Where the broker is, who is calling, and how to print: shared by every admin command,
+/// and listed apart from each command's own options in `--help`.
 #[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Connection options (every admin command)")]
 pub struct Connection {
     /// The broker's base URL.
     #[arg(
@@ -728,8 +730,9 @@ pub struct AuditArgs {
     /// Only events with this outcome (`ok` or an error code).
     #[arg(long)]
     pub outcome: Option<String>,
-    /// Only events of this kind.
-    #[arg(long)]
+    /// Only events of this kind: `exchange` (token exchanges) or `admin` (admin API
+    /// writes and refused attempts).
+    #[arg(long, value_parser = ["exchange", "admin"])]
     pub kind: Option<String>,
     /// Events per page.
     #[arg(long, value_name = "N")]
