@@ -259,3 +259,17 @@ async fn the_start_up_log_names_each_protocol_served_and_the_one_left_off() {
     let no_imds = start_up_log(&[("WIF_AGENT_IMDS", "false")]).await;
     assert!(no_imds.contains("IMDS protocol off"), "{no_imds}");
 }
+
+#[test]
+fn serve_help_gives_the_defaults_and_what_turns_a_protocol_off() {
+    let output = std::process::Command::new(AGENT)
+        .args(["serve", "--help"])
+        .env_clear()
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let help = String::from_utf8_lossy(&output.stdout);
+    assert!(help.contains("[default: 127.0.0.1:8181"), "{help}");
+    assert!(help.contains("only IMDS is served"), "{help}");
+    assert!(help.contains("WIF_AGENT_IDENTITY_HEADER"), "{help}");
+}

@@ -119,7 +119,7 @@ async fn the_readme_tour_works_as_written() {
         "the tour has no wif-agent step: {commands:#?}"
     );
 
-    let broker_bin = PathBuf::from(env!("CARGO_BIN_EXE_wif-broker"));
+    let broker_bin = std::fs::canonicalize(env!("CARGO_BIN_EXE_wif-broker")).unwrap();
     let bin_dir = broker_bin.parent().unwrap().to_path_buf();
     assert!(
         bin_dir.join("wif-agent").is_file(),
