@@ -218,9 +218,8 @@ impl BrokerClient {
                             });
                     }
                     let error: ErrorAnswer = serde_json::from_slice(&body).unwrap_or_default();
-                    let untrusted = |s: &str| {
-                        wif_broker::redact::untrusted(if s.is_empty() { "-" } else { s })
-                    };
+                    let untrusted =
+                        |s: &str| wif_broker::redact::untrusted(if s.is_empty() { "-" } else { s });
                     if status != 429 && status < 500 {
                         return Err(BrokerError::Refused {
                             status,

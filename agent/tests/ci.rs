@@ -486,8 +486,9 @@ async fn a_refusal_names_the_broker_and_quotes_its_request_id() {
     .await;
     assert_eq!(run.code, 1, "{}", run.stderr);
     assert!(
-        run.stderr
-            .contains(&format!("the broker is unavailable: cannot connect to {closed}")),
+        run.stderr.contains(&format!(
+            "the broker is unavailable: cannot connect to {closed}"
+        )),
         "{}",
         run.stderr
     );

@@ -210,7 +210,13 @@ async fn a_short_header_secret_or_a_missing_broker_stops_the_agent_with_a_clear_
 async fn start_up_log(env: &[(&str, &str)]) -> String {
     let port = free_port();
     let mut child = tokio::process::Command::new(AGENT)
-        .args(["serve", "--broker", "http://127.0.0.1:1", "--token-file", "/nonexistent"])
+        .args([
+            "serve",
+            "--broker",
+            "http://127.0.0.1:1",
+            "--token-file",
+            "/nonexistent",
+        ])
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .env_clear()
         .envs(env.iter().copied())
@@ -247,8 +253,14 @@ async fn the_start_up_log_names_each_protocol_served_and_the_one_left_off() {
         with_secret.contains("IMDS protocol at http://127.0.0.1:"),
         "{with_secret}"
     );
-    assert!(with_secret.contains("broker=http://127.0.0.1:1"), "{with_secret}");
-    assert!(!with_secret.contains('\u{1b}'), "ANSI codes in a pipe: {with_secret:?}");
+    assert!(
+        with_secret.contains("broker=http://127.0.0.1:1"),
+        "{with_secret}"
+    );
+    assert!(
+        !with_secret.contains('\u{1b}'),
+        "ANSI codes in a pipe: {with_secret:?}"
+    );
     assert!(!with_secret.contains(SECRET), "{with_secret}");
 
     let without = start_up_log(&[]).await;

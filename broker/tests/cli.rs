@@ -257,8 +257,16 @@ async fn serve_help_mentions_the_config_option_and_the_defaults() {
     assert!(output.status.success(), "{output:?}");
     let help = text(&output.stdout);
     assert!(help.contains("--config"), "{help}");
-    for default in ["127.0.0.1:8080", "./wif.db", "WIF_SERVER_LISTEN", "WIF_STORE_URL"] {
-        assert!(help.contains(default), "serve --help omits {default}:\n{help}");
+    for default in [
+        "127.0.0.1:8080",
+        "./wif.db",
+        "WIF_SERVER_LISTEN",
+        "WIF_STORE_URL",
+    ] {
+        assert!(
+            help.contains(default),
+            "serve --help omits {default}:\n{help}"
+        );
     }
 }
 
@@ -280,10 +288,16 @@ async fn client_help_sets_the_connection_options_apart_and_omits_config() {
             .find("Connection options")
             .unwrap_or_else(|| panic!("{command:?} has no connection heading:\n{help}"));
         let server = help.find("--server").unwrap();
-        assert!(server > heading, "{command:?}: --server before its heading:\n{help}");
+        assert!(
+            server > heading,
+            "{command:?}: --server before its heading:\n{help}"
+        );
     }
     let audit = text(&wif_broker_run(&["audit", "--help"]).await.stdout);
-    assert!(audit.contains("[possible values: exchange, admin]"), "{audit}");
+    assert!(
+        audit.contains("[possible values: exchange, admin]"),
+        "{audit}"
+    );
     let wrong = wif_broker_run(&["audit", "--kind", "exchanges"]).await;
     assert_eq!(wrong.status.code(), Some(2), "{wrong:?}");
     assert!(text(&wrong.stderr).contains("exchange, admin"), "{wrong:?}");
@@ -454,7 +468,12 @@ async fn check_config_with_nothing_to_check_fails_and_says_what_to_do() {
     let (output, _dir) = in_empty_dir(&["check-config"]).await;
     assert_eq!(output.status.code(), Some(1), "{output:?}");
     let stderr = text(&output.stderr);
-    for hint in ["no configuration", "--config FILE", "config/examples/broker.toml", "wif-broker dev"] {
+    for hint in [
+        "no configuration",
+        "--config FILE",
+        "config/examples/broker.toml",
+        "wif-broker dev",
+    ] {
         assert!(stderr.contains(hint), "no {hint:?} in: {stderr}");
     }
     assert!(text(&output.stdout).is_empty(), "{output:?}");
@@ -464,7 +483,10 @@ async fn check_config_with_nothing_to_check_fails_and_says_what_to_do() {
 async fn serve_with_no_configuration_refuses_to_start_and_creates_no_store() {
     let (output, dir) = in_empty_dir(&["serve"]).await;
     assert_eq!(output.status.code(), Some(1), "{output:?}");
-    assert!(text(&output.stderr).contains("no configuration"), "{output:?}");
+    assert!(
+        text(&output.stderr).contains("no configuration"),
+        "{output:?}"
+    );
     let created: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
     assert!(created.is_empty(), "serve created {created:?}");
 }
@@ -473,13 +495,18 @@ async fn serve_with_no_configuration_refuses_to_start_and_creates_no_store() {
 #[tokio::test]
 async fn check_config_on_variables_alone_checks_them() {
     let mut cmd = wif_broker();
-    cmd.arg("check-config").env("WIF_SERVER_LISTEN", "not-an-address");
+    cmd.arg("check-config")
+        .env("WIF_SERVER_LISTEN", "not-an-address");
     let output = run_to_end(cmd, QUICK).await;
     assert_eq!(output.status.code(), Some(1), "{output:?}");
-    assert!(text(&output.stderr).contains("WIF_SERVER_LISTEN"), "{output:?}");
+    assert!(
+        text(&output.stderr).contains("WIF_SERVER_LISTEN"),
+        "{output:?}"
+    );
 
     let mut cmd = wif_broker();
-    cmd.arg("check-config").env("WIF_STORE_URL", "sqlite::memory:");
+    cmd.arg("check-config")
+        .env("WIF_STORE_URL", "sqlite::memory:");
     let output = run_to_end(cmd, QUICK).await;
     assert!(output.status.success(), "{output:?}");
 }
@@ -525,11 +552,25 @@ async fn dev_token_without_an_issuer_says_where_to_find_one() {
     assert!(stderr.contains("WIF_DEV_ISSUER"), "{stderr}");
     assert!(stderr.contains("wif-broker dev"), "{stderr}");
 
-    let remote = wif_broker_run(&["dev", "token", "--issuer", "https://token.actions.githubusercontent.com"]).await;
+    let remote = wif_broker_run(&[
+        "dev",
+        "token",
+        "--issuer",
+        "https://token.actions.githubusercontent.com",
+    ])
+    .await;
     assert_eq!(remote.status.code(), Some(1), "{remote:?}");
     assert!(text(&remote.stderr).contains("loopback"), "{remote:?}");
 
-    let bad = wif_broker_run(&["dev", "token", "--issuer", "http://127.0.0.1:1", "--claim", "novalue"]).await;
+    let bad = wif_broker_run(&[
+        "dev",
+        "token",
+        "--issuer",
+        "http://127.0.0.1:1",
+        "--claim",
+        "novalue",
+    ])
+    .await;
     assert_eq!(bad.status.code(), Some(2), "{bad:?}");
     assert!(text(&bad.stderr).contains("NAME=VALUE"), "{bad:?}");
 
@@ -574,7 +615,10 @@ async fn logs_are_coloured_only_on_a_terminal_without_no_color() {
         async move {
             let output = run_to_end(cmd, QUICK).await;
             let out = text(&output.stdout);
-            assert!(out.contains("no identities are configured"), "tty={tty}: {output:?}");
+            assert!(
+                out.contains("no identities are configured"),
+                "tty={tty}: {output:?}"
+            );
             out.contains('\u{1b}')
         }
     };

@@ -156,7 +156,10 @@ async fn the_readme_tour_works_as_written() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert!(
-        printed().contains(&format!("wif-broker and wif-agent are in {}", bin_dir.display())),
+        printed().contains(&format!(
+            "wif-broker and wif-agent are in {}",
+            bin_dir.display()
+        )),
         "the dev stack does not say where the commands are:\n{}",
         printed()
     );
@@ -207,7 +210,11 @@ async fn the_readme_tour_works_as_written() {
     };
 
     // Step 4: the commands reach the dev broker with the printed admin token.
-    assert!(find("wif-broker identity list").stdout.contains(DEMO_FLEET_IDENTITY));
+    assert!(
+        find("wif-broker identity list")
+            .stdout
+            .contains(DEMO_FLEET_IDENTITY)
+    );
     assert!(
         find("wif-broker credential list")
             .stdout
@@ -216,7 +223,11 @@ async fn the_readme_tour_works_as_written() {
     // Step 5: a feature-branch token acts as demo-fleet, by curl and by the agent.
     let simulate = find("wif-broker simulate");
     assert!(simulate.stdout.contains("outcome:"), "{}", simulate.stdout);
-    assert!(simulate.stdout.contains(DEMO_FLEET_IDENTITY), "{}", simulate.stdout);
+    assert!(
+        simulate.stdout.contains(DEMO_FLEET_IDENTITY),
+        "{}",
+        simulate.stdout
+    );
     let curl = find("curl -s -X POST").json();
     assert_eq!(curl["identity"]["name"], DEMO_FLEET_IDENTITY, "{curl}");
     let agent = find("wif-agent token");
@@ -224,7 +235,11 @@ async fn the_readme_tour_works_as_written() {
     assert_eq!(answer["client_id"], DEMO_FLEET_CLIENT, "{answer}");
     let access = claims(answer["access_token"].as_str().unwrap());
     assert_eq!(access["appid"], DEMO_FLEET_CLIENT, "{access}");
-    assert!(!agent.stderr.contains("eyJ"), "a token in the log: {}", agent.stderr);
+    assert!(
+        !agent.stderr.contains("eyJ"),
+        "a token in the log: {}",
+        agent.stderr
+    );
     // Step 6: the metrics count those exchanges.
     assert!(
         find("curl -s \"$WIF_SERVER_URL/metrics\"")
@@ -243,7 +258,11 @@ async fn the_dev_issuer_refuses_bad_claims_clearly() {
     let issuer = wif_broker::dev::issuer::LocalIssuer::start_minting(wif_broker::clock::system())
         .await
         .unwrap();
-    let http = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(20)).build().unwrap();
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap();
     let url = format!("{}/dev/token", issuer.url());
     for (content_type, body, status) in [
         ("text/plain", "{}", 415),
@@ -260,12 +279,22 @@ async fn the_dev_issuer_refuses_bad_claims_clearly() {
         assert_eq!(answer.status(), status, "{content_type} {body}");
         let error: Value = answer.json().await.unwrap();
         assert_eq!(error["error"], "invalid_request", "{error}");
-        assert!(error["error_description"].as_str().is_some_and(|d| !d.is_empty()), "{error}");
-        assert!(error["request_id"].as_str().is_some_and(|d| !d.is_empty()), "{error}");
+        assert!(
+            error["error_description"]
+                .as_str()
+                .is_some_and(|d| !d.is_empty()),
+            "{error}"
+        );
+        assert!(
+            error["request_id"].as_str().is_some_and(|d| !d.is_empty()),
+            "{error}"
+        );
     }
     let minted: Value = http
         .post(&url)
-        .json(&serde_json::json!({"sub": "repo:contoso/demo:ref:refs/heads/feature/x", "jti": null}))
+        .json(
+            &serde_json::json!({"sub": "repo:contoso/demo:ref:refs/heads/feature/x", "jti": null}),
+        )
         .send()
         .await
         .unwrap()
@@ -273,7 +302,10 @@ async fn the_dev_issuer_refuses_bad_claims_clearly() {
         .await
         .unwrap();
     let token_claims = claims(minted["token"].as_str().unwrap());
-    assert_eq!(token_claims["sub"], "repo:contoso/demo:ref:refs/heads/feature/x");
+    assert_eq!(
+        token_claims["sub"],
+        "repo:contoso/demo:ref:refs/heads/feature/x"
+    );
     assert_eq!(token_claims["iss"], issuer.url());
     assert!(token_claims.get("jti").is_none(), "{token_claims}");
     assert_eq!(minted["claims"], token_claims);

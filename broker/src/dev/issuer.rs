@@ -375,11 +375,19 @@ async fn mint_endpoint(state: &IssuerState, request: Request) -> Response {
     };
     let claims = match serde_json::from_slice::<Value>(&body) {
         Ok(claims @ Value::Object(_)) => claims,
-        Ok(_) => return refuse(StatusCode::BAD_REQUEST, "claims must be a JSON object".into()),
+        Ok(_) => {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                "claims must be a JSON object".into(),
+            );
+        }
         Err(e) => {
             return refuse(
                 StatusCode::BAD_REQUEST,
-                format!("the body is not JSON: {}", crate::redact::untrusted(&e.to_string())),
+                format!(
+                    "the body is not JSON: {}",
+                    crate::redact::untrusted(&e.to_string())
+                ),
             );
         }
     };

@@ -198,8 +198,9 @@ pub async fn run(listen: &str) -> anyhow::Result<()> {
          \n  admin console   {broker}/ui/ (sign in with admin token {admin_token}, valid for this run)\n\
          {commands}\
          \nA demo job token (valid {mins} minutes) is in this command; paste it to get an access token:\n\n{curl}\n\
-         \nIn another terminal, this line points the commands (wif-broker identity|credential|simulate|audit,\
-         \nwif-broker dev token, wif-agent) at this stack:\n\n{exports}\n",
+         \nIn another terminal, this line points the admin commands (wif-broker identity, credential,\
+         \nsimulate, audit) and `wif-broker dev token` at this stack; give wif-agent --broker \"$WIF_SERVER_URL\":\
+         \n\n{exports}\n",
         broker = stack.broker.url(),
         issuer = stack.issuer.url(),
         entra = stack.entra.url(),
