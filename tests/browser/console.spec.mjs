@@ -339,7 +339,8 @@ try {
     check(((await granted.first().textContent()) ?? "").includes("deploy"), "the granted exchange does not name identity deploy");
     const denied = page.locator("tr.event[data-class=denied]");
     check((await denied.count()) >= 1, "no denied exchange listed");
-    const reason = (await denied.first().locator("td.reason").textContent()) ?? "";
+    const noMatch = denied.filter({ hasText: "no_matching_credential" }).first();
+    const reason = (await noMatch.locator("td.reason").textContent()) ?? "";
     check(reason.includes("no_matching_credential") && reason.includes("no federated credential matches"), `denial reason: ${reason}`);
     check((await page.locator("tr.event[data-class=upstream]").count()) >= 1, "no upstream error listed");
     const content = await page.locator("main").evaluate((main) => {
