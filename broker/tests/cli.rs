@@ -22,7 +22,7 @@ use tokio::sync::mpsc;
 use wif_broker::clock;
 use wif_broker::dev::issuer::{LocalIssuer, github_claims};
 use wif_broker::dev::jwt;
-use wif_broker::dev::stack::DEMO_CLIENT;
+use wif_broker::dev::stack::{DEMO_CLIENT, DEMO_FLEET_CLIENT, DEMO_FLEET_IDENTITY};
 
 const TENANT: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";
 const CLIENT: &str = "3f1c2a9e-5b7d-4e21-9c3a-1d2e3f4a5b6c";
@@ -362,6 +362,143 @@ async fn the_curl_printed_by_dev_returns_an_access_token_and_sigterm_stops_it() 
     let claims = jwt_payload(token);
     assert_eq!(claims["aud"], "https://management.azure.com", "{claims}");
     assert_eq!(claims["appid"], DEMO_CLIENT, "{claims}");
+
+    dev.terminate().await;
+    dev.exits_cleanly(SHUTDOWN).await;
+}
+
+// ---------------------------------------------------------------------------------------
+// The README's tour
+
+/// The commands of the tour: each `sh` block's lines, continuation lines joined.
+fn tour_commands(readme: &str) -> Vec<String> {
+    let start = readme
+        .find("## A five-minute tour")
+        .expect("README.md has no \"A five-minute tour\" section");
+    let rest = &readme[start + 3..];
+    let section = &rest[..rest.find("\n## ").unwrap_or(rest.len())];
+    let mut commands = Vec::new();
+    let mut in_sh = false;
+    let mut pending = String::new();
+    for line in section.lines() {
+        let line = line.trim();
+        if line.starts_with("```") {
+            in_sh = !in_sh && line == "```sh";
+            continue;
+        }
+        if !in_sh || line.is_empty() {
+            continue;
+        }
+        match line.strip_suffix('\\') {
+            Some(head) => pending.push_str(head),
+            None => {
+                pending.push_str(line);
+                commands.push(std::mem::take(&mut pending));
+            }
+        }
+    }
+    commands
+}
+
+/// The README's five-minute tour, run as written: every command in the `sh` code blocks of
+/// its "A five-minute tour" section, read from README.md (so this fails when the README
+/// and the commands drift apart), against a real `wif-broker dev` on a free port, with
+/// the real `wif-broker` and `wif-agent` binaries on `PATH`. What a reader does by hand:
+/// - `cargo run -p wif-broker -- dev` (step 1) is this test's `wif-broker dev`;
+/// - `cargo build -p wif-agent` is not run (cargo is busy running this test): the
+///   `wif-agent` it builds must be beside `wif-broker` (`cargo test --workspace` builds
+///   it; alone, run `cargo build -p wif-agent` first);
+/// - `$PWD/target/debug` is wherever cargo put the binaries;
+/// - the `export` line the dev stack prints is pasted before the commands, and each
+///   command runs in `sh` in a fresh directory after the `export` lines so far.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_readme_tour_works_as_written() {
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"))
+            .unwrap();
+    assert!(
+        readme.contains("`cargo run -p wif-broker -- dev`"),
+        "the tour no longer starts with `cargo run -p wif-broker -- dev`"
+    );
+    let commands = tour_commands(&readme);
+    assert!(
+        commands.iter().any(|c| c.starts_with("wif-agent token")),
+        "the tour has no wif-agent step: {commands:#?}"
+    );
+    let broker_bin = std::fs::canonicalize(env!("CARGO_BIN_EXE_wif-broker")).unwrap();
+    let bin_dir = broker_bin.parent().unwrap().to_path_buf();
+    assert!(
+        bin_dir.join("wif-agent").is_file(),
+        "no wif-agent beside {}: run `cargo build -p wif-agent` (or `cargo test --workspace`)",
+        broker_bin.display()
+    );
+
+    let mut cmd = wif_broker();
+    cmd.args(["dev", "--listen", "127.0.0.1:0"]);
+    let mut dev = Running::spawn(cmd);
+    let printed = dev.printed("export WIF_SERVER_URL=", STARTUP).await;
+    let exports = printed
+        .lines()
+        .find(|l| l.starts_with("export WIF_SERVER_URL="))
+        .unwrap()
+        .to_owned();
+    assert!(
+        printed.contains(&format!(
+            "wif-broker and wif-agent are in {}",
+            bin_dir.display()
+        )),
+        "the dev stack does not say where the commands are:\n{printed}"
+    );
+
+    let workdir = tempfile::tempdir().unwrap();
+    let mut prelude = vec![exports];
+    let mut ran: Vec<(String, Output)> = Vec::new();
+    for command in commands {
+        if command == "cargo build -p wif-agent" {
+            continue;
+        }
+        if command.starts_with("export ") {
+            prelude.push(command.replace("$PWD/target/debug", &bin_dir.display().to_string()));
+            continue;
+        }
+        let mut sh = Command::new("sh");
+        clean_env(&mut sh);
+        sh.args(["-c", &format!("set -e\n{}\n{command}", prelude.join("\n"))])
+            .current_dir(workdir.path());
+        let output = run_to_end(sh, QUICK).await;
+        if !output.status.success() {
+            dev.fail(&format!("README command failed: {command}\n{output:?}"));
+        }
+        ran.push((command, output));
+    }
+    let stdout = |prefix: &str| {
+        ran.iter()
+            .find(|(command, _)| command.starts_with(prefix))
+            .map(|(_, output)| text(&output.stdout))
+            .unwrap_or_else(|| panic!("the tour has no `{prefix} ...` command"))
+    };
+    let json = |prefix: &str| -> Value {
+        serde_json::from_str(stdout(prefix).trim())
+            .unwrap_or_else(|e| panic!("`{prefix} ...` printed no JSON: {e}"))
+    };
+
+    // Step 4: the commands reach the dev broker with the printed admin token.
+    assert!(stdout("wif-broker identity list").contains(DEMO_FLEET_IDENTITY));
+    assert!(stdout("wif-broker credential list").contains("demo-features"));
+    // Step 5: a feature-branch token acts as demo-fleet, by curl and through the agent.
+    let simulate = stdout("wif-broker simulate");
+    assert!(
+        simulate.contains(&format!("match: {DEMO_FLEET_IDENTITY}/demo-features")),
+        "{simulate}"
+    );
+    let curl = json("curl -s -X POST");
+    assert_eq!(curl["identity"]["name"], DEMO_FLEET_IDENTITY, "{curl}");
+    let agent = json("wif-agent token");
+    assert_eq!(agent["client_id"], DEMO_FLEET_CLIENT, "{agent}");
+    let access = jwt_payload(agent["access_token"].as_str().unwrap());
+    assert_eq!(access["appid"], DEMO_FLEET_CLIENT, "{access}");
+    // Step 6: the metrics count those exchanges.
+    assert!(stdout("curl -s \"$WIF_SERVER_URL/metrics\"").contains("wif_exchanges_total"));
 
     dev.terminate().await;
     dev.exits_cleanly(SHUTDOWN).await;
