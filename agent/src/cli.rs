@@ -45,6 +45,7 @@ pub enum Command {
 /// else `AZURE_FEDERATED_TOKEN_FILE`; `--token-file`, `--token-command` or
 /// `--gitlab-variable` choose explicitly.
 #[derive(Debug, Clone, Args, Default)]
+#[command(next_help_heading = "CI token options")]
 pub struct CiArgs {
     /// Audience to ask GitHub Actions for (Azure Pipelines tokens always carry the default).
     #[arg(long, value_name = "AUD", default_value = crate::ci::DEFAULT_AUDIENCE)]
@@ -72,31 +73,33 @@ pub enum Format {
 
 #[derive(Debug, Clone, Args)]
 pub struct TokenArgs {
-    #[command(flatten)]
-    pub broker: BrokerArgs,
-    #[command(flatten)]
-    pub ci: CiArgs,
     /// The scope or resource to get a token for, e.g. https://management.azure.com/.default.
     #[arg(long, value_name = "SCOPE")]
     pub scope: String,
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Json)]
     pub format: Format,
-}
-
-#[derive(Debug, Clone, Args)]
-pub struct ExecArgs {
+    // The shared groups come last: each brings its own help heading.
     #[command(flatten)]
     pub broker: BrokerArgs,
     #[command(flatten)]
     pub ci: CiArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ExecArgs {
     /// The command and its arguments, after `--`.
     #[arg(last = true, required = true, value_name = "CMD")]
     pub command: Vec<std::ffi::OsString>,
+    #[command(flatten)]
+    pub broker: BrokerArgs,
+    #[command(flatten)]
+    pub ci: CiArgs,
 }
 
 /// Flags shared by the commands that talk to the broker.
 #[derive(Debug, Clone, Args, Default)]
+#[command(next_help_heading = "Broker options (every command)")]
 pub struct BrokerArgs {
     /// The broker's base URL.
     #[arg(long, value_name = "URL")]
@@ -123,8 +126,6 @@ pub struct BrokerArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
-    #[command(flatten)]
-    pub broker: BrokerArgs,
     /// Where to listen [default: 127.0.0.1:8181, or `listen` in the config file].
     #[arg(long, value_name = "HOST:PORT")]
     pub listen: Option<String>,
@@ -140,6 +141,8 @@ pub struct ServeArgs {
         value_name = "VALUE"
     )]
     pub identity_header: Option<String>,
+    #[command(flatten)]
+    pub broker: BrokerArgs,
 }
 
 pub fn main() -> ExitCode {

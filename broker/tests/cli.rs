@@ -274,11 +274,11 @@ async fn serve_help_mentions_the_config_option_and_the_defaults() {
 /// heading, and not the broker's `--config`, which means nothing to a client.
 #[tokio::test]
 async fn client_help_sets_the_connection_options_apart_and_omits_config() {
-    for command in [
-        &["identity", "create", "--help"][..],
-        &["credential", "list", "--help"],
-        &["simulate", "--help"],
-        &["audit", "--help"],
+    for (command, own) in [
+        (&["identity", "create", "--help"][..], "--tenant-id"),
+        (&["credential", "list", "--help"], "--identity"),
+        (&["simulate", "--help"], "--token"),
+        (&["audit", "--help"], "--since"),
     ] {
         let output = wif_broker_run(command).await;
         assert!(output.status.success(), "{output:?}");
@@ -291,6 +291,11 @@ async fn client_help_sets_the_connection_options_apart_and_omits_config() {
         assert!(
             server > heading,
             "{command:?}: --server before its heading:\n{help}"
+        );
+        let own = help.find(own).unwrap();
+        assert!(
+            own < heading,
+            "{command:?}: its options under the connection heading:\n{help}"
         );
     }
     let audit = text(&wif_broker_run(&["audit", "--help"]).await.stdout);

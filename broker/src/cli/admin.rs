@@ -292,6 +292,7 @@ pub enum CredentialCommand {
     },
     /// List an identity's federated credentials.
     List {
+        /// The identity whose credentials to list.
         #[arg(long)]
         identity: String,
     },
@@ -586,8 +587,6 @@ pub fn credential_table(credentials: &[Credential]) -> String {
 
 #[derive(Debug, Args)]
 pub struct SimulateArgs {
-    #[command(flatten)]
-    pub connection: Connection,
     /// A real token (JWT), @FILE, or @- for stdin: checked as the exchange would.
     #[arg(
         long,
@@ -606,6 +605,9 @@ pub struct SimulateArgs {
     /// The identity the caller would name in the exchange.
     #[arg(long)]
     pub identity: Option<String>,
+    // Last: the connection options come under their own help heading.
+    #[command(flatten)]
+    pub connection: Connection,
 }
 
 /// The `POST /v1/simulate` body for these flags.
@@ -713,8 +715,6 @@ pub fn near_miss_line(miss: &NearMiss) -> String {
 
 #[derive(Debug, Args)]
 pub struct AuditArgs {
-    #[command(flatten)]
-    pub connection: Connection,
     /// Events from this time on: a duration ago (15m, 2h, 7d), epoch seconds, or RFC 3339.
     #[arg(long, value_name = "WHEN")]
     pub since: Option<String>,
@@ -743,6 +743,9 @@ pub struct AuditArgs {
     /// Follow `nextCursor` to the last page.
     #[arg(long)]
     pub all: bool,
+    // Last: the connection options come under their own help heading.
+    #[command(flatten)]
+    pub connection: Connection,
 }
 
 /// The `GET /v1/audit` query for these flags (without the cursor).
