@@ -284,4 +284,22 @@ fn serve_help_gives_the_defaults_and_what_turns_a_protocol_off() {
     assert!(help.contains("[default: 127.0.0.1:8181"), "{help}");
     assert!(help.contains("only IMDS is served"), "{help}");
     assert!(help.contains("WIF_AGENT_IDENTITY_HEADER"), "{help}");
+    let listen = help.find("--listen").unwrap();
+    let broker = help.find("Broker options").unwrap();
+    assert!(
+        listen < broker,
+        "serve's own options under the broker heading:\n{help}"
+    );
+
+    let output = std::process::Command::new(AGENT)
+        .args(["token", "--help"])
+        .env_clear()
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&output.stdout);
+    let scope = help.find("--scope").unwrap();
+    let broker = help.find("Broker options").unwrap();
+    let ci = help.find("CI token options").unwrap();
+    assert!(scope < broker && broker < ci, "{help}");
+    assert!(help.find("--audience").unwrap() > ci, "{help}");
 }
