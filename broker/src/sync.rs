@@ -1,9 +1,10 @@
 //! Keeping this replica's registry in step with the store, and the store tidy.
 //!
 //! Every `[store] poll_interval_ms` the store's registry version is read; when another
-//! replica changed it, the registry is rebuilt. A store that cannot be reached leaves the
+//! replica changed it, the changed entries are read and applied. A store that cannot be reached leaves the
 //! current registry serving (exchanges go on; admin writes answer 503). Once an hour,
-//! audit events past their retention and expired used-token records are deleted.
+//! audit events past their retention and expired used-token records are deleted, and
+//! registry changes beyond the newest 10,000.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,6 +15,9 @@ use crate::exchange::Broker;
 
 /// How often expired audit events and used-token records are purged.
 const MAINTENANCE_SECS: u64 = 3600;
+/// Registry changes kept for replicas that are behind (one row each, a few dozen bytes);
+/// a replica further behind reads the whole registry.
+const KEEP_CHANGES: u64 = 10_000;
 /// How often the store's size is read for `wif_store_size_bytes`.
 const SIZE_SECS: u64 = 60;
 
@@ -76,5 +80,8 @@ async fn maintain(broker: &Broker, now: u64, retention_days: u64) {
     }
     if let Err(e) = store.purge_used_tokens(now).await {
         tracing::warn!(error = %e, "cannot purge used-token records");
+    }
+    if let Err(e) = store.purge_changes(KEEP_CHANGES).await {
+        tracing::warn!(error = %e, "cannot purge recorded registry changes");
     }
 }

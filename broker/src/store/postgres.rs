@@ -15,8 +15,8 @@ use sqlx::{Connection, PgConnection, PgPool, PgTransaction, Postgres, QueryBuild
 
 use super::sql::{self, AuditRow, CredentialRow, IdentityRow, db_error, db_time, without_nul};
 use super::{
-    AuditQuery, AuditRecord, PutOutcome, Store, StoreError, StoreResult, StoredCredential,
-    StoredIdentity, StoredSigningKey,
+    AuditQuery, AuditRecord, PutOutcome, RegistryChange, Store, StoreError, StoreResult,
+    StoredCredential, StoredIdentity, StoredSigningKey,
 };
 
 /// How long a task waits for a connection, including connecting; then `Unavailable`.
@@ -52,6 +52,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         4,
         "identity name case",
         include_str!("../../migrations/postgres/0004_identity_name_case.sql"),
+    ),
+    (
+        5,
+        "registry changes",
+        include_str!("../../migrations/postgres/0005_registry_changes.sql"),
     ),
 ];
 
@@ -190,6 +195,21 @@ async fn credential_conflict(
     Ok(sql::credential_clash(credential, &clashes))
 }
 
+/// Records which entry a registry write changed, under the version the write produced.
+async fn record_change(
+    conn: &mut sqlx::PgConnection,
+    identity: &str,
+    credential: Option<&str>,
+) -> StoreResult<()> {
+    sqlx::query(sql::RECORD_CHANGE)
+        .bind(identity)
+        .bind(credential)
+        .execute(conn)
+        .await
+        .map_err(db_error)?;
+    Ok(())
+}
+
 #[async_trait::async_trait]
 impl Store for PgStore {
     fn kind(&self) -> &'static str {
@@ -263,6 +283,7 @@ impl Store for PgStore {
             (PutOutcome::Created, written)
         };
         written.map_err(|e| sql::identity_write_error(identity, e))?;
+        record_change(&mut tx, &identity.name, None).await?;
         tx.commit().await.map_err(db_error)?;
         Ok(outcome)
     }
@@ -278,6 +299,7 @@ impl Store for PgStore {
         if deleted == 0 {
             return Ok(false); // dropping the transaction rolls the version back
         }
+        record_change(&mut tx, name, None).await?;
         tx.commit().await.map_err(db_error)?;
         Ok(true)
     }
@@ -349,6 +371,7 @@ impl Store for PgStore {
             .execute(&mut *tx)
             .await
             .map_err(|e| sql::credential_write_error(credential, e))?;
+        record_change(&mut tx, &credential.identity, Some(&credential.name)).await?;
         tx.commit().await.map_err(db_error)
     }
 
@@ -383,6 +406,7 @@ impl Store for PgStore {
             .execute(&mut *tx)
             .await
             .map_err(|e| sql::credential_write_error(credential, e))?;
+        record_change(&mut tx, &credential.identity, Some(&credential.name)).await?;
         tx.commit().await.map_err(db_error)
     }
 
@@ -397,6 +421,7 @@ impl Store for PgStore {
             .execute(&mut *tx)
             .await
             .map_err(db_error)?;
+        record_change(&mut tx, identity, Some(&stored.name)).await?;
         tx.commit().await.map_err(db_error)?;
         Ok(true)
     }
@@ -408,6 +433,32 @@ impl Store for PgStore {
             .await
             .map_err(db_error)?;
         Ok(u64::try_from(count).unwrap_or(0))
+    }
+
+    async fn changes_since(&self, version: i64, limit: u32) -> StoreResult<Vec<RegistryChange>> {
+        let rows = sqlx::query_as::<_, (i64, String, Option<String>)>(sql::CHANGES_SINCE)
+            .bind(version)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_error)?;
+        Ok(rows
+            .into_iter()
+            .map(|(version, identity, credential)| RegistryChange {
+                version,
+                identity,
+                credential,
+            })
+            .collect())
+    }
+
+    async fn purge_changes(&self, keep: u64) -> StoreResult<u64> {
+        let done = sqlx::query(sql::PURGE_CHANGES)
+            .bind(i64::try_from(keep).unwrap_or(i64::MAX))
+            .execute(&self.pool)
+            .await
+            .map_err(db_error)?;
+        Ok(done.rows_affected())
     }
 
     async fn version(&self) -> StoreResult<i64> {

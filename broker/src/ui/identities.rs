@@ -62,9 +62,9 @@ fn source_badge(identity: &policy::Identity) -> &'static str {
 
 /// The credentials of each identity, by identity name, in registry order: one pass over
 /// all credentials instead of one per identity.
-pub fn credentials_by_identity(
-    credentials: &[std::sync::Arc<policy::Credential>],
-) -> std::collections::HashMap<&str, Vec<&policy::Credential>> {
+pub fn credentials_by_identity<'a>(
+    credentials: impl IntoIterator<Item = &'a std::sync::Arc<policy::Credential>>,
+) -> std::collections::HashMap<&'a str, Vec<&'a policy::Credential>> {
     let mut by_identity: std::collections::HashMap<&str, Vec<&policy::Credential>> =
         std::collections::HashMap::new();
     for c in credentials {
@@ -217,13 +217,10 @@ pub async fn detail(
             esc(&when(identity.updated_at))
         )
     };
-    let mut credentials: Vec<&policy::Credential> = registry
-        .credentials()
-        .iter()
-        .filter(|c| c.identity.name == identity.name)
+    let credentials: Vec<&policy::Credential> = registry
+        .credentials_of(&identity.name)
         .map(|c| c.as_ref())
         .collect();
-    credentials.sort_by(|a, b| a.name.cmp(&b.name));
     let mut rows = String::new();
     for c in &credentials {
         let actions = if identity.read_only {
@@ -595,11 +592,7 @@ pub async fn delete_form(
     if identity.read_only {
         return read_only_refusal(&session, &name);
     }
-    let count = registry
-        .credentials()
-        .iter()
-        .filter(|c| c.identity.name == name)
-        .count();
+    let count = registry.credentials_of(&name).count();
     let body = format!(
         "<p class=\"crumbs\"><a href=\"/ui/identities\">Identities</a> › <a href=\"/ui/identities/{seg}\">{name}</a> ›</p>\
          <h1>Delete identity {name}?</h1>\
