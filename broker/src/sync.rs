@@ -1,7 +1,8 @@
 //! Keeping this replica's registry in step with the store, and the store tidy.
 //!
-//! Every `[store] poll_interval_ms` the store's registry version is read; when another
-//! replica changed it, the changed entries are read and applied. A store that cannot be reached leaves the
+//! Every `[store] poll_interval_ms`, and at once when PostgreSQL notifies a registry write
+//! (LISTEN/NOTIFY), the store's registry version is read; when another replica changed
+//! it, the changed entries are read and applied. A store that cannot be reached leaves the
 //! current registry serving (exchanges go on; admin writes answer 503). Once an hour,
 //! audit events past their retention and expired used-token records are deleted, and
 //! registry changes beyond the newest 10,000.
@@ -29,8 +30,23 @@ pub fn spawn(broker: Arc<Broker>, poll: Duration, retention_days: u64) -> JoinHa
         let mut healthy = broker.store_reachable();
         let mut last_maintenance = 0u64;
         let mut last_size = 0u64;
+        let mut notices = None;
         loop {
-            interval.tick().await;
+            // A notice from the store wakes the loop early; the poll stays the fallback.
+            if notices.is_none() {
+                notices = broker.store().and_then(|s| s.registry_notices());
+            }
+            match notices.as_mut() {
+                Some(rx) => {
+                    tokio::select! {
+                        _ = interval.tick() => {}
+                        changed = rx.changed() => if changed.is_err() { notices = None },
+                    }
+                }
+                None => {
+                    interval.tick().await;
+                }
+            }
             broker.auditor().flush_due(broker.clock().now());
             match broker.reload("poll", false).await {
                 Ok(changed) => {

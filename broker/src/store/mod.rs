@@ -249,6 +249,12 @@ pub trait Store: Send + Sync + 'static {
     async fn changes_since(&self, version: i64, limit: u32) -> StoreResult<Vec<RegistryChange>>;
     /// Forgets the changes of all but the newest `keep` versions; returns how many.
     async fn purge_changes(&self, keep: u64) -> StoreResult<u64>;
+    /// Changes whenever another replica may have written the registry (PostgreSQL's
+    /// LISTEN/NOTIFY), so replicas apply a write within moments instead of at their next
+    /// poll; `None` where the store cannot tell (replicas poll only).
+    fn registry_notices(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
+    }
 
     /// Appends events (ids are assigned by the store).
     async fn append_audit(&self, events: &[AuditRecord]) -> StoreResult<()>;
@@ -492,6 +498,9 @@ impl Store for Bounded {
     }
     async fn purge_changes(&self, keep: u64) -> StoreResult<u64> {
         self.run(self.inner()?.purge_changes(keep)).await
+    }
+    fn registry_notices(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        self.inner.get().and_then(|s| s.registry_notices())
     }
     async fn append_audit(&self, events: &[AuditRecord]) -> StoreResult<()> {
         self.run(self.inner()?.append_audit(events)).await

@@ -23,7 +23,11 @@ use super::{
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 /// An outer bound on opening, in case a connect attempt itself stalls.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(8);
-const MAX_CONNECTIONS: u32 = 10;
+/// Pooled connections, one of them held by the change listener.
+const MAX_CONNECTIONS: u32 = 11;
+/// The channel registry writes notify on; the payload is the schema written to, so
+/// brokers sharing a database in other schemas ignore it.
+const CHANNEL: &str = "wif_registry";
 /// Session settings for every connection: wait at most this long for a row lock (the
 /// registry version's, mostly) and end sessions that sit idle inside a transaction, so a
 /// replica that stalls mid-write cannot block the others for long.
@@ -63,6 +67,8 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
 /// The PostgreSQL store. Cheap to share behind an `Arc`; all methods take `&self`.
 pub struct PgStore {
     pool: PgPool,
+    /// Bumped by the change listener on each notification (docs/storage.md, "Replicas").
+    notices: tokio::sync::watch::Receiver<u64>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -133,7 +139,12 @@ impl PgStore {
             .run(&pool)
             .await
             .map_err(sql::migrate_error)?;
-        Ok(Self { pool })
+        let schema: String = sqlx::query_scalar("SELECT current_schema()")
+            .fetch_one(&pool)
+            .await
+            .map_err(db_error)?;
+        let notices = listen_for_changes(pool.clone(), schema);
+        Ok(Self { pool, notices })
     }
 
     async fn begin_write(&self) -> StoreResult<PgTransaction<'static>> {
@@ -195,7 +206,8 @@ async fn credential_conflict(
     Ok(sql::credential_clash(credential, &clashes))
 }
 
-/// Records which entry a registry write changed, under the version the write produced.
+/// Records which entry a registry write changed, under the version the write produced,
+/// and notifies the other replicas (delivered when the transaction commits).
 async fn record_change(
     conn: &mut sqlx::PgConnection,
     identity: &str,
@@ -204,10 +216,54 @@ async fn record_change(
     sqlx::query(sql::RECORD_CHANGE)
         .bind(identity)
         .bind(credential)
+        .execute(&mut *conn)
+        .await
+        .map_err(db_error)?;
+    sqlx::query("SELECT pg_notify($1, current_schema())")
+        .bind(CHANNEL)
         .execute(conn)
         .await
         .map_err(db_error)?;
     Ok(())
+}
+
+/// Listens on [`CHANNEL`] on a connection of its own, bumping the returned counter for
+/// every registry write to this schema, and once after each (re)connection (what was
+/// missed meanwhile). Notifications can be lost; replicas poll as well.
+fn listen_for_changes(pool: PgPool, schema: String) -> tokio::sync::watch::Receiver<u64> {
+    let (tx, rx) = tokio::sync::watch::channel(0u64);
+    tokio::spawn(async move {
+        let bump =
+            |tx: &tokio::sync::watch::Sender<u64>| tx.send_modify(|n| *n = n.wrapping_add(1));
+        while !pool.is_closed() && !tx.is_closed() {
+            let listening = async {
+                let mut listener = sqlx::postgres::PgListener::connect_with(&pool).await?;
+                listener.listen(CHANNEL).await?;
+                Ok::<_, sqlx::Error>(listener)
+            };
+            if let Ok(Ok(mut listener)) = tokio::time::timeout(OPEN_TIMEOUT, listening).await {
+                bump(&tx);
+                loop {
+                    let next = tokio::select! {
+                        next = listener.try_recv() => next,
+                        () = tx.closed() => return,
+                    };
+                    match next {
+                        Ok(Some(notice)) if notice.payload() == schema => bump(&tx),
+                        Ok(Some(_)) => {}
+                        // The connection was lost and is being remade.
+                        Ok(None) => bump(&tx),
+                        Err(e) => {
+                            tracing::debug!(error = %e, "registry change listener stopped; reconnecting");
+                            break;
+                        }
+                    }
+                }
+            }
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        }
+    });
+    rx
 }
 
 #[async_trait::async_trait]
@@ -433,6 +489,10 @@ impl Store for PgStore {
             .await
             .map_err(db_error)?;
         Ok(u64::try_from(count).unwrap_or(0))
+    }
+
+    fn registry_notices(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        Some(self.notices.clone())
     }
 
     async fn changes_since(&self, version: i64, limit: u32) -> StoreResult<Vec<RegistryChange>> {
