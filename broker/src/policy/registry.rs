@@ -507,7 +507,7 @@ impl Registry {
         let mut matched = Vec::new();
         let mut wanted_audience = None;
         for cred in subject_matches.by_ref() {
-            if token.aud.iter().any(|a| a == &cred.audience) {
+            if admits_audience(&token.aud, &cred.audience) {
                 matched.push(cred.clone());
             } else if wanted_audience.is_none() {
                 wanted_audience = Some(cred.audience.clone());
@@ -519,6 +519,16 @@ impl Registry {
             (true, None) => Err(MatchError::NoCredential),
         }
     }
+}
+
+/// Whether a token with `aud` values `token_aud` is for a credential's `audience`: one of
+/// them equals it, or it is `api://AzureADTokenExchange` and one is the token-exchange
+/// app's id, as in Entra's own v2.0 tokens for that audience.
+fn admits_audience(token_aud: &[String], audience: &str) -> bool {
+    token_aud.iter().any(|a| {
+        a == audience
+            || (audience == rules::DEFAULT_AUDIENCE && a == rules::TOKEN_EXCHANGE_APP_ID)
+    })
 }
 
 /// Why a credential did not admit a token, for `simulate`.
@@ -601,7 +611,7 @@ impl Registry {
                     clause,
                     detail,
                 }),
-                None if token.aud.iter().any(|a| a == &cred.audience) => matched.push(cred.clone()),
+                None if admits_audience(&token.aud, &cred.audience) => matched.push(cred.clone()),
                 None => misses.push(Miss {
                     credential: cred.clone(),
                     check: "audience",
@@ -820,7 +830,7 @@ mod tests {
             sub: Some(sub.into()),
             aud: vec![aud.into()],
             exp: 0,
-            iat: 0,
+            iat: None,
             jti: None,
             sha256: String::new(),
             signed_sha256: String::new(),
