@@ -206,7 +206,12 @@ impl Farm {
             by_url.insert(issuer.jwks_uri.clone(), issuer.jwks());
             hosts.insert(host_of(&issuer.jwks_uri));
         }
-        let names: Vec<&str> = hosts.iter().map(String::as_str).collect();
+        // Certificates name hosts, not ports.
+        let names: HashSet<&str> = hosts
+            .iter()
+            .map(|h| h.split(':').next().unwrap_or(h))
+            .collect();
+        let names: Vec<&str> = names.into_iter().collect();
         let pki = TestPki::for_names(&names);
         let dir = tempfile::tempdir().unwrap();
         let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
@@ -237,13 +242,6 @@ impl Farm {
     /// Every URL asked of the farm so far.
     pub fn asked(&self) -> Vec<String> {
         self.documents.asked.lock().unwrap().clone()
-    }
-
-    /// Whether anything was asked of `host` (`name` or `name:port`).
-    pub fn was_asked_of(&self, host: &str) -> bool {
-        self.asked()
-            .iter()
-            .any(|url| host_of(url).eq_ignore_ascii_case(host))
     }
 }
 
@@ -407,10 +405,11 @@ pub struct Identity<'a> {
 pub struct Matrix {
     pub farm: Farm,
     pub proxy: Proxy,
-    pub entra: EntraEmulator,
     pub broker: Broker,
     pub http: reqwest::Client,
-    pub dir: BrokerDir,
+    /// Kept for the broker's life: Entra, and the directory of its config and store.
+    _entra: EntraEmulator,
+    _dir: BrokerDir,
 }
 
 fn toml_string(s: &str) -> String {
@@ -475,10 +474,10 @@ impl Matrix {
         Self {
             farm,
             proxy,
-            entra,
             broker,
             http: support::client(),
-            dir,
+            _entra: entra,
+            _dir: dir,
         }
     }
 
