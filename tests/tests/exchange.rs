@@ -203,7 +203,11 @@ async fn a_token_without_iat_is_refused_by_entra_as_a_passthrough_assertion() {
     let token = stack.github.mint(claims).unwrap();
     let answer = stack.exchange(&token, ARM).await;
     answer.expect_error(401, "entra_assertion_rejected");
-    assert!(answer.description().contains("AADSTS70023"), "{}", answer.description());
+    assert!(
+        answer.description().contains("AADSTS70023"),
+        "{}",
+        answer.description()
+    );
     assert_eq!(stack.entra.token_requests(), 1);
 }
 

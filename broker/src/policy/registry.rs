@@ -526,8 +526,7 @@ impl Registry {
 /// app's id, as in Entra's own v2.0 tokens for that audience.
 fn admits_audience(token_aud: &[String], audience: &str) -> bool {
     token_aud.iter().any(|a| {
-        a == audience
-            || (audience == rules::DEFAULT_AUDIENCE && a == rules::TOKEN_EXCHANGE_APP_ID)
+        a == audience || (audience == rules::DEFAULT_AUDIENCE && a == rules::TOKEN_EXCHANGE_APP_ID)
     })
 }
 
@@ -836,6 +835,37 @@ mod tests {
             signed_sha256: String::new(),
             claims,
         }
+    }
+
+    #[test]
+    fn the_token_exchange_app_id_stands_for_the_exchange_audience_only() {
+        let text = format!(
+            "{BASE}
+            [[identities.federated_credentials]]
+            name = \"payments-mi\"
+            issuer = \"https://login.microsoftonline.com/t/v2.0\"
+            subject = \"object-id\"
+            [[identities.federated_credentials]]
+            name = \"custom\"
+            issuer = \"https://login.microsoftonline.com/t/v2.0\"
+            subject = \"other-object-id\"
+            audiences = [\"api://custom\"]
+            "
+        );
+        let registry = load(&text).unwrap();
+        let iss = "https://login.microsoftonline.com/t/v2.0";
+        let app_id = rules::TOKEN_EXCHANGE_APP_ID;
+        let mi = token(iss, "object-id", app_id, json!({}));
+        assert_eq!(registry.matching(&mi).unwrap()[0].name, "payments-mi");
+        assert_eq!(registry.explain(&mi).0[0].name, "payments-mi");
+        // Only api://AzureADTokenExchange has an alias.
+        let custom = token(iss, "other-object-id", app_id, json!({}));
+        assert_eq!(
+            registry.matching(&custom).unwrap_err(),
+            MatchError::Audience {
+                expected: "api://custom".into()
+            }
+        );
     }
 
     #[test]

@@ -273,6 +273,72 @@ mod tests {
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
     }
 
+    /// `check_times` on a token with `claims` (signature not checked), at `now`.
+    fn times(claims: serde_json::Value, now: u64) -> Result<VerifiedToken, TokenError> {
+        let b64 = |v: &serde_json::Value| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+        };
+        let raw = format!(
+            "{}.{}.c2ln",
+            b64(&serde_json::json!({"alg": "RS256"})),
+            b64(&claims)
+        );
+        let policy = VerifyPolicy {
+            algorithms: vec![Algorithm::RS256],
+            leeway_secs: 60,
+            max_lifetime_secs: 90_000,
+            ecdsa_low_s_only: false,
+        };
+        check_times(UnverifiedToken::parse(&raw, 16_384)?, &policy, now)
+    }
+
+    #[test]
+    fn nbf_and_iat_are_checked_only_when_present() {
+        let now = 1_800_000_000;
+        let base = serde_json::json!({"iss": "https://i", "aud": ["a"], "exp": now + 300});
+        // Google, AWS and SPIFFE tokens: no `nbf`; a minimal JWT-SVID: no `iat` either.
+        let verified = times(base.clone(), now).unwrap();
+        assert_eq!(verified.iat, None);
+        let mut with = base.clone();
+        with["iat"] = now.into();
+        assert_eq!(times(with.clone(), now).unwrap().iat, Some(now));
+        with["nbf"] = (now + 600).into();
+        assert_eq!(
+            times(with, now).unwrap_err(),
+            TokenError::NotYetValid {
+                nbf: now + 600,
+                now
+            }
+        );
+        let mut invalid = base.clone();
+        invalid["nbf"] = "soon".into();
+        assert_eq!(
+            times(invalid, now).unwrap_err(),
+            TokenError::MissingClaim("nbf")
+        );
+        let mut no_exp = base;
+        no_exp.as_object_mut().unwrap().remove("exp");
+        assert_eq!(
+            times(no_exp, now).unwrap_err(),
+            TokenError::MissingClaim("exp")
+        );
+    }
+
+    #[test]
+    fn without_iat_the_remaining_life_is_capped() {
+        let now = 1_800_000_000;
+        let far = serde_json::json!({"iss": "https://i", "aud": "a", "exp": now + 90_001});
+        assert_eq!(
+            times(far, now).unwrap_err(),
+            TokenError::RemainingTooLong {
+                remaining: 90_001,
+                max: 90_000
+            }
+        );
+        let within = serde_json::json!({"iss": "https://i", "aud": "a", "exp": now + 90_000});
+        assert!(times(within, now).is_ok());
+    }
+
     #[test]
     fn high_s_is_above_half_the_order_exactly() {
         let half_p256: [u8; 32] = [

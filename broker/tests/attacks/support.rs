@@ -420,8 +420,9 @@ impl TestPki {
         let ca_cert = ca.self_signed(&ca_key).unwrap();
         let ca = Issuer::new(ca, ca_key);
         let key = KeyPair::generate().unwrap();
-        let leaf = CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>())
-            .unwrap();
+        let leaf =
+            CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>())
+                .unwrap();
         let cert = leaf.signed_by(&key, &ca).unwrap();
         Self {
             ca_pem: ca_cert.pem(),

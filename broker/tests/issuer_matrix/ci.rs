@@ -95,8 +95,11 @@ async fn github_com_default_immutable_and_customised_subjects() {
     )
     .await;
 
-    m.admits(&github.mint(&github_claims(GITHUB, MAIN, EXCHANGE_AUDIENCE)), "gh-default")
-        .await;
+    m.admits(
+        &github.mint(&github_claims(GITHUB, MAIN, EXCHANGE_AUDIENCE)),
+        "gh-default",
+    )
+    .await;
     m.admits(
         &github.mint(&github_claims(GITHUB, immutable, EXCHANGE_AUDIENCE)),
         "gh-immutable",
@@ -104,9 +107,11 @@ async fn github_com_default_immutable_and_customised_subjects() {
     .await;
     let mut production = github_claims(GITHUB, repo_template, EXCHANGE_AUDIENCE);
     production["environment"] = json!("production");
-    m.admits(&github.mint(&production), "gh-repo-template").await;
+    m.admits(&github.mint(&production), "gh-repo-template")
+        .await;
     production["sub"] = json!(owner_template);
-    m.admits(&github.mint(&production), "gh-owner-template").await;
+    m.admits(&github.mint(&production), "gh-owner-template")
+        .await;
     // The keys were found through discovery at GitHub's documented paths, once.
     assert_eq!(
         m.farm.asked(),
@@ -122,8 +127,13 @@ async fn github_com_default_immutable_and_customised_subjects() {
     let recycled = "repo:contoso@9999999/app@7654321:ref:refs/heads/main";
     for sub in [feature, recycled] {
         let token = github.mint(&github_claims(GITHUB, sub, EXCHANGE_AUDIENCE));
-        m.refuses(&token, 403, "no_matching_credential", "no federated credential")
-            .await;
+        m.refuses(
+            &token,
+            403,
+            "no_matching_credential",
+            "no federated credential",
+        )
+        .await;
     }
     production["job_workflow_ref"] =
         json!("contoso/workflows/.github/workflows/deploy.yml@refs/heads/feature");
@@ -313,21 +323,34 @@ async fn azure_devops_service_connections_from_its_issuer_and_from_entra() {
     .await;
 
     m.admits(
-        &vstoken.mint(&vstoken_claims(&vstoken_iss, "sc://contoso/web/prod-connection")),
+        &vstoken.mint(&vstoken_claims(
+            &vstoken_iss,
+            "sc://contoso/web/prod-connection",
+        )),
         "ado",
     )
     .await;
-    m.admits(&entra.mint(&ado_entra_claims(&entra.iss, connection)), "ado-entra")
-        .await;
+    m.admits(
+        &entra.mint(&ado_entra_claims(&entra.iss, connection)),
+        "ado-entra",
+    )
+    .await;
     assert!(
         m.farm
             .asked()
             .contains(&"https://vstoken.dev.azure.com/.well-known/jwks".to_owned())
     );
 
-    let test_connection = vstoken.mint(&vstoken_claims(&vstoken_iss, "sc://contoso/web/test-connection"));
-    m.refuses(&test_connection, 403, "no_matching_credential", "").await;
-    let other = entra.mint(&ado_entra_claims(&entra.iss, "0d1e2f3a-4b5c-4d6e-8f70-8192a3b4c5d6"));
+    let test_connection = vstoken.mint(&vstoken_claims(
+        &vstoken_iss,
+        "sc://contoso/web/test-connection",
+    ));
+    m.refuses(&test_connection, 403, "no_matching_credential", "")
+        .await;
+    let other = entra.mint(&ado_entra_claims(
+        &entra.iss,
+        "0d1e2f3a-4b5c-4d6e-8f70-8192a3b4c5d6",
+    ));
     m.refuses(&other, 403, "no_matching_credential", "").await;
 
     m.refuses_near_misses(
@@ -429,14 +452,21 @@ async fn gitlab_com_and_a_self_managed_instance_on_its_own_port() {
     )
     .await;
 
-    m.admits(&gitlab.mint(&gitlab_claims("https://gitlab.com", "branch", "main")), "gitlab")
-        .await;
+    m.admits(
+        &gitlab.mint(&gitlab_claims("https://gitlab.com", "branch", "main")),
+        "gitlab",
+    )
+    .await;
     m.admits(
         &self_managed.mint(&gitlab_claims(self_managed_iss, "tag", "v1.2.0")),
         "gitlab-self-managed",
     )
     .await;
-    assert!(m.proxy.connects().contains(&"gitlab.contoso.example:8443".to_owned()));
+    assert!(
+        m.proxy
+            .connects()
+            .contains(&"gitlab.contoso.example:8443".to_owned())
+    );
 
     let tag = gitlab.mint(&gitlab_claims("https://gitlab.com", "tag", "v1.2.0"));
     m.refuses(&tag, 403, "no_matching_credential", "").await;
@@ -446,7 +476,11 @@ async fn gitlab_com_and_a_self_managed_instance_on_its_own_port() {
     m.refuses_near_misses(
         &gitlab,
         &gitlab_claims("https://gitlab.com", "branch", "main"),
-        &["https://gitlab.com/", "https://GitLab.com", "https://www.gitlab.com"],
+        &[
+            "https://gitlab.com/",
+            "https://GitLab.com",
+            "https://www.gitlab.com",
+        ],
     )
     .await;
     m.refuses_near_misses(
@@ -528,18 +562,34 @@ async fn terraform_cloud_and_enterprise_apply_and_plan_phases() {
     )
     .await;
 
-    m.admits(&tfc.mint(&terraform_claims(tfc_iss, "apply")), "tfc-apply").await;
-    m.admits(&tfe.mint(&terraform_claims(tfe_iss, "plan")), "tfe-plan").await;
+    m.admits(&tfc.mint(&terraform_claims(tfc_iss, "apply")), "tfc-apply")
+        .await;
+    m.admits(&tfe.mint(&terraform_claims(tfe_iss, "plan")), "tfe-plan")
+        .await;
 
-    m.refuses(&tfc.mint(&terraform_claims(tfc_iss, "plan")), 403, "no_matching_credential", "")
-        .await;
-    m.refuses(&tfe.mint(&terraform_claims(tfe_iss, "apply")), 403, "no_matching_credential", "")
-        .await;
+    m.refuses(
+        &tfc.mint(&terraform_claims(tfc_iss, "plan")),
+        403,
+        "no_matching_credential",
+        "",
+    )
+    .await;
+    m.refuses(
+        &tfe.mint(&terraform_claims(tfe_iss, "apply")),
+        403,
+        "no_matching_credential",
+        "",
+    )
+    .await;
 
     m.refuses_near_misses(
         &tfc,
         &terraform_claims(tfc_iss, "apply"),
-        &["https://app.terraform.io/", "https://APP.terraform.io", "https://terraform.io"],
+        &[
+            "https://app.terraform.io/",
+            "https://APP.terraform.io",
+            "https://terraform.io",
+        ],
     )
     .await;
 }

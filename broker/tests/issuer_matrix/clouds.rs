@@ -73,7 +73,8 @@ async fn google_service_account_id_tokens_with_keys_on_another_host() {
         "reporter@contoso-prod.iam.gserviceaccount.com",
         "https://broker.contoso.example",
     );
-    m.admits(&google.mint_with(1, &reporter), "google-by-email").await;
+    m.admits(&google.mint_with(1, &reporter), "google-by-email")
+        .await;
     assert_eq!(
         m.farm.asked(),
         ["https://www.googleapis.com/oauth2/v3/certs".to_owned()],
@@ -85,8 +86,13 @@ async fn google_service_account_id_tokens_with_keys_on_another_host() {
         "stranger@elsewhere.iam.gserviceaccount.com",
         EXCHANGE_AUDIENCE,
     ));
-    m.refuses(&stranger, 403, "no_matching_credential", "").await;
-    let wrong_audience = google.mint(&google_claims(DEPLOYER_ID, DEPLOYER, "https://broker.contoso.example"));
+    m.refuses(&stranger, 403, "no_matching_credential", "")
+        .await;
+    let wrong_audience = google.mint(&google_claims(
+        DEPLOYER_ID,
+        DEPLOYER,
+        "https://broker.contoso.example",
+    ));
     m.refuses(&wrong_audience, 401, "invalid_audience", EXCHANGE_AUDIENCE)
         .await;
 
@@ -155,18 +161,27 @@ async fn aws_outbound_web_identity_tokens_signed_es384_and_rs256() {
     .await;
 
     // The caller chooses the algorithm: ES384 or RS256.
-    m.admits(&aws.mint_with(0, &aws_claims(ROLE, "123456789012")), "aws-role")
-        .await;
-    m.admits(&aws.mint_with(1, &aws_claims(ROLE, "123456789012")), "aws-role")
-        .await;
+    m.admits(
+        &aws.mint_with(0, &aws_claims(ROLE, "123456789012")),
+        "aws-role",
+    )
+    .await;
+    m.admits(
+        &aws.mint_with(1, &aws_claims(ROLE, "123456789012")),
+        "aws-role",
+    )
+    .await;
     let other_account = aws_claims("arn:aws:iam::210987654321:role/Reporting", "210987654321");
-    m.admits(&aws.mint_with(0, &other_account), "aws-account").await;
+    m.admits(&aws.mint_with(0, &other_account), "aws-account")
+        .await;
 
     let mut staging = other_account.clone();
     staging["https://sts.amazonaws.com/"]["principal_tags"]["environment"] = json!("staging");
-    m.refuses(&aws.mint(&staging), 403, "no_matching_credential", "").await;
+    m.refuses(&aws.mint(&staging), 403, "no_matching_credential", "")
+        .await;
     let other_role = aws_claims("arn:aws:iam::123456789012:role/Other", "123456789012");
-    m.refuses(&aws.mint(&other_role), 403, "no_matching_credential", "").await;
+    m.refuses(&aws.mint(&other_role), 403, "no_matching_credential", "")
+        .await;
 
     m.refuses_near_misses(
         &aws,
@@ -224,7 +239,9 @@ async fn spiffe_jwt_svids_from_spire_es256_and_rs256() {
     m.admits(&spire.mint_with(1, &svid_claims(SPIFFE_ID)), "spiffe-api")
         .await;
     m.admits(
-        &spire.mint(&svid_claims("spiffe://contoso.example/ns/billing/sa/worker")),
+        &spire.mint(&svid_claims(
+            "spiffe://contoso.example/ns/billing/sa/worker",
+        )),
         "spiffe-namespace",
     )
     .await;
@@ -247,13 +264,17 @@ async fn spiffe_jwt_svids_from_spire_es256_and_rs256() {
     // SPIRE without `jwt_issuer` mints SVIDs without `iss`: nothing names their issuer.
     let mut no_iss = svid_claims(SPIFFE_ID);
     no_iss.as_object_mut().unwrap().remove("iss");
-    m.refuses(&spire.mint(&no_iss), 401, "missing_claim", "iss").await;
+    m.refuses(&spire.mint(&no_iss), 401, "missing_claim", "iss")
+        .await;
 
     // The trust domain is not the issuer.
     m.refuses_near_misses(
         &spire,
         &svid_claims(SPIFFE_ID),
-        &["https://oidc.spire.contoso.example/", "spiffe://contoso.example"],
+        &[
+            "https://oidc.spire.contoso.example/",
+            "spiffe://contoso.example",
+        ],
     )
     .await;
 }
@@ -346,10 +367,16 @@ async fn entra_managed_identity_tokens_v2_and_v1() {
 
     // The credential's audience is api://AzureADTokenExchange (the default, as in Entra);
     // the v2.0 token carries the token-exchange app's id instead.
-    m.admits(&v2.mint(&managed_identity_v2(&v2.iss, MI_OBJECT_ID)), "mi-v2")
-        .await;
-    m.admits(&v1.mint(&managed_identity_v1(&v1_iss, MI_OBJECT_ID)), "mi-v1")
-        .await;
+    m.admits(
+        &v2.mint(&managed_identity_v2(&v2.iss, MI_OBJECT_ID)),
+        "mi-v2",
+    )
+    .await;
+    m.admits(
+        &v1.mint(&managed_identity_v1(&v1_iss, MI_OBJECT_ID)),
+        "mi-v1",
+    )
+    .await;
 
     let other_identity = "5081ddac-3d33-4766-98fe-80c38c5ce554";
     let other = v2.mint(&managed_identity_v2(&v2.iss, other_identity));
@@ -365,7 +392,11 @@ async fn entra_managed_identity_tokens_v2_and_v1() {
         &managed_identity_v2(&v2.iss, MI_OBJECT_ID),
         &[
             format!("{}/", v2.iss).as_str(),
-            format!("https://login.microsoftonline.com/{}/v2.0", TENANT.to_uppercase()).as_str(),
+            format!(
+                "https://login.microsoftonline.com/{}/v2.0",
+                TENANT.to_uppercase()
+            )
+            .as_str(),
             "https://login.microsoftonline.com/contoso.onmicrosoft.com/v2.0",
         ],
     )
@@ -373,7 +404,10 @@ async fn entra_managed_identity_tokens_v2_and_v1() {
     m.refuses_near_misses(
         &v1,
         &managed_identity_v1(&v1_iss, MI_OBJECT_ID),
-        &[v1_iss.trim_end_matches('/'), format!("https://login.microsoftonline.com/{TENANT}/").as_str()],
+        &[
+            v1_iss.trim_end_matches('/'),
+            format!("https://login.microsoftonline.com/{TENANT}/").as_str(),
+        ],
     )
     .await;
 }

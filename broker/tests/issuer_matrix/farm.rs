@@ -79,7 +79,13 @@ pub struct Issuer {
 impl Issuer {
     /// An issuer whose discovery document is at `{iss}/.well-known/openid-configuration`
     /// (a trailing `/` of `iss` is not doubled) and whose keys are at `jwks_uri`.
-    pub fn new(iss: &str, jwks_uri: &str, kinds: &[KeyKind], header: Header, style: JwkStyle) -> Self {
+    pub fn new(
+        iss: &str,
+        jwks_uri: &str,
+        kinds: &[KeyKind],
+        header: Header,
+        style: JwkStyle,
+    ) -> Self {
         let keys = kinds
             .iter()
             .enumerate()
@@ -435,9 +441,13 @@ impl Matrix {
         );
         for (i, identity) in identities.iter().enumerate() {
             let client_id = format!("00000000-0000-4000-8000-{:012x}", i + 1);
-            entra.register_app(AppRegistration::new(TENANT, &client_id).with_fic(
-                EmulatedFic::new("wif-broker", &broker_url, identity.name),
-            ));
+            entra.register_app(
+                AppRegistration::new(TENANT, &client_id).with_fic(EmulatedFic::new(
+                    "wif-broker",
+                    &broker_url,
+                    identity.name,
+                )),
+            );
             toml.push_str(&format!(
                 "[[identities]]\nname = \"{}\"\ntenant_id = \"{TENANT}\"\nclient_id = \"{client_id}\"\nassertion = \"broker\"\n\n",
                 identity.name
@@ -496,7 +506,11 @@ impl Matrix {
             ));
         }
         assert_eq!(answer.body["identity"]["name"], identity, "{}", answer.text);
-        assert!(answer.body["access_token"].as_str().is_some_and(|t| !t.is_empty()));
+        assert!(
+            answer.body["access_token"]
+                .as_str()
+                .is_some_and(|t| !t.is_empty())
+        );
     }
 
     /// Asserts an error answer with `status` and `code` whose description contains
@@ -514,7 +528,11 @@ impl Matrix {
             "description {:?} does not contain {description:?}",
             answer.description()
         );
-        assert!(answer.body["request_id"].as_str().is_some_and(|r| !r.is_empty()));
+        assert!(
+            answer.body["request_id"]
+                .as_str()
+                .is_some_and(|r| !r.is_empty())
+        );
         answer
     }
 

@@ -8,8 +8,7 @@ use crate::farm::*;
 
 const AKS: &str = "https://westeurope.oic.prod-aks.azure.com/72f988bf-86f1-41af-91ab-2d7cd011db47/5c0e1a2b-3d4f-4a5b-8c6d-7e8f9a0b1c2d/";
 const EKS: &str = "https://oidc.eks.eu-west-1.amazonaws.com/id/B3C8C1D2E4F5A6B7C8D9E0F1A2B3C4D5";
-const GKE: &str =
-    "https://container.googleapis.com/v1/projects/contoso-prod/locations/europe-west1/clusters/payments";
+const GKE: &str = "https://container.googleapis.com/v1/projects/contoso-prod/locations/europe-west1/clusters/payments";
 const KIND: &str = "https://kubernetes.default.svc.cluster.local";
 
 /// A projected service-account token for `namespace`/`account`, audience Entra's: `aud`
@@ -34,7 +33,13 @@ fn service_account_claims(iss: &str, namespace: &str, account: &str) -> Value {
 }
 
 fn cluster(iss: &str, jwks_uri: &str) -> Issuer {
-    Issuer::new(iss, jwks_uri, &[KeyKind::Rsa2048], Header::Kid, JwkStyle::WithAlg)
+    Issuer::new(
+        iss,
+        jwks_uri,
+        &[KeyKind::Rsa2048],
+        Header::Kid,
+        JwkStyle::WithAlg,
+    )
 }
 
 #[tokio::test]
@@ -139,10 +144,7 @@ async fn aks_eks_gke_and_a_private_cluster_with_operator_supplied_keys() {
     m.refuses_near_misses(
         &eks,
         &service_account_claims(EKS, "payments", "api"),
-        &[
-            EKS.to_lowercase().as_str(),
-            format!("{EKS}/").as_str(),
-        ],
+        &[EKS.to_lowercase().as_str(), format!("{EKS}/").as_str()],
     )
     .await;
     m.refuses_near_misses(
@@ -157,7 +159,10 @@ async fn aks_eks_gke_and_a_private_cluster_with_operator_supplied_keys() {
     m.refuses_near_misses(
         &kind,
         &service_account_claims(KIND, "payments", "api"),
-        &["https://kubernetes.default.svc", "https://kubernetes.default.svc.cluster.local/"],
+        &[
+            "https://kubernetes.default.svc",
+            "https://kubernetes.default.svc.cluster.local/",
+        ],
     )
     .await;
 }
