@@ -558,6 +558,31 @@ impl Matrix {
                 (asked, tunnels),
                 "the broker reached out for the near miss {near:?}"
             );
+            // An admin asking why is told which credential's issuer it nearly is.
+            let simulated = support::admin(
+                &self.http,
+                reqwest::Method::POST,
+                &format!("{}/v1/simulate", self.broker.url()),
+                Some(json!({ "token": token })),
+            )
+            .await;
+            assert_eq!(
+                simulated.body["outcome"], "unknown_issuer",
+                "{}",
+                simulated.text
+            );
+            let loose = |s: &str| s.trim_end_matches('/').to_ascii_lowercase();
+            let named = simulated.body["nearMisses"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|miss| miss["failed"] == "issuer");
+            assert_eq!(
+                named,
+                loose(near) == loose(&issuer.iss),
+                "near misses for {near:?}: {}",
+                simulated.text
+            );
         }
     }
 }
