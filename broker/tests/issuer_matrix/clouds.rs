@@ -137,7 +137,7 @@ async fn aws_outbound_web_identity_tokens_signed_es384_and_rs256() {
         &format!("{AWS}/.well-known/jwks.json"),
         &[KeyKind::EcP384, KeyKind::Rsa2048],
         Header::KidTyp,
-        JwkStyle::WithAlg,
+        JwkStyle::NoAlg,
     );
     let m = Matrix::start(
         Farm::start(&[&aws], &[]).await,

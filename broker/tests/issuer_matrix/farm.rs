@@ -59,7 +59,7 @@ pub enum JwkStyle {
     WithAlg,
     /// Entra: `kty`, `use`, `kid`, `x5t`, key material and the v2.0 `issuer`; no `alg`.
     Entra,
-    /// SPIRE's discovery provider: `kty`, `kid`, key material, `use: sig`; no `alg`.
+    /// SPIRE's discovery provider and AWS: `kty`, `kid`, key material, `use`; no `alg`.
     NoAlg,
 }
 
