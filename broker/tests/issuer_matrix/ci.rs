@@ -127,18 +127,18 @@ async fn github_com_default_immutable_and_customised_subjects() {
     let recycled = "repo:contoso@9999999/app@7654321:ref:refs/heads/main";
     for sub in [feature, recycled] {
         let token = github.mint(&github_claims(GITHUB, sub, EXCHANGE_AUDIENCE));
-        m.refuses(
-            &token,
-            403,
-            "no_matching_credential",
-            "no federated credential",
-        )
-        .await;
+        m.refuses(&token, 403, "no_matching_credential", NO_MATCH)
+            .await;
     }
     production["job_workflow_ref"] =
         json!("contoso/workflows/.github/workflows/deploy.yml@refs/heads/feature");
-    m.refuses(&github.mint(&production), 403, "no_matching_credential", "")
-        .await;
+    m.refuses(
+        &github.mint(&production),
+        403,
+        "no_matching_credential",
+        NO_MATCH,
+    )
+    .await;
     // GitHub's default audience is the owner's URL; the credential expects Entra's.
     let default_aud = github.mint(&github_claims(GITHUB, MAIN, "https://github.com/contoso"));
     m.refuses(&default_aud, 401, "invalid_audience", EXCHANGE_AUDIENCE)
@@ -204,7 +204,8 @@ async fn github_enterprise_issuer_and_enterprise_server() {
         "repo:contoso/app:pull_request",
         EXCHANGE_AUDIENCE,
     ));
-    m.refuses(&other, 403, "no_matching_credential", "").await;
+    m.refuses(&other, 403, "no_matching_credential", NO_MATCH)
+        .await;
 
     // github.com's own issuer is another issuer than the enterprise's.
     m.refuses_near_misses(
@@ -345,13 +346,14 @@ async fn azure_devops_service_connections_from_its_issuer_and_from_entra() {
         &vstoken_iss,
         "sc://contoso/web/test-connection",
     ));
-    m.refuses(&test_connection, 403, "no_matching_credential", "")
+    m.refuses(&test_connection, 403, "no_matching_credential", NO_MATCH)
         .await;
     let other = entra.mint(&ado_entra_claims(
         &entra.iss,
         "0d1e2f3a-4b5c-4d6e-8f70-8192a3b4c5d6",
     ));
-    m.refuses(&other, 403, "no_matching_credential", "").await;
+    m.refuses(&other, 403, "no_matching_credential", NO_MATCH)
+        .await;
 
     m.refuses_near_misses(
         &vstoken,
@@ -469,9 +471,11 @@ async fn gitlab_com_and_a_self_managed_instance_on_its_own_port() {
     );
 
     let tag = gitlab.mint(&gitlab_claims("https://gitlab.com", "tag", "v1.2.0"));
-    m.refuses(&tag, 403, "no_matching_credential", "").await;
+    m.refuses(&tag, 403, "no_matching_credential", NO_MATCH)
+        .await;
     let branch = self_managed.mint(&gitlab_claims(self_managed_iss, "branch", "v1.2.0"));
-    m.refuses(&branch, 403, "no_matching_credential", "").await;
+    m.refuses(&branch, 403, "no_matching_credential", NO_MATCH)
+        .await;
 
     m.refuses_near_misses(
         &gitlab,
@@ -571,14 +575,14 @@ async fn terraform_cloud_and_enterprise_apply_and_plan_phases() {
         &tfc.mint(&terraform_claims(tfc_iss, "plan")),
         403,
         "no_matching_credential",
-        "",
+        NO_MATCH,
     )
     .await;
     m.refuses(
         &tfe.mint(&terraform_claims(tfe_iss, "apply")),
         403,
         "no_matching_credential",
-        "",
+        NO_MATCH,
     )
     .await;
 

@@ -86,7 +86,7 @@ async fn google_service_account_id_tokens_with_keys_on_another_host() {
         "stranger@elsewhere.iam.gserviceaccount.com",
         EXCHANGE_AUDIENCE,
     ));
-    m.refuses(&stranger, 403, "no_matching_credential", "")
+    m.refuses(&stranger, 403, "no_matching_credential", NO_MATCH)
         .await;
     let wrong_audience = google.mint(&google_claims(
         DEPLOYER_ID,
@@ -177,11 +177,16 @@ async fn aws_outbound_web_identity_tokens_signed_es384_and_rs256() {
 
     let mut staging = other_account.clone();
     staging["https://sts.amazonaws.com/"]["principal_tags"]["environment"] = json!("staging");
-    m.refuses(&aws.mint(&staging), 403, "no_matching_credential", "")
+    m.refuses(&aws.mint(&staging), 403, "no_matching_credential", NO_MATCH)
         .await;
     let other_role = aws_claims("arn:aws:iam::123456789012:role/Other", "123456789012");
-    m.refuses(&aws.mint(&other_role), 403, "no_matching_credential", "")
-        .await;
+    m.refuses(
+        &aws.mint(&other_role),
+        403,
+        "no_matching_credential",
+        NO_MATCH,
+    )
+    .await;
 
     m.refuses_near_misses(
         &aws,
@@ -260,7 +265,8 @@ async fn spiffe_jwt_svids_from_spire_es256_and_rs256() {
     .await;
 
     let other = spire.mint(&svid_claims("spiffe://contoso.example/ns/default/sa/api"));
-    m.refuses(&other, 403, "no_matching_credential", "").await;
+    m.refuses(&other, 403, "no_matching_credential", NO_MATCH)
+        .await;
     // SPIRE without `jwt_issuer` mints SVIDs without `iss`: nothing names their issuer.
     let mut no_iss = svid_claims(SPIFFE_ID);
     no_iss.as_object_mut().unwrap().remove("iss");
@@ -380,7 +386,8 @@ async fn entra_managed_identity_tokens_v2_and_v1() {
 
     let other_identity = "5081ddac-3d33-4766-98fe-80c38c5ce554";
     let other = v2.mint(&managed_identity_v2(&v2.iss, other_identity));
-    m.refuses(&other, 403, "no_matching_credential", "").await;
+    m.refuses(&other, 403, "no_matching_credential", NO_MATCH)
+        .await;
     // A token for another resource is not an assertion.
     let mut graph = managed_identity_v2(&v2.iss, MI_OBJECT_ID);
     graph["aud"] = json!("00000003-0000-0000-c000-000000000000");
@@ -410,4 +417,66 @@ async fn entra_managed_identity_tokens_v2_and_v1() {
         ],
     )
     .await;
+}
+
+#[tokio::test]
+async fn keys_on_another_host_are_fetched_only_where_the_operator_names_them() {
+    // Google's and Entra v1.0's discovery documents name keys on another host. Without
+    // an `[[issuers]] jwks_uri` the broker does not follow them there.
+    let google = Issuer::new(
+        GOOGLE,
+        "https://www.googleapis.com/oauth2/v3/certs",
+        &[KeyKind::Rsa2048],
+        Header::KidTyp,
+        JwkStyle::WithAlg,
+    );
+    let v1_iss = format!("https://sts.windows.net/{TENANT}/");
+    let v1 = Issuer::new(
+        &v1_iss,
+        "https://login.microsoftonline.com/common/discovery/keys",
+        &[KeyKind::Rsa2048],
+        Header::KidTypX5t,
+        JwkStyle::Entra,
+    );
+    let m = Matrix::start(
+        Farm::start(&[&google, &v1], &[]).await,
+        &[
+            Identity {
+                name: "google-deployer",
+                credentials: vec![Cred::subject("deployer", GOOGLE, DEPLOYER_ID)],
+            },
+            Identity {
+                name: "mi-v1",
+                credentials: vec![Cred::subject("payments-mi", &v1_iss, MI_OBJECT_ID)],
+            },
+        ],
+        "",
+    )
+    .await;
+
+    let tokens = [
+        google.mint(&google_claims(DEPLOYER_ID, DEPLOYER, EXCHANGE_AUDIENCE)),
+        v1.mint(&managed_identity_v1(&v1_iss, MI_OBJECT_ID)),
+    ];
+    for token in &tokens {
+        let answer = m
+            .refuses(token, 503, "issuer_unavailable", "cannot be fetched")
+            .await;
+        assert!(answer.headers.contains_key("retry-after"));
+    }
+    let asked = m.farm.asked();
+    assert!(asked.contains(&format!("{GOOGLE}/.well-known/openid-configuration")));
+    assert!(asked.contains(&format!("{v1_iss}.well-known/openid-configuration")));
+    assert!(
+        !asked
+            .iter()
+            .any(|url| url.contains("certs") || url.contains("/keys")),
+        "keys were fetched from another host: {asked:?}"
+    );
+    // The operator's log says what to configure.
+    let log = m.broker.output();
+    assert!(
+        log.contains("allow_cross_origin_jwks_uri or jwks_uri"),
+        "{log}"
+    );
 }

@@ -33,6 +33,8 @@ use crate::support::{self, Answer, Broker, BrokerDir, TestPki};
 
 pub const TENANT: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";
 pub const ARM: &str = "https://management.azure.com/.default";
+/// The description of `no_matching_credential`.
+pub const NO_MATCH: &str = "no federated credential matches this token";
 /// The audience Entra expects, and that the broker's credentials default to.
 pub const EXCHANGE_AUDIENCE: &str = "api://AzureADTokenExchange";
 

@@ -109,7 +109,8 @@ async fn aks_eks_gke_and_a_private_cluster_with_operator_supplied_keys() {
         let token = issuer.mint(&service_account_claims(&issuer.iss, "payments", "api"));
         m.admits(&token, identity).await;
         let other = issuer.mint(&service_account_claims(&issuer.iss, "default", "api"));
-        m.refuses(&other, 403, "no_matching_credential", "").await;
+        m.refuses(&other, 403, "no_matching_credential", NO_MATCH)
+            .await;
     }
     // AKS's discovery document sits under its issuer's trailing `/`, not after `//`.
     let asked = m.farm.asked();
