@@ -9,6 +9,8 @@ use crate::farm::*;
 
 const GITHUB: &str = "https://token.actions.githubusercontent.com";
 const MAIN: &str = "repo:contoso/app:ref:refs/heads/main";
+const TAG: &str = "repo:contoso/app:ref:refs/tags/v1.2.0";
+const PRODUCTION: &str = "repo:contoso/app:environment:production";
 
 /// A GitHub Actions token for a push to main of contoso/app, as GitHub documents it:
 /// string ids, `nbf` ten minutes before `iat`, five minutes of life, a `jti`.
@@ -71,7 +73,11 @@ async fn github_com_default_immutable_and_customised_subjects() {
         &[
             Identity {
                 name: "gh-default",
-                credentials: vec![Cred::subject("main", GITHUB, MAIN)],
+                credentials: vec![
+                    Cred::subject("main", GITHUB, MAIN),
+                    Cred::subject("release-tags", GITHUB, TAG),
+                    Cred::subject("production", GITHUB, PRODUCTION),
+                ],
             },
             Identity {
                 name: "gh-immutable",
@@ -100,6 +106,14 @@ async fn github_com_default_immutable_and_customised_subjects() {
         "gh-default",
     )
     .await;
+    // A tag push, and a job in an environment (whose subject names no ref).
+    let mut tag = github_claims(GITHUB, TAG, EXCHANGE_AUDIENCE);
+    tag["ref"] = json!("refs/tags/v1.2.0");
+    tag["ref_type"] = json!("tag");
+    m.admits(&github.mint(&tag), "gh-default").await;
+    let mut environment = github_claims(GITHUB, PRODUCTION, EXCHANGE_AUDIENCE);
+    environment["environment"] = json!("production");
+    m.admits(&github.mint(&environment), "gh-default").await;
     m.admits(
         &github.mint(&github_claims(GITHUB, immutable, EXCHANGE_AUDIENCE)),
         "gh-immutable",
@@ -125,7 +139,9 @@ async fn github_com_default_immutable_and_customised_subjects() {
     // reusable workflow comes from a branch.
     let feature = "repo:contoso/app:ref:refs/heads/feature";
     let recycled = "repo:contoso@9999999/app@7654321:ref:refs/heads/main";
-    for sub in [feature, recycled] {
+    let pull_request = "repo:contoso/app:pull_request";
+    let staging = "repo:contoso/app:environment:staging";
+    for sub in [feature, recycled, pull_request, staging] {
         let token = github.mint(&github_claims(GITHUB, sub, EXCHANGE_AUDIENCE));
         m.refuses(&token, 403, "no_matching_credential", NO_MATCH)
             .await;
