@@ -401,8 +401,9 @@ impl<'a> Cred<'a> {
     }
 }
 
-/// An identity (one per issuer, so an answer's `identity.name` says which credential
-/// admitted the token) and the credentials that may act as it.
+/// An identity and the credentials that may act as it. Tests give each kind of
+/// credential its own identity, so an answer's `identity.name` says which one admitted
+/// the token.
 pub struct Identity<'a> {
     pub name: &'a str,
     pub credentials: Vec<Cred<'a>>,
@@ -493,7 +494,7 @@ impl Matrix {
         }
     }
 
-    /// `POST /v1/token` for `scope` with `token`.
+    /// `POST /v1/token` with `token`, for Azure Resource Manager.
     pub async fn exchange(&self, token: &str) -> Answer {
         support::exchange(&self.http, &self.broker.url(), token, ARM).await
     }
