@@ -505,6 +505,9 @@ pub fn router(agent: Arc<Agent>) -> Router {
         Router::new()
             .route("/msi/token", get(app_service))
             .route("/metadata/identity/oauth2/token", get(imds))
+            // MSAL for Node sends IMDS requests to `.../token/`; Azure's IMDS answers both.
+            .route("/msi/token/", get(app_service))
+            .route("/metadata/identity/oauth2/token/", get(imds))
             .route("/healthz", get(healthz))
             .route("/readyz", get(readyz))
             .route("/metrics", get(metrics))
