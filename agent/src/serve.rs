@@ -159,19 +159,36 @@ impl AgentError {
     }
 }
 
-impl IntoResponse for AgentError {
-    fn into_response(self) -> Response {
-        let mut response = (
-            self.status,
-            Json(json!({"error": self.error, "error_description": self.description})),
-        )
-            .into_response();
+impl AgentError {
+    /// The answer on `/msi/token`: the same, plus App Service's own error fields
+    /// (`statusCode`, `message`), which MSAL for Python (and so the Azure CLI) reads
+    /// there instead of `error_description`.
+    fn into_app_service_response(self) -> Response {
+        let mut body = self.body();
+        body["statusCode"] = json!(self.status.as_u16());
+        body["message"] = json!(self.description);
+        self.respond(body)
+    }
+
+    fn body(&self) -> serde_json::Value {
+        json!({"error": self.error, "error_description": self.description})
+    }
+
+    fn respond(self, body: serde_json::Value) -> Response {
+        let mut response = (self.status, Json(body)).into_response();
         if let Some(secs) = self.retry_after {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         response
+    }
+}
+
+impl IntoResponse for AgentError {
+    fn into_response(self) -> Response {
+        let body = self.body();
+        self.respond(body)
     }
 }
 
@@ -401,7 +418,7 @@ async fn app_service(
     }
     .await;
     agent.metrics.request("app_service", outcome_label(&result));
-    result.unwrap_or_else(IntoResponse::into_response)
+    result.unwrap_or_else(AgentError::into_app_service_response)
 }
 
 /// `GET /metadata/identity/oauth2/token`: the IMDS protocol.
