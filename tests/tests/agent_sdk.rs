@@ -264,3 +264,36 @@ async fn cached_tokens_keep_flowing_when_the_broker_stops() {
     );
     assert_eq!(entra.token_requests(), 1);
 }
+
+/// The probe credential chains send before trusting an IMDS endpoint (JavaScript's
+/// `imdsMsi`, .NET's first request): no query, no `Metadata` header, a 1 s timeout, no
+/// retry. Any answer means "available"; it must come at once, without an exchange.
+#[tokio::test]
+async fn the_imds_availability_probe_is_answered_at_once() {
+    let stack = Stack::start().await;
+    let agent = TestAgent::start_without_token(&stack).await;
+    let probe = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(1))
+        .build()
+        .unwrap();
+    for path in [
+        "/metadata/identity/oauth2/token",
+        "/metadata/identity/oauth2/token/",
+    ] {
+        let answered = answer(
+            probe
+                .get(format!("{}{path}", agent.url()))
+                .header("Accept", "application/json")
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("the probe of {path} got no answer within 1 s: {e}")),
+        )
+        .await;
+        assert_agent_error(&answered, 400, "bad_request_102");
+    }
+    assert_eq!(stack.entra.token_requests(), 0);
+    assert_eq!(
+        metric_value(&stack.metrics().await, "wif_exchanges_total", &[]),
+        0.0
+    );
+}

@@ -12,6 +12,7 @@ use wif_tests::clients::{
 use wif_tests::{ARM, DEPLOY_CLIENT, PAYMENTS_CLIENT, Stack, metric_value};
 
 const DEPLOY_RESOURCE_ID: &str = "/subscriptions/0b1f6471-1bf0-4dda-aec3-cb9272f09590/resourceGroups/ci/providers/Microsoft.ManagedIdentity/userAssignedIdentities/deploy";
+const PAYMENTS_RESOURCE_ID: &str = "/subscriptions/0b1f6471-1bf0-4dda-aec3-cb9272f09590/resourceGroups/ci/providers/Microsoft.ManagedIdentity/userAssignedIdentities/payments";
 
 fn assert_deploy_arm_token(stack: &Stack, token: &str, context: &str) {
     let claims = stack.verify_access_token(token);
@@ -76,6 +77,17 @@ async fn js_managed_identity_credential_and_msal_node_get_tokens_over_every_prot
                 );
             }
         }
+    }
+    // A resource id reaches the broker as sent (`msi_res_id` over IMDS, `mi_res_id` over
+    // App Service): naming an identity this pod may not act as is refused.
+    for protocol in [Protocol::AppService, Protocol::Imds] {
+        let payments = format!("resource_id={PAYMENTS_RESOURCE_ID}");
+        let refused = ClientRun::js(&node, "msal-managed", ARM, Some(&payments))
+            .agent(&agent, protocol)
+            .token()
+            .await
+            .unwrap_err();
+        assert!(refused.contains("Identity not found"), "{protocol:?}: {refused}");
     }
     // One exchange per identity selector form that names the deploy identity differently
     // (none, client id, resource id); everything else came from the agent's cache.

@@ -11,6 +11,7 @@ use wif_tests::clients::{ArmStandIn, AzCli, ClientRun, Protocol, az, tls_stack};
 use wif_tests::{ARM, DEPLOY_CLIENT, PAYMENTS_CLIENT, Stack, answer, metric_value};
 
 const DEPLOY_RESOURCE_ID: &str = "/subscriptions/0b1f6471-1bf0-4dda-aec3-cb9272f09590/resourceGroups/ci/providers/Microsoft.ManagedIdentity/userAssignedIdentities/deploy";
+const PAYMENTS_RESOURCE_ID: &str = "/subscriptions/0b1f6471-1bf0-4dda-aec3-cb9272f09590/resourceGroups/ci/providers/Microsoft.ManagedIdentity/userAssignedIdentities/payments";
 
 fn assert_deploy_arm_token(stack: &Stack, token: &str, context: &str) {
     let claims = stack.verify_access_token(token);
@@ -70,6 +71,23 @@ async fn msal_managed_identity_client_gets_tokens_over_every_protocol() {
                 agent_requests(&stack, &agent, protocol.label(), "ok").await,
                 before + 1.0,
                 "{context}"
+            );
+        }
+        // Each form of user-assigned id reaches the broker as sent: naming an identity
+        // this pod may not act as is refused, not answered with the default identity.
+        for id in [
+            format!("client_id={PAYMENTS_CLIENT}"),
+            format!("resource_id={PAYMENTS_RESOURCE_ID}"),
+            "object_id=payments".to_owned(),
+        ] {
+            let refused = ClientRun::python(&python, "msal-managed", ARM, Some(&id))
+                .agent(&agent, protocol)
+                .token()
+                .await
+                .unwrap_err();
+            assert!(
+                refused.contains("Identity not found"),
+                "{id} over {protocol:?}: {refused}"
             );
         }
     }
