@@ -302,8 +302,7 @@ impl ArmStandIn {
             listener.local_addr().unwrap().port()
         );
         let listed = Arc::new(AtomicU64::new(0));
-        let jwks: jsonwebtoken::jwk::JwkSet =
-            serde_json::from_value(stack.entra.jwks()).unwrap();
+        let jwks: jsonwebtoken::jwk::JwkSet = serde_json::from_value(stack.entra.jwks()).unwrap();
         let jwks = Arc::new(jwks);
         let (keys, count) = (jwks.clone(), listed.clone());
         let subscriptions = move |headers: HeaderMap| {
@@ -457,11 +456,9 @@ impl AzCli {
     /// credentials that run `az` themselves).
     pub fn env(&self) -> Vec<(&'static str, std::ffi::OsString)> {
         let bin = self.az.parent().unwrap().to_owned();
-        let path = std::env::join_paths(
-            std::iter::once(bin).chain(std::env::split_paths(
-                &std::env::var_os("PATH").unwrap_or_default(),
-            )),
-        )
+        let path = std::env::join_paths(std::iter::once(bin).chain(std::env::split_paths(
+            &std::env::var_os("PATH").unwrap_or_default(),
+        )))
         .unwrap();
         let ca = self.ca.clone().into_os_string();
         vec![

@@ -86,7 +86,11 @@ async fn rust_managed_identity_credential_gets_an_arm_token_over_app_service() {
         .await
         .unwrap();
     assert_eq!(
-        metric_value(&metrics, "wif_agent_broker_calls_total", &["outcome=\"ok\""]),
+        metric_value(
+            &metrics,
+            "wif_agent_broker_calls_total",
+            &["outcome=\"ok\""]
+        ),
         2.0,
         "{metrics}"
     );

@@ -72,7 +72,10 @@ async fn login_with_identity(
     protocol: Protocol,
     id_args: &[&str],
 ) {
-    let context = format!("az login --identity {} over {protocol:?}", id_args.join(" "));
+    let context = format!(
+        "az login --identity {} over {protocol:?}",
+        id_args.join(" ")
+    );
     let mut args = vec!["login", "--identity", "--output", "json"];
     args.extend(id_args);
     let accounts = cli

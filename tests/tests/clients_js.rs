@@ -68,7 +68,10 @@ async fn js_managed_identity_credential_and_msal_node_get_tokens_over_every_prot
                     .unwrap_or_else(|e| panic!("{mode} over {protocol:?} with {id:?}: {e}"));
                 let context = format!("{mode} over {protocol:?} with {id:?}");
                 assert_deploy_arm_token(&stack, &token, &context);
-                assert!(expires_on > stack.clock.now() + 300, "{context}: expires_on {expires_on}");
+                assert!(
+                    expires_on > stack.clock.now() + 300,
+                    "{context}: expires_on {expires_on}"
+                );
                 assert_eq!(
                     agent_requests(&stack, &agent, protocol.label(), "ok").await,
                     before + 1.0,
@@ -87,11 +90,18 @@ async fn js_managed_identity_credential_and_msal_node_get_tokens_over_every_prot
             .token()
             .await
             .unwrap_err();
-        assert!(refused.contains("Identity not found"), "{protocol:?}: {refused}");
+        assert!(
+            refused.contains("Identity not found"),
+            "{protocol:?}: {refused}"
+        );
     }
     // One exchange per identity selector form that names the deploy identity differently
     // (none, client id, resource id); everything else came from the agent's cache.
-    assert!(stack.entra.token_requests() <= 3, "{}", stack.entra.token_requests());
+    assert!(
+        stack.entra.token_requests() <= 3,
+        "{}",
+        stack.entra.token_requests()
+    );
 }
 
 #[tokio::test]

@@ -54,7 +54,12 @@ async fn msal_managed_identity_client_gets_tokens_over_every_protocol() {
     let object_id = "object_id=deploy";
 
     for protocol in Protocol::ALL {
-        for id in [None, Some(client_id.as_str()), Some(&resource_id), Some(object_id)] {
+        for id in [
+            None,
+            Some(client_id.as_str()),
+            Some(&resource_id),
+            Some(object_id),
+        ] {
             let context = format!("msal over {protocol:?} with {id:?}");
             let before = agent_requests(&stack, &agent, protocol.label(), "ok").await;
             let (token, expires_on) = ClientRun::python(&python, "msal-managed", ARM, id)
