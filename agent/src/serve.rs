@@ -41,6 +41,13 @@ use crate::source::TokenSource;
 /// tools (and MSAL's `MSI_ENDPOINT` + `MSI_SECRET` source) send: header `secret`, query
 /// `clientid`; its answer is the same as 2019-08-01's (see docs/agent.md on `expires_on`).
 const APP_SERVICE_VERSIONS: &[&str] = &["2019-08-01", "2017-09-01"];
+const IMDS_VERSIONS: &[&str] = &[
+    "2018-02-01",
+    "2019-08-01",
+    "2019-11-01",
+    "2020-06-01",
+    "2021-02-01",
+];
 
 /// Broker refusals that mean "this workload has no such identity": answered like IMDS
 /// answers an identity not assigned to the machine, so credential chains move on.
@@ -48,13 +55,6 @@ const IDENTITY_NOT_SERVED: &[&str] = &[
     "identity_not_allowed",
     "no_matching_credential",
     "identity_required",
-];
-const IMDS_VERSIONS: &[&str] = &[
-    "2018-02-01",
-    "2019-08-01",
-    "2019-11-01",
-    "2020-06-01",
-    "2021-02-01",
 ];
 
 type Labels = Vec<(&'static str, String)>;
@@ -157,9 +157,7 @@ impl AgentError {
             retry_after: None,
         }
     }
-}
 
-impl AgentError {
     /// The answer on `/msi/token`: the same, plus App Service's own error fields
     /// (`statusCode`, `message`), which MSAL for Python (and so the Azure CLI) reads
     /// there instead of `error_description`.

@@ -20,10 +20,53 @@ use serde_json::{Value, json};
 
 use crate::agent::{HEADER_SECRET, TestAgent, repo_root};
 use crate::pki::Pki;
-use crate::{Stack, TENANT};
+use crate::{DEPLOY_CLIENT, Stack, TENANT, metric_value};
 
 /// How long one client run may take before the test fails (the CLI starts slowly).
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// A user-assigned identity's resource id, as `az --resource-id` and the SDKs' resource-id
+/// options take it: its last segment names the broker identity (`deploy`).
+pub const DEPLOY_RESOURCE_ID: &str = "/subscriptions/0b1f6471-1bf0-4dda-aec3-cb9272f09590/resourceGroups/ci/providers/Microsoft.ManagedIdentity/userAssignedIdentities/deploy";
+/// The same for the `payments` identity, which the agents' GitHub token may not act as.
+pub const PAYMENTS_RESOURCE_ID: &str = "/subscriptions/0b1f6471-1bf0-4dda-aec3-cb9272f09590/resourceGroups/ci/providers/Microsoft.ManagedIdentity/userAssignedIdentities/payments";
+
+/// Asserts an access token Entra (the emulator) issued to the deploy identity for ARM.
+pub fn assert_deploy_arm_token(stack: &Stack, token: &str, context: &str) {
+    let claims = stack.verify_access_token(token);
+    assert_eq!(
+        claims["aud"], "https://management.azure.com",
+        "{context}: {claims}"
+    );
+    assert_eq!(claims["appid"], DEPLOY_CLIENT, "{context}: {claims}");
+}
+
+/// Requests `agent` answered over `protocol` (its metric label) with `outcome` (`ok` or
+/// an error code).
+pub async fn agent_requests(
+    stack: &Stack,
+    agent: &TestAgent,
+    protocol: &str,
+    outcome: &str,
+) -> f64 {
+    let exposition = stack
+        .http
+        .get(format!("{}/metrics", agent.url()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    metric_value(
+        &exposition,
+        "wif_agent_requests_total",
+        &[
+            &format!("protocol=\"{protocol}\""),
+            &format!("outcome=\"{outcome}\""),
+        ],
+    )
+}
 
 /// Which managed-identity protocol a client is pointed at, by the variables a platform
 /// sets for it.

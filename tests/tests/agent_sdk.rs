@@ -265,9 +265,8 @@ async fn cached_tokens_keep_flowing_when_the_broker_stops() {
     assert_eq!(entra.token_requests(), 1);
 }
 
-/// The probe credential chains send before trusting an IMDS endpoint (JavaScript's
-/// `imdsMsi`, .NET's first request): no query, no `Metadata` header, a 1 s timeout, no
-/// retry. Any answer means "available"; it must come at once, without an exchange.
+/// The probe a credential chain sends before trusting an IMDS endpoint (JavaScript's
+/// `imdsMsi`): no query, no `Metadata` header, a 1 s timeout, no retry. Any answer means "available"; it must come at once, without an exchange.
 #[tokio::test]
 async fn the_imds_availability_probe_is_answered_at_once() {
     let stack = Stack::start().await;

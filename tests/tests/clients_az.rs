@@ -11,11 +11,10 @@
 use serde_json::Value;
 use wif_tests::agent::TestAgent;
 use wif_tests::clients::{
-    ArmStandIn, AzCli, CLI_RESOURCE, Protocol, SUBSCRIPTION, TlsFiles, az, tls_stack,
+    ArmStandIn, AzCli, CLI_RESOURCE, DEPLOY_RESOURCE_ID, Protocol, SUBSCRIPTION, TlsFiles, az,
+    tls_stack,
 };
 use wif_tests::{DEPLOY_CLIENT, Stack, TENANT};
-
-const DEPLOY_RESOURCE_ID: &str = "/subscriptions/0b1f6471-1bf0-4dda-aec3-cb9272f09590/resourceGroups/ci/providers/Microsoft.ManagedIdentity/userAssignedIdentities/deploy";
 
 /// A TLS stack, an agent in front of it, the ARM stand-in and a CLI set up for them.
 async fn setup(az: &std::path::Path) -> (Stack, TlsFiles, TestAgent, ArmStandIn, AzCli) {

@@ -7,42 +7,10 @@
 use wif_broker::clock::Clock;
 use wif_tests::agent::TestAgent;
 use wif_tests::clients::{
-    ArmStandIn, AzCli, ClientRun, Protocol, az, node, tls_stack, workload_env,
+    ArmStandIn, AzCli, ClientRun, DEPLOY_RESOURCE_ID, PAYMENTS_RESOURCE_ID, Protocol,
+    agent_requests, assert_deploy_arm_token, az, node, tls_stack, workload_env,
 };
-use wif_tests::{ARM, DEPLOY_CLIENT, PAYMENTS_CLIENT, Stack, metric_value};
-
-const DEPLOY_RESOURCE_ID: &str = "/subscriptions/0b1f6471-1bf0-4dda-aec3-cb9272f09590/resourceGroups/ci/providers/Microsoft.ManagedIdentity/userAssignedIdentities/deploy";
-const PAYMENTS_RESOURCE_ID: &str = "/subscriptions/0b1f6471-1bf0-4dda-aec3-cb9272f09590/resourceGroups/ci/providers/Microsoft.ManagedIdentity/userAssignedIdentities/payments";
-
-fn assert_deploy_arm_token(stack: &Stack, token: &str, context: &str) {
-    let claims = stack.verify_access_token(token);
-    assert_eq!(
-        claims["aud"], "https://management.azure.com",
-        "{context}: {claims}"
-    );
-    assert_eq!(claims["appid"], DEPLOY_CLIENT, "{context}: {claims}");
-}
-
-/// Requests the agent answered over `protocol` with `outcome` (`ok` or an error code).
-async fn agent_requests(stack: &Stack, agent: &TestAgent, protocol: &str, outcome: &str) -> f64 {
-    let exposition = stack
-        .http
-        .get(format!("{}/metrics", agent.url()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    metric_value(
-        &exposition,
-        "wif_agent_requests_total",
-        &[
-            &format!("protocol=\"{protocol}\""),
-            &format!("outcome=\"{outcome}\""),
-        ],
-    )
-}
+use wif_tests::{ARM, DEPLOY_CLIENT, PAYMENTS_CLIENT, Stack};
 
 #[tokio::test]
 async fn js_managed_identity_credential_and_msal_node_get_tokens_over_every_protocol() {
