@@ -351,8 +351,8 @@ impl ArmStandIn {
         let subscriptions = move |headers: HeaderMap| {
             let (keys, count) = (keys.clone(), count.clone());
             async move {
-                if let Err(e) = arm_authorize(&keys, &headers) {
-                    return e;
+                if let Err(refused) = arm_authorize(&keys, &headers) {
+                    return *refused;
                 }
                 count.fetch_add(1, Ordering::SeqCst);
                 axum::Json(json!({"value": [{
@@ -374,8 +374,8 @@ impl ArmStandIn {
         let tenants = move |headers: HeaderMap| {
             let keys = jwks.clone();
             async move {
-                if let Err(e) = arm_authorize(&keys, &headers) {
-                    return e;
+                if let Err(refused) = arm_authorize(&keys, &headers) {
+                    return *refused;
                 }
                 axum::Json(json!({"value": [{
                     "id": format!("/tenants/{TENANT}"),
@@ -419,37 +419,40 @@ fn arm_error(status: StatusCode, code: &str, message: &str) -> axum::response::R
         .into_response()
 }
 
-/// ARM's check of the bearer token: signed by Entra, for the management audience.
+/// ARM's check of the bearer token: signed by Entra, for the management audience. The
+/// refusal is ARM's 401 `InvalidAuthenticationToken`.
 fn arm_authorize(
     jwks: &jsonwebtoken::jwk::JwkSet,
     headers: &HeaderMap,
-) -> Result<(), axum::response::Response> {
-    let refuse = |message: &str| {
-        arm_error(
+) -> Result<(), Box<axum::response::Response>> {
+    let check = || -> Result<(), String> {
+        let token = headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or("the request has no bearer token")?;
+        let header = jsonwebtoken::decode_header(token).map_err(|_| "not a JWT")?;
+        let jwk = header
+            .kid
+            .as_deref()
+            .and_then(|kid| jwks.find(kid))
+            .ok_or("unknown signing key")?;
+        let key = jsonwebtoken::DecodingKey::from_jwk(jwk).map_err(|_| "bad key")?;
+        let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
+        validation.set_audience(&[CLI_RESOURCE.trim_end_matches('/')]);
+        // The test clock may run ahead of the system's; expiry is the emulator's business.
+        validation.validate_exp = false;
+        jsonwebtoken::decode::<Value>(token, &key, &validation)
+            .map(|_| ())
+            .map_err(|e| format!("the token is not valid for ARM: {e}"))
+    };
+    check().map_err(|message| {
+        Box::new(arm_error(
             StatusCode::UNAUTHORIZED,
             "InvalidAuthenticationToken",
-            message,
-        )
-    };
-    let token = headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or_else(|| refuse("the request has no bearer token"))?;
-    let header = jsonwebtoken::decode_header(token).map_err(|_| refuse("not a JWT"))?;
-    let jwk = header
-        .kid
-        .as_deref()
-        .and_then(|kid| jwks.find(kid))
-        .ok_or_else(|| refuse("unknown signing key"))?;
-    let key = jsonwebtoken::DecodingKey::from_jwk(jwk).map_err(|_| refuse("bad key"))?;
-    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
-    validation.set_audience(&[CLI_RESOURCE.trim_end_matches('/')]);
-    // The test clock may run ahead of the system's; expiry is the emulator's business.
-    validation.validate_exp = false;
-    jsonwebtoken::decode::<Value>(token, &key, &validation)
-        .map(|_| ())
-        .map_err(|e| refuse(&format!("the token is not valid for ARM: {e}")))
+            &message,
+        ))
+    })
 }
 
 /// The Azure CLI with its own throwaway `AZURE_CONFIG_DIR`, the test cloud registered
