@@ -11,6 +11,7 @@ use base64::Engine;
 use serde_json::Value;
 use wif_broker::clock::Clock;
 use wif_tests::agent::{HEADER_SECRET, PythonMode, TestAgent, python, python_get_token};
+use wif_tests::clients::agent_requests;
 use wif_tests::{ARM, DEPLOY_CLIENT, Stack, answer, metric_value};
 
 const ARM_RESOURCE: &str = "https://management.azure.com";
@@ -63,24 +64,6 @@ async fn imds(
     answer(request.send().await.unwrap()).await
 }
 
-/// Requests the agent answered with a token over `protocol` (`app_service` or `imds`).
-async fn served(stack: &Stack, agent: &TestAgent, protocol: &str) -> f64 {
-    let exposition = stack
-        .http
-        .get(format!("{}/metrics", agent.url()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    metric_value(
-        &exposition,
-        "wif_agent_requests_total",
-        &[&format!("protocol=\"{protocol}\""), "outcome=\"ok\""],
-    )
-}
-
 /// An agent error in the shape the SDKs parse.
 fn assert_agent_error(answer: &wif_tests::Answer, status: u16, code: &str) {
     assert_eq!(answer.status.as_u16(), status, "body {}", answer.body);
@@ -121,7 +104,7 @@ async fn python_managed_identity_credential_gets_an_arm_token_over_imds() {
         expires_on > stack.clock.now() + 300,
         "expires_on {expires_on}"
     );
-    assert_eq!(served(&stack, &agent, "imds").await, 1.0);
+    assert_eq!(agent_requests(&stack, &agent, "imds", "ok").await, 1.0);
 }
 
 #[tokio::test]
@@ -142,7 +125,10 @@ async fn python_default_azure_credential_gets_an_arm_token() {
         started.elapsed()
     );
     // The chain reached ManagedIdentityCredential, which chose App Service.
-    assert_eq!(served(&stack, &agent, "app_service").await, 1.0);
+    assert_eq!(
+        agent_requests(&stack, &agent, "app_service", "ok").await,
+        1.0
+    );
 }
 
 #[tokio::test]
