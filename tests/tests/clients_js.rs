@@ -28,13 +28,13 @@ async fn js_managed_identity_credential_and_msal_node_get_tokens_over_every_prot
         };
         for mode in ["identity-managed", "msal-managed"] {
             for id in &ids {
+                let context = format!("{mode} over {protocol:?} with {id:?}");
                 let before = agent_requests(&stack, &agent, protocol.label(), "ok").await;
                 let (token, expires_on) = ClientRun::js(&node, mode, ARM, *id)
                     .agent(&agent, protocol)
                     .token()
                     .await
-                    .unwrap_or_else(|e| panic!("{mode} over {protocol:?} with {id:?}: {e}"));
-                let context = format!("{mode} over {protocol:?} with {id:?}");
+                    .unwrap_or_else(|e| panic!("{context}: {e}"));
                 assert_deploy_arm_token(&stack, &token, &context);
                 assert!(
                     expires_on > stack.clock.now() + 300,
@@ -49,11 +49,17 @@ async fn js_managed_identity_credential_and_msal_node_get_tokens_over_every_prot
             }
         }
     }
-    // A resource id reaches the broker as sent (`msi_res_id` over IMDS, `mi_res_id` over
-    // App Service): naming an identity this pod may not act as is refused.
-    for protocol in [Protocol::AppService, Protocol::Imds] {
-        let payments = format!("resource_id={PAYMENTS_RESOURCE_ID}");
-        let refused = ClientRun::js(&node, "msal-managed", ARM, Some(&payments))
+    // The ids reach the broker as sent (`msi_res_id` over IMDS, `mi_res_id` over App
+    // Service, `clientid` over 2017-09-01): naming an identity this pod may not act as is
+    // refused, not answered with the default identity.
+    let payments_resource = format!("resource_id={PAYMENTS_RESOURCE_ID}");
+    let payments_client = format!("client_id={PAYMENTS_CLIENT}");
+    for (protocol, payments) in [
+        (Protocol::AppService, &payments_resource),
+        (Protocol::Imds, &payments_resource),
+        (Protocol::AppService2017, &payments_client),
+    ] {
+        let refused = ClientRun::js(&node, "msal-managed", ARM, Some(payments))
             .agent(&agent, protocol)
             .token()
             .await
@@ -63,8 +69,8 @@ async fn js_managed_identity_credential_and_msal_node_get_tokens_over_every_prot
             "{protocol:?}: {refused}"
         );
     }
-    // One exchange per identity selector form that names the deploy identity differently
-    // (none, client id, resource id); everything else came from the agent's cache.
+    // At most one exchange per way of naming the deploy identity (none, client id,
+    // resource id): the other requests were answered from the caches.
     assert!(
         stack.entra.token_requests() <= 3,
         "{}",
