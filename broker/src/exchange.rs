@@ -67,7 +67,9 @@ impl ExchangeError {
                 TokenError::NotYetValid { .. } | TokenError::IssuedInFuture { .. } => {
                     "token_not_yet_valid"
                 }
-                TokenError::LifetimeTooLong { .. } => "token_lifetime_too_long",
+                TokenError::LifetimeTooLong { .. } | TokenError::RemainingTooLong { .. } => {
+                    "token_lifetime_too_long"
+                }
             },
             ExchangeError::UnknownIssuer => "unknown_issuer",
             ExchangeError::Keys(KeyError::UnknownKey { .. }) => "unknown_signing_key",

@@ -739,7 +739,7 @@ impl Registry {
         let mut matched = Vec::new();
         let mut wanted_audience = None;
         for cred in subject_matches.by_ref() {
-            if token.aud.iter().any(|a| a == &cred.audience) {
+            if admits_audience(&token.aud, &cred.audience) {
                 matched.push(cred.clone());
             } else if wanted_audience.is_none() {
                 wanted_audience = Some(cred.audience.clone());
@@ -751,6 +751,15 @@ impl Registry {
             (true, None) => Err(MatchError::NoCredential),
         }
     }
+}
+
+/// Whether a token with `aud` values `token_aud` is for a credential's `audience`: one of
+/// them equals it, or it is `api://AzureADTokenExchange` and one is the token-exchange
+/// app's id, as in Entra's own v2.0 tokens for that audience.
+fn admits_audience(token_aud: &[String], audience: &str) -> bool {
+    token_aud.iter().any(|a| {
+        a == audience || (audience == rules::DEFAULT_AUDIENCE && a == rules::TOKEN_EXCHANGE_APP_ID)
+    })
 }
 
 /// Why a credential did not admit a token, for `simulate`.
@@ -833,7 +842,7 @@ impl Registry {
                     clause,
                     detail,
                 }),
-                None if token.aud.iter().any(|a| a == &cred.audience) => matched.push(cred.clone()),
+                None if admits_audience(&token.aud, &cred.audience) => matched.push(cred.clone()),
                 None => misses.push(Miss {
                     credential: cred.clone(),
                     check: "audience",
@@ -1052,12 +1061,43 @@ mod tests {
             sub: Some(sub.into()),
             aud: vec![aud.into()],
             exp: 0,
-            iat: 0,
+            iat: None,
             jti: None,
             sha256: String::new(),
             signed_sha256: String::new(),
             claims,
         }
+    }
+
+    #[test]
+    fn the_token_exchange_app_id_stands_for_the_exchange_audience_only() {
+        let text = format!(
+            "{BASE}
+            [[identities.federated_credentials]]
+            name = \"payments-mi\"
+            issuer = \"https://login.microsoftonline.com/t/v2.0\"
+            subject = \"object-id\"
+            [[identities.federated_credentials]]
+            name = \"custom\"
+            issuer = \"https://login.microsoftonline.com/t/v2.0\"
+            subject = \"other-object-id\"
+            audiences = [\"api://custom\"]
+            "
+        );
+        let registry = load(&text).unwrap();
+        let iss = "https://login.microsoftonline.com/t/v2.0";
+        let app_id = rules::TOKEN_EXCHANGE_APP_ID;
+        let mi = token(iss, "object-id", app_id, json!({}));
+        assert_eq!(registry.matching(&mi).unwrap()[0].name, "payments-mi");
+        assert_eq!(registry.explain(&mi).0[0].name, "payments-mi");
+        // Only api://AzureADTokenExchange has an alias.
+        let custom = token(iss, "other-object-id", app_id, json!({}));
+        assert_eq!(
+            registry.matching(&custom).unwrap_err(),
+            MatchError::Audience {
+                expected: "api://custom".into()
+            }
+        );
     }
 
     #[test]

@@ -95,7 +95,7 @@ fn token(iss: String, sub: String) -> VerifiedToken {
         sub: Some(sub),
         aud: vec![AUDIENCE.to_owned()],
         exp: u64::MAX,
-        iat: 0,
+        iat: Some(0),
         jti: None,
         sha256: String::new(),
         signed_sha256: String::new(),
