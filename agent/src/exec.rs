@@ -5,6 +5,8 @@
 //!
 //! The child sees:
 //! - `IDENTITY_ENDPOINT=http://127.0.0.1:PORT/msi/token` and `IDENTITY_HEADER` (App Service);
+//! - `MSI_ENDPOINT` and `MSI_SECRET`, the same endpoint and secret for clients that only
+//!   know App Service's older 2017-09-01 protocol;
 //! - `AZURE_POD_IDENTITY_AUTHORITY_HOST=http://127.0.0.1:PORT` (IMDS, Python and JavaScript);
 //! - `AZURE_FEDERATED_TOKEN_FILE` removed, so JavaScript's workload-identity credential does
 //!   not send the raw CI token straight to Entra.
@@ -24,6 +26,8 @@ use crate::serve::{Agent, RunningAgent};
 pub const IDENTITY_ENDPOINT: &str = "IDENTITY_ENDPOINT";
 pub const IDENTITY_HEADER: &str = "IDENTITY_HEADER";
 pub const AUTHORITY_HOST: &str = "AZURE_POD_IDENTITY_AUTHORITY_HOST";
+pub const MSI_ENDPOINT: &str = "MSI_ENDPOINT";
+pub const MSI_SECRET: &str = "MSI_SECRET";
 
 /// A fresh 32-byte secret, hex-encoded, for the App Service protocol's header.
 pub fn header_secret() -> anyhow::Result<String> {
@@ -69,6 +73,8 @@ pub async fn run(
         .args(args)
         .env(IDENTITY_ENDPOINT, format!("{base}/msi/token"))
         .env(IDENTITY_HEADER, header_secret)
+        .env(MSI_ENDPOINT, format!("{base}/msi/token"))
+        .env(MSI_SECRET, header_secret)
         .env(AUTHORITY_HOST, &base)
         .env_remove("AZURE_FEDERATED_TOKEN_FILE")
         .kill_on_drop(true)

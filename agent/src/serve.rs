@@ -1,13 +1,16 @@
 //! The managed-identity endpoints the Azure SDKs already call, answered
 //! with tokens from the broker:
-//! - App Service (2019-08-01) at `/msi/token`, guarded by the `X-IDENTITY-HEADER` secret;
+//! - App Service at `/msi/token`: 2019-08-01 guarded by the `X-IDENTITY-HEADER` secret, and
+//!   the older 2017-09-01 (`MSI_ENDPOINT`/`MSI_SECRET`) guarded by the same secret in `secret`;
 //! - IMDS (2018-02-01) at `/metadata/identity/oauth2/token`, guarded by `Metadata: true`;
 //! - `/healthz`, `/readyz`, `/metrics`.
 //!
 //! A request without its guard is refused before anything else happens: no external token
 //! is read and nothing is exchanged. Tokens with under five minutes left are never handed
 //! out; when the broker is down and no usable token is cached, the answer is a 503 the
-//! SDKs retry.
+//! SDKs retry. An identity this workload cannot act as is answered as Azure's IMDS answers
+//! it (400, `Identity not found`), which credential chains take as "try the next one";
+//! no answer that SDKs retry (404, 410, 429, 5xx) is given where retrying cannot help.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -34,14 +37,24 @@ use crate::broker::{BrokerClient, BrokerError, BrokerToken, Selector};
 use crate::cache::{Key, Outcome, TokenCache};
 use crate::source::TokenSource;
 
-/// The API versions each protocol accepts.
-const APP_SERVICE_VERSIONS: &[&str] = &["2019-08-01"];
+/// The API versions each protocol accepts. App Service's 2017-09-01 is what older SDKs and
+/// tools (and MSAL's `MSI_ENDPOINT` + `MSI_SECRET` source) send: header `secret`, query
+/// `clientid`; its answer is the same as 2019-08-01's (see docs/agent.md on `expires_on`).
+const APP_SERVICE_VERSIONS: &[&str] = &["2019-08-01", "2017-09-01"];
 const IMDS_VERSIONS: &[&str] = &[
     "2018-02-01",
     "2019-08-01",
     "2019-11-01",
     "2020-06-01",
     "2021-02-01",
+];
+
+/// Broker refusals that mean "this workload has no such identity": answered like IMDS
+/// answers an identity not assigned to the machine, so credential chains move on.
+const IDENTITY_NOT_SERVED: &[&str] = &[
+    "identity_not_allowed",
+    "no_matching_credential",
+    "identity_required",
 ];
 
 type Labels = Vec<(&'static str, String)>;
@@ -144,21 +157,36 @@ impl AgentError {
             retry_after: None,
         }
     }
-}
 
-impl IntoResponse for AgentError {
-    fn into_response(self) -> Response {
-        let mut response = (
-            self.status,
-            Json(json!({"error": self.error, "error_description": self.description})),
-        )
-            .into_response();
+    /// The answer on `/msi/token`: the same, plus App Service's own error fields
+    /// (`statusCode`, `message`), which MSAL for Python (and so the Azure CLI) reads
+    /// there instead of `error_description`.
+    fn into_app_service_response(self) -> Response {
+        let mut body = self.body();
+        body["statusCode"] = json!(self.status.as_u16());
+        body["message"] = json!(self.description);
+        self.respond(body)
+    }
+
+    fn body(&self) -> serde_json::Value {
+        json!({"error": self.error, "error_description": self.description})
+    }
+
+    fn respond(self, body: serde_json::Value) -> Response {
+        let mut response = (self.status, Json(body)).into_response();
         if let Some(secs) = self.retry_after {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         response
+    }
+}
+
+impl IntoResponse for AgentError {
+    fn into_response(self) -> Response {
+        let body = self.body();
+        self.respond(body)
     }
 }
 
@@ -243,6 +271,15 @@ impl Agent {
                     err.retry_after = Some(5);
                     err
                 }
+                refused @ BrokerError::Refused { code, .. }
+                    if IDENTITY_NOT_SERVED.contains(&code.as_str()) =>
+                {
+                    AgentError::new(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_request",
+                        format!("Identity not found: {refused}"),
+                    )
+                }
                 refused @ BrokerError::Refused { status, .. } => AgentError::new(
                     if *status == 403 {
                         StatusCode::FORBIDDEN
@@ -257,27 +294,37 @@ impl Agent {
 }
 
 fn selector(params: &HashMap<String, String>) -> Result<Selector, AgentError> {
-    let given: Vec<&str> = ["client_id", "principal_id", "object_id", "mi_res_id"]
-        .into_iter()
-        .filter(|k| params.get(*k).is_some_and(|v| !v.is_empty()))
-        .collect();
+    // `clientid` is App Service 2017-09-01's spelling of `client_id`; `msi_res_id` is
+    // IMDS's spelling of App Service's `mi_res_id` (MSAL sends each to its protocol).
+    let given: Vec<&str> = [
+        "client_id",
+        "clientid",
+        "principal_id",
+        "object_id",
+        "mi_res_id",
+        "msi_res_id",
+    ]
+    .into_iter()
+    .filter(|k| params.get(*k).is_some_and(|v| !v.is_empty()))
+    .collect();
     if given.len() > 1 {
         return Err(AgentError::new(
             StatusCode::BAD_REQUEST,
             "invalid_request",
             format!(
-                "give at most one of client_id, principal_id, object_id, mi_res_id (got {})",
+                "give at most one of client_id (clientid), principal_id, object_id, mi_res_id \
+                 (msi_res_id) (got {})",
                 given.join(", ")
             ),
         ));
     }
     let mut selector = Selector::default();
     match given.first().copied() {
-        Some("client_id") => selector.client_id = params.get("client_id").cloned(),
-        Some("mi_res_id") => {
+        Some(key @ ("client_id" | "clientid")) => selector.client_id = params.get(key).cloned(),
+        Some(key @ ("mi_res_id" | "msi_res_id")) => {
             // .../userAssignedIdentities/NAME names the identity.
             selector.identity = params
-                .get("mi_res_id")
+                .get(key)
                 .and_then(|r| r.trim_end_matches('/').rsplit('/').next())
                 .map(str::to_owned);
         }
@@ -324,7 +371,7 @@ fn outcome_label(result: &Result<Response, AgentError>) -> &'static str {
     }
 }
 
-/// `GET /msi/token`: the App Service protocol.
+/// `GET /msi/token`: the App Service protocol (2019-08-01 and 2017-09-01).
 async fn app_service(
     State(agent): State<Arc<Agent>>,
     headers: HeaderMap,
@@ -332,21 +379,25 @@ async fn app_service(
 ) -> Response {
     let result = async {
         let Some(secret) = &agent.header_secret else {
+            // 400, not 404: the SDKs retry a 404, and no retry turns this agent's App
+            // Service endpoint on.
             return Err(AgentError::new(
-                StatusCode::NOT_FOUND,
-                "not_found",
+                StatusCode::BAD_REQUEST,
+                "app_service_disabled",
                 "the App Service endpoint is not enabled (no identity header secret)",
             ));
         };
+        // 2019-08-01 sends the secret in `X-IDENTITY-HEADER`, 2017-09-01 in `secret`.
         let presented = headers
             .get("x-identity-header")
+            .or_else(|| headers.get("secret"))
             .map(HeaderValue::as_bytes)
             .unwrap_or_default();
         if presented.is_empty() || !bool::from(presented.ct_eq(secret.as_bytes())) {
             return Err(AgentError::new(
                 StatusCode::UNAUTHORIZED,
                 "unauthorized",
-                "missing or wrong X-IDENTITY-HEADER",
+                "missing or wrong X-IDENTITY-HEADER (or `secret`)",
             ));
         }
         api_version(&params, APP_SERVICE_VERSIONS)?;
@@ -363,7 +414,7 @@ async fn app_service(
     }
     .await;
     agent.metrics.request("app_service", outcome_label(&result));
-    result.unwrap_or_else(IntoResponse::into_response)
+    result.unwrap_or_else(AgentError::into_app_service_response)
 }
 
 /// `GET /metadata/identity/oauth2/token`: the IMDS protocol.
@@ -467,6 +518,9 @@ pub fn router(agent: Arc<Agent>) -> Router {
         Router::new()
             .route("/msi/token", get(app_service))
             .route("/metadata/identity/oauth2/token", get(imds))
+            // MSAL for Node sends IMDS requests to `.../token/`; Azure's IMDS answers both.
+            .route("/msi/token/", get(app_service))
+            .route("/metadata/identity/oauth2/token/", get(imds))
             .route("/healthz", get(healthz))
             .route("/readyz", get(readyz))
             .route("/metrics", get(metrics))
@@ -616,6 +670,20 @@ mod tests {
         );
         assert_eq!(selector(&params(&[])).unwrap(), Selector::default());
         assert!(selector(&params(&[("client_id", "a"), ("object_id", "b")])).is_err());
+        assert_eq!(
+            selector(&params(&[("clientid", "3f1c2a9e")]))
+                .unwrap()
+                .client_id
+                .as_deref(),
+            Some("3f1c2a9e")
+        );
+        assert!(selector(&params(&[("clientid", "a"), ("client_id", "b")])).is_err());
+        let s = selector(&params(&[(
+            "msi_res_id",
+            "/subscriptions/x/resourceGroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/payments",
+        )]))
+        .unwrap();
+        assert_eq!(s.identity.as_deref(), Some("payments"));
     }
 
     #[test]
@@ -630,6 +698,13 @@ mod tests {
         assert!(
             api_version(
                 &params(&[("api-version", "2017-09-01")]),
+                APP_SERVICE_VERSIONS
+            )
+            .is_ok()
+        );
+        assert!(
+            api_version(
+                &params(&[("api-version", "2018-02-01")]),
                 APP_SERVICE_VERSIONS
             )
             .is_err()

@@ -227,6 +227,24 @@ async fn exec_gives_the_command_an_app_service_endpoint_and_passes_its_exit_code
         "{authority}"
     );
 
+    // The same endpoint for clients that know only App Service's 2017-09-01 protocol.
+    let run = agent(
+        &github.env(),
+        &[
+            "exec",
+            "--broker",
+            &broker,
+            "--",
+            "sh",
+            "-c",
+            r#"curl -sf -H "secret: $MSI_SECRET" "$MSI_ENDPOINT?api-version=2017-09-01&resource=https://management.azure.com""#,
+        ],
+    )
+    .await
+    .ok();
+    let answer: Value = serde_json::from_str(run.stdout.trim()).unwrap();
+    assert_deploy_token(&stack, answer["access_token"].as_str().unwrap());
+
     let run = agent(
         &github.env(),
         &["exec", "--broker", &broker, "--", "sh", "-c", "exit 7"],

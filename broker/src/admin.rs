@@ -3,7 +3,7 @@
 //! Every write is checked with Entra's rules before it is stored (Entra itself checks
 //! nothing until an exchange fails), has no 20-credential cap (a configurable sanity limit
 //! instead), and takes effect on the next exchange: after the store commits, this
-//! replica's registry is rebuilt before the write is acknowledged. Identities and
+//! replica's registry takes the change (the changed entry only) before the write is acknowledged. Identities and
 //! credentials declared in the config file are read-only here.
 
 use std::sync::Arc;
@@ -160,7 +160,7 @@ impl Admin {
 
     /// After a committed write: this replica serves the change from the next exchange on.
     async fn apply(&self) {
-        if let Err(e) = self.broker.reload("write", true).await {
+        if let Err(e) = self.broker.reload("write", false).await {
             tracing::warn!(error = %e, "write committed but the registry could not be reloaded yet; the next poll will");
         }
     }

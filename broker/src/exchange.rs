@@ -19,7 +19,7 @@ use crate::entra::scope::ScopeError;
 use crate::entra::{EntraClient, EntraError, EntraToken, Secret};
 use crate::issuer::{IssuerSetupError, KeyError, KeyStore};
 use crate::metrics::Metrics;
-use crate::policy::registry::{BuildProblem, Declared};
+use crate::policy::registry::{BuildProblem, Declared, StoredChange};
 use crate::policy::{Identity, MatchError, Registry, SelectError, select_identity};
 use crate::redact::{Untrusted, untrusted};
 use crate::store::{Store, StoreError};
@@ -67,7 +67,9 @@ impl ExchangeError {
                 TokenError::NotYetValid { .. } | TokenError::IssuedInFuture { .. } => {
                     "token_not_yet_valid"
                 }
-                TokenError::LifetimeTooLong { .. } => "token_lifetime_too_long",
+                TokenError::LifetimeTooLong { .. } | TokenError::RemainingTooLong { .. } => {
+                    "token_lifetime_too_long"
+                }
             },
             ExchangeError::UnknownIssuer => "unknown_issuer",
             ExchangeError::Keys(KeyError::UnknownKey { .. }) => "unknown_signing_key",
@@ -147,8 +149,9 @@ pub struct Broker {
     verified: Option<moka::sync::Cache<[u8; 32], Arc<VerifiedToken>>>,
     declared: Declared,
     store: Option<Arc<dyn Store>>,
-    /// The store version of the registry in use. Held only to compare and swap, never
-    /// across a store call, so a stalled database cannot block a write's own reload.
+    /// The store version of the registry in use. Held only to compare and swap (and apply
+    /// changes in memory), never across a store call, so a stalled database cannot block a
+    /// write's own reload.
     loaded_version: std::sync::Mutex<Option<i64>>,
     /// Whether the last registry load reached the store (readiness says `degraded` when
     /// not: the broker serves what it has, the store's registry may be missing or stale).
@@ -308,26 +311,17 @@ impl Broker {
         self.max_token_bytes
     }
 
-    /// Rebuilds the registry from the declared entries and the store, and swaps it in; the
-    /// next exchange sees it. `force` reloads even when the store's version is unchanged
-    /// (after this replica's own write). Returns whether a new registry was swapped in.
-    pub async fn reload(&self, trigger: &'static str, force: bool) -> Result<bool, StoreError> {
+    /// Brings the registry up to the store's version and swaps it in; the next exchange
+    /// sees it. Normally only the entries changed since the loaded version are read and
+    /// applied ([`Registry::apply`]); `whole` (at start), a replica far behind, or a change
+    /// that needs it reads and builds everything. Returns whether a new registry was
+    /// swapped in.
+    pub async fn reload(&self, trigger: &'static str, whole: bool) -> Result<bool, StoreError> {
         let Some(store) = &self.store else {
             return Ok(false);
         };
-        let loaded = || self.loaded_version.lock().map(|v| *v).unwrap_or(None);
-        let result = async {
-            let version = store.version().await?;
-            if !force && loaded() == Some(version) {
-                return Ok(None);
-            }
-            // Read after the version: the lists are at least as new as it says.
-            let identities = store.list_identities().await?;
-            let credentials = store.list_credentials(None).await?;
-            Ok(Some((version, identities, credentials)))
-        }
-        .await;
-        let (version, identities, credentials) = match result {
+        let loaded = self.loaded_version.lock().map(|v| *v).unwrap_or(None);
+        let fresh = match read_registry(store.as_ref(), loaded, whole).await {
             Ok(Some(fresh)) => fresh,
             Ok(None) => return Ok(false),
             Err(e) => {
@@ -342,21 +336,57 @@ impl Broker {
         };
         self.store_reachable
             .store(true, std::sync::atomic::Ordering::Relaxed);
-        let (registry, problems) = Registry::with_stored(&self.declared, &identities, &credentials);
-        for p in &problems {
-            tracing::warn!(entry = %p.key, problem = %p.message, "stored entry left out of the registry");
+        match self.install(fresh) {
+            Some(swapped) => {
+                if swapped {
+                    self.metrics.registry_reload(trigger, "ok");
+                }
+                Ok(swapped)
+            }
+            None => Box::pin(self.reload(trigger, true)).await,
         }
+    }
+
+    /// Swaps in what a reload read, unless a newer registry is in use already. `None`:
+    /// the changes cannot be applied one by one; read everything.
+    fn install(&self, fresh: Fresh) -> Option<bool> {
         let Ok(mut current) = self.loaded_version.lock() else {
-            return Ok(false);
+            return Some(false);
         };
-        // Concurrent reloads may finish out of order; never go back to an older version.
-        if current.is_some_and(|v| v > version) {
-            return Ok(false);
-        }
+        let (version, registry) = match fresh {
+            Fresh::Whole {
+                version,
+                identities,
+                credentials,
+            } => {
+                // Concurrent reloads may finish out of order; never go back to an older
+                // version.
+                if current.is_some_and(|v| v > version) {
+                    return Some(false);
+                }
+                let (registry, problems) =
+                    Registry::with_stored(&self.declared, &identities, &credentials);
+                for p in &problems {
+                    tracing::warn!(entry = %p.key, problem = %p.message, "stored entry left out of the registry");
+                }
+                (version, registry)
+            }
+            Fresh::Changes { version, changes } => {
+                if current.is_some_and(|v| v >= version) {
+                    return Some(false);
+                }
+                // Applied to the registry in use even if another reload moved it on since
+                // `loaded`: each change carries its entry as stored now, so applying one
+                // again is harmless.
+                (
+                    version,
+                    self.registry.load().apply(&self.declared, &changes)?,
+                )
+            }
+        };
         self.registry.store(Arc::new(registry));
         *current = Some(version);
-        self.metrics.registry_reload(trigger, "ok");
-        Ok(true)
+        Some(true)
     }
 
     /// False while the store cannot be reached (seen by the last registry load).
@@ -592,4 +622,104 @@ impl Broker {
             }
         }
     }
+}
+
+/// The most registry changes a reload applies one by one; a replica further behind reads
+/// the whole registry.
+const MAX_CHANGES: u32 = 1000;
+
+/// What a reload read from the store.
+enum Fresh {
+    Whole {
+        version: i64,
+        identities: Vec<crate::store::StoredIdentity>,
+        credentials: Vec<crate::store::StoredCredential>,
+    },
+    Changes {
+        version: i64,
+        changes: Vec<StoredChange>,
+    },
+}
+
+/// Reads what changed since `loaded` (everything when `whole` or nothing is loaded), or
+/// `None` when nothing did.
+async fn read_registry(
+    store: &dyn Store,
+    loaded: Option<i64>,
+    whole: bool,
+) -> Result<Option<Fresh>, StoreError> {
+    let version = store.version().await?;
+    if !whole && loaded == Some(version) {
+        return Ok(None);
+    }
+    let behind =
+        loaded.filter(|l| !whole && version > *l && version - *l <= i64::from(MAX_CHANGES));
+    if let Some(since) = behind {
+        let changes = store.changes_since(since, MAX_CHANGES).await?;
+        let consecutive = changes
+            .iter()
+            .zip(since + 1..)
+            .all(|(c, expected)| c.version == expected);
+        let newest = changes.last().map_or(since, |c| c.version);
+        // A gap (changes purged, or written by an older broker) reads everything.
+        if consecutive && newest >= version {
+            let changes = read_changes(store, &changes).await?;
+            return Ok(Some(Fresh::Changes {
+                version: newest,
+                changes,
+            }));
+        }
+    }
+    // Read after the version: the lists are at least as new as it says.
+    let identities = store.list_identities().await?;
+    let credentials = store.list_credentials(None).await?;
+    Ok(Some(Fresh::Whole {
+        version,
+        identities,
+        credentials,
+    }))
+}
+
+/// Each changed entry as stored now, once: identities (with all their credentials)
+/// first, then single credentials.
+async fn read_changes(
+    store: &dyn Store,
+    changes: &[crate::store::RegistryChange],
+) -> Result<Vec<StoredChange>, StoreError> {
+    let mut whole: Vec<&str> = changes
+        .iter()
+        .filter(|c| c.credential.is_none())
+        .map(|c| c.identity.as_str())
+        .collect();
+    whole.sort_unstable();
+    whole.dedup();
+    let mut out = Vec::new();
+    for name in &whole {
+        let now = match store.get_identity(name).await? {
+            Some(row) => Some((row, store.list_credentials(Some(name)).await?)),
+            None => None,
+        };
+        out.push(StoredChange::Identity {
+            name: (*name).to_owned(),
+            now,
+        });
+    }
+    let mut seen = std::collections::HashSet::new();
+    for c in changes {
+        let Some(name) = &c.credential else { continue };
+        if whole.binary_search(&c.identity.as_str()).is_ok() || !seen.insert((&c.identity, name)) {
+            continue;
+        }
+        // By name: a name wins over another credential's id, and only the named one counts.
+        let now = store
+            .get_credential(&c.identity, name)
+            .await?
+            .filter(|stored| &stored.name == name);
+        out.push(StoredChange::Credential {
+            identity: c.identity.clone(),
+            name: name.clone(),
+            now,
+        });
+    }
+    Ok(out)
 }

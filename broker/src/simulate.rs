@@ -50,7 +50,8 @@ fn check_of(e: &TokenError) -> &'static str {
         | TokenError::Expired { .. }
         | TokenError::NotYetValid { .. }
         | TokenError::IssuedInFuture { .. }
-        | TokenError::LifetimeTooLong { .. } => "times",
+        | TokenError::LifetimeTooLong { .. }
+        | TokenError::RemainingTooLong { .. } => "times",
     }
 }
 
@@ -77,7 +78,7 @@ fn from_claims(issuer: Option<String>, claims: Value) -> Result<VerifiedToken, A
         sub: claims.get("sub").and_then(Value::as_str).map(str::to_owned),
         jti: claims.get("jti").and_then(Value::as_str).map(str::to_owned),
         exp: number("exp"),
-        iat: number("iat"),
+        iat: claims.get("iat").and_then(Value::as_u64),
         sha256: String::new(),
         signed_sha256: String::new(),
         iss,

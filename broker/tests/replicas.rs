@@ -380,6 +380,13 @@ impl BrokerFiles {
         std::fs::write(&self.config, config).unwrap();
     }
 
+    /// Adds a `[store]` setting (the section holds the URL already).
+    fn store_setting(&self, line: &str) {
+        let config = std::fs::read_to_string(&self.config).unwrap();
+        let config = config.replacen("[store]\n", &format!("[store]\n{line}\n"), 1);
+        std::fs::write(&self.config, config).unwrap();
+    }
+
     fn new(store_url: &str, upstreams: &Upstreams) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let tokens = dir.path().join("admin-tokens");
@@ -834,6 +841,88 @@ async fn a_credential_created_at_one_replica_admits_its_job_at_the_other_within_
     assert!(
         refused_after < CONVERGENCE,
         "A admitted the job until {refused_after:?} after B acknowledged the delete"
+    );
+}
+
+/// Polls `replica`'s credential list until `wanted` holds; how long after `since` it did.
+async fn listed_until(
+    replica: &Replica,
+    since: Instant,
+    wanted: impl Fn(&[String]) -> bool,
+) -> Duration {
+    loop {
+        if wanted(&replica.credential_names().await) {
+            return since.elapsed();
+        }
+        assert!(
+            since.elapsed() < PATIENCE,
+            "replica {} never saw the change",
+            replica.label
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// PostgreSQL notifies every registry write, so replicas apply it at once: with the poll
+/// set to ten minutes, only the notification can carry a write to the others in time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_polling_all_but_off_a_write_at_one_replica_reaches_the_others_through_notifications()
+{
+    let Some(pg) = PgSchema::create().await else {
+        return;
+    };
+    let upstreams = Upstreams::start().await;
+    let files = BrokerFiles::new(&pg.url(), &upstreams);
+    files.store_setting("poll_interval_ms = 600000");
+    let (a, b) = two_replicas(&files).await;
+    let c = Replica::start("C", &files.config).await;
+    upstreams.entra_trusts("feature");
+    a.put_identity().await;
+    let job = upstreams.job_token("feature");
+
+    let mut seen = Vec::new();
+    for round in 0..10 {
+        let name = format!("feature-{round}");
+        // Only the last round's credential admits the job; the others are for other
+        // branches.
+        let branch = if round == 9 {
+            "feature".to_owned()
+        } else {
+            format!("other-{round}")
+        };
+        let body = upstreams.credential(&name, &branch);
+        let writer = [&a, &b, &c][round % 3];
+        writer.create_credential(&body).await.expect(201);
+        let acknowledged = Instant::now();
+        for other in [&a, &b, &c] {
+            if other.label != writer.label {
+                seen.push(listed_until(other, acknowledged, |names| names.contains(&name)).await);
+            }
+        }
+    }
+    // The job is admitted at every replica, then a delete at C stops it at A and B.
+    for replica in [&a, &b, &c] {
+        replica.exchange(&job).await.expect(200);
+    }
+    c.admin(
+        Method::DELETE,
+        &format!("{}/feature-9", credentials_path()),
+        None,
+    )
+    .await
+    .expect(204);
+    let acknowledged = Instant::now();
+    for replica in [&a, &b] {
+        replica
+            .exchange_until(&job, acknowledged, |answer| answer.status != 200)
+            .await;
+    }
+    seen.sort();
+    eprintln!(
+        "write at one replica -> listed at the others (informational): p50 {:?}, max {:?} over {}",
+        seen[seen.len() / 2],
+        seen[seen.len() - 1],
+        seen.len()
     );
 }
 

@@ -157,6 +157,7 @@ on_every_backend!(
     racing_admins_creating_one_credential_yield_exactly_one,
     writes_naming_missing_identities_or_credentials_are_not_found,
     the_version_moves_on_every_registry_write_and_never_on_reads,
+    every_registry_write_records_what_it_changed_under_its_version,
     audit_events_are_filtered_and_paged_by_cursor,
     audit_events_are_read_newest_first_by_cursor,
     old_audit_events_are_purged,
@@ -738,6 +739,64 @@ async fn the_version_moves_on_every_registry_write_and_never_on_reads(store: Arc
         .await;
     assert!(!store.delete_identity("ghost").await.unwrap());
     assert_eq!(store.version().await.unwrap(), before);
+}
+
+/// What replicas read to apply changed entries only (docs/storage.md, "Replicas").
+async fn every_registry_write_records_what_it_changed_under_its_version(store: Arc<dyn Store>) {
+    let start = store.version().await.unwrap();
+    store
+        .put_identity(&identity("deploy", DEPLOY_CLIENT))
+        .await
+        .unwrap();
+    let mut main = credential("deploy", "main", GITHUB, Some(MAIN));
+    store.create_credential(&main).await.unwrap();
+    main.description = Some("changed".to_owned());
+    store.update_credential(&main).await.unwrap();
+    // Deleted by id: the change names the credential.
+    store.delete_credential("deploy", &main.id).await.unwrap();
+    store.delete_identity("deploy").await.unwrap();
+    // Refused writes record nothing.
+    let _ = store
+        .create_credential(&credential("ghost", "x", GITHUB, None))
+        .await;
+    assert!(!store.delete_credential("deploy", "main").await.unwrap());
+
+    let changes = store.changes_since(start, 100).await.unwrap();
+    let seen: Vec<(i64, &str, Option<&str>)> = changes
+        .iter()
+        .map(|c| {
+            (
+                c.version - start,
+                c.identity.as_str(),
+                c.credential.as_deref(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (1, "deploy", None),
+            (2, "deploy", Some("main")),
+            (3, "deploy", Some("main")),
+            (4, "deploy", Some("main")),
+            (5, "deploy", None),
+        ]
+    );
+    assert_eq!(store.version().await.unwrap(), start + 5);
+    // Paged by version and limit.
+    let later = store.changes_since(start + 3, 1).await.unwrap();
+    assert_eq!(later.len(), 1);
+    assert_eq!(later[0].version, start + 4);
+    // Purging keeps the newest versions' changes.
+    store.purge_changes(2).await.unwrap();
+    let kept: Vec<i64> = store
+        .changes_since(0, 100)
+        .await
+        .unwrap()
+        .iter()
+        .map(|c| c.version - start)
+        .collect();
+    assert_eq!(kept, [4, 5]);
 }
 
 // ---------------------------------------------------------------------------------------

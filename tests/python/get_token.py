@@ -1,8 +1,9 @@
-"""Gets one token with the real Python azure-identity SDK and prints it as JSON.
+"""Gets one token with the real Python azure-identity SDK (or MSAL) and prints it as JSON.
 
-Run by tests/tests/agent_sdk.rs with a controlled environment:
+Run by tests/tests/agent_sdk.rs, entra_compat.rs and clients_python.rs with a controlled
+environment:
 
-    get_token.py managed-appservice|managed-imds|default|workload|workload-env|msal SCOPE
+    get_token.py MODE SCOPE [client_id=ID|object_id=ID|resource_id=ID]
 
 - managed-appservice: ManagedIdentityCredential; the test sets IDENTITY_ENDPOINT and
   IDENTITY_HEADER (the App Service protocol).
@@ -16,6 +17,15 @@ Run by tests/tests/agent_sdk.rs with a controlled environment:
   as arguments; workload-env: the same credential reading them itself.
 - msal: plain MSAL ConfidentialClientApplication with the token file's content as the
   client assertion, same variables.
+- managed: ManagedIdentityCredential, whatever protocol the environment names (also
+  MSI_ENDPOINT + MSI_SECRET, App Service 2017-09-01).
+- msal-managed: MSAL's own ManagedIdentityClient (system-assigned, or user-assigned by the
+  optional id), whatever protocol the environment names.
+- default-chain: DefaultAzureCredential with the optional id as its managed identity and
+  the Azure CLI as the only developer credential after it, so a managed identity the
+  endpoint cannot serve moves the chain on to `az`.
+
+The optional third argument names a user-assigned identity.
 
 Prints {"token": ..., "expires_on": ...} on success; on failure the SDK's error goes to
 stderr and the exit status is 1.
@@ -34,9 +44,32 @@ from azure.identity import (
 )
 
 
-def credential(mode):
-    if mode in ("managed-appservice", "managed-imds"):
-        return ManagedIdentityCredential()
+def identity(arg):
+    """The optional `kind=value` argument as keyword arguments."""
+    if arg is None:
+        return {}
+    kind, _, value = arg.partition("=")
+    if kind not in ("client_id", "object_id", "resource_id"):
+        raise SystemExit(f"unknown identity kind {kind!r}")
+    return {kind: value}
+
+
+def credential(mode, ids):
+    if mode in ("managed-appservice", "managed-imds", "managed"):
+        if "client_id" in ids:
+            return ManagedIdentityCredential(client_id=ids["client_id"])
+        return ManagedIdentityCredential(identity_config=ids or None)
+    if mode == "default-chain":
+        return DefaultAzureCredential(
+            managed_identity_client_id=ids.get("client_id"),
+            exclude_powershell_credential=True,
+            exclude_developer_cli_credential=True,
+            exclude_visual_studio_code_credential=True,
+            exclude_shared_token_cache_credential=True,
+            exclude_interactive_browser_credential=True,
+            # `az` may start slowly on a busy machine; the default is 10 s.
+            process_timeout=120,
+        )
     if mode == "default":
         return DefaultAzureCredential(
             exclude_cli_credential=True,
@@ -77,17 +110,32 @@ def msal_token(scope):
     return result["access_token"], int(time.time()) + int(result["expires_in"])
 
 
+def msal_managed_token(scope, ids):
+    import msal
+    import requests
+
+    if ids:
+        managed_identity = msal.UserAssignedManagedIdentity(**ids)
+    else:
+        managed_identity = msal.SystemAssignedManagedIdentity()
+    client = msal.ManagedIdentityClient(managed_identity, http_client=requests.Session())
+    resource = scope.removesuffix("/.default")
+    result = client.acquire_token_for_client(resource=resource)
+    if "access_token" not in result:
+        raise RuntimeError(json.dumps(result))
+    return result["access_token"], int(time.time()) + int(result["expires_in"])
+
+
 def main():
-    if len(sys.argv) != 3:
-        raise SystemExit(
-            "usage: get_token.py managed-appservice|managed-imds|default|workload|workload-env|msal SCOPE"
-        )
+    if len(sys.argv) not in (3, 4):
+        raise SystemExit("usage: get_token.py MODE SCOPE [client_id=ID|object_id=ID|resource_id=ID]")
     mode, scope = sys.argv[1], sys.argv[2]
-    if mode == "msal":
-        token, expires_on = msal_token(scope)
+    ids = identity(sys.argv[3] if len(sys.argv) == 4 else None)
+    if mode in ("msal", "msal-managed"):
+        token, expires_on = msal_token(scope) if mode == "msal" else msal_managed_token(scope, ids)
         print(json.dumps({"token": token, "expires_on": expires_on}))
         return
-    token = credential(mode).get_token(scope)
+    token = credential(mode, ids).get_token(scope)
     print(json.dumps({"token": token.token, "expires_on": token.expires_on}))
 
 

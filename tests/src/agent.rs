@@ -32,23 +32,32 @@ impl TestAgent {
         let dir = tempfile::tempdir().unwrap();
         let token_file = dir.path().join("azure-identity-token");
         std::fs::write(&token_file, stack.github_token("main")).unwrap();
-        Self::start_with_file(stack, dir, token_file).await
+        Self::start_with_file(stack, dir, token_file, None).await
+    }
+
+    /// Like [`TestAgent::start`], for a broker serving HTTPS with a certificate `ca` signed.
+    pub async fn start_trusting(stack: &Stack, ca: &Path) -> TestAgent {
+        let dir = tempfile::tempdir().unwrap();
+        let token_file = dir.path().join("azure-identity-token");
+        std::fs::write(&token_file, stack.github_token("main")).unwrap();
+        Self::start_with_file(stack, dir, token_file, Some(ca)).await
     }
 
     /// Like [`TestAgent::start`], but with no token file yet: any exchange fails.
     pub async fn start_without_token(stack: &Stack) -> TestAgent {
         let dir = tempfile::tempdir().unwrap();
         let token_file = dir.path().join("azure-identity-token");
-        Self::start_with_file(stack, dir, token_file).await
+        Self::start_with_file(stack, dir, token_file, None).await
     }
 
     async fn start_with_file(
         stack: &Stack,
         dir: tempfile::TempDir,
         token_file: PathBuf,
+        ca: Option<&Path>,
     ) -> TestAgent {
         let client =
-            BrokerClient::new(&stack.broker.url(), Duration::from_secs(3), 1, None, None).unwrap();
+            BrokerClient::new(&stack.broker.url(), Duration::from_secs(3), 1, ca, None).unwrap();
         let clock: SharedClock = stack.clock.clone();
         let agent = Agent::new(
             AgentSettings {
@@ -114,7 +123,8 @@ impl PythonMode {
     }
 }
 
-fn repo_root() -> PathBuf {
+/// The repository's root directory.
+pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .unwrap()

@@ -8,6 +8,7 @@
 
 pub mod agent;
 pub mod ci;
+pub mod clients;
 pub mod k8s;
 pub mod pki;
 

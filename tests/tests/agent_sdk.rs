@@ -11,6 +11,7 @@ use base64::Engine;
 use serde_json::Value;
 use wif_broker::clock::Clock;
 use wif_tests::agent::{HEADER_SECRET, PythonMode, TestAgent, python, python_get_token};
+use wif_tests::clients::agent_requests;
 use wif_tests::{ARM, DEPLOY_CLIENT, Stack, answer, metric_value};
 
 const ARM_RESOURCE: &str = "https://management.azure.com";
@@ -63,24 +64,6 @@ async fn imds(
     answer(request.send().await.unwrap()).await
 }
 
-/// Requests the agent answered with a token over `protocol` (`app_service` or `imds`).
-async fn served(stack: &Stack, agent: &TestAgent, protocol: &str) -> f64 {
-    let exposition = stack
-        .http
-        .get(format!("{}/metrics", agent.url()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    metric_value(
-        &exposition,
-        "wif_agent_requests_total",
-        &[&format!("protocol=\"{protocol}\""), "outcome=\"ok\""],
-    )
-}
-
 /// An agent error in the shape the SDKs parse.
 fn assert_agent_error(answer: &wif_tests::Answer, status: u16, code: &str) {
     assert_eq!(answer.status.as_u16(), status, "body {}", answer.body);
@@ -121,7 +104,7 @@ async fn python_managed_identity_credential_gets_an_arm_token_over_imds() {
         expires_on > stack.clock.now() + 300,
         "expires_on {expires_on}"
     );
-    assert_eq!(served(&stack, &agent, "imds").await, 1.0);
+    assert_eq!(agent_requests(&stack, &agent, "imds", "ok").await, 1.0);
 }
 
 #[tokio::test]
@@ -142,7 +125,10 @@ async fn python_default_azure_credential_gets_an_arm_token() {
         started.elapsed()
     );
     // The chain reached ManagedIdentityCredential, which chose App Service.
-    assert_eq!(served(&stack, &agent, "app_service").await, 1.0);
+    assert_eq!(
+        agent_requests(&stack, &agent, "app_service", "ok").await,
+        1.0
+    );
 }
 
 #[tokio::test]
@@ -263,4 +249,33 @@ async fn cached_tokens_keep_flowing_when_the_broker_stops() {
         uncached.headers
     );
     assert_eq!(entra.token_requests(), 1);
+}
+
+/// The probe a credential chain sends before trusting an IMDS endpoint (JavaScript's
+/// `imdsMsi`): no query, no `Metadata` header, no retry, and a 1 s timeout, which the
+/// agent meets by answering before it reads a token or calls anyone (here it has no token
+/// to read at all). Any answer means "available".
+#[tokio::test]
+async fn the_imds_availability_probe_is_answered_at_once() {
+    let stack = Stack::start().await;
+    let agent = TestAgent::start_without_token(&stack).await;
+    for path in [
+        "/metadata/identity/oauth2/token",
+        "/metadata/identity/oauth2/token/",
+    ] {
+        let probe = stack
+            .http
+            .get(format!("{}{path}", agent.url()))
+            .header("Accept", "application/json")
+            .send()
+            .await
+            .unwrap();
+        let answered = answer(probe).await;
+        assert_agent_error(&answered, 400, "bad_request_102");
+    }
+    assert_eq!(stack.entra.token_requests(), 0);
+    assert_eq!(
+        metric_value(&stack.metrics().await, "wif_exchanges_total", &[]),
+        0.0
+    );
 }

@@ -5,13 +5,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use serde_json::Value;
 use wif_broker::dev::issuer::LocalIssuer;
 use wif_tests::agent::python;
-use wif_tests::pki::Pki;
+use wif_tests::clients::{TlsFiles, tls_stack};
 use wif_tests::*;
 
 const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
@@ -146,36 +146,6 @@ async fn the_entra_token_endpoint_refuses_in_entras_shape() {
         0,
         "no refused request reaches Entra"
     );
-}
-
-/// Where the broker reads its certificate and key, and the CA Python trusts.
-struct TlsFiles {
-    dir: tempfile::TempDir,
-    cert: PathBuf,
-    key: PathBuf,
-    ca: PathBuf,
-}
-
-/// The standard stack serving HTTPS from a throwaway CA.
-async fn tls_stack() -> (Stack, TlsFiles) {
-    let dir = tempfile::tempdir().unwrap();
-    let files = TlsFiles {
-        cert: dir.path().join("tls.crt"),
-        key: dir.path().join("tls.key"),
-        ca: dir.path().join("ca.crt"),
-        dir,
-    };
-    let pki = Pki::new("entra-compat");
-    pki.install(&files.cert, &files.key);
-    std::fs::write(&files.ca, &pki.ca_pem).unwrap();
-    let (cert, key) = (files.cert.clone(), files.key.clone());
-    let mut stack = Stack::start_with(move |cfg| {
-        cfg.server.tls_cert = Some(cert);
-        cfg.server.tls_key = Some(key);
-    })
-    .await;
-    stack.http = pki.client();
-    (stack, files)
 }
 
 /// Runs `get_token.py MODE SCOPE` with only azure-workload-identity's variables (and the

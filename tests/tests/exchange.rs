@@ -194,14 +194,21 @@ async fn a_token_that_expires_as_time_moves_on_is_refused() {
 }
 
 #[tokio::test]
-async fn a_token_without_iat_is_refused() {
+async fn a_token_without_iat_is_refused_by_entra_as_a_passthrough_assertion() {
+    // The broker checks `iat` only when present (a SPIFFE JWT-SVID needs none), but Entra
+    // requires it of an assertion: forwarded as is, the token is refused by Entra.
     let stack = Stack::start().await;
     let mut claims = github_claims(REPO, "main");
     claims["iat"] = serde_json::Value::Null; // null removes the default claim
     let token = stack.github.mint(claims).unwrap();
     let answer = stack.exchange(&token, ARM).await;
-    answer.expect_error(401, "missing_claim");
-    assert!(answer.description().contains("iat"));
+    answer.expect_error(401, "entra_assertion_rejected");
+    assert!(
+        answer.description().contains("AADSTS70023"),
+        "{}",
+        answer.description()
+    );
+    assert_eq!(stack.entra.token_requests(), 1);
 }
 
 #[tokio::test]

@@ -12,8 +12,8 @@ use aws_lc_rs::encoding::AsDer;
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::rsa::KeySize;
 use aws_lc_rs::signature::{
-    ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, Ed25519KeyPair, KeyPair, RSA_PKCS1_SHA256,
-    RsaKeyPair,
+    ECDSA_P256_SHA256_FIXED_SIGNING, ECDSA_P384_SHA384_FIXED_SIGNING, EcdsaKeyPair, Ed25519KeyPair,
+    KeyPair, RSA_PKCS1_SHA256, RsaKeyPair,
 };
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -27,6 +27,8 @@ pub enum KeyKind {
     Rsa2048,
     /// ECDSA P-256, ES256.
     EcP256,
+    /// ECDSA P-384, ES384 (one of the algorithms AWS signs web-identity tokens with).
+    EcP384,
     /// Ed25519, EdDSA.
     Ed25519,
 }
@@ -37,6 +39,7 @@ impl KeyKind {
         match self {
             KeyKind::Rsa2048 => "RS256",
             KeyKind::EcP256 => "ES256",
+            KeyKind::EcP384 => "ES384",
             KeyKind::Ed25519 => "EdDSA",
         }
     }
@@ -85,6 +88,9 @@ impl SigningKey {
             KeyKind::EcP256 => {
                 EcdsaKeyPair::generate(&ECDSA_P256_SHA256_FIXED_SIGNING).map(KeyMaterial::Ec)
             }
+            KeyKind::EcP384 => {
+                EcdsaKeyPair::generate(&ECDSA_P384_SHA384_FIXED_SIGNING).map(KeyMaterial::Ec)
+            }
             KeyKind::Ed25519 => Ed25519KeyPair::generate().map(KeyMaterial::Ed),
         }
         .map_err(|_| JwtError::KeyGeneration(kind))?;
@@ -130,13 +136,14 @@ impl SigningKey {
                 })
             }
             KeyMaterial::Ec(pair) => {
-                // Uncompressed SEC1 point: 0x04 || x (32 bytes) || y (32 bytes).
+                // Uncompressed SEC1 point: 0x04 || x || y, 32 bytes each on P-256, 48 on P-384.
                 let point = pair.public_key().as_ref();
                 let (x, y) = match point {
-                    [0x04, rest @ ..] if rest.len() == 64 => rest.split_at(32),
+                    [0x04, rest @ ..] => rest.split_at(rest.len() / 2),
                     _ => (&[][..], &[][..]),
                 };
-                json!({ "kty": "EC", "crv": "P-256", "x": b64url(x), "y": b64url(y) })
+                let crv = if x.len() == 48 { "P-384" } else { "P-256" };
+                json!({ "kty": "EC", "crv": crv, "x": b64url(x), "y": b64url(y) })
             }
             KeyMaterial::Ed(pair) => {
                 json!({ "kty": "OKP", "crv": "Ed25519", "x": b64url(pair.public_key().as_ref()) })

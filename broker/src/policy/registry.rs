@@ -4,7 +4,7 @@
 //! exchange always sees one consistent version. Matching looks up the token's issuer,
 //! then its exact subject in a hash index, then evaluates the issuer's expression rules.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use wif_config::{AssertionSource, BrokerConfig, Cloud};
@@ -60,31 +60,94 @@ pub struct Credential {
     pub updated_at: Option<u64>,
 }
 
-#[derive(Debug, Default)]
+/// One issuer's credentials, indexed for matching. Persistent maps: a clone shares them,
+/// and a change copies only the path to what it touches.
+#[derive(Debug, Default, Clone)]
 struct IssuerIndex {
-    exact: HashMap<String, Vec<Arc<Credential>>>,
+    exact: imbl::HashMap<String, Vec<Arc<Credential>>>,
     /// Expressions whose `sub` clause fixes a literal start, by that literal: a token is
     /// tried only against those whose literal starts its `sub`.
-    by_sub_prefix: HashMap<String, Vec<Arc<Credential>>>,
-    /// The distinct lengths (bytes) of the keys of `by_sub_prefix`, ascending.
-    prefix_lengths: Vec<usize>,
-    /// Expressions without such a literal: tried for every token of the issuer.
-    expressions: Vec<Arc<Credential>>,
+    by_sub_prefix: imbl::HashMap<String, Vec<Arc<Credential>>>,
+    /// The distinct lengths (bytes) of the keys of `by_sub_prefix`, ascending, each with
+    /// how many credentials use it.
+    prefix_lengths: Vec<(usize, usize)>,
+    /// Expressions without such a literal, by (identity, name): tried for every token of
+    /// the issuer.
+    expressions: imbl::OrdMap<(String, String), Arc<Credential>>,
+    /// How many credentials the index holds.
+    len: usize,
+}
+
+/// Removes `cred` (by pointer) from a list in `map`, dropping the key when it empties.
+fn remove_from(
+    map: &mut imbl::HashMap<String, Vec<Arc<Credential>>>,
+    key: &str,
+    cred: &Arc<Credential>,
+) {
+    if let Some(list) = map.get_mut(key) {
+        list.retain(|c| !Arc::ptr_eq(c, cred));
+        if list.is_empty() {
+            map.remove(key);
+        }
+    }
 }
 
 impl IssuerIndex {
-    fn add_expression(&mut self, cred: Arc<Credential>, expression: &Expression) {
-        match expression.sub_prefix() {
-            Some(prefix) => {
-                if let Err(at) = self.prefix_lengths.binary_search(&prefix.len()) {
-                    self.prefix_lengths.insert(at, prefix.len());
-                }
-                self.by_sub_prefix
-                    .entry(prefix.to_owned())
+    fn add(&mut self, cred: &Arc<Credential>) {
+        self.len += 1;
+        match &cred.rule {
+            SubjectRule::Exact(subject) => {
+                self.exact
+                    .entry(subject.clone())
                     .or_default()
-                    .push(cred);
+                    .push(cred.clone());
             }
-            None => self.expressions.push(cred),
+            SubjectRule::Expression(expression) => match expression.sub_prefix() {
+                Some(prefix) => {
+                    match self
+                        .prefix_lengths
+                        .binary_search_by_key(&prefix.len(), |p| p.0)
+                    {
+                        Ok(at) => self.prefix_lengths[at].1 += 1,
+                        Err(at) => self.prefix_lengths.insert(at, (prefix.len(), 1)),
+                    }
+                    self.by_sub_prefix
+                        .entry(prefix.to_owned())
+                        .or_default()
+                        .push(cred.clone());
+                }
+                None => {
+                    self.expressions.insert(
+                        (cred.identity.name.clone(), cred.name.clone()),
+                        cred.clone(),
+                    );
+                }
+            },
+        }
+    }
+
+    fn remove(&mut self, cred: &Arc<Credential>) {
+        self.len = self.len.saturating_sub(1);
+        match &cred.rule {
+            SubjectRule::Exact(subject) => remove_from(&mut self.exact, subject, cred),
+            SubjectRule::Expression(expression) => match expression.sub_prefix() {
+                Some(prefix) => {
+                    remove_from(&mut self.by_sub_prefix, prefix, cred);
+                    if let Ok(at) = self
+                        .prefix_lengths
+                        .binary_search_by_key(&prefix.len(), |p| p.0)
+                    {
+                        self.prefix_lengths[at].1 -= 1;
+                        if self.prefix_lengths[at].1 == 0 {
+                            self.prefix_lengths.remove(at);
+                        }
+                    }
+                }
+                None => {
+                    self.expressions
+                        .remove(&(cred.identity.name.clone(), cred.name.clone()));
+                }
+            },
         }
     }
 
@@ -94,15 +157,15 @@ impl IssuerIndex {
             Some(sub) => self
                 .prefix_lengths
                 .iter()
-                .take_while(|len| **len <= sub.len())
-                .filter_map(|len| sub.get(..*len))
+                .take_while(|(len, _)| *len <= sub.len())
+                .filter_map(|(len, _)| sub.get(..*len))
                 .filter_map(|prefix| self.by_sub_prefix.get(prefix))
                 .flatten()
                 .collect(),
             // A `sub` that is absent or not a string: no literal to look up by.
             None => self.by_sub_prefix.values().flatten().collect(),
         };
-        out.extend(self.expressions.iter());
+        out.extend(self.expressions.values());
         out
     }
 }
@@ -140,16 +203,56 @@ impl std::fmt::Display for BuildProblem {
     }
 }
 
-/// Identities and credentials, indexed by issuer.
-#[derive(Debug, Default)]
+/// Identities and credentials, indexed by issuer. Every map is persistent, so a registry
+/// is cheap to clone and a change to one entry ([`Registry::apply`]) costs O(log n), not a
+/// rebuild: admin writes stay fast with a million credentials (docs/PERFORMANCE.md).
+#[derive(Debug, Default, Clone)]
 pub struct Registry {
-    identities: BTreeMap<String, Arc<Identity>>,
+    identities: imbl::OrdMap<String, Arc<Identity>>,
+    /// Lower-cased names, to the name: names differing only in case are one name.
+    lower_names: imbl::HashMap<String, String>,
+    /// Lower-cased client ids, to the identity using it.
+    client_ids: imbl::HashMap<String, String>,
+    /// Names and broker-assertion subjects, to the identity claiming them.
+    claims: imbl::HashMap<String, String>,
     /// Each identity's broker-assertion subject (`assertion_subject`, else its name): one
     /// identity per subject, so the broker signs an assertion for subject S only for the
     /// identity (tenant and client id) owning S (docs/assertion-sources.md).
-    assertion_subjects: HashMap<String, Arc<Identity>>,
-    credentials: Vec<Arc<Credential>>,
-    by_issuer: HashMap<String, IssuerIndex>,
+    assertion_subjects: imbl::HashMap<String, Arc<Identity>>,
+    /// Credentials by identity, then name.
+    credentials: imbl::OrdMap<String, imbl::OrdMap<String, Arc<Credential>>>,
+    credential_count: usize,
+    by_issuer: imbl::HashMap<String, IssuerIndex>,
+    /// `[[issuers]]` of the config file: trusted even without a credential.
+    explicit_issuers: Arc<HashSet<String>>,
+    /// How many entries the last build left out. While some are, a change may let one
+    /// back in, so [`Registry::apply`] declines and the registry is built whole.
+    left_out: usize,
+}
+
+/// What inserting one entry did.
+#[derive(Debug)]
+enum Inserted {
+    Yes,
+    /// A credential of an identity that is not in the registry (left out): it goes too.
+    Skipped,
+    LeftOut(BuildProblem),
+}
+
+/// A registry change read back from the store: the named entry as it is stored now
+/// (`None`: it no longer exists).
+#[derive(Debug, Clone)]
+pub enum StoredChange {
+    /// The identity and all its credentials.
+    Identity {
+        name: String,
+        now: Option<(StoredIdentity, Vec<StoredCredential>)>,
+    },
+    Credential {
+        identity: String,
+        name: String,
+        now: Option<StoredCredential>,
+    },
 }
 
 impl Registry {
@@ -172,68 +275,78 @@ impl Registry {
         let mut problems = Vec::new();
         let mut stored = HashMap::new();
         for s in identities {
-            let authority_host = effective_authority_host(
-                s.authority_host.as_deref(),
-                s.cloud,
-                &declared.default_authority_host,
-            );
-            // A row written before the allow-list existed: left out, so nothing of it is
-            // ever sent to that host.
-            if !declared.authority_hosts.allows(&authority_host) {
-                problems.push(BuildProblem {
-                    key: format!("identity {}", s.name),
-                    message: format!(
-                        "authority host {authority_host:?} is not allowed by this broker's config ([entra] allowed_authority_hosts); the identity is left out"
-                    ),
-                });
-                continue;
+            match declared.stored_identity(s) {
+                Ok(identity) => {
+                    stored.insert(s.name.as_str(), identity.clone());
+                    all_identities.push(identity);
+                }
+                Err(p) => problems.push(p),
             }
-            let identity = Arc::new(Identity {
-                name: s.name.clone(),
-                tenant_id: s.tenant_id.clone(),
-                client_id: s.client_id.clone(),
-                authority_host,
-                cloud: s.cloud,
-                assertion: s.assertion,
-                assertion_subject: s.assertion_subject.clone(),
-                certificate: None,
-                read_only: false,
-                created_at: Some(s.created_at),
-                updated_at: Some(s.updated_at),
-            });
-            stored.insert(s.name.as_str(), identity.clone());
-            all_identities.push(identity);
         }
         for c in credentials {
             let Some(identity) = stored.get(c.identity.as_str()) else {
                 continue;
             };
-            let spec = CredentialSpec {
-                name: &c.name,
-                issuer: &c.issuer,
-                subject: c.subject.as_deref(),
-                claims_matching_expression: c.claims_matching_expression.as_deref(),
-                audiences: &c.audiences,
-                description: c.description.as_deref(),
-            };
-            match build_credential(identity, &spec) {
-                Ok(mut cred) => {
-                    cred.id = c.id.clone();
-                    cred.one_time_use = c.one_time_use;
-                    cred.created_at = Some(c.created_at);
-                    cred.updated_at = Some(c.updated_at);
-                    all_credentials.push(cred);
-                }
-                Err(message) => problems.push(BuildProblem {
-                    key: format!("identity {} credential {}", c.identity, c.name),
-                    message,
-                }),
+            match declared.stored_credential(identity, c) {
+                Ok(cred) => all_credentials.push(cred),
+                Err(p) => problems.push(p),
             }
         }
-        let (registry, mut more) =
+        let (mut registry, mut more) =
             Self::build(all_identities, all_credentials, &declared.explicit_issuers);
+        registry.left_out += problems.len();
         problems.append(&mut more);
         (registry, problems)
+    }
+
+    /// This registry with stored changes applied, sharing everything they leave alone.
+    /// `None` when the result could differ from a whole build (an entry would be left
+    /// out, or one left out before might now fit): build it whole then.
+    pub fn apply(&self, declared: &Declared, changes: &[StoredChange]) -> Option<Registry> {
+        if self.left_out > 0 {
+            return None;
+        }
+        let mut next = self.clone();
+        for change in changes {
+            match change {
+                StoredChange::Identity { name, now } => {
+                    if next.identities.get(name).is_some_and(|i| i.read_only) {
+                        return None;
+                    }
+                    next.remove_identity(name);
+                    if let Some((row, credentials)) = now {
+                        let identity = declared.stored_identity(row).ok()?;
+                        if !matches!(next.insert_identity(identity.clone()), Inserted::Yes) {
+                            return None;
+                        }
+                        for c in credentials {
+                            let cred = declared.stored_credential(&identity, c).ok()?;
+                            if !matches!(next.insert_credential(cred), Inserted::Yes) {
+                                return None;
+                            }
+                        }
+                    }
+                }
+                StoredChange::Credential {
+                    identity,
+                    name,
+                    now,
+                } => {
+                    next.remove_credential(identity, name);
+                    if let Some(row) = now {
+                        let owner = next.identities.get(identity)?.clone();
+                        if owner.read_only {
+                            return None;
+                        }
+                        let cred = declared.stored_credential(&owner, row).ok()?;
+                        if !matches!(next.insert_credential(cred), Inserted::Yes) {
+                            return None;
+                        }
+                    }
+                }
+            }
+        }
+        Some(next)
     }
 }
 
@@ -328,6 +441,65 @@ impl Declared {
     }
 }
 
+impl Declared {
+    /// An identity registered through the API, as the registry holds it. A row written
+    /// before the authority-host allow-list existed is left out, so nothing of it is ever
+    /// sent to that host.
+    pub fn stored_identity(&self, s: &StoredIdentity) -> Result<Arc<Identity>, BuildProblem> {
+        let authority_host = effective_authority_host(
+            s.authority_host.as_deref(),
+            s.cloud,
+            &self.default_authority_host,
+        );
+        if !self.authority_hosts.allows(&authority_host) {
+            return Err(BuildProblem {
+                key: format!("identity {}", s.name),
+                message: format!(
+                    "authority host {authority_host:?} is not allowed by this broker's config ([entra] allowed_authority_hosts); the identity is left out"
+                ),
+            });
+        }
+        Ok(Arc::new(Identity {
+            name: s.name.clone(),
+            tenant_id: s.tenant_id.clone(),
+            client_id: s.client_id.clone(),
+            authority_host,
+            cloud: s.cloud,
+            assertion: s.assertion,
+            assertion_subject: s.assertion_subject.clone(),
+            certificate: None,
+            read_only: false,
+            created_at: Some(s.created_at),
+            updated_at: Some(s.updated_at),
+        }))
+    }
+
+    /// A credential registered through the API, of `identity`.
+    pub fn stored_credential(
+        &self,
+        identity: &Arc<Identity>,
+        c: &StoredCredential,
+    ) -> Result<Credential, BuildProblem> {
+        let spec = CredentialSpec {
+            name: &c.name,
+            issuer: &c.issuer,
+            subject: c.subject.as_deref(),
+            claims_matching_expression: c.claims_matching_expression.as_deref(),
+            audiences: &c.audiences,
+            description: c.description.as_deref(),
+        };
+        let mut cred = build_credential(identity, &spec).map_err(|message| BuildProblem {
+            key: format!("identity {} credential {}", c.identity, c.name),
+            message,
+        })?;
+        cred.id = c.id.clone();
+        cred.one_time_use = c.one_time_use;
+        cred.created_at = Some(c.created_at);
+        cred.updated_at = Some(c.updated_at);
+        Ok(cred)
+    }
+}
+
 impl Registry {
     /// Indexes identities and credentials. Duplicates are refused the way Entra refuses
     /// them: the first one stays, the later one is left out and reported.
@@ -336,116 +508,156 @@ impl Registry {
         credentials: Vec<Credential>,
         explicit_issuers: &[String],
     ) -> (Self, Vec<BuildProblem>) {
-        let mut problems = Vec::new();
-        let mut by_name = BTreeMap::new();
-        let mut lower_names = HashSet::new();
-        let mut client_ids = HashSet::new();
-        // Names and assertion subjects, by the identity claiming them.
-        let mut claims: HashMap<String, String> = HashMap::new();
-        let mut assertion_subjects = HashMap::new();
-        for identity in identities {
-            if by_name.contains_key(&identity.name)
-                || lower_names.contains(&identity.name.to_lowercase())
-            {
-                problems.push(BuildProblem {
-                    key: format!("identity {}", identity.name),
-                    message:
-                        "an identity with this name (compared without regard to case) already exists"
-                            .into(),
-                });
-                continue;
-            }
-            let subject = identity
-                .assertion_subject
-                .as_deref()
-                .unwrap_or(&identity.name);
-            let claimed_by = [identity.name.as_str(), subject]
-                .into_iter()
-                .find_map(|c| claims.get(c).map(|owner| (c, owner)));
-            if let Some((claimed, owner)) = claimed_by {
-                problems.push(BuildProblem {
-                    key: format!("identity {}", identity.name),
-                    message: format!(
-                        "{claimed:?} is already the name or assertion subject of identity {owner:?}; a broker-assertion subject belongs to one identity"
-                    ),
-                });
-                continue;
-            }
-            if !client_ids.insert(identity.client_id.to_ascii_lowercase()) {
-                problems.push(BuildProblem {
-                    key: format!("identity {}", identity.name),
-                    message: format!(
-                        "client_id {} is used by another identity",
-                        identity.client_id
-                    ),
-                });
-                continue;
-            }
-            for claimed in [identity.name.as_str(), subject] {
-                claims.insert(claimed.to_owned(), identity.name.clone());
-            }
-            assertion_subjects.insert(subject.to_owned(), identity.clone());
-            lower_names.insert(identity.name.to_lowercase());
-            by_name.insert(identity.name.clone(), identity);
-        }
         let mut registry = Registry {
-            identities: by_name,
-            assertion_subjects,
+            explicit_issuers: Arc::new(explicit_issuers.iter().cloned().collect()),
             ..Default::default()
         };
         for issuer in explicit_issuers {
-            registry.by_issuer.entry(issuer.clone()).or_default();
+            registry
+                .by_issuer
+                .insert(issuer.clone(), IssuerIndex::default());
         }
-        let mut names = HashSet::new();
-        let mut subjects = HashSet::new();
+        let mut problems = Vec::new();
+        for identity in identities {
+            if let Inserted::LeftOut(p) = registry.insert_identity(identity) {
+                problems.push(p);
+            }
+        }
         for cred in credentials {
-            let key = format!("identity {} credential {}", cred.identity.name, cred.name);
-            // A credential of an identity that was left out goes with it.
-            if !registry
-                .identities
-                .get(&cred.identity.name)
-                .is_some_and(|i| Arc::ptr_eq(i, &cred.identity))
-            {
-                continue;
+            if let Inserted::LeftOut(p) = registry.insert_credential(cred) {
+                problems.push(p);
             }
-            if !names.insert((cred.identity.name.clone(), cred.name.clone())) {
-                problems.push(BuildProblem {
-                    key,
-                    message: "a credential with this name already exists on the identity".into(),
-                });
-                continue;
-            }
-            let cred = Arc::new(cred);
-            let index = registry.by_issuer.entry(cred.issuer.clone()).or_default();
-            match &cred.rule {
-                SubjectRule::Exact(subject) => {
-                    if !subjects.insert((
-                        cred.identity.name.clone(),
-                        cred.issuer.clone(),
-                        subject.clone(),
-                    )) {
-                        problems.push(BuildProblem {
-                            key,
-                            message: format!(
-                                "issuer {} and subject {subject} are already used by another credential of this identity",
-                                cred.issuer
-                            ),
-                        });
-                        continue;
-                    }
-                    index
-                        .exact
-                        .entry(subject.clone())
-                        .or_default()
-                        .push(cred.clone());
-                }
-                SubjectRule::Expression(expression) => {
-                    index.add_expression(cred.clone(), expression)
-                }
-            }
-            registry.credentials.push(cred);
         }
+        registry.left_out = problems.len();
         (registry, problems)
+    }
+
+    fn insert_identity(&mut self, identity: Arc<Identity>) -> Inserted {
+        let left_out = |message: String| {
+            Inserted::LeftOut(BuildProblem {
+                key: format!("identity {}", identity.name),
+                message,
+            })
+        };
+        let lower = identity.name.to_lowercase();
+        if self.lower_names.contains_key(&lower) {
+            return left_out(
+                "an identity with this name (compared without regard to case) already exists"
+                    .into(),
+            );
+        }
+        let subject = identity
+            .assertion_subject
+            .clone()
+            .unwrap_or_else(|| identity.name.clone());
+        let claimed_by = [identity.name.as_str(), subject.as_str()]
+            .into_iter()
+            .find_map(|c| self.claims.get(c).map(|owner| (c, owner)));
+        if let Some((claimed, owner)) = claimed_by {
+            return left_out(format!(
+                "{claimed:?} is already the name or assertion subject of identity {owner:?}; a broker-assertion subject belongs to one identity"
+            ));
+        }
+        let client_id = identity.client_id.to_ascii_lowercase();
+        if self.client_ids.contains_key(&client_id) {
+            return left_out(format!(
+                "client_id {} is used by another identity",
+                identity.client_id
+            ));
+        }
+        self.client_ids.insert(client_id, identity.name.clone());
+        self.claims
+            .insert(identity.name.clone(), identity.name.clone());
+        self.claims.insert(subject.clone(), identity.name.clone());
+        self.assertion_subjects.insert(subject, identity.clone());
+        self.lower_names.insert(lower, identity.name.clone());
+        self.identities.insert(identity.name.clone(), identity);
+        Inserted::Yes
+    }
+
+    fn insert_credential(&mut self, cred: Credential) -> Inserted {
+        // A credential of an identity that was left out goes with it.
+        if !self
+            .identities
+            .get(&cred.identity.name)
+            .is_some_and(|i| Arc::ptr_eq(i, &cred.identity))
+        {
+            return Inserted::Skipped;
+        }
+        let left_out = |message: String| {
+            Inserted::LeftOut(BuildProblem {
+                key: format!("identity {} credential {}", cred.identity.name, cred.name),
+                message,
+            })
+        };
+        let mine = self.credentials.get(&cred.identity.name);
+        if mine.is_some_and(|m| m.contains_key(&cred.name)) {
+            return left_out("a credential with this name already exists on the identity".into());
+        }
+        if let SubjectRule::Exact(subject) = &cred.rule {
+            let taken = self
+                .by_issuer
+                .get(&cred.issuer)
+                .and_then(|index| index.exact.get(subject))
+                .is_some_and(|list| list.iter().any(|c| c.identity.name == cred.identity.name));
+            if taken {
+                return left_out(format!(
+                    "issuer {} and subject {subject} are already used by another credential of this identity",
+                    cred.issuer
+                ));
+            }
+        }
+        let cred = Arc::new(cred);
+        self.by_issuer
+            .entry(cred.issuer.clone())
+            .or_default()
+            .add(&cred);
+        self.credentials
+            .entry(cred.identity.name.clone())
+            .or_default()
+            .insert(cred.name.clone(), cred);
+        self.credential_count += 1;
+        Inserted::Yes
+    }
+
+    fn remove_credential(&mut self, identity: &str, name: &str) {
+        let Some(mine) = self.credentials.get_mut(identity) else {
+            return;
+        };
+        let Some(cred) = mine.remove(name) else {
+            return;
+        };
+        if mine.is_empty() {
+            self.credentials.remove(identity);
+        }
+        self.credential_count -= 1;
+        if let Some(index) = self.by_issuer.get_mut(&cred.issuer) {
+            index.remove(&cred);
+            if index.len == 0 && !self.explicit_issuers.contains(&cred.issuer) {
+                self.by_issuer.remove(&cred.issuer);
+            }
+        }
+    }
+
+    fn remove_identity(&mut self, name: &str) {
+        let names: Vec<String> = self
+            .credentials
+            .get(name)
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default();
+        for cred in names {
+            self.remove_credential(name, &cred);
+        }
+        let Some(identity) = self.identities.remove(name) else {
+            return;
+        };
+        let subject = identity.assertion_subject.as_deref().unwrap_or(name);
+        self.assertion_subjects.remove(subject);
+        self.claims.remove(subject);
+        self.claims.remove(name);
+        self.client_ids
+            .remove(&identity.client_id.to_ascii_lowercase());
+        self.lower_names.remove(&name.to_lowercase());
     }
 
     /// True when tokens from `iss` are trusted at all (some credential or `[[issuers]]`
@@ -464,9 +676,9 @@ impl Registry {
 
     /// The identity whose name differs from `name` only in case, if any.
     pub fn identity_ignoring_case(&self, name: &str) -> Option<&Arc<Identity>> {
-        self.identities
-            .values()
-            .find(|i| i.name.to_lowercase() == name.to_lowercase())
+        self.lower_names
+            .get(&name.to_lowercase())
+            .and_then(|n| self.identities.get(n))
     }
 
     /// The identity whose broker-assertion subject is `subject`.
@@ -481,8 +693,28 @@ impl Registry {
             .or_else(|| self.assertion_subjects.get(value))
     }
 
-    pub fn credentials(&self) -> &[Arc<Credential>] {
-        &self.credentials
+    /// Every credential, by identity then name.
+    pub fn credentials(&self) -> impl Iterator<Item = &Arc<Credential>> {
+        self.credentials.values().flat_map(|m| m.values())
+    }
+
+    /// The credentials of one identity, by name.
+    pub fn credentials_of(&self, identity: &str) -> impl Iterator<Item = &Arc<Credential>> {
+        self.credentials
+            .get(identity)
+            .into_iter()
+            .flat_map(|m| m.values())
+    }
+
+    /// A credential of `identity` by name or id (a name wins over another one's id).
+    pub fn credential(&self, identity: &str, name_or_id: &str) -> Option<&Arc<Credential>> {
+        let mine = self.credentials.get(identity)?;
+        mine.get(name_or_id)
+            .or_else(|| mine.values().find(|c| c.id == name_or_id))
+    }
+
+    pub fn credential_count(&self) -> usize {
+        self.credential_count
     }
 
     /// The credentials a verified token satisfies (issuer, subject or expression, audience).
@@ -507,7 +739,7 @@ impl Registry {
         let mut matched = Vec::new();
         let mut wanted_audience = None;
         for cred in subject_matches.by_ref() {
-            if token.aud.iter().any(|a| a == &cred.audience) {
+            if admits_audience(&token.aud, &cred.audience) {
                 matched.push(cred.clone());
             } else if wanted_audience.is_none() {
                 wanted_audience = Some(cred.audience.clone());
@@ -519,6 +751,15 @@ impl Registry {
             (true, None) => Err(MatchError::NoCredential),
         }
     }
+}
+
+/// Whether a token with `aud` values `token_aud` is for a credential's `audience`: one of
+/// them equals it, or it is `api://AzureADTokenExchange` and one is the token-exchange
+/// app's id, as in Entra's own v2.0 tokens for that audience.
+fn admits_audience(token_aud: &[String], audience: &str) -> bool {
+    token_aud.iter().any(|a| {
+        a == audience || (audience == rules::DEFAULT_AUDIENCE && a == rules::TOKEN_EXCHANGE_APP_ID)
+    })
 }
 
 /// Why a credential did not admit a token, for `simulate`.
@@ -543,7 +784,7 @@ impl Registry {
         let mut matched = Vec::new();
         let mut misses = Vec::new();
         let loose = |s: &str| s.trim_end_matches('/').to_ascii_lowercase();
-        for cred in &self.credentials {
+        for cred in self.credentials() {
             if cred.issuer != token.iss {
                 if loose(&cred.issuer) == loose(&token.iss) {
                     misses.push(Miss {
@@ -601,7 +842,7 @@ impl Registry {
                     clause,
                     detail,
                 }),
-                None if token.aud.iter().any(|a| a == &cred.audience) => matched.push(cred.clone()),
+                None if admits_audience(&token.aud, &cred.audience) => matched.push(cred.clone()),
                 None => misses.push(Miss {
                     credential: cred.clone(),
                     check: "audience",
@@ -820,12 +1061,43 @@ mod tests {
             sub: Some(sub.into()),
             aud: vec![aud.into()],
             exp: 0,
-            iat: 0,
+            iat: None,
             jti: None,
             sha256: String::new(),
             signed_sha256: String::new(),
             claims,
         }
+    }
+
+    #[test]
+    fn the_token_exchange_app_id_stands_for_the_exchange_audience_only() {
+        let text = format!(
+            "{BASE}
+            [[identities.federated_credentials]]
+            name = \"payments-mi\"
+            issuer = \"https://login.microsoftonline.com/t/v2.0\"
+            subject = \"object-id\"
+            [[identities.federated_credentials]]
+            name = \"custom\"
+            issuer = \"https://login.microsoftonline.com/t/v2.0\"
+            subject = \"other-object-id\"
+            audiences = [\"api://custom\"]
+            "
+        );
+        let registry = load(&text).unwrap();
+        let iss = "https://login.microsoftonline.com/t/v2.0";
+        let app_id = rules::TOKEN_EXCHANGE_APP_ID;
+        let mi = token(iss, "object-id", app_id, json!({}));
+        assert_eq!(registry.matching(&mi).unwrap()[0].name, "payments-mi");
+        assert_eq!(registry.explain(&mi).0[0].name, "payments-mi");
+        // Only api://AzureADTokenExchange has an alias.
+        let custom = token(iss, "other-object-id", app_id, json!({}));
+        assert_eq!(
+            registry.matching(&custom).unwrap_err(),
+            MatchError::Audience {
+                expected: "api://custom".into()
+            }
+        );
     }
 
     #[test]
@@ -924,7 +1196,6 @@ mod tests {
                     .unwrap_or_default();
                 let mut every: Vec<String> = registry
                     .credentials()
-                    .iter()
                     .filter(|c| match &c.rule {
                         SubjectRule::Expression(e) => e.matches(&t.claims),
                         SubjectRule::Exact(s) => s == sub,
@@ -970,8 +1241,286 @@ mod tests {
         let gov = registry.identity("gov").unwrap();
         assert_eq!(gov.authority_host, "https://login.microsoftonline.us");
         assert_eq!(
-            registry.credentials()[0].audience,
+            registry.credentials().next().unwrap().audience,
             "api://AzureADTokenExchangeUSGov"
         );
+    }
+}
+
+/// [`Registry::apply`] must give exactly what a whole build gives, for any sequence of
+/// writes a store accepts.
+#[cfg(test)]
+mod incremental {
+    use super::*;
+
+    /// Everything a registry holds, in a stable order.
+    fn summary(r: &Registry) -> Vec<String> {
+        let mut out: Vec<String> = r.identities().map(|i| format!("identity {i:?}")).collect();
+        for c in r.credentials() {
+            assert!(Arc::ptr_eq(
+                r.identity(&c.identity.name).unwrap(),
+                &c.identity
+            ));
+            out.push(format!(
+                "credential {}/{} {} {} {:?} {} {:?} {:?}",
+                c.identity.name,
+                c.name,
+                c.id,
+                c.issuer,
+                c.rule,
+                c.audience,
+                c.one_time_use,
+                c.updated_at
+            ));
+        }
+        let names = |list: &Vec<Arc<Credential>>| -> Vec<String> {
+            let mut v: Vec<String> = list
+                .iter()
+                .map(|c| format!("{}/{}", c.identity.name, c.name))
+                .collect();
+            v.sort();
+            v
+        };
+        let mut issuers: Vec<String> = r
+            .by_issuer
+            .iter()
+            .map(|(iss, index)| {
+                let mut exact: Vec<String> = index
+                    .exact
+                    .iter()
+                    .map(|(k, v)| format!("{k}={:?}", names(v)))
+                    .collect();
+                exact.sort();
+                let mut prefixes: Vec<String> = index
+                    .by_sub_prefix
+                    .iter()
+                    .map(|(k, v)| format!("{k}={:?}", names(v)))
+                    .collect();
+                prefixes.sort();
+                let expressions: Vec<_> = index.expressions.keys().collect();
+                format!(
+                    "issuer {iss} {} {exact:?} {prefixes:?} {:?} {expressions:?}",
+                    index.len, index.prefix_lengths
+                )
+            })
+            .collect();
+        issuers.sort();
+        out.extend(issuers);
+        let sorted = |m: &imbl::HashMap<String, String>| {
+            let mut v: Vec<String> = m.iter().map(|(k, v)| format!("{k}->{v}")).collect();
+            v.sort();
+            v
+        };
+        out.push(format!("claims {:?}", sorted(&r.claims)));
+        out.push(format!("lower {:?}", sorted(&r.lower_names)));
+        out.push(format!("clients {:?}", sorted(&r.client_ids)));
+        let mut subjects: Vec<String> = r
+            .assertion_subjects
+            .iter()
+            .map(|(k, v)| format!("{k}->{}", v.name))
+            .collect();
+        subjects.sort();
+        out.push(format!("subjects {subjects:?}"));
+        out.push(format!(
+            "count {} left out {}",
+            r.credential_count, r.left_out
+        ));
+        out
+    }
+
+    /// A tiny deterministic generator (no dependency for a test).
+    struct Lcg(u64);
+    impl Lcg {
+        fn pick(&mut self, n: usize) -> usize {
+            self.0 = self
+                .0
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((self.0 >> 33) % n as u64) as usize
+        }
+    }
+
+    const ISSUERS: [&str; 3] = [
+        "https://token.actions.githubusercontent.com",
+        "https://explicit.example",
+        "https://gitlab.example",
+    ];
+
+    #[test]
+    fn applying_changes_one_by_one_equals_building_everything() {
+        let cfg = BrokerConfig::from_toml(
+            r#"
+            [[issuers]]
+            url = "https://explicit.example"
+            [[identities]]
+            name = "deploy"
+            tenant_id = "72f988bf-86f1-41af-91ab-2d7cd011db47"
+            client_id = "3f1c2a9e-5b7d-4e21-9c3a-1d2e3f4a5b6c"
+            [[identities.federated_credentials]]
+            name = "main"
+            issuer = "https://token.actions.githubusercontent.com"
+            subject = "repo:c/r:ref:refs/heads/main"
+            "#,
+            "test",
+        )
+        .unwrap();
+        let declared = Declared::from_config(&cfg).unwrap();
+        // Names include one differing from the declared identity only in case, and
+        // assertion subjects that clash with names: entries a whole build leaves out.
+        let names = ["a", "b", "c", "d", "e", "Deploy", "s1"];
+        let subjects = [
+            None,
+            None,
+            None,
+            None,
+            None,
+            Some("s1"),
+            Some("b"),
+            Some("s2"),
+        ];
+        let mut identities: Vec<StoredIdentity> = Vec::new();
+        let mut credentials: Vec<StoredCredential> = Vec::new();
+        let (mut registry, _) = Registry::with_stored(&declared, &[], &[]);
+        let (mut applied, mut rebuilt) = (0, 0);
+        let mut rng = Lcg(7);
+        for step in 0..3000u64 {
+            let name = names[rng.pick(names.len())].to_owned();
+            let change = match rng.pick(6) {
+                0 | 1 => {
+                    // Create or replace an identity, as the store accepts it.
+                    let client = format!("00000000-0000-4000-8000-{:012}", rng.pick(6));
+                    let clash = identities.iter().any(|i| {
+                        i.name != name
+                            && (i.name.eq_ignore_ascii_case(&name)
+                                || i.client_id.eq_ignore_ascii_case(&client))
+                    });
+                    if clash {
+                        continue;
+                    }
+                    let row = StoredIdentity {
+                        name: name.clone(),
+                        tenant_id: "72f988bf-86f1-41af-91ab-2d7cd011db47".into(),
+                        client_id: client,
+                        cloud: None,
+                        authority_host: None,
+                        assertion: AssertionSource::Passthrough,
+                        assertion_subject: subjects[rng.pick(subjects.len())].map(str::to_owned),
+                        created_at: 1,
+                        updated_at: step,
+                    };
+                    identities.retain(|i| i.name != name);
+                    identities.push(row);
+                    identities.sort_by(|a, b| a.name.cmp(&b.name));
+                    StoredChange::Identity { name, now: None }
+                }
+                2 => {
+                    identities.retain(|i| i.name != name);
+                    credentials.retain(|c| c.identity != name);
+                    StoredChange::Identity { name, now: None }
+                }
+                3 | 4 => {
+                    if !identities.iter().any(|i| i.name == name) {
+                        continue;
+                    }
+                    let cred = format!("c{}", rng.pick(4));
+                    let issuer = ISSUERS[rng.pick(ISSUERS.len())].to_owned();
+                    let (subject, expression) = match rng.pick(3) {
+                        0 => (
+                            Some(format!("repo:o/r:ref:refs/heads/b{}", rng.pick(3))),
+                            None,
+                        ),
+                        1 => (
+                            None,
+                            Some(format!("claims['sub'] matches 'repo:o/r{}:*'", rng.pick(2))),
+                        ),
+                        _ => (None, Some("claims['actor'] eq 'octocat'".to_owned())),
+                    };
+                    let clash = credentials.iter().any(|c| {
+                        c.identity == name
+                            && c.name != cred
+                            && subject.is_some()
+                            && c.issuer == issuer
+                            && c.subject == subject
+                    });
+                    if clash {
+                        continue;
+                    }
+                    let id = credentials
+                        .iter()
+                        .find(|c| c.identity == name && c.name == cred)
+                        .map_or_else(|| format!("id-{step}"), |c| c.id.clone());
+                    credentials.retain(|c| !(c.identity == name && c.name == cred));
+                    credentials.push(StoredCredential {
+                        id,
+                        identity: name.clone(),
+                        name: cred.clone(),
+                        issuer,
+                        subject,
+                        claims_matching_expression: expression,
+                        audiences: vec!["api://AzureADTokenExchange".into()],
+                        description: None,
+                        one_time_use: rng.pick(2) == 0,
+                        created_at: 1,
+                        updated_at: step,
+                    });
+                    credentials.sort_by(|a, b| (&a.identity, &a.name).cmp(&(&b.identity, &b.name)));
+                    StoredChange::Credential {
+                        identity: name,
+                        name: cred,
+                        now: None,
+                    }
+                }
+                _ => {
+                    let cred = format!("c{}", rng.pick(4));
+                    credentials.retain(|c| !(c.identity == name && c.name == cred));
+                    StoredChange::Credential {
+                        identity: name,
+                        name: cred,
+                        now: None,
+                    }
+                }
+            };
+            // The change carries its entry as stored now, as a reload reads it.
+            let change = match change {
+                StoredChange::Identity { name, .. } => {
+                    let now = identities.iter().find(|i| i.name == name).map(|i| {
+                        let mine = credentials
+                            .iter()
+                            .filter(|c| c.identity == name)
+                            .cloned()
+                            .collect();
+                        (i.clone(), mine)
+                    });
+                    StoredChange::Identity { name, now }
+                }
+                StoredChange::Credential { identity, name, .. } => {
+                    let now = credentials
+                        .iter()
+                        .find(|c| c.identity == identity && c.name == name)
+                        .cloned();
+                    StoredChange::Credential {
+                        identity,
+                        name,
+                        now,
+                    }
+                }
+            };
+            let (whole, _) = Registry::with_stored(&declared, &identities, &credentials);
+            match registry.apply(&declared, std::slice::from_ref(&change)) {
+                Some(next) => {
+                    assert_eq!(summary(&next), summary(&whole), "step {step}: {change:?}");
+                    applied += 1;
+                    registry = next;
+                }
+                None => {
+                    rebuilt += 1;
+                    registry = whole;
+                }
+            }
+        }
+        // Both paths are taken: writes applied one by one, and rebuilds while a clash
+        // leaves an entry out.
+        assert!(applied > 300, "applied {applied}, rebuilt {rebuilt}");
+        assert!(rebuilt > 10, "applied {applied}, rebuilt {rebuilt}");
     }
 }

@@ -22,6 +22,11 @@ use super::ffl::{Expression, FflError};
 
 /// The audience Entra expects in assertions in the public cloud.
 pub const DEFAULT_AUDIENCE: &str = "api://AzureADTokenExchange";
+/// The application id of Entra's token-exchange app in the public cloud. The v2.0 tokens
+/// Entra issues for [`DEFAULT_AUDIENCE`] (a managed identity's, an Azure DevOps service
+/// connection's from Entra's issuer) carry it as `aud`, and Entra's federated credentials,
+/// whose audience is [`DEFAULT_AUDIENCE`], accept them: so do the broker's.
+pub const TOKEN_EXCHANGE_APP_ID: &str = "fb60f99c-7a34-4190-8149-302f77469936";
 /// Entra's limit for `issuer`, `subject`, an audience, `description` and the expression.
 pub const MAX_FIELD_LEN: usize = 600;
 /// Credential names are 3–120 characters.

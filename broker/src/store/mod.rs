@@ -163,6 +163,16 @@ pub struct StoreSize {
     pub audit_events: u64,
 }
 
+/// One registry write as kept for other replicas: the version it produced and the entry
+/// it changed (`credential`: a credential's name; `None`: the identity itself, with all
+/// its credentials).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistryChange {
+    pub version: i64,
+    pub identity: String,
+    pub credential: Option<String>,
+}
+
 /// Whether a put created or replaced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PutOutcome {
@@ -233,6 +243,18 @@ pub trait Store: Send + Sync + 'static {
 
     /// Increases with every identity or credential write, in the same transaction.
     async fn version(&self) -> StoreResult<i64>;
+    /// The registry writes after `version`, oldest first, at most `limit`. Versions are
+    /// consecutive; changes older than the kept ones are gone (a reader that finds a gap
+    /// reads the whole registry instead).
+    async fn changes_since(&self, version: i64, limit: u32) -> StoreResult<Vec<RegistryChange>>;
+    /// Forgets the changes of all but the newest `keep` versions; returns how many.
+    async fn purge_changes(&self, keep: u64) -> StoreResult<u64>;
+    /// Changes whenever another replica may have written the registry (PostgreSQL's
+    /// LISTEN/NOTIFY), so replicas apply a write within moments instead of at their next
+    /// poll; `None` where the store cannot tell (replicas poll only).
+    fn registry_notices(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
+    }
 
     /// Appends events (ids are assigned by the store).
     async fn append_audit(&self, events: &[AuditRecord]) -> StoreResult<()>;
@@ -470,6 +492,15 @@ impl Store for Bounded {
     }
     async fn version(&self) -> StoreResult<i64> {
         self.run(self.inner()?.version()).await
+    }
+    async fn changes_since(&self, version: i64, limit: u32) -> StoreResult<Vec<RegistryChange>> {
+        self.run(self.inner()?.changes_since(version, limit)).await
+    }
+    async fn purge_changes(&self, keep: u64) -> StoreResult<u64> {
+        self.run(self.inner()?.purge_changes(keep)).await
+    }
+    fn registry_notices(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        self.inner.get().and_then(|s| s.registry_notices())
     }
     async fn append_audit(&self, events: &[AuditRecord]) -> StoreResult<()> {
         self.run(self.inner()?.append_audit(events)).await

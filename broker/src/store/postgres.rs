@@ -15,15 +15,19 @@ use sqlx::{Connection, PgConnection, PgPool, PgTransaction, Postgres, QueryBuild
 
 use super::sql::{self, AuditRow, CredentialRow, IdentityRow, db_error, db_time, without_nul};
 use super::{
-    AuditQuery, AuditRecord, PutOutcome, Store, StoreError, StoreResult, StoredCredential,
-    StoredIdentity, StoredSigningKey,
+    AuditQuery, AuditRecord, PutOutcome, RegistryChange, Store, StoreError, StoreResult,
+    StoredCredential, StoredIdentity, StoredSigningKey,
 };
 
 /// How long a task waits for a connection, including connecting; then `Unavailable`.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 /// An outer bound on opening, in case a connect attempt itself stalls.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(8);
-const MAX_CONNECTIONS: u32 = 10;
+/// Pooled connections, one of them held by the change listener.
+const MAX_CONNECTIONS: u32 = 11;
+/// The channel registry writes notify on; the payload is the schema written to, so
+/// brokers sharing a database in other schemas ignore it.
+const CHANNEL: &str = "wif_registry";
 /// Session settings for every connection: wait at most this long for a row lock (the
 /// registry version's, mostly) and end sessions that sit idle inside a transaction, so a
 /// replica that stalls mid-write cannot block the others for long.
@@ -53,11 +57,18 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "identity name case",
         include_str!("../../migrations/postgres/0004_identity_name_case.sql"),
     ),
+    (
+        5,
+        "registry changes",
+        include_str!("../../migrations/postgres/0005_registry_changes.sql"),
+    ),
 ];
 
 /// The PostgreSQL store. Cheap to share behind an `Arc`; all methods take `&self`.
 pub struct PgStore {
     pool: PgPool,
+    /// Bumped by the change listener on each notification (docs/storage.md, "Replicas").
+    notices: tokio::sync::watch::Receiver<u64>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -128,7 +139,12 @@ impl PgStore {
             .run(&pool)
             .await
             .map_err(sql::migrate_error)?;
-        Ok(Self { pool })
+        let schema: String = sqlx::query_scalar("SELECT current_schema()")
+            .fetch_one(&pool)
+            .await
+            .map_err(db_error)?;
+        let notices = listen_for_changes(pool.clone(), schema);
+        Ok(Self { pool, notices })
     }
 
     async fn begin_write(&self) -> StoreResult<PgTransaction<'static>> {
@@ -188,6 +204,66 @@ async fn credential_conflict(
         .await
         .map_err(db_error)?;
     Ok(sql::credential_clash(credential, &clashes))
+}
+
+/// Records which entry a registry write changed, under the version the write produced,
+/// and notifies the other replicas (delivered when the transaction commits).
+async fn record_change(
+    conn: &mut sqlx::PgConnection,
+    identity: &str,
+    credential: Option<&str>,
+) -> StoreResult<()> {
+    sqlx::query(sql::RECORD_CHANGE)
+        .bind(identity)
+        .bind(credential)
+        .execute(&mut *conn)
+        .await
+        .map_err(db_error)?;
+    sqlx::query("SELECT pg_notify($1, current_schema())")
+        .bind(CHANNEL)
+        .execute(conn)
+        .await
+        .map_err(db_error)?;
+    Ok(())
+}
+
+/// Listens on [`CHANNEL`] on a connection of its own, bumping the returned counter for
+/// every registry write to this schema, and once after each (re)connection (what was
+/// missed meanwhile). Notifications can be lost; replicas poll as well.
+fn listen_for_changes(pool: PgPool, schema: String) -> tokio::sync::watch::Receiver<u64> {
+    let (tx, rx) = tokio::sync::watch::channel(0u64);
+    tokio::spawn(async move {
+        let bump =
+            |tx: &tokio::sync::watch::Sender<u64>| tx.send_modify(|n| *n = n.wrapping_add(1));
+        while !pool.is_closed() && !tx.is_closed() {
+            let listening = async {
+                let mut listener = sqlx::postgres::PgListener::connect_with(&pool).await?;
+                listener.listen(CHANNEL).await?;
+                Ok::<_, sqlx::Error>(listener)
+            };
+            if let Ok(Ok(mut listener)) = tokio::time::timeout(OPEN_TIMEOUT, listening).await {
+                bump(&tx);
+                loop {
+                    let next = tokio::select! {
+                        next = listener.try_recv() => next,
+                        () = tx.closed() => return,
+                    };
+                    match next {
+                        Ok(Some(notice)) if notice.payload() == schema => bump(&tx),
+                        Ok(Some(_)) => {}
+                        // The connection was lost and is being remade.
+                        Ok(None) => bump(&tx),
+                        Err(e) => {
+                            tracing::debug!(error = %e, "registry change listener stopped; reconnecting");
+                            break;
+                        }
+                    }
+                }
+            }
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        }
+    });
+    rx
 }
 
 #[async_trait::async_trait]
@@ -263,6 +339,7 @@ impl Store for PgStore {
             (PutOutcome::Created, written)
         };
         written.map_err(|e| sql::identity_write_error(identity, e))?;
+        record_change(&mut tx, &identity.name, None).await?;
         tx.commit().await.map_err(db_error)?;
         Ok(outcome)
     }
@@ -278,6 +355,7 @@ impl Store for PgStore {
         if deleted == 0 {
             return Ok(false); // dropping the transaction rolls the version back
         }
+        record_change(&mut tx, name, None).await?;
         tx.commit().await.map_err(db_error)?;
         Ok(true)
     }
@@ -349,6 +427,7 @@ impl Store for PgStore {
             .execute(&mut *tx)
             .await
             .map_err(|e| sql::credential_write_error(credential, e))?;
+        record_change(&mut tx, &credential.identity, Some(&credential.name)).await?;
         tx.commit().await.map_err(db_error)
     }
 
@@ -383,6 +462,7 @@ impl Store for PgStore {
             .execute(&mut *tx)
             .await
             .map_err(|e| sql::credential_write_error(credential, e))?;
+        record_change(&mut tx, &credential.identity, Some(&credential.name)).await?;
         tx.commit().await.map_err(db_error)
     }
 
@@ -397,6 +477,7 @@ impl Store for PgStore {
             .execute(&mut *tx)
             .await
             .map_err(db_error)?;
+        record_change(&mut tx, identity, Some(&stored.name)).await?;
         tx.commit().await.map_err(db_error)?;
         Ok(true)
     }
@@ -408,6 +489,36 @@ impl Store for PgStore {
             .await
             .map_err(db_error)?;
         Ok(u64::try_from(count).unwrap_or(0))
+    }
+
+    fn registry_notices(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        Some(self.notices.clone())
+    }
+
+    async fn changes_since(&self, version: i64, limit: u32) -> StoreResult<Vec<RegistryChange>> {
+        let rows = sqlx::query_as::<_, (i64, String, Option<String>)>(sql::CHANGES_SINCE)
+            .bind(version)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_error)?;
+        Ok(rows
+            .into_iter()
+            .map(|(version, identity, credential)| RegistryChange {
+                version,
+                identity,
+                credential,
+            })
+            .collect())
+    }
+
+    async fn purge_changes(&self, keep: u64) -> StoreResult<u64> {
+        let done = sqlx::query(sql::PURGE_CHANGES)
+            .bind(i64::try_from(keep).unwrap_or(i64::MAX))
+            .execute(&self.pool)
+            .await
+            .map_err(db_error)?;
+        Ok(done.rows_affected())
     }
 
     async fn version(&self) -> StoreResult<i64> {

@@ -114,6 +114,14 @@ pub(super) const COUNT_CREDENTIALS: &str =
 pub(super) const BUMP_VERSION: &str =
     "UPDATE registry_version SET version = version + 1 WHERE id = 1";
 pub(super) const GET_VERSION: &str = "SELECT version FROM registry_version WHERE id = 1";
+/// Run inside a registry write, after [`BUMP_VERSION`].
+pub(super) const RECORD_CHANGE: &str = "INSERT INTO registry_changes (version, identity, credential) \
+     SELECT version, $1, $2 FROM registry_version WHERE id = 1";
+pub(super) const CHANGES_SINCE: &str = "SELECT version, identity, credential FROM registry_changes \
+     WHERE version > $1 ORDER BY version LIMIT $2";
+/// Keeps the newest `$1` versions' changes.
+pub(super) const PURGE_CHANGES: &str = "DELETE FROM registry_changes \
+     WHERE version <= (SELECT version FROM registry_version WHERE id = 1) - $1";
 
 /// The start of a multi-row audit insert; rows follow from `push_values`.
 pub(crate) const INSERT_AUDIT_ROWS: &str =

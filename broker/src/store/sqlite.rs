@@ -14,8 +14,8 @@ use sqlx::{QueryBuilder, Sqlite, SqlitePool, SqliteTransaction};
 
 use super::sql::{self, AuditRow, CredentialRow, IdentityRow, db_error, db_time};
 use super::{
-    AuditQuery, AuditRecord, PutOutcome, Store, StoreError, StoreResult, StoredCredential,
-    StoredIdentity, StoredSigningKey,
+    AuditQuery, AuditRecord, PutOutcome, RegistryChange, Store, StoreError, StoreResult,
+    StoredCredential, StoredIdentity, StoredSigningKey,
 };
 
 /// How long a statement waits for another process holding the file's write lock.
@@ -44,6 +44,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         4,
         "identity name case",
         include_str!("../../migrations/sqlite/0004_identity_name_case.sql"),
+    ),
+    (
+        5,
+        "registry changes",
+        include_str!("../../migrations/sqlite/0005_registry_changes.sql"),
     ),
 ];
 
@@ -195,6 +200,21 @@ async fn credential_conflict(
     Ok(sql::credential_clash(credential, &clashes))
 }
 
+/// Records which entry a registry write changed, under the version the write produced.
+async fn record_change(
+    conn: &mut sqlx::SqliteConnection,
+    identity: &str,
+    credential: Option<&str>,
+) -> StoreResult<()> {
+    sqlx::query(sql::RECORD_CHANGE)
+        .bind(identity)
+        .bind(credential)
+        .execute(conn)
+        .await
+        .map_err(db_error)?;
+    Ok(())
+}
+
 #[async_trait::async_trait]
 impl Store for SqliteStore {
     fn kind(&self) -> &'static str {
@@ -268,6 +288,7 @@ impl Store for SqliteStore {
             (PutOutcome::Created, written)
         };
         written.map_err(|e| sql::identity_write_error(identity, e))?;
+        record_change(&mut tx, &identity.name, None).await?;
         tx.commit().await.map_err(db_error)?;
         Ok(outcome)
     }
@@ -283,6 +304,7 @@ impl Store for SqliteStore {
         if deleted == 0 {
             return Ok(false); // dropping the transaction rolls the version back
         }
+        record_change(&mut tx, name, None).await?;
         tx.commit().await.map_err(db_error)?;
         Ok(true)
     }
@@ -354,6 +376,7 @@ impl Store for SqliteStore {
             .execute(&mut *tx)
             .await
             .map_err(|e| sql::credential_write_error(credential, e))?;
+        record_change(&mut tx, &credential.identity, Some(&credential.name)).await?;
         tx.commit().await.map_err(db_error)
     }
 
@@ -388,6 +411,7 @@ impl Store for SqliteStore {
             .execute(&mut *tx)
             .await
             .map_err(|e| sql::credential_write_error(credential, e))?;
+        record_change(&mut tx, &credential.identity, Some(&credential.name)).await?;
         tx.commit().await.map_err(db_error)
     }
 
@@ -402,6 +426,7 @@ impl Store for SqliteStore {
             .execute(&mut *tx)
             .await
             .map_err(db_error)?;
+        record_change(&mut tx, identity, Some(&stored.name)).await?;
         tx.commit().await.map_err(db_error)?;
         Ok(true)
     }
@@ -413,6 +438,32 @@ impl Store for SqliteStore {
             .await
             .map_err(db_error)?;
         Ok(u64::try_from(count).unwrap_or(0))
+    }
+
+    async fn changes_since(&self, version: i64, limit: u32) -> StoreResult<Vec<RegistryChange>> {
+        let rows = sqlx::query_as::<_, (i64, String, Option<String>)>(sql::CHANGES_SINCE)
+            .bind(version)
+            .bind(i64::from(limit))
+            .fetch_all(&self.read)
+            .await
+            .map_err(db_error)?;
+        Ok(rows
+            .into_iter()
+            .map(|(version, identity, credential)| RegistryChange {
+                version,
+                identity,
+                credential,
+            })
+            .collect())
+    }
+
+    async fn purge_changes(&self, keep: u64) -> StoreResult<u64> {
+        let done = sqlx::query(sql::PURGE_CHANGES)
+            .bind(i64::try_from(keep).unwrap_or(i64::MAX))
+            .execute(&self.write)
+            .await
+            .map_err(db_error)?;
+        Ok(done.rows_affected())
     }
 
     async fn version(&self) -> StoreResult<i64> {

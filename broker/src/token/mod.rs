@@ -1,9 +1,12 @@
 //! Verifying external tokens (README, "How an exchange works", step 4).
 //!
 //! The algorithm comes from the key and must equal the header's and be allowed for the
-//! issuer; `none` and HMAC are never accepted. `iss`, `aud`, `exp`, `nbf` and `iat` are
-//! required, the lifetime is capped (25 h by default, like Entra), and time comes from the
-//! caller's clock. The audience is checked against the matched credential in `policy`.
+//! issuer; `none` and HMAC are never accepted. `iss`, `aud` and `exp` are required; `nbf`
+//! and `iat` are checked when present, because real issuers omit them (Google ID tokens,
+//! AWS web-identity tokens and SPIFFE JWT-SVIDs carry no `nbf`; a JWT-SVID needs no `iat`).
+//! The lifetime is capped (25 h by default, like Entra): `exp - iat`, or `exp - now` for a
+//! token without `iat`. Time comes from the caller's clock. The audience is checked against
+//! the matched credential in `policy` (docs/api.md, "Claims the broker checks").
 //!
 //! Work per unverified token is bounded: at most [`MAX_CANDIDATE_KEYS`] keys are tried
 //! (docs/api.md, "Which key verifies a token"). Values read from the token appear in errors
@@ -45,6 +48,10 @@ pub enum TokenError {
     IssuedInFuture { iat: u64, now: u64 },
     #[error("the token's lifetime (exp - iat = {lifetime} s) exceeds the maximum of {max} s")]
     LifetimeTooLong { lifetime: u64, max: u64 },
+    #[error(
+        "the token has no `iat` and expires in {remaining} s, more than the maximum lifetime of {max} s"
+    )]
+    RemainingTooLong { remaining: u64, max: u64 },
 }
 
 /// What verification needs besides the token and keys.
@@ -71,7 +78,8 @@ pub struct VerifiedToken {
     pub sub: Option<String>,
     pub aud: Vec<String>,
     pub exp: u64,
-    pub iat: u64,
+    /// Absent from some issuers' tokens (a SPIFFE JWT-SVID needs none).
+    pub iat: Option<u64>,
     pub jti: Option<String>,
     /// Hex SHA-256 of the raw token, for audit and the verified-token cache.
     pub sha256: String,
@@ -166,8 +174,8 @@ fn check_times(
 ) -> Result<VerifiedToken, TokenError> {
     let claims = &token.claims;
     let exp = numeric(claims, "exp")?;
-    let nbf = numeric(claims, "nbf")?;
-    let iat = numeric(claims, "iat")?;
+    let nbf = optional_numeric(claims, "nbf")?;
+    let iat = optional_numeric(claims, "iat")?;
     let aud = match claims.get("aud") {
         Some(Value::String(s)) if !s.is_empty() => vec![s.clone()],
         Some(Value::Array(items)) if !items.is_empty() => items
@@ -181,18 +189,27 @@ fn check_times(
     if now >= exp.saturating_add(leeway) {
         return Err(TokenError::Expired { exp, now });
     }
-    if nbf > now.saturating_add(leeway) {
+    if let Some(nbf) = nbf.filter(|nbf| *nbf > now.saturating_add(leeway)) {
         return Err(TokenError::NotYetValid { nbf, now });
     }
-    if iat > now.saturating_add(leeway) {
-        return Err(TokenError::IssuedInFuture { iat, now });
-    }
-    let lifetime = exp.saturating_sub(iat);
-    if lifetime > policy.max_lifetime_secs {
-        return Err(TokenError::LifetimeTooLong {
-            lifetime,
-            max: policy.max_lifetime_secs,
-        });
+    match iat {
+        Some(iat) if iat > now.saturating_add(leeway) => {
+            return Err(TokenError::IssuedInFuture { iat, now });
+        }
+        Some(iat) if exp.saturating_sub(iat) > policy.max_lifetime_secs => {
+            return Err(TokenError::LifetimeTooLong {
+                lifetime: exp.saturating_sub(iat),
+                max: policy.max_lifetime_secs,
+            });
+        }
+        // Without `iat` the lifetime is unknown; what is left of it is bounded instead.
+        None if exp.saturating_sub(now) > policy.max_lifetime_secs => {
+            return Err(TokenError::RemainingTooLong {
+                remaining: exp.saturating_sub(now),
+                max: policy.max_lifetime_secs,
+            });
+        }
+        _ => {}
     }
     let sub = claims.get("sub").and_then(Value::as_str).map(str::to_owned);
     let jti = claims.get("jti").and_then(Value::as_str).map(str::to_owned);
@@ -222,6 +239,14 @@ fn check_times(
     })
 }
 
+/// A NumericDate claim that may be absent; present, it must be valid.
+fn optional_numeric(claims: &Value, name: &'static str) -> Result<Option<u64>, TokenError> {
+    match claims.get(name) {
+        None => Ok(None),
+        Some(_) => numeric(claims, name).map(Some),
+    }
+}
+
 /// NumericDate claims: non-negative integers (fractions are truncated, as RFC 7519 allows).
 fn numeric(claims: &Value, name: &'static str) -> Result<u64, TokenError> {
     match claims.get(name) {
@@ -246,6 +271,72 @@ mod tests {
         let mut bytes = vec![r; s.len()];
         bytes.extend_from_slice(s);
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    }
+
+    /// `check_times` on a token with `claims` (signature not checked), at `now`.
+    fn times(claims: serde_json::Value, now: u64) -> Result<VerifiedToken, TokenError> {
+        let b64 = |v: &serde_json::Value| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+        };
+        let raw = format!(
+            "{}.{}.c2ln",
+            b64(&serde_json::json!({"alg": "RS256"})),
+            b64(&claims)
+        );
+        let policy = VerifyPolicy {
+            algorithms: vec![Algorithm::RS256],
+            leeway_secs: 60,
+            max_lifetime_secs: 90_000,
+            ecdsa_low_s_only: false,
+        };
+        check_times(UnverifiedToken::parse(&raw, 16_384)?, &policy, now)
+    }
+
+    #[test]
+    fn nbf_and_iat_are_checked_only_when_present() {
+        let now = 1_800_000_000;
+        let base = serde_json::json!({"iss": "https://i", "aud": ["a"], "exp": now + 300});
+        // Google, AWS and SPIFFE tokens: no `nbf`; a minimal JWT-SVID: no `iat` either.
+        let verified = times(base.clone(), now).unwrap();
+        assert_eq!(verified.iat, None);
+        let mut with = base.clone();
+        with["iat"] = now.into();
+        assert_eq!(times(with.clone(), now).unwrap().iat, Some(now));
+        with["nbf"] = (now + 600).into();
+        assert_eq!(
+            times(with, now).unwrap_err(),
+            TokenError::NotYetValid {
+                nbf: now + 600,
+                now
+            }
+        );
+        let mut invalid = base.clone();
+        invalid["nbf"] = "soon".into();
+        assert_eq!(
+            times(invalid, now).unwrap_err(),
+            TokenError::MissingClaim("nbf")
+        );
+        let mut no_exp = base;
+        no_exp.as_object_mut().unwrap().remove("exp");
+        assert_eq!(
+            times(no_exp, now).unwrap_err(),
+            TokenError::MissingClaim("exp")
+        );
+    }
+
+    #[test]
+    fn without_iat_the_remaining_life_is_capped() {
+        let now = 1_800_000_000;
+        let far = serde_json::json!({"iss": "https://i", "aud": "a", "exp": now + 90_001});
+        assert_eq!(
+            times(far, now).unwrap_err(),
+            TokenError::RemainingTooLong {
+                remaining: 90_001,
+                max: 90_000
+            }
+        );
+        let within = serde_json::json!({"iss": "https://i", "aud": "a", "exp": now + 90_000});
+        assert!(times(within, now).is_ok());
     }
 
     #[test]

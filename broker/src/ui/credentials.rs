@@ -193,9 +193,8 @@ pub fn draft(
         );
         let registry = console.app.broker.registry();
         for other in registry
-            .credentials()
-            .iter()
-            .filter(|c| c.identity.name == identity.name && Some(c.name.as_str()) != editing)
+            .credentials_of(&identity.name)
+            .filter(|c| Some(c.name.as_str()) != editing)
         {
             if editing.is_none() && other.name == name {
                 problems.push(DraftProblem {

@@ -62,9 +62,9 @@ fn source_badge(identity: &policy::Identity) -> &'static str {
 
 /// The credentials of each identity, by identity name, in registry order: one pass over
 /// all credentials instead of one per identity.
-pub fn credentials_by_identity(
-    credentials: &[std::sync::Arc<policy::Credential>],
-) -> std::collections::HashMap<&str, Vec<&policy::Credential>> {
+pub fn credentials_by_identity<'a>(
+    credentials: impl IntoIterator<Item = &'a std::sync::Arc<policy::Credential>>,
+) -> std::collections::HashMap<&'a str, Vec<&'a policy::Credential>> {
     let mut by_identity: std::collections::HashMap<&str, Vec<&policy::Credential>> =
         std::collections::HashMap::new();
     for c in credentials {
@@ -218,13 +218,10 @@ pub async fn detail(
             esc(&when(identity.updated_at))
         )
     };
-    let mut credentials: Vec<&policy::Credential> = registry
-        .credentials()
-        .iter()
-        .filter(|c| c.identity.name == identity.name)
+    let credentials: Vec<&policy::Credential> = registry
+        .credentials_of(&identity.name)
         .map(|c| c.as_ref())
         .collect();
-    credentials.sort_by(|a, b| a.name.cmp(&b.name));
     let mut rows = String::new();
     for c in &credentials {
         let actions = if identity.read_only {
@@ -597,11 +594,7 @@ pub async fn delete_form(
         return read_only_refusal(&session, &name);
     }
     let count = crate::cli::output::count(
-        registry
-            .credentials()
-            .iter()
-            .filter(|c| c.identity.name == name)
-            .count(),
+        registry.credentials_of(&name).count(),
         "federated credential",
         "federated credentials",
     );

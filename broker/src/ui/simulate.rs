@@ -116,11 +116,11 @@ fn expects(credential: Option<&policy::Credential>) -> String {
 }
 
 /// Every credential by (identity, name), built once per answer.
-fn by_identity_and_name(
-    credentials: &[std::sync::Arc<policy::Credential>],
-) -> std::collections::HashMap<(&str, &str), &policy::Credential> {
+fn by_identity_and_name<'a>(
+    credentials: impl IntoIterator<Item = &'a std::sync::Arc<policy::Credential>>,
+) -> std::collections::HashMap<(&'a str, &'a str), &'a policy::Credential> {
     credentials
-        .iter()
+        .into_iter()
         .map(|c| ((c.identity.name.as_str(), c.name.as_str()), c.as_ref()))
         .collect()
 }

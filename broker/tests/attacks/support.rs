@@ -408,6 +408,11 @@ pub struct TestPki {
 
 impl TestPki {
     pub fn new() -> Self {
+        Self::for_names(&["127.0.0.1", "localhost"])
+    }
+
+    /// A CA and a server certificate it signed for `names` (host names or IP addresses).
+    pub fn for_names(names: &[&str]) -> Self {
         use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
         let ca_key = KeyPair::generate().unwrap();
         let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
@@ -416,7 +421,8 @@ impl TestPki {
         let ca = Issuer::new(ca, ca_key);
         let key = KeyPair::generate().unwrap();
         let leaf =
-            CertificateParams::new(["127.0.0.1".to_owned(), "localhost".to_owned()]).unwrap();
+            CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>())
+                .unwrap();
         let cert = leaf.signed_by(&key, &ca).unwrap();
         Self {
             ca_pem: ca_cert.pem(),
@@ -503,9 +509,30 @@ impl Broker {
         toml: &str,
         env: &[(&str, &str)],
     ) -> Self {
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        Self::launch(prefix, addr, dir, toml, env).await
+    }
+
+    /// Like [`Broker::start`], listening on `addr`, for a config that names the broker's
+    /// own address (its `[broker_issuer] url`).
+    pub async fn start_at(
+        addr: SocketAddr,
+        dir: &BrokerDir,
+        toml: &str,
+        env: &[(&str, &str)],
+    ) -> Self {
+        Self::launch(&[], addr, dir, toml, env).await
+    }
+
+    async fn launch(
+        prefix: &[&str],
+        addr: SocketAddr,
+        dir: &BrokerDir,
+        toml: &str,
+        env: &[(&str, &str)],
+    ) -> Self {
         let config = dir.path("wif.toml");
         std::fs::write(&config, toml).unwrap();
-        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let plain = wif_broker();
         let mut cmd = match prefix.split_first() {
             None => plain,

@@ -377,13 +377,10 @@ pub async fn list_credentials(
             format!("no identity named {identity:?}"),
         ));
     }
-    let mut value: Vec<Credential> = registry
-        .credentials()
-        .iter()
-        .filter(|c| c.identity.name == identity)
+    let value: Vec<Credential> = registry
+        .credentials_of(&identity)
         .map(|c| credential_view(c))
         .collect();
-    value.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(Json(Collection {
         value,
         next_cursor: None,
@@ -405,9 +402,7 @@ pub async fn get_credential(
     caller(&state, &headers, Role::Reader, "credential.get").await?;
     let registry = state.broker.registry();
     registry
-        .credentials()
-        .iter()
-        .find(|c| c.identity.name == identity && (c.name == credential || c.id == credential))
+        .credential(&identity, &credential)
         .map(|c| Json(credential_view(c)).into_response())
         .ok_or_else(|| {
             ApiError::new(
