@@ -321,7 +321,8 @@ impl ServedProtocols {
         );
         if self.app_service {
             tracing::info!(
-                "App Service protocol at {} (IDENTITY_ENDPOINT, with IDENTITY_HEADER)",
+                "App Service protocol at {} (IDENTITY_ENDPOINT with IDENTITY_HEADER; \
+                 2017-09-01: MSI_ENDPOINT with MSI_SECRET)",
                 at("/msi/token")
             );
         } else {
