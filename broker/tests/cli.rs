@@ -633,6 +633,34 @@ async fn serve_with_no_configuration_refuses_to_start_and_creates_no_store() {
     assert!(created.is_empty(), "serve created {created:?}");
 }
 
+/// `serve` logs where its data goes: a relative SQLite path is relative to the working
+/// directory, so the log shows it absolute; a PostgreSQL URL without its password.
+#[tokio::test]
+async fn serve_logs_where_the_store_is() {
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    for (url, said) in [
+        (
+            "sqlite://wif.db".to_owned(),
+            format!("SQLite file {}", dir.path().join("wif.db").display()),
+        ),
+        (
+            "postgres://wif:s3cret-password@127.0.0.1:1/wif".to_owned(),
+            "PostgreSQL at 127.0.0.1:1/wif".to_owned(),
+        ),
+    ] {
+        let mut cmd = wif_broker();
+        cmd.arg("serve")
+            .current_dir(dir.path())
+            .env("WIF_STORE_URL", &url)
+            .env("WIF_SERVER_LISTEN", taken.local_addr().unwrap().to_string());
+        let output = run_to_end(cmd, QUICK).await;
+        let stderr = text(&output.stderr);
+        assert!(stderr.contains(&said), "{url}: {stderr}");
+        assert!(!stderr.contains("s3cret"), "{stderr}");
+    }
+}
+
 /// The `WIF_*` variables alone are a configuration.
 #[tokio::test]
 async fn check_config_on_variables_alone_checks_them() {

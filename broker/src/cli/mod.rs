@@ -133,6 +133,34 @@ fn config_warnings(cfg: &BrokerConfig) -> Vec<String> {
     }
 }
 
+/// Where `[store] url` keeps the data, for the start-up log: a relative SQLite path made
+/// absolute (it is relative to the working directory), a PostgreSQL URL without its
+/// user and password.
+fn describe_store(url: &str) -> String {
+    if let Some(path) = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+    {
+        let path = path.split('?').next().unwrap_or(path);
+        if path == ":memory:" {
+            return "in memory (nothing survives a restart)".to_owned();
+        }
+        let file = std::env::current_dir()
+            .map(|dir| dir.join(path))
+            .unwrap_or_else(|_| path.into());
+        return format!("SQLite file {}", file.display());
+    }
+    match url::Url::parse(url) {
+        Ok(parsed) => format!(
+            "PostgreSQL at {}:{}{}",
+            parsed.host_str().unwrap_or("-"),
+            parsed.port().unwrap_or(5432),
+            parsed.path()
+        ),
+        Err(_) => "PostgreSQL".to_owned(),
+    }
+}
+
 async fn run(cli: Cli) -> anyhow::Result<()> {
     crate::crypto::install_provider();
     match cli.command {
@@ -142,6 +170,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             for warning in config_warnings(&cfg) {
                 tracing::warn!("{warning}");
             }
+            tracing::info!("store: {}", describe_store(&cfg.store.url));
             let broker = RunningBroker::start(&cfg, clock::system()).await?;
             broker.run_until(shutdown_signal()).await?;
             Ok(())
