@@ -57,6 +57,15 @@ pub enum IssuerSetupError {
     },
 }
 
+/// Where one issuer's keys come from: one method, so a test (or an embedder) can serve
+/// fixed keys. The broker's own sources (discovery, `jwks_uri`, a file, inline keys) are
+/// built from `[[issuers]]`; see [`KeyStore::set_source`].
+#[async_trait::async_trait]
+pub trait KeySource: Send + Sync + 'static {
+    /// The issuer's whole key set now; `Err` carries a reason for the log.
+    async fn fetch(&self) -> Result<Vec<Arc<VerifyingKey>>, String>;
+}
+
 #[derive(Clone)]
 enum Source {
     /// `{iss}/.well-known/openid-configuration` → `jwks_uri`, or a configured `jwks_uri`.
@@ -70,6 +79,8 @@ enum Source {
     File(PathBuf),
     /// Keys given inline; never refetched.
     Inline(Arc<Vec<Arc<VerifyingKey>>>),
+    /// Keys from elsewhere, cached and refreshed like fetched ones.
+    Custom(Arc<dyn KeySource>),
 }
 
 struct Snapshot {
@@ -183,6 +194,12 @@ impl KeyStore {
             },
             issuers: RwLock::new(HashMap::new()),
         })
+    }
+
+    /// Serves `iss`'s keys from `source`, cached, refreshed and refetched for an unknown
+    /// `kid` like keys fetched over HTTP. For issuers not asked about yet.
+    pub fn set_source(&mut self, iss: &str, source: Arc<dyn KeySource>) {
+        self.explicit.insert(iss.to_owned(), Source::Custom(source));
     }
 
     /// Issuers with explicit settings (trusted even without a credential naming them).
@@ -396,6 +413,7 @@ impl IssuerKeys {
         let cfg = &self.settings.cfg;
         let doc = match &self.source {
             Source::Inline(keys) => return Ok(keys.as_ref().clone()),
+            Source::Custom(source) => return source.fetch().await,
             Source::File(path) => read_capped(path, cfg.max_response_bytes).await?,
             Source::Remote {
                 client,
@@ -488,4 +506,231 @@ async fn read_capped(path: &std::path::Path, limit: usize) -> Result<serde_json:
         return Err(format!("{} is larger than {limit} bytes", path.display()));
     }
     serde_json::from_slice(&bytes).map_err(|e| format!("{} is not JSON: {e}", path.display()))
+}
+
+/// Key refresh under a clock the tests move: the unknown-`kid` cooldown, the failure
+/// hold-off, serving stale keys up to `max_stale_secs`, background refresh and single
+/// flight, against fixed committed keys (`testdata/`).
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+
+    use super::*;
+    use crate::clock::Clock;
+
+    const ISS: &str = "https://issuer.example";
+
+    /// Time stands still until a test moves it.
+    struct ManualClock(AtomicU64);
+    impl Clock for ManualClock {
+        fn now(&self) -> u64 {
+            self.0.load(Ordering::SeqCst)
+        }
+    }
+
+    fn committed(kids: &[&str]) -> Vec<Arc<VerifyingKey>> {
+        let doc: serde_json::Value =
+            serde_json::from_str(include_str!("testdata/jwks.json")).unwrap();
+        jwks::parse(&doc, 100)
+            .unwrap()
+            .into_iter()
+            .filter(|k| kids.contains(&k.kid.as_deref().unwrap_or_default()))
+            .collect()
+    }
+
+    /// An issuer the test controls: which keys it publishes, whether it answers, and how
+    /// long a fetch takes.
+    #[derive(Default)]
+    struct Issuer {
+        keys: Mutex<Vec<Arc<VerifyingKey>>>,
+        down: AtomicBool,
+        fetches: AtomicUsize,
+        slow: AtomicBool,
+    }
+
+    impl Issuer {
+        fn publish(&self, kids: &[&str]) {
+            *self.keys.lock().unwrap() = committed(kids);
+        }
+        fn fetches(&self) -> usize {
+            self.fetches.load(Ordering::SeqCst)
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl KeySource for Issuer {
+        async fn fetch(&self) -> Result<Vec<Arc<VerifyingKey>>, String> {
+            self.fetches.fetch_add(1, Ordering::SeqCst);
+            if self.slow.load(Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            if self.down.load(Ordering::SeqCst) {
+                return Err("connection refused".into());
+            }
+            Ok(self.keys.lock().unwrap().clone())
+        }
+    }
+
+    struct Fixture {
+        keys: KeyStore,
+        issuer: Arc<Issuer>,
+        clock: Arc<ManualClock>,
+    }
+
+    impl Fixture {
+        fn new(kids: &[&str]) -> Self {
+            let clock = Arc::new(ManualClock(AtomicU64::new(1_800_000_000)));
+            let cfg = JwksConfig {
+                refresh_secs: 3600,
+                refetch_cooldown_secs: 60,
+                max_stale_secs: 86_400,
+                ..JwksConfig::default()
+            };
+            let mut keys = KeyStore::new(&cfg, &[], false, clock.clone(), Metrics::new()).unwrap();
+            let issuer = Arc::new(Issuer::default());
+            issuer.publish(kids);
+            keys.set_source(ISS, issuer.clone());
+            Self {
+                keys,
+                issuer,
+                clock,
+            }
+        }
+        fn advance(&self, secs: u64) {
+            self.clock.0.fetch_add(secs, Ordering::SeqCst);
+        }
+        async fn kids(&self, kid: &str) -> Result<Vec<String>, KeyError> {
+            let keys = self.keys.keys_for(ISS, Some(kid)).await?;
+            Ok(keys.iter().filter_map(|k| k.kid.clone()).collect())
+        }
+    }
+
+    fn unknown(result: Result<Vec<String>, KeyError>) -> bool {
+        matches!(result, Err(KeyError::UnknownKey { .. }))
+    }
+    fn unavailable(result: Result<Vec<String>, KeyError>) -> bool {
+        matches!(result, Err(KeyError::Unavailable { .. }))
+    }
+
+    #[tokio::test]
+    async fn keys_are_fetched_once_and_served_from_cache() {
+        let f = Fixture::new(&["2026-a", "2026-b"]);
+        assert_eq!(f.kids("2026-a").await.unwrap(), ["2026-a", "2026-b"]);
+        f.advance(3599);
+        f.kids("2026-b").await.unwrap();
+        assert_eq!(f.issuer.fetches(), 1);
+    }
+
+    #[tokio::test]
+    async fn an_unknown_kid_refetches_at_most_once_per_cooldown() {
+        let f = Fixture::new(&["2026-a"]);
+        f.kids("2026-a").await.unwrap();
+        // A forged kid: one refetch, then none until the cooldown is over.
+        assert!(unknown(f.kids("forged-1").await));
+        assert_eq!(f.issuer.fetches(), 2);
+        for i in 0..20 {
+            assert!(unknown(f.kids(&format!("forged-{i}")).await));
+        }
+        assert_eq!(f.issuer.fetches(), 2);
+        // The issuer rotates within the cooldown: the new kid waits for it to end...
+        f.issuer.publish(&["2026-a", "2026-b"]);
+        f.advance(59);
+        assert!(unknown(f.kids("2026-b").await));
+        assert_eq!(f.issuer.fetches(), 2);
+        // ...and is accepted at the first request after it.
+        f.advance(1);
+        assert_eq!(f.kids("2026-b").await.unwrap(), ["2026-a", "2026-b"]);
+        assert_eq!(f.issuer.fetches(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_failed_fetch_holds_callers_off_briefly_and_never_uses_up_the_kid_cooldown() {
+        let f = Fixture::new(&["2026-a"]);
+        f.kids("2026-a").await.unwrap();
+        // The issuer goes down and rotates: a new kid is an outage, not a bad token.
+        f.issuer.down.store(true, Ordering::SeqCst);
+        f.issuer.publish(&["2026-a", "2026-b"]);
+        assert!(unavailable(f.kids("2026-b").await));
+        assert_eq!(f.issuer.fetches(), 2);
+        // Within the hold-off nobody fetches again, and known keys keep working.
+        assert!(unavailable(f.kids("2026-b").await));
+        assert_eq!(f.kids("2026-a").await.unwrap(), ["2026-a"]);
+        assert_eq!(f.issuer.fetches(), 2);
+        // The issuer returns: after the hold-off (not the 60 s cooldown) the key works.
+        f.issuer.down.store(false, Ordering::SeqCst);
+        f.advance(RETRY_AFTER_FAILURE_SECS);
+        assert_eq!(f.kids("2026-b").await.unwrap(), ["2026-a", "2026-b"]);
+        assert_eq!(f.issuer.fetches(), 3);
+    }
+
+    #[tokio::test]
+    async fn stale_keys_serve_while_the_issuer_is_down_until_max_stale() {
+        let f = Fixture::new(&["2026-a"]);
+        f.kids("2026-a").await.unwrap();
+        f.issuer.down.store(true, Ordering::SeqCst);
+        // Past the refresh interval a background refresh fails; the keys still serve.
+        f.advance(86_400);
+        assert_eq!(f.kids("2026-a").await.unwrap(), ["2026-a"]);
+        // One second past max_stale they do not: the caller is told to retry later.
+        f.advance(1);
+        assert!(unavailable(f.kids("2026-a").await));
+        // Back up: fresh keys again.
+        f.issuer.down.store(false, Ordering::SeqCst);
+        f.advance(RETRY_AFTER_FAILURE_SECS);
+        assert_eq!(f.kids("2026-a").await.unwrap(), ["2026-a"]);
+    }
+
+    #[tokio::test]
+    async fn keys_past_the_refresh_interval_are_refreshed_in_the_background() {
+        let f = Fixture::new(&["2026-a"]);
+        f.kids("2026-a").await.unwrap();
+        f.issuer.publish(&["2026-c"]);
+        f.advance(3600);
+        // The caller is answered from the cache at once...
+        assert_eq!(f.kids("2026-a").await.unwrap(), ["2026-a"]);
+        // ...while the refresh runs; afterwards the rotated set serves.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while f.kids("2026-c").await.is_err() {
+            assert!(std::time::Instant::now() < deadline, "never refreshed");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(f.issuer.fetches(), 2);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_callers_share_one_fetch_and_its_outcome() {
+        let f = Arc::new(Fixture::new(&["2026-a"]));
+        f.issuer.slow.store(true, Ordering::SeqCst);
+        let callers: Vec<_> = (0..20)
+            .map(|_| {
+                let f = f.clone();
+                tokio::spawn(async move { f.kids("2026-a").await })
+            })
+            .collect();
+        for caller in callers {
+            assert_eq!(caller.await.unwrap().unwrap(), ["2026-a"]);
+        }
+        assert_eq!(f.issuer.fetches(), 1);
+        // A failing fetch is shared the same way: one attempt, every caller told.
+        f.issuer.down.store(true, Ordering::SeqCst);
+        f.advance(86_401);
+        let callers: Vec<_> = (0..20)
+            .map(|_| {
+                let f = f.clone();
+                tokio::spawn(async move { f.kids("2026-a").await })
+            })
+            .collect();
+        for caller in callers {
+            assert!(unavailable(caller.await.unwrap()));
+        }
+        assert_eq!(f.issuer.fetches(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_token_without_kid_gets_the_whole_set() {
+        let f = Fixture::new(&["2026-a", "2026-rsa"]);
+        let keys = f.keys.keys_for(ISS, None).await.unwrap();
+        assert_eq!(keys.len(), 2);
+        assert_eq!(f.issuer.fetches(), 1);
+    }
 }

@@ -377,3 +377,263 @@ mod tests {
         assert!(!is_high_s_ecdsa(Algorithm::ES256, "not base64!"));
     }
 }
+
+/// Signature and algorithm rules, one row per rule, with tokens signed by the committed
+/// test keys of `src/issuer/testdata` (their public halves in its `jwks.json`).
+#[cfg(test)]
+mod verification {
+    use super::*;
+    use jsonwebtoken::{EncodingKey, Header};
+    use serde_json::json;
+
+    const NOW: u64 = 1_800_000_000;
+
+    fn pem(kid: &str) -> &'static str {
+        match kid {
+            "2026-a" => include_str!("../issuer/testdata/2026-a.key.pem"),
+            "2026-b" => include_str!("../issuer/testdata/2026-b.key.pem"),
+            "2026-c" => include_str!("../issuer/testdata/2026-c.key.pem"),
+            "2026-rsa" => include_str!("../issuer/testdata/2026-rsa.key.pem"),
+            other => panic!("no committed key {other}"),
+        }
+    }
+
+    /// The issuer's published keys, in JWKS order.
+    fn published(kids: &[&str]) -> Vec<Arc<VerifyingKey>> {
+        let doc: Value =
+            serde_json::from_str(include_str!("../issuer/testdata/jwks.json")).unwrap();
+        let all = crate::issuer::jwks::parse(&doc, 100).unwrap();
+        kids.iter()
+            .map(|kid| {
+                all.iter()
+                    .find(|k| k.kid.as_deref() == Some(*kid))
+                    .unwrap()
+                    .clone()
+            })
+            .collect()
+    }
+
+    fn claims() -> Value {
+        json!({"iss": "https://i", "sub": "s", "aud": "api://AzureADTokenExchange",
+               "iat": NOW - 10, "exp": NOW + 300})
+    }
+
+    /// Signed by `signer`, with header `alg` and `kid`.
+    fn signed(alg: Algorithm, kid: Option<&str>, signer: &str, claims: &Value) -> String {
+        crate::crypto::install_provider();
+        use base64::Engine as _;
+        let body: String = pem(signer)
+            .lines()
+            .filter(|l| !l.starts_with("-----"))
+            .collect();
+        let der = base64::engine::general_purpose::STANDARD
+            .decode(body)
+            .unwrap();
+        let key = if signer == "2026-rsa" {
+            EncodingKey::from_rsa_der(&der)
+        } else {
+            EncodingKey::from_ec_der(&der)
+        };
+        let mut header = Header::new(alg);
+        header.kid = kid.map(str::to_owned);
+        jsonwebtoken::encode(&header, claims, &key).unwrap()
+    }
+
+    fn policy(algorithms: &[Algorithm]) -> VerifyPolicy {
+        VerifyPolicy {
+            algorithms: algorithms.to_vec(),
+            leeway_secs: 60,
+            max_lifetime_secs: 90_000,
+            ecdsa_low_s_only: false,
+        }
+    }
+
+    fn check(
+        raw: &str,
+        keys: &[&str],
+        algorithms: &[Algorithm],
+    ) -> Result<VerifiedToken, TokenError> {
+        let token = UnverifiedToken::parse(raw, 16_384).unwrap();
+        verify(token, &published(keys), &policy(algorithms), NOW)
+    }
+
+    fn unsigned(header: Value, claims: &Value) -> String {
+        use base64::Engine as _;
+        let b64 = |v: &Value| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(serde_json::to_vec(v).unwrap())
+        };
+        format!("{}.{}.c2ln", b64(&header), b64(claims))
+    }
+
+    #[test]
+    fn every_signature_and_algorithm_rule() {
+        let es = [Algorithm::ES256, Algorithm::RS256];
+        let all = ["2026-a", "2026-b", "2026-c", "2026-rsa"];
+        let c = claims();
+        let mismatch = |alg: &str| TokenError::AlgorithmKeyMismatch(Untrusted::new(alg));
+        let rows: Vec<(&str, String, &[&str], &[Algorithm], Result<(), TokenError>)> = vec![
+            (
+                "ES256 by the key its kid names",
+                signed(Algorithm::ES256, Some("2026-a"), "2026-a", &c),
+                &all,
+                &es,
+                Ok(()),
+            ),
+            (
+                "RS256 by the key its kid names",
+                signed(Algorithm::RS256, Some("2026-rsa"), "2026-rsa", &c),
+                &all,
+                &es,
+                Ok(()),
+            ),
+            (
+                "kid of one key, signed by another",
+                signed(Algorithm::ES256, Some("2026-a"), "2026-b", &c),
+                &all,
+                &es,
+                Err(TokenError::BadSignature),
+            ),
+            (
+                "kid the issuer does not publish",
+                signed(Algorithm::ES256, Some("2026-x"), "2026-a", &c),
+                &all,
+                &es,
+                Err(mismatch("ES256")),
+            ),
+            (
+                "RS256 header on an EC key",
+                signed(Algorithm::ES256, Some("2026-a"), "2026-a", &c).replacen(
+                    "eyJ0eXAiOiJKV1QiLCJhbGciOiJFUzI1NiI",
+                    "eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiI",
+                    1,
+                ),
+                &all,
+                &es,
+                Err(mismatch("RS256")),
+            ),
+            (
+                "an algorithm this issuer may not use",
+                signed(Algorithm::ES256, Some("2026-a"), "2026-a", &c),
+                &all,
+                &[Algorithm::RS256],
+                Err(TokenError::AlgorithmNotAllowed(Untrusted::new("ES256"))),
+            ),
+            (
+                "alg none",
+                unsigned(json!({"alg": "none", "kid": "2026-a"}), &c),
+                &all,
+                &es,
+                Err(TokenError::ForbiddenAlgorithm(Untrusted::new("none"))),
+            ),
+            (
+                "alg NONE",
+                unsigned(json!({"alg": "NONE"}), &c),
+                &all,
+                &es,
+                Err(TokenError::ForbiddenAlgorithm(Untrusted::new("NONE"))),
+            ),
+            (
+                "HMAC with the public key as secret",
+                unsigned(json!({"alg": "HS256", "kid": "2026-rsa"}), &c),
+                &all,
+                &es,
+                Err(TokenError::ForbiddenAlgorithm(Untrusted::new("HS256"))),
+            ),
+            (
+                "no kid: a key among the first two that support ES256",
+                signed(Algorithm::ES256, None, "2026-b", &c),
+                &all,
+                &es,
+                Ok(()),
+            ),
+            (
+                "no kid: the third such key is never tried",
+                signed(Algorithm::ES256, None, "2026-c", &c),
+                &all,
+                &es,
+                Err(TokenError::BadSignature),
+            ),
+            (
+                "no kid: the same key second in a shorter set",
+                signed(Algorithm::ES256, None, "2026-c", &c),
+                &["2026-a", "2026-c"],
+                &es,
+                Ok(()),
+            ),
+        ];
+        for (what, raw, keys, algorithms, want) in rows {
+            let got = check(&raw, keys, algorithms).map(|_| ());
+            assert_eq!(got, want, "{what}");
+        }
+        // A payload changed after signing.
+        let raw = signed(Algorithm::ES256, Some("2026-a"), "2026-a", &c);
+        let mut parts: Vec<&str> = raw.split('.').collect();
+        let forged = unsigned(
+            json!({}),
+            &json!({"iss": "https://i", "sub": "admin", "aud": "x", "exp": NOW + 300}),
+        );
+        let payload = forged.split('.').nth(1).unwrap().to_owned();
+        parts[1] = &payload;
+        assert_eq!(
+            check(&parts.join("."), &all, &es).unwrap_err(),
+            TokenError::BadSignature
+        );
+    }
+
+    #[test]
+    fn every_time_rule() {
+        let es = [Algorithm::ES256];
+        let at = |iat: Option<u64>, nbf: Option<u64>, exp: u64| {
+            let mut c = json!({"iss": "https://i", "sub": "s", "aud": "a", "exp": exp});
+            if let Some(iat) = iat {
+                c["iat"] = iat.into();
+            }
+            if let Some(nbf) = nbf {
+                c["nbf"] = nbf.into();
+            }
+            check(
+                &signed(Algorithm::ES256, Some("2026-a"), "2026-a", &c),
+                &["2026-a"],
+                &es,
+            )
+        };
+        // Expiry, with the 60 s leeway.
+        assert!(at(Some(NOW - 100), None, NOW - 59).is_ok());
+        assert!(matches!(
+            at(Some(NOW - 100), None, NOW - 61),
+            Err(TokenError::Expired { .. })
+        ));
+        // Not before, with the leeway.
+        assert!(at(Some(NOW), Some(NOW + 59), NOW + 300).is_ok());
+        assert!(matches!(
+            at(Some(NOW), Some(NOW + 61), NOW + 300),
+            Err(TokenError::NotYetValid { .. })
+        ));
+        // Issued in the future.
+        assert!(at(Some(NOW + 59), None, NOW + 300).is_ok());
+        assert!(matches!(
+            at(Some(NOW + 61), None, NOW + 300),
+            Err(TokenError::IssuedInFuture { .. })
+        ));
+        // Lifetime: exp - iat at most 90,000 s; without iat, the remaining life.
+        assert!(at(Some(NOW - 10), None, NOW - 10 + 90_000).is_ok());
+        assert_eq!(
+            at(Some(NOW - 10), None, NOW - 9 + 90_000).unwrap_err(),
+            TokenError::LifetimeTooLong {
+                lifetime: 90_001,
+                max: 90_000
+            }
+        );
+        assert!(matches!(
+            at(None, None, NOW + 90_001),
+            Err(TokenError::RemainingTooLong { .. })
+        ));
+        // The verified token carries what was checked.
+        let ok = at(Some(NOW - 10), None, NOW + 300).unwrap();
+        assert_eq!(
+            (ok.iss.as_str(), ok.sub.as_deref(), ok.exp, ok.iat),
+            ("https://i", Some("s"), NOW + 300, Some(NOW - 10))
+        );
+        assert_eq!(ok.aud, ["a"]);
+    }
+}
