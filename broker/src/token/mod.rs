@@ -465,13 +465,23 @@ mod verification {
         format!("{}.{}.c2ln", b64(&header), b64(claims))
     }
 
+    /// What a row checks, the token, the keys published, the issuer's algorithms, and
+    /// the outcome.
+    type Row<'a> = (
+        &'a str,
+        String,
+        &'a [&'a str],
+        &'a [Algorithm],
+        Result<(), TokenError>,
+    );
+
     #[test]
     fn every_signature_and_algorithm_rule() {
         let es = [Algorithm::ES256, Algorithm::RS256];
         let all = ["2026-a", "2026-b", "2026-c", "2026-rsa"];
         let c = claims();
         let mismatch = |alg: &str| TokenError::AlgorithmKeyMismatch(Untrusted::new(alg));
-        let rows: Vec<(&str, String, &[&str], &[Algorithm], Result<(), TokenError>)> = vec![
+        let rows: Vec<Row> = vec![
             (
                 "ES256 by the key its kid names",
                 signed(Algorithm::ES256, Some("2026-a"), "2026-a", &c),
