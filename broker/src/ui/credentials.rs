@@ -130,6 +130,7 @@ fn input_of(console: &Console, identity: &str, form: &Form, built: &Built) -> Cr
         audiences: vec![audience],
         description: form.optional("description"),
         one_time_use: form.checked("one_time_use"),
+        restrictions: Default::default(),
     }
 }
 
@@ -147,8 +148,7 @@ fn graph_json(input: &CredentialInput) -> String {
         audiences: Some(input.audiences.clone()),
         description: input.description.clone().map(Some),
         one_time_use: input.one_time_use.then_some(true),
-        id: None,
-        read_only: None,
+        ..Default::default()
     };
     serde_json::to_string_pretty(&request).unwrap_or_default()
 }

@@ -332,6 +332,7 @@ impl IdentityFields {
         &self,
         assertion: wif_config::AssertionSource,
         assertion_subject: Option<String>,
+        restrictions: crate::policy::conditions::Restrictions,
     ) -> Result<IdentityInput, ApiError> {
         let cloud = match self.cloud.as_str() {
             "" => None,
@@ -352,6 +353,7 @@ impl IdentityFields {
             authority_host: (!self.authority_host.is_empty()).then(|| self.authority_host.clone()),
             assertion,
             assertion_subject,
+            restrictions,
         })
     }
 }
@@ -467,7 +469,7 @@ pub async fn create(
                 ),
             ));
         }
-        let input = fields.input(wif_config::AssertionSource::default(), None)?;
+        let input = fields.input(wif_config::AssertionSource::default(), None, Default::default())?;
         Ok(console.app.admin.put_identity(&fields.name, input).await?)
     }
     .await;
@@ -551,8 +553,10 @@ pub async fn update(
         return not_found(&session, &name);
     };
     let (assertion, subject) = (current.assertion, current.assertion_subject.clone());
+    // The console's form leaves the least-privilege controls as they are.
+    let restrictions = current.conditions.restrictions.clone();
     let result = async {
-        let input = fields.input(assertion, subject)?;
+        let input = fields.input(assertion, subject, restrictions)?;
         Ok::<_, ApiError>(console.app.admin.put_identity(&name, input).await?)
     }
     .await;
