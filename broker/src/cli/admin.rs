@@ -674,6 +674,12 @@ pub struct SimulateArgs {
     /// The identity the caller would name in the exchange.
     #[arg(long)]
     pub identity: Option<String>,
+    /// The scope the exchange would ask for (judges allowedScopes).
+    #[arg(long)]
+    pub scope: Option<String>,
+    /// The address the exchange would come from (judges sourceNetworks).
+    #[arg(long, value_name = "IP")]
+    pub source_address: Option<String>,
     // Last: the connection options come under their own help heading.
     #[command(flatten)]
     pub connection: Connection,
@@ -683,6 +689,8 @@ pub struct SimulateArgs {
 pub fn simulate_request(args: &SimulateArgs) -> anyhow::Result<SimulateRequest> {
     let mut request = SimulateRequest {
         identity: args.identity.clone(),
+        scope: args.scope.clone(),
+        source_address: args.source_address.clone(),
         ..SimulateRequest::default()
     };
     if let Some(token) = &args.token {

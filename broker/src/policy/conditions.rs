@@ -5,11 +5,13 @@
 //! after the token matched and before any cached answer or Entra call.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use wif_config::RateLimit;
 use wif_config::network::Cidr;
 
+use super::registry::{Credential, Identity};
 use crate::redact::Untrusted;
 
 /// The controls as written (config file, admin API) and stored (JSON, camelCase). Every
@@ -242,11 +244,13 @@ pub struct Attempt<'a> {
     pub now: u64,
     /// The token's `iat`.
     pub issued_at: u64,
-    /// Normalised to `<resource>/.default`.
-    pub scope: &'a str,
+    /// Normalised to `<resource>/.default`; `None` (only in `simulate`): not judged.
+    pub scope: Option<&'a str>,
     /// The client's address (docs/configuration.md, `trusted_proxies`); `None` when
     /// unknown, which no source-network rule admits.
     pub client: Option<IpAddr>,
+    /// False (only in `simulate`, given no address): source networks are not judged.
+    pub judge_source: bool,
 }
 
 /// Why the conditions refused an exchange. Each has its own error code.
@@ -346,7 +350,8 @@ pub fn admit(
             until: crate::clock::rfc3339(until),
         });
     }
-    if !of_credential.networks.is_empty()
+    if attempt.judge_source
+        && !of_credential.networks.is_empty()
         && !attempt
             .client
             .is_some_and(|ip| of_credential.networks.iter().any(|n| n.contains(ip)))
@@ -376,14 +381,49 @@ pub fn admit(
     } else {
         (format!("federated credential {name:?}"), &r.allowed_scopes)
     };
-    if !allowed.is_empty() && !allowed.iter().any(|p| scope_allowed(p, attempt.scope)) {
+    if let Some(scope) = attempt.scope
+        && !allowed.is_empty()
+        && !allowed.iter().any(|p| scope_allowed(p, scope))
+    {
         return Err(Refusal::ScopeNotAllowed {
-            scope: Untrusted::new(attempt.scope),
+            scope: Untrusted::new(scope),
             owner,
             allowed: allowed.clone(),
         });
     }
     Ok(())
+}
+
+/// The credential through which `identity` is acted as in this attempt, among those the
+/// token `matched`: of the identity's credentials that admit it, the first without
+/// replay protection, else the first. When none admits it, the first credential's
+/// refusal, and that credential's name (for the audit event).
+pub fn choose_credential(
+    identity: &Identity,
+    matched: &[Arc<Credential>],
+    attempt: &Attempt<'_>,
+) -> Result<Arc<Credential>, (Refusal, Option<String>)> {
+    let mut admitting = Vec::new();
+    let mut refused: Option<(Refusal, Option<String>)> = None;
+    for c in matched.iter().filter(|c| c.identity.name == identity.name) {
+        match admit(
+            (&identity.name, &identity.conditions),
+            (&c.name, &c.conditions),
+            attempt,
+        ) {
+            Ok(()) => admitting.push(c),
+            Err(r) => {
+                refused.get_or_insert((r, Some(c.name.clone())));
+            }
+        }
+    }
+    match admitting.iter().find(|c| !c.one_time_use).or(admitting.first()) {
+        Some(c) => Ok((*c).clone()),
+        None => Err(refused.unwrap_or((
+            Refusal::IdentityDisabled(identity.name.clone()),
+            None,
+        ))),
+    }
 }
 
 /// Whether `scope` (`<resource>/.default`) fits `pattern`: the scope or its resource,
@@ -455,8 +495,9 @@ mod tests {
         let attempt = Attempt {
             now: 1_000,
             issued_at: 990,
-            scope: "https://management.azure.com/.default",
+            scope: Some("https://management.azure.com/.default"),
             client: Some("10.1.2.3".parse().unwrap()),
+            judge_source: true,
         };
         let cases = [
             (
@@ -536,8 +577,9 @@ mod tests {
         let mut attempt = Attempt {
             now: 0,
             issued_at: 0,
-            scope: "https://management.azure.com/.default",
+            scope: Some("https://management.azure.com/.default"),
             client: None,
+            judge_source: true,
         };
         let refused = admit(("id", &identity), ("c", &Conditions::default()), &attempt);
         assert!(refused.unwrap_err().to_string().contains("identity \"id\""));
@@ -546,7 +588,7 @@ mod tests {
             ..Default::default()
         });
         admit(("id", &identity), ("c", &widened), &attempt).unwrap();
-        attempt.scope = "https://storage.azure.com/.default";
+        attempt.scope = Some("https://storage.azure.com/.default");
         admit(("id", &identity), ("c", &Conditions::default()), &attempt).unwrap();
     }
 

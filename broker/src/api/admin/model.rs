@@ -243,6 +243,13 @@ pub struct SimulateRequest {
     /// The identity the caller would name in the exchange.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub identity: Option<String>,
+    /// The scope the exchange would ask for, to judge `allowedScopes`; absent: not judged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+    /// The client address the exchange would come from, to judge `sourceNetworks`;
+    /// absent: not judged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_address: Option<String>,
 }
 
 /// What an exchange with this token (or these claims) would decide, and why.
@@ -262,7 +269,9 @@ pub struct SimulateResponse {
     pub near_misses: Vec<NearMiss>,
 }
 
-/// One verification step: `issuer`, `keys`, `signature`, `times`, `audience`, ...
+/// One step: `parse`, `issuer`, `keys`, `signature`, `times`, `match`, then the
+/// least-privilege controls `disabled`, `validity`, `sourceNetworks`, `maxTokenAge`,
+/// `allowedScopes` and `rateLimit`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Check {
