@@ -1,7 +1,8 @@
 //! Tokens per (identity selector, resource). A hit answers at once; inside the refresh
 //! window one background refresh runs; a token with less than the floor left is never
 //! handed out. When the broker cannot be reached, cached tokens keep flowing until they
-//! reach the floor.
+//! reach the floor. When a refresh is refused because the identity or credential was
+//! disabled or deleted, the cached token is dropped at once.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -136,6 +137,12 @@ impl TokenCache {
         tokio::spawn(async move {
             match fetch().await {
                 Ok(token) => tokens.insert(key.clone(), Arc::new(token)).await,
+                // The identity or credential was disabled or deleted: the cached token is
+                // not handed out again (docs/security.md, "Revocation").
+                Err(e) if e.revokes() => {
+                    tracing::warn!(error = %e, "the broker revoked this identity; dropped its cached token");
+                    tokens.invalidate(&key).await;
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "background refresh failed; the cached token keeps serving");
                     // Not again for a while: a down broker is not asked on every request.

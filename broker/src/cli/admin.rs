@@ -1545,6 +1545,9 @@ mod tests {
             source: "api".into(),
             entra_federated_credential: None,
             read_only: false,
+            disabled: false,
+            allowed_scopes: Vec::new(),
+            rate_limit: None,
             created_date_time: None,
             last_modified_date_time: None,
         }
@@ -1586,6 +1589,13 @@ legacy  72f988bf   3f1c2a9e   https://login.example  passthrough  config
             description: None,
             one_time_use: false,
             read_only: false,
+            disabled: false,
+            allowed_scopes: Vec::new(),
+            source_networks: Vec::new(),
+            max_token_age_seconds: None,
+            not_before: None,
+            not_after: None,
+            rate_limit: None,
         };
         assert_eq!(
             credential_table(std::slice::from_ref(&credential)),

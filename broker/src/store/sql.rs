@@ -681,6 +681,7 @@ pub(super) mod testing {
             assertion_subject: None,
             created_at: 1,
             updated_at: 1,
+            restrictions: Default::default(),
         }
     }
 
@@ -697,6 +698,7 @@ pub(super) mod testing {
             one_time_use: false,
             created_at: 1,
             updated_at: 1,
+            restrictions: Default::default(),
         }
     }
 
