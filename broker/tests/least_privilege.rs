@@ -474,12 +474,17 @@ async fn source_networks_honour_a_trusted_proxy_and_ignore_anyone_elses_forwarde
         expect_refusal(&answer, endpoint, "source_not_allowed");
         assert!(answer.description().contains("127.0.0.1"), "{}", answer.text);
     }
-    let events = ctx.audited("source_not_allowed", &["/v1/token"]).await;
-    assert!(
-        events.iter().any(|e| e["source_address"] == "127.0.0.1")
-            && events.iter().any(|e| e["source_address"] == "203.0.113.50"),
-        "{events:?}"
-    );
+    // Both addresses are in the audit trail: the forwarded one, and the peer's.
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let events = ctx.audited("source_not_allowed", &["/v1/token"]).await;
+        let seen = |address: &str| events.iter().any(|e| e["source_address"] == address);
+        if seen("127.0.0.1") && seen("203.0.113.50") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{events:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     // simulate judges an address inside the network as passing.
     let answer = ctx
         .admin(
@@ -867,6 +872,20 @@ impl Replicas {
         };
         ctx.put_identity("app", CLIENT, json!({})).await;
         ctx.credential("app", CLIENT, "main", json!({})).await;
+        // B learns of the credential at its next version poll.
+        let seen_at_b = format!(
+            "{}/v1/identities/app/federatedIdentityCredentials/main",
+            b.url()
+        );
+        let deadline = Instant::now() + PATIENCE;
+        while support::admin(&ctx.http, Method::GET, &seen_at_b, None)
+            .await
+            .status
+            != 200
+        {
+            assert!(Instant::now() < deadline, "B never saw the credential");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         Some(Self {
             ctx,
             b,
