@@ -1979,7 +1979,8 @@ mod tests {
                 claims_matching_expression: Some("claims[".into()),
                 audiences: vec!["a".into(), "b".into()],
                 description: None,
-            } ..Default::default() ];
+                ..Default::default()
+            }];
             c.identities = vec![id];
         }));
     }
