@@ -198,7 +198,7 @@ pub async fn simulate(
     let decision = match decision {
         Ok(identity) => controls(broker, &request, &verified, &identity, &mut checks)
             .map(|()| identity)
-            .map_err(|refusal| ExchangeError::from(refusal)),
+            .map_err(ExchangeError::from),
         Err(e) => Err(e),
     };
     let (outcome, description, identity) = match decision {

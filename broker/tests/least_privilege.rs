@@ -221,10 +221,7 @@ impl Ctx {
                     "urn:ietf:params:oauth:grant-type:token-exchange",
                 ),
                 ("subject_token", token),
-                (
-                    "subject_token_type",
-                    "urn:ietf:params:oauth:token-type:jwt",
-                ),
+                ("subject_token_type", "urn:ietf:params:oauth:token-type:jwt"),
                 ("scope", scope),
             ]),
             Endpoint::EntraCompat => http
@@ -247,7 +244,13 @@ impl Ctx {
     }
 
     /// Exchanges on every endpoint succeed.
-    async fn allowed(&self, http: &reqwest::Client, branch: &str, scope: &str, headers: &[(&str, &str)]) {
+    async fn allowed(
+        &self,
+        http: &reqwest::Client,
+        branch: &str,
+        scope: &str,
+        headers: &[(&str, &str)],
+    ) {
         for endpoint in ENDPOINTS {
             let answer = self
                 .exchange(http, endpoint, &self.token(branch), scope, CLIENT, headers)
@@ -303,7 +306,12 @@ impl Ctx {
             .filter(|c| c["result"] == "failed")
             .filter_map(|c| c["name"].as_str())
             .collect();
-        assert_eq!(failed, [control], "simulate's failed checks: {}", answer.text);
+        assert_eq!(
+            failed,
+            [control],
+            "simulate's failed checks: {}",
+            answer.text
+        );
     }
 
     /// Waits until the audit trail holds `code` refusals from every one of `endpoints`.
@@ -376,7 +384,11 @@ fn expect_refusal(answer: &Answer, endpoint: Endpoint, code: &str) {
             assert_eq!(answer.status, status, "{endpoint:?}: {}", answer.text);
             assert_eq!(answer.error(), code, "{endpoint:?}: {}", answer.text);
             assert!(!answer.description().is_empty());
-            assert!(answer.body["request_id"].as_str().is_some_and(|r| !r.is_empty()));
+            assert!(
+                answer.body["request_id"]
+                    .as_str()
+                    .is_some_and(|r| !r.is_empty())
+            );
         }
         Endpoint::EntraCompat => {
             let (status, error) = if limited {
@@ -394,7 +406,11 @@ fn expect_refusal(answer: &Answer, endpoint: Endpoint, code: &str) {
         }
     }
     if limited {
-        let retry: u64 = answer.headers["retry-after"].to_str().unwrap().parse().unwrap();
+        let retry: u64 = answer.headers["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
         assert!(retry >= 1, "Retry-After {retry}");
     }
 }
@@ -405,8 +421,13 @@ fn expect_refusal(answer: &Answer, endpoint: Endpoint, code: &str) {
 #[tokio::test]
 async fn allowed_scopes_refuse_other_resources_before_entra() {
     let ctx = Ctx::start("").await;
-    ctx.credential("app", CLIENT, "pull-request", json!({ "allowedScopes": [STORAGE] }))
-        .await;
+    ctx.credential(
+        "app",
+        CLIENT,
+        "pull-request",
+        json!({ "allowedScopes": [STORAGE] }),
+    )
+    .await;
     ctx.allowed(&ctx.http, "pull-request", STORAGE, &[]).await;
     // The resource without `/.default` is the same scope.
     ctx.allowed(&ctx.http, "pull-request", "https://storage.azure.com", &[])
@@ -430,26 +451,56 @@ async fn allowed_scopes_refuse_other_resources_before_entra() {
     )
     .await;
     ctx.credential("app", CLIENT, "main", json!({})).await;
-    ctx.allowed(&ctx.http, "main", "https://contoso.vault.azure.net/.default", &[])
-        .await;
+    ctx.allowed(
+        &ctx.http,
+        "main",
+        "https://contoso.vault.azure.net/.default",
+        &[],
+    )
+    .await;
     let answer = ctx
-        .exchange(&ctx.http, Endpoint::Native, &ctx.token("main"), ARM, CLIENT, &[])
+        .exchange(
+            &ctx.http,
+            Endpoint::Native,
+            &ctx.token("main"),
+            ARM,
+            CLIENT,
+            &[],
+        )
         .await;
     expect_refusal(&answer, Endpoint::Native, "scope_not_allowed");
-    assert!(answer.description().contains("identity \"app\""), "{}", answer.text);
+    assert!(
+        answer.description().contains("identity \"app\""),
+        "{}",
+        answer.text
+    );
     // The credential's own list wins over the identity's.
     ctx.allowed(&ctx.http, "pull-request", STORAGE, &[]).await;
     let shown = ctx
-        .admin(Method::GET, "/v1/identities/app/federatedIdentityCredentials/pull-request", None)
+        .admin(
+            Method::GET,
+            "/v1/identities/app/federatedIdentityCredentials/pull-request",
+            None,
+        )
         .await;
-    assert_eq!(shown.body["allowedScopes"], json!([STORAGE]), "{}", shown.text);
+    assert_eq!(
+        shown.body["allowedScopes"],
+        json!([STORAGE]),
+        "{}",
+        shown.text
+    );
 }
 
 #[tokio::test]
 async fn source_networks_honour_a_trusted_proxy_and_ignore_anyone_elses_forwarded_for() {
     let ctx = Ctx::start(&format!("[server]\ntrusted_proxies = [\"{PROXY}/32\"]\n")).await;
-    ctx.credential("app", CLIENT, "office", json!({ "sourceNetworks": ["10.9.0.0/16"] }))
-        .await;
+    ctx.credential(
+        "app",
+        CLIENT,
+        "office",
+        json!({ "sourceNetworks": ["10.9.0.0/16"] }),
+    )
+    .await;
     // Through the trusted proxy, from inside the network.
     let inside = [("x-forwarded-for", "10.9.4.2")];
     ctx.allowed(&ctx.via_proxy, "office", ARM, &inside).await;
@@ -469,10 +520,21 @@ async fn source_networks_honour_a_trusted_proxy_and_ignore_anyone_elses_forwarde
     // (127.0.0.1) is the client.
     for endpoint in ENDPOINTS {
         let answer = ctx
-            .exchange(&ctx.http, endpoint, &ctx.token("office"), ARM, CLIENT, &inside)
+            .exchange(
+                &ctx.http,
+                endpoint,
+                &ctx.token("office"),
+                ARM,
+                CLIENT,
+                &inside,
+            )
             .await;
         expect_refusal(&answer, endpoint, "source_not_allowed");
-        assert!(answer.description().contains("127.0.0.1"), "{}", answer.text);
+        assert!(
+            answer.description().contains("127.0.0.1"),
+            "{}",
+            answer.text
+        );
     }
     // Both addresses are in the audit trail: the forwarded one, and the peer's.
     let deadline = Instant::now() + PATIENCE;
@@ -499,8 +561,13 @@ async fn source_networks_honour_a_trusted_proxy_and_ignore_anyone_elses_forwarde
 #[tokio::test]
 async fn a_maximum_token_age_refuses_old_tokens() {
     let ctx = Ctx::start("").await;
-    ctx.credential("app", CLIENT, "deploy", json!({ "maxTokenAgeSeconds": 120 }))
-        .await;
+    ctx.credential(
+        "app",
+        CLIENT,
+        "deploy",
+        json!({ "maxTokenAgeSeconds": 120 }),
+    )
+    .await;
     ctx.allowed(&ctx.http, "deploy", ARM, &[]).await;
     let now = wif_broker::clock::system();
     let old = |ctx: &Ctx| {
@@ -522,7 +589,11 @@ async fn a_maximum_token_age_refuses_old_tokens() {
     ctx.audited("token_too_old", &ENDPOINTS.map(Endpoint::audited))
         .await;
     let answer = ctx
-        .admin(Method::POST, "/v1/simulate", Some(json!({ "token": old(&ctx) })))
+        .admin(
+            Method::POST,
+            "/v1/simulate",
+            Some(json!({ "token": old(&ctx) })),
+        )
         .await;
     assert_eq!(answer.body["outcome"], "token_too_old", "{}", answer.text);
     assert!(
@@ -569,10 +640,15 @@ async fn validity_dates_bound_temporary_access() {
         .await;
     }
     // The window opens; clearing notAfter ends the time limit.
-    ctx.patch_credential("app", "later", json!({ "notBefore": "2020-01-01T00:00:00Z" }))
-        .await;
+    ctx.patch_credential(
+        "app",
+        "later",
+        json!({ "notBefore": "2020-01-01T00:00:00Z" }),
+    )
+    .await;
     ctx.allowed(&ctx.http, "later", ARM, &[]).await;
-    ctx.patch_credential("app", "over", json!({ "notAfter": null })).await;
+    ctx.patch_credential("app", "over", json!({ "notAfter": null }))
+        .await;
     ctx.allowed(&ctx.http, "over", ARM, &[]).await;
     // A date that is not RFC 3339 is refused in the documented shape.
     let answer = ctx
@@ -584,7 +660,11 @@ async fn validity_dates_bound_temporary_access() {
         .await;
     assert_eq!(answer.status, 400, "{}", answer.text);
     assert_eq!(answer.error(), "invalid_request");
-    assert_eq!(answer.body["details"][0]["field"], "notAfter", "{}", answer.text);
+    assert_eq!(
+        answer.body["details"][0]["field"], "notAfter",
+        "{}",
+        answer.text
+    );
 }
 
 #[tokio::test]
@@ -592,7 +672,8 @@ async fn disabling_a_credential_or_an_identity_refuses_at_once_and_enabling_rest
     let ctx = Ctx::start("").await;
     ctx.credential("app", CLIENT, "main", json!({})).await;
     ctx.allowed(&ctx.http, "main", ARM, &[]).await;
-    ctx.patch_credential("app", "main", json!({ "disabled": true })).await;
+    ctx.patch_credential("app", "main", json!({ "disabled": true }))
+        .await;
     ctx.refused(Refusal {
         http: &ctx.http,
         branch: "main",
@@ -607,7 +688,8 @@ async fn disabling_a_credential_or_an_identity_refuses_at_once_and_enabling_rest
         .await;
     ctx.allowed(&ctx.http, "main", ARM, &[]).await;
 
-    ctx.put_identity("app", CLIENT, json!({ "disabled": true })).await;
+    ctx.put_identity("app", CLIENT, json!({ "disabled": true }))
+        .await;
     ctx.refused(Refusal {
         http: &ctx.http,
         branch: "main",
@@ -659,8 +741,11 @@ disabled = true
     );
     let toml = config(&up, &dir, &dir.sqlite_url(), &extra);
     let broker = Broker::start(&dir, &toml, &[]).await;
-    up.entra
-        .add_fic(TENANT, CLIENT, EmulatedFic::new("off", &up.issuer.url(), &subject("off")));
+    up.entra.add_fic(
+        TENANT,
+        CLIENT,
+        EmulatedFic::new("off", &up.issuer.url(), &subject("off")),
+    );
     let http = support::client();
     let ok = support::exchange(&http, &broker.url(), &up.main_job_token(), STORAGE).await;
     assert_eq!(ok.status, 200, "{}", ok.text);
@@ -672,12 +757,23 @@ disabled = true
     let shown = support::admin(
         &http,
         Method::GET,
-        &format!("{}/v1/identities/deploy/federatedIdentityCredentials/main", broker.url()),
+        &format!(
+            "{}/v1/identities/deploy/federatedIdentityCredentials/main",
+            broker.url()
+        ),
         None,
     )
     .await;
-    assert_eq!(shown.body["sourceNetworks"], json!(["127.0.0.0/8"]), "{}", shown.text);
-    assert_eq!(shown.body["rateLimit"], json!({"perMinute": 60, "burst": 5}));
+    assert_eq!(
+        shown.body["sourceNetworks"],
+        json!(["127.0.0.0/8"]),
+        "{}",
+        shown.text
+    );
+    assert_eq!(
+        shown.body["rateLimit"],
+        json!({"perMinute": 60, "burst": 5})
+    );
     assert_eq!(shown.body["notBefore"], "2020-01-01T00:00:00Z");
 }
 
@@ -692,7 +788,11 @@ async fn until_limited(ctx: &Ctx, endpoint: Endpoint, branch: &str, client: &str
             .await;
         if answer.status != 200 {
             expect_refusal(&answer, endpoint, "rate_limited");
-            return answer.headers["retry-after"].to_str().unwrap().parse().unwrap();
+            return answer.headers["retry-after"]
+                .to_str()
+                .unwrap()
+                .parse()
+                .unwrap();
         }
     }
     panic!("{endpoint:?}: never rate limited");
@@ -704,13 +804,24 @@ async fn recovers(ctx: &Ctx, branch: &str, client: &str, mut retry_after: u64) {
     loop {
         tokio::time::sleep(Duration::from_secs(retry_after)).await;
         let answer = ctx
-            .exchange(&ctx.http, Endpoint::Native, &ctx.token(branch), ARM, client, &[])
+            .exchange(
+                &ctx.http,
+                Endpoint::Native,
+                &ctx.token(branch),
+                ARM,
+                client,
+                &[],
+            )
             .await;
         if answer.status == 200 {
             return;
         }
         expect_refusal(&answer, Endpoint::Native, "rate_limited");
-        retry_after = answer.headers["retry-after"].to_str().unwrap().parse().unwrap();
+        retry_after = answer.headers["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
         assert!(Instant::now() < deadline, "still limited: {}", answer.text);
     }
 }
@@ -727,11 +838,21 @@ async fn rate_limits_answer_429_with_retry_after_and_recover() {
     let events = ctx
         .audited("rate_limited", &ENDPOINTS.map(Endpoint::audited))
         .await;
-    assert!(events.iter().all(|e| e["credential"] == "main"), "{events:?}");
+    assert!(
+        events.iter().all(|e| e["credential"] == "main"),
+        "{events:?}"
+    );
     // Another caller has a bucket of its own.
     ctx.credential("app", CLIENT, "release", json!({})).await;
     let other = ctx
-        .exchange(&ctx.http, Endpoint::Native, &ctx.token("release"), ARM, CLIENT, &[])
+        .exchange(
+            &ctx.http,
+            Endpoint::Native,
+            &ctx.token("release"),
+            ARM,
+            CLIENT,
+            &[],
+        )
         .await;
     assert_eq!(other.status, 200, "{}", other.text);
     let retry_after = until_limited(&ctx, Endpoint::Native, "main", CLIENT).await;
@@ -741,22 +862,46 @@ async fn rate_limits_answer_429_with_retry_after_and_recover() {
     ctx.up
         .entra
         .register_app(AppRegistration::new(TENANT, BUSY_CLIENT));
-    ctx.put_identity("busy", BUSY_CLIENT, json!({ "rateLimit": { "perMinute": 1 } }))
+    ctx.put_identity(
+        "busy",
+        BUSY_CLIENT,
+        json!({ "rateLimit": { "perMinute": 1 } }),
+    )
+    .await;
+    ctx.credential("busy", BUSY_CLIENT, "busy-a", json!({}))
         .await;
-    ctx.credential("busy", BUSY_CLIENT, "busy-a", json!({})).await;
-    ctx.credential("busy", BUSY_CLIENT, "busy-b", json!({})).await;
+    ctx.credential("busy", BUSY_CLIENT, "busy-b", json!({}))
+        .await;
     let first = ctx
-        .exchange(&ctx.http, Endpoint::Native, &ctx.token("busy-a"), ARM, BUSY_CLIENT, &[])
+        .exchange(
+            &ctx.http,
+            Endpoint::Native,
+            &ctx.token("busy-a"),
+            ARM,
+            BUSY_CLIENT,
+            &[],
+        )
         .await;
     assert_eq!(first.status, 200, "{}", first.text);
     let second = ctx
-        .exchange(&ctx.http, Endpoint::Native, &ctx.token("busy-b"), ARM, BUSY_CLIENT, &[])
+        .exchange(
+            &ctx.http,
+            Endpoint::Native,
+            &ctx.token("busy-b"),
+            ARM,
+            BUSY_CLIENT,
+            &[],
+        )
         .await;
     expect_refusal(&second, Endpoint::Native, "rate_limited");
     assert!(second.description().contains("identity"), "{}", second.text);
     // simulate never spends from a bucket, and says so.
     let answer = ctx
-        .admin(Method::POST, "/v1/simulate", Some(json!({ "token": ctx.token("busy-b") })))
+        .admin(
+            Method::POST,
+            "/v1/simulate",
+            Some(json!({ "token": ctx.token("busy-b") })),
+        )
         .await;
     assert_eq!(answer.body["outcome"], "ok", "{}", answer.text);
     assert!(
@@ -791,8 +936,10 @@ struct PgSchema {
 
 impl PgSchema {
     async fn create() -> Option<Self> {
-        let connect =
-            tokio::time::timeout(Duration::from_secs(5), PgConnection::connect(&pg_admin_url()));
+        let connect = tokio::time::timeout(
+            Duration::from_secs(5),
+            PgConnection::connect(&pg_admin_url()),
+        );
         let why = match connect.await {
             Ok(Ok(mut conn)) => {
                 let name = format!(
@@ -1005,13 +1152,17 @@ async fn disable_on_one_replica_is_refused_on_the_other_and_its_cached_tokens_go
     let first = replicas.at_b().await;
     assert_eq!(first.status, 200, "{}", first.text);
     let cached = replicas.at_b().await;
-    assert_eq!(cached.body["access_token"], first.body["access_token"], "B's cache");
+    assert_eq!(
+        cached.body["access_token"], first.body["access_token"],
+        "B's cache"
+    );
     let agent = Agent::start(&replicas.b.url(), &ctx.token("main")).await;
     let from_agent = agent.token(&ctx.http).await;
     assert_eq!(from_agent.status, 200, "agent: {}", from_agent.text);
 
     // Disabled at A; B refuses within its version poll.
-    ctx.put_identity("app", CLIENT, json!({ "disabled": true })).await;
+    ctx.put_identity("app", CLIENT, json!({ "disabled": true }))
+        .await;
     let deadline = Instant::now() + PATIENCE;
     loop {
         let answer = replicas.at_b().await;
@@ -1019,7 +1170,10 @@ async fn disable_on_one_replica_is_refused_on_the_other_and_its_cached_tokens_go
             expect_refusal(&answer, Endpoint::Native, "identity_disabled");
             break;
         }
-        assert!(Instant::now() < deadline, "B still serves a disabled identity");
+        assert!(
+            Instant::now() < deadline,
+            "B still serves a disabled identity"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // The agent serves its cached token at most while its refresh is refused, then never.
@@ -1029,7 +1183,10 @@ async fn disable_on_one_replica_is_refused_on_the_other_and_its_cached_tokens_go
         if answer.status != 200 {
             break;
         }
-        assert!(Instant::now() < deadline, "the agent still serves a revoked token");
+        assert!(
+            Instant::now() < deadline,
+            "the agent still serves a revoked token"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     for _ in 0..3 {
@@ -1045,7 +1202,10 @@ async fn disable_on_one_replica_is_refused_on_the_other_and_its_cached_tokens_go
         if answer.status == 200 {
             break answer;
         }
-        assert!(Instant::now() < deadline, "B does not see the identity enabled");
+        assert!(
+            Instant::now() < deadline,
+            "B does not see the identity enabled"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert_ne!(
@@ -1056,7 +1216,8 @@ async fn disable_on_one_replica_is_refused_on_the_other_and_its_cached_tokens_go
 
 #[tokio::test]
 async fn each_replica_enforces_its_own_bucket() {
-    let Some(replicas) = Replicas::start("[rate_limits]\nsubject_per_minute = 1\nsubject_burst = 2\n").await
+    let Some(replicas) =
+        Replicas::start("[rate_limits]\nsubject_per_minute = 1\nsubject_burst = 2\n").await
     else {
         return;
     };

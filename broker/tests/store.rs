@@ -1200,7 +1200,10 @@ async fn least_privilege_restrictions_are_kept_changed_and_cleared(store: Arc<dy
         ..Restrictions::default()
     };
     store.put_identity(&deploy).await.unwrap();
-    assert_eq!(store.get_identity("deploy").await.unwrap(), Some(deploy.clone()));
+    assert_eq!(
+        store.get_identity("deploy").await.unwrap(),
+        Some(deploy.clone())
+    );
     let mut main = credential("deploy", "main", GITHUB, Some(MAIN));
     main.restrictions = Restrictions {
         disabled: true,
@@ -1222,14 +1225,29 @@ async fn least_privilege_restrictions_are_kept_changed_and_cleared(store: Arc<dy
     main.restrictions.disabled = false;
     main.restrictions.not_after = None;
     store.update_credential(&main).await.unwrap();
-    assert_eq!(store.list_credentials(Some("deploy")).await.unwrap(), vec![main.clone()]);
+    assert_eq!(
+        store.list_credentials(Some("deploy")).await.unwrap(),
+        vec![main.clone()]
+    );
     main.restrictions = Restrictions::default();
     store.update_credential(&main).await.unwrap();
-    let read = store.get_credential("deploy", "main").await.unwrap().unwrap();
+    let read = store
+        .get_credential("deploy", "main")
+        .await
+        .unwrap()
+        .unwrap();
     assert!(read.restrictions.is_empty());
     deploy.restrictions = Restrictions::default();
     store.put_identity(&deploy).await.unwrap();
-    assert!(store.get_identity("deploy").await.unwrap().unwrap().restrictions.is_empty());
+    assert!(
+        store
+            .get_identity("deploy")
+            .await
+            .unwrap()
+            .unwrap()
+            .restrictions
+            .is_empty()
+    );
 }
 
 async fn a_broker_assertion_subject_is_kept_and_cleared(store: Arc<dyn Store>) {

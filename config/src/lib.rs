@@ -231,7 +231,7 @@ impl RateLimit {
     /// `per_minute` and `burst` as given, `None` for "no limit" (0 a minute); a burst of 0
     /// means `per_minute`.
     pub fn new(per_minute: u32, burst: u32) -> Option<Self> {
-        (per_minute > 0).then(|| Self {
+        (per_minute > 0).then_some(Self {
             per_minute,
             burst: if burst == 0 { per_minute } else { burst },
         })

@@ -19,9 +19,9 @@ impl Cidr {
             Some((addr, prefix)) => (addr, Some(prefix)),
             None => (text, None),
         };
-        let network: IpAddr = addr
-            .parse()
-            .map_err(|_| format!("`{text}` is not an IP network such as 10.0.0.0/8 or 2001:db8::/32"))?;
+        let network: IpAddr = addr.parse().map_err(|_| {
+            format!("`{text}` is not an IP network such as 10.0.0.0/8 or 2001:db8::/32")
+        })?;
         let max = if network.is_ipv4() { 32 } else { 128 };
         let prefix = match prefix {
             None => max,
@@ -46,7 +46,9 @@ impl Cidr {
     fn masked(&self, addr: IpAddr) -> IpAddr {
         match addr {
             IpAddr::V4(a) => {
-                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
                 IpAddr::V4((u32::from(a) & mask).into())
             }
             IpAddr::V6(a) => {
@@ -108,8 +110,16 @@ mod tests {
 
     #[test]
     fn mistakes_are_named() {
-        assert!(Cidr::parse("10.0.0.1/8").unwrap_err().contains("10.0.0.0/8"));
+        assert!(
+            Cidr::parse("10.0.0.1/8")
+                .unwrap_err()
+                .contains("10.0.0.0/8")
+        );
         assert!(Cidr::parse("10.0.0.0/33").unwrap_err().contains("0 to 32"));
-        assert!(Cidr::parse("intranet").unwrap_err().contains("not an IP network"));
+        assert!(
+            Cidr::parse("intranet")
+                .unwrap_err()
+                .contains("not an IP network")
+        );
     }
 }

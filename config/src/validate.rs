@@ -510,9 +510,21 @@ fn federated_credential(
         UrlShape::Issuer,
         loopback_http,
     );
-    scopes(p, &format!("{at}.allowed_scopes"), &credential.allowed_scopes);
-    networks(p, &format!("{at}.source_networks"), &credential.source_networks);
-    rate_limit(p, &format!("{at}.rate_limit"), credential.rate_limit.as_ref());
+    scopes(
+        p,
+        &format!("{at}.allowed_scopes"),
+        &credential.allowed_scopes,
+    );
+    networks(
+        p,
+        &format!("{at}.source_networks"),
+        &credential.source_networks,
+    );
+    rate_limit(
+        p,
+        &format!("{at}.rate_limit"),
+        credential.rate_limit.as_ref(),
+    );
     if credential.max_token_age_secs == Some(0) {
         p.push(
             format!("{at}.max_token_age_secs"),

@@ -78,12 +78,21 @@ mod tests {
         let proxies = [Cidr::parse("10.0.0.0/8").unwrap()];
         let ip = |s: &str| Some(s.parse::<IpAddr>().unwrap());
         let spoofed = headers(&["192.0.2.1"]);
-        assert_eq!(resolve(ip("203.0.113.9"), &spoofed, &proxies), ip("203.0.113.9"));
+        assert_eq!(
+            resolve(ip("203.0.113.9"), &spoofed, &proxies),
+            ip("203.0.113.9")
+        );
         assert_eq!(resolve(ip("10.0.0.2"), &spoofed, &proxies), ip("192.0.2.1"));
         // The client prepended a fake; the proxy appended what it saw.
         let chain = headers(&["192.0.2.1, 198.51.100.7", "10.0.0.5"]);
-        assert_eq!(resolve(ip("10.0.0.2"), &chain, &proxies), ip("198.51.100.7"));
-        assert_eq!(resolve(ip("10.0.0.2"), &headers(&[]), &proxies), ip("10.0.0.2"));
+        assert_eq!(
+            resolve(ip("10.0.0.2"), &chain, &proxies),
+            ip("198.51.100.7")
+        );
+        assert_eq!(
+            resolve(ip("10.0.0.2"), &headers(&[]), &proxies),
+            ip("10.0.0.2")
+        );
         assert_eq!(resolve(ip("10.0.0.2"), &headers(&["junk"]), &proxies), None);
         assert_eq!(resolve(None, &spoofed, &proxies), None);
     }

@@ -16,8 +16,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use utoipa::ToSchema;
 
-use super::error::current_request_id;
 use super::client_address::ClientAddress;
+use super::error::current_request_id;
 use super::exchange::read_params;
 use super::{ApiError, AppState};
 use crate::exchange::ExchangeRequest;

@@ -388,10 +388,20 @@ pub struct CredentialFields {
     pub disabled: Option<bool>,
     /// Scopes tokens matched by this credential may be asked for (comma separated; `*`
     /// wildcards). Default: the identity's.
-    #[arg(long, value_delimiter = ',', value_name = "SCOPE", conflicts_with = "parameters")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_name = "SCOPE",
+        conflicts_with = "parameters"
+    )]
     pub allowed_scopes: Option<Vec<String>>,
     /// Networks (CIDR, comma separated) exchanges must come from.
-    #[arg(long, value_delimiter = ',', value_name = "CIDR", conflicts_with = "parameters")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_name = "CIDR",
+        conflicts_with = "parameters"
+    )]
     pub source_networks: Option<Vec<String>>,
     /// Refuse tokens issued longer ago than this many seconds.
     #[arg(long, value_name = "SECONDS", conflicts_with = "parameters")]

@@ -159,16 +159,14 @@ impl Conditions {
     /// `disabled`, `allowedScopes` and `rateLimit`.
     pub fn new(restrictions: Restrictions, credential: bool) -> Result<Self, Vec<Violation>> {
         let mut problems = Vec::new();
-        let mut problem = |field: &'static str, message: String| {
-            problems.push(Violation { field, message })
-        };
+        let mut problem =
+            |field: &'static str, message: String| problems.push(Violation { field, message });
         let r = &restrictions;
         if r.allowed_scopes.len() > MAX_ENTRIES {
             problem("allowedScopes", format!("at most {MAX_ENTRIES} entries"));
         }
         for scope in &r.allowed_scopes {
-            if scope.trim().is_empty() || scope.contains(char::is_whitespace) || scope.len() > 512
-            {
+            if scope.trim().is_empty() || scope.contains(char::is_whitespace) || scope.len() > 512 {
                 problem(
                     "allowedScopes",
                     format!(
@@ -417,12 +415,13 @@ pub fn choose_credential(
             }
         }
     }
-    match admitting.iter().find(|c| !c.one_time_use).or(admitting.first()) {
+    match admitting
+        .iter()
+        .find(|c| !c.one_time_use)
+        .or(admitting.first())
+    {
         Some(c) => Ok((*c).clone()),
-        None => Err(refused.unwrap_or((
-            Refusal::IdentityDisabled(identity.name.clone()),
-            None,
-        ))),
+        None => Err(refused.unwrap_or((Refusal::IdentityDisabled(identity.name.clone()), None))),
     }
 }
 
@@ -469,7 +468,10 @@ mod tests {
         assert!(scope_allowed(storage, storage));
         assert!(scope_allowed("https://storage.azure.com", storage));
         assert!(scope_allowed("HTTPS://Storage.azure.com/.default", storage));
-        assert!(!scope_allowed(storage, "https://management.azure.com/.default"));
+        assert!(!scope_allowed(
+            storage,
+            "https://management.azure.com/.default"
+        ));
         assert!(scope_allowed(
             "https://*.vault.azure.net/.default",
             "https://contoso.vault.azure.net/.default"
@@ -605,6 +607,9 @@ mod tests {
             not_after: Some(10),
             ..Default::default()
         };
-        assert_eq!(Conditions::new(bad_dates, true).unwrap_err()[0].field, "notAfter");
+        assert_eq!(
+            Conditions::new(bad_dates, true).unwrap_err()[0].field,
+            "notAfter"
+        );
     }
 }

@@ -429,8 +429,8 @@ impl Declared {
                     }));
                     continue;
                 }
-                let conditions = Restrictions::of_credential(fc)
-                    .and_then(|r| Conditions::new(r, true));
+                let conditions =
+                    Restrictions::of_credential(fc).and_then(|r| Conditions::new(r, true));
                 match (build_credential(&identity, &spec), conditions) {
                     (Ok(c), Ok(conditions)) => credentials.push(Credential { conditions, ..c }),
                     (Err(message), _) => problems.push(BuildProblem { key, message }),

@@ -167,11 +167,14 @@ fn restrictions_of(form: &Form) -> Result<Restrictions, Vec<DraftProblem>> {
         if text.is_empty() {
             return None;
         }
-        text.parse().map_err(|_| problems.push(DraftProblem {
-            field: name.to_owned(),
-            message: format!("{name}: {:?} is not a whole number", Untrusted::new(text)),
-        }))
-        .ok()
+        text.parse()
+            .map_err(|_| {
+                problems.push(DraftProblem {
+                    field: name.to_owned(),
+                    message: format!("{name}: {:?} is not a whole number", Untrusted::new(text)),
+                })
+            })
+            .ok()
     };
     let max_token_age_seconds = number("max_token_age");
     let per_minute = number("rate_per_minute");
@@ -179,10 +182,12 @@ fn restrictions_of(form: &Form) -> Result<Restrictions, Vec<DraftProblem>> {
     let mut time = |name: &str| -> Option<u64> {
         form.optional(name).and_then(|t| {
             parse_time(&t)
-                .map_err(|message| problems.push(DraftProblem {
-                    field: name.to_owned(),
-                    message,
-                }))
+                .map_err(|message| {
+                    problems.push(DraftProblem {
+                        field: name.to_owned(),
+                        message,
+                    })
+                })
                 .ok()
         })
     };
@@ -219,12 +224,21 @@ fn control_pairs(r: &Restrictions) -> Vec<(String, String)> {
             pairs.push((name.to_owned(), value));
         }
     };
-    push("disabled", if r.disabled { "on".into() } else { String::new() });
+    push(
+        "disabled",
+        if r.disabled {
+            "on".into()
+        } else {
+            String::new()
+        },
+    );
     push("allowed_scopes", r.allowed_scopes.join(", "));
     push("source_networks", r.source_networks.join(", "));
     push(
         "max_token_age",
-        r.max_token_age_seconds.map(|n| n.to_string()).unwrap_or_default(),
+        r.max_token_age_seconds
+            .map(|n| n.to_string())
+            .unwrap_or_default(),
     );
     push("not_before", r.not_before.map(rfc3339).unwrap_or_default());
     push("not_after", r.not_after.map(rfc3339).unwrap_or_default());
@@ -266,8 +280,20 @@ fn controls_fieldset(form: &Form) -> String {
             "600",
             "Refuse tokens issued longer ago."
         ),
-        from = field(form, "not_before", "Not before", "2026-12-01T08:00:00Z", "RFC 3339."),
-        until = field(form, "not_after", "Not after", "2026-12-15T18:00:00Z", "RFC 3339."),
+        from = field(
+            form,
+            "not_before",
+            "Not before",
+            "2026-12-01T08:00:00Z",
+            "RFC 3339."
+        ),
+        until = field(
+            form,
+            "not_after",
+            "Not after",
+            "2026-12-15T18:00:00Z",
+            "RFC 3339."
+        ),
         rate = field(
             form,
             "rate_per_minute",
@@ -275,7 +301,13 @@ fn controls_fieldset(form: &Form) -> String {
             "60",
             "On each broker replica. Empty: the [rate_limits] default."
         ),
-        burst = field(form, "rate_burst", "Burst", "10", "Default: the rate per minute."),
+        burst = field(
+            form,
+            "rate_burst",
+            "Burst",
+            "10",
+            "Default: the rate per minute."
+        ),
     )
 }
 

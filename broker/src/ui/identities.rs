@@ -536,7 +536,11 @@ pub async fn create(
                 ),
             ));
         }
-        let input = fields.input(wif_config::AssertionSource::default(), None, Default::default())?;
+        let input = fields.input(
+            wif_config::AssertionSource::default(),
+            None,
+            Default::default(),
+        )?;
         Ok(console.app.admin.put_identity(&fields.name, input).await?)
     }
     .await;
