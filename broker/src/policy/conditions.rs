@@ -240,8 +240,9 @@ impl Conditions {
 #[derive(Debug, Clone, Copy)]
 pub struct Attempt<'a> {
     pub now: u64,
-    /// The token's `iat`.
-    pub issued_at: u64,
+    /// The token's `iat`, when it has one (a token without it is of unknown age, which
+    /// no maximum age admits).
+    pub issued_at: Option<u64>,
     /// Normalised to `<resource>/.default`; `None` (only in `simulate`): not judged.
     pub scope: Option<&'a str>,
     /// The client's address (docs/configuration.md, `trusted_proxies`); `None` when
@@ -267,11 +268,12 @@ pub enum Refusal {
     )]
     SourceNotAllowed { credential: String, client: String },
     #[error(
-        "the token was issued {age} s ago; federated credential {credential:?} admits tokens at most {max} s old"
+        "the token was issued {}; federated credential {credential:?} admits tokens at most {max} s old",
+        .age.map_or_else(|| "at an unknown time (it has no iat)".to_owned(), |a| format!("{a} s ago"))
     )]
     TokenTooOld {
         credential: String,
-        age: u64,
+        age: Option<u64>,
         max: u64,
     },
     #[error("scope {scope} is not among the scopes {owner} allows: {}", .allowed.join(", "))]
@@ -362,8 +364,8 @@ pub fn admit(
         });
     }
     if let Some(max) = r.max_token_age_seconds {
-        let age = attempt.now.saturating_sub(attempt.issued_at);
-        if age > max {
+        let age = attempt.issued_at.map(|iat| attempt.now.saturating_sub(iat));
+        if age.is_none_or(|age| age > max) {
             return Err(Refusal::TokenTooOld {
                 credential: name.to_owned(),
                 age,
@@ -496,7 +498,7 @@ mod tests {
         let open = Conditions::default();
         let attempt = Attempt {
             now: 1_000,
-            issued_at: 990,
+            issued_at: Some(990),
             scope: Some("https://management.azure.com/.default"),
             client: Some("10.1.2.3".parse().unwrap()),
             judge_source: true,
@@ -549,6 +551,18 @@ mod tests {
             let got = admit(("id", &open), ("cred", &conditions(r)), &attempt).unwrap_err();
             assert_eq!(got.code(), code);
         }
+        // A token without `iat` is of unknown age: no maximum admits it.
+        let aged = conditions(Restrictions {
+            max_token_age_seconds: Some(3600),
+            ..Default::default()
+        });
+        let no_iat = Attempt {
+            issued_at: None,
+            ..attempt
+        };
+        let refused = admit(("id", &open), ("cred", &aged), &no_iat).unwrap_err();
+        assert_eq!(refused.code(), "token_too_old");
+        assert!(refused.to_string().contains("no iat"), "{refused}");
         let disabled = conditions(Restrictions {
             disabled: true,
             ..Default::default()
@@ -578,7 +592,7 @@ mod tests {
         });
         let mut attempt = Attempt {
             now: 0,
-            issued_at: 0,
+            issued_at: Some(0),
             scope: Some("https://management.azure.com/.default"),
             client: None,
             judge_source: true,
