@@ -1233,3 +1233,218 @@ async fn each_replica_enforces_its_own_bucket() {
     }
     expect_refusal(&replicas.at_b().await, Endpoint::Native, "rate_limited");
 }
+
+// ---------------------------------------------------------------------------------------
+// The console
+
+/// The console over plain HTTP: cookies kept by hand, no redirect followed.
+struct Ui {
+    base: String,
+    http: reqwest::Client,
+    cookies: Vec<(String, String)>,
+}
+
+impl Ui {
+    fn new(base: String) -> Self {
+        Self {
+            base,
+            http: reqwest::Client::builder()
+                .no_proxy()
+                .redirect(reqwest::redirect::Policy::none())
+                .timeout(Duration::from_secs(30))
+                .build()
+                .unwrap(),
+            cookies: Vec::new(),
+        }
+    }
+
+    async fn send(&mut self, request: reqwest::RequestBuilder) -> (u16, String) {
+        let cookies: Vec<String> = self
+            .cookies
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        let request = if cookies.is_empty() {
+            request
+        } else {
+            request.header("cookie", cookies.join("; "))
+        };
+        let response = request.send().await.unwrap();
+        for value in response.headers().get_all("set-cookie") {
+            let value = value.to_str().unwrap();
+            let pair = value.split(';').next().unwrap();
+            let (name, v) = pair.split_once('=').unwrap();
+            self.cookies.retain(|(k, _)| k != name);
+            if !value.contains("Max-Age=0") {
+                self.cookies.push((name.to_owned(), v.to_owned()));
+            }
+        }
+        (response.status().as_u16(), response.text().await.unwrap())
+    }
+
+    async fn get(&mut self, path: &str) -> (u16, String) {
+        let request = self.http.get(format!("{}{path}", self.base));
+        self.send(request).await
+    }
+
+    async fn post(&mut self, path: &str, form: &[(&str, &str)]) -> (u16, String) {
+        let request = self.http.post(format!("{}{path}", self.base)).form(form);
+        self.send(request).await
+    }
+
+    fn csrf_of(page: &str) -> String {
+        let marker = "name=\"csrf\" value=\"";
+        let start = page.find(marker).expect("a csrf field") + marker.len();
+        page[start..start + page[start..].find('"').unwrap()].to_owned()
+    }
+
+    /// Signs in with the admin token; returns the session's CSRF token.
+    async fn sign_in(&mut self) -> String {
+        let (_, login) = self.get("/ui/login").await;
+        let csrf = Self::csrf_of(&login);
+        let (status, body) = self
+            .post(
+                "/ui/login",
+                &[
+                    ("csrf", &csrf),
+                    ("next", "/ui/identities"),
+                    ("token", support::ADMIN_TOKEN),
+                ],
+            )
+            .await;
+        assert_eq!(status, 303, "sign-in: {body}");
+        let (status, page) = self.get("/ui/identities").await;
+        assert_eq!(status, 200, "{page}");
+        Self::csrf_of(&page)
+    }
+}
+
+#[tokio::test]
+async fn the_console_sets_shows_and_tests_the_controls() {
+    let ctx = Ctx::start("").await;
+    let mut ui = Ui::new(ctx.broker.url());
+    let csrf = ui.sign_in().await;
+    let issuer = ctx.up.issuer.url();
+    let console_subject = subject("console");
+    let mut wizard = vec![
+        ("csrf", csrf.as_str()),
+        ("identity", "app"),
+        ("scenario", "other"),
+        ("name", "console"),
+        ("other_issuer", issuer.as_str()),
+        ("other_mode", "subject"),
+        ("other_subject", console_subject.as_str()),
+        ("audience", "api://AzureADTokenExchange"),
+        ("allowed_scopes", STORAGE),
+        ("max_token_age", "600"),
+        ("not_after", "2999-01-01T00:00:00Z"),
+    ];
+    // A date that is not RFC 3339 is a problem of the form, nothing is saved.
+    let mut bad = wizard.clone();
+    bad.retain(|(k, _)| *k != "not_after");
+    bad.push(("not_after", "soon"));
+    let (status, page) = ui.post("/ui/identities/app/credentials", &bad).await;
+    assert_eq!(status, 400, "{page}");
+    assert!(page.contains("RFC 3339"), "{page}");
+    let (status, page) = ui.post("/ui/identities/app/credentials", &wizard).await;
+    assert_eq!(status, 303, "{page}");
+    ctx.up.entra.add_fic(
+        TENANT,
+        CLIENT,
+        EmulatedFic::new("console", &issuer, &console_subject),
+    );
+    let shown = ctx
+        .admin(
+            Method::GET,
+            "/v1/identities/app/federatedIdentityCredentials/console",
+            None,
+        )
+        .await;
+    assert_eq!(
+        shown.body["allowedScopes"],
+        json!([STORAGE]),
+        "{}",
+        shown.text
+    );
+    assert_eq!(shown.body["maxTokenAgeSeconds"], 600);
+    assert_eq!(shown.body["notAfter"], "2999-01-01T00:00:00Z");
+    let refused = ctx
+        .exchange(
+            &ctx.http,
+            Endpoint::Native,
+            &ctx.token("console"),
+            ARM,
+            CLIENT,
+            &[],
+        )
+        .await;
+    expect_refusal(&refused, Endpoint::Native, "scope_not_allowed");
+
+    // The edit page shows the controls; saving it keeps them, and can disable.
+    let (status, edit) = ui.get("/ui/identities/app/credentials/console/edit").await;
+    assert_eq!(status, 200, "{edit}");
+    assert!(edit.contains("value=\"2999-01-01T00:00:00Z\""), "{edit}");
+    assert!(edit.contains(&format!("value=\"{STORAGE}\"")), "{edit}");
+    wizard.push(("disabled", "on"));
+    let (status, page) = ui
+        .post("/ui/identities/app/credentials/console", &wizard)
+        .await;
+    assert_eq!(status, 303, "{page}");
+    let answer = ctx
+        .exchange(
+            &ctx.http,
+            Endpoint::Native,
+            &ctx.token("console"),
+            STORAGE,
+            CLIENT,
+            &[],
+        )
+        .await;
+    expect_refusal(&answer, Endpoint::Native, "credential_disabled");
+    let (_, detail) = ui.get("/ui/identities/app").await;
+    assert!(detail.contains(">disabled</span>"), "{detail}");
+
+    // "Test it" names the control.
+    let token = ctx.token("console");
+    let (status, tested) = ui
+        .post(
+            "/ui/test",
+            &[
+                ("csrf", &csrf),
+                ("mode", "token"),
+                ("token", &token),
+                ("scope", ARM),
+            ],
+        )
+        .await;
+    assert_eq!(status, 200, "{tested}");
+    assert!(tested.contains("credential_disabled"), "{tested}");
+
+    // The identity form's kill switch.
+    let (status, page) = ui
+        .post(
+            "/ui/identities/app",
+            &[
+                ("csrf", &csrf),
+                ("name", "app"),
+                ("tenant_id", TENANT),
+                ("client_id", CLIENT),
+                ("disabled", "on"),
+            ],
+        )
+        .await;
+    assert_eq!(status, 303, "{page}");
+    let answer = ctx
+        .exchange(
+            &ctx.http,
+            Endpoint::Native,
+            &ctx.token("console"),
+            STORAGE,
+            CLIENT,
+            &[],
+        )
+        .await;
+    expect_refusal(&answer, Endpoint::Native, "identity_disabled");
+    let shown = ctx.admin(Method::GET, "/v1/identities/app", None).await;
+    assert_eq!(shown.body["disabled"], true, "{}", shown.text);
+}
