@@ -780,19 +780,21 @@ disabled = true
 // ---------------------------------------------------------------------------------------
 // Rate limits
 
-/// Exchanges on `endpoint` until one is refused 429; returns its `Retry-After`.
-async fn until_limited(ctx: &Ctx, endpoint: Endpoint, branch: &str, client: &str) -> u64 {
-    for _ in 0..20 {
+/// Exchanges on `endpoint` until one is refused 429; returns how many were allowed
+/// before it, and its `Retry-After`.
+async fn until_limited(ctx: &Ctx, endpoint: Endpoint, branch: &str, client: &str) -> (u32, u64) {
+    for allowed in 0..20 {
         let answer = ctx
             .exchange(&ctx.http, endpoint, &ctx.token(branch), ARM, client, &[])
             .await;
         if answer.status != 200 {
             expect_refusal(&answer, endpoint, "rate_limited");
-            return answer.headers["retry-after"]
+            let retry_after = answer.headers["retry-after"]
                 .to_str()
                 .unwrap()
                 .parse()
                 .unwrap();
+            return (allowed, retry_after);
         }
     }
     panic!("{endpoint:?}: never rate limited");
@@ -830,19 +832,31 @@ async fn recovers(ctx: &Ctx, branch: &str, client: &str, mut retry_after: u64) {
 async fn rate_limits_answer_429_with_retry_after_and_recover() {
     // Each caller (issuer and subject): 6 a minute, 2 at once; a credential may set its own.
     let ctx = Ctx::start("[rate_limits]\nsubject_per_minute = 6\nsubject_burst = 2\n").await;
-    ctx.credential("app", CLIENT, "main", json!({})).await;
-    for endpoint in ENDPOINTS {
-        let retry_after = until_limited(&ctx, endpoint, "main", CLIENT).await;
+    // One caller per endpoint: each is allowed its burst (at least 2, more only when a
+    // slow exchange let the bucket refill), then refused.
+    let callers = [
+        (Endpoint::Native, "main"),
+        (Endpoint::Rfc8693, "exchange"),
+        (Endpoint::EntraCompat, "compat"),
+    ];
+    for (endpoint, branch) in callers {
+        ctx.credential("app", CLIENT, branch, json!({})).await;
+        let (allowed, retry_after) = until_limited(&ctx, endpoint, branch, CLIENT).await;
+        assert!(allowed >= 2, "{endpoint:?}: only {allowed} allowed");
         assert!(retry_after <= 10, "Retry-After {retry_after}");
     }
     let events = ctx
         .audited("rate_limited", &ENDPOINTS.map(Endpoint::audited))
         .await;
-    assert!(
-        events.iter().all(|e| e["credential"] == "main"),
-        "{events:?}"
-    );
-    // Another caller has a bucket of its own.
+    for (endpoint, branch) in callers {
+        assert!(
+            events
+                .iter()
+                .any(|e| e["endpoint"] == endpoint.audited() && e["credential"] == branch),
+            "{events:?}"
+        );
+    }
+    // Each caller has a bucket of its own.
     ctx.credential("app", CLIENT, "release", json!({})).await;
     let other = ctx
         .exchange(
@@ -855,7 +869,7 @@ async fn rate_limits_answer_429_with_retry_after_and_recover() {
         )
         .await;
     assert_eq!(other.status, 200, "{}", other.text);
-    let retry_after = until_limited(&ctx, Endpoint::Native, "main", CLIENT).await;
+    let (_, retry_after) = until_limited(&ctx, Endpoint::Native, "main", CLIENT).await;
     recovers(&ctx, "main", CLIENT, retry_after).await;
 
     // An identity's own limit is shared by all its callers.
