@@ -155,3 +155,75 @@ impl TokenCache {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use super::*;
+
+    fn answer(
+        result: Result<BrokerToken, BrokerError>,
+    ) -> impl FnOnce() -> Box<
+        dyn Fn() -> std::pin::Pin<
+                Box<dyn std::future::Future<Output = Result<BrokerToken, BrokerError>> + Send>,
+            > + Send
+            + Sync,
+    > {
+        move || {
+            Box::new(move || {
+                let result = result.clone();
+                Box::pin(async move { result })
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_revoking_refusal_of_a_refresh_drops_the_cached_token() {
+        let clock = wif_broker::clock::system();
+        // Every hit is inside the refresh window, so every hit asks the broker again.
+        let cache = TokenCache::new(clock.clone(), 300, 1_000_000);
+        let key = Key {
+            selector: Selector::default(),
+            resource: "https://management.azure.com".into(),
+        };
+        let token = BrokerToken {
+            access_token: "cached".into(),
+            expires_on: clock.now() + 3600,
+            client_id: "c".into(),
+            tenant_id: "t".into(),
+        };
+        let (_, outcome) = cache
+            .get(key.clone(), answer(Ok(token.clone())))
+            .await
+            .unwrap();
+        assert_eq!(outcome, Outcome::Miss);
+        let disabled = BrokerError::Refused {
+            status: 403,
+            code: "identity_disabled".into(),
+            description: "identity \"app\" is disabled".into(),
+        };
+        assert!(disabled.revokes());
+        assert!(!BrokerError::Unavailable("down".into()).revokes());
+        // The hit that starts the refused refresh is still answered from the cache...
+        let (served, _) = cache
+            .get(key.clone(), answer(Err(disabled.clone())))
+            .await
+            .unwrap();
+        assert_eq!(served.access_token, "cached");
+        // ...and then the token is gone: the next request meets the refusal.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while cache.tokens.get(&key).await.is_some() {
+            assert!(
+                Instant::now() < deadline,
+                "the revoked token is still cached"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let refused = cache
+            .get(key.clone(), answer(Err(disabled.clone())))
+            .await
+            .unwrap_err();
+        assert_eq!(*refused, disabled);
+    }
+}
