@@ -162,14 +162,13 @@ mod tests {
 
     use super::*;
 
-    fn answer(
-        result: Result<BrokerToken, BrokerError>,
-    ) -> impl FnOnce() -> Box<
-        dyn Fn() -> std::pin::Pin<
-                Box<dyn std::future::Future<Output = Result<BrokerToken, BrokerError>> + Send>,
-            > + Send
-            + Sync,
-    > {
+    type Answer = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<BrokerToken, BrokerError>> + Send>,
+    >;
+    type Fetch = Box<dyn Fn() -> Answer + Send + Sync>;
+
+    /// A fetch that always answers `result`, as `get` wants it.
+    fn answer(result: Result<BrokerToken, BrokerError>) -> impl FnOnce() -> Fetch {
         move || {
             Box::new(move || {
                 let result = result.clone();
