@@ -166,7 +166,10 @@ impl Conditions {
             problem("allowedScopes", format!("at most {MAX_ENTRIES} entries"));
         }
         for scope in &r.allowed_scopes {
-            if scope.trim().is_empty() || scope.contains(char::is_whitespace) || scope.len() > 512 {
+            if scope.trim().is_empty()
+                || scope.contains(|c: char| c.is_whitespace() || c.is_control())
+                || scope.len() > 512
+            {
                 problem(
                     "allowedScopes",
                     format!(
