@@ -201,6 +201,8 @@ mod tests {
             status: 403,
             code: "identity_disabled".into(),
             description: "identity \"app\" is disabled".into(),
+            broker: "http://127.0.0.1:8080".into(),
+            request_id: "r-1".into(),
         };
         assert!(disabled.revokes());
         assert!(!BrokerError::Unavailable("down".into()).revokes());

@@ -1452,6 +1452,10 @@ mod incremental {
                         assertion_subject: subjects[rng.pick(subjects.len())].map(str::to_owned),
                         created_at: 1,
                         updated_at: step,
+                        restrictions: crate::policy::conditions::Restrictions {
+                            disabled: rng.pick(4) == 0,
+                            ..Default::default()
+                        },
                     };
                     identities.retain(|i| i.name != name);
                     identities.push(row);
@@ -1507,6 +1511,13 @@ mod incremental {
                         one_time_use: rng.pick(2) == 0,
                         created_at: 1,
                         updated_at: step,
+                        restrictions: crate::policy::conditions::Restrictions {
+                            allowed_scopes: match rng.pick(3) {
+                                0 => vec!["https://storage.azure.com/.default".into()],
+                                _ => Vec::new(),
+                            },
+                            ..Default::default()
+                        },
                     });
                     credentials.sort_by(|a, b| (&a.identity, &a.name).cmp(&(&b.identity, &b.name)));
                     StoredChange::Credential {
