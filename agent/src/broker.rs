@@ -46,6 +46,26 @@ pub enum BrokerError {
     },
 }
 
+/// The broker's refusals that mean the identity may no longer be acted as through this
+/// token: disabled, deleted, or out of its credential's validity or scopes.
+const REVOKED: &[&str] = &[
+    "identity_disabled",
+    "credential_disabled",
+    "credential_expired",
+    "no_matching_credential",
+    "identity_not_allowed",
+    "unknown_issuer",
+    "scope_not_allowed",
+];
+
+impl BrokerError {
+    /// Whether the broker refused because access was revoked (docs/security.md,
+    /// "Revocation"): a token cached for the same request must not be served again.
+    pub fn revokes(&self) -> bool {
+        matches!(self, BrokerError::Refused { code, .. } if REVOKED.contains(&code.as_str()))
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ClientSetupError {
     #[error("cannot read {path}: {reason}")]

@@ -1,7 +1,8 @@
 //! Tokens per (identity selector, resource). A hit answers at once; inside the refresh
 //! window one background refresh runs; a token with less than the floor left is never
 //! handed out. When the broker cannot be reached, cached tokens keep flowing until they
-//! reach the floor.
+//! reach the floor. When a refresh is refused because the identity or credential was
+//! disabled or deleted, the cached token is dropped at once.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -136,6 +137,12 @@ impl TokenCache {
         tokio::spawn(async move {
             match fetch().await {
                 Ok(token) => tokens.insert(key.clone(), Arc::new(token)).await,
+                // The identity or credential was disabled or deleted: the cached token is
+                // not handed out again (docs/security.md, "Revocation").
+                Err(e) if e.revokes() => {
+                    tracing::warn!(error = %e, "the broker revoked this identity; dropped its cached token");
+                    tokens.invalidate(&key).await;
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "background refresh failed; the cached token keeps serving");
                     // Not again for a while: a down broker is not asked on every request.
@@ -146,5 +153,78 @@ impl TokenCache {
                 running.remove(&key);
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use super::*;
+
+    type Answer = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<BrokerToken, BrokerError>> + Send>,
+    >;
+    type Fetch = Box<dyn Fn() -> Answer + Send + Sync>;
+
+    /// A fetch that always answers `result`, as `get` wants it.
+    fn answer(result: Result<BrokerToken, BrokerError>) -> impl FnOnce() -> Fetch {
+        move || {
+            Box::new(move || {
+                let result = result.clone();
+                Box::pin(async move { result })
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_revoking_refusal_of_a_refresh_drops_the_cached_token() {
+        let clock = wif_broker::clock::system();
+        // Every hit is inside the refresh window, so every hit asks the broker again.
+        let cache = TokenCache::new(clock.clone(), 300, 1_000_000);
+        let key = Key {
+            selector: Selector::default(),
+            resource: "https://management.azure.com".into(),
+        };
+        let token = BrokerToken {
+            access_token: "cached".into(),
+            expires_on: clock.now() + 3600,
+            client_id: "c".into(),
+            tenant_id: "t".into(),
+        };
+        let (_, outcome) = cache
+            .get(key.clone(), answer(Ok(token.clone())))
+            .await
+            .unwrap();
+        assert_eq!(outcome, Outcome::Miss);
+        let disabled = BrokerError::Refused {
+            status: 403,
+            code: "identity_disabled".into(),
+            description: "identity \"app\" is disabled".into(),
+            broker: "http://127.0.0.1:8080".into(),
+            request_id: "r-1".into(),
+        };
+        assert!(disabled.revokes());
+        assert!(!BrokerError::Unavailable("down".into()).revokes());
+        // The hit that starts the refused refresh is still answered from the cache...
+        let (served, _) = cache
+            .get(key.clone(), answer(Err(disabled.clone())))
+            .await
+            .unwrap();
+        assert_eq!(served.access_token, "cached");
+        // ...and then the token is gone: the next request meets the refusal.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while cache.tokens.get(&key).await.is_some() {
+            assert!(
+                Instant::now() < deadline,
+                "the revoked token is still cached"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let refused = cache
+            .get(key.clone(), answer(Err(disabled.clone())))
+            .await
+            .unwrap_err();
+        assert_eq!(*refused, disabled);
     }
 }

@@ -12,6 +12,7 @@ use wif_config::{AssertionSource, Cloud};
 
 use crate::exchange::Broker;
 use crate::outbound;
+use crate::policy::conditions::{Conditions, Restrictions};
 use crate::policy::rules::{self, CredentialSpec, RuleOptions, Violation};
 use crate::store::{PutOutcome, StoreError, StoredCredential, StoredIdentity};
 
@@ -77,6 +78,8 @@ pub struct IdentityInput {
     pub authority_host: Option<String>,
     pub assertion: AssertionSource,
     pub assertion_subject: Option<String>,
+    /// Disabled, allowed scopes, rate limit (docs/admin.md, "Least privilege").
+    pub restrictions: Restrictions,
 }
 
 /// A credential as written through the API, after a PATCH was merged.
@@ -89,6 +92,8 @@ pub struct CredentialInput {
     pub audiences: Vec<String>,
     pub description: Option<String>,
     pub one_time_use: bool,
+    /// The broker's own controls (docs/admin.md, "Least privilege").
+    pub restrictions: Restrictions,
 }
 
 /// Admin operations on one broker.
@@ -259,6 +264,7 @@ impl Admin {
                 ));
             }
         }
+        v.extend(restriction_violations(&input.restrictions, false));
         v
     }
 
@@ -320,6 +326,7 @@ impl Admin {
                 assertion_subject: input.assertion_subject,
                 created_at: now,
                 updated_at: now,
+                restrictions: input.restrictions,
             })
             .await?;
         self.apply().await;
@@ -359,7 +366,7 @@ impl Admin {
         if !nul.is_empty() {
             return nul;
         }
-        rules::check(
+        let mut violations = rules::check(
             &CredentialSpec {
                 name: &input.name,
                 issuer: &input.issuer,
@@ -369,7 +376,9 @@ impl Admin {
                 description: input.description.as_deref(),
             },
             &self.rule_options,
-        )
+        );
+        violations.extend(restriction_violations(&input.restrictions, true));
+        violations
     }
 
     /// The audience a new credential of `identity` gets when none is given: its cloud's.
@@ -425,6 +434,7 @@ impl Admin {
             one_time_use: input.one_time_use,
             created_at: now,
             updated_at: now,
+            restrictions: input.restrictions,
         };
         store.create_credential(&stored).await?;
         self.apply().await;
@@ -453,6 +463,7 @@ impl Admin {
             audiences: current.audiences.clone(),
             description: current.description.clone(),
             one_time_use: current.one_time_use,
+            restrictions: current.restrictions.clone(),
         };
         change(&mut input).map_err(|v| AdminError::Invalid(vec![v]))?;
         if input.name != current.name {
@@ -472,6 +483,7 @@ impl Admin {
             audiences: input.audiences,
             description: input.description,
             one_time_use: input.one_time_use,
+            restrictions: input.restrictions,
             updated_at: self.broker.clock().now(),
             ..current
         };
@@ -497,6 +509,17 @@ impl Admin {
         }
         self.apply().await;
         Ok(())
+    }
+}
+
+/// The least-privilege controls' rules, as admin violations.
+fn restriction_violations(restrictions: &Restrictions, credential: bool) -> Vec<Violation> {
+    match Conditions::new(restrictions.clone(), credential) {
+        Ok(_) => Vec::new(),
+        Err(problems) => problems
+            .into_iter()
+            .map(|p| invalid(p.field, p.message))
+            .collect(),
     }
 }
 

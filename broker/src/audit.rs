@@ -75,6 +75,9 @@ pub struct AuditEvent {
     pub cache: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub upstream_correlation_id: Option<String>,
+    /// Exchanges: the client's address as the broker judged it (`source_networks`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source_address: Option<String>,
     /// A summary event: how many refusals like it (same kind, endpoint, issuer and
     /// outcome) were counted instead of recorded one by one.
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -127,6 +127,7 @@ impl TokenCache {
                 clock: clock.clone(),
                 min_remaining: cfg.min_remaining_secs,
             })
+            .support_invalidation_closures()
             .build();
         Self {
             tokens,
@@ -240,6 +241,23 @@ impl TokenCache {
                 };
             }
         });
+    }
+
+    /// Drops every cached token of one identity (disabled or deleted: docs/security.md).
+    pub fn evict_identity(&self, authority_host: &str, tenant_id: &str, client_id: &str) {
+        let (host, tenant, client) = (
+            authority_host.to_owned(),
+            tenant_id.to_owned(),
+            client_id.to_ascii_lowercase(),
+        );
+        let dropped = self.tokens.invalidate_entries_if(move |key, _| {
+            key.authority_host == host
+                && key.tenant_id == tenant
+                && key.client_id.to_ascii_lowercase() == client
+        });
+        if let Err(e) = dropped {
+            tracing::warn!(error = %e, "could not drop a revoked identity's cached tokens");
+        }
     }
 
     pub fn entry_count(&self) -> u64 {

@@ -4,6 +4,7 @@
 //! and record the decision.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -19,8 +20,10 @@ use crate::entra::scope::ScopeError;
 use crate::entra::{EntraClient, EntraError, EntraToken, Secret};
 use crate::issuer::{IssuerSetupError, KeyError, KeyStore};
 use crate::metrics::Metrics;
+use crate::policy::conditions::{self, Attempt, Refusal};
 use crate::policy::registry::{BuildProblem, Declared, StoredChange};
 use crate::policy::{Identity, MatchError, Registry, SelectError, select_identity};
+use crate::ratelimit::{Limited, RateLimiter};
 use crate::redact::{Untrusted, untrusted};
 use crate::store::{Store, StoreError};
 use crate::token::{self, TokenError, UnverifiedToken, VerifiedToken, VerifyPolicy};
@@ -48,6 +51,11 @@ pub enum ExchangeError {
     Replayed,
     #[error("replay protection needs the store, which cannot be reached: {0}")]
     Store(StoreError),
+    /// A least-privilege control refused (docs/admin.md, "Least privilege").
+    #[error(transparent)]
+    Refused(#[from] Refusal),
+    #[error(transparent)]
+    RateLimited(#[from] Limited),
 }
 
 impl ExchangeError {
@@ -82,6 +90,8 @@ impl ExchangeError {
             ExchangeError::Replayed => "token_replayed",
             ExchangeError::TenantMismatch(_) => "tenant_mismatch",
             ExchangeError::Store(_) => "store_unavailable",
+            ExchangeError::Refused(r) => r.code(),
+            ExchangeError::RateLimited(_) => "rate_limited",
             ExchangeError::Cache(CacheError::Entra(e)) => match e.as_ref() {
                 EntraError::Unavailable { .. } => "entra_unavailable",
                 EntraError::Protocol(_) => "entra_bad_response",
@@ -116,6 +126,9 @@ pub struct ExchangeRequest<'a> {
     /// chosen identity must be in it. Checked only after the token verified, so nothing
     /// about identities is revealed to a caller without a valid token.
     pub tenant: Option<&'a str>,
+    /// The client's address (the socket's peer, or `X-Forwarded-For` from a trusted
+    /// proxy), for credentials' `source_networks`; `None` when unknown.
+    pub client: Option<IpAddr>,
 }
 
 /// A successful exchange.
@@ -161,7 +174,9 @@ pub struct Broker {
     default_policy: VerifyPolicy,
     issuer_policies: HashMap<String, VerifyPolicy>,
     max_token_bytes: usize,
+    trusted_proxies: Vec<wif_config::network::Cidr>,
     cache: TokenCache,
+    limiter: RateLimiter,
     entra: Arc<EntraClient>,
     clock: SharedClock,
     metrics: Arc<Metrics>,
@@ -258,7 +273,15 @@ impl Broker {
             default_policy,
             issuer_policies,
             max_token_bytes: cfg.server.max_token_bytes,
+            // Checked by the config's validation; an entry that does not parse trusts nothing.
+            trusted_proxies: cfg
+                .server
+                .trusted_proxies
+                .iter()
+                .filter_map(|p| wif_config::network::Cidr::parse(p).ok())
+                .collect(),
             cache: TokenCache::new(&cfg.cache, clock.clone(), metrics.clone()),
+            limiter: RateLimiter::new(&cfg.rate_limits, clock.clone(), metrics.clone()),
             entra,
             clock,
             metrics,
@@ -311,6 +334,11 @@ impl Broker {
         self.max_token_bytes
     }
 
+    /// `[server] trusted_proxies`.
+    pub fn trusted_proxies(&self) -> &[wif_config::network::Cidr] {
+        &self.trusted_proxies
+    }
+
     /// Brings the registry up to the store's version and swaps it in; the next exchange
     /// sees it. Normally only the entries changed since the loaded version are read and
     /// applied ([`Registry::apply`]); `whole` (at start), a replica far behind, or a change
@@ -353,6 +381,8 @@ impl Broker {
         let Ok(mut current) = self.loaded_version.lock() else {
             return Some(false);
         };
+        // The identities a change may have disabled or removed (`None`: any).
+        let mut revisited: Option<Vec<String>> = None;
         let (version, registry) = match fresh {
             Fresh::Whole {
                 version,
@@ -375,6 +405,15 @@ impl Broker {
                 if current.is_some_and(|v| v >= version) {
                     return Some(false);
                 }
+                revisited = Some(
+                    changes
+                        .iter()
+                        .filter_map(|c| match c {
+                            StoredChange::Identity { name, .. } => Some(name.clone()),
+                            StoredChange::Credential { .. } => None,
+                        })
+                        .collect(),
+                );
                 // Applied to the registry in use even if another reload moved it on since
                 // `loaded`: each change carries its entry as stored now, so applying one
                 // again is harmless.
@@ -384,9 +423,33 @@ impl Broker {
                 )
             }
         };
-        self.registry.store(Arc::new(registry));
+        let previous = self.registry.swap(Arc::new(registry));
+        self.evict_revoked(&previous, revisited.as_deref());
         *current = Some(version);
         Some(true)
+    }
+
+    /// Drops the cached Entra tokens of identities that were enabled in `previous` and are
+    /// now disabled or gone, so none of them is handed out again (docs/security.md).
+    /// `names`: only those identities can have changed.
+    fn evict_revoked(&self, previous: &Registry, names: Option<&[String]>) {
+        let current = self.registry.load();
+        let candidates: Vec<&Arc<Identity>> = match names {
+            Some(names) => names.iter().filter_map(|n| previous.identity(n)).collect(),
+            None => previous.identities().collect(),
+        };
+        for before in candidates.into_iter().filter(|i| !i.conditions.disabled()) {
+            let revoked = current
+                .identity(&before.name)
+                .is_none_or(|now| now.conditions.disabled() || now.client_id != before.client_id);
+            if revoked {
+                self.cache.evict_identity(
+                    &before.authority_host,
+                    &before.tenant_id,
+                    &before.client_id,
+                );
+            }
+        }
     }
 
     /// False while the store cannot be reached (seen by the last registry load).
@@ -434,6 +497,7 @@ impl Broker {
             time: self.clock.now(),
             request_id: req.request_id.to_owned(),
             endpoint: req.endpoint,
+            source_address: req.client.map(|ip| ip.to_string()),
             // Until the token verifies: such refusals cost the caller nothing, so they are
             // sampled rather than recorded one by one.
             unauthenticated: true,
@@ -493,15 +557,35 @@ impl Broker {
         {
             return Err(ExchangeError::TenantMismatch(Untrusted::new(tenant)));
         }
+        // The least-privilege controls (docs/admin.md), then the rate limits: both before
+        // the token is spent and before any cached answer.
+        let attempt = Attempt {
+            now: self.clock.now(),
+            issued_at: verified.iat,
+            scope: Some(&scope),
+            client: req.client,
+            judge_source: true,
+        };
+        let credential = match conditions::choose_credential(&identity, &matched, &attempt) {
+            Ok(c) => c,
+            Err((refusal, credential)) => {
+                event.credential = credential;
+                return Err(refusal.into());
+            }
+        };
+        event.credential = Some(credential.name.clone());
+        let caller = format!(
+            "{}\n{}",
+            verified.iss,
+            verified.sub.as_deref().unwrap_or_default()
+        );
+        self.limiter.take(
+            (&identity.name, identity.conditions.rate_limit()),
+            (&caller, credential.conditions.rate_limit()),
+        )?;
         // A credential without replay protection admits the token as it is; otherwise the
         // token is spent here, before any cached answer.
-        let mut of_identity = matched.iter().filter(|c| c.identity.name == identity.name);
-        let credential = of_identity
-            .clone()
-            .find(|c| !c.one_time_use)
-            .or_else(|| of_identity.next());
-        event.credential = credential.map(|c| c.name.clone());
-        if credential.is_some_and(|c| c.one_time_use) {
+        if credential.one_time_use {
             self.spend(&verified).await?;
         }
         // 6. and 7. Cache, else Entra.

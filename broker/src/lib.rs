@@ -2,7 +2,7 @@
 //!
 //! The modules follow one exchange in order: [`issuer`] (discovery and signing keys),
 //! [`token`] (verification), [`policy`] (federated credentials and matching), [`cache`]
-//! (Entra tokens per identity and scope), [`entra`] (the token endpoint), [`audit`]
+//! (Entra tokens per identity and scope), [`ratelimit`] (token buckets per identity and caller), [`entra`] (the token endpoint), [`audit`]
 //! (one event per decision) and [`api`] (the HTTP edge); [`exchange`] strings them
 //! together. [`dev`] holds the local issuer and the Entra emulator used by
 //! `wif-broker dev` and by the tests; [`cli`] is the command line; [`ui`] is the admin
@@ -23,6 +23,7 @@ pub mod issuer;
 pub mod metrics;
 pub mod outbound;
 pub mod policy;
+pub mod ratelimit;
 pub mod redact;
 pub mod server;
 pub mod simulate;

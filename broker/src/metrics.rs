@@ -29,6 +29,7 @@ pub struct Metrics {
     store_audit_events: Gauge,
     registry_reloads: Family<Labels, Counter>,
     admin_requests: Family<Labels, Counter>,
+    rate_limited: Family<Labels, Counter>,
     connections: crate::api::serve::ConnectionMetrics,
 }
 
@@ -140,6 +141,12 @@ impl Metrics {
             "Admin API requests, by action and outcome",
             admin_requests.clone(),
         );
+        let rate_limited = Family::<Labels, Counter>::default();
+        registry.register(
+            "rate_limited",
+            "Exchanges refused by a rate limit of this replica, by limit (identity, subject)",
+            rate_limited.clone(),
+        );
         let connections = crate::api::serve::ConnectionMetrics::registered(&mut registry);
         Arc::new(Self {
             registry,
@@ -158,6 +165,7 @@ impl Metrics {
             store_audit_events,
             registry_reloads,
             admin_requests,
+            rate_limited,
             connections,
         })
     }
@@ -253,6 +261,12 @@ impl Metrics {
                 ("action", action.to_owned()),
                 ("outcome", outcome.to_owned()),
             ])
+            .inc();
+    }
+
+    pub fn rate_limited(&self, limit: &'static str) {
+        self.rate_limited
+            .get_or_create(&vec![("limit", limit.to_owned())])
             .inc();
     }
 

@@ -8,7 +8,10 @@ use serde_json::Value;
 use crate::api::ApiError;
 use crate::api::admin::model::{Check, CredentialRef, NearMiss, SimulateRequest, SimulateResponse};
 use crate::exchange::{Broker, ExchangeError};
-use crate::policy::select_identity;
+use std::sync::Arc;
+
+use crate::policy::conditions::{self, Attempt, Refusal};
+use crate::policy::{Identity, select_identity};
 use crate::token::{self, TokenError, UnverifiedToken, VerifiedToken};
 
 fn check(name: &str, passed: bool, detail: Option<String>) -> Check {
@@ -93,7 +96,11 @@ pub async fn simulate(
 ) -> Result<SimulateResponse, ApiError> {
     let registry = broker.registry();
     let mut checks = Vec::new();
-    let verified = match (request.token, request.issuer, request.claims) {
+    let verified = match (
+        request.token.clone(),
+        request.issuer.clone(),
+        request.claims.clone(),
+    ) {
         (Some(raw), None, None) => {
             let unverified = match UnverifiedToken::parse(&raw, broker.max_token_bytes()) {
                 Ok(u) => u,
@@ -188,6 +195,12 @@ pub async fn simulate(
         decision.is_ok(),
         decision.as_ref().err().map(|e| e.to_string()),
     ));
+    let decision = match decision {
+        Ok(identity) => controls(broker, &request, &verified, &identity, &mut checks)
+            .map(|()| identity)
+            .map_err(ExchangeError::from),
+        Err(e) => Err(e),
+    };
     let (outcome, description, identity) = match decision {
         Ok(identity) => (
             "ok".to_owned(),
@@ -210,6 +223,63 @@ pub async fn simulate(
             .collect(),
         near_misses: near_misses(misses),
     })
+}
+
+/// The least-privilege controls (docs/admin.md), one check each in the order the exchange
+/// applies them; a control without what it needs (no `scope`, no `sourceAddress` given)
+/// is skipped. The rate limits are never spent here.
+fn controls(
+    broker: &Broker,
+    request: &SimulateRequest,
+    token: &VerifiedToken,
+    identity: &Arc<Identity>,
+    checks: &mut Vec<Check>,
+) -> Result<(), Refusal> {
+    let registry = broker.registry();
+    let matched = registry.matching(token).unwrap_or_default();
+    let scope = request
+        .scope
+        .as_deref()
+        .map(crate::entra::scope::to_default_scope)
+        .transpose()
+        .unwrap_or(None);
+    let client = request
+        .source_address
+        .as_deref()
+        .and_then(|a| a.trim().parse().ok());
+    let attempt = Attempt {
+        now: broker.clock().now(),
+        issued_at: token.iat,
+        scope: scope.as_deref(),
+        client,
+        judge_source: client.is_some(),
+    };
+    let result = conditions::choose_credential(identity, &matched, &attempt);
+    let failed = result.as_ref().err().map(|(r, _)| r.control());
+    let mut after_failure = false;
+    for control in conditions::CONTROLS {
+        let unjudged = match control {
+            "sourceNetworks" if client.is_none() => Some("give sourceAddress to judge it"),
+            "allowedScopes" if scope.is_none() => Some("give scope to judge it"),
+            _ => None,
+        };
+        checks.push(if after_failure {
+            skipped(control, "an earlier control refused")
+        } else if Some(control) == failed {
+            after_failure = true;
+            let detail = result.as_ref().err().map(|(r, _)| r.to_string());
+            check(control, false, detail)
+        } else if let Some(why) = unjudged {
+            skipped(control, why)
+        } else {
+            check(control, true, None)
+        });
+    }
+    checks.push(skipped(
+        "rateLimit",
+        "simulate never spends from the rate limits",
+    ));
+    result.map(drop).map_err(|(refusal, _)| refusal)
 }
 
 fn near_misses(misses: Vec<crate::policy::registry::Miss>) -> Vec<NearMiss> {

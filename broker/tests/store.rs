@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use sqlx::Connection;
+use wif_broker::policy::conditions::{Restrictions, StoredRateLimit};
 use wif_broker::store::postgres::PgStore;
 use wif_broker::store::sqlite::SqliteStore;
 use wif_broker::store::{
@@ -169,6 +170,7 @@ on_every_backend!(
     text_no_database_can_hold_is_refused_as_the_callers_mistake,
     replicas_racing_to_add_a_signing_key_agree_on_one,
     a_broker_assertion_subject_is_kept_and_cleared,
+    least_privilege_restrictions_are_kept_changed_and_cleared,
 );
 
 // ---------------------------------------------------------------------------------------
@@ -185,6 +187,7 @@ fn identity(name: &str, client_id: &str) -> StoredIdentity {
         assertion_subject: None,
         created_at: T0,
         updated_at: T0,
+        restrictions: Restrictions::default(),
     }
 }
 
@@ -201,6 +204,7 @@ fn credential(identity: &str, name: &str, issuer: &str, subject: Option<&str>) -
         one_time_use: false,
         created_at: T0,
         updated_at: T0,
+        restrictions: Restrictions::default(),
     }
 }
 
@@ -1182,6 +1186,68 @@ async fn expired_token_keys_are_purged(store: Arc<dyn Store>) {
     // A purged key is forgotten; a kept one is still remembered.
     assert!(store.use_token_once("jti:0", T0 + 3600).await.unwrap());
     assert!(!store.use_token_once("jti:3", T0 + 3600).await.unwrap());
+}
+
+async fn least_privilege_restrictions_are_kept_changed_and_cleared(store: Arc<dyn Store>) {
+    let mut deploy = identity("deploy", DEPLOY_CLIENT);
+    deploy.restrictions = Restrictions {
+        disabled: true,
+        allowed_scopes: vec!["https://storage.azure.com/.default".into()],
+        rate_limit: Some(StoredRateLimit {
+            per_minute: 60,
+            burst: 10,
+        }),
+        ..Restrictions::default()
+    };
+    store.put_identity(&deploy).await.unwrap();
+    assert_eq!(
+        store.get_identity("deploy").await.unwrap(),
+        Some(deploy.clone())
+    );
+    let mut main = credential("deploy", "main", GITHUB, Some(MAIN));
+    main.restrictions = Restrictions {
+        disabled: true,
+        allowed_scopes: vec!["https://*.vault.azure.net/.default".into()],
+        source_networks: vec!["10.0.0.0/8".into(), "2001:db8::/32".into()],
+        max_token_age_seconds: Some(300),
+        not_before: Some(T0),
+        not_after: Some(T0 + 86_400),
+        rate_limit: Some(StoredRateLimit {
+            per_minute: 6,
+            burst: 2,
+        }),
+    };
+    store.create_credential(&main).await.unwrap();
+    assert_eq!(
+        store.get_credential("deploy", "main").await.unwrap(),
+        Some(main.clone())
+    );
+    main.restrictions.disabled = false;
+    main.restrictions.not_after = None;
+    store.update_credential(&main).await.unwrap();
+    assert_eq!(
+        store.list_credentials(Some("deploy")).await.unwrap(),
+        vec![main.clone()]
+    );
+    main.restrictions = Restrictions::default();
+    store.update_credential(&main).await.unwrap();
+    let read = store
+        .get_credential("deploy", "main")
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(read.restrictions.is_empty());
+    deploy.restrictions = Restrictions::default();
+    store.put_identity(&deploy).await.unwrap();
+    assert!(
+        store
+            .get_identity("deploy")
+            .await
+            .unwrap()
+            .unwrap()
+            .restrictions
+            .is_empty()
+    );
 }
 
 async fn a_broker_assertion_subject_is_kept_and_cleared(store: Arc<dyn Store>) {

@@ -12,6 +12,7 @@
 
 pub mod agent;
 pub mod env;
+pub mod network;
 mod validate;
 pub mod webhook;
 
@@ -66,6 +67,7 @@ pub struct BrokerConfig {
     pub webhook: WebhookConfig,
     pub broker_issuer: BrokerIssuerConfig,
     pub managed_identity: ManagedIdentityConfig,
+    pub rate_limits: RateLimitsConfig,
     pub issuers: Vec<IssuerConfig>,
     pub identities: Vec<IdentityConfig>,
 }
@@ -148,6 +150,11 @@ pub struct ServerConfig {
     /// Entra-compatible discovery document names it; unset, only the listen address (and
     /// `localhost` when listening on loopback or every address) is accepted as `Host`.
     pub public_url: Option<String>,
+    /// Networks (CIDR) of the reverse proxies in front of the broker. Only when the
+    /// immediate peer is in one of them is the client address taken from
+    /// `X-Forwarded-For` (for credentials' `source_networks`); from anyone else the header
+    /// is ignored.
+    pub trusted_proxies: Vec<String>,
 }
 
 impl Default for ServerConfig {
@@ -170,6 +177,7 @@ impl Default for ServerConfig {
             max_connections: 1024,
             ops_reserve_connections: 16,
             public_url: None,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -190,6 +198,52 @@ impl Default for StoreConfig {
             url: "sqlite://wif.db".into(),
             poll_interval_ms: 500,
         }
+    }
+}
+
+/// `[rate_limits]`: the default token buckets for exchanges, per replica (docs/admin.md,
+/// "Rate limits"). 0 requests per minute: no limit. An identity's or a credential's own
+/// `rate_limit` replaces the default for it.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitsConfig {
+    /// Exchanges per minute for each identity, whoever asks.
+    pub identity_per_minute: u32,
+    /// How many of them may come at once (the bucket's size); default: `identity_per_minute`.
+    pub identity_burst: u32,
+    /// Exchanges per minute for each caller: one issuer and subject.
+    pub subject_per_minute: u32,
+    /// How many of them may come at once; default: `subject_per_minute`.
+    pub subject_burst: u32,
+}
+
+/// A token bucket: `per_minute` tokens a minute, at most `burst` at once.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    pub per_minute: u32,
+    /// Default: `per_minute`.
+    #[serde(default)]
+    pub burst: u32,
+}
+
+impl RateLimit {
+    /// `per_minute` and `burst` as given, `None` for "no limit" (0 a minute); a burst of 0
+    /// means `per_minute`.
+    pub fn new(per_minute: u32, burst: u32) -> Option<Self> {
+        (per_minute > 0).then_some(Self {
+            per_minute,
+            burst: if burst == 0 { per_minute } else { burst },
+        })
+    }
+}
+
+impl RateLimitsConfig {
+    pub fn identity(&self) -> Option<RateLimit> {
+        RateLimit::new(self.identity_per_minute, self.identity_burst)
+    }
+    pub fn subject(&self) -> Option<RateLimit> {
+        RateLimit::new(self.subject_per_minute, self.subject_burst)
     }
 }
 
@@ -606,6 +660,16 @@ pub struct IdentityConfig {
     pub certificate_key_file: Option<PathBuf>,
     #[serde(default)]
     pub federated_credentials: Vec<FederatedCredentialConfig>,
+    /// Refuse every exchange for this identity (and drop its cached tokens) without
+    /// deleting it.
+    #[serde(default)]
+    pub disabled: bool,
+    /// The scopes this identity's tokens may be asked for, for credentials that name none:
+    /// exact (`https://storage.azure.com/.default`) or with `*` wildcards. Empty: any.
+    #[serde(default)]
+    pub allowed_scopes: Vec<String>,
+    /// This identity's own exchange rate, instead of `[rate_limits] identity_per_minute`.
+    pub rate_limit: Option<RateLimit>,
 }
 
 /// `[[identities.federated_credentials]]`: who may act as the identity.
@@ -620,6 +684,25 @@ pub struct FederatedCredentialConfig {
     #[serde(default)]
     pub audiences: Vec<String>,
     pub description: Option<String>,
+    /// Refuse tokens matched by this credential, without deleting it.
+    #[serde(default)]
+    pub disabled: bool,
+    /// The scopes tokens matched by this credential may be asked for (exact or with `*`
+    /// wildcards); empty: the identity's `allowed_scopes`.
+    #[serde(default)]
+    pub allowed_scopes: Vec<String>,
+    /// Networks (CIDR) the exchange must come from; empty: anywhere.
+    #[serde(default)]
+    pub source_networks: Vec<String>,
+    /// Refuse tokens issued (`iat`) longer ago than this many seconds.
+    pub max_token_age_secs: Option<u64>,
+    /// RFC 3339: the credential admits nothing before this time.
+    pub not_before: Option<String>,
+    /// RFC 3339: the credential admits nothing from this time on.
+    pub not_after: Option<String>,
+    /// The rate for each caller (issuer and subject) matched by this credential, instead
+    /// of `[rate_limits] subject_per_minute`.
+    pub rate_limit: Option<RateLimit>,
 }
 
 impl IdentityConfig {
@@ -741,6 +824,7 @@ impl BrokerConfig {
         "broker_issuer",
         "managed_identity",
         "webhook",
+        "rate_limits",
     ];
 }
 

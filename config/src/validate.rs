@@ -142,6 +142,37 @@ fn server(p: &mut Problems, s: &ServerConfig, loopback_http: bool) {
         s.http2_max_concurrent_streams,
     );
     positive(p, "server.max_connections", s.max_connections);
+    networks(p, "server.trusted_proxies", &s.trusted_proxies);
+}
+
+/// Every entry a network in CIDR notation.
+fn networks(p: &mut Problems, key: &str, entries: &[String]) {
+    if let Err((i, message)) = crate::network::parse_all(entries) {
+        p.push(format!("{key}[{i}]"), message);
+    }
+}
+
+/// An explicit `rate_limit` allows at least one exchange a minute (leave it out for none).
+fn rate_limit(p: &mut Problems, key: &str, limit: Option<&crate::RateLimit>) {
+    if limit.is_some_and(|l| l.per_minute == 0) {
+        p.push(
+            format!("{key}.per_minute"),
+            "must be at least 1; leave rate_limit out for the [rate_limits] default",
+        );
+    }
+}
+
+/// Scope patterns: not empty, no spaces (one resource each).
+fn scopes(p: &mut Problems, key: &str, entries: &[String]) {
+    for (i, scope) in entries.iter().enumerate() {
+        if scope.trim().is_empty() || scope.contains(char::is_whitespace) {
+            p.push(
+                format!("{key}[{i}]"),
+                "must be one scope or resource, such as https://storage.azure.com/.default \
+                 or https://*.vault.azure.net/.default",
+            );
+        }
+    }
 }
 
 fn store(p: &mut Problems, s: &StoreConfig) {
@@ -451,6 +482,8 @@ fn identities(p: &mut Problems, identities: &[IdentityConfig], loopback_http: bo
             );
         }
 
+        scopes(p, &format!("{at}.allowed_scopes"), &identity.allowed_scopes);
+        rate_limit(p, &format!("{at}.rate_limit"), identity.rate_limit.as_ref());
         for (j, credential) in identity.federated_credentials.iter().enumerate() {
             federated_credential(
                 p,
@@ -477,6 +510,27 @@ fn federated_credential(
         UrlShape::Issuer,
         loopback_http,
     );
+    scopes(
+        p,
+        &format!("{at}.allowed_scopes"),
+        &credential.allowed_scopes,
+    );
+    networks(
+        p,
+        &format!("{at}.source_networks"),
+        &credential.source_networks,
+    );
+    rate_limit(
+        p,
+        &format!("{at}.rate_limit"),
+        credential.rate_limit.as_ref(),
+    );
+    if credential.max_token_age_secs == Some(0) {
+        p.push(
+            format!("{at}.max_token_age_secs"),
+            "must be at least 1; leave it out for no limit",
+        );
+    }
 }
 
 /// `[broker_issuer]`, `[managed_identity]`, and what each identity's assertion source needs.
@@ -1937,6 +1991,7 @@ mod tests {
                 claims_matching_expression: Some("claims[".into()),
                 audiences: vec!["a".into(), "b".into()],
                 description: None,
+                ..Default::default()
             }];
             c.identities = vec![id];
         }));

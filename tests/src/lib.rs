@@ -122,6 +122,7 @@ fn credential(
         claims_matching_expression: expression.map(str::to_owned),
         audiences: vec![],
         description: None,
+        ..Default::default()
     }
 }
 

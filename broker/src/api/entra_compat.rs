@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use utoipa::ToSchema;
 
+use super::client_address::ClientAddress;
 use super::error::current_request_id;
 use super::exchange::read_params;
 use super::{ApiError, AppState};
@@ -150,10 +151,11 @@ pub async fn discovery(
 pub async fn token(
     State(state): State<AppState>,
     Path(tenant): Path<String>,
+    ClientAddress(client): ClientAddress,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    match token_inner(&state, &tenant, &headers, body).await {
+    match token_inner(&state, &tenant, client, &headers, body).await {
         Ok(response) => response,
         Err(e) => entra_error(
             super::exchange::recorded(&state, ENDPOINT, e),
@@ -165,6 +167,7 @@ pub async fn token(
 async fn token_inner(
     state: &AppState,
     tenant: &str,
+    client: Option<std::net::IpAddr>,
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
@@ -218,6 +221,7 @@ async fn token_inner(
             scope: Some(&scope),
             identity: Some(client_id),
             tenant: Some(tenant),
+            client,
         })
         .await?;
     let expires_in = done
@@ -341,7 +345,9 @@ fn host(uri: &Uri, headers: &HeaderMap) -> Option<String> {
 /// first in `error_description`, and Entra's statuses (400, 401, 503 with `Retry-After`).
 fn entra_error(e: ApiError, now: u64) -> Response {
     let (status, error) = match (e.status.as_u16(), e.code) {
-        (503 | 429, _) => (StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable"),
+        // Entra answers its own throttling 429 with Retry-After; MSAL honours it.
+        (429, _) => (StatusCode::TOO_MANY_REQUESTS, "temporarily_unavailable"),
+        (503, _) => (StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable"),
         (500..=599, _) => (StatusCode::INTERNAL_SERVER_ERROR, "server_error"),
         (401, _) => (StatusCode::UNAUTHORIZED, "invalid_client"),
         (403, _) => (StatusCode::BAD_REQUEST, "unauthorized_client"),
@@ -365,7 +371,10 @@ fn entra_error(e: ApiError, now: u64) -> Response {
     };
     let mut response = (status, Json(body)).into_response();
     let headers = response.headers_mut();
-    if status == StatusCode::SERVICE_UNAVAILABLE {
+    if matches!(
+        status,
+        StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS
+    ) {
         headers.insert(
             header::RETRY_AFTER,
             HeaderValue::from(e.retry_after.unwrap_or(5)),

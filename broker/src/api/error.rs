@@ -183,7 +183,14 @@ fn exchange_error(e: ExchangeError) -> ApiError {
             return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code, description)
                 .with_retry_after(crate::issuer::RETRY_AFTER_FAILURE_SECS);
         }
-        ExchangeError::Match(_) | ExchangeError::Select(_) => StatusCode::FORBIDDEN,
+        ExchangeError::Match(_) | ExchangeError::Select(_) | ExchangeError::Refused(_) => {
+            StatusCode::FORBIDDEN
+        }
+        ExchangeError::RateLimited(limited) => {
+            let retry_after = limited.retry_after;
+            return ApiError::new(StatusCode::TOO_MANY_REQUESTS, code, description)
+                .with_retry_after(retry_after);
+        }
         ExchangeError::Replayed => StatusCode::UNAUTHORIZED,
         ExchangeError::TenantMismatch(_) => StatusCode::BAD_REQUEST,
         ExchangeError::Store(_) => {

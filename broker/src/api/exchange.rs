@@ -2,6 +2,7 @@
 //! Both accept JSON or form bodies and answer through [`crate::exchange::Broker`].
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 
 use axum::Json;
 use axum::body::Body;
@@ -12,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
 
+use super::client_address::ClientAddress;
 use super::{ApiError, AppState};
 use crate::exchange::{ExchangeRequest, Exchanged};
 
@@ -98,10 +100,11 @@ pub struct TokenExchangeResponse {
 )]
 pub async fn native(
     State(state): State<AppState>,
+    ClientAddress(client): ClientAddress,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    native_inner(&state, headers, body)
+    native_inner(&state, client, headers, body)
         .await
         .map_err(|e| recorded(&state, "/v1/token", e))
 }
@@ -122,13 +125,14 @@ pub(super) fn recorded(state: &AppState, endpoint: &'static str, e: ApiError) ->
 
 async fn native_inner(
     state: &AppState,
+    client: Option<IpAddr>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
     let token = bearer(&headers)?;
     let params = read_params(&headers, body, state.max_body_bytes).await?;
     reject_unknown(&params, &["scope", "resource", "client_id", "identity"])?;
-    let (done, now) = exchange(state, "/v1/token", token, &params).await?;
+    let (done, now) = exchange(state, "/v1/token", client, token, &params).await?;
     Ok(no_store(TokenResponse {
         access_token: done.token.access_token.expose().to_owned(),
         token_type: "Bearer".into(),
@@ -157,16 +161,18 @@ async fn native_inner(
 )]
 pub async fn rfc8693(
     State(state): State<AppState>,
+    ClientAddress(client): ClientAddress,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    rfc8693_inner(&state, headers, body)
+    rfc8693_inner(&state, client, headers, body)
         .await
         .map_err(|e| recorded(&state, "/oauth2/token", e))
 }
 
 async fn rfc8693_inner(
     state: &AppState,
+    client: Option<IpAddr>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
@@ -225,7 +231,7 @@ async fn rfc8693_inner(
             format!("requested_token_type must be {ACCESS_TOKEN_TYPE}"),
         ));
     }
-    let (done, now) = exchange(state, "/oauth2/token", token, &params).await?;
+    let (done, now) = exchange(state, "/oauth2/token", client, token, &params).await?;
     Ok(no_store(TokenExchangeResponse {
         access_token: done.token.access_token.expose().to_owned(),
         issued_token_type: ACCESS_TOKEN_TYPE.into(),
@@ -239,6 +245,7 @@ async fn rfc8693_inner(
 async fn exchange(
     state: &AppState,
     endpoint: &'static str,
+    client: Option<IpAddr>,
     token: &str,
     params: &HashMap<String, String>,
 ) -> Result<(Exchanged, u64), ApiError> {
@@ -252,6 +259,7 @@ async fn exchange(
             scope: scope_param(params)?,
             identity: identity_param(params)?,
             tenant: None,
+            client,
         })
         .await?;
     Ok((done, state.broker.clock().now()))

@@ -2,6 +2,7 @@
 //! into calls on [`crate::exchange::Broker`]; no decision is made here.
 
 pub mod admin;
+pub mod client_address;
 pub mod entra_compat;
 pub mod error;
 pub mod exchange;

@@ -22,7 +22,7 @@ use super::timespec;
 use crate::api::admin::auth::Role;
 use crate::api::admin::model::{
     ClaimsMatchingExpression, Collection, Credential, CredentialRequest, Identity, IdentityRequest,
-    NearMiss, SimulateRequest, SimulateResponse,
+    NearMiss, RateLimit, SimulateRequest, SimulateResponse,
 };
 use crate::clock::SharedClock;
 
@@ -120,6 +120,20 @@ pub enum IdentityCommand {
         /// identity's one federated credential in Entra names (default: NAME).
         #[arg(long, value_name = "SUBJECT")]
         assertion_subject: Option<String>,
+        /// Refuse every exchange for the identity (and drop its cached tokens) without
+        /// deleting it.
+        #[arg(long)]
+        disabled: bool,
+        /// Scopes the identity's tokens may be asked for (comma separated; `*`
+        /// wildcards), for credentials that name none. Default: any.
+        #[arg(long, value_delimiter = ',', value_name = "SCOPE")]
+        allowed_scopes: Vec<String>,
+        /// The identity's exchanges per minute on each replica (default: [rate_limits]).
+        #[arg(long, value_name = "N")]
+        rate_per_minute: Option<u32>,
+        /// With --rate-per-minute: how many may come at once (default: N).
+        #[arg(long, value_name = "N", requires = "rate_per_minute")]
+        rate_burst: Option<u32>,
     },
     /// List identities.
     List,
@@ -141,6 +155,10 @@ pub async fn identity(args: IdentityArgs) -> anyhow::Result<()> {
             authority_host,
             assertion,
             assertion_subject,
+            disabled,
+            allowed_scopes,
+            rate_per_minute,
+            rate_burst,
         } => {
             let request = IdentityRequest {
                 tenant_id,
@@ -149,6 +167,9 @@ pub async fn identity(args: IdentityArgs) -> anyhow::Result<()> {
                 authority_host,
                 assertion,
                 assertion_subject,
+                disabled,
+                allowed_scopes,
+                rate_limit: rate_limit(rate_per_minute, rate_burst),
             };
             let answer = client
                 .call(
@@ -354,6 +375,57 @@ pub struct CredentialFields {
         conflicts_with = "parameters"
     )]
     pub one_time_use: Option<bool>,
+    /// Refuse tokens this credential matches, without deleting it (`--disabled=false`
+    /// enables it again).
+    #[arg(
+        long,
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        value_name = "BOOL",
+        conflicts_with = "parameters"
+    )]
+    pub disabled: Option<bool>,
+    /// Scopes tokens matched by this credential may be asked for (comma separated; `*`
+    /// wildcards). Default: the identity's.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_name = "SCOPE",
+        conflicts_with = "parameters"
+    )]
+    pub allowed_scopes: Option<Vec<String>>,
+    /// Networks (CIDR, comma separated) exchanges must come from.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_name = "CIDR",
+        conflicts_with = "parameters"
+    )]
+    pub source_networks: Option<Vec<String>>,
+    /// Refuse tokens issued longer ago than this many seconds.
+    #[arg(long, value_name = "SECONDS", conflicts_with = "parameters")]
+    pub max_token_age: Option<u64>,
+    /// Admit nothing before this time (RFC 3339).
+    #[arg(long, value_name = "TIME", conflicts_with = "parameters")]
+    pub not_before: Option<String>,
+    /// Admit nothing from this time on (RFC 3339).
+    #[arg(long, value_name = "TIME", conflicts_with = "parameters")]
+    pub not_after: Option<String>,
+    /// Each caller's (issuer and subject) exchanges per minute on each replica.
+    #[arg(long, value_name = "N", conflicts_with = "parameters")]
+    pub rate_per_minute: Option<u32>,
+    /// With --rate-per-minute: how many may come at once (default: N).
+    #[arg(long, value_name = "N", requires = "rate_per_minute")]
+    pub rate_burst: Option<u32>,
+}
+
+/// `--rate-per-minute` and `--rate-burst` as a request's `rateLimit`.
+fn rate_limit(per_minute: Option<u32>, burst: Option<u32>) -> Option<RateLimit> {
+    per_minute.map(|per_minute| RateLimit {
+        per_minute,
+        burst: burst.unwrap_or(0),
+    })
 }
 
 /// Whether a [`CredentialRequest`] is a POST (create) or a PATCH (update) body.
@@ -400,6 +472,13 @@ pub fn credential_request(
         audiences: f.audiences.clone().filter(|a| !a.is_empty()),
         description: f.description.clone().map(Some),
         one_time_use: f.one_time_use,
+        disabled: f.disabled,
+        allowed_scopes: f.allowed_scopes.clone(),
+        source_networks: f.source_networks.clone(),
+        max_token_age_seconds: f.max_token_age.map(Some),
+        not_before: f.not_before.clone().map(Some),
+        not_after: f.not_after.clone().map(Some),
+        rate_limit: rate_limit(f.rate_per_minute, f.rate_burst).map(Some),
         id: None,
         read_only: None,
     };
@@ -605,6 +684,12 @@ pub struct SimulateArgs {
     /// The identity the caller would name in the exchange.
     #[arg(long)]
     pub identity: Option<String>,
+    /// The scope the exchange would ask for (judges allowedScopes).
+    #[arg(long)]
+    pub scope: Option<String>,
+    /// The address the exchange would come from (judges sourceNetworks).
+    #[arg(long, value_name = "IP")]
+    pub source_address: Option<String>,
     // Last: the connection options come under their own help heading.
     #[command(flatten)]
     pub connection: Connection,
@@ -614,6 +699,8 @@ pub struct SimulateArgs {
 pub fn simulate_request(args: &SimulateArgs) -> anyhow::Result<SimulateRequest> {
     let mut request = SimulateRequest {
         identity: args.identity.clone(),
+        scope: args.scope.clone(),
+        source_address: args.source_address.clone(),
         ..SimulateRequest::default()
     };
     if let Some(token) = &args.token {
@@ -1468,6 +1555,9 @@ mod tests {
             source: "api".into(),
             entra_federated_credential: None,
             read_only: false,
+            disabled: false,
+            allowed_scopes: Vec::new(),
+            rate_limit: None,
             created_date_time: None,
             last_modified_date_time: None,
         }
@@ -1509,6 +1599,13 @@ legacy  72f988bf   3f1c2a9e   https://login.example  passthrough  config
             description: None,
             one_time_use: false,
             read_only: false,
+            disabled: false,
+            allowed_scopes: Vec::new(),
+            source_networks: Vec::new(),
+            max_token_age_seconds: None,
+            not_before: None,
+            not_after: None,
+            rate_limit: None,
         };
         assert_eq!(
             credential_table(std::slice::from_ref(&credential)),

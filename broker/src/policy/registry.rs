@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use wif_config::{AssertionSource, BrokerConfig, Cloud};
 
+use super::conditions::{Conditions, Restrictions};
 use super::ffl::Expression;
 use super::rules::{self, CredentialSpec, RuleOptions};
 use crate::entra::assertion::AuthorityHosts;
@@ -33,6 +34,8 @@ pub struct Identity {
     /// Epoch seconds, for API-registered identities.
     pub created_at: Option<u64>,
     pub updated_at: Option<u64>,
+    /// Disabled, allowed scopes, rate limit (docs/admin.md, "Least privilege").
+    pub conditions: Conditions,
 }
 
 /// How a credential decides on a token's subject.
@@ -58,6 +61,9 @@ pub struct Credential {
     pub one_time_use: bool,
     pub created_at: Option<u64>,
     pub updated_at: Option<u64>,
+    /// The broker's own controls on what the credential admits (docs/admin.md, "Least
+    /// privilege").
+    pub conditions: Conditions,
 }
 
 /// One issuer's credentials, indexed for matching. Persistent maps: a clone shares them,
@@ -397,6 +403,12 @@ impl Declared {
                 read_only: true,
                 created_at: None,
                 updated_at: None,
+                conditions: Conditions::new(Restrictions::of_identity(id), false).unwrap_or_else(
+                    |v| {
+                        problems.extend(config_problems(&format!("identities[{i}]"), &v));
+                        Conditions::default()
+                    },
+                ),
             });
             for (j, fc) in id.federated_credentials.iter().enumerate() {
                 let key = format!("identities[{i}].federated_credentials[{j}]");
@@ -417,9 +429,12 @@ impl Declared {
                     }));
                     continue;
                 }
-                match build_credential(&identity, &spec) {
-                    Ok(c) => credentials.push(c),
-                    Err(message) => problems.push(BuildProblem { key, message }),
+                let conditions =
+                    Restrictions::of_credential(fc).and_then(|r| Conditions::new(r, true));
+                match (build_credential(&identity, &spec), conditions) {
+                    (Ok(c), Ok(conditions)) => credentials.push(Credential { conditions, ..c }),
+                    (Err(message), _) => problems.push(BuildProblem { key, message }),
+                    (_, Err(v)) => problems.extend(config_problems(&key, &v)),
                 }
             }
             identities.push(identity);
@@ -459,6 +474,8 @@ impl Declared {
                 ),
             });
         }
+        let conditions = Conditions::new(s.restrictions.clone(), false)
+            .map_err(|v| restriction_problem(format!("identity {}", s.name), &v))?;
         Ok(Arc::new(Identity {
             name: s.name.clone(),
             tenant_id: s.tenant_id.clone(),
@@ -471,6 +488,7 @@ impl Declared {
             read_only: false,
             created_at: Some(s.created_at),
             updated_at: Some(s.updated_at),
+            conditions,
         }))
     }
 
@@ -496,6 +514,9 @@ impl Declared {
         cred.one_time_use = c.one_time_use;
         cred.created_at = Some(c.created_at);
         cred.updated_at = Some(c.updated_at);
+        cred.conditions = Conditions::new(c.restrictions.clone(), true).map_err(|v| {
+            restriction_problem(format!("identity {} credential {}", c.identity, c.name), &v)
+        })?;
         Ok(cred)
     }
 }
@@ -917,7 +938,31 @@ pub fn build_credential(
         one_time_use: false,
         created_at: None,
         updated_at: None,
+        conditions: Conditions::default(),
     })
+}
+
+/// Restrictions a stored row holds that this version refuses (written by another).
+fn restriction_problem(key: String, violations: &[super::conditions::Violation]) -> BuildProblem {
+    BuildProblem {
+        key,
+        message: violations
+            .iter()
+            .map(|v| format!("{}: {}", v.field, v.message))
+            .collect::<Vec<_>>()
+            .join("; "),
+    }
+}
+
+/// Restriction violations of a config entry, keyed like the config file.
+fn config_problems(key: &str, violations: &[super::conditions::Violation]) -> Vec<BuildProblem> {
+    violations
+        .iter()
+        .map(|v| BuildProblem {
+            key: format!("{key}.{}", snake(v.field)),
+            message: v.message.clone(),
+        })
+        .collect()
 }
 
 /// `claimsMatchingExpression` → `claims_matching_expression`, for config-file key paths.
@@ -1407,6 +1452,10 @@ mod incremental {
                         assertion_subject: subjects[rng.pick(subjects.len())].map(str::to_owned),
                         created_at: 1,
                         updated_at: step,
+                        restrictions: crate::policy::conditions::Restrictions {
+                            disabled: rng.pick(4) == 0,
+                            ..Default::default()
+                        },
                     };
                     identities.retain(|i| i.name != name);
                     identities.push(row);
@@ -1462,6 +1511,13 @@ mod incremental {
                         one_time_use: rng.pick(2) == 0,
                         created_at: 1,
                         updated_at: step,
+                        restrictions: crate::policy::conditions::Restrictions {
+                            allowed_scopes: match rng.pick(3) {
+                                0 => vec!["https://storage.azure.com/.default".into()],
+                                _ => Vec::new(),
+                            },
+                            ..Default::default()
+                        },
                     });
                     credentials.sort_by(|a, b| (&a.identity, &a.name).cmp(&(&b.identity, &b.name)));
                     StoredChange::Credential {

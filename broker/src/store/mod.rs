@@ -17,6 +17,8 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use wif_config::{AssertionSource, Cloud};
 
+use crate::policy::conditions::Restrictions;
+
 /// An identity registered through the admin API.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoredIdentity {
@@ -31,6 +33,9 @@ pub struct StoredIdentity {
     /// Epoch seconds.
     pub created_at: u64,
     pub updated_at: u64,
+    /// Disabled, allowed scopes, rate limit (docs/admin.md, "Least privilege").
+    #[serde(default)]
+    pub restrictions: Restrictions,
 }
 
 /// A federated credential registered through the admin API.
@@ -50,6 +55,9 @@ pub struct StoredCredential {
     pub one_time_use: bool,
     pub created_at: u64,
     pub updated_at: u64,
+    /// The broker's own controls (docs/admin.md, "Least privilege").
+    #[serde(default)]
+    pub restrictions: Restrictions,
 }
 
 /// A key the broker generated to sign its assertions (`assertion = "broker"`).

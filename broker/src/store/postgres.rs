@@ -62,6 +62,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "registry changes",
         include_str!("../../migrations/postgres/0005_registry_changes.sql"),
     ),
+    (
+        6,
+        "restrictions",
+        include_str!("../../migrations/postgres/0006_restrictions.sql"),
+    ),
 ];
 
 /// The PostgreSQL store. Cheap to share behind an `Arc`; all methods take `&self`.
@@ -294,6 +299,7 @@ impl Store for PgStore {
 
     async fn put_identity(&self, identity: &StoredIdentity) -> StoreResult<PutOutcome> {
         let (cloud, assertion) = sql::identity_enums(identity)?;
+        let restrictions = sql::restrictions_to_text(&identity.restrictions)?;
         let mut tx = self.begin_registry_write().await?;
         let owner = sqlx::query_scalar::<_, String>(sql::CLIENT_ID_OWNER)
             .bind(&identity.client_id)
@@ -320,6 +326,7 @@ impl Store for PgStore {
                 .bind(&assertion)
                 .bind(db_time(identity.updated_at))
                 .bind(&identity.assertion_subject)
+                .bind(&restrictions)
                 .execute(&mut *tx)
                 .await;
             (PutOutcome::Replaced, written)
@@ -334,6 +341,7 @@ impl Store for PgStore {
                 .bind(db_time(identity.created_at))
                 .bind(db_time(identity.updated_at))
                 .bind(&identity.assertion_subject)
+                .bind(&restrictions)
                 .execute(&mut *tx)
                 .await;
             (PutOutcome::Created, written)
@@ -391,6 +399,7 @@ impl Store for PgStore {
 
     async fn create_credential(&self, credential: &StoredCredential) -> StoreResult<()> {
         let audiences = sql::audiences_to_text(credential)?;
+        let restrictions = sql::restrictions_to_text(&credential.restrictions)?;
         let mut tx = self.begin_registry_write().await?;
         let identity_exists = sqlx::query(sql::IDENTITY_EXISTS)
             .bind(&credential.identity)
@@ -424,6 +433,7 @@ impl Store for PgStore {
             .bind(credential.one_time_use)
             .bind(db_time(credential.created_at))
             .bind(db_time(credential.updated_at))
+            .bind(&restrictions)
             .execute(&mut *tx)
             .await
             .map_err(|e| sql::credential_write_error(credential, e))?;
@@ -433,6 +443,7 @@ impl Store for PgStore {
 
     async fn update_credential(&self, credential: &StoredCredential) -> StoreResult<()> {
         let audiences = sql::audiences_to_text(credential)?;
+        let restrictions = sql::restrictions_to_text(&credential.restrictions)?;
         let mut tx = self.begin_registry_write().await?;
         let stored = sqlx::query_as::<_, CredentialRow>(sql::GET_CREDENTIAL_BY_ID)
             .bind(&credential.identity)
@@ -459,6 +470,7 @@ impl Store for PgStore {
             .bind(&credential.description)
             .bind(credential.one_time_use)
             .bind(db_time(credential.updated_at))
+            .bind(&restrictions)
             .execute(&mut *tx)
             .await
             .map_err(|e| sql::credential_write_error(credential, e))?;
@@ -729,6 +741,7 @@ mod tests {
             .bind(db_time(identity.created_at))
             .bind(db_time(identity.updated_at))
             .bind(&identity.assertion_subject)
+            .bind(sql::restrictions_to_text(&identity.restrictions).unwrap())
             .execute(&store.pool)
             .await
             .map(drop)
@@ -747,6 +760,7 @@ mod tests {
             .bind(c.one_time_use)
             .bind(db_time(c.created_at))
             .bind(db_time(c.updated_at))
+            .bind(sql::restrictions_to_text(&c.restrictions).unwrap())
             .execute(&store.pool)
             .await
             .map(drop)

@@ -9,6 +9,8 @@ use sqlx::error::ErrorKind;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use wif_config::{AssertionSource, Cloud};
 
+use crate::policy::conditions::Restrictions;
+
 use super::{
     AuditQuery, AuditRecord, MAX_AUDIT_PAGE, StoreError, StoredCredential, StoredIdentity,
 };
@@ -37,14 +39,14 @@ pub(super) fn migrator(files: &[(i64, &'static str, &'static str)]) -> Migrator 
 macro_rules! identity_columns {
     () => {
         "name, tenant_id, client_id, cloud, authority_host, assertion, created_at, updated_at, \
-         assertion_subject"
+         assertion_subject, restrictions"
     };
 }
 /// The credential columns, in the order [`CredentialRow`] decodes them.
 macro_rules! credential_columns {
     () => {
         "id, identity, name, issuer, subject, claims_matching_expression, audiences, \
-         description, one_time_use, created_at, updated_at"
+         description, one_time_use, created_at, updated_at, restrictions"
     };
 }
 
@@ -62,11 +64,11 @@ pub(super) const IDENTITY_CREATED_AT: &str = "SELECT created_at FROM identities 
 pub(super) const CLIENT_ID_OWNER: &str =
     "SELECT name FROM identities WHERE lower(client_id) = lower($1) AND name <> $2 LIMIT 1";
 pub(super) const INSERT_IDENTITY: &str = "INSERT INTO identities (name, tenant_id, client_id, \
-     cloud, authority_host, assertion, created_at, updated_at, assertion_subject) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
+     cloud, authority_host, assertion, created_at, updated_at, assertion_subject, restrictions) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
 pub(super) const UPDATE_IDENTITY: &str = "UPDATE identities SET tenant_id = $2, client_id = $3, \
-     cloud = $4, authority_host = $5, assertion = $6, updated_at = $7, assertion_subject = $8 \
-     WHERE name = $1";
+     cloud = $4, authority_host = $5, assertion = $6, updated_at = $7, assertion_subject = $8, \
+     restrictions = $9 WHERE name = $1";
 pub(super) const DELETE_IDENTITY: &str = "DELETE FROM identities WHERE name = $1";
 pub(super) const IDENTITY_EXISTS: &str = "SELECT 1 FROM identities WHERE name = $1";
 
@@ -101,11 +103,11 @@ pub(super) const CREDENTIAL_ID_OWNER: &str =
 pub(super) const INSERT_CREDENTIAL: &str = concat!(
     "INSERT INTO federated_credentials (",
     credential_columns!(),
-    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
 );
 pub(super) const UPDATE_CREDENTIAL: &str = "UPDATE federated_credentials SET issuer = $3, \
      subject = $4, claims_matching_expression = $5, audiences = $6, description = $7, \
-     one_time_use = $8, updated_at = $9 WHERE identity = $1 AND id = $2";
+     one_time_use = $8, updated_at = $9, restrictions = $10 WHERE identity = $1 AND id = $2";
 pub(super) const DELETE_CREDENTIAL_BY_ID: &str =
     "DELETE FROM federated_credentials WHERE identity = $1 AND id = $2";
 pub(super) const COUNT_CREDENTIALS: &str =
@@ -199,6 +201,7 @@ pub(super) type IdentityRow = (
     i64,
     i64,
     Option<String>,
+    Option<String>,
 );
 
 /// A credential row as the database returns it.
@@ -214,6 +217,7 @@ pub(super) type CredentialRow = (
     bool,
     i64,
     i64,
+    Option<String>,
 );
 
 /// An audit row as the database returns it (`event` as JSON text).
@@ -285,8 +289,10 @@ pub(super) fn identity_from_row(row: IdentityRow) -> Result<StoredIdentity, Stor
         created_at,
         updated_at,
         assertion_subject,
+        restrictions,
     ) = row;
     Ok(StoredIdentity {
+        restrictions: restrictions_from_text(restrictions.as_deref(), &name)?,
         cloud: cloud.as_deref().map(enum_from_text::<Cloud>).transpose()?,
         assertion: enum_from_text::<AssertionSource>(&assertion)?,
         name,
@@ -317,7 +323,9 @@ pub(super) fn credential_from_row(row: CredentialRow) -> Result<StoredCredential
         one_time_use,
         created_at,
         updated_at,
+        restrictions,
     ) = row;
+    let restrictions = restrictions_from_text(restrictions.as_deref(), &id)?;
     let audiences = serde_json::from_str(&audiences).map_err(|e| {
         StoreError::Corrupt(format!(
             "audiences of credential {id} are not a JSON list: {e}"
@@ -335,6 +343,25 @@ pub(super) fn credential_from_row(row: CredentialRow) -> Result<StoredCredential
         one_time_use,
         created_at: rust_time(created_at),
         updated_at: rust_time(updated_at),
+        restrictions,
+    })
+}
+
+/// Restrictions as stored: NULL when they restrict nothing, else their JSON.
+pub(super) fn restrictions_to_text(r: &Restrictions) -> Result<Option<String>, StoreError> {
+    if r.is_empty() {
+        return Ok(None);
+    }
+    serde_json::to_string(r)
+        .map(Some)
+        .map_err(|e| StoreError::Corrupt(format!("restrictions cannot be encoded: {e}")))
+}
+
+fn restrictions_from_text(text: Option<&str>, owner: &str) -> Result<Restrictions, StoreError> {
+    text.map_or(Ok(Restrictions::default()), |t| {
+        serde_json::from_str(t).map_err(|e| {
+            StoreError::Corrupt(format!("restrictions of {owner} are not readable: {e}"))
+        })
     })
 }
 
@@ -654,6 +681,7 @@ pub(super) mod testing {
             assertion_subject: None,
             created_at: 1,
             updated_at: 1,
+            restrictions: Default::default(),
         }
     }
 
@@ -670,6 +698,7 @@ pub(super) mod testing {
             one_time_use: false,
             created_at: 1,
             updated_at: 1,
+            restrictions: Default::default(),
         }
     }
 

@@ -50,6 +50,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "registry changes",
         include_str!("../../migrations/sqlite/0005_registry_changes.sql"),
     ),
+    (
+        6,
+        "restrictions",
+        include_str!("../../migrations/sqlite/0006_restrictions.sql"),
+    ),
 ];
 
 /// The SQLite store. Cheap to share behind an `Arc`; all methods take `&self`.
@@ -243,6 +248,7 @@ impl Store for SqliteStore {
 
     async fn put_identity(&self, identity: &StoredIdentity) -> StoreResult<PutOutcome> {
         let (cloud, assertion) = sql::identity_enums(identity)?;
+        let restrictions = sql::restrictions_to_text(&identity.restrictions)?;
         let mut tx = self.begin_registry_write().await?;
         let owner = sqlx::query_scalar::<_, String>(sql::CLIENT_ID_OWNER)
             .bind(&identity.client_id)
@@ -269,6 +275,7 @@ impl Store for SqliteStore {
                 .bind(&assertion)
                 .bind(db_time(identity.updated_at))
                 .bind(&identity.assertion_subject)
+                .bind(&restrictions)
                 .execute(&mut *tx)
                 .await;
             (PutOutcome::Replaced, written)
@@ -283,6 +290,7 @@ impl Store for SqliteStore {
                 .bind(db_time(identity.created_at))
                 .bind(db_time(identity.updated_at))
                 .bind(&identity.assertion_subject)
+                .bind(&restrictions)
                 .execute(&mut *tx)
                 .await;
             (PutOutcome::Created, written)
@@ -340,6 +348,7 @@ impl Store for SqliteStore {
 
     async fn create_credential(&self, credential: &StoredCredential) -> StoreResult<()> {
         let audiences = sql::audiences_to_text(credential)?;
+        let restrictions = sql::restrictions_to_text(&credential.restrictions)?;
         let mut tx = self.begin_registry_write().await?;
         let identity_exists = sqlx::query(sql::IDENTITY_EXISTS)
             .bind(&credential.identity)
@@ -373,6 +382,7 @@ impl Store for SqliteStore {
             .bind(credential.one_time_use)
             .bind(db_time(credential.created_at))
             .bind(db_time(credential.updated_at))
+            .bind(&restrictions)
             .execute(&mut *tx)
             .await
             .map_err(|e| sql::credential_write_error(credential, e))?;
@@ -382,6 +392,7 @@ impl Store for SqliteStore {
 
     async fn update_credential(&self, credential: &StoredCredential) -> StoreResult<()> {
         let audiences = sql::audiences_to_text(credential)?;
+        let restrictions = sql::restrictions_to_text(&credential.restrictions)?;
         let mut tx = self.begin_registry_write().await?;
         let stored = sqlx::query_as::<_, CredentialRow>(sql::GET_CREDENTIAL_BY_ID)
             .bind(&credential.identity)
@@ -408,6 +419,7 @@ impl Store for SqliteStore {
             .bind(&credential.description)
             .bind(credential.one_time_use)
             .bind(db_time(credential.updated_at))
+            .bind(&restrictions)
             .execute(&mut *tx)
             .await
             .map_err(|e| sql::credential_write_error(credential, e))?;
@@ -670,6 +682,7 @@ mod tests {
             .bind(db_time(identity.created_at))
             .bind(db_time(identity.updated_at))
             .bind(&identity.assertion_subject)
+            .bind(sql::restrictions_to_text(&identity.restrictions).unwrap())
             .execute(&store.write)
             .await
             .map(drop)
@@ -691,6 +704,7 @@ mod tests {
             .bind(c.one_time_use)
             .bind(db_time(c.created_at))
             .bind(db_time(c.updated_at))
+            .bind(sql::restrictions_to_text(&c.restrictions).unwrap())
             .execute(&store.write)
             .await
             .map(drop)

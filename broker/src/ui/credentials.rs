@@ -24,7 +24,10 @@ use crate::admin::{AdminError, CredentialInput};
 use crate::api::ApiError;
 use crate::api::admin::audited;
 use crate::api::admin::model::{ClaimsMatchingExpression, CredentialRequest};
+use crate::clock::rfc3339;
+use crate::policy::conditions::{Restrictions, StoredRateLimit, parse_time};
 use crate::policy::{self, SubjectRule};
+use crate::redact::Untrusted;
 
 /// One problem with the draft: a wizard field (`gh_org`, ...) or a Graph field (`name`,
 /// `issuer`, `subject`, ...).
@@ -130,6 +133,196 @@ fn input_of(console: &Console, identity: &str, form: &Form, built: &Built) -> Cr
         audiences: vec![audience],
         description: form.optional("description"),
         one_time_use: form.checked("one_time_use"),
+        restrictions: Default::default(),
+    }
+}
+
+/// The form's names of the least-privilege fields (docs/admin.md, "Least privilege").
+const CONTROL_FIELDS: [&str; 8] = [
+    "disabled",
+    "allowed_scopes",
+    "source_networks",
+    "max_token_age",
+    "not_before",
+    "not_after",
+    "rate_per_minute",
+    "rate_burst",
+];
+
+/// A list field: entries separated by commas, spaces or new lines.
+fn list(form: &Form, name: &str) -> Vec<String> {
+    form.trimmed(name)
+        .split(|c: char| c == ',' || c.is_whitespace())
+        .filter(|e| !e.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The least-privilege controls the form describes; a field that does not parse is a
+/// problem named after it.
+fn restrictions_of(form: &Form) -> Result<Restrictions, Vec<DraftProblem>> {
+    let mut problems = Vec::new();
+    let mut number = |name: &str| -> Option<u64> {
+        let text = form.trimmed(name);
+        if text.is_empty() {
+            return None;
+        }
+        text.parse()
+            .map_err(|_| {
+                problems.push(DraftProblem {
+                    field: name.to_owned(),
+                    message: format!("{name}: {:?} is not a whole number", Untrusted::new(text)),
+                })
+            })
+            .ok()
+    };
+    let max_token_age_seconds = number("max_token_age");
+    let per_minute = number("rate_per_minute");
+    let burst = number("rate_burst");
+    let mut time = |name: &str| -> Option<u64> {
+        form.optional(name).and_then(|t| {
+            parse_time(&t)
+                .map_err(|message| {
+                    problems.push(DraftProblem {
+                        field: name.to_owned(),
+                        message,
+                    })
+                })
+                .ok()
+        })
+    };
+    let not_before = time("not_before");
+    let not_after = time("not_after");
+    let clamp = |n: u64| u32::try_from(n).unwrap_or(u32::MAX);
+    let restrictions = Restrictions {
+        disabled: form.checked("disabled"),
+        allowed_scopes: list(form, "allowed_scopes"),
+        source_networks: list(form, "source_networks"),
+        max_token_age_seconds,
+        not_before,
+        not_after,
+        rate_limit: per_minute.map(|p| {
+            StoredRateLimit {
+                per_minute: clamp(p),
+                burst: burst.map_or(0, clamp),
+            }
+            .normalized()
+        }),
+    };
+    if problems.is_empty() {
+        Ok(restrictions)
+    } else {
+        Err(problems)
+    }
+}
+
+/// The form fields of stored controls, for the edit page.
+fn control_pairs(r: &Restrictions) -> Vec<(String, String)> {
+    let mut pairs = Vec::new();
+    let mut push = |name: &str, value: String| {
+        if !value.is_empty() {
+            pairs.push((name.to_owned(), value));
+        }
+    };
+    push(
+        "disabled",
+        if r.disabled {
+            "on".into()
+        } else {
+            String::new()
+        },
+    );
+    push("allowed_scopes", r.allowed_scopes.join(", "));
+    push("source_networks", r.source_networks.join(", "));
+    push(
+        "max_token_age",
+        r.max_token_age_seconds
+            .map(|n| n.to_string())
+            .unwrap_or_default(),
+    );
+    push("not_before", r.not_before.map(rfc3339).unwrap_or_default());
+    push("not_after", r.not_after.map(rfc3339).unwrap_or_default());
+    if let Some(limit) = r.rate_limit {
+        push("rate_per_minute", limit.per_minute.to_string());
+        push("rate_burst", limit.burst.to_string());
+    }
+    pairs
+}
+
+/// The least-privilege fieldset of the wizard.
+fn controls_fieldset(form: &Form) -> String {
+    format!(
+        "<fieldset class=\"controls\" data-testid=\"controls\"><legend>Least privilege (broker extensions Entra does not have)</legend>\
+         {disabled}{scopes}{networks}{age}{from}{until}{rate}{burst}</fieldset>",
+        disabled = checkbox(
+            form,
+            "disabled",
+            "Disabled: admit nothing, keep the credential (<code>disabled</code>)"
+        ),
+        scopes = field(
+            form,
+            "allowed_scopes",
+            "Allowed scopes",
+            "https://storage.azure.com/.default",
+            "Comma separated; <code>*</code> wildcards. Empty: the identity's, or any."
+        ),
+        networks = field(
+            form,
+            "source_networks",
+            "Source networks",
+            "10.0.0.0/8",
+            "CIDR, comma separated. Empty: anywhere."
+        ),
+        age = field(
+            form,
+            "max_token_age",
+            "Maximum token age (seconds)",
+            "600",
+            "Refuse tokens issued longer ago."
+        ),
+        from = field(
+            form,
+            "not_before",
+            "Not before",
+            "2026-12-01T08:00:00Z",
+            "RFC 3339."
+        ),
+        until = field(
+            form,
+            "not_after",
+            "Not after",
+            "2026-12-15T18:00:00Z",
+            "RFC 3339."
+        ),
+        rate = field(
+            form,
+            "rate_per_minute",
+            "Exchanges per minute for each caller",
+            "60",
+            "On each broker replica. Empty: the [rate_limits] default."
+        ),
+        burst = field(
+            form,
+            "rate_burst",
+            "Burst",
+            "10",
+            "Default: the rate per minute."
+        ),
+    )
+}
+
+/// The least-privilege fields of a request, as the Graph JSON preview shows them.
+fn controls_request(r: &Restrictions) -> CredentialRequest {
+    let some_list = |l: &Vec<String>| (!l.is_empty()).then(|| l.clone());
+    CredentialRequest {
+        disabled: r.disabled.then_some(true),
+        allowed_scopes: some_list(&r.allowed_scopes),
+        source_networks: some_list(&r.source_networks),
+        max_token_age_seconds: r.max_token_age_seconds.map(Some),
+        not_before: r.not_before.map(|t| Some(rfc3339(t))),
+        not_after: r.not_after.map(|t| Some(rfc3339(t))),
+        rate_limit: r.rate_limit.map(Some),
+        ..Default::default()
     }
 }
 
@@ -147,8 +340,7 @@ fn graph_json(input: &CredentialInput) -> String {
         audiences: Some(input.audiences.clone()),
         description: input.description.clone().map(Some),
         one_time_use: input.one_time_use.then_some(true),
-        id: None,
-        read_only: None,
+        ..controls_request(&input.restrictions)
     };
     serde_json::to_string_pretty(&request).unwrap_or_default()
 }
@@ -178,8 +370,13 @@ pub fn draft(
     let name = form.trimmed("name");
     let mut input = None;
     let mut graph = String::new();
+    let restrictions = restrictions_of(form).unwrap_or_else(|mut ps| {
+        problems.append(&mut ps);
+        Restrictions::default()
+    });
     if let Some(built) = &built {
-        let candidate = input_of(console, &identity.name, form, built);
+        let mut candidate = input_of(console, &identity.name, form, built);
+        candidate.restrictions = restrictions;
         problems.extend(
             console
                 .app
@@ -538,7 +735,7 @@ fn wizard_page(
          <label for=\"audience\">Audience</label><input id=\"audience\" name=\"audience\" value=\"{audience}\" spellcheck=\"false\">\
          <p class=\"hint\">The token's <code>aud</code> must include it. Entra's default for this identity's cloud is <code>{default_audience}</code>.</p>\
          <label for=\"description\">Description</label><input id=\"description\" name=\"description\" value=\"{description}\">\
-         {once}</fieldset>\
+         {once}</fieldset>{controls}\
          <div class=\"buttons\"><button type=\"submit\" class=\"primary\" id=\"save\" data-testid=\"save\"{save_disabled}>Save credential</button>\
          <a class=\"button\" href=\"/ui/identities/{seg}\">Cancel</a></div></form>\
          <aside class=\"preview\" aria-live=\"polite\"><h2>What tokens must carry</h2>\
@@ -570,6 +767,7 @@ fn wizard_page(
             "one_time_use",
             "Accept each token only once (<code>oneTimeUse</code>, a broker extension)"
         ),
+        controls = controls_fieldset(form),
         rule_text = esc(rule_text),
         issuer = esc(draft.issuer.as_deref().unwrap_or_default()),
         valid_class = if draft.valid { "ok" } else { "bad" },
@@ -693,7 +891,7 @@ pub async fn create(
 
 /// The `'static` field name of a problem, for [`AdminError::Invalid`].
 fn graph_field(field: &str) -> &'static str {
-    const KNOWN: [&str; 31] = [
+    const KNOWN: [&str; 39] = [
         "name",
         "issuer",
         "subject",
@@ -725,6 +923,14 @@ fn graph_field(field: &str) -> &'static str {
         "other_subject",
         "other_expression",
         "audience",
+        "disabled",
+        "allowed_scopes",
+        "source_networks",
+        "max_token_age",
+        "not_before",
+        "not_after",
+        "rate_per_minute",
+        "rate_burst",
     ];
     KNOWN
         .into_iter()
@@ -815,6 +1021,7 @@ pub async fn edit_form(
     if stored.one_time_use {
         pairs.push(("one_time_use".into(), "on".into()));
     }
+    pairs.extend(control_pairs(&stored.restrictions));
     let form = Form::from_pairs(pairs);
     wizard_page(
         &console,
@@ -866,7 +1073,10 @@ pub async fn update(
         "audience",
         "description",
         "one_time_use",
-    ] {
+    ]
+    .into_iter()
+    .chain(CONTROL_FIELDS)
+    {
         if let Some(v) = form.get(key) {
             pairs.push((key.into(), v.into()));
         }
@@ -885,6 +1095,7 @@ pub async fn update(
                     current.audiences = new.audiences;
                     current.description = new.description;
                     current.one_time_use = new.one_time_use;
+                    current.restrictions = new.restrictions;
                     Ok(())
                 })
                 .await

@@ -169,6 +169,43 @@ pub fn rule_cell(rule: &SubjectRule) -> String {
     }
 }
 
+/// Badges for a credential's or identity's least-privilege controls (docs/admin.md).
+pub fn control_badges(r: &crate::policy::conditions::Restrictions) -> String {
+    let mut out = String::new();
+    let mut badge = |class: &str, text: String| {
+        let _ = write!(
+            out,
+            " <span class=\"badge{class}\" data-testid=\"control\">{}</span>",
+            esc(&text)
+        );
+    };
+    if r.disabled {
+        badge(" danger", "disabled".into());
+    }
+    if !r.allowed_scopes.is_empty() {
+        badge("", format!("scopes: {}", r.allowed_scopes.join(", ")));
+    }
+    if !r.source_networks.is_empty() {
+        badge("", format!("from: {}", r.source_networks.join(", ")));
+    }
+    if let Some(age) = r.max_token_age_seconds {
+        badge("", format!("tokens at most {age} s old"));
+    }
+    if let Some(from) = r.not_before {
+        badge("", format!("from {}", crate::clock::rfc3339(from)));
+    }
+    if let Some(until) = r.not_after {
+        badge("", format!("until {}", crate::clock::rfc3339(until)));
+    }
+    if let Some(limit) = r.rate_limit {
+        badge(
+            "",
+            format!("{}/min, bursts of {}", limit.per_minute, limit.burst),
+        );
+    }
+    out
+}
+
 fn assertion_text(identity: &policy::Identity) -> String {
     match identity.assertion {
         wif_config::AssertionSource::Broker => format!(
@@ -237,7 +274,7 @@ pub async fn detail(
         let _ = write!(
             rows,
             "<tr data-credential=\"{name}\"><td>{name}</td><td><code>{issuer}</code></td><td>{rule}</td>\
-             <td><code>{aud}</code></td><td>{desc}{once}</td><td class=\"actions\">{actions}</td></tr>",
+             <td><code>{aud}</code></td><td>{desc}{once}{controls}</td><td class=\"actions\">{actions}</td></tr>",
             name = esc(&c.name),
             issuer = esc(&c.issuer),
             rule = rule_cell(&c.rule),
@@ -248,6 +285,7 @@ pub async fn detail(
             } else {
                 ""
             },
+            controls = control_badges(&c.conditions.restrictions),
         );
     }
     if rows.is_empty() {
@@ -269,7 +307,8 @@ pub async fn detail(
          {provenance}\
          <dl class=\"props\"><dt>Tenant</dt><dd><code>{tenant}</code></dd><dt>Client id</dt><dd><code>{client}</code></dd>\
          <dt>Cloud</dt><dd>{cloud}</dd><dt>Authority host</dt><dd><code>{authority}</code></dd>\
-         <dt>Assertion</dt><dd>{assertion}</dd></dl>\
+         <dt>Assertion</dt><dd>{assertion}</dd>\
+         <dt>Least privilege</dt><dd data-testid=\"identity-controls\">{controls}</dd></dl>\
          <div class=\"heading\"><h2>Federated credentials</h2><div class=\"buttons\">\
          <a class=\"button\" href=\"/ui/test?identity={q}\">Test it</a>\
          <a class=\"button primary{disabled}\" href=\"/ui/identities/{seg}/credentials/new\" data-testid=\"add-credential\"{aria}>Add credential</a></div></div>\
@@ -282,6 +321,10 @@ pub async fn detail(
         client = esc(&identity.client_id),
         authority = esc(&identity.authority_host),
         assertion = esc(&assertion_text(identity)),
+        controls = match control_badges(&identity.conditions.restrictions) {
+            b if b.is_empty() => "none (any scope, the default rate)".to_owned(),
+            b => b,
+        },
         q = esc(&html::url_component(&identity.name)),
     );
     html::html(
@@ -298,6 +341,10 @@ struct IdentityFields {
     client_id: String,
     cloud: String,
     authority_host: String,
+    /// Least privilege (docs/admin.md): refuse every exchange for the identity.
+    disabled: bool,
+    /// Comma separated scope patterns; empty: any.
+    allowed_scopes: String,
 }
 
 impl IdentityFields {
@@ -308,6 +355,8 @@ impl IdentityFields {
             client_id: form.trimmed("client_id").to_owned(),
             cloud: form.trimmed("cloud").to_owned(),
             authority_host: form.trimmed("authority_host").to_owned(),
+            disabled: form.checked("disabled"),
+            allowed_scopes: form.trimmed("allowed_scopes").to_owned(),
         }
     }
 
@@ -324,14 +373,18 @@ impl IdentityFields {
             client_id: identity.client_id.clone(),
             cloud,
             authority_host: identity.authority_host.clone().unwrap_or_default(),
+            disabled: identity.restrictions.disabled,
+            allowed_scopes: identity.restrictions.allowed_scopes.join(", "),
         }
     }
 
-    /// The identity as written; an edit keeps the assertion source and subject as they are.
+    /// The identity as written; an edit keeps the assertion source and subject (and the
+    /// rate limit, which the form does not show) as they are.
     fn input(
         &self,
         assertion: wif_config::AssertionSource,
         assertion_subject: Option<String>,
+        restrictions: crate::policy::conditions::Restrictions,
     ) -> Result<IdentityInput, ApiError> {
         let cloud = match self.cloud.as_str() {
             "" => None,
@@ -352,6 +405,16 @@ impl IdentityFields {
             authority_host: (!self.authority_host.is_empty()).then(|| self.authority_host.clone()),
             assertion,
             assertion_subject,
+            restrictions: crate::policy::conditions::Restrictions {
+                disabled: self.disabled,
+                allowed_scopes: self
+                    .allowed_scopes
+                    .split(|c: char| c == ',' || c.is_whitespace())
+                    .filter(|e| !e.is_empty())
+                    .map(str::to_owned)
+                    .collect(),
+                ..restrictions
+            },
         })
     }
 }
@@ -396,6 +459,10 @@ fn identity_form(
          <label for=\"authority_host\">Authority host (instead of a cloud)</label>\
          <input id=\"authority_host\" name=\"authority_host\" value=\"{authority}\" spellcheck=\"false\" placeholder=\"https://login.microsoftonline.com\">\
          <p class=\"hint\">The assertion source stays as it is (new identities use <code>passthrough</code>); other sources are set through the API or the config file.</p>\
+         <label for=\"allowed_scopes\">Allowed scopes (broker extension)</label>\
+         <input id=\"allowed_scopes\" name=\"allowed_scopes\" value=\"{scopes}\" spellcheck=\"false\" placeholder=\"https://storage.azure.com/.default\">\
+         <p class=\"hint\">Comma separated, <code>*</code> wildcards: the scopes this identity's tokens may be asked for, unless a credential names its own. Empty: any.</p>\
+         <label class=\"check\"><input type=\"checkbox\" id=\"disabled\" name=\"disabled\" data-testid=\"identity-disabled\"{disabled_checked}> Disabled: refuse every exchange and drop its cached tokens, keep the identity</label>\
          <div class=\"buttons\"><button type=\"submit\" class=\"primary\" data-testid=\"save\"{disabled}>Save</button>\
          <a class=\"button\" href=\"/ui/identities\">Cancel</a></div></form>",
         error = error.map(html::error_box).unwrap_or_default(),
@@ -408,6 +475,8 @@ fn identity_form(
         o2 = cloud_option("usgov", "usgov"),
         o3 = cloud_option("china", "china"),
         authority = esc(&fields.authority_host),
+        scopes = esc(&fields.allowed_scopes),
+        disabled_checked = if fields.disabled { " checked" } else { "" },
         disabled = html::disabled_unless_admin(session),
     )
 }
@@ -467,7 +536,11 @@ pub async fn create(
                 ),
             ));
         }
-        let input = fields.input(wif_config::AssertionSource::default(), None)?;
+        let input = fields.input(
+            wif_config::AssertionSource::default(),
+            None,
+            Default::default(),
+        )?;
         Ok(console.app.admin.put_identity(&fields.name, input).await?)
     }
     .await;
@@ -551,8 +624,10 @@ pub async fn update(
         return not_found(&session, &name);
     };
     let (assertion, subject) = (current.assertion, current.assertion_subject.clone());
+    // The console's form leaves the least-privilege controls as they are.
+    let restrictions = current.conditions.restrictions.clone();
     let result = async {
-        let input = fields.input(assertion, subject)?;
+        let input = fields.input(assertion, subject, restrictions)?;
         Ok::<_, ApiError>(console.app.admin.put_identity(&name, input).await?)
     }
     .await;

@@ -60,6 +60,11 @@ fn form_html(console: &Console, session: &Session, form: &Form) -> String {
          <textarea id=\"claims\" name=\"claims\" rows=\"6\" spellcheck=\"false\" placeholder='{{\"sub\": \"repo:contoso/app:ref:refs/heads/main\", \"aud\": \"api://AzureADTokenExchange\"}}'>{claims}</textarea>\
          <p class=\"hint\">To try rules before any job has run: signature and times are skipped.</p></div>\
          <label for=\"identity\">Identity the workload would ask for</label><select id=\"identity\" name=\"identity\">{options}</select>\
+         <label for=\"scope\">Scope it would ask for (optional)</label>\
+         <input id=\"scope\" name=\"scope\" value=\"{scope}\" spellcheck=\"false\" placeholder=\"https://storage.azure.com/.default\">\
+         <label for=\"source_address\">Address it would come from (optional)</label>\
+         <input id=\"source_address\" name=\"source_address\" value=\"{source}\" spellcheck=\"false\" placeholder=\"10.1.2.3\">\
+         <p class=\"hint\">Given these, the scope and source-network limits are judged too.</p>\
          <div class=\"buttons\"><button type=\"submit\" class=\"primary\" data-testid=\"run-test\">Test</button></div></form>",
         csrf = html::csrf_field(session),
         r1 = radio("token", "A token"),
@@ -68,6 +73,8 @@ fn form_html(console: &Console, session: &Session, form: &Form) -> String {
         issuer = esc(form.get("issuer").unwrap_or_default()),
         claims = esc(form.get("claims").unwrap_or_default()),
         options = identity_options(console, form.trimmed("identity")),
+        scope = esc(form.get("scope").unwrap_or_default()),
+        source = esc(form.get("source_address").unwrap_or_default()),
     )
 }
 
@@ -214,6 +221,7 @@ pub async fn run(State(console): State<Console>, Signed(session): Signed, body: 
         Err(r) => return r,
     };
     let identity = form.optional("identity");
+    let (scope, source_address) = (form.optional("scope"), form.optional("source_address"));
     let request = if form.get("mode") == Some("claims") {
         let claims = match serde_json::from_str::<serde_json::Value>(form.trimmed("claims")) {
             Ok(v @ serde_json::Value::Object(_)) => v,
@@ -227,6 +235,8 @@ pub async fn run(State(console): State<Console>, Signed(session): Signed, body: 
             issuer: form.optional("issuer"),
             claims: Some(claims),
             identity,
+            scope,
+            source_address,
         }
     } else {
         SimulateRequest {
@@ -234,6 +244,8 @@ pub async fn run(State(console): State<Console>, Signed(session): Signed, body: 
             issuer: None,
             claims: None,
             identity,
+            scope,
+            source_address,
         }
     };
     match crate::simulate::simulate(&console.app.broker, request).await {

@@ -211,6 +211,7 @@ async fn rows_stored_before_the_fix_never_send_an_assertion_to_the_attacker() {
                     assertion_subject: subject.map(str::to_owned),
                     created_at: 1,
                     updated_at: 1,
+                    restrictions: Default::default(),
                 })
                 .await
                 .unwrap();
@@ -227,6 +228,7 @@ async fn rows_stored_before_the_fix_never_send_an_assertion_to_the_attacker() {
                     one_time_use: false,
                     created_at: 1,
                     updated_at: 1,
+                    restrictions: Default::default(),
                 })
                 .await
                 .unwrap();

@@ -219,6 +219,7 @@ async fn identity_names_differing_only_in_case_cannot_coexist() {
                 assertion_subject: None,
                 created_at: 1,
                 updated_at: 1,
+                restrictions: Default::default(),
             })
             .await
             .unwrap();

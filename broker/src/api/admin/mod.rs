@@ -20,11 +20,12 @@ use serde::de::DeserializeOwned;
 use self::auth::{Principal, Role};
 use self::model::{
     ClaimsMatchingExpression, Collection, Credential, CredentialRequest, EntraCredential, Identity,
-    IdentityRequest, SimulateRequest, SimulateResponse,
+    IdentityRequest, RateLimit, SimulateRequest, SimulateResponse,
 };
 use super::{ApiError, AppState};
 use crate::admin::{AdminError, CredentialInput, IdentityInput};
 use crate::audit::AuditEvent;
+use crate::policy::conditions::{Restrictions, parse_time};
 use crate::policy::rules::Violation;
 use crate::policy::{self, SubjectRule};
 use crate::store::{AuditQuery, PutOutcome, StoredCredential};
@@ -59,6 +60,9 @@ fn identity_view(state: &AppState, i: &policy::Identity) -> Identity {
         assertion: i.assertion,
         source: if i.read_only { "config" } else { "api" }.into(),
         read_only: i.read_only,
+        disabled: i.conditions.restrictions.disabled,
+        allowed_scopes: i.conditions.restrictions.allowed_scopes.clone(),
+        rate_limit: i.conditions.restrictions.rate_limit,
         created_date_time: i.created_at.map(rfc3339),
         last_modified_date_time: i.updated_at.map(rfc3339),
     }
@@ -76,7 +80,15 @@ fn credential_view(c: &policy::Credential) -> Credential {
         SubjectRule::Exact(s) => (Some(s.clone()), None),
         SubjectRule::Expression(e) => (None, Some(expression(e.to_string()))),
     };
+    let r = &c.conditions.restrictions;
     Credential {
+        disabled: r.disabled,
+        allowed_scopes: r.allowed_scopes.clone(),
+        source_networks: r.source_networks.clone(),
+        max_token_age_seconds: r.max_token_age_seconds,
+        not_before: r.not_before.map(rfc3339),
+        not_after: r.not_after.map(rfc3339),
+        rate_limit: r.rate_limit,
         id: c.id.clone(),
         name: c.name.clone(),
         issuer: c.issuer.clone(),
@@ -90,7 +102,15 @@ fn credential_view(c: &policy::Credential) -> Credential {
 }
 
 fn stored_view(c: StoredCredential) -> Credential {
+    let r = c.restrictions;
     Credential {
+        disabled: r.disabled,
+        allowed_scopes: r.allowed_scopes,
+        source_networks: r.source_networks,
+        max_token_age_seconds: r.max_token_age_seconds,
+        not_before: r.not_before.map(rfc3339),
+        not_after: r.not_after.map(rfc3339),
+        rate_limit: r.rate_limit,
         id: c.id,
         name: c.name,
         issuer: c.issuer,
@@ -101,6 +121,42 @@ fn stored_view(c: StoredCredential) -> Credential {
         one_time_use: c.one_time_use,
         read_only: false,
     }
+}
+
+/// `current` with the least-privilege fields `request` gives (a PATCH changes only those
+/// present; `null` clears).
+fn restrictions_changed(
+    mut current: Restrictions,
+    request: &CredentialRequest,
+) -> Result<Restrictions, Violation> {
+    let time = |field: &'static str, text: &Option<String>| {
+        text.as_deref()
+            .map(parse_time)
+            .transpose()
+            .map_err(|message| Violation { field, message })
+    };
+    if let Some(disabled) = request.disabled {
+        current.disabled = disabled;
+    }
+    if let Some(scopes) = &request.allowed_scopes {
+        current.allowed_scopes = scopes.clone();
+    }
+    if let Some(networks) = &request.source_networks {
+        current.source_networks = networks.clone();
+    }
+    if let Some(age) = request.max_token_age_seconds {
+        current.max_token_age_seconds = age;
+    }
+    if let Some(from) = &request.not_before {
+        current.not_before = time("notBefore", from)?;
+    }
+    if let Some(until) = &request.not_after {
+        current.not_after = time("notAfter", until)?;
+    }
+    if let Some(limit) = request.rate_limit {
+        current.rate_limit = limit.map(RateLimit::normalized);
+    }
+    Ok(current)
 }
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {
@@ -308,6 +364,12 @@ pub async fn put_identity(
             authority_host: request.authority_host,
             assertion: request.assertion,
             assertion_subject: request.assertion_subject,
+            restrictions: Restrictions {
+                disabled: request.disabled,
+                allowed_scopes: request.allowed_scopes,
+                rate_limit: request.rate_limit.map(RateLimit::normalized),
+                ..Restrictions::default()
+            },
         };
         Ok::<_, ApiError>(state.admin.put_identity(&name, input).await?)
     }
@@ -453,6 +515,8 @@ pub async fn create_credential(
     let who = caller(&state, &headers, Role::Admin, ACTION).await?;
     let result = async {
         let request: CredentialRequest = read_json(&headers, body, state.max_body_bytes).await?;
+        let restrictions = restrictions_changed(Restrictions::default(), &request)
+            .map_err(|v| AdminError::Invalid(vec![v]))?;
         let input = CredentialInput {
             name: request
                 .name
@@ -468,6 +532,7 @@ pub async fn create_credential(
             audiences: request.audiences.unwrap_or_default(),
             description: request.description.flatten(),
             one_time_use: request.one_time_use.unwrap_or(false),
+            restrictions,
         };
         Ok::<_, ApiError>(state.admin.create_credential(&identity, input).await?)
     }
@@ -495,6 +560,7 @@ pub async fn update_credential(
     let who = caller(&state, &headers, Role::Admin, ACTION).await?;
     let result = async {
         let request: CredentialRequest = read_json(&headers, body, state.max_body_bytes).await?;
+        let controls = request.clone();
         let expression = match request.claims_matching_expression {
             Some(e) => Some(expression_text(e).map_err(|v| AdminError::Invalid(vec![v]))?),
             None => None,
@@ -523,6 +589,7 @@ pub async fn update_credential(
                 if let Some(one_time_use) = request.one_time_use {
                     input.one_time_use = one_time_use;
                 }
+                input.restrictions = restrictions_changed(input.restrictions.clone(), &controls)?;
                 Ok(())
             })
             .await

@@ -5,6 +5,8 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use wif_config::{AssertionSource, Cloud};
 
+pub use crate::policy::conditions::StoredRateLimit as RateLimit;
+
 /// `{"value": [...]}`, with a cursor for the next page where paging applies.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
@@ -39,6 +41,18 @@ pub struct IdentityRequest {
     /// or subject.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub assertion_subject: Option<String>,
+    /// Refuse every exchange for this identity at once, and drop its cached tokens,
+    /// without deleting it (broker extension).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub disabled: bool,
+    /// The scopes this identity's tokens may be asked for, for credentials that name none:
+    /// exact or with `*` wildcards (broker extension). Empty: any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_scopes: Vec<String>,
+    /// This identity's exchange rate on each replica, instead of `[rate_limits]`
+    /// (broker extension).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimit>,
 }
 
 /// The federated credential Entra must hold for an identity with the broker assertion.
@@ -71,6 +85,18 @@ pub struct Identity {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub entra_federated_credential: Option<EntraCredential>,
     pub read_only: bool,
+    /// Refuse every exchange for this identity at once, and drop its cached tokens,
+    /// without deleting it (broker extension).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub disabled: bool,
+    /// The scopes this identity's tokens may be asked for, for credentials that name none:
+    /// exact or with `*` wildcards (broker extension). Empty: any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_scopes: Vec<String>,
+    /// This identity's exchange rate on each replica, instead of `[rate_limits]`
+    /// (broker extension).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimit>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub created_date_time: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -117,6 +143,45 @@ pub struct CredentialRequest {
     pub description: Option<Option<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub one_time_use: Option<bool>,
+    /// Broker extension: refuse tokens this credential matches, without deleting it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disabled: Option<bool>,
+    /// Broker extension: the scopes tokens matched by this credential may be asked for
+    /// (exact or with `*` wildcards); empty: the identity's `allowedScopes`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_scopes: Option<Vec<String>>,
+    /// Broker extension: networks (CIDR) exchanges must come from; empty: anywhere.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_networks: Option<Vec<String>>,
+    /// Broker extension: refuse tokens issued (`iat`) longer ago than this; `null` clears.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "double_option"
+    )]
+    pub max_token_age_seconds: Option<Option<u64>>,
+    /// Broker extension (RFC 3339): admit nothing before this time; `null` clears.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "double_option"
+    )]
+    pub not_before: Option<Option<String>>,
+    /// Broker extension (RFC 3339): admit nothing from this time on; `null` clears.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "double_option"
+    )]
+    pub not_after: Option<Option<String>>,
+    /// Broker extension: each caller's (issuer and subject) exchange rate on each replica,
+    /// instead of `[rate_limits]`; `null` clears.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "double_option"
+    )]
+    pub rate_limit: Option<Option<RateLimit>>,
     /// Graph includes this read-only field in what it returns; accepted and ignored so a
     /// credential read from Graph or from here can be posted back unchanged.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -144,6 +209,23 @@ pub struct Credential {
     #[serde(default)]
     pub one_time_use: bool,
     pub read_only: bool,
+    /// Broker extension: the credential admits nothing while set.
+    #[serde(default)]
+    pub disabled: bool,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_scopes: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub source_networks: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_token_age_seconds: Option<u64>,
+    /// RFC 3339.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_before: Option<String>,
+    /// RFC 3339.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_after: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimit>,
 }
 
 /// `POST /v1/simulate` body: a real token, or an issuer and claims to test rules before
@@ -161,6 +243,13 @@ pub struct SimulateRequest {
     /// The identity the caller would name in the exchange.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub identity: Option<String>,
+    /// The scope the exchange would ask for, to judge `allowedScopes`; absent: not judged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+    /// The client address the exchange would come from, to judge `sourceNetworks`;
+    /// absent: not judged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_address: Option<String>,
 }
 
 /// What an exchange with this token (or these claims) would decide, and why.
@@ -180,7 +269,9 @@ pub struct SimulateResponse {
     pub near_misses: Vec<NearMiss>,
 }
 
-/// One verification step: `issuer`, `keys`, `signature`, `times`, `audience`, ...
+/// One step: `parse`, `issuer`, `keys`, `signature`, `times`, `match`, then the
+/// least-privilege controls `disabled`, `validity`, `sourceNetworks`, `maxTokenAge`,
+/// `allowedScopes` and `rateLimit`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Check {

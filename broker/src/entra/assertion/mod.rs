@@ -241,6 +241,7 @@ mod tests {
             read_only: false,
             created_at: None,
             updated_at: None,
+            conditions: Default::default(),
         };
         let refused = assertions
             .build(&identity, &Secret::new("caller-token".into()))

@@ -417,6 +417,7 @@ pub async fn breakdown(opts: &Options, stack: &BenchStack) -> anyhow::Result<Bre
             scope: Some(ARM),
             identity: None,
             tenant: None,
+            client: None,
         })
     };
     for _ in 0..n.min(100) {

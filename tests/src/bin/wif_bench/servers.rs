@@ -213,6 +213,7 @@ pub async fn exchange_in_process(
             scope: Some(ARM),
             identity: None,
             tenant: None,
+            client: None,
         })
         .await;
     match exchanged {
