@@ -264,3 +264,231 @@ impl TokenCache {
         self.tokens.entry_count()
     }
 }
+
+/// The cache under a clock the tests move: hits, the refresh window, the floor, failed
+/// refreshes, single flight and eviction.
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+    use super::*;
+    use crate::clock::Clock;
+    use crate::entra::Secret;
+
+    struct ManualClock(AtomicU64);
+    impl Clock for ManualClock {
+        fn now(&self) -> u64 {
+            self.0.load(Ordering::SeqCst)
+        }
+    }
+
+    const T0: u64 = 1_800_000_000;
+
+    /// An Entra the test controls: each token it issues lives `lifetime` seconds from the
+    /// test's clock and is named by its serial number.
+    struct Entra {
+        clock: Arc<ManualClock>,
+        issued: AtomicUsize,
+        lifetime: AtomicU64,
+        down: std::sync::atomic::AtomicBool,
+    }
+
+    struct Fixture {
+        cache: TokenCache,
+        entra: Arc<Entra>,
+    }
+
+    fn key(client: &str, scope: &str) -> CacheKey {
+        CacheKey {
+            authority_host: "https://login.microsoftonline.com".into(),
+            tenant_id: "t".into(),
+            client_id: client.into(),
+            scope: scope.into(),
+        }
+    }
+
+    impl Fixture {
+        fn new() -> Self {
+            let clock = Arc::new(ManualClock(AtomicU64::new(T0)));
+            let cfg = CacheConfig {
+                refresh_before_secs: 900,
+                min_remaining_secs: 300,
+                ..CacheConfig::default()
+            };
+            let cache = TokenCache::new(&cfg, clock.clone(), Metrics::new());
+            let entra = Arc::new(Entra {
+                clock,
+                issued: AtomicUsize::new(0),
+                lifetime: AtomicU64::new(3600),
+                down: false.into(),
+            });
+            Self { cache, entra }
+        }
+
+        fn advance(&self, secs: u64) {
+            self.entra.clock.0.fetch_add(secs, Ordering::SeqCst);
+        }
+
+        fn issued(&self) -> usize {
+            self.entra.issued.load(Ordering::SeqCst)
+        }
+
+        /// The serial of the token served, and how.
+        async fn get(&self, key: CacheKey) -> Result<(String, CacheOutcome), CacheError> {
+            let entra = self.entra.clone();
+            let (token, outcome) = self
+                .cache
+                .get(key, move || {
+                    move || async move {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        if entra.down.load(Ordering::SeqCst) {
+                            return Err(EntraError::Unavailable {
+                                reason: "503".into(),
+                                retry_after: None,
+                                correlation_id: None,
+                            });
+                        }
+                        let serial = entra.issued.fetch_add(1, Ordering::SeqCst) + 1;
+                        Ok(EntraToken {
+                            access_token: Secret::new(format!("token-{serial}")),
+                            expires_on: entra.clock.now() + entra.lifetime.load(Ordering::SeqCst),
+                        })
+                    }
+                })
+                .await?;
+            Ok((token.access_token.expose().to_owned(), outcome))
+        }
+
+        /// Waits for a background refresh to land (a new serial served).
+        async fn served_after_refresh(&self, key: CacheKey, old: &str) -> String {
+            for _ in 0..200 {
+                let (token, _) = self.get(key.clone()).await.unwrap();
+                if token != old {
+                    return token;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            panic!("the background refresh never landed");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_miss_fetches_once_and_hits_are_served_from_the_cache() {
+        let f = Fixture::new();
+        let k = key("a", "s");
+        assert_eq!(
+            f.get(k.clone()).await.unwrap(),
+            ("token-1".into(), CacheOutcome::Miss)
+        );
+        f.advance(3600 - 901);
+        assert_eq!(
+            f.get(k.clone()).await.unwrap(),
+            ("token-1".into(), CacheOutcome::Hit)
+        );
+        // Another scope or identity is another entry.
+        assert_eq!(f.get(key("a", "other")).await.unwrap().0, "token-2");
+        assert_eq!(f.get(key("b", "s")).await.unwrap().0, "token-3");
+        assert_eq!(f.issued(), 3);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_misses_for_one_key_make_one_call() {
+        let f = Arc::new(Fixture::new());
+        let callers: Vec<_> = (0..20)
+            .map(|_| {
+                let f = f.clone();
+                tokio::spawn(async move { f.get(key("a", "s")).await.unwrap().0 })
+            })
+            .collect();
+        for caller in callers {
+            assert_eq!(caller.await.unwrap(), "token-1");
+        }
+        assert_eq!(f.issued(), 1);
+    }
+
+    #[tokio::test]
+    async fn in_the_refresh_window_the_old_token_serves_while_one_refresh_runs() {
+        let f = Fixture::new();
+        let k = key("a", "s");
+        f.get(k.clone()).await.unwrap();
+        // 900 s left: inside the window. Every caller is answered at once...
+        f.advance(3600 - 900);
+        for _ in 0..10 {
+            assert_eq!(
+                f.get(k.clone()).await.unwrap(),
+                ("token-1".into(), CacheOutcome::HitRefreshing)
+            );
+        }
+        // ...and exactly one refresh replaces the token.
+        assert_eq!(
+            f.served_after_refresh(k.clone(), "token-1").await,
+            "token-2"
+        );
+        assert_eq!(f.issued(), 2);
+        assert_eq!(f.get(k).await.unwrap().1, CacheOutcome::Hit);
+    }
+
+    #[tokio::test]
+    async fn a_token_at_the_floor_is_never_handed_out() {
+        let f = Fixture::new();
+        let k = key("a", "s");
+        f.get(k.clone()).await.unwrap();
+        // 300 s left: the floor. The next caller waits for a fresh token instead.
+        f.advance(3600 - 300);
+        assert_eq!(
+            f.get(k.clone()).await.unwrap(),
+            ("token-2".into(), CacheOutcome::Miss)
+        );
+        // Entra issuing a token already under the floor is an error, not a cache entry.
+        f.entra.lifetime.store(300, Ordering::SeqCst);
+        assert!(matches!(
+            f.get(key("b", "s")).await,
+            Err(CacheError::ShortLived {
+                remaining: 300,
+                min: 300
+            })
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_failed_refresh_keeps_the_token_and_waits_before_trying_again() {
+        let f = Fixture::new();
+        let k = key("a", "s");
+        f.get(k.clone()).await.unwrap();
+        f.entra.down.store(true, Ordering::SeqCst);
+        f.advance(3600 - 900);
+        assert_eq!(f.get(k.clone()).await.unwrap().0, "token-1");
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        // Within the retry interval, no second attempt: still the old token.
+        f.entra.down.store(false, Ordering::SeqCst);
+        f.advance(REFRESH_RETRY_SECS - 1);
+        assert_eq!(f.get(k.clone()).await.unwrap().0, "token-1");
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert_eq!(f.issued(), 1);
+        // After it, the refresh runs again and lands.
+        f.advance(1);
+        assert_eq!(f.served_after_refresh(k, "token-1").await, "token-2");
+    }
+
+    #[tokio::test]
+    async fn evicting_an_identity_drops_its_tokens_only() {
+        let f = Fixture::new();
+        for k in [key("a", "s1"), key("A", "s2"), key("b", "s1")] {
+            f.get(k).await.unwrap();
+        }
+        f.cache
+            .evict_identity("https://login.microsoftonline.com", "t", "a");
+        assert_eq!(
+            f.get(key("a", "s1")).await.unwrap(),
+            ("token-4".into(), CacheOutcome::Miss)
+        );
+        assert_eq!(
+            f.get(key("A", "s2")).await.unwrap(),
+            ("token-5".into(), CacheOutcome::Miss)
+        );
+        assert_eq!(
+            f.get(key("b", "s1")).await.unwrap(),
+            ("token-3".into(), CacheOutcome::Hit)
+        );
+    }
+}
