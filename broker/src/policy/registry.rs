@@ -294,7 +294,7 @@ impl Registry {
                 continue;
             };
             match declared.stored_credential(identity, c) {
-                Ok(cred) => all_credentials.push(cred),
+                Ok(cred) => all_credentials.push(Arc::new(cred)),
                 Err(p) => problems.push(p),
             }
         }
@@ -327,7 +327,7 @@ impl Registry {
                         }
                         for c in credentials {
                             let cred = declared.stored_credential(&identity, c).ok()?;
-                            if !matches!(next.insert_credential(cred), Inserted::Yes) {
+                            if !matches!(next.insert_credential(Arc::new(cred)), Inserted::Yes) {
                                 return None;
                             }
                         }
@@ -345,7 +345,7 @@ impl Registry {
                             return None;
                         }
                         let cred = declared.stored_credential(&owner, row).ok()?;
-                        if !matches!(next.insert_credential(cred), Inserted::Yes) {
+                        if !matches!(next.insert_credential(Arc::new(cred)), Inserted::Yes) {
                             return None;
                         }
                     }
@@ -368,7 +368,8 @@ fn effective_authority_host(host: Option<&str>, cloud: Option<Cloud>, default: &
 #[derive(Debug, Clone, Default)]
 pub struct Declared {
     pub identities: Vec<Arc<Identity>>,
-    pub credentials: Vec<Credential>,
+    /// Shared with every registry built from them: one copy however often it is built.
+    pub credentials: Vec<Arc<Credential>>,
     pub explicit_issuers: Vec<String>,
     pub default_authority_host: String,
     /// The authority hosts identities may use (docs/configuration.md).
@@ -432,7 +433,9 @@ impl Declared {
                 let conditions =
                     Restrictions::of_credential(fc).and_then(|r| Conditions::new(r, true));
                 match (build_credential(&identity, &spec), conditions) {
-                    (Ok(c), Ok(conditions)) => credentials.push(Credential { conditions, ..c }),
+                    (Ok(c), Ok(conditions)) => {
+                        credentials.push(Arc::new(Credential { conditions, ..c }))
+                    }
                     (Err(message), _) => problems.push(BuildProblem { key, message }),
                     (_, Err(v)) => problems.extend(config_problems(&key, &v)),
                 }
@@ -526,7 +529,7 @@ impl Registry {
     /// them: the first one stays, the later one is left out and reported.
     pub fn build(
         identities: Vec<Arc<Identity>>,
-        credentials: Vec<Credential>,
+        credentials: Vec<Arc<Credential>>,
         explicit_issuers: &[String],
     ) -> (Self, Vec<BuildProblem>) {
         let mut registry = Registry {
@@ -596,7 +599,7 @@ impl Registry {
         Inserted::Yes
     }
 
-    fn insert_credential(&mut self, cred: Credential) -> Inserted {
+    fn insert_credential(&mut self, cred: Arc<Credential>) -> Inserted {
         // A credential of an identity that was left out goes with it.
         if !self
             .identities
@@ -628,7 +631,7 @@ impl Registry {
                 ));
             }
         }
-        let cred = Arc::new(cred);
+
         self.by_issuer
             .entry(cred.issuer.clone())
             .or_default()
