@@ -62,7 +62,7 @@ pub struct Connection {
 }
 
 impl Connection {
-    fn client(&self) -> anyhow::Result<AdminClient> {
+    pub(crate) fn client(&self) -> anyhow::Result<AdminClient> {
         let Some(token) = &self.admin_token else {
             bail!("no admin token: pass --admin-token TOKEN (or @FILE), or set WIF_ADMIN_TOKEN");
         };
@@ -935,7 +935,7 @@ pub fn admin_token(command: AdminTokenCommand) -> anyhow::Result<()> {
 // shared
 
 /// `VALUE`, or the contents of `@FILE`, or stdin for `@-`.
-fn read_value(value: &str, flag: &str) -> anyhow::Result<String> {
+pub(crate) fn read_value(value: &str, flag: &str) -> anyhow::Result<String> {
     match value.strip_prefix('@') {
         Some("-") => {
             let mut text = String::new();
@@ -1459,6 +1459,7 @@ mod tests {
             cloud: Some(Cloud::Public),
             authority_host: "https://login.microsoftonline.com".into(),
             assertion: AssertionSource::Passthrough,
+            assertion_subject: None,
             source: "api".into(),
             entra_federated_credential: None,
             read_only: false,

@@ -31,6 +31,79 @@ use crate::store::{AuditQuery, PutOutcome, StoredCredential};
 
 pub use crate::clock::rfc3339;
 
+// ----- optimistic concurrency -----------------------------------------------------------
+
+/// Serializes writes that carry `If-Match` on this replica, so the comparison and the
+/// write it guards are one step.
+static CONDITIONAL_WRITES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The strong `ETag` of a resource as the API shows it: a digest of its JSON, so it
+/// changes with every field (and with `lastModifiedDateTime`) and is the same on every
+/// replica that holds the same state.
+pub fn etag<T: serde::Serialize>(view: &T) -> String {
+    let json = serde_json::to_vec(&serde_json::to_value(view).unwrap_or_default())
+        .unwrap_or_default();
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &json);
+    format!("\"{}\"", hex::encode(&digest.as_ref()[..16]))
+}
+
+fn with_etag(mut response: Response, tag: &str) -> Response {
+    if let Ok(value) = header::HeaderValue::from_str(tag) {
+        response.headers_mut().insert(header::ETAG, value);
+    }
+    response
+}
+
+/// Checks `If-Match` (or `If-None-Match: *`) against the resource as it is now (`None`:
+/// it does not exist). The guard holds the write lock while the guarded write runs;
+/// without a condition, no lock.
+async fn precondition(
+    headers: &HeaderMap,
+    current: impl FnOnce() -> Option<String>,
+) -> Result<Option<tokio::sync::MutexGuard<'static, ()>>, ApiError> {
+    if headers
+        .get(header::IF_NONE_MATCH)
+        .is_some_and(|v| v.as_bytes() == b"*")
+    {
+        let guard = CONDITIONAL_WRITES.lock().await;
+        if current().is_some() {
+            return Err(ApiError::new(
+                StatusCode::PRECONDITION_FAILED,
+                "precondition_failed",
+                "If-None-Match: * was given but the resource exists (it was created since it was read); read it again",
+            ));
+        }
+        return Ok(Some(guard));
+    }
+    let Some(wanted) = headers.get(header::IF_MATCH) else {
+        return Ok(None);
+    };
+    let guard = CONDITIONAL_WRITES.lock().await;
+    let wanted = wanted.to_str().unwrap_or_default();
+    let current = current();
+    let matches = match &current {
+        None => false,
+        Some(tag) => wanted
+            .split(',')
+            .map(str::trim)
+            .any(|w| w == "*" || w == tag),
+    };
+    if matches {
+        return Ok(Some(guard));
+    }
+    Err(ApiError::new(
+        StatusCode::PRECONDITION_FAILED,
+        "precondition_failed",
+        match current {
+            None => "If-Match was given but the resource does not exist (any more); read it again".to_owned(),
+            Some(_) => format!(
+                "the resource changed since it was read (If-Match {} does not match its ETag); read it again",
+                crate::redact::untrusted(wanted)
+            ),
+        },
+    ))
+}
+
 fn identity_view(state: &AppState, i: &policy::Identity) -> Identity {
     // With the broker assertion, the one federated credential Entra needs.
     let entra_credential = match (i.assertion, state.broker.issuer()) {
@@ -57,6 +130,7 @@ fn identity_view(state: &AppState, i: &policy::Identity) -> Identity {
         cloud: i.cloud,
         authority_host: i.authority_host.clone(),
         assertion: i.assertion,
+        assertion_subject: i.assertion_subject.clone(),
         source: if i.read_only { "config" } else { "api" }.into(),
         read_only: i.read_only,
         created_date_time: i.created_at.map(rfc3339),
@@ -280,7 +354,23 @@ pub async fn get_identity(
             format!("no identity named {name:?}"),
         )
     })?;
-    Ok(Json(identity_view(&state, identity)).into_response())
+    let view = identity_view(&state, identity);
+    let tag = etag(&view);
+    Ok(with_etag(Json(view).into_response(), &tag))
+}
+
+/// The ETag of an identity as this replica shows it now.
+fn identity_etag(state: &AppState, name: &str) -> Option<String> {
+    let registry = state.broker.registry();
+    registry.identity(name).map(|i| etag(&identity_view(state, i)))
+}
+
+/// The ETag of a credential as this replica shows it now.
+fn credential_etag(state: &AppState, identity: &str, credential: &str) -> Option<String> {
+    let registry = state.broker.registry();
+    registry
+        .credential(identity, credential)
+        .map(|c| etag(&credential_view(c)))
 }
 
 /// Create or replace an identity (admin role).
@@ -301,6 +391,7 @@ pub async fn put_identity(
     let who = caller(&state, &headers, Role::Admin, ACTION).await?;
     let result = async {
         let request: IdentityRequest = read_json(&headers, body, state.max_body_bytes).await?;
+        let guard = precondition(&headers, || identity_etag(&state, &name)).await?;
         let input = IdentityInput {
             tenant_id: request.tenant_id,
             client_id: request.client_id,
@@ -309,7 +400,9 @@ pub async fn put_identity(
             assertion: request.assertion,
             assertion_subject: request.assertion_subject,
         };
-        Ok::<_, ApiError>(state.admin.put_identity(&name, input).await?)
+        let outcome = state.admin.put_identity(&name, input).await?;
+        drop(guard);
+        Ok::<_, ApiError>(outcome)
     }
     .await;
     let outcome = audited(&state, &who, ACTION, &name, None, result)?;
@@ -329,7 +422,8 @@ pub async fn put_identity(
             )
             .with_retry_after(1)
         })?;
-    Ok((status, Json(view)).into_response())
+    let tag = etag(&view);
+    Ok(with_etag((status, Json(view)).into_response(), &tag))
 }
 
 /// Delete an identity and its credentials (admin role).
@@ -344,14 +438,12 @@ pub async fn delete_identity(
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
     let who = caller(&state, &headers, Role::Admin, "identity.delete").await?;
-    audited(
-        &state,
-        &who,
-        "identity.delete",
-        &name,
-        None,
-        state.admin.delete_identity(&name).await,
-    )?;
+    let result = async {
+        let _guard = precondition(&headers, || identity_etag(&state, &name)).await?;
+        Ok::<_, ApiError>(state.admin.delete_identity(&name).await?)
+    }
+    .await;
+    audited(&state, &who, "identity.delete", &name, None, result)?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -403,7 +495,11 @@ pub async fn get_credential(
     let registry = state.broker.registry();
     registry
         .credential(&identity, &credential)
-        .map(|c| Json(credential_view(c)).into_response())
+        .map(|c| {
+            let view = credential_view(c);
+            let tag = etag(&view);
+            with_etag(Json(view).into_response(), &tag)
+        })
         .ok_or_else(|| {
             ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -499,6 +595,8 @@ pub async fn update_credential(
             Some(e) => Some(expression_text(e).map_err(|v| AdminError::Invalid(vec![v]))?),
             None => None,
         };
+        let _guard =
+            precondition(&headers, || credential_etag(&state, &identity, &credential)).await?;
         state
             .admin
             .update_credential(&identity, &credential, move |input| {
@@ -530,7 +628,12 @@ pub async fn update_credential(
     }
     .await;
     let stored = audited(&state, &who, ACTION, &identity, Some(&credential), result)?;
-    Ok(Json(stored_view(stored)).into_response())
+    let tag = credential_etag(&state, &identity, &stored.name);
+    let response = Json(stored_view(stored)).into_response();
+    Ok(match tag {
+        Some(tag) => with_etag(response, &tag),
+        None => response,
+    })
 }
 
 /// Delete a federated credential (admin role).
@@ -546,7 +649,12 @@ pub async fn delete_credential(
 ) -> Result<Response, ApiError> {
     const ACTION: &str = "credential.delete";
     let who = caller(&state, &headers, Role::Admin, ACTION).await?;
-    let result = state.admin.delete_credential(&identity, &credential).await;
+    let result = async {
+        let _guard =
+            precondition(&headers, || credential_etag(&state, &identity, &credential)).await?;
+        Ok::<_, ApiError>(state.admin.delete_credential(&identity, &credential).await?)
+    }
+    .await;
     audited(&state, &who, ACTION, &identity, Some(&credential), result)?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
