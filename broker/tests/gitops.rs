@@ -609,3 +609,62 @@ async fn entra_plan_gives_graph_json_the_broker_itself_accepts() {
     let all: Value = serde_json::from_str(&out).unwrap();
     assert!(all.as_array().unwrap().iter().any(|p| p["identity"] == "deploy"), "{all}");
 }
+
+/// Signs in to the console with the admin token and returns the identity's page.
+async fn console_page(stack: &Stack, identity: &str) -> String {
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .timeout(QUICK)
+        .build()
+        .unwrap();
+    let mut cookies: Vec<String> = Vec::new();
+    let keep = |cookies: &mut Vec<String>, response: &reqwest::Response| {
+        for value in response.headers().get_all("set-cookie") {
+            let pair = value.to_str().unwrap().split(';').next().unwrap().to_owned();
+            let name = pair.split('=').next().unwrap().to_owned();
+            cookies.retain(|c| !c.starts_with(&format!("{name}=")));
+            cookies.push(pair);
+        }
+    };
+    let base = stack.broker.url();
+    let login = http.get(format!("{base}/ui/login")).send().await.unwrap();
+    keep(&mut cookies, &login);
+    let body = login.text().await.unwrap();
+    let marker = "name=\"csrf\" value=\"";
+    let start = body.find(marker).unwrap() + marker.len();
+    let csrf = &body[start..start + body[start..].find('"').unwrap()];
+    let signed = http
+        .post(format!("{base}/ui/login"))
+        .header("cookie", cookies.join("; "))
+        .form(&[("csrf", csrf), ("next", "/ui/identities"), ("token", ADMIN_TOKEN)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(signed.status(), 303);
+    keep(&mut cookies, &signed);
+    let page = http
+        .get(format!("{base}/ui/identities/{identity}"))
+        .header("cookie", cookies.join("; "))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    page.text().await.unwrap()
+}
+
+#[tokio::test]
+async fn the_console_shows_what_entra_must_hold() {
+    let stack = Stack::seeded().await;
+    let page = console_page(&stack, "app").await;
+    let section = &page[page.find("data-testid=\"entra-setup\"").expect("no Entra section")..];
+    assert!(section.contains("1 federated credential(s)"), "{section}");
+    assert!(
+        section.contains(&format!(
+            "az ad app federated-credential create --id {APP_CLIENT} --parameters"
+        )),
+        "{section}"
+    );
+    assert!(section.contains("data-testid=\"broker-only\""), "{section}");
+    assert!(section.contains("<code>releases</code>"), "{section}");
+}

@@ -181,7 +181,10 @@ pub fn load(path: &Path, format: Option<Format>) -> anyhow::Result<RegistryFile>
     let file: RegistryFile = match Format::of(Some(path), format) {
         Format::Toml => toml::from_str(&text).map_err(|e| anyhow!("{}: {e}", path.display()))?,
         Format::Yaml => {
-            serde_saphyr::from_str(&text).map_err(|e| anyhow!("{}: {e}", path.display()))?
+            serde_saphyr::from_str(&text).map_err(|e| {
+                let text = e.to_string();
+                anyhow!("{}: {}", path.display(), text.trim_start_matches("error: "))
+            })?
         }
     };
     for (identity, credentials) in &file.federated_identity_credentials {

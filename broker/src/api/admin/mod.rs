@@ -104,7 +104,7 @@ async fn precondition(
     ))
 }
 
-fn identity_view(state: &AppState, i: &policy::Identity) -> Identity {
+pub(crate) fn identity_view(state: &AppState, i: &policy::Identity) -> Identity {
     // With the broker assertion, the one federated credential Entra needs.
     let entra_credential = match (i.assertion, state.broker.issuer()) {
         (wif_config::AssertionSource::Broker, Some(issuer)) => Some(EntraCredential {
@@ -145,7 +145,7 @@ fn expression(text: String) -> ClaimsMatchingExpression {
     }
 }
 
-fn credential_view(c: &policy::Credential) -> Credential {
+pub(crate) fn credential_view(c: &policy::Credential) -> Credential {
     let (subject, claims_matching_expression) = match &c.rule {
         SubjectRule::Exact(s) => (Some(s.clone()), None),
         SubjectRule::Expression(e) => (None, Some(expression(e.to_string()))),
