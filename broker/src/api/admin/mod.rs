@@ -337,7 +337,7 @@ pub async fn list_identities(
 /// Show one identity.
 #[utoipa::path(get, path = "/v1/identities/{name}", tag = "admin",
     params(("name" = String, Path, description = "identity name")),
-    responses((status = 200, body = Identity), (status = 401, body = super::error::ErrorBody, description = "no or invalid admin token"),
+    responses((status = 200, body = Identity, headers(("ETag" = String, description = "the version of the identity, for If-Match"))), (status = 401, body = super::error::ErrorBody, description = "no or invalid admin token"),
         (status = 403, body = super::error::ErrorBody, description = "the caller lacks the role"), (status = 404, body = super::error::ErrorBody)),
     security(("admin_token" = [])))]
 pub async fn get_identity(
@@ -375,11 +375,11 @@ fn credential_etag(state: &AppState, identity: &str, credential: &str) -> Option
 
 /// Create or replace an identity (admin role).
 #[utoipa::path(put, path = "/v1/identities/{name}", tag = "admin",
-    params(("name" = String, Path, description = "identity name")),
+    params(("name" = String, Path, description = "identity name"), ("If-Match" = Option<String>, Header, description = "an ETag from a GET: write only if the identity is unchanged (412 `precondition_failed` otherwise)"), ("If-None-Match" = Option<String>, Header, description = "`*`: create only, 412 `precondition_failed` if the identity exists")),
     request_body = IdentityRequest,
     responses((status = 201, body = Identity, description = "created"), (status = 200, body = Identity, description = "replaced"),
         (status = 400, body = super::error::ErrorBody), (status = 401, body = super::error::ErrorBody, description = "no or invalid admin token"),
-        (status = 403, body = super::error::ErrorBody, description = "the caller lacks the role"), (status = 409, body = super::error::ErrorBody), (status = 503, body = super::error::ErrorBody)),
+        (status = 403, body = super::error::ErrorBody, description = "the caller lacks the role"), (status = 409, body = super::error::ErrorBody), (status = 412, body = super::error::ErrorBody, description = "If-Match or If-None-Match does not hold: the resource changed since it was read"), (status = 503, body = super::error::ErrorBody)),
     security(("admin_token" = [])))]
 pub async fn put_identity(
     State(state): State<AppState>,
@@ -428,9 +428,9 @@ pub async fn put_identity(
 
 /// Delete an identity and its credentials (admin role).
 #[utoipa::path(delete, path = "/v1/identities/{name}", tag = "admin",
-    params(("name" = String, Path, description = "identity name")),
+    params(("name" = String, Path, description = "identity name"), ("If-Match" = Option<String>, Header, description = "an ETag from a GET: write only if the resource is unchanged (412 `precondition_failed` otherwise)")),
     responses((status = 204), (status = 401, body = super::error::ErrorBody, description = "no or invalid admin token"),
-        (status = 403, body = super::error::ErrorBody, description = "the caller lacks the role"), (status = 404, body = super::error::ErrorBody), (status = 409, body = super::error::ErrorBody), (status = 503, body = super::error::ErrorBody)),
+        (status = 403, body = super::error::ErrorBody, description = "the caller lacks the role"), (status = 404, body = super::error::ErrorBody), (status = 409, body = super::error::ErrorBody), (status = 412, body = super::error::ErrorBody, description = "If-Match or If-None-Match does not hold: the resource changed since it was read"), (status = 503, body = super::error::ErrorBody)),
     security(("admin_token" = [])))]
 pub async fn delete_identity(
     State(state): State<AppState>,
@@ -483,7 +483,7 @@ pub async fn list_credentials(
 /// Show one federated credential (by name or id).
 #[utoipa::path(get, path = "/v1/identities/{name}/federatedIdentityCredentials/{credential}", tag = "admin",
     params(("name" = String, Path, description = "identity name"), ("credential" = String, Path, description = "credential name or id")),
-    responses((status = 200, body = Credential), (status = 401, body = super::error::ErrorBody, description = "no or invalid admin token"),
+    responses((status = 200, body = Credential, headers(("ETag" = String, description = "the version of the credential, for If-Match"))), (status = 401, body = super::error::ErrorBody, description = "no or invalid admin token"),
         (status = 403, body = super::error::ErrorBody, description = "the caller lacks the role"), (status = 404, body = super::error::ErrorBody)),
     security(("admin_token" = [])))]
 pub async fn get_credential(
@@ -575,11 +575,11 @@ pub async fn create_credential(
 
 /// Change a federated credential (admin role); its name is immutable.
 #[utoipa::path(patch, path = "/v1/identities/{name}/federatedIdentityCredentials/{credential}", tag = "admin",
-    params(("name" = String, Path, description = "identity name"), ("credential" = String, Path, description = "credential name or id")),
+    params(("name" = String, Path, description = "identity name"), ("credential" = String, Path, description = "credential name or id"), ("If-Match" = Option<String>, Header, description = "an ETag from a GET: write only if the resource is unchanged (412 `precondition_failed` otherwise)")),
     request_body = CredentialRequest,
     responses((status = 200, body = Credential), (status = 400, body = super::error::ErrorBody), (status = 401, body = super::error::ErrorBody, description = "no or invalid admin token"),
         (status = 403, body = super::error::ErrorBody, description = "the caller lacks the role"),
-        (status = 404, body = super::error::ErrorBody), (status = 409, body = super::error::ErrorBody), (status = 503, body = super::error::ErrorBody)),
+        (status = 404, body = super::error::ErrorBody), (status = 409, body = super::error::ErrorBody), (status = 412, body = super::error::ErrorBody, description = "If-Match or If-None-Match does not hold: the resource changed since it was read"), (status = 503, body = super::error::ErrorBody)),
     security(("admin_token" = [])))]
 pub async fn update_credential(
     State(state): State<AppState>,
@@ -638,9 +638,9 @@ pub async fn update_credential(
 
 /// Delete a federated credential (admin role).
 #[utoipa::path(delete, path = "/v1/identities/{name}/federatedIdentityCredentials/{credential}", tag = "admin",
-    params(("name" = String, Path, description = "identity name"), ("credential" = String, Path, description = "credential name or id")),
+    params(("name" = String, Path, description = "identity name"), ("credential" = String, Path, description = "credential name or id"), ("If-Match" = Option<String>, Header, description = "an ETag from a GET: write only if the resource is unchanged (412 `precondition_failed` otherwise)")),
     responses((status = 204), (status = 401, body = super::error::ErrorBody, description = "no or invalid admin token"),
-        (status = 403, body = super::error::ErrorBody, description = "the caller lacks the role"), (status = 404, body = super::error::ErrorBody), (status = 409, body = super::error::ErrorBody), (status = 503, body = super::error::ErrorBody)),
+        (status = 403, body = super::error::ErrorBody, description = "the caller lacks the role"), (status = 404, body = super::error::ErrorBody), (status = 409, body = super::error::ErrorBody), (status = 412, body = super::error::ErrorBody, description = "If-Match or If-None-Match does not hold: the resource changed since it was read"), (status = 503, body = super::error::ErrorBody)),
     security(("admin_token" = [])))]
 pub async fn delete_credential(
     State(state): State<AppState>,
