@@ -914,6 +914,33 @@ mod tests {
         assert!(names.contains(&"claimsMatchingExpression") && names.contains(&"oneTimeUse"));
     }
 
+    /// The published JSON Schema names exactly the API's fields: a field added to the API
+    /// fails here until the schema has it too.
+    #[test]
+    fn the_published_schema_has_the_api_fields() {
+        let schema: Value =
+            serde_json::from_str(include_str!("../../../docs/registry.schema.json")).unwrap();
+        let keys = |def: &str| -> Vec<String> {
+            let mut keys: Vec<String> = schema["$defs"][def]["properties"]
+                .as_object()
+                .unwrap()
+                .keys()
+                .cloned()
+                .collect();
+            keys.sort();
+            keys
+        };
+        let sorted = |names: &[&str]| -> Vec<String> {
+            let mut names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+            names.sort();
+            names
+        };
+        assert_eq!(keys("identity"), sorted(field_names::<IdentityRequest>()));
+        assert_eq!(keys("credential"), sorted(field_names::<CredentialRequest>()));
+        let top: Vec<&String> = schema["properties"].as_object().unwrap().keys().collect();
+        assert_eq!(top, ["$schema", "federatedIdentityCredentials", "identities"]);
+    }
+
     #[test]
     fn empty_values_compare_as_absent() {
         let old = project::<CredentialRequest>(&serde_json::json!({
