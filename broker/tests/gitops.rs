@@ -82,7 +82,10 @@ impl Stack {
             .unwrap();
         let out = String::from_utf8_lossy(&output.stdout).into_owned();
         let err = String::from_utf8_lossy(&output.stderr).into_owned();
-        assert!(!out.contains(token) && !err.contains(token), "token printed");
+        assert!(
+            !out.contains(token) && !err.contains(token),
+            "token printed"
+        );
         (output.status.code().unwrap_or(-1), out, err)
     }
 
@@ -91,7 +94,13 @@ impl Stack {
     }
 
     async fn api(&self, method: Method, path: &str, body: Option<Value>) -> support::Answer {
-        admin(&client(), method, &format!("{}{path}", self.broker.url()), body).await
+        admin(
+            &client(),
+            method,
+            &format!("{}{path}", self.broker.url()),
+            body,
+        )
+        .await
     }
 
     async fn state(&self) -> Value {
@@ -150,7 +159,10 @@ federatedIdentityCredentials:
             .admin_cli(&["apply", "-f", seed.to_str().unwrap()])
             .await;
         assert_eq!(code, 0, "{out}{err}");
-        assert!(out.contains("Plan: 5 to create, 0 to update, 0 to delete."), "{out}");
+        assert!(
+            out.contains("Plan: 5 to create, 0 to update, 0 to delete."),
+            "{out}"
+        );
         stack
     }
 }
@@ -164,7 +176,10 @@ async fn export_plan_edit_apply_round_trip() {
         .await;
     assert_eq!(code, 0, "{err}");
     let text = std::fs::read_to_string(&exported).unwrap();
-    assert!(!text.contains("deploy"), "config identities are not exported:\n{text}");
+    assert!(
+        !text.contains("deploy"),
+        "config identities are not exported:\n{text}"
+    );
 
     // Export, then plan: nothing to do (exit 0), and the read-only identity is named.
     let (code, out, err) = stack
@@ -172,14 +187,26 @@ async fn export_plan_edit_apply_round_trip() {
         .await;
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("No changes"), "{out}");
-    assert!(out.contains("Read-only (declared in the broker's config file, not managed here): deploy"), "{out}");
+    assert!(
+        out.contains("Read-only (declared in the broker's config file, not managed here): deploy"),
+        "{out}"
+    );
 
     // The same in TOML.
     let toml = stack.dir.path("exported.toml");
-    let (code, _, err) = stack.admin_cli(&["export", "-o", toml.to_str().unwrap()]).await;
+    let (code, _, err) = stack
+        .admin_cli(&["export", "-o", toml.to_str().unwrap()])
+        .await;
     assert_eq!(code, 0, "{err}");
-    let (code, out, err) = stack.admin_cli(&["plan", "-f", toml.to_str().unwrap()]).await;
-    assert_eq!(code, 0, "{out}{err}\n{}", std::fs::read_to_string(&toml).unwrap());
+    let (code, out, err) = stack
+        .admin_cli(&["plan", "-f", toml.to_str().unwrap()])
+        .await;
+    assert_eq!(
+        code,
+        0,
+        "{out}{err}\n{}",
+        std::fs::read_to_string(&toml).unwrap()
+    );
 
     // One edit: plan shows exactly it, field by field, and exits 2.
     let before = stack.state().await;
@@ -205,7 +232,10 @@ async fn export_plan_edit_apply_round_trip() {
         ],
         "{out}"
     );
-    assert!(out.contains("Plan: 0 to create, 1 to update, 0 to delete."), "{out}");
+    assert!(
+        out.contains("Plan: 0 to create, 1 to update, 0 to delete."),
+        "{out}"
+    );
     assert_eq!(stack.state().await, before, "plan changed something");
 
     // --dry-run shows the same and changes nothing.
@@ -222,7 +252,9 @@ async fn export_plan_edit_apply_round_trip() {
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("updated credential web/main"), "{out}");
     let again = stack.dir.path("again.yaml");
-    let (code, _, err) = stack.admin_cli(&["export", "-o", again.to_str().unwrap()]).await;
+    let (code, _, err) = stack
+        .admin_cli(&["export", "-o", again.to_str().unwrap()])
+        .await;
     assert_eq!(code, 0, "{err}");
     assert_eq!(std::fs::read_to_string(&again).unwrap(), edited_text);
 
@@ -266,7 +298,10 @@ async fn a_concurrent_write_stops_apply_before_any_change() {
         ])
         .await;
     assert_eq!(code, 2, "{out}{err}");
-    assert!(out.contains("Plan: 1 to create, 1 to update, 0 to delete."), "{out}");
+    assert!(
+        out.contains("Plan: 1 to create, 1 to update, 0 to delete."),
+        "{out}"
+    );
 
     // Someone changes the credential the plan updates, through the API.
     let patched = stack
@@ -329,7 +364,11 @@ async fn writes_honour_if_match_and_answer_412() {
         let stale = support::send(request).await;
         assert_eq!(stale.status, 412, "{method}: {}", stale.text);
         assert_eq!(stale.error(), "precondition_failed");
-        assert!(stale.description().contains("read it again"), "{}", stale.text);
+        assert!(
+            stale.description().contains("read it again"),
+            "{}",
+            stale.text
+        );
         assert!(stale.body["request_id"].is_string(), "{}", stale.text);
     }
     let now = stack.api(Method::GET, path, None).await;
@@ -437,7 +476,9 @@ async fn file_errors_name_the_line_and_the_field() {
         "typo.yaml",
         &format!("identities:\n  app:\n    tenantId: {TENANT}\n    clientID: {APP_CLIENT}\n"),
     );
-    let (code, out, err) = stack.admin_cli(&["plan", "-f", yaml.to_str().unwrap()]).await;
+    let (code, out, err) = stack
+        .admin_cli(&["plan", "-f", yaml.to_str().unwrap()])
+        .await;
     assert_eq!(code, 1, "{out}{err}");
     assert!(err.contains("typo.yaml"), "{err}");
     assert!(err.contains("clientID"), "{err}");
@@ -449,7 +490,9 @@ async fn file_errors_name_the_line_and_the_field() {
             "[identities.app]\ntenantId = \"{TENANT}\"\nclientId = \"{APP_CLIENT}\"\n\n[[federatedIdentityCredentials.app]]\nname = \"main\"\nissuer = \"https://token.actions.githubusercontent.com\"\nsubjekt = \"x\"\n"
         ),
     );
-    let (code, out, err) = stack.admin_cli(&["plan", "-f", toml.to_str().unwrap()]).await;
+    let (code, out, err) = stack
+        .admin_cli(&["plan", "-f", toml.to_str().unwrap()])
+        .await;
     assert_eq!(code, 1, "{out}{err}");
     assert!(err.contains("subjekt") && err.contains("line 8"), "{err}");
 
@@ -457,9 +500,14 @@ async fn file_errors_name_the_line_and_the_field() {
         "noname.yaml",
         &format!("identities:\n  app:\n    tenantId: {TENANT}\n    clientId: {APP_CLIENT}\nfederatedIdentityCredentials:\n  app:\n    - issuer: https://token.actions.githubusercontent.com\n      subject: x\n"),
     );
-    let (code, _, err) = stack.admin_cli(&["plan", "-f", no_name.to_str().unwrap()]).await;
+    let (code, _, err) = stack
+        .admin_cli(&["plan", "-f", no_name.to_str().unwrap()])
+        .await;
     assert_eq!(code, 1);
-    assert!(err.contains("federatedIdentityCredentials.app[0]: name is required"), "{err}");
+    assert!(
+        err.contains("federatedIdentityCredentials.app[0]: name is required"),
+        "{err}"
+    );
 
     // An identity the broker's config file declares cannot be managed from the file.
     let config_identity = stack.file(
@@ -470,16 +518,24 @@ async fn file_errors_name_the_line_and_the_field() {
         .admin_cli(&["apply", "-f", config_identity.to_str().unwrap()])
         .await;
     assert_eq!(code, 1);
-    assert!(err.contains("\"deploy\" is declared in the broker's config file and is read-only"), "{err}");
+    assert!(
+        err.contains("\"deploy\" is declared in the broker's config file and is read-only"),
+        "{err}"
+    );
 
     // A value the broker refuses stops apply with the API's field error.
     let bad = stack.file(
         "bad.yaml",
         &format!("identities:\n  app:\n    tenantId: {TENANT}\n    clientId: not-a-guid\n"),
     );
-    let (code, _, err) = stack.admin_cli(&["apply", "-f", bad.to_str().unwrap()]).await;
+    let (code, _, err) = stack
+        .admin_cli(&["apply", "-f", bad.to_str().unwrap()])
+        .await;
     assert_eq!(code, 1);
-    assert!(err.contains("clientId") && err.contains("0 of 1 changes were applied"), "{err}");
+    assert!(
+        err.contains("clientId") && err.contains("0 of 1 changes were applied"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -545,7 +601,10 @@ async fn entra_plan_gives_graph_json_the_broker_itself_accepts() {
     assert_eq!(app["identity"], "app");
     assert_eq!(app["assertion"], "passthrough");
     let fics = app["federatedIdentityCredentials"].as_array().unwrap();
-    let names: Vec<&str> = fics.iter().map(|f| f["graph"]["name"].as_str().unwrap()).collect();
+    let names: Vec<&str> = fics
+        .iter()
+        .map(|f| f["graph"]["name"].as_str().unwrap())
+        .collect();
     assert_eq!(names, ["gh-tags", "main"]);
     // `releases` is an expression on an issuer Entra takes none for (the test issuer).
     let broker_only: Vec<&str> = app["brokerOnly"]
@@ -557,10 +616,23 @@ async fn entra_plan_gives_graph_json_the_broker_itself_accepts() {
     assert_eq!(broker_only, ["aks-payments", "releases"], "{app}");
     for f in fics {
         let cmd = f["azAppCommand"].as_str().unwrap();
-        assert!(cmd.starts_with(&format!("az ad app federated-credential create --id {APP_CLIENT} --parameters '{{")), "{cmd}");
+        assert!(
+            cmd.starts_with(&format!(
+                "az ad app federated-credential create --id {APP_CLIENT} --parameters '{{"
+            )),
+            "{cmd}"
+        );
     }
-    assert!(fics[1]["azIdentityCommand"].as_str().unwrap().starts_with("az identity federated-credential create --name main"));
-    assert!(fics[0].get("azIdentityCommand").is_none(), "managed identities take no expression");
+    assert!(
+        fics[1]["azIdentityCommand"]
+            .as_str()
+            .unwrap()
+            .starts_with("az identity federated-credential create --name main")
+    );
+    assert!(
+        fics[0].get("azIdentityCommand").is_none(),
+        "managed identities take no expression"
+    );
 
     // Each Graph body, posted to the broker's own Graph-shaped API, is accepted and reads
     // back the same.
@@ -598,16 +670,27 @@ async fn entra_plan_gives_graph_json_the_broker_itself_accepts() {
             .await;
         assert_eq!(made.status, 201, "{}", made.text);
     }
-    let (code, out, err) = stack.admin_cli(&["entra", "plan", "--identity", "web"]).await;
+    let (code, out, err) = stack
+        .admin_cli(&["entra", "plan", "--identity", "web"])
+        .await;
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("20 federated credential(s) in Entra"), "{out}");
-    assert!(out.contains("broker only: main: Entra holds at most 20 federated credentials"), "{out}");
+    assert!(
+        out.contains("broker only: main: Entra holds at most 20 federated credentials"),
+        "{out}"
+    );
 
     // The read-only identity from the config file is covered too.
     let (code, out, err) = stack.admin_cli(&["entra", "plan", "-o", "json"]).await;
     assert_eq!(code, 0, "{err}");
     let all: Value = serde_json::from_str(&out).unwrap();
-    assert!(all.as_array().unwrap().iter().any(|p| p["identity"] == "deploy"), "{all}");
+    assert!(
+        all.as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["identity"] == "deploy"),
+        "{all}"
+    );
 }
 
 /// Signs in to the console with the admin token and returns the identity's page.
@@ -621,7 +704,13 @@ async fn console_page(stack: &Stack, identity: &str) -> String {
     let mut cookies: Vec<String> = Vec::new();
     let keep = |cookies: &mut Vec<String>, response: &reqwest::Response| {
         for value in response.headers().get_all("set-cookie") {
-            let pair = value.to_str().unwrap().split(';').next().unwrap().to_owned();
+            let pair = value
+                .to_str()
+                .unwrap()
+                .split(';')
+                .next()
+                .unwrap()
+                .to_owned();
             let name = pair.split('=').next().unwrap().to_owned();
             cookies.retain(|c| !c.starts_with(&format!("{name}=")));
             cookies.push(pair);
@@ -637,7 +726,11 @@ async fn console_page(stack: &Stack, identity: &str) -> String {
     let signed = http
         .post(format!("{base}/ui/login"))
         .header("cookie", cookies.join("; "))
-        .form(&[("csrf", csrf), ("next", "/ui/identities"), ("token", ADMIN_TOKEN)])
+        .form(&[
+            ("csrf", csrf),
+            ("next", "/ui/identities"),
+            ("token", ADMIN_TOKEN),
+        ])
         .send()
         .await
         .unwrap();
@@ -657,7 +750,9 @@ async fn console_page(stack: &Stack, identity: &str) -> String {
 async fn the_console_shows_what_entra_must_hold() {
     let stack = Stack::seeded().await;
     let page = console_page(&stack, "app").await;
-    let section = &page[page.find("data-testid=\"entra-setup\"").expect("no Entra section")..];
+    let section = &page[page
+        .find("data-testid=\"entra-setup\"")
+        .expect("no Entra section")..];
     assert!(section.contains("1 federated credential(s)"), "{section}");
     assert!(
         section.contains(&format!(

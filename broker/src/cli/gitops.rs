@@ -61,12 +61,12 @@ pub enum Format {
 
 impl Format {
     fn of(path: Option<&Path>, given: Option<Format>) -> Format {
-        given.unwrap_or_else(|| {
-            match path.and_then(|p| p.extension()).and_then(|e| e.to_str()) {
+        given.unwrap_or_else(
+            || match path.and_then(|p| p.extension()).and_then(|e| e.to_str()) {
                 Some(e) if e.eq_ignore_ascii_case("toml") => Format::Toml,
                 _ => Format::Yaml,
-            }
-        })
+            },
+        )
     }
 }
 
@@ -180,12 +180,10 @@ pub fn load(path: &Path, format: Option<Format>) -> anyhow::Result<RegistryFile>
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let file: RegistryFile = match Format::of(Some(path), format) {
         Format::Toml => toml::from_str(&text).map_err(|e| anyhow!("{}: {e}", path.display()))?,
-        Format::Yaml => {
-            serde_saphyr::from_str(&text).map_err(|e| {
-                let text = e.to_string();
-                anyhow!("{}: {}", path.display(), text.trim_start_matches("error: "))
-            })?
-        }
+        Format::Yaml => serde_saphyr::from_str(&text).map_err(|e| {
+            let text = e.to_string();
+            anyhow!("{}: {}", path.display(), text.trim_start_matches("error: "))
+        })?,
     };
     for (identity, credentials) in &file.federated_identity_credentials {
         if !file.identities.contains_key(identity) {
@@ -300,8 +298,7 @@ fn current_identity(view: &Value, desired: Option<&IdentityRequest>) -> Map<Stri
 }
 
 fn desired_credential(request: &CredentialRequest, audience: &str) -> Map<String, Value> {
-    let mut map =
-        project::<CredentialRequest>(&serde_json::to_value(request).unwrap_or_default());
+    let mut map = project::<CredentialRequest>(&serde_json::to_value(request).unwrap_or_default());
     map.entry("audiences")
         .or_insert_with(|| Value::from(vec![audience.to_owned()]));
     map
@@ -426,13 +423,13 @@ async fn read_live(client: &AdminClient) -> anyhow::Result<Live> {
 
 /// The resource again, with its `ETag`: what an update or delete is conditioned on.
 async fn versioned(client: &AdminClient, segments: &[&str]) -> anyhow::Result<(Value, String)> {
-    let answer = client
-        .call(Method::GET, segments, &[], None::<&()>)
-        .await?;
-    let etag = answer
-        .etag
-        .clone()
-        .ok_or_else(|| anyhow!("the broker sent no ETag for {}; upgrade it", segments.join("/")))?;
+    let answer = client.call(Method::GET, segments, &[], None::<&()>).await?;
+    let etag = answer.etag.clone().ok_or_else(|| {
+        anyhow!(
+            "the broker sent no ETag for {}; upgrade it",
+            segments.join("/")
+        )
+    })?;
     Ok((answer.body.unwrap_or_default(), etag))
 }
 
@@ -711,8 +708,8 @@ pub async fn apply(args: ApplyArgs) -> anyhow::Result<()> {
     let client = args.remote.client()?;
     let plan = make_plan(&client, &file, args.prune).await?;
     if let Some(saved) = &args.plan {
-        let text = std::fs::read(saved)
-            .with_context(|| format!("cannot read {}", saved.display()))?;
+        let text =
+            std::fs::read(saved).with_context(|| format!("cannot read {}", saved.display()))?;
         let saved_plan: Plan = serde_json::from_slice(&text)
             .with_context(|| format!("{} is not a plan saved by plan --out", saved.display()))?;
         if saved_plan.changes != plan.changes {
@@ -801,7 +798,9 @@ pub async fn export_file(client: &AdminClient) -> anyhow::Result<RegistryFile> {
             let mut map = project::<CredentialRequest>(view);
             map.insert("name".into(), Value::String(credential.clone()));
             let request: CredentialRequest = serde_json::from_value(Value::Object(map))
-                .with_context(|| format!("credential {name}/{credential} as the broker shows it"))?;
+                .with_context(|| {
+                    format!("credential {name}/{credential} as the broker shows it")
+                })?;
             credentials.push(request);
         }
         if !credentials.is_empty() {
@@ -849,7 +848,12 @@ pub async fn entra(command: EntraCommand) -> anyhow::Result<()> {
         let (credentials, _) = client
             .call(
                 Method::GET,
-                &["v1", "identities", &identity.name, "federatedIdentityCredentials"],
+                &[
+                    "v1",
+                    "identities",
+                    &identity.name,
+                    "federatedIdentityCredentials",
+                ],
                 &[],
                 None::<&()>,
             )
@@ -936,9 +940,15 @@ mod tests {
             names
         };
         assert_eq!(keys("identity"), sorted(field_names::<IdentityRequest>()));
-        assert_eq!(keys("credential"), sorted(field_names::<CredentialRequest>()));
+        assert_eq!(
+            keys("credential"),
+            sorted(field_names::<CredentialRequest>())
+        );
         let top: Vec<&String> = schema["properties"].as_object().unwrap().keys().collect();
-        assert_eq!(top, ["$schema", "federatedIdentityCredentials", "identities"]);
+        assert_eq!(
+            top,
+            ["$schema", "federatedIdentityCredentials", "identities"]
+        );
     }
 
     #[test]
@@ -949,8 +959,10 @@ mod tests {
             "audiences": ["api://AzureADTokenExchange"]
         }));
         let new = desired_credential(
-            &serde_json::from_value(serde_json::json!({"name": "a", "issuer": "https://i", "subject": "s"}))
-                .unwrap(),
+            &serde_json::from_value(
+                serde_json::json!({"name": "a", "issuer": "https://i", "subject": "s"}),
+            )
+            .unwrap(),
             "api://AzureADTokenExchange",
         );
         assert!(field_changes(&old, &new).is_empty());

@@ -126,7 +126,10 @@ pub fn plan(identity: &Identity, credentials: &[Credential]) -> EntraSetup {
 
 fn passthrough(identity: &Identity, credentials: &[Credential], setup: &mut EntraSetup) {
     for c in credentials {
-        let expression = c.claims_matching_expression.as_ref().map(|e| e.value.as_str());
+        let expression = c
+            .claims_matching_expression
+            .as_ref()
+            .map(|e| e.value.as_str());
         let problems = crate::ui::credentials::passthrough_warnings(
             AssertionSource::Passthrough,
             &c.issuer,
@@ -238,8 +241,14 @@ mod tests {
 
     #[test]
     fn shell_words_are_quoted_when_needed() {
-        assert_eq!(quote("api://AzureADTokenExchange"), "api://AzureADTokenExchange");
-        assert_eq!(quote("repo:c/r:ref:refs/heads/main"), "repo:c/r:ref:refs/heads/main");
+        assert_eq!(
+            quote("api://AzureADTokenExchange"),
+            "api://AzureADTokenExchange"
+        );
+        assert_eq!(
+            quote("repo:c/r:ref:refs/heads/main"),
+            "repo:c/r:ref:refs/heads/main"
+        );
         assert_eq!(quote(r#"{"a":"it's"}"#), r#"'{"a":"it'\''s"}'"#);
         assert_eq!(quote(""), "''");
     }

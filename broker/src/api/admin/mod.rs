@@ -41,8 +41,8 @@ static CONDITIONAL_WRITES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_ne
 /// changes with every field (and with `lastModifiedDateTime`) and is the same on every
 /// replica that holds the same state.
 pub fn etag<T: serde::Serialize>(view: &T) -> String {
-    let json = serde_json::to_vec(&serde_json::to_value(view).unwrap_or_default())
-        .unwrap_or_default();
+    let json =
+        serde_json::to_vec(&serde_json::to_value(view).unwrap_or_default()).unwrap_or_default();
     let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &json);
     format!("\"{}\"", hex::encode(&digest.as_ref()[..16]))
 }
@@ -95,7 +95,8 @@ async fn precondition(
         StatusCode::PRECONDITION_FAILED,
         "precondition_failed",
         match current {
-            None => "If-Match was given but the resource does not exist (any more); read it again".to_owned(),
+            None => "If-Match was given but the resource does not exist (any more); read it again"
+                .to_owned(),
             Some(_) => format!(
                 "the resource changed since it was read (If-Match {} does not match its ETag); read it again",
                 crate::redact::untrusted(wanted)
@@ -362,7 +363,9 @@ pub async fn get_identity(
 /// The ETag of an identity as this replica shows it now.
 fn identity_etag(state: &AppState, name: &str) -> Option<String> {
     let registry = state.broker.registry();
-    registry.identity(name).map(|i| etag(&identity_view(state, i)))
+    registry
+        .identity(name)
+        .map(|i| etag(&identity_view(state, i)))
 }
 
 /// The ETag of a credential as this replica shows it now.
@@ -652,7 +655,12 @@ pub async fn delete_credential(
     let result = async {
         let _guard =
             precondition(&headers, || credential_etag(&state, &identity, &credential)).await?;
-        Ok::<_, ApiError>(state.admin.delete_credential(&identity, &credential).await?)
+        Ok::<_, ApiError>(
+            state
+                .admin
+                .delete_credential(&identity, &credential)
+                .await?,
+        )
     }
     .await;
     audited(&state, &who, ACTION, &identity, Some(&credential), result)?;
