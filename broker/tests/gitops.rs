@@ -533,7 +533,9 @@ async fn file_errors_name_the_line_and_the_field() {
         .await;
     assert_eq!(code, 1);
     assert!(
-        err.contains("clientId") && err.contains("0 of 1 changes were applied"),
+        err.contains("cannot create identity app: ")
+            && err.contains("clientId")
+            && err.contains("0 of 1 changes were applied"),
         "{err}"
     );
 }

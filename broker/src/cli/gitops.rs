@@ -352,6 +352,16 @@ pub struct Change {
     pub body: Option<Value>,
 }
 
+impl Action {
+    fn verb(self) -> &'static str {
+        match self {
+            Action::Create => "create",
+            Action::Update => "update",
+            Action::Delete => "delete",
+        }
+    }
+}
+
 impl Change {
     fn what(&self) -> String {
         match &self.credential {
@@ -628,12 +638,16 @@ fn show_value(v: &Option<Value>) -> String {
 pub fn describe(plan: &Plan) -> String {
     let mut out = String::new();
     for change in &plan.changes {
-        let (sign, verb) = match change.action {
-            Action::Create => ('+', "create"),
-            Action::Update => ('~', "update"),
-            Action::Delete => ('-', "delete"),
+        let sign = match change.action {
+            Action::Create => '+',
+            Action::Update => '~',
+            Action::Delete => '-',
         };
-        out.push_str(&format!("{sign} {verb} {}\n", change.what()));
+        out.push_str(&format!(
+            "{sign} {} {}\n",
+            change.action.verb(),
+            change.what()
+        ));
         for f in &change.fields {
             match change.action {
                 Action::Create => {
@@ -732,21 +746,13 @@ pub async fn apply(args: ApplyArgs) -> anyhow::Result<()> {
                     "{} changed on the broker since this plan read it (a concurrent write)",
                     change.what()
                 ),
-                _ => format!("cannot {:?} {}", change.action, change.what()).to_lowercase(),
+                _ => format!("cannot {} {}", change.action.verb(), change.what()),
             };
             bail!(
                 "{why}: {e}\n{done} of {total} changes were applied before it; nothing after it was written. Plan again and review."
             );
         }
-        println!(
-            "{} {}",
-            match change.action {
-                Action::Create => "created",
-                Action::Update => "updated",
-                Action::Delete => "deleted",
-            },
-            change.what()
-        );
+        println!("{}d {}", change.action.verb(), change.what());
     }
     println!("Applied {total} changes.");
     Ok(())
