@@ -34,6 +34,11 @@ impl Stack {
     /// A broker whose config declares identity `deploy` (read-only through the API), an
     /// admin token and a reader token.
     async fn start() -> Self {
+        Self::start_on(None).await
+    }
+
+    /// [`Stack::start`] with the store at `store` (default: SQLite in its directory).
+    async fn start_on(store: Option<&str>) -> Self {
         let dir = BrokerDir::new();
         let tokens = dir.path("admin-tokens");
         let mut lines = std::fs::read_to_string(&tokens).unwrap();
@@ -43,7 +48,10 @@ impl Stack {
         ));
         std::fs::write(&tokens, lines).unwrap();
         let upstreams = Upstreams::start().await;
-        let config = upstreams.config(&dir, "");
+        let mut config = upstreams.config(&dir, "");
+        if let Some(url) = store {
+            config = config.replace(&dir.sqlite_url(), url);
+        }
         let broker = Broker::start(&dir, &config, &[]).await;
         let issuer = upstreams.issuer.url();
         Self {
@@ -153,7 +161,11 @@ federatedIdentityCredentials:
     }
 
     async fn seeded() -> Self {
-        let stack = Self::start().await;
+        Self::seeded_on(None).await
+    }
+
+    async fn seeded_on(store: Option<&str>) -> Self {
+        let stack = Self::start_on(store).await;
         let seed = stack.file("seed.yaml", &stack.seed());
         let (code, out, err) = stack
             .admin_cli(&["apply", "-f", seed.to_str().unwrap()])
@@ -348,6 +360,22 @@ async fn writes_honour_if_match_and_answer_412() {
     assert_eq!(patched.status, 200);
     let new_etag = patched.headers["etag"].to_str().unwrap().to_owned();
     assert_ne!(new_etag, etag);
+    let reread = stack.api(Method::GET, path, None).await;
+    assert_eq!(
+        reread.headers["etag"],
+        new_etag.as_str(),
+        "a write answers the new ETag"
+    );
+    // Entries of the config file cannot be written, so they have no version.
+    let config = stack
+        .api(
+            Method::GET,
+            "/v1/identities/deploy/federatedIdentityCredentials/main",
+            None,
+        )
+        .await;
+    assert_eq!(config.status, 200);
+    assert!(config.headers.get("etag").is_none());
 
     let http = client();
     for (method, body) in [
@@ -764,4 +792,131 @@ async fn the_console_shows_what_entra_must_hold() {
     );
     assert!(section.contains("data-testid=\"broker-only\""), "{section}");
     assert!(section.contains("<code>releases</code>"), "{section}");
+}
+
+// ----- PostgreSQL: two replicas on one store --------------------------------------------
+
+const PG_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+/// A schema of its own in the shared `test` database, dropped at the end.
+struct PgSchema(String);
+
+impl PgSchema {
+    /// `None` after a notice when PostgreSQL is not there; under `CI=true` the test fails.
+    async fn create() -> Option<Self> {
+        use sqlx::Connection;
+        let connect = tokio::time::timeout(
+            Duration::from_secs(5),
+            sqlx::PgConnection::connect(PG_ADMIN_URL),
+        );
+        let why = match connect.await {
+            Ok(Ok(mut conn)) => {
+                let name = format!(
+                    "wif_gitops_{}",
+                    &uuid::Uuid::new_v4().simple().to_string()[..16]
+                );
+                sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA \"{name}\"")))
+                    .execute(&mut conn)
+                    .await
+                    .unwrap();
+                let _ = conn.close().await;
+                return Some(Self(name));
+            }
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => "no answer within 5 s".to_owned(),
+        };
+        if std::env::var("CI").is_ok_and(|v| v.eq_ignore_ascii_case("true")) {
+            panic!("PostgreSQL at 127.0.0.1:5432 is unreachable under CI=true: {why}");
+        }
+        eprintln!(
+            "NOTICE: skipped, PostgreSQL at 127.0.0.1:5432 is unreachable ({why}); CI=true fails"
+        );
+        None
+    }
+
+    fn url(&self) -> String {
+        format!("{PG_ADMIN_URL}?options=-c%20search_path%3D{}", self.0)
+    }
+
+    async fn drop_schema(self) {
+        use sqlx::Connection;
+        let mut conn = sqlx::PgConnection::connect(PG_ADMIN_URL).await.unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP SCHEMA IF EXISTS \"{}\" CASCADE",
+            self.0
+        )))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+        let _ = conn.close().await;
+    }
+}
+
+#[tokio::test]
+async fn on_postgresql_a_write_through_another_replica_stops_a_reviewed_apply() {
+    let Some(schema) = PgSchema::create().await else {
+        return;
+    };
+    let url = schema.url();
+    let stack = Stack::seeded_on(Some(&url)).await;
+    // A second replica on the same store.
+    let other_dir = BrokerDir::new();
+    let config = std::fs::read_to_string(&stack.broker.config).unwrap();
+    let other = Broker::start(&other_dir, &config, &[]).await;
+
+    let edited = stack.file(
+        "edited.yaml",
+        &stack.seed().replace(
+            "description: release tags",
+            "description: signed release tags",
+        ),
+    );
+    let saved = stack.dir.path("plan.json");
+    let (code, out, err) = stack
+        .admin_cli(&[
+            "plan",
+            "-f",
+            edited.to_str().unwrap(),
+            "--out",
+            saved.to_str().unwrap(),
+        ])
+        .await;
+    assert_eq!(code, 2, "{out}{err}");
+
+    // Through the other replica, someone changes the credential the plan updates.
+    let patched = admin(
+        &client(),
+        Method::PATCH,
+        &format!(
+            "{}/v1/identities/app/federatedIdentityCredentials/releases",
+            other.url()
+        ),
+        Some(json!({"oneTimeUse": true})),
+    )
+    .await;
+    assert_eq!(patched.status, 200, "{}", patched.text);
+
+    // The versions come from the store, so the first replica sees the change at once.
+    let (code, out, err) = stack
+        .admin_cli(&[
+            "apply",
+            "-f",
+            edited.to_str().unwrap(),
+            "--plan",
+            saved.to_str().unwrap(),
+        ])
+        .await;
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(err.contains("nothing was changed"), "{err}");
+    let releases = stack
+        .api(
+            Method::GET,
+            "/v1/identities/app/federatedIdentityCredentials/releases",
+            None,
+        )
+        .await;
+    assert_eq!(releases.body["description"], "release tags", "apply wrote");
+    drop(other);
+    drop(stack);
+    schema.drop_schema().await;
 }

@@ -34,15 +34,15 @@ pub use crate::clock::rfc3339;
 // ----- optimistic concurrency -----------------------------------------------------------
 
 /// Serializes writes that carry `If-Match` on this replica, so the comparison and the
-/// write it guards are one step.
+/// write it guards are one step here.
 static CONDITIONAL_WRITES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// The strong `ETag` of a resource as the API shows it: a digest of its JSON, so it
-/// changes with every field (and with `lastModifiedDateTime`) and is the same on every
-/// replica that holds the same state.
-pub fn etag<T: serde::Serialize>(view: &T) -> String {
+/// The strong `ETag` of a stored identity or credential: a digest of its row, so it
+/// changes with every write (its fields and its modification time) and every replica
+/// reading the same store gives the same value.
+pub fn etag<T: serde::Serialize>(row: &T) -> String {
     let json =
-        serde_json::to_vec(&serde_json::to_value(view).unwrap_or_default()).unwrap_or_default();
+        serde_json::to_vec(&serde_json::to_value(row).unwrap_or_default()).unwrap_or_default();
     let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &json);
     format!("\"{}\"", hex::encode(&digest.as_ref()[..16]))
 }
@@ -59,14 +59,14 @@ fn with_etag(mut response: Response, tag: &str) -> Response {
 /// without a condition, no lock.
 async fn precondition(
     headers: &HeaderMap,
-    current: impl FnOnce() -> Option<String>,
+    current: impl std::future::Future<Output = Result<Option<String>, ApiError>>,
 ) -> Result<Option<tokio::sync::MutexGuard<'static, ()>>, ApiError> {
     if headers
         .get(header::IF_NONE_MATCH)
         .is_some_and(|v| v.as_bytes() == b"*")
     {
         let guard = CONDITIONAL_WRITES.lock().await;
-        if current().is_some() {
+        if current.await?.is_some() {
             return Err(ApiError::new(
                 StatusCode::PRECONDITION_FAILED,
                 "precondition_failed",
@@ -80,7 +80,7 @@ async fn precondition(
     };
     let guard = CONDITIONAL_WRITES.lock().await;
     let wanted = wanted.to_str().unwrap_or_default();
-    let current = current();
+    let current = current.await?;
     let matches = match &current {
         None => false,
         Some(tag) => wanted
@@ -356,24 +356,46 @@ pub async fn get_identity(
         )
     })?;
     let view = identity_view(&state, identity);
-    let tag = etag(&view);
-    Ok(with_etag(Json(view).into_response(), &tag))
+    let read_only = identity.read_only;
+    drop(registry);
+    let response = Json(view).into_response();
+    if read_only {
+        return Ok(response);
+    }
+    Ok(match identity_etag(&state, &name).await {
+        Ok(Some(tag)) => with_etag(response, &tag),
+        _ => response,
+    })
 }
 
-/// The ETag of an identity as this replica shows it now.
-fn identity_etag(state: &AppState, name: &str) -> Option<String> {
-    let registry = state.broker.registry();
-    registry
-        .identity(name)
-        .map(|i| etag(&identity_view(state, i)))
+fn store_error(e: crate::store::StoreError) -> ApiError {
+    ApiError::from(AdminError::from(e))
 }
 
-/// The ETag of a credential as this replica shows it now.
-fn credential_etag(state: &AppState, identity: &str, credential: &str) -> Option<String> {
-    let registry = state.broker.registry();
-    registry
-        .credential(identity, credential)
-        .map(|c| etag(&credential_view(c)))
+/// The ETag of an API-registered identity as the store holds it now (`None`: no such
+/// row, as for identities from the config file).
+async fn identity_etag(state: &AppState, name: &str) -> Result<Option<String>, ApiError> {
+    let Some(store) = state.broker.store() else {
+        return Ok(None);
+    };
+    let row = store.get_identity(name).await.map_err(store_error)?;
+    Ok(row.map(|i| etag(&i)))
+}
+
+/// The ETag of an API-registered credential (by name or id) as the store holds it now.
+async fn credential_etag(
+    state: &AppState,
+    identity: &str,
+    credential: &str,
+) -> Result<Option<String>, ApiError> {
+    let Some(store) = state.broker.store() else {
+        return Ok(None);
+    };
+    let row = store
+        .get_credential(identity, credential)
+        .await
+        .map_err(store_error)?;
+    Ok(row.map(|c| etag(&c)))
 }
 
 /// Create or replace an identity (admin role).
@@ -394,7 +416,7 @@ pub async fn put_identity(
     let who = caller(&state, &headers, Role::Admin, ACTION).await?;
     let result = async {
         let request: IdentityRequest = read_json(&headers, body, state.max_body_bytes).await?;
-        let guard = precondition(&headers, || identity_etag(&state, &name)).await?;
+        let guard = precondition(&headers, identity_etag(&state, &name)).await?;
         let input = IdentityInput {
             tenant_id: request.tenant_id,
             client_id: request.client_id,
@@ -425,8 +447,12 @@ pub async fn put_identity(
             )
             .with_retry_after(1)
         })?;
-    let tag = etag(&view);
-    Ok(with_etag((status, Json(view)).into_response(), &tag))
+    drop(registry);
+    let response = (status, Json(view)).into_response();
+    Ok(match identity_etag(&state, &name).await {
+        Ok(Some(tag)) => with_etag(response, &tag),
+        _ => response,
+    })
 }
 
 /// Delete an identity and its credentials (admin role).
@@ -442,7 +468,7 @@ pub async fn delete_identity(
 ) -> Result<Response, ApiError> {
     let who = caller(&state, &headers, Role::Admin, "identity.delete").await?;
     let result = async {
-        let _guard = precondition(&headers, || identity_etag(&state, &name)).await?;
+        let _guard = precondition(&headers, identity_etag(&state, &name)).await?;
         Ok::<_, ApiError>(state.admin.delete_identity(&name).await?)
     }
     .await;
@@ -496,20 +522,25 @@ pub async fn get_credential(
 ) -> Result<Response, ApiError> {
     caller(&state, &headers, Role::Reader, "credential.get").await?;
     let registry = state.broker.registry();
-    registry
-        .credential(&identity, &credential)
-        .map(|c| {
-            let view = credential_view(c);
-            let tag = etag(&view);
-            with_etag(Json(view).into_response(), &tag)
-        })
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                format!("identity {identity:?} has no federated credential {credential:?}"),
-            )
-        })
+    let c = registry.credential(&identity, &credential).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("identity {identity:?} has no federated credential {credential:?}"),
+        )
+    })?;
+    let (view, read_only) = (credential_view(c), c.identity.read_only);
+    drop(registry);
+    let response = Json(view).into_response();
+    if read_only {
+        return Ok(response);
+    }
+    Ok(
+        match credential_etag(&state, &identity, &credential).await {
+            Ok(Some(tag)) => with_etag(response, &tag),
+            _ => response,
+        },
+    )
 }
 
 fn invalid(field: &'static str, message: &str) -> AdminError {
@@ -599,7 +630,7 @@ pub async fn update_credential(
             None => None,
         };
         let _guard =
-            precondition(&headers, || credential_etag(&state, &identity, &credential)).await?;
+            precondition(&headers, credential_etag(&state, &identity, &credential)).await?;
         state
             .admin
             .update_credential(&identity, &credential, move |input| {
@@ -631,11 +662,11 @@ pub async fn update_credential(
     }
     .await;
     let stored = audited(&state, &who, ACTION, &identity, Some(&credential), result)?;
-    let tag = credential_etag(&state, &identity, &stored.name);
+    let tag = credential_etag(&state, &identity, &stored.name).await;
     let response = Json(stored_view(stored)).into_response();
     Ok(match tag {
-        Some(tag) => with_etag(response, &tag),
-        None => response,
+        Ok(Some(tag)) => with_etag(response, &tag),
+        _ => response,
     })
 }
 
@@ -654,7 +685,7 @@ pub async fn delete_credential(
     let who = caller(&state, &headers, Role::Admin, ACTION).await?;
     let result = async {
         let _guard =
-            precondition(&headers, || credential_etag(&state, &identity, &credential)).await?;
+            precondition(&headers, credential_etag(&state, &identity, &credential)).await?;
         Ok::<_, ApiError>(
             state
                 .admin
