@@ -26,17 +26,23 @@ impl std::fmt::Debug for BrokerToken {
     }
 }
 
+/// What went wrong with an exchange. Both name the broker, and a refusal carries the
+/// broker's `request_id`, so an operator can find the decision in the broker's audit.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum BrokerError {
     /// No answer, or 5xx/429 after the retries: callers should retry later.
     #[error("the broker is unavailable: {0}")]
     Unavailable(String),
     /// The broker refused (4xx): retrying will not help.
-    #[error("the broker refused: {description} ({code})")]
+    #[error("the broker at {broker} refused: {description} ({code}, request {request_id})")]
     Refused {
         status: u16,
         code: String,
         description: String,
+        /// The broker's base URL.
+        broker: String,
+        /// The broker's `request_id`, or `-` when its answer had none.
+        request_id: String,
     },
 }
 
@@ -69,6 +75,8 @@ struct ErrorAnswer {
     error: String,
     #[serde(default)]
     error_description: String,
+    #[serde(default)]
+    request_id: String,
 }
 
 /// Which identity to ask for, as the SDK named it.
@@ -83,6 +91,8 @@ pub struct Selector {
 
 pub struct BrokerClient {
     http: reqwest::Client,
+    /// The base URL, as configured.
+    base: String,
     url: String,
     retries: u32,
 }
@@ -155,9 +165,15 @@ impl BrokerClient {
             .map_err(|e| ClientSetupError::Client(e.to_string()))?;
         Ok(Self {
             http,
+            base: base.trim_end_matches('/').to_owned(),
             url: format!("{}/v1/token", base.trim_end_matches('/')),
             retries,
         })
+    }
+
+    /// The broker's base URL.
+    pub fn base(&self) -> &str {
+        &self.base
     }
 
     /// Exchanges `token` for an access token to `resource`.
@@ -195,22 +211,34 @@ impl BrokerClient {
                                 tenant_id: a.identity.tenant_id,
                             })
                             .map_err(|e| {
-                                BrokerError::Unavailable(format!("unexpected answer: {e}"))
+                                BrokerError::Unavailable(format!(
+                                    "{} gave an unexpected answer: {e}",
+                                    self.base
+                                ))
                             });
                     }
                     let error: ErrorAnswer = serde_json::from_slice(&body).unwrap_or_default();
+                    let untrusted =
+                        |s: &str| wif_broker::redact::untrusted(if s.is_empty() { "-" } else { s });
                     if status != 429 && status < 500 {
                         return Err(BrokerError::Refused {
                             status,
-                            code: error.error,
-                            description: error.error_description,
+                            code: untrusted(&error.error),
+                            description: untrusted(&error.error_description),
+                            broker: self.base.clone(),
+                            request_id: untrusted(&error.request_id),
                         });
                     }
-                    format!("HTTP {status} {}", error.error)
+                    format!(
+                        "{} answered HTTP {status} {} (request {})",
+                        self.base,
+                        untrusted(&error.error),
+                        untrusted(&error.request_id)
+                    )
                 }
-                Err(e) if e.is_timeout() => "timed out".to_owned(),
-                Err(e) if e.is_connect() => "connection failed".to_owned(),
-                Err(e) => e.to_string(),
+                Err(e) if e.is_timeout() => format!("{} timed out", self.base),
+                Err(e) if e.is_connect() => format!("cannot connect to {}", self.base),
+                Err(e) => format!("{}: {e}", self.base),
             };
             if attempt >= self.retries {
                 return Err(BrokerError::Unavailable(reason));

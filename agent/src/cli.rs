@@ -29,7 +29,9 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Serve the managed-identity endpoints (App Service and IMDS protocols).
+    /// Serve the managed-identity endpoints (App Service and IMDS protocols) on
+    /// 127.0.0.1:8181 unless told otherwise; the start-up log says which protocols are
+    /// served where.
     Serve(ServeArgs),
     /// Exchange the CI job's OIDC token once and print the access token.
     Token(TokenArgs),
@@ -43,6 +45,7 @@ pub enum Command {
 /// else `AZURE_FEDERATED_TOKEN_FILE`; `--token-file`, `--token-command` or
 /// `--gitlab-variable` choose explicitly.
 #[derive(Debug, Clone, Args, Default)]
+#[command(next_help_heading = "CI token options")]
 pub struct CiArgs {
     /// Audience to ask GitHub Actions for (Azure Pipelines tokens always carry the default).
     #[arg(long, value_name = "AUD", default_value = crate::ci::DEFAULT_AUDIENCE)]
@@ -70,31 +73,33 @@ pub enum Format {
 
 #[derive(Debug, Clone, Args)]
 pub struct TokenArgs {
-    #[command(flatten)]
-    pub broker: BrokerArgs,
-    #[command(flatten)]
-    pub ci: CiArgs,
     /// The scope or resource to get a token for, e.g. https://management.azure.com/.default.
     #[arg(long, value_name = "SCOPE")]
     pub scope: String,
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Json)]
     pub format: Format,
-}
-
-#[derive(Debug, Clone, Args)]
-pub struct ExecArgs {
+    // The shared groups come last: each brings its own help heading.
     #[command(flatten)]
     pub broker: BrokerArgs,
     #[command(flatten)]
     pub ci: CiArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ExecArgs {
     /// The command and its arguments, after `--`.
     #[arg(last = true, required = true, value_name = "CMD")]
     pub command: Vec<std::ffi::OsString>,
+    #[command(flatten)]
+    pub broker: BrokerArgs,
+    #[command(flatten)]
+    pub ci: CiArgs,
 }
 
 /// Flags shared by the commands that talk to the broker.
 #[derive(Debug, Clone, Args, Default)]
+#[command(next_help_heading = "Broker options (every command)")]
 pub struct BrokerArgs {
     /// The broker's base URL.
     #[arg(long, value_name = "URL")]
@@ -121,15 +126,14 @@ pub struct BrokerArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
-    #[command(flatten)]
-    pub broker: BrokerArgs,
-    /// Where to listen (loopback by default).
+    /// Where to listen [default: 127.0.0.1:8181, or `listen` in the config file].
     #[arg(long, value_name = "HOST:PORT")]
     pub listen: Option<String>,
-    /// Also listen on this Unix socket.
+    /// Also listen on this Unix socket [default: none].
     #[arg(long, value_name = "PATH")]
     pub unix_socket: Option<PathBuf>,
-    /// The App Service protocol's X-IDENTITY-HEADER secret.
+    /// The App Service protocol's X-IDENTITY-HEADER secret, at least 16 characters.
+    /// Without it the App Service protocol (/msi/token) is off and only IMDS is served.
     #[arg(
         long,
         env = "WIF_AGENT_IDENTITY_HEADER",
@@ -137,6 +141,8 @@ pub struct ServeArgs {
         value_name = "VALUE"
     )]
     pub identity_header: Option<String>,
+    #[command(flatten)]
+    pub broker: BrokerArgs,
 }
 
 pub fn main() -> ExitCode {
@@ -240,10 +246,19 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if cfg.identity_header.as_deref().is_some_and(|h| h.len() < 16) {
                 anyhow::bail!("the identity header secret must be at least 16 characters");
             }
+            let client = broker_client(&cfg)?;
+            let source = file_or_command_source(&cfg)?;
+            let served = ServedProtocols {
+                broker: client.base().to_owned(),
+                source: source.describe(),
+                app_service: cfg.identity_header.is_some(),
+                imds: cfg.imds,
+                unix_socket: cfg.unix_socket.clone(),
+            };
             let agent = Agent::new(
                 AgentSettings {
-                    client: broker_client(&cfg)?,
-                    source: file_or_command_source(&cfg)?,
+                    client,
+                    source,
                     header_secret: cfg.identity_header.clone(),
                     default_identity: cfg.identity.clone(),
                     min_remaining_secs: cfg.min_remaining_secs,
@@ -260,15 +275,71 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             )
             .await
             .with_context(|| format!("cannot listen on {}", cfg.listen))?;
-            if let Some(url) = running.url() {
-                tracing::info!(%url, "agent listening");
-            }
+            served.log(running.url().as_deref());
             wif_broker::server::shutdown_signal().await;
             running.shutdown().await;
             Ok(ExitCode::SUCCESS)
         }
         Command::Token(args) => token(cli.config.as_deref(), args).await,
         Command::Exec(args) => exec(cli.config.as_deref(), args).await,
+    }
+}
+
+/// What `serve` answers, and where: logged once at start, so a protocol left off (no
+/// identity-header secret, `imds = false`) is seen before the first 404.
+struct ServedProtocols {
+    broker: String,
+    source: String,
+    app_service: bool,
+    imds: bool,
+    unix_socket: Option<PathBuf>,
+}
+
+impl ServedProtocols {
+    fn log(&self, url: Option<&str>) {
+        let places: Vec<String> = url
+            .map(str::to_owned)
+            .into_iter()
+            .chain(
+                self.unix_socket
+                    .as_ref()
+                    .map(|p| format!("unix:{}", p.display())),
+            )
+            .collect();
+        let at = |path: &str| {
+            places
+                .iter()
+                .map(|place| format!("{place}{path}"))
+                .collect::<Vec<_>>()
+                .join(" and ")
+        };
+        tracing::info!(
+            broker = %self.broker,
+            token_source = %self.source,
+            "agent listening on {}",
+            places.join(" and ")
+        );
+        if self.app_service {
+            tracing::info!(
+                "App Service protocol at {} (IDENTITY_ENDPOINT with IDENTITY_HEADER; \
+                 2017-09-01: MSI_ENDPOINT with MSI_SECRET)",
+                at("/msi/token")
+            );
+        } else {
+            tracing::warn!(
+                "App Service protocol off: no identity-header secret (--identity-header or \
+                 WIF_AGENT_IDENTITY_HEADER), so /msi/token answers 404"
+            );
+        }
+        if self.imds {
+            tracing::info!(
+                "IMDS protocol at {} (AZURE_POD_IDENTITY_AUTHORITY_HOST={})",
+                at("/metadata/identity/oauth2/token"),
+                url.unwrap_or("-")
+            );
+        } else {
+            tracing::info!("IMDS protocol off (imds = false)");
+        }
     }
 }
 
@@ -363,11 +434,13 @@ async fn exec(config: Option<&std::path::Path>, args: ExecArgs) -> anyhow::Resul
     Ok(ExitCode::from(code))
 }
 
+/// Logs to stderr, coloured only on a terminal and never with `NO_COLOR`.
 fn init_logging() {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(wif_broker::cli::stderr_colours())
         .with_writer(std::io::stderr)
         .try_init();
 }

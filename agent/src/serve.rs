@@ -271,25 +271,23 @@ impl Agent {
                     err.retry_after = Some(5);
                     err
                 }
-                BrokerError::Refused {
-                    code, description, ..
-                } if IDENTITY_NOT_SERVED.contains(&code.as_str()) => AgentError::new(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_request",
-                    format!("Identity not found: the broker refused: {description} ({code})"),
-                ),
-                BrokerError::Refused {
-                    status,
-                    code,
-                    description,
-                } => AgentError::new(
+                refused @ BrokerError::Refused { code, .. }
+                    if IDENTITY_NOT_SERVED.contains(&code.as_str()) =>
+                {
+                    AgentError::new(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_request",
+                        format!("Identity not found: {refused}"),
+                    )
+                }
+                refused @ BrokerError::Refused { status, .. } => AgentError::new(
                     if *status == 403 {
                         StatusCode::FORBIDDEN
                     } else {
                         StatusCode::BAD_REQUEST
                     },
                     "invalid_request",
-                    format!("the broker refused: {description} ({code})"),
+                    refused.to_string(),
                 ),
             })
     }

@@ -442,3 +442,72 @@ async fn the_ci_emulators_refuse_what_the_platforms_refuse() {
     assert_eq!(github.tokens_issued(), 1);
     assert_eq!(pipelines.tokens_issued(), 1);
 }
+
+/// A refusal names the broker and carries its request id, which finds the decision in the
+/// broker's audit trail.
+#[tokio::test]
+async fn a_refusal_names_the_broker_and_quotes_its_request_id() {
+    let stack = Stack::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("job.jwt");
+    std::fs::write(&token_file, stack.github_token("no-credential-names-this")).unwrap();
+    let broker = stack.broker.url();
+    let run = agent(
+        &[],
+        &[
+            "token",
+            "--scope",
+            ARM,
+            "--broker",
+            &broker,
+            "--token-file",
+            token_file.to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    let said = format!("the broker at {broker} refused: ");
+    assert!(run.stderr.contains(&said), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("(no_matching_credential, request "),
+        "{}",
+        run.stderr
+    );
+    let request_id = run
+        .stderr
+        .split("request ")
+        .nth(1)
+        .and_then(|rest| rest.split(')').next())
+        .unwrap();
+    assert!(
+        !request_id.is_empty() && request_id != "-",
+        "no request id: {}",
+        run.stderr
+    );
+
+    let closed = format!("http://127.0.0.1:{}", {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    });
+    let run = agent(
+        &[],
+        &[
+            "token",
+            "--scope",
+            ARM,
+            "--broker",
+            &closed,
+            "--token-file",
+            token_file.to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        run.stderr.contains(&format!(
+            "the broker is unavailable: cannot connect to {closed}"
+        )),
+        "{}",
+        run.stderr
+    );
+}

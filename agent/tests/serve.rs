@@ -204,3 +204,102 @@ async fn a_short_header_secret_or_a_missing_broker_stops_the_agent_with_a_clear_
     assert!(!no_broker.status.success());
     assert!(String::from_utf8_lossy(&no_broker.stderr).contains("--broker"));
 }
+
+/// Starts `wif-agent serve` with `extra` arguments and environment, and returns what it
+/// logged once it answers `/healthz`.
+async fn start_up_log(env: &[(&str, &str)]) -> String {
+    let port = free_port();
+    let mut child = tokio::process::Command::new(AGENT)
+        .args([
+            "serve",
+            "--broker",
+            "http://127.0.0.1:1",
+            "--token-file",
+            "/nonexistent",
+        ])
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .env_clear()
+        .envs(env.iter().copied())
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap();
+    wait_healthy(&http, &url).await;
+    child.start_kill().unwrap();
+    let output = child.wait_with_output().await.unwrap();
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// The start-up log says which protocols are served where, and warns when the App
+/// Service protocol is off for want of a header secret (instead of a 404 at first use).
+/// Piped to a file, it carries no colour codes.
+#[tokio::test]
+async fn the_start_up_log_names_each_protocol_served_and_the_one_left_off() {
+    let with_secret = start_up_log(&[("WIF_AGENT_IDENTITY_HEADER", SECRET)]).await;
+    assert!(
+        with_secret.contains("App Service protocol at http://127.0.0.1:"),
+        "{with_secret}"
+    );
+    assert!(with_secret.contains("/msi/token"), "{with_secret}");
+    assert!(
+        with_secret.contains("IMDS protocol at http://127.0.0.1:"),
+        "{with_secret}"
+    );
+    assert!(
+        with_secret.contains("broker=http://127.0.0.1:1"),
+        "{with_secret}"
+    );
+    assert!(
+        !with_secret.contains('\u{1b}'),
+        "ANSI codes in a pipe: {with_secret:?}"
+    );
+    assert!(!with_secret.contains(SECRET), "{with_secret}");
+
+    let without = start_up_log(&[]).await;
+    assert!(without.contains("App Service protocol off"), "{without}");
+    assert!(without.contains("WIF_AGENT_IDENTITY_HEADER"), "{without}");
+    assert!(without.contains("IMDS protocol at"), "{without}");
+
+    let no_imds = start_up_log(&[("WIF_AGENT_IMDS", "false")]).await;
+    assert!(no_imds.contains("IMDS protocol off"), "{no_imds}");
+}
+
+#[test]
+fn serve_help_gives_the_defaults_and_what_turns_a_protocol_off() {
+    let output = std::process::Command::new(AGENT)
+        .args(["serve", "--help"])
+        .env_clear()
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let help = String::from_utf8_lossy(&output.stdout);
+    assert!(help.contains("[default: 127.0.0.1:8181"), "{help}");
+    assert!(help.contains("only IMDS is served"), "{help}");
+    assert!(help.contains("WIF_AGENT_IDENTITY_HEADER"), "{help}");
+    let listen = help.find("--listen").unwrap();
+    let broker = help.find("Broker options").unwrap();
+    assert!(
+        listen < broker,
+        "serve's own options under the broker heading:\n{help}"
+    );
+
+    let output = std::process::Command::new(AGENT)
+        .args(["token", "--help"])
+        .env_clear()
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&output.stdout);
+    let scope = help.find("--scope").unwrap();
+    let broker = help.find("Broker options").unwrap();
+    let ci = help.find("CI token options").unwrap();
+    assert!(scope < broker && broker < ci, "{help}");
+    assert!(help.find("--audience").unwrap() > ci, "{help}");
+}

@@ -481,7 +481,12 @@ impl Broker {
         event.jti = verified.jti.clone();
         // 5. Match and choose the identity.
         let matched = registry.matching(&verified)?;
-        let identity = select_identity(&matched, req.identity)?;
+        let identity = select_identity(&matched, req.identity).inspect_err(|e| {
+            // The identity the caller named, so a refusal is counted against it.
+            if matches!(e, SelectError::NotAllowed) {
+                event.identity = req.identity.map(crate::redact::untrusted);
+            }
+        })?;
         event.identity = Some(identity.name.clone());
         if let Some(tenant) = req.tenant
             && !identity.tenant_id.eq_ignore_ascii_case(tenant)

@@ -22,7 +22,7 @@ use tokio::sync::mpsc;
 use wif_broker::clock;
 use wif_broker::dev::issuer::{LocalIssuer, github_claims};
 use wif_broker::dev::jwt;
-use wif_broker::dev::stack::DEMO_CLIENT;
+use wif_broker::dev::stack::{DEMO_CLIENT, DEMO_FLEET_CLIENT, DEMO_FLEET_IDENTITY};
 
 const TENANT: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";
 const CLIENT: &str = "3f1c2a9e-5b7d-4e21-9c3a-1d2e3f4a5b6c";
@@ -40,6 +40,12 @@ const SHUTDOWN: Duration = Duration::from_secs(10);
 /// developer's shell leaks into the test, and no proxy intercepts loopback calls.
 fn wif_broker() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_wif-broker"));
+    clean_env(&mut cmd);
+    cmd
+}
+
+/// Drops the developer's `WIF_*`, `RUST_LOG` and proxies; sets `NO_COLOR`; pipes output.
+fn clean_env(cmd: &mut Command) {
     for (name, _) in std::env::vars_os() {
         let upper = name.to_string_lossy().to_ascii_uppercase();
         if upper.starts_with("WIF_") || upper.ends_with("_PROXY") || upper == "RUST_LOG" {
@@ -51,7 +57,6 @@ fn wif_broker() -> Command {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
-    cmd
 }
 
 /// Runs a command to completion, failing the test if it takes longer than `limit`.
@@ -247,11 +252,60 @@ async fn help_describes_the_commands_and_the_config_option() {
 }
 
 #[tokio::test]
-async fn serve_help_mentions_the_config_option() {
+async fn serve_help_mentions_the_config_option_and_the_defaults() {
     let output = wif_broker_run(&["serve", "--help"]).await;
     assert!(output.status.success(), "{output:?}");
     let help = text(&output.stdout);
     assert!(help.contains("--config"), "{help}");
+    for default in [
+        "127.0.0.1:8080",
+        "./wif.db",
+        "WIF_SERVER_LISTEN",
+        "WIF_STORE_URL",
+    ] {
+        assert!(
+            help.contains(default),
+            "serve --help omits {default}:\n{help}"
+        );
+    }
+}
+
+/// A client command lists its own options, then the connection options under their own
+/// heading, and not the broker's `--config`, which means nothing to a client.
+#[tokio::test]
+async fn client_help_sets_the_connection_options_apart_and_omits_config() {
+    for (command, own) in [
+        (&["identity", "create", "--help"][..], "--tenant-id"),
+        (&["credential", "list", "--help"], "--identity"),
+        (&["simulate", "--help"], "--token"),
+        (&["audit", "--help"], "--since"),
+    ] {
+        let output = wif_broker_run(command).await;
+        assert!(output.status.success(), "{output:?}");
+        let help = text(&output.stdout);
+        assert!(!help.contains("--config"), "{command:?}:\n{help}");
+        let heading = help
+            .find("Connection options")
+            .unwrap_or_else(|| panic!("{command:?} has no connection heading:\n{help}"));
+        let server = help.find("--server").unwrap();
+        assert!(
+            server > heading,
+            "{command:?}: --server before its heading:\n{help}"
+        );
+        let own = help.find(own).unwrap();
+        assert!(
+            own < heading,
+            "{command:?}: its options under the connection heading:\n{help}"
+        );
+    }
+    let audit = text(&wif_broker_run(&["audit", "--help"]).await.stdout);
+    assert!(
+        audit.contains("[possible values: exchange, admin]"),
+        "{audit}"
+    );
+    let wrong = wif_broker_run(&["audit", "--kind", "exchanges"]).await;
+    assert_eq!(wrong.status.code(), Some(2), "{wrong:?}");
+    assert!(text(&wrong.stderr).contains("exchange, admin"), "{wrong:?}");
 }
 
 // ---------------------------------------------------------------------------------------
@@ -313,6 +367,143 @@ async fn the_curl_printed_by_dev_returns_an_access_token_and_sigterm_stops_it() 
     let claims = jwt_payload(token);
     assert_eq!(claims["aud"], "https://management.azure.com", "{claims}");
     assert_eq!(claims["appid"], DEMO_CLIENT, "{claims}");
+
+    dev.terminate().await;
+    dev.exits_cleanly(SHUTDOWN).await;
+}
+
+// ---------------------------------------------------------------------------------------
+// The README's tour
+
+/// The commands of the tour: each `sh` block's lines, continuation lines joined.
+fn tour_commands(readme: &str) -> Vec<String> {
+    let start = readme
+        .find("## A five-minute tour")
+        .expect("README.md has no \"A five-minute tour\" section");
+    let rest = &readme[start + 3..];
+    let section = &rest[..rest.find("\n## ").unwrap_or(rest.len())];
+    let mut commands = Vec::new();
+    let mut in_sh = false;
+    let mut pending = String::new();
+    for line in section.lines() {
+        let line = line.trim();
+        if line.starts_with("```") {
+            in_sh = !in_sh && line == "```sh";
+            continue;
+        }
+        if !in_sh || line.is_empty() {
+            continue;
+        }
+        match line.strip_suffix('\\') {
+            Some(head) => pending.push_str(head),
+            None => {
+                pending.push_str(line);
+                commands.push(std::mem::take(&mut pending));
+            }
+        }
+    }
+    commands
+}
+
+/// The README's five-minute tour, run as written: every command in the `sh` code blocks of
+/// its "A five-minute tour" section, read from README.md (so this fails when the README
+/// and the commands drift apart), against a real `wif-broker dev` on a free port, with
+/// the real `wif-broker` and `wif-agent` binaries on `PATH`. What a reader does by hand:
+/// - `cargo run -p wif-broker -- dev` (step 1) is this test's `wif-broker dev`;
+/// - `cargo build -p wif-agent` is not run (cargo is busy running this test): the
+///   `wif-agent` it builds must be beside `wif-broker` (`cargo test --workspace` builds
+///   it; alone, run `cargo build -p wif-agent` first);
+/// - `$PWD/target/debug` is wherever cargo put the binaries;
+/// - the `export` line the dev stack prints is pasted before the commands, and each
+///   command runs in `sh` in a fresh directory after the `export` lines so far.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_readme_tour_works_as_written() {
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"))
+            .unwrap();
+    assert!(
+        readme.contains("`cargo run -p wif-broker -- dev`"),
+        "the tour no longer starts with `cargo run -p wif-broker -- dev`"
+    );
+    let commands = tour_commands(&readme);
+    assert!(
+        commands.iter().any(|c| c.starts_with("wif-agent token")),
+        "the tour has no wif-agent step: {commands:#?}"
+    );
+    let broker_bin = std::fs::canonicalize(env!("CARGO_BIN_EXE_wif-broker")).unwrap();
+    let bin_dir = broker_bin.parent().unwrap().to_path_buf();
+    assert!(
+        bin_dir.join("wif-agent").is_file(),
+        "no wif-agent beside {}: run `cargo build -p wif-agent` (or `cargo test --workspace`)",
+        broker_bin.display()
+    );
+
+    let mut cmd = wif_broker();
+    cmd.args(["dev", "--listen", "127.0.0.1:0"]);
+    let mut dev = Running::spawn(cmd);
+    let printed = dev.printed("export WIF_SERVER_URL=", STARTUP).await;
+    let exports = printed
+        .lines()
+        .find(|l| l.starts_with("export WIF_SERVER_URL="))
+        .unwrap()
+        .to_owned();
+    assert!(
+        printed.contains(&format!(
+            "wif-broker and wif-agent are in {}",
+            bin_dir.display()
+        )),
+        "the dev stack does not say where the commands are:\n{printed}"
+    );
+
+    let workdir = tempfile::tempdir().unwrap();
+    let mut prelude = vec![exports];
+    let mut ran: Vec<(String, Output)> = Vec::new();
+    for command in commands {
+        if command == "cargo build -p wif-agent" {
+            continue;
+        }
+        if command.starts_with("export ") {
+            prelude.push(command.replace("$PWD/target/debug", &bin_dir.display().to_string()));
+            continue;
+        }
+        let mut sh = Command::new("sh");
+        clean_env(&mut sh);
+        sh.args(["-c", &format!("set -e\n{}\n{command}", prelude.join("\n"))])
+            .current_dir(workdir.path());
+        let output = run_to_end(sh, QUICK).await;
+        if !output.status.success() {
+            dev.fail(&format!("README command failed: {command}\n{output:?}"));
+        }
+        ran.push((command, output));
+    }
+    let stdout = |prefix: &str| {
+        ran.iter()
+            .find(|(command, _)| command.starts_with(prefix))
+            .map(|(_, output)| text(&output.stdout))
+            .unwrap_or_else(|| panic!("the tour has no `{prefix} ...` command"))
+    };
+    let json = |prefix: &str| -> Value {
+        serde_json::from_str(stdout(prefix).trim())
+            .unwrap_or_else(|e| panic!("`{prefix} ...` printed no JSON: {e}"))
+    };
+
+    // Step 4: the commands reach the dev broker with the printed admin token.
+    assert!(stdout("wif-broker identity list").contains(DEMO_FLEET_IDENTITY));
+    assert!(stdout("wif-broker credential list").contains("demo-features"));
+    // Step 5: a feature-branch token acts as demo-fleet, by curl and through the agent.
+    let simulate = stdout("wif-broker simulate");
+    assert!(
+        simulate.contains(&format!("match: {DEMO_FLEET_IDENTITY}/demo-features")),
+        "{simulate}"
+    );
+    let curl = json("curl -s -X POST");
+    assert_eq!(curl["identity"]["name"], DEMO_FLEET_IDENTITY, "{curl}");
+    let agent = json("wif-agent token");
+    assert_eq!(agent["client_id"], DEMO_FLEET_CLIENT, "{agent}");
+    let access = jwt_payload(agent["access_token"].as_str().unwrap());
+    assert_eq!(access["appid"], DEMO_FLEET_CLIENT, "{access}");
+    // Step 6: the metrics count those exchanges.
+    assert!(stdout("curl -s \"$WIF_SERVER_URL/metrics\"").contains("wif_exchanges_total"));
 
     dev.terminate().await;
     dev.exits_cleanly(SHUTDOWN).await;
@@ -404,6 +595,206 @@ subject = "{MAIN_SUBJECT}"
         stderr.contains("identities[0].federated_credentials[0].name"),
         "{stderr}"
     );
+}
+
+/// `wif-broker` with no `WIF_*` variable at all, run in a fresh directory.
+async fn in_empty_dir(args: &[&str]) -> (Output, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = wif_broker();
+    cmd.args(args).current_dir(dir.path());
+    (run_to_end(cmd, QUICK).await, dir)
+}
+
+#[tokio::test]
+async fn check_config_with_nothing_to_check_fails_and_says_what_to_do() {
+    let (output, _dir) = in_empty_dir(&["check-config"]).await;
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    let stderr = text(&output.stderr);
+    for hint in [
+        "no configuration",
+        "--config FILE",
+        "config/examples/broker.toml",
+        "wif-broker dev",
+    ] {
+        assert!(stderr.contains(hint), "no {hint:?} in: {stderr}");
+    }
+    assert!(text(&output.stdout).is_empty(), "{output:?}");
+}
+
+#[tokio::test]
+async fn serve_with_no_configuration_refuses_to_start_and_creates_no_store() {
+    let (output, dir) = in_empty_dir(&["serve"]).await;
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    assert!(
+        text(&output.stderr).contains("no configuration"),
+        "{output:?}"
+    );
+    let created: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    assert!(created.is_empty(), "serve created {created:?}");
+}
+
+/// `serve` logs where its data goes: a relative SQLite path is relative to the working
+/// directory, so the log shows it absolute; a PostgreSQL URL without its password.
+#[tokio::test]
+async fn serve_logs_where_the_store_is() {
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    for (url, said) in [
+        (
+            "sqlite://wif.db".to_owned(),
+            format!("SQLite file {}", dir.path().join("wif.db").display()),
+        ),
+        (
+            "postgres://wif:s3cret-password@127.0.0.1:1/wif".to_owned(),
+            "PostgreSQL at 127.0.0.1:1/wif".to_owned(),
+        ),
+    ] {
+        let mut cmd = wif_broker();
+        cmd.arg("serve")
+            .current_dir(dir.path())
+            .env("WIF_STORE_URL", &url)
+            .env("WIF_SERVER_LISTEN", taken.local_addr().unwrap().to_string());
+        let output = run_to_end(cmd, QUICK).await;
+        let stderr = text(&output.stderr);
+        assert!(stderr.contains(&said), "{url}: {stderr}");
+        assert!(!stderr.contains("s3cret"), "{stderr}");
+    }
+}
+
+/// The `WIF_*` variables alone are a configuration.
+#[tokio::test]
+async fn check_config_on_variables_alone_checks_them() {
+    let mut cmd = wif_broker();
+    cmd.arg("check-config")
+        .env("WIF_SERVER_LISTEN", "not-an-address");
+    let output = run_to_end(cmd, QUICK).await;
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    assert!(
+        text(&output.stderr).contains("WIF_SERVER_LISTEN"),
+        "{output:?}"
+    );
+
+    let mut cmd = wif_broker();
+    cmd.arg("check-config")
+        .env("WIF_STORE_URL", "sqlite::memory:");
+    let output = run_to_end(cmd, QUICK).await;
+    assert!(output.status.success(), "{output:?}");
+}
+
+#[tokio::test]
+async fn check_config_counts_in_the_singular_and_warns_when_nothing_can_be_exchanged() {
+    let (_dir, path) = config_file(&format!(
+        r#"{DEPLOY_IDENTITY}
+[[identities.federated_credentials]]
+name = "github-main"
+issuer = "https://token.actions.githubusercontent.com"
+subject = "{MAIN_SUBJECT}"
+"#
+    ));
+    let output = wif_broker_run(&["check-config", "--config", path.to_str().unwrap()]).await;
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(
+        text(&output.stdout).trim(),
+        "configuration is valid: 1 identity, 1 federated credential, 0 explicit issuers"
+    );
+    assert!(text(&output.stderr).is_empty(), "{output:?}");
+
+    let (_dir, empty) = config_file("[store]\nurl = \"sqlite::memory:\"\n");
+    let output = wif_broker_run(&["check-config", "--config", empty.to_str().unwrap()]).await;
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(
+        text(&output.stdout).trim(),
+        "configuration is valid: 0 identities, 0 federated credentials, 0 explicit issuers"
+    );
+    let stderr = text(&output.stderr);
+    assert!(stderr.starts_with("warning: no identities"), "{stderr}");
+    assert!(stderr.contains("tokens_file"), "{stderr}");
+}
+
+// ---------------------------------------------------------------------------------------
+// dev token
+
+#[tokio::test]
+async fn dev_token_without_an_issuer_says_where_to_find_one() {
+    let output = wif_broker_run(&["dev", "token", "--sub", "x"]).await;
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    let stderr = text(&output.stderr);
+    assert!(stderr.contains("WIF_DEV_ISSUER"), "{stderr}");
+    assert!(stderr.contains("wif-broker dev"), "{stderr}");
+
+    let remote = wif_broker_run(&[
+        "dev",
+        "token",
+        "--issuer",
+        "https://token.actions.githubusercontent.com",
+    ])
+    .await;
+    assert_eq!(remote.status.code(), Some(1), "{remote:?}");
+    assert!(text(&remote.stderr).contains("loopback"), "{remote:?}");
+
+    let bad = wif_broker_run(&[
+        "dev",
+        "token",
+        "--issuer",
+        "http://127.0.0.1:1",
+        "--claim",
+        "novalue",
+    ])
+    .await;
+    assert_eq!(bad.status.code(), Some(2), "{bad:?}");
+    assert!(text(&bad.stderr).contains("NAME=VALUE"), "{bad:?}");
+
+    let closed = format!("http://127.0.0.1:{}", free_port());
+    let down = wif_broker_run(&["dev", "token", "--issuer", &closed]).await;
+    assert_eq!(down.status.code(), Some(1), "{down:?}");
+    assert!(text(&down.stderr).contains(&closed), "{down:?}");
+}
+
+// ---------------------------------------------------------------------------------------
+// colours
+
+/// Log lines carry ANSI colours on a terminal only, and never with `NO_COLOR`. The
+/// terminal is a real pseudo-terminal from util-linux `script`; `serve` logs its warning
+/// about an empty configuration, then stops on a port that is taken.
+#[tokio::test]
+async fn logs_are_coloured_only_on_a_terminal_without_no_color() {
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let (_dir, path) = config_file(&format!(
+        "[server]\nlisten = \"{}\"\n[store]\nurl = \"sqlite::memory:\"\n",
+        taken.local_addr().unwrap()
+    ));
+    let serve = format!(
+        "exec {} serve --config {} 2>&1",
+        env!("CARGO_BIN_EXE_wif-broker"),
+        path.display()
+    );
+    let coloured = |tty: bool, no_color: bool| {
+        let mut cmd = if tty {
+            let mut script = Command::new("script");
+            script.args(["-qec", &serve, "/dev/null"]);
+            script
+        } else {
+            let mut sh = Command::new("sh");
+            sh.args(["-c", &serve]);
+            sh
+        };
+        clean_env(&mut cmd);
+        if !no_color {
+            cmd.env_remove("NO_COLOR");
+        }
+        async move {
+            let output = run_to_end(cmd, QUICK).await;
+            let out = text(&output.stdout);
+            assert!(
+                out.contains("no identities are configured"),
+                "tty={tty}: {output:?}"
+            );
+            out.contains('\u{1b}')
+        }
+    };
+    assert!(coloured(true, false).await, "no colours on a terminal");
+    assert!(!coloured(true, true).await, "colours despite NO_COLOR");
+    assert!(!coloured(false, false).await, "colours in a pipe");
 }
 
 // ---------------------------------------------------------------------------------------

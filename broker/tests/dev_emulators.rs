@@ -1173,3 +1173,64 @@ async fn the_dev_stack_shows_the_broker_assertion_with_one_entra_credential() {
     let answer = exchange(stack.demo_token(clock.now()).unwrap()).await;
     assert_eq!(answer["identity"]["name"], "demo", "{answer}");
 }
+
+/// The dev issuer's minting endpoint answers bad input in the documented error shape.
+#[tokio::test]
+async fn the_dev_issuer_refuses_bad_claims_clearly() {
+    let issuer = LocalIssuer::start_minting(system()).await.unwrap();
+    let http = http();
+    let url = format!("{}/dev/token", issuer.url());
+    for (content_type, body, status) in [
+        ("text/plain", "{}", 415),
+        ("application/json", "[1]", 400),
+        ("application/json", "{not json", 400),
+    ] {
+        let answer = http
+            .post(&url)
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), status, "{content_type} {body}");
+        let error: Value = answer.json().await.unwrap();
+        assert_eq!(error["error"], "invalid_request", "{error}");
+        assert!(
+            error["error_description"]
+                .as_str()
+                .is_some_and(|d| !d.is_empty()),
+            "{error}"
+        );
+        assert!(
+            error["request_id"].as_str().is_some_and(|d| !d.is_empty()),
+            "{error}"
+        );
+    }
+    let minted: Value = http
+        .post(&url)
+        .json(&json!({"sub": "repo:contoso/demo:ref:refs/heads/feature/x", "jti": null}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token_claims = payload(minted["token"].as_str().unwrap());
+    assert_eq!(
+        token_claims["sub"],
+        "repo:contoso/demo:ref:refs/heads/feature/x"
+    );
+    assert_eq!(token_claims["iss"], issuer.url());
+    assert!(token_claims.get("jti").is_none(), "{token_claims}");
+    assert_eq!(minted["claims"], token_claims);
+
+    // Only the dev stack's issuer mints.
+    let plain = LocalIssuer::start(system()).await.unwrap();
+    let refused = http
+        .post(format!("{}/dev/token", plain.url()))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 405);
+}

@@ -498,6 +498,28 @@ async fn only_prune_deletes_what_the_file_does_not_name() {
 }
 
 #[tokio::test]
+async fn help_lists_each_command_own_options_before_the_connection_options() {
+    let stack = Stack::start().await;
+    for (command, own) in [
+        (&["plan", "--help"][..], "--prune"),
+        (&["apply", "--help"], "--dry-run"),
+        (&["export", "--help"], "--output <FILE>"),
+        (&["entra", "plan", "--help"], "--identity"),
+    ] {
+        let (code, help, err) = stack.admin_cli(command).await;
+        assert_eq!(code, 0, "{err}");
+        let heading = help
+            .find("Connection options")
+            .expect("no connection heading");
+        assert!(help.find(own).unwrap() < heading, "{command:?}:\n{help}");
+        assert!(
+            help.find("--server").unwrap() > heading,
+            "{command:?}:\n{help}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn file_errors_name_the_line_and_the_field() {
     let stack = Stack::start().await;
     let yaml = stack.file(

@@ -55,6 +55,36 @@ async function shot(page, name) {
   await page.screenshot({ path: join(screenshots, `${name}.png`), fullPage: true });
 }
 
+// Layout facts from the DOM: nothing wider than the viewport (no sideways scrolling), and
+// each `selectors` element inside it. Returns the viewport width.
+async function fitsViewport(page, where, selectors = []) {
+  const facts = await page.evaluate((sels) => {
+    const boxes = sels.map((sel) => {
+      const el = document.querySelector(sel);
+      if (!el) { return { sel, missing: true }; }
+      const r = el.getBoundingClientRect();
+      return { sel, left: r.left, right: r.right, width: r.width };
+    });
+    return { inner: window.innerWidth, scroll: document.documentElement.scrollWidth, boxes };
+  }, selectors);
+  check(facts.scroll <= facts.inner, `${where}: the page is ${facts.scroll}px wide in a ${facts.inner}px window`);
+  for (const box of facts.boxes) {
+    check(!box.missing, `${where}: no ${box.sel}`);
+    check(box.left >= 0 && box.right <= facts.inner + 0.5, `${where}: ${box.sel} spans ${box.left}..${box.right}px of ${facts.inner}px`);
+  }
+  return facts.inner;
+}
+
+// Each page again at a phone's width, screenshot `<name>-phone.png`.
+const PHONE = { width: 390, height: 844 };
+const DESKTOP = { width: 1280, height: 900 };
+async function onPhone(page, name, selectors = []) {
+  await page.setViewportSize(PHONE);
+  await fitsViewport(page, `${name} at ${PHONE.width}px`, selectors);
+  await shot(page, `${name}-phone`);
+  await page.setViewportSize(DESKTOP);
+}
+
 async function text(page, selector) {
   return (await page.locator(selector).first().textContent({ timeout: TIMEOUT })) ?? "";
 }
@@ -91,7 +121,7 @@ try {
   context = await chromium.launchPersistentContext(userDataDir, {
     executablePath,
     headless: true,
-    viewport: { width: 1360, height: 900 },
+    viewport: { width: 1280, height: 900 },
     args: [
       "--headless",
       "--no-sandbox",
@@ -123,7 +153,11 @@ try {
     await page.goto(`${base}/ui/`);
     await page.waitForURL(/\/ui\/login\?next=/);
     check((await text(page, "h1")) === "Sign in", "no sign-in heading");
+    const hint = await text(page, "[data-testid=dev-hint]");
+    check(hint.includes("wif-broker dev") && hint.includes("admin console"), `the sign-in page does not say where the dev token is: ${hint}`);
+    await fitsViewport(page, "sign-in", ["section.login"]);
     await shot(page, "sign-in");
+    await onPhone(page, "sign-in", ["section.login", "#token"]);
   });
 
   await step("a wrong token is refused with the reason", async () => {
@@ -147,7 +181,9 @@ try {
     check((await page.locator("tr[data-identity]").count()) === 1, "the search did not narrow the list");
     check((await page.locator("tr[data-identity=payments]").count()) === 1, "payments not found");
     await page.goto(`${base}/ui/identities`);
+    await fitsViewport(page, "identities", ["table.list"]);
     await shot(page, "identities");
+    await onPhone(page, "identities", ["form.search"]);
   });
 
   await step("the admin creates an identity", async () => {
@@ -176,6 +212,21 @@ try {
       "claims['sub'] matches 'system:serviceaccount:payments:*'",
     );
     check((await text(page, "#rule-kind")) === "expression", "not shown as an expression");
+  });
+
+  await step("the wizard's live errors name fields by their labels", async () => {
+    await page.check("[data-testid=scenario-github]");
+    await page.fill("#gh_issuer", githubIssuer);
+    await page.fill("#gh_org", "contoso org");
+    await page.fill("#gh_repo", "");
+    await page.fill("#gh_value", "");
+    await draftSettled(page, () => document.querySelector("#problems [data-field=gh_org]") !== null);
+    const names = await page.locator("#problems li > b").allTextContents();
+    for (const [field, label] of [["gh_org", "Organization (owner)"], ["gh_repo", "Repository"], ["gh_value", "Branch, tag or environment"]]) {
+      check(!names.includes(field), `a live error names the field id ${field}: ${names.join(", ")}`);
+      check(names.includes(label), `no live error labelled "${label}": ${names.join(", ")}`);
+    }
+    await onPhone(page, "wizard", ["#wizard", "aside.preview"]);
   });
 
   await step("the wizard builds the exact GitHub subject and validates as the admin types", async () => {
@@ -222,6 +273,7 @@ try {
     const verdict = await text(page, "[data-testid=verdict]");
     check(verdict.includes("Match") && verdict.includes("web"), `verdict: ${verdict}`);
     check((await text(page, "[data-testid=matches]")).includes("github-staging"), "the matching credential is not named");
+    await fitsViewport(page, "Test it (match)", ["[data-testid=result]", "[data-testid=checks]"]);
     await shot(page, "test-match");
   });
 
@@ -235,7 +287,9 @@ try {
     check((await miss.getAttribute("data-failed")) === "subject", "the failed check is not the subject");
     const why = (await miss.textContent()) ?? "";
     check(why.includes("repo:contoso/app:pull_request") && why.includes(SUBJECT), `near miss: ${why}`);
+    await fitsViewport(page, "Test it (near misses)", ["[data-testid=result]", "[data-testid=near-misses]", "[data-testid=checks]"]);
     await shot(page, "test-pull-request");
+    await onPhone(page, "test-pull-request", ["[data-testid=verdict]", "#token"]);
   });
 
   await step("a reader sees the wizard but cannot save", async () => {
@@ -285,16 +339,33 @@ try {
     check(((await granted.first().textContent()) ?? "").includes("deploy"), "the granted exchange does not name identity deploy");
     const denied = page.locator("tr.event[data-class=denied]");
     check((await denied.count()) >= 1, "no denied exchange listed");
-    const reason = (await denied.first().locator("td.reason").textContent()) ?? "";
+    const noMatch = denied.filter({ hasText: "no_matching_credential" }).first();
+    const reason = (await noMatch.locator("td.reason").textContent()) ?? "";
     check(reason.includes("no_matching_credential") && reason.includes("no federated credential matches"), `denial reason: ${reason}`);
     check((await page.locator("tr.event[data-class=upstream]").count()) >= 1, "no upstream error listed");
+    const content = await page.locator("main").evaluate((main) => {
+      const style = getComputedStyle(main);
+      return main.clientWidth - parseFloat(style.paddingLeft) - parseFloat(style.paddingRight);
+    });
     for (const chart of ["chart-outcome", "chart-identity"]) {
       const svg = page.locator(`svg[data-testid=${chart}]`);
       check((await svg.locator("rect.bar").count()) >= 1, `${chart} has no bars`);
       const box = await svg.boundingBox();
-      check(box && box.width > 200 && box.height > 100, `${chart} is not drawn: ${JSON.stringify(box)}`);
+      check(box && box.height > 100, `${chart} is not drawn: ${JSON.stringify(box)}`);
+      check(box.width >= content - 1, `${chart} is ${box.width}px wide of ${content}px`);
     }
+    // A refusal before the token was read has no subject: said so, not an empty chip.
+    check((await page.locator("[data-testid=no-subject]").count()) >= 1, "the refusal without a subject is not listed as such");
+    const chips = await page.locator("tr.event code").allTextContents();
+    check(chips.every((c) => c.trim() !== ""), "an event shows an empty chip");
+    // Refused for the identity it named: charted under that identity, not "no identity".
+    const legend = await page.locator("svg[data-testid=chart-identity] + ul.legend").textContent();
+    check(legend.includes("payments"), `identity_not_allowed for payments is not charted under payments: ${legend}`);
+    const refusal = page.locator("tr.event", { hasText: "identity_not_allowed" }).first();
+    check(((await refusal.textContent()) ?? "").includes("payments"), "the identity_not_allowed event does not name payments");
+    await fitsViewport(page, "activity", ["svg[data-testid=chart-outcome]", "table.events"]);
     await shot(page, "activity");
+    await onPhone(page, "activity", ["svg[data-testid=chart-outcome]", "svg[data-testid=chart-identity]"]);
     await page.selectOption("select[name=outcome]", "denied");
     await Promise.all([page.waitForURL(/outcome=denied/), page.click("form.filters button")]);
     const filtered = await page.locator("tr.event").count();

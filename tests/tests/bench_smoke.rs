@@ -160,7 +160,15 @@ fn help_and_bad_arguments() {
 #[test]
 fn the_scale_harness_reports_every_figure_and_checks_every_answer() {
     let output = Command::new(env!("CARGO_BIN_EXE_wif-scale"))
-        .args(["--credentials", "2000", "--lookups", "2000", "--json"])
+        .args([
+            "--credentials",
+            "2000",
+            "--lookups",
+            "2000",
+            "--writes",
+            "20",
+            "--json",
+        ])
         .output()
         .expect("wif-scale runs");
     assert!(
@@ -179,7 +187,38 @@ fn the_scale_harness_reports_every_figure_and_checks_every_answer() {
         "/match_us/p50",
         "/match_us/p99",
         "/match_us/max",
+        "/create_ms/p50",
+        "/create_ms/p99",
+        "/delete_ms/max",
     ] {
         assert!(number(&report, path) >= 0.0, "{path}");
+    }
+    assert_eq!(report["writes"], 20);
+    assert_eq!(report["store"], "sqlite");
+}
+
+/// Against the machine's PostgreSQL, as CI provides it.
+#[test]
+fn the_replica_harness_reports_propagation_for_two_and_three_replicas() {
+    let output = Command::new(env!("CARGO_BIN_EXE_wif-replicas"))
+        .args(["--writes", "5", "--json"])
+        .output()
+        .expect("wif-replicas runs");
+    assert!(
+        output.status.success(),
+        "wif-replicas failed with {}\nstdout:\n{}\nstderr:\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+    );
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let rounds = report["rounds"].as_array().unwrap();
+    assert_eq!(rounds.len(), 2);
+    for (round, replicas) in rounds.iter().zip([2, 3]) {
+        assert_eq!(round["replicas"], replicas);
+        // Each write is seen by every other replica, once.
+        assert_eq!(round["create_ms"]["samples"], 5 * (replicas - 1));
+        assert_eq!(round["delete_ms"]["samples"], 5 * (replicas - 1));
+        assert!(number(round, "/create_ms/p99") >= 0.0);
     }
 }

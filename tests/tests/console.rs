@@ -7,8 +7,9 @@
 //!
 //! In a browser: `tests/browser/console.spec.mjs` drives Debian's Chromium with
 //! playwright-core through sign-in, the "Add credential" wizard, "Test it", a reader's
-//! refused save, deletion and the activity page, and writes a screenshot of each page to
-//! `target/console-screenshots/`. Under `CI=true` a missing node, Chromium or
+//! refused save, deletion and the activity page, checks layout facts from the DOM (nothing
+//! wider than the window, charts across the page) at 1280×900 and at a phone's 390 px,
+//! and writes a screenshot of each page at both widths to `target/console-screenshots/`. Under `CI=true` a missing node, Chromium or
 //! playwright-core is a failure; elsewhere the browser test says why it skips.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -819,10 +820,25 @@ async fn an_admin_registers_and_tests_a_credential_in_a_browser() {
         .exchange(&stack.github_token("release"), ARM)
         .await
         .expect_error(403, "entra_no_matching_federated_credential");
+    // Refused before the token was read (no subject), and refused for the identity the
+    // caller named.
+    stack
+        .exchange("not-a-jwt", ARM)
+        .await
+        .expect_error(401, "invalid_token");
+    stack
+        .exchange_form(
+            &stack.github_token("main"),
+            &[("scope", ARM), ("identity", "payments")],
+        )
+        .await
+        .expect_error(403, "identity_not_allowed");
     for outcome in [
         "ok",
         "no_matching_credential",
         "entra_no_matching_federated_credential",
+        "invalid_token",
+        "identity_not_allowed",
     ] {
         audited_event(&stack, "kind=exchange", |e| e["outcome"] == outcome).await;
     }
@@ -903,6 +919,11 @@ async fn an_admin_registers_and_tests_a_credential_in_a_browser() {
         "reader-wizard",
         "deleted",
         "activity",
+        "sign-in-phone",
+        "identities-phone",
+        "wizard-phone",
+        "test-pull-request-phone",
+        "activity-phone",
     ] {
         let file = screenshots.join(format!("{page}.png"));
         let size = std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0);

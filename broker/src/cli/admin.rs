@@ -26,8 +26,10 @@ use crate::api::admin::model::{
 };
 use crate::clock::SharedClock;
 
-/// Where the broker is, who is calling, and how to print: shared by every admin command.
+/// Where the broker is, who is calling, and how to print: shared by every admin command,
+/// and listed apart from each command's own options in `--help`.
 #[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Connection options (every admin command)")]
 pub struct Connection {
     /// The broker's base URL.
     #[arg(
@@ -290,6 +292,7 @@ pub enum CredentialCommand {
     },
     /// List an identity's federated credentials.
     List {
+        /// The identity whose credentials to list.
         #[arg(long)]
         identity: String,
     },
@@ -584,8 +587,6 @@ pub fn credential_table(credentials: &[Credential]) -> String {
 
 #[derive(Debug, Args)]
 pub struct SimulateArgs {
-    #[command(flatten)]
-    pub connection: Connection,
     /// A real token (JWT), @FILE, or @- for stdin: checked as the exchange would.
     #[arg(
         long,
@@ -604,6 +605,9 @@ pub struct SimulateArgs {
     /// The identity the caller would name in the exchange.
     #[arg(long)]
     pub identity: Option<String>,
+    // Last: the connection options come under their own help heading.
+    #[command(flatten)]
+    pub connection: Connection,
 }
 
 /// The `POST /v1/simulate` body for these flags.
@@ -711,8 +715,6 @@ pub fn near_miss_line(miss: &NearMiss) -> String {
 
 #[derive(Debug, Args)]
 pub struct AuditArgs {
-    #[command(flatten)]
-    pub connection: Connection,
     /// Events from this time on: a duration ago (15m, 2h, 7d), epoch seconds, or RFC 3339.
     #[arg(long, value_name = "WHEN")]
     pub since: Option<String>,
@@ -728,8 +730,9 @@ pub struct AuditArgs {
     /// Only events with this outcome (`ok` or an error code).
     #[arg(long)]
     pub outcome: Option<String>,
-    /// Only events of this kind.
-    #[arg(long)]
+    /// Only events of this kind: `exchange` (token exchanges) or `admin` (admin API
+    /// writes and refused attempts).
+    #[arg(long, value_parser = ["exchange", "admin"])]
     pub kind: Option<String>,
     /// Events per page.
     #[arg(long, value_name = "N")]
@@ -740,6 +743,9 @@ pub struct AuditArgs {
     /// Follow `nextCursor` to the last page.
     #[arg(long)]
     pub all: bool,
+    // Last: the connection options come under their own help heading.
+    #[command(flatten)]
+    pub connection: Connection,
 }
 
 /// The `GET /v1/audit` query for these flags (without the cursor).

@@ -70,8 +70,10 @@ impl Format {
     }
 }
 
-/// The broker to talk to (as every admin command; `-o` is taken by `export`'s file).
+/// The broker to talk to, as every admin command but without `--output` (`-o` is
+/// `export`'s file).
 #[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Connection options (every admin command)")]
 pub struct Remote {
     /// The broker's base URL.
     #[arg(
@@ -109,11 +111,10 @@ impl Remote {
 
 #[derive(Debug, Args)]
 pub struct PlanArgs {
-    #[command(flatten)]
-    pub remote: Remote,
     /// The registry file (YAML, or TOML when it ends in .toml).
     #[arg(long, short = 'f', value_name = "FILE")]
     pub file: PathBuf,
+    /// The file's format; default: TOML for a name ending in .toml, else YAML.
     #[arg(long, value_enum)]
     pub format: Option<Format>,
     /// Also plan to delete what the file does not name.
@@ -123,14 +124,15 @@ pub struct PlanArgs {
     /// file changed since.
     #[arg(long, value_name = "PLAN")]
     pub out: Option<PathBuf>,
+    #[command(flatten)]
+    pub remote: Remote,
 }
 
 #[derive(Debug, Args)]
 pub struct ApplyArgs {
-    #[command(flatten)]
-    pub remote: Remote,
     #[arg(long, short = 'f', value_name = "FILE")]
     pub file: PathBuf,
+    /// The file's format; default: TOML for a name ending in .toml, else YAML.
     #[arg(long, value_enum)]
     pub format: Option<Format>,
     /// Delete identities and credentials the file does not name (never without it).
@@ -143,17 +145,20 @@ pub struct ApplyArgs {
     /// against the same versions (ETags), else change nothing.
     #[arg(long, value_name = "PLAN")]
     pub plan: Option<PathBuf>,
+    #[command(flatten)]
+    pub remote: Remote,
 }
 
 #[derive(Debug, Args)]
 pub struct ExportArgs {
-    #[command(flatten)]
-    pub remote: Remote,
     /// Write here instead of stdout; `.toml` selects TOML.
     #[arg(long, short = 'o', value_name = "FILE")]
     pub output: Option<PathBuf>,
+    /// The file's format; default: TOML for a name ending in .toml, else YAML.
     #[arg(long, value_enum)]
     pub format: Option<Format>,
+    #[command(flatten)]
+    pub remote: Remote,
 }
 
 #[derive(Debug, Subcommand)]
@@ -165,11 +170,11 @@ pub enum EntraCommand {
 
 #[derive(Debug, Args)]
 pub struct EntraPlanArgs {
-    #[command(flatten)]
-    pub connection: Connection,
     /// Only this identity.
     #[arg(long)]
     pub identity: Option<String>,
+    #[command(flatten)]
+    pub connection: Connection,
 }
 
 // ----- the file -------------------------------------------------------------------------

@@ -5,6 +5,7 @@
 
 pub mod admin;
 pub mod client;
+pub mod dev;
 pub mod gitops;
 pub mod output;
 pub mod timespec;
@@ -12,7 +13,7 @@ pub mod timespec;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use wif_config::{BrokerConfig, LogConfig};
 
 use crate::clock;
@@ -25,27 +26,41 @@ use crate::server::{RunningBroker, shutdown_signal};
     about = "Workload-identity federation broker for Microsoft Entra"
 )]
 pub struct Cli {
-    /// Configuration file (TOML). `WIF_*` environment variables override its keys.
-    #[arg(long, global = true, env = "WIF_CONFIG", value_name = "FILE")]
+    /// The broker's configuration file, for `serve` and `check-config` (also accepted
+    /// after them).
+    #[arg(long, env = "WIF_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
 
+/// `--config` of `serve` and `check-config`.
+#[derive(Debug, Args)]
+pub struct ConfigArgs {
+    /// Configuration file (TOML); `WIF_<SECTION>_<KEY>` variables override its keys.
+    /// Without a file, the configuration is the defaults and the `WIF_*` variables, and
+    /// at least one such variable must be set.
+    #[arg(long, env = "WIF_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the broker.
-    Serve,
+    ///
+    /// Unless the configuration says otherwise it listens on 127.0.0.1:8080 (`[server]
+    /// listen`, WIF_SERVER_LISTEN) and stores identities, credentials and audit events in
+    /// the SQLite file ./wif.db (`[store] url`, WIF_STORE_URL). It refuses to start with
+    /// neither a configuration file nor a WIF_* variable; see config/examples/broker.toml,
+    /// or try `wif-broker dev`.
+    Serve(ConfigArgs),
     /// Run a self-contained local stack on loopback: the broker (in-memory store), a local
-    /// OIDC issuer and an Entra emulator, with a demo identity, and print a ready-to-paste
-    /// curl that returns an access token.
-    Dev {
-        /// Where the broker listens.
-        #[arg(long, default_value = "127.0.0.1:8080")]
-        listen: String,
-    },
-    /// Load and validate the configuration, then exit (0 when valid).
-    CheckConfig,
+    /// OIDC issuer and an Entra emulator, with two demo identities, and print a
+    /// ready-to-paste curl that returns an access token. `dev token` mints more tokens.
+    Dev(dev::DevArgs),
+    /// Load and validate the configuration, then exit: 0 when valid, 1 when not, or when
+    /// there is nothing to check (no file and no WIF_* variable).
+    CheckConfig(ConfigArgs),
     /// Register, list, show and delete identities on a running broker.
     Identity(admin::IdentityArgs),
     /// Register, list, show, update and delete federated credentials on a running broker.
@@ -92,32 +107,100 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// The configuration `serve` and `check-config` run on: the file, or the `WIF_*`
+/// variables alone. With neither there is nothing to run or check, and the error says
+/// what to do instead of starting a broker that knows nothing.
 fn load_config(path: Option<&std::path::Path>) -> anyhow::Result<BrokerConfig> {
-    Ok(match path {
-        Some(path) => BrokerConfig::load(path)?,
-        None => BrokerConfig::from_env_only()?,
-    })
+    match path {
+        Some(path) => Ok(BrokerConfig::load(path)?),
+        None if has_config_variables() => Ok(BrokerConfig::from_env_only()?),
+        None => anyhow::bail!(
+            "no configuration: pass --config FILE (or set WIF_CONFIG), or set WIF_<SECTION>_<KEY> \
+             variables. config/examples/broker.toml is a commented example \
+             (docs/configuration.md has every key); `wif-broker dev` runs a local stack with \
+             demo identities instead"
+        ),
+    }
+}
+
+/// Whether a `WIF_<SECTION>_<KEY>` variable is set (the admin client's `WIF_SERVER_URL`
+/// and `WIF_ADMIN_TOKEN` do not count). A malformed one counts, so its error is shown.
+fn has_config_variables() -> bool {
+    let vars: Vec<(String, String)> = std::env::vars().collect();
+    wif_config::env::overrides(&vars, BrokerConfig::SECTIONS).map_or(true, |o| !o.is_empty())
+}
+
+/// What a configuration leaves a newcomer wondering about: a broker with no identity and
+/// no way to register one can exchange nothing.
+fn config_warnings(cfg: &BrokerConfig) -> Vec<String> {
+    let admin = cfg.admin.tokens_file.is_some() || cfg.admin.oidc_issuer.is_some();
+    if cfg.identities.is_empty() && !admin {
+        vec![
+            "no identities are configured and the admin API is off (no [admin] tokens_file \
+             or oidc_issuer): only identities already in the store can be used, and none can \
+             be registered"
+                .to_owned(),
+        ]
+    } else {
+        Vec::new()
+    }
+}
+
+/// Where `[store] url` keeps the data, for the start-up log: a relative SQLite path made
+/// absolute (it is relative to the working directory), a PostgreSQL URL without its
+/// user and password.
+fn describe_store(url: &str) -> String {
+    if let Some(path) = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+    {
+        let path = path.split('?').next().unwrap_or(path);
+        if path == ":memory:" {
+            return "in memory (nothing survives a restart)".to_owned();
+        }
+        let file = std::env::current_dir()
+            .map(|dir| dir.join(path))
+            .unwrap_or_else(|_| path.into());
+        return format!("SQLite file {}", file.display());
+    }
+    match url::Url::parse(url) {
+        Ok(parsed) => format!(
+            "PostgreSQL at {}:{}{}",
+            parsed.host_str().unwrap_or("-"),
+            parsed.port().unwrap_or(5432),
+            parsed.path()
+        ),
+        Err(_) => "PostgreSQL".to_owned(),
+    }
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     crate::crypto::install_provider();
     match cli.command {
-        Command::Serve => {
-            let cfg = load_config(cli.config.as_deref())?;
+        Command::Serve(args) => {
+            let cfg = load_config(args.config.or(cli.config).as_deref())?;
             init_logging(&cfg.log);
+            for warning in config_warnings(&cfg) {
+                tracing::warn!("{warning}");
+            }
+            tracing::info!("store: {}", describe_store(&cfg.store.url));
             let broker = RunningBroker::start(&cfg, clock::system()).await?;
             broker.run_until(shutdown_signal()).await?;
             Ok(())
         }
-        Command::Dev { listen } => {
+        Command::Dev(dev::DevArgs {
+            command: Some(dev::DevCommand::Token(args)),
+            ..
+        }) => dev::token(args, clock::system()).await,
+        Command::Dev(dev::DevArgs { listen, .. }) => {
             init_logging(&LogConfig {
                 level: "warn,wif_audit=info".into(),
                 ..LogConfig::default()
             });
             crate::dev::stack::run(&listen).await
         }
-        Command::CheckConfig => {
-            let cfg = load_config(cli.config.as_deref())?;
+        Command::CheckConfig(args) => {
+            let cfg = load_config(args.config.or(cli.config).as_deref())?;
             crate::exchange::Broker::new(
                 &cfg,
                 clock::system(),
@@ -125,14 +208,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 None,
             )?;
             println!(
-                "configuration is valid: {} identities, {} federated credentials, {} explicit issuers",
-                cfg.identities.len(),
-                cfg.identities
-                    .iter()
-                    .map(|i| i.federated_credentials.len())
-                    .sum::<usize>(),
-                cfg.issuers.len()
+                "configuration is valid: {}, {}, {}",
+                output::count(cfg.identities.len(), "identity", "identities"),
+                output::count(
+                    cfg.identities
+                        .iter()
+                        .map(|i| i.federated_credentials.len())
+                        .sum::<usize>(),
+                    "federated credential",
+                    "federated credentials"
+                ),
+                output::count(cfg.issuers.len(), "explicit issuer", "explicit issuers"),
             );
+            for warning in config_warnings(&cfg) {
+                eprintln!("warning: {warning}");
+            }
             Ok(())
         }
         Command::Identity(args) => admin::identity(args).await,
@@ -147,7 +237,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-/// Logs go to stderr; `RUST_LOG` overrides `[log] level`.
+/// Logs go to stderr; `RUST_LOG` overrides `[log] level`. Colours only on a terminal,
+/// and never when `NO_COLOR` is set (<https://no-color.org>).
 pub fn init_logging(cfg: &LogConfig) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env()
@@ -155,10 +246,18 @@ pub fn init_logging(cfg: &LogConfig) {
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(stderr_colours())
         .with_writer(std::io::stderr);
     let _ = if cfg.format == "json" {
         builder.json().try_init()
     } else {
         builder.try_init()
     };
+}
+
+/// Whether log lines on stderr may carry ANSI colours: stderr is a terminal and `NO_COLOR`
+/// is unset or empty. Shared with `wif-agent`.
+pub fn stderr_colours() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }

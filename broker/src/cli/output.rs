@@ -118,6 +118,12 @@ pub fn pretty(value: &serde_json::Value) -> String {
     text
 }
 
+/// `1 identity`, `2 identities`: `n` with `singular` or `plural`, for every count the
+/// CLI and the console print.
+pub fn count(n: usize, singular: &str, plural: &str) -> String {
+    format!("{n} {}", if n == 1 { singular } else { plural })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,6 +1,9 @@
 //! A local OIDC issuer on 127.0.0.1: discovery, a JWKS, and minting of tokens that look
 //! like GitHub Actions, Kubernetes or Azure DevOps tokens. It stands in for a CI platform
 //! in `wif-broker dev` and in tests; key rotation and outages are driven by the caller.
+//!
+//! The dev stack's issuer also mints over HTTP (`POST /dev/token`, see docs/cli.md), so
+//! `wif-broker dev token` can make a token for any subject and claims.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -23,6 +26,12 @@ pub const DEFAULT_AUDIENCE: &str = "api://AzureADTokenExchange";
 
 /// Lifetime of a minted token unless the claims say otherwise.
 const DEFAULT_LIFETIME_SECS: u64 = 300;
+
+/// Where the dev stack's issuer mints tokens over HTTP.
+pub const MINT_PATH: &str = "/dev/token";
+
+/// Largest claims document `POST /dev/token` reads.
+const MAX_MINT_BODY_BYTES: usize = 64 * 1024;
 
 /// How the issuer looks.
 #[derive(Debug, Clone)]
@@ -78,6 +87,8 @@ struct IssuerState {
     keys: RwLock<Keys>,
     available: AtomicBool,
     requests: AtomicU64,
+    /// Whether `POST /dev/token` mints (the dev stack's issuer only).
+    minting: bool,
 }
 
 impl LocalIssuer {
@@ -87,6 +98,20 @@ impl LocalIssuer {
     }
 
     pub async fn start_with(clock: SharedClock, opts: IssuerOptions) -> Result<Self, DevError> {
+        Self::start_inner(clock, opts, false).await
+    }
+
+    /// Starts the dev stack's issuer: as [`LocalIssuer::start`], and it also mints tokens
+    /// for any claims on `POST {iss}/dev/token` (loopback only, like every route here).
+    pub async fn start_minting(clock: SharedClock) -> Result<Self, DevError> {
+        Self::start_inner(clock, IssuerOptions::default(), true).await
+    }
+
+    async fn start_inner(
+        clock: SharedClock,
+        opts: IssuerOptions,
+        minting: bool,
+    ) -> Result<Self, DevError> {
         crate::crypto::install_provider();
         let first = SigningKey::generate(opts.key_kind, &new_kid())?;
         let (listener, addr) = server::bind().await?;
@@ -120,6 +145,7 @@ impl LocalIssuer {
             }),
             available: AtomicBool::new(true),
             requests: AtomicU64::new(0),
+            minting,
         });
 
         let router = Router::new().fallback(serve).with_state(Arc::clone(&state));
@@ -183,27 +209,7 @@ impl LocalIssuer {
     /// The claims `mint` would sign: defaults (`iss`, `aud`, `iat`, `nbf`, `exp` = now + 300,
     /// `jti`) overlaid with `claims`; a claim set to `null` in `claims` is removed.
     pub fn claims(&self, claims: Value) -> Result<Value, DevError> {
-        let overlay = match claims {
-            Value::Object(map) => map,
-            Value::Null => Map::new(),
-            _ => return Err(DevError::ClaimsNotObject),
-        };
-        let now = self.state.clock.now();
-        let mut merged = Map::new();
-        merged.insert("iss".into(), Value::from(self.state.url.as_str()));
-        merged.insert("aud".into(), Value::from(DEFAULT_AUDIENCE));
-        merged.insert("iat".into(), Value::from(now));
-        merged.insert("nbf".into(), Value::from(now));
-        merged.insert("exp".into(), Value::from(now + DEFAULT_LIFETIME_SECS));
-        merged.insert("jti".into(), Value::from(uuid::Uuid::new_v4().to_string()));
-        for (name, value) in overlay {
-            if value.is_null() {
-                merged.remove(&name);
-            } else {
-                merged.insert(name, value);
-            }
-        }
-        Ok(Value::Object(merged))
+        self.state.overlay(claims)
     }
 
     /// Signs [`LocalIssuer::claims`] with the current key.
@@ -270,6 +276,30 @@ impl IssuerState {
         f(&mut keys);
     }
 
+    fn overlay(&self, claims: Value) -> Result<Value, DevError> {
+        let overlay = match claims {
+            Value::Object(map) => map,
+            Value::Null => Map::new(),
+            _ => return Err(DevError::ClaimsNotObject),
+        };
+        let now = self.clock.now();
+        let mut merged = Map::new();
+        merged.insert("iss".into(), Value::from(self.url.as_str()));
+        merged.insert("aud".into(), Value::from(DEFAULT_AUDIENCE));
+        merged.insert("iat".into(), Value::from(now));
+        merged.insert("nbf".into(), Value::from(now));
+        merged.insert("exp".into(), Value::from(now + DEFAULT_LIFETIME_SECS));
+        merged.insert("jti".into(), Value::from(uuid::Uuid::new_v4().to_string()));
+        for (name, value) in overlay {
+            if value.is_null() {
+                merged.remove(&name);
+            } else {
+                merged.insert(name, value);
+            }
+        }
+        Ok(Value::Object(merged))
+    }
+
     fn jwks(&self) -> Value {
         self.read_keys(|keys| jwt::jwks(&keys.published))
     }
@@ -287,10 +317,14 @@ impl IssuerState {
 }
 
 async fn serve(State(state): State<Arc<IssuerState>>, request: Request) -> Response {
+    let path = request.uri().path().strip_prefix(state.prefix.as_str());
+    if state.minting && path == Some(MINT_PATH) {
+        return mint_endpoint(&state, request).await;
+    }
     if request.method() != Method::GET && request.method() != Method::HEAD {
         return StatusCode::METHOD_NOT_ALLOWED.into_response();
     }
-    let document = match request.uri().path().strip_prefix(state.prefix.as_str()) {
+    let document = match path {
         Some("/.well-known/openid-configuration") => state.discovery(),
         Some("/.well-known/jwks" | "/openid/v1/jwks") => state.jwks(),
         _ => return StatusCode::NOT_FOUND.into_response(),
@@ -301,6 +335,71 @@ async fn serve(State(state): State<Arc<IssuerState>>, request: Request) -> Respo
         .header(header::CACHE_CONTROL, "max-age=60")
         .body(Body::from(document.to_string()))
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+/// `POST /dev/token` with a JSON object of claims: `{"token": JWT, "claims": {...}}`,
+/// the claims overlaid on the defaults as [`LocalIssuer::claims`] does. Only JSON is read,
+/// so a web page cannot mint through the browser without a CORS preflight, which this
+/// server never grants.
+async fn mint_endpoint(state: &IssuerState, request: Request) -> Response {
+    let refuse = |status: StatusCode, description: String| {
+        let body = json!({
+            "error": "invalid_request",
+            "error_description": description,
+            "request_id": uuid::Uuid::new_v4().to_string(),
+        });
+        (status, axum::Json(body)).into_response()
+    };
+    if request.method() != Method::POST {
+        return refuse(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!("{MINT_PATH} takes POST with a JSON object of claims"),
+        );
+    }
+    let json = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !json {
+        return refuse(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "the body must be a JSON object of claims (Content-Type: application/json)".into(),
+        );
+    }
+    let Ok(body) = axum::body::to_bytes(request.into_body(), MAX_MINT_BODY_BYTES).await else {
+        return refuse(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the claims must be at most {MAX_MINT_BODY_BYTES} bytes"),
+        );
+    };
+    let claims = match serde_json::from_slice::<Value>(&body) {
+        Ok(claims @ Value::Object(_)) => claims,
+        Ok(_) => {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                "claims must be a JSON object".into(),
+            );
+        }
+        Err(e) => {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "the body is not JSON: {}",
+                    crate::redact::untrusted(&e.to_string())
+                ),
+            );
+        }
+    };
+    let key = state.read_keys(|keys| keys.current.clone());
+    let claims = match state.overlay(claims) {
+        Ok(claims) => claims,
+        Err(e) => return refuse(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    match key.sign(&claims) {
+        Ok(token) => axum::Json(json!({ "token": token, "claims": claims })).into_response(),
+        Err(e) => refuse(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
 }
 
 fn new_kid() -> String {

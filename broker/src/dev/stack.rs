@@ -44,7 +44,7 @@ impl DevStack {
     /// Starts the issuer, the emulator and a broker listening on `listen`.
     pub async fn start(listen: &str, clock: SharedClock) -> anyhow::Result<Self> {
         crate::crypto::install_provider();
-        let issuer = LocalIssuer::start(clock.clone()).await?;
+        let issuer = LocalIssuer::start_minting(clock.clone()).await?;
         let entra = EntraEmulator::start(clock.clone()).await?;
         entra.register_app(
             AppRegistration::new(DEMO_TENANT, DEMO_CLIENT).with_fic(EmulatedFic::new(
@@ -116,6 +116,17 @@ impl DevStack {
         }))?)
     }
 
+    /// The `export` line that points the admin commands, `dev token` and `wif-agent`'s
+    /// `--broker "$WIF_SERVER_URL"` at this stack.
+    pub fn exports(&self) -> String {
+        format!(
+            "export WIF_SERVER_URL={} WIF_ADMIN_TOKEN={} WIF_DEV_ISSUER={}",
+            self.broker.url(),
+            self.admin_token,
+            self.issuer.url()
+        )
+    }
+
     /// The command a user pastes to get an access token.
     pub fn curl(&self, token: &str) -> String {
         format!(
@@ -185,13 +196,19 @@ pub async fn run(listen: &str) -> anyhow::Result<()> {
          \n  identity        {DEMO_FLEET_IDENTITY} (assertion broker: Entra holds one credential, trusting {broker})\
          \n  credential      demo-features: {DEMO_FLEET_EXPRESSION}\n\
          \n  admin console   {broker}/ui/ (sign in with admin token {admin_token}, valid for this run)\n\
-         \nA demo job token (valid {mins} minutes) is in this command; paste it to get an access token:\n\n{curl}\n",
+         {commands}\
+         \nA demo job token (valid {mins} minutes) is in this command; paste it to get an access token:\n\n{curl}\n\
+         \nIn another terminal, this line points the admin commands (wif-broker identity, credential,\
+         \nsimulate, audit) and `wif-broker dev token` at this stack; give wif-agent --broker \"$WIF_SERVER_URL\":\
+         \n\n{exports}\n",
         broker = stack.broker.url(),
         issuer = stack.issuer.url(),
         entra = stack.entra.url(),
         mins = DEMO_TOKEN_SECS / 60,
         admin_token = stack.admin_token,
+        commands = commands(),
         curl = stack.curl(&token),
+        exports = stack.exports(),
     )?;
     out.flush()?;
     drop(out);
@@ -199,4 +216,25 @@ pub async fn run(listen: &str) -> anyhow::Result<()> {
     stack.issuer.shutdown().await;
     stack.entra.shutdown().await;
     Ok(())
+}
+
+/// Where `wif-broker` and `wif-agent` are, so the tour's commands can be put on `PATH`;
+/// `cargo run -p wif-broker` builds only the first.
+fn commands() -> String {
+    let Some(dir) = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(std::path::Path::to_path_buf))
+    else {
+        return String::new();
+    };
+    let agent = dir.join(format!("wif-agent{}", std::env::consts::EXE_SUFFIX));
+    let agent_note = if agent.is_file() {
+        String::new()
+    } else {
+        " (wif-agent is not built yet: cargo build -p wif-agent)".to_owned()
+    };
+    format!(
+        "  commands        wif-broker and wif-agent are in {}{agent_note}\n",
+        dir.display()
+    )
 }

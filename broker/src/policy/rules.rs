@@ -136,8 +136,9 @@ fn check_name_rule(name: &str, label: &str, min: usize) -> Option<Violation> {
         if (min..=MAX_NAME_LEN).contains(&len) {
             return None;
         }
+        let unit = if len == 1 { "character" } else { "characters" };
         format!(
-            "{label} {shown} is {len} characters long; it must be {min} to {MAX_NAME_LEN} \
+            "{label} {shown} is {len} {unit} long; it must be {min} to {MAX_NAME_LEN} \
              characters"
         )
     };
@@ -483,6 +484,10 @@ mod tests {
                 field: "name",
                 message: "name \"ab\" is 2 characters long; it must be 3 to 120 characters".into(),
             })
+        );
+        assert_eq!(
+            check_name("x").map(|v| v.message),
+            Some("name \"x\" is 1 character long; it must be 3 to 120 characters".into())
         );
         assert_eq!(check_name("abc"), None);
         assert_eq!(check_name(&"a".repeat(120)), None);

@@ -522,7 +522,10 @@ pub async fn page(
         } else {
             ("denied", "refused")
         };
-        let who = if r.kind == "exchange" {
+        let who = if r.kind == "exchange" && e.subject.is_empty() {
+            "<span class=\"muted\" data-testid=\"no-subject\">(no subject: refused before the token was read)</span>"
+                .to_owned()
+        } else if r.kind == "exchange" {
             format!("<code>{}</code>", esc(&e.subject))
         } else {
             format!(

@@ -127,7 +127,7 @@ pub async fn list(
          <form class=\"search\" method=\"get\" action=\"/ui/identities\" role=\"search\">\
          <input type=\"search\" name=\"q\" value=\"{q}\" placeholder=\"Search names, client ids, issuers, subjects\" aria-label=\"Search\">\
          <button type=\"submit\">Search</button></form>\
-         <p class=\"muted\">{shown} of {total} identities</p>\
+         <p class=\"muted\">{shown} of {total}</p>\
          <table class=\"list\" data-testid=\"identities\"><thead><tr><th>Name</th><th>Source</th><th>Client id</th><th>Tenant</th><th class=\"num\">Credentials</th></tr></thead>\
          <tbody>{rows}</tbody></table>",
         notice = html::notice(query.notice.as_deref(), None),
@@ -138,6 +138,7 @@ pub async fn list(
             " aria-disabled=\"true\" tabindex=\"-1\""
         },
         q = esc(q),
+        total = crate::cli::output::count(total, "identity", "identities"),
     );
     html::html(
         StatusCode::OK,
@@ -647,11 +648,15 @@ pub async fn delete_form(
     if identity.read_only {
         return read_only_refusal(&session, &name);
     }
-    let count = registry.credentials_of(&name).count();
+    let count = crate::cli::output::count(
+        registry.credentials_of(&name).count(),
+        "federated credential",
+        "federated credentials",
+    );
     let body = format!(
         "<p class=\"crumbs\"><a href=\"/ui/identities\">Identities</a> › <a href=\"/ui/identities/{seg}\">{name}</a> ›</p>\
          <h1>Delete identity {name}?</h1>\
-         <p>This deletes the identity and its {count} federated credential(s). Workloads using it are refused from the next exchange on.</p>\
+         <p>This deletes the identity and its {count}. Workloads using it are refused from the next exchange on.</p>\
          <form method=\"post\" action=\"/ui/identities/{seg}/delete\">{csrf}\
          <div class=\"buttons\"><button type=\"submit\" class=\"danger\" data-testid=\"confirm-delete\"{disabled}>Delete</button>\
          <a class=\"button\" href=\"/ui/identities/{seg}\">Cancel</a></div></form>",

@@ -504,7 +504,10 @@ fn login_page(status: StatusCode, csrf: &str, next: &str, error: Option<&str>) -
          <p>Paste an admin or reader token: the same bearer token the admin API and the \
          <code>wif-broker</code> CLI accept (a static token from <code>[admin] tokens_file</code> \
          or an OIDC admin token). The broker checks it once and keeps only a session; the token \
-         is not stored.</p>{error}\
+         is not stored.</p>\
+         <p class=\"hint\" data-testid=\"dev-hint\">Trying <code>wif-broker dev</code>? It prints a token \
+         for this run in its terminal, on the <code>admin console</code> line (and in the \
+         <code>export ... WIF_ADMIN_TOKEN=</code> line).</p>{error}\
          <form method=\"post\" action=\"/ui/login\" autocomplete=\"off\">\
          <input type=\"hidden\" name=\"csrf\" value=\"{}\">\
          <input type=\"hidden\" name=\"next\" value=\"{}\">\

@@ -44,6 +44,22 @@
     });
   }
 
+  // What the page calls a field: its <label>'s text ("Organization (owner)"), not its id
+  // ("gh_org"); fields without a label (the session) keep their name.
+  function labelOf(form, field) {
+    var input = form.elements[field];
+    var label = input && input.labels && input.labels[0];
+    return label ? label.textContent.trim() : field;
+  }
+
+  // The problems the server listed after a refused save, named the same way.
+  function labelProblems(form) {
+    $all("ul.problems li[data-field] > b, ul.warnings li[data-field] > b", form.parentNode).forEach(function (b) {
+      var field = b.parentNode.getAttribute("data-field");
+      if (b.textContent === field) { b.textContent = labelOf(form, field); }
+    });
+  }
+
   function setupDraft(form) {
     var url = form.getAttribute("data-draft");
     if (!url) { return; }
@@ -84,7 +100,7 @@
         var li = document.createElement("li");
         li.setAttribute("data-field", p.field);
         var b = document.createElement("b");
-        b.textContent = p.field;
+        b.textContent = labelOf(form, p.field);
         li.appendChild(b);
         li.appendChild(document.createTextNode(": " + p.message));
         problems.appendChild(li);
@@ -135,6 +151,7 @@
       setupScenarios(wizard);
       setupModes(wizard, "other_mode");
       setupWhen(wizard);
+      labelProblems(wizard);
       setupDraft(wizard);
     }
     var test = $("#test-form");
