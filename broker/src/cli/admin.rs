@@ -941,7 +941,7 @@ pub fn admin_token(command: AdminTokenCommand) -> anyhow::Result<()> {
 // shared
 
 /// `VALUE`, or the contents of `@FILE`, or stdin for `@-`.
-pub(crate) fn read_value(value: &str, flag: &str) -> anyhow::Result<String> {
+fn read_value(value: &str, flag: &str) -> anyhow::Result<String> {
     match value.strip_prefix('@') {
         Some("-") => {
             let mut text = String::new();
