@@ -64,7 +64,7 @@ pub struct Connection {
 }
 
 impl Connection {
-    fn client(&self) -> anyhow::Result<AdminClient> {
+    pub(crate) fn client(&self) -> anyhow::Result<AdminClient> {
         let Some(token) = &self.admin_token else {
             bail!("no admin token: pass --admin-token TOKEN (or @FILE), or set WIF_ADMIN_TOKEN");
         };
@@ -1552,6 +1552,7 @@ mod tests {
             cloud: Some(Cloud::Public),
             authority_host: "https://login.microsoftonline.com".into(),
             assertion: AssertionSource::Passthrough,
+            assertion_subject: None,
             source: "api".into(),
             entra_federated_credential: None,
             read_only: false,

@@ -133,6 +133,8 @@ impl fmt::Display for ApiFailure {
 pub struct Answer {
     pub status: StatusCode,
     pub body: Option<Value>,
+    /// The `ETag` header, when the resource has one.
+    pub etag: Option<String>,
 }
 
 impl Answer {
@@ -191,12 +193,27 @@ impl AdminClient {
         query: &[(&str, String)],
         body: Option<&impl serde::Serialize>,
     ) -> Result<Answer, ClientError> {
+        self.call_if(method, segments, query, body, &[]).await
+    }
+
+    /// [`Self::call`] with conditions: `If-Match` / `If-None-Match` headers.
+    pub async fn call_if(
+        &self,
+        method: Method,
+        segments: &[&str],
+        query: &[(&str, String)],
+        body: Option<&impl serde::Serialize>,
+        conditions: &[(reqwest::header::HeaderName, &str)],
+    ) -> Result<Answer, ClientError> {
         let url = self.url(segments);
         let mut request = self
             .http
             .request(method, url.clone())
             .header(ACCEPT, "application/json")
             .header(AUTHORIZATION, self.bearer()?);
+        for (name, value) in conditions {
+            request = request.header(name.clone(), *value);
+        }
         if !query.is_empty() {
             request = request.query(query);
         }
@@ -210,16 +227,26 @@ impl AdminClient {
             .get("x-request-id")
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
+        let etag = response
+            .headers()
+            .get(reqwest::header::ETAG)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
         let bytes = response.bytes().await.map_err(|e| self.transport(&e))?;
         let shown_url = without_query(&url);
         if status.is_success() {
             if bytes.iter().all(u8::is_ascii_whitespace) {
-                return Ok(Answer { status, body: None });
+                return Ok(Answer {
+                    status,
+                    body: None,
+                    etag,
+                });
             }
             return match serde_json::from_slice(&bytes) {
                 Ok(body) => Ok(Answer {
                     status,
                     body: Some(body),
+                    etag,
                 }),
                 Err(_) => Err(ClientError::Unexpected {
                     url: shown_url,

@@ -1,10 +1,12 @@
 //! The `wif-broker` command line: `serve`, `dev`, `check-config`; the admin commands
 //! `identity`, `credential`, `simulate` and `audit`, which call a running broker's admin
-//! API ([`admin`]); and `admin-token`, which makes admin tokens locally.
+//! API ([`admin`]); `plan`, `apply`, `export` and `entra plan`, registry files as code
+//! ([`gitops`]); and `admin-token`, which makes admin tokens locally.
 
 pub mod admin;
 pub mod client;
 pub mod dev;
+pub mod gitops;
 pub mod output;
 pub mod timespec;
 
@@ -67,6 +69,16 @@ pub enum Command {
     Simulate(admin::SimulateArgs),
     /// Read a running broker's audit trail.
     Audit(admin::AuditArgs),
+    /// Show how a running broker differs from a registry file (identities and federated
+    /// credentials as code); exit code 0 when nothing would change, 2 when something would.
+    Plan(gitops::PlanArgs),
+    /// Make a running broker match a registry file (deletes only with --prune).
+    Apply(gitops::ApplyArgs),
+    /// Write a running broker's API-registered identities and credentials as a registry file.
+    Export(gitops::ExportArgs),
+    /// What Entra must hold for each identity to work through the broker.
+    #[command(subcommand)]
+    Entra(gitops::EntraCommand),
     /// Make admin tokens and their `tokens_file` lines (no broker needed).
     #[command(subcommand)]
     AdminToken(admin::AdminTokenCommand),
@@ -87,6 +99,7 @@ pub fn main() -> ExitCode {
     };
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.is::<gitops::ChangesPending>() => ExitCode::from(2),
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
@@ -216,6 +229,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Credential(args) => admin::credential(args).await,
         Command::Simulate(args) => admin::simulate(args).await,
         Command::Audit(args) => admin::audit(args, clock::system()).await,
+        Command::Plan(args) => gitops::plan(args).await,
+        Command::Apply(args) => gitops::apply(args).await,
+        Command::Export(args) => gitops::export(args).await,
+        Command::Entra(command) => gitops::entra(command).await,
         Command::AdminToken(command) => admin::admin_token(command),
     }
 }

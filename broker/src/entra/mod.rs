@@ -5,6 +5,7 @@
 
 pub mod assertion;
 pub mod scope;
+pub mod setup;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -313,7 +313,8 @@ pub async fn detail(
          <a class=\"button\" href=\"/ui/test?identity={q}\">Test it</a>\
          <a class=\"button primary{disabled}\" href=\"/ui/identities/{seg}/credentials/new\" data-testid=\"add-credential\"{aria}>Add credential</a></div></div>\
          <table class=\"list\" data-testid=\"credentials\"><thead><tr><th>Name</th><th>Issuer</th><th>Matches</th><th>Audience</th><th>Description</th><th></th></tr></thead>\
-         <tbody>{rows}</tbody></table>",
+         <tbody>{rows}</tbody></table>{entra}",
+        entra = entra_section(&console, identity, &credentials),
         notice = html::notice(query.notice.as_deref(), query.credential.as_deref()),
         name = esc(&identity.name),
         badge = source_badge(identity),
@@ -331,6 +332,60 @@ pub async fn detail(
         StatusCode::OK,
         html::page(&identity.name, Some(&session), Nav::Identities, &body),
     )
+}
+
+/// What Entra must hold for this identity (the same as `wif-broker entra plan`).
+fn entra_section(
+    console: &Console,
+    identity: &policy::Identity,
+    credentials: &[&policy::Credential],
+) -> String {
+    let views: Vec<_> = credentials
+        .iter()
+        .map(|c| crate::api::admin::credential_view(c))
+        .collect();
+    let setup = crate::entra::setup::plan(
+        &crate::api::admin::identity_view(&console.app, identity),
+        &views,
+    );
+    let mut out = format!(
+        "<section data-testid=\"entra-setup\"><h2>In Entra</h2>\
+         <p class=\"muted\">What the app registration or managed identity <code>{client}</code> must hold for this identity to work \
+         ({count} federated credential(s); Entra allows {max}). <code>wif-broker entra plan</code> prints the same.</p>",
+        client = esc(&setup.client_id),
+        count = setup.federated_identity_credentials.len(),
+        max = crate::entra::setup::ENTRA_MAX_CREDENTIALS,
+    );
+    for c in &setup.federated_identity_credentials {
+        let graph = serde_json::to_string_pretty(&c.graph).unwrap_or_default();
+        let _ = write!(
+            out,
+            "<h3>{name}</h3><pre><code>{graph}</code></pre><pre><code>{app}</code></pre>",
+            name = esc(c.graph.name.as_deref().unwrap_or_default()),
+            graph = esc(&graph),
+            app = esc(&c.az_app_command),
+        );
+        if let Some(cmd) = &c.az_identity_command {
+            let _ = write!(out, "<pre><code>{}</code></pre>", esc(cmd));
+        }
+    }
+    if !setup.broker_only.is_empty() {
+        out.push_str("<p>Only through the broker assertion:</p><ul data-testid=\"broker-only\">");
+        for b in &setup.broker_only {
+            let _ = write!(
+                out,
+                "<li><code>{}</code>: {}</li>",
+                esc(&b.credential),
+                esc(&b.reason)
+            );
+        }
+        out.push_str("</ul>");
+    }
+    for note in &setup.notes {
+        let _ = write!(out, "<p class=\"muted\">{}</p>", esc(note));
+    }
+    out.push_str("</section>");
+    out
 }
 
 /// The identity form's values, as typed.

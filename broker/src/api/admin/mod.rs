@@ -32,7 +32,81 @@ use crate::store::{AuditQuery, PutOutcome, StoredCredential};
 
 pub use crate::clock::rfc3339;
 
-fn identity_view(state: &AppState, i: &policy::Identity) -> Identity {
+// ----- optimistic concurrency -----------------------------------------------------------
+
+/// Serializes writes that carry `If-Match` on this replica, so the comparison and the
+/// write it guards are one step here.
+static CONDITIONAL_WRITES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The strong `ETag` of a stored identity or credential: a digest of its row, so it
+/// changes with every write (its fields and its modification time) and every replica
+/// reading the same store gives the same value.
+pub fn etag<T: serde::Serialize>(row: &T) -> String {
+    let json =
+        serde_json::to_vec(&serde_json::to_value(row).unwrap_or_default()).unwrap_or_default();
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &json);
+    format!("\"{}\"", hex::encode(&digest.as_ref()[..16]))
+}
+
+fn with_etag(mut response: Response, tag: &str) -> Response {
+    if let Ok(value) = header::HeaderValue::from_str(tag) {
+        response.headers_mut().insert(header::ETAG, value);
+    }
+    response
+}
+
+/// Checks `If-Match` (or `If-None-Match: *`) against the resource as it is now (`None`:
+/// it does not exist). The guard holds the write lock while the guarded write runs;
+/// without a condition, no lock.
+async fn precondition(
+    headers: &HeaderMap,
+    current: impl std::future::Future<Output = Result<Option<String>, ApiError>>,
+) -> Result<Option<tokio::sync::MutexGuard<'static, ()>>, ApiError> {
+    if headers
+        .get(header::IF_NONE_MATCH)
+        .is_some_and(|v| v.as_bytes() == b"*")
+    {
+        let guard = CONDITIONAL_WRITES.lock().await;
+        if current.await?.is_some() {
+            return Err(ApiError::new(
+                StatusCode::PRECONDITION_FAILED,
+                "precondition_failed",
+                "If-None-Match: * was given but the resource exists (it was created since it was read); read it again",
+            ));
+        }
+        return Ok(Some(guard));
+    }
+    let Some(wanted) = headers.get(header::IF_MATCH) else {
+        return Ok(None);
+    };
+    let guard = CONDITIONAL_WRITES.lock().await;
+    let wanted = wanted.to_str().unwrap_or_default();
+    let current = current.await?;
+    let matches = match &current {
+        None => false,
+        Some(tag) => wanted
+            .split(',')
+            .map(str::trim)
+            .any(|w| w == "*" || w == tag),
+    };
+    if matches {
+        return Ok(Some(guard));
+    }
+    Err(ApiError::new(
+        StatusCode::PRECONDITION_FAILED,
+        "precondition_failed",
+        match current {
+            None => "If-Match was given but the resource does not exist (any more); read it again"
+                .to_owned(),
+            Some(_) => format!(
+                "the resource changed since it was read (If-Match {} does not match its ETag); read it again",
+                crate::redact::untrusted(wanted)
+            ),
+        },
+    ))
+}
+
+pub(crate) fn identity_view(state: &AppState, i: &policy::Identity) -> Identity {
     // With the broker assertion, the one federated credential Entra needs.
     let entra_credential = match (i.assertion, state.broker.issuer()) {
         (wif_config::AssertionSource::Broker, Some(issuer)) => Some(EntraCredential {
@@ -58,6 +132,7 @@ fn identity_view(state: &AppState, i: &policy::Identity) -> Identity {
         cloud: i.cloud,
         authority_host: i.authority_host.clone(),
         assertion: i.assertion,
+        assertion_subject: i.assertion_subject.clone(),
         source: if i.read_only { "config" } else { "api" }.into(),
         read_only: i.read_only,
         disabled: i.conditions.restrictions.disabled,
@@ -75,7 +150,7 @@ fn expression(text: String) -> ClaimsMatchingExpression {
     }
 }
 
-fn credential_view(c: &policy::Credential) -> Credential {
+pub(crate) fn credential_view(c: &policy::Credential) -> Credential {
     let (subject, claims_matching_expression) = match &c.rule {
         SubjectRule::Exact(s) => (Some(s.clone()), None),
         SubjectRule::Expression(e) => (None, Some(expression(e.to_string()))),
@@ -319,7 +394,7 @@ pub async fn list_identities(
 /// Show one identity.
 #[utoipa::path(get, path = "/v1/identities/{name}", tag = "admin",
     params(("name" = String, Path, description = "identity name")),
-    responses((status = 200, body = Identity), (status = 401, body = super::error::ErrorBody, description = "no or invalid admin token"),
+    responses((status = 200, body = Identity, headers(("ETag" = String, description = "the version of the identity, for If-Match"))), (status = 401, body = super::error::ErrorBody, description = "no or invalid admin token"),
         (status = 403, body = super::error::ErrorBody, description = "the caller lacks the role"), (status = 404, body = super::error::ErrorBody)),
     security(("admin_token" = [])))]
 pub async fn get_identity(
@@ -336,16 +411,56 @@ pub async fn get_identity(
             format!("no identity named {name:?}"),
         )
     })?;
-    Ok(Json(identity_view(&state, identity)).into_response())
+    let view = identity_view(&state, identity);
+    let read_only = identity.read_only;
+    drop(registry);
+    let response = Json(view).into_response();
+    if read_only {
+        return Ok(response);
+    }
+    Ok(match identity_etag(&state, &name).await {
+        Ok(Some(tag)) => with_etag(response, &tag),
+        _ => response,
+    })
+}
+
+fn store_error(e: crate::store::StoreError) -> ApiError {
+    ApiError::from(AdminError::from(e))
+}
+
+/// The ETag of an API-registered identity as the store holds it now (`None`: no such
+/// row, as for identities from the config file).
+async fn identity_etag(state: &AppState, name: &str) -> Result<Option<String>, ApiError> {
+    let Some(store) = state.broker.store() else {
+        return Ok(None);
+    };
+    let row = store.get_identity(name).await.map_err(store_error)?;
+    Ok(row.map(|i| etag(&i)))
+}
+
+/// The ETag of an API-registered credential (by name or id) as the store holds it now.
+async fn credential_etag(
+    state: &AppState,
+    identity: &str,
+    credential: &str,
+) -> Result<Option<String>, ApiError> {
+    let Some(store) = state.broker.store() else {
+        return Ok(None);
+    };
+    let row = store
+        .get_credential(identity, credential)
+        .await
+        .map_err(store_error)?;
+    Ok(row.map(|c| etag(&c)))
 }
 
 /// Create or replace an identity (admin role).
 #[utoipa::path(put, path = "/v1/identities/{name}", tag = "admin",
-    params(("name" = String, Path, description = "identity name")),
+    params(("name" = String, Path, description = "identity name"), ("If-Match" = Option<String>, Header, description = "an ETag from a GET: write only if the identity is unchanged (412 `precondition_failed` otherwise)"), ("If-None-Match" = Option<String>, Header, description = "`*`: create only, 412 `precondition_failed` if the identity exists")),
     request_body = IdentityRequest,
     responses((status = 201, body = Identity, description = "created"), (status = 200, body = Identity, description = "replaced"),
         (status = 400, body = super::error::ErrorBody), (status = 401, body = super::error::ErrorBody, description = "no or invalid admin token"),
-        (status = 403, body = super::error::ErrorBody, description = "the caller lacks the role"), (status = 409, body = super::error::ErrorBody), (status = 503, body = super::error::ErrorBody)),
+        (status = 403, body = super::error::ErrorBody, description = "the caller lacks the role"), (status = 409, body = super::error::ErrorBody), (status = 412, body = super::error::ErrorBody, description = "If-Match or If-None-Match does not hold: the resource changed since it was read"), (status = 503, body = super::error::ErrorBody)),
     security(("admin_token" = [])))]
 pub async fn put_identity(
     State(state): State<AppState>,
@@ -357,6 +472,7 @@ pub async fn put_identity(
     let who = caller(&state, &headers, Role::Admin, ACTION).await?;
     let result = async {
         let request: IdentityRequest = read_json(&headers, body, state.max_body_bytes).await?;
+        let guard = precondition(&headers, identity_etag(&state, &name)).await?;
         let input = IdentityInput {
             tenant_id: request.tenant_id,
             client_id: request.client_id,
@@ -371,7 +487,9 @@ pub async fn put_identity(
                 ..Restrictions::default()
             },
         };
-        Ok::<_, ApiError>(state.admin.put_identity(&name, input).await?)
+        let outcome = state.admin.put_identity(&name, input).await?;
+        drop(guard);
+        Ok::<_, ApiError>(outcome)
     }
     .await;
     let outcome = audited(&state, &who, ACTION, &name, None, result)?;
@@ -391,14 +509,19 @@ pub async fn put_identity(
             )
             .with_retry_after(1)
         })?;
-    Ok((status, Json(view)).into_response())
+    drop(registry);
+    let response = (status, Json(view)).into_response();
+    Ok(match identity_etag(&state, &name).await {
+        Ok(Some(tag)) => with_etag(response, &tag),
+        _ => response,
+    })
 }
 
 /// Delete an identity and its credentials (admin role).
 #[utoipa::path(delete, path = "/v1/identities/{name}", tag = "admin",
-    params(("name" = String, Path, description = "identity name")),
+    params(("name" = String, Path, description = "identity name"), ("If-Match" = Option<String>, Header, description = "an ETag from a GET: write only if the resource is unchanged (412 `precondition_failed` otherwise)")),
     responses((status = 204), (status = 401, body = super::error::ErrorBody, description = "no or invalid admin token"),
-        (status = 403, body = super::error::ErrorBody, description = "the caller lacks the role"), (status = 404, body = super::error::ErrorBody), (status = 409, body = super::error::ErrorBody), (status = 503, body = super::error::ErrorBody)),
+        (status = 403, body = super::error::ErrorBody, description = "the caller lacks the role"), (status = 404, body = super::error::ErrorBody), (status = 409, body = super::error::ErrorBody), (status = 412, body = super::error::ErrorBody, description = "If-Match or If-None-Match does not hold: the resource changed since it was read"), (status = 503, body = super::error::ErrorBody)),
     security(("admin_token" = [])))]
 pub async fn delete_identity(
     State(state): State<AppState>,
@@ -406,14 +529,12 @@ pub async fn delete_identity(
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
     let who = caller(&state, &headers, Role::Admin, "identity.delete").await?;
-    audited(
-        &state,
-        &who,
-        "identity.delete",
-        &name,
-        None,
-        state.admin.delete_identity(&name).await,
-    )?;
+    let result = async {
+        let _guard = precondition(&headers, identity_etag(&state, &name)).await?;
+        Ok::<_, ApiError>(state.admin.delete_identity(&name).await?)
+    }
+    .await;
+    audited(&state, &who, "identity.delete", &name, None, result)?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -453,7 +574,7 @@ pub async fn list_credentials(
 /// Show one federated credential (by name or id).
 #[utoipa::path(get, path = "/v1/identities/{name}/federatedIdentityCredentials/{credential}", tag = "admin",
     params(("name" = String, Path, description = "identity name"), ("credential" = String, Path, description = "credential name or id")),
-    responses((status = 200, body = Credential), (status = 401, body = super::error::ErrorBody, description = "no or invalid admin token"),
+    responses((status = 200, body = Credential, headers(("ETag" = String, description = "the version of the credential, for If-Match"))), (status = 401, body = super::error::ErrorBody, description = "no or invalid admin token"),
         (status = 403, body = super::error::ErrorBody, description = "the caller lacks the role"), (status = 404, body = super::error::ErrorBody)),
     security(("admin_token" = [])))]
 pub async fn get_credential(
@@ -463,16 +584,25 @@ pub async fn get_credential(
 ) -> Result<Response, ApiError> {
     caller(&state, &headers, Role::Reader, "credential.get").await?;
     let registry = state.broker.registry();
-    registry
-        .credential(&identity, &credential)
-        .map(|c| Json(credential_view(c)).into_response())
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                format!("identity {identity:?} has no federated credential {credential:?}"),
-            )
-        })
+    let c = registry.credential(&identity, &credential).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("identity {identity:?} has no federated credential {credential:?}"),
+        )
+    })?;
+    let (view, read_only) = (credential_view(c), c.identity.read_only);
+    drop(registry);
+    let response = Json(view).into_response();
+    if read_only {
+        return Ok(response);
+    }
+    Ok(
+        match credential_etag(&state, &identity, &credential).await {
+            Ok(Some(tag)) => with_etag(response, &tag),
+            _ => response,
+        },
+    )
 }
 
 fn invalid(field: &'static str, message: &str) -> AdminError {
@@ -544,11 +674,11 @@ pub async fn create_credential(
 
 /// Change a federated credential (admin role); its name is immutable.
 #[utoipa::path(patch, path = "/v1/identities/{name}/federatedIdentityCredentials/{credential}", tag = "admin",
-    params(("name" = String, Path, description = "identity name"), ("credential" = String, Path, description = "credential name or id")),
+    params(("name" = String, Path, description = "identity name"), ("credential" = String, Path, description = "credential name or id"), ("If-Match" = Option<String>, Header, description = "an ETag from a GET: write only if the resource is unchanged (412 `precondition_failed` otherwise)")),
     request_body = CredentialRequest,
     responses((status = 200, body = Credential), (status = 400, body = super::error::ErrorBody), (status = 401, body = super::error::ErrorBody, description = "no or invalid admin token"),
         (status = 403, body = super::error::ErrorBody, description = "the caller lacks the role"),
-        (status = 404, body = super::error::ErrorBody), (status = 409, body = super::error::ErrorBody), (status = 503, body = super::error::ErrorBody)),
+        (status = 404, body = super::error::ErrorBody), (status = 409, body = super::error::ErrorBody), (status = 412, body = super::error::ErrorBody, description = "If-Match or If-None-Match does not hold: the resource changed since it was read"), (status = 503, body = super::error::ErrorBody)),
     security(("admin_token" = [])))]
 pub async fn update_credential(
     State(state): State<AppState>,
@@ -565,6 +695,8 @@ pub async fn update_credential(
             Some(e) => Some(expression_text(e).map_err(|v| AdminError::Invalid(vec![v]))?),
             None => None,
         };
+        let _guard =
+            precondition(&headers, credential_etag(&state, &identity, &credential)).await?;
         state
             .admin
             .update_credential(&identity, &credential, move |input| {
@@ -597,14 +729,19 @@ pub async fn update_credential(
     }
     .await;
     let stored = audited(&state, &who, ACTION, &identity, Some(&credential), result)?;
-    Ok(Json(stored_view(stored)).into_response())
+    let tag = credential_etag(&state, &identity, &stored.name).await;
+    let response = Json(stored_view(stored)).into_response();
+    Ok(match tag {
+        Ok(Some(tag)) => with_etag(response, &tag),
+        _ => response,
+    })
 }
 
 /// Delete a federated credential (admin role).
 #[utoipa::path(delete, path = "/v1/identities/{name}/federatedIdentityCredentials/{credential}", tag = "admin",
-    params(("name" = String, Path, description = "identity name"), ("credential" = String, Path, description = "credential name or id")),
+    params(("name" = String, Path, description = "identity name"), ("credential" = String, Path, description = "credential name or id"), ("If-Match" = Option<String>, Header, description = "an ETag from a GET: write only if the resource is unchanged (412 `precondition_failed` otherwise)")),
     responses((status = 204), (status = 401, body = super::error::ErrorBody, description = "no or invalid admin token"),
-        (status = 403, body = super::error::ErrorBody, description = "the caller lacks the role"), (status = 404, body = super::error::ErrorBody), (status = 409, body = super::error::ErrorBody), (status = 503, body = super::error::ErrorBody)),
+        (status = 403, body = super::error::ErrorBody, description = "the caller lacks the role"), (status = 404, body = super::error::ErrorBody), (status = 409, body = super::error::ErrorBody), (status = 412, body = super::error::ErrorBody, description = "If-Match or If-None-Match does not hold: the resource changed since it was read"), (status = 503, body = super::error::ErrorBody)),
     security(("admin_token" = [])))]
 pub async fn delete_credential(
     State(state): State<AppState>,
@@ -613,7 +750,17 @@ pub async fn delete_credential(
 ) -> Result<Response, ApiError> {
     const ACTION: &str = "credential.delete";
     let who = caller(&state, &headers, Role::Admin, ACTION).await?;
-    let result = state.admin.delete_credential(&identity, &credential).await;
+    let result = async {
+        let _guard =
+            precondition(&headers, credential_etag(&state, &identity, &credential)).await?;
+        Ok::<_, ApiError>(
+            state
+                .admin
+                .delete_credential(&identity, &credential)
+                .await?,
+        )
+    }
+    .await;
     audited(&state, &who, ACTION, &identity, Some(&credential), result)?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -78,6 +78,10 @@ pub struct Identity {
     pub authority_host: String,
     #[schema(value_type = String)]
     pub assertion: AssertionSource,
+    /// With `assertion: broker`, the `sub` of the broker's assertions when it is not the
+    /// identity's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assertion_subject: Option<String>,
     /// `config` (declared in the file, read-only here) or `api`.
     pub source: String,
     /// With `assertion: broker`: the one federated credential to create on the app in

@@ -1,0 +1,255 @@
+//! What Entra must hold for an identity to work through the broker (`wif-broker entra
+//! plan`, the console's identity page): the federated credentials to create on the app or
+//! managed identity, as Graph JSON and as Azure CLI commands, and the broker credentials
+//! that cannot work with the identity's assertion source because Entra would have to hold
+//! them itself and cannot.
+
+use serde::Serialize;
+use wif_config::AssertionSource;
+
+use crate::api::admin::model::{Credential, CredentialRequest, Identity};
+
+/// Entra's cap on federated credentials per app registration or managed identity.
+pub const ENTRA_MAX_CREDENTIALS: usize = 20;
+
+/// Everything Entra must hold for one identity.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EntraSetup {
+    pub identity: String,
+    pub tenant_id: String,
+    pub client_id: String,
+    pub assertion: String,
+    /// The federated credentials to create in Entra, in order.
+    pub federated_identity_credentials: Vec<EntraCredentialPlan>,
+    /// Broker credentials that cannot work with this identity's assertion source.
+    pub broker_only: Vec<BrokerOnly>,
+    /// Anything else the admin must do or know, in words.
+    pub notes: Vec<String>,
+}
+
+/// One federated credential to create in Entra.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EntraCredentialPlan {
+    /// The body of `POST .../federatedIdentityCredentials` in Graph (also what the
+    /// broker's own admin API accepts).
+    pub graph: CredentialRequest,
+    /// For an app registration.
+    pub az_app_command: String,
+    /// For a user-assigned managed identity (absent for an expression, which managed
+    /// identities do not take).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub az_identity_command: Option<String>,
+    /// The broker credential this mirrors (passthrough), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub broker_credential: Option<String>,
+}
+
+/// A broker credential Entra cannot mirror, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BrokerOnly {
+    pub credential: String,
+    pub reason: String,
+}
+
+const USE_BROKER: &str = "works only with the broker assertion (assertion: broker) or a managed identity as credential (managed_identity)";
+
+/// What Entra must hold for `identity`, whose broker credentials are `credentials`.
+pub fn plan(identity: &Identity, credentials: &[Credential]) -> EntraSetup {
+    let mut setup = EntraSetup {
+        identity: identity.name.clone(),
+        tenant_id: identity.tenant_id.clone(),
+        client_id: identity.client_id.clone(),
+        assertion: wire(&identity.assertion),
+        federated_identity_credentials: Vec::new(),
+        broker_only: Vec::new(),
+        notes: Vec::new(),
+    };
+    match identity.assertion {
+        AssertionSource::Passthrough => passthrough(identity, credentials, &mut setup),
+        AssertionSource::Broker => match &identity.entra_federated_credential {
+            Some(c) => {
+                let graph = CredentialRequest {
+                    name: Some("wif-broker".into()),
+                    issuer: Some(c.issuer.clone()),
+                    subject: Some(Some(c.subject.clone())),
+                    audiences: Some(c.audiences.clone()),
+                    description: Some(Some(format!(
+                        "Workloads the WIF broker maps onto identity {}",
+                        identity.name
+                    ))),
+                    ..CredentialRequest::default()
+                };
+                setup
+                    .federated_identity_credentials
+                    .push(entry(identity, graph, None));
+                setup.notes.push(format!(
+                    "Entra fetches the broker's keys from {}/.well-known/openid-configuration: it must be reachable over https. The broker's own credentials ({}) need nothing in Entra.",
+                    c.issuer,
+                    credentials.len()
+                ));
+            }
+            None => setup.notes.push(
+                "this broker is not an issuer ([broker_issuer] url is not set), so the broker assertion cannot work".into(),
+            ),
+        },
+        AssertionSource::ManagedIdentity => {
+            let graph = CredentialRequest {
+                name: Some("wif-broker-host".into()),
+                issuer: Some(format!(
+                    "{}/{}/v2.0",
+                    identity.authority_host.trim_end_matches('/'),
+                    identity.tenant_id
+                )),
+                subject: Some(Some(
+                    "<principal (object) id of the broker host's managed identity>".into(),
+                )),
+                audiences: Some(vec![audience(identity)]),
+                ..CredentialRequest::default()
+            };
+            setup
+                .federated_identity_credentials
+                .push(entry(identity, graph, None));
+            setup.notes.push(
+                "replace the subject with the principal id of the managed identity the broker runs as ([managed_identity] client_id): az identity show -n NAME -g GROUP --query principalId; Entra accepts it only in the same tenant".into(),
+            );
+        }
+        AssertionSource::Certificate => setup.notes.push(format!(
+            "no federated credential: upload the certificate's public part to the app (az ad app credential reset --id {} --cert @FILE --append)",
+            identity.client_id
+        )),
+    }
+    setup
+}
+
+fn passthrough(identity: &Identity, credentials: &[Credential], setup: &mut EntraSetup) {
+    for c in credentials {
+        let expression = c
+            .claims_matching_expression
+            .as_ref()
+            .map(|e| e.value.as_str());
+        let problems = crate::ui::credentials::passthrough_warnings(
+            AssertionSource::Passthrough,
+            &c.issuer,
+            expression,
+        );
+        if let Some(problem) = problems.first() {
+            setup.broker_only.push(BrokerOnly {
+                credential: c.name.clone(),
+                reason: problem.message.clone(),
+            });
+            continue;
+        }
+        if setup.federated_identity_credentials.len() >= ENTRA_MAX_CREDENTIALS {
+            setup.broker_only.push(BrokerOnly {
+                credential: c.name.clone(),
+                reason: format!(
+                    "Entra holds at most {ENTRA_MAX_CREDENTIALS} federated credentials per identity; this one {USE_BROKER}"
+                ),
+            });
+            continue;
+        }
+        let graph = CredentialRequest {
+            name: Some(c.name.clone()),
+            issuer: Some(c.issuer.clone()),
+            subject: c.subject.clone().map(Some),
+            claims_matching_expression: c.claims_matching_expression.clone().map(Some),
+            audiences: Some(c.audiences.clone()),
+            description: c.description.clone().map(Some),
+            ..CredentialRequest::default()
+        };
+        setup
+            .federated_identity_credentials
+            .push(entry(identity, graph, Some(c.name.clone())));
+    }
+    if !setup.broker_only.is_empty() {
+        setup.notes.push(format!(
+            "with the passthrough assertion Entra checks every caller's token itself; {} of this identity's broker credentials {USE_BROKER}",
+            setup.broker_only.len()
+        ));
+    }
+}
+
+fn entry(
+    identity: &Identity,
+    graph: CredentialRequest,
+    broker_credential: Option<String>,
+) -> EntraCredentialPlan {
+    let json = serde_json::to_string(&graph).unwrap_or_default();
+    let az_app_command = format!(
+        "az ad app federated-credential create --id {} --parameters {}",
+        quote(&identity.client_id),
+        quote(&json)
+    );
+    let az_identity_command = match (&graph.subject, &graph.claims_matching_expression) {
+        (Some(Some(subject)), None | Some(None)) => Some(format!(
+            "az identity federated-credential create --name {} --identity-name <managed-identity-name> --resource-group <resource-group> --issuer {} --subject {} --audiences {}",
+            quote(graph.name.as_deref().unwrap_or_default()),
+            quote(graph.issuer.as_deref().unwrap_or_default()),
+            quote(subject),
+            graph
+                .audiences
+                .iter()
+                .flatten()
+                .map(|a| quote(a))
+                .collect::<Vec<_>>()
+                .join(" ")
+        )),
+        _ => None,
+    };
+    EntraCredentialPlan {
+        graph,
+        az_app_command,
+        az_identity_command,
+        broker_credential,
+    }
+}
+
+fn audience(identity: &Identity) -> String {
+    identity
+        .cloud
+        .unwrap_or(wif_config::Cloud::Public)
+        .default_audience()
+        .to_owned()
+}
+
+fn wire(source: &AssertionSource) -> String {
+    serde_json::to_value(source)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+/// A POSIX shell word: as is when it is plainly safe, else in single quotes.
+pub fn quote(word: &str) -> String {
+    let plain = !word.is_empty()
+        && word.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'/' | b':' | b'@' | b'=')
+        });
+    if plain {
+        word.to_owned()
+    } else {
+        format!("'{}'", word.replace('\'', r"'\''"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shell_words_are_quoted_when_needed() {
+        assert_eq!(
+            quote("api://AzureADTokenExchange"),
+            "api://AzureADTokenExchange"
+        );
+        assert_eq!(
+            quote("repo:c/r:ref:refs/heads/main"),
+            "repo:c/r:ref:refs/heads/main"
+        );
+        assert_eq!(quote(r#"{"a":"it's"}"#), r#"'{"a":"it'\''s"}'"#);
+        assert_eq!(quote(""), "''");
+    }
+}
