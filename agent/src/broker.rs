@@ -5,7 +5,8 @@
 use std::path::Path;
 use std::time::Duration;
 
-use serde::Deserialize;
+use wif_proto::error::ErrorBody;
+use wif_proto::exchange::TokenResponse;
 
 /// An access token from the broker.
 #[derive(Clone, PartialEq, Eq)]
@@ -48,27 +49,6 @@ pub enum ClientSetupError {
     Client(String),
     #[error("the broker URL {0:?} is not an http(s) URL")]
     Url(String),
-}
-
-#[derive(Deserialize)]
-struct TokenAnswer {
-    access_token: String,
-    expires_on: u64,
-    identity: IdentityAnswer,
-}
-
-#[derive(Deserialize)]
-struct IdentityAnswer {
-    client_id: String,
-    tenant_id: String,
-}
-
-#[derive(Deserialize, Default)]
-struct ErrorAnswer {
-    #[serde(default)]
-    error: String,
-    #[serde(default)]
-    error_description: String,
 }
 
 /// Which identity to ask for, as the SDK named it.
@@ -187,7 +167,7 @@ impl BrokerClient {
                     let status = response.status().as_u16();
                     let body = response.bytes().await.unwrap_or_default();
                     if status == 200 {
-                        return serde_json::from_slice::<TokenAnswer>(&body)
+                        return serde_json::from_slice::<TokenResponse>(&body)
                             .map(|a| BrokerToken {
                                 access_token: a.access_token,
                                 expires_on: a.expires_on,
@@ -198,7 +178,7 @@ impl BrokerClient {
                                 BrokerError::Unavailable(format!("unexpected answer: {e}"))
                             });
                     }
-                    let error: ErrorAnswer = serde_json::from_slice(&body).unwrap_or_default();
+                    let error: ErrorBody = serde_json::from_slice(&body).unwrap_or_default();
                     if status != 429 && status < 500 {
                         return Err(BrokerError::Refused {
                             status,

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use moka::Expiry;
 use moka::future::Cache;
-use wif_broker::clock::SharedClock;
+use wif_proto::clock::SharedClock;
 
 use crate::broker::{BrokerError, BrokerToken, Selector};
 

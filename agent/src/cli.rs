@@ -227,7 +227,7 @@ pub fn broker_client(cfg: &AgentConfig) -> anyhow::Result<BrokerClient> {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    wif_broker::crypto::install_provider();
+    wif_proto::crypto::install_provider();
     init_logging();
     match cli.command {
         Command::Serve(args) => {
@@ -250,7 +250,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     refresh_before_secs: cfg.refresh_before_secs,
                     imds: cfg.imds,
                 },
-                wif_broker::clock::system(),
+                wif_proto::clock::system(),
             );
             let running = RunningAgent::start_with_limits(
                 agent,
@@ -263,7 +263,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if let Some(url) = running.url() {
                 tracing::info!(%url, "agent listening");
             }
-            wif_broker::server::shutdown_signal().await;
+            wif_proto::shutdown::signal().await;
             running.shutdown().await;
             Ok(ExitCode::SUCCESS)
         }
@@ -357,7 +357,7 @@ async fn exec(config: Option<&std::path::Path>, args: ExecArgs) -> anyhow::Resul
             refresh_before_secs: cfg.refresh_before_secs,
             imds: cfg.imds,
         },
-        wif_broker::clock::system(),
+        wif_proto::clock::system(),
     );
     let code = crate::exec::run(agent, &secret, &args.command).await?;
     Ok(ExitCode::from(code))

@@ -13,7 +13,8 @@ pub mod api;
 pub mod audit;
 pub mod cache;
 pub mod cli;
-pub mod clock;
+/// Time, passed in (shared with the agent; see [`wif_proto::clock`]).
+pub use wif_proto::clock;
 pub mod crypto;
 pub mod dev;
 pub mod entra;
@@ -23,7 +24,8 @@ pub mod issuer;
 pub mod metrics;
 pub mod outbound;
 pub mod policy;
-pub mod redact;
+/// Untrusted values, capped (shared with the agent; see [`wif_proto::redact`]).
+pub use wif_proto::redact;
 pub mod server;
 pub mod simulate;
 pub mod store;
