@@ -12,6 +12,9 @@ pub mod admin;
 pub mod api;
 pub mod audit;
 pub mod cache;
+// The command line's doc comments are its `--help` text, written for a terminal: rustdoc's
+// link syntax does not apply there.
+#[allow(rustdoc::broken_intra_doc_links, rustdoc::bare_urls)]
 pub mod cli;
 /// Time, passed in (shared with the agent; see [`wif_proto::clock`]).
 pub use wif_proto::clock;

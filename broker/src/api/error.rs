@@ -47,7 +47,7 @@ struct Body<'a> {
     details: Option<&'a serde_json::Value>,
 }
 
-/// The error shape, for the OpenAPI document and for clients (the server writes [`Body`]).
+/// The error shape, for the OpenAPI document and for clients (the server writes `Body`).
 pub use wif_proto::error::{ErrorBody, FieldError};
 
 impl ApiError {
