@@ -61,7 +61,10 @@ fn the_agent_never_links_the_broker_or_its_store_jwt_and_openapi_crates() {
     let (deps, found) = broker_only_in("wif-agent");
     // What it does link: the shared crates (so an empty answer cannot pass).
     for shared in ["wif-agent", "wif-proto", "wif-config", "tokio", "rustls"] {
-        assert!(deps.contains(shared), "wif-agent should depend on {shared}: {deps:?}");
+        assert!(
+            deps.contains(shared),
+            "wif-agent should depend on {shared}: {deps:?}"
+        );
     }
     assert!(
         found.is_empty(),
@@ -79,7 +82,10 @@ fn the_shared_crates_never_link_the_broker() {
     // The check itself sees the broker's own graph.
     let (_, found) = broker_only_in("wif-broker");
     for expected in ["wif-broker", "sqlx", "jsonwebtoken", "utoipa"] {
-        assert!(found.iter().any(|f| f == expected), "{expected} not found in {found:?}");
+        assert!(
+            found.iter().any(|f| f == expected),
+            "{expected} not found in {found:?}"
+        );
     }
 }
 
@@ -161,8 +167,13 @@ fn the_checked_in_openapi_document_is_valid_openapi_3_1() {
     paths["/oauth2/token"]["post"]["operationId"] = id;
     let errors = openapi_errors(&python, &broken.to_string());
     assert!(
-        errors.iter().any(|e| e.contains("'description' is a required property")),
+        errors
+            .iter()
+            .any(|e| e.contains("'description' is a required property")),
         "{errors:?}"
     );
-    assert!(errors.iter().any(|e| e.contains("is not unique")), "{errors:?}");
+    assert!(
+        errors.iter().any(|e| e.contains("is not unique")),
+        "{errors:?}"
+    );
 }

@@ -92,7 +92,15 @@ macro_rules! redacted_debug {
     };
 }
 
-redacted_debug!(TokenResponse, access_token, token_type, expires_in, expires_on, scope, identity);
+redacted_debug!(
+    TokenResponse,
+    access_token,
+    token_type,
+    expires_in,
+    expires_on,
+    scope,
+    identity
+);
 redacted_debug!(
     TokenExchangeRequest,
     subject_token,
@@ -104,7 +112,14 @@ redacted_debug!(
     identity,
     client_id
 );
-redacted_debug!(TokenExchangeResponse, access_token, issued_token_type, token_type, expires_in, scope);
+redacted_debug!(
+    TokenExchangeResponse,
+    access_token,
+    issued_token_type,
+    token_type,
+    expires_in,
+    scope
+);
 
 #[cfg(test)]
 mod tests {
