@@ -3,7 +3,8 @@
 //!   the broker itself or what only the broker needs (the store, JWT verification, the
 //!   OpenAPI generator); read from `cargo tree`, offline, from the lockfile;
 //! - the checked-in OpenAPI document is valid OpenAPI 3.1, by the `openapi-spec-validator`
-//!   package `.ci/run` installs into `.venv`.
+//!   package `.ci/run` installs into `.venv`;
+//! - the error codes `wif-proto` names for clients are codes docs/api.md documents.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::BTreeSet;
@@ -176,4 +177,21 @@ fn the_checked_in_openapi_document_is_valid_openapi_3_1() {
         errors.iter().any(|e| e.contains("is not unique")),
         "{errors:?}"
     );
+}
+
+#[test]
+fn the_error_codes_clients_act_on_are_documented() {
+    let api = std::fs::read_to_string(repo_root().join("docs/api.md")).unwrap();
+    // The error table's rows: `| 403 | `no_matching_credential` | ...`.
+    let rows: Vec<&str> = api
+        .lines()
+        .filter(|l| l.starts_with("| 4") || l.starts_with("| 5"))
+        .collect();
+    assert!(rows.len() > 10, "docs/api.md has no error table");
+    for code in wif_proto::error::code::ALL {
+        assert!(
+            rows.iter().any(|row| row.contains(&format!("`{code}`"))),
+            "docs/api.md's error table does not list `{code}`"
+        );
+    }
 }
