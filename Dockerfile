@@ -14,9 +14,12 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
+# One binary at a time: built together, cargo would unify features and the agent would
+# link wif-proto's OpenAPI schemas, which only the broker needs (docs/architecture.md).
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked -p wif-broker -p wif-agent \
+    cargo build --release --locked -p wif-agent \
+ && cargo build --release --locked -p wif-broker \
  && install -D -m 0755 target/release/wif-broker /out/wif-broker \
  && install -D -m 0755 target/release/wif-agent /out/wif-agent
 

@@ -5,7 +5,8 @@
 use std::path::Path;
 use std::time::Duration;
 
-use serde::Deserialize;
+use wif_proto::error::{ErrorBody, code};
+use wif_proto::exchange::TokenResponse;
 
 /// An access token from the broker.
 #[derive(Clone, PartialEq, Eq)]
@@ -49,13 +50,13 @@ pub enum BrokerError {
 /// The broker's refusals that mean the identity may no longer be acted as through this
 /// token: disabled, deleted, or out of its credential's validity or scopes.
 const REVOKED: &[&str] = &[
-    "identity_disabled",
-    "credential_disabled",
-    "credential_expired",
-    "no_matching_credential",
-    "identity_not_allowed",
-    "unknown_issuer",
-    "scope_not_allowed",
+    code::IDENTITY_DISABLED,
+    code::CREDENTIAL_DISABLED,
+    code::CREDENTIAL_EXPIRED,
+    code::NO_MATCHING_CREDENTIAL,
+    code::IDENTITY_NOT_ALLOWED,
+    code::UNKNOWN_ISSUER,
+    code::SCOPE_NOT_ALLOWED,
 ];
 
 impl BrokerError {
@@ -74,29 +75,6 @@ pub enum ClientSetupError {
     Client(String),
     #[error("the broker URL {0:?} is not an http(s) URL")]
     Url(String),
-}
-
-#[derive(Deserialize)]
-struct TokenAnswer {
-    access_token: String,
-    expires_on: u64,
-    identity: IdentityAnswer,
-}
-
-#[derive(Deserialize)]
-struct IdentityAnswer {
-    client_id: String,
-    tenant_id: String,
-}
-
-#[derive(Deserialize, Default)]
-struct ErrorAnswer {
-    #[serde(default)]
-    error: String,
-    #[serde(default)]
-    error_description: String,
-    #[serde(default)]
-    request_id: String,
 }
 
 /// Which identity to ask for, as the SDK named it.
@@ -223,7 +201,7 @@ impl BrokerClient {
                     let status = response.status().as_u16();
                     let body = response.bytes().await.unwrap_or_default();
                     if status == 200 {
-                        return serde_json::from_slice::<TokenAnswer>(&body)
+                        return serde_json::from_slice::<TokenResponse>(&body)
                             .map(|a| BrokerToken {
                                 access_token: a.access_token,
                                 expires_on: a.expires_on,
@@ -237,9 +215,9 @@ impl BrokerClient {
                                 ))
                             });
                     }
-                    let error: ErrorAnswer = serde_json::from_slice(&body).unwrap_or_default();
+                    let error: ErrorBody = serde_json::from_slice(&body).unwrap_or_default();
                     let untrusted =
-                        |s: &str| wif_broker::redact::untrusted(if s.is_empty() { "-" } else { s });
+                        |s: &str| wif_proto::redact::untrusted(if s.is_empty() { "-" } else { s });
                     if status != 429 && status < 500 {
                         return Err(BrokerError::Refused {
                             status,

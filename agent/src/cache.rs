@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use moka::Expiry;
 use moka::future::Cache;
-use wif_broker::clock::SharedClock;
+use wif_proto::clock::SharedClock;
 
 use crate::broker::{BrokerError, BrokerToken, Selector};
 
@@ -179,7 +179,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_revoking_refusal_of_a_refresh_drops_the_cached_token() {
-        let clock = wif_broker::clock::system();
+        let clock = wif_proto::clock::system();
         // Every hit is inside the refresh window, so every hit asks the broker again.
         let cache = TokenCache::new(clock.clone(), 300, 1_000_000);
         let key = Key {

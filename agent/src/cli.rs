@@ -233,7 +233,7 @@ pub fn broker_client(cfg: &AgentConfig) -> anyhow::Result<BrokerClient> {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    wif_broker::crypto::install_provider();
+    wif_proto::crypto::install_provider();
     init_logging();
     match cli.command {
         Command::Serve(args) => {
@@ -265,7 +265,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     refresh_before_secs: cfg.refresh_before_secs,
                     imds: cfg.imds,
                 },
-                wif_broker::clock::system(),
+                wif_proto::clock::system(),
             );
             let running = RunningAgent::start_with_limits(
                 agent,
@@ -276,7 +276,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             .await
             .with_context(|| format!("cannot listen on {}", cfg.listen))?;
             served.log(running.url().as_deref());
-            wif_broker::server::shutdown_signal().await;
+            wif_proto::shutdown::signal().await;
             running.shutdown().await;
             Ok(ExitCode::SUCCESS)
         }
@@ -428,7 +428,7 @@ async fn exec(config: Option<&std::path::Path>, args: ExecArgs) -> anyhow::Resul
             refresh_before_secs: cfg.refresh_before_secs,
             imds: cfg.imds,
         },
-        wif_broker::clock::system(),
+        wif_proto::clock::system(),
     );
     let code = crate::exec::run(agent, &secret, &args.command).await?;
     Ok(ExitCode::from(code))
@@ -440,7 +440,7 @@ fn init_logging() {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(wif_broker::cli::stderr_colours())
+        .with_ansi(wif_proto::stderr_colours())
         .with_writer(std::io::stderr)
         .try_init();
 }

@@ -13,6 +13,9 @@
 pub mod broker;
 pub mod cache;
 pub mod ci;
+// The command line's doc comments are its `--help` text, written for a terminal: rustdoc's
+// link syntax does not apply there.
+#[allow(rustdoc::broken_intra_doc_links, rustdoc::bare_urls)]
 pub mod cli;
 pub mod exec;
 pub mod guard;

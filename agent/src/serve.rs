@@ -30,8 +30,9 @@ use prometheus_client::metrics::family::Family;
 use serde_json::json;
 use subtle::ConstantTimeEq;
 use tokio::sync::oneshot;
-use wif_broker::api::serve::{ConnectionMetrics, Limits, serve_counted};
-use wif_broker::clock::SharedClock;
+use wif_proto::clock::SharedClock;
+use wif_proto::error::code;
+use wif_proto::serve::{ConnectionMetrics, Limits, serve_counted};
 
 use crate::broker::{BrokerClient, BrokerError, BrokerToken, Selector};
 use crate::cache::{Key, Outcome, TokenCache};
@@ -52,9 +53,9 @@ const IMDS_VERSIONS: &[&str] = &[
 /// Broker refusals that mean "this workload has no such identity": answered like IMDS
 /// answers an identity not assigned to the machine, so credential chains move on.
 const IDENTITY_NOT_SERVED: &[&str] = &[
-    "identity_not_allowed",
-    "no_matching_credential",
-    "identity_required",
+    code::IDENTITY_NOT_ALLOWED,
+    code::NO_MATCHING_CREDENTIAL,
+    code::IDENTITY_REQUIRED,
 ];
 
 type Labels = Vec<(&'static str, String)>;

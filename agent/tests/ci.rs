@@ -361,7 +361,7 @@ trait ClockNow {
 
 impl ClockNow for Stack {
     fn clock_now(&self) -> u64 {
-        use wif_broker::clock::Clock;
+        use wif_proto::clock::Clock;
         self.clock.now()
     }
 }

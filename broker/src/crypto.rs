@@ -4,8 +4,8 @@
 
 /// Installs aws-lc-rs as the default provider for rustls and jsonwebtoken. Idempotent.
 pub fn install_provider() {
+    wif_proto::crypto::install_provider();
     // `Err` means a provider is installed already: by an earlier call of ours (tests
     // start many servers in one process), which is the same provider.
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let _ = jsonwebtoken::crypto::aws_lc::DEFAULT_PROVIDER.install_default();
 }

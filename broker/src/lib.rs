@@ -12,8 +12,12 @@ pub mod admin;
 pub mod api;
 pub mod audit;
 pub mod cache;
+// The command line's doc comments are its `--help` text, written for a terminal: rustdoc's
+// link syntax does not apply there.
+#[allow(rustdoc::broken_intra_doc_links, rustdoc::bare_urls)]
 pub mod cli;
-pub mod clock;
+/// Time, passed in (shared with the agent; see [`wif_proto::clock`]).
+pub use wif_proto::clock;
 pub mod crypto;
 pub mod dev;
 pub mod entra;
@@ -24,7 +28,8 @@ pub mod metrics;
 pub mod outbound;
 pub mod policy;
 pub mod ratelimit;
-pub mod redact;
+/// Untrusted values, capped (shared with the agent; see [`wif_proto::redact`]).
+pub use wif_proto::redact;
 pub mod server;
 pub mod simulate;
 pub mod store;

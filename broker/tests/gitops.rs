@@ -942,3 +942,92 @@ async fn on_postgresql_a_write_through_another_replica_stops_a_reviewed_apply() 
     drop(stack);
     schema.drop_schema().await;
 }
+
+/// The broker's own restrictions (docs/admin.md, "Least privilege") round-trip: a file that
+/// sets them applies, plans to nothing afterwards although the server fills in defaults
+/// (a rate limit's burst), and exports back to a file that also plans to nothing.
+#[tokio::test]
+async fn restrictions_apply_and_then_plan_to_nothing() {
+    let stack = Stack::seeded().await;
+    let issuer = &stack.issuer;
+    let text = format!(
+        r#"identities:
+  app:
+    tenantId: {TENANT}
+    clientId: {APP_CLIENT}
+    cloud: public
+    allowedScopes:
+      - https://storage.azure.com/.default
+    rateLimit:
+      perMinute: 60
+  web:
+    tenantId: {TENANT}
+    clientId: {WEB_CLIENT}
+    disabled: true
+federatedIdentityCredentials:
+  app:
+    - name: main
+      issuer: {issuer}
+      subject: repo:contoso/app:ref:refs/heads/main
+      sourceNetworks:
+        - 10.0.0.0/8
+      maxTokenAgeSeconds: 600
+      notBefore: 2026-01-01T00:00:00Z
+      notAfter: 2036-01-01T00:00:00Z
+      rateLimit:
+        perMinute: 5
+    - name: releases
+      issuer: {issuer}
+      claimsMatchingExpression:
+        value: claims['sub'] matches 'repo:contoso/app:ref:refs/tags/v*'
+        languageVersion: 1
+      description: release tags
+      disabled: true
+  web:
+    - name: main
+      issuer: {issuer}
+      subject: repo:contoso/web:ref:refs/heads/main
+      allowedScopes:
+        - https://vault.azure.net/.default
+"#
+    );
+    let file = stack.file("restricted.yaml", &text);
+    let (code, out, err) = stack
+        .admin_cli(&["apply", "-f", file.to_str().unwrap()])
+        .await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("Plan: 0 to create, 5 to update, 0 to delete."),
+        "{out}"
+    );
+    let app = stack
+        .api(Method::GET, "/v1/identities/app", None)
+        .await
+        .body;
+    assert_eq!(
+        app["rateLimit"],
+        json!({"perMinute": 60, "burst": 60}),
+        "{app}"
+    );
+
+    let (code, out, err) = stack
+        .admin_cli(&["plan", "-f", file.to_str().unwrap()])
+        .await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("No changes"), "{out}");
+
+    let exported = stack.dir.path("restricted-export.yaml");
+    let (code, _, err) = stack
+        .admin_cli(&["export", "-o", exported.to_str().unwrap()])
+        .await;
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = stack
+        .admin_cli(&["plan", "-f", exported.to_str().unwrap()])
+        .await;
+    assert_eq!(
+        code,
+        0,
+        "{out}{err}\n{}",
+        std::fs::read_to_string(&exported).unwrap()
+    );
+}

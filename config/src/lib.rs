@@ -2,7 +2,7 @@
 //!
 //! Configuration is TOML. Every table denies unknown keys, so a typo is an error at
 //! start-up rather than a silently ignored setting. Environment variables prefixed
-//! `WIF_` override single keys of the fixed sections (see [`env`]); the arrays of
+//! `WIF_` override single keys of the fixed sections (see [`env`](mod@env)); the arrays of
 //! tables (`[[issuers]]`, `[[identities]]`) come only from the file.
 //!
 //! Loading is three steps: parse the file, overlay the environment, validate. Every

@@ -726,7 +726,9 @@ fn the_image_holds_the_binaries_the_chart_and_the_webhook_run() {
     let deployment =
         std::fs::read_to_string(k8s::repo_root().join("helm/wif-broker/templates/deployment.yaml"))
             .unwrap();
-    assert!(dockerfile.contains("cargo build --release --locked -p wif-broker -p wif-agent"));
+    // Each binary built alone, so the agent is not feature-unified with the broker.
+    assert!(dockerfile.contains("cargo build --release --locked -p wif-agent \\\n"));
+    assert!(dockerfile.contains("cargo build --release --locked -p wif-broker \\\n"));
     assert!(
         dockerfile.contains("COPY --from=build /out/wif-broker /out/wif-agent /usr/local/bin/")
     );

@@ -74,11 +74,13 @@ pub struct EntraErrorBody {
 #[utoipa::path(
     get,
     path = "/{tenant}/v2.0/.well-known/openid-configuration",
+    // The broker's own discovery document is `discovery`.
+    operation_id = "tenant_discovery",
     tag = "exchange",
     params(("tenant" = String, Path, description = "The identity's tenant id")),
     responses(
         (status = 200, description = "OpenID Connect discovery document naming the broker's token endpoint", body = Object),
-        (status = 400, body = EntraErrorBody),
+        (status = 400, description = "the tenant is not a valid tenant id, or the request's host is not one the broker answers for", body = EntraErrorBody),
     )
 )]
 pub async fn discovery(
@@ -142,7 +144,7 @@ pub async fn discovery(
     params(("tenant" = String, Path, description = "The identity's tenant id")),
     request_body(content = EntraTokenRequest, content_type = "application/x-www-form-urlencoded"),
     responses(
-        (status = 200, body = EntraTokenResponse),
+        (status = 200, description = "an Entra access token, in Entra's answer shape", body = EntraTokenResponse),
         (status = 400, body = EntraErrorBody, description = "refused; `error_description` starts with the broker's code"),
         (status = 401, body = EntraErrorBody, description = "the client assertion is not acceptable"),
         (status = "5XX", body = EntraErrorBody, description = "Entra, the issuer or the store is unavailable"),

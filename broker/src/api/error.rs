@@ -47,25 +47,8 @@ struct Body<'a> {
     details: Option<&'a serde_json::Value>,
 }
 
-/// The error shape, for the OpenAPI document (the server writes [`Body`]).
-#[derive(Debug, Serialize, serde::Deserialize, utoipa::ToSchema)]
-pub struct ErrorBody {
-    /// A stable snake_case code, e.g. `no_matching_credential`.
-    pub error: String,
-    /// What went wrong, for the caller.
-    pub error_description: String,
-    /// Quote it when asking an operator; also in the `x-request-id` header.
-    pub request_id: String,
-    /// For validation errors: one `{field, message}` per violated rule.
-    pub details: Option<Vec<FieldError>>,
-}
-
-/// One violated rule.
-#[derive(Debug, Serialize, serde::Deserialize, utoipa::ToSchema)]
-pub struct FieldError {
-    pub field: String,
-    pub message: String,
-}
+/// The error shape, for the OpenAPI document and for clients (the server writes `Body`).
+pub use wif_proto::error::{ErrorBody, FieldError};
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, description: impl Into<String>) -> Self {

@@ -9,79 +9,17 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::Value;
-use utoipa::ToSchema;
 
 use super::client_address::ClientAddress;
 use super::{ApiError, AppState};
 use crate::exchange::{ExchangeRequest, Exchanged};
 
-pub const TOKEN_EXCHANGE_GRANT: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
-const JWT_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:jwt";
-const ID_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:id_token";
-const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
-
-/// `POST /v1/token` body (form or JSON).
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct TokenRequest {
-    /// One resource's scope, e.g. `https://management.azure.com/.default`.
-    pub scope: Option<String>,
-    /// Alternatively the resource itself; `/.default` is appended.
-    pub resource: Option<String>,
-    /// The identity to act as (name), when the token may act as several.
-    pub identity: Option<String>,
-    /// The identity to act as (client id).
-    pub client_id: Option<String>,
-}
-
-/// The identity a token was issued for.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct IdentityRef {
-    pub name: String,
-    pub tenant_id: String,
-    pub client_id: String,
-}
-
-/// `POST /v1/token` answer.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct TokenResponse {
-    pub access_token: String,
-    /// Always `Bearer`.
-    pub token_type: String,
-    /// Seconds until expiry (never under `[cache] min_remaining_secs`).
-    pub expires_in: u64,
-    /// Epoch seconds.
-    pub expires_on: u64,
-    pub scope: String,
-    pub identity: IdentityRef,
-}
-
-/// `POST /oauth2/token` body (form or JSON), RFC 8693.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct TokenExchangeRequest {
-    /// `urn:ietf:params:oauth:grant-type:token-exchange`
-    pub grant_type: String,
-    pub subject_token: String,
-    /// `urn:ietf:params:oauth:token-type:jwt` or `...:id_token`
-    pub subject_token_type: String,
-    pub requested_token_type: Option<String>,
-    pub scope: Option<String>,
-    pub resource: Option<String>,
-    pub identity: Option<String>,
-    pub client_id: Option<String>,
-}
-
-/// `POST /oauth2/token` answer, RFC 8693.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct TokenExchangeResponse {
-    pub access_token: String,
-    /// `urn:ietf:params:oauth:token-type:access_token`
-    pub issued_token_type: String,
-    pub token_type: String,
-    pub expires_in: u64,
-    pub scope: String,
-}
+pub use wif_proto::exchange::{
+    ACCESS_TOKEN_TYPE, ID_TOKEN_TYPE, IdentityRef, JWT_TOKEN_TYPE, TOKEN_EXCHANGE_GRANT,
+    TokenExchangeRequest, TokenExchangeResponse, TokenRequest, TokenResponse,
+};
 
 /// Exchange an external OIDC token for an Entra access token.
 ///
@@ -92,7 +30,7 @@ pub struct TokenExchangeResponse {
     tag = "exchange",
     request_body(content = TokenRequest, content_type = "application/x-www-form-urlencoded"),
     responses(
-        (status = 200, body = TokenResponse),
+        (status = 200, description = "an Entra access token for the requested scope", body = TokenResponse),
         (status = "4XX", body = super::error::ErrorBody, description = "refused; see docs/api.md for every code"),
         (status = "5XX", body = super::error::ErrorBody, description = "Entra, the issuer or the store is unavailable"),
     ),
@@ -154,9 +92,9 @@ async fn native_inner(
     tag = "exchange",
     request_body(content = TokenExchangeRequest, content_type = "application/x-www-form-urlencoded"),
     responses(
-        (status = 200, body = TokenExchangeResponse),
-        (status = "4XX", body = super::error::ErrorBody),
-        (status = "5XX", body = super::error::ErrorBody),
+        (status = 200, description = "an Entra access token for the requested scope", body = TokenExchangeResponse),
+        (status = "4XX", description = "refused; see docs/api.md for every code", body = super::error::ErrorBody),
+        (status = "5XX", description = "Entra, the issuer or the store is unavailable", body = super::error::ErrorBody),
     )
 )]
 pub async fn rfc8693(

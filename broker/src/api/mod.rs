@@ -9,7 +9,8 @@ pub mod exchange;
 pub mod mutate;
 pub mod openapi;
 pub mod ops;
-pub mod serve;
+/// The HTTP server loop (shared with the agent; see [`wif_proto::serve`]).
+pub use wif_proto::serve;
 pub mod well_known;
 
 use std::sync::Arc;
@@ -132,16 +133,6 @@ async fn method_not_allowed() -> ApiError {
     )
 }
 
-/// A new request id: a random per-process prefix and a counter. Unique across replicas
-/// and restarts, and cheap (no system call per request, unlike a random UUID).
-fn next_request_id() -> String {
-    static PREFIX: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let prefix = PREFIX.get_or_init(|| uuid::Uuid::new_v4().simple().to_string()[..16].to_owned());
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    format!("{prefix}-{n:08x}")
-}
-
 /// Gives each request an id (the caller's `x-request-id` when it is sane), a deadline, and
 /// one access-log line. The log line never includes headers or bodies.
 async fn request_context(State(state): State<AppState>, request: Request, next: Next) -> Response {
@@ -156,7 +147,7 @@ async fn request_context(State(state): State<AppState>, request: Request, next: 
                     .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
         })
         .map(str::to_owned)
-        .unwrap_or_else(next_request_id);
+        .unwrap_or_else(serve::next_request_id);
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
     let started = std::time::Instant::now();

@@ -18,7 +18,7 @@ pub async fn healthz() -> Json<serde_json::Value> {
 /// still serves (its config file's identities, the last registry it loaded, cached
 /// tokens), so it stays ready and says `degraded`.
 #[utoipa::path(get, path = "/readyz", tag = "ops",
-    responses((status = 200, description = "`{\"status\":\"ready\"}`, or `{\"status\":\"degraded\",\"store\":\"unreachable\"}` while the store cannot be reached"), (status = 503, body = super::error::ErrorBody)))]
+    responses((status = 200, description = "`{\"status\":\"ready\"}`, or `{\"status\":\"degraded\",\"store\":\"unreachable\"}` while the store cannot be reached"), (status = 503, description = "shutting down: load balancers should move away", body = super::error::ErrorBody)))]
 pub async fn readyz(State(state): State<AppState>) -> Response {
     if state.is_ready() {
         if state.broker.store_reachable() {
@@ -38,7 +38,7 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
 }
 
 /// Prometheus metrics (text exposition format).
-#[utoipa::path(get, path = "/metrics", tag = "ops", responses((status = 200, content_type = "text/plain", body = String)))]
+#[utoipa::path(get, path = "/metrics", tag = "ops", responses((status = 200, description = "Prometheus text exposition", content_type = "text/plain", body = String)))]
 pub async fn metrics(State(state): State<AppState>) -> Response {
     (
         [(
@@ -51,7 +51,7 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
 }
 
 /// This API's OpenAPI document (also checked in as `docs/openapi.json`).
-#[utoipa::path(get, path = "/openapi.json", tag = "ops", responses((status = 200, content_type = "application/json", body = Object)))]
+#[utoipa::path(get, path = "/openapi.json", tag = "ops", responses((status = 200, description = "this document", content_type = "application/json", body = Object)))]
 pub async fn openapi() -> Response {
     (
         [(header::CONTENT_TYPE, "application/json")],

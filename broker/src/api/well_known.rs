@@ -31,7 +31,7 @@ fn cacheable(body: serde_json::Value) -> Response {
 /// OpenID Connect discovery for the broker as issuer.
 #[utoipa::path(get, path = "/.well-known/openid-configuration", tag = "issuer",
     responses((status = 200, description = "`issuer`, `jwks_uri` and the supported algorithms", body = Object),
-        (status = 404, body = super::error::ErrorBody)))]
+        (status = 404, description = "the broker is not configured as an issuer (`[broker_issuer]`)", body = super::error::ErrorBody)))]
 pub async fn discovery(State(state): State<AppState>) -> Response {
     match state.broker.issuer() {
         Some(issuer) => cacheable(issuer.discovery()),
@@ -43,7 +43,7 @@ pub async fn discovery(State(state): State<AppState>) -> Response {
 /// keys whose assertions may still be presented.
 #[utoipa::path(get, path = "/.well-known/jwks.json", tag = "issuer",
     responses((status = 200, description = "A JWKS (`keys`: RSA, RS256)", body = Object),
-        (status = 404, body = super::error::ErrorBody)))]
+        (status = 404, description = "the broker is not configured as an issuer (`[broker_issuer]`)", body = super::error::ErrorBody)))]
 pub async fn jwks(State(state): State<AppState>) -> Response {
     match state.broker.issuer() {
         Some(issuer) => cacheable(issuer.jwks().await),

@@ -284,7 +284,12 @@ fn project<T: serde::de::DeserializeOwned>(value: &Value) -> Map<String, Value> 
 
 /// The identity as the file wants it.
 fn desired_identity(request: &IdentityRequest) -> Map<String, Value> {
-    let mut map = project::<IdentityRequest>(&serde_json::to_value(request).unwrap_or_default());
+    // The broker stores a rate limit with its default burst filled in.
+    let request = IdentityRequest {
+        rate_limit: request.rate_limit.map(|r| r.normalized()),
+        ..request.clone()
+    };
+    let mut map = project::<IdentityRequest>(&serde_json::to_value(&request).unwrap_or_default());
     if let Some(Value::String(host)) = map.get_mut("authorityHost") {
         *host = host.trim_end_matches('/').to_owned();
     }
@@ -303,7 +308,11 @@ fn current_identity(view: &Value, desired: Option<&IdentityRequest>) -> Map<Stri
 }
 
 fn desired_credential(request: &CredentialRequest, audience: &str) -> Map<String, Value> {
-    let mut map = project::<CredentialRequest>(&serde_json::to_value(request).unwrap_or_default());
+    let request = CredentialRequest {
+        rate_limit: request.rate_limit.map(|r| r.map(|r| r.normalized())),
+        ..request.clone()
+    };
+    let mut map = project::<CredentialRequest>(&serde_json::to_value(&request).unwrap_or_default());
     map.entry("audiences")
         .or_insert_with(|| Value::from(vec![audience.to_owned()]));
     map

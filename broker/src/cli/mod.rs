@@ -246,18 +246,11 @@ pub fn init_logging(cfg: &LogConfig) {
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(stderr_colours())
+        .with_ansi(wif_proto::stderr_colours())
         .with_writer(std::io::stderr);
     let _ = if cfg.format == "json" {
         builder.json().try_init()
     } else {
         builder.try_init()
     };
-}
-
-/// Whether log lines on stderr may carry ANSI colours: stderr is a terminal and `NO_COLOR`
-/// is unset or empty. Shared with `wif-agent`.
-pub fn stderr_colours() -> bool {
-    use std::io::IsTerminal;
-    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }

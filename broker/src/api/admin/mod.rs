@@ -371,7 +371,7 @@ async fn read_json<T: DeserializeOwned>(
 
 /// List identities: declared in the config file and registered through the API.
 #[utoipa::path(get, path = "/v1/identities", tag = "admin",
-    responses((status = 200, body = Collection<Identity>), (status = 401, body = super::error::ErrorBody, description = "no or invalid admin token"),
+    responses((status = 200, description = "the identities, a page at a time", body = Collection<Identity>), (status = 401, body = super::error::ErrorBody, description = "no or invalid admin token"),
         (status = 403, body = super::error::ErrorBody, description = "the caller lacks the role"),),
     security(("admin_token" = [])))]
 pub async fn list_identities(
@@ -394,8 +394,8 @@ pub async fn list_identities(
 /// Show one identity.
 #[utoipa::path(get, path = "/v1/identities/{name}", tag = "admin",
     params(("name" = String, Path, description = "identity name")),
-    responses((status = 200, body = Identity, headers(("ETag" = String, description = "the version of the identity, for If-Match"))), (status = 401, body = super::error::ErrorBody, description = "no or invalid admin token"),
-        (status = 403, body = super::error::ErrorBody, description = "the caller lacks the role"), (status = 404, body = super::error::ErrorBody)),
+    responses((status = 200, description = "the identity", body = Identity, headers(("ETag" = String, description = "the version of the identity, for If-Match"))), (status = 401, body = super::error::ErrorBody, description = "no or invalid admin token"),
+        (status = 403, body = super::error::ErrorBody, description = "the caller lacks the role"), (status = 404, description = "no such identity", body = super::error::ErrorBody)),
     security(("admin_token" = [])))]
 pub async fn get_identity(
     State(state): State<AppState>,
@@ -459,8 +459,8 @@ async fn credential_etag(
     params(("name" = String, Path, description = "identity name"), ("If-Match" = Option<String>, Header, description = "an ETag from a GET: write only if the identity is unchanged (412 `precondition_failed` otherwise)"), ("If-None-Match" = Option<String>, Header, description = "`*`: create only, 412 `precondition_failed` if the identity exists")),
     request_body = IdentityRequest,
     responses((status = 201, body = Identity, description = "created"), (status = 200, body = Identity, description = "replaced"),
-        (status = 400, body = super::error::ErrorBody), (status = 401, body = super::error::ErrorBody, description = "no or invalid admin token"),
-        (status = 403, body = super::error::ErrorBody, description = "the caller lacks the role"), (status = 409, body = super::error::ErrorBody), (status = 412, body = super::error::ErrorBody, description = "If-Match or If-None-Match does not hold: the resource changed since it was read"), (status = 503, body = super::error::ErrorBody)),
+        (status = 400, description = "the identity breaks a rule; `details` lists each", body = super::error::ErrorBody), (status = 401, body = super::error::ErrorBody, description = "no or invalid admin token"),
+        (status = 403, body = super::error::ErrorBody, description = "the caller lacks the role"), (status = 409, description = "`read_only` (declared in the config file), or `conflict` (the name, client id or assertion subject is taken)", body = super::error::ErrorBody), (status = 412, body = super::error::ErrorBody, description = "If-Match or If-None-Match does not hold: the resource changed since it was read"), (status = 503, description = "the store is unavailable; retry", body = super::error::ErrorBody)),
     security(("admin_token" = [])))]
 pub async fn put_identity(
     State(state): State<AppState>,
@@ -520,8 +520,8 @@ pub async fn put_identity(
 /// Delete an identity and its credentials (admin role).
 #[utoipa::path(delete, path = "/v1/identities/{name}", tag = "admin",
     params(("name" = String, Path, description = "identity name"), ("If-Match" = Option<String>, Header, description = "an ETag from a GET: write only if the resource is unchanged (412 `precondition_failed` otherwise)")),
-    responses((status = 204), (status = 401, body = super::error::ErrorBody, description = "no or invalid admin token"),
-        (status = 403, body = super::error::ErrorBody, description = "the caller lacks the role"), (status = 404, body = super::error::ErrorBody), (status = 409, body = super::error::ErrorBody), (status = 412, body = super::error::ErrorBody, description = "If-Match or If-None-Match does not hold: the resource changed since it was read"), (status = 503, body = super::error::ErrorBody)),
+    responses((status = 204, description = "deleted, with its federated credentials"), (status = 401, body = super::error::ErrorBody, description = "no or invalid admin token"),
+        (status = 403, body = super::error::ErrorBody, description = "the caller lacks the role"), (status = 404, description = "no such identity", body = super::error::ErrorBody), (status = 409, description = "`read_only`: declared in the config file", body = super::error::ErrorBody), (status = 412, body = super::error::ErrorBody, description = "If-Match or If-None-Match does not hold: the resource changed since it was read"), (status = 503, description = "the store is unavailable; retry", body = super::error::ErrorBody)),
     security(("admin_token" = [])))]
 pub async fn delete_identity(
     State(state): State<AppState>,
@@ -543,8 +543,8 @@ pub async fn delete_identity(
 /// List an identity's federated credentials.
 #[utoipa::path(get, path = "/v1/identities/{name}/federatedIdentityCredentials", tag = "admin",
     params(("name" = String, Path, description = "identity name")),
-    responses((status = 200, body = Collection<Credential>), (status = 401, body = super::error::ErrorBody, description = "no or invalid admin token"),
-        (status = 403, body = super::error::ErrorBody, description = "the caller lacks the role"), (status = 404, body = super::error::ErrorBody)),
+    responses((status = 200, description = "the identity's federated credentials, a page at a time", body = Collection<Credential>), (status = 401, body = super::error::ErrorBody, description = "no or invalid admin token"),
+        (status = 403, body = super::error::ErrorBody, description = "the caller lacks the role"), (status = 404, description = "no such identity", body = super::error::ErrorBody)),
     security(("admin_token" = [])))]
 pub async fn list_credentials(
     State(state): State<AppState>,
@@ -574,8 +574,8 @@ pub async fn list_credentials(
 /// Show one federated credential (by name or id).
 #[utoipa::path(get, path = "/v1/identities/{name}/federatedIdentityCredentials/{credential}", tag = "admin",
     params(("name" = String, Path, description = "identity name"), ("credential" = String, Path, description = "credential name or id")),
-    responses((status = 200, body = Credential, headers(("ETag" = String, description = "the version of the credential, for If-Match"))), (status = 401, body = super::error::ErrorBody, description = "no or invalid admin token"),
-        (status = 403, body = super::error::ErrorBody, description = "the caller lacks the role"), (status = 404, body = super::error::ErrorBody)),
+    responses((status = 200, description = "the federated credential", body = Credential, headers(("ETag" = String, description = "the version of the credential, for If-Match"))), (status = 401, body = super::error::ErrorBody, description = "no or invalid admin token"),
+        (status = 403, body = super::error::ErrorBody, description = "the caller lacks the role"), (status = 404, description = "no such identity or credential", body = super::error::ErrorBody)),
     security(("admin_token" = [])))]
 pub async fn get_credential(
     State(state): State<AppState>,
@@ -631,9 +631,9 @@ fn expression_text(e: Option<ClaimsMatchingExpression>) -> Result<Option<String>
 #[utoipa::path(post, path = "/v1/identities/{name}/federatedIdentityCredentials", tag = "admin",
     params(("name" = String, Path, description = "identity name")),
     request_body = CredentialRequest,
-    responses((status = 201, body = Credential), (status = 400, body = super::error::ErrorBody), (status = 401, body = super::error::ErrorBody, description = "no or invalid admin token"),
+    responses((status = 201, description = "created", body = Credential), (status = 400, description = "the credential breaks a rule; `details` lists each", body = super::error::ErrorBody), (status = 401, body = super::error::ErrorBody, description = "no or invalid admin token"),
         (status = 403, body = super::error::ErrorBody, description = "the caller lacks the role"),
-        (status = 404, body = super::error::ErrorBody), (status = 409, body = super::error::ErrorBody), (status = 503, body = super::error::ErrorBody)),
+        (status = 404, description = "no such identity", body = super::error::ErrorBody), (status = 409, description = "`read_only`, `conflict` (the name or issuer and subject are taken) or `too_many_credentials`", body = super::error::ErrorBody), (status = 503, description = "the store is unavailable; retry", body = super::error::ErrorBody)),
     security(("admin_token" = [])))]
 pub async fn create_credential(
     State(state): State<AppState>,
@@ -676,9 +676,9 @@ pub async fn create_credential(
 #[utoipa::path(patch, path = "/v1/identities/{name}/federatedIdentityCredentials/{credential}", tag = "admin",
     params(("name" = String, Path, description = "identity name"), ("credential" = String, Path, description = "credential name or id"), ("If-Match" = Option<String>, Header, description = "an ETag from a GET: write only if the resource is unchanged (412 `precondition_failed` otherwise)")),
     request_body = CredentialRequest,
-    responses((status = 200, body = Credential), (status = 400, body = super::error::ErrorBody), (status = 401, body = super::error::ErrorBody, description = "no or invalid admin token"),
+    responses((status = 200, description = "the updated federated credential", body = Credential), (status = 400, description = "the change breaks a rule; `details` lists each", body = super::error::ErrorBody), (status = 401, body = super::error::ErrorBody, description = "no or invalid admin token"),
         (status = 403, body = super::error::ErrorBody, description = "the caller lacks the role"),
-        (status = 404, body = super::error::ErrorBody), (status = 409, body = super::error::ErrorBody), (status = 412, body = super::error::ErrorBody, description = "If-Match or If-None-Match does not hold: the resource changed since it was read"), (status = 503, body = super::error::ErrorBody)),
+        (status = 404, description = "no such identity or credential", body = super::error::ErrorBody), (status = 409, description = "`read_only`, or `conflict` with another credential", body = super::error::ErrorBody), (status = 412, body = super::error::ErrorBody, description = "If-Match or If-None-Match does not hold: the resource changed since it was read"), (status = 503, description = "the store is unavailable; retry", body = super::error::ErrorBody)),
     security(("admin_token" = [])))]
 pub async fn update_credential(
     State(state): State<AppState>,
@@ -740,8 +740,8 @@ pub async fn update_credential(
 /// Delete a federated credential (admin role).
 #[utoipa::path(delete, path = "/v1/identities/{name}/federatedIdentityCredentials/{credential}", tag = "admin",
     params(("name" = String, Path, description = "identity name"), ("credential" = String, Path, description = "credential name or id"), ("If-Match" = Option<String>, Header, description = "an ETag from a GET: write only if the resource is unchanged (412 `precondition_failed` otherwise)")),
-    responses((status = 204), (status = 401, body = super::error::ErrorBody, description = "no or invalid admin token"),
-        (status = 403, body = super::error::ErrorBody, description = "the caller lacks the role"), (status = 404, body = super::error::ErrorBody), (status = 409, body = super::error::ErrorBody), (status = 412, body = super::error::ErrorBody, description = "If-Match or If-None-Match does not hold: the resource changed since it was read"), (status = 503, body = super::error::ErrorBody)),
+    responses((status = 204, description = "deleted"), (status = 401, body = super::error::ErrorBody, description = "no or invalid admin token"),
+        (status = 403, body = super::error::ErrorBody, description = "the caller lacks the role"), (status = 404, description = "no such identity or credential", body = super::error::ErrorBody), (status = 409, description = "`read_only`: declared in the config file", body = super::error::ErrorBody), (status = 412, body = super::error::ErrorBody, description = "If-Match or If-None-Match does not hold: the resource changed since it was read"), (status = 503, description = "the store is unavailable; retry", body = super::error::ErrorBody)),
     security(("admin_token" = [])))]
 pub async fn delete_credential(
     State(state): State<AppState>,
@@ -771,7 +771,7 @@ pub async fn delete_credential(
 /// calling Entra or spending a one-time-use token.
 #[utoipa::path(post, path = "/v1/simulate", tag = "admin",
     request_body = SimulateRequest,
-    responses((status = 200, body = SimulateResponse), (status = 400, body = super::error::ErrorBody), (status = 401, body = super::error::ErrorBody, description = "no or invalid admin token"),
+    responses((status = 200, description = "each check's result, the matching credentials and the near misses", body = SimulateResponse), (status = 400, description = "the request is malformed", body = super::error::ErrorBody), (status = 401, body = super::error::ErrorBody, description = "no or invalid admin token"),
         (status = 403, body = super::error::ErrorBody, description = "the caller lacks the role"),),
     security(("admin_token" = [])))]
 pub async fn simulate(
@@ -797,8 +797,8 @@ pub async fn simulate(
         ("after" = Option<String>, Query, description = "`nextCursor` of the previous page"),
         ("limit" = Option<u32>, Query, description = "1 to 1000, default 100"),
     ),
-    responses((status = 200, body = Collection<Object>), (status = 400, body = super::error::ErrorBody), (status = 401, body = super::error::ErrorBody, description = "no or invalid admin token"),
-        (status = 403, body = super::error::ErrorBody, description = "the caller lacks the role"), (status = 503, body = super::error::ErrorBody)),
+    responses((status = 200, description = "audit events, newest first, a page at a time", body = Collection<Object>), (status = 400, description = "a filter is malformed", body = super::error::ErrorBody), (status = 401, body = super::error::ErrorBody, description = "no or invalid admin token"),
+        (status = 403, body = super::error::ErrorBody, description = "the caller lacks the role"), (status = 503, description = "the store is unavailable; retry", body = super::error::ErrorBody)),
     security(("admin_token" = [])))]
 pub async fn audit_events(
     State(state): State<AppState>,

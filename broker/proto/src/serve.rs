@@ -1,6 +1,8 @@
 //! Running an HTTP server: plain or TLS through one hyper-util loop, for any router and any
 //! listener (the broker's, the agent's TCP and Unix sockets), with connection limits and a
 //! drained, bounded shutdown. docs/configuration.md (`[server]`) describes the knobs.
+//! Errors answered here, outside the router, have the [`ErrorBody`] shape and a request id
+//! of their own.
 //!
 //! Connections:
 //! - At most `max_connections` are served; `ops_reserve_connections` more are accepted
@@ -49,7 +51,7 @@ use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
-use super::ApiError;
+use crate::error::{ErrorBody, code};
 
 /// The routes a reserve connection (one above `max_connections`) may call.
 pub const OPS_PATHS: &[&str] = &["/healthz", "/readyz", "/metrics"];
@@ -744,12 +746,8 @@ where
                 shutting_down()
             } else if reserved && !OPS_PATHS.contains(&request.uri().path()) {
                 edge_error(
-                    ApiError::new(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "overloaded",
-                        "the server is at its connection limit; retry later",
-                    )
-                    .with_retry_after(1),
+                    code::OVERLOADED,
+                    "the server is at its connection limit; retry later",
                 )
             } else {
                 let handled = router.oneshot(request.map(axum::body::Body::new));
@@ -778,21 +776,37 @@ where
 
 fn shutting_down() -> Response {
     edge_error(
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "shutting_down",
-            "the server is shutting down; retry (another replica will answer)",
-        )
-        .with_retry_after(1),
+        code::SHUTTING_DOWN,
+        "the server is shutting down; retry (another replica will answer)",
     )
 }
 
-/// An error answered here, outside the router: with a request id of its own.
-fn edge_error(error: ApiError) -> Response {
-    let id = super::next_request_id();
-    let mut response = super::error::REQUEST_ID.sync_scope(id.clone(), || error.into_response());
-    if let Ok(value) = HeaderValue::from_str(&id) {
-        response.headers_mut().insert("x-request-id", value);
+/// A 503 answered here, outside the router, with a request id of its own; retried after
+/// a second.
+fn edge_error(code: &str, description: &str) -> Response {
+    let request_id = next_request_id();
+    let body = ErrorBody {
+        error: code.to_owned(),
+        error_description: description.to_owned(),
+        request_id: request_id.clone(),
+        details: None,
+    };
+    let mut response = (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::RETRY_AFTER, HeaderValue::from(1u64));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        headers.insert("x-request-id", value);
     }
     response
+}
+
+/// A new request id: a random per-process prefix and a counter. Unique across replicas
+/// and restarts, and cheap (no system call per request, unlike a random UUID).
+pub fn next_request_id() -> String {
+    static PREFIX: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let prefix = PREFIX.get_or_init(|| uuid::Uuid::new_v4().simple().to_string()[..16].to_owned());
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("{prefix}-{n:08x}")
 }

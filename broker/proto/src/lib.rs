@@ -1,0 +1,29 @@
+//! What the broker, its command line and the agent share, and nothing else.
+//!
+//! - [`exchange`] and [`error`]: the wire types of the token endpoints and the one error
+//!   body every broker error is answered with (docs/api.md);
+//! - [`clock`]: time, passed in;
+//! - [`crypto`]: the process's one crypto provider for TLS (aws-lc-rs);
+//! - [`shutdown`]: the signal that starts a graceful stop;
+//! - [`redact`]: untrusted values capped before they reach an error, a log or a store;
+//! - [`serve`]: the HTTP server loop with its connection limits and drained shutdown.
+//!
+//! This crate must never depend on the broker or on anything only the broker needs
+//! (the store, JWT verification, the OpenAPI generator outside the `openapi` feature):
+//! the agent links it, and a test in `tests/tests/architecture.rs` keeps the agent's
+//! dependency graph free of them. docs/architecture.md describes the crates.
+
+pub mod clock;
+pub mod crypto;
+pub mod error;
+pub mod exchange;
+pub mod redact;
+pub mod serve;
+pub mod shutdown;
+
+/// Whether log lines on stderr may carry ANSI colours: stderr is a terminal and `NO_COLOR`
+/// is unset or empty. Both binaries use it.
+pub fn stderr_colours() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}

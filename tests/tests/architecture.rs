@@ -1,0 +1,197 @@
+//! The rules of docs/architecture.md that tools can check, checked:
+//! - the agent links what it shares with the broker (`wif-proto`, `wif-config`) and never
+//!   the broker itself or what only the broker needs (the store, JWT verification, the
+//!   OpenAPI generator); read from `cargo tree`, offline, from the lockfile;
+//! - the checked-in OpenAPI document is valid OpenAPI 3.1, by the `openapi-spec-validator`
+//!   package `.ci/run` installs into `.venv`;
+//! - the error codes `wif-proto` names for clients are codes docs/api.md documents.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::process::Command;
+
+use wif_tests::k8s::repo_root;
+
+/// Crates the agent must never link: the broker, and what only the broker needs.
+const BROKER_ONLY: &[&str] = &[
+    "wif-broker",
+    "sqlx",
+    "sqlx-core",
+    "sqlx-sqlite",
+    "sqlx-postgres",
+    "libsqlite3-sys",
+    "jsonwebtoken",
+    "utoipa",
+];
+
+/// The packages `package` builds with (normal and build dependencies, its own features
+/// only: not unified with the rest of the workspace, as `cargo build -p` resolves them).
+fn dependencies(package: &str) -> BTreeSet<String> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let output = Command::new(cargo)
+        .args(["tree", "--locked", "--offline", "-p", package])
+        .args(["-e", "normal,build", "--prefix", "none", "--format", "{p}"])
+        .current_dir(repo_root())
+        .output()
+        .expect("cargo tree runs");
+    assert!(
+        output.status.success(),
+        "cargo tree -p {package} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| line.split_whitespace().next())
+        .map(str::to_owned)
+        .collect()
+}
+
+fn broker_only_in(package: &str) -> (BTreeSet<String>, Vec<String>) {
+    let deps = dependencies(package);
+    let found = deps
+        .iter()
+        .filter(|d| BROKER_ONLY.contains(&d.as_str()) || d.starts_with("utoipa"))
+        .cloned()
+        .collect();
+    (deps, found)
+}
+
+#[test]
+fn the_agent_never_links_the_broker_or_its_store_jwt_and_openapi_crates() {
+    let (deps, found) = broker_only_in("wif-agent");
+    // What it does link: the shared crates (so an empty answer cannot pass).
+    for shared in ["wif-agent", "wif-proto", "wif-config", "tokio", "rustls"] {
+        assert!(
+            deps.contains(shared),
+            "wif-agent should depend on {shared}: {deps:?}"
+        );
+    }
+    assert!(
+        found.is_empty(),
+        "wif-agent depends on {found:?}; move what it needs into wif-proto (docs/architecture.md)"
+    );
+}
+
+#[test]
+fn the_shared_crates_never_link_the_broker() {
+    for package in ["wif-proto", "wif-config"] {
+        let (deps, found) = broker_only_in(package);
+        assert!(deps.contains(package), "{deps:?}");
+        assert!(found.is_empty(), "{package} depends on {found:?}");
+    }
+    // The check itself sees the broker's own graph.
+    let (_, found) = broker_only_in("wif-broker");
+    for expected in ["wif-broker", "sqlx", "jsonwebtoken", "utoipa"] {
+        assert!(
+            found.iter().any(|f| f == expected),
+            "{expected} not found in {found:?}"
+        );
+    }
+}
+
+/// The interpreter with `openapi-spec-validator`: `WIF_TEST_PYTHON`, else `.venv`. `None`
+/// (with a printed reason) when it is missing outside CI; under `CI=true` a failure.
+fn python() -> Option<PathBuf> {
+    let python = std::env::var_os("WIF_TEST_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join(".venv/bin/python"));
+    let probe = Command::new(&python)
+        .args(["-c", "import openapi_spec_validator"])
+        .output();
+    if probe.as_ref().is_ok_and(|o| o.status.success()) {
+        return Some(python);
+    }
+    let why = format!(
+        "{} lacks openapi-spec-validator: run .ci/run once, or install the version it pins",
+        python.display()
+    );
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("CI=true and {why}");
+    }
+    eprintln!("skipping the OpenAPI validation: {why}");
+    None
+}
+
+/// The validator's complaints about the OpenAPI 3.1 document `doc`, one per line.
+fn openapi_errors(python: &PathBuf, doc: &str) -> Vec<String> {
+    const VALIDATE: &str = "\
+import json, sys
+from openapi_spec_validator import OpenAPIV31SpecValidator
+spec = json.load(sys.stdin)
+for e in OpenAPIV31SpecValidator(spec).iter_errors():
+    print('/'.join(str(p) for p in e.absolute_path) + ': ' + e.message.splitlines()[0])
+";
+    let mut child = Command::new(python)
+        .args(["-c", VALIDATE])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), doc.as_bytes()).unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "the validator failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn the_checked_in_openapi_document_is_valid_openapi_3_1() {
+    let Some(python) = python() else { return };
+    let doc = std::fs::read_to_string(repo_root().join("docs/openapi.json")).unwrap();
+    let errors = openapi_errors(&python, &doc);
+    assert!(
+        errors.is_empty(),
+        "docs/openapi.json is not valid OpenAPI 3.1 ({} errors; fix the annotations in \
+         broker/src/api and regenerate):\n{}",
+        errors.len(),
+        errors.join("\n")
+    );
+
+    // The validator does find what this test guards against: a response without its
+    // description, and an operationId used twice.
+    let mut broken: serde_json::Value = serde_json::from_str(&doc).unwrap();
+    let paths = broken["paths"].as_object_mut().unwrap();
+    let token = &mut paths["/v1/token"]["post"];
+    token["responses"]["200"]
+        .as_object_mut()
+        .unwrap()
+        .remove("description");
+    let id = token["operationId"].clone();
+    paths["/oauth2/token"]["post"]["operationId"] = id;
+    let errors = openapi_errors(&python, &broken.to_string());
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("'description' is a required property")),
+        "{errors:?}"
+    );
+    assert!(
+        errors.iter().any(|e| e.contains("is not unique")),
+        "{errors:?}"
+    );
+}
+
+#[test]
+fn the_error_codes_clients_act_on_are_documented() {
+    let api = std::fs::read_to_string(repo_root().join("docs/api.md")).unwrap();
+    // The error table's rows: `| 403 | `no_matching_credential` | ...`.
+    let rows: Vec<&str> = api
+        .lines()
+        .filter(|l| l.starts_with("| 4") || l.starts_with("| 5"))
+        .collect();
+    assert!(rows.len() > 10, "docs/api.md has no error table");
+    for code in wif_proto::error::code::ALL {
+        assert!(
+            rows.iter().any(|row| row.contains(&format!("`{code}`"))),
+            "docs/api.md's error table does not list `{code}`"
+        );
+    }
+}
