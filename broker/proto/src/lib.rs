@@ -13,13 +13,17 @@
 //! the agent links it, and a test in `tests/tests/architecture.rs` keeps the agent's
 //! dependency graph free of them. docs/architecture.md describes the crates.
 
+pub mod admin;
 pub mod clock;
 pub mod crypto;
+pub mod entra_setup;
 pub mod error;
 pub mod exchange;
+pub mod outbound;
 pub mod redact;
 pub mod serve;
 pub mod shutdown;
+pub mod timespec;
 
 /// Whether log lines on stderr may carry ANSI colours: stderr is a terminal and `NO_COLOR`
 /// is unset or empty. Both binaries use it.
