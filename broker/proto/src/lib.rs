@@ -2,7 +2,9 @@
 //!
 //! - [`exchange`] and [`error`]: the wire types of the token endpoints and the one error
 //!   body every broker error is answered with (docs/api.md);
-//! - [`clock`]: time, passed in;
+//! - [`admin`] and [`entra_setup`]: the admin API's wire types (docs/admin.md);
+//! - [`clock`] and [`timespec`]: time, passed in, and its written forms;
+//! - [`outbound`]: every outbound HTTP client, with its timeouts and URL rules;
 //! - [`crypto`]: the process's one crypto provider for TLS (aws-lc-rs);
 //! - [`shutdown`]: the signal that starts a graceful stop;
 //! - [`redact`]: untrusted values capped before they reach an error, a log or a store;
