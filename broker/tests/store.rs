@@ -19,8 +19,8 @@ use wif_broker::policy::conditions::{Restrictions, StoredRateLimit};
 use wif_broker::store::postgres::PgStore;
 use wif_broker::store::sqlite::SqliteStore;
 use wif_broker::store::{
-    self, AuditQuery, AuditRecord, PutOutcome, Store, StoreError, StoredCredential, StoredIdentity,
-    StoredSigningKey,
+    self, AuditQuery, AuditRecord, AuditStore, PutOutcome, RegistryStore, ReplayStore, Store,
+    StoreError, StoredCredential, StoredIdentity, StoredSigningKey,
 };
 use wif_config::{AssertionSource, Cloud};
 
