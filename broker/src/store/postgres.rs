@@ -76,8 +76,8 @@ pub type PgStore = SqlStore<Postgres>;
 impl Dialect for Postgres {
     const KIND: &'static str = "postgres";
     const BEGIN_WRITE: Option<&'static str> = None;
-    /// Delivered to every replica's listener when the transaction commits; the payload
-    /// is the schema written to ([`CHANNEL`]).
+    /// Sent at commit on the channel every replica's listener listens on (`wif_registry`);
+    /// the payload is the schema written to.
     const NOTIFY_CHANGE: Option<&'static str> =
         Some("SELECT pg_notify('wif_registry', current_schema())");
     /// The broker's tables in the current schema.

@@ -1,5 +1,5 @@
 //! The store written once: [`SqlStore`] implements every store trait for any database
-//! that is a [`Dialect`], with the statements of [`super::sql`] (written `$1`-style, which
+//! that is a [`Dialect`], with the statements of `store::sql` (written `$1`-style, which
 //! SQLite reads as PostgreSQL does). What differs between SQLite and PostgreSQL is what a
 //! `Dialect` says: how a write transaction begins, how other replicas hear of a registry
 //! write, how `event` is cast, how the size is read, and whether text loses its NULs.
