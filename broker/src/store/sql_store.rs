@@ -45,11 +45,11 @@ pub trait Dialect: Database {
 }
 
 /// A column type the shared statements bind and read.
-pub trait Column<D: Database>:
+pub trait ColumnType<D: Database>:
     Type<D> + for<'q> Encode<'q, D> + for<'r> Decode<'r, D> + Send + Sync
 {
 }
-impl<D: Database, T> Column<D> for T where
+impl<D: Database, T> ColumnType<D> for T where
     T: Type<D> + for<'q> Encode<'q, D> + for<'r> Decode<'r, D> + Send + Sync
 {
 }
@@ -95,9 +95,9 @@ where
     usize: ColumnIndex<D::Row>,
     for<'a> &'a str: Encode<'a, D> + Type<D>,
     for<'a> Option<&'a str>: Encode<'a, D>,
-    String: Column<D>,
-    i64: Column<D>,
-    bool: Column<D>,
+    String: ColumnType<D>,
+    i64: ColumnType<D>,
+    bool: ColumnType<D>,
 {
     async fn begin_write(&self) -> StoreResult<Transaction<'static, D>> {
         match D::BEGIN_WRITE {
@@ -258,9 +258,9 @@ where
     usize: ColumnIndex<D::Row>,
     for<'a> &'a str: Encode<'a, D> + Type<D>,
     for<'a> Option<&'a str>: Encode<'a, D>,
-    String: Column<D>,
-    i64: Column<D>,
-    bool: Column<D>,
+    String: ColumnType<D>,
+    i64: ColumnType<D>,
+    bool: ColumnType<D>,
 {
     async fn list_identities(&self) -> StoreResult<Vec<StoredIdentity>> {
         sqlx::query_as::<D, IdentityRow>(sql::LIST_IDENTITIES)
@@ -532,9 +532,9 @@ where
     usize: ColumnIndex<D::Row>,
     for<'a> &'a str: Encode<'a, D> + Type<D>,
     for<'a> Option<&'a str>: Encode<'a, D>,
-    String: Column<D>,
-    i64: Column<D>,
-    bool: Column<D>,
+    String: ColumnType<D>,
+    i64: ColumnType<D>,
+    bool: ColumnType<D>,
 {
     async fn append_audit(&self, events: &[AuditRecord]) -> StoreResult<()> {
         if events.is_empty() {
@@ -636,9 +636,9 @@ where
     usize: ColumnIndex<D::Row>,
     for<'a> &'a str: Encode<'a, D> + Type<D>,
     for<'a> Option<&'a str>: Encode<'a, D>,
-    String: Column<D>,
-    i64: Column<D>,
-    bool: Column<D>,
+    String: ColumnType<D>,
+    i64: ColumnType<D>,
+    bool: ColumnType<D>,
 {
     async fn use_token_once(&self, key: &str, expires_at: u64) -> StoreResult<bool> {
         let key = D::token_text(key);
@@ -667,9 +667,9 @@ where
     usize: ColumnIndex<D::Row>,
     for<'a> &'a str: Encode<'a, D> + Type<D>,
     for<'a> Option<&'a str>: Encode<'a, D>,
-    String: Column<D>,
-    i64: Column<D>,
-    bool: Column<D>,
+    String: ColumnType<D>,
+    i64: ColumnType<D>,
+    bool: ColumnType<D>,
 {
     async fn list_signing_keys(&self) -> StoreResult<Vec<StoredSigningKey>> {
         Ok(
@@ -712,9 +712,9 @@ where
     usize: ColumnIndex<D::Row>,
     for<'a> &'a str: Encode<'a, D> + Type<D>,
     for<'a> Option<&'a str>: Encode<'a, D>,
-    String: Column<D>,
-    i64: Column<D>,
-    bool: Column<D>,
+    String: ColumnType<D>,
+    i64: ColumnType<D>,
+    bool: ColumnType<D>,
 {
     fn kind(&self) -> &'static str {
         D::KIND
