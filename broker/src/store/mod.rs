@@ -391,7 +391,9 @@ pub const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 /// instead of a hang. A write that times out may still commit later; retrying it then
 /// answers a conflict, never a duplicate. Text a database cannot hold is refused here as
 /// [`StoreError::Invalid`] before any backend sees it (PostgreSQL refuses NUL in text
-/// with an error that would otherwise read as an outage).
+/// with an error that would otherwise read as an outage). It implements every store trait,
+/// and none of their methods has a default, so a method added to a trait must be bounded
+/// here before anything compiles.
 pub struct Bounded {
     /// Empty while a store deferred by [`open_or_defer`] is still being opened: calls
     /// answer `Unavailable`, as during an outage.
