@@ -19,8 +19,8 @@ use wif_broker::policy::conditions::{Restrictions, StoredRateLimit};
 use wif_broker::store::postgres::PgStore;
 use wif_broker::store::sqlite::SqliteStore;
 use wif_broker::store::{
-    self, AuditQuery, AuditRecord, PutOutcome, Store, StoreError, StoredCredential, StoredIdentity,
-    StoredSigningKey,
+    self, AuditQuery, AuditRecord, AuditStore, PutOutcome, RegistryStore, ReplayStore, Store,
+    StoreError, StoredCredential, StoredIdentity, StoredSigningKey,
 };
 use wif_config::{AssertionSource, Cloud};
 
@@ -75,13 +75,15 @@ async fn drop_schema(schema: &str) {
     conn.close().await.unwrap();
 }
 
-/// Runs one story against a fresh, empty store of `backend`, and cleans up afterwards
-/// even when the story fails.
+/// Runs one story against a fresh, empty store of `backend`, behind the bound every store
+/// the broker opens goes through (so the stories also prove it passes every call on), and
+/// cleans up afterwards even when the story fails.
 async fn run<F, Fut>(backend: Backend, story: F)
 where
     F: FnOnce(Arc<dyn Store>) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
+    let story = |store: Arc<dyn Store>| story(store::bounded(store));
     match backend {
         Backend::SqliteFile => {
             let dir = tempfile::tempdir().unwrap();
@@ -159,6 +161,7 @@ on_every_backend!(
     writes_naming_missing_identities_or_credentials_are_not_found,
     the_version_moves_on_every_registry_write_and_never_on_reads,
     every_registry_write_records_what_it_changed_under_its_version,
+    registry_writes_are_noticed_where_the_store_can_tell,
     audit_events_are_filtered_and_paged_by_cursor,
     audit_events_are_read_newest_first_by_cursor,
     old_audit_events_are_purged,
@@ -743,6 +746,39 @@ async fn the_version_moves_on_every_registry_write_and_never_on_reads(store: Arc
         .await;
     assert!(!store.delete_identity("ghost").await.unwrap());
     assert_eq!(store.version().await.unwrap(), before);
+}
+
+/// PostgreSQL tells every replica (this one included) of a registry write within moments
+/// (docs/storage.md, "Replicas"); SQLite, one broker per file, has no one to tell.
+async fn registry_writes_are_noticed_where_the_store_can_tell(store: Arc<dyn Store>) {
+    let Some(mut notices) = store.registry_notices() else {
+        assert_eq!(store.kind(), "sqlite", "only SQLite cannot tell");
+        return;
+    };
+    assert_eq!(store.kind(), "postgres");
+    // The listener bumps once when it starts listening; writes before that go unheard.
+    tokio::time::timeout(Duration::from_secs(10), notices.wait_for(|n| *n > 0))
+        .await
+        .expect("the change listener starts listening")
+        .unwrap();
+    notices.borrow_and_update();
+    store
+        .put_identity(&identity("deploy", DEPLOY_CLIENT))
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(5), notices.changed())
+        .await
+        .expect("a registry write is noticed")
+        .unwrap();
+    notices.borrow_and_update();
+    // Writes that change nothing notify nobody.
+    assert!(!store.delete_identity("ghost").await.unwrap());
+    store.use_token_once("jti:quiet", T0).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !notices.has_changed().unwrap(),
+        "no registry write, no notice"
+    );
 }
 
 /// What replicas read to apply changed entries only (docs/storage.md, "Replicas").

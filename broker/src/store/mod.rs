@@ -1,16 +1,24 @@
 //! Persistence: identities, federated credentials, audit events and used token ids.
 //!
-//! One trait, [`Store`], two implementations: SQLite (the embedded default, WAL, also
-//! `sqlite::memory:` for the dev stack) and PostgreSQL (several replicas share one).
-//! Migrations are embedded and run at open. Every registry write bumps a version number in
-//! the same transaction, so replicas notice changes by polling [`Store::version`].
+//! One trait per concern ([`RegistryStore`], [`AuditStore`], [`ReplayStore`],
+//! [`SigningKeyStore`]) and [`Store`], which is all of them plus `kind`, `size` and `ping`.
+//! One implementation, [`SqlStore`] (`sql_store`), written once over sqlx for both
+//! databases; what differs is a [`sql_store::Dialect`]: SQLite ([`sqlite`], the embedded
+//! default, WAL, also `sqlite::memory:` for the dev stack) and PostgreSQL ([`postgres`],
+//! several replicas share one). The statements and row conversions both share are in
+//! `sql`. Migrations are embedded and run at open. Every registry write bumps a version
+//! number in the same transaction, so replicas notice changes by polling
+//! [`RegistryStore::version`]. [`Bounded`] wraps every store the broker opens.
 //!
 //! An acknowledged write is durable: SQLite commits with WAL and `synchronous=FULL`,
 //! PostgreSQL commits before answering. The store never sees a token, only hashes and ids.
 
 pub mod postgres;
 mod sql;
+pub mod sql_store;
 pub mod sqlite;
+
+pub use sql_store::{Dialect, SqlStore};
 
 use std::sync::Arc;
 
@@ -157,7 +165,7 @@ pub struct AuditQuery {
     pub limit: u32,
 }
 
-/// The most audit events one [`Store::query_audit`] call returns.
+/// The most audit events one [`AuditStore::query_audit`] call returns.
 pub const MAX_AUDIT_PAGE: u32 = 1000;
 
 /// What [`Store::size`] reports.
@@ -216,12 +224,23 @@ pub enum StoreError {
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
-/// The persistence seam. Implementations must be safe to call from many tasks at once.
+/// The persistence seam: one trait per concern, and [`Store`], which is all of them.
+/// Callers hold an `Arc<dyn Store>`; the methods of every concern are callable on it.
+/// Implementations must be safe to call from many tasks at once.
 #[async_trait::async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: RegistryStore + AuditStore + ReplayStore + SigningKeyStore {
     /// A short name for logs: `sqlite` or `postgres`.
     fn kind(&self) -> &'static str;
+    /// How big the store is: its bytes on disk and its audit events (an estimate from ids).
+    async fn size(&self) -> StoreResult<StoreSize>;
+    /// Cheap liveness check.
+    async fn ping(&self) -> StoreResult<()>;
+}
 
+/// Identities and federated credentials, the version every write bumps, and the changes
+/// replicas read.
+#[async_trait::async_trait]
+pub trait RegistryStore: Send + Sync + 'static {
     async fn list_identities(&self) -> StoreResult<Vec<StoredIdentity>>;
     async fn get_identity(&self, name: &str) -> StoreResult<Option<StoredIdentity>>;
     /// Creates or replaces (keeping `created_at` of an existing row). A `client_id` already
@@ -260,10 +279,12 @@ pub trait Store: Send + Sync + 'static {
     /// Changes whenever another replica may have written the registry (PostgreSQL's
     /// LISTEN/NOTIFY), so replicas apply a write within moments instead of at their next
     /// poll; `None` where the store cannot tell (replicas poll only).
-    fn registry_notices(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
-        None
-    }
+    fn registry_notices(&self) -> Option<tokio::sync::watch::Receiver<u64>>;
+}
 
+/// Audit events: appended, read, and purged or trimmed.
+#[async_trait::async_trait]
+pub trait AuditStore: Send + Sync + 'static {
     /// Appends events (ids are assigned by the store).
     async fn append_audit(&self, events: &[AuditRecord]) -> StoreResult<()>;
     async fn query_audit(&self, query: &AuditQuery) -> StoreResult<Vec<AuditRecord>>;
@@ -272,24 +293,27 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes the oldest events beyond the newest `keep` (by id, so at most `keep` are
     /// left); returns how many.
     async fn trim_audit(&self, keep: u64) -> StoreResult<u64>;
-    /// How big the store is: its bytes on disk and its audit events (an estimate from ids).
-    async fn size(&self) -> StoreResult<StoreSize>;
+}
 
+/// Used token ids, for credentials whose tokens are accepted once.
+#[async_trait::async_trait]
+pub trait ReplayStore: Send + Sync + 'static {
     /// Records `key` as used until `expires_at`. True when this is its first use; false
     /// when it was already recorded (and not yet purged). Atomic across replicas.
     async fn use_token_once(&self, key: &str, expires_at: u64) -> StoreResult<bool>;
     /// Forgets used keys that expired before `now`; returns how many.
     async fn purge_used_tokens(&self, now: u64) -> StoreResult<u64>;
+}
 
+/// The keys the broker generated to sign its own assertions.
+#[async_trait::async_trait]
+pub trait SigningKeyStore: Send + Sync + 'static {
     /// The broker's generated signing keys, by increasing generation.
     async fn list_signing_keys(&self) -> StoreResult<Vec<StoredSigningKey>>;
     /// Inserts `key` unless its generation exists; true when this call inserted it.
     async fn insert_signing_key(&self, key: &StoredSigningKey) -> StoreResult<bool>;
     /// Deletes the keys of generations below `generation`; returns how many.
     async fn delete_signing_keys_before(&self, generation: i64) -> StoreResult<u64>;
-
-    /// Cheap liveness check.
-    async fn ping(&self) -> StoreResult<()>;
 }
 
 /// Opens the store named by `[store] url` and runs migrations.
@@ -367,7 +391,9 @@ pub const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 /// instead of a hang. A write that times out may still commit later; retrying it then
 /// answers a conflict, never a duplicate. Text a database cannot hold is refused here as
 /// [`StoreError::Invalid`] before any backend sees it (PostgreSQL refuses NUL in text
-/// with an error that would otherwise read as an outage).
+/// with an error that would otherwise read as an outage). It implements every store trait,
+/// and none of their methods has a default, so a method added to a trait must be bounded
+/// here before anything compiles.
 pub struct Bounded {
     /// Empty while a store deferred by [`open_or_defer`] is still being opened: calls
     /// answer `Unavailable`, as during an outage.
@@ -449,10 +475,7 @@ impl Bounded {
 }
 
 #[async_trait::async_trait]
-impl Store for Bounded {
-    fn kind(&self) -> &'static str {
-        self.kind
-    }
+impl RegistryStore for Bounded {
     async fn list_identities(&self) -> StoreResult<Vec<StoredIdentity>> {
         self.run(self.inner()?.list_identities()).await
     }
@@ -510,6 +533,10 @@ impl Store for Bounded {
     fn registry_notices(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
         self.inner.get().and_then(|s| s.registry_notices())
     }
+}
+
+#[async_trait::async_trait]
+impl AuditStore for Bounded {
     async fn append_audit(&self, events: &[AuditRecord]) -> StoreResult<()> {
         self.run(self.inner()?.append_audit(events)).await
     }
@@ -528,9 +555,10 @@ impl Store for Bounded {
     async fn trim_audit(&self, keep: u64) -> StoreResult<u64> {
         self.run(self.inner()?.trim_audit(keep)).await
     }
-    async fn size(&self) -> StoreResult<StoreSize> {
-        self.run(self.inner()?.size()).await
-    }
+}
+
+#[async_trait::async_trait]
+impl ReplayStore for Bounded {
     async fn use_token_once(&self, key: &str, expires_at: u64) -> StoreResult<bool> {
         self.run(self.inner()?.use_token_once(key, expires_at))
             .await
@@ -538,6 +566,10 @@ impl Store for Bounded {
     async fn purge_used_tokens(&self, now: u64) -> StoreResult<u64> {
         self.run(self.inner()?.purge_used_tokens(now)).await
     }
+}
+
+#[async_trait::async_trait]
+impl SigningKeyStore for Bounded {
     async fn list_signing_keys(&self) -> StoreResult<Vec<StoredSigningKey>> {
         self.run(self.inner()?.list_signing_keys()).await
     }
@@ -547,6 +579,16 @@ impl Store for Bounded {
     async fn delete_signing_keys_before(&self, generation: i64) -> StoreResult<u64> {
         self.run(self.inner()?.delete_signing_keys_before(generation))
             .await
+    }
+}
+
+#[async_trait::async_trait]
+impl Store for Bounded {
+    fn kind(&self) -> &'static str {
+        self.kind
+    }
+    async fn size(&self) -> StoreResult<StoreSize> {
+        self.run(self.inner()?.size()).await
     }
     async fn ping(&self) -> StoreResult<()> {
         self.run(self.inner()?.ping()).await

@@ -633,6 +633,7 @@ pub async fn page(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::AuditStore;
     use crate::store::sqlite::SqliteStore;
 
     fn record(time: u64, identity: &str, outcome: &str) -> AuditRecord {
