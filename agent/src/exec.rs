@@ -62,6 +62,10 @@ pub async fn run(
     let (program, args) = command
         .split_first()
         .context("no command to run: give it after `--`")?;
+    // Watch SIGINT and SIGTERM before anything else: one that arrives while the endpoint
+    // starts is held and forwarded as soon as the command runs, instead of killing the
+    // agent with the command never told.
+    let signals = Signals::watch()?;
     let running = RunningAgent::start(agent, "127.0.0.1:0", None)
         .await
         .context("cannot listen on 127.0.0.1")?;
@@ -88,38 +92,67 @@ pub async fn run(
             });
         }
     };
-    let status = wait_forwarding_signals(&mut child).await;
+    let status = signals.forward_until_exit(&mut child).await;
     running.shutdown().await;
     Ok(exit_code(status?))
 }
 
+/// The signals `exec` forwards to its command.
 #[cfg(unix)]
-async fn wait_forwarding_signals(child: &mut tokio::process::Child) -> anyhow::Result<ExitStatus> {
-    use rustix::process::{Pid, Signal, kill_process};
-    use tokio::signal::unix::{SignalKind, signal};
+struct Signals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
 
-    let mut interrupt = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
-    let mut terminate = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
-    let pid = child
-        .id()
-        .and_then(|id| i32::try_from(id).ok())
-        .and_then(Pid::from_raw);
-    loop {
-        let forward = tokio::select! {
-            status = child.wait() => return Ok(status?),
-            _ = interrupt.recv() => Signal::INT,
-            _ = terminate.recv() => Signal::TERM,
-        };
-        if let Some(pid) = pid {
-            // The child may have just exited; then there is nobody to tell.
-            let _ = kill_process(pid, forward);
+#[cfg(unix)]
+impl Signals {
+    fn watch() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            interrupt: signal(SignalKind::interrupt()).context("cannot watch SIGINT")?,
+            terminate: signal(SignalKind::terminate()).context("cannot watch SIGTERM")?,
+        })
+    }
+
+    /// Waits for `child`, passing on every SIGINT and SIGTERM the agent receives.
+    async fn forward_until_exit(
+        mut self,
+        child: &mut tokio::process::Child,
+    ) -> anyhow::Result<ExitStatus> {
+        use rustix::process::{Pid, Signal, kill_process};
+        let pid = child
+            .id()
+            .and_then(|id| i32::try_from(id).ok())
+            .and_then(Pid::from_raw);
+        loop {
+            let forward = tokio::select! {
+                status = child.wait() => return Ok(status?),
+                _ = self.interrupt.recv() => Signal::INT,
+                _ = self.terminate.recv() => Signal::TERM,
+            };
+            if let Some(pid) = pid {
+                // The child may have just exited; then there is nobody to tell.
+                let _ = kill_process(pid, forward);
+            }
         }
     }
 }
 
 #[cfg(not(unix))]
-async fn wait_forwarding_signals(child: &mut tokio::process::Child) -> anyhow::Result<ExitStatus> {
-    Ok(child.wait().await?)
+struct Signals;
+
+#[cfg(not(unix))]
+impl Signals {
+    fn watch() -> anyhow::Result<Self> {
+        Ok(Self)
+    }
+
+    async fn forward_until_exit(
+        self,
+        child: &mut tokio::process::Child,
+    ) -> anyhow::Result<ExitStatus> {
+        Ok(child.wait().await?)
+    }
 }
 
 #[cfg(test)]

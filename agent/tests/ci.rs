@@ -270,6 +270,21 @@ async fn exec_gives_the_command_an_app_service_endpoint_and_passes_its_exit_code
     assert_ne!(run.stdout.trim(), "200");
 }
 
+/// Whether process `pid` has a child (Linux: any `/proc/N/stat` whose parent is `pid`).
+fn has_child(pid: u32) -> bool {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    entries.flatten().any(|entry| {
+        std::fs::read_to_string(entry.path().join("stat")).is_ok_and(|stat| {
+            // `pid (comm) state ppid ...`; comm may hold spaces, so read after the last ')'.
+            stat.rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                .is_some_and(|ppid| ppid == pid.to_string())
+        })
+    })
+}
+
 #[tokio::test]
 async fn exec_forwards_sigterm_and_reports_it_as_128_plus_the_signal() {
     let stack = Stack::start().await;
@@ -283,8 +298,16 @@ async fn exec_forwards_sigterm_and_reports_it_as_128_plus_the_signal() {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    // Give the agent time to start the child before signalling.
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    // Signal once the command runs (the agent's child), however loaded the machine is.
+    let agent_pid = child.id().unwrap();
+    let started = std::time::Instant::now();
+    while !has_child(agent_pid) {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "exec never started its command"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let status = std::process::Command::new("kill")
         .args(["-TERM", &child.id().unwrap().to_string()])
         .status()
