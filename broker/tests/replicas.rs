@@ -1035,8 +1035,14 @@ async fn a_replica_with_one_stalled_store_connection_still_sees_writes_and_answe
 // kill -9 during a stream of writes
 
 /// Creates credentials `{prefix}0000`, `{prefix}0001`, ... one after another at `api`
-/// until the broker stops answering; returns the names it acknowledged with 2xx.
-fn stream_of_writes(api: Api, upstreams: &Upstreams, prefix: String) -> JoinHandle<Vec<String>> {
+/// until the broker stops answering; returns the names it acknowledged with 2xx, and
+/// counts them in `acked` as it goes.
+fn stream_of_writes(
+    api: Api,
+    upstreams: &Upstreams,
+    prefix: String,
+    acked: Arc<AtomicU64>,
+) -> JoinHandle<Vec<String>> {
     let issuer = upstreams.issuer.url();
     tokio::spawn(async move {
         let mut acknowledged = Vec::new();
@@ -1051,7 +1057,10 @@ fn stream_of_writes(api: Api, upstreams: &Upstreams, prefix: String) -> JoinHand
                 .try_admin(Method::POST, &credentials_path(), Some(&body))
                 .await
             {
-                Ok(answer) if answer.is_success() => acknowledged.push(name),
+                Ok(answer) if answer.is_success() => {
+                    acknowledged.push(name);
+                    acked.fetch_add(1, Ordering::SeqCst);
+                }
                 Ok(answer) => assert_eq!(answer.status, 503, "{name}: {answer:?}"),
                 Err(_) => break, // killed: the request in flight has no answer
             }
@@ -1076,11 +1085,24 @@ async fn no_acknowledged_write_is_lost_to_kill_9(store_url: &str) {
         if round == 0 {
             broker.put_identity().await;
         }
+        let acked = Arc::new(AtomicU64::new(0));
         let writers: Vec<_> = (0..WRITERS)
-            .map(|w| stream_of_writes(broker.api.clone(), &upstreams, format!("r{round}w{w}-")))
+            .map(|w| {
+                let prefix = format!("r{round}w{w}-");
+                stream_of_writes(broker.api.clone(), &upstreams, prefix, acked.clone())
+            })
             .collect();
-        // Kill at a different point of the writes each round.
-        tokio::time::sleep(Duration::from_millis(700 + 200 * round as u64)).await;
+        // Kill once writes are flowing (however loaded the machine), at a different point
+        // of them each round.
+        let flowing = Instant::now();
+        while acked.load(Ordering::SeqCst) < 3 {
+            assert!(
+                flowing.elapsed() < PATIENCE,
+                "round {round}: writes never flowed"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(100 + 150 * round as u64)).await;
         broker.kill_9().await;
         let mut this_round = 0;
         for writer in writers {
