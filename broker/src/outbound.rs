@@ -70,7 +70,8 @@ pub fn check_url(raw: &str, allow_loopback_http: bool) -> Result<Url, OutboundEr
     }
     match url.scheme() {
         "https" => Ok(url),
-        // The workspace's one loopback rule (docs/configuration.md, "[outbound]").
+        // The workspace's one loopback rule (docs/configuration.md, "Plain http to loopback
+        // hosts").
         "http" if allow_loopback_http && wif_config::is_loopback(&url) => Ok(url),
         "http" if wif_config::is_loopback(&url) => Err(not_allowed(
             "plain http to loopback needs [outbound] allow_loopback_http = true",

@@ -5,7 +5,8 @@
 use std::net::IpAddr;
 
 /// Whether `url`'s host is loopback: the only hosts plain `http` may reach, and only when
-/// `[outbound] allow_loopback_http` is set (docs/configuration.md, "[outbound]").
+/// `[outbound] allow_loopback_http` is set (docs/configuration.md, "Plain http to loopback
+/// hosts").
 ///
 /// Every caller asks the same question, whether a request to this URL stays on this
 /// machine: configuration validation (issuers, authority hosts, `public_url`, ...), the
