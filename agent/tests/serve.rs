@@ -11,13 +11,7 @@ use wif_tests::*;
 const AGENT: &str = env!("CARGO_BIN_EXE_wif-agent");
 const SECRET: &str = "a-sidecar-secret-of-32-characters";
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use wif_tests::process::free_port;
 
 async fn wait_healthy(http: &reqwest::Client, url: &str) {
     let started = Instant::now();

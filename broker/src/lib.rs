@@ -26,7 +26,8 @@ pub mod exchange;
 pub mod inject;
 pub mod issuer;
 pub mod metrics;
-pub mod outbound;
+/// Outbound HTTP clients (shared with the CLI; see [`wif_proto::outbound`]).
+pub use wif_proto::outbound;
 pub mod policy;
 pub mod ratelimit;
 /// Untrusted values, capped (shared with the agent; see [`wif_proto::redact`]).

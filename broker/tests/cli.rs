@@ -16,13 +16,13 @@ use axum::Router;
 use axum::extract::State;
 use axum::routing::post;
 use serde_json::{Value, json};
-use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 use wif_broker::clock;
 use wif_broker::dev::issuer::{LocalIssuer, github_claims};
 use wif_broker::dev::jwt;
 use wif_broker::dev::stack::{DEMO_CLIENT, DEMO_FLEET_CLIENT, DEMO_FLEET_IDENTITY};
+use wif_tests::process::{self, collect, free_port};
 
 const TENANT: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";
 const CLIENT: &str = "3f1c2a9e-5b7d-4e21-9c3a-1d2e3f4a5b6c";
@@ -36,27 +36,9 @@ const STARTUP: Duration = Duration::from_secs(30);
 /// Longest a graceful shutdown may take once nothing is in flight.
 const SHUTDOWN: Duration = Duration::from_secs(10);
 
-/// `wif-broker` with a clean environment: no `WIF_*` override or `RUST_LOG` of the
-/// developer's shell leaks into the test, and no proxy intercepts loopback calls.
+/// `wif-broker` with a clean environment ([`process::command`]).
 fn wif_broker() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_wif-broker"));
-    clean_env(&mut cmd);
-    cmd
-}
-
-/// Drops the developer's `WIF_*`, `RUST_LOG` and proxies; sets `NO_COLOR`; pipes output.
-fn clean_env(cmd: &mut Command) {
-    for (name, _) in std::env::vars_os() {
-        let upper = name.to_string_lossy().to_ascii_uppercase();
-        if upper.starts_with("WIF_") || upper.ends_with("_PROXY") || upper == "RUST_LOG" {
-            cmd.env_remove(&name);
-        }
-    }
-    cmd.env("NO_COLOR", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
+    process::command(env!("CARGO_BIN_EXE_wif-broker"))
 }
 
 /// Runs a command to completion, failing the test if it takes longer than `limit`.
@@ -76,20 +58,6 @@ async fn wif_broker_run(args: &[&str]) -> Output {
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
-}
-
-/// Reads a pipe into a buffer in the background, so the child never blocks on a full pipe
-/// and the test can look at what it printed so far.
-fn collect(mut pipe: impl AsyncRead + Unpin + Send + 'static) -> Arc<Mutex<Vec<u8>>> {
-    let buffer = Arc::new(Mutex::new(Vec::new()));
-    let sink = buffer.clone();
-    tokio::spawn(async move {
-        let mut chunk = [0u8; 4096];
-        while let Ok(n @ 1..) = pipe.read(&mut chunk).await {
-            sink.lock().unwrap().extend_from_slice(&chunk[..n]);
-        }
-    });
-    buffer
 }
 
 /// A long-running `wif-broker` process (`serve` or `dev`).
@@ -204,15 +172,6 @@ fn client() -> reqwest::Client {
         .timeout(Duration::from_secs(20))
         .build()
         .unwrap()
-}
-
-/// A loopback port nobody listens on right now.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn examples_dir() -> PathBuf {
@@ -466,8 +425,7 @@ async fn the_readme_tour_works_as_written() {
             prelude.push(command.replace("$PWD/target/debug", &bin_dir.display().to_string()));
             continue;
         }
-        let mut sh = Command::new("sh");
-        clean_env(&mut sh);
+        let mut sh = process::command("sh");
         sh.args(["-c", &format!("set -e\n{}\n{command}", prelude.join("\n"))])
             .current_dir(workdir.path());
         let output = run_to_end(sh, QUICK).await;
@@ -770,15 +728,14 @@ async fn logs_are_coloured_only_on_a_terminal_without_no_color() {
     );
     let coloured = |tty: bool, no_color: bool| {
         let mut cmd = if tty {
-            let mut script = Command::new("script");
+            let mut script = process::command("script");
             script.args(["-qec", &serve, "/dev/null"]);
             script
         } else {
-            let mut sh = Command::new("sh");
+            let mut sh = process::command("sh");
             sh.args(["-c", &serve]);
             sh
         };
-        clean_env(&mut cmd);
         if !no_color {
             cmd.env_remove("NO_COLOR");
         }

@@ -17,6 +17,7 @@ use serde_json::{Value, json};
 use tokio::process::Command;
 
 use support::{ADMIN_TOKEN, Broker, BrokerDir, TENANT, Upstreams, admin, client};
+use wif_tests::pg::Schema as PgSchema;
 
 const READER_TOKEN: &str = "wif-gitops-reader-token-0123456789abcdef";
 const APP_CLIENT: &str = "0b7c6a59-2f0e-4c8e-9d4b-4a5f7f1e2d01";
@@ -818,65 +819,9 @@ async fn the_console_shows_what_entra_must_hold() {
 
 // ----- PostgreSQL: two replicas on one store --------------------------------------------
 
-const PG_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
-
-/// A schema of its own in the shared `test` database, dropped at the end.
-struct PgSchema(String);
-
-impl PgSchema {
-    /// `None` after a notice when PostgreSQL is not there; under `CI=true` the test fails.
-    async fn create() -> Option<Self> {
-        use sqlx::Connection;
-        let connect = tokio::time::timeout(
-            Duration::from_secs(5),
-            sqlx::PgConnection::connect(PG_ADMIN_URL),
-        );
-        let why = match connect.await {
-            Ok(Ok(mut conn)) => {
-                let name = format!(
-                    "wif_gitops_{}",
-                    &uuid::Uuid::new_v4().simple().to_string()[..16]
-                );
-                sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA \"{name}\"")))
-                    .execute(&mut conn)
-                    .await
-                    .unwrap();
-                let _ = conn.close().await;
-                return Some(Self(name));
-            }
-            Ok(Err(e)) => e.to_string(),
-            Err(_) => "no answer within 5 s".to_owned(),
-        };
-        if std::env::var("CI").is_ok_and(|v| v.eq_ignore_ascii_case("true")) {
-            panic!("PostgreSQL at 127.0.0.1:5432 is unreachable under CI=true: {why}");
-        }
-        eprintln!(
-            "NOTICE: skipped, PostgreSQL at 127.0.0.1:5432 is unreachable ({why}); CI=true fails"
-        );
-        None
-    }
-
-    fn url(&self) -> String {
-        format!("{PG_ADMIN_URL}?options=-c%20search_path%3D{}", self.0)
-    }
-
-    async fn drop_schema(self) {
-        use sqlx::Connection;
-        let mut conn = sqlx::PgConnection::connect(PG_ADMIN_URL).await.unwrap();
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "DROP SCHEMA IF EXISTS \"{}\" CASCADE",
-            self.0
-        )))
-        .execute(&mut conn)
-        .await
-        .unwrap();
-        let _ = conn.close().await;
-    }
-}
-
 #[tokio::test]
 async fn on_postgresql_a_write_through_another_replica_stops_a_reviewed_apply() {
-    let Some(schema) = PgSchema::create().await else {
+    let Some(schema) = PgSchema::create("wif_gitops").await else {
         return;
     };
     let url = schema.url();
@@ -940,7 +885,6 @@ async fn on_postgresql_a_write_through_another_replica_stops_a_reviewed_apply() 
     assert_eq!(releases.body["description"], "release tags", "apply wrote");
     drop(other);
     drop(stack);
-    schema.drop_schema().await;
 }
 
 /// The broker's own restrictions (docs/admin.md, "Least privilege") round-trip: a file that

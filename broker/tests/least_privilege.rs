@@ -25,10 +25,10 @@ use std::time::{Duration, Instant};
 
 use reqwest::Method;
 use serde_json::{Value, json};
-use sqlx::{Connection, PgConnection};
 use support::{Answer, Broker, BrokerDir, CLIENT, REPO, TENANT, Upstreams};
 use wif_broker::dev::entra::{AppRegistration, EmulatedFic};
 use wif_broker::dev::issuer::github_claims;
+use wif_tests::pg::Schema as PgSchema;
 
 const STORAGE: &str = "https://storage.azure.com/.default";
 const ARM: &str = "https://management.azure.com/.default";
@@ -41,10 +41,6 @@ const PATIENCE: Duration = Duration::from_secs(30);
 
 // ---------------------------------------------------------------------------------------
 // One broker with one API-registered identity
-
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v.eq_ignore_ascii_case("true"))
-}
 
 fn subject(branch: &str) -> String {
     format!("repo:{REPO}:ref:refs/heads/{branch}")
@@ -939,75 +935,6 @@ async fn rate_limits_answer_429_with_retry_after_and_recover() {
 // ---------------------------------------------------------------------------------------
 // Two replicas on one PostgreSQL
 
-fn pg_admin_url() -> String {
-    "postgres://postgres@127.0.0.1:5432/test".to_owned()
-}
-
-/// A schema of its own in the shared `test` database, dropped on drop.
-struct PgSchema {
-    name: String,
-}
-
-impl PgSchema {
-    async fn create() -> Option<Self> {
-        let connect = tokio::time::timeout(
-            Duration::from_secs(5),
-            PgConnection::connect(&pg_admin_url()),
-        );
-        let why = match connect.await {
-            Ok(Ok(mut conn)) => {
-                let name = format!(
-                    "wif_least_privilege_{}",
-                    &uuid::Uuid::new_v4().simple().to_string()[..16]
-                );
-                sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA \"{name}\"")))
-                    .execute(&mut conn)
-                    .await
-                    .unwrap();
-                let _ = conn.close().await;
-                return Some(Self { name });
-            }
-            Ok(Err(e)) => e.to_string(),
-            Err(_) => "no answer within 5 s".to_owned(),
-        };
-        if in_ci() {
-            panic!("PostgreSQL at 127.0.0.1:5432 is unreachable under CI=true: {why}");
-        }
-        eprintln!("NOTICE: skipped, PostgreSQL is unreachable ({why}); CI=true fails");
-        None
-    }
-
-    fn url(&self) -> String {
-        format!(
-            "postgres://postgres@127.0.0.1:5432/test?options=-c%20search_path%3D{}",
-            self.name
-        )
-    }
-}
-
-impl Drop for PgSchema {
-    fn drop(&mut self) {
-        let sql = format!("DROP SCHEMA IF EXISTS \"{}\" CASCADE", self.name);
-        let _ = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .ok()?;
-            runtime.block_on(async {
-                let wait = Duration::from_secs(15);
-                let mut conn = tokio::time::timeout(wait, PgConnection::connect(&pg_admin_url()))
-                    .await
-                    .ok()?
-                    .ok()?;
-                let drop = sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&mut conn);
-                tokio::time::timeout(wait, drop).await.ok()?.ok()?;
-                conn.close().await.ok()
-            })
-        })
-        .join();
-    }
-}
-
 /// Two brokers (A, then B) on one PostgreSQL schema, each with its own directory.
 struct Replicas {
     ctx: Ctx,
@@ -1018,7 +945,7 @@ struct Replicas {
 
 impl Replicas {
     async fn start(extra: &str) -> Option<Self> {
-        let schema = PgSchema::create().await?;
+        let schema = PgSchema::create("wif_least_privilege").await?;
         let up = Upstreams::start().await;
         let a_dir = BrokerDir::new();
         let b_dir = BrokerDir::new();

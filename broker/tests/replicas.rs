@@ -15,19 +15,17 @@
 // Helpers outside `#[test]` functions are test code too.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::net::TcpListener as StdListener;
 use std::ops::Deref;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{ExitStatus, Stdio};
+use std::process::ExitStatus;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use reqwest::Method;
 use serde_json::{Value, json};
-use sqlx::{Connection, PgConnection};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::process::{Child, Command};
 use tokio::sync::watch;
@@ -36,6 +34,8 @@ use wif_broker::api::admin::auth::token_hash;
 use wif_broker::clock;
 use wif_broker::dev::entra::{AppRegistration, EmulatedFic, EntraEmulator, Fault};
 use wif_broker::dev::issuer::{LocalIssuer, github_claims};
+use wif_tests::pg::Schema as PgSchema;
+use wif_tests::process::{self, collect, free_port, tail};
 
 const TENANT: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";
 const CLIENT: &str = "5e6f7a8b-9c0d-4e1f-8a2b-3c4d5e6f7a8b";
@@ -60,110 +60,13 @@ const PATIENCE: Duration = Duration::from_secs(20);
 // ---------------------------------------------------------------------------------------
 // PostgreSQL: one schema per test
 
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v.eq_ignore_ascii_case("true"))
-}
-
-fn pg_admin_url() -> String {
-    format!("postgres://postgres@{PG_HOST}:{PG_PORT}/{PG_DATABASE}")
-}
-
-/// A schema of its own for one test in the shared `test` database, dropped on drop.
-struct PgSchema {
-    name: String,
-}
-
-impl PgSchema {
-    /// Creates the schema, or returns `None` after a notice when PostgreSQL is not there
-    /// (and fails the test instead under `CI=true`).
-    async fn create() -> Option<Self> {
-        let connect = tokio::time::timeout(
-            Duration::from_secs(5),
-            PgConnection::connect(&pg_admin_url()),
-        );
-        let why = match connect.await {
-            Ok(Ok(mut conn)) => {
-                let name = format!(
-                    "wif_replicas_{}",
-                    &uuid::Uuid::new_v4().simple().to_string()[..16]
-                );
-                sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA \"{name}\"")))
-                    .execute(&mut conn)
-                    .await
-                    .unwrap();
-                let _ = conn.close().await;
-                let schema = Self { name };
-                schema.check_isolation().await;
-                return Some(schema);
-            }
-            Ok(Err(e)) => e.to_string(),
-            Err(_) => "no answer within 5 s".to_owned(),
-        };
-        let server = format!("{PG_HOST}:{PG_PORT}");
-        if in_ci() {
-            panic!("PostgreSQL at {server} is unreachable under CI=true: {why}");
-        }
-        eprintln!("NOTICE: skipped, PostgreSQL at {server} is unreachable ({why}); CI=true fails");
-        None
-    }
-
-    /// The store URL the brokers get: everything in this schema.
-    fn url(&self) -> String {
-        format!(
-            "postgres://postgres@{PG_HOST}:{PG_PORT}/{PG_DATABASE}?options=-c%20search_path%3D{}",
-            self.name
-        )
-    }
-
-    /// The store URL through `proxy`, in plain text so the proxy can read it.
-    fn url_through(&self, proxy: &PgProxy) -> String {
-        format!(
-            "postgres://postgres@{PG_HOST}:{}/{PG_DATABASE}?sslmode=disable&options=-c%20search_path%3D{}",
-            proxy.port, self.name
-        )
-    }
-
-    /// The URL form really lands a connection in this schema (sqlx reads `options`).
-    async fn check_isolation(&self) {
-        let mut conn = tokio::time::timeout(PATIENCE, PgConnection::connect(&self.url()))
-            .await
-            .unwrap()
-            .unwrap();
-        let current: String = sqlx::query_scalar("SELECT current_schema()")
-            .fetch_one(&mut conn)
-            .await
-            .unwrap();
-        assert_eq!(current, self.name, "the search_path option was not applied");
-        let _ = conn.close().await;
-    }
-}
-
-impl Drop for PgSchema {
-    fn drop(&mut self) {
-        // Drop cannot await; a thread of its own with its own runtime can, whatever the
-        // test's runtime is doing (even unwinding).
-        let drop_sql = format!("DROP SCHEMA IF EXISTS \"{}\" CASCADE", self.name);
-        let dropped = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .ok()?;
-            runtime.block_on(async {
-                let wait = Duration::from_secs(15);
-                let mut conn = tokio::time::timeout(wait, PgConnection::connect(&pg_admin_url()))
-                    .await
-                    .ok()?
-                    .ok()?;
-                let drop = sqlx::query(sqlx::AssertSqlSafe(drop_sql)).execute(&mut conn);
-                tokio::time::timeout(wait, drop).await.ok()?.ok()?;
-                conn.close().await.ok()
-            })
-        })
-        .join();
-        if !matches!(dropped, Ok(Some(()))) {
-            eprintln!("warning: could not drop schema {}", self.name);
-        }
-    }
+/// The store URL through `proxy`, in plain text so the proxy can read it.
+fn url_through(pg: &PgSchema, proxy: &PgProxy) -> String {
+    format!(
+        "postgres://postgres@{PG_HOST}:{}/{PG_DATABASE}?sslmode=disable&options=-c%20search_path%3D{}",
+        proxy.port,
+        pg.name()
+    )
 }
 
 // ---------------------------------------------------------------------------------------
@@ -425,55 +328,8 @@ tokens_file = "{tokens}"
 // ---------------------------------------------------------------------------------------
 // Broker processes
 
-/// `wif-broker` with a clean environment: no `WIF_*` override, `RUST_LOG` or proxy of the
-/// developer's shell leaks into the test.
 fn wif_broker() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_wif-broker"));
-    for (name, _) in std::env::vars_os() {
-        let upper = name.to_string_lossy().to_ascii_uppercase();
-        if upper.starts_with("WIF_") || upper.ends_with("_PROXY") || upper == "RUST_LOG" {
-            cmd.env_remove(&name);
-        }
-    }
-    cmd.env("NO_COLOR", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    cmd
-}
-
-/// A loopback port nobody listens on right now.
-fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Reads a pipe into a buffer in the background, so the child never blocks on a full pipe.
-fn collect(mut pipe: impl AsyncRead + Unpin + Send + 'static) -> Arc<Mutex<Vec<u8>>> {
-    let buffer = Arc::new(Mutex::new(Vec::new()));
-    let sink = buffer.clone();
-    tokio::spawn(async move {
-        let mut chunk = [0u8; 4096];
-        while let Ok(n @ 1..) = pipe.read(&mut chunk).await {
-            sink.lock().unwrap().extend_from_slice(&chunk[..n]);
-        }
-    });
-    buffer
-}
-
-/// The end of what a process printed, enough to see why it failed.
-fn tail(buffer: &Mutex<Vec<u8>>) -> String {
-    const KEEP: usize = 6000;
-    let bytes = buffer.lock().unwrap();
-    let text = String::from_utf8_lossy(&bytes);
-    match text.char_indices().rev().nth(KEEP) {
-        Some((at, _)) => format!("[...]{}", &text[at..]),
-        None => text.into_owned(),
-    }
+    process::command(env!("CARGO_BIN_EXE_wif-broker"))
 }
 
 /// One answer of a broker.
@@ -785,7 +641,7 @@ async fn two_replicas(files: &BrokerFiles) -> (Replica, Replica) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_credential_created_at_one_replica_admits_its_job_at_the_other_within_2_s_and_a_delete_at_the_other_stops_it_within_2_s()
  {
-    let Some(pg) = PgSchema::create().await else {
+    let Some(pg) = PgSchema::create("wif_replicas").await else {
         return;
     };
     let upstreams = Upstreams::start().await;
@@ -868,7 +724,7 @@ async fn listed_until(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_polling_all_but_off_a_write_at_one_replica_reaches_the_others_through_notifications()
 {
-    let Some(pg) = PgSchema::create().await else {
+    let Some(pg) = PgSchema::create("wif_replicas").await else {
         return;
     };
     let upstreams = Upstreams::start().await;
@@ -928,7 +784,7 @@ async fn with_polling_all_but_off_a_write_at_one_replica_reaches_the_others_thro
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_one_time_use_credential_refuses_the_same_token_twice_also_at_another_replica() {
-    let Some(pg) = PgSchema::create().await else {
+    let Some(pg) = PgSchema::create("wif_replicas").await else {
         return;
     };
     let upstreams = Upstreams::start().await;
@@ -963,12 +819,12 @@ async fn a_one_time_use_credential_refuses_the_same_token_twice_also_at_another_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn while_postgresql_is_gone_exchanges_go_on_and_writes_answer_503_then_writes_work_again() {
-    let Some(pg) = PgSchema::create().await else {
+    let Some(pg) = PgSchema::create("wif_replicas").await else {
         return;
     };
     let proxy = PgProxy::start().await;
     let upstreams = Upstreams::start().await;
-    let files = BrokerFiles::new(&pg.url_through(&proxy), &upstreams);
+    let files = BrokerFiles::new(&url_through(&pg, &proxy), &upstreams);
     let (a, b) = two_replicas(&files).await;
     upstreams.entra_trusts("main");
     upstreams.entra_trusts("hotfix");
@@ -1067,12 +923,12 @@ async fn while_postgresql_is_gone_exchanges_go_on_and_writes_answer_503_then_wri
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn when_the_network_fails_mid_query_writes_and_one_time_use_exchanges_still_answer_503_within_seconds()
  {
-    let Some(pg) = PgSchema::create().await else {
+    let Some(pg) = PgSchema::create("wif_replicas").await else {
         return;
     };
     let proxy = PgProxy::start().await;
     let upstreams = Upstreams::start().await;
-    let files = BrokerFiles::new(&pg.url_through(&proxy), &upstreams);
+    let files = BrokerFiles::new(&url_through(&pg, &proxy), &upstreams);
     let a = Replica::start("A", &files.config).await;
     upstreams.entra_trusts("main");
     upstreams.entra_trusts("release");
@@ -1112,12 +968,12 @@ async fn when_the_network_fails_mid_query_writes_and_one_time_use_exchanges_stil
 /// from answering its own writes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_with_one_stalled_store_connection_still_sees_writes_and_answers_its_own() {
-    let Some(pg) = PgSchema::create().await else {
+    let Some(pg) = PgSchema::create("wif_replicas").await else {
         return;
     };
     let proxy = PgProxy::start().await;
     let upstreams = Upstreams::start().await;
-    let through_proxy = BrokerFiles::new(&pg.url_through(&proxy), &upstreams);
+    let through_proxy = BrokerFiles::new(&url_through(&pg, &proxy), &upstreams);
     let direct = BrokerFiles::new(&pg.url(), &upstreams);
     let (a, b) = tokio::join!(
         Replica::start("A", &through_proxy.config),
@@ -1276,7 +1132,7 @@ async fn kill_9_during_a_stream_of_writes_loses_no_acknowledged_write_with_sqlit
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_during_a_stream_of_writes_loses_no_acknowledged_write_with_postgresql() {
-    let Some(pg) = PgSchema::create().await else {
+    let Some(pg) = PgSchema::create("wif_replicas").await else {
         return;
     };
     no_acknowledged_write_is_lost_to_kill_9(&pg.url()).await;
@@ -1411,12 +1267,12 @@ const DURING_OUTAGE: usize = 2000;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_during_a_postgresql_outage_spills_every_audit_event_and_the_next_start_writes_them()
  {
-    let Some(pg) = PgSchema::create().await else {
+    let Some(pg) = PgSchema::create("wif_replicas").await else {
         return;
     };
     let proxy = PgProxy::start().await;
     let upstreams = Upstreams::start().await;
-    let files = BrokerFiles::new(&pg.url_through(&proxy), &upstreams);
+    let files = BrokerFiles::new(&url_through(&pg, &proxy), &upstreams);
     let spill = files.config.with_file_name("audit-spill.jsonl");
     files.append(&format!(
         "\n[audit]\nspill_file = \"{}\"\n",
@@ -1460,12 +1316,12 @@ async fn sigterm_during_a_postgresql_outage_spills_every_audit_event_and_the_nex
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_spill_file_audit_events_lost_at_shutdown_are_counted_and_logged() {
-    let Some(pg) = PgSchema::create().await else {
+    let Some(pg) = PgSchema::create("wif_replicas").await else {
         return;
     };
     let proxy = PgProxy::start().await;
     let upstreams = Upstreams::start().await;
-    let files = BrokerFiles::new(&pg.url_through(&proxy), &upstreams);
+    let files = BrokerFiles::new(&url_through(&pg, &proxy), &upstreams);
     let mut a = Replica::serving_main("A", &files, &upstreams).await;
 
     proxy.set(Link::Closed);
@@ -1529,7 +1385,7 @@ async fn nul_characters_are_refused_as_bad_requests(store_url: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nul_characters_are_bad_requests_on_postgresql() {
-    let Some(pg) = PgSchema::create().await else {
+    let Some(pg) = PgSchema::create("wif_replicas").await else {
         return;
     };
     nul_characters_are_refused_as_bad_requests(&pg.url()).await;
@@ -1600,12 +1456,12 @@ async fn the_audit_trail_keeps_at_most_max_events_and_reports_the_stores_size() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_started_while_postgresql_is_down_serves_config_identities_then_stored_ones() {
     const DECLARED_CLIENT: &str = "9b8a7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d";
-    let Some(pg) = PgSchema::create().await else {
+    let Some(pg) = PgSchema::create("wif_replicas").await else {
         return;
     };
     let proxy = PgProxy::start().await;
     let upstreams = Upstreams::start().await;
-    let files = BrokerFiles::new(&pg.url_through(&proxy), &upstreams);
+    let files = BrokerFiles::new(&url_through(&pg, &proxy), &upstreams);
     // A config-file identity for release jobs, beside the stored one for main.
     files.append(&format!(
         r#"

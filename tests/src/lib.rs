@@ -10,7 +10,9 @@ pub mod agent;
 pub mod ci;
 pub mod clients;
 pub mod k8s;
+pub mod pg;
 pub mod pki;
+pub mod process;
 
 use std::sync::Arc;
 

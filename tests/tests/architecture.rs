@@ -1,7 +1,8 @@
 //! The rules of docs/architecture.md that tools can check, checked:
-//! - the agent links what it shares with the broker (`wif-proto`, `wif-config`) and never
-//!   the broker itself or what only the broker needs (the store, JWT verification, the
-//!   OpenAPI generator); read from `cargo tree`, offline, from the lockfile;
+//! - the agent and the CLI (`wif-cli`) link what they share with the broker (`wif-proto`,
+//!   `wif-config`) and never the broker itself or what only the broker needs (the store,
+//!   JWT verification, the OpenAPI generator); read from `cargo tree`, offline, from the
+//!   lockfile;
 //! - the checked-in OpenAPI document is valid OpenAPI 3.1, by the `openapi-spec-validator`
 //!   package `.ci/run` installs into `.venv`;
 //! - the error codes `wif-proto` names for clients are codes docs/api.md documents.
@@ -70,6 +71,21 @@ fn the_agent_never_links_the_broker_or_its_store_jwt_and_openapi_crates() {
     assert!(
         found.is_empty(),
         "wif-agent depends on {found:?}; move what it needs into wif-proto (docs/architecture.md)"
+    );
+}
+
+#[test]
+fn the_cli_never_links_the_broker_or_its_store_jwt_and_openapi_crates() {
+    let (deps, found) = broker_only_in("wif-cli");
+    for shared in ["wif-cli", "wif-proto", "wif-config", "reqwest", "clap"] {
+        assert!(
+            deps.contains(shared),
+            "wif-cli should depend on {shared}: {deps:?}"
+        );
+    }
+    assert!(
+        found.is_empty(),
+        "wif-cli depends on {found:?}; it is a client of the admin API and takes the wire types from wif-proto (docs/architecture.md)"
     );
 }
 

@@ -88,6 +88,7 @@ pub fn router(state: AppState) -> Router {
                 .patch(admin::update_credential)
                 .delete(admin::delete_credential),
         )
+        .route("/v1/identities/{name}/entraSetup", get(admin::entra_setup))
         .route("/v1/simulate", post(admin::simulate))
         .route("/v1/audit", get(admin::audit_events))
         // The admin console (HTML, its own security headers).

@@ -24,6 +24,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
         super::admin::create_credential,
         super::admin::update_credential,
         super::admin::delete_credential,
+        super::admin::entra_setup,
         super::admin::simulate,
         super::admin::audit_events,
         super::well_known::discovery,

@@ -3,12 +3,9 @@
 //! API ([`admin`]); `plan`, `apply`, `export` and `entra plan`, registry files as code
 //! ([`gitops`]); and `admin-token`, which makes admin tokens locally.
 
-pub mod admin;
-pub mod client;
 pub mod dev;
-pub mod gitops;
-pub mod output;
-pub mod timespec;
+pub use wif_cli::{admin, client, gitops, output};
+pub use wif_proto::timespec;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

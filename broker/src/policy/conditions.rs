@@ -39,38 +39,8 @@ pub struct Restrictions {
     pub rate_limit: Option<StoredRateLimit>,
 }
 
-/// A token bucket as the admin API and the store write it: `perMinute` exchanges a
-/// minute, at most `burst` at once (default: `perMinute`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct StoredRateLimit {
-    pub per_minute: u32,
-    #[serde(default)]
-    pub burst: u32,
-}
-
-impl StoredRateLimit {
-    /// With the default burst filled in.
-    pub fn normalized(self) -> Self {
-        Self {
-            burst: if self.burst == 0 {
-                self.per_minute
-            } else {
-                self.burst
-            },
-            ..self
-        }
-    }
-}
-
-impl From<RateLimit> for StoredRateLimit {
-    fn from(r: RateLimit) -> Self {
-        Self {
-            per_minute: r.per_minute,
-            burst: r.burst,
-        }
-    }
-}
+/// A token bucket as the admin API and the store write it.
+pub use wif_proto::admin::RateLimit as StoredRateLimit;
 
 impl Restrictions {
     /// True when nothing is restricted (stored as NULL).

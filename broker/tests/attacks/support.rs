@@ -3,18 +3,20 @@
 //! write; and the external parties it talks to (an issuer, Entra) as faithful fakes.
 //! Every wait is bounded and every child is killed when its handle drops.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::io::AsyncReadExt;
 use tokio::process::{Child, Command};
 use wif_broker::clock;
 use wif_broker::dev::entra::{AppRegistration, EmulatedFic, EntraEmulator};
 use wif_broker::dev::issuer::{LocalIssuer, github_claims};
+pub use wif_tests::process::free_port;
+use wif_tests::process::{self, collect};
 
 pub const TENANT: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";
 pub const CLIENT: &str = "3f1c2a9e-5b7d-4e21-9c3a-1d2e3f4a5b6c";
@@ -27,44 +29,9 @@ pub const ADMIN_TOKEN: &str = "wif-attack-suite-admin-token-0123456789";
 /// Longest a broker may take to start answering.
 const STARTUP: Duration = Duration::from_secs(30);
 
-/// `wif-broker` with a clean environment: no `WIF_*` override, `RUST_LOG` or proxy of the
-/// developer's shell leaks into the test.
+/// `wif-broker` with a clean environment ([`process::command`]).
 fn wif_broker() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_wif-broker"));
-    for (name, _) in std::env::vars_os() {
-        let upper = name.to_string_lossy().to_ascii_uppercase();
-        if upper.starts_with("WIF_") || upper.ends_with("_PROXY") || upper == "RUST_LOG" {
-            cmd.env_remove(&name);
-        }
-    }
-    cmd.env("NO_COLOR", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    cmd
-}
-
-/// A loopback port nobody listens on right now.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Reads a pipe into a buffer in the background, so the child never blocks on a full pipe.
-fn collect(mut pipe: impl AsyncRead + Unpin + Send + 'static) -> Arc<Mutex<Vec<u8>>> {
-    let buffer = Arc::new(Mutex::new(Vec::new()));
-    let sink = buffer.clone();
-    tokio::spawn(async move {
-        let mut chunk = [0u8; 8192];
-        while let Ok(n @ 1..) = pipe.read(&mut chunk).await {
-            sink.lock().unwrap().extend_from_slice(&chunk[..n]);
-        }
-    });
-    buffer
+    process::command(env!("CARGO_BIN_EXE_wif-broker"))
 }
 
 /// A client that never goes through a proxy and never reuses a connection.

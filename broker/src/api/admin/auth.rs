@@ -17,23 +17,7 @@ use wif_config::AdminConfig;
 use crate::exchange::Broker;
 use crate::token::{self, UnverifiedToken};
 
-/// What a caller may do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Role {
-    /// Read identities, credentials and the audit trail; simulate.
-    Reader,
-    /// Everything a reader may, and write.
-    Admin,
-}
-
-impl Role {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Reader => "reader",
-            Role::Admin => "admin",
-        }
-    }
-}
+pub use wif_proto::admin::{Role, token_hash};
 
 /// An authenticated caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,12 +79,6 @@ impl std::fmt::Debug for AdminAuth {
             .field("oidc_issuer", &self.oidc.as_ref().map(|o| &o.issuer))
             .finish()
     }
-}
-
-/// `sha256:HEX` of a token, the form `tokens_file` holds.
-pub fn token_hash(token: &str) -> String {
-    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
-    format!("sha256:{}", hex::encode(digest.as_ref()))
 }
 
 fn parse_tokens(path: &Path, text: &str) -> Result<Vec<StaticToken>, AuthSetupError> {

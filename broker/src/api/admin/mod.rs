@@ -6,7 +6,8 @@
 //! with the caller's identity.
 
 pub mod auth;
-pub mod model;
+/// The admin API's wire types, shared with the CLI ([`wif_proto::admin`]).
+pub use wif_proto::admin as model;
 
 use std::collections::HashMap;
 
@@ -569,6 +570,37 @@ pub async fn list_credentials(
         next_cursor: None,
     })
     .into_response())
+}
+
+/// What Entra must hold for this identity to work through the broker: the federated
+/// credentials to create there (Graph JSON and Azure CLI commands), and the broker's
+/// credentials Entra cannot mirror (docs/gitops.md, "What Entra must hold").
+#[utoipa::path(get, path = "/v1/identities/{name}/entraSetup", tag = "admin",
+    params(("name" = String, Path, description = "identity name")),
+    responses((status = 200, description = "what Entra must hold for the identity", body = crate::entra::setup::EntraSetup), (status = 401, body = super::error::ErrorBody, description = "no or invalid admin token"),
+        (status = 403, body = super::error::ErrorBody, description = "the caller lacks the role"), (status = 404, description = "no such identity", body = super::error::ErrorBody)),
+    security(("admin_token" = [])))]
+pub async fn entra_setup(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    caller(&state, &headers, Role::Reader, "identity.entra_setup").await?;
+    let registry = state.broker.registry();
+    let identity = registry.identity(&name).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no identity named {name:?}"),
+        )
+    })?;
+    let view = identity_view(&state, identity);
+    let credentials: Vec<Credential> = registry
+        .credentials_of(&name)
+        .map(|c| credential_view(c))
+        .collect();
+    drop(registry);
+    Ok(Json(crate::entra::setup::plan(&view, &credentials)).into_response())
 }
 
 /// Show one federated credential (by name or id).

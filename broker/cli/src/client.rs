@@ -78,7 +78,7 @@ fn snippet(body: &str) -> String {
     if cut.len() < body.len() {
         cut.push_str("...");
     }
-    format!(": {}", super::output::clean(&cut))
+    format!(": {}", crate::output::clean(&cut))
 }
 
 /// The broker's error body: `{"error","error_description","request_id"}`, and for
@@ -107,7 +107,7 @@ pub struct FieldError {
 /// `<description> (<code>, request <id>)`, then one line per invalid field.
 impl fmt::Display for ApiFailure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        use super::output::clean;
+        use crate::output::clean;
         let description = if self.error_description.is_empty() {
             format!("HTTP {}", self.status)
         } else {
@@ -166,7 +166,7 @@ impl fmt::Debug for AdminClient {
 impl AdminClient {
     pub fn new(server: &str, token: Secret, ca_file: Option<&Path>) -> Result<Self, ClientError> {
         let base = server_url(server)?;
-        let http = crate::outbound::client(TIMEOUT, ca_file)
+        let http = wif_proto::outbound::client(TIMEOUT, ca_file)
             .map_err(|e| ClientError::Setup(e.to_string()))?;
         Ok(Self { http, base, token })
     }
@@ -326,7 +326,7 @@ mod tests {
     use super::*;
 
     fn client(server: &str) -> AdminClient {
-        crate::crypto::install_provider();
+        wif_proto::crypto::install_provider();
         AdminClient::new(server, Secret::new("s3cret"), None).unwrap()
     }
 

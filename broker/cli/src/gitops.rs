@@ -23,13 +23,11 @@ use reqwest::header::{IF_MATCH, IF_NONE_MATCH};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::admin::Connection;
-use super::client::{AdminClient, ClientError, Secret};
-use super::output::{Output, clean};
-use crate::api::admin::model::{
-    Collection, Credential, CredentialRequest, Identity, IdentityRequest,
-};
-use crate::entra::setup;
+use crate::admin::Connection;
+use crate::client::{AdminClient, ClientError, Secret};
+use crate::output::{Output, clean};
+use wif_proto::admin::{Collection, CredentialRequest, Identity, IdentityRequest};
+use wif_proto::entra_setup as setup;
 
 /// A registry file: identities and their federated credentials, as the admin API takes
 /// them. Published as `docs/registry.schema.json`.
@@ -863,23 +861,19 @@ pub async fn entra(command: EntraCommand) -> anyhow::Result<()> {
                 .value
         }
     };
+    // The broker computes what Entra must hold: it knows which expressions Entra accepts.
     let mut setups = Vec::new();
     for identity in &identities {
-        let (credentials, _) = client
+        let (setup, _) = client
             .call(
                 Method::GET,
-                &[
-                    "v1",
-                    "identities",
-                    &identity.name,
-                    "federatedIdentityCredentials",
-                ],
+                &["v1", "identities", &identity.name, "entraSetup"],
                 &[],
                 None::<&()>,
             )
             .await?
-            .parse::<Collection<Credential>>()?;
-        setups.push(setup::plan(identity, &credentials.value));
+            .parse::<setup::EntraSetup>()?;
+        setups.push(setup);
     }
     match args.connection.output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&setups)?),

@@ -116,7 +116,7 @@ pub fn parse_rfc3339(text: &str) -> Option<i64> {
 
 /// Epoch seconds as `2026-01-01T12:00:00Z`, as the admin API writes its times.
 pub fn format_rfc3339(epoch: u64) -> String {
-    crate::api::admin::rfc3339(epoch)
+    crate::clock::rfc3339(epoch)
 }
 
 fn is_leap(year: i64) -> bool {

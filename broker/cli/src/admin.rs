@@ -16,15 +16,16 @@ use reqwest::{Method, StatusCode};
 use serde_json::Value;
 use wif_config::{AssertionSource, Cloud};
 
-use super::client::{AdminClient, Secret};
-use super::output::{self, Output, Table, fields, pretty};
-use super::timespec;
-use crate::api::admin::auth::Role;
-use crate::api::admin::model::{
+use wif_proto::admin::Role;
+use wif_proto::timespec;
+
+use crate::client::{AdminClient, Secret};
+use crate::output::{self, Output, Table, fields, pretty};
+use wif_proto::admin::{
     ClaimsMatchingExpression, Collection, Credential, CredentialRequest, Identity, IdentityRequest,
     NearMiss, RateLimit, SimulateRequest, SimulateResponse,
 };
-use crate::clock::SharedClock;
+use wif_proto::clock::SharedClock;
 
 /// Where the broker is, who is calling, and how to print: shared by every admin command,
 /// and listed apart from each command's own options in `--help`.
@@ -970,7 +971,7 @@ pub enum AdminTokenCommand {
 
 /// `sha256:HEX`, the form a `tokens_file` line holds: the server's own hash function, so
 /// the CLI and the broker cannot disagree.
-pub use crate::api::admin::auth::token_hash;
+pub use wif_proto::admin::token_hash;
 
 fn parse_role(text: &str) -> Result<Role, String> {
     match text {
@@ -1093,8 +1094,22 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::api::admin::model::{Check, CredentialRef};
-    use crate::cli::{Cli, Command};
+    use wif_proto::admin::{Check, CredentialRef};
+
+    /// The admin commands as `wif-broker` parses them.
+    #[derive(Debug, clap::Parser)]
+    struct Cli {
+        #[command(subcommand)]
+        command: Command,
+    }
+
+    #[derive(Debug, clap::Subcommand)]
+    enum Command {
+        Identity(IdentityArgs),
+        Credential(CredentialArgs),
+        Simulate(SimulateArgs),
+        Audit(AuditArgs),
+    }
 
     fn parse(args: &[&str]) -> Command {
         let argv = std::iter::once("wif-broker").chain(args.iter().copied());
@@ -1437,7 +1452,7 @@ mod tests {
         else {
             panic!()
         };
-        crate::crypto::install_provider();
+        wif_proto::crypto::install_provider();
         let client = args.connection.client().unwrap();
         assert!(!format!("{client:?}").contains("s3cret"));
         let Command::Identity(args) = parse(&["identity", "list", "--admin-token", "s3cret"])

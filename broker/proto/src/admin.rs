@@ -1,14 +1,71 @@
 //! Wire types of the admin API, shaped like Microsoft Graph (camelCase, collections as
-//! `{"value": [...]}`), shared by the server and the `wif-broker` CLI.
+//! `{"value": [...]}`), shared by the server and the `wif-broker` CLI; the admin roles;
+//! and the form admin tokens are stored in.
 
 use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
 use wif_config::{AssertionSource, Cloud};
 
-pub use crate::policy::conditions::StoredRateLimit as RateLimit;
+/// A token bucket as the admin API and the store write it: `perMinute` exchanges a
+/// minute, at most `burst` at once (default: `perMinute`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RateLimit {
+    pub per_minute: u32,
+    #[serde(default)]
+    pub burst: u32,
+}
+
+impl RateLimit {
+    /// With the default burst filled in.
+    pub fn normalized(self) -> Self {
+        Self {
+            burst: if self.burst == 0 {
+                self.per_minute
+            } else {
+                self.burst
+            },
+            ..self
+        }
+    }
+}
+
+impl From<wif_config::RateLimit> for RateLimit {
+    fn from(r: wif_config::RateLimit) -> Self {
+        Self {
+            per_minute: r.per_minute,
+            burst: r.burst,
+        }
+    }
+}
+
+/// What a caller of the admin API may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Role {
+    /// Read identities, credentials and the audit trail; simulate.
+    Reader,
+    /// Everything a reader may, and write.
+    Admin,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Reader => "reader",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+/// `sha256:HEX` of an admin token, the form `[admin] tokens_file` holds.
+pub fn token_hash(token: &str) -> String {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
+    format!("sha256:{}", hex::encode(digest.as_ref()))
+}
 
 /// `{"value": [...]}`, with a cursor for the next page where paging applies.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct Collection<T> {
     pub value: Vec<T>,
@@ -18,14 +75,15 @@ pub struct Collection<T> {
 }
 
 /// `PUT /v1/identities/{name}` body.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct IdentityRequest {
     pub tenant_id: String,
     pub client_id: String,
     /// `public`, `usgov` or `china`; or give `authorityHost`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<String>)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
     pub cloud: Option<Cloud>,
     /// An authority host the operator allowed in the config file (the named clouds',
     /// `[entra] authority_host`, `[entra] allowed_authority_hosts`); others are refused.
@@ -34,7 +92,7 @@ pub struct IdentityRequest {
     /// How the broker builds the client assertion: `passthrough`, `broker` (needs
     /// `[broker_issuer] url`) or `managed_identity`; `certificate` is config-file only.
     #[serde(default)]
-    #[schema(value_type = String)]
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub assertion: AssertionSource,
     /// With `assertion: broker`, the `sub` of the broker's assertions (1–600
     /// characters); default: the identity's name. Unique: not another identity's name
@@ -56,7 +114,8 @@ pub struct IdentityRequest {
 }
 
 /// The federated credential Entra must hold for an identity with the broker assertion.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct EntraCredential {
     pub issuer: String,
@@ -65,18 +124,19 @@ pub struct EntraCredential {
 }
 
 /// An identity as the API shows it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct Identity {
     pub name: String,
     pub tenant_id: String,
     pub client_id: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<String>)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
     pub cloud: Option<Cloud>,
     /// The authority host the broker calls for this identity.
     pub authority_host: String,
-    #[schema(value_type = String)]
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub assertion: AssertionSource,
     /// With `assertion: broker`, the `sub` of the broker's assertions when it is not the
     /// identity's name.
@@ -108,7 +168,8 @@ pub struct Identity {
 }
 
 /// `claimsMatchingExpression`, as Graph writes it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ClaimsMatchingExpression {
     pub value: String,
@@ -117,7 +178,8 @@ pub struct ClaimsMatchingExpression {
 
 /// `POST .../federatedIdentityCredentials` body, and (every field optional but `name`
 /// immutable) `PATCH .../{credential}`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CredentialRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -196,7 +258,8 @@ pub struct CredentialRequest {
 }
 
 /// A federated identity credential as the API shows it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct Credential {
     /// A UUID for API-registered credentials; `config:<name>` for declarative ones.
@@ -234,7 +297,8 @@ pub struct Credential {
 
 /// `POST /v1/simulate` body: a real token, or an issuer and claims to test rules before
 /// any job runs (then signature and times are not checked).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SimulateRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -242,7 +306,7 @@ pub struct SimulateRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub issuer: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Object>)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
     pub claims: Option<serde_json::Value>,
     /// The identity the caller would name in the exchange.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -257,7 +321,8 @@ pub struct SimulateRequest {
 }
 
 /// What an exchange with this token (or these claims) would decide, and why.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct SimulateResponse {
     /// `ok`, or the error code the exchange would answer.
@@ -276,7 +341,8 @@ pub struct SimulateResponse {
 /// One step: `parse`, `issuer`, `keys`, `signature`, `times`, `match`, then the
 /// least-privilege controls `disabled`, `validity`, `sourceNetworks`, `maxTokenAge`,
 /// `allowedScopes` and `rateLimit`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct Check {
     pub name: String,
@@ -286,14 +352,16 @@ pub struct Check {
     pub detail: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct CredentialRef {
     pub identity: String,
     pub credential: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct NearMiss {
     pub identity: String,
