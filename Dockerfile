@@ -16,10 +16,12 @@ WORKDIR /src
 COPY . .
 # One binary at a time: built together, cargo would unify features and the agent would
 # link wif-proto's OpenAPI schemas, which only the broker needs (docs/architecture.md).
+# The broker without default features: no `dev` feature, so the image's `wif-broker`
+# holds no local issuer, Entra emulator or IMDS emulator (`wif-broker dev` says so).
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked -p wif-agent \
- && cargo build --release --locked -p wif-broker \
+ && cargo build --release --locked -p wif-broker --no-default-features \
  && install -D -m 0755 target/release/wif-broker /out/wif-broker \
  && install -D -m 0755 target/release/wif-agent /out/wif-agent
 

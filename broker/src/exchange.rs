@@ -8,7 +8,6 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use jsonwebtoken::Algorithm;
 use wif_config::BrokerConfig;
 
 use crate::audit::{AuditEvent, Auditor};
@@ -149,10 +148,8 @@ pub enum SetupError {
     Issuer(#[from] IssuerSetupError),
     #[error("entra: {0}")]
     Entra(#[from] crate::outbound::OutboundError),
-    #[error("tokens.algorithms: {0}")]
-    TokenAlgorithms(String),
-    #[error("issuers[{index}].algorithms: {reason}")]
-    Algorithms { index: usize, reason: String },
+    #[error(transparent)]
+    Config(#[from] wif_config::ConfigError),
 }
 
 /// The exchange path's state, shared by all requests.
@@ -188,19 +185,24 @@ impl std::fmt::Debug for Broker {
     }
 }
 
-fn algorithms(names: &[String]) -> Result<Vec<Algorithm>, String> {
-    names
-        .iter()
-        .map(|n| token::parse_algorithm(n).map_err(|e| e.to_string()))
-        .collect()
-}
-
 impl Broker {
     /// Builds the exchange path from `cfg`. With a store, call [`Broker::reload`] before
     /// serving so API-registered credentials are in the registry; without one (as in
     /// `check-config`), only declared credentials exist and nothing is audited to a store.
     pub fn new(
         cfg: &BrokerConfig,
+        clock: SharedClock,
+        metrics: Arc<Metrics>,
+        store: Option<Arc<dyn Store>>,
+    ) -> Result<Self, SetupError> {
+        Self::with_parsed(cfg, &cfg.parse()?, clock, metrics, store)
+    }
+
+    /// [`Broker::new`] with the values `wif-config` parsed out of `cfg` already
+    /// ([`BrokerConfig::parse`]).
+    pub fn with_parsed(
+        cfg: &BrokerConfig,
+        parsed: &wif_config::Parsed,
         clock: SharedClock,
         metrics: Arc<Metrics>,
         store: Option<Arc<dyn Store>>,
@@ -212,27 +214,21 @@ impl Broker {
             Some(store) => Auditor::with_store(store.clone(), &cfg.audit, metrics.clone()),
             None => Auditor::log_only(&cfg.audit, metrics.clone()),
         };
-        let default_algorithms =
-            algorithms(&cfg.tokens.algorithms).map_err(SetupError::TokenAlgorithms)?;
         let default_policy = VerifyPolicy {
-            algorithms: default_algorithms,
+            algorithms: token::algorithms(&parsed.algorithms),
             leeway_secs: cfg.tokens.leeway_secs,
             max_lifetime_secs: cfg.tokens.max_lifetime_secs,
             ecdsa_low_s_only: cfg.tokens.ecdsa_low_s_only,
         };
         let mut issuer_policies = HashMap::new();
-        for (index, issuer) in cfg.issuers.iter().enumerate() {
-            if let Some(names) = &issuer.algorithms {
-                let algs =
-                    algorithms(names).map_err(|reason| SetupError::Algorithms { index, reason })?;
-                issuer_policies.insert(
-                    issuer.url.clone(),
-                    VerifyPolicy {
-                        algorithms: algs,
-                        ..default_policy.clone()
-                    },
-                );
-            }
+        for (url, algorithms) in &parsed.issuer_algorithms {
+            issuer_policies.insert(
+                url.clone(),
+                VerifyPolicy {
+                    algorithms: token::algorithms(algorithms),
+                    ..default_policy.clone()
+                },
+            );
         }
         let keys = KeyStore::new(
             &cfg.jwks,
@@ -273,13 +269,7 @@ impl Broker {
             default_policy,
             issuer_policies,
             max_token_bytes: cfg.server.max_token_bytes,
-            // Checked by the config's validation; an entry that does not parse trusts nothing.
-            trusted_proxies: cfg
-                .server
-                .trusted_proxies
-                .iter()
-                .filter_map(|p| wif_config::network::Cidr::parse(p).ok())
-                .collect(),
+            trusted_proxies: parsed.trusted_proxies.clone(),
             cache: TokenCache::new(&cfg.cache, clock.clone(), metrics.clone()),
             limiter: RateLimiter::new(&cfg.rate_limits, clock.clone(), metrics.clone()),
             entra,

@@ -4,8 +4,9 @@
 //! [`token`] (verification), [`policy`] (federated credentials and matching), [`cache`]
 //! (Entra tokens per identity and scope), [`ratelimit`] (token buckets per identity and caller), [`entra`] (the token endpoint), [`audit`]
 //! (one event per decision) and [`api`] (the HTTP edge); [`exchange`] strings them
-//! together. [`dev`] holds the local issuer and the Entra emulator used by
-//! `wif-broker dev` and by the tests; [`cli`] is the command line; [`ui`] is the admin
+//! together. [`dev`] holds the local issuer, the Entra emulator and the IMDS emulator used
+//! by `wif-broker dev` and by the tests, behind the `dev` cargo feature (on by default, off
+//! in the container image); [`cli`] is the command line; [`ui`] is the admin
 //! console served at `/ui/`.
 
 pub mod admin;

@@ -32,6 +32,8 @@ pub enum StartError {
     Webhook(#[from] crate::api::mutate::WebhookSetupError),
     #[error("cannot listen on {addr}: {error}")]
     Bind { addr: String, error: std::io::Error },
+    #[error(transparent)]
+    Config(#[from] wif_config::ConfigError),
     #[error("broker_issuer: {0}")]
     Issuer(#[from] crate::entra::assertion::issuer::IssuerKeyError),
 }
@@ -62,13 +64,15 @@ impl std::fmt::Debug for RunningBroker {
 impl RunningBroker {
     /// Builds the broker from `cfg` and starts serving on `cfg.server.listen`.
     pub async fn start(cfg: &BrokerConfig, clock: SharedClock) -> Result<Self, StartError> {
-        let listener = TcpListener::bind(&cfg.server.listen)
-            .await
-            .map_err(|error| StartError::Bind {
-                addr: cfg.server.listen.clone(),
-                error,
-            })?;
-        Self::start_on(cfg, clock, listener).await
+        let parsed = cfg.parse()?;
+        let listener =
+            TcpListener::bind(parsed.listen)
+                .await
+                .map_err(|error| StartError::Bind {
+                    addr: parsed.listen.to_string(),
+                    error,
+                })?;
+        Self::start_parsed(cfg, &parsed, clock, listener).await
     }
 
     /// Like [`Self::start`], on a listener bound already (so a test can know the broker's
@@ -78,10 +82,27 @@ impl RunningBroker {
         clock: SharedClock,
         listener: TcpListener,
     ) -> Result<Self, StartError> {
+        Self::start_parsed(cfg, &cfg.parse()?, clock, listener).await
+    }
+
+    /// The configuration's strings are parsed once, by `wif-config` ([`BrokerConfig::parse`]);
+    /// what is started here takes the typed values.
+    async fn start_parsed(
+        cfg: &BrokerConfig,
+        parsed: &wif_config::Parsed,
+        clock: SharedClock,
+        listener: TcpListener,
+    ) -> Result<Self, StartError> {
         crate::crypto::install_provider();
         let metrics = Metrics::new();
         let store = crate::store::open_or_defer(&cfg.store.url).await?;
-        let broker = Arc::new(Broker::new(cfg, clock, metrics, Some(store))?);
+        let broker = Arc::new(Broker::with_parsed(
+            cfg,
+            parsed,
+            clock,
+            metrics,
+            Some(store),
+        )?);
         // Without the database, start anyway and serve the config file's identities; the
         // registry sync picks up the stored ones once the store answers.
         let degraded = match broker.reload("start", true).await {
@@ -119,7 +140,7 @@ impl RunningBroker {
             _ => None,
         };
         let addr = listener.local_addr().map_err(|error| StartError::Bind {
-            addr: cfg.server.listen.clone(),
+            addr: parsed.listen.to_string(),
             error,
         })?;
         let ready = Arc::new(AtomicBool::new(true));
@@ -136,12 +157,14 @@ impl RunningBroker {
             ready: ready.clone(),
             tls: tls_config.is_some(),
             self_address: Arc::new(crate::api::entra_compat::SelfAddress::new(
-                cfg.server.public_url.as_deref(),
+                parsed.public_url.as_ref(),
                 addr,
             )),
             webhook: crate::api::mutate::Webhook::from_config(cfg)?,
         };
-        let webhook = crate::api::mutate::WebhookServer::start(cfg, state.clone()).await?;
+        let webhook =
+            crate::api::mutate::WebhookServer::start(cfg, parsed.webhook_listen, state.clone())
+                .await?;
         let (stop, stopped) = oneshot::channel::<()>();
         let tls = tls_config.is_some();
         let task = tokio::spawn(api::serve::serve_counted(

@@ -8,17 +8,28 @@
 //! Loading is three steps: parse the file, overlay the environment, validate. Every
 //! validation message names the offending key (`identities[0].tenant_id: ...`).
 //!
+//! The file's form ([`BrokerConfig`]) keeps what the operator wrote; the values the broker
+//! needs typed (addresses, URLs, networks, algorithms, GUIDs) are parsed here, by
+//! validation, into [`Parsed`] ([`BrokerConfig::parse`]): the broker takes those and never
+//! parses the strings itself.
+//!
 //! This crate never touches the network and never reads the clock.
 
 pub mod agent;
+pub mod algorithm;
 pub mod env;
+pub mod guid;
 pub mod network;
 mod validate;
 pub mod webhook;
 
 pub use agent::AgentConfig;
+pub use algorithm::Algorithm;
+pub use guid::{Guid, is_guid};
+pub use network::{Cidr, is_loopback, is_loopback_ip};
 pub use webhook::WebhookConfig;
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -48,6 +59,24 @@ fn format_problems(problems: &[Problem]) -> String {
         .map(|p| format!("  - {p}"))
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+/// What validation parsed out of a [`BrokerConfig`]'s strings, typed: the broker uses
+/// these and never parses the strings again ([`BrokerConfig::parse`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Parsed {
+    /// `[server] listen`.
+    pub listen: SocketAddr,
+    /// `[server] public_url`.
+    pub public_url: Option<url::Url>,
+    /// `[server] trusted_proxies`.
+    pub trusted_proxies: Vec<Cidr>,
+    /// `[tokens] algorithms`.
+    pub algorithms: Vec<Algorithm>,
+    /// The `algorithms` of each `[[issuers]]` entry that sets them, with the issuer's `url`.
+    pub issuer_algorithms: Vec<(String, Vec<Algorithm>)>,
+    /// `[webhook] listen`, when the webhook is enabled.
+    pub webhook_listen: Option<SocketAddr>,
 }
 
 /// The broker's whole configuration.
@@ -731,19 +760,6 @@ impl FederatedCredentialConfig {
     }
 }
 
-/// Whether `url`'s host is a loopback address (`localhost`, `127.0.0.0/8`, `::1`): the
-/// only hosts that may be reached over plain `http`, and only when
-/// `[outbound] allow_loopback_http` is set. Shared so the broker applies the same rule to
-/// URLs it learns at run time (a discovery document's `jwks_uri`).
-pub fn is_loopback(url: &url::Url) -> bool {
-    match url.host() {
-        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
-        Some(url::Host::Ipv4(a)) => a.is_loopback(),
-        Some(url::Host::Ipv6(a)) => a.is_loopback(),
-        None => false,
-    }
-}
-
 impl BrokerConfig {
     /// Reads `path`, overlays `WIF_*` variables from the process environment, validates.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
@@ -791,10 +807,9 @@ impl BrokerConfig {
                 toml::from_str(text).map_err(|e| parse_error(origin, e.to_string()))?;
             env::apply(table, &overrides).map_err(|message| parse_error("environment", message))?
         };
-        let mut problems = validate::broker(&config);
-        if problems.is_empty() {
+        let Err(mut problems) = validate::broker(&config) else {
             return Ok(config);
-        }
+        };
         for problem in &mut problems {
             if let Some(o) = overrides.iter().find(|o| o.path() == problem.key) {
                 problem.message = format!(
@@ -805,6 +820,16 @@ impl BrokerConfig {
         }
         Err(ConfigError::Invalid {
             origin: origin.to_owned(),
+            problems,
+        })
+    }
+
+    /// Validates this configuration and returns its typed values: what the broker starts
+    /// from. A configuration from [`Self::load`] is valid already; one built or changed in
+    /// code is checked here by the same rules.
+    pub fn parse(&self) -> Result<Parsed, ConfigError> {
+        validate::broker(self).map_err(|problems| ConfigError::Invalid {
+            origin: "configuration".to_owned(),
             problems,
         })
     }
@@ -872,22 +897,5 @@ mod tests {
             fic.effective_audiences(Some(Cloud::UsGov)),
             ["api://custom"]
         );
-    }
-
-    #[test]
-    fn loopback_hosts() {
-        for (url, loopback) in [
-            ("http://localhost:1", true),
-            ("http://LOCALHOST", true),
-            ("http://127.0.0.1", true),
-            ("http://127.8.9.1", true),
-            ("http://[::1]:80", true),
-            ("http://10.0.0.1", false),
-            ("http://localhost.example.com", false),
-            ("http://[::ffff:127.0.0.1]", false),
-        ] {
-            let parsed = url::Url::parse(url).unwrap();
-            assert_eq!(is_loopback(&parsed), loopback, "{url}");
-        }
     }
 }

@@ -1,7 +1,43 @@
 //! IP networks in CIDR notation (`10.0.0.0/8`, `2001:db8::/32`, or a bare address for one
-//! host), as `[server] trusted_proxies` and a credential's `source_networks` give them.
+//! host), as `[server] trusted_proxies` and a credential's `source_networks` give them; and
+//! the workspace's one answer to "is this host loopback?" ([`is_loopback`]).
 
 use std::net::IpAddr;
+
+/// Whether `url`'s host is loopback: the only hosts plain `http` may reach, and only when
+/// `[outbound] allow_loopback_http` is set (docs/configuration.md, "Plain http to loopback
+/// hosts").
+///
+/// Every caller asks the same question, whether a request to this URL stays on this
+/// machine: configuration validation (issuers, authority hosts, `public_url`, ...), the
+/// broker's outbound calls (including a discovery document's `jwks_uri` learnt at run
+/// time), the policy's check of issuers registered through the admin API, `wif-broker dev
+/// token` and the admin CLI's warning about plain http. So there is one rule:
+///
+/// - an IPv4 literal in 127.0.0.0/8 (all of it is loopback, RFC 1122), or the IPv6 literal
+///   `::1`; an IPv4 loopback address mapped into IPv6 (`[::ffff:127.0.0.1]`) too, since a
+///   connection to it reaches 127.0.0.1 (the same convention as [`Cidr::contains`]);
+/// - the name `localhost`, in any case (URLs lower-case host names: `LOCALHOST` is
+///   `localhost`);
+/// - nothing else. Names are never resolved, so `127.0.0.1.nip.io` is not loopback
+///   whatever it resolves to. Neither are subdomains of `localhost` (`app.localhost`) nor
+///   the absolute form `localhost.`: RFC 6761 asks resolvers to map them to loopback, but
+///   the system resolver does not always do so and may ask DNS instead. `0.0.0.0` and `::`
+///   are "every address" for a listener, not a destination, and are not loopback either.
+pub fn is_loopback(url: &url::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(name)) => name.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => is_loopback_ip(IpAddr::V4(ip)),
+        Some(url::Host::Ipv6(ip)) => is_loopback_ip(IpAddr::V6(ip)),
+        None => false,
+    }
+}
+
+/// Whether `ip` is a loopback address: 127.0.0.0/8, `::1`, or 127.0.0.0/8 mapped into IPv6
+/// (see [`is_loopback`]).
+pub fn is_loopback_ip(ip: IpAddr) -> bool {
+    ip.to_canonical().is_loopback()
+}
 
 /// One network: an address and how many leading bits of it are fixed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,7 +125,50 @@ pub fn parse_all(entries: &[String]) -> Result<Vec<Cidr>, (usize, String)> {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+
     use super::*;
+
+    #[test]
+    fn loopback_is_127_8_and_1_and_the_name_localhost_only() {
+        for (url, loopback) in [
+            ("http://localhost:1", true),
+            ("http://LOCALHOST", true),
+            ("http://LocalHost:8080/path", true),
+            ("http://127.0.0.1", true),
+            ("http://127.8.9.1", true),
+            ("http://127.255.255.255:1", true),
+            ("http://[::1]:80", true),
+            ("http://[0:0:0:0:0:0:0:1]", true),
+            ("http://[::ffff:127.0.0.1]", true),
+            ("http://[::ffff:127.1.2.3]:8080", true),
+            // Names are not resolved.
+            ("http://127.0.0.1.nip.io", false),
+            ("http://localhost.example.com", false),
+            ("http://app.localhost", false),
+            ("http://localhost.", false),
+            ("http://localhostx", false),
+            // Every address is not a destination.
+            ("http://0.0.0.0:8080", false),
+            ("http://[::]:8080", false),
+            ("http://[::ffff:10.0.0.1]", false),
+            ("http://[::ffff:0.0.0.0]", false),
+            ("http://10.0.0.1", false),
+            ("http://128.0.0.1", false),
+            ("http://126.255.255.255", false),
+            ("http://[::2]", false),
+            ("http://169.254.169.254", false),
+            ("file:///etc/passwd", false),
+        ] {
+            let parsed = url::Url::parse(url).unwrap();
+            assert_eq!(is_loopback(&parsed), loopback, "{url}");
+        }
+        // The url crate reads these IPv4 spellings as 127.0.0.1, as the resolver would.
+        for url in ["http://2130706433", "http://0x7f.1", "http://127.1"] {
+            let parsed = url::Url::parse(url).unwrap();
+            assert!(is_loopback(&parsed), "{url} -> {parsed}");
+        }
+    }
 
     #[test]
     fn networks_hold_their_addresses() {

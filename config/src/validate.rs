@@ -4,7 +4,12 @@
 //! positive, URLs are https, identifiers have the right shape, nothing is set twice. It
 //! reports every problem at once, each naming its key as it is written in TOML
 //! (`identities[0].federated_credentials[1].issuer`), so an operator fixes a file in one
-//! pass.
+//! pass. There is one function per section (`server` for `[server]`, ...).
+//!
+//! It is also where the strings the broker uses as typed values are parsed, once: the
+//! listen addresses, `public_url`, the trusted proxies' networks, the algorithms and the
+//! managed identity's client id come out of [`broker`] as a [`Parsed`] when the whole
+//! configuration is valid.
 //!
 //! What it must not do: apply Entra's content rules for federated credentials (name
 //! charset and lengths, exactly one audience, `subject` versus
@@ -21,10 +26,14 @@ use std::path::Path;
 
 use url::Url;
 
+use crate::algorithm::Algorithm;
+use crate::guid::{Guid, is_guid};
+use crate::network::{Cidr, is_loopback};
 use crate::{
-    ALGORITHMS, AdminConfig, AssertionSource, AuditConfig, BrokerConfig, CacheConfig, EntraConfig,
-    FederatedCredentialConfig, IdentityConfig, IssuerConfig, JwksConfig, LogConfig, ServerConfig,
-    StoreConfig, TokenConfig, WebhookConfig, is_loopback,
+    ALGORITHMS, AdminConfig, AssertionSource, AuditConfig, BrokerConfig, BrokerIssuerConfig,
+    CacheConfig, EntraConfig, FederatedCredentialConfig, IdentityConfig, IssuerConfig, JwksConfig,
+    LogConfig, ManagedIdentityConfig, Parsed, ServerConfig, StoreConfig, TokenConfig,
+    WebhookConfig,
 };
 
 /// One thing wrong with a configuration, naming the key.
@@ -54,44 +63,52 @@ impl Problems {
     }
 }
 
-pub(crate) fn broker(config: &BrokerConfig) -> Vec<Problem> {
+/// Checks the whole configuration, section by section, and returns the values it parsed;
+/// with any problem, every problem instead.
+pub(crate) fn broker(config: &BrokerConfig) -> Result<Parsed, Vec<Problem>> {
     let mut p = Problems::default();
     let loopback_http = config.outbound.allow_loopback_http;
-    server(&mut p, &config.server, loopback_http);
+    let server = server(&mut p, &config.server, loopback_http);
     store(&mut p, &config.store);
     entra(&mut p, &config.entra, loopback_http);
     cache(&mut p, &config.cache);
-    tokens(&mut p, &config.tokens);
+    let algorithms = tokens(&mut p, &config.tokens);
     jwks(&mut p, &config.jwks);
     log(&mut p, &config.log);
-    issuers(&mut p, &config.issuers, &config.tokens, loopback_http);
+    let issuer_algorithms = issuers(&mut p, &config.issuers, &config.tokens, loopback_http);
     identities(&mut p, &config.identities, loopback_http);
-    assertion_sources(&mut p, config);
+    broker_issuer(&mut p, &config.broker_issuer, loopback_http);
+    managed_identity(&mut p, &config.managed_identity);
+    identity_assertions(&mut p, config);
     admin(&mut p, &config.admin, loopback_http);
     audit(&mut p, &config.audit);
-    webhook(&mut p, &config.webhook, &config.server, loopback_http);
-    p.0
+    let webhook_listen = webhook(&mut p, &config.webhook, &config.server, loopback_http);
+    match (server, algorithms) {
+        (Some((listen, public_url, trusted_proxies)), Some(algorithms)) if p.0.is_empty() => {
+            Ok(Parsed {
+                listen,
+                public_url,
+                trusted_proxies,
+                algorithms,
+                issuer_algorithms,
+                webhook_listen,
+            })
+        }
+        _ => Err(p.0),
+    }
 }
 
-fn server(p: &mut Problems, s: &ServerConfig, loopback_http: bool) {
-    if let Some(url) = &s.public_url {
-        https_url(p, "server.public_url", url, UrlShape::Origin, loopback_http);
-    }
-    if s.listen.trim().is_empty() {
-        p.push(
-            "server.listen",
-            "must not be empty; give an IP address and port such as 127.0.0.1:8080",
-        );
-    } else if s.listen.parse::<SocketAddr>().is_err() {
-        p.push(
-            "server.listen",
-            format!(
-                "`{}` is not an IP address and port such as 127.0.0.1:8080, 0.0.0.0:8443 \
-                 or [::]:8443 (host names are not resolved)",
-                s.listen
-            ),
-        );
-    }
+/// `[server]`: the listen address, `public_url` and the trusted proxies' networks, parsed.
+fn server(
+    p: &mut Problems,
+    s: &ServerConfig,
+    loopback_http: bool,
+) -> Option<(SocketAddr, Option<Url>, Vec<Cidr>)> {
+    let public_url = s
+        .public_url
+        .as_deref()
+        .map(|url| https_url(p, "server.public_url", url, UrlShape::Origin, loopback_http));
+    let listen = listen_address(p, "server.listen", &s.listen, "127.0.0.1:8080");
     match (&s.tls_cert, &s.tls_key) {
         (Some(_), None) => p.push(
             "server.tls_key",
@@ -142,13 +159,47 @@ fn server(p: &mut Problems, s: &ServerConfig, loopback_http: bool) {
         s.http2_max_concurrent_streams,
     );
     positive(p, "server.max_connections", s.max_connections);
-    networks(p, "server.trusted_proxies", &s.trusted_proxies);
+    let trusted_proxies = networks(p, "server.trusted_proxies", &s.trusted_proxies);
+    let public_url = match public_url {
+        Some(url) => Some(url?),
+        None => None,
+    };
+    Some((listen?, public_url, trusted_proxies?))
+}
+
+/// A listen address: an IP address and a port (host names are not resolved).
+fn listen_address(p: &mut Problems, key: &str, value: &str, example: &str) -> Option<SocketAddr> {
+    if value.trim().is_empty() {
+        p.push(
+            key,
+            format!("must not be empty; give an IP address and port such as {example}"),
+        );
+        return None;
+    }
+    match value.parse::<SocketAddr>() {
+        Ok(addr) => Some(addr),
+        Err(_) => {
+            p.push(
+                key,
+                format!(
+                    "`{}` is not an IP address and port such as {example}, 0.0.0.0:8443 \
+                     or [::]:8443 (host names are not resolved)",
+                    value.chars().take(100).collect::<String>()
+                ),
+            );
+            None
+        }
+    }
 }
 
 /// Every entry a network in CIDR notation.
-fn networks(p: &mut Problems, key: &str, entries: &[String]) {
-    if let Err((i, message)) = crate::network::parse_all(entries) {
-        p.push(format!("{key}[{i}]"), message);
+fn networks(p: &mut Problems, key: &str, entries: &[String]) -> Option<Vec<Cidr>> {
+    match crate::network::parse_all(entries) {
+        Ok(networks) => Some(networks),
+        Err((i, message)) => {
+            p.push(format!("{key}[{i}]"), message);
+            None
+        }
     }
 }
 
@@ -267,7 +318,8 @@ const MAX_LIFETIME_CAP_SECS: u64 = 25 * 3600;
 const MIN_LIFETIME_SECS: u64 = 60;
 const MAX_LEEWAY_SECS: u64 = 300;
 
-fn tokens(p: &mut Problems, t: &TokenConfig) {
+/// `[tokens]`: the algorithms, parsed.
+fn tokens(p: &mut Problems, t: &TokenConfig) -> Option<Vec<Algorithm>> {
     if t.verified_cache_entries > 0 && !(1..=3600).contains(&t.verified_cache_secs) {
         p.push(
             "tokens.verified_cache_secs",
@@ -302,7 +354,7 @@ fn tokens(p: &mut Problems, t: &TokenConfig) {
             ),
         );
     }
-    algorithms(p, "tokens.algorithms", &t.algorithms, None);
+    algorithms(p, "tokens.algorithms", &t.algorithms, None)
 }
 
 const MAX_JWKS_KEYS: usize = 1000;
@@ -341,7 +393,14 @@ fn log(p: &mut Problems, l: &LogConfig) {
     }
 }
 
-fn issuers(p: &mut Problems, issuers: &[IssuerConfig], tokens: &TokenConfig, loopback_http: bool) {
+/// `[[issuers]]`: the algorithms of those that narrow `[tokens] algorithms`, parsed, by URL.
+fn issuers(
+    p: &mut Problems,
+    issuers: &[IssuerConfig],
+    tokens: &TokenConfig,
+    loopback_http: bool,
+) -> Vec<(String, Vec<Algorithm>)> {
+    let mut narrowed = Vec::new();
     let mut seen: HashMap<&str, usize> = HashMap::new();
     for (i, issuer) in issuers.iter().enumerate() {
         let at = format!("issuers[{i}]");
@@ -407,15 +466,18 @@ fn issuers(p: &mut Problems, issuers: &[IssuerConfig], tokens: &TokenConfig, loo
             jwks_json(p, &format!("{at}.jwks_inline"), inline);
         }
         path(p, &format!("{at}.ca_file"), issuer.ca_file.as_deref());
-        if let Some(algs) = &issuer.algorithms {
-            algorithms(
+        if let Some(algs) = &issuer.algorithms
+            && let Some(parsed) = algorithms(
                 p,
                 &format!("{at}.algorithms"),
                 algs,
                 Some(tokens.algorithms.as_slice()),
-            );
+            )
+        {
+            narrowed.push((issuer.url.clone(), parsed));
         }
     }
+    narrowed
 }
 
 fn identities(p: &mut Problems, identities: &[IdentityConfig], loopback_http: bool) {
@@ -533,10 +595,8 @@ fn federated_credential(
     }
 }
 
-/// `[broker_issuer]`, `[managed_identity]`, and what each identity's assertion source needs.
-fn assertion_sources(p: &mut Problems, config: &BrokerConfig) {
-    let b = &config.broker_issuer;
-    let loopback_http = config.outbound.allow_loopback_http;
+/// `[broker_issuer]`: the broker as an OIDC issuer.
+fn broker_issuer(p: &mut Problems, b: &BrokerIssuerConfig, loopback_http: bool) {
     if let Some(url) = &b.url {
         https_url(p, "broker_issuer.url", url, UrlShape::Issuer, loopback_http);
     }
@@ -575,21 +635,23 @@ fn assertion_sources(p: &mut Problems, config: &BrokerConfig) {
             "must be shorter than rotation_days",
         );
     }
+}
 
-    let m = &config.managed_identity;
+/// `[managed_identity]`: the broker's own managed identity.
+fn managed_identity(p: &mut Problems, m: &ManagedIdentityConfig) {
     if let Some(endpoint) = &m.endpoint {
         managed_identity_endpoint(p, endpoint);
     }
-    if let Some(client_id) = &m.client_id
-        && !is_guid(client_id)
-    {
-        p.push(
-            "managed_identity.client_id",
-            format!("`{client_id}` is not a GUID"),
-        );
+    if let Some(Err(message)) = m.client_id.as_deref().map(str::parse::<Guid>) {
+        p.push("managed_identity.client_id", message);
     }
     positive(p, "managed_identity.timeout_secs", m.timeout_secs);
+}
 
+/// What each identity's assertion source needs from the rest of the configuration
+/// (`[broker_issuer] url` for `broker`, the certificate files for `certificate`).
+fn identity_assertions(p: &mut Problems, config: &BrokerConfig) {
+    let b = &config.broker_issuer;
     for (i, identity) in config.identities.iter().enumerate() {
         let at = format!("identities[{i}]");
         if identity.assertion == AssertionSource::Broker && b.url.is_none() {
@@ -647,12 +709,8 @@ fn managed_identity_endpoint(p: &mut Problems, endpoint: &str) {
         p.push(key, format!("`{endpoint}` is not an absolute URL"));
         return;
     };
-    let local = match url.host() {
-        Some(url::Host::Ipv4(a)) => a.is_loopback() || a.is_link_local(),
-        Some(url::Host::Ipv6(a)) => a.is_loopback(),
-        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
-        None => false,
-    };
+    let local =
+        is_loopback(&url) || matches!(url.host(), Some(url::Host::Ipv4(a)) if a.is_link_local());
     match url.scheme() {
         "https" => {}
         "http" if local => {}
@@ -721,9 +779,16 @@ fn audit(p: &mut Problems, a: &AuditConfig) {
     path(p, "audit.spill_file", a.spill_file.as_deref());
 }
 
-fn webhook(p: &mut Problems, w: &WebhookConfig, server: &ServerConfig, loopback_http: bool) {
+/// `[webhook]`: its listen address, parsed, when it is enabled.
+fn webhook(
+    p: &mut Problems,
+    w: &WebhookConfig,
+    server: &ServerConfig,
+    loopback_http: bool,
+) -> Option<SocketAddr> {
+    let mut listen = None;
     if w.enabled {
-        webhook_listener(p, w, server);
+        listen = webhook_listener(p, w, server);
         https_url(
             p,
             "webhook.broker_url",
@@ -815,25 +880,36 @@ fn webhook(p: &mut Problems, w: &WebhookConfig, server: &ServerConfig, loopback_
     path(p, "webhook.kube_token_file", Some(&w.kube_token_file));
     path(p, "webhook.kube_ca_file", Some(&w.kube_ca_file));
     positive(p, "webhook.max_body_bytes", w.max_body_bytes);
+    listen
 }
 
 /// The webhook's own TLS listener (docs/kubernetes.md): an address apart from the API's,
 /// and a certificate, since the API server calls webhooks over https only.
-fn webhook_listener(p: &mut Problems, w: &WebhookConfig, server: &ServerConfig) {
-    match w.listen.parse::<SocketAddr>() {
-        _ if w.listen.trim().is_empty() => p.push(
-            "webhook.listen",
-            "is required when webhook.enabled = true: the webhook's own TLS listener, such as \
-             0.0.0.0:9443 (it is never served on the API port)",
-        ),
-        Err(_) => p.push(
-            "webhook.listen",
-            format!(
-                "`{}` is not an IP address and port such as 0.0.0.0:9443 (host names are not \
-                 resolved)",
-                w.listen.chars().take(100).collect::<String>()
-            ),
-        ),
+fn webhook_listener(
+    p: &mut Problems,
+    w: &WebhookConfig,
+    server: &ServerConfig,
+) -> Option<SocketAddr> {
+    let listen = match w.listen.parse::<SocketAddr>() {
+        _ if w.listen.trim().is_empty() => {
+            p.push(
+                "webhook.listen",
+                "is required when webhook.enabled = true: the webhook's own TLS listener, such \
+                 as 0.0.0.0:9443 (it is never served on the API port)",
+            );
+            None
+        }
+        Err(_) => {
+            p.push(
+                "webhook.listen",
+                format!(
+                    "`{}` is not an IP address and port such as 0.0.0.0:9443 (host names are \
+                     not resolved)",
+                    w.listen.chars().take(100).collect::<String>()
+                ),
+            );
+            None
+        }
         Ok(addr) => {
             if let Ok(api) = server.listen.parse::<SocketAddr>()
                 && addr.port() != 0
@@ -847,8 +923,9 @@ fn webhook_listener(p: &mut Problems, w: &WebhookConfig, server: &ServerConfig) 
                     ),
                 );
             }
+            Some(addr)
         }
-    }
+    };
     for (key, value) in [
         ("webhook.tls_cert", &w.tls_cert),
         ("webhook.tls_key", &w.tls_key),
@@ -861,6 +938,7 @@ fn webhook_listener(p: &mut Problems, w: &WebhookConfig, server: &ServerConfig) 
             );
         }
     }
+    listen
 }
 
 /// A Kubernetes resource quantity: digits with an optional fraction and suffix.
@@ -921,8 +999,14 @@ fn path(p: &mut Problems, key: &str, value: Option<&Path>) {
     }
 }
 
-/// Checks an algorithm list. `within` is the list an issuer's list may only narrow.
-fn algorithms(p: &mut Problems, key: &str, algs: &[String], within: Option<&[String]>) {
+/// Checks an algorithm list and parses it. `within` is the list an issuer's list may only
+/// narrow.
+fn algorithms(
+    p: &mut Problems,
+    key: &str,
+    algs: &[String],
+    within: Option<&[String]>,
+) -> Option<Vec<Algorithm>> {
     if algs.is_empty() {
         p.push(
             key,
@@ -931,50 +1015,29 @@ fn algorithms(p: &mut Problems, key: &str, algs: &[String], within: Option<&[Str
                 ALGORITHMS.join(", ")
             ),
         );
-        return;
+        return None;
     }
+    let mut parsed = Vec::with_capacity(algs.len());
     for alg in algs {
-        if ALGORITHMS.contains(&alg.as_str()) {
-            if let Some(within) = within
-                && !within.contains(alg)
-            {
-                p.push(
-                    key,
-                    format!(
-                        "`{alg}` is not in tokens.algorithms; an issuer's list can only \
-                         narrow that list"
-                    ),
-                );
+        match alg.parse::<Algorithm>() {
+            Ok(a) => {
+                if let Some(within) = within
+                    && !within.contains(alg)
+                {
+                    p.push(
+                        key,
+                        format!(
+                            "`{alg}` is not in tokens.algorithms; an issuer's list can only \
+                             narrow that list"
+                        ),
+                    );
+                }
+                parsed.push(a);
             }
-        } else if alg.eq_ignore_ascii_case("none") {
-            p.push(
-                key,
-                "`none` is never accepted: an unsigned token proves nothing about who sent it",
-            );
-        } else if alg.len() >= 2 && alg[..2].eq_ignore_ascii_case("HS") {
-            p.push(
-                key,
-                format!(
-                    "`{alg}` is never accepted: HMAC algorithms need a secret shared with \
-                     the issuer, and anyone holding it could mint tokens; use the \
-                     issuer's public keys (RS256, ES256, ...)"
-                ),
-            );
-        } else if let Some(known) = ALGORITHMS.iter().find(|a| a.eq_ignore_ascii_case(alg)) {
-            p.push(
-                key,
-                format!("`{alg}` is not an algorithm name (names are case-sensitive); did you mean `{known}`?"),
-            );
-        } else {
-            p.push(
-                key,
-                format!(
-                    "`{alg}` is not a supported algorithm; supported: {}",
-                    ALGORITHMS.join(", ")
-                ),
-            );
+            Err(message) => p.push(key, message),
         }
     }
+    (parsed.len() == algs.len()).then_some(parsed)
 }
 
 fn jwks_json(p: &mut Problems, key: &str, text: &str) {
@@ -1013,22 +1076,30 @@ enum UrlShape {
     Resource,
 }
 
-fn https_url(p: &mut Problems, key: &str, value: &str, shape: UrlShape, loopback_http: bool) {
+/// An https URL of the given shape (or plain http to loopback, when allowed). The URL once
+/// it parses; what is wrong with it is pushed either way.
+fn https_url(
+    p: &mut Problems,
+    key: &str,
+    value: &str,
+    shape: UrlShape,
+    loopback_http: bool,
+) -> Option<Url> {
     if value.trim().is_empty() {
         p.push(key, "must not be empty");
-        return;
+        return None;
     }
     let url = match Url::parse(value) {
         Ok(url) => url,
         Err(e) => {
             p.push(key, format!("`{value}` is not an absolute https URL ({e})"));
-            return;
+            return None;
         }
     };
     if !url.username().is_empty() || url.password().is_some() {
         // Do not echo: the URL carries credentials.
         p.push(key, "must not contain a user name or password");
-        return;
+        return None;
     }
     match url.scheme() {
         "https" => {}
@@ -1053,12 +1124,12 @@ fn https_url(p: &mut Problems, key: &str, value: &str, shape: UrlShape, loopback
         ),
         _ => {
             p.push(key, format!("`{value}` is not an https URL"));
-            return;
+            return None;
         }
     }
     if url.host().is_none() {
         p.push(key, format!("`{value}` has no host"));
-        return;
+        return None;
     }
     match shape {
         UrlShape::Origin => {
@@ -1087,16 +1158,7 @@ fn https_url(p: &mut Problems, key: &str, value: &str, shape: UrlShape, loopback
             }
         }
     }
-}
-
-/// `xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx`, hex digits in either case.
-fn is_guid(s: &str) -> bool {
-    let groups: Vec<&str> = s.split('-').collect();
-    groups.len() == 5
-        && groups
-            .iter()
-            .zip([8, 4, 4, 4, 12])
-            .all(|(g, len)| g.len() == len && g.bytes().all(|b| b.is_ascii_hexdigit()))
+    Some(url)
 }
 
 /// A DNS name with at least two labels, e.g. `contoso.onmicrosoft.com`.
@@ -1122,6 +1184,10 @@ mod tests {
 
     use super::*;
     use crate::{Cloud, OutboundConfig};
+
+    fn problems(config: &BrokerConfig) -> Vec<Problem> {
+        broker(config).err().unwrap_or_default()
+    }
 
     const TENANT: &str = "72f988bf-0000-4000-8000-000000000001";
     const CLIENT: &str = "0b7c9e1d-0000-4000-8000-000000000002";
@@ -1152,7 +1218,7 @@ mod tests {
     fn check(change: impl FnOnce(&mut BrokerConfig)) -> Vec<Problem> {
         let mut config = BrokerConfig::default();
         change(&mut config);
-        broker(&config)
+        problems(&config)
     }
 
     /// Asserts the only problem is at `key` and its message contains `fragment`.
@@ -1177,7 +1243,7 @@ mod tests {
 
     #[test]
     fn defaults_are_valid() {
-        none(&broker(&BrokerConfig::default()));
+        none(&problems(&BrokerConfig::default()));
     }
 
     #[test]
@@ -1196,6 +1262,71 @@ mod tests {
                 ..Default::default()
             }];
         }));
+    }
+
+    #[test]
+    fn a_valid_config_comes_back_parsed() {
+        let mut config = BrokerConfig::default();
+        config.server.listen = "[::]:8443".into();
+        config.server.public_url = Some("https://wif.contoso.example".into());
+        config.server.trusted_proxies = vec!["10.0.0.0/8".into(), "2001:db8::1".into()];
+        config.tokens.algorithms = vec!["ES256".into(), "RS256".into()];
+        config.issuers = vec![
+            issuer("https://a.example"),
+            IssuerConfig {
+                algorithms: Some(vec!["RS256".into()]),
+                ..issuer("https://b.example/tenant")
+            },
+        ];
+        let parsed = broker(&config).unwrap();
+        assert_eq!(parsed.listen, "[::]:8443".parse().unwrap());
+        assert_eq!(
+            parsed.public_url.as_ref().map(Url::as_str),
+            Some("https://wif.contoso.example/")
+        );
+        assert_eq!(
+            parsed
+                .trusted_proxies
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>(),
+            ["10.0.0.0/8", "2001:db8::1/128"]
+        );
+        assert_eq!(parsed.algorithms, [Algorithm::ES256, Algorithm::RS256]);
+        assert_eq!(
+            parsed.issuer_algorithms,
+            [(
+                "https://b.example/tenant".to_owned(),
+                vec![Algorithm::RS256]
+            )]
+        );
+        assert_eq!(parsed.webhook_listen, None, "the webhook is off");
+
+        config.webhook.enabled = true;
+        config.webhook.listen = "0.0.0.0:9443".into();
+        config.webhook.broker_url = "https://wif.contoso.example".into();
+        config.webhook.agent_image = "wif-broker:0.1.0".into();
+        config.webhook.tls_cert = Some("/etc/wif/webhook.crt".into());
+        config.webhook.tls_key = Some("/etc/wif/webhook.key".into());
+        assert_eq!(
+            broker(&config).unwrap().webhook_listen,
+            Some("0.0.0.0:9443".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn an_invalid_config_gives_problems_not_parsed_values() {
+        // One problem in any section, even one with nothing to parse, and no Parsed.
+        for change in [
+            (|c: &mut BrokerConfig| c.server.listen = "localhost:80".into()) as fn(&mut _),
+            |c| c.cache.max_entries = 0,
+            |c| c.server.trusted_proxies = vec!["10.0.0.1/8".into()],
+            |c| c.server.public_url = Some("https://x.example/path".into()),
+        ] {
+            let mut config = BrokerConfig::default();
+            change(&mut config);
+            assert_eq!(broker(&config).unwrap_err().len(), 1);
+        }
     }
 
     #[test]
@@ -1571,6 +1702,12 @@ mod tests {
         // Every bad value is reported, not just the first.
         let problems = check(|c| c.tokens.algorithms = vec!["none".into(), "HS256".into()]);
         assert_eq!(problems.len(), 2, "{problems:#?}");
+        // A name whose second byte is inside a character is read safely.
+        only(
+            &check(|c| c.tokens.algorithms = vec!["Hé".into()]),
+            "tokens.algorithms",
+            "`Hé` is not a supported algorithm",
+        );
     }
 
     // [jwks]

@@ -211,3 +211,72 @@ fn the_error_codes_clients_act_on_are_documented() {
         );
     }
 }
+
+/// The emulators (`broker/src/dev/`) are behind the `dev` feature of `wif-broker`: on by
+/// default (the README's `cargo run -p wif-broker -- dev`, and these tests, which run them),
+/// off in the image (the Dockerfile builds `--no-default-features`). Without it the broker
+/// must still build, and every emulator module must be left out.
+#[test]
+fn the_emulators_are_left_out_of_a_build_without_the_dev_feature() {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let metadata = Command::new(&cargo)
+        .args([
+            "metadata",
+            "--format-version",
+            "1",
+            "--no-deps",
+            "--offline",
+        ])
+        .current_dir(repo_root())
+        .output()
+        .expect("cargo metadata runs");
+    assert!(metadata.status.success());
+    let metadata: serde_json::Value = serde_json::from_slice(&metadata.stdout).unwrap();
+    let broker = metadata["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "wif-broker")
+        .unwrap();
+    assert_eq!(broker["features"]["dev"], serde_json::json!([]));
+    assert_eq!(
+        broker["features"]["default"],
+        serde_json::json!(["dev"]),
+        "`dev` is a default feature, so `cargo run -p wif-broker -- dev` works as the README says"
+    );
+
+    // Every module of broker/src/dev/ is compiled only with the feature.
+    let dev = std::fs::read_to_string(repo_root().join("broker/src/dev/mod.rs")).unwrap();
+    let lines: Vec<&str> = dev.lines().collect();
+    let modules: Vec<usize> = (0..lines.len())
+        .filter(|&i| lines[i].starts_with("pub mod ") || lines[i].starts_with("mod "))
+        .collect();
+    assert!(modules.len() >= 6, "{modules:?}");
+    for i in modules {
+        assert_eq!(
+            lines[i - 1],
+            "#[cfg(feature = \"dev\")]",
+            "broker/src/dev/mod.rs: `{}` is not behind the dev feature",
+            lines[i]
+        );
+    }
+
+    // And what is left (serve, the CLI, the webhook) builds without it: no code outside
+    // the gated modules reaches into them.
+    let check = Command::new(&cargo)
+        .args(["check", "--locked", "--offline", "-p", "wif-broker"])
+        .args([
+            "--no-default-features",
+            "--lib",
+            "--bins",
+            "--message-format=short",
+        ])
+        .current_dir(repo_root())
+        .output()
+        .expect("cargo check runs");
+    assert!(
+        check.status.success(),
+        "wif-broker does not build without the dev feature:\n{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+}

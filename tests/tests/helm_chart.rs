@@ -728,7 +728,11 @@ fn the_image_holds_the_binaries_the_chart_and_the_webhook_run() {
             .unwrap();
     // Each binary built alone, so the agent is not feature-unified with the broker.
     assert!(dockerfile.contains("cargo build --release --locked -p wif-agent \\\n"));
-    assert!(dockerfile.contains("cargo build --release --locked -p wif-broker \\\n"));
+    // The broker without the `dev` feature: no emulators in the image.
+    assert!(
+        dockerfile
+            .contains("cargo build --release --locked -p wif-broker --no-default-features \\\n")
+    );
     assert!(
         dockerfile.contains("COPY --from=build /out/wif-broker /out/wif-agent /usr/local/bin/")
     );

@@ -74,8 +74,7 @@ impl Connection {
             bail!("the admin token is empty");
         }
         let client = AdminClient::new(&self.server, token, self.ca_file.as_deref())?;
-        if client.base().scheme() == "http" && !wif_proto::outbound::is_loopback_host(client.base())
-        {
+        if client.base().scheme() == "http" && !wif_config::is_loopback(client.base()) {
             eprintln!(
                 "warning: sending the admin token over plain http to {}; use https",
                 client.base()

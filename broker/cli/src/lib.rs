@@ -7,7 +7,11 @@
 //! and never depends on the broker crate (docs/architecture.md; a test in
 //! `tests/tests/architecture.rs` keeps it so).
 
+// The commands' doc comments are their `--help` text, written for a terminal: rustdoc's
+// link syntax does not apply there (as when they were `wif_broker::cli`).
+#[allow(rustdoc::broken_intra_doc_links, rustdoc::bare_urls)]
 pub mod admin;
 pub mod client;
+#[allow(rustdoc::broken_intra_doc_links, rustdoc::bare_urls)]
 pub mod gitops;
 pub mod output;

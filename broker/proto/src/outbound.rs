@@ -2,7 +2,6 @@
 //! no redirects (a redirect could leave https or the issuer's host), extra roots only from
 //! an operator's `ca_file`, and plain http only to loopback when the operator allows it.
 
-use std::net::IpAddr;
 use std::path::Path;
 use std::time::Duration;
 
@@ -56,16 +55,6 @@ pub fn client(timeout: Duration, ca_file: Option<&Path>) -> Result<reqwest::Clie
         .map_err(|e| OutboundError::Client(e.to_string()))
 }
 
-/// True for `localhost` and loopback IP literals.
-pub fn is_loopback_host(url: &Url) -> bool {
-    match url.host() {
-        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
-        Some(url::Host::Ipv4(ip)) => IpAddr::V4(ip).is_loopback(),
-        Some(url::Host::Ipv6(ip)) => IpAddr::V6(ip).is_loopback(),
-        None => false,
-    }
-}
-
 /// Checks that `raw` is a URL the broker may call: https, or http to loopback when allowed.
 pub fn check_url(raw: &str, allow_loopback_http: bool) -> Result<Url, OutboundError> {
     let not_allowed = |reason| OutboundError::UrlNotAllowed {
@@ -81,8 +70,10 @@ pub fn check_url(raw: &str, allow_loopback_http: bool) -> Result<Url, OutboundEr
     }
     match url.scheme() {
         "https" => Ok(url),
-        "http" if allow_loopback_http && is_loopback_host(&url) => Ok(url),
-        "http" if is_loopback_host(&url) => Err(not_allowed(
+        // The workspace's one loopback rule (docs/configuration.md, "Plain http to loopback
+        // hosts").
+        "http" if allow_loopback_http && wif_config::is_loopback(&url) => Ok(url),
+        "http" if wif_config::is_loopback(&url) => Err(not_allowed(
             "plain http to loopback needs [outbound] allow_loopback_http = true",
         )),
         _ => Err(not_allowed("only https is allowed")),

@@ -279,15 +279,18 @@ fn sane_tenant(tenant: &str) -> bool {
 /// client (or a cache) trusts. See docs/configuration.md.
 #[derive(Debug, Clone, Default)]
 pub struct SelfAddress {
-    public_url: Option<String>,
+    /// `public_url` without its trailing `/`, and its host (with the port, when not the
+    /// scheme's default).
+    public_url: Option<(String, String)>,
     hosts: Vec<String>,
 }
 
 impl SelfAddress {
-    pub fn new(public_url: Option<&str>, listen: std::net::SocketAddr) -> Self {
+    /// `public_url` as `wif-config` parsed it (an origin, validated).
+    pub fn new(public_url: Option<&url::Url>, listen: std::net::SocketAddr) -> Self {
         let port = listen.port();
         let mut hosts = vec![listen.to_string()];
-        if listen.ip().is_unspecified() || listen.ip().is_loopback() {
+        if listen.ip().is_unspecified() || wif_config::is_loopback_ip(listen.ip()) {
             hosts.extend([
                 format!("localhost:{port}"),
                 format!("127.0.0.1:{port}"),
@@ -295,22 +298,21 @@ impl SelfAddress {
             ]);
         }
         Self {
-            public_url: public_url.map(|u| u.trim_end_matches('/').to_owned()),
+            public_url: public_url.map(|u| {
+                let host = u
+                    .host_str()
+                    .map(|h| u.port().map_or(h.to_owned(), |p| format!("{h}:{p}")))
+                    .unwrap_or_default();
+                (u.as_str().trim_end_matches('/').to_owned(), host)
+            }),
             hosts,
         }
     }
 
     /// The origin (`scheme://host[:port]`) and host to name in URLs about the broker.
     fn origin(&self, scheme: &str, host: Option<String>) -> Result<(String, String), ApiError> {
-        if let Some(url) = &self.public_url {
-            let host = url::Url::parse(url)
-                .ok()
-                .and_then(|u| {
-                    u.host_str()
-                        .map(|h| u.port().map_or(h.to_owned(), |p| format!("{h}:{p}")))
-                })
-                .unwrap_or_default();
-            return Ok((url.clone(), host));
+        if let Some((url, host)) = &self.public_url {
+            return Ok((url.clone(), host.clone()));
         }
         let host = host.ok_or_else(|| {
             ApiError::bad_request("invalid_request", "the request has no valid Host header")
@@ -359,7 +361,7 @@ fn entra_error(e: ApiError, now: u64) -> Response {
     };
     let correlation = current_request_id();
     let trace_id = uuid::Uuid::new_v4().to_string();
-    let timestamp = crate::dev::entra::entra_timestamp(now);
+    let timestamp = crate::entra::entra_timestamp(now);
     let body = EntraErrorBody {
         error: error.to_owned(),
         error_description: format!(

@@ -107,16 +107,17 @@ pub struct WebhookServer {
 }
 
 impl WebhookServer {
-    /// Binds `[webhook] listen` and serves the webhook there over TLS with `state` (whose
-    /// `webhook` is set); `None` when the webhook is not enabled. In-flight reviews get
-    /// `server.shutdown_timeout_secs` to finish once stopped.
+    /// Binds `listen` (`[webhook] listen`, as `wif-config` parsed it) and serves the webhook
+    /// there over TLS with `state` (whose `webhook` is set); `None` when the webhook is not
+    /// enabled. In-flight reviews get `server.shutdown_timeout_secs` to finish once stopped.
     pub async fn start(
         cfg: &BrokerConfig,
+        listen: Option<SocketAddr>,
         state: AppState,
     ) -> Result<Option<Self>, WebhookSetupError> {
-        if state.webhook.is_none() {
+        let (Some(listen), Some(_)) = (listen, &state.webhook) else {
             return Ok(None);
-        }
+        };
         let w = &cfg.webhook;
         let (Some(cert), Some(key)) = (&w.tls_cert, &w.tls_key) else {
             return Err(WebhookSetupError::NoTls);
@@ -127,10 +128,10 @@ impl WebhookServer {
             Duration::from_secs(cfg.server.tls_reload_secs),
         )?;
         let bind = |error| WebhookSetupError::Bind {
-            addr: w.listen.clone(),
+            addr: listen.to_string(),
             error,
         };
-        let listener = TcpListener::bind(&w.listen).await.map_err(bind)?;
+        let listener = TcpListener::bind(listen).await.map_err(bind)?;
         let addr = listener.local_addr().map_err(bind)?;
         let (stop, stopped) = oneshot::channel::<()>();
         let metrics = state.broker.metrics().connections();

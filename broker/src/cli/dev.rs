@@ -8,8 +8,7 @@ use clap::{Args, Subcommand};
 use serde_json::{Map, Value};
 
 use crate::clock::SharedClock;
-use crate::dev::issuer::MINT_PATH;
-use crate::dev::stack::{DEMO_SUBJECT, DEMO_TOKEN_SECS};
+use crate::dev::{DEMO_SUBJECT, DEMO_TOKEN_SECS, MINT_PATH};
 
 /// `wif-broker dev [--listen ADDR]`, or `wif-broker dev token ...`.
 #[derive(Debug, Args)]
@@ -80,7 +79,7 @@ pub async fn token(args: DevTokenArgs, clock: SharedClock) -> anyhow::Result<()>
         );
     };
     let base = url::Url::parse(issuer).with_context(|| format!("--issuer {issuer:?}"))?;
-    if base.scheme() != "http" || !crate::outbound::is_loopback_host(&base) {
+    if base.scheme() != "http" || !wif_config::is_loopback(&base) {
         bail!("--issuer {issuer} is not a dev stack issuer: it is always http on loopback");
     }
     let url = format!("{}{MINT_PATH}", issuer.trim_end_matches('/'));

@@ -189,6 +189,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             command: Some(dev::DevCommand::Token(args)),
             ..
         }) => dev::token(args, clock::system()).await,
+        #[cfg(feature = "dev")]
         Command::Dev(dev::DevArgs { listen, .. }) => {
             init_logging(&LogConfig {
                 level: "warn,wif_audit=info".into(),
@@ -196,6 +197,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             });
             crate::dev::stack::run(&listen).await
         }
+        #[cfg(not(feature = "dev"))]
+        Command::Dev(_) => anyhow::bail!("{}", crate::dev::NOT_BUILT),
         Command::CheckConfig(args) => {
             let cfg = load_config(args.config.or(cli.config).as_deref())?;
             crate::exchange::Broker::new(

@@ -513,10 +513,7 @@ fn json_response(status: StatusCode, body: &Value, trace_id: &str, correlation: 
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
 }
 
-/// `YYYY-MM-DD HH:MM:SSZ`, as Entra writes `timestamp`.
-pub(crate) fn entra_timestamp(epoch: u64) -> String {
-    crate::clock::rfc3339(epoch).replacen('T', " ", 1)
-}
+use crate::entra::entra_timestamp;
 
 /// `YYYY-MM-DDTHH:MM:SS.0000000Z`, as Entra writes times inside messages.
 fn entra_instant(epoch: i64) -> String {

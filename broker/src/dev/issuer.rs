@@ -27,8 +27,7 @@ pub const DEFAULT_AUDIENCE: &str = "api://AzureADTokenExchange";
 /// Lifetime of a minted token unless the claims say otherwise.
 const DEFAULT_LIFETIME_SECS: u64 = 300;
 
-/// Where the dev stack's issuer mints tokens over HTTP.
-pub const MINT_PATH: &str = "/dev/token";
+pub use super::MINT_PATH;
 
 /// Largest claims document `POST /dev/token` reads.
 const MAX_MINT_BODY_BYTES: usize = 64 * 1024;

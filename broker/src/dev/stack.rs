@@ -19,7 +19,7 @@ use crate::server::{RunningBroker, shutdown_signal};
 pub const DEMO_TENANT: &str = "11111111-1111-4111-8111-111111111111";
 pub const DEMO_CLIENT: &str = "22222222-2222-4222-8222-222222222222";
 pub const DEMO_IDENTITY: &str = "demo";
-pub const DEMO_SUBJECT: &str = "repo:contoso/demo:ref:refs/heads/main";
+pub use super::DEMO_SUBJECT;
 pub const DEMO_SCOPE: &str = "https://management.azure.com/.default";
 /// An identity with the broker assertion: Entra holds one credential trusting the broker,
 /// and any `feature/*` branch of the demo repository may act as it.
@@ -27,8 +27,7 @@ pub const DEMO_FLEET_IDENTITY: &str = "demo-fleet";
 pub const DEMO_FLEET_CLIENT: &str = "22222222-2222-4222-8222-222222222223";
 pub const DEMO_FLEET_EXPRESSION: &str =
     "claims['sub'] matches 'repo:contoso/demo:ref:refs/heads/feature/*'";
-/// How long the printed demo token stays valid.
-pub const DEMO_TOKEN_SECS: u64 = 3600;
+pub use super::DEMO_TOKEN_SECS;
 
 /// The running dev stack.
 pub struct DevStack {

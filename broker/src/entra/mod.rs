@@ -18,6 +18,12 @@ use wif_config::EntraConfig;
 use crate::clock::SharedClock;
 use crate::metrics::Metrics;
 use crate::outbound::{self, OutboundError};
+
+/// `YYYY-MM-DD HH:MM:SSZ`, as Entra writes `timestamp` in its error bodies (the
+/// Entra-compatible endpoint and the Entra emulator both answer in this form).
+pub(crate) fn entra_timestamp(epoch: u64) -> String {
+    crate::clock::rfc3339(epoch).replacen('T', " ", 1)
+}
 use crate::policy::Identity;
 
 /// A string that must never be printed: `Debug` redacts it.

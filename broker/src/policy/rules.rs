@@ -13,10 +13,9 @@
 //! credentials (uniqueness of names and of issuer + subject is the registry's job).
 
 use std::fmt;
-use std::net::{Ipv4Addr, Ipv6Addr};
 
 use serde::Serialize;
-use url::{Host, Url};
+use url::Url;
 
 use super::ffl::{Expression, FflError};
 
@@ -110,15 +109,9 @@ pub fn check_identity_name(name: &str) -> Option<Violation> {
     check_name_rule(name, "identity name", 1)
 }
 
-/// Whether `s` is a GUID in its usual form, `xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx` (hex
-/// digits of either case, no braces), as tenant, client and object ids are written.
-pub fn is_guid(s: &str) -> bool {
-    s.len() == 36
-        && s.bytes().enumerate().all(|(i, b)| match i {
-            8 | 13 | 18 | 23 => b == b'-',
-            _ => b.is_ascii_hexdigit(),
-        })
-}
+/// The workspace's one GUID rule, `xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx` (see
+/// [`wif_config::guid`]), as tenant, client and object ids are written.
+pub use wif_config::is_guid;
 
 fn check_name_rule(name: &str, label: &str, min: usize) -> Option<Violation> {
     let shown = shown(name);
@@ -174,7 +167,8 @@ fn check_issuer(issuer: &str, opts: &RuleOptions, out: &mut Vec<Violation>) {
             return;
         }
     };
-    let loopback = is_loopback(&url);
+    // The workspace's one loopback rule, the one the configuration file's issuers follow.
+    let loopback = wif_config::is_loopback(&url);
     let scheme = url.scheme();
     let scheme_allowed = match scheme {
         "https" => true,
@@ -228,15 +222,6 @@ fn check_issuer(issuer: &str, opts: &RuleOptions, out: &mut Vec<Violation>) {
             field,
             format!("issuer {shown} must not have a fragment ('#...')"),
         ));
-    }
-}
-
-fn is_loopback(url: &Url) -> bool {
-    match url.host() {
-        Some(Host::Domain(domain)) => domain.eq_ignore_ascii_case("localhost"),
-        Some(Host::Ipv4(ip)) => ip == Ipv4Addr::LOCALHOST,
-        Some(Host::Ipv6(ip)) => ip == Ipv6Addr::LOCALHOST,
-        None => false,
     }
 }
 
@@ -623,6 +608,9 @@ mod tests {
             "http://[::1]:9000",
             "http://localhost:3000/dev",
             "http://LOCALHOST",
+            // All of 127/8, as in the configuration file (wif_config::is_loopback).
+            "http://127.0.0.2",
+            "http://[::ffff:127.0.0.1]:8080",
         ] {
             assert_eq!(issuer_violations(issuer, &dev()), vec![], "{issuer}");
             let refused = only(issuer_violations(issuer, &strict()));
@@ -635,9 +623,11 @@ mod tests {
             );
         }
         for issuer in [
-            "http://127.0.0.2",
             "http://10.0.0.1",
             "http://localhost.example.com",
+            "http://127.0.0.1.nip.io",
+            "http://localhost./",
+            "http://0.0.0.0:8080",
             "http://[::2]",
         ] {
             assert_eq!(issuer_violations(issuer, &dev()).len(), 1, "{issuer}");
@@ -1039,28 +1029,5 @@ mod tests {
             v.to_string(),
             "name: name \"my cred!\" may contain only letters, digits, '-' and '_'"
         );
-    }
-
-    // --- GUIDs -------------------------------------------------------------------------------
-
-    #[test]
-    fn guids_are_recognised_in_their_usual_form() {
-        assert!(is_guid("72f988bf-86f1-41af-91ab-2d7cd011db47"));
-        assert!(is_guid("72F988BF-86F1-41AF-91AB-2D7CD011DB47"));
-        assert!(is_guid("00000000-0000-0000-0000-000000000000"));
-        for bad in [
-            "",
-            "72f988bf86f141af91ab2d7cd011db47",
-            "{72f988bf-86f1-41af-91ab-2d7cd011db47}",
-            "72f988bf-86f1-41af-91ab-2d7cd011db4",
-            "72f988bf-86f1-41af-91ab-2d7cd011db477",
-            "72f988bg-86f1-41af-91ab-2d7cd011db47",
-            "72f988bf_86f1-41af-91ab-2d7cd011db47",
-            "72f988bf-86f1-41af-91ab-2d7cd011db4é",
-            " 72f988bf-86f1-41af-91ab-2d7cd011db4",
-            "urn:uuid:72f988bf-86f1-41af-91ab-2d7cd011db47",
-        ] {
-            assert!(!is_guid(bad), "{bad}");
-        }
     }
 }

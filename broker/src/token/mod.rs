@@ -99,6 +99,24 @@ pub fn parse_algorithm(name: &str) -> Result<Algorithm, TokenError> {
         .map_err(|_| TokenError::AlgorithmNotAllowed(Untrusted::new(name)))
 }
 
+/// The verifiers of algorithms the configuration names (`wif-config` parsed the names).
+pub fn algorithms(configured: &[wif_config::Algorithm]) -> Vec<Algorithm> {
+    configured
+        .iter()
+        .map(|a| match a {
+            wif_config::Algorithm::RS256 => Algorithm::RS256,
+            wif_config::Algorithm::RS384 => Algorithm::RS384,
+            wif_config::Algorithm::RS512 => Algorithm::RS512,
+            wif_config::Algorithm::PS256 => Algorithm::PS256,
+            wif_config::Algorithm::PS384 => Algorithm::PS384,
+            wif_config::Algorithm::PS512 => Algorithm::PS512,
+            wif_config::Algorithm::ES256 => Algorithm::ES256,
+            wif_config::Algorithm::ES384 => Algorithm::ES384,
+            wif_config::Algorithm::EdDSA => Algorithm::EdDSA,
+        })
+        .collect()
+}
+
 /// Verifies signature and times. `keys` are the issuer's keys: those with the header's
 /// `kid`, or, when the header names none, those that support its algorithm; at most
 /// [`MAX_CANDIDATE_KEYS`] of them are tried.
@@ -645,5 +663,14 @@ mod verification {
             ("https://i", Some("s"), NOW + 300, Some(NOW - 10))
         );
         assert_eq!(ok.aud, ["a"]);
+    }
+
+    #[test]
+    fn every_configured_algorithm_has_the_verifier_of_its_name() {
+        let verifiers = algorithms(&wif_config::Algorithm::ALL);
+        assert_eq!(verifiers.len(), wif_config::ALGORITHMS.len());
+        for (configured, verifier) in wif_config::Algorithm::ALL.iter().zip(verifiers) {
+            assert_eq!(parse_algorithm(configured.as_str()).unwrap(), verifier);
+        }
     }
 }
