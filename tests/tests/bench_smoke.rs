@@ -189,7 +189,7 @@ fn the_quick_benchmark_prints_a_table_and_markdown() {
         "limit (TLS): bare axum handler, one RS256 verify",
         "broker (TLS): POST /v1/token, cache hit, repeated token",
         "broker (TLS): POST /v1/token, cache hit, every request verified",
-        "Entra emulator asked directly",
+        "Entra emulator asked directly (cold path's floor)",
         "broker: POST /v1/token, cold (cache miss)",
     ] {
         let line = table
