@@ -65,6 +65,91 @@ fn the_quick_benchmark_reports_every_figure_as_json() {
     let verdict = report["cache_hit_vs_limit"]["verdict"].as_str().unwrap();
     assert!(["PASS", "BELOW BUDGET"].contains(&verdict), "{verdict}");
 
+    assert_eq!(number(&report, "/agent_vs_floor/budget"), 0.90);
+
+    // TLS: the limit and both broker rows, each against the TLS limit of its round.
+    let mut tls_targets = vec![("/tls/limit".to_owned(), &report["tls"]["limit"])];
+    for row in ["broker_cache_hit", "broker_every_request_verified"] {
+        let path = format!("/tls/{row}/vs_limit");
+        assert_eq!(number(&report, &format!("{path}/budget")), 0.80, "{row}");
+        assert!(number(&report, &format!("{path}/ratio")) > 0.0, "{row}");
+        let verdict = report.pointer(&format!("{path}/verdict")).unwrap();
+        assert!(
+            verdict == "PASS" || verdict == "BELOW BUDGET",
+            "{row}: {verdict}"
+        );
+        tls_targets.push((format!("/tls/{row}/broker"), &report["tls"][row]["broker"]));
+    }
+    let tls_names: Vec<&str> = tls_targets
+        .iter()
+        .map(|(_, m)| m["what"].as_str().unwrap())
+        .collect();
+    assert!(
+        tls_names.iter().all(|n| n.contains("(TLS)")),
+        "{tls_names:?}"
+    );
+    // The cold path: every distinct key asked for once, each one exactly one Entra call.
+    let cold = &report["cold_path"];
+    let cold_keys = number(&report, "/cold_path/keys");
+    assert_eq!(cold_keys, 20.0, "{cold:#}");
+    assert_eq!(number(&report, "/cold_path/entra_delay_ms"), 20.0);
+    assert_eq!(number(&report, "/cold_path/budget_added_p99_us"), 2000.0);
+    assert_eq!(
+        number(&report, "/cold_path/entra_calls_per_cold_exchange"),
+        1.0,
+        "{cold:#}"
+    );
+    for (path, measured) in tls_targets.iter().map(|(p, m)| (p.as_str(), *m)).chain([
+        ("/cold_path/broker", &cold["broker"]),
+        ("/cold_path/entra_alone", &cold["entra_alone"]),
+    ]) {
+        for figure in ["requests_per_sec", "p50_us", "p99_us", "cpu_us_per_request"] {
+            assert!(
+                number(&report, &format!("{path}/{figure}")) > 0.0,
+                "{path}/{figure}"
+            );
+        }
+        assert_eq!(measured["errors"], 0, "{path}: {measured:#}");
+    }
+    // Each key once per round (one round in --quick): nothing retried, nothing lost.
+    assert_eq!(number(&report, "/cold_path/broker/requests"), cold_keys);
+    assert_eq!(
+        number(&report, "/cold_path/entra_alone/requests"),
+        cold_keys
+    );
+    // The whole run's Entra delay is in every cold latency.
+    assert!(
+        number(&report, "/cold_path/broker/p50_us") >= 20_000.0,
+        "{cold:#}"
+    );
+    let verdict = cold["verdict"].as_str().unwrap();
+    assert!(["PASS", "BELOW BUDGET"].contains(&verdict), "{verdict}");
+
+    // The agent's footprint: measured when its binary was built beside wif-bench (as the
+    // workspace's tests build it), otherwise the report says how to get it.
+    let footprint = &report["agent_footprint"];
+    let agent = std::path::Path::new(env!("CARGO_BIN_EXE_wif-bench")).with_file_name("wif-agent");
+    if agent.is_file() {
+        assert!(
+            number(&report, "/agent_footprint/idle_rss_kib") > 0.0,
+            "{footprint:#}"
+        );
+        let stripped = number(&report, "/agent_footprint/stripped_bytes");
+        assert!(stripped > 0.0, "{footprint:#}");
+        assert!(
+            stripped <= number(&report, "/agent_footprint/binary_bytes"),
+            "{footprint:#}"
+        );
+    } else {
+        assert!(
+            footprint["note"]
+                .as_str()
+                .unwrap()
+                .contains("cargo build --release -p wif-agent"),
+            "{footprint:#}"
+        );
+    }
+
     // Coalescing is a count, not a speed: the quick run must see it too.
     let cold = number(&report, "/coalescing/cold_requests");
     assert!(cold > 0.0);
@@ -101,6 +186,11 @@ fn the_quick_benchmark_prints_a_table_and_markdown() {
         "bare axum handler, fixed JSON (HTTP floor)",
         "limit: bare axum handler, one RS256 verify",
         "broker: POST /v1/token, cache hit",
+        "limit (TLS): bare axum handler, one RS256 verify",
+        "broker (TLS): POST /v1/token, cache hit, repeated token",
+        "broker (TLS): POST /v1/token, cache hit, every request verified",
+        "Entra emulator asked directly (cold path's floor)",
+        "broker: POST /v1/token, cold (cache miss)",
     ] {
         let line = table
             .lines()
@@ -123,8 +213,41 @@ fn the_quick_benchmark_prints_a_table_and_markdown() {
     );
     assert!(table.contains("share these cores"), "{table}");
     assert!(table.contains("RSS after the run: "), "{table}");
+    assert!(
+        table.contains("ratio agent / GET floor: ") && table.contains("(budget >= 0.90)"),
+        "{table}"
+    );
+    assert!(
+        table.contains("/ TLS limit: ") && table.contains("cold path: 20 distinct"),
+        "{table}"
+    );
+    assert!(table.contains("(budget: added p99 <= 2.00 ms)"), "{table}");
 
-    let markdown = String::from_utf8(wif_bench(&["--quick", "--markdown"]).stdout).unwrap();
+    let markdown = String::from_utf8(
+        wif_bench(&[
+            "--quick",
+            "--markdown",
+            "--agent-bin",
+            "/nonexistent/wif-agent",
+        ])
+        .stdout,
+    )
+    .unwrap();
+    assert!(
+        markdown.contains("| broker (TLS): POST /v1/token, cache hit, repeated token | ")
+            && markdown.contains("≥ 0.80 × TLS limit"),
+        "{markdown}"
+    );
+    assert!(
+        markdown.contains("| broker: POST /v1/token, cold (cache miss) | ")
+            && markdown.contains("added p99 ≤ 2.00 ms"),
+        "{markdown}"
+    );
+    assert!(
+        markdown.contains("| Agent binary, stripped, and idle RSS | ")
+            && markdown.contains("no wif-agent binary"),
+        "{markdown}"
+    );
     assert!(
         markdown.contains("| Measurement | Requests/s | p50 | p99 | CPU/req | Budget | Result |"),
         "{markdown}"

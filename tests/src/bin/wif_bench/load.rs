@@ -36,18 +36,41 @@ impl Stop {
 /// One request, prebuilt so the generator does the same small work for every target.
 pub struct Target {
     pub url: reqwest::Url,
-    /// `Some`: `POST` the exchange body with this bearer; `None`: a plain `GET`.
+    /// `POST` [`Self::body`] (as a form); otherwise a plain `GET`.
+    pub post: bool,
+    /// The bearer token sent with it, if any.
     pub authorization: Option<HeaderValue>,
     /// Extra headers (the agent's `X-IDENTITY-HEADER`).
     pub headers: Vec<(&'static str, HeaderValue)>,
+    /// The form body of a `POST` (cheap to clone: usually the static exchange body).
+    pub body: Bytes,
 }
 
 impl Target {
     pub fn new(url: &str, token: &str) -> anyhow::Result<Self> {
         Ok(Self {
             url: url.parse()?,
+            post: true,
             authorization: Some(HeaderValue::from_str(&format!("Bearer {token}"))?),
             headers: Vec::new(),
+            body: Bytes::from_static(BODY.as_bytes()),
+        })
+    }
+
+    /// A `POST` of `form` (url-encoded pairs), with a bearer token when `token` is given:
+    /// an exchange for another scope, or a token request straight to Entra.
+    pub fn form(url: &str, token: Option<&str>, form: &[(&str, &str)]) -> anyhow::Result<Self> {
+        let body = url::form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(form)
+            .finish();
+        Ok(Self {
+            url: url.parse()?,
+            post: true,
+            authorization: token
+                .map(|token| HeaderValue::from_str(&format!("Bearer {token}")))
+                .transpose()?,
+            headers: Vec::new(),
+            body: Bytes::from(body),
         })
     }
 
@@ -55,23 +78,28 @@ impl Target {
     pub fn get(url: &str, headers: &[(&'static str, &str)]) -> anyhow::Result<Self> {
         Ok(Self {
             url: url.parse()?,
+            post: false,
             authorization: None,
             headers: headers
                 .iter()
                 .map(|(k, v)| Ok((*k, HeaderValue::from_str(v)?)))
                 .collect::<anyhow::Result<_>>()?,
+            body: Bytes::new(),
         })
     }
 
     pub async fn send(&self, client: &reqwest::Client) -> anyhow::Result<Bytes> {
-        let mut request = match &self.authorization {
-            Some(bearer) => client
+        let mut request = if self.post {
+            client
                 .post(self.url.clone())
-                .header(header::AUTHORIZATION, bearer.clone())
                 .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-                .body(BODY),
-            None => client.get(self.url.clone()),
+                .body(self.body.clone())
+        } else {
+            client.get(self.url.clone())
         };
+        if let Some(bearer) = &self.authorization {
+            request = request.header(header::AUTHORIZATION, bearer.clone());
+        }
         for (name, value) in &self.headers {
             request = request.header(*name, value.clone());
         }
@@ -90,12 +118,26 @@ impl Target {
 }
 
 pub fn load_client(concurrency: usize) -> anyhow::Result<reqwest::Client> {
-    Ok(reqwest::Client::builder()
+    Ok(client_builder(concurrency).build()?)
+}
+
+fn client_builder(concurrency: usize) -> reqwest::ClientBuilder {
+    reqwest::Client::builder()
         .no_proxy()
         .tcp_nodelay(true)
         .pool_max_idle_per_host(concurrency)
         .pool_idle_timeout(Duration::from_secs(120))
         .timeout(Duration::from_secs(30))
+}
+
+/// [`load_client`] for HTTPS: trusts only `ca_pem`, and speaks HTTP/1.1 like the plain
+/// rows (one request at a time per kept-alive connection; the TLS handshake is paid once
+/// per connection, in the warm-up), so the TLS rows differ from them by TLS alone.
+pub fn tls_load_client(concurrency: usize, ca_pem: &str) -> anyhow::Result<reqwest::Client> {
+    let ca = reqwest::Certificate::from_pem(ca_pem.as_bytes())?;
+    Ok(client_builder(concurrency)
+        .tls_certs_only([ca])
+        .http1_only()
         .build()?)
 }
 
@@ -169,6 +211,52 @@ pub async fn drive(
             tally
         });
     }
+    summarise(workers, cpu_before, started).await
+}
+
+/// Sends every target of `targets` once, `concurrency` at a time, in order: each of the
+/// workers takes the next one not yet sent (cold-path keys, each asked for once).
+pub async fn drive_each(
+    client: &reqwest::Client,
+    targets: &Arc<Vec<Target>>,
+    concurrency: usize,
+) -> anyhow::Result<Round> {
+    let cpu_before = process_cpu_secs();
+    let started = Instant::now();
+    let next = Arc::new(AtomicU64::new(0));
+    let mut workers = JoinSet::new();
+    for _ in 0..concurrency {
+        let (client, targets, next) = (client.clone(), targets.clone(), next.clone());
+        workers.spawn(async move {
+            let mut tally = WorkerTally::default();
+            loop {
+                let index = next.fetch_add(1, Ordering::Relaxed);
+                let Some(target) = usize::try_from(index).ok().and_then(|i| targets.get(i)) else {
+                    break;
+                };
+                let sent = Instant::now();
+                let result = target.send(&client).await;
+                let ns = u64::try_from(sent.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                match result {
+                    Ok(_) => tally.latencies_ns.push(ns),
+                    Err(e) => {
+                        tally.errors += 1;
+                        tally.first_error.get_or_insert_with(|| format!("{e:#}"));
+                    }
+                }
+            }
+            tally
+        });
+    }
+    summarise(workers, cpu_before, started).await
+}
+
+/// Gathers the workers' tallies into one round: latencies sorted, CPU per request.
+async fn summarise(
+    mut workers: JoinSet<WorkerTally>,
+    cpu_before: Option<f64>,
+    started: Instant,
+) -> anyhow::Result<Round> {
     let mut latencies = Vec::new();
     let mut errors = 0;
     let mut first_error = None;

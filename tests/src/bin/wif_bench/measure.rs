@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, bail};
+use axum::body::Bytes;
 use jsonwebtoken::{Algorithm, DecodingKey};
 use serde::Serialize;
 use serde_json::Value;
@@ -18,11 +19,13 @@ use wif_broker::exchange::ExchangeRequest;
 use wif_broker::metrics::Metrics;
 use wif_broker::token::UnverifiedToken;
 use wif_config::CacheConfig;
+use wif_tests::pki::Pki;
 use wif_tests::{ARM, DEPLOY_CLIENT, MAIN_SUBJECT, TENANT, metric_value};
 
 use crate::Options;
-use crate::load::{Measured, Round, Target, drive, load_client, median};
-use crate::servers::{BenchStack, LimitServer};
+use crate::load::{Measured, Round, Target, drive, drive_each, load_client, median};
+use crate::report::{Budget, verdict};
+use crate::servers::{BenchStack, ColdIdentity, LimitServer, StackOptions};
 
 /// docs/PERFORMANCE.md: 1,000 concurrent cold requests → exactly 1 Entra call.
 const COALESCING_TARGET: u64 = 1;
@@ -102,6 +105,7 @@ pub async fn throughput(opts: &Options, stack: &BenchStack) -> anyhow::Result<Th
         DecodingKey::from_jwk(&jwk)?,
         stack.broker.broker.clone(),
         answer,
+        None,
     )
     .await?;
     let floor_target = Arc::new(Target::new(
@@ -204,6 +208,322 @@ pub async fn throughput(opts: &Options, stack: &BenchStack) -> anyhow::Result<Th
         broker,
     })
 }
+
+/// One broker configuration measured against the limit in the same rounds.
+#[derive(Debug, Clone, Serialize)]
+pub struct AgainstLimit {
+    pub broker: Measured,
+    pub vs_limit: Budget,
+}
+
+/// The TLS rows: the limit and the broker's cache hit, both serving TLS.
+#[derive(Debug, Clone, Serialize)]
+pub struct TlsRows {
+    /// The limit handler behind the same rustls configuration as the broker.
+    pub limit: Measured,
+    /// The repeated token (verified-token cache on, as deployed), unless
+    /// `--no-verified-cache`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub broker_cache_hit: Option<AgainstLimit>,
+    /// Every request's signature verified (verified-token cache off).
+    pub broker_every_request_verified: AgainstLimit,
+}
+
+/// The cache-hit rows served over TLS (`tls: true`; `false` serves the same rows plain
+/// and is what the plain rows of [`throughput`] measure): the limit handler and, in the
+/// same interleaved rounds, one broker per verified-token setting in `verified_caches`
+/// (`true`: a repeated token is remembered; `false`: every request is verified). Each
+/// broker is divided by the limit of its own round, as in [`throughput`].
+pub async fn cache_hit_rows(
+    opts: &Options,
+    tls: bool,
+    verified_caches: &[bool],
+) -> anyhow::Result<(Measured, Vec<(bool, AgainstLimit)>)> {
+    let pki = tls.then(|| Pki::new("wif-bench"));
+    let mut stacks = Vec::with_capacity(verified_caches.len());
+    for &verified_cache in verified_caches {
+        stacks.push(
+            BenchStack::start_configured(StackOptions {
+                no_verified_cache: !verified_cache,
+                tls: pki.as_ref(),
+                ..Default::default()
+            })
+            .await?,
+        );
+    }
+    let first = stacks.first().context("no broker to measure")?;
+    let client = first.client(opts.concurrency)?;
+    let mut targets = Vec::with_capacity(stacks.len() + 1);
+    let mut answer = Bytes::new();
+    for stack in &stacks {
+        let target = Arc::new(stack.target()?);
+        // Fill the token cache (the stack's one Entra call) and open a connection.
+        answer = target
+            .send(&client)
+            .await
+            .context("the warm-up exchange failed")?;
+        targets.push(target);
+    }
+    let jwk: jsonwebtoken::jwk::Jwk =
+        serde_json::from_value(first.issuer.current_key().public_jwk())?;
+    let limit_server = LimitServer::start(
+        DecodingKey::from_jwk(&jwk)?,
+        first.broker.broker.clone(),
+        answer,
+        first.tls_files(),
+    )
+    .await?;
+    let limit_target = Arc::new(Target::new(
+        &format!("{}/verify", limit_server.url),
+        &first.token,
+    )?);
+    limit_target
+        .send(&client)
+        .await
+        .context("the limit server did not verify the token")?;
+    targets.insert(0, limit_target);
+
+    let mut rounds: Vec<Vec<Round>> = vec![Vec::new(); targets.len()];
+    for _ in 0..opts.rounds {
+        for (target, rounds) in targets.iter().zip(rounds.iter_mut()) {
+            drive(&client, target, opts.concurrency, opts.warmup).await?;
+            rounds.push(drive(&client, target, opts.concurrency, opts.stop).await?);
+        }
+    }
+    drop(client);
+    limit_server.shutdown().await;
+    for stack in stacks {
+        stack.shutdown().await;
+    }
+
+    let mut rounds = rounds.into_iter();
+    let limit = rounds.next().context("the limit without rounds")?;
+    let mut brokers = Vec::with_capacity(verified_caches.len());
+    for (&verified_cache, broker) in verified_caches.iter().zip(rounds) {
+        let round_ratios: Vec<f64> = limit
+            .iter()
+            .zip(&broker)
+            .map(|(l, b)| ratio(b.requests_per_sec, l.requests_per_sec))
+            .collect();
+        let what = match (tls, verified_cache) {
+            (true, true) => "broker (TLS): POST /v1/token, cache hit, repeated token",
+            (true, false) => "broker (TLS): POST /v1/token, cache hit, every request verified",
+            (false, true) => "broker: POST /v1/token, cache hit, repeated token",
+            (false, false) => "broker: POST /v1/token, cache hit, every request verified",
+        };
+        brokers.push((verified_cache, Measured::new(what, broker), round_ratios));
+    }
+    let limit = Measured::new(
+        if tls {
+            "limit (TLS): bare axum handler, one RS256 verify"
+        } else {
+            "limit: bare axum handler, one RS256 verify"
+        },
+        limit,
+    );
+    let brokers = brokers
+        .into_iter()
+        .map(|(verified_cache, broker, round_ratios)| {
+            let r = median(round_ratios.iter().copied());
+            let pass = r >= crate::RATIO_BUDGET;
+            let vs_limit = Budget {
+                ratio: r,
+                budget: crate::RATIO_BUDGET,
+                pass,
+                verdict: verdict(pass),
+                round_ratios,
+                cpu_ratio: ratio(limit.cpu_us_per_request, broker.cpu_us_per_request),
+            };
+            (verified_cache, AgainstLimit { broker, vs_limit })
+        })
+        .collect();
+    Ok((limit, brokers))
+}
+
+/// [`cache_hit_rows`] over TLS, both token settings (only the every-request one with
+/// `--no-verified-cache`).
+pub async fn tls_rows(opts: &Options) -> anyhow::Result<TlsRows> {
+    let settings: &[bool] = if opts.verified_cache {
+        &[true, false]
+    } else {
+        &[false]
+    };
+    let (limit, rows) = cache_hit_rows(opts, true, settings).await?;
+    let mut broker_cache_hit = None;
+    let mut every_request = None;
+    for (verified_cache, row) in rows {
+        if verified_cache {
+            broker_cache_hit = Some(row);
+        } else {
+            every_request = Some(row);
+        }
+    }
+    Ok(TlsRows {
+        limit,
+        broker_cache_hit,
+        broker_every_request_verified: every_request.context("no every-request row")?,
+    })
+}
+
+/// docs/PERFORMANCE.md: the broker adds at most 2 ms at p99 to a cold exchange.
+const COLD_ADDED_P99_BUDGET_US: f64 = 2000.0;
+
+/// The cold path: distinct (identity, scope) keys, each asked for once, against an Entra
+/// that takes a fixed time to answer.
+#[derive(Debug, Clone, Serialize)]
+pub struct ColdPath {
+    pub keys: usize,
+    pub identities: usize,
+    pub scopes_per_identity: usize,
+    pub concurrency: usize,
+    /// The emulator waits this long before it handles each token request.
+    pub entra_delay_ms: u64,
+    /// The emulator asked directly (no broker), the same token requests the broker sends:
+    /// what Entra's fixed delay and the emulator's own work (verifying the assertion with
+    /// the issuer's keys, signing an access token) cost on this machine.
+    pub entra_alone: Measured,
+    /// The broker's `POST /v1/token` for each key once: every one a cache miss.
+    pub broker: Measured,
+    /// Broker p50 and p99 minus the fixed delay (medians over rounds).
+    pub added_p50_us: f64,
+    pub added_p99_us: f64,
+    /// The same for the emulator asked directly: what of the above is not the broker's.
+    pub entra_alone_added_p50_us: f64,
+    pub entra_alone_added_p99_us: f64,
+    pub budget_added_p99_us: f64,
+    pub pass: bool,
+    pub verdict: &'static str,
+    /// The whole process's CPU per cold exchange (broker, emulator, issuer, client).
+    pub cpu_us_per_cold_exchange: f64,
+    /// That minus the CPU per request of the emulator asked directly: the broker's own.
+    pub broker_cpu_us_per_cold_exchange: f64,
+    /// Token requests the emulator received per cold exchange (1: no retries, no
+    /// coalescing across distinct keys).
+    pub entra_calls_per_cold_exchange: f64,
+}
+
+/// Rounds of: the emulator asked directly for every key, then the broker asked for every
+/// key (new scopes each round, so every broker request is a cache miss). Every token
+/// request the emulator receives waits `entra_delay` first (one `Fault::Delay` queued per
+/// request).
+pub async fn cold_path(opts: &Options) -> anyhow::Result<ColdPath> {
+    let identities = opts.cold_concurrency.min(opts.cold_keys).max(1);
+    let scopes_per_identity = opts.cold_keys.div_ceil(identities);
+    let stack = BenchStack::start_configured(StackOptions {
+        cold_identities: identities,
+        ..Default::default()
+    })
+    .await?;
+    let delay = opts.cold_entra_delay;
+    let delay_each = |n: usize| {
+        for _ in 0..n {
+            stack.entra.push_fault(Fault::Delay(delay));
+        }
+    };
+    let client = load_client(opts.cold_concurrency)?;
+    let exchange = format!("{}/v1/token", stack.broker.url());
+    let entra_token = stack.entra.token_endpoint(TENANT);
+    // `k`: identity k mod identities, scope k / identities, so the requests in flight at
+    // once are for different identities.
+    let keys = |n: usize,
+                scope: &dyn Fn(usize) -> String,
+                target: &dyn Fn(&ColdIdentity, &str) -> anyhow::Result<Target>|
+     -> anyhow::Result<Arc<Vec<Target>>> {
+        let targets = (0..n)
+            .map(|k| {
+                let identity = &stack.cold[k % identities];
+                target(identity, &scope(k / identities))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(Arc::new(targets))
+    };
+    let via_broker = |identity: &ColdIdentity, scope: &str| {
+        Target::form(&exchange, Some(&identity.token), &[("scope", scope)])
+    };
+    let direct = |identity: &ColdIdentity, scope: &str| {
+        Target::form(
+            &entra_token,
+            None,
+            &[
+                ("grant_type", "client_credentials"),
+                ("client_id", &identity.client_id),
+                ("client_assertion_type", JWT_BEARER),
+                ("client_assertion", &identity.token),
+                ("scope", scope),
+            ],
+        )
+    };
+
+    // Warm-up: one exchange per identity (the issuer's keys fetched, each token seen once,
+    // the broker's connections to Entra and ours opened), and as many straight to Entra.
+    let warm = |_: usize| "api://wif-bench-warm-up/.default".to_owned();
+    delay_each(2 * identities);
+    let warm_broker = keys(identities, &warm, &via_broker)?;
+    let warm_direct = keys(identities, &warm, &direct)?;
+    for round in [
+        drive_each(&client, &warm_direct, opts.cold_concurrency).await?,
+        drive_each(&client, &warm_broker, opts.cold_concurrency).await?,
+    ] {
+        if let Some(e) = round.first_error {
+            bail!("the cold path's warm-up failed: {e}");
+        }
+    }
+    let calls_before = stack.entra.token_requests();
+
+    let (mut alone, mut broker) = (Vec::new(), Vec::new());
+    for r in 0..opts.rounds {
+        let scope = |s: usize| format!("api://wif-bench-cold-{r}-{s}/.default");
+        let (direct_targets, broker_targets) = (
+            keys(opts.cold_keys, &scope, &direct)?,
+            keys(opts.cold_keys, &scope, &via_broker)?,
+        );
+        delay_each(opts.cold_keys);
+        alone.push(drive_each(&client, &direct_targets, opts.cold_concurrency).await?);
+        delay_each(opts.cold_keys);
+        broker.push(drive_each(&client, &broker_targets, opts.cold_concurrency).await?);
+    }
+    let calls = stack.entra.token_requests() - calls_before;
+    let undelayed = stack.entra.pending_faults();
+    drop(client);
+    stack.shutdown().await;
+    if undelayed != 0 {
+        bail!("{undelayed} queued Entra delays were not used: some requests did not reach Entra");
+    }
+
+    let delay_us = delay.as_secs_f64() * 1e6;
+    let added =
+        |rounds: &[Round], p: fn(&Round) -> f64| median(rounds.iter().map(|r| p(r) - delay_us));
+    let added_p50_us = added(&broker, |r| r.p50_us);
+    let added_p99_us = added(&broker, |r| r.p99_us);
+    let entra_alone_added_p50_us = added(&alone, |r| r.p50_us);
+    let entra_alone_added_p99_us = added(&alone, |r| r.p99_us);
+    let entra_alone = Measured::new("Entra emulator asked directly (cold path's floor)", alone);
+    let broker = Measured::new("broker: POST /v1/token, cold (cache miss)", broker);
+    let pass = added_p99_us <= COLD_ADDED_P99_BUDGET_US && broker.errors == 0;
+    let broker_requests = broker.requests.max(1) as f64;
+    Ok(ColdPath {
+        keys: opts.cold_keys,
+        identities,
+        scopes_per_identity,
+        concurrency: opts.cold_concurrency,
+        entra_delay_ms: u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+        added_p50_us,
+        added_p99_us,
+        entra_alone_added_p50_us,
+        entra_alone_added_p99_us,
+        budget_added_p99_us: COLD_ADDED_P99_BUDGET_US,
+        pass,
+        verdict: verdict(pass),
+        cpu_us_per_cold_exchange: broker.cpu_us_per_request,
+        broker_cpu_us_per_cold_exchange: broker.cpu_us_per_request - entra_alone.cpu_us_per_request,
+        entra_calls_per_cold_exchange: (calls as f64 - entra_alone.requests as f64)
+            / broker_requests,
+        entra_alone,
+        broker,
+    })
+}
+
+const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 
 pub fn ratio(a: f64, b: f64) -> f64 {
     if b > 0.0 { a / b } else { 0.0 }
@@ -438,6 +758,131 @@ pub async fn breakdown(opts: &Options, stack: &BenchStack) -> anyhow::Result<Bre
         audit_json_us,
         exchange_cache_hit_us,
     })
+}
+
+/// The agent's footprint, measured on its release binary (docs/PERFORMANCE.md, "The
+/// agent's footprint"): what one pod pays for the sidecar.
+#[derive(Debug, Clone, Serialize)]
+pub struct AgentFootprint {
+    pub binary: String,
+    /// Why a figure is missing (no binary, no `strip`), when one is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+    /// Size of the binary as built.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub binary_bytes: Option<u64>,
+    /// Size after `strip` (a copy; the binary is left alone).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stripped_bytes: Option<u64>,
+    /// Median `VmRSS` of idle agents `serve`-ing the App Service and IMDS protocols.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idle_rss_kib: Option<u64>,
+    pub idle_rss_samples_kib: Vec<u64>,
+    pub settle_ms: u64,
+}
+
+/// Where the agent's binary is: `--agent-bin`, else `wif-agent` beside this executable
+/// (`target/release/` after `cargo build --release -p wif-agent`).
+fn agent_binary(opts: &Options) -> Option<std::path::PathBuf> {
+    opts.agent_bin.clone().or_else(|| {
+        std::env::current_exe()
+            .ok()
+            .map(|exe| exe.with_file_name("wif-agent"))
+    })
+}
+
+/// Stripped size and idle RSS of the agent binary: `samples` agents started at once with
+/// a token file and a broker that is never called, `VmRSS` read after `settle`, then
+/// stopped; the median is reported.
+pub async fn agent_footprint(opts: &Options) -> anyhow::Result<AgentFootprint> {
+    let settle = opts.agent_settle;
+    let mut footprint = AgentFootprint {
+        binary: String::new(),
+        note: None,
+        binary_bytes: None,
+        stripped_bytes: None,
+        idle_rss_kib: None,
+        idle_rss_samples_kib: Vec::new(),
+        settle_ms: u64::try_from(settle.as_millis()).unwrap_or(u64::MAX),
+    };
+    let binary = agent_binary(opts).context("cannot tell where wif-bench runs from")?;
+    footprint.binary = binary.display().to_string();
+    if !binary.is_file() {
+        footprint.note = Some(format!(
+            "no wif-agent binary at {}: build it with `cargo build --release -p wif-agent` \
+             (alone, as the Dockerfile does), or pass --agent-bin PATH",
+            binary.display()
+        ));
+        return Ok(footprint);
+    }
+    footprint.binary_bytes = Some(std::fs::metadata(&binary)?.len());
+    let dir = tempfile::tempdir()?;
+    let stripped = dir.path().join("wif-agent");
+    match tokio::process::Command::new("strip")
+        .arg("-o")
+        .arg(&stripped)
+        .arg(&binary)
+        .status()
+        .await
+    {
+        Ok(status) if status.success() => {
+            footprint.stripped_bytes = Some(std::fs::metadata(&stripped)?.len());
+        }
+        Ok(status) => footprint.note = Some(format!("strip failed: {status}")),
+        Err(e) => footprint.note = Some(format!("cannot run strip: {e}")),
+    }
+    let token = dir.path().join("token");
+    std::fs::write(&token, "eyJ.not.used")?;
+    let mut agents = Vec::with_capacity(opts.agent_samples);
+    for _ in 0..opts.agent_samples {
+        agents.push(
+            tokio::process::Command::new(&binary)
+                .args(["serve", "--broker", "http://127.0.0.1:9", "--token-file"])
+                .arg(&token)
+                .args(["--listen", "127.0.0.1:0"])
+                .env("WIF_AGENT_IDENTITY_HEADER", AGENT_SECRET)
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .kill_on_drop(true)
+                .spawn()
+                .with_context(|| format!("cannot start {}", binary.display()))?,
+        );
+    }
+    tokio::time::sleep(settle).await;
+    let mut samples = Vec::with_capacity(agents.len());
+    for mut agent in agents {
+        let rss = agent
+            .id()
+            .and_then(|pid| std::fs::read_to_string(format!("/proc/{pid}/status")).ok())
+            .and_then(|status| vm_rss_kib(&status));
+        let exited = agent.try_wait()?;
+        let _ = agent.kill().await;
+        match (rss, exited) {
+            (Some(kib), None) => samples.push(kib),
+            _ => {
+                let output = agent.wait_with_output().await?;
+                bail!(
+                    "the agent did not stay up ({:?}): {}",
+                    output.status,
+                    String::from_utf8_lossy(&output.stderr)
+                        .chars()
+                        .take(500)
+                        .collect::<String>()
+                );
+            }
+        }
+    }
+    footprint.idle_rss_kib = Some(median(samples.iter().map(|&k| k as f64)) as u64);
+    footprint.idle_rss_samples_kib = samples;
+    Ok(footprint)
+}
+
+fn vm_rss_kib(status: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
 #[derive(Debug, Clone, Serialize)]

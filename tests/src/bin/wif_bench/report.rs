@@ -5,7 +5,9 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use crate::load::Measured;
-use crate::measure::{Breakdown, Coalescing, Memory};
+use crate::measure::{
+    AgainstLimit, AgentFootprint, Breakdown, Coalescing, ColdPath, Memory, TlsRows,
+};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Machine {
@@ -63,7 +65,11 @@ pub struct Report {
     pub agent_cache_hit: Measured,
     /// The agent's cache hit against the `GET` floor.
     pub agent_vs_floor: Budget,
+    /// The cache-hit rows with the broker and the limit serving TLS.
+    pub tls: TlsRows,
     pub coalescing: Coalescing,
+    pub cold_path: ColdPath,
+    pub agent_footprint: AgentFootprint,
     pub breakdown: Breakdown,
     pub memory: Memory,
 }
@@ -78,8 +84,74 @@ impl Report {
                 &self.broker_cache_hit,
                 &self.agent_floor,
                 &self.agent_cache_hit,
+                &self.tls.limit,
+            ])
+            .chain(self.tls.broker_cache_hit.as_ref().map(|row| &row.broker))
+            .chain([
+                &self.tls.broker_every_request_verified.broker,
+                &self.cold_path.entra_alone,
+                &self.cold_path.broker,
             ])
     }
+
+    /// The TLS broker rows with their budgets.
+    pub fn tls_rows(&self) -> impl Iterator<Item = &AgainstLimit> {
+        self.tls
+            .broker_cache_hit
+            .iter()
+            .chain([&self.tls.broker_every_request_verified])
+    }
+}
+
+fn ratios(b: &Budget) -> String {
+    b.round_ratios
+        .iter()
+        .map(|x| format!("{x:.3}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn bytes(n: Option<u64>) -> String {
+    n.map_or_else(
+        || "not measured".to_owned(),
+        |n| format!("{n} bytes ({:.1} MiB)", n as f64 / (1024.0 * 1024.0)),
+    )
+}
+
+/// The cold path's verdict line.
+fn cold_result(c: &ColdPath) -> String {
+    format!(
+        "added p50 {} / p99 {} (Entra asked directly: {} / {}): {}; CPU per cold exchange {} (whole process), {} of it the broker's",
+        latency(c.added_p50_us),
+        latency(c.added_p99_us),
+        latency(c.entra_alone_added_p50_us),
+        latency(c.entra_alone_added_p99_us),
+        c.verdict,
+        latency(c.cpu_us_per_cold_exchange),
+        latency(c.broker_cpu_us_per_cold_exchange),
+    )
+}
+
+/// The agent's footprint line.
+fn footprint(f: &AgentFootprint) -> String {
+    let mut line = format!(
+        "stripped {}, idle RSS {}",
+        bytes(f.stripped_bytes),
+        f.idle_rss_kib
+            .map_or_else(|| "not measured".to_owned(), |k| format!("{k} kB")),
+    );
+    if f.idle_rss_kib.is_some() {
+        let _ = write!(
+            line,
+            " (median of {}, after {} ms)",
+            f.idle_rss_samples_kib.len(),
+            f.settle_ms
+        );
+    }
+    if let Some(note) = &f.note {
+        let _ = write!(line, "; {note}");
+    }
+    line
 }
 
 pub fn cpu_model() -> String {
@@ -158,13 +230,13 @@ pub fn table(r: &Report) -> String {
     let _ = writeln!(out);
     let _ = writeln!(
         out,
-        "{:<46} {:>11} {:>9} {:>9} {:>9} {:>9} {:>6}",
+        "{:<64} {:>11} {:>9} {:>9} {:>9} {:>9} {:>6}",
         "measurement", "requests/s", "p50", "p99", "CPU/req", "requests", "errors"
     );
     for m in r.measured() {
         let _ = writeln!(
             out,
-            "{:<46} {:>11.0} {:>9} {:>9} {:>9} {:>9} {:>6}",
+            "{:<64} {:>11.0} {:>9} {:>9} {:>9} {:>9} {:>6}",
             m.what,
             m.requests_per_sec,
             latency(m.p50_us),
@@ -200,13 +272,22 @@ pub fn table(r: &Report) -> String {
         a.ratio,
         a.budget,
         a.verdict,
-        a.round_ratios
-            .iter()
-            .map(|x| format!("{x:.3}"))
-            .collect::<Vec<_>>()
-            .join(", "),
+        ratios(a),
         a.cpu_ratio
     );
+    for row in r.tls_rows() {
+        let b = &row.vs_limit;
+        let _ = writeln!(
+            out,
+            "ratio {} / TLS limit: {:.3} (budget >= {:.2}): {}  [per round: {}]; CPU cross-check {:.3}",
+            row.broker.what,
+            b.ratio,
+            b.budget,
+            b.verdict,
+            ratios(b),
+            b.cpu_ratio
+        );
+    }
     let c = &r.coalescing;
     let _ = writeln!(
         out,
@@ -221,6 +302,29 @@ pub fn table(r: &Report) -> String {
         out,
         "            {} ok, {} failed, {} distinct access token(s), {} callers coalesced on the miss, {:.0} ms wall",
         c.ok, c.failed, c.distinct_access_tokens, c.cache_misses, c.wall_ms
+    );
+    let cold = &r.cold_path;
+    let _ = writeln!(
+        out,
+        "cold path: {} distinct (identity, scope) keys ({} identities x {} scopes), concurrency {}, Entra answers after {} ms (budget: added p99 <= {})",
+        cold.keys,
+        cold.identities,
+        cold.scopes_per_identity,
+        cold.concurrency,
+        cold.entra_delay_ms,
+        latency(cold.budget_added_p99_us),
+    );
+    let _ = writeln!(
+        out,
+        "           {}; {:.2} Entra call(s) per cold exchange",
+        cold_result(cold),
+        cold.entra_calls_per_cold_exchange
+    );
+    let _ = writeln!(
+        out,
+        "agent footprint ({}): {}",
+        r.agent_footprint.binary,
+        footprint(&r.agent_footprint)
     );
     let d = &r.breakdown;
     let _ = writeln!(
@@ -309,11 +413,47 @@ pub fn markdown(r: &Report) -> String {
     row(
         &mut out,
         &r.agent_cache_hit,
-        "≥ 0.80 × GET floor",
+        &format!("≥ {:.2} × GET floor", a.budget),
         &format!(
             "{:.3} × floor: {} (CPU cross-check {:.3})",
             a.ratio, a.verdict, a.cpu_ratio
         ),
+    );
+    row(&mut out, &r.tls.limit, "(the TLS limit)", "");
+    for tls in r.tls_rows() {
+        let b = &tls.vs_limit;
+        row(
+            &mut out,
+            &tls.broker,
+            &format!("≥ {:.2} × TLS limit", b.budget),
+            &format!(
+                "{:.3} × TLS limit: {} (CPU cross-check {:.3})",
+                b.ratio, b.verdict, b.cpu_ratio
+            ),
+        );
+    }
+    let cold = &r.cold_path;
+    row(
+        &mut out,
+        &cold.entra_alone,
+        &format!("(context: Entra answers after {} ms)", cold.entra_delay_ms),
+        "",
+    );
+    row(
+        &mut out,
+        &cold.broker,
+        &format!(
+            "{} keys at concurrency {}: added p99 ≤ {}",
+            cold.keys,
+            cold.concurrency,
+            latency(cold.budget_added_p99_us)
+        ),
+        &cold_result(cold),
+    );
+    let _ = writeln!(
+        out,
+        "| Agent binary, stripped, and idle RSS | | | | | (informative) | {} |",
+        footprint(&r.agent_footprint)
     );
     let c = &r.coalescing;
     let _ = writeln!(

@@ -2,6 +2,7 @@
 //! server that stands for the machine's limit.
 
 use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,14 +17,16 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+use wif_broker::api::serve;
 use wif_broker::dev::entra::{AppRegistration, EmulatedFic, EntraEmulator};
 use wif_broker::dev::issuer::LocalIssuer;
 use wif_broker::exchange::{Broker, ExchangeRequest};
 use wif_broker::server::RunningBroker;
 use wif_config::{BrokerConfig, FederatedCredentialConfig, IdentityConfig};
+use wif_tests::pki::Pki;
 use wif_tests::{ARM, DEPLOY_CLIENT, MAIN_SUBJECT, REPO, TENANT, github_claims};
 
-use crate::load::Target;
+use crate::load::{Target, load_client, tls_load_client};
 
 /// How long minted job tokens stay valid: longer than any sane run.
 const TOKEN_LIFETIME_SECS: u64 = 3600;
@@ -36,8 +39,52 @@ pub struct BenchStack {
     pub broker: RunningBroker,
     /// A job token for contoso/app on main, valid for [`TOKEN_LIFETIME_SECS`].
     pub token: String,
-    /// Holds the SQLite file (WAL, as deployed): every exchange's audit event is written.
-    _store_dir: tempfile::TempDir,
+    /// With [`StackOptions::cold_identities`]: one token per extra identity.
+    pub cold: Vec<ColdIdentity>,
+    /// The CA of the broker's certificate, when it serves TLS.
+    pub ca_pem: Option<String>,
+    /// Holds the SQLite file (WAL, as deployed; every exchange's audit event is written)
+    /// and the TLS certificate and key.
+    store_dir: tempfile::TempDir,
+}
+
+const CERT_FILE: &str = "tls.crt";
+const KEY_FILE: &str = "tls.key";
+
+fn pki_files(pki: &Pki, dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
+    let (cert, key) = (dir.join(CERT_FILE), dir.join(KEY_FILE));
+    std::fs::write(&cert, &pki.cert_pem)?;
+    std::fs::write(&key, &pki.key_pem)?;
+    Ok((cert, key))
+}
+
+/// A GitHub Actions job token for `repo` on main, valid for [`TOKEN_LIFETIME_SECS`].
+fn mint(issuer: &LocalIssuer, repo: &str, now: u64) -> anyhow::Result<String> {
+    let mut claims = github_claims(repo, "main");
+    if let Value::Object(map) = &mut claims {
+        map.insert("exp".into(), Value::from(now + TOKEN_LIFETIME_SECS));
+    }
+    Ok(issuer.mint(claims)?)
+}
+
+/// How to set up a [`BenchStack`].
+#[derive(Default)]
+pub struct StackOptions<'a> {
+    /// Whether the broker remembers verified tokens (`[tokens] verified_cache_entries`);
+    /// off, every request verifies the signature like the limit.
+    pub no_verified_cache: bool,
+    /// Serve TLS with this certificate (`[server] tls_cert`, `tls_key`).
+    pub tls: Option<&'a Pki>,
+    /// Also register this many identities (`bench-0`, ...), each with its own Entra app
+    /// and one credential for its own subject, and mint a token for each: the cold path's
+    /// distinct (identity, scope) keys.
+    pub cold_identities: usize,
+}
+
+/// One of the cold path's identities: its token and its Entra app.
+pub struct ColdIdentity {
+    pub client_id: String,
+    pub token: String,
 }
 
 impl BenchStack {
@@ -48,6 +95,14 @@ impl BenchStack {
     /// `verified_cache`: whether the broker remembers verified tokens (`[tokens]
     /// verified_cache_entries`); off, every request verifies the signature like the limit.
     pub async fn start_with(verified_cache: bool) -> anyhow::Result<Self> {
+        Self::start_configured(StackOptions {
+            no_verified_cache: !verified_cache,
+            ..Default::default()
+        })
+        .await
+    }
+
+    pub async fn start_configured(options: StackOptions<'_>) -> anyhow::Result<Self> {
         wif_broker::crypto::install_provider();
         let clock = wif_broker::clock::system();
         let issuer = LocalIssuer::start(clock.clone()).await?;
@@ -65,8 +120,13 @@ impl BenchStack {
         config.server.drain_secs = 0;
         let store_dir = tempfile::tempdir()?;
         config.store.url = format!("sqlite://{}", store_dir.path().join("wif.db").display());
-        if !verified_cache {
+        if options.no_verified_cache {
             config.tokens.verified_cache_entries = 0;
+        }
+        if let Some(pki) = options.tls {
+            let (cert, key) = pki_files(pki, store_dir.path())?;
+            config.server.tls_cert = Some(cert);
+            config.server.tls_key = Some(key);
         }
         config.outbound.allow_loopback_http = true;
         config.entra.authority_host = entra.url();
@@ -82,18 +142,61 @@ impl BenchStack {
             }],
             ..Default::default()
         }];
-        let broker = RunningBroker::start(&config, clock.clone()).await?;
-        let mut claims = github_claims(REPO, "main");
-        if let Value::Object(map) = &mut claims {
-            map.insert("exp".into(), Value::from(clock.now() + TOKEN_LIFETIME_SECS));
+        let mut cold = Vec::with_capacity(options.cold_identities);
+        for i in 0..options.cold_identities {
+            let repo = format!("contoso/bench-{i}");
+            let subject = format!("repo:{repo}:ref:refs/heads/main");
+            let client_id = format!("3f1c2a9e-5b7d-4e21-9c3a-{i:012x}");
+            entra.register_app(
+                AppRegistration::new(TENANT, &client_id).with_fic(EmulatedFic::new(
+                    "github-main",
+                    &issuer.url(),
+                    &subject,
+                )),
+            );
+            config.identities.push(IdentityConfig {
+                name: format!("bench-{i}"),
+                tenant_id: TENANT.into(),
+                client_id: client_id.clone(),
+                federated_credentials: vec![FederatedCredentialConfig {
+                    name: "github-main".into(),
+                    issuer: issuer.url(),
+                    subject: Some(subject),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            });
+            let token = mint(&issuer, &repo, clock.now())?;
+            cold.push(ColdIdentity { client_id, token });
         }
-        let token = issuer.mint(claims)?;
+        let broker = RunningBroker::start(&config, clock.clone()).await?;
+        let token = mint(&issuer, REPO, clock.now())?;
         Ok(Self {
             issuer,
             entra,
             broker,
             token,
-            _store_dir: store_dir,
+            cold,
+            ca_pem: options.tls.map(|pki| pki.ca_pem.clone()),
+            store_dir,
+        })
+    }
+
+    /// A load-generator client for this broker: plain, or trusting its CA.
+    pub fn client(&self, concurrency: usize) -> anyhow::Result<reqwest::Client> {
+        match &self.ca_pem {
+            Some(ca) => tls_load_client(concurrency, ca),
+            None => load_client(concurrency),
+        }
+    }
+
+    /// The PEM files the broker serves TLS with, when it does.
+    pub fn tls_files(&self) -> Option<(PathBuf, PathBuf)> {
+        self.ca_pem.as_ref().map(|_| {
+            (
+                self.store_dir.path().join(CERT_FILE),
+                self.store_dir.path().join(KEY_FILE),
+            )
         })
     }
 
@@ -121,10 +224,14 @@ pub struct LimitServer {
 }
 
 impl LimitServer {
+    /// `tls`: the certificate and key the broker serves: the bare server then serves TLS
+    /// with the same rustls configuration (`wif_broker::tls::server_config` of the same
+    /// files) through the broker's own serving loop (`axum::serve` has no TLS).
     pub async fn start(
         key: DecodingKey,
         broker: Arc<Broker>,
         answer: Bytes,
+        tls: Option<(PathBuf, PathBuf)>,
     ) -> anyhow::Result<Self> {
         let app = Router::new()
             .route("/verify", post(verify_once))
@@ -136,8 +243,28 @@ impl LimitServer {
                 answer,
             }));
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
-        let url = format!("http://{}", listener.local_addr()?);
         let (stop, stopped) = oneshot::channel::<()>();
+        if let Some((cert, key)) = tls {
+            let url = format!("https://{}", listener.local_addr()?);
+            let rustls = wif_broker::tls::server_config(cert, key, Duration::from_secs(10))?;
+            // The broker's defaults, with the bench broker's quick shutdown.
+            let limits = serve::Limits {
+                drain: Duration::ZERO,
+                shutdown_timeout: Duration::from_secs(2),
+                ..serve::Limits::default()
+            };
+            let task = tokio::spawn(serve::serve(
+                listener,
+                app,
+                Some(rustls),
+                async move {
+                    let _ = stopped.await;
+                },
+                limits,
+            ));
+            return Ok(Self { url, stop, task });
+        }
+        let url = format!("http://{}", listener.local_addr()?);
         let task = tokio::spawn(async move {
             axum::serve(
                 listener,
