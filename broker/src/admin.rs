@@ -57,15 +57,29 @@ impl From<StoreError> for AdminError {
 }
 
 impl AdminError {
-    pub fn code(&self) -> &'static str {
+    /// The error's one classification (docs/api.md, "Errors"): a store failure's text is
+    /// for the log only.
+    pub fn classify(&self) -> crate::error::ApiError {
+        use crate::error::{ApiError, ErrorCode};
         match self {
-            AdminError::Invalid(_) => "invalid_request",
-            AdminError::NotFound(_) => "not_found",
-            AdminError::Conflict(_) => "conflict",
-            AdminError::ReadOnly(_) => "read_only",
-            AdminError::Limit { .. } => "too_many_credentials",
-            AdminError::Store(_) => "store_unavailable",
+            AdminError::Invalid(violations) => {
+                let mut err = ApiError::new(ErrorCode::InvalidRequest, self.to_string());
+                err.details = serde_json::to_value(violations).ok();
+                err
+            }
+            AdminError::NotFound(_) => ApiError::new(ErrorCode::NotFound, self.to_string()),
+            AdminError::Conflict(_) => ApiError::new(ErrorCode::Conflict, self.to_string()),
+            AdminError::ReadOnly(_) => ApiError::new(ErrorCode::ReadOnly, self.to_string()),
+            AdminError::Limit { .. } => {
+                ApiError::new(ErrorCode::TooManyCredentials, self.to_string())
+            }
+            AdminError::Store(store) => ApiError::store(store),
         }
+    }
+
+    /// The stable error code.
+    pub fn code(&self) -> crate::error::ErrorCode {
+        self.classify().code
     }
 }
 

@@ -18,6 +18,7 @@ use crate::entra::assertion::Assertions;
 use crate::entra::assertion::issuer::BrokerIssuer;
 use crate::entra::scope::ScopeError;
 use crate::entra::{EntraClient, EntraError, EntraToken, Secret};
+use crate::error::{ApiError, ErrorCode};
 use crate::issuer::{IssuerSetupError, KeyError, KeyStore};
 use crate::metrics::Metrics;
 use crate::policy::conditions::{self, Attempt, Refusal};
@@ -59,55 +60,131 @@ pub enum ExchangeError {
 }
 
 impl ExchangeError {
-    /// The stable error code callers, metrics and audit see.
-    pub fn code(&self) -> &'static str {
+    /// The error's one classification (docs/api.md, "Errors"): code, status,
+    /// `Retry-After`, the description the caller gets and, for store, assertion-store and
+    /// upstream failures, the detail only the log gets.
+    pub fn classify(&self) -> ApiError {
+        let public = || ApiError::new(self.code(), self.to_string());
         match self {
-            ExchangeError::Scope(_) => "invalid_scope",
+            ExchangeError::Keys(KeyError::Unavailable { .. }) => {
+                public().with_retry_after(crate::issuer::RETRY_AFTER_FAILURE_SECS)
+            }
+            ExchangeError::RateLimited(limited) => public().with_retry_after(limited.retry_after),
+            ExchangeError::Store(_) => ApiError::store(self),
+            ExchangeError::Cache(CacheError::Entra(entra)) => classify_entra(entra),
+            _ => public(),
+        }
+    }
+
+    /// The stable error code callers, metrics and audit see.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            ExchangeError::Scope(_) => ErrorCode::InvalidScope,
             ExchangeError::Token(t) => match t {
-                TokenError::TooLarge { .. } => "token_too_large",
-                TokenError::Malformed(_) => "invalid_token",
-                TokenError::MissingClaim(_) => "missing_claim",
+                TokenError::TooLarge { .. } => ErrorCode::TokenTooLarge,
+                TokenError::Malformed(_) => ErrorCode::InvalidToken,
+                TokenError::MissingClaim(_) => ErrorCode::MissingClaim,
                 TokenError::ForbiddenAlgorithm(_)
                 | TokenError::AlgorithmNotAllowed(_)
-                | TokenError::AlgorithmKeyMismatch(_) => "unsupported_algorithm",
-                TokenError::BadSignature => "invalid_signature",
-                TokenError::Expired { .. } => "token_expired",
+                | TokenError::AlgorithmKeyMismatch(_) => ErrorCode::UnsupportedAlgorithm,
+                TokenError::BadSignature => ErrorCode::InvalidSignature,
+                TokenError::Expired { .. } => ErrorCode::TokenExpired,
                 TokenError::NotYetValid { .. } | TokenError::IssuedInFuture { .. } => {
-                    "token_not_yet_valid"
+                    ErrorCode::TokenNotYetValid
                 }
                 TokenError::LifetimeTooLong { .. } | TokenError::RemainingTooLong { .. } => {
-                    "token_lifetime_too_long"
+                    ErrorCode::TokenLifetimeTooLong
                 }
             },
-            ExchangeError::UnknownIssuer => "unknown_issuer",
-            ExchangeError::Keys(KeyError::UnknownKey { .. }) => "unknown_signing_key",
-            ExchangeError::Keys(KeyError::Unavailable { .. }) => "issuer_unavailable",
-            ExchangeError::Match(MatchError::NoCredential) => "no_matching_credential",
-            ExchangeError::Match(MatchError::Audience { .. }) => "invalid_audience",
-            ExchangeError::Select(SelectError::NotAllowed) => "identity_not_allowed",
-            ExchangeError::Select(SelectError::Ambiguous(_)) => "identity_required",
-            ExchangeError::Cache(CacheError::ShortLived { .. }) => "entra_token_too_short",
-            ExchangeError::Replayed => "token_replayed",
-            ExchangeError::TenantMismatch(_) => "tenant_mismatch",
-            ExchangeError::Store(_) => "store_unavailable",
+            ExchangeError::UnknownIssuer => ErrorCode::UnknownIssuer,
+            ExchangeError::Keys(KeyError::UnknownKey { .. }) => ErrorCode::UnknownSigningKey,
+            ExchangeError::Keys(KeyError::Unavailable { .. }) => ErrorCode::IssuerUnavailable,
+            ExchangeError::Match(MatchError::NoCredential) => ErrorCode::NoMatchingCredential,
+            ExchangeError::Match(MatchError::Audience { .. }) => ErrorCode::InvalidAudience,
+            ExchangeError::Select(SelectError::NotAllowed) => ErrorCode::IdentityNotAllowed,
+            ExchangeError::Select(SelectError::Ambiguous(_)) => ErrorCode::IdentityRequired,
+            ExchangeError::Cache(CacheError::ShortLived { .. }) => ErrorCode::EntraTokenTooShort,
+            ExchangeError::Replayed => ErrorCode::TokenReplayed,
+            ExchangeError::TenantMismatch(_) => ErrorCode::TenantMismatch,
+            ExchangeError::Store(_) => ErrorCode::StoreUnavailable,
             ExchangeError::Refused(r) => r.code(),
-            ExchangeError::RateLimited(_) => "rate_limited",
-            ExchangeError::Cache(CacheError::Entra(e)) => match e.as_ref() {
-                EntraError::Unavailable { .. } => "entra_unavailable",
-                EntraError::Protocol(_) => "entra_bad_response",
-                EntraError::Assertion(a) if a.is_transient() => "assertion_unavailable",
-                EntraError::Assertion(_) => "assertion_misconfigured",
-                EntraError::Rejected { aadsts, .. } => match aadsts {
-                    Some(70021 | 700211 | 700212 | 700213 | 7002138) => {
-                        "entra_no_matching_federated_credential"
-                    }
-                    Some(700024) => "entra_assertion_expired",
-                    Some(70023 | 7000272 | 50027 | 700222 | 700027) => "entra_assertion_rejected",
-                    Some(700016) => "entra_application_not_found",
-                    Some(90002) => "entra_tenant_not_found",
-                    _ => "entra_rejected",
-                },
-            },
+            ExchangeError::RateLimited(_) => ErrorCode::RateLimited,
+            ExchangeError::Cache(CacheError::Entra(e)) => entra_code(e),
+        }
+    }
+}
+
+fn entra_code(e: &EntraError) -> ErrorCode {
+    match e {
+        EntraError::Unavailable { .. } => ErrorCode::EntraUnavailable,
+        EntraError::Protocol(_) => ErrorCode::EntraBadResponse,
+        EntraError::Assertion(a) if a.is_transient() => ErrorCode::AssertionUnavailable,
+        EntraError::Assertion(_) => ErrorCode::AssertionMisconfigured,
+        EntraError::Rejected { aadsts, .. } => match aadsts {
+            Some(70021 | 700211 | 700212 | 700213 | 7002138) => {
+                ErrorCode::EntraNoMatchingFederatedCredential
+            }
+            Some(700024) => ErrorCode::EntraAssertionExpired,
+            Some(70023 | 7000272 | 50027 | 700222 | 700027) => ErrorCode::EntraAssertionRejected,
+            Some(700016) => ErrorCode::EntraApplicationNotFound,
+            Some(90002) => ErrorCode::EntraTenantNotFound,
+            _ => ErrorCode::EntraRejected,
+        },
+    }
+}
+
+/// A failure on the way to Entra or from it: what the caller may know, and the hint
+/// that helps them (docs/api.md, "Errors").
+fn classify_entra(e: &EntraError) -> ApiError {
+    use crate::entra::assertion::AssertionError;
+    use crate::entra::assertion::issuer::IssuerKeyError;
+    let code = entra_code(e);
+    match e {
+        EntraError::Unavailable { retry_after, .. } => ApiError::new(
+            code,
+            format!("{e}; no cached token is available, retry later"),
+        )
+        .with_retry_after(retry_after.unwrap_or(5)),
+        EntraError::Protocol(_) => ApiError::internal(
+            code,
+            "Entra answered something that is not its token protocol",
+            e,
+        ),
+        // The store holding the broker's signing keys failed: the store's text is internal.
+        EntraError::Assertion(AssertionError::Issuer(
+            IssuerKeyError::Store(_) | IssuerKeyError::StoredKey(_),
+        )) => ApiError::internal(code, crate::error::STORE_UNAVAILABLE, e)
+            .with_status(axum::http::StatusCode::SERVICE_UNAVAILABLE)
+            .with_retry_after(5),
+        EntraError::Assertion(a) => {
+            let public = format!("no client assertion: {}", a.public_message());
+            let error = ApiError::internal(code, public, e);
+            if a.is_transient() {
+                error.with_retry_after(5)
+            } else {
+                error
+            }
+        }
+        EntraError::Rejected { description, .. } => {
+            let hint = match code {
+                ErrorCode::EntraNoMatchingFederatedCredential => {
+                    " The broker accepted the token, but the Entra app registration has no federated credential matching the assertion: with the passthrough assertion, register the token's issuer, subject and audience in Entra; with the broker assertion, one credential trusting the broker's issuer URL and the identity's assertion subject (see docs/assertion-sources.md)."
+                }
+                ErrorCode::EntraAssertionExpired => {
+                    " The presented token expired before Entra saw it; request a fresh one."
+                }
+                ErrorCode::EntraApplicationNotFound => {
+                    " Check the identity's client_id and tenant_id."
+                }
+                ErrorCode::EntraTenantNotFound => {
+                    " Check the identity's tenant_id and cloud (authority host)."
+                }
+                _ => "",
+            };
+            ApiError::new(
+                code,
+                format!("Entra refused the request: {description}.{hint}"),
+            )
         }
     }
 }
@@ -514,7 +591,7 @@ impl Broker {
                 event.cache = Some(done.cache.as_str());
             }
             Err(e) => {
-                event.outcome = e.code().into();
+                event.outcome = e.code().as_str().into();
                 event.reason = Some(e.to_string());
                 if let ExchangeError::Cache(CacheError::Entra(entra)) = e {
                     event.upstream_correlation_id = entra.correlation_id().map(str::to_owned);

@@ -3,6 +3,7 @@
 //! misses with the check or expression clause that failed. Never calls Entra, never spends
 //! a one-time-use token, changes nothing.
 
+use crate::error::ErrorCode;
 use serde_json::Value;
 
 use crate::api::ApiError;
@@ -32,8 +33,8 @@ fn skipped(name: &str, why: &str) -> Check {
 
 fn refused(checks: Vec<Check>, error: ExchangeError) -> SimulateResponse {
     SimulateResponse {
-        outcome: error.code().to_owned(),
-        description: error.to_string(),
+        outcome: error.code().as_str().to_owned(),
+        description: error.classify().description,
         identity: None,
         checks,
         matches: Vec::new(),
@@ -60,7 +61,7 @@ fn check_of(e: &TokenError) -> &'static str {
 
 /// Claims given directly: nothing to verify, but the fields matching needs must be there.
 fn from_claims(issuer: Option<String>, claims: Value) -> Result<VerifiedToken, ApiError> {
-    let bad = |m: &str| ApiError::bad_request("invalid_request", m.to_owned());
+    let bad = |m: &str| ApiError::new(ErrorCode::InvalidRequest, m.to_owned());
     if !claims.is_object() {
         return Err(bad("`claims` must be a JSON object"));
     }
@@ -177,8 +178,8 @@ pub async fn simulate(
             token
         }
         _ => {
-            return Err(ApiError::bad_request(
-                "invalid_request",
+            return Err(ApiError::new(
+                ErrorCode::InvalidRequest,
                 "give `token`, or `claims` (with `issuer` or an `iss` claim)",
             ));
         }
@@ -207,7 +208,7 @@ pub async fn simulate(
             format!("an exchange would act as identity {:?}", identity.name),
             Some(identity.name.clone()),
         ),
-        Err(e) => (e.code().to_owned(), e.to_string(), None),
+        Err(e) => (e.code().as_str().to_owned(), e.classify().description, None),
     };
     Ok(SimulateResponse {
         outcome,

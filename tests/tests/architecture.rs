@@ -195,3 +195,31 @@ fn the_error_codes_clients_act_on_are_documented() {
         );
     }
 }
+
+/// Every code of the broker's one error model is in docs/api.md's error table, with the
+/// status the broker answers it with, and the codes wif-proto names for clients are the
+/// broker's own (same wire names).
+#[test]
+fn every_error_code_is_documented_with_its_status() {
+    use wif_broker::error::ErrorCode;
+    let api = std::fs::read_to_string(repo_root().join("docs/api.md")).unwrap();
+    let rows: Vec<&str> = api
+        .lines()
+        .filter(|l| l.starts_with("| 4") || l.starts_with("| 5"))
+        .collect();
+    for code in ErrorCode::ALL {
+        let status = code.status().as_u16().to_string();
+        assert!(
+            rows.iter()
+                .any(|row| row.contains(&format!("`{}`", code.as_str()))
+                    && row.split('|').nth(1).is_some_and(|s| s.contains(&status))),
+            "docs/api.md's error table has no row for `{code}` with status {status}"
+        );
+    }
+    for name in wif_proto::error::code::ALL {
+        assert!(
+            ErrorCode::ALL.iter().any(|c| c.as_str() == *name),
+            "wif_proto::error::code names {name}, which the broker never answers"
+        );
+    }
+}

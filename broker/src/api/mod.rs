@@ -13,13 +13,14 @@ pub mod ops;
 pub use wif_proto::serve;
 pub mod well_known;
 
+use crate::error::ErrorCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::{HeaderValue, StatusCode};
+use axum::http::HeaderValue;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
@@ -127,8 +128,7 @@ async fn fallback() -> ApiError {
 
 async fn method_not_allowed() -> ApiError {
     ApiError::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
+        ErrorCode::MethodNotAllowed,
         "this route does not accept that method",
     )
 }
@@ -157,8 +157,7 @@ async fn request_context(State(state): State<AppState>, request: Request, next: 
             match tokio::time::timeout(timeout, next.run(request)).await {
                 Ok(response) => response,
                 Err(_) => ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "timeout",
+                    ErrorCode::Timeout,
                     format!("the request took longer than {} s", timeout.as_secs()),
                 )
                 .with_retry_after(1)

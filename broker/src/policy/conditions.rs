@@ -12,6 +12,7 @@ use wif_config::RateLimit;
 use wif_config::network::Cidr;
 
 use super::registry::{Credential, Identity};
+use crate::error::ErrorCode;
 use crate::redact::Untrusted;
 
 /// The controls as written (config file, admin API) and stored (JSON, camelCase). Every
@@ -288,15 +289,15 @@ pub enum Refusal {
 }
 
 impl Refusal {
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> ErrorCode {
         match self {
-            Refusal::IdentityDisabled(_) => "identity_disabled",
-            Refusal::CredentialDisabled(_) => "credential_disabled",
-            Refusal::NotYetValid { .. } => "credential_not_yet_valid",
-            Refusal::Expired { .. } => "credential_expired",
-            Refusal::SourceNotAllowed { .. } => "source_not_allowed",
-            Refusal::TokenTooOld { .. } => "token_too_old",
-            Refusal::ScopeNotAllowed { .. } => "scope_not_allowed",
+            Refusal::IdentityDisabled(_) => ErrorCode::IdentityDisabled,
+            Refusal::CredentialDisabled(_) => ErrorCode::CredentialDisabled,
+            Refusal::NotYetValid { .. } => ErrorCode::CredentialNotYetValid,
+            Refusal::Expired { .. } => ErrorCode::CredentialExpired,
+            Refusal::SourceNotAllowed { .. } => ErrorCode::SourceNotAllowed,
+            Refusal::TokenTooOld { .. } => ErrorCode::TokenTooOld,
+            Refusal::ScopeNotAllowed { .. } => ErrorCode::ScopeNotAllowed,
         }
     }
 

@@ -56,6 +56,19 @@ pub enum AuthError {
     NoRole(String),
 }
 
+impl AuthError {
+    /// The error's one classification (docs/admin.md).
+    pub fn classify(&self) -> crate::error::ApiError {
+        use crate::error::{ApiError, ErrorCode};
+        let code = match self {
+            AuthError::Missing => ErrorCode::Unauthenticated,
+            AuthError::Invalid(_) => ErrorCode::InvalidAdminToken,
+            AuthError::NoRole(_) => ErrorCode::Forbidden,
+        };
+        ApiError::new(code, self.to_string())
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum AuthSetupError {
     #[error("cannot read admin.tokens_file {path}: {error}")]

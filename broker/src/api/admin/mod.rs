@@ -8,6 +8,7 @@
 pub mod auth;
 pub mod model;
 
+use crate::error::ErrorCode;
 use std::collections::HashMap;
 
 use axum::Json;
@@ -69,8 +70,7 @@ async fn precondition(
         let guard = CONDITIONAL_WRITES.lock().await;
         if current.await?.is_some() {
             return Err(ApiError::new(
-                StatusCode::PRECONDITION_FAILED,
-                "precondition_failed",
+                ErrorCode::PreconditionFailed,
                 "If-None-Match: * was given but the resource exists (it was created since it was read); read it again",
             ));
         }
@@ -93,8 +93,7 @@ async fn precondition(
         return Ok(Some(guard));
     }
     Err(ApiError::new(
-        StatusCode::PRECONDITION_FAILED,
-        "precondition_failed",
+        ErrorCode::PreconditionFailed,
         match current {
             None => "If-Match was given but the resource does not exist (any more); read it again"
                 .to_owned(),
@@ -254,8 +253,7 @@ async fn caller(
     let result = match &authenticated {
         Ok(p) if p.role >= needed => Ok(p.clone()),
         Ok(p) => Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
+            ErrorCode::Forbidden,
             format!(
                 "{} has the {} role; this needs {}",
                 p.name,
@@ -270,7 +268,10 @@ async fn caller(
             let actor = authenticated.ok().map(|p| (p.name, p.role.as_str()));
             audit(state, action, actor, None, None, Err(e));
         } else {
-            state.broker.metrics().admin_request(action, e.code);
+            state
+                .broker
+                .metrics()
+                .admin_request(action, e.code.as_str());
         }
     }
     result
@@ -292,7 +293,7 @@ pub(crate) fn audit(
     };
     let (outcome, reason) = match outcome {
         Ok(()) => ("ok".to_owned(), None),
-        Err(e) => (e.code.to_owned(), Some(e.description.clone())),
+        Err(e) => (e.code.as_str().to_owned(), Some(e.description.clone())),
     };
     state.broker.metrics().admin_request(action, &outcome);
     state.broker.auditor().record(&AuditEvent {
@@ -347,21 +348,19 @@ async fn read_json<T: DeserializeOwned>(
         .starts_with("application/json")
     {
         return Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
+            ErrorCode::UnsupportedMediaType,
             "send application/json",
         ));
     }
     let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
         ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "body_too_large",
+            ErrorCode::BodyTooLarge,
             format!("the request body is larger than {limit} bytes"),
         )
     })?;
     serde_json::from_slice(&bytes).map_err(|e| {
-        ApiError::bad_request(
-            "invalid_request",
+        ApiError::new(
+            ErrorCode::InvalidRequest,
             format!("the body is not a valid request: {e}"),
         )
     })
@@ -404,13 +403,9 @@ pub async fn get_identity(
 ) -> Result<Response, ApiError> {
     caller(&state, &headers, Role::Reader, "identity.get").await?;
     let registry = state.broker.registry();
-    let identity = registry.identity(&name).ok_or_else(|| {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("no identity named {name:?}"),
-        )
-    })?;
+    let identity = registry
+        .identity(&name)
+        .ok_or_else(|| ApiError::new(ErrorCode::NotFound, format!("no identity named {name:?}")))?;
     let view = identity_view(&state, identity);
     let read_only = identity.read_only;
     drop(registry);
@@ -503,8 +498,7 @@ pub async fn put_identity(
         .map(|i| identity_view(&state, i))
         .ok_or_else(|| {
             ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "store_unavailable",
+                ErrorCode::StoreUnavailable,
                 "written, but not yet loaded; retry the read",
             )
             .with_retry_after(1)
@@ -555,8 +549,7 @@ pub async fn list_credentials(
     let registry = state.broker.registry();
     if registry.identity(&identity).is_none() {
         return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
+            ErrorCode::NotFound,
             format!("no identity named {identity:?}"),
         ));
     }
@@ -586,8 +579,7 @@ pub async fn get_credential(
     let registry = state.broker.registry();
     let c = registry.credential(&identity, &credential).ok_or_else(|| {
         ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
+            ErrorCode::NotFound,
             format!("identity {identity:?} has no federated credential {credential:?}"),
         )
     })?;
@@ -811,8 +803,8 @@ pub async fn audit_events(
             .get(key)
             .map(|v| {
                 v.parse::<u64>().map_err(|_| {
-                    ApiError::bad_request(
-                        "invalid_request",
+                    ApiError::new(
+                        ErrorCode::InvalidRequest,
                         format!("`{key}` must be a non-negative integer"),
                     )
                 })
@@ -823,8 +815,8 @@ pub async fn audit_events(
         "since", "until", "kind", "identity", "subject", "outcome", "after", "limit",
     ];
     if let Some(unknown) = params.keys().find(|k| !known.contains(&k.as_str())) {
-        return Err(ApiError::bad_request(
-            "invalid_request",
+        return Err(ApiError::new(
+            ErrorCode::InvalidRequest,
             format!(
                 "unknown parameter `{unknown}`; accepted: {}",
                 known.join(", ")
@@ -844,13 +836,10 @@ pub async fn audit_events(
         newest_first: false,
         limit,
     };
-    let store = state.broker.store().ok_or_else(|| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "store_unavailable",
-            "no store is configured",
-        )
-    })?;
+    let store = state
+        .broker
+        .store()
+        .ok_or_else(|| ApiError::new(ErrorCode::StoreUnavailable, "no store is configured"))?;
     let records = store
         .query_audit(&query)
         .await
