@@ -22,6 +22,7 @@ use crate::error::{ApiError, ErrorCode};
 use crate::issuer::{IssuerSetupError, KeyError, KeyStore};
 use crate::metrics::Metrics;
 use crate::policy::conditions::{self, Attempt, Refusal};
+use crate::policy::registry::Credential;
 use crate::policy::registry::{BuildProblem, Declared, StoredChange};
 use crate::policy::{Identity, MatchError, Registry, SelectError, select_identity};
 use crate::ratelimit::{Limited, RateLimiter};
@@ -187,6 +188,75 @@ fn classify_entra(e: &EntraError) -> ApiError {
             )
         }
     }
+}
+
+/// A step of the exchange, as an [`Observer`] sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// 1. The token read without trusting it (its size, its form).
+    Parse,
+    /// 2. Its issuer is one a federated credential names.
+    Issuer,
+    /// 3. The issuer's signing keys.
+    Keys,
+    /// 4. Signature and times.
+    Verify,
+    /// 5. Credentials matched and the identity chosen.
+    Match,
+    /// The identity is in the tenant the caller addressed.
+    Tenant,
+    /// The least-privilege controls (docs/admin.md, "Least privilege").
+    Conditions,
+}
+
+/// Watches the exchange's checks ([`Broker::decide`]): `simulate` runs the exchange's own
+/// steps through an observer that records each one, so a check added to the exchange is
+/// simulated too (docs/admin.md, "POST /v1/simulate").
+pub trait Observer: Send {
+    /// `step` passed (`Ok`), or refused with the error the exchange answers.
+    fn step(&mut self, step: Step, outcome: Result<(), &ExchangeError>);
+
+    /// The token, read and not yet trusted.
+    fn parsed(&mut self, _token: &UnverifiedToken) {}
+
+    /// The token verified (or the claims `simulate` was given).
+    fn verified(&mut self, _token: &Arc<VerifiedToken>) {}
+
+    /// A dry run (`simulate`): every token is verified afresh (not taken from the
+    /// verified-token cache), and a scope or client address not given is not judged.
+    fn dry_run(&self) -> bool {
+        false
+    }
+}
+
+/// The exchange's own observer: sees nothing.
+#[derive(Debug, Default)]
+pub struct Unobserved;
+
+impl Observer for Unobserved {
+    fn step(&mut self, _step: Step, _outcome: Result<(), &ExchangeError>) {}
+}
+
+/// Reports `result` as `step`'s outcome and passes it on.
+fn observed<T>(
+    observer: &mut dyn Observer,
+    step: Step,
+    result: Result<T, ExchangeError>,
+) -> Result<T, ExchangeError> {
+    observer.step(step, result.as_ref().map(|_| ()));
+    result
+}
+
+/// What the checks decided ([`Broker::decide`]).
+#[derive(Debug, Clone)]
+pub struct Decision {
+    pub verified: Arc<VerifiedToken>,
+    /// Every credential the token matches.
+    pub matched: Vec<Arc<Credential>>,
+    /// The identity the exchange acts as.
+    pub identity: Arc<Identity>,
+    /// The credential that admitted the token.
+    pub credential: Arc<Credential>,
 }
 
 /// One exchange request, already read off the wire.
@@ -613,44 +683,13 @@ impl Broker {
         req: &ExchangeRequest<'_>,
         event: &mut AuditEvent,
     ) -> Result<Exchanged, ExchangeError> {
-        let verified = self.verify(req, event).await?;
-        event.unauthenticated = false;
-        let registry = self.registry.load();
+        let Decision {
+            verified,
+            identity,
+            credential,
+            ..
+        } = self.decide(req, event, &mut Unobserved).await?;
         let scope = event.scope.clone().unwrap_or_default();
-        event.subject = verified.sub.clone();
-        event.token_sha256 = Some(verified.sha256.clone());
-        event.jti = verified.jti.clone();
-        // 5. Match and choose the identity.
-        let matched = registry.matching(&verified)?;
-        let identity = select_identity(&matched, req.identity).inspect_err(|e| {
-            // The identity the caller named, so a refusal is counted against it.
-            if matches!(e, SelectError::NotAllowed) {
-                event.identity = req.identity.map(crate::redact::untrusted);
-            }
-        })?;
-        event.identity = Some(identity.name.clone());
-        if let Some(tenant) = req.tenant
-            && !identity.tenant_id.eq_ignore_ascii_case(tenant)
-        {
-            return Err(ExchangeError::TenantMismatch(Untrusted::new(tenant)));
-        }
-        // The least-privilege controls (docs/admin.md), then the rate limits: both before
-        // the token is spent and before any cached answer.
-        let attempt = Attempt {
-            now: self.clock.now(),
-            issued_at: verified.iat,
-            scope: Some(&scope),
-            client: req.client,
-            judge_source: true,
-        };
-        let credential = match conditions::choose_credential(&identity, &matched, &attempt) {
-            Ok(c) => c,
-            Err((refusal, credential)) => {
-                event.credential = credential;
-                return Err(refusal.into());
-            }
-        };
-        event.credential = Some(credential.name.clone());
         let caller = format!(
             "{}\n{}",
             verified.iss,
@@ -693,6 +732,87 @@ impl Broker {
         })
     }
 
+    /// Steps 1 to 5 and the least-privilege controls, each reported to `observer`: the
+    /// token verified, matched, the identity chosen and the credential that admits it.
+    /// The exchange runs it with [`Unobserved`]; `simulate` with an observer that records
+    /// each check, so whatever the exchange checks, `simulate` reports.
+    pub async fn decide(
+        &self,
+        req: &ExchangeRequest<'_>,
+        event: &mut AuditEvent,
+        observer: &mut dyn Observer,
+    ) -> Result<Decision, ExchangeError> {
+        let verified = self.verify(req, event, observer).await?;
+        self.judge(verified, req, event, observer)
+    }
+
+    /// Step 5 and the least-privilege controls, for a verified token (or, in `simulate`,
+    /// claims given directly): match, choose the identity, check the tenant and the
+    /// controls. The scope judged is `event.scope`.
+    pub fn judge(
+        &self,
+        verified: Arc<VerifiedToken>,
+        req: &ExchangeRequest<'_>,
+        event: &mut AuditEvent,
+        observer: &mut dyn Observer,
+    ) -> Result<Decision, ExchangeError> {
+        observer.verified(&verified);
+        event.unauthenticated = false;
+        let registry = self.registry.load();
+        event.subject = verified.sub.clone();
+        event.token_sha256 = Some(verified.sha256.clone());
+        event.jti = verified.jti.clone();
+        // 5. Match and choose the identity.
+        let chosen = registry
+            .matching(&verified)
+            .map_err(ExchangeError::from)
+            .and_then(|matched| {
+                let identity = select_identity(&matched, req.identity).inspect_err(|e| {
+                    // The identity the caller named, so a refusal is counted against it.
+                    if matches!(e, SelectError::NotAllowed) {
+                        event.identity = req.identity.map(crate::redact::untrusted);
+                    }
+                })?;
+                Ok((matched, identity))
+            });
+        let (matched, identity) = observed(observer, Step::Match, chosen)?;
+        event.identity = Some(identity.name.clone());
+        if let Some(tenant) = req.tenant
+            && !identity.tenant_id.eq_ignore_ascii_case(tenant)
+        {
+            let e = ExchangeError::TenantMismatch(Untrusted::new(tenant));
+            observer.step(Step::Tenant, Err(&e));
+            return Err(e);
+        }
+        // The least-privilege controls (docs/admin.md), then (in the exchange) the rate
+        // limits: both before the token is spent and before any cached answer.
+        let attempt = Attempt {
+            now: self.clock.now(),
+            issued_at: verified.iat,
+            scope: event.scope.as_deref(),
+            client: req.client,
+            // A dry run judges the source only for an address it was given.
+            judge_source: !observer.dry_run() || req.client.is_some(),
+        };
+        let credential = match conditions::choose_credential(&identity, &matched, &attempt) {
+            Ok(c) => c,
+            Err((refusal, credential)) => {
+                event.credential = credential;
+                let e = ExchangeError::from(refusal);
+                observer.step(Step::Conditions, Err(&e));
+                return Err(e);
+            }
+        };
+        observer.step(Step::Conditions, Ok(()));
+        event.credential = Some(credential.name.clone());
+        Ok(Decision {
+            verified,
+            matched,
+            identity,
+            credential,
+        })
+    }
+
     /// Steps 1 to 4: the token read, its issuer trusted, its signature and times checked.
     /// A token seen before is recognised by its SHA-256 and not verified again, but its
     /// expiry and its issuer's trust are checked on every request. The cache key is the
@@ -703,19 +823,25 @@ impl Broker {
         &self,
         req: &ExchangeRequest<'_>,
         event: &mut AuditEvent,
+        observer: &mut dyn Observer,
     ) -> Result<Arc<VerifiedToken>, ExchangeError> {
         // 1. Read, don't trust.
         if req.token.len() > self.max_token_bytes {
-            return Err(TokenError::TooLarge {
+            let e = ExchangeError::from(TokenError::TooLarge {
                 limit: self.max_token_bytes,
-            }
-            .into());
+            });
+            observer.step(Step::Parse, Err(&e));
+            return Err(e);
         }
         let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, req.token.as_bytes());
         let mut key = [0u8; 32];
         key.copy_from_slice(digest.as_ref());
         let now = self.clock.now();
-        let remembered = self.verified.as_ref().and_then(|cache| cache.get(&key));
+        let remembered = self
+            .verified
+            .as_ref()
+            .filter(|_| !observer.dry_run())
+            .and_then(|cache| cache.get(&key));
         let registry = self.registry.load();
         if let Some(known) = remembered {
             event.scope = Some(crate::entra::scope::to_default_scope(
@@ -736,25 +862,38 @@ impl Broker {
             }
             return Ok(known);
         }
-        let mut unverified = UnverifiedToken::parse(req.token, self.max_token_bytes)?;
+        let parsed = UnverifiedToken::parse(req.token, self.max_token_bytes);
+        let mut unverified = observed(observer, Step::Parse, parsed.map_err(Into::into))?;
         unverified.sha256 = Some(key);
-        event.scope = Some(crate::entra::scope::to_default_scope(
-            req.scope.unwrap_or_default(),
-        )?);
+        observer.parsed(&unverified);
+        event.scope = if observer.dry_run() {
+            // A dry run judges the scope only when it was given one that is valid.
+            req.scope
+                .and_then(|s| crate::entra::scope::to_default_scope(s).ok())
+        } else {
+            Some(crate::entra::scope::to_default_scope(
+                req.scope.unwrap_or_default(),
+            )?)
+        };
         // 2. Known issuers only: nothing is fetched for any other.
         if !registry.knows_issuer(&unverified.iss) {
             event.issuer = Some(untrusted(&unverified.iss));
+            observer.step(Step::Issuer, Err(&ExchangeError::UnknownIssuer));
             return Err(ExchangeError::UnknownIssuer);
         }
+        observer.step(Step::Issuer, Ok(()));
         event.issuer = Some(unverified.iss.clone());
         // 3. Keys.
         let keys = self
             .keys
             .keys_for(&unverified.iss, unverified.kid.as_deref())
-            .await?;
+            .await
+            .map_err(ExchangeError::from);
+        let keys = observed(observer, Step::Keys, keys)?;
         // 4. Verify.
         let policy = self.verify_policy(&unverified.iss);
-        let verified = Arc::new(token::verify(unverified, &keys, policy, now)?);
+        let verified = token::verify(unverified, &keys, policy, now).map_err(ExchangeError::from);
+        let verified = Arc::new(observed(observer, Step::Verify, verified)?);
         if let Some(cache) = &self.verified {
             cache.insert(key, verified.clone());
         }

@@ -232,81 +232,8 @@ pub struct Credential {
     pub rate_limit: Option<RateLimit>,
 }
 
-/// `POST /v1/simulate` body: a real token, or an issuer and claims to test rules before
-/// any job runs (then signature and times are not checked).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct SimulateRequest {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub token: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub issuer: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Object>)]
-    pub claims: Option<serde_json::Value>,
-    /// The identity the caller would name in the exchange.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub identity: Option<String>,
-    /// The scope the exchange would ask for, to judge `allowedScopes`; absent: not judged.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub scope: Option<String>,
-    /// The client address the exchange would come from, to judge `sourceNetworks`;
-    /// absent: not judged.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub source_address: Option<String>,
-}
-
-/// What an exchange with this token (or these claims) would decide, and why.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct SimulateResponse {
-    /// `ok`, or the error code the exchange would answer.
-    pub outcome: String,
-    pub description: String,
-    /// The identity the exchange would act as.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub identity: Option<String>,
-    /// Each check in the order the exchange makes them.
-    pub checks: Vec<Check>,
-    pub matches: Vec<CredentialRef>,
-    /// Credentials that almost matched, with the check each failed.
-    pub near_misses: Vec<NearMiss>,
-}
-
-/// One step: `parse`, `issuer`, `keys`, `signature`, `times`, `match`, then the
-/// least-privilege controls `disabled`, `validity`, `sourceNetworks`, `maxTokenAge`,
-/// `allowedScopes` and `rateLimit`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct Check {
-    pub name: String,
-    /// `passed`, `failed` or `skipped`.
-    pub result: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub detail: Option<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct CredentialRef {
-    pub identity: String,
-    pub credential: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct NearMiss {
-    pub identity: String,
-    pub credential: String,
-    /// `issuer`, `audience`, `subject` or `expression`.
-    pub failed: String,
-    /// For `expression`: the first clause that does not hold, and its position (1-based).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub clause: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub clause_index: Option<usize>,
-    pub detail: String,
-}
+/// `POST /v1/simulate`'s request and answer (defined with the checks they report).
+pub use crate::simulate::{Check, CredentialRef, NearMiss, SimulateRequest, SimulateResponse};
 
 /// Distinguishes "absent" (`None`) from "present and null" (`Some(None)`) in PATCH bodies.
 mod double_option {
