@@ -358,7 +358,7 @@ fn entra_error(e: ApiError, now: u64) -> Response {
     let (status, error) = e.oauth();
     let correlation = current_request_id();
     let trace_id = uuid::Uuid::new_v4().to_string();
-    let timestamp = crate::dev::entra::entra_timestamp(now);
+    let timestamp = entra_timestamp(now);
     let body = EntraErrorBody {
         error: error.as_str().to_owned(),
         error_description: format!(
@@ -383,6 +383,11 @@ fn entra_error(e: ApiError, now: u64) -> Response {
     }
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
+}
+
+/// `YYYY-MM-DD HH:MM:SSZ`, as Entra writes `timestamp` in its errors.
+fn entra_timestamp(epoch: u64) -> String {
+    crate::clock::rfc3339(epoch).replacen('T', " ", 1)
 }
 
 #[cfg(test)]

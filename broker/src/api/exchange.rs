@@ -236,17 +236,8 @@ pub async fn read_params(
     body: Body,
     limit: usize,
 ) -> Result<HashMap<String, String>, ApiError> {
-    let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
-        ApiError::new(
-            ErrorCode::BodyTooLarge,
-            format!("the request body is larger than {limit} bytes"),
-        )
-    })?;
-    let content_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_ascii_lowercase();
+    let bytes = super::body::read(body, limit).await?;
+    let content_type = super::body::content_type(headers);
     let mut params = HashMap::new();
     if content_type.starts_with("application/json") {
         if bytes.is_empty() {

@@ -235,12 +235,7 @@ pub async fn pods(
     };
     json_content_type(&headers)?;
     let limit = webhook.max_body_bytes;
-    let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
-        ApiError::new(
-            ErrorCode::BodyTooLarge,
-            format!("the request body is larger than {limit} bytes"),
-        )
-    })?;
+    let bytes = super::body::read(body, limit).await?;
     let review_in: Value = serde_json::from_slice(&bytes)
         .map_err(|e| invalid(format!("the body is not JSON: {e}")))?;
     if review_in["apiVersion"] != "admission.k8s.io/v1" || review_in["kind"] != "AdmissionReview" {

@@ -980,13 +980,7 @@ fn parse_role(text: &str) -> Result<Role, String> {
     }
 }
 
-/// 32 random bytes from the system generator, base64url without padding (43 characters).
-pub fn new_admin_token() -> anyhow::Result<String> {
-    use base64::Engine as _;
-    let mut bytes = [0u8; 32];
-    aws_lc_rs::rand::fill(&mut bytes).map_err(|_| anyhow!("the system random source failed"))?;
-    Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
-}
+pub use crate::api::admin::auth::new_admin_token;
 
 /// The `tokens_file` line `ROLE NAME sha256:HEX` for a token.
 pub fn tokens_file_line(role: Role, name: &str, token: &str) -> anyhow::Result<String> {

@@ -448,8 +448,9 @@ pub async fn draft_endpoint(
     Signed(session): Signed,
     body: Body,
 ) -> Response {
-    let Ok(bytes) = axum::body::to_bytes(body, console.app.max_body_bytes).await else {
-        return ApiError::new(ErrorCode::BodyTooLarge, "the form is too large").into_response();
+    let bytes = match crate::api::body::read(body, console.app.max_body_bytes).await {
+        Ok(bytes) => bytes,
+        Err(e) => return e.into_response(),
     };
     let form = Form::parse(&bytes);
     let presented = headers

@@ -383,7 +383,7 @@ async fn read_form(
     body: Body,
 ) -> Result<Form, Response> {
     let limit = console.app.max_body_bytes;
-    match axum::body::to_bytes(body, limit).await {
+    match crate::api::body::read(body, limit).await {
         Ok(bytes) => Ok(Form::parse(&bytes)),
         Err(_) => Err(html::error_page(
             StatusCode::PAYLOAD_TOO_LARGE,

@@ -16,7 +16,6 @@ use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde::de::DeserializeOwned;
 
 use self::auth::{Principal, Role};
 use self::model::{
@@ -334,37 +333,7 @@ pub(crate) fn audited<T, E: Into<ApiError>>(
     result
 }
 
-async fn read_json<T: DeserializeOwned>(
-    headers: &HeaderMap,
-    body: Body,
-    limit: usize,
-) -> Result<T, ApiError> {
-    let content_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default();
-    if !content_type
-        .to_ascii_lowercase()
-        .starts_with("application/json")
-    {
-        return Err(ApiError::new(
-            ErrorCode::UnsupportedMediaType,
-            "send application/json",
-        ));
-    }
-    let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
-        ApiError::new(
-            ErrorCode::BodyTooLarge,
-            format!("the request body is larger than {limit} bytes"),
-        )
-    })?;
-    serde_json::from_slice(&bytes).map_err(|e| {
-        ApiError::new(
-            ErrorCode::InvalidRequest,
-            format!("the body is not a valid request: {e}"),
-        )
-    })
-}
+use super::body::read_json;
 
 // ----- identities -----------------------------------------------------------------------
 
