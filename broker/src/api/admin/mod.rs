@@ -24,7 +24,6 @@ use self::model::{
 };
 use super::{ApiError, AppState};
 use crate::admin::{AdminError, CredentialInput, IdentityInput};
-use crate::audit::AuditEvent;
 use crate::policy::conditions::{Restrictions, parse_time};
 use crate::policy::rules::Violation;
 use crate::policy::{self, SubjectRule};
@@ -276,7 +275,8 @@ async fn caller(
     result
 }
 
-/// Records one admin event (also used by the console for its sign-ins and refusals).
+/// Records one admin event (also used by the console for its sign-ins and refusals):
+/// the admin layer writes it ([`crate::admin::Admin::record`]).
 pub(crate) fn audit(
     state: &AppState,
     action: &'static str,
@@ -285,34 +285,13 @@ pub(crate) fn audit(
     credential: Option<&str>,
     outcome: Result<(), &ApiError>,
 ) {
-    let unauthenticated = actor.is_none();
-    let (actor, role) = match actor {
-        Some((name, role)) => (name, Some(role)),
-        None => ("anonymous".to_owned(), None),
-    };
-    let (outcome, reason) = match outcome {
-        Ok(()) => ("ok".to_owned(), None),
-        Err(e) => (e.code.as_str().to_owned(), Some(e.description.clone())),
-    };
-    state.broker.metrics().admin_request(action, &outcome);
-    state.broker.auditor().record(&AuditEvent {
-        kind: "admin",
-        time: state.broker.clock().now(),
-        request_id: super::error::current_request_id(),
-        endpoint: "admin",
-        actor: Some(actor),
-        role,
-        action: Some(action),
-        identity: identity.map(str::to_owned),
-        credential: credential.map(str::to_owned),
-        outcome,
-        reason,
-        unauthenticated,
-        ..Default::default()
-    });
+    state
+        .admin
+        .record(action, actor, identity, credential, outcome);
 }
 
-/// Audits a write's result and passes it on (the API's and the console's writes).
+/// Audits a write's result and passes it on (the API's and the console's writes), in
+/// the admin layer ([`crate::admin::Admin::audited`]).
 pub(crate) fn audited<T, E: Into<ApiError>>(
     state: &AppState,
     who: &Principal,
@@ -321,16 +300,13 @@ pub(crate) fn audited<T, E: Into<ApiError>>(
     credential: Option<&str>,
     result: Result<T, E>,
 ) -> Result<T, ApiError> {
-    let result = result.map_err(Into::into);
-    audit(
-        state,
+    state.admin.audited(
+        (who.name.clone(), who.role.as_str()),
         action,
-        Some((who.name.clone(), who.role.as_str())),
-        Some(identity),
+        identity,
         credential,
-        result.as_ref().map(|_| ()),
-    );
-    result
+        result,
+    )
 }
 
 use super::body::read_json;
