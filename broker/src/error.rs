@@ -217,16 +217,19 @@ impl ApiError {
         }
     }
 
-    /// An internal failure: the caller gets `description`, the log `internal`.
+    /// An internal failure: the caller gets `description`; `internal` is logged now, with
+    /// the request id, once (whichever page or body the error is answered as).
     pub fn internal(
         code: ErrorCode,
         description: impl Into<String>,
         internal: impl fmt::Display,
     ) -> Self {
-        Self {
+        let error = Self {
             internal: Some(internal.to_string()),
             ..Self::new(code, description)
-        }
+        };
+        error.log_internal();
+        error
     }
 
     /// A store failure: a fixed description, the store's text for the log, retry in 5 s.
@@ -275,9 +278,9 @@ impl ApiError {
         }
     }
 
-    /// Logs the internal message, if any, with the request id. Called once, when the
-    /// error is answered.
-    pub fn log_internal(&self) {
+    /// Logs the internal message, if any, with the request id ([`ApiError::internal`]
+    /// does, when the error is classified).
+    fn log_internal(&self) {
         if let Some(internal) = &self.internal {
             let request_id = current_request_id();
             tracing::error!(error = %internal, code = %self.code, request_id = %request_id,
@@ -294,7 +297,6 @@ impl fmt::Display for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        self.log_internal();
         let body = Body {
             error: self.code,
             error_description: &self.description,

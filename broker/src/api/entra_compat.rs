@@ -354,7 +354,6 @@ fn host(uri: &Uri, headers: &HeaderMap) -> Option<String> {
 /// classification names ([`ApiError::oauth`]), the broker's code first in
 /// `error_description`, `Retry-After` on 503 and 429.
 fn entra_error(e: ApiError, now: u64) -> Response {
-    e.log_internal();
     let (status, error) = e.oauth();
     let correlation = current_request_id();
     let trace_id = uuid::Uuid::new_v4().to_string();

@@ -15,9 +15,7 @@ pub use wif_proto::error::{ErrorBody, FieldError};
 /// For a store failure shown to a caller (the console's error pages): logs the detail
 /// and returns [`STORE_UNAVAILABLE`].
 pub fn store_failure(e: &crate::store::StoreError) -> String {
-    let error = ApiError::store(e);
-    error.log_internal();
-    error.description
+    ApiError::store(e).description
 }
 
 impl From<crate::exchange::ExchangeError> for ApiError {
