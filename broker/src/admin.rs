@@ -10,6 +10,8 @@ use std::sync::Arc;
 
 use wif_config::{AssertionSource, Cloud};
 
+use crate::audit::AuditEvent;
+use crate::error::ApiError;
 use crate::exchange::Broker;
 use crate::outbound;
 use crate::policy::conditions::{Conditions, Restrictions};
@@ -57,15 +59,29 @@ impl From<StoreError> for AdminError {
 }
 
 impl AdminError {
-    pub fn code(&self) -> &'static str {
+    /// The error's one classification (docs/api.md, "Errors"): a store failure's text is
+    /// for the log only.
+    pub fn classify(&self) -> crate::error::ApiError {
+        use crate::error::{ApiError, ErrorCode};
         match self {
-            AdminError::Invalid(_) => "invalid_request",
-            AdminError::NotFound(_) => "not_found",
-            AdminError::Conflict(_) => "conflict",
-            AdminError::ReadOnly(_) => "read_only",
-            AdminError::Limit { .. } => "too_many_credentials",
-            AdminError::Store(_) => "store_unavailable",
+            AdminError::Invalid(violations) => {
+                let mut err = ApiError::new(ErrorCode::InvalidRequest, self.to_string());
+                err.details = serde_json::to_value(violations).ok();
+                err
+            }
+            AdminError::NotFound(_) => ApiError::new(ErrorCode::NotFound, self.to_string()),
+            AdminError::Conflict(_) => ApiError::new(ErrorCode::Conflict, self.to_string()),
+            AdminError::ReadOnly(_) => ApiError::new(ErrorCode::ReadOnly, self.to_string()),
+            AdminError::Limit { .. } => {
+                ApiError::new(ErrorCode::TooManyCredentials, self.to_string())
+            }
+            AdminError::Store(store) => ApiError::store(store),
         }
+    }
+
+    /// The stable error code.
+    pub fn code(&self) -> crate::error::ErrorCode {
+        self.classify().code
     }
 }
 
@@ -145,6 +161,64 @@ impl Admin {
 
     pub fn broker(&self) -> &Arc<Broker> {
         &self.broker
+    }
+
+    /// Records one admin event (docs/admin.md, "Audit"): every admin write, refused or
+    /// not, and the console's sign-ins and refusals. `actor` is the caller's name and
+    /// role, `None` when it could not be authenticated.
+    pub fn record(
+        &self,
+        action: &'static str,
+        actor: Option<(String, &'static str)>,
+        identity: Option<&str>,
+        credential: Option<&str>,
+        outcome: Result<(), &ApiError>,
+    ) {
+        let unauthenticated = actor.is_none();
+        let (actor, role) = match actor {
+            Some((name, role)) => (name, Some(role)),
+            None => ("anonymous".to_owned(), None),
+        };
+        let (outcome, reason) = match outcome {
+            Ok(()) => ("ok".to_owned(), None),
+            Err(e) => (e.code.as_str().to_owned(), Some(e.description.clone())),
+        };
+        self.broker.metrics().admin_request(action, &outcome);
+        self.broker.auditor().record(&AuditEvent {
+            kind: "admin",
+            time: self.broker.clock().now(),
+            request_id: crate::error::current_request_id(),
+            endpoint: "admin",
+            actor: Some(actor),
+            role,
+            action: Some(action),
+            identity: identity.map(str::to_owned),
+            credential: credential.map(str::to_owned),
+            outcome,
+            reason,
+            unauthenticated,
+            ..Default::default()
+        });
+    }
+
+    /// Audits a write's result (the API's and the console's) and passes it on.
+    pub fn audited<T, E: Into<ApiError>>(
+        &self,
+        actor: (String, &'static str),
+        action: &'static str,
+        identity: &str,
+        credential: Option<&str>,
+        result: Result<T, E>,
+    ) -> Result<T, ApiError> {
+        let result = result.map_err(Into::into);
+        self.record(
+            action,
+            Some(actor),
+            Some(identity),
+            credential,
+            result.as_ref().map(|_| ()),
+        );
+        result
     }
 
     fn store(&self) -> Result<&Arc<dyn crate::store::Store>, AdminError> {

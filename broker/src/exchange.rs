@@ -17,9 +17,11 @@ use crate::entra::assertion::Assertions;
 use crate::entra::assertion::issuer::BrokerIssuer;
 use crate::entra::scope::ScopeError;
 use crate::entra::{EntraClient, EntraError, EntraToken, Secret};
+use crate::error::{ApiError, ErrorCode};
 use crate::issuer::{IssuerSetupError, KeyError, KeyStore};
 use crate::metrics::Metrics;
 use crate::policy::conditions::{self, Attempt, Refusal};
+use crate::policy::registry::Credential;
 use crate::policy::registry::{BuildProblem, Declared, StoredChange};
 use crate::policy::{Identity, MatchError, Registry, SelectError, select_identity};
 use crate::ratelimit::{Limited, RateLimiter};
@@ -58,57 +60,202 @@ pub enum ExchangeError {
 }
 
 impl ExchangeError {
-    /// The stable error code callers, metrics and audit see.
-    pub fn code(&self) -> &'static str {
+    /// The error's one classification (docs/api.md, "Errors"): code, status,
+    /// `Retry-After`, the description the caller gets and, for store, assertion-store and
+    /// upstream failures, the detail only the log gets.
+    pub fn classify(&self) -> ApiError {
+        let public = || ApiError::new(self.code(), self.to_string());
         match self {
-            ExchangeError::Scope(_) => "invalid_scope",
-            ExchangeError::Token(t) => match t {
-                TokenError::TooLarge { .. } => "token_too_large",
-                TokenError::Malformed(_) => "invalid_token",
-                TokenError::MissingClaim(_) => "missing_claim",
-                TokenError::ForbiddenAlgorithm(_)
-                | TokenError::AlgorithmNotAllowed(_)
-                | TokenError::AlgorithmKeyMismatch(_) => "unsupported_algorithm",
-                TokenError::BadSignature => "invalid_signature",
-                TokenError::Expired { .. } => "token_expired",
-                TokenError::NotYetValid { .. } | TokenError::IssuedInFuture { .. } => {
-                    "token_not_yet_valid"
-                }
-                TokenError::LifetimeTooLong { .. } | TokenError::RemainingTooLong { .. } => {
-                    "token_lifetime_too_long"
-                }
-            },
-            ExchangeError::UnknownIssuer => "unknown_issuer",
-            ExchangeError::Keys(KeyError::UnknownKey { .. }) => "unknown_signing_key",
-            ExchangeError::Keys(KeyError::Unavailable { .. }) => "issuer_unavailable",
-            ExchangeError::Match(MatchError::NoCredential) => "no_matching_credential",
-            ExchangeError::Match(MatchError::Audience { .. }) => "invalid_audience",
-            ExchangeError::Select(SelectError::NotAllowed) => "identity_not_allowed",
-            ExchangeError::Select(SelectError::Ambiguous(_)) => "identity_required",
-            ExchangeError::Cache(CacheError::ShortLived { .. }) => "entra_token_too_short",
-            ExchangeError::Replayed => "token_replayed",
-            ExchangeError::TenantMismatch(_) => "tenant_mismatch",
-            ExchangeError::Store(_) => "store_unavailable",
-            ExchangeError::Refused(r) => r.code(),
-            ExchangeError::RateLimited(_) => "rate_limited",
-            ExchangeError::Cache(CacheError::Entra(e)) => match e.as_ref() {
-                EntraError::Unavailable { .. } => "entra_unavailable",
-                EntraError::Protocol(_) => "entra_bad_response",
-                EntraError::Assertion(a) if a.is_transient() => "assertion_unavailable",
-                EntraError::Assertion(_) => "assertion_misconfigured",
-                EntraError::Rejected { aadsts, .. } => match aadsts {
-                    Some(70021 | 700211 | 700212 | 700213 | 7002138) => {
-                        "entra_no_matching_federated_credential"
-                    }
-                    Some(700024) => "entra_assertion_expired",
-                    Some(70023 | 7000272 | 50027 | 700222 | 700027) => "entra_assertion_rejected",
-                    Some(700016) => "entra_application_not_found",
-                    Some(90002) => "entra_tenant_not_found",
-                    _ => "entra_rejected",
-                },
-            },
+            ExchangeError::Keys(KeyError::Unavailable { .. }) => {
+                public().with_retry_after(crate::issuer::RETRY_AFTER_FAILURE_SECS)
+            }
+            ExchangeError::RateLimited(limited) => public().with_retry_after(limited.retry_after),
+            ExchangeError::Store(_) => ApiError::store(self),
+            ExchangeError::Cache(CacheError::Entra(entra)) => classify_entra(entra),
+            _ => public(),
         }
     }
+
+    /// The stable error code callers, metrics and audit see.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            ExchangeError::Scope(_) => ErrorCode::InvalidScope,
+            ExchangeError::Token(t) => match t {
+                TokenError::TooLarge { .. } => ErrorCode::TokenTooLarge,
+                TokenError::Malformed(_) => ErrorCode::InvalidToken,
+                TokenError::MissingClaim(_) => ErrorCode::MissingClaim,
+                TokenError::ForbiddenAlgorithm(_)
+                | TokenError::AlgorithmNotAllowed(_)
+                | TokenError::AlgorithmKeyMismatch(_) => ErrorCode::UnsupportedAlgorithm,
+                TokenError::BadSignature => ErrorCode::InvalidSignature,
+                TokenError::Expired { .. } => ErrorCode::TokenExpired,
+                TokenError::NotYetValid { .. } | TokenError::IssuedInFuture { .. } => {
+                    ErrorCode::TokenNotYetValid
+                }
+                TokenError::LifetimeTooLong { .. } | TokenError::RemainingTooLong { .. } => {
+                    ErrorCode::TokenLifetimeTooLong
+                }
+            },
+            ExchangeError::UnknownIssuer => ErrorCode::UnknownIssuer,
+            ExchangeError::Keys(KeyError::UnknownKey { .. }) => ErrorCode::UnknownSigningKey,
+            ExchangeError::Keys(KeyError::Unavailable { .. }) => ErrorCode::IssuerUnavailable,
+            ExchangeError::Match(MatchError::NoCredential) => ErrorCode::NoMatchingCredential,
+            ExchangeError::Match(MatchError::Audience { .. }) => ErrorCode::InvalidAudience,
+            ExchangeError::Select(SelectError::NotAllowed) => ErrorCode::IdentityNotAllowed,
+            ExchangeError::Select(SelectError::Ambiguous(_)) => ErrorCode::IdentityRequired,
+            ExchangeError::Cache(CacheError::ShortLived { .. }) => ErrorCode::EntraTokenTooShort,
+            ExchangeError::Replayed => ErrorCode::TokenReplayed,
+            ExchangeError::TenantMismatch(_) => ErrorCode::TenantMismatch,
+            ExchangeError::Store(_) => ErrorCode::StoreUnavailable,
+            ExchangeError::Refused(r) => r.code(),
+            ExchangeError::RateLimited(_) => ErrorCode::RateLimited,
+            ExchangeError::Cache(CacheError::Entra(e)) => entra_code(e),
+        }
+    }
+}
+
+fn entra_code(e: &EntraError) -> ErrorCode {
+    match e {
+        EntraError::Unavailable { .. } => ErrorCode::EntraUnavailable,
+        EntraError::Protocol(_) => ErrorCode::EntraBadResponse,
+        EntraError::Assertion(a) if a.is_transient() => ErrorCode::AssertionUnavailable,
+        EntraError::Assertion(_) => ErrorCode::AssertionMisconfigured,
+        EntraError::Rejected { aadsts, .. } => match aadsts {
+            Some(70021 | 700211 | 700212 | 700213 | 7002138) => {
+                ErrorCode::EntraNoMatchingFederatedCredential
+            }
+            Some(700024) => ErrorCode::EntraAssertionExpired,
+            Some(70023 | 7000272 | 50027 | 700222 | 700027) => ErrorCode::EntraAssertionRejected,
+            Some(700016) => ErrorCode::EntraApplicationNotFound,
+            Some(90002) => ErrorCode::EntraTenantNotFound,
+            _ => ErrorCode::EntraRejected,
+        },
+    }
+}
+
+/// A failure on the way to Entra or from it: what the caller may know, and the hint
+/// that helps them (docs/api.md, "Errors").
+fn classify_entra(e: &EntraError) -> ApiError {
+    use crate::entra::assertion::AssertionError;
+    use crate::entra::assertion::issuer::IssuerKeyError;
+    let code = entra_code(e);
+    match e {
+        EntraError::Unavailable { retry_after, .. } => ApiError::new(
+            code,
+            format!("{e}; no cached token is available, retry later"),
+        )
+        .with_retry_after(retry_after.unwrap_or(5)),
+        EntraError::Protocol(_) => ApiError::internal(
+            code,
+            "Entra answered something that is not its token protocol",
+            e,
+        ),
+        // The store holding the broker's signing keys failed: the store's text is internal.
+        EntraError::Assertion(AssertionError::Issuer(
+            IssuerKeyError::Store(_) | IssuerKeyError::StoredKey(_),
+        )) => ApiError::internal(code, crate::error::STORE_UNAVAILABLE, e)
+            .with_status(axum::http::StatusCode::SERVICE_UNAVAILABLE)
+            .with_retry_after(5),
+        EntraError::Assertion(a) => {
+            let public = format!("no client assertion: {}", a.public_message());
+            let error = ApiError::internal(code, public, e);
+            if a.is_transient() {
+                error.with_retry_after(5)
+            } else {
+                error
+            }
+        }
+        EntraError::Rejected { description, .. } => {
+            let hint = match code {
+                ErrorCode::EntraNoMatchingFederatedCredential => {
+                    " The broker accepted the token, but the Entra app registration has no federated credential matching the assertion: with the passthrough assertion, register the token's issuer, subject and audience in Entra; with the broker assertion, one credential trusting the broker's issuer URL and the identity's assertion subject (see docs/assertion-sources.md)."
+                }
+                ErrorCode::EntraAssertionExpired => {
+                    " The presented token expired before Entra saw it; request a fresh one."
+                }
+                ErrorCode::EntraApplicationNotFound => {
+                    " Check the identity's client_id and tenant_id."
+                }
+                ErrorCode::EntraTenantNotFound => {
+                    " Check the identity's tenant_id and cloud (authority host)."
+                }
+                _ => "",
+            };
+            ApiError::new(
+                code,
+                format!("Entra refused the request: {description}.{hint}"),
+            )
+        }
+    }
+}
+
+/// A step of the exchange, as an [`Observer`] sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// 1. The token read without trusting it (its size, its form).
+    Parse,
+    /// 2. Its issuer is one a federated credential names.
+    Issuer,
+    /// 3. The issuer's signing keys.
+    Keys,
+    /// 4. Signature and times.
+    Verify,
+    /// 5. Credentials matched and the identity chosen.
+    Match,
+    /// The identity is in the tenant the caller addressed.
+    Tenant,
+    /// The least-privilege controls (docs/admin.md, "Least privilege").
+    Conditions,
+}
+
+/// Watches the exchange's checks ([`Broker::decide`]): `simulate` runs the exchange's own
+/// steps through an observer that records each one, so a check added to the exchange is
+/// simulated too (docs/admin.md, "POST /v1/simulate").
+pub trait Observer: Send {
+    /// `step` passed (`Ok`), or refused with the error the exchange answers.
+    fn step(&mut self, step: Step, outcome: Result<(), &ExchangeError>);
+
+    /// The token, read and not yet trusted.
+    fn parsed(&mut self, _token: &UnverifiedToken) {}
+
+    /// The token verified (or the claims `simulate` was given).
+    fn verified(&mut self, _token: &Arc<VerifiedToken>) {}
+
+    /// A dry run (`simulate`): every token is verified afresh (not taken from the
+    /// verified-token cache), and a scope or client address not given is not judged.
+    fn dry_run(&self) -> bool {
+        false
+    }
+}
+
+/// The exchange's own observer: sees nothing.
+#[derive(Debug, Default)]
+pub struct Unobserved;
+
+impl Observer for Unobserved {
+    fn step(&mut self, _step: Step, _outcome: Result<(), &ExchangeError>) {}
+}
+
+/// Reports `result` as `step`'s outcome and passes it on.
+fn observed<T>(
+    observer: &mut dyn Observer,
+    step: Step,
+    result: Result<T, ExchangeError>,
+) -> Result<T, ExchangeError> {
+    observer.step(step, result.as_ref().map(|_| ()));
+    result
+}
+
+/// What the checks decided ([`Broker::decide`]).
+#[derive(Debug, Clone)]
+pub struct Decision {
+    pub verified: Arc<VerifiedToken>,
+    /// Every credential the token matches.
+    pub matched: Vec<Arc<Credential>>,
+    /// The identity the exchange acts as.
+    pub identity: Arc<Identity>,
+    /// The credential that admitted the token.
+    pub credential: Arc<Credential>,
 }
 
 /// One exchange request, already read off the wire.
@@ -504,7 +651,7 @@ impl Broker {
                 event.cache = Some(done.cache.as_str());
             }
             Err(e) => {
-                event.outcome = e.code().into();
+                event.outcome = e.code().as_str().into();
                 event.reason = Some(e.to_string());
                 if let ExchangeError::Cache(CacheError::Entra(entra)) = e {
                     event.upstream_correlation_id = entra.correlation_id().map(str::to_owned);
@@ -526,44 +673,13 @@ impl Broker {
         req: &ExchangeRequest<'_>,
         event: &mut AuditEvent,
     ) -> Result<Exchanged, ExchangeError> {
-        let verified = self.verify(req, event).await?;
-        event.unauthenticated = false;
-        let registry = self.registry.load();
+        let Decision {
+            verified,
+            identity,
+            credential,
+            ..
+        } = self.decide(req, event, &mut Unobserved).await?;
         let scope = event.scope.clone().unwrap_or_default();
-        event.subject = verified.sub.clone();
-        event.token_sha256 = Some(verified.sha256.clone());
-        event.jti = verified.jti.clone();
-        // 5. Match and choose the identity.
-        let matched = registry.matching(&verified)?;
-        let identity = select_identity(&matched, req.identity).inspect_err(|e| {
-            // The identity the caller named, so a refusal is counted against it.
-            if matches!(e, SelectError::NotAllowed) {
-                event.identity = req.identity.map(crate::redact::untrusted);
-            }
-        })?;
-        event.identity = Some(identity.name.clone());
-        if let Some(tenant) = req.tenant
-            && !identity.tenant_id.eq_ignore_ascii_case(tenant)
-        {
-            return Err(ExchangeError::TenantMismatch(Untrusted::new(tenant)));
-        }
-        // The least-privilege controls (docs/admin.md), then the rate limits: both before
-        // the token is spent and before any cached answer.
-        let attempt = Attempt {
-            now: self.clock.now(),
-            issued_at: verified.iat,
-            scope: Some(&scope),
-            client: req.client,
-            judge_source: true,
-        };
-        let credential = match conditions::choose_credential(&identity, &matched, &attempt) {
-            Ok(c) => c,
-            Err((refusal, credential)) => {
-                event.credential = credential;
-                return Err(refusal.into());
-            }
-        };
-        event.credential = Some(credential.name.clone());
         let caller = format!(
             "{}\n{}",
             verified.iss,
@@ -606,6 +722,87 @@ impl Broker {
         })
     }
 
+    /// Steps 1 to 5 and the least-privilege controls, each reported to `observer`: the
+    /// token verified, matched, the identity chosen and the credential that admits it.
+    /// The exchange runs it with [`Unobserved`]; `simulate` with an observer that records
+    /// each check, so whatever the exchange checks, `simulate` reports.
+    pub async fn decide(
+        &self,
+        req: &ExchangeRequest<'_>,
+        event: &mut AuditEvent,
+        observer: &mut dyn Observer,
+    ) -> Result<Decision, ExchangeError> {
+        let verified = self.verify(req, event, observer).await?;
+        self.judge(verified, req, event, observer)
+    }
+
+    /// Step 5 and the least-privilege controls, for a verified token (or, in `simulate`,
+    /// claims given directly): match, choose the identity, check the tenant and the
+    /// controls. The scope judged is `event.scope`.
+    pub fn judge(
+        &self,
+        verified: Arc<VerifiedToken>,
+        req: &ExchangeRequest<'_>,
+        event: &mut AuditEvent,
+        observer: &mut dyn Observer,
+    ) -> Result<Decision, ExchangeError> {
+        observer.verified(&verified);
+        event.unauthenticated = false;
+        let registry = self.registry.load();
+        event.subject = verified.sub.clone();
+        event.token_sha256 = Some(verified.sha256.clone());
+        event.jti = verified.jti.clone();
+        // 5. Match and choose the identity.
+        let chosen = registry
+            .matching(&verified)
+            .map_err(ExchangeError::from)
+            .and_then(|matched| {
+                let identity = select_identity(&matched, req.identity).inspect_err(|e| {
+                    // The identity the caller named, so a refusal is counted against it.
+                    if matches!(e, SelectError::NotAllowed) {
+                        event.identity = req.identity.map(crate::redact::untrusted);
+                    }
+                })?;
+                Ok((matched, identity))
+            });
+        let (matched, identity) = observed(observer, Step::Match, chosen)?;
+        event.identity = Some(identity.name.clone());
+        if let Some(tenant) = req.tenant
+            && !identity.tenant_id.eq_ignore_ascii_case(tenant)
+        {
+            let e = ExchangeError::TenantMismatch(Untrusted::new(tenant));
+            observer.step(Step::Tenant, Err(&e));
+            return Err(e);
+        }
+        // The least-privilege controls (docs/admin.md), then (in the exchange) the rate
+        // limits: both before the token is spent and before any cached answer.
+        let attempt = Attempt {
+            now: self.clock.now(),
+            issued_at: verified.iat,
+            scope: event.scope.as_deref(),
+            client: req.client,
+            // A dry run judges the source only for an address it was given.
+            judge_source: !observer.dry_run() || req.client.is_some(),
+        };
+        let credential = match conditions::choose_credential(&identity, &matched, &attempt) {
+            Ok(c) => c,
+            Err((refusal, credential)) => {
+                event.credential = credential;
+                let e = ExchangeError::from(refusal);
+                observer.step(Step::Conditions, Err(&e));
+                return Err(e);
+            }
+        };
+        observer.step(Step::Conditions, Ok(()));
+        event.credential = Some(credential.name.clone());
+        Ok(Decision {
+            verified,
+            matched,
+            identity,
+            credential,
+        })
+    }
+
     /// Steps 1 to 4: the token read, its issuer trusted, its signature and times checked.
     /// A token seen before is recognised by its SHA-256 and not verified again, but its
     /// expiry and its issuer's trust are checked on every request. The cache key is the
@@ -616,19 +813,25 @@ impl Broker {
         &self,
         req: &ExchangeRequest<'_>,
         event: &mut AuditEvent,
+        observer: &mut dyn Observer,
     ) -> Result<Arc<VerifiedToken>, ExchangeError> {
         // 1. Read, don't trust.
         if req.token.len() > self.max_token_bytes {
-            return Err(TokenError::TooLarge {
+            let e = ExchangeError::from(TokenError::TooLarge {
                 limit: self.max_token_bytes,
-            }
-            .into());
+            });
+            observer.step(Step::Parse, Err(&e));
+            return Err(e);
         }
         let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, req.token.as_bytes());
         let mut key = [0u8; 32];
         key.copy_from_slice(digest.as_ref());
         let now = self.clock.now();
-        let remembered = self.verified.as_ref().and_then(|cache| cache.get(&key));
+        let remembered = self
+            .verified
+            .as_ref()
+            .filter(|_| !observer.dry_run())
+            .and_then(|cache| cache.get(&key));
         let registry = self.registry.load();
         if let Some(known) = remembered {
             event.scope = Some(crate::entra::scope::to_default_scope(
@@ -649,25 +852,38 @@ impl Broker {
             }
             return Ok(known);
         }
-        let mut unverified = UnverifiedToken::parse(req.token, self.max_token_bytes)?;
+        let parsed = UnverifiedToken::parse(req.token, self.max_token_bytes);
+        let mut unverified = observed(observer, Step::Parse, parsed.map_err(Into::into))?;
         unverified.sha256 = Some(key);
-        event.scope = Some(crate::entra::scope::to_default_scope(
-            req.scope.unwrap_or_default(),
-        )?);
+        observer.parsed(&unverified);
+        event.scope = if observer.dry_run() {
+            // A dry run judges the scope only when it was given one that is valid.
+            req.scope
+                .and_then(|s| crate::entra::scope::to_default_scope(s).ok())
+        } else {
+            Some(crate::entra::scope::to_default_scope(
+                req.scope.unwrap_or_default(),
+            )?)
+        };
         // 2. Known issuers only: nothing is fetched for any other.
         if !registry.knows_issuer(&unverified.iss) {
             event.issuer = Some(untrusted(&unverified.iss));
+            observer.step(Step::Issuer, Err(&ExchangeError::UnknownIssuer));
             return Err(ExchangeError::UnknownIssuer);
         }
+        observer.step(Step::Issuer, Ok(()));
         event.issuer = Some(unverified.iss.clone());
         // 3. Keys.
         let keys = self
             .keys
             .keys_for(&unverified.iss, unverified.kid.as_deref())
-            .await?;
+            .await
+            .map_err(ExchangeError::from);
+        let keys = observed(observer, Step::Keys, keys)?;
         // 4. Verify.
         let policy = self.verify_policy(&unverified.iss);
-        let verified = Arc::new(token::verify(unverified, &keys, policy, now)?);
+        let verified = token::verify(unverified, &keys, policy, now).map_err(ExchangeError::from);
+        let verified = Arc::new(observed(observer, Step::Verify, verified)?);
         if let Some(cache) = &self.verified {
             cache.insert(key, verified.clone());
         }

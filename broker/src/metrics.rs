@@ -30,7 +30,7 @@ pub struct Metrics {
     registry_reloads: Family<Labels, Counter>,
     admin_requests: Family<Labels, Counter>,
     rate_limited: Family<Labels, Counter>,
-    connections: crate::api::serve::ConnectionMetrics,
+    connections: wif_proto::serve::ConnectionMetrics,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -147,7 +147,7 @@ impl Metrics {
             "Exchanges refused by a rate limit of this replica, by limit (identity, subject)",
             rate_limited.clone(),
         );
-        let connections = crate::api::serve::ConnectionMetrics::registered(&mut registry);
+        let connections = wif_proto::serve::ConnectionMetrics::registered(&mut registry);
         Arc::new(Self {
             registry,
             exchanges,
@@ -171,7 +171,7 @@ impl Metrics {
     }
 
     /// The listeners' connection counters (`wif_connections_*`).
-    pub fn connections(&self) -> crate::api::serve::ConnectionMetrics {
+    pub fn connections(&self) -> wif_proto::serve::ConnectionMetrics {
         self.connections.clone()
     }
 

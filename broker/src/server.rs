@@ -169,7 +169,7 @@ impl RunningBroker {
         let tls = tls_config.is_some();
         let task = tokio::spawn(api::serve::serve_counted(
             listener,
-            api::router(state),
+            router(state),
             tls_config,
             async move {
                 let _ = stopped.await;
@@ -257,3 +257,11 @@ impl Drop for RunningBroker {
 
 /// Resolves on Ctrl-C or SIGTERM.
 pub use wif_proto::shutdown::signal as shutdown_signal;
+
+/// The broker's listener: the API's routes and the admin console's (`/ui/`, HTML with its
+/// own security headers), behind the one [`api::edge`]. The only place the two are
+/// composed, so `api` never imports `ui` (docs/architecture.md, "Module dependencies").
+pub fn router(state: AppState) -> axum::Router {
+    let routes = api::routes().merge(crate::ui::router(state.clone()));
+    api::edge(routes, state)
+}

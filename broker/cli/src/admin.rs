@@ -981,12 +981,9 @@ fn parse_role(text: &str) -> Result<Role, String> {
     }
 }
 
-/// 32 random bytes from the system generator, base64url without padding (43 characters).
+/// A new admin token (see [`wif_proto::admin::new_admin_token`]).
 pub fn new_admin_token() -> anyhow::Result<String> {
-    use base64::Engine as _;
-    let mut bytes = [0u8; 32];
-    aws_lc_rs::rand::fill(&mut bytes).map_err(|_| anyhow!("the system random source failed"))?;
-    Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
+    wif_proto::admin::new_admin_token().map_err(|_| anyhow!("the system random source failed"))
 }
 
 /// The `tokens_file` line `ROLE NAME sha256:HEX` for a token.

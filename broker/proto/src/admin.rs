@@ -57,6 +57,15 @@ impl Role {
     }
 }
 
+/// A new admin token: 32 random bytes from the system generator, base64url without
+/// padding (43 characters).
+pub fn new_admin_token() -> Result<String, aws_lc_rs::error::Unspecified> {
+    use base64::Engine as _;
+    let mut bytes = [0u8; 32];
+    aws_lc_rs::rand::fill(&mut bytes)?;
+    Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
+}
+
 /// `sha256:HEX` of an admin token, the form `[admin] tokens_file` holds.
 pub fn token_hash(token: &str) -> String {
     let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());

@@ -7,6 +7,7 @@
 //! identity. The handlers only translate Entra's wire format to [`ExchangeRequest`] and
 //! [`super::ApiError`] back to Entra's error shape.
 
+use crate::error::ErrorCode;
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, State};
@@ -92,7 +93,10 @@ pub async fn discovery(
     let now = state.broker.clock().now();
     if !sane_tenant(&tenant) {
         return entra_error(
-            ApiError::bad_request("invalid_request", "the tenant is not a valid tenant id"),
+            ApiError::new(
+                ErrorCode::InvalidRequest,
+                "the tenant is not a valid tenant id",
+            ),
             now,
         );
     }
@@ -183,8 +187,8 @@ async fn token_inner(
     match param("grant_type") {
         Some(CLIENT_CREDENTIALS) => {}
         Some(other) => {
-            return Err(ApiError::bad_request(
-                "unsupported_grant_type",
+            return Err(ApiError::new(
+                ErrorCode::UnsupportedGrantType,
                 format!(
                     "grant_type {:?} is not supported; use {CLIENT_CREDENTIALS}",
                     other.chars().take(64).collect::<String>()
@@ -192,26 +196,26 @@ async fn token_inner(
             ));
         }
         None => {
-            return Err(ApiError::bad_request(
-                "invalid_request",
+            return Err(ApiError::new(
+                ErrorCode::InvalidRequest,
                 "grant_type is required",
             ));
         }
     }
     if param("client_assertion_type") != Some(JWT_BEARER) {
-        return Err(ApiError::bad_request(
-            "invalid_request",
+        return Err(ApiError::new(
+            ErrorCode::InvalidRequest,
             format!("client_assertion_type must be {JWT_BEARER}"),
         ));
     }
     let assertion = param("client_assertion").ok_or_else(|| {
-        ApiError::bad_request(
-            "invalid_request",
+        ApiError::new(
+            ErrorCode::InvalidRequest,
             "client_assertion (the external OIDC token) is required",
         )
     })?;
     let client_id = param("client_id")
-        .ok_or_else(|| ApiError::bad_request("invalid_request", "client_id is required"))?;
+        .ok_or_else(|| ApiError::new(ErrorCode::InvalidRequest, "client_id is required"))?;
     let scope = resource_scope(param("scope").unwrap_or_default())?;
     let request_id = current_request_id();
     let done = state
@@ -253,12 +257,12 @@ fn resource_scope(scopes: &str) -> Result<String, ApiError> {
         .filter(|s| !s.is_empty() && !RESERVED_SCOPES.contains(s));
     match (resources.next(), resources.next()) {
         (Some(one), None) => Ok(one.to_owned()),
-        (None, _) => Err(ApiError::bad_request(
-            "invalid_scope",
+        (None, _) => Err(ApiError::new(
+            ErrorCode::InvalidScope,
             "scope is required: one resource's `/.default` scope",
         )),
-        (Some(_), Some(_)) => Err(ApiError::bad_request(
-            "invalid_scope",
+        (Some(_), Some(_)) => Err(ApiError::new(
+            ErrorCode::InvalidScope,
             "give one resource's `/.default` scope",
         )),
     }
@@ -315,13 +319,16 @@ impl SelfAddress {
             return Ok((url.clone(), host.clone()));
         }
         let host = host.ok_or_else(|| {
-            ApiError::bad_request("invalid_request", "the request has no valid Host header")
+            ApiError::new(
+                ErrorCode::InvalidRequest,
+                "the request has no valid Host header",
+            )
         })?;
         if self.hosts.iter().any(|h| h.eq_ignore_ascii_case(&host)) {
             return Ok((format!("{scheme}://{host}"), host));
         }
-        Err(ApiError::bad_request(
-            "unknown_host",
+        Err(ApiError::new(
+            ErrorCode::UnknownHost,
             format!(
                 "Host {:?} is not this broker's address; the operator sets [server] public_url to the URL clients use",
                 host.chars().take(64).collect::<String>()
@@ -345,25 +352,16 @@ fn host(uri: &Uri, headers: &HeaderMap) -> Option<String> {
     sane.then_some(host)
 }
 
-/// An [`ApiError`] in Entra's shape: the OAuth `error` Entra would use, the broker's code
-/// first in `error_description`, and Entra's statuses (400, 401, 503 with `Retry-After`).
+/// An [`ApiError`] in Entra's shape: the OAuth `error` and status the error's
+/// classification names ([`ApiError::oauth`]), the broker's code first in
+/// `error_description`, `Retry-After` on 503 and 429.
 fn entra_error(e: ApiError, now: u64) -> Response {
-    let (status, error) = match (e.status.as_u16(), e.code) {
-        // Entra answers its own throttling 429 with Retry-After; MSAL honours it.
-        (429, _) => (StatusCode::TOO_MANY_REQUESTS, "temporarily_unavailable"),
-        (503, _) => (StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable"),
-        (500..=599, _) => (StatusCode::INTERNAL_SERVER_ERROR, "server_error"),
-        (401, _) => (StatusCode::UNAUTHORIZED, "invalid_client"),
-        (403, _) => (StatusCode::BAD_REQUEST, "unauthorized_client"),
-        (_, "invalid_scope") => (StatusCode::BAD_REQUEST, "invalid_scope"),
-        (_, "unsupported_grant_type") => (StatusCode::BAD_REQUEST, "unsupported_grant_type"),
-        _ => (StatusCode::BAD_REQUEST, "invalid_request"),
-    };
+    let (status, error) = e.oauth();
     let correlation = current_request_id();
     let trace_id = uuid::Uuid::new_v4().to_string();
     let timestamp = crate::entra::entra_timestamp(now);
     let body = EntraErrorBody {
-        error: error.to_owned(),
+        error: error.as_str().to_owned(),
         error_description: format!(
             "{}: {}\r\nTrace ID: {trace_id}\r\nCorrelation ID: {correlation}\r\nTimestamp: {timestamp}",
             e.code, e.description
@@ -409,16 +407,12 @@ mod tests {
 
     #[test]
     fn errors_take_entra_statuses() {
-        let e = entra_error(ApiError::unauthorized("unknown_issuer", "x"), 0);
+        let e = entra_error(ApiError::new(ErrorCode::UnknownIssuer, "x"), 0);
         assert_eq!(e.status(), StatusCode::UNAUTHORIZED);
-        let e = entra_error(
-            ApiError::new(StatusCode::FORBIDDEN, "no_matching_credential", "x"),
-            0,
-        );
+        let e = entra_error(ApiError::new(ErrorCode::NoMatchingCredential, "x"), 0);
         assert_eq!(e.status(), StatusCode::BAD_REQUEST);
         let e = entra_error(
-            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "entra_unavailable", "x")
-                .with_retry_after(7),
+            ApiError::new(ErrorCode::EntraUnavailable, "x").with_retry_after(7),
             0,
         );
         assert_eq!(e.status(), StatusCode::SERVICE_UNAVAILABLE);

@@ -1,6 +1,7 @@
 //! The exchange endpoints: `POST /v1/token` (native) and `POST /oauth2/token` (RFC 8693).
 //! Both accept JSON or form bodies and answer through [`crate::exchange::Broker`].
 
+use crate::error::ErrorCode;
 use std::collections::HashMap;
 use std::net::IpAddr;
 
@@ -54,7 +55,7 @@ pub(super) fn recorded(state: &AppState, endpoint: &'static str, e: ApiError) ->
         state.broker.record_refusal(
             endpoint,
             &super::error::current_request_id(),
-            e.code,
+            e.code.as_str(),
             &e.description,
         );
     }
@@ -133,8 +134,8 @@ async fn rfc8693_inner(
     match params.get("grant_type").map(String::as_str) {
         Some(TOKEN_EXCHANGE_GRANT) => {}
         Some(other) => {
-            return Err(ApiError::bad_request(
-                "unsupported_grant_type",
+            return Err(ApiError::new(
+                ErrorCode::UnsupportedGrantType,
                 format!(
                     "grant_type \"{}\" is not supported; use {TOKEN_EXCHANGE_GRANT}",
                     crate::redact::untrusted(other)
@@ -142,8 +143,8 @@ async fn rfc8693_inner(
             ));
         }
         None => {
-            return Err(ApiError::bad_request(
-                "invalid_request",
+            return Err(ApiError::new(
+                ErrorCode::InvalidRequest,
                 "grant_type is required",
             ));
         }
@@ -151,12 +152,12 @@ async fn rfc8693_inner(
     let token = params
         .get("subject_token")
         .filter(|t| !t.is_empty())
-        .ok_or_else(|| ApiError::bad_request("invalid_request", "subject_token is required"))?;
+        .ok_or_else(|| ApiError::new(ErrorCode::InvalidRequest, "subject_token is required"))?;
     match params.get("subject_token_type").map(String::as_str) {
         Some(JWT_TOKEN_TYPE | ID_TOKEN_TYPE) => {}
         _ => {
-            return Err(ApiError::bad_request(
-                "invalid_request",
+            return Err(ApiError::new(
+                ErrorCode::InvalidRequest,
                 format!("subject_token_type must be {JWT_TOKEN_TYPE}"),
             ));
         }
@@ -164,8 +165,8 @@ async fn rfc8693_inner(
     if let Some(t) = params.get("requested_token_type")
         && t != ACCESS_TOKEN_TYPE
     {
-        return Err(ApiError::bad_request(
-            "invalid_request",
+        return Err(ApiError::new(
+            ErrorCode::InvalidRequest,
             format!("requested_token_type must be {ACCESS_TOKEN_TYPE}"),
         ));
     }
@@ -215,8 +216,8 @@ fn no_store(body: impl Serialize) -> Response {
 /// The token from `Authorization: Bearer <token>`.
 fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
     let missing = || {
-        ApiError::unauthorized(
-            "missing_token",
+        ApiError::new(
+            ErrorCode::MissingToken,
             "send the external OIDC token as `Authorization: Bearer <token>`",
         )
     };
@@ -235,32 +236,22 @@ pub async fn read_params(
     body: Body,
     limit: usize,
 ) -> Result<HashMap<String, String>, ApiError> {
-    let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "body_too_large",
-            format!("the request body is larger than {limit} bytes"),
-        )
-    })?;
-    let content_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_ascii_lowercase();
+    let bytes = super::body::read(body, limit).await?;
+    let content_type = super::body::content_type(headers);
     let mut params = HashMap::new();
     if content_type.starts_with("application/json") {
         if bytes.is_empty() {
             return Ok(params);
         }
         let value: Value = serde_json::from_slice(&bytes).map_err(|e| {
-            ApiError::bad_request(
-                "invalid_request",
+            ApiError::new(
+                ErrorCode::InvalidRequest,
                 format!("the body is not valid JSON: {e}"),
             )
         })?;
         let Value::Object(map) = value else {
-            return Err(ApiError::bad_request(
-                "invalid_request",
+            return Err(ApiError::new(
+                ErrorCode::InvalidRequest,
                 "the JSON body must be an object",
             ));
         };
@@ -271,8 +262,8 @@ pub async fn read_params(
                 }
                 Value::Null => {}
                 _ => {
-                    return Err(ApiError::bad_request(
-                        "invalid_request",
+                    return Err(ApiError::new(
+                        ErrorCode::InvalidRequest,
                         format!("`{k}` must be a string"),
                     ));
                 }
@@ -281,16 +272,15 @@ pub async fn read_params(
     } else if content_type.starts_with("application/x-www-form-urlencoded") || bytes.is_empty() {
         for (k, v) in url::form_urlencoded::parse(&bytes) {
             if params.insert(k.to_string(), v.into_owned()).is_some() {
-                return Err(ApiError::bad_request(
-                    "invalid_request",
+                return Err(ApiError::new(
+                    ErrorCode::InvalidRequest,
                     format!("parameter `{k}` is repeated"),
                 ));
             }
         }
     } else {
         return Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
+            ErrorCode::UnsupportedMediaType,
             "send application/json or application/x-www-form-urlencoded",
         ));
     }
@@ -299,8 +289,8 @@ pub async fn read_params(
 
 fn reject_unknown(params: &HashMap<String, String>, known: &[&str]) -> Result<(), ApiError> {
     match params.keys().find(|k| !known.contains(&k.as_str())) {
-        Some(k) => Err(ApiError::bad_request(
-            "invalid_request",
+        Some(k) => Err(ApiError::new(
+            ErrorCode::InvalidRequest,
             format!(
                 "unknown parameter `{}`; accepted: {}",
                 crate::redact::untrusted(k),
@@ -313,8 +303,8 @@ fn reject_unknown(params: &HashMap<String, String>, known: &[&str]) -> Result<()
 
 fn scope_param(params: &HashMap<String, String>) -> Result<Option<&str>, ApiError> {
     match (params.get("scope"), params.get("resource")) {
-        (Some(_), Some(_)) => Err(ApiError::bad_request(
-            "invalid_request",
+        (Some(_), Some(_)) => Err(ApiError::new(
+            ErrorCode::InvalidRequest,
             "give either `scope` or `resource`, not both",
         )),
         (Some(s), None) | (None, Some(s)) => Ok(Some(s.as_str())),
@@ -324,8 +314,8 @@ fn scope_param(params: &HashMap<String, String>) -> Result<Option<&str>, ApiErro
 
 fn identity_param(params: &HashMap<String, String>) -> Result<Option<&str>, ApiError> {
     match (params.get("identity"), params.get("client_id")) {
-        (Some(a), Some(b)) if a != b => Err(ApiError::bad_request(
-            "invalid_request",
+        (Some(a), Some(b)) if a != b => Err(ApiError::new(
+            ErrorCode::InvalidRequest,
             "give either `identity` or `client_id`, not both",
         )),
         (Some(s), _) | (None, Some(s)) => Ok(Some(s.as_str()).filter(|s| !s.is_empty())),

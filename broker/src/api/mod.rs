@@ -2,6 +2,7 @@
 //! into calls on [`crate::exchange::Broker`]; no decision is made here.
 
 pub mod admin;
+pub mod body;
 pub mod client_address;
 pub mod entra_compat;
 pub mod error;
@@ -13,13 +14,14 @@ pub mod ops;
 pub use wif_proto::serve;
 pub mod well_known;
 
+use crate::error::ErrorCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::{HeaderValue, StatusCode};
+use axum::http::HeaderValue;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
@@ -42,7 +44,7 @@ pub struct AppState {
     /// Where clients reach the broker, for the URLs it gives out about itself.
     pub self_address: Arc<entra_compat::SelfAddress>,
     /// The sidecar-injecting admission webhook, when `[webhook] enabled`; served by
-    /// [`webhook_router`] on its own listener only, never by [`router`].
+    /// [`webhook_router`] on its own listener only, never by [`crate::server::router`].
     pub webhook: Option<Arc<mutate::Webhook>>,
 }
 
@@ -52,8 +54,9 @@ impl AppState {
     }
 }
 
-/// The broker's routes.
-pub fn router(state: AppState) -> Router {
+/// The API's routes: the exchange endpoints, discovery, operations and the admin API.
+/// [`crate::server::router`] composes them with the console's and adds [`edge`].
+pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/v1/token", post(exchange::native))
         .route("/oauth2/token", post(exchange::rfc8693))
@@ -91,11 +94,15 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/identities/{name}/entraSetup", get(admin::entra_setup))
         .route("/v1/simulate", post(admin::simulate))
         .route("/v1/audit", get(admin::audit_events))
-        // The admin console (HTML, its own security headers).
-        .merge(crate::ui::router(state.clone()))
+}
+
+/// What every route of a listener shares: the request id, the deadline and the access
+/// log (`request_context`), the JSON 404 and 405, and no framework body limit (bodies
+/// are read by [`body`] against `max_body_bytes`).
+pub fn edge(routes: Router<AppState>, state: AppState) -> Router {
+    routes
         .fallback(fallback)
         .method_not_allowed_fallback(method_not_allowed)
-        // Handlers read bodies themselves against `max_body_bytes`.
         .layer(DefaultBodyLimit::disable())
         .layer(middleware::from_fn_with_state(
             state.clone(),
@@ -105,21 +112,13 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// The admission webhook's own listener (docs/kubernetes.md): `POST /mutate/v1/pods` and
-/// a liveness check, nothing else. Never merged into [`router`]: the API port does not
-/// serve the webhook.
+/// a liveness check, nothing else. Never merged into the API's [`routes`]: the API port
+/// does not serve the webhook.
 pub fn webhook_router(state: AppState) -> Router {
-    Router::new()
+    let routes = Router::new()
         .route("/mutate/v1/pods", post(mutate::pods))
-        .route("/healthz", get(ops::healthz))
-        .fallback(fallback)
-        .method_not_allowed_fallback(method_not_allowed)
-        // The handler reads the body itself against `[webhook] max_body_bytes`.
-        .layer(DefaultBodyLimit::disable())
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
-            request_context,
-        ))
-        .with_state(state)
+        .route("/healthz", get(ops::healthz));
+    edge(routes, state)
 }
 
 async fn fallback() -> ApiError {
@@ -128,8 +127,7 @@ async fn fallback() -> ApiError {
 
 async fn method_not_allowed() -> ApiError {
     ApiError::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
+        ErrorCode::MethodNotAllowed,
         "this route does not accept that method",
     )
 }
@@ -158,8 +156,7 @@ async fn request_context(State(state): State<AppState>, request: Request, next: 
             match tokio::time::timeout(timeout, next.run(request)).await {
                 Ok(response) => response,
                 Err(_) => ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "timeout",
+                    ErrorCode::Timeout,
                     format!("the request took longer than {} s", timeout.as_secs()),
                 )
                 .with_retry_after(1)

@@ -11,6 +11,7 @@
 //! a port, say) is an AdmissionReview with `allowed: false` and the reason, which `kubectl`
 //! shows the user.
 
+use crate::error::ErrorCode;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,7 +19,7 @@ use std::time::Duration;
 use axum::Json;
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use serde_json::{Value, json};
@@ -189,27 +190,21 @@ fn json_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
         Ok(())
     } else {
         Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
+            ErrorCode::UnsupportedMediaType,
             "the webhook accepts only an AdmissionReview as application/json",
         ))
     }
 }
 
 fn invalid(description: impl Into<String>) -> ApiError {
-    ApiError::bad_request("invalid_admission_review", description)
+    ApiError::new(ErrorCode::InvalidAdmissionReview, description)
 }
 
 /// 32 random bytes, hex: a pod's `IDENTITY_HEADER`.
 fn header_secret() -> Result<String, ApiError> {
     let mut bytes = [0u8; 32];
     aws_lc_rs::rand::fill(&mut bytes).map_err(|_| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            "cannot draw random bytes",
-        )
-        .with_retry_after(1)
+        ApiError::new(ErrorCode::Unavailable, "cannot draw random bytes").with_retry_after(1)
     })?;
     Ok(hex::encode(bytes))
 }
@@ -235,20 +230,13 @@ pub async fn pods(
 ) -> Result<Response, ApiError> {
     let Some(webhook) = state.webhook.clone() else {
         return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
+            ErrorCode::NotFound,
             "the admission webhook is not enabled ([webhook] enabled = true)",
         ));
     };
     json_content_type(&headers)?;
     let limit = webhook.max_body_bytes;
-    let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "body_too_large",
-            format!("the request body is larger than {limit} bytes"),
-        )
-    })?;
+    let bytes = super::body::read(body, limit).await?;
     let review_in: Value = serde_json::from_slice(&bytes)
         .map_err(|e| invalid(format!("the body is not JSON: {e}")))?;
     if review_in["apiVersion"] != "admission.k8s.io/v1" || review_in["kind"] != "AdmissionReview" {
@@ -262,8 +250,8 @@ pub async fn pods(
     };
     let kind = &request["kind"];
     if kind["kind"] != "Pod" || kind["group"].as_str().is_some_and(|g| !g.is_empty()) {
-        return Err(ApiError::bad_request(
-            "not_a_pod",
+        return Err(ApiError::new(
+            ErrorCode::NotAPod,
             format!(
                 "this webhook mutates Pods only, not {}; check the MutatingWebhookConfiguration's rules",
                 untrusted(kind["kind"].as_str().unwrap_or("an unnamed kind"))
@@ -283,7 +271,7 @@ pub async fn pods(
             &ServiceAccountFacts::default(),
             String::new,
         )
-        .map_err(|e| ApiError::bad_request(e.code(), e.to_string()))?;
+        .map_err(|e| ApiError::new(e.code(), e.to_string()))?;
         return Ok(review(allowed));
     };
     let namespace = request["namespace"]
@@ -328,9 +316,8 @@ pub async fn pods(
             );
             let mut response = allowed;
             if !mutation.patch.is_empty() {
-                let patch = serde_json::to_vec(&mutation.patch).map_err(|e| {
-                    ApiError::bad_request("invalid_admission_review", e.to_string())
-                })?;
+                let patch = serde_json::to_vec(&mutation.patch)
+                    .map_err(|e| ApiError::new(ErrorCode::InvalidAdmissionReview, e.to_string()))?;
                 response["patchType"] = json!("JSONPatch");
                 response["patch"] = json!(base64::engine::general_purpose::STANDARD.encode(patch));
             }
@@ -339,15 +326,15 @@ pub async fn pods(
             }
             Ok(review(response))
         }
-        Err(InjectError::NotAPod(why)) => Err(ApiError::bad_request(
-            "not_a_pod",
+        Err(InjectError::NotAPod(why)) => Err(ApiError::new(
+            ErrorCode::NotAPod,
             format!("request.object is not a Pod: {why}"),
         )),
         Err(refused) => {
             tracing::info!(
                 namespace = %untrusted(namespace),
                 pod = %untrusted(pod_name),
-                reason = refused.code(),
+                reason = %refused.code(),
                 "webhook: pod refused"
             );
             Ok(review(json!({

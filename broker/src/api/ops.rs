@@ -1,8 +1,9 @@
 //! Liveness, readiness and metrics.
 
+use crate::error::ErrorCode;
 use axum::Json;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
@@ -27,13 +28,9 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
             Json(json!({"status": "degraded", "store": "unreachable"})).into_response()
         }
     } else {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "shutting_down",
-            "the broker is shutting down",
-        )
-        .with_retry_after(1)
-        .into_response()
+        ApiError::new(ErrorCode::ShuttingDown, "the broker is shutting down")
+            .with_retry_after(1)
+            .into_response()
     }
 }
 

@@ -2,17 +2,17 @@
 //! verify the assertions the broker signs (`assertion = "broker"`). Public and
 //! unauthenticated, like every issuer's; 404 when `[broker_issuer] url` is unset.
 
+use crate::error::ErrorCode;
 use axum::Json;
 use axum::extract::State;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 
 use super::{ApiError, AppState};
 
 fn not_an_issuer() -> ApiError {
     ApiError::new(
-        StatusCode::NOT_FOUND,
-        "not_an_issuer",
+        ErrorCode::NotAnIssuer,
         "this broker is not configured as an issuer ([broker_issuer] url is unset)",
     )
 }

@@ -71,7 +71,8 @@ impl DevStack {
         let mut config = dev_config(listen, &issuer.url(), &entra.url());
         config.broker_issuer.url = Some(broker_url);
         // The tokens file holds only the hash, and is read once at start.
-        let admin_token = crate::cli::admin::new_admin_token()?;
+        let admin_token = crate::api::admin::auth::new_admin_token()
+            .map_err(|_| anyhow::anyhow!("the system random source failed"))?;
         let tokens_file = std::env::temp_dir().join(format!(
             "wif-dev-admin-tokens-{}",
             uuid::Uuid::new_v4().simple()

@@ -100,12 +100,13 @@ pub enum InjectError {
 
 impl InjectError {
     /// A stable snake_case code.
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> crate::error::ErrorCode {
+        use crate::error::ErrorCode;
         match self {
-            InjectError::NotAPod(_) => "not_a_pod",
-            InjectError::HostNetworkNeedsPort => "host_network_needs_port",
-            InjectError::BadPort(_) => "invalid_agent_port",
-            InjectError::PortInUse { .. } => "agent_port_in_use",
+            InjectError::NotAPod(_) => ErrorCode::NotAPod,
+            InjectError::HostNetworkNeedsPort => ErrorCode::HostNetworkNeedsPort,
+            InjectError::BadPort(_) => ErrorCode::InvalidAgentPort,
+            InjectError::PortInUse { .. } => ErrorCode::AgentPortInUse,
         }
     }
 }

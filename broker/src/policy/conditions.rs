@@ -12,6 +12,7 @@ use wif_config::RateLimit;
 use wif_config::network::Cidr;
 
 use super::registry::{Credential, Identity};
+use crate::error::ErrorCode;
 use crate::redact::Untrusted;
 
 /// The controls as written (config file, admin API) and stored (JSON, camelCase). Every
@@ -97,7 +98,7 @@ impl Restrictions {
 
 /// An RFC 3339 date-time (or a date, midnight UTC) as epoch seconds.
 pub fn parse_time(text: &str) -> Result<u64, String> {
-    crate::cli::timespec::parse_rfc3339(text.trim())
+    wif_proto::timespec::parse_rfc3339(text.trim())
         .and_then(|t| u64::try_from(t).ok())
         .ok_or_else(|| {
             format!(
@@ -258,15 +259,15 @@ pub enum Refusal {
 }
 
 impl Refusal {
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> ErrorCode {
         match self {
-            Refusal::IdentityDisabled(_) => "identity_disabled",
-            Refusal::CredentialDisabled(_) => "credential_disabled",
-            Refusal::NotYetValid { .. } => "credential_not_yet_valid",
-            Refusal::Expired { .. } => "credential_expired",
-            Refusal::SourceNotAllowed { .. } => "source_not_allowed",
-            Refusal::TokenTooOld { .. } => "token_too_old",
-            Refusal::ScopeNotAllowed { .. } => "scope_not_allowed",
+            Refusal::IdentityDisabled(_) => ErrorCode::IdentityDisabled,
+            Refusal::CredentialDisabled(_) => ErrorCode::CredentialDisabled,
+            Refusal::NotYetValid { .. } => ErrorCode::CredentialNotYetValid,
+            Refusal::Expired { .. } => ErrorCode::CredentialExpired,
+            Refusal::SourceNotAllowed { .. } => ErrorCode::SourceNotAllowed,
+            Refusal::TokenTooOld { .. } => ErrorCode::TokenTooOld,
+            Refusal::ScopeNotAllowed { .. } => ErrorCode::ScopeNotAllowed,
         }
     }
 

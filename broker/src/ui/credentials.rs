@@ -7,6 +7,7 @@
 //! and shows what the server answers: the same builders and the same rules
 //! ([`crate::admin::Admin::check_credential`]) that the save will apply.
 
+use crate::error::ErrorCode;
 use std::fmt::Write as _;
 
 use axum::Json;
@@ -447,13 +448,9 @@ pub async fn draft_endpoint(
     Signed(session): Signed,
     body: Body,
 ) -> Response {
-    let Ok(bytes) = axum::body::to_bytes(body, console.app.max_body_bytes).await else {
-        return ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "body_too_large",
-            "the form is too large",
-        )
-        .into_response();
+    let bytes = match crate::api::body::read(body, console.app.max_body_bytes).await {
+        Ok(bytes) => bytes,
+        Err(e) => return e.into_response(),
     };
     let form = Form::parse(&bytes);
     let presented = headers
@@ -462,8 +459,7 @@ pub async fn draft_endpoint(
         .or_else(|| form.get(session::CSRF_FIELD));
     if !session::tokens_equal(&session.csrf, presented) {
         return ApiError::new(
-            StatusCode::FORBIDDEN,
-            "csrf_token_required",
+            ErrorCode::CsrfTokenRequired,
             "the request did not carry the console's CSRF token",
         )
         .into_response();
@@ -471,12 +467,8 @@ pub async fn draft_endpoint(
     let registry = console.app.broker.registry();
     let name = form.trimmed("identity");
     let Some(identity) = registry.identity(name) else {
-        return ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("no identity named {name:?}"),
-        )
-        .into_response();
+        return ApiError::new(ErrorCode::NotFound, format!("no identity named {name:?}"))
+            .into_response();
     };
     let editing = form.optional("editing");
     let (draft, _) = draft(&console, identity, &form, editing.as_deref());

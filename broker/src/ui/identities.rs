@@ -3,6 +3,7 @@
 //! read-only with where they come from. Writes go through [`crate::admin::Admin`] and are
 //! audited with the signed-in admin, exactly like the admin API's.
 
+use crate::error::ErrorCode;
 use std::fmt::Write as _;
 
 use axum::body::Body;
@@ -446,8 +447,8 @@ impl IdentityFields {
             other => Some(
                 serde_json::from_value::<Cloud>(serde_json::Value::String(other.to_owned()))
                     .map_err(|_| {
-                        ApiError::bad_request(
-                            "invalid_request",
+                        ApiError::new(
+                            ErrorCode::InvalidRequest,
                             format!("cloud {other:?} is not public, usgov or china"),
                         )
                     })?,
@@ -583,8 +584,7 @@ pub async fn create(
             .is_some()
         {
             return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "conflict",
+                ErrorCode::Conflict,
                 format!(
                     "an identity named {:?} already exists; open it to edit it",
                     fields.name

@@ -17,6 +17,7 @@
 //! gets a random sign-in id in a cookie (`__Host-wif_ui_login` over TLS) whose CSRF token
 //! the server keeps: a planted cookie with a made-up token is refused.
 
+use crate::error::ErrorCode;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -308,8 +309,8 @@ impl FromRequestParts<Console> for Signed {
         }
         let path = parts.uri.path();
         if path.starts_with("/ui/api/") {
-            return Err(ApiError::unauthorized(
-                "unauthenticated",
+            return Err(ApiError::new(
+                ErrorCode::Unauthenticated,
                 "the console session is missing or has expired; sign in again",
             )
             .into_response());
@@ -382,7 +383,7 @@ async fn read_form(
     body: Body,
 ) -> Result<Form, Response> {
     let limit = console.app.max_body_bytes;
-    match axum::body::to_bytes(body, limit).await {
+    match crate::api::body::read(body, limit).await {
         Ok(bytes) => Ok(Form::parse(&bytes)),
         Err(_) => Err(html::error_page(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -437,8 +438,7 @@ pub fn reader_refusal(
         return None;
     }
     let error = ApiError::new(
-        StatusCode::FORBIDDEN,
-        "forbidden",
+        ErrorCode::Forbidden,
         format!(
             "{} has the {} role; this needs admin",
             session.principal.name,

@@ -17,7 +17,7 @@ use wif_config::AdminConfig;
 use crate::exchange::Broker;
 use crate::token::{self, UnverifiedToken};
 
-pub use wif_proto::admin::{Role, token_hash};
+pub use wif_proto::admin::{Role, new_admin_token, token_hash};
 
 /// An authenticated caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,6 +38,19 @@ pub enum AuthError {
     Invalid(String),
     #[error("{0}")]
     NoRole(String),
+}
+
+impl AuthError {
+    /// The error's one classification (docs/admin.md).
+    pub fn classify(&self) -> crate::error::ApiError {
+        use crate::error::{ApiError, ErrorCode};
+        let code = match self {
+            AuthError::Missing => ErrorCode::Unauthenticated,
+            AuthError::Invalid(_) => ErrorCode::InvalidAdminToken,
+            AuthError::NoRole(_) => ErrorCode::Forbidden,
+        };
+        ApiError::new(code, self.to_string())
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -9,6 +9,7 @@ pub mod auth;
 /// The admin API's wire types, shared with the CLI ([`wif_proto::admin`]).
 pub use wif_proto::admin as model;
 
+use crate::error::ErrorCode;
 use std::collections::HashMap;
 
 use axum::Json;
@@ -16,7 +17,6 @@ use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde::de::DeserializeOwned;
 
 use self::auth::{Principal, Role};
 use self::model::{
@@ -25,7 +25,6 @@ use self::model::{
 };
 use super::{ApiError, AppState};
 use crate::admin::{AdminError, CredentialInput, IdentityInput};
-use crate::audit::AuditEvent;
 use crate::policy::conditions::{Restrictions, parse_time};
 use crate::policy::rules::Violation;
 use crate::policy::{self, SubjectRule};
@@ -70,8 +69,7 @@ async fn precondition(
         let guard = CONDITIONAL_WRITES.lock().await;
         if current.await?.is_some() {
             return Err(ApiError::new(
-                StatusCode::PRECONDITION_FAILED,
-                "precondition_failed",
+                ErrorCode::PreconditionFailed,
                 "If-None-Match: * was given but the resource exists (it was created since it was read); read it again",
             ));
         }
@@ -94,8 +92,7 @@ async fn precondition(
         return Ok(Some(guard));
     }
     Err(ApiError::new(
-        StatusCode::PRECONDITION_FAILED,
-        "precondition_failed",
+        ErrorCode::PreconditionFailed,
         match current {
             None => "If-Match was given but the resource does not exist (any more); read it again"
                 .to_owned(),
@@ -255,8 +252,7 @@ async fn caller(
     let result = match &authenticated {
         Ok(p) if p.role >= needed => Ok(p.clone()),
         Ok(p) => Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
+            ErrorCode::Forbidden,
             format!(
                 "{} has the {} role; this needs {}",
                 p.name,
@@ -271,13 +267,17 @@ async fn caller(
             let actor = authenticated.ok().map(|p| (p.name, p.role.as_str()));
             audit(state, action, actor, None, None, Err(e));
         } else {
-            state.broker.metrics().admin_request(action, e.code);
+            state
+                .broker
+                .metrics()
+                .admin_request(action, e.code.as_str());
         }
     }
     result
 }
 
-/// Records one admin event (also used by the console for its sign-ins and refusals).
+/// Records one admin event (also used by the console for its sign-ins and refusals):
+/// the admin layer writes it ([`crate::admin::Admin::record`]).
 pub(crate) fn audit(
     state: &AppState,
     action: &'static str,
@@ -286,34 +286,13 @@ pub(crate) fn audit(
     credential: Option<&str>,
     outcome: Result<(), &ApiError>,
 ) {
-    let unauthenticated = actor.is_none();
-    let (actor, role) = match actor {
-        Some((name, role)) => (name, Some(role)),
-        None => ("anonymous".to_owned(), None),
-    };
-    let (outcome, reason) = match outcome {
-        Ok(()) => ("ok".to_owned(), None),
-        Err(e) => (e.code.to_owned(), Some(e.description.clone())),
-    };
-    state.broker.metrics().admin_request(action, &outcome);
-    state.broker.auditor().record(&AuditEvent {
-        kind: "admin",
-        time: state.broker.clock().now(),
-        request_id: super::error::current_request_id(),
-        endpoint: "admin",
-        actor: Some(actor),
-        role,
-        action: Some(action),
-        identity: identity.map(str::to_owned),
-        credential: credential.map(str::to_owned),
-        outcome,
-        reason,
-        unauthenticated,
-        ..Default::default()
-    });
+    state
+        .admin
+        .record(action, actor, identity, credential, outcome);
 }
 
-/// Audits a write's result and passes it on (the API's and the console's writes).
+/// Audits a write's result and passes it on (the API's and the console's writes), in
+/// the admin layer ([`crate::admin::Admin::audited`]).
 pub(crate) fn audited<T, E: Into<ApiError>>(
     state: &AppState,
     who: &Principal,
@@ -322,51 +301,16 @@ pub(crate) fn audited<T, E: Into<ApiError>>(
     credential: Option<&str>,
     result: Result<T, E>,
 ) -> Result<T, ApiError> {
-    let result = result.map_err(Into::into);
-    audit(
-        state,
+    state.admin.audited(
+        (who.name.clone(), who.role.as_str()),
         action,
-        Some((who.name.clone(), who.role.as_str())),
-        Some(identity),
+        identity,
         credential,
-        result.as_ref().map(|_| ()),
-    );
-    result
+        result,
+    )
 }
 
-async fn read_json<T: DeserializeOwned>(
-    headers: &HeaderMap,
-    body: Body,
-    limit: usize,
-) -> Result<T, ApiError> {
-    let content_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default();
-    if !content_type
-        .to_ascii_lowercase()
-        .starts_with("application/json")
-    {
-        return Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            "send application/json",
-        ));
-    }
-    let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "body_too_large",
-            format!("the request body is larger than {limit} bytes"),
-        )
-    })?;
-    serde_json::from_slice(&bytes).map_err(|e| {
-        ApiError::bad_request(
-            "invalid_request",
-            format!("the body is not a valid request: {e}"),
-        )
-    })
-}
+use super::body::read_json;
 
 // ----- identities -----------------------------------------------------------------------
 
@@ -405,13 +349,9 @@ pub async fn get_identity(
 ) -> Result<Response, ApiError> {
     caller(&state, &headers, Role::Reader, "identity.get").await?;
     let registry = state.broker.registry();
-    let identity = registry.identity(&name).ok_or_else(|| {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("no identity named {name:?}"),
-        )
-    })?;
+    let identity = registry
+        .identity(&name)
+        .ok_or_else(|| ApiError::new(ErrorCode::NotFound, format!("no identity named {name:?}")))?;
     let view = identity_view(&state, identity);
     let read_only = identity.read_only;
     drop(registry);
@@ -504,8 +444,7 @@ pub async fn put_identity(
         .map(|i| identity_view(&state, i))
         .ok_or_else(|| {
             ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "store_unavailable",
+                ErrorCode::StoreUnavailable,
                 "written, but not yet loaded; retry the read",
             )
             .with_retry_after(1)
@@ -556,8 +495,7 @@ pub async fn list_credentials(
     let registry = state.broker.registry();
     if registry.identity(&identity).is_none() {
         return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
+            ErrorCode::NotFound,
             format!("no identity named {identity:?}"),
         ));
     }
@@ -587,13 +525,9 @@ pub async fn entra_setup(
 ) -> Result<Response, ApiError> {
     caller(&state, &headers, Role::Reader, "identity.entra_setup").await?;
     let registry = state.broker.registry();
-    let identity = registry.identity(&name).ok_or_else(|| {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("no identity named {name:?}"),
-        )
-    })?;
+    let identity = registry
+        .identity(&name)
+        .ok_or_else(|| ApiError::new(ErrorCode::NotFound, format!("no identity named {name:?}")))?;
     let view = identity_view(&state, identity);
     let credentials: Vec<Credential> = registry
         .credentials_of(&name)
@@ -618,8 +552,7 @@ pub async fn get_credential(
     let registry = state.broker.registry();
     let c = registry.credential(&identity, &credential).ok_or_else(|| {
         ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
+            ErrorCode::NotFound,
             format!("identity {identity:?} has no federated credential {credential:?}"),
         )
     })?;
@@ -843,8 +776,8 @@ pub async fn audit_events(
             .get(key)
             .map(|v| {
                 v.parse::<u64>().map_err(|_| {
-                    ApiError::bad_request(
-                        "invalid_request",
+                    ApiError::new(
+                        ErrorCode::InvalidRequest,
                         format!("`{key}` must be a non-negative integer"),
                     )
                 })
@@ -855,8 +788,8 @@ pub async fn audit_events(
         "since", "until", "kind", "identity", "subject", "outcome", "after", "limit",
     ];
     if let Some(unknown) = params.keys().find(|k| !known.contains(&k.as_str())) {
-        return Err(ApiError::bad_request(
-            "invalid_request",
+        return Err(ApiError::new(
+            ErrorCode::InvalidRequest,
             format!(
                 "unknown parameter `{unknown}`; accepted: {}",
                 known.join(", ")
@@ -876,13 +809,10 @@ pub async fn audit_events(
         newest_first: false,
         limit,
     };
-    let store = state.broker.store().ok_or_else(|| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "store_unavailable",
-            "no store is configured",
-        )
-    })?;
+    let store = state
+        .broker
+        .store()
+        .ok_or_else(|| ApiError::new(ErrorCode::StoreUnavailable, "no store is configured"))?;
     let records = store
         .query_audit(&query)
         .await

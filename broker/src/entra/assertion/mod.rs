@@ -52,6 +52,50 @@ pub enum AssertionError {
 }
 
 impl AssertionError {
+    /// What a caller may be told: no file path, no endpoint's answer body, no store text
+    /// (the whole error goes to the log; docs/architecture.md, "Errors").
+    pub fn public_message(&self) -> String {
+        match self {
+            AssertionError::NotConfigured { .. }
+            | AssertionError::AuthorityHostNotAllowed { .. } => self.to_string(),
+            AssertionError::Issuer(IssuerKeyError::NoKey) => self.to_string(),
+            AssertionError::Issuer(IssuerKeyError::Sign(_)) => {
+                "the broker's signing key cannot sign the assertion".into()
+            }
+            AssertionError::Issuer(_) => "the broker's signing key cannot be read".into(),
+            AssertionError::ManagedIdentity(mi) => match mi {
+                ManagedIdentityError::Unreachable { .. } => {
+                    "the managed-identity endpoint cannot be reached".into()
+                }
+                ManagedIdentityError::Refused { status, .. } => {
+                    format!("the managed-identity endpoint answered {status}")
+                }
+                ManagedIdentityError::Protocol(_) => {
+                    "the managed-identity endpoint answered something unexpected".into()
+                }
+                ManagedIdentityError::NoHeader => mi.to_string(),
+            },
+            AssertionError::Certificate(c) => match c {
+                CertificateError::Read { .. } => {
+                    "the identity's certificate: its certificate or key file cannot be read".into()
+                }
+                CertificateError::NoCertificate { .. } => {
+                    "the identity's certificate: the file holds no PEM certificate".into()
+                }
+                CertificateError::NotRsa { .. } => {
+                    "the identity's certificate does not hold an RSA public key".into()
+                }
+                CertificateError::Key { error, .. } => {
+                    format!("the identity's certificate: its private key: {error}")
+                }
+                CertificateError::Mismatch { .. } => {
+                    "the identity's certificate: the private key does not belong to the certificate"
+                        .into()
+                }
+            },
+        }
+    }
+
     /// Transient failures are worth retrying; the rest need an operator.
     pub fn is_transient(&self) -> bool {
         matches!(

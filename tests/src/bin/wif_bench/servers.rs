@@ -352,6 +352,6 @@ pub async fn exchange_in_process(
             bare.answer.clone(),
         )
             .into_response(),
-        Err(e) => (StatusCode::FORBIDDEN, e.code()).into_response(),
+        Err(e) => (StatusCode::FORBIDDEN, e.code().as_str()).into_response(),
     }
 }
