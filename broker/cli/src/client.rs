@@ -18,33 +18,8 @@ use url::Url;
 /// How long any admin call may take.
 pub const TIMEOUT: Duration = Duration::from_secs(30);
 
-/// A secret taken from the command line or the environment: shown as `<redacted>`.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
-    }
-
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
-
-impl std::str::FromStr for Secret {
-    type Err = std::convert::Infallible;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Ok(Self(s.to_owned()))
-    }
-}
+/// A secret taken from the command line or the environment: `Debug` redacts it.
+pub use wif_proto::secret::Secret;
 
 /// Why an admin call failed.
 #[derive(Debug, thiserror::Error)]

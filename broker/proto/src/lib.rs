@@ -7,6 +7,7 @@
 //! - [`outbound`]: every outbound HTTP client, with its timeouts and URL rules;
 //! - [`crypto`]: the process's one crypto provider for TLS (aws-lc-rs);
 //! - [`shutdown`]: the signal that starts a graceful stop;
+//! - [`secret`]: values that must never be printed;
 //! - [`redact`]: untrusted values capped before they reach an error, a log or a store;
 //! - [`serve`]: the HTTP server loop with its connection limits and drained shutdown.
 //!
@@ -23,6 +24,7 @@ pub mod error;
 pub mod exchange;
 pub mod outbound;
 pub mod redact;
+pub mod secret;
 pub mod serve;
 pub mod shutdown;
 pub mod timespec;

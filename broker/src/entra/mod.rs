@@ -26,24 +26,8 @@ pub(crate) fn entra_timestamp(epoch: u64) -> String {
 }
 use crate::policy::Identity;
 
-/// A string that must never be printed: `Debug` redacts it.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: String) -> Self {
-        Self(value)
-    }
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Secret(<redacted>)")
-    }
-}
+/// A string that must never be printed (shared with the store and the CLI).
+pub use wif_proto::secret::Secret;
 
 /// An access token from Entra.
 #[derive(Debug, Clone)]
@@ -427,11 +411,5 @@ mod tests {
         );
         assert_eq!(aadsts_of("something else"), None);
         assert_eq!(first_line("AADSTS1: x\r\nTrace ID: y", ""), "AADSTS1: x");
-    }
-
-    #[test]
-    fn secrets_do_not_debug_print() {
-        let s = Secret::new("eyJhbGciOi".into());
-        assert_eq!(format!("{s:?}"), "Secret(<redacted>)");
     }
 }

@@ -4,7 +4,9 @@
 
 use wif_config::AssertionSource;
 
-use crate::api::admin::model::{Credential, CredentialRequest, Identity};
+use wif_proto::admin::{Credential, CredentialRequest, Identity};
+
+use crate::policy;
 pub use wif_proto::entra_setup::*;
 
 const USE_BROKER: &str = "works only with the broker assertion (assertion: broker) or a managed identity as credential (managed_identity)";
@@ -77,21 +79,59 @@ pub fn plan(identity: &Identity, credentials: &[Credential]) -> EntraSetup {
     setup
 }
 
+/// The issuers for which Entra accepts a claims-matching expression, with the claims it
+/// accepts in one: GitHub (`sub`, `job_workflow_ref`), GitLab and Terraform Cloud (`sub`).
+fn entra_expression_claims(issuer: &str) -> Option<&'static [&'static str]> {
+    const GITHUB: &str = "https://token.actions.githubusercontent.com";
+    let github = issuer == GITHUB
+        || issuer
+            .strip_prefix(GITHUB)
+            .is_some_and(|rest| rest.starts_with('/'));
+    if github {
+        Some(&["sub", "job_workflow_ref"])
+    } else if issuer == "https://gitlab.com" || issuer == "https://app.terraform.io" {
+        Some(&["sub"])
+    } else {
+        None
+    }
+}
+
+/// Why Entra cannot hold a federated credential with this claims-matching `expression`
+/// on `issuer` (so the identity needs the broker assertion), or `None` when it can.
+pub fn entra_cannot_hold(issuer: &str, expression: &str) -> Option<String> {
+    let advice = "Entra must hold the same credential when the identity uses the passthrough \
+                  assertion; use the broker assertion instead (see docs/assertion-sources.md)";
+    let Some(allowed) = entra_expression_claims(issuer) else {
+        return Some(format!(
+            "Entra accepts claims-matching expressions only for GitHub, GitLab and Terraform Cloud issuers, not {issuer:?}: {advice}"
+        ));
+    };
+    let parsed = policy::ffl::Expression::parse(expression).ok()?;
+    let other: Vec<String> = parsed
+        .clauses()
+        .iter()
+        .map(|c| c.path.join("."))
+        .filter(|claim| !allowed.contains(&claim.as_str()))
+        .collect();
+    (!other.is_empty()).then(|| {
+        format!(
+            "Entra accepts expressions on this issuer only on {}, not on {}: {advice}",
+            allowed.join(" and "),
+            other.join(", ")
+        )
+    })
+}
+
 fn passthrough(identity: &Identity, credentials: &[Credential], setup: &mut EntraSetup) {
     for c in credentials {
         let expression = c
             .claims_matching_expression
             .as_ref()
             .map(|e| e.value.as_str());
-        let problems = crate::ui::credentials::passthrough_warnings(
-            AssertionSource::Passthrough,
-            &c.issuer,
-            expression,
-        );
-        if let Some(problem) = problems.first() {
+        if let Some(reason) = expression.and_then(|e| entra_cannot_hold(&c.issuer, e)) {
             setup.broker_only.push(BrokerOnly {
                 credential: c.name.clone(),
-                reason: problem.message.clone(),
+                reason,
             });
             continue;
         }

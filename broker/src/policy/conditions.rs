@@ -7,7 +7,7 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use wif_config::RateLimit;
 use wif_config::network::Cidr;
 
@@ -15,30 +15,9 @@ use super::registry::{Credential, Identity};
 use crate::error::ErrorCode;
 use crate::redact::Untrusted;
 
-/// The controls as written (config file, admin API) and stored (JSON, camelCase). Every
-/// field is optional; the default restricts nothing.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", default)]
-pub struct Restrictions {
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub disabled: bool,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub allowed_scopes: Vec<String>,
-    /// Credentials only.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub source_networks: Vec<String>,
-    /// Credentials only: seconds since the token's `iat`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_token_age_seconds: Option<u64>,
-    /// Credentials only: epoch seconds.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub not_before: Option<u64>,
-    /// Credentials only: epoch seconds.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub not_after: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub rate_limit: Option<StoredRateLimit>,
-}
+/// The controls as written (config file, admin API) and stored; the stored form is the
+/// store's ([`crate::store::Restrictions`]), what they mean is here.
+pub use crate::store::Restrictions;
 
 /// A token bucket as the admin API and the store write it.
 pub use wif_proto::admin::RateLimit as StoredRateLimit;

@@ -25,9 +25,32 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use wif_config::{AssertionSource, Cloud};
 
-use crate::policy::conditions::Restrictions;
-
 /// An identity registered through the admin API.
+/// The controls as written (config file, admin API) and stored (JSON, camelCase). Every
+/// field is optional; the default restricts nothing.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct Restrictions {
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub disabled: bool,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub allowed_scopes: Vec<String>,
+    /// Credentials only.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub source_networks: Vec<String>,
+    /// Credentials only: seconds since the token's `iat`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_token_age_seconds: Option<u64>,
+    /// Credentials only: epoch seconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub not_before: Option<u64>,
+    /// Credentials only: epoch seconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub not_after: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<wif_proto::admin::RateLimit>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoredIdentity {
     pub name: String,
@@ -75,7 +98,7 @@ pub struct StoredSigningKey {
     pub generation: i64,
     pub kid: String,
     /// PKCS#8 DER, base64.
-    pub private_key: crate::entra::Secret,
+    pub private_key: wif_proto::secret::Secret,
     /// Epoch seconds: published from `created_at`, signs from `active_from`.
     pub created_at: u64,
     pub active_from: u64,

@@ -9,7 +9,7 @@ use sqlx::error::ErrorKind;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use wif_config::{AssertionSource, Cloud};
 
-use crate::policy::conditions::Restrictions;
+use super::Restrictions;
 
 use super::{
     AuditQuery, AuditRecord, MAX_AUDIT_PAGE, StoreError, StoredCredential, StoredIdentity,
@@ -184,7 +184,7 @@ pub(super) fn signing_key_from_row(row: SigningKeyRow) -> super::StoredSigningKe
     super::StoredSigningKey {
         generation,
         kid,
-        private_key: crate::entra::Secret::new(private_key),
+        private_key: wif_proto::secret::Secret::new(private_key),
         created_at: rust_time(created_at),
         active_from: rust_time(active_from),
     }

@@ -55,66 +55,26 @@ pub struct Draft {
 /// What the wizard says of a valid draft, true whatever the identity's assertion source.
 pub const VALID_TEXT: &str = "Valid: the broker can save this credential.";
 
-/// The issuers for which Entra accepts a claims-matching expression, with the claims it
-/// accepts in one: GitHub (`sub`, `job_workflow_ref`), GitLab and Terraform Cloud (`sub`).
-fn entra_expression_claims(issuer: &str) -> Option<&'static [&'static str]> {
-    let github = issuer == wizard::GITHUB_ISSUER
-        || issuer
-            .strip_prefix(wizard::GITHUB_ISSUER)
-            .is_some_and(|rest| rest.starts_with('/'));
-    if github {
-        Some(&["sub", "job_workflow_ref"])
-    } else if issuer == wizard::GITLAB_ISSUER || issuer == "https://app.terraform.io" {
-        Some(&["sub"])
-    } else {
-        None
-    }
-}
-
 /// With the `passthrough` assertion Entra receives the caller's own token, so it must
 /// hold a matching federated credential itself; it cannot for an expression on an issuer
-/// or a claim it does not support. A warning, not a problem: the broker may still save it.
+/// or a claim it does not support ([`crate::entra::setup::entra_cannot_hold`]). A warning,
+/// not a problem: the broker may still save it.
 pub fn passthrough_warnings(
     assertion: wif_config::AssertionSource,
     issuer: &str,
     expression: Option<&str>,
 ) -> Vec<DraftProblem> {
-    let Some(expression) = expression else {
-        return Vec::new();
-    };
     if assertion != wif_config::AssertionSource::Passthrough {
         return Vec::new();
     }
-    let advice = "Entra must hold the same credential when the identity uses the passthrough \
-                  assertion; use the broker assertion instead (see docs/assertion-sources.md)";
-    let Some(allowed) = entra_expression_claims(issuer) else {
-        return vec![DraftProblem {
+    expression
+        .and_then(|e| crate::entra::setup::entra_cannot_hold(issuer, e))
+        .map(|message| DraftProblem {
             field: "expression".into(),
-            message: format!(
-                "Entra accepts claims-matching expressions only for GitHub, GitLab and Terraform Cloud issuers, not {issuer:?}: {advice}"
-            ),
-        }];
-    };
-    let Ok(parsed) = policy::ffl::Expression::parse(expression) else {
-        return Vec::new();
-    };
-    let other: Vec<String> = parsed
-        .clauses()
-        .iter()
-        .map(|c| c.path.join("."))
-        .filter(|claim| !allowed.contains(&claim.as_str()))
-        .collect();
-    if other.is_empty() {
-        return Vec::new();
-    }
-    vec![DraftProblem {
-        field: "expression".into(),
-        message: format!(
-            "Entra accepts expressions on this issuer only on {}, not on {}: {advice}",
-            allowed.join(" and "),
-            other.join(", ")
-        ),
-    }]
+            message,
+        })
+        .into_iter()
+        .collect()
 }
 
 /// The credential the form describes, for the store.

@@ -288,7 +288,7 @@ mod tests {
             conditions: Default::default(),
         };
         let refused = assertions
-            .build(&identity, &Secret::new("caller-token".into()))
+            .build(&identity, &Secret::new("caller-token"))
             .await
             .unwrap_err();
         assert!(
