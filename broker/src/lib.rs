@@ -22,6 +22,7 @@ pub use wif_proto::clock;
 pub mod crypto;
 pub mod dev;
 pub mod entra;
+pub mod entra_setup;
 pub mod error;
 pub mod exchange;
 pub mod inject;

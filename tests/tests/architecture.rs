@@ -396,6 +396,7 @@ fn the_steps_never_import_the_edges() {
         "crypto",
         "tls",
         "entra",
+        "entra_setup",
         "inject",
     ];
     let mut violations = Vec::new();
@@ -429,5 +430,60 @@ fn the_steps_never_import_the_edges() {
         violations.is_empty(),
         "module dependency rules broken (docs/architecture.md):\n{}",
         violations.join("\n")
+    );
+}
+
+/// docs/architecture.md, "Module dependencies": no import cycle between the broker's
+/// top-level modules, whatever the layer (a strongly connected component of the graph of
+/// `crate::X` references, outside comments and tests, is a cycle).
+#[test]
+fn the_broker_modules_import_each_other_without_cycles() {
+    let lib = std::fs::read_to_string(repo_root().join("broker/src/lib.rs")).unwrap();
+    let modules: Vec<String> = lib
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("pub mod "))
+        .map(|m| m.trim_end_matches(';').to_owned())
+        .collect();
+    assert!(modules.len() > 20, "{modules:?}");
+    let edges: std::collections::BTreeMap<&str, BTreeSet<String>> = modules
+        .iter()
+        .map(|m| {
+            let names = imported_modules(m)
+                .into_iter()
+                .map(|(name, _)| name)
+                .filter(|name| name != m && modules.contains(name))
+                .collect();
+            (m.as_str(), names)
+        })
+        .collect();
+    // Which modules each reaches, then the pairs that reach each other.
+    let mut cycles = BTreeSet::new();
+    for &start in edges.keys() {
+        let mut seen = BTreeSet::new();
+        let mut stack: Vec<&str> = edges[start].iter().map(String::as_str).collect();
+        while let Some(m) = stack.pop() {
+            if seen.insert(m) {
+                stack.extend(edges[m].iter().map(String::as_str));
+            }
+        }
+        for &other in &seen {
+            if other != start && edges[start].contains(other) {
+                let mut back = BTreeSet::new();
+                let mut stack = vec![other];
+                while let Some(m) = stack.pop() {
+                    if back.insert(m) {
+                        stack.extend(edges[m].iter().map(String::as_str));
+                    }
+                }
+                if back.contains(start) {
+                    cycles.insert(format!("{start} -> {other} -> ... -> {start}"));
+                }
+            }
+        }
+    }
+    assert!(
+        cycles.is_empty(),
+        "import cycles between the broker's modules (docs/architecture.md):\n{}",
+        cycles.into_iter().collect::<Vec<_>>().join("\n")
     );
 }

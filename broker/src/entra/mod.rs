@@ -5,7 +5,6 @@
 
 pub mod assertion;
 pub mod scope;
-pub mod setup;
 
 use std::sync::Arc;
 use std::time::Duration;

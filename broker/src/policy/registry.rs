@@ -9,10 +9,10 @@ use std::sync::Arc;
 
 use wif_config::{AssertionSource, BrokerConfig, Cloud};
 
+use super::authority::AuthorityHosts;
 use super::conditions::{Conditions, Restrictions};
 use super::ffl::Expression;
 use super::rules::{self, CredentialSpec, RuleOptions};
-use crate::entra::assertion::AuthorityHosts;
 use crate::store::{StoredCredential, StoredIdentity};
 use crate::token::VerifiedToken;
 

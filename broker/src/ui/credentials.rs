@@ -57,7 +57,7 @@ pub const VALID_TEXT: &str = "Valid: the broker can save this credential.";
 
 /// With the `passthrough` assertion Entra receives the caller's own token, so it must
 /// hold a matching federated credential itself; it cannot for an expression on an issuer
-/// or a claim it does not support ([`crate::entra::setup::entra_cannot_hold`]). A warning,
+/// or a claim it does not support ([`crate::entra_setup::entra_cannot_hold`]). A warning,
 /// not a problem: the broker may still save it.
 pub fn passthrough_warnings(
     assertion: wif_config::AssertionSource,
@@ -68,7 +68,7 @@ pub fn passthrough_warnings(
         return Vec::new();
     }
     expression
-        .and_then(|e| crate::entra::setup::entra_cannot_hold(issuer, e))
+        .and_then(|e| crate::entra_setup::entra_cannot_hold(issuer, e))
         .map(|message| DraftProblem {
             field: "expression".into(),
             message,

@@ -139,7 +139,7 @@ pub async fn list(
             " aria-disabled=\"true\" tabindex=\"-1\""
         },
         q = esc(q),
-        total = crate::cli::output::count(total, "identity", "identities"),
+        total = wif_cli::output::count(total, "identity", "identities"),
     );
     html::html(
         StatusCode::OK,
@@ -345,7 +345,7 @@ fn entra_section(
         .iter()
         .map(|c| crate::api::admin::credential_view(c))
         .collect();
-    let setup = crate::entra::setup::plan(
+    let setup = crate::entra_setup::plan(
         &crate::api::admin::identity_view(&console.app, identity),
         &views,
     );
@@ -355,7 +355,7 @@ fn entra_section(
          ({count} federated credential(s); Entra allows {max}). <code>wif-broker entra plan</code> prints the same.</p>",
         client = esc(&setup.client_id),
         count = setup.federated_identity_credentials.len(),
-        max = crate::entra::setup::ENTRA_MAX_CREDENTIALS,
+        max = crate::entra_setup::ENTRA_MAX_CREDENTIALS,
     );
     for c in &setup.federated_identity_credentials {
         let graph = serde_json::to_string_pretty(&c.graph).unwrap_or_default();
@@ -723,7 +723,7 @@ pub async fn delete_form(
     if identity.read_only {
         return read_only_refusal(&session, &name);
     }
-    let count = crate::cli::output::count(
+    let count = wif_cli::output::count(
         registry.credentials_of(&name).count(),
         "federated credential",
         "federated credentials",

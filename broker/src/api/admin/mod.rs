@@ -515,7 +515,7 @@ pub async fn list_credentials(
 /// credentials Entra cannot mirror (docs/gitops.md, "What Entra must hold").
 #[utoipa::path(get, path = "/v1/identities/{name}/entraSetup", tag = "admin",
     params(("name" = String, Path, description = "identity name")),
-    responses((status = 200, description = "what Entra must hold for the identity", body = crate::entra::setup::EntraSetup), (status = 401, body = super::error::ErrorBody, description = "no or invalid admin token"),
+    responses((status = 200, description = "what Entra must hold for the identity", body = crate::entra_setup::EntraSetup), (status = 401, body = super::error::ErrorBody, description = "no or invalid admin token"),
         (status = 403, body = super::error::ErrorBody, description = "the caller lacks the role"), (status = 404, description = "no such identity", body = super::error::ErrorBody)),
     security(("admin_token" = [])))]
 pub async fn entra_setup(
@@ -534,7 +534,7 @@ pub async fn entra_setup(
         .map(|c| credential_view(c))
         .collect();
     drop(registry);
-    Ok(Json(crate::entra::setup::plan(&view, &credentials)).into_response())
+    Ok(Json(crate::entra_setup::plan(&view, &credentials)).into_response())
 }
 
 /// Show one federated credential (by name or id).

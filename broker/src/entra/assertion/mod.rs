@@ -107,22 +107,10 @@ impl AssertionError {
     }
 }
 
-/// The authority hosts (origins) the operator allowed: the named clouds', `[entra]
-/// authority_host`, declared identities' and `[entra] allowed_authority_hosts`
-/// (docs/configuration.md). Nothing else ever receives an assertion.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct AuthorityHosts(Vec<String>);
+/// The authority hosts the operator allowed ([`crate::policy::authority`]).
+pub use crate::policy::authority::AuthorityHosts;
 
 impl AuthorityHosts {
-    pub fn from_config(cfg: &BrokerConfig) -> Self {
-        Self(cfg.allowed_authority_hosts())
-    }
-
-    /// Whether `host` (any URL; compared by origin) is allowed.
-    pub fn allows(&self, host: &str) -> bool {
-        wif_config::authority_origin(host).is_some_and(|origin| self.0.contains(&origin))
-    }
-
     /// `Err` unless `identity`'s authority host is allowed.
     pub fn check(&self, identity: &Identity) -> Result<(), AssertionError> {
         if self.allows(&identity.authority_host) {
@@ -132,11 +120,6 @@ impl AuthorityHosts {
             identity: crate::redact::untrusted(&identity.name),
             host: crate::redact::untrusted(&identity.authority_host),
         })
-    }
-
-    /// The allowed origins, sorted.
-    pub fn origins(&self) -> &[String] {
-        &self.0
     }
 }
 
