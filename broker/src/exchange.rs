@@ -440,7 +440,7 @@ impl Broker {
     }
 
     /// The authority hosts identities may use (docs/configuration.md).
-    pub fn authority_hosts(&self) -> &crate::entra::assertion::AuthorityHosts {
+    pub fn authority_hosts(&self) -> &crate::policy::authority::AuthorityHosts {
         &self.declared.authority_hosts
     }
 

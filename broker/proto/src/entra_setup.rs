@@ -3,7 +3,7 @@
 //! calls): the federated credentials to create on the app or managed identity, as Graph
 //! JSON and as Azure CLI commands, and the broker credentials that cannot work with the
 //! identity's assertion source because Entra would have to hold them itself and cannot.
-//! The broker computes it (`wif_broker::entra::setup`).
+//! The broker computes it (`wif_broker::entra_setup`).
 
 use serde::{Deserialize, Serialize};
 
