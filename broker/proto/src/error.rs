@@ -36,7 +36,7 @@ pub mod code {
     pub const NO_MATCHING_CREDENTIAL: &str = "no_matching_credential";
     /// 403: the requested identity is not one this token may act as.
     pub const IDENTITY_NOT_ALLOWED: &str = "identity_not_allowed";
-    /// 403: the token names an issuer no federated credential trusts.
+    /// 401: the token names an issuer no federated credential trusts.
     pub const UNKNOWN_ISSUER: &str = "unknown_issuer";
     /// 403: the identity is disabled.
     pub const IDENTITY_DISABLED: &str = "identity_disabled";
