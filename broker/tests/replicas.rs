@@ -701,14 +701,25 @@ async fn a_credential_created_at_one_replica_admits_its_job_at_the_other_within_
 }
 
 /// Polls `replica`'s credential list until `wanted` holds; how long after `since` it did.
+/// A 404 is "not yet": the identity itself may still be on its way to this replica.
 async fn listed_until(
     replica: &Replica,
     since: Instant,
     wanted: impl Fn(&[String]) -> bool,
 ) -> Duration {
     loop {
-        if wanted(&replica.credential_names().await) {
-            return since.elapsed();
+        let list = replica.admin(Method::GET, &credentials_path(), None).await;
+        if list.status != 404 {
+            list.expect(200);
+            let names: Vec<String> = list.body["value"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(|c| c["name"].as_str().map(str::to_owned))
+                .collect();
+            if wanted(&names) {
+                return since.elapsed();
+            }
         }
         assert!(
             since.elapsed() < PATIENCE,
