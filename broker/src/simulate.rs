@@ -103,7 +103,7 @@ impl Observer for Recorder {
     }
 
     fn parsed(&mut self, token: &UnverifiedToken) {
-        self.parsed = Some((token.iss.clone(), token.claims.clone()));
+        self.parsed = Some((token.iss.clone(), token.claims.value().clone()));
     }
 
     fn verified(&mut self, token: &Arc<VerifiedToken>) {
@@ -291,7 +291,7 @@ fn from_claims(issuer: Option<String>, claims: Value) -> Result<VerifiedToken, A
         signed_sha256: String::new(),
         iss,
         aud,
-        claims,
+        claims: claims.into(),
     })
 }
 

@@ -757,7 +757,7 @@ impl Registry {
             exact
                 .iter()
                 .chain(candidates.into_iter().filter(|c| match &c.rule {
-                    SubjectRule::Expression(e) => e.matches(&token.claims),
+                    SubjectRule::Expression(e) => e.matches(token.claims.value()),
                     SubjectRule::Exact(_) => false,
                 }));
         let mut matched = Vec::new();
@@ -840,10 +840,11 @@ impl Registry {
                     )),
                     None => Some(("subject", None, "the token has no sub claim".to_owned())),
                 },
-                SubjectRule::Expression(expression) => {
-                    expression.first_failure(&token.claims).map(|(i, clause)| {
+                SubjectRule::Expression(expression) => expression
+                    .first_failure(token.claims.value())
+                    .map(|(i, clause)| {
                         let path: Vec<&str> = clause.path.iter().map(String::as_str).collect();
-                        let mut actual = &token.claims;
+                        let mut actual = token.claims.value();
                         for name in &path {
                             actual = actual.get(*name).unwrap_or(&serde_json::Value::Null);
                         }
@@ -856,8 +857,7 @@ impl Registry {
                             Some((i + 1, clause.to_string())),
                             format!("clause {} does not hold: {actual}", i + 1),
                         )
-                    })
-                }
+                    }),
             };
             match subject_miss {
                 Some((check, clause, detail)) => misses.push(Miss {
@@ -1113,7 +1113,7 @@ mod tests {
             jti: None,
             sha256: String::new(),
             signed_sha256: String::new(),
-            claims,
+            claims: claims.into(),
         }
     }
 
@@ -1245,7 +1245,7 @@ mod tests {
                 let mut every: Vec<String> = registry
                     .credentials()
                     .filter(|c| match &c.rule {
-                        SubjectRule::Expression(e) => e.matches(&t.claims),
+                        SubjectRule::Expression(e) => e.matches(t.claims.value()),
                         SubjectRule::Exact(s) => s == sub,
                     })
                     .map(|c| c.name.clone())

@@ -12,15 +12,16 @@
 //! (docs/api.md, "Which key verifies a token"). Values read from the token appear in errors
 //! only capped and escaped ([`crate::redact::Untrusted`]).
 
+pub mod claims;
 pub mod unverified;
 
 use std::sync::Arc;
 
 use jsonwebtoken::Algorithm;
-use serde_json::Value;
 
 use crate::issuer::VerifyingKey;
 use crate::redact::Untrusted;
+pub use claims::{Claims, Numeric, Registered};
 pub use unverified::UnverifiedToken;
 
 /// Why a token was refused.
@@ -86,8 +87,9 @@ pub struct VerifiedToken {
     /// Hex SHA-256 of `header.payload`, what the issuer signed: the same for every
     /// signature over it, so replay protection keys on it when there is no `jti`.
     pub signed_sha256: String,
-    /// The payload; always a JSON object.
-    pub claims: Value,
+    /// The payload, a JSON object; its `serde_json::Value` is built only when something
+    /// reads claims by path (an expression, `simulate`), then kept.
+    pub claims: Claims,
 }
 
 /// Parses an algorithm name from a header; HMAC and `none` are refused here.
@@ -190,19 +192,11 @@ fn check_times(
     policy: &VerifyPolicy,
     now: u64,
 ) -> Result<VerifiedToken, TokenError> {
-    let claims = &token.claims;
-    let exp = numeric(claims, "exp")?;
-    let nbf = optional_numeric(claims, "nbf")?;
-    let iat = optional_numeric(claims, "iat")?;
-    let aud = match claims.get("aud") {
-        Some(Value::String(s)) if !s.is_empty() => vec![s.clone()],
-        Some(Value::Array(items)) if !items.is_empty() => items
-            .iter()
-            .map(|v| v.as_str().map(str::to_owned))
-            .collect::<Option<Vec<_>>>()
-            .ok_or(TokenError::MissingClaim("aud"))?,
-        _ => return Err(TokenError::MissingClaim("aud")),
-    };
+    let registered = token.registered;
+    let exp = numeric(registered.exp, "exp")?;
+    let nbf = optional_numeric(registered.nbf, "nbf")?;
+    let iat = optional_numeric(registered.iat, "iat")?;
+    let aud = registered.aud.ok_or(TokenError::MissingClaim("aud"))?;
     let leeway = policy.leeway_secs;
     if now >= exp.saturating_add(leeway) {
         return Err(TokenError::Expired { exp, now });
@@ -229,8 +223,6 @@ fn check_times(
         }
         _ => {}
     }
-    let sub = claims.get("sub").and_then(Value::as_str).map(str::to_owned);
-    let jti = claims.get("jti").and_then(Value::as_str).map(str::to_owned);
     let signed_digest =
         aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.signed_part.as_bytes());
     let digest = match token.sha256 {
@@ -246,11 +238,11 @@ fn check_times(
     };
     Ok(VerifiedToken {
         iss: token.iss,
-        sub,
+        sub: registered.sub,
         aud,
         exp,
         iat,
-        jti,
+        jti: registered.jti,
         sha256: hex::encode(digest),
         signed_sha256: hex::encode(signed_digest.as_ref()),
         claims: token.claims,
@@ -258,25 +250,20 @@ fn check_times(
 }
 
 /// A NumericDate claim that may be absent; present, it must be valid.
-fn optional_numeric(claims: &Value, name: &'static str) -> Result<Option<u64>, TokenError> {
-    match claims.get(name) {
-        None => Ok(None),
-        Some(_) => numeric(claims, name).map(Some),
+fn optional_numeric(claim: Numeric, name: &'static str) -> Result<Option<u64>, TokenError> {
+    match claim {
+        Numeric::Absent => Ok(None),
+        Numeric::Valid(n) => Ok(Some(n)),
+        Numeric::Invalid => Err(TokenError::MissingClaim(name)),
     }
 }
 
-/// NumericDate claims: non-negative integers (fractions are truncated, as RFC 7519 allows).
-fn numeric(claims: &Value, name: &'static str) -> Result<u64, TokenError> {
-    match claims.get(name) {
-        Some(Value::Number(n)) => n
-            .as_u64()
-            .or_else(|| {
-                n.as_f64()
-                    .filter(|f| *f >= 0.0 && f.is_finite())
-                    .map(|f| f as u64)
-            })
-            .ok_or(TokenError::MissingClaim(name)),
-        _ => Err(TokenError::MissingClaim(name)),
+/// A NumericDate claim that must be there: a non-negative integer (a fraction is truncated,
+/// as RFC 7519 allows; `claims::Numeric`).
+fn numeric(claim: Numeric, name: &'static str) -> Result<u64, TokenError> {
+    match claim {
+        Numeric::Valid(n) => Ok(n),
+        Numeric::Absent | Numeric::Invalid => Err(TokenError::MissingClaim(name)),
     }
 }
 
@@ -284,6 +271,7 @@ fn numeric(claims: &Value, name: &'static str) -> Result<u64, TokenError> {
 mod tests {
     use super::*;
     use base64::Engine;
+    use serde_json::Value;
 
     fn signature(r: u8, s: &[u8]) -> String {
         let mut bytes = vec![r; s.len()];
@@ -357,6 +345,220 @@ mod tests {
         assert!(times(within, now).is_ok());
     }
 
+    /// The payload `json` (raw text: duplicates and escapes are kept as written), read.
+    fn read(json: &str) -> Result<(String, Registered, Claims), TokenError> {
+        let raw = format!(
+            "{}.{}.c2ln",
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(r#"{"alg":"RS256"}"#),
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json)
+        );
+        let t = UnverifiedToken::parse(&raw, 16_384)?;
+        Ok((t.iss, t.registered, t.claims))
+    }
+
+    /// The registered claims read from a `serde_json::Value` with the rules the broker
+    /// applied to one before they were read typed: what the typed read must agree with.
+    fn from_value(claims: &Value) -> (Option<String>, Registered) {
+        let numeric = |name: &str| match claims.get(name) {
+            None => Numeric::Absent,
+            Some(Value::Number(n)) => n
+                .as_u64()
+                .or_else(|| {
+                    n.as_f64()
+                        .filter(|f| *f >= 0.0 && f.is_finite())
+                        .map(|f| f as u64)
+                })
+                .map_or(Numeric::Invalid, Numeric::Valid),
+            Some(_) => Numeric::Invalid,
+        };
+        let text = |name: &str| claims.get(name).and_then(Value::as_str).map(str::to_owned);
+        let aud = match claims.get("aud") {
+            Some(Value::String(s)) if !s.is_empty() => Some(vec![s.clone()]),
+            Some(Value::Array(items)) if !items.is_empty() => items
+                .iter()
+                .map(|v| v.as_str().map(str::to_owned))
+                .collect::<Option<Vec<_>>>(),
+            _ => None,
+        };
+        let iss = text("iss").filter(|s| !s.is_empty());
+        let registered = Registered {
+            sub: text("sub"),
+            jti: text("jti"),
+            aud,
+            exp: numeric("exp"),
+            nbf: numeric("nbf"),
+            iat: numeric("iat"),
+        };
+        (iss, registered)
+    }
+
+    #[test]
+    fn the_typed_claims_agree_with_the_value_built_from_the_same_bytes() {
+        use Numeric::{Absent, Invalid, Valid};
+        let base = r#""iss":"https://i","aud":"a","exp":1800000300"#;
+        // (what, members besides `base` or instead of it, what the typed read must hold)
+        type Check = fn(&Registered) -> bool;
+        let rows: Vec<(&str, String, Check)> = vec![
+            ("an integer", format!(r#"{{{base},"iat":1800000000}}"#), |r| {
+                r.iat == Valid(1_800_000_000) && r.nbf == Absent
+            }),
+            ("a fraction is truncated", format!(r#"{{{base},"iat":1800000000.9}}"#), |r| {
+                r.iat == Valid(1_800_000_000)
+            }),
+            ("an exponent", format!(r#"{{{base},"iat":1.8e9}}"#), |r| {
+                r.iat == Valid(1_800_000_000)
+            }),
+            ("beyond u64 saturates", format!(r#"{{{base},"iat":1e20}}"#), |r| {
+                r.iat == Valid(u64::MAX)
+            }),
+            ("u64::MAX", format!(r#"{{{base},"iat":18446744073709551615}}"#), |r| {
+                r.iat == Valid(u64::MAX)
+            }),
+            ("minus zero", format!(r#"{{{base},"iat":-0.0}}"#), |r| r.iat == Valid(0)),
+            ("a negative integer", format!(r#"{{{base},"iat":-1}}"#), |r| {
+                r.iat == Invalid
+            }),
+            ("a negative fraction", format!(r#"{{{base},"nbf":-0.5}}"#), |r| {
+                r.nbf == Invalid
+            }),
+            ("a numeric string", format!(r#"{{{base},"nbf":"1800000000"}}"#), |r| {
+                r.nbf == Invalid
+            }),
+            ("null", format!(r#"{{{base},"nbf":null}}"#), |r| r.nbf == Invalid),
+            ("true", format!(r#"{{{base},"nbf":true}}"#), |r| r.nbf == Invalid),
+            ("an array", format!(r#"{{{base},"nbf":[1]}}"#), |r| r.nbf == Invalid),
+            ("exp absent", r#"{"iss":"https://i","aud":"a"}"#.into(), |r| {
+                r.exp == Absent
+            }),
+            ("aud one string", r#"{"iss":"https://i","aud":"a"}"#.into(), |r| {
+                r.aud == Some(vec!["a".into()])
+            }),
+            ("aud empty", r#"{"iss":"https://i","aud":""}"#.into(), |r| r.aud.is_none()),
+            ("aud array", r#"{"iss":"https://i","aud":["a","","b"]}"#.into(), |r| {
+                r.aud == Some(vec!["a".into(), "".into(), "b".into()])
+            }),
+            ("aud empty array", r#"{"iss":"https://i","aud":[]}"#.into(), |r| {
+                r.aud.is_none()
+            }),
+            ("aud with a number", r#"{"iss":"https://i","aud":["a",1]}"#.into(), |r| {
+                r.aud.is_none()
+            }),
+            ("aud nested", r#"{"iss":"https://i","aud":[["a"]]}"#.into(), |r| {
+                r.aud.is_none()
+            }),
+            ("aud object", r#"{"iss":"https://i","aud":{"a":"b"}}"#.into(), |r| {
+                r.aud.is_none()
+            }),
+            ("aud number", r#"{"iss":"https://i","aud":7}"#.into(), |r| r.aud.is_none()),
+            ("sub a number", r#"{"iss":"https://i","sub":42,"jti":null}"#.into(), |r| {
+                r.sub.is_none() && r.jti.is_none()
+            }),
+            ("sub an array", r#"{"iss":"https://i","sub":["a"],"jti":{}}"#.into(), |r| {
+                r.sub.is_none() && r.jti.is_none()
+            }),
+            ("sub empty", r#"{"iss":"https://i","sub":"","jti":""}"#.into(), |r| {
+                r.sub.as_deref() == Some("") && r.jti.as_deref() == Some("")
+            }),
+            (
+                "escapes in values",
+                r#"{"iss":"https:\/\/i","sub":"repo:\u0041\"b\\","aud":["\u00e9"],"jti":"\ud83d\ude00"}"#
+                    .into(),
+                |r| {
+                    r.sub.as_deref() == Some("repo:A\"b\\")
+                        && r.aud == Some(vec!["é".into()])
+                        && r.jti.as_deref() == Some("😀")
+                },
+            ),
+            (
+                "escapes in names",
+                r#"{"\u0069ss":"https://i","s\u0075b":"x","\u0061ud":"a","\u0065xp":5}"#.into(),
+                |r| r.sub.as_deref() == Some("x") && r.aud.is_some() && r.exp == Valid(5),
+            ),
+            (
+                "nested registered names are not the registered claims",
+                r#"{"iss":"https://i","x":{"sub":"y","exp":1},"a":[{"aud":"b"}]}"#.into(),
+                |r| r.sub.is_none() && r.exp == Absent && r.aud.is_none(),
+            ),
+        ];
+        for (what, json, check) in rows {
+            let (iss, registered, claims) = read(&json).unwrap_or_else(|e| panic!("{what}: {e}"));
+            assert!(check(&registered), "{what}: {registered:?}");
+            assert!(!claims.is_parsed(), "{what}: the value was built unasked");
+            let value = claims.value();
+            assert_eq!(
+                *value,
+                serde_json::from_str::<Value>(&json).unwrap(),
+                "{what}"
+            );
+            assert_eq!(from_value(value), (Some(iss), registered), "{what}");
+        }
+        // `iss`, the one claim read before verification, is required as before.
+        for json in [
+            r#"{"aud":"a"}"#,
+            r#"{"iss":""}"#,
+            r#"{"iss":7}"#,
+            r#"{"iss":["https://i"]}"#,
+            r#"{"iss":null}"#,
+        ] {
+            assert_eq!(
+                read(json).unwrap_err(),
+                TokenError::MissingClaim("iss"),
+                "{json}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_member_named_twice_is_refused_however_it_is_spelled() {
+        let twice = TokenError::Malformed("the payload names a member twice");
+        // 20 distinct members: objects of more than 16 are checked with a set.
+        let many: String = (0..20).map(|i| format!(r#","m{i}":{i}"#)).collect();
+        let rows = [
+            r#"{"iss":"https://i","sub":"a","sub":"b"}"#.to_owned(),
+            r#"{"iss":"https://i","aud":"a","aud":["b"]}"#.to_owned(),
+            r#"{"iss":"https://i","exp":1,"exp":2}"#.to_owned(),
+            r#"{"iss":"https://i","nbf":1,"nbf":2}"#.to_owned(),
+            r#"{"iss":"https://i","iat":1,"iat":"x"}"#.to_owned(),
+            r#"{"iss":"https://i","jti":"a","jti":"b"}"#.to_owned(),
+            r#"{"iss":"https://a","iss":"https://b"}"#.to_owned(),
+            r#"{"iss":"https://i","repository":"a/b","repository":"a/c"}"#.to_owned(),
+            // The same name, one spelled with an escape, or both.
+            r#"{"iss":"https://i","sub":"a","s\u0075b":"b"}"#.to_owned(),
+            r#"{"iss":"https://i","\u0073ub":"a","s\u0075b":"b"}"#.to_owned(),
+            r#"{"\u0069ss":"https://a","iss":"https://b"}"#.to_owned(),
+            // At any depth, in objects and in arrays.
+            r#"{"iss":"https://i","x":{"k":[{"n":1,"n":2}]}}"#.to_owned(),
+            r#"{"iss":"https://i","aud":["a",{"n":1,"n":2}]}"#.to_owned(),
+            r#"{"iss":"https://i","sub":{"n":1,"n":2}}"#.to_owned(),
+            r#"{"iss":"https://i","exp":[{"n":1,"n":2}]}"#.to_owned(),
+            // Among many members, first and last.
+            format!(r#"{{"iss":"https://i"{many},"m0":1}}"#),
+            format!(r#"{{"iss":"https://i"{many},"x":{{"a":1{many},"a":2}}}}"#),
+        ];
+        for json in rows {
+            assert_eq!(read(&json).unwrap_err(), twice, "{json}");
+        }
+        // The same names at different levels, and many distinct ones, are fine.
+        for json in [
+            r#"{"iss":"https://i","sub":"x","nested":{"sub":"y","iss":"z"}}"#.to_owned(),
+            format!(r#"{{"iss":"https://i"{many},"x":{{"a":1{many}}}}}"#),
+        ] {
+            assert!(read(&json).is_ok(), "{json}");
+        }
+        // A payload that is not an object is refused as before, a duplicate inside or not.
+        let not_object = TokenError::Malformed("the payload is not a base64url JSON object");
+        for json in [
+            r#"["iss"]"#,
+            r#""x""#,
+            "1",
+            "null",
+            r#"{"iss":"https://i"} x"#,
+        ] {
+            assert_eq!(read(json).unwrap_err(), not_object, "{json}");
+        }
+        assert_eq!(read(r#"[{"a":1,"a":2}]"#).unwrap_err(), twice);
+    }
+
     #[test]
     fn high_s_is_above_half_the_order_exactly() {
         let half_p256: [u8; 32] = [
@@ -402,7 +604,7 @@ mod tests {
 mod verification {
     use super::*;
     use jsonwebtoken::{EncodingKey, Header};
-    use serde_json::json;
+    use serde_json::{Value, json};
 
     const NOW: u64 = 1_800_000_000;
 

@@ -1,16 +1,17 @@
 //! Reading a token before anything about it is trusted: size limit, shape, header, and the
 //! payload's claims. Nothing read here decides anything except which issuer to look up.
 //!
-//! The header and payload are parsed strictly: a JSON object naming a member twice (at any
-//! depth) is refused, because JSON parsers disagree on which duplicate wins and the issuer
-//! may have meant the other one (docs/api.md, `invalid_token`).
+//! The header and payload are read strictly, in one pass each (`super::claims`): a JSON
+//! object naming a member twice (at any depth) is refused, because JSON parsers disagree on
+//! which duplicate wins and the issuer may have meant the other one (docs/api.md,
+//! `invalid_token`). The registered claims are read typed; the payload becomes a
+//! `serde_json::Value` only when something asks for it ([`Claims::value`]).
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
-use serde_json::{Map, Value};
 
 use super::TokenError;
+use super::claims::{self, Claims, Problem, Registered};
 
 /// A JWT split and decoded but not verified.
 ///
@@ -23,10 +24,12 @@ pub struct UnverifiedToken<'a> {
     pub signature: &'a str,
     pub alg: String,
     pub kid: Option<String>,
-    /// The payload; always a JSON object.
-    pub claims: Value,
+    /// The payload, a JSON object; its `serde_json::Value` is built on first use.
+    pub claims: Claims,
     /// The `iss` claim, not yet trusted.
     pub iss: String,
+    /// The other registered claims, read but not yet judged (`super::verify` judges them).
+    pub registered: Registered,
     /// SHA-256 of `raw`, when the caller already computed it (else verification does).
     pub sha256: Option<[u8; 32]>,
 }
@@ -44,142 +47,53 @@ impl<'a> UnverifiedToken<'a> {
                 "a JWT has three dot-separated parts (JWE is not accepted)",
             ));
         }
-        let header = match decode_json(header_b64) {
-            Ok(Value::Object(header)) => header,
+        let header = match decode(header_b64).and_then(|bytes| claims::read_header(&bytes)) {
+            Ok(header) => header,
             Err(Problem::Duplicate) => {
                 return Err(TokenError::Malformed("the header names a member twice"));
             }
-            _ => return Err(TokenError::Malformed("the header is not base64url JSON")),
+            Err(Problem::Invalid) => {
+                return Err(TokenError::Malformed("the header is not base64url JSON"));
+            }
         };
         let alg = header
-            .get("alg")
-            .and_then(Value::as_str)
-            .ok_or(TokenError::Malformed("the header has no `alg`"))?
-            .to_owned();
-        if header.get("crit").is_some() {
+            .alg
+            .ok_or(TokenError::Malformed("the header has no `alg`"))?;
+        if header.crit {
             return Err(TokenError::Malformed(
                 "critical header extensions are not supported",
             ));
         }
-        let kid = header.get("kid").and_then(Value::as_str).map(str::to_owned);
-        let claims = match decode_json(payload_b64) {
-            Ok(claims @ Value::Object(_)) => claims,
+        let payload = match decode(payload_b64).and_then(claims::read_payload) {
+            Ok(payload) => payload,
             Err(Problem::Duplicate) => {
                 return Err(TokenError::Malformed("the payload names a member twice"));
             }
-            _ => {
+            Err(Problem::Invalid) => {
                 return Err(TokenError::Malformed(
                     "the payload is not a base64url JSON object",
                 ));
             }
         };
-        let iss = match claims.get("iss") {
-            Some(Value::String(s)) if !s.is_empty() => s.clone(),
-            _ => return Err(TokenError::MissingClaim("iss")),
-        };
+        let iss = payload.iss.ok_or(TokenError::MissingClaim("iss"))?;
         Ok(Self {
             raw,
             signed_part,
             signature,
             alg,
-            kid,
-            claims,
+            kid: header.kid,
+            claims: payload.claims,
             iss,
+            registered: payload.registered,
             sha256: None,
         })
     }
 }
 
-enum Problem {
-    Duplicate,
-    Invalid,
-}
-
-const DUPLICATE: &str = "duplicate member";
-
-fn decode_json(segment: &str) -> Result<Value, Problem> {
-    let bytes = URL_SAFE_NO_PAD
+fn decode(segment: &str) -> Result<Vec<u8>, Problem> {
+    URL_SAFE_NO_PAD
         .decode(segment.trim_end_matches('='))
-        .map_err(|_| Problem::Invalid)?;
-    match serde_json::from_slice::<Strict>(&bytes) {
-        Ok(Strict(value)) => Ok(value),
-        Err(e) if e.to_string().starts_with(DUPLICATE) => Err(Problem::Duplicate),
-        Err(_) => Err(Problem::Invalid),
-    }
-}
-
-/// A JSON value parsed like `serde_json::Value`, except that an object naming a member
-/// twice is an error (serde_json's `Value` silently keeps the last one). Same cost as
-/// `Value`: one pass, one lookup per member.
-struct Strict(Value);
-
-impl<'de> Deserialize<'de> for Strict {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_any(StrictVisitor).map(Strict)
-    }
-}
-
-struct StrictVisitor;
-
-impl<'de> Visitor<'de> for StrictVisitor {
-    type Value = Value;
-
-    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("any JSON value")
-    }
-
-    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
-        Ok(Value::Bool(v))
-    }
-
-    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
-        Ok(Value::from(v))
-    }
-
-    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
-        Ok(Value::from(v))
-    }
-
-    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
-        Ok(Value::from(v))
-    }
-
-    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
-        Ok(Value::String(v.to_owned()))
-    }
-
-    fn visit_string<E>(self, v: String) -> Result<Value, E> {
-        Ok(Value::String(v))
-    }
-
-    fn visit_unit<E>(self) -> Result<Value, E> {
-        Ok(Value::Null)
-    }
-
-    fn visit_none<E>(self) -> Result<Value, E> {
-        Ok(Value::Null)
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
-        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(64));
-        while let Some(Strict(item)) = seq.next_element()? {
-            items.push(item);
-        }
-        Ok(Value::Array(items))
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
-        let mut members = Map::new();
-        while let Some(name) = map.next_key::<String>()? {
-            if members.contains_key(&name) {
-                // No name in the message: the caller reports a fixed text.
-                return Err(de::Error::custom(DUPLICATE));
-            }
-            let Strict(value) = map.next_value()?;
-            members.insert(name, value);
-        }
-        Ok(Value::Object(members))
-    }
+        .map_err(|_| Problem::Invalid)
 }
 
 #[cfg(test)]
@@ -203,7 +117,14 @@ mod tests {
         assert_eq!(t.alg, "RS256");
         assert_eq!(t.kid.as_deref(), Some("k1"));
         assert_eq!(t.iss, "https://issuer.example");
-        assert_eq!(t.claims, serde_json::from_str::<Value>(PAYLOAD).unwrap());
+        assert!(
+            !t.claims.is_parsed(),
+            "the value is built only when asked for"
+        );
+        assert_eq!(
+            *t.claims.value(),
+            serde_json::from_str::<serde_json::Value>(PAYLOAD).unwrap()
+        );
     }
 
     #[test]

@@ -137,11 +137,30 @@ async fn a_member_named_twice_in_a_signed_header_or_payload_is_refused() {
     assert_eq!(got.error(), "invalid_token");
     assert!(got.description().contains("twice"), "{got:?}");
 
-    // Nested objects too.
-    let nested = format!(r#"{{"x":{{"a":1,"a":2}},{}"#, &claims_text[1..]);
-    let token = key.sign_json_text(&header, &nested).unwrap();
-    let got = exchange(&http, &broker.url(), &token, ARM).await;
-    assert_eq!(got.error(), "invalid_token", "{got:?}");
+    // The same name spelled with an escape (`\u0075` is `u`), another registered claim,
+    // a claim only an expression would read, and nested objects: all refused alike.
+    let twins = [
+        format!(
+            r#"{{"s\u0075b":"repo:contoso/app:ref:refs/heads/feature",{}"#,
+            &claims_text[1..]
+        ),
+        format!(
+            r#"{{"aud":"https://github.com/contoso",{}"#,
+            &claims_text[1..]
+        ),
+        format!(
+            r#"{{"repository":"contoso/other","repository":"contoso/app",{}"#,
+            &claims_text[1..]
+        ),
+        format!(r#"{{"x":{{"a":1,"a":2}},{}"#, &claims_text[1..]),
+    ];
+    for payload in &twins {
+        let token = key.sign_json_text(&header, payload).unwrap();
+        let got = exchange(&http, &broker.url(), &token, ARM).await;
+        assert_eq!(got.status, 401, "{payload}: {got:?}");
+        assert_eq!(got.error(), "invalid_token", "{payload}: {got:?}");
+        assert!(got.description().contains("twice"), "{got:?}");
+    }
 
     // The header: `alg` named twice, the real one last.
     let header_twice = format!(
@@ -153,10 +172,17 @@ async fn a_member_named_twice_in_a_signed_header_or_payload_is_refused() {
     assert_eq!(got.status, 401, "duplicate `alg` was accepted: {got:?}");
     assert_eq!(got.error(), "invalid_token");
 
+    assert_eq!(
+        up.entra.token_requests(),
+        0,
+        "a refused token reached Entra"
+    );
+
     // The same claims without duplicates are a good token: the refusals were for the twins.
     let token = key.sign_json_text(&header, &claims_text).unwrap();
     let got = exchange(&http, &broker.url(), &token, ARM).await;
     assert_eq!(got.status, 200, "{got:?}\n{}", broker.output());
+    assert_eq!(up.entra.token_requests(), 1);
 }
 
 /// The order of the P-256 group, big-endian.

@@ -91,7 +91,7 @@ fn rss_kib() -> anyhow::Result<u64> {
 fn token(iss: String, sub: String) -> VerifiedToken {
     VerifiedToken {
         iss,
-        claims: json!({ "sub": sub, "aud": AUDIENCE }),
+        claims: json!({ "sub": sub, "aud": AUDIENCE }).into(),
         sub: Some(sub),
         aud: vec![AUDIENCE.to_owned()],
         exp: u64::MAX,

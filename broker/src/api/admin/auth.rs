@@ -212,7 +212,7 @@ impl Oidc {
                 self.audience
             )));
         }
-        let claims = &verified.claims;
+        let claims = verified.claims.value();
         let name = ["preferred_username", "upn", "email", "oid", "sub"]
             .iter()
             .find_map(|c| claims.get(*c).and_then(|v| v.as_str()))
