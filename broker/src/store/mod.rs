@@ -219,14 +219,56 @@ pub enum PutOutcome {
     Replaced,
 }
 
+/// Which uniqueness rule a write broke, read from the pre-check or from the database's
+/// constraint (PostgreSQL) or message (SQLite names the columns).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Clash {
+    ClientId,
+    /// Another identity's name differs only in case.
+    NameCase,
+    CredentialSubject,
+    CredentialName,
+    CredentialId,
+    /// The identity's row changed while it was written.
+    IdentityName,
+    /// A credential's name is immutable.
+    Rename,
+    Other,
+}
+
+impl Clash {
+    /// What a caller is told: a fixed sentence per rule, never the rows it names (docs/architecture.md, "Errors").
+    pub const fn public(self) -> &'static str {
+        match self {
+            Clash::ClientId => "the client id is already used by another identity",
+            Clash::NameCase => {
+                "an identity whose name differs only in case already exists; names are compared without regard to case"
+            }
+            Clash::CredentialSubject => {
+                "another federated credential of this identity already has this issuer and subject"
+            }
+            Clash::CredentialName => {
+                "a federated credential with this name already exists on this identity"
+            }
+            Clash::CredentialId => "a federated credential with this id already exists",
+            Clash::IdentityName => "the identity changed meanwhile; read it again and retry",
+            Clash::Rename => {
+                "the name of a federated credential cannot be changed; create a new one"
+            }
+            Clash::Other => "the change clashes with an existing record",
+        }
+    }
+}
+
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum StoreError {
     /// The database cannot be reached or failed; the operation may be retried.
     #[error("the store is unavailable: {0}")]
     Unavailable(String),
-    /// A uniqueness rule would be broken; the message says which.
-    #[error("{0}")]
-    Conflict(String),
+    /// A uniqueness rule would be broken: which one, and a message naming the rows (for
+    /// the log; callers are told [`Clash::public`]).
+    #[error("{1}")]
+    Conflict(Clash, String),
     /// The identity (or credential) the operation names does not exist.
     #[error("{0}")]
     NotFound(String),
