@@ -383,7 +383,7 @@ impl Form {
     }
 }
 
-fn read_form(
+async fn read_form(
     console: &Console,
     session: Option<&Session>,
     body: Result<Capped, ApiError>,
@@ -408,7 +408,7 @@ pub async fn checked_form(
     session: &Session,
     body: Result<Capped, ApiError>,
 ) -> Result<Form, Response> {
-    let form = read_form(console, Some(session), body)?;
+    let form = read_form(console, Some(session), body).await?;
     match csrf_refusal(session, &form) {
         Some(refused) => Err(refused),
         None => Ok(form),
@@ -557,7 +557,7 @@ pub async fn login(
     headers: HeaderMap,
     body: Result<Capped, ApiError>,
 ) -> Response {
-    let form = match read_form(&console, None, body) {
+    let form = match read_form(&console, None, body).await {
         Ok(f) => f,
         Err(r) => return r,
     };
