@@ -221,12 +221,14 @@ pub enum PutOutcome {
 
 /// Which uniqueness rule a write broke, read from the pre-check or from the database's
 /// constraint (PostgreSQL) or message (SQLite names the columns).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Clash {
     ClientId,
     /// Another identity's name differs only in case.
     NameCase,
-    CredentialSubject,
+    /// Another credential of the identity has the issuer and subject: its name, when the
+    /// pre-check found it.
+    CredentialSubject(Option<String>),
     CredentialName,
     CredentialId,
     /// The identity's row changed while it was written.
@@ -237,25 +239,28 @@ pub enum Clash {
 }
 
 impl Clash {
-    /// What a caller is told: a fixed sentence per rule, never the rows it names (docs/architecture.md, "Errors").
-    pub const fn public(self) -> &'static str {
+    /// What a caller is told: a fixed sentence per rule, naming at most a stored
+    /// credential (never the store's own text; docs/architecture.md, "Errors").
+    pub fn public(&self) -> String {
         match self {
-            Clash::ClientId => "the client id is already used by another identity",
-            Clash::NameCase => {
-                "an identity whose name differs only in case already exists; names are compared without regard to case"
-            }
-            Clash::CredentialSubject => {
-                "another federated credential of this identity already has this issuer and subject"
+            Clash::ClientId => "the client id is already used by another identity".into(),
+            Clash::NameCase => "an identity whose name differs only in case already exists; names are compared without regard to case".into(),
+            Clash::CredentialSubject(Some(other)) => format!(
+                "federated credential {:?} of this identity already has this issuer and subject",
+                crate::redact::untrusted(other)
+            ),
+            Clash::CredentialSubject(None) => {
+                "another federated credential of this identity already has this issuer and subject".into()
             }
             Clash::CredentialName => {
-                "a federated credential with this name already exists on this identity"
+                "a federated credential with this name already exists on this identity".into()
             }
-            Clash::CredentialId => "a federated credential with this id already exists",
-            Clash::IdentityName => "the identity changed meanwhile; read it again and retry",
+            Clash::CredentialId => "a federated credential with this id already exists".into(),
+            Clash::IdentityName => "the identity changed meanwhile; read it again and retry".into(),
             Clash::Rename => {
-                "the name of a federated credential cannot be changed; create a new one"
+                "the name of a federated credential cannot be changed; create a new one".into()
             }
-            Clash::Other => "the change clashes with an existing record",
+            Clash::Other => "the change clashes with an existing record".into(),
         }
     }
 }

@@ -510,7 +510,7 @@ pub(super) fn unique_violation(e: &sqlx::Error) -> Option<Clash> {
     } else if detail.contains("name_lower") {
         Clash::NameCase
     } else if detail.contains("subject") {
-        Clash::CredentialSubject
+        Clash::CredentialSubject(None)
     } else if detail.contains("federated_credentials_name") || detail.contains("credentials.name") {
         Clash::CredentialName
     } else if detail.contains("federated_credentials") {
@@ -547,7 +547,7 @@ pub(super) fn subject_taken(credential: &StoredCredential, other: Option<&str>) 
         None => "another credential".to_owned(),
     };
     StoreError::Conflict(
-        Clash::CredentialSubject,
+        Clash::CredentialSubject(other.map(str::to_owned)),
         format!(
             "issuer {} and subject {subject} are already used by {by} of identity \"{}\"",
             credential.issuer, credential.identity
@@ -642,7 +642,7 @@ pub(super) fn credential_write_error(credential: &StoredCredential, e: sqlx::Err
 fn credential_violation(credential: &StoredCredential, clash: Clash) -> StoreError {
     match clash {
         Clash::CredentialName => name_taken(credential),
-        Clash::CredentialSubject => subject_taken(credential, None),
+        Clash::CredentialSubject(_) => subject_taken(credential, None),
         Clash::CredentialId => StoreError::Conflict(
             Clash::CredentialId,
             format!("a credential with id {} already exists", credential.id),
