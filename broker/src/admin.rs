@@ -1,10 +1,15 @@
-//! Registering identities and federated credentials through the admin API.
+//! Registering identities and federated credentials through the admin API and the console.
 //!
 //! Every write is checked with Entra's rules before it is stored (Entra itself checks
 //! nothing until an exchange fails), has no 20-credential cap (a configurable sanity limit
 //! instead), and takes effect on the next exchange: after the store commits, this
 //! replica's registry takes the change (the changed entry only) before the write is acknowledged. Identities and
 //! credentials declared in the config file are read-only here.
+//!
+//! Every write records its own audit event, refused or not, naming the [`Actor`] the edge
+//! authenticated (docs/admin.md, "Audit"): an edge calls the write and answers its error,
+//! and cannot forget the audit. A write takes what the edge read as a `Result`, so a request
+//! the edge could not read (a malformed body) is refused and audited here like any other.
 
 use std::sync::Arc;
 
@@ -16,7 +21,57 @@ use crate::exchange::Broker;
 use crate::outbound;
 use crate::policy::conditions::{Conditions, Restrictions};
 use crate::policy::rules::{self, CredentialSpec, RuleOptions, Violation};
-use crate::store::{PutOutcome, StoreError, StoredCredential, StoredIdentity};
+use crate::store::{Clash, PutOutcome, StoreError, StoredCredential, StoredIdentity};
+
+/// What a caller is told when the identity or credential a write names is gone from the
+/// store (deleted meanwhile); the store's text is for the log.
+const GONE: &str = "the identity or federated credential does not exist (any more); read it again";
+
+/// Who asks for an admin write, as the edge authenticated them: the name and role the
+/// audit event names, and the request id it is tied to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Actor {
+    pub name: String,
+    pub role: &'static str,
+    pub request_id: String,
+}
+
+impl Actor {
+    /// The caller of the current request (its id from the request-id middleware).
+    pub fn new(name: impl Into<String>, role: &'static str) -> Self {
+        Self {
+            name: name.into(),
+            role,
+            request_id: crate::error::current_request_id(),
+        }
+    }
+}
+
+/// The state a conditional write expects the resource in (HTTP `If-Match`,
+/// `If-None-Match: *`; docs/admin.md, "Optimistic concurrency").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Expect {
+    /// Unconditional.
+    Any,
+    /// It must not exist (`If-None-Match: *`).
+    Absent,
+    /// Its ETag must be one of these (the `If-Match` header's value, `*` for any).
+    Matching(String),
+}
+
+/// Serializes conditional writes on this replica, so the comparison and the write it
+/// guards are one step here.
+static CONDITIONAL_WRITES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The strong `ETag` of a stored identity or credential: a digest of its row, so it
+/// changes with every write (its fields and its modification time) and every replica
+/// reading the same store gives the same value.
+pub fn etag<T: serde::Serialize>(row: &T) -> String {
+    let json =
+        serde_json::to_vec(&serde_json::to_value(row).unwrap_or_default()).unwrap_or_default();
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &json);
+    format!("\"{}\"", hex::encode(&digest.as_ref()[..16]))
+}
 
 /// Why an admin operation was refused.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -33,6 +88,15 @@ pub enum AdminError {
         "identity {identity:?} already has {limit} federated credentials, the configured maximum (admin.max_credentials_per_identity)"
     )]
     Limit { identity: String, limit: u64 },
+    /// A conditional write whose condition does not hold.
+    #[error("{0}")]
+    Changed(String),
+    /// The store refused the write: a uniqueness rule (the message names rows, for the log).
+    #[error("{1}")]
+    Clash(Clash, String),
+    /// The store no longer holds what the write names (the message is for the log).
+    #[error("{0}")]
+    Gone(String),
     #[error(transparent)]
     Store(StoreError),
 }
@@ -48,8 +112,8 @@ fn describe(violations: &[Violation]) -> String {
 impl From<StoreError> for AdminError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::Conflict(m) => AdminError::Conflict(m),
-            StoreError::NotFound(m) => AdminError::NotFound(m),
+            StoreError::Conflict(clash, m) => AdminError::Clash(clash, m),
+            StoreError::NotFound(m) => AdminError::Gone(m),
             StoreError::Invalid { field, message } => {
                 AdminError::Invalid(vec![crate::policy::rules::Violation { field, message }])
             }
@@ -59,8 +123,8 @@ impl From<StoreError> for AdminError {
 }
 
 impl AdminError {
-    /// The error's one classification (docs/api.md, "Errors"): a store failure's text is
-    /// for the log only.
+    /// The error's one classification (docs/api.md, "Errors"): the store's text (a
+    /// failure, or the rows a clash names) is for the log only.
     pub fn classify(&self) -> crate::error::ApiError {
         use crate::error::{ApiError, ErrorCode};
         match self {
@@ -74,6 +138,15 @@ impl AdminError {
             AdminError::ReadOnly(_) => ApiError::new(ErrorCode::ReadOnly, self.to_string()),
             AdminError::Limit { .. } => {
                 ApiError::new(ErrorCode::TooManyCredentials, self.to_string())
+            }
+            AdminError::Changed(_) => {
+                ApiError::new(ErrorCode::PreconditionFailed, self.to_string())
+            }
+            AdminError::Clash(clash, internal) => {
+                ApiError::new(ErrorCode::Conflict, clash.public()).with_internal(internal)
+            }
+            AdminError::Gone(internal) => {
+                ApiError::new(ErrorCode::NotFound, GONE).with_internal(internal)
             }
             AdminError::Store(store) => ApiError::store(store),
         }
@@ -163,21 +236,26 @@ impl Admin {
         &self.broker
     }
 
-    /// Records one admin event (docs/admin.md, "Audit"): every admin write, refused or
-    /// not, and the console's sign-ins and refusals. `actor` is the caller's name and
-    /// role, `None` when it could not be authenticated.
+    /// Records one admin event (docs/admin.md, "Audit"). The writes below record their
+    /// own; the edges record what happens before a write can be asked for: the console's
+    /// sign-ins, and callers refused for their token or role. `actor` is `None` when the
+    /// caller could not be authenticated (the current request's id is used then).
     pub fn record(
         &self,
         action: &'static str,
-        actor: Option<(String, &'static str)>,
+        actor: Option<&Actor>,
         identity: Option<&str>,
         credential: Option<&str>,
         outcome: Result<(), &ApiError>,
     ) {
         let unauthenticated = actor.is_none();
-        let (actor, role) = match actor {
-            Some((name, role)) => (name, Some(role)),
-            None => ("anonymous".to_owned(), None),
+        let (name, role, request_id) = match actor {
+            Some(a) => (a.name.clone(), Some(a.role), a.request_id.clone()),
+            None => (
+                "anonymous".to_owned(),
+                None,
+                crate::error::current_request_id(),
+            ),
         };
         let (outcome, reason) = match outcome {
             Ok(()) => ("ok".to_owned(), None),
@@ -187,9 +265,9 @@ impl Admin {
         self.broker.auditor().record(&AuditEvent {
             kind: "admin",
             time: self.broker.clock().now(),
-            request_id: crate::error::current_request_id(),
+            request_id,
             endpoint: "admin",
-            actor: Some(actor),
+            actor: Some(name),
             role,
             action: Some(action),
             identity: identity.map(str::to_owned),
@@ -201,16 +279,15 @@ impl Admin {
         });
     }
 
-    /// Audits a write's result (the API's and the console's) and passes it on.
-    pub fn audited<T, E: Into<ApiError>>(
+    /// A write's one audit event, and its result classified for the edge.
+    fn audited<T>(
         &self,
-        actor: (String, &'static str),
+        actor: &Actor,
         action: &'static str,
         identity: &str,
         credential: Option<&str>,
-        result: Result<T, E>,
+        result: Result<T, ApiError>,
     ) -> Result<T, ApiError> {
-        let result = result.map_err(Into::into);
         self.record(
             action,
             Some(actor),
@@ -219,6 +296,73 @@ impl Admin {
             result.as_ref().map(|_| ()),
         );
         result
+    }
+
+    /// Checks `expect` against the resource as the store holds it now (`current`: its
+    /// ETag, `None` when it does not exist). The guard holds the write lock while the
+    /// guarded write runs; an unconditional write takes no lock.
+    async fn precondition(
+        &self,
+        expect: &Expect,
+        current: impl std::future::Future<Output = Result<Option<String>, AdminError>>,
+    ) -> Result<Option<tokio::sync::MutexGuard<'static, ()>>, AdminError> {
+        let wanted = match expect {
+            Expect::Any => return Ok(None),
+            Expect::Absent => {
+                let guard = CONDITIONAL_WRITES.lock().await;
+                if current.await?.is_some() {
+                    return Err(AdminError::Changed(
+                        "If-None-Match: * was given but the resource exists (it was created since it was read); read it again".to_owned(),
+                    ));
+                }
+                return Ok(Some(guard));
+            }
+            Expect::Matching(wanted) => wanted,
+        };
+        let guard = CONDITIONAL_WRITES.lock().await;
+        let current = current.await?;
+        let matches = match &current {
+            None => false,
+            Some(tag) => wanted
+                .split(',')
+                .map(str::trim)
+                .any(|w| w == "*" || w == tag),
+        };
+        if matches {
+            return Ok(Some(guard));
+        }
+        Err(AdminError::Changed(match current {
+            None => "If-Match was given but the resource does not exist (any more); read it again"
+                .to_owned(),
+            Some(_) => format!(
+                "the resource changed since it was read (If-Match {} does not match its ETag); read it again",
+                crate::redact::untrusted(wanted)
+            ),
+        }))
+    }
+
+    /// The ETag of an API-registered identity as the store holds it now (`None`: no such
+    /// row, as for identities from the config file, or no store).
+    pub async fn identity_etag(&self, name: &str) -> Result<Option<String>, AdminError> {
+        let Some(store) = self.broker.store() else {
+            return Ok(None);
+        };
+        Ok(store.get_identity(name).await?.map(|i| etag(&i)))
+    }
+
+    /// The ETag of an API-registered credential (by name or id) as the store holds it now.
+    pub async fn credential_etag(
+        &self,
+        identity: &str,
+        credential: &str,
+    ) -> Result<Option<String>, AdminError> {
+        let Some(store) = self.broker.store() else {
+            return Ok(None);
+        };
+        Ok(store
+            .get_credential(identity, credential)
+            .await?
+            .map(|c| etag(&c)))
     }
 
     fn store(&self) -> Result<&Arc<dyn crate::store::Store>, AdminError> {
@@ -342,8 +486,24 @@ impl Admin {
         v
     }
 
-    /// Creates or replaces an API-registered identity.
+    /// Creates or replaces an API-registered identity (`identity.put`), if `expect` holds.
     pub async fn put_identity(
+        &self,
+        actor: &Actor,
+        name: &str,
+        input: Result<IdentityInput, ApiError>,
+        expect: &Expect,
+    ) -> Result<PutOutcome, ApiError> {
+        let result = async {
+            let input = input?;
+            let _guard = self.precondition(expect, self.identity_etag(name)).await?;
+            Ok::<_, ApiError>(self.write_identity(name, input).await?)
+        }
+        .await;
+        self.audited(actor, "identity.put", name, None, result)
+    }
+
+    async fn write_identity(
         &self,
         name: &str,
         input: IdentityInput,
@@ -407,7 +567,23 @@ impl Admin {
         Ok(outcome)
     }
 
-    pub async fn delete_identity(&self, name: &str) -> Result<(), AdminError> {
+    /// Deletes an API-registered identity and its credentials (`identity.delete`), if
+    /// `expect` holds.
+    pub async fn delete_identity(
+        &self,
+        actor: &Actor,
+        name: &str,
+        expect: &Expect,
+    ) -> Result<(), ApiError> {
+        let result = async {
+            let _guard = self.precondition(expect, self.identity_etag(name)).await?;
+            Ok::<_, ApiError>(self.remove_identity(name).await?)
+        }
+        .await;
+        self.audited(actor, "identity.delete", name, None, result)
+    }
+
+    async fn remove_identity(&self, name: &str) -> Result<(), AdminError> {
         self.writable(name)?;
         if !self.store()?.delete_identity(name).await? {
             return Err(AdminError::NotFound(format!("no identity named {name:?}")));
@@ -475,7 +651,32 @@ impl Admin {
         }
     }
 
+    /// Adds a federated credential to `identity` (`credential.create`); the audit event
+    /// names the credential when the request named one.
     pub async fn create_credential(
+        &self,
+        actor: &Actor,
+        identity: &str,
+        input: Result<CredentialInput, ApiError>,
+    ) -> Result<StoredCredential, ApiError> {
+        let name = input.as_ref().ok().map(|i| i.name.clone());
+        let result = match input {
+            Ok(input) => self
+                .add_credential(identity, input)
+                .await
+                .map_err(Into::into),
+            Err(e) => Err(e),
+        };
+        self.audited(
+            actor,
+            "credential.create",
+            identity,
+            name.as_deref(),
+            result,
+        )
+    }
+
+    async fn add_credential(
         &self,
         identity: &str,
         mut input: CredentialInput,
@@ -515,8 +716,37 @@ impl Admin {
         Ok(stored)
     }
 
-    /// Applies `change` to the stored credential and stores the result, re-checked.
-    pub async fn update_credential(
+    /// Applies `change` to the stored credential and stores the result, re-checked
+    /// (`credential.update`), if `expect` holds.
+    pub async fn update_credential<F>(
+        &self,
+        actor: &Actor,
+        identity: &str,
+        credential: &str,
+        change: Result<F, ApiError>,
+        expect: &Expect,
+    ) -> Result<StoredCredential, ApiError>
+    where
+        F: FnOnce(&mut CredentialInput) -> Result<(), Violation>,
+    {
+        let result = async {
+            let change = change?;
+            let _guard = self
+                .precondition(expect, self.credential_etag(identity, credential))
+                .await?;
+            Ok::<_, ApiError>(self.change_credential(identity, credential, change).await?)
+        }
+        .await;
+        self.audited(
+            actor,
+            "credential.update",
+            identity,
+            Some(credential),
+            result,
+        )
+    }
+
+    async fn change_credential(
         &self,
         identity: &str,
         credential: &str,
@@ -566,11 +796,31 @@ impl Admin {
         Ok(updated)
     }
 
+    /// Deletes a federated credential (`credential.delete`), if `expect` holds.
     pub async fn delete_credential(
         &self,
+        actor: &Actor,
         identity: &str,
         credential: &str,
-    ) -> Result<(), AdminError> {
+        expect: &Expect,
+    ) -> Result<(), ApiError> {
+        let result = async {
+            let _guard = self
+                .precondition(expect, self.credential_etag(identity, credential))
+                .await?;
+            Ok::<_, ApiError>(self.remove_credential(identity, credential).await?)
+        }
+        .await;
+        self.audited(
+            actor,
+            "credential.delete",
+            identity,
+            Some(credential),
+            result,
+        )
+    }
+
+    async fn remove_credential(&self, identity: &str, credential: &str) -> Result<(), AdminError> {
         self.api_identity(identity)?;
         if !self
             .store()?
@@ -599,7 +849,190 @@ fn restriction_violations(restrictions: &Restrictions, credential: bool) -> Vec<
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+
     use super::*;
+    use crate::error::ErrorCode;
+    use crate::store::{AuditQuery, AuditRecord};
+
+    const TENANT: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";
+    const CLIENT: &str = "3f1c2a9e-5b7d-4e21-9c3a-1d2e3f4a5b61";
+
+    /// The admin layer over a broker with an in-memory store, and nothing of the edges.
+    async fn admin() -> Admin {
+        let store = crate::store::open("sqlite::memory:").await.unwrap();
+        let broker = Broker::new(
+            &wif_config::BrokerConfig::default(),
+            crate::clock::system(),
+            crate::metrics::Metrics::new(),
+            Some(store),
+        )
+        .unwrap();
+        Admin::new(Arc::new(broker), false, 50)
+    }
+
+    fn alice(request_id: &str) -> Actor {
+        Actor {
+            name: "alice".into(),
+            role: "admin",
+            request_id: request_id.into(),
+        }
+    }
+
+    fn identity(client_id: &str) -> IdentityInput {
+        IdentityInput {
+            tenant_id: TENANT.into(),
+            client_id: client_id.into(),
+            cloud: None,
+            authority_host: None,
+            assertion: AssertionSource::Passthrough,
+            assertion_subject: None,
+            restrictions: Restrictions::default(),
+        }
+    }
+
+    fn credential(name: &str) -> CredentialInput {
+        CredentialInput {
+            name: name.into(),
+            issuer: "https://token.actions.githubusercontent.com".into(),
+            subject: Some("repo:contoso/app:ref:refs/heads/main".into()),
+            ..CredentialInput::default()
+        }
+    }
+
+    /// The admin events the store holds once the audit writer has drained.
+    async fn events(admin: &Admin) -> Vec<(AuditRecord, serde_json::Value)> {
+        let broker = admin.broker();
+        broker
+            .auditor()
+            .close(broker.clock().now(), std::time::Duration::from_secs(5))
+            .await;
+        let query = AuditQuery {
+            kind: Some("admin".into()),
+            ..AuditQuery::default()
+        };
+        let records = broker.store().unwrap().query_audit(&query).await.unwrap();
+        records
+            .into_iter()
+            .map(|r| {
+                let event = serde_json::from_str(&r.event).unwrap();
+                (r, event)
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_refused_and_a_successful_write_each_record_one_event() {
+        let admin = admin().await;
+        let refused = admin
+            .put_identity(
+                &alice("req-1"),
+                "deploy",
+                Ok(identity("not-a-guid")),
+                &Expect::Any,
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code, ErrorCode::InvalidRequest);
+        let written = admin
+            .put_identity(
+                &alice("req-2"),
+                "deploy",
+                Ok(identity(CLIENT)),
+                &Expect::Any,
+            )
+            .await
+            .unwrap();
+        assert_eq!(written, PutOutcome::Created);
+
+        let events = events(&admin).await;
+        assert_eq!(events.len(), 2, "{events:?}");
+        let (first, event) = &events[0];
+        assert_eq!(
+            (first.request_id.as_str(), first.outcome.as_str()),
+            ("req-1", "invalid_request")
+        );
+        assert_eq!(first.actor.as_deref(), Some("alice"));
+        assert_eq!(first.identity.as_deref(), Some("deploy"));
+        assert_eq!(event["action"], "identity.put");
+        assert_eq!(event["role"], "admin");
+        assert!(
+            event["reason"].as_str().unwrap().contains("clientId"),
+            "{event}"
+        );
+        let (second, event) = &events[1];
+        assert_eq!(
+            (second.request_id.as_str(), second.outcome.as_str()),
+            ("req-2", "ok")
+        );
+        assert_eq!(event["action"], "identity.put");
+        assert!(event.get("reason").is_none(), "{event}");
+    }
+
+    #[tokio::test]
+    async fn a_request_the_edge_could_not_read_is_refused_and_audited_here() {
+        let admin = admin().await;
+        let unreadable = ApiError::new(ErrorCode::UnsupportedMediaType, "send application/json");
+        let refused = admin
+            .create_credential(&alice("req-1"), "deploy", Err(unreadable))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code, ErrorCode::UnsupportedMediaType);
+        let events = events(&admin).await;
+        assert_eq!(events.len(), 1, "{events:?}");
+        assert_eq!(events[0].0.outcome, "unsupported_media_type");
+        assert_eq!(events[0].1["action"], "credential.create");
+    }
+
+    #[tokio::test]
+    async fn a_store_clash_is_told_in_a_fixed_sentence() {
+        let admin = admin().await;
+        admin
+            .put_identity(
+                &alice("req-1"),
+                "deploy",
+                Ok(identity(CLIENT)),
+                &Expect::Any,
+            )
+            .await
+            .unwrap();
+        admin
+            .create_credential(&alice("req-2"), "deploy", Ok(credential("main")))
+            .await
+            .unwrap();
+        let clash = admin
+            .create_credential(&alice("req-3"), "deploy", Ok(credential("main")))
+            .await
+            .unwrap_err();
+        assert_eq!(clash.code, ErrorCode::Conflict);
+        assert_eq!(clash.description, Clash::CredentialName.public());
+        // The store's own text, naming the rows, is for the log only.
+        assert!(
+            clash.internal.as_deref().unwrap().contains("\"main\""),
+            "{clash:?}"
+        );
+        let events = events(&admin).await;
+        let (record, event) = events.last().unwrap();
+        assert_eq!(record.outcome, "conflict");
+        assert_eq!(event["reason"], Clash::CredentialName.public());
+        assert_eq!(event["credential"], "main");
+
+        // A conditional write whose ETag no longer holds.
+        let stale = admin
+            .delete_identity(
+                &alice("req-4"),
+                "deploy",
+                &Expect::Matching("\"0000\"".into()),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(stale.code, ErrorCode::PreconditionFailed);
+        let current = admin.identity_etag("deploy").await.unwrap().unwrap();
+        admin
+            .delete_identity(&alice("req-5"), "deploy", &Expect::Matching(current))
+            .await
+            .unwrap();
+    }
 
     #[test]
     fn tenants_are_guids_or_domains() {

@@ -232,6 +232,17 @@ impl ApiError {
         error
     }
 
+    /// A refusal whose cause has text the caller must not see (a store's message naming
+    /// rows): the caller gets the description; `internal` is logged now, with the request
+    /// id, at info level (a refusal, not a failure).
+    pub fn with_internal(mut self, internal: impl fmt::Display) -> Self {
+        let internal = internal.to_string();
+        tracing::info!(error = %internal, code = %self.code, request_id = %current_request_id(),
+            "refused; the caller got a fixed description");
+        self.internal = Some(internal);
+        self
+    }
+
     /// A store failure: a fixed description, the store's text for the log, retry in 5 s.
     pub fn store(internal: impl fmt::Display) -> Self {
         Self::internal(ErrorCode::StoreUnavailable, STORE_UNAVAILABLE, internal).with_retry_after(5)

@@ -236,7 +236,7 @@ async fn a_credential_saved_as_graph_json_is_registered_again_unchanged() {
     let stderr = text(&again.stderr);
     assert!(
         stderr.starts_with(
-            "error: a credential named \"main\" already exists on identity \"deploy\" (conflict, request "
+            "error: a federated credential with this name already exists on this identity (conflict, request "
         ),
         "{stderr}"
     );

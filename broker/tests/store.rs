@@ -231,7 +231,7 @@ async fn with_deploy_identity(store: &Arc<dyn Store>) {
 
 fn conflict_message(result: Result<impl std::fmt::Debug, StoreError>) -> String {
     match result {
-        Err(StoreError::Conflict(message)) => message,
+        Err(StoreError::Conflict(_, message)) => message,
         other => panic!("expected a conflict, got {other:?}"),
     }
 }

@@ -7,9 +7,9 @@
 //! identity. The handlers only translate Entra's wire format to [`ExchangeRequest`] and
 //! [`super::ApiError`] back to Entra's error shape.
 
+use super::body::Capped;
 use crate::error::ErrorCode;
 use axum::Json;
-use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
@@ -158,10 +158,9 @@ pub async fn token(
     State(state): State<AppState>,
     Path(tenant): Path<String>,
     ClientAddress(client): ClientAddress,
-    headers: HeaderMap,
-    body: Body,
+    body: Result<Capped, ApiError>,
 ) -> Response {
-    match token_inner(&state, &tenant, client, &headers, body).await {
+    match token_inner(&state, &tenant, client, body).await {
         Ok(response) => response,
         Err(e) => entra_error(
             super::exchange::recorded(&state, ENDPOINT, e),
@@ -174,10 +173,9 @@ async fn token_inner(
     state: &AppState,
     tenant: &str,
     client: Option<std::net::IpAddr>,
-    headers: &HeaderMap,
-    body: Body,
+    body: Result<Capped, ApiError>,
 ) -> Result<Response, ApiError> {
-    let params = read_params(headers, body, state.max_body_bytes).await?;
+    let params = read_params(body?)?;
     let param = |name: &str| {
         params
             .get(name)

@@ -5,8 +5,8 @@ use crate::error::ErrorCode;
 use std::collections::HashMap;
 use std::net::IpAddr;
 
+use super::body::Capped;
 use axum::Json;
-use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -41,7 +41,7 @@ pub async fn native(
     State(state): State<AppState>,
     ClientAddress(client): ClientAddress,
     headers: HeaderMap,
-    body: Body,
+    body: Result<Capped, ApiError>,
 ) -> Result<Response, ApiError> {
     native_inner(&state, client, headers, body)
         .await
@@ -66,10 +66,10 @@ async fn native_inner(
     state: &AppState,
     client: Option<IpAddr>,
     headers: HeaderMap,
-    body: Body,
+    body: Result<Capped, ApiError>,
 ) -> Result<Response, ApiError> {
     let token = bearer(&headers)?;
-    let params = read_params(&headers, body, state.max_body_bytes).await?;
+    let params = read_params(body?)?;
     reject_unknown(&params, &["scope", "resource", "client_id", "identity"])?;
     let (done, now) = exchange(state, "/v1/token", client, token, &params).await?;
     Ok(no_store(TokenResponse {
@@ -101,10 +101,9 @@ async fn native_inner(
 pub async fn rfc8693(
     State(state): State<AppState>,
     ClientAddress(client): ClientAddress,
-    headers: HeaderMap,
-    body: Body,
+    body: Result<Capped, ApiError>,
 ) -> Result<Response, ApiError> {
-    rfc8693_inner(&state, client, headers, body)
+    rfc8693_inner(&state, client, body)
         .await
         .map_err(|e| recorded(&state, "/oauth2/token", e))
 }
@@ -112,10 +111,9 @@ pub async fn rfc8693(
 async fn rfc8693_inner(
     state: &AppState,
     client: Option<IpAddr>,
-    headers: HeaderMap,
-    body: Body,
+    body: Result<Capped, ApiError>,
 ) -> Result<Response, ApiError> {
-    let params = read_params(&headers, body, state.max_body_bytes).await?;
+    let params = read_params(body?)?;
     // As `/v1/token`: a parameter the broker would ignore (`audience`, `actor_token`, a
     // typo) is refused rather than silently dropped.
     reject_unknown(
@@ -231,13 +229,11 @@ fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
 }
 
 /// Reads a JSON object or form body (by `Content-Type`) into string parameters.
-pub async fn read_params(
-    headers: &HeaderMap,
-    body: Body,
-    limit: usize,
-) -> Result<HashMap<String, String>, ApiError> {
-    let bytes = super::body::read(body, limit).await?;
-    let content_type = super::body::content_type(headers);
+pub fn read_params(body: Capped) -> Result<HashMap<String, String>, ApiError> {
+    let Capped {
+        bytes,
+        content_type,
+    } = body;
     let mut params = HashMap::new();
     if content_type.starts_with("application/json") {
         if bytes.is_empty() {

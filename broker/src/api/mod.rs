@@ -98,7 +98,8 @@ pub fn routes() -> Router<AppState> {
 
 /// What every route of a listener shares: the request id, the deadline and the access
 /// log (`request_context`), the JSON 404 and 405, and no framework body limit (bodies
-/// are read by [`body`] against `max_body_bytes`).
+/// are read by [`body`]'s extractors, against `max_body_bytes` unless the routes set their
+/// own [`body::BodyLimit`]).
 pub fn edge(routes: Router<AppState>, state: AppState) -> Router {
     routes
         .fallback(fallback)
@@ -115,9 +116,14 @@ pub fn edge(routes: Router<AppState>, state: AppState) -> Router {
 /// a liveness check, nothing else. Never merged into the API's [`routes`]: the API port
 /// does not serve the webhook.
 pub fn webhook_router(state: AppState) -> Router {
+    let limit = state
+        .webhook
+        .as_ref()
+        .map_or(state.max_body_bytes, |w| w.max_body_bytes);
     let routes = Router::new()
         .route("/mutate/v1/pods", post(mutate::pods))
-        .route("/healthz", get(ops::healthz));
+        .route("/healthz", get(ops::healthz))
+        .layer(axum::Extension(body::BodyLimit(limit)));
     edge(routes, state)
 }
 

@@ -16,8 +16,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::body::Capped;
 use axum::Json;
-use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
@@ -38,7 +38,7 @@ use crate::redact::untrusted;
 pub struct Webhook {
     settings: Settings,
     kube: Option<KubeClient>,
-    max_body_bytes: usize,
+    pub(super) max_body_bytes: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -226,7 +226,7 @@ fn review(response: Value) -> Response {
 pub async fn pods(
     State(state): State<AppState>,
     headers: HeaderMap,
-    body: Body,
+    body: Result<Capped, ApiError>,
 ) -> Result<Response, ApiError> {
     let Some(webhook) = state.webhook.clone() else {
         return Err(ApiError::new(
@@ -235,8 +235,8 @@ pub async fn pods(
         ));
     };
     json_content_type(&headers)?;
-    let limit = webhook.max_body_bytes;
-    let bytes = super::body::read(body, limit).await?;
+    // Read within `[webhook] max_body_bytes`, the limit `webhook_router` sets.
+    let bytes = body?.bytes;
     let review_in: Value = serde_json::from_slice(&bytes)
         .map_err(|e| invalid(format!("the body is not JSON: {e}")))?;
     if review_in["apiVersion"] != "admission.k8s.io/v1" || review_in["kind"] != "AdmissionReview" {

@@ -219,14 +219,61 @@ pub enum PutOutcome {
     Replaced,
 }
 
+/// Which uniqueness rule a write broke, read from the pre-check or from the database's
+/// constraint (PostgreSQL) or message (SQLite names the columns).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Clash {
+    ClientId,
+    /// Another identity's name differs only in case.
+    NameCase,
+    /// Another credential of the identity has the issuer and subject: its name, when the
+    /// pre-check found it.
+    CredentialSubject(Option<String>),
+    CredentialName,
+    CredentialId,
+    /// The identity's row changed while it was written.
+    IdentityName,
+    /// A credential's name is immutable.
+    Rename,
+    Other,
+}
+
+impl Clash {
+    /// What a caller is told: a fixed sentence per rule, naming at most a stored
+    /// credential (never the store's own text; docs/architecture.md, "Errors").
+    pub fn public(&self) -> String {
+        match self {
+            Clash::ClientId => "the client id is already used by another identity".into(),
+            Clash::NameCase => "an identity whose name differs only in case already exists; names are compared without regard to case".into(),
+            Clash::CredentialSubject(Some(other)) => format!(
+                "federated credential {:?} of this identity already has this issuer and subject",
+                crate::redact::untrusted(other)
+            ),
+            Clash::CredentialSubject(None) => {
+                "another federated credential of this identity already has this issuer and subject".into()
+            }
+            Clash::CredentialName => {
+                "a federated credential with this name already exists on this identity".into()
+            }
+            Clash::CredentialId => "a federated credential with this id already exists".into(),
+            Clash::IdentityName => "the identity changed meanwhile; read it again and retry".into(),
+            Clash::Rename => {
+                "the name of a federated credential cannot be changed; create a new one".into()
+            }
+            Clash::Other => "the change clashes with an existing record".into(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum StoreError {
     /// The database cannot be reached or failed; the operation may be retried.
     #[error("the store is unavailable: {0}")]
     Unavailable(String),
-    /// A uniqueness rule would be broken; the message says which.
-    #[error("{0}")]
-    Conflict(String),
+    /// A uniqueness rule would be broken: which one, and a message naming the rows (for
+    /// the log; callers are told [`Clash::public`]).
+    #[error("{1}")]
+    Conflict(Clash, String),
     /// The identity (or credential) the operation names does not exist.
     #[error("{0}")]
     NotFound(String),

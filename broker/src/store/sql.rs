@@ -12,7 +12,7 @@ use wif_config::{AssertionSource, Cloud};
 use super::Restrictions;
 
 use super::{
-    AuditQuery, AuditRecord, MAX_AUDIT_PAGE, StoreError, StoredCredential, StoredIdentity,
+    AuditQuery, AuditRecord, Clash, MAX_AUDIT_PAGE, StoreError, StoredCredential, StoredIdentity,
 };
 
 /// Builds a migrator from migration files embedded at compile time: `(version,
@@ -458,7 +458,10 @@ pub(super) fn db_error(e: sqlx::Error) -> StoreError {
             // what the rule means.
             ErrorKind::UniqueViolation => {
                 tracing::debug!(error = %db.message(), "unique violation");
-                StoreError::Conflict("the change clashes with an existing record".into())
+                StoreError::Conflict(
+                    Clash::Other,
+                    "the change clashes with an existing record".into(),
+                )
             }
             ErrorKind::ForeignKeyViolation => {
                 tracing::debug!(error = %db.message(), "foreign key violation");
@@ -493,20 +496,6 @@ pub(super) fn migrate_error(e: sqlx::migrate::MigrateError) -> StoreError {
     }
 }
 
-/// Which uniqueness rule a violation names, read from the constraint (PostgreSQL) or the
-/// message (SQLite names the columns).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Clash {
-    ClientId,
-    /// Another identity's name differs only in case.
-    NameCase,
-    CredentialSubject,
-    CredentialName,
-    CredentialId,
-    IdentityName,
-    Other,
-}
-
 /// `Some(clash)` when `e` is a unique violation.
 pub(super) fn unique_violation(e: &sqlx::Error) -> Option<Clash> {
     let sqlx::Error::Database(db) = e else {
@@ -521,7 +510,7 @@ pub(super) fn unique_violation(e: &sqlx::Error) -> Option<Clash> {
     } else if detail.contains("name_lower") {
         Clash::NameCase
     } else if detail.contains("subject") {
-        Clash::CredentialSubject
+        Clash::CredentialSubject(None)
     } else if detail.contains("federated_credentials_name") || detail.contains("credentials.name") {
         Clash::CredentialName
     } else if detail.contains("federated_credentials") {
@@ -535,16 +524,20 @@ pub(super) fn unique_violation(e: &sqlx::Error) -> Option<Clash> {
 }
 
 pub(super) fn client_id_taken(client_id: &str, other: &str) -> StoreError {
-    StoreError::Conflict(format!(
-        "client id {client_id} is already used by identity \"{other}\""
-    ))
+    StoreError::Conflict(
+        Clash::ClientId,
+        format!("client id {client_id} is already used by identity \"{other}\""),
+    )
 }
 
 pub(super) fn name_taken(credential: &StoredCredential) -> StoreError {
-    StoreError::Conflict(format!(
-        "a credential named \"{}\" already exists on identity \"{}\"",
-        credential.name, credential.identity
-    ))
+    StoreError::Conflict(
+        Clash::CredentialName,
+        format!(
+            "a credential named \"{}\" already exists on identity \"{}\"",
+            credential.name, credential.identity
+        ),
+    )
 }
 
 pub(super) fn subject_taken(credential: &StoredCredential, other: Option<&str>) -> StoreError {
@@ -553,16 +546,20 @@ pub(super) fn subject_taken(credential: &StoredCredential, other: Option<&str>) 
         Some(other) => format!("credential \"{other}\""),
         None => "another credential".to_owned(),
     };
-    StoreError::Conflict(format!(
-        "issuer {} and subject {subject} are already used by {by} of identity \"{}\"",
-        credential.issuer, credential.identity
-    ))
+    StoreError::Conflict(
+        Clash::CredentialSubject(other.map(str::to_owned)),
+        format!(
+            "issuer {} and subject {subject} are already used by {by} of identity \"{}\"",
+            credential.issuer, credential.identity
+        ),
+    )
 }
 
 pub(super) fn id_taken(id: &str, identity: &str, name: &str) -> StoreError {
-    StoreError::Conflict(format!(
-        "id {id} is already used by credential \"{name}\" of identity \"{identity}\""
-    ))
+    StoreError::Conflict(
+        Clash::CredentialId,
+        format!("id {id} is already used by credential \"{name}\" of identity \"{identity}\""),
+    )
 }
 
 pub(super) fn identity_missing(identity: &str) -> StoreError {
@@ -577,9 +574,12 @@ pub(super) fn credential_missing(credential: &StoredCredential) -> StoreError {
 }
 
 pub(super) fn rename_refused(stored: &str, wanted: &str) -> StoreError {
-    StoreError::Conflict(format!(
-        "credential \"{stored}\" cannot be renamed to \"{wanted}\"; create a new credential instead"
-    ))
+    StoreError::Conflict(
+        Clash::Rename,
+        format!(
+            "credential \"{stored}\" cannot be renamed to \"{wanted}\"; create a new credential instead"
+        ),
+    )
 }
 
 /// The conflict for a credential write whose pre-check found `clashes` (names of other
@@ -600,18 +600,27 @@ pub(super) fn credential_clash(
 /// only runs if a concurrent write slipped past it.
 pub(super) fn identity_write_error(identity: &StoredIdentity, e: sqlx::Error) -> StoreError {
     match unique_violation(&e) {
-        Some(Clash::ClientId) => StoreError::Conflict(format!(
-            "client id {} is already used by another identity",
-            identity.client_id
-        )),
-        Some(Clash::NameCase) => StoreError::Conflict(format!(
-            "an identity whose name differs from \"{}\" only in case already exists; names are compared without regard to case",
-            identity.name
-        )),
-        Some(_) => StoreError::Conflict(format!(
-            "identity \"{}\" was changed concurrently; try again",
-            identity.name
-        )),
+        Some(Clash::ClientId) => StoreError::Conflict(
+            Clash::ClientId,
+            format!(
+                "client id {} is already used by another identity",
+                identity.client_id
+            ),
+        ),
+        Some(Clash::NameCase) => StoreError::Conflict(
+            Clash::NameCase,
+            format!(
+                "an identity whose name differs from \"{}\" only in case already exists; names are compared without regard to case",
+                identity.name
+            ),
+        ),
+        Some(_) => StoreError::Conflict(
+            Clash::IdentityName,
+            format!(
+                "identity \"{}\" was changed concurrently; try again",
+                identity.name
+            ),
+        ),
         None => db_error(e),
     }
 }
@@ -633,15 +642,18 @@ pub(super) fn credential_write_error(credential: &StoredCredential, e: sqlx::Err
 fn credential_violation(credential: &StoredCredential, clash: Clash) -> StoreError {
     match clash {
         Clash::CredentialName => name_taken(credential),
-        Clash::CredentialSubject => subject_taken(credential, None),
-        Clash::CredentialId => StoreError::Conflict(format!(
-            "a credential with id {} already exists",
-            credential.id
-        )),
-        _ => StoreError::Conflict(format!(
-            "credential \"{}\" clashes with an existing record",
-            credential.name
-        )),
+        Clash::CredentialSubject(_) => subject_taken(credential, None),
+        Clash::CredentialId => StoreError::Conflict(
+            Clash::CredentialId,
+            format!("a credential with id {} already exists", credential.id),
+        ),
+        _ => StoreError::Conflict(
+            Clash::Other,
+            format!(
+                "credential \"{}\" clashes with an existing record",
+                credential.name
+            ),
+        ),
     }
 }
 
@@ -718,7 +730,10 @@ pub(super) mod testing {
             (same_subject.clone(), subject_taken(&same_subject, None)),
             (
                 same_id,
-                StoreError::Conflict("a credential with id c1 already exists".to_owned()),
+                StoreError::Conflict(
+                    Clash::CredentialId,
+                    "a credential with id c1 already exists".to_owned(),
+                ),
             ),
             (orphan, identity_missing("ghost")),
         ]

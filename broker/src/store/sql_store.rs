@@ -191,6 +191,7 @@ where
     #[cfg(test)]
     pub(super) async fn unique_violations_read_as_conflicts(&self) {
         #![allow(clippy::unwrap_used, clippy::panic)]
+        use super::Clash;
         use super::sql::testing::{clashing_credentials, credential, identity};
 
         let insert_identity = async |identity: &StoredIdentity| {
@@ -237,7 +238,10 @@ where
         let e = insert_identity(&other).await.unwrap_err();
         assert_eq!(
             sql::identity_write_error(&other, e),
-            StoreError::Conflict("client id abc is already used by another identity".into())
+            StoreError::Conflict(
+                Clash::ClientId,
+                "client id abc is already used by another identity".into()
+            )
         );
         insert_credential(&credential("c1", "main", "s1"))
             .await

@@ -10,8 +10,8 @@
 use crate::error::ErrorCode;
 use std::fmt::Write as _;
 
+use crate::api::body::Capped;
 use axum::Json;
-use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -21,9 +21,8 @@ use super::Console;
 use super::html::{self, Nav, esc, path_segment};
 use super::session::{self, CSRF_HEADER, Form, Session, Signed};
 use super::wizard::{self, Built, Rule, SCENARIOS, Scenario};
-use crate::admin::{AdminError, CredentialInput};
+use crate::admin::{AdminError, CredentialInput, Expect};
 use crate::api::ApiError;
-use crate::api::admin::audited;
 use crate::api::admin::model::{ClaimsMatchingExpression, CredentialRequest};
 use crate::clock::rfc3339;
 use crate::policy::conditions::{Restrictions, StoredRateLimit, parse_time};
@@ -406,13 +405,13 @@ pub async fn draft_endpoint(
     State(console): State<Console>,
     headers: axum::http::HeaderMap,
     Signed(session): Signed,
-    body: Body,
+    body: Result<Capped, ApiError>,
 ) -> Response {
-    let bytes = match crate::api::body::read(body, console.app.max_body_bytes).await {
-        Ok(bytes) => bytes,
+    let body = match body {
+        Ok(body) => body,
         Err(e) => return e.into_response(),
     };
-    let form = Form::parse(&bytes);
+    let form = Form::parse(&body.bytes);
     let presented = headers
         .get(CSRF_HEADER)
         .and_then(|v| v.to_str().ok())
@@ -781,7 +780,7 @@ pub async fn create(
     State(console): State<Console>,
     Signed(session): Signed,
     Path(name): Path<String>,
-    body: Body,
+    body: Result<Capped, ApiError>,
 ) -> Response {
     const ACTION: &str = "credential.create";
     let form = match session::checked_form(&console, &session, body).await {
@@ -803,27 +802,13 @@ pub async fn create(
         return identity_not_found(&session, &name);
     };
     let (draft, input) = draft(&console, identity, &form, None);
-    let result = match input {
-        Some(input) => console.app.admin.create_credential(&name, input).await,
-        None => Err(AdminError::Invalid(
-            draft
-                .problems
-                .iter()
-                .map(|p| crate::policy::rules::Violation {
-                    field: graph_field(&p.field),
-                    message: p.message.clone(),
-                })
-                .collect(),
-        )),
-    };
-    match audited(
-        &console.app,
-        &session.principal,
-        ACTION,
-        &name,
-        credential.as_deref(),
-        result,
-    ) {
+    let input = input.ok_or_else(|| problems(&draft));
+    let result = console
+        .app
+        .admin
+        .create_credential(&session.actor(), &name, input)
+        .await;
+    match result {
         Ok(stored) => html::redirect(&format!(
             "/ui/identities/{}?notice=credential-created&credential={}",
             path_segment(&name),
@@ -839,6 +824,21 @@ pub async fn create(
             e.status,
         ),
     }
+}
+
+/// A draft's problems as the refusal of the write it was for.
+fn problems(draft: &Draft) -> ApiError {
+    AdminError::Invalid(
+        draft
+            .problems
+            .iter()
+            .map(|p| crate::policy::rules::Violation {
+                field: graph_field(&p.field),
+                message: p.message.clone(),
+            })
+            .collect(),
+    )
+    .into()
 }
 
 /// The `'static` field name of a problem, for [`AdminError::Invalid`].
@@ -991,7 +991,7 @@ pub async fn update(
     State(console): State<Console>,
     Signed(session): Signed,
     Path((name, credential)): Path<(String, String)>,
-    body: Body,
+    body: Result<Capped, ApiError>,
 ) -> Response {
     const ACTION: &str = "credential.update";
     let form = match session::checked_form(&console, &session, body).await {
@@ -1035,42 +1035,24 @@ pub async fn update(
     }
     let form = Form::from_pairs(pairs);
     let (draft, input) = draft(&console, identity, &form, Some(&stored.name));
-    let result = match input {
-        Some(new) => {
-            console
-                .app
-                .admin
-                .update_credential(&name, &stored.id, move |current| {
-                    current.issuer = new.issuer;
-                    current.subject = new.subject;
-                    current.claims_matching_expression = new.claims_matching_expression;
-                    current.audiences = new.audiences;
-                    current.description = new.description;
-                    current.one_time_use = new.one_time_use;
-                    current.restrictions = new.restrictions;
-                    Ok(())
-                })
-                .await
+    let change = input.ok_or_else(|| problems(&draft)).map(|new| {
+        move |current: &mut CredentialInput| {
+            current.issuer = new.issuer;
+            current.subject = new.subject;
+            current.claims_matching_expression = new.claims_matching_expression;
+            current.audiences = new.audiences;
+            current.description = new.description;
+            current.one_time_use = new.one_time_use;
+            current.restrictions = new.restrictions;
+            Ok(())
         }
-        None => Err(AdminError::Invalid(
-            draft
-                .problems
-                .iter()
-                .map(|p| crate::policy::rules::Violation {
-                    field: graph_field(&p.field),
-                    message: p.message.clone(),
-                })
-                .collect(),
-        )),
-    };
-    match audited(
-        &console.app,
-        &session.principal,
-        ACTION,
-        &name,
-        Some(&stored.name),
-        result,
-    ) {
+    });
+    let result = console
+        .app
+        .admin
+        .update_credential(&session.actor(), &name, &stored.name, change, &Expect::Any)
+        .await;
+    match result {
         Ok(c) => html::redirect(&format!(
             "/ui/identities/{}?notice=credential-updated&credential={}",
             path_segment(&name),
@@ -1131,7 +1113,7 @@ pub async fn delete(
     State(console): State<Console>,
     Signed(session): Signed,
     Path((name, credential)): Path<(String, String)>,
-    body: Body,
+    body: Result<Capped, ApiError>,
 ) -> Response {
     const ACTION: &str = "credential.delete";
     if let Err(r) = session::checked_form(&console, &session, body).await {
@@ -1145,16 +1127,9 @@ pub async fn delete(
     let result = console
         .app
         .admin
-        .delete_credential(&name, &credential)
+        .delete_credential(&session.actor(), &name, &credential, &Expect::Any)
         .await;
-    match audited(
-        &console.app,
-        &session.principal,
-        ACTION,
-        &name,
-        Some(&credential),
-        result,
-    ) {
+    match result {
         Ok(()) => html::redirect(&format!(
             "/ui/identities/{}?notice=credential-deleted&credential={}",
             path_segment(&name),

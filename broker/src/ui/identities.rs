@@ -6,7 +6,7 @@
 use crate::error::ErrorCode;
 use std::fmt::Write as _;
 
-use axum::body::Body;
+use crate::api::body::Capped;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::Response;
@@ -16,9 +16,9 @@ use wif_config::Cloud;
 use super::Console;
 use super::html::{self, Nav, esc, path_segment};
 use super::session::{self, Form, Session, Signed};
+use crate::admin::Expect;
 use crate::admin::IdentityInput;
 use crate::api::ApiError;
-use crate::api::admin::audited;
 use crate::policy::{self, SubjectRule};
 
 #[derive(Debug, Default, Deserialize)]
@@ -564,7 +564,7 @@ pub async fn new_form(Signed(session): Signed) -> Response {
 pub async fn create(
     State(console): State<Console>,
     Signed(session): Signed,
-    body: Body,
+    body: Result<Capped, ApiError>,
 ) -> Response {
     const ACTION: &str = "identity.put";
     let form = match session::checked_form(&console, &session, body).await {
@@ -575,32 +575,33 @@ pub async fn create(
     if let Some(r) = session::reader_refusal(&console, &session, ACTION, Some(&fields.name), None) {
         return r;
     }
-    let result = async {
-        if console
-            .app
-            .broker
-            .registry()
-            .identity(&fields.name)
-            .is_some()
-        {
-            return Err(ApiError::new(
-                ErrorCode::Conflict,
-                format!(
-                    "an identity named {:?} already exists; open it to edit it",
-                    fields.name
-                ),
-            ));
-        }
-        let input = fields.input(
+    let exists = console
+        .app
+        .broker
+        .registry()
+        .identity(&fields.name)
+        .is_some();
+    let input = if exists {
+        Err(ApiError::new(
+            ErrorCode::Conflict,
+            format!(
+                "an identity named {:?} already exists; open it to edit it",
+                fields.name
+            ),
+        ))
+    } else {
+        fields.input(
             wif_config::AssertionSource::default(),
             None,
             Default::default(),
-        )?;
-        Ok(console.app.admin.put_identity(&fields.name, input).await?)
-    }
-    .await;
-    let principal = &session.principal;
-    match audited(&console.app, principal, ACTION, &fields.name, None, result) {
+        )
+    };
+    let result = console
+        .app
+        .admin
+        .put_identity(&session.actor(), &fields.name, input, &Expect::Any)
+        .await;
+    match result {
         Ok(_) => html::redirect(&format!(
             "/ui/identities/{}?notice=identity-created",
             path_segment(&fields.name)
@@ -662,7 +663,7 @@ pub async fn update(
     State(console): State<Console>,
     Signed(session): Signed,
     Path(name): Path<String>,
-    body: Body,
+    body: Result<Capped, ApiError>,
 ) -> Response {
     const ACTION: &str = "identity.put";
     let form = match session::checked_form(&console, &session, body).await {
@@ -681,19 +682,13 @@ pub async fn update(
     let (assertion, subject) = (current.assertion, current.assertion_subject.clone());
     // The console's form leaves the least-privilege controls as they are.
     let restrictions = current.conditions.restrictions.clone();
-    let result = async {
-        let input = fields.input(assertion, subject, restrictions)?;
-        Ok::<_, ApiError>(console.app.admin.put_identity(&name, input).await?)
-    }
-    .await;
-    match audited(
-        &console.app,
-        &session.principal,
-        ACTION,
-        &name,
-        None,
-        result,
-    ) {
+    let input = fields.input(assertion, subject, restrictions);
+    let result = console
+        .app
+        .admin
+        .put_identity(&session.actor(), &name, input, &Expect::Any)
+        .await;
+    match result {
         Ok(_) => html::redirect(&format!(
             "/ui/identities/{}?notice=identity-updated",
             path_segment(&name)
@@ -751,7 +746,7 @@ pub async fn delete(
     State(console): State<Console>,
     Signed(session): Signed,
     Path(name): Path<String>,
-    body: Body,
+    body: Result<Capped, ApiError>,
 ) -> Response {
     const ACTION: &str = "identity.delete";
     if let Err(r) = session::checked_form(&console, &session, body).await {
@@ -760,15 +755,12 @@ pub async fn delete(
     if let Some(r) = session::reader_refusal(&console, &session, ACTION, Some(&name), None) {
         return r;
     }
-    let result = console.app.admin.delete_identity(&name).await;
-    match audited(
-        &console.app,
-        &session.principal,
-        ACTION,
-        &name,
-        None,
-        result,
-    ) {
+    let result = console
+        .app
+        .admin
+        .delete_identity(&session.actor(), &name, &Expect::Any)
+        .await;
+    match result {
         Ok(()) => html::redirect("/ui/identities?notice=identity-deleted"),
         Err(e) => html::error_page(e.status, Some(&session), "Not deleted", &e.description),
     }

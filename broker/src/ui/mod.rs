@@ -43,6 +43,12 @@ pub struct Console {
     pub sessions: Arc<Sessions>,
 }
 
+impl axum::extract::FromRef<Console> for crate::api::body::BodyLimit {
+    fn from_ref(console: &Console) -> Self {
+        crate::api::body::BodyLimit(console.app.max_body_bytes)
+    }
+}
+
 /// The Content-Security-Policy of every console response.
 pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
      img-src 'self'; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";

@@ -22,8 +22,8 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use crate::api::body::Capped;
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
-use axum::body::Body;
 use axum::extract::{FromRequestParts, Query, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -32,6 +32,7 @@ use subtle::ConstantTimeEq;
 
 use super::Console;
 use super::html::{self, esc};
+use crate::admin::Actor;
 use crate::api::ApiError;
 use crate::api::admin::auth::{Principal, Role};
 use crate::clock::SharedClock;
@@ -74,6 +75,11 @@ pub struct Session {
 impl Session {
     pub fn can_write(&self) -> bool {
         self.principal.role >= Role::Admin
+    }
+
+    /// The signed-in admin as the admin layer names them, for this request.
+    pub fn actor(&self) -> Actor {
+        Actor::new(self.principal.name.clone(), self.principal.role.as_str())
     }
 }
 
@@ -380,11 +386,11 @@ impl Form {
 async fn read_form(
     console: &Console,
     session: Option<&Session>,
-    body: Body,
+    body: Result<Capped, ApiError>,
 ) -> Result<Form, Response> {
     let limit = console.app.max_body_bytes;
-    match crate::api::body::read(body, limit).await {
-        Ok(bytes) => Ok(Form::parse(&bytes)),
+    match body {
+        Ok(body) => Ok(Form::parse(&body.bytes)),
         Err(_) => Err(html::error_page(
             StatusCode::PAYLOAD_TOO_LARGE,
             session,
@@ -400,7 +406,7 @@ async fn read_form(
 pub async fn checked_form(
     console: &Console,
     session: &Session,
-    body: Body,
+    body: Result<Capped, ApiError>,
 ) -> Result<Form, Response> {
     let form = read_form(console, Some(session), body).await?;
     match csrf_refusal(session, &form) {
@@ -445,13 +451,9 @@ pub fn reader_refusal(
             session.principal.role.as_str()
         ),
     );
-    crate::api::admin::audit(
-        &console.app,
+    console.app.admin.record(
         action,
-        Some((
-            session.principal.name.clone(),
-            session.principal.role.as_str(),
-        )),
+        Some(&session.actor()),
         identity,
         credential,
         Err(&error),
@@ -550,7 +552,11 @@ fn no_randomness() -> Response {
 }
 
 /// `POST /ui/login`
-pub async fn login(State(console): State<Console>, headers: HeaderMap, body: Body) -> Response {
+pub async fn login(
+    State(console): State<Console>,
+    headers: HeaderMap,
+    body: Result<Capped, ApiError>,
+) -> Response {
     let form = match read_form(&console, None, body).await {
         Ok(f) => f,
         Err(r) => return r,
@@ -591,10 +597,9 @@ pub async fn login(State(console): State<Console>, headers: HeaderMap, body: Bod
                 Ok(opened) => opened,
                 Err(_) => return no_randomness(),
             };
-            crate::api::admin::audit(
-                app,
+            app.admin.record(
                 "console.sign_in",
-                Some((principal.name.clone(), principal.role.as_str())),
+                Some(&Actor::new(principal.name.clone(), principal.role.as_str())),
                 None,
                 None,
                 Ok(()),
@@ -609,7 +614,8 @@ pub async fn login(State(console): State<Console>, headers: HeaderMap, body: Bod
         }
         Err(e) => {
             let error = ApiError::from(e);
-            crate::api::admin::audit(app, "console.sign_in", None, None, None, Err(&error));
+            app.admin
+                .record("console.sign_in", None, None, None, Err(&error));
             let message = format!("That token was not accepted: {}", error.description);
             login_page(error.status, &expected, &next, Some(&message))
         }
@@ -621,7 +627,7 @@ pub async fn logout(
     State(console): State<Console>,
     headers: HeaderMap,
     Signed(session): Signed,
-    body: Body,
+    body: Result<Capped, ApiError>,
 ) -> Response {
     if let Err(r) = checked_form(&console, &session, body).await {
         return r;
@@ -629,13 +635,9 @@ pub async fn logout(
     if let Some(id) = cookie(&headers, SESSION_COOKIE) {
         console.sessions.close(id);
     }
-    crate::api::admin::audit(
-        &console.app,
+    console.app.admin.record(
         "console.sign_out",
-        Some((
-            session.principal.name.clone(),
-            session.principal.role.as_str(),
-        )),
+        Some(&session.actor()),
         None,
         None,
         Ok(()),

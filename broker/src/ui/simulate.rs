@@ -6,7 +6,8 @@
 
 use std::fmt::Write as _;
 
-use axum::body::Body;
+use crate::api::ApiError;
+use crate::api::body::Capped;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::Response;
@@ -215,7 +216,11 @@ pub fn render(console: &Console, answer: &SimulateResponse) -> String {
 }
 
 /// `POST /ui/test`
-pub async fn run(State(console): State<Console>, Signed(session): Signed, body: Body) -> Response {
+pub async fn run(
+    State(console): State<Console>,
+    Signed(session): Signed,
+    body: Result<Capped, ApiError>,
+) -> Response {
     let form = match session::checked_form(&console, &session, body).await {
         Ok(f) => f,
         Err(r) => return r,

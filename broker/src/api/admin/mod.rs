@@ -13,7 +13,6 @@ use crate::error::ErrorCode;
 use std::collections::HashMap;
 
 use axum::Json;
-use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -23,8 +22,9 @@ use self::model::{
     ClaimsMatchingExpression, Collection, Credential, CredentialRequest, EntraCredential, Identity,
     IdentityRequest, RateLimit, SimulateRequest, SimulateResponse,
 };
+use super::body::CappedJson;
 use super::{ApiError, AppState};
-use crate::admin::{AdminError, CredentialInput, IdentityInput};
+use crate::admin::{Actor, AdminError, CredentialInput, Expect, IdentityInput};
 use crate::policy::conditions::{Restrictions, parse_time};
 use crate::policy::rules::Violation;
 use crate::policy::{self, SubjectRule};
@@ -34,19 +34,7 @@ pub use crate::clock::rfc3339;
 
 // ----- optimistic concurrency -----------------------------------------------------------
 
-/// Serializes writes that carry `If-Match` on this replica, so the comparison and the
-/// write it guards are one step here.
-static CONDITIONAL_WRITES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// The strong `ETag` of a stored identity or credential: a digest of its row, so it
-/// changes with every write (its fields and its modification time) and every replica
-/// reading the same store gives the same value.
-pub fn etag<T: serde::Serialize>(row: &T) -> String {
-    let json =
-        serde_json::to_vec(&serde_json::to_value(row).unwrap_or_default()).unwrap_or_default();
-    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &json);
-    format!("\"{}\"", hex::encode(&digest.as_ref()[..16]))
-}
+pub use crate::admin::etag;
 
 fn with_etag(mut response: Response, tag: &str) -> Response {
     if let Ok(value) = header::HeaderValue::from_str(tag) {
@@ -55,53 +43,19 @@ fn with_etag(mut response: Response, tag: &str) -> Response {
     response
 }
 
-/// Checks `If-Match` (or `If-None-Match: *`) against the resource as it is now (`None`:
-/// it does not exist). The guard holds the write lock while the guarded write runs;
-/// without a condition, no lock.
-async fn precondition(
-    headers: &HeaderMap,
-    current: impl std::future::Future<Output = Result<Option<String>, ApiError>>,
-) -> Result<Option<tokio::sync::MutexGuard<'static, ()>>, ApiError> {
+/// What `If-Match` (or `If-None-Match: *`) asks of a write; the admin layer checks it
+/// ([`crate::admin::Expect`]).
+fn expect(headers: &HeaderMap) -> Expect {
     if headers
         .get(header::IF_NONE_MATCH)
         .is_some_and(|v| v.as_bytes() == b"*")
     {
-        let guard = CONDITIONAL_WRITES.lock().await;
-        if current.await?.is_some() {
-            return Err(ApiError::new(
-                ErrorCode::PreconditionFailed,
-                "If-None-Match: * was given but the resource exists (it was created since it was read); read it again",
-            ));
-        }
-        return Ok(Some(guard));
+        return Expect::Absent;
     }
-    let Some(wanted) = headers.get(header::IF_MATCH) else {
-        return Ok(None);
-    };
-    let guard = CONDITIONAL_WRITES.lock().await;
-    let wanted = wanted.to_str().unwrap_or_default();
-    let current = current.await?;
-    let matches = match &current {
-        None => false,
-        Some(tag) => wanted
-            .split(',')
-            .map(str::trim)
-            .any(|w| w == "*" || w == tag),
-    };
-    if matches {
-        return Ok(Some(guard));
+    match headers.get(header::IF_MATCH) {
+        None => Expect::Any,
+        Some(wanted) => Expect::Matching(wanted.to_str().unwrap_or_default().to_owned()),
     }
-    Err(ApiError::new(
-        ErrorCode::PreconditionFailed,
-        match current {
-            None => "If-Match was given but the resource does not exist (any more); read it again"
-                .to_owned(),
-            Some(_) => format!(
-                "the resource changed since it was read (If-Match {} does not match its ETag); read it again",
-                crate::redact::untrusted(wanted)
-            ),
-        },
-    ))
 }
 
 pub(crate) fn identity_view(state: &AppState, i: &policy::Identity) -> Identity {
@@ -264,8 +218,10 @@ async fn caller(
     };
     if let Err(e) = &result {
         if needed == Role::Admin {
-            let actor = authenticated.ok().map(|p| (p.name, p.role.as_str()));
-            audit(state, action, actor, None, None, Err(e));
+            let actor = authenticated.ok().map(|p| actor(&p));
+            state
+                .admin
+                .record(action, actor.as_ref(), None, None, Err(e));
         } else {
             state
                 .broker
@@ -276,41 +232,10 @@ async fn caller(
     result
 }
 
-/// Records one admin event (also used by the console for its sign-ins and refusals):
-/// the admin layer writes it ([`crate::admin::Admin::record`]).
-pub(crate) fn audit(
-    state: &AppState,
-    action: &'static str,
-    actor: Option<(String, &'static str)>,
-    identity: Option<&str>,
-    credential: Option<&str>,
-    outcome: Result<(), &ApiError>,
-) {
-    state
-        .admin
-        .record(action, actor, identity, credential, outcome);
+/// The admin layer's name for an authenticated caller of this request.
+fn actor(who: &Principal) -> Actor {
+    Actor::new(who.name.clone(), who.role.as_str())
 }
-
-/// Audits a write's result and passes it on (the API's and the console's writes), in
-/// the admin layer ([`crate::admin::Admin::audited`]).
-pub(crate) fn audited<T, E: Into<ApiError>>(
-    state: &AppState,
-    who: &Principal,
-    action: &'static str,
-    identity: &str,
-    credential: Option<&str>,
-    result: Result<T, E>,
-) -> Result<T, ApiError> {
-    state.admin.audited(
-        (who.name.clone(), who.role.as_str()),
-        action,
-        identity,
-        credential,
-        result,
-    )
-}
-
-use super::body::read_json;
 
 // ----- identities -----------------------------------------------------------------------
 
@@ -365,18 +290,10 @@ pub async fn get_identity(
     })
 }
 
-fn store_error(e: crate::store::StoreError) -> ApiError {
-    ApiError::from(AdminError::from(e))
-}
-
 /// The ETag of an API-registered identity as the store holds it now (`None`: no such
 /// row, as for identities from the config file).
 async fn identity_etag(state: &AppState, name: &str) -> Result<Option<String>, ApiError> {
-    let Some(store) = state.broker.store() else {
-        return Ok(None);
-    };
-    let row = store.get_identity(name).await.map_err(store_error)?;
-    Ok(row.map(|i| etag(&i)))
+    Ok(state.admin.identity_etag(name).await?)
 }
 
 /// The ETag of an API-registered credential (by name or id) as the store holds it now.
@@ -385,14 +302,7 @@ async fn credential_etag(
     identity: &str,
     credential: &str,
 ) -> Result<Option<String>, ApiError> {
-    let Some(store) = state.broker.store() else {
-        return Ok(None);
-    };
-    let row = store
-        .get_credential(identity, credential)
-        .await
-        .map_err(store_error)?;
-    Ok(row.map(|c| etag(&c)))
+    Ok(state.admin.credential_etag(identity, credential).await?)
 }
 
 /// Create or replace an identity (admin role).
@@ -407,33 +317,27 @@ pub async fn put_identity(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(name): Path<String>,
-    body: Body,
+    body: Result<CappedJson<IdentityRequest>, ApiError>,
 ) -> Result<Response, ApiError> {
-    const ACTION: &str = "identity.put";
-    let who = caller(&state, &headers, Role::Admin, ACTION).await?;
-    let result = async {
-        let request: IdentityRequest = read_json(&headers, body, state.max_body_bytes).await?;
-        let guard = precondition(&headers, identity_etag(&state, &name)).await?;
-        let input = IdentityInput {
-            tenant_id: request.tenant_id,
-            client_id: request.client_id,
-            cloud: request.cloud,
-            authority_host: request.authority_host,
-            assertion: request.assertion,
-            assertion_subject: request.assertion_subject,
-            restrictions: Restrictions {
-                disabled: request.disabled,
-                allowed_scopes: request.allowed_scopes,
-                rate_limit: request.rate_limit.map(RateLimit::normalized),
-                ..Restrictions::default()
-            },
-        };
-        let outcome = state.admin.put_identity(&name, input).await?;
-        drop(guard);
-        Ok::<_, ApiError>(outcome)
-    }
-    .await;
-    let outcome = audited(&state, &who, ACTION, &name, None, result)?;
+    let who = caller(&state, &headers, Role::Admin, "identity.put").await?;
+    let input = body.map(|CappedJson(request)| IdentityInput {
+        tenant_id: request.tenant_id,
+        client_id: request.client_id,
+        cloud: request.cloud,
+        authority_host: request.authority_host,
+        assertion: request.assertion,
+        assertion_subject: request.assertion_subject,
+        restrictions: Restrictions {
+            disabled: request.disabled,
+            allowed_scopes: request.allowed_scopes,
+            rate_limit: request.rate_limit.map(RateLimit::normalized),
+            ..Restrictions::default()
+        },
+    });
+    let outcome = state
+        .admin
+        .put_identity(&actor(&who), &name, input, &expect(&headers))
+        .await?;
     let status = match outcome {
         PutOutcome::Created => StatusCode::CREATED,
         PutOutcome::Replaced => StatusCode::OK,
@@ -469,12 +373,10 @@ pub async fn delete_identity(
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
     let who = caller(&state, &headers, Role::Admin, "identity.delete").await?;
-    let result = async {
-        let _guard = precondition(&headers, identity_etag(&state, &name)).await?;
-        Ok::<_, ApiError>(state.admin.delete_identity(&name).await?)
-    }
-    .await;
-    audited(&state, &who, "identity.delete", &name, None, result)?;
+    state
+        .admin
+        .delete_identity(&actor(&who), &name, &expect(&headers))
+        .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -604,37 +506,36 @@ pub async fn create_credential(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(identity): Path<String>,
-    body: Body,
+    body: Result<CappedJson<CredentialRequest>, ApiError>,
 ) -> Result<Response, ApiError> {
-    const ACTION: &str = "credential.create";
-    let who = caller(&state, &headers, Role::Admin, ACTION).await?;
-    let result = async {
-        let request: CredentialRequest = read_json(&headers, body, state.max_body_bytes).await?;
-        let restrictions = restrictions_changed(Restrictions::default(), &request)
-            .map_err(|v| AdminError::Invalid(vec![v]))?;
-        let input = CredentialInput {
-            name: request
-                .name
-                .ok_or_else(|| invalid("name", "name is required"))?,
-            issuer: request
-                .issuer
-                .ok_or_else(|| invalid("issuer", "issuer is required"))?,
-            subject: request.subject.flatten(),
-            claims_matching_expression: expression_text(
-                request.claims_matching_expression.flatten(),
-            )
-            .map_err(|v| AdminError::Invalid(vec![v]))?,
-            audiences: request.audiences.unwrap_or_default(),
-            description: request.description.flatten(),
-            one_time_use: request.one_time_use.unwrap_or(false),
-            restrictions,
-        };
-        Ok::<_, ApiError>(state.admin.create_credential(&identity, input).await?)
-    }
-    .await;
-    let name = result.as_ref().ok().map(|c| c.name.clone());
-    let stored = audited(&state, &who, ACTION, &identity, name.as_deref(), result)?;
+    let who = caller(&state, &headers, Role::Admin, "credential.create").await?;
+    let input = body.and_then(|CappedJson(request)| credential_input(request));
+    let stored = state
+        .admin
+        .create_credential(&actor(&who), &identity, input)
+        .await?;
     Ok((StatusCode::CREATED, Json(stored_view(stored))).into_response())
+}
+
+/// A new credential as the request gives it.
+fn credential_input(request: CredentialRequest) -> Result<CredentialInput, ApiError> {
+    let restrictions = restrictions_changed(Restrictions::default(), &request)
+        .map_err(|v| AdminError::Invalid(vec![v]))?;
+    Ok(CredentialInput {
+        name: request
+            .name
+            .ok_or_else(|| invalid("name", "name is required"))?,
+        issuer: request
+            .issuer
+            .ok_or_else(|| invalid("issuer", "issuer is required"))?,
+        subject: request.subject.flatten(),
+        claims_matching_expression: expression_text(request.claims_matching_expression.flatten())
+            .map_err(|v| AdminError::Invalid(vec![v]))?,
+        audiences: request.audiences.unwrap_or_default(),
+        description: request.description.flatten(),
+        one_time_use: request.one_time_use.unwrap_or(false),
+        restrictions,
+    })
 }
 
 /// Change a federated credential (admin role); its name is immutable.
@@ -649,56 +550,61 @@ pub async fn update_credential(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path((identity, credential)): Path<(String, String)>,
-    body: Body,
+    body: Result<CappedJson<CredentialRequest>, ApiError>,
 ) -> Result<Response, ApiError> {
-    const ACTION: &str = "credential.update";
-    let who = caller(&state, &headers, Role::Admin, ACTION).await?;
-    let result = async {
-        let request: CredentialRequest = read_json(&headers, body, state.max_body_bytes).await?;
-        let controls = request.clone();
-        let expression = match request.claims_matching_expression {
-            Some(e) => Some(expression_text(e).map_err(|v| AdminError::Invalid(vec![v]))?),
-            None => None,
-        };
-        let _guard =
-            precondition(&headers, credential_etag(&state, &identity, &credential)).await?;
-        state
-            .admin
-            .update_credential(&identity, &credential, move |input| {
-                if let Some(name) = request.name {
-                    input.name = name;
-                }
-                if let Some(issuer) = request.issuer {
-                    input.issuer = issuer;
-                }
-                if let Some(subject) = request.subject {
-                    input.subject = subject;
-                }
-                if let Some(expression) = expression {
-                    input.claims_matching_expression = expression;
-                }
-                if let Some(audiences) = request.audiences {
-                    input.audiences = audiences;
-                }
-                if let Some(description) = request.description {
-                    input.description = description;
-                }
-                if let Some(one_time_use) = request.one_time_use {
-                    input.one_time_use = one_time_use;
-                }
-                input.restrictions = restrictions_changed(input.restrictions.clone(), &controls)?;
-                Ok(())
-            })
-            .await
-            .map_err(ApiError::from)
-    }
-    .await;
-    let stored = audited(&state, &who, ACTION, &identity, Some(&credential), result)?;
+    let who = caller(&state, &headers, Role::Admin, "credential.update").await?;
+    let change = body.and_then(|CappedJson(request)| credential_change(request));
+    let stored = state
+        .admin
+        .update_credential(
+            &actor(&who),
+            &identity,
+            &credential,
+            change,
+            &expect(&headers),
+        )
+        .await?;
     let tag = credential_etag(&state, &identity, &stored.name).await;
     let response = Json(stored_view(stored)).into_response();
     Ok(match tag {
         Ok(Some(tag)) => with_etag(response, &tag),
         _ => response,
+    })
+}
+
+/// A PATCH as a change to the stored credential: the fields it gives, `null` clearing.
+fn credential_change(
+    request: CredentialRequest,
+) -> Result<impl FnOnce(&mut CredentialInput) -> Result<(), Violation>, ApiError> {
+    let controls = request.clone();
+    let expression = match request.claims_matching_expression {
+        Some(e) => Some(expression_text(e).map_err(|v| AdminError::Invalid(vec![v]))?),
+        None => None,
+    };
+    Ok(move |input: &mut CredentialInput| {
+        if let Some(name) = request.name {
+            input.name = name;
+        }
+        if let Some(issuer) = request.issuer {
+            input.issuer = issuer;
+        }
+        if let Some(subject) = request.subject {
+            input.subject = subject;
+        }
+        if let Some(expression) = expression {
+            input.claims_matching_expression = expression;
+        }
+        if let Some(audiences) = request.audiences {
+            input.audiences = audiences;
+        }
+        if let Some(description) = request.description {
+            input.description = description;
+        }
+        if let Some(one_time_use) = request.one_time_use {
+            input.one_time_use = one_time_use;
+        }
+        input.restrictions = restrictions_changed(input.restrictions.clone(), &controls)?;
+        Ok(())
     })
 }
 
@@ -713,20 +619,11 @@ pub async fn delete_credential(
     headers: HeaderMap,
     Path((identity, credential)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    const ACTION: &str = "credential.delete";
-    let who = caller(&state, &headers, Role::Admin, ACTION).await?;
-    let result = async {
-        let _guard =
-            precondition(&headers, credential_etag(&state, &identity, &credential)).await?;
-        Ok::<_, ApiError>(
-            state
-                .admin
-                .delete_credential(&identity, &credential)
-                .await?,
-        )
-    }
-    .await;
-    audited(&state, &who, ACTION, &identity, Some(&credential), result)?;
+    let who = caller(&state, &headers, Role::Admin, "credential.delete").await?;
+    state
+        .admin
+        .delete_credential(&actor(&who), &identity, &credential, &expect(&headers))
+        .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -742,10 +639,10 @@ pub async fn delete_credential(
 pub async fn simulate(
     State(state): State<AppState>,
     headers: HeaderMap,
-    body: Body,
+    body: Result<CappedJson<SimulateRequest>, ApiError>,
 ) -> Result<Response, ApiError> {
     caller(&state, &headers, Role::Reader, "simulate").await?;
-    let request: SimulateRequest = read_json(&headers, body, state.max_body_bytes).await?;
+    let CappedJson(request) = body?;
     let answer = crate::simulate::simulate(&state.broker, request).await?;
     Ok(Json(answer).into_response())
 }
@@ -813,10 +710,7 @@ pub async fn audit_events(
         .broker
         .store()
         .ok_or_else(|| ApiError::new(ErrorCode::StoreUnavailable, "no store is configured"))?;
-    let records = store
-        .query_audit(&query)
-        .await
-        .map_err(|e| ApiError::from(AdminError::from(e)))?;
+    let records = store.query_audit(&query).await.map_err(AdminError::from)?;
     let next_cursor = (records.len() == limit as usize)
         .then(|| records.last().map(|r| r.id.to_string()))
         .flatten();
