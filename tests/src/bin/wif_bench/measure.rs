@@ -24,9 +24,7 @@ use wif_tests::pki::Pki;
 use wif_tests::{ARM, DEPLOY_CLIENT, MAIN_SUBJECT, TENANT, metric_value};
 
 use crate::Options;
-use crate::load::{
-    Measured, Round, Target, TokenPool, drive, drive_each, load_client, median,
-};
+use crate::load::{Measured, Round, Target, TokenPool, drive, drive_each, load_client, median};
 use crate::report::{Budget, verdict};
 use crate::servers::{BenchStack, ColdIdentity, LimitServer, StackOptions, mint_pool};
 
@@ -263,11 +261,7 @@ async fn audit_counts(stack: &BenchStack) -> anyhow::Result<(u64, u64)> {
     let broker = &stack.broker.broker;
     let store = broker.store().context("the bench broker has no store")?;
     let stored = store.size().await?.audit_events;
-    let dropped = metric_value(
-        &broker.metrics().render(),
-        "wif_audit_dropped_total",
-        &[],
-    ) as u64;
+    let dropped = metric_value(&broker.metrics().render(), "wif_audit_dropped_total", &[]) as u64;
     Ok((stored, dropped))
 }
 
@@ -704,6 +698,9 @@ pub struct Coalescing {
     /// The coalescing broker's `[server] max_connections`: above the connections the
     /// harness opens, so no caller is refused for want of a connection.
     pub broker_max_connections: usize,
+    /// Connections the broker took beyond `max_connections` (into the ops reserve, or
+    /// refused): 0 unless the burst outgrew the limit.
+    pub broker_connections_over_limit: u64,
     pub wall_ms: f64,
     pub pass: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -718,7 +715,8 @@ pub async fn coalescing(opts: &Options) -> anyhow::Result<Coalescing> {
     // max_connections` (1,024) the burst itself would be refused 503 `overloaded` or reset.
     // The broker is told to serve twice the callers, so the row measures coalescing, not
     // the connection limit (docs/PERFORMANCE.md).
-    let max_connections = (2 * opts.cold).max(wif_config::BrokerConfig::default().server.max_connections);
+    let max_connections =
+        (2 * opts.cold).max(wif_config::BrokerConfig::default().server.max_connections);
     let stack = BenchStack::start_configured(StackOptions {
         max_connections: Some(max_connections),
         ..Default::default()
@@ -770,6 +768,8 @@ pub async fn coalescing(opts: &Options) -> anyhow::Result<Coalescing> {
     let wall_ms = started.elapsed().as_secs_f64() * 1000.0;
     let metrics = stack.broker.broker.metrics().render();
     let cache_misses = metric_value(&metrics, "wif_token_cache_misses_total", &[]) as u64;
+    let over_limit = metric_value(&metrics, "wif_connections_reserved_total", &[])
+        + metric_value(&metrics, "wif_connections_refused_total", &[]);
     let entra_token_calls = stack.entra.token_requests();
     drop(client);
     stack.shutdown().await;
@@ -783,6 +783,7 @@ pub async fn coalescing(opts: &Options) -> anyhow::Result<Coalescing> {
         entra_token_calls,
         target_entra_calls: COALESCING_TARGET,
         broker_max_connections: max_connections,
+        broker_connections_over_limit: over_limit as u64,
         wall_ms,
         pass: entra_token_calls == COALESCING_TARGET && failed == 0,
         first_error,

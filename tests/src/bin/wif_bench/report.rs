@@ -352,13 +352,14 @@ pub fn table(r: &Report) -> String {
         );
         let _ = writeln!(
             out,
-            "            {} ok, {} failed, {} distinct access token(s), {} callers coalesced on the miss, {:.0} ms wall; broker max_connections {}",
+            "            {} ok, {} failed, {} distinct access token(s), {} callers coalesced on the miss, {:.0} ms wall; broker max_connections {} ({} connection(s) beyond it)",
             c.ok,
             c.failed,
             c.distinct_access_tokens,
             c.cache_misses,
             c.wall_ms,
-            c.broker_max_connections
+            c.broker_max_connections,
+            c.broker_connections_over_limit
         );
     }
     if let Some(cold) = &r.cold_path {

@@ -77,8 +77,14 @@ fn mint_variant(
     if let Value::Object(map) = &mut claims {
         map.insert("exp".into(), Value::from(now + TOKEN_LIFETIME_SECS));
         if let Some(i) = variant {
-            map.insert("jti".into(), Value::from(format!("wif-bench-distinct-{i:08}")));
-            map.insert("run_id".into(), Value::from(format!("{}", 9_000_000_000u64 + i as u64)));
+            map.insert(
+                "jti".into(),
+                Value::from(format!("wif-bench-distinct-{i:08}")),
+            );
+            map.insert(
+                "run_id".into(),
+                Value::from(format!("{}", 9_000_000_000u64 + i as u64)),
+            );
         }
     }
     Ok(issuer.mint(claims)?)
