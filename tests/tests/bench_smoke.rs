@@ -76,8 +76,14 @@ fn the_quick_benchmark_reports_every_figure_as_json() {
         "/tls/broker_every_request_verified",
     ] {
         assert_eq!(number(&report, &format!("{row}/vs_limit/budget")), 0.80);
-        assert!(number(&report, &format!("{row}/vs_limit/ratio")) > 0.0, "{row}");
-        assert!(number(&report, &format!("{row}/vs_limit/cpu_ratio")) > 0.0, "{row}");
+        assert!(
+            number(&report, &format!("{row}/vs_limit/ratio")) > 0.0,
+            "{row}"
+        );
+        assert!(
+            number(&report, &format!("{row}/vs_limit/cpu_ratio")) > 0.0,
+            "{row}"
+        );
         let answered = number(&report, &format!("{row}/audit/requests_answered"));
         assert!(answered > 0.0, "{row}");
         assert!(
@@ -305,13 +311,22 @@ fn the_quick_benchmark_prints_a_table_and_markdown() {
 fn only_the_chosen_sections_run() {
     let output = wif_bench(&["--quick", "--only", "verified", "--json"]);
     let report: Value = serde_json::from_slice(&output.stdout).expect("stdout is one JSON object");
-    for absent in ["floor", "broker_cache_hit", "tls", "coalescing", "cold_path"] {
+    for absent in [
+        "floor",
+        "broker_cache_hit",
+        "tls",
+        "coalescing",
+        "cold_path",
+    ] {
         assert!(report.get(absent).is_none(), "{absent} ran: {report:#}");
     }
     let row = "/every_request_verified/broker_every_request_verified";
     assert!(number(&report, &format!("{row}/broker/requests")) > 0.0);
     assert!(number(&report, &format!("{row}/audit/requests_answered")) > 0.0);
-    assert_eq!(report["settings"]["sections"], serde_json::json!(["verified"]));
+    assert_eq!(
+        report["settings"]["sections"],
+        serde_json::json!(["verified"])
+    );
 
     let refused = Command::new(env!("CARGO_BIN_EXE_wif-bench"))
         .args(["--quick", "--only", "everything"])

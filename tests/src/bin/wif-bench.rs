@@ -133,7 +133,14 @@ pub struct Options {
 }
 
 /// Every section, in the order they run (`--only` picks some).
-const SECTIONS: [&str; 6] = ["plain", "verified", "tls", "coalescing", "cold", "footprint"];
+const SECTIONS: [&str; 6] = [
+    "plain",
+    "verified",
+    "tls",
+    "coalescing",
+    "cold",
+    "footprint",
+];
 
 impl Options {
     fn runs(&self, section: &str) -> bool {
@@ -249,7 +256,10 @@ impl Options {
                     let list = value()?;
                     let wanted: Vec<&str> = list.split(',').map(str::trim).collect();
                     if let Some(unknown) = wanted.iter().find(|w| !SECTIONS.contains(w)) {
-                        bail!("{arg}: no section {unknown:?} (one of {})", SECTIONS.join(", "));
+                        bail!(
+                            "{arg}: no section {unknown:?} (one of {})",
+                            SECTIONS.join(", ")
+                        );
                     }
                     opts.sections = SECTIONS
                         .into_iter()
