@@ -68,6 +68,47 @@ fn the_quick_benchmark_reports_every_figure_as_json() {
     assert_eq!(number(&report, "/agent_vs_floor/budget"), 0.90);
 
     // TLS: the limit and both broker rows, each against the TLS limit of its round.
+    // The every-request-verified rows (plain and TLS): a pool of distinct tokens, every
+    // exchange's audit event counted in the store.
+    assert_eq!(number(&report, "/settings/distinct_tokens"), 20.0);
+    for row in [
+        "/every_request_verified/broker_every_request_verified",
+        "/tls/broker_every_request_verified",
+    ] {
+        assert_eq!(number(&report, &format!("{row}/vs_limit/budget")), 0.80);
+        assert!(
+            number(&report, &format!("{row}/vs_limit/ratio")) > 0.0,
+            "{row}"
+        );
+        assert!(
+            number(&report, &format!("{row}/vs_limit/cpu_ratio")) > 0.0,
+            "{row}"
+        );
+        let answered = number(&report, &format!("{row}/audit/requests_answered"));
+        assert!(answered > 0.0, "{row}");
+        assert!(
+            number(&report, &format!("{row}/audit/events_stored")) >= 0.0,
+            "{row}"
+        );
+        assert!(
+            number(&report, &format!("{row}/audit/events_dropped")) >= 0.0,
+            "{row}"
+        );
+        let audit = report.pointer(&format!("{row}/audit")).unwrap();
+        assert!(audit["complete"].is_boolean(), "{audit:#}");
+        assert_eq!(audit["rounds"].as_array().unwrap().len(), 1, "{audit:#}");
+    }
+    assert!(number(&report, "/every_request_verified/limit/requests") > 0.0);
+    assert_eq!(
+        number(
+            &report,
+            "/every_request_verified/broker_every_request_verified/broker/errors"
+        ),
+        0.0,
+        "{:#}",
+        report["every_request_verified"]
+    );
+
     let mut tls_targets = vec![("/tls/limit".to_owned(), &report["tls"]["limit"])];
     for row in ["broker_cache_hit", "broker_every_request_verified"] {
         let path = format!("/tls/{row}/vs_limit");
@@ -160,6 +201,7 @@ fn the_quick_benchmark_reports_every_figure_as_json() {
         report["coalescing"]
     );
     assert_eq!(number(&report, "/coalescing/entra_token_calls"), 1.0);
+    assert!(number(&report, "/coalescing/broker_max_connections") >= cold);
     assert_eq!(number(&report, "/coalescing/distinct_access_tokens"), 1.0);
 
     for step in [
@@ -186,6 +228,7 @@ fn the_quick_benchmark_prints_a_table_and_markdown() {
         "bare axum handler, fixed JSON (HTTP floor)",
         "limit: bare axum handler, one RS256 verify",
         "broker: POST /v1/token, cache hit",
+        "broker: POST /v1/token, cache hit, every request verified",
         "limit (TLS): bare axum handler, one RS256 verify",
         "broker (TLS): POST /v1/token, cache hit, repeated token",
         "broker (TLS): POST /v1/token, cache hit, every request verified",
@@ -255,6 +298,45 @@ fn the_quick_benchmark_prints_a_table_and_markdown() {
     assert!(
         markdown.contains("| broker: POST /v1/token, cache hit | "),
         "{markdown}"
+    );
+    assert!(
+        markdown.contains("| broker: POST /v1/token, cache hit, every request verified | ")
+            && markdown.contains("0 audit events dropped")
+            && markdown.contains("audit events stored "),
+        "{markdown}"
+    );
+}
+
+#[test]
+fn only_the_chosen_sections_run() {
+    let output = wif_bench(&["--quick", "--only", "verified", "--json"]);
+    let report: Value = serde_json::from_slice(&output.stdout).expect("stdout is one JSON object");
+    for absent in [
+        "floor",
+        "broker_cache_hit",
+        "tls",
+        "coalescing",
+        "cold_path",
+    ] {
+        assert!(report.get(absent).is_none(), "{absent} ran: {report:#}");
+    }
+    let row = "/every_request_verified/broker_every_request_verified";
+    assert!(number(&report, &format!("{row}/broker/requests")) > 0.0);
+    assert!(number(&report, &format!("{row}/audit/requests_answered")) > 0.0);
+    assert_eq!(
+        report["settings"]["sections"],
+        serde_json::json!(["verified"])
+    );
+
+    let refused = Command::new(env!("CARGO_BIN_EXE_wif-bench"))
+        .args(["--quick", "--only", "everything"])
+        .output()
+        .expect("wif-bench runs");
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("no section \"everything\""),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
     );
 }
 

@@ -42,9 +42,13 @@ use anyhow::{Context, bail};
 use wif_broker::clock::{Clock, SystemClock};
 
 use load::Stop;
-use measure::{agent_footprint, breakdown, coalescing, cold_path, memory, throughput, tls_rows};
+use measure::{
+    DistinctTokens, agent_footprint, breakdown, coalescing, cold_path, memory, throughput,
+    tls_rows, verified_rows,
+};
 use report::{
-    Budget, Machine, Report, Settings, cpu_model, markdown, table, utc_timestamp, verdict,
+    Budget, Machine, PlainRows, Report, Settings, cpu_model, markdown, table, utc_timestamp,
+    verdict,
 };
 use servers::BenchStack;
 
@@ -78,6 +82,13 @@ OPTIONS:
                            handler, to split the broker's cost into logic and HTTP edge
     --no-verified-cache    the broker verifies every token's signature, as with a new token
                            per request (default: it remembers verified tokens, as deployed)
+    --distinct N           distinct job tokens minted (on every core) before the rounds; the
+                           every-request-verified rows send the next one on every request
+                           (default 5000: a few seconds of minting)
+    --only LIST            run only these sections, comma-separated: plain (floor, limit,
+                           repeated-token broker, agent, breakdown), verified (the plain
+                           every-request-verified row and its limit), tls, coalescing,
+                           cold, footprint (default: all)
     --quick                tiny counts for a smoke test (a few seconds in all)
     --json                 print one JSON object instead of the table
     --markdown             print a Markdown table (for docs/PERFORMANCE.md)
@@ -115,6 +126,26 @@ pub struct Options {
     pub verified_cache: bool,
     pub format: Format,
     pub json_file: Option<std::path::PathBuf>,
+    /// Distinct tokens of the every-request-verified rows' pool.
+    pub distinct: usize,
+    /// The sections to run, in [`SECTIONS`] order.
+    pub sections: Vec<&'static str>,
+}
+
+/// Every section, in the order they run (`--only` picks some).
+const SECTIONS: [&str; 6] = [
+    "plain",
+    "verified",
+    "tls",
+    "coalescing",
+    "cold",
+    "footprint",
+];
+
+impl Options {
+    fn runs(&self, section: &str) -> bool {
+        self.sections.contains(&section)
+    }
 }
 
 impl Options {
@@ -138,6 +169,8 @@ impl Options {
             verified_cache: true,
             format: Format::Table,
             json_file: None,
+            distinct: 5000,
+            sections: SECTIONS.to_vec(),
         }
     }
 
@@ -161,6 +194,8 @@ impl Options {
             verified_cache: true,
             format: Format::Table,
             json_file: None,
+            distinct: 20,
+            sections: SECTIONS.to_vec(),
         }
     }
 
@@ -216,6 +251,21 @@ impl Options {
                 }
                 "--agent-bin" => opts.agent_bin = Some(value()?.into()),
                 "--breakdown" => opts.breakdown = positive(arg, value()?)? as u32,
+                "--distinct" => opts.distinct = positive(arg, value()?)?,
+                "--only" => {
+                    let list = value()?;
+                    let wanted: Vec<&str> = list.split(',').map(str::trim).collect();
+                    if let Some(unknown) = wanted.iter().find(|w| !SECTIONS.contains(w)) {
+                        bail!(
+                            "{arg}: no section {unknown:?} (one of {})",
+                            SECTIONS.join(", ")
+                        );
+                    }
+                    opts.sections = SECTIONS
+                        .into_iter()
+                        .filter(|s| wanted.contains(s))
+                        .collect();
+                }
                 other => bail!("unknown argument {other:?} (see --help)"),
             }
         }
@@ -234,18 +284,86 @@ fn positive(flag: &str, value: &str) -> anyhow::Result<usize> {
 
 async fn run(opts: Options) -> anyhow::Result<Report> {
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
-    let stack = BenchStack::start_with(opts.verified_cache).await?;
-    let token_bytes = stack.token.len();
-    let t = throughput(&opts, &stack).await?;
-    let breakdown = breakdown(&opts, &stack).await?;
-    stack.shutdown().await;
-    let tls = tls_rows(&opts).await?;
-    let coalescing = coalescing(&opts).await?;
-    let cold_path = cold_path(&opts).await?;
-    let agent_footprint = agent_footprint(&opts).await?;
+    let mut token_bytes = 0;
+    let mut broker_answer_bytes = 0;
+    let plain = if opts.runs("plain") {
+        let stack = BenchStack::start_with(opts.verified_cache).await?;
+        token_bytes = stack.token.len();
+        let t = throughput(&opts, &stack).await?;
+        broker_answer_bytes = t.broker_answer_bytes;
+        let breakdown = breakdown(&opts, &stack).await?;
+        stack.shutdown().await;
+        let pass = t.ratio >= RATIO_BUDGET;
+        let agent_pass = t.agent_ratio >= AGENT_RATIO_BUDGET;
+        Some(PlainRows {
+            floor: t.floor,
+            limit: t.limit,
+            broker_logic: t.broker_logic,
+            broker_cache_hit: t.broker,
+            cache_hit_vs_limit: Budget {
+                ratio: t.ratio,
+                budget: RATIO_BUDGET,
+                pass,
+                verdict: verdict(pass),
+                round_ratios: t.round_ratios,
+                cpu_ratio: t.cpu_ratio,
+            },
+            agent_floor: t.floor_get,
+            agent_cache_hit: t.agent,
+            agent_vs_floor: Budget {
+                ratio: t.agent_ratio,
+                budget: AGENT_RATIO_BUDGET,
+                pass: agent_pass,
+                verdict: verdict(agent_pass),
+                round_ratios: t.agent_round_ratios,
+                cpu_ratio: t.agent_cpu_ratio,
+            },
+            breakdown,
+        })
+    } else {
+        None
+    };
+    // One issuer and one pool of distinct tokens for every every-request-verified row.
+    let distinct = if opts.runs("verified") || opts.runs("tls") {
+        Some(DistinctTokens::mint(opts.distinct).await?)
+    } else {
+        None
+    };
+    let (mut distinct_tokens, mut distinct_mint_secs) = (0, 0.0);
+    if let Some(d) = &distinct {
+        distinct_tokens = d.tokens.len();
+        distinct_mint_secs = d.mint_secs;
+        if token_bytes == 0 {
+            token_bytes = d.tokens.first().map_or(0, String::len);
+        }
+    }
+    let every_request_verified = match &distinct {
+        Some(d) if opts.runs("verified") => Some(verified_rows(&opts, d).await?),
+        _ => None,
+    };
+    let tls = match &distinct {
+        Some(d) if opts.runs("tls") => Some(tls_rows(&opts, d).await?),
+        _ => None,
+    };
+    if let Some(d) = distinct {
+        d.shutdown().await;
+    }
+    let coalescing = if opts.runs("coalescing") {
+        Some(coalescing(&opts).await?)
+    } else {
+        None
+    };
+    let cold_path = if opts.runs("cold") {
+        Some(cold_path(&opts).await?)
+    } else {
+        None
+    };
+    let agent_footprint = if opts.runs("footprint") {
+        Some(agent_footprint(&opts).await?)
+    } else {
+        None
+    };
     let memory = memory()?;
-    let pass = t.ratio >= RATIO_BUDGET;
-    let agent_pass = t.agent_ratio >= AGENT_RATIO_BUDGET;
     Ok(Report {
         date_utc: utc_timestamp(SystemClock.now()),
         machine: Machine {
@@ -272,35 +390,17 @@ async fn run(opts: Options) -> anyhow::Result<Report> {
             logging: "off (no tracing subscriber)",
             verified_cache: opts.verified_cache,
             token_bytes,
-            broker_answer_bytes: t.broker_answer_bytes,
+            broker_answer_bytes,
+            distinct_tokens,
+            distinct_mint_secs,
+            sections: opts.sections.clone(),
         },
-        floor: t.floor,
-        limit: t.limit,
-        broker_logic: t.broker_logic,
-        broker_cache_hit: t.broker,
-        cache_hit_vs_limit: Budget {
-            ratio: t.ratio,
-            budget: RATIO_BUDGET,
-            pass,
-            verdict: verdict(pass),
-            round_ratios: t.round_ratios,
-            cpu_ratio: t.cpu_ratio,
-        },
-        agent_floor: t.floor_get,
-        agent_cache_hit: t.agent,
-        agent_vs_floor: Budget {
-            ratio: t.agent_ratio,
-            budget: AGENT_RATIO_BUDGET,
-            pass: agent_pass,
-            verdict: verdict(agent_pass),
-            round_ratios: t.agent_round_ratios,
-            cpu_ratio: t.agent_cpu_ratio,
-        },
+        plain,
+        every_request_verified,
         tls,
         coalescing,
         cold_path,
         agent_footprint,
-        breakdown,
         memory,
     })
 }

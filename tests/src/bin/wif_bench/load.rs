@@ -3,7 +3,7 @@
 //! or a fixed number of requests. Every latency is kept (sorted for percentiles).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -44,6 +44,36 @@ pub struct Target {
     pub headers: Vec<(&'static str, HeaderValue)>,
     /// The form body of a `POST` (cheap to clone: usually the static exchange body).
     pub body: Bytes,
+    /// Distinct bearer tokens sent instead of [`Self::authorization`], the next one on
+    /// every request (round-robin over the pool, shared by every load task).
+    pub pool: Option<TokenPool>,
+}
+
+/// Prebuilt `Authorization` values of distinct tokens, taken in turn.
+pub struct TokenPool {
+    headers: Arc<Vec<HeaderValue>>,
+    next: AtomicUsize,
+}
+
+impl TokenPool {
+    pub fn new(tokens: &[String]) -> anyhow::Result<Self> {
+        if tokens.is_empty() {
+            bail!("an empty token pool");
+        }
+        let headers = tokens
+            .iter()
+            .map(|t| HeaderValue::from_str(&format!("Bearer {t}")))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self {
+            headers: Arc::new(headers),
+            next: AtomicUsize::new(0),
+        })
+    }
+
+    fn take(&self) -> &HeaderValue {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.headers.len();
+        &self.headers[i]
+    }
 }
 
 impl Target {
@@ -54,7 +84,16 @@ impl Target {
             authorization: Some(HeaderValue::from_str(&format!("Bearer {token}"))?),
             headers: Vec::new(),
             body: Bytes::from_static(BODY.as_bytes()),
+            pool: None,
         })
+    }
+
+    /// [`Self::new`], each request with the next token of `pool`.
+    pub fn with_pool(url: &str, pool: TokenPool) -> anyhow::Result<Self> {
+        let mut target = Self::new(url, "unused")?;
+        target.authorization = None;
+        target.pool = Some(pool);
+        Ok(target)
     }
 
     /// A `POST` of `form` (url-encoded pairs), with a bearer token when `token` is given:
@@ -71,6 +110,7 @@ impl Target {
                 .transpose()?,
             headers: Vec::new(),
             body: Bytes::from(body),
+            pool: None,
         })
     }
 
@@ -85,6 +125,7 @@ impl Target {
                 .map(|(k, v)| Ok((*k, HeaderValue::from_str(v)?)))
                 .collect::<anyhow::Result<_>>()?,
             body: Bytes::new(),
+            pool: None,
         })
     }
 
@@ -97,7 +138,9 @@ impl Target {
         } else {
             client.get(self.url.clone())
         };
-        if let Some(bearer) = &self.authorization {
+        if let Some(pool) = &self.pool {
+            request = request.header(header::AUTHORIZATION, pool.take().clone());
+        } else if let Some(bearer) = &self.authorization {
             request = request.header(header::AUTHORIZATION, bearer.clone());
         }
         for (name, value) in &self.headers {

@@ -14,6 +14,7 @@ use tokio::task::JoinSet;
 use wif_broker::audit::AuditEvent;
 use wif_broker::cache::{CacheKey, TokenCache};
 use wif_broker::dev::entra::Fault;
+use wif_broker::dev::issuer::LocalIssuer;
 use wif_broker::entra::{EntraToken, Secret};
 use wif_broker::exchange::ExchangeRequest;
 use wif_broker::metrics::Metrics;
@@ -23,9 +24,9 @@ use wif_tests::pki::Pki;
 use wif_tests::{ARM, DEPLOY_CLIENT, MAIN_SUBJECT, TENANT, metric_value};
 
 use crate::Options;
-use crate::load::{Measured, Round, Target, drive, drive_each, load_client, median};
+use crate::load::{Measured, Round, Target, TokenPool, drive, drive_each, load_client, median};
 use crate::report::{Budget, verdict};
-use crate::servers::{BenchStack, ColdIdentity, LimitServer, StackOptions};
+use crate::servers::{BenchStack, ColdIdentity, LimitServer, StackOptions, mint_pool};
 
 /// docs/PERFORMANCE.md: 1,000 concurrent cold requests → exactly 1 Entra call.
 const COALESCING_TARGET: u64 = 1;
@@ -214,6 +215,76 @@ pub async fn throughput(opts: &Options, stack: &BenchStack) -> anyhow::Result<Th
 pub struct AgainstLimit {
     pub broker: Measured,
     pub vs_limit: Budget,
+    /// Every answered exchange's audit event against what the store holds.
+    pub audit: AuditTally,
+}
+
+/// The audit events of one broker's rounds (warm-ups included): every exchange answered
+/// must have its event in the store, none dropped (docs/PERFORMANCE.md).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct AuditTally {
+    /// Requests the broker answered (200 or not), warm-ups included.
+    pub requests_answered: u64,
+    /// Audit events the store gained meanwhile (read once the writer caught up).
+    pub events_stored: u64,
+    /// `wif_audit_dropped_total` gained meanwhile: events the store never got.
+    pub events_dropped: u64,
+    /// Whether every answered request's event is stored and none was dropped.
+    pub complete: bool,
+    pub rounds: Vec<AuditRound>,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct AuditRound {
+    pub requests_answered: u64,
+    pub events_stored: u64,
+    pub events_dropped: u64,
+}
+
+impl AuditTally {
+    fn new(rounds: Vec<AuditRound>) -> Self {
+        let answered = rounds.iter().map(|r| r.requests_answered).sum();
+        let stored = rounds.iter().map(|r| r.events_stored).sum();
+        let dropped = rounds.iter().map(|r| r.events_dropped).sum();
+        Self {
+            requests_answered: answered,
+            events_stored: stored,
+            events_dropped: dropped,
+            complete: dropped == 0 && stored >= answered,
+            rounds,
+        }
+    }
+}
+
+/// The audit events in `stack`'s store and its dropped-event counter.
+async fn audit_counts(stack: &BenchStack) -> anyhow::Result<(u64, u64)> {
+    let broker = &stack.broker.broker;
+    let store = broker.store().context("the bench broker has no store")?;
+    let stored = store.size().await?.audit_events;
+    let dropped = metric_value(&broker.metrics().render(), "wif_audit_dropped_total", &[]) as u64;
+    Ok((stored, dropped))
+}
+
+/// Once `answered` more exchanges than at `before`: waits (up to 30 s) for the audit
+/// writer to store their events, then reads what it stored and dropped.
+async fn audit_round(
+    stack: &BenchStack,
+    before: (u64, u64),
+    answered: u64,
+) -> anyhow::Result<AuditRound> {
+    let waiting = Instant::now();
+    let mut last = audit_counts(stack).await?;
+    while last.0 < before.0 + answered.saturating_sub(last.1 - before.1)
+        && waiting.elapsed() < std::time::Duration::from_secs(30)
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        last = audit_counts(stack).await?;
+    }
+    Ok(AuditRound {
+        requests_answered: answered,
+        events_stored: last.0 - before.0,
+        events_dropped: last.1 - before.1,
+    })
 }
 
 /// The TLS rows: the limit and the broker's cache hit, both serving TLS.
@@ -225,19 +296,56 @@ pub struct TlsRows {
     /// `--no-verified-cache`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub broker_cache_hit: Option<AgainstLimit>,
-    /// Every request's signature verified (verified-token cache off).
+    /// Every request's signature verified (verified-token cache off), a distinct token
+    /// per request from the pool.
     pub broker_every_request_verified: AgainstLimit,
 }
 
-/// The cache-hit rows served over TLS (`tls: true`; `false` serves the same rows plain
-/// and is what the plain rows of [`throughput`] measure): the limit handler and, in the
-/// same interleaved rounds, one broker per verified-token setting in `verified_caches`
-/// (`true`: a repeated token is remembered; `false`: every request is verified). Each
-/// broker is divided by the limit of its own round, as in [`throughput`].
+/// The plain every-request-verified row: the broker with its verified-token cache off,
+/// each request with the next token of the pool, against the limit of the same rounds.
+#[derive(Debug, Clone, Serialize)]
+pub struct VerifiedRows {
+    pub limit: Measured,
+    pub broker_every_request_verified: AgainstLimit,
+}
+
+/// The issuer the rows of [`cache_hit_rows`] trust, and its pool of distinct job tokens.
+pub struct DistinctTokens {
+    pub issuer: LocalIssuer,
+    pub tokens: Vec<String>,
+    pub mint_secs: f64,
+}
+
+impl DistinctTokens {
+    /// Starts an issuer and mints `n` distinct tokens on every core.
+    pub async fn mint(n: usize) -> anyhow::Result<Self> {
+        wif_broker::crypto::install_provider();
+        let issuer = LocalIssuer::start(wif_broker::clock::system()).await?;
+        let started = Instant::now();
+        let tokens = mint_pool(&issuer, n).await?;
+        Ok(Self {
+            issuer,
+            tokens,
+            mint_secs: started.elapsed().as_secs_f64(),
+        })
+    }
+
+    pub async fn shutdown(self) {
+        self.issuer.shutdown().await;
+    }
+}
+
+/// The cache-hit rows served over TLS (`tls: true`) or plain HTTP: the limit handler
+/// and, in the same interleaved rounds, one broker per verified-token setting in
+/// `verified_caches` (`true`: the same token again, remembered; `false`: every request
+/// verified, each with the next token of `distinct`'s pool). Each broker is divided by
+/// the limit of its own round, as in [`throughput`]. Every broker's audit events are
+/// counted round by round.
 pub async fn cache_hit_rows(
     opts: &Options,
     tls: bool,
     verified_caches: &[bool],
+    distinct: &DistinctTokens,
 ) -> anyhow::Result<(Measured, Vec<(bool, AgainstLimit)>)> {
     let pki = tls.then(|| Pki::new("wif-bench"));
     let mut stacks = Vec::with_capacity(verified_caches.len());
@@ -246,6 +354,7 @@ pub async fn cache_hit_rows(
             BenchStack::start_configured(StackOptions {
                 no_verified_cache: !verified_cache,
                 tls: pki.as_ref(),
+                issuer: Some(distinct.issuer.clone()),
                 ..Default::default()
             })
             .await?,
@@ -255,8 +364,15 @@ pub async fn cache_hit_rows(
     let client = first.client(opts.concurrency)?;
     let mut targets = Vec::with_capacity(stacks.len() + 1);
     let mut answer = Bytes::new();
-    for stack in &stacks {
-        let target = Arc::new(stack.target()?);
+    for (stack, &verified_cache) in stacks.iter().zip(verified_caches) {
+        let target = if verified_cache {
+            Arc::new(stack.target()?)
+        } else {
+            Arc::new(Target::with_pool(
+                &format!("{}/v1/token", stack.broker.url()),
+                TokenPool::new(&distinct.tokens)?,
+            )?)
+        };
         // Fill the token cache (the stack's one Entra call) and open a connection.
         answer = target
             .send(&client)
@@ -281,13 +397,20 @@ pub async fn cache_hit_rows(
         .send(&client)
         .await
         .context("the limit server did not verify the token")?;
-    targets.insert(0, limit_target);
 
-    let mut rounds: Vec<Vec<Round>> = vec![Vec::new(); targets.len()];
+    let mut limit_rounds = Vec::new();
+    let mut broker_rounds: Vec<Vec<Round>> = vec![Vec::new(); targets.len()];
+    let mut audit_rounds: Vec<Vec<AuditRound>> = vec![Vec::new(); targets.len()];
     for _ in 0..opts.rounds {
-        for (target, rounds) in targets.iter().zip(rounds.iter_mut()) {
-            drive(&client, target, opts.concurrency, opts.warmup).await?;
-            rounds.push(drive(&client, target, opts.concurrency, opts.stop).await?);
+        drive(&client, &limit_target, opts.concurrency, opts.warmup).await?;
+        limit_rounds.push(drive(&client, &limit_target, opts.concurrency, opts.stop).await?);
+        for (i, (target, stack)) in targets.iter().zip(&stacks).enumerate() {
+            let before = audit_counts(stack).await?;
+            let warm = drive(&client, target, opts.concurrency, opts.warmup).await?;
+            let round = drive(&client, target, opts.concurrency, opts.stop).await?;
+            let answered = warm.requests + warm.errors + round.requests + round.errors;
+            audit_rounds[i].push(audit_round(stack, before, answered).await?);
+            broker_rounds[i].push(round);
         }
     }
     drop(client);
@@ -296,10 +419,11 @@ pub async fn cache_hit_rows(
         stack.shutdown().await;
     }
 
-    let mut rounds = rounds.into_iter();
-    let limit = rounds.next().context("the limit without rounds")?;
+    let limit = limit_rounds;
     let mut brokers = Vec::with_capacity(verified_caches.len());
-    for (&verified_cache, broker) in verified_caches.iter().zip(rounds) {
+    for ((&verified_cache, broker), audit) in
+        verified_caches.iter().zip(broker_rounds).zip(audit_rounds)
+    {
         let round_ratios: Vec<f64> = limit
             .iter()
             .zip(&broker)
@@ -311,30 +435,48 @@ pub async fn cache_hit_rows(
             (false, true) => "broker: POST /v1/token, cache hit, repeated token",
             (false, false) => "broker: POST /v1/token, cache hit, every request verified",
         };
-        brokers.push((verified_cache, Measured::new(what, broker), round_ratios));
+        brokers.push((
+            verified_cache,
+            Measured::new(what, broker),
+            round_ratios,
+            AuditTally::new(audit),
+        ));
     }
     let limit = Measured::new(
         if tls {
             "limit (TLS): bare axum handler, one RS256 verify"
         } else {
-            "limit: bare axum handler, one RS256 verify"
+            "limit: bare axum handler, one RS256 verify (every-request rounds)"
         },
         limit,
     );
     let brokers = brokers
         .into_iter()
-        .map(|(verified_cache, broker, round_ratios)| {
+        .map(|(verified_cache, broker, round_ratios, audit)| {
             let r = median(round_ratios.iter().copied());
-            let pass = r >= crate::RATIO_BUDGET;
+            // Every request verified: the budget also needs every audit event stored.
+            let fast = r >= crate::RATIO_BUDGET;
+            let pass = fast && (verified_cache || audit.complete);
             let vs_limit = Budget {
                 ratio: r,
                 budget: crate::RATIO_BUDGET,
                 pass,
-                verdict: verdict(pass),
+                verdict: if fast && !pass {
+                    "FAIL (audit events lost)"
+                } else {
+                    verdict(pass)
+                },
                 round_ratios,
                 cpu_ratio: ratio(limit.cpu_us_per_request, broker.cpu_us_per_request),
             };
-            (verified_cache, AgainstLimit { broker, vs_limit })
+            (
+                verified_cache,
+                AgainstLimit {
+                    broker,
+                    vs_limit,
+                    audit,
+                },
+            )
         })
         .collect();
     Ok((limit, brokers))
@@ -342,13 +484,13 @@ pub async fn cache_hit_rows(
 
 /// [`cache_hit_rows`] over TLS, both token settings (only the every-request one with
 /// `--no-verified-cache`).
-pub async fn tls_rows(opts: &Options) -> anyhow::Result<TlsRows> {
+pub async fn tls_rows(opts: &Options, distinct: &DistinctTokens) -> anyhow::Result<TlsRows> {
     let settings: &[bool] = if opts.verified_cache {
         &[true, false]
     } else {
         &[false]
     };
-    let (limit, rows) = cache_hit_rows(opts, true, settings).await?;
+    let (limit, rows) = cache_hit_rows(opts, true, settings, distinct).await?;
     let mut broker_cache_hit = None;
     let mut every_request = None;
     for (verified_cache, row) in rows {
@@ -362,6 +504,19 @@ pub async fn tls_rows(opts: &Options) -> anyhow::Result<TlsRows> {
         limit,
         broker_cache_hit,
         broker_every_request_verified: every_request.context("no every-request row")?,
+    })
+}
+
+/// [`cache_hit_rows`] over plain HTTP, every request verified.
+pub async fn verified_rows(
+    opts: &Options,
+    distinct: &DistinctTokens,
+) -> anyhow::Result<VerifiedRows> {
+    let (limit, rows) = cache_hit_rows(opts, false, &[false], distinct).await?;
+    let (_, row) = rows.into_iter().next().context("no every-request row")?;
+    Ok(VerifiedRows {
+        limit,
+        broker_every_request_verified: row,
     })
 }
 
@@ -540,6 +695,12 @@ pub struct Coalescing {
     pub cache_misses: u64,
     pub entra_token_calls: u64,
     pub target_entra_calls: u64,
+    /// The coalescing broker's `[server] max_connections`: above the connections the
+    /// harness opens, so no caller is refused for want of a connection.
+    pub broker_max_connections: usize,
+    /// Connections the broker took beyond `max_connections` (into the ops reserve, or
+    /// refused): 0 unless the burst outgrew the limit.
+    pub broker_connections_over_limit: u64,
     pub wall_ms: f64,
     pub pass: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -549,7 +710,18 @@ pub struct Coalescing {
 /// N concurrent cold requests for one (identity, scope) against a fresh stack whose Entra
 /// answers after a delay, so they all arrive while the first upstream call is in flight.
 pub async fn coalescing(opts: &Options) -> anyhow::Result<Coalescing> {
-    let stack = BenchStack::start().await?;
+    // The harness opens one connection per caller, and a caller whose pooled connection is
+    // not yet back in the pool opens another: with the broker's default `[server]
+    // max_connections` (1,024) the burst itself would be refused 503 `overloaded` or reset.
+    // The broker is told to serve twice the callers, so the row measures coalescing, not
+    // the connection limit (docs/PERFORMANCE.md).
+    let max_connections =
+        (2 * opts.cold).max(wif_config::BrokerConfig::default().server.max_connections);
+    let stack = BenchStack::start_configured(StackOptions {
+        max_connections: Some(max_connections),
+        ..Default::default()
+    })
+    .await?;
     stack.entra.push_fault(Fault::Delay(opts.entra_delay));
     let client = load_client(opts.cold)?;
     let target = Arc::new(stack.target()?);
@@ -596,6 +768,8 @@ pub async fn coalescing(opts: &Options) -> anyhow::Result<Coalescing> {
     let wall_ms = started.elapsed().as_secs_f64() * 1000.0;
     let metrics = stack.broker.broker.metrics().render();
     let cache_misses = metric_value(&metrics, "wif_token_cache_misses_total", &[]) as u64;
+    let over_limit = metric_value(&metrics, "wif_connections_reserved_total", &[])
+        + metric_value(&metrics, "wif_connections_refused_total", &[]);
     let entra_token_calls = stack.entra.token_requests();
     drop(client);
     stack.shutdown().await;
@@ -608,6 +782,8 @@ pub async fn coalescing(opts: &Options) -> anyhow::Result<Coalescing> {
         cache_misses,
         entra_token_calls,
         target_entra_calls: COALESCING_TARGET,
+        broker_max_connections: max_connections,
+        broker_connections_over_limit: over_limit as u64,
         wall_ms,
         pass: entra_token_calls == COALESCING_TARGET && failed == 0,
         first_error,

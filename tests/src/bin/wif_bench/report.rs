@@ -6,7 +6,8 @@ use serde::Serialize;
 
 use crate::load::Measured;
 use crate::measure::{
-    AgainstLimit, AgentFootprint, Breakdown, Coalescing, ColdPath, Memory, TlsRows,
+    AgainstLimit, AgentFootprint, AuditTally, Breakdown, Coalescing, ColdPath, Memory, TlsRows,
+    VerifiedRows,
 };
 
 #[derive(Debug, Clone, Serialize)]
@@ -33,6 +34,13 @@ pub struct Settings {
     pub token_bytes: usize,
     /// Size of the broker's answer body (the bare handlers answer about 35 bytes).
     pub broker_answer_bytes: usize,
+    /// Distinct job tokens minted before the rounds; the every-request-verified rows take
+    /// the next one on every request (`--distinct`).
+    pub distinct_tokens: usize,
+    /// How long minting them took, on every core.
+    pub distinct_mint_secs: f64,
+    /// The sections run (`--only`), in order.
+    pub sections: Vec<&'static str>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -49,11 +57,9 @@ pub struct Budget {
     pub cpu_ratio: f64,
 }
 
+/// The plain rows measured in one set of interleaved rounds, and the in-process breakdown.
 #[derive(Debug, Clone, Serialize)]
-pub struct Report {
-    pub date_utc: String,
-    pub machine: Machine,
-    pub settings: Settings,
+pub struct PlainRows {
     pub floor: Measured,
     pub limit: Measured,
     /// Only with `--split`.
@@ -65,42 +71,79 @@ pub struct Report {
     pub agent_cache_hit: Measured,
     /// The agent's cache hit against the `GET` floor.
     pub agent_vs_floor: Budget,
-    /// The cache-hit rows with the broker and the limit serving TLS.
-    pub tls: TlsRows,
-    pub coalescing: Coalescing,
-    pub cold_path: ColdPath,
-    pub agent_footprint: AgentFootprint,
     pub breakdown: Breakdown,
+}
+
+/// Every section is there unless `--only` left it out.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub date_utc: String,
+    pub machine: Machine,
+    pub settings: Settings,
+    #[serde(flatten)]
+    pub plain: Option<PlainRows>,
+    /// The plain every-request-verified row and the limit of its rounds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub every_request_verified: Option<VerifiedRows>,
+    /// The cache-hit rows with the broker and the limit serving TLS.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsRows>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub coalescing: Option<Coalescing>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cold_path: Option<ColdPath>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agent_footprint: Option<AgentFootprint>,
     pub memory: Memory,
 }
 
 impl Report {
     /// The load-generator targets in the order they ran.
-    pub fn measured(&self) -> impl Iterator<Item = &Measured> {
-        [&self.floor, &self.limit]
-            .into_iter()
-            .chain(&self.broker_logic)
-            .chain([
-                &self.broker_cache_hit,
-                &self.agent_floor,
-                &self.agent_cache_hit,
-                &self.tls.limit,
-            ])
-            .chain(self.tls.broker_cache_hit.as_ref().map(|row| &row.broker))
-            .chain([
-                &self.tls.broker_every_request_verified.broker,
-                &self.cold_path.entra_alone,
-                &self.cold_path.broker,
-            ])
+    pub fn measured(&self) -> Vec<&Measured> {
+        let mut out = Vec::new();
+        if let Some(p) = &self.plain {
+            out.extend([&p.floor, &p.limit]);
+            out.extend(&p.broker_logic);
+            out.extend([&p.broker_cache_hit, &p.agent_floor, &p.agent_cache_hit]);
+        }
+        if let Some(v) = &self.every_request_verified {
+            out.extend([&v.limit, &v.broker_every_request_verified.broker]);
+        }
+        if let Some(t) = &self.tls {
+            out.push(&t.limit);
+            out.extend(t.broker_cache_hit.as_ref().map(|row| &row.broker));
+            out.push(&t.broker_every_request_verified.broker);
+        }
+        if let Some(c) = &self.cold_path {
+            out.extend([&c.entra_alone, &c.broker]);
+        }
+        out
     }
 
-    /// The TLS broker rows with their budgets.
-    pub fn tls_rows(&self) -> impl Iterator<Item = &AgainstLimit> {
-        self.tls
-            .broker_cache_hit
-            .iter()
-            .chain([&self.tls.broker_every_request_verified])
+    /// The broker rows measured against a limit of their own rounds (every request
+    /// verified, plain; the TLS rows), with the name of that limit.
+    pub fn against_limit_rows(&self) -> Vec<(&'static str, &AgainstLimit)> {
+        let mut out = Vec::new();
+        if let Some(v) = &self.every_request_verified {
+            out.push(("limit", &v.broker_every_request_verified));
+        }
+        if let Some(t) = &self.tls {
+            out.extend(t.broker_cache_hit.iter().map(|row| ("TLS limit", row)));
+            out.push(("TLS limit", &t.broker_every_request_verified));
+        }
+        out
     }
+}
+
+/// The audit line of a broker row: events stored against requests answered, dropped.
+pub fn audit(a: &AuditTally) -> String {
+    format!(
+        "audit events stored {} of {} answered, {} dropped{}",
+        a.events_stored,
+        a.requests_answered,
+        a.events_dropped,
+        if a.complete { "" } else { " (INCOMPLETE)" }
+    )
 }
 
 fn ratios(b: &Budget) -> String {
@@ -208,35 +251,45 @@ pub fn table(r: &Report) -> String {
     }
     let _ = writeln!(
         out,
-        "Settings: concurrency {}, {} per round after {} warm-up, {} round(s) interleaved ({}), medians reported; logging {}.",
+        "Settings: concurrency {}, {} per round after {} warm-up, {} round(s) interleaved ({}), medians reported; logging {}; sections: {}.",
         r.settings.concurrency,
         r.settings.per_round,
         r.settings.warmup_per_round,
         r.settings.rounds,
         r.settings.order,
         r.settings.logging,
+        r.settings.sections.join(", "),
     );
-    let _ = writeln!(
-        out,
-        "Request: a {}-byte job token as bearer, the same on every request; the broker answers {} bytes; its verified-token cache is {}.",
-        r.settings.token_bytes,
-        r.settings.broker_answer_bytes,
-        if r.settings.verified_cache {
-            "on (the default: a repeated token is not verified again)"
-        } else {
-            "off (every request verifies the signature, like a new token each time)"
-        }
-    );
+    if r.plain.is_some() {
+        let _ = writeln!(
+            out,
+            "Request: a {}-byte job token as bearer, the same on every request; the broker answers {} bytes; its verified-token cache is {}.",
+            r.settings.token_bytes,
+            r.settings.broker_answer_bytes,
+            if r.settings.verified_cache {
+                "on (the default: a repeated token is not verified again)"
+            } else {
+                "off (every request verifies the signature, like a new token each time)"
+            }
+        );
+    }
+    if r.settings.distinct_tokens > 0 {
+        let _ = writeln!(
+            out,
+            "Every-request-verified rows: verified-token cache off, each request with the next of {} distinct job tokens (minted in {:.1} s).",
+            r.settings.distinct_tokens, r.settings.distinct_mint_secs
+        );
+    }
     let _ = writeln!(out);
     let _ = writeln!(
         out,
-        "{:<64} {:>11} {:>9} {:>9} {:>9} {:>9} {:>6}",
+        "{:<66} {:>11} {:>9} {:>9} {:>9} {:>9} {:>6}",
         "measurement", "requests/s", "p50", "p99", "CPU/req", "requests", "errors"
     );
     for m in r.measured() {
         let _ = writeln!(
             out,
-            "{:<64} {:>11.0} {:>9} {:>9} {:>9} {:>9} {:>6}",
+            "{:<66} {:>11.0} {:>9} {:>9} {:>9} {:>9} {:>6}",
             m.what,
             m.requests_per_sec,
             latency(m.p50_us),
@@ -247,97 +300,103 @@ pub fn table(r: &Report) -> String {
         );
     }
     let _ = writeln!(out);
-    let b = &r.cache_hit_vs_limit;
-    let _ = writeln!(
-        out,
-        "ratio broker / limit: {:.3} (budget >= {:.2}): {}  [per round: {}]",
-        b.ratio,
-        b.budget,
-        b.verdict,
-        b.round_ratios
-            .iter()
-            .map(|x| format!("{x:.3}"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
-    let _ = writeln!(
-        out,
-        "cross-check from CPU time per request (limit / broker): {:.3}",
-        b.cpu_ratio
-    );
-    let a = &r.agent_vs_floor;
-    let _ = writeln!(
-        out,
-        "ratio agent / GET floor: {:.3} (budget >= {:.2}): {}  [per round: {}]; CPU cross-check {:.3}",
-        a.ratio,
-        a.budget,
-        a.verdict,
-        ratios(a),
-        a.cpu_ratio
-    );
-    for row in r.tls_rows() {
+    if let Some(p) = &r.plain {
+        let b = &p.cache_hit_vs_limit;
+        let _ = writeln!(
+            out,
+            "ratio broker / limit: {:.3} (budget >= {:.2}): {}  [per round: {}]",
+            b.ratio,
+            b.budget,
+            b.verdict,
+            ratios(b)
+        );
+        let _ = writeln!(
+            out,
+            "cross-check from CPU time per request (limit / broker): {:.3}",
+            b.cpu_ratio
+        );
+        let a = &p.agent_vs_floor;
+        let _ = writeln!(
+            out,
+            "ratio agent / GET floor: {:.3} (budget >= {:.2}): {}  [per round: {}]; CPU cross-check {:.3}",
+            a.ratio,
+            a.budget,
+            a.verdict,
+            ratios(a),
+            a.cpu_ratio
+        );
+    }
+    for (limit, row) in r.against_limit_rows() {
         let b = &row.vs_limit;
         let _ = writeln!(
             out,
-            "ratio {} / TLS limit: {:.3} (budget >= {:.2}): {}  [per round: {}]; CPU cross-check {:.3}",
+            "ratio {} / {limit}: {:.3} (budget >= {:.2}): {}  [per round: {}]; CPU cross-check {:.3}; {}",
             row.broker.what,
             b.ratio,
             b.budget,
             b.verdict,
             ratios(b),
-            b.cpu_ratio
+            b.cpu_ratio,
+            audit(&row.audit),
         );
     }
-    let c = &r.coalescing;
-    let _ = writeln!(
-        out,
-        "coalescing: {} cold requests, Entra delayed {} ms -> entra token calls: {} (target exactly {}): {}",
-        c.cold_requests,
-        c.entra_delay_ms,
-        c.entra_token_calls,
-        c.target_entra_calls,
-        if c.pass { "PASS" } else { "FAIL" },
-    );
-    let _ = writeln!(
-        out,
-        "            {} ok, {} failed, {} distinct access token(s), {} callers coalesced on the miss, {:.0} ms wall",
-        c.ok, c.failed, c.distinct_access_tokens, c.cache_misses, c.wall_ms
-    );
-    let cold = &r.cold_path;
-    let _ = writeln!(
-        out,
-        "cold path: {} distinct (identity, scope) keys ({} identities x {} scopes), concurrency {}, Entra answers after {} ms (budget: added p99 <= {})",
-        cold.keys,
-        cold.identities,
-        cold.scopes_per_identity,
-        cold.concurrency,
-        cold.entra_delay_ms,
-        latency(cold.budget_added_p99_us),
-    );
-    let _ = writeln!(
-        out,
-        "           {}; {:.2} Entra call(s) per cold exchange",
-        cold_result(cold),
-        cold.entra_calls_per_cold_exchange
-    );
-    let _ = writeln!(
-        out,
-        "agent footprint ({}): {}",
-        r.agent_footprint.binary,
-        footprint(&r.agent_footprint)
-    );
-    let d = &r.breakdown;
-    let _ = writeln!(
-        out,
-        "in-process cache-hit path, one task, no HTTP (µs per call, {} iterations): parse {:.1}, RS256 verify {:.1}, cache hit {:.1}, metrics {:.1}, audit JSON {:.1}; whole exchange {:.1}",
-        d.iterations,
-        d.parse_us,
-        d.rs256_verify_us,
-        d.cache_hit_us,
-        d.metrics_us,
-        d.audit_json_us,
-        d.exchange_cache_hit_us
-    );
+    if let Some(c) = &r.coalescing {
+        let _ = writeln!(
+            out,
+            "coalescing: {} cold requests, Entra delayed {} ms -> entra token calls: {} (target exactly {}): {}",
+            c.cold_requests,
+            c.entra_delay_ms,
+            c.entra_token_calls,
+            c.target_entra_calls,
+            if c.pass { "PASS" } else { "FAIL" },
+        );
+        let _ = writeln!(
+            out,
+            "            {} ok, {} failed, {} distinct access token(s), {} callers coalesced on the miss, {:.0} ms wall; broker max_connections {} ({} connection(s) beyond it)",
+            c.ok,
+            c.failed,
+            c.distinct_access_tokens,
+            c.cache_misses,
+            c.wall_ms,
+            c.broker_max_connections,
+            c.broker_connections_over_limit
+        );
+    }
+    if let Some(cold) = &r.cold_path {
+        let _ = writeln!(
+            out,
+            "cold path: {} distinct (identity, scope) keys ({} identities x {} scopes), concurrency {}, Entra answers after {} ms (budget: added p99 <= {})",
+            cold.keys,
+            cold.identities,
+            cold.scopes_per_identity,
+            cold.concurrency,
+            cold.entra_delay_ms,
+            latency(cold.budget_added_p99_us),
+        );
+        let _ = writeln!(
+            out,
+            "           {}; {:.2} Entra call(s) per cold exchange",
+            cold_result(cold),
+            cold.entra_calls_per_cold_exchange
+        );
+    }
+    if let Some(f) = &r.agent_footprint {
+        let _ = writeln!(out, "agent footprint ({}): {}", f.binary, footprint(f));
+    }
+    if let Some(p) = &r.plain {
+        let d = &p.breakdown;
+        let _ = writeln!(
+            out,
+            "in-process cache-hit path, one task, no HTTP (µs per call, {} iterations): parse {:.1}, RS256 verify {:.1}, cache hit {:.1}, metrics {:.1}, audit JSON {:.1}; whole exchange {:.1}",
+            d.iterations,
+            d.parse_us,
+            d.rs256_verify_us,
+            d.cache_hit_us,
+            d.metrics_us,
+            d.audit_json_us,
+            d.exchange_cache_hit_us
+        );
+    }
     let _ = writeln!(
         out,
         "RSS after the run: {} (peak {}) for the {}",
@@ -350,7 +409,7 @@ pub fn table(r: &Report) -> String {
             let _ = writeln!(out, "first error ({}): {e}", m.what);
         }
     }
-    if let Some(e) = &c.first_error {
+    if let Some(e) = r.coalescing.as_ref().and_then(|c| c.first_error.as_ref()) {
         let _ = writeln!(out, "first error (coalescing): {e}");
     }
     out
@@ -393,95 +452,130 @@ pub fn markdown(r: &Report) -> String {
             latency(m.cpu_us_per_request)
         );
     };
-    row(&mut out, &r.floor, "(context)", "");
-    row(&mut out, &r.limit, "(the limit)", "");
-    if let Some(logic) = &r.broker_logic {
-        row(&mut out, logic, "(context)", "");
-    }
-    let b = &r.cache_hit_vs_limit;
-    row(
-        &mut out,
-        &r.broker_cache_hit,
-        "≥ 0.80 × limit",
-        &format!(
-            "{:.3} × limit: {} (CPU cross-check {:.3})",
-            b.ratio, b.verdict, b.cpu_ratio
-        ),
-    );
-    row(&mut out, &r.agent_floor, "(context)", "");
-    let a = &r.agent_vs_floor;
-    row(
-        &mut out,
-        &r.agent_cache_hit,
-        &format!("≥ {:.2} × GET floor", a.budget),
-        &format!(
-            "{:.3} × floor: {} (CPU cross-check {:.3})",
-            a.ratio, a.verdict, a.cpu_ratio
-        ),
-    );
-    row(&mut out, &r.tls.limit, "(the TLS limit)", "");
-    for tls in r.tls_rows() {
-        let b = &tls.vs_limit;
+    if let Some(p) = &r.plain {
+        row(&mut out, &p.floor, "(context)", "");
+        row(&mut out, &p.limit, "(the limit)", "");
+        if let Some(logic) = &p.broker_logic {
+            row(&mut out, logic, "(context)", "");
+        }
+        let b = &p.cache_hit_vs_limit;
         row(
             &mut out,
-            &tls.broker,
-            &format!("≥ {:.2} × TLS limit", b.budget),
+            &p.broker_cache_hit,
+            "≥ 0.80 × limit",
             &format!(
-                "{:.3} × TLS limit: {} (CPU cross-check {:.3})",
+                "{:.3} × limit: {} (CPU cross-check {:.3})",
                 b.ratio, b.verdict, b.cpu_ratio
             ),
         );
     }
-    let cold = &r.cold_path;
-    row(
-        &mut out,
-        &cold.entra_alone,
-        &format!("(context: Entra answers after {} ms)", cold.entra_delay_ms),
-        "",
-    );
-    row(
-        &mut out,
-        &cold.broker,
-        &format!(
-            "{} keys at concurrency {}: added p99 ≤ {}",
-            cold.keys,
-            cold.concurrency,
-            latency(cold.budget_added_p99_us)
-        ),
-        &cold_result(cold),
-    );
-    let _ = writeln!(
-        out,
-        "| Agent binary, stripped, and idle RSS | | | | | (informative) | {} |",
-        footprint(&r.agent_footprint)
-    );
-    let c = &r.coalescing;
-    let _ = writeln!(
-        out,
-        "| Coalescing: {} concurrent cold requests, Entra delayed {} ms | | | | | exactly {} Entra call | {} Entra call(s): {} |",
-        c.cold_requests,
-        c.entra_delay_ms,
-        c.target_entra_calls,
-        c.entra_token_calls,
-        if c.pass { "PASS" } else { "FAIL" }
-    );
+    let budget_row = |out: &mut String, limit: &str, tls: &AgainstLimit| {
+        let b = &tls.vs_limit;
+        row(
+            out,
+            &tls.broker,
+            &format!("≥ {:.2} × {limit}, 0 audit events dropped", b.budget),
+            &format!(
+                "{:.3} × {limit}: {} (CPU cross-check {:.3}); {}",
+                b.ratio,
+                b.verdict,
+                b.cpu_ratio,
+                audit(&tls.audit)
+            ),
+        );
+    };
+    if let Some(v) = &r.every_request_verified {
+        row(&mut out, &v.limit, "(the limit of these rounds)", "");
+        budget_row(&mut out, "limit", &v.broker_every_request_verified);
+    }
+    if let Some(p) = &r.plain {
+        row(&mut out, &p.agent_floor, "(context)", "");
+        let a = &p.agent_vs_floor;
+        row(
+            &mut out,
+            &p.agent_cache_hit,
+            &format!("≥ {:.2} × GET floor", a.budget),
+            &format!(
+                "{:.3} × floor: {} (CPU cross-check {:.3})",
+                a.ratio, a.verdict, a.cpu_ratio
+            ),
+        );
+    }
+    if let Some(t) = &r.tls {
+        row(&mut out, &t.limit, "(the TLS limit)", "");
+        if let Some(repeated) = &t.broker_cache_hit {
+            let b = &repeated.vs_limit;
+            row(
+                &mut out,
+                &repeated.broker,
+                &format!("≥ {:.2} × TLS limit", b.budget),
+                &format!(
+                    "{:.3} × TLS limit: {} (CPU cross-check {:.3})",
+                    b.ratio, b.verdict, b.cpu_ratio
+                ),
+            );
+        }
+        budget_row(&mut out, "TLS limit", &t.broker_every_request_verified);
+    }
+    if let Some(cold) = &r.cold_path {
+        row(
+            &mut out,
+            &cold.entra_alone,
+            &format!("(context: Entra answers after {} ms)", cold.entra_delay_ms),
+            "",
+        );
+        row(
+            &mut out,
+            &cold.broker,
+            &format!(
+                "{} keys at concurrency {}: added p99 ≤ {}",
+                cold.keys,
+                cold.concurrency,
+                latency(cold.budget_added_p99_us)
+            ),
+            &cold_result(cold),
+        );
+    }
+    if let Some(f) = &r.agent_footprint {
+        let _ = writeln!(
+            out,
+            "| Agent binary, stripped, and idle RSS | | | | | (informative) | {} |",
+            footprint(f)
+        );
+    }
+    if let Some(c) = &r.coalescing {
+        let _ = writeln!(
+            out,
+            "| Coalescing: {} concurrent cold requests, Entra delayed {} ms (broker max_connections {}) | | | | | exactly {} Entra call, every caller answered | {} Entra call(s), {} of {} callers answered: {} |",
+            c.cold_requests,
+            c.entra_delay_ms,
+            c.broker_max_connections,
+            c.target_entra_calls,
+            c.entra_token_calls,
+            c.ok,
+            c.cold_requests,
+            if c.pass { "PASS" } else { "FAIL" }
+        );
+    }
     let _ = writeln!(
         out,
         "| RSS after the run, whole benchmark process | | | | | (informative) | {} (peak {}) |",
         mib(r.memory.vm_rss_kib),
         mib(r.memory.vm_hwm_kib)
     );
-    let d = &r.breakdown;
-    let _ = writeln!(out);
-    let _ = writeln!(
-        out,
-        "In-process cache-hit path, one task, no HTTP (µs per call): parse {:.1}, RS256 verify {:.1}, cache hit {:.1}, metrics {:.1}, audit JSON {:.1}; whole `Broker::exchange` {:.1}.",
-        d.parse_us,
-        d.rs256_verify_us,
-        d.cache_hit_us,
-        d.metrics_us,
-        d.audit_json_us,
-        d.exchange_cache_hit_us
-    );
+    if let Some(p) = &r.plain {
+        let d = &p.breakdown;
+        let _ = writeln!(out);
+        let _ = writeln!(
+            out,
+            "In-process cache-hit path, one task, no HTTP (µs per call): parse {:.1}, RS256 verify {:.1}, cache hit {:.1}, metrics {:.1}, audit JSON {:.1}; whole `Broker::exchange` {:.1}.",
+            d.parse_us,
+            d.rs256_verify_us,
+            d.cache_hit_us,
+            d.metrics_us,
+            d.audit_json_us,
+            d.exchange_cache_hit_us
+        );
+    }
     out
 }

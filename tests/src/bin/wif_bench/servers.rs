@@ -46,6 +46,8 @@ pub struct BenchStack {
     /// Holds the SQLite file (WAL, as deployed; every exchange's audit event is written)
     /// and the TLS certificate and key.
     store_dir: tempfile::TempDir,
+    /// Whether the issuer is this stack's own (stopped with it) or shared with others.
+    owns_issuer: bool,
 }
 
 const CERT_FILE: &str = "tls.crt";
@@ -60,11 +62,57 @@ fn pki_files(pki: &Pki, dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
 
 /// A GitHub Actions job token for `repo` on main, valid for [`TOKEN_LIFETIME_SECS`].
 fn mint(issuer: &LocalIssuer, repo: &str, now: u64) -> anyhow::Result<String> {
+    mint_variant(issuer, repo, now, None)
+}
+
+/// [`mint`], with `variant` (when given) making the token distinct: its own `jti` and
+/// `run_id`, the same `sub`, so it matches the same credential.
+fn mint_variant(
+    issuer: &LocalIssuer,
+    repo: &str,
+    now: u64,
+    variant: Option<usize>,
+) -> anyhow::Result<String> {
     let mut claims = github_claims(repo, "main");
     if let Value::Object(map) = &mut claims {
         map.insert("exp".into(), Value::from(now + TOKEN_LIFETIME_SECS));
+        if let Some(i) = variant {
+            map.insert(
+                "jti".into(),
+                Value::from(format!("wif-bench-distinct-{i:08}")),
+            );
+            map.insert(
+                "run_id".into(),
+                Value::from(format!("{}", 9_000_000_000u64 + i as u64)),
+            );
+        }
     }
     Ok(issuer.mint(claims)?)
+}
+
+/// `n` distinct job tokens for contoso/app on main (the bench's credential), signed by
+/// `issuer` on every core at once: the pool the every-request-verified rows take their
+/// tokens from, round-robin (docs/PERFORMANCE.md).
+pub async fn mint_pool(issuer: &LocalIssuer, n: usize) -> anyhow::Result<Vec<String>> {
+    let now = wif_broker::clock::system().now();
+    let workers = std::thread::available_parallelism().map_or(1, usize::from);
+    let per_worker = n.div_ceil(workers).max(1);
+    let mut minting = tokio::task::JoinSet::new();
+    for start in (0..n).step_by(per_worker) {
+        let issuer = issuer.clone();
+        let end = (start + per_worker).min(n);
+        minting.spawn_blocking(move || {
+            (start..end)
+                .map(|i| Ok((i, mint_variant(&issuer, REPO, now, Some(i))?)))
+                .collect::<anyhow::Result<Vec<_>>>()
+        });
+    }
+    let mut tokens = Vec::with_capacity(n);
+    while let Some(joined) = minting.join_next().await {
+        tokens.extend(joined??);
+    }
+    tokens.sort_unstable_by_key(|(i, _)| *i);
+    Ok(tokens.into_iter().map(|(_, token)| token).collect())
 }
 
 /// How to set up a [`BenchStack`].
@@ -79,6 +127,12 @@ pub struct StackOptions<'a> {
     /// and one credential for its own subject, and mint a token for each: the cold path's
     /// distinct (identity, scope) keys.
     pub cold_identities: usize,
+    /// Trust this issuer (shared with other stacks, so one token pool serves them all)
+    /// instead of starting one of its own.
+    pub issuer: Option<LocalIssuer>,
+    /// `[server] max_connections`, when the default (1,024) is below what the harness
+    /// itself opens (the coalescing burst).
+    pub max_connections: Option<usize>,
 }
 
 /// One of the cold path's identities: its token and its Entra app.
@@ -88,10 +142,6 @@ pub struct ColdIdentity {
 }
 
 impl BenchStack {
-    pub async fn start() -> anyhow::Result<Self> {
-        Self::start_with(true).await
-    }
-
     /// `verified_cache`: whether the broker remembers verified tokens (`[tokens]
     /// verified_cache_entries`); off, every request verifies the signature like the limit.
     pub async fn start_with(verified_cache: bool) -> anyhow::Result<Self> {
@@ -105,7 +155,11 @@ impl BenchStack {
     pub async fn start_configured(options: StackOptions<'_>) -> anyhow::Result<Self> {
         wif_broker::crypto::install_provider();
         let clock = wif_broker::clock::system();
-        let issuer = LocalIssuer::start(clock.clone()).await?;
+        let owns_issuer = options.issuer.is_none();
+        let issuer = match options.issuer {
+            Some(issuer) => issuer,
+            None => LocalIssuer::start(clock.clone()).await?,
+        };
         let entra = EntraEmulator::start(clock.clone()).await?;
         entra.register_app(
             AppRegistration::new(TENANT, DEPLOY_CLIENT).with_fic(EmulatedFic::new(
@@ -118,6 +172,9 @@ impl BenchStack {
         config.server.listen = "127.0.0.1:0".into();
         config.server.shutdown_timeout_secs = 2;
         config.server.drain_secs = 0;
+        if let Some(max) = options.max_connections {
+            config.server.max_connections = max;
+        }
         let store_dir = tempfile::tempdir()?;
         config.store.url = format!("sqlite://{}", store_dir.path().join("wif.db").display());
         if options.no_verified_cache {
@@ -179,6 +236,7 @@ impl BenchStack {
             cold,
             ca_pem: options.tls.map(|pki| pki.ca_pem.clone()),
             store_dir,
+            owns_issuer,
         })
     }
 
@@ -206,7 +264,9 @@ impl BenchStack {
 
     pub async fn shutdown(self) {
         let _ = tokio::time::timeout(Duration::from_secs(5), self.broker.shutdown()).await;
-        self.issuer.shutdown().await;
+        if self.owns_issuer {
+            self.issuer.shutdown().await;
+        }
         self.entra.shutdown().await;
     }
 }
