@@ -354,9 +354,22 @@ impl Broker {
         metrics: Arc<Metrics>,
         store: Option<Arc<dyn Store>>,
     ) -> Result<Self, SetupError> {
-        crate::crypto::install_provider();
         let declared = Declared::from_config(cfg).map_err(SetupError::Registry)?;
-        let (registry, _) = Registry::with_stored(&declared, &[], &[]);
+        Self::with_declared(cfg, parsed, declared, clock, metrics, store)
+    }
+
+    /// [`Broker::with_parsed`] with the declared registry built already (from a
+    /// configuration whose credentials [`Declared::take_from_config`] took).
+    pub fn with_declared(
+        cfg: &BrokerConfig,
+        parsed: &wif_config::Parsed,
+        declared: Declared,
+        clock: SharedClock,
+        metrics: Arc<Metrics>,
+        store: Option<Arc<dyn Store>>,
+    ) -> Result<Self, SetupError> {
+        crate::crypto::install_provider();
+        let registry = declared.registry.clone();
         let auditor = match &store {
             Some(store) => Auditor::with_store(store.clone(), &cfg.audit, metrics.clone()),
             None => Auditor::log_only(&cfg.audit, metrics.clone()),
@@ -532,7 +545,7 @@ impl Broker {
                     return Some(false);
                 }
                 let (registry, problems) =
-                    Registry::with_stored(&self.declared, &identities, &credentials);
+                    Registry::with_stored(&self.declared, identities, credentials);
                 for p in &problems {
                     tracing::warn!(entry = %p.key, problem = %p.message, "stored entry left out of the registry");
                 }
@@ -794,7 +807,7 @@ impl Broker {
             }
         };
         observer.step(Step::Conditions, Ok(()));
-        event.credential = Some(credential.name.clone());
+        event.credential = Some(credential.name.to_string());
         Ok(Decision {
             verified,
             matched,
