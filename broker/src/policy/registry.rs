@@ -307,6 +307,66 @@ pub struct Registry {
     left_out: usize,
 }
 
+/// A registry being built from the declared one and the stored rows, credential by
+/// credential as the store sends them ([`crate::store::RegistryStore::each_credential`]):
+/// each row is dropped once its credential is in, so the rows and the registry are never
+/// both held whole.
+pub struct StoredBuild<'a> {
+    declared: &'a Declared,
+    registry: Registry,
+    /// The stored identities that went in, by name.
+    stored: HashMap<String, Arc<Identity>>,
+    problems: Vec<BuildProblem>,
+}
+
+impl<'a> StoredBuild<'a> {
+    /// The declared registry (built once, at start; a clone shares all of it) with the
+    /// stored identities added.
+    pub fn new(declared: &'a Declared, identities: &[StoredIdentity]) -> Self {
+        let mut registry = declared.registry.clone();
+        let mut problems = Vec::new();
+        let mut stored = HashMap::new();
+        for s in identities {
+            match declared.stored_identity(s) {
+                Ok(identity) => {
+                    stored.insert(s.name.clone(), identity.clone());
+                    if let Inserted::LeftOut(p) = registry.insert_identity(identity) {
+                        problems.push(p);
+                    }
+                }
+                Err(p) => problems.push(p),
+            }
+        }
+        Self {
+            declared,
+            registry,
+            stored,
+            problems,
+        }
+    }
+
+    /// Adds a stored credential (of an identity that went in; others are skipped).
+    pub fn credential(&mut self, c: StoredCredential) {
+        let Some(identity) = self.stored.get(c.identity.as_str()) else {
+            return;
+        };
+        match self.declared.stored_credential(identity, &c) {
+            Ok(cred) => {
+                if let Inserted::LeftOut(p) = self.registry.insert_credential(Arc::new(cred)) {
+                    self.problems.push(p);
+                }
+            }
+            Err(p) => self.problems.push(p),
+        }
+    }
+
+    /// The registry, and what was left out of it.
+    pub fn finish(mut self) -> (Registry, Vec<BuildProblem>) {
+        self.registry.left_out = self.problems.len();
+        (self.registry, self.problems)
+    }
+}
+
 /// What inserting one entry did.
 #[derive(Debug)]
 enum Inserted {
@@ -346,38 +406,11 @@ impl Registry {
         identities: Vec<StoredIdentity>,
         credentials: Vec<StoredCredential>,
     ) -> (Self, Vec<BuildProblem>) {
-        // The declared part was built once, at start; a clone shares all of it.
-        let mut registry = declared.registry.clone();
-        let mut problems = Vec::new();
-        let mut stored = HashMap::new();
-        for s in &identities {
-            match declared.stored_identity(s) {
-                Ok(identity) => {
-                    stored.insert(s.name.as_str(), identity.clone());
-                    if let Inserted::LeftOut(p) = registry.insert_identity(identity) {
-                        problems.push(p);
-                    }
-                }
-                Err(p) => problems.push(p),
-            }
-        }
-        // Each row is dropped once its credential is built, so the rows read and the
-        // registry built from them are not both held whole.
+        let mut build = StoredBuild::new(declared, &identities);
         for c in credentials {
-            let Some(identity) = stored.get(c.identity.as_str()) else {
-                continue;
-            };
-            match declared.stored_credential(identity, &c) {
-                Ok(cred) => {
-                    if let Inserted::LeftOut(p) = registry.insert_credential(Arc::new(cred)) {
-                        problems.push(p);
-                    }
-                }
-                Err(p) => problems.push(p),
-            }
+            build.credential(c);
         }
-        registry.left_out = problems.len();
-        (registry, problems)
+        build.finish()
     }
 
     /// This registry with stored changes applied, sharing everything they leave alone.
