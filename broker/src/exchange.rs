@@ -22,7 +22,7 @@ use crate::issuer::{IssuerSetupError, KeyError, KeyStore};
 use crate::metrics::Metrics;
 use crate::policy::conditions::{self, Attempt, Refusal};
 use crate::policy::registry::Credential;
-use crate::policy::registry::{BuildProblem, Declared, StoredChange};
+use crate::policy::registry::{BuildProblem, Declared, StoredBuild, StoredChange};
 use crate::policy::{Identity, MatchError, Registry, SelectError, select_identity};
 use crate::ratelimit::{Limited, RateLimiter};
 use crate::redact::{Untrusted, untrusted};
@@ -354,9 +354,22 @@ impl Broker {
         metrics: Arc<Metrics>,
         store: Option<Arc<dyn Store>>,
     ) -> Result<Self, SetupError> {
-        crate::crypto::install_provider();
         let declared = Declared::from_config(cfg).map_err(SetupError::Registry)?;
-        let (registry, _) = Registry::with_stored(&declared, &[], &[]);
+        Self::with_declared(cfg, parsed, declared, clock, metrics, store)
+    }
+
+    /// [`Broker::with_parsed`] with the declared registry built already (from a
+    /// configuration whose credentials [`Declared::take_from_config`] took).
+    pub fn with_declared(
+        cfg: &BrokerConfig,
+        parsed: &wif_config::Parsed,
+        declared: Declared,
+        clock: SharedClock,
+        metrics: Arc<Metrics>,
+        store: Option<Arc<dyn Store>>,
+    ) -> Result<Self, SetupError> {
+        crate::crypto::install_provider();
+        let registry = declared.registry.clone();
         let auditor = match &store {
             Some(store) => Auditor::with_store(store.clone(), &cfg.audit, metrics.clone()),
             None => Auditor::log_only(&cfg.audit, metrics.clone()),
@@ -486,7 +499,7 @@ impl Broker {
             return Ok(false);
         };
         let loaded = self.loaded_version.lock().map(|v| *v).unwrap_or(None);
-        let fresh = match read_registry(store.as_ref(), loaded, whole).await {
+        let fresh = match read_registry(store.as_ref(), &self.declared, loaded, whole).await {
             Ok(Some(fresh)) => fresh,
             Ok(None) => return Ok(false),
             Err(e) => {
@@ -523,16 +536,14 @@ impl Broker {
         let (version, registry) = match fresh {
             Fresh::Whole {
                 version,
-                identities,
-                credentials,
+                registry,
+                problems,
             } => {
                 // Concurrent reloads may finish out of order; never go back to an older
                 // version.
                 if current.is_some_and(|v| v > version) {
                     return Some(false);
                 }
-                let (registry, problems) =
-                    Registry::with_stored(&self.declared, &identities, &credentials);
                 for p in &problems {
                     tracing::warn!(entry = %p.key, problem = %p.message, "stored entry left out of the registry");
                 }
@@ -794,7 +805,7 @@ impl Broker {
             }
         };
         observer.step(Step::Conditions, Ok(()));
-        event.credential = Some(credential.name.clone());
+        event.credential = Some(credential.name.to_string());
         Ok(Decision {
             verified,
             matched,
@@ -920,10 +931,11 @@ const MAX_CHANGES: u32 = 1000;
 
 /// What a reload read from the store.
 enum Fresh {
+    /// Built from every stored row as it was read (outside any lock).
     Whole {
         version: i64,
-        identities: Vec<crate::store::StoredIdentity>,
-        credentials: Vec<crate::store::StoredCredential>,
+        registry: Registry,
+        problems: Vec<BuildProblem>,
     },
     Changes {
         version: i64,
@@ -935,6 +947,7 @@ enum Fresh {
 /// `None` when nothing did.
 async fn read_registry(
     store: &dyn Store,
+    declared: &Declared,
     loaded: Option<i64>,
     whole: bool,
 ) -> Result<Option<Fresh>, StoreError> {
@@ -960,13 +973,19 @@ async fn read_registry(
             }));
         }
     }
-    // Read after the version: the lists are at least as new as it says.
+    // Read after the version: the lists are at least as new as it says. The credentials
+    // go into the registry row by row as they arrive (docs/PERFORMANCE.md, "Scale").
     let identities = store.list_identities().await?;
-    let credentials = store.list_credentials(None).await?;
+    let mut build = StoredBuild::new(declared, &identities);
+    drop(identities);
+    store
+        .each_credential(crate::store::CALL_TIMEOUT, &mut |c| build.credential(c))
+        .await?;
+    let (registry, problems) = build.finish();
     Ok(Some(Fresh::Whole {
         version,
-        identities,
-        credentials,
+        registry,
+        problems,
     }))
 }
 

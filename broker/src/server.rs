@@ -16,6 +16,7 @@ use crate::api::{self, AppState};
 use crate::clock::SharedClock;
 use crate::exchange::{Broker, SetupError};
 use crate::metrics::Metrics;
+use crate::policy::registry::Declared;
 use crate::tls::{self, TlsError};
 
 #[derive(Debug, thiserror::Error)]
@@ -75,6 +76,26 @@ impl RunningBroker {
         Self::start_parsed(cfg, &parsed, clock, listener).await
     }
 
+    /// Like [`Self::start`], taking the configuration: its federated credentials are
+    /// moved into the registry one by one (each dropped once built) rather than copied, so
+    /// a large configuration and the registry are never both held whole
+    /// (docs/PERFORMANCE.md, "Scale"). What `wif-broker serve` uses.
+    pub async fn start_owned(
+        mut cfg: BrokerConfig,
+        clock: SharedClock,
+    ) -> Result<Self, StartError> {
+        let parsed = cfg.parse()?;
+        let listener =
+            TcpListener::bind(parsed.listen)
+                .await
+                .map_err(|error| StartError::Bind {
+                    addr: parsed.listen.to_string(),
+                    error,
+                })?;
+        let declared = Declared::take_from_config(&mut cfg).map_err(SetupError::Registry)?;
+        Self::start_declared(&cfg, &parsed, declared, clock, listener).await
+    }
+
     /// Like [`Self::start`], on a listener bound already (so a test can know the broker's
     /// URL, say as its issuer URL, before it starts).
     pub async fn start_on(
@@ -93,12 +114,25 @@ impl RunningBroker {
         clock: SharedClock,
         listener: TcpListener,
     ) -> Result<Self, StartError> {
+        let declared = Declared::from_config(cfg).map_err(SetupError::Registry)?;
+        Self::start_declared(cfg, parsed, declared, clock, listener).await
+    }
+
+    /// Starts serving with the declared registry built already.
+    async fn start_declared(
+        cfg: &BrokerConfig,
+        parsed: &wif_config::Parsed,
+        declared: Declared,
+        clock: SharedClock,
+        listener: TcpListener,
+    ) -> Result<Self, StartError> {
         crate::crypto::install_provider();
         let metrics = Metrics::new();
         let store = crate::store::open_or_defer(&cfg.store.url).await?;
-        let broker = Arc::new(Broker::with_parsed(
+        let broker = Arc::new(Broker::with_declared(
             cfg,
             parsed,
+            declared,
             clock,
             metrics,
             Some(store),

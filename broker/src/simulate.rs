@@ -256,7 +256,7 @@ pub async fn simulate(
             .iter()
             .map(|c| CredentialRef {
                 identity: c.identity.name.clone(),
-                credential: c.name.clone(),
+                credential: c.name.to_string(),
             })
             .collect(),
         near_misses: near_misses(misses),
@@ -300,7 +300,7 @@ fn near_misses(misses: Vec<crate::policy::registry::Miss>) -> Vec<NearMiss> {
         .into_iter()
         .map(|m| NearMiss {
             identity: m.credential.identity.name.clone(),
-            credential: m.credential.name.clone(),
+            credential: m.credential.name.to_string(),
             failed: m.check.to_owned(),
             clause_index: m.clause.as_ref().map(|(i, _)| *i),
             clause: m.clause.map(|(_, text)| text),

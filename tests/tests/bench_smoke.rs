@@ -427,3 +427,66 @@ fn the_replica_harness_reports_propagation_for_two_and_three_replicas() {
         assert!(number(round, "/create_ms/p99") >= 0.0);
     }
 }
+
+/// `wif-scale` loads its credentials from a config file or from the store, and reports
+/// every figure of the scale budgets with the budget and a verdict (never asserted).
+#[test]
+fn the_scale_harness_loads_declared_and_stored_credentials_and_gives_verdicts() {
+    for load in ["declared", "stored"] {
+        let output = Command::new(env!("CARGO_BIN_EXE_wif-scale"))
+            .args([
+                "--credentials",
+                "1000",
+                "--lookups",
+                "1000",
+                "--writes",
+                "5",
+                "--load",
+                load,
+                "--json",
+            ])
+            .output()
+            .expect("wif-scale runs");
+        assert!(
+            output.status.success(),
+            "wif-scale --load {load} failed with {}\nstdout:\n{}\nstderr:\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr),
+        );
+        let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+        assert_eq!(report["load"], load);
+        assert_eq!(report["credentials"], 1000, "{load}: {report:#}");
+        assert_eq!(report["wrong_answers"], 0);
+        for path in [
+            "/parse_secs",
+            "/start_secs",
+            "/rss_added_mib",
+            "/peak_added_mib",
+            "/match_exact_us/p99",
+            "/match_expression_us/p99",
+            "/match_miss_us/p99",
+            "/create_ms/p99",
+            "/delete_ms/p99",
+        ] {
+            assert!(number(&report, path) >= 0.0, "{load}: {path}");
+        }
+        assert!(number(&report, "/match_exact_us/count") > 0.0);
+        assert!(number(&report, "/match_expression_us/count") > 0.0);
+        assert_eq!(report["populate_secs"].is_number(), load == "stored");
+        let budgets = report["budgets"].as_array().expect("a list of budgets");
+        let figures: Vec<&str> = budgets
+            .iter()
+            .map(|b| b["figure"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            figures,
+            ["start_secs", "rss_added_mib", "match_p99_us", "create_p99_ms"]
+        );
+        for b in budgets {
+            assert!(b["budget"].as_f64().unwrap() > 0.0, "{b}");
+            assert!(b["value"].as_f64().unwrap() >= 0.0, "{b}");
+            assert!(["met", "missed"].contains(&b["verdict"].as_str().unwrap()), "{b}");
+        }
+    }
+}

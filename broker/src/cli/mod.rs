@@ -181,7 +181,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 tracing::warn!("{warning}");
             }
             tracing::info!("store: {}", describe_store(&cfg.store.url));
-            let broker = RunningBroker::start(&cfg, clock::system()).await?;
+            let broker = RunningBroker::start_owned(cfg, clock::system()).await?;
             broker.run_until(shutdown_signal()).await?;
             Ok(())
         }

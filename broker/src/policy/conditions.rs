@@ -366,7 +366,7 @@ pub fn choose_credential(
         ) {
             Ok(()) => admitting.push(c),
             Err(r) => {
-                refused.get_or_insert((r, Some(c.name.clone())));
+                refused.get_or_insert((r, Some(c.name.to_string())));
             }
         }
     }

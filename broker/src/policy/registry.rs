@@ -7,7 +7,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use wif_config::{AssertionSource, BrokerConfig, Cloud};
+use wif_config::{AssertionSource, BrokerConfig, Cloud, FederatedCredentialConfig};
 
 use super::authority::AuthorityHosts;
 use super::conditions::{Conditions, Restrictions};
@@ -41,58 +41,130 @@ pub struct Identity {
 /// How a credential decides on a token's subject.
 #[derive(Debug, Clone, PartialEq)]
 pub enum SubjectRule {
-    Exact(String),
-    Expression(Expression),
+    /// Shared with the key of the issuer's exact-subject index.
+    Exact(Arc<str>),
+    Expression(Box<Expression>),
 }
 
 /// A federated credential: tokens from `issuer` matching `rule` with `audience` may act
 /// as `identity`.
+///
+/// One compact value per credential, since a registry may hold a million of them
+/// (docs/PERFORMANCE.md, "Scale"): the issuer and audience are interned (one allocation
+/// per distinct value, shared by every credential using it), the name and exact subject
+/// are shared with the keys of the maps that index them, and conditions that restrict
+/// nothing are one shared value.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Credential {
     /// A UUID for API-registered credentials, `config:<name>` for declared ones.
-    pub id: String,
-    pub name: String,
+    pub id: Box<str>,
+    pub name: Arc<str>,
     pub identity: Arc<Identity>,
-    pub issuer: String,
+    pub issuer: Arc<str>,
     pub rule: SubjectRule,
-    pub audience: String,
-    pub description: Option<String>,
+    pub audience: Arc<str>,
+    pub description: Option<Box<str>>,
     /// Each token is accepted once (replay protection, recorded in the store).
     pub one_time_use: bool,
     pub created_at: Option<u64>,
     pub updated_at: Option<u64>,
     /// The broker's own controls on what the credential admits (docs/admin.md, "Least
     /// privilege").
-    pub conditions: Conditions,
+    pub conditions: Arc<Conditions>,
+}
+
+/// The conditions of a credential that restricts nothing: one value, shared.
+fn unrestricted() -> Arc<Conditions> {
+    static NONE: std::sync::LazyLock<Arc<Conditions>> =
+        std::sync::LazyLock::new(|| Arc::new(Conditions::default()));
+    NONE.clone()
+}
+
+/// `conditions` as a credential holds them: the shared value when they restrict nothing.
+fn shared_conditions(conditions: Conditions) -> Arc<Conditions> {
+    if conditions == Conditions::default() {
+        unrestricted()
+    } else {
+        Arc::new(conditions)
+    }
+}
+
+/// The credentials sharing one index key: almost always one, so without a list.
+#[derive(Debug, Clone)]
+enum Bucket {
+    One(Arc<Credential>),
+    Many(Arc<Vec<Arc<Credential>>>),
+}
+
+impl Bucket {
+    fn as_slice(&self) -> &[Arc<Credential>] {
+        match self {
+            Bucket::One(c) => std::slice::from_ref(c),
+            Bucket::Many(list) => list,
+        }
+    }
+
+    fn with(&self, cred: Arc<Credential>) -> Bucket {
+        let mut list = self.as_slice().to_vec();
+        list.push(cred);
+        Bucket::Many(Arc::new(list))
+    }
+
+    /// This bucket without `cred` (by pointer); `None` when nothing is left.
+    fn without(&self, cred: &Arc<Credential>) -> Option<Bucket> {
+        let mut rest: Vec<Arc<Credential>> = self
+            .as_slice()
+            .iter()
+            .filter(|c| !Arc::ptr_eq(c, cred))
+            .cloned()
+            .collect();
+        match rest.len() {
+            0 => None,
+            1 => rest.pop().map(Bucket::One),
+            _ => Some(Bucket::Many(Arc::new(rest))),
+        }
+    }
+}
+
+type Index = imbl::HashMap<Arc<str>, Bucket>;
+
+/// Adds `cred` under `key`.
+fn add_to(map: &mut Index, key: Arc<str>, cred: &Arc<Credential>) {
+    let bucket = match map.get(&*key) {
+        Some(bucket) => bucket.with(cred.clone()),
+        None => Bucket::One(cred.clone()),
+    };
+    map.insert(key, bucket);
 }
 
 /// One issuer's credentials, indexed for matching. Persistent maps: a clone shares them,
 /// and a change copies only the path to what it touches.
 #[derive(Debug, Default, Clone)]
 struct IssuerIndex {
-    exact: imbl::HashMap<String, Vec<Arc<Credential>>>,
+    exact: Index,
     /// Expressions whose `sub` clause fixes a literal start, by that literal: a token is
     /// tried only against those whose literal starts its `sub`.
-    by_sub_prefix: imbl::HashMap<String, Vec<Arc<Credential>>>,
+    by_sub_prefix: Index,
     /// The distinct lengths (bytes) of the keys of `by_sub_prefix`, ascending, each with
     /// how many credentials use it.
     prefix_lengths: Vec<(usize, usize)>,
     /// Expressions without such a literal, by (identity, name): tried for every token of
     /// the issuer.
-    expressions: imbl::OrdMap<(String, String), Arc<Credential>>,
+    expressions: imbl::OrdMap<(String, Arc<str>), Arc<Credential>>,
     /// How many credentials the index holds.
     len: usize,
 }
 
 /// Removes `cred` (by pointer) from a list in `map`, dropping the key when it empties.
-fn remove_from(
-    map: &mut imbl::HashMap<String, Vec<Arc<Credential>>>,
-    key: &str,
-    cred: &Arc<Credential>,
-) {
-    if let Some(list) = map.get_mut(key) {
-        list.retain(|c| !Arc::ptr_eq(c, cred));
-        if list.is_empty() {
+fn remove_from(map: &mut Index, key: &str, cred: &Arc<Credential>) {
+    let Some(bucket) = map.get(key) else { return };
+    match bucket.without(cred) {
+        Some(rest) => {
+            if let Some(slot) = map.get_mut(key) {
+                *slot = rest;
+            }
+        }
+        None => {
             map.remove(key);
         }
     }
@@ -102,12 +174,7 @@ impl IssuerIndex {
     fn add(&mut self, cred: &Arc<Credential>) {
         self.len += 1;
         match &cred.rule {
-            SubjectRule::Exact(subject) => {
-                self.exact
-                    .entry(subject.clone())
-                    .or_default()
-                    .push(cred.clone());
-            }
+            SubjectRule::Exact(subject) => add_to(&mut self.exact, subject.clone(), cred),
             SubjectRule::Expression(expression) => match expression.sub_prefix() {
                 Some(prefix) => {
                     match self
@@ -117,10 +184,7 @@ impl IssuerIndex {
                         Ok(at) => self.prefix_lengths[at].1 += 1,
                         Err(at) => self.prefix_lengths.insert(at, (prefix.len(), 1)),
                     }
-                    self.by_sub_prefix
-                        .entry(prefix.to_owned())
-                        .or_default()
-                        .push(cred.clone());
+                    add_to(&mut self.by_sub_prefix, Arc::from(prefix), cred);
                 }
                 None => {
                     self.expressions.insert(
@@ -166,10 +230,14 @@ impl IssuerIndex {
                 .take_while(|(len, _)| *len <= sub.len())
                 .filter_map(|(len, _)| sub.get(..*len))
                 .filter_map(|prefix| self.by_sub_prefix.get(prefix))
-                .flatten()
+                .flat_map(Bucket::as_slice)
                 .collect(),
             // A `sub` that is absent or not a string: no literal to look up by.
-            None => self.by_sub_prefix.values().flatten().collect(),
+            None => self
+                .by_sub_prefix
+                .values()
+                .flat_map(Bucket::as_slice)
+                .collect(),
         };
         out.extend(self.expressions.values());
         out
@@ -225,15 +293,78 @@ pub struct Registry {
     /// identity per subject, so the broker signs an assertion for subject S only for the
     /// identity (tenant and client id) owning S (docs/assertion-sources.md).
     assertion_subjects: imbl::HashMap<String, Arc<Identity>>,
-    /// Credentials by identity, then name.
-    credentials: imbl::OrdMap<String, imbl::OrdMap<String, Arc<Credential>>>,
+    /// Credentials by identity, then name (the key is the credential's own name).
+    credentials: imbl::OrdMap<String, imbl::OrdMap<Arc<str>, Arc<Credential>>>,
     credential_count: usize,
-    by_issuer: imbl::HashMap<String, IssuerIndex>,
+    /// The key is the issuer every credential of it shares (interned).
+    by_issuer: imbl::HashMap<Arc<str>, IssuerIndex>,
+    /// Every audience in use, interned: credentials share one allocation per value.
+    audiences: imbl::HashMap<Arc<str>, ()>,
     /// `[[issuers]]` of the config file: trusted even without a credential.
     explicit_issuers: Arc<HashSet<String>>,
     /// How many entries the last build left out. While some are, a change may let one
     /// back in, so [`Registry::apply`] declines and the registry is built whole.
     left_out: usize,
+}
+
+/// A registry being built from the declared one and the stored rows, credential by
+/// credential as the store sends them ([`crate::store::RegistryStore::each_credential`]):
+/// each row is dropped once its credential is in, so the rows and the registry are never
+/// both held whole.
+pub struct StoredBuild<'a> {
+    declared: &'a Declared,
+    registry: Registry,
+    /// The stored identities that went in, by name.
+    stored: HashMap<String, Arc<Identity>>,
+    problems: Vec<BuildProblem>,
+}
+
+impl<'a> StoredBuild<'a> {
+    /// The declared registry (built once, at start; a clone shares all of it) with the
+    /// stored identities added.
+    pub fn new(declared: &'a Declared, identities: &[StoredIdentity]) -> Self {
+        let mut registry = declared.registry.clone();
+        let mut problems = Vec::new();
+        let mut stored = HashMap::new();
+        for s in identities {
+            match declared.stored_identity(s) {
+                Ok(identity) => {
+                    stored.insert(s.name.clone(), identity.clone());
+                    if let Inserted::LeftOut(p) = registry.insert_identity(identity) {
+                        problems.push(p);
+                    }
+                }
+                Err(p) => problems.push(p),
+            }
+        }
+        Self {
+            declared,
+            registry,
+            stored,
+            problems,
+        }
+    }
+
+    /// Adds a stored credential (of an identity that went in; others are skipped).
+    pub fn credential(&mut self, c: StoredCredential) {
+        let Some(identity) = self.stored.get(c.identity.as_str()) else {
+            return;
+        };
+        match self.declared.stored_credential(identity, &c) {
+            Ok(cred) => {
+                if let Inserted::LeftOut(p) = self.registry.insert_credential(Arc::new(cred)) {
+                    self.problems.push(p);
+                }
+            }
+            Err(p) => self.problems.push(p),
+        }
+    }
+
+    /// The registry, and what was left out of it.
+    pub fn finish(mut self) -> (Registry, Vec<BuildProblem>) {
+        self.registry.left_out = self.problems.len();
+        (self.registry, self.problems)
+    }
 }
 
 /// What inserting one entry did.
@@ -264,8 +395,7 @@ pub enum StoredChange {
 impl Registry {
     /// Builds the declarative registry from the config file, applying Entra's rules.
     pub fn from_config(cfg: &BrokerConfig) -> Result<Self, Vec<BuildProblem>> {
-        let declared = Declared::from_config(cfg)?;
-        Ok(Self::with_stored(&declared, &[], &[]).0)
+        Ok(Declared::from_config(cfg)?.registry)
     }
 
     /// The declared entries plus those registered through the API. Stored entries were
@@ -273,36 +403,14 @@ impl Registry {
     /// that changed) is left out and reported.
     pub fn with_stored(
         declared: &Declared,
-        identities: &[StoredIdentity],
-        credentials: &[StoredCredential],
+        identities: Vec<StoredIdentity>,
+        credentials: Vec<StoredCredential>,
     ) -> (Self, Vec<BuildProblem>) {
-        let mut all_identities = declared.identities.clone();
-        let mut all_credentials = declared.credentials.clone();
-        let mut problems = Vec::new();
-        let mut stored = HashMap::new();
-        for s in identities {
-            match declared.stored_identity(s) {
-                Ok(identity) => {
-                    stored.insert(s.name.as_str(), identity.clone());
-                    all_identities.push(identity);
-                }
-                Err(p) => problems.push(p),
-            }
-        }
+        let mut build = StoredBuild::new(declared, &identities);
         for c in credentials {
-            let Some(identity) = stored.get(c.identity.as_str()) else {
-                continue;
-            };
-            match declared.stored_credential(identity, c) {
-                Ok(cred) => all_credentials.push(Arc::new(cred)),
-                Err(p) => problems.push(p),
-            }
+            build.credential(c);
         }
-        let (mut registry, mut more) =
-            Self::build(all_identities, all_credentials, &declared.explicit_issuers);
-        registry.left_out += problems.len();
-        problems.append(&mut more);
-        (registry, problems)
+        build.finish()
     }
 
     /// This registry with stored changes applied, sharing everything they leave alone.
@@ -364,13 +472,13 @@ fn effective_authority_host(host: Option<&str>, cloud: Option<Cloud>, default: &
         .to_owned()
 }
 
-/// The part of the registry declared in the config file, checked once at start-up.
+/// The part of the registry declared in the config file, checked and built once at
+/// start-up.
 #[derive(Debug, Clone, Default)]
 pub struct Declared {
-    pub identities: Vec<Arc<Identity>>,
-    /// Shared with every registry built from them: one copy however often it is built.
-    pub credentials: Vec<Arc<Credential>>,
-    pub explicit_issuers: Vec<String>,
+    /// The declared identities and credentials, indexed: every registry starts as a clone
+    /// of it (which shares it), and stored entries are added to that.
+    pub registry: Registry,
     pub default_authority_host: String,
     /// The authority hosts identities may use (docs/configuration.md).
     pub authority_hosts: AuthorityHosts,
@@ -379,12 +487,32 @@ pub struct Declared {
 impl Declared {
     /// Applies Entra's rules to every declared credential; every problem names its key.
     pub fn from_config(cfg: &BrokerConfig) -> Result<Self, Vec<BuildProblem>> {
+        Self::build(cfg, None)
+    }
+
+    /// [`Declared::from_config`], taking the credentials out of `cfg` as it goes: each is
+    /// dropped once built, so a large configuration and the registry built from it are
+    /// never both held whole (docs/PERFORMANCE.md, "Scale").
+    pub fn take_from_config(cfg: &mut BrokerConfig) -> Result<Self, Vec<BuildProblem>> {
+        let taken = cfg
+            .identities
+            .iter_mut()
+            .map(|i| std::mem::take(&mut i.federated_credentials))
+            .collect();
+        Self::build(cfg, Some(taken))
+    }
+
+    fn build(
+        cfg: &BrokerConfig,
+        taken: Option<Vec<Vec<FederatedCredentialConfig>>>,
+    ) -> Result<Self, Vec<BuildProblem>> {
         let opts = RuleOptions {
             allow_loopback_http: cfg.outbound.allow_loopback_http,
         };
+        let explicit_issuers: Vec<String> = cfg.issuers.iter().map(|i| i.url.clone()).collect();
+        let mut registry = Registry::empty(&explicit_issuers);
         let mut problems = Vec::new();
-        let mut identities = Vec::new();
-        let mut credentials = Vec::new();
+        let mut taken = taken.map(Vec::into_iter);
         for (i, id) in cfg.identities.iter().enumerate() {
             let identity = Arc::new(Identity {
                 name: id.name.clone(),
@@ -411,7 +539,20 @@ impl Declared {
                     },
                 ),
             });
-            for (j, fc) in id.federated_credentials.iter().enumerate() {
+            if let Inserted::LeftOut(p) = registry.insert_identity(identity.clone()) {
+                problems.push(p);
+            }
+            let owned = taken.as_mut().map(|t| t.next().unwrap_or_default());
+            let list: Box<dyn Iterator<Item = std::borrow::Cow<'_, FederatedCredentialConfig>>> =
+                match owned {
+                    Some(owned) => Box::new(owned.into_iter().map(std::borrow::Cow::Owned)),
+                    None => Box::new(
+                        id.federated_credentials
+                            .iter()
+                            .map(std::borrow::Cow::Borrowed),
+                    ),
+                };
+            for (j, fc) in list.enumerate() {
                 let key = format!("identities[{i}].federated_credentials[{j}]");
                 let audiences = fc.effective_audiences(id.cloud);
                 let spec = CredentialSpec {
@@ -431,28 +572,27 @@ impl Declared {
                     continue;
                 }
                 let conditions =
-                    Restrictions::of_credential(fc).and_then(|r| Conditions::new(r, true));
+                    Restrictions::of_credential(&fc).and_then(|r| Conditions::new(r, true));
                 match (build_credential(&identity, &spec), conditions) {
                     (Ok(c), Ok(conditions)) => {
-                        credentials.push(Arc::new(Credential { conditions, ..c }))
+                        let cred = Arc::new(Credential {
+                            conditions: shared_conditions(conditions),
+                            ..c
+                        });
+                        if let Inserted::LeftOut(p) = registry.insert_credential(cred) {
+                            problems.push(p);
+                        }
                     }
                     (Err(message), _) => problems.push(BuildProblem { key, message }),
                     (_, Err(v)) => problems.extend(config_problems(&key, &v)),
                 }
             }
-            identities.push(identity);
         }
-        let explicit_issuers: Vec<String> = cfg.issuers.iter().map(|i| i.url.clone()).collect();
-        let (_, mut more) =
-            Registry::build(identities.clone(), credentials.clone(), &explicit_issuers);
-        problems.append(&mut more);
         if !problems.is_empty() {
             return Err(problems);
         }
         Ok(Self {
-            identities,
-            credentials,
-            explicit_issuers,
+            registry,
             default_authority_host: cfg.entra.authority_host.trim_end_matches('/').to_owned(),
             authority_hosts: AuthorityHosts::from_config(cfg),
         })
@@ -513,13 +653,14 @@ impl Declared {
             key: format!("identity {} credential {}", c.identity, c.name),
             message,
         })?;
-        cred.id = c.id.clone();
+        cred.id = c.id.as_str().into();
         cred.one_time_use = c.one_time_use;
         cred.created_at = Some(c.created_at);
         cred.updated_at = Some(c.updated_at);
-        cred.conditions = Conditions::new(c.restrictions.clone(), true).map_err(|v| {
-            restriction_problem(format!("identity {} credential {}", c.identity, c.name), &v)
-        })?;
+        cred.conditions =
+            shared_conditions(Conditions::new(c.restrictions.clone(), true).map_err(|v| {
+                restriction_problem(format!("identity {} credential {}", c.identity, c.name), &v)
+            })?);
         Ok(cred)
     }
 }
@@ -532,15 +673,7 @@ impl Registry {
         credentials: Vec<Arc<Credential>>,
         explicit_issuers: &[String],
     ) -> (Self, Vec<BuildProblem>) {
-        let mut registry = Registry {
-            explicit_issuers: Arc::new(explicit_issuers.iter().cloned().collect()),
-            ..Default::default()
-        };
-        for issuer in explicit_issuers {
-            registry
-                .by_issuer
-                .insert(issuer.clone(), IssuerIndex::default());
-        }
+        let mut registry = Registry::empty(explicit_issuers);
         let mut problems = Vec::new();
         for identity in identities {
             if let Inserted::LeftOut(p) = registry.insert_identity(identity) {
@@ -554,6 +687,20 @@ impl Registry {
         }
         registry.left_out = problems.len();
         (registry, problems)
+    }
+
+    /// No entries; tokens of `explicit_issuers` are trusted.
+    fn empty(explicit_issuers: &[String]) -> Self {
+        let mut registry = Registry {
+            explicit_issuers: Arc::new(explicit_issuers.iter().cloned().collect()),
+            ..Default::default()
+        };
+        for issuer in explicit_issuers {
+            registry
+                .by_issuer
+                .insert(Arc::from(issuer.as_str()), IssuerIndex::default());
+        }
+        registry
     }
 
     fn insert_identity(&mut self, identity: Arc<Identity>) -> Inserted {
@@ -599,7 +746,7 @@ impl Registry {
         Inserted::Yes
     }
 
-    fn insert_credential(&mut self, cred: Arc<Credential>) -> Inserted {
+    fn insert_credential(&mut self, mut cred: Arc<Credential>) -> Inserted {
         // A credential of an identity that was left out goes with it.
         if !self
             .identities
@@ -615,15 +762,19 @@ impl Registry {
             })
         };
         let mine = self.credentials.get(&cred.identity.name);
-        if mine.is_some_and(|m| m.contains_key(&cred.name)) {
+        if mine.is_some_and(|m| m.contains_key(&*cred.name)) {
             return left_out("a credential with this name already exists on the identity".into());
         }
         if let SubjectRule::Exact(subject) = &cred.rule {
             let taken = self
                 .by_issuer
-                .get(&cred.issuer)
-                .and_then(|index| index.exact.get(subject))
-                .is_some_and(|list| list.iter().any(|c| c.identity.name == cred.identity.name));
+                .get(&*cred.issuer)
+                .and_then(|index| index.exact.get(&**subject))
+                .is_some_and(|b| {
+                    b.as_slice()
+                        .iter()
+                        .any(|c| c.identity.name == cred.identity.name)
+                });
             if taken {
                 return left_out(format!(
                     "issuer {} and subject {subject} are already used by another credential of this identity",
@@ -632,6 +783,7 @@ impl Registry {
             }
         }
 
+        self.intern(&mut cred);
         self.by_issuer
             .entry(cred.issuer.clone())
             .or_default()
@@ -642,6 +794,21 @@ impl Registry {
             .insert(cred.name.clone(), cred);
         self.credential_count += 1;
         Inserted::Yes
+    }
+
+    /// Makes a credential just built share the issuer and audience strings already in
+    /// the registry (one allocation per distinct value however many credentials use it).
+    fn intern(&mut self, cred: &mut Arc<Credential>) {
+        let Some(c) = Arc::get_mut(cred) else { return };
+        if let Some((issuer, _)) = self.by_issuer.get_key_value(&*c.issuer) {
+            c.issuer = issuer.clone();
+        }
+        match self.audiences.get_key_value(&*c.audience) {
+            Some((audience, _)) => c.audience = audience.clone(),
+            None => {
+                self.audiences.insert(c.audience.clone(), ());
+            }
+        }
     }
 
     fn remove_credential(&mut self, identity: &str, name: &str) {
@@ -655,10 +822,10 @@ impl Registry {
             self.credentials.remove(identity);
         }
         self.credential_count -= 1;
-        if let Some(index) = self.by_issuer.get_mut(&cred.issuer) {
+        if let Some(index) = self.by_issuer.get_mut(&*cred.issuer) {
             index.remove(&cred);
-            if index.len == 0 && !self.explicit_issuers.contains(&cred.issuer) {
-                self.by_issuer.remove(&cred.issuer);
+            if index.len == 0 && !self.explicit_issuers.contains(&*cred.issuer) {
+                self.by_issuer.remove(&*cred.issuer);
             }
         }
     }
@@ -667,7 +834,7 @@ impl Registry {
         let names: Vec<String> = self
             .credentials
             .get(name)
-            .map(|m| m.keys().cloned().collect())
+            .map(|m| m.keys().map(|k| k.to_string()).collect())
             .unwrap_or_default();
         for cred in names {
             self.remove_credential(name, &cred);
@@ -734,7 +901,7 @@ impl Registry {
     pub fn credential(&self, identity: &str, name_or_id: &str) -> Option<&Arc<Credential>> {
         let mine = self.credentials.get(identity)?;
         mine.get(name_or_id)
-            .or_else(|| mine.values().find(|c| c.id == name_or_id))
+            .or_else(|| mine.values().find(|c| &*c.id == name_or_id))
     }
 
     pub fn credential_count(&self) -> usize {
@@ -743,14 +910,14 @@ impl Registry {
 
     /// The credentials a verified token satisfies (issuer, subject or expression, audience).
     pub fn matching(&self, token: &VerifiedToken) -> Result<Vec<Arc<Credential>>, MatchError> {
-        let Some(index) = self.by_issuer.get(&token.iss) else {
+        let Some(index) = self.by_issuer.get(token.iss.as_str()) else {
             return Err(MatchError::NoCredential);
         };
         let exact = token
             .sub
             .as_deref()
             .and_then(|sub| index.exact.get(sub))
-            .map(Vec::as_slice)
+            .map(Bucket::as_slice)
             .unwrap_or_default();
         let candidates = index.expression_candidates(token.sub.as_deref());
         let mut subject_matches =
@@ -766,7 +933,7 @@ impl Registry {
             if admits_audience(&token.aud, &cred.audience) {
                 matched.push(cred.clone());
             } else if wanted_audience.is_none() {
-                wanted_audience = Some(cred.audience.clone());
+                wanted_audience = Some(cred.audience.to_string());
             }
         }
         match (matched.is_empty(), wanted_audience) {
@@ -809,7 +976,7 @@ impl Registry {
         let mut misses = Vec::new();
         let loose = |s: &str| s.trim_end_matches('/').to_ascii_lowercase();
         for cred in self.credentials() {
-            if cred.issuer != token.iss {
+            if *cred.issuer != *token.iss {
                 if loose(&cred.issuer) == loose(&token.iss) {
                     misses.push(Miss {
                         credential: cred.clone(),
@@ -825,7 +992,7 @@ impl Registry {
             }
             let subject_miss = match &cred.rule {
                 SubjectRule::Exact(subject) => match token.sub.as_deref() {
-                    Some(sub) if sub == subject => None,
+                    Some(sub) if sub == &**subject => None,
                     Some(sub) if sub.eq_ignore_ascii_case(subject) => Some((
                         "subject",
                         None,
@@ -917,10 +1084,10 @@ pub fn build_credential(
     spec: &CredentialSpec<'_>,
 ) -> Result<Credential, String> {
     let rule = match (spec.subject, spec.claims_matching_expression) {
-        (Some(subject), None) => SubjectRule::Exact(subject.to_owned()),
-        (None, Some(expr)) => {
-            SubjectRule::Expression(Expression::parse(expr).map_err(|e| e.to_string())?)
-        }
+        (Some(subject), None) => SubjectRule::Exact(Arc::from(subject)),
+        (None, Some(expr)) => SubjectRule::Expression(Box::new(
+            Expression::parse(expr).map_err(|e| e.to_string())?,
+        )),
         _ => {
             return Err("exactly one of subject and claims_matching_expression is required".into());
         }
@@ -928,20 +1095,19 @@ pub fn build_credential(
     let audience = spec
         .audiences
         .first()
-        .cloned()
-        .unwrap_or_else(|| rules::DEFAULT_AUDIENCE.to_owned());
+        .map_or(rules::DEFAULT_AUDIENCE, String::as_str);
     Ok(Credential {
-        id: format!("config:{}", spec.name),
-        name: spec.name.to_owned(),
+        id: format!("config:{}", spec.name).into_boxed_str(),
+        name: Arc::from(spec.name),
         identity: identity.clone(),
-        issuer: spec.issuer.to_owned(),
+        issuer: Arc::from(spec.issuer),
         rule,
-        audience,
-        description: spec.description.map(str::to_owned),
+        audience: Arc::from(audience),
+        description: spec.description.map(Box::from),
         one_time_use: false,
         created_at: None,
         updated_at: None,
-        conditions: Conditions::default(),
+        conditions: unrestricted(),
     })
 }
 
@@ -1136,8 +1302,11 @@ mod tests {
         let iss = "https://login.microsoftonline.com/t/v2.0";
         let app_id = rules::TOKEN_EXCHANGE_APP_ID;
         let mi = token(iss, "object-id", app_id, json!({}));
-        assert_eq!(registry.matching(&mi).unwrap()[0].name, "payments-mi");
-        assert_eq!(registry.explain(&mi).0[0].name, "payments-mi");
+        assert_eq!(
+            registry.matching(&mi).unwrap()[0].name,
+            "payments-mi".into()
+        );
+        assert_eq!(registry.explain(&mi).0[0].name, "payments-mi".into());
         // Only api://AzureADTokenExchange has an alias.
         let custom = token(iss, "other-object-id", app_id, json!({}));
         assert_eq!(
@@ -1168,14 +1337,17 @@ mod tests {
         let main = registry
             .matching(&token(gh, "repo:c/r:ref:refs/heads/main", aud, json!({})))
             .unwrap();
-        assert_eq!(main[0].name, "main");
+        assert_eq!(main[0].name, "main".into());
         let release = token(
             gh,
             "repo:c/r:ref:refs/heads/release/1.2",
             aud,
             json!({"actor": "octocat"}),
         );
-        assert_eq!(registry.matching(&release).unwrap()[0].name, "releases");
+        assert_eq!(
+            registry.matching(&release).unwrap()[0].name,
+            "releases".into()
+        );
         let wrong_actor = token(
             gh,
             "repo:c/r:ref:refs/heads/release/1.2",
@@ -1240,15 +1412,15 @@ mod tests {
                 let t = token(gh, sub, aud, extra.clone());
                 let mut indexed: Vec<String> = registry
                     .matching(&t)
-                    .map(|m| m.iter().map(|c| c.name.clone()).collect())
+                    .map(|m| m.iter().map(|c| c.name.to_string()).collect())
                     .unwrap_or_default();
                 let mut every: Vec<String> = registry
                     .credentials()
                     .filter(|c| match &c.rule {
                         SubjectRule::Expression(e) => e.matches(t.claims.value()),
-                        SubjectRule::Exact(s) => s == sub,
+                        SubjectRule::Exact(s) => **s == *sub,
                     })
-                    .map(|c| c.name.clone())
+                    .map(|c| c.name.to_string())
                     .collect();
                 indexed.sort();
                 every.sort();
@@ -1267,7 +1439,7 @@ mod tests {
             .matching(&odd)
             .unwrap()
             .iter()
-            .map(|c| c.name.clone())
+            .map(|c| c.name.to_string())
             .collect();
         assert!(names.contains(&"e0x".to_owned()), "{names:?}");
     }
@@ -1289,7 +1461,7 @@ mod tests {
         let gov = registry.identity("gov").unwrap();
         assert_eq!(gov.authority_host, "https://login.microsoftonline.us");
         assert_eq!(
-            registry.credentials().next().unwrap().audience,
+            &*registry.credentials().next().unwrap().audience,
             "api://AzureADTokenExchangeUSGov"
         );
     }
@@ -1321,8 +1493,9 @@ mod incremental {
                 c.updated_at
             ));
         }
-        let names = |list: &Vec<Arc<Credential>>| -> Vec<String> {
+        let names = |list: &Bucket| -> Vec<String> {
             let mut v: Vec<String> = list
+                .as_slice()
                 .iter()
                 .map(|c| format!("{}/{}", c.identity.name, c.name))
                 .collect();
@@ -1428,7 +1601,7 @@ mod incremental {
         ];
         let mut identities: Vec<StoredIdentity> = Vec::new();
         let mut credentials: Vec<StoredCredential> = Vec::new();
-        let (mut registry, _) = Registry::with_stored(&declared, &[], &[]);
+        let (mut registry, _) = Registry::with_stored(&declared, Vec::new(), Vec::new());
         let (mut applied, mut rebuilt) = (0, 0);
         let mut rng = Lcg(7);
         for step in 0..3000u64 {
@@ -1564,7 +1737,8 @@ mod incremental {
                     }
                 }
             };
-            let (whole, _) = Registry::with_stored(&declared, &identities, &credentials);
+            let (whole, _) =
+                Registry::with_stored(&declared, identities.clone(), credentials.clone());
             match registry.apply(&declared, std::slice::from_ref(&change)) {
                 Some(next) => {
                     assert_eq!(summary(&next), summary(&whole), "step {step}: {change:?}");

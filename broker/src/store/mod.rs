@@ -321,6 +321,15 @@ pub trait RegistryStore: Send + Sync + 'static {
 
     /// All credentials, or those of one identity, ordered by identity then name.
     async fn list_credentials(&self, identity: Option<&str>) -> StoreResult<Vec<StoredCredential>>;
+    /// Every credential, ordered by identity then name, handed to `each` row by row as the
+    /// database sends them: a million are never all held at once. `Unavailable` when no
+    /// row came for `idle` (a database that stopped answering); however long the whole
+    /// read takes while rows keep coming (docs/PERFORMANCE.md, "Scale").
+    async fn each_credential(
+        &self,
+        idle: std::time::Duration,
+        each: &mut (dyn FnMut(StoredCredential) + Send),
+    ) -> StoreResult<()>;
     /// By name or by id.
     async fn get_credential(
         &self,
@@ -564,6 +573,15 @@ impl RegistryStore for Bounded {
     async fn list_credentials(&self, identity: Option<&str>) -> StoreResult<Vec<StoredCredential>> {
         storable_all([("identity", identity)])?;
         self.run(self.inner()?.list_credentials(identity)).await
+    }
+    async fn each_credential(
+        &self,
+        _idle: std::time::Duration,
+        each: &mut (dyn FnMut(StoredCredential) + Send),
+    ) -> StoreResult<()> {
+        // Bounded by the time between rows rather than by the whole read, which grows
+        // with the registry.
+        self.inner()?.each_credential(self.timeout, each).await
     }
     async fn get_credential(
         &self,

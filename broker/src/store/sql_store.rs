@@ -376,6 +376,29 @@ where
             .collect()
     }
 
+    async fn each_credential(
+        &self,
+        idle: std::time::Duration,
+        each: &mut (dyn FnMut(StoredCredential) + Send),
+    ) -> StoreResult<()> {
+        use futures::TryStreamExt;
+        let mut rows =
+            sqlx::query_as::<D, CredentialRow>(sql::LIST_ALL_CREDENTIALS).fetch(&self.read);
+        loop {
+            match tokio::time::timeout(idle, rows.try_next()).await {
+                Ok(Ok(Some(row))) => each(sql::credential_from_row(row)?),
+                Ok(Ok(None)) => return Ok(()),
+                Ok(Err(e)) => return Err(db_error(e)),
+                Err(_) => {
+                    return Err(StoreError::Unavailable(format!(
+                        "the store sent no credential row within {} s",
+                        idle.as_secs()
+                    )));
+                }
+            }
+        }
+    }
+
     async fn get_credential(
         &self,
         identity: &str,

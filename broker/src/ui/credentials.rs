@@ -351,9 +351,9 @@ pub fn draft(
         let registry = console.app.broker.registry();
         for other in registry
             .credentials_of(&identity.name)
-            .filter(|c| Some(c.name.as_str()) != editing)
+            .filter(|c| Some(&*c.name) != editing)
         {
-            if editing.is_none() && other.name == name {
+            if editing.is_none() && *other.name == *name {
                 problems.push(DraftProblem {
                     field: "name".into(),
                     message: format!(
@@ -363,8 +363,8 @@ pub fn draft(
                 });
             }
             if let (SubjectRule::Exact(s), Some(subject)) = (&other.rule, &candidate.subject)
-                && other.issuer == candidate.issuer
-                && s == subject
+                && *other.issuer == *candidate.issuer
+                && **s == **subject
             {
                 problems.push(DraftProblem {
                     field: "subject".into(),

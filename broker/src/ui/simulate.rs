@@ -129,7 +129,7 @@ fn by_identity_and_name<'a>(
 ) -> std::collections::HashMap<(&'a str, &'a str), &'a policy::Credential> {
     credentials
         .into_iter()
-        .map(|c| ((c.identity.name.as_str(), c.name.as_str()), c.as_ref()))
+        .map(|c| ((c.identity.name.as_str(), &*c.name), c.as_ref()))
         .collect()
 }
 

@@ -104,7 +104,7 @@ fn expression(text: String) -> ClaimsMatchingExpression {
 
 pub(crate) fn credential_view(c: &policy::Credential) -> Credential {
     let (subject, claims_matching_expression) = match &c.rule {
-        SubjectRule::Exact(s) => (Some(s.clone()), None),
+        SubjectRule::Exact(s) => (Some(s.to_string()), None),
         SubjectRule::Expression(e) => (None, Some(expression(e.to_string()))),
     };
     let r = &c.conditions.restrictions;
@@ -116,13 +116,13 @@ pub(crate) fn credential_view(c: &policy::Credential) -> Credential {
         not_before: r.not_before.map(rfc3339),
         not_after: r.not_after.map(rfc3339),
         rate_limit: r.rate_limit,
-        id: c.id.clone(),
-        name: c.name.clone(),
-        issuer: c.issuer.clone(),
+        id: c.id.to_string(),
+        name: c.name.to_string(),
+        issuer: c.issuer.to_string(),
         subject,
         claims_matching_expression,
-        audiences: vec![c.audience.clone()],
-        description: c.description.clone(),
+        audiences: vec![c.audience.to_string()],
+        description: c.description.as_deref().map(str::to_owned),
         one_time_use: c.one_time_use,
         read_only: c.identity.read_only,
     }
