@@ -7,7 +7,7 @@
 //! credentials declared in the config file are read-only here.
 //!
 //! Every write records its own audit event, refused or not, naming the [`Actor`] the edge
-//! authenticated (docs/admin.md, "Audit"): an edge calls the write and answers its error,
+//! authenticated (docs/admin.md, "`GET /v1/audit`"): an edge calls the write and answers its error,
 //! and cannot forget the audit. A write takes what the edge read as a `Result`, so a request
 //! the edge could not read (a malformed body) is refused and audited here like any other.
 
@@ -48,7 +48,7 @@ impl Actor {
 }
 
 /// The state a conditional write expects the resource in (HTTP `If-Match`,
-/// `If-None-Match: *`; docs/admin.md, "Optimistic concurrency").
+/// `If-None-Match: *`; docs/admin.md, "Versions: `ETag` and `If-Match`").
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Expect {
     /// Unconditional.
@@ -236,7 +236,7 @@ impl Admin {
         &self.broker
     }
 
-    /// Records one admin event (docs/admin.md, "Audit"). The writes below record their
+    /// Records one admin event (docs/admin.md, "`GET /v1/audit`"). The writes below record their
     /// own; the edges record what happens before a write can be asked for: the console's
     /// sign-ins, and callers refused for their token or role. `actor` is `None` when the
     /// caller could not be authenticated (the current request's id is used then).

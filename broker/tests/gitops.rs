@@ -437,15 +437,23 @@ async fn writes_honour_if_match_and_answer_412() {
     .await;
     assert_eq!(exists.status, 412, "{}", exists.text);
 
-    // Refused writes are audited like any other.
-    let audit = stack
-        .api(
-            Method::GET,
-            "/v1/audit?kind=admin&outcome=precondition_failed",
-            None,
-        )
-        .await
-        .body;
+    // Refused writes are audited like any other (the audit writer stores them shortly
+    // after the answer).
+    let mut audit = json!(null);
+    for _ in 0..50 {
+        audit = stack
+            .api(
+                Method::GET,
+                "/v1/audit?kind=admin&outcome=precondition_failed",
+                None,
+            )
+            .await
+            .body;
+        if audit["value"].as_array().unwrap().len() >= 4 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     assert!(audit["value"].as_array().unwrap().len() >= 4, "{audit}");
 }
 

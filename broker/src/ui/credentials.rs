@@ -405,12 +405,8 @@ pub async fn draft_endpoint(
     State(console): State<Console>,
     headers: axum::http::HeaderMap,
     Signed(session): Signed,
-    body: Result<Capped, ApiError>,
+    body: Capped,
 ) -> Response {
-    let body = match body {
-        Ok(body) => body,
-        Err(e) => return e.into_response(),
-    };
     let form = Form::parse(&body.bytes);
     let presented = headers
         .get(CSRF_HEADER)
