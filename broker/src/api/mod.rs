@@ -153,12 +153,19 @@ async fn request_context(State(state): State<AppState>, request: Request, next: 
         })
         .map(str::to_owned)
         .unwrap_or_else(serve::next_request_id);
-    let method = request.method().clone();
-    let path = request.uri().path().to_owned();
-    let started = std::time::Instant::now();
+    // The id's header value, made once (the id itself moves into the request's scope);
+    // the method and path are copied only when the access log is on.
+    let header = HeaderValue::from_str(&id).ok();
+    let logged = tracing::enabled!(tracing::Level::DEBUG).then(|| {
+        (
+            request.method().clone(),
+            request.uri().path().chars().take(200).collect::<String>(),
+            std::time::Instant::now(),
+        )
+    });
     let timeout = state.request_timeout;
     let mut response = error::REQUEST_ID
-        .scope(id.clone(), async move {
+        .scope(id, async move {
             match tokio::time::timeout(timeout, next.run(request)).await {
                 Ok(response) => response,
                 Err(_) => ApiError::new(
@@ -170,10 +177,13 @@ async fn request_context(State(state): State<AppState>, request: Request, next: 
             }
         })
         .await;
-    if let Ok(value) = HeaderValue::from_str(&id) {
+    if let Some((method, path, started)) = logged {
+        let id = header.as_ref().and_then(|v| v.to_str().ok()).unwrap_or_default();
+        tracing::debug!(request_id = %id, %method, %path,
+            status = response.status().as_u16(), ms = started.elapsed().as_millis() as u64, "request");
+    }
+    if let Some(value) = header {
         response.headers_mut().insert("x-request-id", value);
     }
-    tracing::debug!(request_id = %id, %method, path = %path.chars().take(200).collect::<String>(),
-        status = response.status().as_u16(), ms = started.elapsed().as_millis() as u64, "request");
     response
 }

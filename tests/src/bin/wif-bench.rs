@@ -14,9 +14,13 @@
 //!
 //! in interleaved rounds (floor, limit, broker, floor, limit, broker, ...), medians
 //! reported; the budget ratio is the median of the per-round broker ÷ limit ratios. The
-//! agent's cache hit runs in the same rounds against a bare `GET` floor. Then the TLS rows:
-//! the limit and the broker (repeated token; every request verified) serving TLS with the
-//! same rustls configuration, in rounds of their own. Then coalescing: N concurrent cold
+//! agent's cache hit runs in the same rounds against a bare `GET` floor. Then the
+//! every-request-verified row: a broker with its verified-token cache off, each request with
+//! the next of a pool of distinct tokens minted before the rounds, against the limit in
+//! rounds of its own, with every exchange's audit event counted in the store. Then the TLS
+//! rows: the limit and the broker (repeated token; every request verified, from the same
+//! pool) serving TLS with the same rustls configuration, in rounds of their own. `--only`
+//! runs some of these sections. Then coalescing: N concurrent cold
 //! requests for one (identity, scope) against a fresh stack whose Entra is slowed down,
 //! counting the token calls Entra receives. Then the cold path: distinct (identity, scope)
 //! keys, each asked for once, against an Entra that answers after a fixed delay, next to
