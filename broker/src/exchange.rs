@@ -547,7 +547,7 @@ impl Broker {
                 for p in &problems {
                     tracing::warn!(entry = %p.key, problem = %p.message, "stored entry left out of the registry");
                 }
-                (version, registry)
+                (version, *registry)
             }
             Fresh::Changes { version, changes } => {
                 if current.is_some_and(|v| v >= version) {
@@ -934,7 +934,7 @@ enum Fresh {
     /// Built from every stored row as it was read (outside any lock).
     Whole {
         version: i64,
-        registry: Registry,
+        registry: Box<Registry>,
         problems: Vec<BuildProblem>,
     },
     Changes {
@@ -984,7 +984,7 @@ async fn read_registry(
     let (registry, problems) = build.finish();
     Ok(Some(Fresh::Whole {
         version,
-        registry,
+        registry: Box::new(registry),
         problems,
     }))
 }

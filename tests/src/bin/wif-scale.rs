@@ -168,13 +168,21 @@ async fn populate(url: &str, identities: usize, expr: usize) -> anyhow::Result<(
                 .execute(&mut *tx)
                 .await?;
             tx.commit().await?;
-            pool.close().await;
+            pool
         }};
     }
     if url.starts_with("postgres") {
-        fill!(sqlx::Postgres, sqlx::PgPool::connect(url).await?);
+        let pool = fill!(sqlx::Postgres, sqlx::PgPool::connect(url).await?);
+        pool.close().await;
     } else {
-        fill!(sqlx::Sqlite, sqlx::SqlitePool::connect(url).await?);
+        let pool = fill!(sqlx::Sqlite, sqlx::SqlitePool::connect(url).await?);
+        // The rows went to the write-ahead log; move them into the database file now, as
+        // a store in service would have long done, so the broker's first writes do not
+        // pay for it.
+        sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+            .execute(&pool)
+            .await?;
+        pool.close().await;
     }
     Ok(())
 }
