@@ -444,6 +444,45 @@ async fn unauthenticated_and_reader_writes_are_refused_and_audited() {
     assert!(events.iter().all(|e| e["action"] == "identity.put"));
 }
 
+/// An attacker without a token announces a large body and sends it slowly: the broker
+/// answers 401 from the headers alone, without waiting for (or reading) the body. Were the
+/// body read before the caller is authenticated, the answer would wait for the rest of it,
+/// which never comes.
+#[tokio::test]
+async fn an_unauthenticated_write_is_refused_before_its_body_is_read() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let stack = Stack::start().await;
+    for (method, path) in [
+        ("PUT", "/v1/identities/slow".to_owned()),
+        ("POST", credentials("deploy")),
+        ("POST", "/v1/simulate".to_owned()),
+    ] {
+        let mut socket = tokio::net::TcpStream::connect(stack.broker.addr)
+            .await
+            .unwrap();
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 60000\r\n\r\n{{"
+        );
+        socket.write_all(head.as_bytes()).await.unwrap();
+        let mut answer = vec![0u8; 4096];
+        // Far shorter than the request deadline, far longer than a 401 takes.
+        let read =
+            tokio::time::timeout(std::time::Duration::from_secs(10), socket.read(&mut answer))
+                .await
+                .unwrap_or_else(|_| panic!("{method} {path}: no answer while the body is pending"))
+                .unwrap();
+        let answer = String::from_utf8_lossy(&answer[..read]);
+        assert!(
+            answer.starts_with("HTTP/1.1 401"),
+            "{method} {path}: {answer}"
+        );
+        assert!(
+            answer.contains("unauthenticated"),
+            "{method} {path}: {answer}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn admin_writes_are_audited_with_the_callers_identity() {
     let stack = Stack::start().await;

@@ -13,7 +13,8 @@ use crate::error::ErrorCode;
 use std::collections::HashMap;
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
@@ -192,6 +193,53 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
     (scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty()).then(|| token.trim())
 }
 
+/// What an admin route asks of its caller: the action its audit events and metrics name,
+/// and the role it needs.
+pub trait Action: Send + Sync + 'static {
+    const NAME: &'static str;
+    const ROLE: Role;
+}
+
+macro_rules! actions {
+    ($($(#[$doc:meta])* $ty:ident = $name:literal, $role:ident;)*) => {$(
+        $(#[$doc])*
+        pub struct $ty;
+        impl Action for $ty {
+            const NAME: &'static str = $name;
+            const ROLE: Role = Role::$role;
+        }
+    )*};
+}
+
+actions! {
+    IdentityList = "identity.list", Reader;
+    IdentityGet = "identity.get", Reader;
+    IdentityPut = "identity.put", Admin;
+    IdentityDelete = "identity.delete", Admin;
+    CredentialList = "credential.list", Reader;
+    EntraSetup = "identity.entra_setup", Reader;
+    CredentialGet = "credential.get", Reader;
+    CredentialCreate = "credential.create", Admin;
+    CredentialUpdate = "credential.update", Admin;
+    CredentialDelete = "credential.delete", Admin;
+    Simulate = "simulate", Reader;
+    AuditRead = "audit.read", Reader;
+}
+
+/// The authenticated caller of an admin route, allowed the route's [`Action`]. As an
+/// extractor it runs before the body extractor, so the body of a request whose caller is
+/// refused is never read.
+pub struct Caller<A>(pub Principal, std::marker::PhantomData<A>);
+
+impl<A: Action> FromRequestParts<AppState> for Caller<A> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let who = caller(state, &parts.headers, A::ROLE, A::NAME).await?;
+        Ok(Caller(who, std::marker::PhantomData))
+    }
+}
+
 /// Authenticates and checks the role. Refused writes are audited here.
 async fn caller(
     state: &AppState,
@@ -246,9 +294,8 @@ fn actor(who: &Principal) -> Actor {
     security(("admin_token" = [])))]
 pub async fn list_identities(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    Caller(..): Caller<IdentityList>,
 ) -> Result<Response, ApiError> {
-    caller(&state, &headers, Role::Reader, "identity.list").await?;
     let registry = state.broker.registry();
     let value = registry
         .identities()
@@ -269,10 +316,9 @@ pub async fn list_identities(
     security(("admin_token" = [])))]
 pub async fn get_identity(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    Caller(..): Caller<IdentityGet>,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
-    caller(&state, &headers, Role::Reader, "identity.get").await?;
     let registry = state.broker.registry();
     let identity = registry
         .identity(&name)
@@ -315,11 +361,11 @@ async fn credential_etag(
     security(("admin_token" = [])))]
 pub async fn put_identity(
     State(state): State<AppState>,
+    Caller(who, _): Caller<IdentityPut>,
     headers: HeaderMap,
     Path(name): Path<String>,
     body: Result<CappedJson<IdentityRequest>, ApiError>,
 ) -> Result<Response, ApiError> {
-    let who = caller(&state, &headers, Role::Admin, "identity.put").await?;
     let input = body.map(|CappedJson(request)| IdentityInput {
         tenant_id: request.tenant_id,
         client_id: request.client_id,
@@ -369,10 +415,10 @@ pub async fn put_identity(
     security(("admin_token" = [])))]
 pub async fn delete_identity(
     State(state): State<AppState>,
+    Caller(who, _): Caller<IdentityDelete>,
     headers: HeaderMap,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
-    let who = caller(&state, &headers, Role::Admin, "identity.delete").await?;
     state
         .admin
         .delete_identity(&actor(&who), &name, &expect(&headers))
@@ -390,10 +436,9 @@ pub async fn delete_identity(
     security(("admin_token" = [])))]
 pub async fn list_credentials(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    Caller(..): Caller<CredentialList>,
     Path(identity): Path<String>,
 ) -> Result<Response, ApiError> {
-    caller(&state, &headers, Role::Reader, "credential.list").await?;
     let registry = state.broker.registry();
     if registry.identity(&identity).is_none() {
         return Err(ApiError::new(
@@ -422,10 +467,9 @@ pub async fn list_credentials(
     security(("admin_token" = [])))]
 pub async fn entra_setup(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    Caller(..): Caller<EntraSetup>,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
-    caller(&state, &headers, Role::Reader, "identity.entra_setup").await?;
     let registry = state.broker.registry();
     let identity = registry
         .identity(&name)
@@ -447,10 +491,9 @@ pub async fn entra_setup(
     security(("admin_token" = [])))]
 pub async fn get_credential(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    Caller(..): Caller<CredentialGet>,
     Path((identity, credential)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    caller(&state, &headers, Role::Reader, "credential.get").await?;
     let registry = state.broker.registry();
     let c = registry.credential(&identity, &credential).ok_or_else(|| {
         ApiError::new(
@@ -504,11 +547,10 @@ fn expression_text(e: Option<ClaimsMatchingExpression>) -> Result<Option<String>
     security(("admin_token" = [])))]
 pub async fn create_credential(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    Caller(who, _): Caller<CredentialCreate>,
     Path(identity): Path<String>,
     body: Result<CappedJson<CredentialRequest>, ApiError>,
 ) -> Result<Response, ApiError> {
-    let who = caller(&state, &headers, Role::Admin, "credential.create").await?;
     let input = body.and_then(|CappedJson(request)| credential_input(request));
     let stored = state
         .admin
@@ -548,11 +590,11 @@ fn credential_input(request: CredentialRequest) -> Result<CredentialInput, ApiEr
     security(("admin_token" = [])))]
 pub async fn update_credential(
     State(state): State<AppState>,
+    Caller(who, _): Caller<CredentialUpdate>,
     headers: HeaderMap,
     Path((identity, credential)): Path<(String, String)>,
     body: Result<CappedJson<CredentialRequest>, ApiError>,
 ) -> Result<Response, ApiError> {
-    let who = caller(&state, &headers, Role::Admin, "credential.update").await?;
     let change = body.and_then(|CappedJson(request)| credential_change(request));
     let stored = state
         .admin
@@ -616,10 +658,10 @@ fn credential_change(
     security(("admin_token" = [])))]
 pub async fn delete_credential(
     State(state): State<AppState>,
+    Caller(who, _): Caller<CredentialDelete>,
     headers: HeaderMap,
     Path((identity, credential)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    let who = caller(&state, &headers, Role::Admin, "credential.delete").await?;
     state
         .admin
         .delete_credential(&actor(&who), &identity, &credential, &expect(&headers))
@@ -638,10 +680,9 @@ pub async fn delete_credential(
     security(("admin_token" = [])))]
 pub async fn simulate(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    Caller(..): Caller<Simulate>,
     body: Result<CappedJson<SimulateRequest>, ApiError>,
 ) -> Result<Response, ApiError> {
-    caller(&state, &headers, Role::Reader, "simulate").await?;
     let CappedJson(request) = body?;
     let answer = crate::simulate::simulate(&state.broker, request).await?;
     Ok(Json(answer).into_response())
@@ -664,10 +705,9 @@ pub async fn simulate(
     security(("admin_token" = [])))]
 pub async fn audit_events(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    Caller(..): Caller<AuditRead>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
-    caller(&state, &headers, Role::Reader, "audit.read").await?;
     let number = |key: &str| -> Result<Option<u64>, ApiError> {
         params
             .get(key)
