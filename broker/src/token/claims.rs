@@ -197,7 +197,7 @@ enum Names<'de> {
 }
 
 impl<'de> Names<'de> {
-    const FEW: usize = 16;
+    const FEW: usize = 32;
 
     fn new() -> Self {
         Self::Few(Vec::new())
