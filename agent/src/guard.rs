@@ -5,9 +5,11 @@
 //!   attacker's name) loads can point a name it controls, say `rebind.attacker.example`, at
 //!   127.0.0.1 and then call the agent as same-origin. Such a request carries the
 //!   attacker's name in `Host`, so on TCP the agent answers only a `Host` (or an
-//!   absolute-form request target, or an HTTP/2 `:authority`) that names it by address:
-//!   `127.0.0.1`, `[::1]`, `localhost`, `169.254.169.254` (the IMDS address the SDKs use),
-//!   or the host of its `listen` address, each with any port or none. When it listens on
+//!   absolute-form request target, or an HTTP/2 `:authority`) that names it by address: a
+//!   loopback host by the workspace's one rule ([`wif_config::is_loopback_host`]: an
+//!   address in 127.0.0.0/8, `[::1]`, the name `localhost`), `169.254.169.254` (the IMDS
+//!   address the SDKs use), or the host of its `listen` address, each with any port or
+//!   none. When it listens on
 //!   an unspecified address (`0.0.0.0`, `[::]`) any IP literal is accepted too: an address
 //!   cannot be rebound, only a name can.
 //! - Relayed requests: a request carrying `Forwarded`, `Via`, `X-Forwarded-For` or
@@ -24,6 +26,8 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
+
+use wif_config::{ListenAddr, is_loopback_host};
 
 use crate::serve::AgentError;
 
@@ -54,32 +58,34 @@ fn proxy_header(headers: &HeaderMap) -> Option<&'static str> {
         .find(|name| headers.contains_key(*name))
 }
 
-/// The names a request on a TCP listener may call the agent by.
+/// The IMDS address, which the SDKs call when told nothing else.
+const IMDS_ADDRESS: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(169, 254, 169, 254));
+
+/// The names a request on a TCP listener may call the agent by, beside loopback hosts and
+/// the IMDS address.
 #[derive(Debug, Clone)]
 pub struct HostPolicy {
-    names: Vec<String>,
-    addresses: Vec<IpAddr>,
+    /// The host of `listen`, lowercased, when it is a name.
+    name: Option<String>,
+    /// The address of `listen`, when it is one (and not unspecified).
+    address: Option<IpAddr>,
     any_address: bool,
 }
 
 impl HostPolicy {
-    /// Loopback literals, the IMDS address, and the host of `listen` (`IP:port` or
-    /// `name:port`); any IP literal as well when `listen` is an unspecified address.
-    pub fn for_listen(listen: &str) -> Self {
+    /// Loopback hosts, the IMDS address, and the host of `listen` (an address or a name);
+    /// any IP literal as well when `listen` is an unspecified address.
+    pub fn for_listen(listen: &ListenAddr) -> Self {
         let mut policy = Self {
-            names: vec!["localhost".into()],
-            addresses: vec![
-                IpAddr::from([127, 0, 0, 1]),
-                IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
-                IpAddr::from([169, 254, 169, 254]),
-            ],
+            name: None,
+            address: None,
             any_address: false,
         };
-        match split_authority(listen).map(|(host, _)| parse_host(host)) {
-            Some(Host::Address(ip)) if ip.is_unspecified() => policy.any_address = true,
-            Some(Host::Address(ip)) => policy.addresses.push(ip),
-            Some(Host::Name(name)) => policy.names.push(name),
-            None => {}
+        match listen {
+            ListenAddr::Addr(addr) if addr.ip().is_unspecified() => policy.any_address = true,
+            ListenAddr::Addr(addr) => policy.address = Some(addr.ip()),
+            ListenAddr::Name { host, .. } => policy.name = Some(host.to_ascii_lowercase()),
+            ListenAddr::Off => {}
         }
         policy
     }
@@ -87,8 +93,19 @@ impl HostPolicy {
     /// Whether `authority` (`host[:port]`) names the agent.
     pub fn allows(&self, authority: &str) -> bool {
         match split_authority(authority).map(|(host, _)| parse_host(host)) {
-            Some(Host::Address(ip)) => self.any_address || self.addresses.contains(&ip),
-            Some(Host::Name(name)) => self.names.contains(&name),
+            Some(Host::Address(ip)) => {
+                self.any_address
+                    || ip == IMDS_ADDRESS
+                    || self.address == Some(ip)
+                    || is_loopback_host(&match ip {
+                        IpAddr::V4(v4) => url::Host::<&str>::Ipv4(v4),
+                        IpAddr::V6(v6) => url::Host::Ipv6(v6),
+                    })
+            }
+            Some(Host::Name(name)) => {
+                self.name.as_deref() == Some(name.as_str())
+                    || is_loopback_host(&url::Host::Domain(name.as_str()))
+            }
             None => false,
         }
     }
@@ -189,9 +206,13 @@ fn parse_host(host: &str) -> Host {
 mod tests {
     use super::*;
 
+    fn listen(text: &str) -> ListenAddr {
+        text.parse().unwrap()
+    }
+
     #[test]
     fn loopback_literals_the_imds_address_and_the_listen_host_are_allowed() {
-        let policy = HostPolicy::for_listen("127.0.0.1:8181");
+        let policy = HostPolicy::for_listen(&listen("127.0.0.1:8181"));
         for ok in [
             "127.0.0.1",
             "127.0.0.1:8181",
@@ -202,6 +223,9 @@ mod tests {
             "[::1]:8181",
             "169.254.169.254",
             "169.254.169.254:80",
+            // Loopback by wif_config's one rule: all of 127.0.0.0/8, and mapped into IPv6.
+            "127.0.0.2:8181",
+            "[::ffff:127.0.0.1]:8181",
         ] {
             assert!(policy.allows(ok), "{ok}");
         }
@@ -221,22 +245,26 @@ mod tests {
             "[rebind.attacker.example]",
             "",
             ":8181",
+            "localhost.:8181",
+            "app.localhost:8181",
+            "[::ffff:10.0.0.7]:8181",
+            "0.0.0.0:8181",
         ] {
             assert!(!policy.allows(refused), "{refused}");
         }
-        let host_network = HostPolicy::for_listen("10.0.0.7:15181");
+        let host_network = HostPolicy::for_listen(&listen("10.0.0.7:15181"));
         assert!(host_network.allows("10.0.0.7:15181"));
         assert!(!host_network.allows("10.0.0.8:15181"));
-        let v6 = HostPolicy::for_listen("[fd00::7]:8181");
+        let v6 = HostPolicy::for_listen(&listen("[fd00::7]:8181"));
         assert!(v6.allows("[FD00::7]:8181"));
-        let named = HostPolicy::for_listen("wif-agent.local:8181");
+        let named = HostPolicy::for_listen(&listen("wif-agent.local:8181"));
         assert!(named.allows("wif-agent.local:8181"));
         assert!(!named.allows("rebind.attacker.example:8181"));
     }
 
     #[test]
     fn an_unspecified_listen_address_allows_any_address_but_no_other_name() {
-        let policy = HostPolicy::for_listen("0.0.0.0:8181");
+        let policy = HostPolicy::for_listen(&listen("0.0.0.0:8181"));
         assert!(policy.allows("10.1.2.3:8181"));
         assert!(policy.allows("[fd00::1]:8181"));
         assert!(policy.allows("localhost:8181"));
@@ -245,7 +273,7 @@ mod tests {
 
     #[test]
     fn a_request_must_name_the_agent_once_everywhere() {
-        let policy = HostPolicy::for_listen("127.0.0.1:8181");
+        let policy = HostPolicy::for_listen(&listen("127.0.0.1:8181"));
         let headers = |hosts: &[&str]| {
             let mut map = HeaderMap::new();
             for h in hosts {

@@ -30,6 +30,7 @@ use prometheus_client::metrics::family::Family;
 use serde_json::json;
 use subtle::ConstantTimeEq;
 use tokio::sync::oneshot;
+use wif_config::ListenAddr;
 use wif_proto::clock::SharedClock;
 use wif_proto::error::code;
 use wif_proto::serve::{ConnectionMetrics, Limits, serve_counted};
@@ -548,16 +549,19 @@ impl std::fmt::Debug for RunningAgent {
 }
 
 impl RunningAgent {
-    /// Binds `listen` (empty: no TCP listener) and `unix_socket`, and serves with the
-    /// default connection limits.
+    /// Binds `listen` (parsed as `--listen` is; empty: no TCP listener) and
+    /// `unix_socket`, and serves with the default connection limits.
     pub async fn start(
         agent: Arc<Agent>,
         listen: &str,
         unix_socket: Option<&std::path::Path>,
     ) -> std::io::Result<Self> {
+        let listen = listen
+            .parse::<ListenAddr>()
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
         Self::start_with_limits(
             agent,
-            listen,
+            &listen,
             unix_socket,
             limits(&wif_config::AgentConfig::default()),
         )
@@ -568,7 +572,7 @@ impl RunningAgent {
     /// listeners get them; see docs/agent.md).
     pub async fn start_with_limits(
         agent: Arc<Agent>,
-        listen: &str,
+        listen: &ListenAddr,
         unix_socket: Option<&std::path::Path>,
         limits: Limits,
     ) -> std::io::Result<Self> {
@@ -578,8 +582,14 @@ impl RunningAgent {
         });
         let mut tasks = Vec::new();
         let mut addr = None;
-        if !listen.is_empty() {
-            let listener = tokio::net::TcpListener::bind(listen).await?;
+        let listener = match listen {
+            ListenAddr::Off => None,
+            ListenAddr::Addr(addr) => Some(tokio::net::TcpListener::bind(addr).await?),
+            ListenAddr::Name { host, port } => {
+                Some(tokio::net::TcpListener::bind((host.as_str(), *port)).await?)
+            }
+        };
+        if let Some(listener) = listener {
             addr = Some(listener.local_addr()?);
             // On TCP, only requests naming the agent by address (no DNS rebinding).
             let app = crate::guard::HostPolicy::for_listen(listen).apply(router(agent.clone()));

@@ -58,7 +58,11 @@ fn credential(k: usize, j: usize, expr: usize) -> FederatedCredentialConfig {
     }
 }
 
-fn config(credentials: usize, expression_pct: usize, store: String) -> BrokerConfig {
+fn config(
+    credentials: usize,
+    expression_pct: usize,
+    store: String,
+) -> anyhow::Result<BrokerConfig> {
     let identities = credentials.div_ceil(PER_IDENTITY);
     let expr = (PER_IDENTITY * expression_pct)
         .div_ceil(100)
@@ -68,15 +72,17 @@ fn config(credentials: usize, expression_pct: usize, store: String) -> BrokerCon
     cfg.store.url = store;
     cfg.server.drain_secs = 0;
     cfg.identities = (0..identities)
-        .map(|k| IdentityConfig {
-            name: format!("id{k}"),
-            tenant_id: "72f988bf-86f1-41af-91ab-2d7cd011db47".into(),
-            client_id: format!("{k:08x}-0000-4000-8000-{k:012x}"),
-            federated_credentials: (0..PER_IDENTITY).map(|j| credential(k, j, expr)).collect(),
-            ..Default::default()
+        .map(|k| {
+            Ok(IdentityConfig {
+                name: format!("id{k}"),
+                tenant_id: "72f988bf-86f1-41af-91ab-2d7cd011db47".parse()?,
+                client_id: format!("{k:08x}-0000-4000-8000-{k:012x}").parse()?,
+                federated_credentials: (0..PER_IDENTITY).map(|j| credential(k, j, expr)).collect(),
+                ..Default::default()
+            })
         })
-        .collect();
-    cfg
+        .collect::<anyhow::Result<_>>()?;
+    Ok(cfg)
 }
 
 fn rss_kib() -> anyhow::Result<u64> {
@@ -212,7 +218,7 @@ async fn main() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let store =
         store.unwrap_or_else(|| format!("sqlite://{}", dir.path().join("wif.db").display()));
-    let mut cfg = config(credentials, expression_pct, store);
+    let mut cfg = config(credentials, expression_pct, store)?;
     let tokens_file = dir.path().join("admin-tokens");
     std::fs::write(
         &tokens_file,
