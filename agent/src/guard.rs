@@ -16,16 +16,20 @@
 //!   `X-Forwarded-Host` passed through a proxy, so it is not from the workload itself;
 //!   real IMDS refuses it with 400. This applies to every listener, Unix socket included.
 //!
-//! Both are 400s in the agent's error shape, which moves SDK credential chains on.
+//! Both are 400s in the agent's error shape, which moves SDK credential chains on. Both
+//! run as one layer, [`Guard`], in front of every route: a check of the request in place,
+//! nothing allocated or boxed for a request that passes (every token request pays it).
 
+use std::future::{Ready, ready};
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use axum::Router;
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::{HeaderMap, StatusCode, Uri, header};
-use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
+use futures::future::Either;
 
 use wif_config::{ListenAddr, is_loopback_host};
 
@@ -34,20 +38,97 @@ use crate::serve::AgentError;
 /// Headers a proxy adds; their presence means the request was relayed.
 const PROXY_HEADERS: &[&str] = &["forwarded", "via", "x-forwarded-for", "x-forwarded-host"];
 
-/// Refuses relayed requests (any proxy header), on every route of `router`.
-pub fn refuse_proxied(router: Router) -> Router {
-    router.layer(middleware::from_fn(proxied))
+/// The checks a listener makes before any route: on TCP, that the request names the agent
+/// ([`HostPolicy`]); on every listener, that no proxy relayed it.
+#[derive(Debug, Clone)]
+pub struct Guard {
+    /// `None` on the Unix socket, which no browser can reach.
+    hosts: Option<Arc<HostPolicy>>,
 }
 
-async fn proxied(request: Request, next: Next) -> Response {
-    match proxy_header(request.headers()) {
-        Some(name) => AgentError::new(
-            StatusCode::BAD_REQUEST,
-            "proxied_request",
-            format!("requests relayed by a proxy ({name} header) are refused"),
+impl Guard {
+    /// A TCP listener's: `hosts`, then the proxy headers.
+    pub fn tcp(hosts: HostPolicy) -> Self {
+        Self {
+            hosts: Some(Arc::new(hosts)),
+        }
+    }
+
+    /// The Unix socket's: the proxy headers only.
+    pub fn unix() -> Self {
+        Self { hosts: None }
+    }
+
+    /// Wraps every route of `router`.
+    pub fn apply(self, router: Router) -> Router {
+        router.layer(self)
+    }
+
+    /// The answer to a request that may not pass; `None` when it may.
+    fn refusal(&self, request: &Request) -> Option<Response> {
+        if let Some(hosts) = &self.hosts
+            && let Err(why) = hosts.check(request.uri(), request.headers())
+        {
+            tracing::debug!(reason = why, "refused a request naming another host");
+            return Some(
+                AgentError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_host",
+                    format!(
+                        "{why}: call the agent at 127.0.0.1, [::1], localhost or \
+                         169.254.169.254 (requests for other names may be DNS rebinding)"
+                    ),
+                )
+                .into_response(),
+            );
+        }
+        let name = proxy_header(request.headers())?;
+        Some(
+            AgentError::new(
+                StatusCode::BAD_REQUEST,
+                "proxied_request",
+                format!("requests relayed by a proxy ({name} header) are refused"),
+            )
+            .into_response(),
         )
-        .into_response(),
-        None => next.run(request).await,
+    }
+}
+
+impl<S> tower::Layer<S> for Guard {
+    type Service = Guarded<S>;
+
+    fn layer(&self, inner: S) -> Guarded<S> {
+        Guarded {
+            inner,
+            guard: self.clone(),
+        }
+    }
+}
+
+/// A route behind a [`Guard`].
+#[derive(Debug, Clone)]
+pub struct Guarded<S> {
+    inner: S,
+    guard: Guard,
+}
+
+impl<S> tower::Service<Request> for Guarded<S>
+where
+    S: tower::Service<Request, Response = Response>,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = Either<Ready<Result<Response, S::Error>>, S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        match self.guard.refusal(&request) {
+            Some(refused) => Either::Left(ready(Ok(refused))),
+            None => Either::Right(self.inner.call(request)),
+        }
     }
 }
 
@@ -110,16 +191,11 @@ impl HostPolicy {
         }
     }
 
-    /// Wraps `router`: a request whose `Host` or request target names anything else is
-    /// refused before it reaches a route.
-    pub fn apply(self, router: Router) -> Router {
-        router.layer(middleware::from_fn_with_state(Arc::new(self), host_check))
-    }
-
     /// `Ok` when every authority the request carries is allowed and it carries one.
     fn check(&self, uri: &Uri, headers: &HeaderMap) -> Result<(), &'static str> {
-        let hosts: Vec<_> = headers.get_all(header::HOST).iter().collect();
-        if hosts.len() > 1 {
+        let mut hosts = headers.get_all(header::HOST).iter();
+        let host = hosts.next();
+        if hosts.next().is_some() {
             return Err("more than one Host header");
         }
         let mut named = false;
@@ -129,35 +205,13 @@ impl HostPolicy {
                 return Err("the request target names another host");
             }
         }
-        if let Some(host) = hosts.first() {
+        if let Some(host) = host {
             named = true;
             if !host.to_str().is_ok_and(|h| self.allows(h)) {
                 return Err("the Host header names another host");
             }
         }
         if named { Ok(()) } else { Err("no Host header") }
-    }
-}
-
-async fn host_check(
-    State(policy): State<Arc<HostPolicy>>,
-    request: Request,
-    next: Next,
-) -> Response {
-    match policy.check(request.uri(), request.headers()) {
-        Ok(()) => next.run(request).await,
-        Err(why) => {
-            tracing::debug!(reason = why, "refused a request naming another host");
-            AgentError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_host",
-                format!(
-                    "{why}: call the agent at 127.0.0.1, [::1], localhost or \
-                     169.254.169.254 (requests for other names may be DNS rebinding)"
-                ),
-            )
-            .into_response()
-        }
     }
 }
 
