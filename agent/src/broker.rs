@@ -5,6 +5,7 @@
 use std::path::Path;
 use std::time::Duration;
 
+use wif_config::BrokerUrl;
 use wif_proto::error::{ErrorBody, code};
 use wif_proto::exchange::TokenResponse;
 
@@ -73,8 +74,9 @@ pub enum ClientSetupError {
     File { path: String, reason: String },
     #[error("cannot build the HTTP client: {0}")]
     Client(String),
-    #[error("the broker URL {0:?} is not an http(s) URL")]
-    Url(String),
+    /// [`BrokerUrl`]'s refusal.
+    #[error(transparent)]
+    Url(#[from] wif_config::InvalidValue),
 }
 
 /// Which identity to ask for, as the SDK named it.
@@ -111,6 +113,7 @@ fn read(path: &Path) -> Result<Vec<u8>, ClientSetupError> {
 }
 
 impl BrokerClient {
+    /// A client of the broker at `base` (parsed as `--broker` is: [`BrokerUrl`]).
     pub fn new(
         base: &str,
         timeout: Duration,
@@ -118,23 +121,20 @@ impl BrokerClient {
         ca_file: Option<&Path>,
         client_identity: Option<(&Path, &Path)>,
     ) -> Result<Self, ClientSetupError> {
-        Self::with_roots(base, timeout, retries, ca_file, None, client_identity)
+        let base = base.parse::<BrokerUrl>()?;
+        Self::with_roots(&base, timeout, retries, ca_file, None, client_identity)
     }
 
     /// Like [`BrokerClient::new`], also trusting the PEM roots in `ca_pem` (given inline,
     /// as the admission webhook hands a sidecar the broker's CA).
     pub fn with_roots(
-        base: &str,
+        base: &BrokerUrl,
         timeout: Duration,
         retries: u32,
         ca_file: Option<&Path>,
         ca_pem: Option<&str>,
         client_identity: Option<(&Path, &Path)>,
     ) -> Result<Self, ClientSetupError> {
-        let parsed = url::Url::parse(base).map_err(|_| ClientSetupError::Url(base.to_owned()))?;
-        if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
-            return Err(ClientSetupError::Url(base.to_owned()));
-        }
         let mut builder = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(5)))
@@ -163,8 +163,8 @@ impl BrokerClient {
             .map_err(|e| ClientSetupError::Client(e.to_string()))?;
         Ok(Self {
             http,
-            base: base.trim_end_matches('/').to_owned(),
-            url: format!("{}/v1/token", base.trim_end_matches('/')),
+            base: base.to_string(),
+            url: format!("{base}/v1/token"),
             retries,
         })
     }

@@ -5,8 +5,10 @@
 //! disabled or deleted, the cached token is dropped at once.
 
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
 
 use moka::Expiry;
 use moka::future::Cache;
@@ -20,18 +22,39 @@ pub struct Key {
     pub resource: String,
 }
 
+/// A cached token, with the App Service answer for its key written once, on the first hit
+/// that needs it: every field of that answer is the token's or the key's (the resource), so
+/// later hits send the same bytes without building or serialising anything.
+#[derive(Debug)]
+pub struct Cached {
+    pub token: BrokerToken,
+    pub app_service_answer: OnceLock<Bytes>,
+}
+
+impl Cached {
+    fn new(token: BrokerToken) -> Arc<Self> {
+        Arc::new(Self {
+            token,
+            app_service_answer: OnceLock::new(),
+        })
+    }
+}
+
+impl std::ops::Deref for Cached {
+    type Target = BrokerToken;
+
+    fn deref(&self) -> &BrokerToken {
+        &self.token
+    }
+}
+
 struct Floor {
     clock: SharedClock,
     min_remaining: u64,
 }
 
-impl Expiry<Key, Arc<BrokerToken>> for Floor {
-    fn expire_after_create(
-        &self,
-        _: &Key,
-        token: &Arc<BrokerToken>,
-        _: Instant,
-    ) -> Option<Duration> {
+impl Expiry<Key, Arc<Cached>> for Floor {
+    fn expire_after_create(&self, _: &Key, token: &Arc<Cached>, _: Instant) -> Option<Duration> {
         let usable_until = token.expires_on.saturating_sub(self.min_remaining);
         Some(Duration::from_secs(
             usable_until.saturating_sub(self.clock.now()),
@@ -40,7 +63,7 @@ impl Expiry<Key, Arc<BrokerToken>> for Floor {
     fn expire_after_update(
         &self,
         key: &Key,
-        token: &Arc<BrokerToken>,
+        token: &Arc<Cached>,
         at: Instant,
         _: Option<Duration>,
     ) -> Option<Duration> {
@@ -52,7 +75,7 @@ impl Expiry<Key, Arc<BrokerToken>> for Floor {
 pub const REFRESH_RETRY_SECS: u64 = 30;
 
 pub struct TokenCache {
-    tokens: Cache<Key, Arc<BrokerToken>>,
+    tokens: Cache<Key, Arc<Cached>>,
     refreshing: Arc<Mutex<HashSet<Key>>>,
     clock: SharedClock,
     min_remaining: u64,
@@ -90,7 +113,7 @@ impl TokenCache {
         &self,
         key: Key,
         make: M,
-    ) -> Result<(Arc<BrokerToken>, Outcome), Arc<BrokerError>>
+    ) -> Result<(Arc<Cached>, Outcome), Arc<BrokerError>>
     where
         M: FnOnce() -> F,
         F: Fn() -> Fut + Send + Sync + 'static,
@@ -110,7 +133,7 @@ impl TokenCache {
         let fetch = make();
         let token = self
             .tokens
-            .try_get_with(key, async move { fetch().await.map(Arc::new) })
+            .try_get_with(key, async move { fetch().await.map(Cached::new) })
             .await?;
         if token.expires_on.saturating_sub(self.clock.now()) <= self.min_remaining {
             return Err(Arc::new(BrokerError::Unavailable(
@@ -136,7 +159,7 @@ impl TokenCache {
         let refreshing = self.refreshing.clone();
         tokio::spawn(async move {
             match fetch().await {
-                Ok(token) => tokens.insert(key.clone(), Arc::new(token)).await,
+                Ok(token) => tokens.insert(key.clone(), Cached::new(token)).await,
                 // The identity or credential was disabled or deleted: the cached token is
                 // not handed out again (docs/security.md, "Revocation").
                 Err(e) if e.revokes() => {

@@ -2,12 +2,13 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use wif_config::AgentConfig;
+use wif_config::{AgentConfig, BrokerUrl, ListenAddr};
 
 use crate::broker::{BrokerClient, BrokerToken, Selector};
 use crate::serve::{Agent, AgentSettings, RunningAgent};
@@ -102,8 +103,8 @@ pub struct ExecArgs {
 #[command(next_help_heading = "Broker options (every command)")]
 pub struct BrokerArgs {
     /// The broker's base URL.
-    #[arg(long, value_name = "URL")]
-    pub broker: Option<String>,
+    #[arg(long, value_name = "URL", value_parser = BrokerUrl::from_str)]
+    pub broker: Option<BrokerUrl>,
     /// External token file, re-read for every exchange [default: $AZURE_FEDERATED_TOKEN_FILE].
     #[arg(long, value_name = "PATH")]
     pub token_file: Option<PathBuf>,
@@ -127,8 +128,8 @@ pub struct BrokerArgs {
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
     /// Where to listen [default: 127.0.0.1:8181, or `listen` in the config file].
-    #[arg(long, value_name = "HOST:PORT")]
-    pub listen: Option<String>,
+    #[arg(long, value_name = "HOST:PORT", value_parser = ListenAddr::from_str)]
+    pub listen: Option<ListenAddr>,
     /// Also listen on this Unix socket [default: none].
     #[arg(long, value_name = "PATH")]
     pub unix_socket: Option<PathBuf>,
@@ -216,7 +217,7 @@ pub fn file_or_command_source(cfg: &AgentConfig) -> anyhow::Result<Arc<dyn Token
 pub fn broker_client(cfg: &AgentConfig) -> anyhow::Result<BrokerClient> {
     let url = cfg
         .broker
-        .as_deref()
+        .as_ref()
         .context("no broker: give --broker URL or `broker` in the config")?;
     let identity = match (&cfg.client_cert, &cfg.client_key) {
         (Some(c), Some(k)) => Some((c.as_path(), k.as_path())),

@@ -12,7 +12,7 @@
 //! it (400, `Identity not found`), which credential chains take as "try the next one";
 //! no answer that SDKs retry (404, 410, 429, 5xx) is given where retrying cannot help.
 
-use std::collections::HashMap;
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,8 +20,9 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::Router;
-use axum::extract::{Query, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::body::Bytes;
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use prometheus_client::encoding::text::encode;
@@ -30,12 +31,13 @@ use prometheus_client::metrics::family::Family;
 use serde_json::json;
 use subtle::ConstantTimeEq;
 use tokio::sync::oneshot;
+use wif_config::ListenAddr;
 use wif_proto::clock::SharedClock;
 use wif_proto::error::code;
 use wif_proto::serve::{ConnectionMetrics, Limits, serve_counted};
 
-use crate::broker::{BrokerClient, BrokerError, BrokerToken, Selector};
-use crate::cache::{Key, Outcome, TokenCache};
+use crate::broker::{BrokerClient, BrokerError, Selector};
+use crate::cache::{Cached, Key, Outcome, TokenCache};
 use crate::source::TokenSource;
 
 /// The API versions each protocol accepts. App Service's 2017-09-01 is what older SDKs and
@@ -63,6 +65,10 @@ type Labels = Vec<(&'static str, String)>;
 struct Metrics {
     registry: prometheus_client::registry::Registry,
     requests: Family<Labels, Counter>,
+    /// `requests` for each protocol's `ok`, looked up once: the cache-hit path counts
+    /// without building labels or taking the family's lock.
+    app_service_ok: Counter,
+    imds_ok: Counter,
     broker_calls: Family<Labels, Counter>,
     connections: ConnectionMetrics,
 }
@@ -83,21 +89,36 @@ impl Metrics {
             broker_calls.clone(),
         );
         let connections = ConnectionMetrics::registered(&mut registry);
+        let labels = |protocol: &str, outcome: &str| {
+            vec![
+                ("protocol", protocol.to_owned()),
+                ("outcome", outcome.to_owned()),
+            ]
+        };
+        let ok = |protocol| requests.get_or_create(&labels(protocol, "ok")).clone();
+        let (app_service_ok, imds_ok) = (ok("app_service"), ok("imds"));
         Self {
             registry,
             requests,
+            app_service_ok,
+            imds_ok,
             broker_calls,
             connections,
         }
     }
 
     fn request(&self, protocol: &'static str, outcome: &str) {
-        self.requests
-            .get_or_create(&vec![
-                ("protocol", protocol.to_owned()),
-                ("outcome", outcome.to_owned()),
-            ])
-            .inc();
+        match (protocol, outcome) {
+            ("app_service", "ok") => self.app_service_ok.inc(),
+            ("imds", "ok") => self.imds_ok.inc(),
+            _ => self
+                .requests
+                .get_or_create(&vec![
+                    ("protocol", protocol.to_owned()),
+                    ("outcome", outcome.to_owned()),
+                ])
+                .inc(),
+        };
     }
 }
 
@@ -216,7 +237,7 @@ impl Agent {
         &self,
         resource: &str,
         mut selector: Selector,
-    ) -> Result<(Arc<BrokerToken>, Outcome), AgentError> {
+    ) -> Result<(Arc<Cached>, Outcome), AgentError> {
         if selector.client_id.is_none() && selector.identity.is_none() {
             selector.identity = self.default_identity.clone();
         }
@@ -294,7 +315,29 @@ impl Agent {
     }
 }
 
-fn selector(params: &HashMap<String, String>) -> Result<Selector, AgentError> {
+/// A request's query parameters, percent-decoded, borrowed from the request target where
+/// nothing needed decoding. A key given twice counts with its last value.
+struct Params<'a>(Vec<(Cow<'a, str>, Cow<'a, str>)>);
+
+impl<'a> Params<'a> {
+    fn of(uri: &'a Uri) -> Self {
+        Self(
+            uri.query()
+                .map(|query| url::form_urlencoded::parse(query.as_bytes()).collect())
+                .unwrap_or_default(),
+        )
+    }
+
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_ref())
+    }
+}
+
+fn selector(params: &Params) -> Result<Selector, AgentError> {
     // `clientid` is App Service 2017-09-01's spelling of `client_id`; `msi_res_id` is
     // IMDS's spelling of App Service's `mi_res_id` (MSAL sends each to its protocol).
     let given: Vec<&str> = [
@@ -306,7 +349,7 @@ fn selector(params: &HashMap<String, String>) -> Result<Selector, AgentError> {
         "msi_res_id",
     ]
     .into_iter()
-    .filter(|k| params.get(*k).is_some_and(|v| !v.is_empty()))
+    .filter(|k| params.get(k).is_some_and(|v| !v.is_empty()))
     .collect();
     if given.len() > 1 {
         return Err(AgentError::new(
@@ -321,7 +364,9 @@ fn selector(params: &HashMap<String, String>) -> Result<Selector, AgentError> {
     }
     let mut selector = Selector::default();
     match given.first().copied() {
-        Some(key @ ("client_id" | "clientid")) => selector.client_id = params.get(key).cloned(),
+        Some(key @ ("client_id" | "clientid")) => {
+            selector.client_id = params.get(key).map(str::to_owned)
+        }
         Some(key @ ("mi_res_id" | "msi_res_id")) => {
             // .../userAssignedIdentities/NAME names the identity.
             selector.identity = params
@@ -329,27 +374,23 @@ fn selector(params: &HashMap<String, String>) -> Result<Selector, AgentError> {
                 .and_then(|r| r.trim_end_matches('/').rsplit('/').next())
                 .map(str::to_owned);
         }
-        Some(key) => selector.identity = params.get(key).cloned(),
+        Some(key) => selector.identity = params.get(key).map(str::to_owned),
         None => {}
     }
     Ok(selector)
 }
 
-fn required<'a>(params: &'a HashMap<String, String>, key: &str) -> Result<&'a str, AgentError> {
-    params
-        .get(key)
-        .map(String::as_str)
-        .filter(|v| !v.is_empty())
-        .ok_or_else(|| {
-            AgentError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_request",
-                format!("`{key}` is required"),
-            )
-        })
+fn required<'a>(params: &'a Params, key: &str) -> Result<&'a str, AgentError> {
+    params.get(key).filter(|v| !v.is_empty()).ok_or_else(|| {
+        AgentError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            format!("`{key}` is required"),
+        )
+    })
 }
 
-fn api_version(params: &HashMap<String, String>, accepted: &[&str]) -> Result<(), AgentError> {
+fn api_version(params: &Params, accepted: &[&str]) -> Result<(), AgentError> {
     let version = required(params, "api-version")?;
     if accepted.contains(&version) {
         Ok(())
@@ -373,11 +414,12 @@ fn outcome_label(result: &Result<Response, AgentError>) -> &'static str {
 }
 
 /// `GET /msi/token`: the App Service protocol (2019-08-01 and 2017-09-01).
-async fn app_service(
-    State(agent): State<Arc<Agent>>,
-    headers: HeaderMap,
-    Query(params): Query<HashMap<String, String>>,
-) -> Response {
+///
+/// It reads the request in place (no copy of its headers or query into maps), and a cache
+/// hit answers the bytes written for the cached token (docs/PERFORMANCE.md, the agent's
+/// row): the path every SDK call of a running workload takes.
+async fn app_service(State(agent): State<Arc<Agent>>, request: Request) -> Response {
+    let (headers, params) = (request.headers(), Params::of(request.uri()));
     let result = async {
         let Some(secret) = &agent.header_secret else {
             // 400, not 404: the SDKs retry a 404, and no retry turns this agent's App
@@ -404,14 +446,27 @@ async fn app_service(
         api_version(&params, APP_SERVICE_VERSIONS)?;
         let resource = required(&params, "resource")?;
         let (token, _) = agent.token(resource, selector(&params)?).await?;
-        Ok(Json(json!({
-            "access_token": token.access_token,
-            "expires_on": token.expires_on.to_string(),
-            "resource": resource,
-            "token_type": "Bearer",
-            "client_id": token.client_id,
-        }))
-        .into_response())
+        // The cache's key holds `resource`, so the answer is the same for every hit.
+        let answer = token.app_service_answer.get_or_init(|| {
+            Bytes::from(
+                json!({
+                    "access_token": token.access_token,
+                    "expires_on": token.expires_on.to_string(),
+                    "resource": resource,
+                    "token_type": "Bearer",
+                    "client_id": token.client_id,
+                })
+                .to_string(),
+            )
+        });
+        Ok((
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            answer.clone(),
+        )
+            .into_response())
     }
     .await;
     agent.metrics.request("app_service", outcome_label(&result));
@@ -419,11 +474,8 @@ async fn app_service(
 }
 
 /// `GET /metadata/identity/oauth2/token`: the IMDS protocol.
-async fn imds(
-    State(agent): State<Arc<Agent>>,
-    headers: HeaderMap,
-    Query(params): Query<HashMap<String, String>>,
-) -> Response {
+async fn imds(State(agent): State<Arc<Agent>>, request: Request) -> Response {
+    let (headers, params) = (request.headers(), Params::of(request.uri()));
     let result = async {
         if !agent.imds {
             // 400, not 404: the SDKs retry a 404, while a 400 moves a credential chain on.
@@ -512,22 +564,26 @@ pub fn limits(cfg: &wif_config::AgentConfig) -> Limits {
     }
 }
 
-/// The agent's routes. Relayed requests are refused on all of them (like IMDS: a request
-/// that passed through a proxy is not from the workload itself; see [`crate::guard`]).
+/// The agent's routes, unguarded.
+fn routes(agent: Arc<Agent>) -> Router {
+    Router::new()
+        .route("/msi/token", get(app_service))
+        .route("/metadata/identity/oauth2/token", get(imds))
+        // MSAL for Node sends IMDS requests to `.../token/`; Azure's IMDS answers both.
+        .route("/msi/token/", get(app_service))
+        .route("/metadata/identity/oauth2/token/", get(imds))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .with_state(agent)
+}
+
+/// The agent's routes as the Unix socket serves them. Relayed requests are refused on all
+/// of them (like IMDS: a request that passed through a proxy is not from the workload
+/// itself; see [`crate::guard`]); the TCP listener also checks `Host`.
 pub fn router(agent: Arc<Agent>) -> Router {
-    crate::guard::refuse_proxied(
-        Router::new()
-            .route("/msi/token", get(app_service))
-            .route("/metadata/identity/oauth2/token", get(imds))
-            // MSAL for Node sends IMDS requests to `.../token/`; Azure's IMDS answers both.
-            .route("/msi/token/", get(app_service))
-            .route("/metadata/identity/oauth2/token/", get(imds))
-            .route("/healthz", get(healthz))
-            .route("/readyz", get(readyz))
-            .route("/metrics", get(metrics))
-            .fallback(not_found)
-            .with_state(agent),
-    )
+    crate::guard::Guard::unix().apply(routes(agent))
 }
 
 /// An agent serving on a loopback TCP port (and optionally a Unix socket) in this process.
@@ -548,16 +604,19 @@ impl std::fmt::Debug for RunningAgent {
 }
 
 impl RunningAgent {
-    /// Binds `listen` (empty: no TCP listener) and `unix_socket`, and serves with the
-    /// default connection limits.
+    /// Binds `listen` (parsed as `--listen` is; empty: no TCP listener) and
+    /// `unix_socket`, and serves with the default connection limits.
     pub async fn start(
         agent: Arc<Agent>,
         listen: &str,
         unix_socket: Option<&std::path::Path>,
     ) -> std::io::Result<Self> {
+        let listen = listen
+            .parse::<ListenAddr>()
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
         Self::start_with_limits(
             agent,
-            listen,
+            &listen,
             unix_socket,
             limits(&wif_config::AgentConfig::default()),
         )
@@ -568,7 +627,7 @@ impl RunningAgent {
     /// listeners get them; see docs/agent.md).
     pub async fn start_with_limits(
         agent: Arc<Agent>,
-        listen: &str,
+        listen: &ListenAddr,
         unix_socket: Option<&std::path::Path>,
         limits: Limits,
     ) -> std::io::Result<Self> {
@@ -578,11 +637,18 @@ impl RunningAgent {
         });
         let mut tasks = Vec::new();
         let mut addr = None;
-        if !listen.is_empty() {
-            let listener = tokio::net::TcpListener::bind(listen).await?;
+        let listener = match listen {
+            ListenAddr::Off => None,
+            ListenAddr::Addr(addr) => Some(tokio::net::TcpListener::bind(addr).await?),
+            ListenAddr::Name { host, port } => {
+                Some(tokio::net::TcpListener::bind((host.as_str(), *port)).await?)
+            }
+        };
+        if let Some(listener) = listener {
             addr = Some(listener.local_addr()?);
             // On TCP, only requests naming the agent by address (no DNS rebinding).
-            let app = crate::guard::HostPolicy::for_listen(listen).apply(router(agent.clone()));
+            let guard = crate::guard::Guard::tcp(crate::guard::HostPolicy::for_listen(listen));
+            let app = guard.apply(routes(agent.clone()));
             tasks.push(tokio::spawn(serve_counted(
                 listener,
                 app,
@@ -638,11 +704,28 @@ impl RunningAgent {
 mod tests {
     use super::*;
 
-    fn params(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+    fn params<'a>(pairs: &[(&'a str, &'a str)]) -> Params<'a> {
+        Params(
+            pairs
+                .iter()
+                .map(|(k, v)| (Cow::Borrowed(*k), Cow::Borrowed(*v)))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn query_parameters_are_decoded_and_the_last_of_a_key_counts() {
+        let uri: Uri = "/msi/token?api-version=2019-08-01&resource=https%3A%2F%2Fvault.azure.net\
+                        &client_id=a&client_id=b&empty=&plus=a+b"
+            .parse()
+            .unwrap();
+        let params = Params::of(&uri);
+        assert_eq!(params.get("resource"), Some("https://vault.azure.net"));
+        assert_eq!(params.get("client_id"), Some("b"));
+        assert_eq!(params.get("empty"), Some(""));
+        assert_eq!(params.get("plus"), Some("a b"));
+        assert_eq!(params.get("object_id"), None);
+        assert!(Params::of(&"/msi/token".parse().unwrap()).0.is_empty());
     }
 
     #[test]

@@ -297,3 +297,49 @@ fn serve_help_gives_the_defaults_and_what_turns_a_protocol_off() {
     assert!(scope < broker && broker < ci, "{help}");
     assert!(help.find("--audience").unwrap() > ci, "{help}");
 }
+
+/// `--broker` and `--listen` are parsed by wif-config's types, as the config file's keys
+/// are: a bad flag and a bad key are refused with the same words, before anything starts.
+#[test]
+fn a_bad_flag_and_a_bad_config_key_say_the_same() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str], config: &str| {
+        let file = dir.path().join("agent.toml");
+        std::fs::write(&file, config).unwrap();
+        let output = std::process::Command::new(AGENT)
+            .arg("--config")
+            .arg(&file)
+            .args(args)
+            .env_clear()
+            .output()
+            .unwrap();
+        assert!(!output.status.success(), "{output:?}");
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    };
+    for (flag, key, value, words) in [
+        (
+            "--broker",
+            "broker",
+            "wif-broker.wif.svc:8443",
+            "the broker URL \"wif-broker.wif.svc:8443\" is not an http(s) URL",
+        ),
+        (
+            "--listen",
+            "listen",
+            "127.0.0.1",
+            "`127.0.0.1` is not an address and port such as 127.0.0.1:8181",
+        ),
+    ] {
+        let from_flag = run(&["serve", flag, value], "");
+        assert!(
+            from_flag.contains(&format!("invalid value '{value}' for '{flag}")),
+            "{from_flag}"
+        );
+        assert!(from_flag.contains(words), "{from_flag}");
+        let from_file = run(&["serve"], &format!("{key} = {value:?}\n"));
+        assert!(
+            from_file.contains(&format!("{key}: {words}")),
+            "{from_file}"
+        );
+    }
+}

@@ -205,22 +205,6 @@ fn invalid(field: &'static str, message: impl Into<String>) -> Violation {
     }
 }
 
-/// A tenant is a GUID or a verified domain such as `contoso.onmicrosoft.com`.
-fn is_tenant(s: &str) -> bool {
-    rules::is_guid(s)
-        || (s.len() <= 253
-            && s.contains('.')
-            && s.split('.').all(|label| {
-                !label.is_empty()
-                    && label.len() <= 63
-                    && label
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-                    && !label.starts_with('-')
-                    && !label.ends_with('-')
-            }))
-}
-
 impl Admin {
     pub fn new(broker: Arc<Broker>, allow_loopback_http: bool, max_credentials: u64) -> Self {
         Self {
@@ -405,7 +389,7 @@ impl Admin {
             return v;
         }
         v.extend(rules::check_identity_name(name));
-        if !is_tenant(&input.tenant_id) {
+        if !wif_config::is_tenant(&input.tenant_id) {
             v.push(invalid(
                 "tenantId",
                 format!(
@@ -1032,15 +1016,5 @@ mod tests {
             .delete_identity(&alice("req-5"), "deploy", &Expect::Matching(current))
             .await
             .unwrap();
-    }
-
-    #[test]
-    fn tenants_are_guids_or_domains() {
-        assert!(is_tenant("72f988bf-86f1-41af-91ab-2d7cd011db47"));
-        assert!(is_tenant("contoso.onmicrosoft.com"));
-        assert!(!is_tenant("contoso"));
-        assert!(!is_tenant("-bad.example.com"));
-        assert!(!is_tenant("a..b"));
-        assert!(!is_tenant(""));
     }
 }

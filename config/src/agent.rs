@@ -1,26 +1,143 @@
 //! The agent's configuration (`wif-agent --config FILE`). Every key can also be given as a
 //! command-line flag, which wins over the file; `WIF_AGENT_<KEY>` variables override keys
 //! of the file too.
+//!
+//! The two keys that need parsing, `broker` and `listen`, are parsed here, once, into
+//! [`BrokerUrl`] and [`ListenAddr`]: by loading (a bad value is a problem naming its key)
+//! and by the agent's `--broker` and `--listen` flags alike (their `FromStr`), so a bad
+//! flag and a bad key say the same thing.
 
+use std::fmt;
+use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::ConfigError;
+use crate::{ConfigError, InvalidValue, shown};
+
+/// The broker's base URL (`broker`, `--broker`): `http` or `https`, with a host. It
+/// displays without a trailing `/`, the form `/v1/token` is appended to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerUrl(url::Url);
+
+impl BrokerUrl {
+    /// The URL without a trailing `/`, e.g. `https://wif-broker.wif.svc:8443`.
+    pub fn as_str(&self) -> &str {
+        self.0.as_str().trim_end_matches('/')
+    }
+
+    pub fn url(&self) -> &url::Url {
+        &self.0
+    }
+}
+
+impl FromStr for BrokerUrl {
+    type Err = InvalidValue;
+
+    fn from_str(s: &str) -> Result<Self, InvalidValue> {
+        match url::Url::parse(s) {
+            Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => {
+                Ok(Self(url))
+            }
+            _ => Err(InvalidValue(format!(
+                "the broker URL {:?} is not an http(s) URL",
+                shown(s)
+            ))),
+        }
+    }
+}
+
+impl fmt::Display for BrokerUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where the agent listens on TCP (`listen`, `--listen`): an IP address and port, a host
+/// name and port (resolved when the listener is bound, as before), or nothing (`""`: the
+/// Unix socket only).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListenAddr {
+    /// `""`: no TCP listener.
+    Off,
+    Addr(SocketAddr),
+    /// A host name (letters, digits, `-`, `_` and `.`) and a port, e.g. `localhost:8181`.
+    Name {
+        host: String,
+        port: u16,
+    },
+}
+
+impl FromStr for ListenAddr {
+    type Err = InvalidValue;
+
+    fn from_str(s: &str) -> Result<Self, InvalidValue> {
+        if s.is_empty() {
+            return Ok(Self::Off);
+        }
+        if let Ok(addr) = s.parse::<SocketAddr>() {
+            return Ok(Self::Addr(addr));
+        }
+        let name = s.rsplit_once(':').and_then(|(host, port)| {
+            let is_name = !host.is_empty()
+                && host.len() <= 253
+                && host
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+            let port = port.parse::<u16>().ok()?;
+            is_name.then(|| Self::Name {
+                host: host.to_owned(),
+                port,
+            })
+        });
+        name.ok_or_else(|| {
+            InvalidValue(format!(
+                "`{}` is not an address and port such as 127.0.0.1:8181, [::1]:8181 or \
+                 localhost:8181 (\"\" for no TCP listener)",
+                shown(s)
+            ))
+        })
+    }
+}
+
+impl fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Off => Ok(()),
+            Self::Addr(addr) => write!(f, "{addr}"),
+            Self::Name { host, port } => write!(f, "{host}:{port}"),
+        }
+    }
+}
+
+serde_as_string!(BrokerUrl);
+serde_as_string!(ListenAddr);
+
+/// A key's parse function, answering what is wrong with a value.
+type Check = fn(&str) -> Option<String>;
+
+/// The keys of [`AgentConfig`] that are parsed, with their parse functions: checked on the
+/// table before it becomes an [`AgentConfig`], so a bad value is a [`crate::Problem`] like
+/// any other rather than a deserialisation error that hides the rest.
+const PARSED_KEYS: &[(&str, Check)] = &[
+    ("broker", |v| BrokerUrl::from_str(v).err().map(|e| e.0)),
+    ("listen", |v| ListenAddr::from_str(v).err().map(|e| e.0)),
+];
 
 /// `wif-agent` settings. Flags of the same name override these.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct AgentConfig {
     /// The broker's base URL, e.g. `https://wif-broker.wif.svc:8443`.
-    pub broker: Option<String>,
+    pub broker: Option<BrokerUrl>,
     /// The external token, re-read for every exchange (kubelet rewrites it). Defaults to
     /// `AZURE_FEDERATED_TOKEN_FILE` when neither this nor `token_command` is set.
     pub token_file: Option<PathBuf>,
     /// A command whose standard output is the external token (run for every exchange).
     pub token_command: Option<String>,
-    /// Where to listen, `host:port` (loopback by default).
-    pub listen: String,
+    /// Where to listen, `host:port` (loopback by default); `""` for no TCP listener.
+    pub listen: ListenAddr,
     /// Also (or instead, with `listen = ""`) listen on this Unix socket.
     pub unix_socket: Option<PathBuf>,
     /// The App Service protocol's `X-IDENTITY-HEADER` secret; prefer the environment
@@ -69,7 +186,7 @@ impl Default for AgentConfig {
             broker: None,
             token_file: None,
             token_command: None,
-            listen: "127.0.0.1:8181".into(),
+            listen: ListenAddr::Addr(SocketAddr::from(([127, 0, 0, 1], 8181))),
             unix_socket: None,
             identity_header: None,
             identity: None,
@@ -132,13 +249,25 @@ impl AgentConfig {
             };
             table.insert(key, value);
         }
+        // A bad value is reported as a problem, and the key left at its default so the
+        // rest can still be checked.
+        let mut problems = Vec::new();
+        for (key, check) in PARSED_KEYS {
+            if let Some(message) = table.get(*key).and_then(|v| v.as_str()).and_then(check) {
+                table.remove(*key);
+                problems.push(crate::Problem {
+                    key: (*key).to_owned(),
+                    message,
+                });
+            }
+        }
         let config: Self = table
             .try_into()
             .map_err(|e: toml::de::Error| ConfigError::Parse {
                 origin: origin.to_owned(),
                 message: e.to_string(),
             })?;
-        let problems = config.problems();
+        problems.extend(config.problems());
         if problems.is_empty() {
             Ok(config)
         } else {
@@ -236,6 +365,99 @@ mod tests {
         assert!(
             err.to_string().contains("ca_pem: holds no PEM certificate"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn broker_and_listen_are_parsed_once_and_problems_name_them() {
+        let config = AgentConfig::from_toml_with_env(
+            "broker = \"https://wif-broker.wif.svc:8443/\"\nlisten = \"localhost:8181\"",
+            "agent.toml",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            config.broker.as_ref().map(BrokerUrl::as_str),
+            Some("https://wif-broker.wif.svc:8443")
+        );
+        assert_eq!(
+            config.listen,
+            ListenAddr::Name {
+                host: "localhost".into(),
+                port: 8181
+            }
+        );
+        assert_eq!(
+            AgentConfig::default().listen.to_string(),
+            "127.0.0.1:8181",
+            "the default"
+        );
+        for (listen, parsed) in [
+            (
+                "[::1]:8181",
+                ListenAddr::Addr("[::1]:8181".parse().unwrap()),
+            ),
+            ("0.0.0.0:0", ListenAddr::Addr("0.0.0.0:0".parse().unwrap())),
+            ("", ListenAddr::Off),
+        ] {
+            let config =
+                AgentConfig::from_toml_with_env("", "d", &vars(&[("WIF_AGENT_LISTEN", listen)]))
+                    .unwrap();
+            assert_eq!(config.listen, parsed, "{listen}");
+            assert_eq!(config.listen.to_string(), listen);
+        }
+        let err = AgentConfig::from_toml_with_env(
+            "broker = \"wif-broker:8443\"\nlisten = \"127.0.0.1\"\nmin_remaining_secs = 1",
+            "agent.toml",
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        for expected in [
+            "broker: the broker URL \"wif-broker:8443\" is not an http(s) URL",
+            "listen: `127.0.0.1` is not an address and port",
+            "min_remaining_secs: must be at least 300",
+        ] {
+            assert!(err.contains(expected), "{expected} in {err}");
+        }
+        for bad in ["ftp://broker", "https://", "/v1/token", "broker"] {
+            assert!(bad.parse::<BrokerUrl>().is_err(), "{bad}");
+        }
+        for bad in [
+            "127.0.0.1:99999",
+            ":8181",
+            "a b:8181",
+            "localhost",
+            " 127.0.0.1:8181",
+        ] {
+            assert!(bad.parse::<ListenAddr>().is_err(), "{bad}");
+        }
+        let err = AgentConfig::from_toml_with_env(
+            "",
+            "d",
+            &vars(&[("WIF_AGENT_BROKER", "broker.example")]),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("broker: the broker URL"), "{err}");
+    }
+
+    #[test]
+    fn the_parsed_keys_are_written_as_they_are_read() {
+        let config = AgentConfig::from_toml_with_env(
+            "broker = \"http://127.0.0.1:8080\"\nlisten = \"[::1]:8181\"",
+            "d",
+            &[],
+        )
+        .unwrap();
+        let text = toml::to_string(&config).unwrap();
+        assert!(
+            text.contains("broker = \"http://127.0.0.1:8080\""),
+            "{text}"
+        );
+        assert!(text.contains("listen = \"[::1]:8181\""), "{text}");
+        assert_eq!(
+            AgentConfig::from_toml_with_env(&text, "d", &[]).unwrap(),
+            config
         );
     }
 

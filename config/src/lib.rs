@@ -15,18 +15,50 @@
 //!
 //! This crate never touches the network and never reads the clock.
 
+/// Why a value could not be parsed: the message repeats the value (at most 100
+/// characters of it) and says what was expected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidValue(String);
+
+/// At most 100 characters of `value`, for a message that repeats it.
+fn shown(value: &str) -> String {
+    value.chars().take(100).collect()
+}
+
+/// Serde for a type parsed from a string: read with its `FromStr`, written with its
+/// `Display`, so files and wire formats hold the string the operator wrote.
+macro_rules! serde_as_string {
+    ($type:ty) => {
+        impl serde::Serialize for $type {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.collect_str(self)
+            }
+        }
+
+        impl<'de> serde::Deserialize<'de> for $type {
+            fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                let text = String::deserialize(deserializer)?;
+                text.parse().map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
 pub mod agent;
 pub mod algorithm;
 pub mod env;
 pub mod guid;
 pub mod network;
+pub mod tenant;
 mod validate;
 pub mod webhook;
 
-pub use agent::AgentConfig;
+pub use agent::{AgentConfig, BrokerUrl, ListenAddr};
 pub use algorithm::Algorithm;
 pub use guid::{Guid, is_guid};
-pub use network::{Cidr, is_loopback, is_loopback_ip};
+pub use network::{Cidr, is_loopback, is_loopback_host, is_loopback_ip};
+pub use tenant::{Tenant, is_tenant};
 pub use webhook::WebhookConfig;
 
 use std::net::SocketAddr;
@@ -674,8 +706,11 @@ impl Default for ManagedIdentityConfig {
 #[serde(deny_unknown_fields)]
 pub struct IdentityConfig {
     pub name: String,
-    pub tenant_id: String,
-    pub client_id: String,
+    /// The directory: a GUID or a verified domain ([`Tenant`]).
+    pub tenant_id: Tenant,
+    /// The application (client) id of the app registration or managed identity.
+    #[serde(deserialize_with = "guid::client_id")]
+    pub client_id: Guid,
     pub cloud: Option<Cloud>,
     pub authority_host: Option<String>,
     #[serde(default)]
@@ -796,18 +831,35 @@ impl BrokerConfig {
             message,
         };
         // Deserializing straight from the text keeps spans, so errors carry line numbers.
-        let from_file: Self =
-            toml::from_str(text).map_err(|e| parse_error(origin, e.to_string()))?;
+        // When that fails, a bad identity id may be why: those are problems reported with
+        // the rest ([`validate::identity_ids`]), and the file is read again without them.
+        let table = || -> Result<(toml::Table, Vec<Problem>), ConfigError> {
+            let mut table: toml::Table =
+                toml::from_str(text).map_err(|e| parse_error(origin, e.to_string()))?;
+            let ids = validate::identity_ids(&mut table);
+            Ok((table, ids))
+        };
+        let (from_file, ids) = match toml::from_str::<Self>(text) {
+            Ok(config) => (config, Vec::new()),
+            Err(error) => match table()? {
+                (table, ids) if !ids.is_empty() => (
+                    table
+                        .try_into()
+                        .map_err(|_| parse_error(origin, error.to_string()))?,
+                    ids,
+                ),
+                _ => return Err(parse_error(origin, error.to_string())),
+            },
+        };
         let overrides = env::overrides(vars, Self::SECTIONS)
             .map_err(|message| parse_error("environment", message))?;
         let config = if overrides.is_empty() {
             from_file
         } else {
-            let table: toml::Table =
-                toml::from_str(text).map_err(|e| parse_error(origin, e.to_string()))?;
-            env::apply(table, &overrides).map_err(|message| parse_error("environment", message))?
+            env::apply(table()?.0, &overrides)
+                .map_err(|message| parse_error("environment", message))?
         };
-        let Err(mut problems) = validate::broker(&config) else {
+        let Err(mut problems) = validate::broker_with(&config, &ids) else {
             return Ok(config);
         };
         for problem in &mut problems {

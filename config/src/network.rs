@@ -25,11 +25,17 @@ use std::net::IpAddr;
 ///   the system resolver does not always do so and may ask DNS instead. `0.0.0.0` and `::`
 ///   are "every address" for a listener, not a destination, and are not loopback either.
 pub fn is_loopback(url: &url::Url) -> bool {
-    match url.host() {
-        Some(url::Host::Domain(name)) => name.eq_ignore_ascii_case("localhost"),
-        Some(url::Host::Ipv4(ip)) => is_loopback_ip(IpAddr::V4(ip)),
-        Some(url::Host::Ipv6(ip)) => is_loopback_ip(IpAddr::V6(ip)),
-        None => false,
+    url.host().is_some_and(|host| is_loopback_host(&host))
+}
+
+/// Whether `host` is loopback by the rule of [`is_loopback`]: for a host that is not in a
+/// URL, such as the `Host` header of a request the agent checks against DNS rebinding
+/// (docs/agent.md, "Who may call the agent"). A name is compared as given, never resolved.
+pub fn is_loopback_host<S: AsRef<str>>(host: &url::Host<S>) -> bool {
+    match host {
+        url::Host::Domain(name) => name.as_ref().eq_ignore_ascii_case("localhost"),
+        url::Host::Ipv4(ip) => is_loopback_ip(IpAddr::V4(*ip)),
+        url::Host::Ipv6(ip) => is_loopback_ip(IpAddr::V6(*ip)),
     }
 }
 
@@ -167,6 +173,32 @@ mod tests {
         for url in ["http://2130706433", "http://0x7f.1", "http://127.1"] {
             let parsed = url::Url::parse(url).unwrap();
             assert!(is_loopback(&parsed), "{url} -> {parsed}");
+        }
+    }
+
+    #[test]
+    fn hosts_outside_urls_follow_the_same_rule() {
+        use std::net::{Ipv4Addr, Ipv6Addr};
+        for (host, loopback) in [
+            (url::Host::Domain("localhost"), true),
+            (url::Host::Domain("LocalHost"), true),
+            (url::Host::Domain("localhost."), false),
+            (url::Host::Domain("app.localhost"), false),
+            (url::Host::Domain("127.0.0.1.nip.io"), false),
+            // Not an address to this function: a name, never resolved.
+            (url::Host::Domain("127.1"), false),
+            (url::Host::Ipv4(Ipv4Addr::new(127, 0, 0, 1)), true),
+            (url::Host::Ipv4(Ipv4Addr::new(127, 9, 0, 1)), true),
+            (url::Host::Ipv4(Ipv4Addr::new(169, 254, 169, 254)), false),
+            (url::Host::Ipv4(Ipv4Addr::UNSPECIFIED), false),
+            (url::Host::Ipv6(Ipv6Addr::LOCALHOST), true),
+            (
+                url::Host::Ipv6(Ipv4Addr::new(127, 0, 0, 1).to_ipv6_mapped()),
+                true,
+            ),
+            (url::Host::Ipv6(Ipv6Addr::UNSPECIFIED), false),
+        ] {
+            assert_eq!(is_loopback_host(&host), loopback, "{host:?}");
         }
     }
 

@@ -26,9 +26,11 @@ use std::path::Path;
 
 use url::Url;
 
+use crate::InvalidValue;
 use crate::algorithm::Algorithm;
-use crate::guid::{Guid, is_guid};
+use crate::guid::{Guid, parse_client_id};
 use crate::network::{Cidr, is_loopback};
+use crate::tenant::{Tenant, is_tenant};
 use crate::{
     ALGORITHMS, AdminConfig, AssertionSource, AuditConfig, BrokerConfig, BrokerIssuerConfig,
     CacheConfig, EntraConfig, FederatedCredentialConfig, IdentityConfig, IssuerConfig, JwksConfig,
@@ -66,6 +68,12 @@ impl Problems {
 /// Checks the whole configuration, section by section, and returns the values it parsed;
 /// with any problem, every problem instead.
 pub(crate) fn broker(config: &BrokerConfig) -> Result<Parsed, Vec<Problem>> {
+    broker_with(config, &[])
+}
+
+/// [`broker`], also reporting `ids`: the problems [`identity_ids`] found in the file,
+/// each in its identity's place.
+pub(crate) fn broker_with(config: &BrokerConfig, ids: &[Problem]) -> Result<Parsed, Vec<Problem>> {
     let mut p = Problems::default();
     let loopback_http = config.outbound.allow_loopback_http;
     let server = server(&mut p, &config.server, loopback_http);
@@ -76,7 +84,7 @@ pub(crate) fn broker(config: &BrokerConfig) -> Result<Parsed, Vec<Problem>> {
     jwks(&mut p, &config.jwks);
     log(&mut p, &config.log);
     let issuer_algorithms = issuers(&mut p, &config.issuers, &config.tokens, loopback_http);
-    identities(&mut p, &config.identities, loopback_http);
+    identities(&mut p, &config.identities, ids, loopback_http);
     broker_issuer(&mut p, &config.broker_issuer, loopback_http);
     managed_identity(&mut p, &config.managed_identity);
     identity_assertions(&mut p, config);
@@ -480,7 +488,50 @@ fn issuers(
     narrowed
 }
 
-fn identities(p: &mut Problems, identities: &[IdentityConfig], loopback_http: bool) {
+/// The typed keys of each `[[identities]]` table of a file: a `tenant_id` or `client_id`
+/// that does not parse is a problem like any other (reported with the rest, in one pass),
+/// and is replaced by a placeholder so the file can still be read and checked.
+pub(crate) fn identity_ids(table: &mut toml::Table) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    let Some(toml::Value::Array(identities)) = table.get_mut("identities") else {
+        return problems;
+    };
+    for (i, identity) in identities.iter_mut().enumerate() {
+        let Some(identity) = identity.as_table_mut() else {
+            continue;
+        };
+        type Check = fn(&str) -> Option<InvalidValue>;
+        let checks: [(&str, Check, String); 2] = [
+            (
+                "tenant_id",
+                |v| v.parse::<Tenant>().err(),
+                Tenant::default().to_string(),
+            ),
+            (
+                "client_id",
+                |v| parse_client_id(v).err(),
+                Guid::default().to_string(),
+            ),
+        ];
+        for (key, check, placeholder) in checks {
+            if let Some(message) = identity.get(key).and_then(|v| v.as_str()).and_then(check) {
+                identity.insert(key.to_owned(), toml::Value::String(placeholder));
+                problems.push(Problem {
+                    key: format!("identities[{i}].{key}"),
+                    message: message.to_string(),
+                });
+            }
+        }
+    }
+    problems
+}
+
+fn identities(
+    p: &mut Problems,
+    identities: &[IdentityConfig],
+    ids: &[Problem],
+    loopback_http: bool,
+) {
     let mut seen: HashMap<&str, usize> = HashMap::new();
     for (i, identity) in identities.iter().enumerate() {
         let at = format!("identities[{i}]");
@@ -498,33 +549,10 @@ fn identities(p: &mut Problems, identities: &[IdentityConfig], loopback_http: bo
             seen.insert(&identity.name, i);
         }
 
-        if identity.tenant_id.trim().is_empty() {
-            p.push(
-                format!("{at}.tenant_id"),
-                "must not be empty; give the directory (tenant) ID as a GUID, or a domain \
-                 such as contoso.onmicrosoft.com",
-            );
-        } else if !is_guid(&identity.tenant_id) && !is_domain(&identity.tenant_id) {
-            p.push(
-                format!("{at}.tenant_id"),
-                format!(
-                    "`{}` is neither a GUID nor a domain such as contoso.onmicrosoft.com",
-                    identity.tenant_id
-                ),
-            );
-        }
-
-        if !is_guid(&identity.client_id) {
-            p.push(
-                format!("{at}.client_id"),
-                format!(
-                    "`{}` is not a GUID; give the application (client) ID of the app \
-                     registration or managed identity, such as \
-                     7c4f1a3e-0000-4000-8000-000000000001",
-                    identity.client_id
-                ),
-            );
-        }
+        // tenant_id and client_id are typed ([`crate::Tenant`], [`crate::Guid`]), parsed
+        // when the file was read ([`identity_ids`]).
+        let prefix = format!("{at}.");
+        p.0.extend(ids.iter().filter(|id| id.key.starts_with(&prefix)).cloned());
 
         if let Some(host) = &identity.authority_host {
             if identity.cloud.is_some() {
@@ -643,7 +671,7 @@ fn managed_identity(p: &mut Problems, m: &ManagedIdentityConfig) {
         managed_identity_endpoint(p, endpoint);
     }
     if let Some(Err(message)) = m.client_id.as_deref().map(str::parse::<Guid>) {
-        p.push("managed_identity.client_id", message);
+        p.push("managed_identity.client_id", message.to_string());
     }
     positive(p, "managed_identity.timeout_secs", m.timeout_secs);
 }
@@ -857,8 +885,7 @@ fn webhook(
         );
     }
     if let Some(tenant) = &w.default_tenant_id
-        && !is_guid(tenant)
-        && !is_domain(tenant)
+        && !is_tenant(tenant)
     {
         p.push(
             "webhook.default_tenant_id",
@@ -1162,22 +1189,6 @@ fn https_url(
 }
 
 /// A DNS name with at least two labels, e.g. `contoso.onmicrosoft.com`.
-fn is_domain(s: &str) -> bool {
-    let labels: Vec<&str> = s.split('.').collect();
-    s.len() <= 253
-        && labels.len() >= 2
-        && labels.iter().all(|l| {
-            !l.is_empty()
-                && l.len() <= 63
-                && !l.starts_with('-')
-                && !l.ends_with('-')
-                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        })
-        && labels
-            .last()
-            .is_some_and(|tld| tld.bytes().all(|b| b.is_ascii_alphabetic()))
-}
-
 #[cfg(test)]
 mod tests {
     use std::path::PathBuf;
@@ -1195,8 +1206,8 @@ mod tests {
     fn identity(name: &str) -> IdentityConfig {
         IdentityConfig {
             name: name.into(),
-            tenant_id: TENANT.into(),
-            client_id: CLIENT.into(),
+            tenant_id: TENANT.parse().unwrap(),
+            client_id: CLIENT.parse().unwrap(),
             federated_credentials: vec![FederatedCredentialConfig {
                 name: "main".into(),
                 issuer: "https://token.actions.githubusercontent.com".into(),
@@ -1251,7 +1262,7 @@ mod tests {
         none(&check(|c| {
             c.identities = vec![identity("deploy"), {
                 let mut gov = identity("gov");
-                gov.tenant_id = "fabrikam.onmicrosoft.us".into();
+                gov.tenant_id = "fabrikam.onmicrosoft.us".parse().unwrap();
                 gov.cloud = Some(Cloud::UsGov);
                 gov
             }];
@@ -1977,6 +1988,18 @@ mod tests {
         );
     }
 
+    /// Loads a file declaring one identity with these ids; the problems when it is invalid.
+    fn load_identity(tenant: &str, client: &str) -> Result<BrokerConfig, Vec<Problem>> {
+        let text = format!(
+            "[[identities]]\nname = \"x\"\ntenant_id = {tenant:?}\nclient_id = {client:?}\n"
+        );
+        match BrokerConfig::from_toml(&text, "broker.toml") {
+            Ok(config) => Ok(config),
+            Err(crate::ConfigError::Invalid { problems, .. }) => Err(problems),
+            Err(other) => panic!("{other}"),
+        }
+    }
+
     #[test]
     fn tenant_id_is_a_guid_or_a_domain() {
         for tenant in [
@@ -1985,18 +2008,11 @@ mod tests {
             "CONTOSO.com",
             "a-b.example.co.uk",
         ] {
-            none(&check(|c| {
-                let mut id = identity("x");
-                id.tenant_id = tenant.into();
-                c.identities = vec![id];
-            }));
+            let config = load_identity(tenant, CLIENT).unwrap();
+            assert_eq!(config.identities[0].tenant_id.as_str(), tenant);
         }
         only(
-            &check(|c| {
-                let mut id = identity("x");
-                id.tenant_id = "".into();
-                c.identities = vec![id];
-            }),
+            &load_identity("", CLIENT).unwrap_err(),
             "identities[0].tenant_id",
             "must not be empty",
         );
@@ -2010,11 +2026,7 @@ mod tests {
             "con toso.com",
         ] {
             only(
-                &check(|c| {
-                    let mut id = identity("x");
-                    id.tenant_id = bad.into();
-                    c.identities = vec![id];
-                }),
+                &load_identity(bad, CLIENT).unwrap_err(),
                 "identities[0].tenant_id",
                 "neither a GUID nor a domain",
             );
@@ -2030,20 +2042,23 @@ mod tests {
             "0b7c9e1d-0000-4000-8000-00000000000g",
         ] {
             only(
-                &check(|c| {
-                    let mut id = identity("x");
-                    id.client_id = bad.into();
-                    c.identities = vec![id];
-                }),
+                &load_identity(TENANT, bad).unwrap_err(),
                 "identities[0].client_id",
-                "is not a GUID",
+                "is not a GUID; give the application (client) ID",
             );
         }
-        none(&check(|c| {
-            let mut id = identity("x");
-            id.client_id = CLIENT.to_uppercase();
-            c.identities = vec![id];
-        }));
+        let upper = CLIENT.to_uppercase();
+        let config = load_identity(TENANT, &upper).unwrap();
+        assert_eq!(config.identities[0].client_id.as_str(), upper);
+        let written = toml::to_string(&config).unwrap();
+        assert!(
+            written.contains(&format!("client_id = \"{upper}\"")),
+            "{written}"
+        );
+        assert!(
+            written.contains(&format!("tenant_id = \"{TENANT}\"")),
+            "{written}"
+        );
     }
 
     #[test]
@@ -2136,14 +2151,16 @@ mod tests {
 
     #[test]
     fn every_problem_is_reported_at_once() {
-        let problems = check(|c| {
-            c.server.listen = "nope".into();
-            c.cache.min_remaining_secs = 10;
-            c.log.format = "xml".into();
-            let mut id = identity("x");
-            id.client_id = "nope".into();
-            c.identities = vec![id];
-        });
+        let text = format!(
+            "[server]\nlisten = \"nope\"\n[cache]\nmin_remaining_secs = 10\n[log]\n\
+             format = \"xml\"\n[[identities]]\nname = \"x\"\ntenant_id = \"{TENANT}\"\n\
+             client_id = \"nope\"\n"
+        );
+        let Err(crate::ConfigError::Invalid { problems, .. }) =
+            BrokerConfig::from_toml(&text, "broker.toml")
+        else {
+            panic!("expected problems");
+        };
         let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
         assert_eq!(
             keys,
@@ -2154,17 +2171,6 @@ mod tests {
                 "identities[0].client_id"
             ]
         );
-    }
-
-    #[test]
-    fn guid_and_domain_shapes() {
-        assert!(is_guid("00000000-0000-0000-0000-000000000000"));
-        assert!(is_guid("ABCDEF01-abcd-4000-8000-0123456789ab"));
-        assert!(!is_guid("{00000000-0000-0000-0000-000000000000}"));
-        assert!(!is_guid("00000000-0000-0000-0000-0000000000000"));
-        assert!(is_domain("contoso.onmicrosoft.com"));
-        assert!(!is_domain("contoso"));
-        assert!(!is_domain("contoso.com."));
     }
 
     #[test]

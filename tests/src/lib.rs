@@ -211,8 +211,8 @@ impl Stack {
         config.identities = vec![
             IdentityConfig {
                 name: "deploy".into(),
-                tenant_id: TENANT.into(),
-                client_id: DEPLOY_CLIENT.into(),
+                tenant_id: TENANT.parse().unwrap(),
+                client_id: DEPLOY_CLIENT.parse().unwrap(),
                 federated_credentials: vec![
                     credential("github-main", &github.url(), Some(MAIN_SUBJECT), None),
                     credential("ado-prod", &ado.url(), Some(ADO_SUBJECT), None),
@@ -221,8 +221,8 @@ impl Stack {
             },
             IdentityConfig {
                 name: "payments".into(),
-                tenant_id: TENANT.into(),
-                client_id: PAYMENTS_CLIENT.into(),
+                tenant_id: TENANT.parse().unwrap(),
+                client_id: PAYMENTS_CLIENT.parse().unwrap(),
                 federated_credentials: vec![credential(
                     "payments-namespace",
                     &aks.url(),
@@ -233,8 +233,8 @@ impl Stack {
             },
             IdentityConfig {
                 name: "unsynced".into(),
-                tenant_id: TENANT.into(),
-                client_id: UNSYNCED_CLIENT.into(),
+                tenant_id: TENANT.parse().unwrap(),
+                client_id: UNSYNCED_CLIENT.parse().unwrap(),
                 federated_credentials: vec![credential(
                     "github-release",
                     &github.url(),

@@ -50,8 +50,8 @@ fn credential(
 fn identity(name: &str, client_id: &str, assertion: AssertionSource) -> IdentityConfig {
     IdentityConfig {
         name: name.into(),
-        tenant_id: TENANT.into(),
-        client_id: client_id.into(),
+        tenant_id: TENANT.parse().unwrap(),
+        client_id: client_id.parse().unwrap(),
         assertion,
         ..Default::default()
     }

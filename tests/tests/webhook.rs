@@ -368,7 +368,7 @@ async fn the_injected_sidecar_serves_the_app_a_token_from_the_broker() {
     )
     .unwrap();
     let client = BrokerClient::with_roots(
-        &w.stack.broker.url(),
+        &w.stack.broker.url().parse().unwrap(),
         Duration::from_secs(5),
         0,
         None,

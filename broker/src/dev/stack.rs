@@ -68,7 +68,7 @@ impl DevStack {
                 DEMO_FLEET_IDENTITY,
             )),
         );
-        let mut config = dev_config(listen, &issuer.url(), &entra.url());
+        let mut config = dev_config(listen, &issuer.url(), &entra.url())?;
         config.broker_issuer.url = Some(broker_url);
         // The tokens file holds only the hash, and is read once at start.
         let admin_token = crate::api::admin::auth::new_admin_token()
@@ -137,7 +137,7 @@ impl DevStack {
 }
 
 /// The broker configuration of the dev stack.
-pub fn dev_config(listen: &str, issuer: &str, entra: &str) -> BrokerConfig {
+pub fn dev_config(listen: &str, issuer: &str, entra: &str) -> anyhow::Result<BrokerConfig> {
     let mut config = BrokerConfig::default();
     config.server.listen = listen.to_owned();
     // Ctrl-C stops the dev stack at once: no load balancer to drain.
@@ -148,8 +148,8 @@ pub fn dev_config(listen: &str, issuer: &str, entra: &str) -> BrokerConfig {
     config.identities = vec![
         IdentityConfig {
             name: DEMO_IDENTITY.into(),
-            tenant_id: DEMO_TENANT.into(),
-            client_id: DEMO_CLIENT.into(),
+            tenant_id: DEMO_TENANT.parse()?,
+            client_id: DEMO_CLIENT.parse()?,
             federated_credentials: vec![FederatedCredentialConfig {
                 name: "demo-main".into(),
                 issuer: issuer.to_owned(),
@@ -161,8 +161,8 @@ pub fn dev_config(listen: &str, issuer: &str, entra: &str) -> BrokerConfig {
         },
         IdentityConfig {
             name: DEMO_FLEET_IDENTITY.into(),
-            tenant_id: DEMO_TENANT.into(),
-            client_id: DEMO_FLEET_CLIENT.into(),
+            tenant_id: DEMO_TENANT.parse()?,
+            client_id: DEMO_FLEET_CLIENT.parse()?,
             assertion: AssertionSource::Broker,
             federated_credentials: vec![FederatedCredentialConfig {
                 name: "demo-features".into(),
@@ -178,7 +178,7 @@ pub fn dev_config(listen: &str, issuer: &str, entra: &str) -> BrokerConfig {
             ..Default::default()
         },
     ];
-    config
+    Ok(config)
 }
 
 /// Runs the dev stack until Ctrl-C, printing how to use it.

@@ -516,8 +516,8 @@ impl Declared {
         for (i, id) in cfg.identities.iter().enumerate() {
             let identity = Arc::new(Identity {
                 name: id.name.clone(),
-                tenant_id: id.tenant_id.clone(),
-                client_id: id.client_id.clone(),
+                tenant_id: id.tenant_id.to_string(),
+                client_id: id.client_id.to_string(),
                 authority_host: id
                     .effective_authority_host(&cfg.entra.authority_host)
                     .trim_end_matches('/')

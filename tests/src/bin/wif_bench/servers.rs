@@ -189,8 +189,8 @@ impl BenchStack {
         config.entra.authority_host = entra.url();
         config.identities = vec![IdentityConfig {
             name: "deploy".into(),
-            tenant_id: TENANT.into(),
-            client_id: DEPLOY_CLIENT.into(),
+            tenant_id: TENANT.parse()?,
+            client_id: DEPLOY_CLIENT.parse()?,
             federated_credentials: vec![FederatedCredentialConfig {
                 name: "github-main".into(),
                 issuer: issuer.url(),
@@ -213,8 +213,8 @@ impl BenchStack {
             );
             config.identities.push(IdentityConfig {
                 name: format!("bench-{i}"),
-                tenant_id: TENANT.into(),
-                client_id: client_id.clone(),
+                tenant_id: TENANT.parse()?,
+                client_id: client_id.parse()?,
                 federated_credentials: vec![FederatedCredentialConfig {
                     name: "github-main".into(),
                     issuer: issuer.url(),
