@@ -178,7 +178,10 @@ async fn request_context(State(state): State<AppState>, request: Request, next: 
         })
         .await;
     if let Some((method, path, started)) = logged {
-        let id = header.as_ref().and_then(|v| v.to_str().ok()).unwrap_or_default();
+        let id = header
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
         tracing::debug!(request_id = %id, %method, %path,
             status = response.status().as_u16(), ms = started.elapsed().as_millis() as u64, "request");
     }
