@@ -399,12 +399,20 @@ fn the_scale_harness_loads_declared_and_stored_credentials_and_gives_verdicts() 
             .collect();
         assert_eq!(
             figures,
-            ["start_secs", "rss_added_mib", "match_p99_us", "create_p99_ms"]
+            [
+                "start_secs",
+                "rss_added_mib",
+                "match_p99_us",
+                "create_p99_ms"
+            ]
         );
         for b in budgets {
             assert!(b["budget"].as_f64().unwrap() > 0.0, "{b}");
             assert!(b["value"].as_f64().unwrap() >= 0.0, "{b}");
-            assert!(["met", "missed"].contains(&b["verdict"].as_str().unwrap()), "{b}");
+            assert!(
+                ["met", "missed"].contains(&b["verdict"].as_str().unwrap()),
+                "{b}"
+            );
         }
     }
 }
