@@ -62,17 +62,21 @@ impl std::fmt::Debug for RunningBroker {
     }
 }
 
+/// The listener `[server] listen` names.
+async fn bind(parsed: &wif_config::Parsed) -> Result<TcpListener, StartError> {
+    TcpListener::bind(parsed.listen)
+        .await
+        .map_err(|error| StartError::Bind {
+            addr: parsed.listen.to_string(),
+            error,
+        })
+}
+
 impl RunningBroker {
     /// Builds the broker from `cfg` and starts serving on `cfg.server.listen`.
     pub async fn start(cfg: &BrokerConfig, clock: SharedClock) -> Result<Self, StartError> {
         let parsed = cfg.parse()?;
-        let listener =
-            TcpListener::bind(parsed.listen)
-                .await
-                .map_err(|error| StartError::Bind {
-                    addr: parsed.listen.to_string(),
-                    error,
-                })?;
+        let listener = bind(&parsed).await?;
         Self::start_parsed(cfg, &parsed, clock, listener).await
     }
 
@@ -85,13 +89,7 @@ impl RunningBroker {
         clock: SharedClock,
     ) -> Result<Self, StartError> {
         let parsed = cfg.parse()?;
-        let listener =
-            TcpListener::bind(parsed.listen)
-                .await
-                .map_err(|error| StartError::Bind {
-                    addr: parsed.listen.to_string(),
-                    error,
-                })?;
+        let listener = bind(&parsed).await?;
         let declared = Declared::take_from_config(&mut cfg).map_err(SetupError::Registry)?;
         Self::start_declared(&cfg, &parsed, declared, clock, listener).await
     }
