@@ -21,6 +21,7 @@ use crate::exchange::Broker;
 use crate::outbound;
 use crate::policy::conditions::{Conditions, Restrictions};
 use crate::policy::rules::{self, CredentialSpec, RuleOptions, Violation};
+use crate::redact::untrusted;
 use crate::store::{Clash, PutOutcome, StoreError, StoredCredential, StoredIdentity};
 
 /// What a caller is told when the identity or credential a write names is gone from the
@@ -570,7 +571,10 @@ impl Admin {
     async fn remove_identity(&self, name: &str) -> Result<(), AdminError> {
         self.writable(name)?;
         if !self.store()?.delete_identity(name).await? {
-            return Err(AdminError::NotFound(format!("no identity named {name:?}")));
+            return Err(AdminError::NotFound(format!(
+                "no identity named {:?}",
+                untrusted(name)
+            )));
         }
         self.apply().await;
         Ok(())
@@ -629,7 +633,8 @@ impl Admin {
     fn api_identity(&self, identity: &str) -> Result<(), AdminError> {
         match self.broker.registry().identity(identity) {
             None => Err(AdminError::NotFound(format!(
-                "no identity named {identity:?}"
+                "no identity named {:?}",
+                untrusted(identity)
             ))),
             Some(_) => self.writable(identity),
         }
@@ -740,7 +745,9 @@ impl Admin {
         let store = self.store()?;
         let Some(current) = store.get_credential(identity, credential).await? else {
             return Err(AdminError::NotFound(format!(
-                "identity {identity:?} has no federated credential {credential:?}"
+                "identity {:?} has no federated credential {:?}",
+                untrusted(identity),
+                untrusted(credential)
             )));
         };
         let mut input = CredentialInput {
@@ -812,7 +819,9 @@ impl Admin {
             .await?
         {
             return Err(AdminError::NotFound(format!(
-                "identity {identity:?} has no federated credential {credential:?}"
+                "identity {:?} has no federated credential {:?}",
+                untrusted(identity),
+                untrusted(credential)
             )));
         }
         self.apply().await;

@@ -483,6 +483,27 @@ async fn an_unauthenticated_write_is_refused_before_its_body_is_read() {
     }
 }
 
+/// A name the caller made up is repeated in a not-found answer only capped: a path of
+/// thousands of characters does not come back whole (nor reach the log whole).
+#[tokio::test]
+async fn a_long_unknown_name_comes_back_capped() {
+    let stack = Stack::start().await;
+    let long = "x".repeat(4000);
+    for (method, path) in [
+        ("GET", format!("/v1/identities/{long}")),
+        ("GET", format!("/v1/identities/{long}/entraSetup")),
+        ("DELETE", format!("/v1/identities/{long}")),
+        ("PATCH", format!("{}/{long}", credentials(&long))),
+    ] {
+        let body = (method == "PATCH").then(|| json!({"description": "x"}));
+        let answer = stack.admin(method, &path, body).await;
+        assert_eq!(answer.status, 404, "{method}: {:?}", answer.body);
+        let text = answer.body.to_string();
+        assert!(text.len() < 1000, "{method}: {} bytes", text.len());
+        assert!(text.contains('…'), "{method}: {text}");
+    }
+}
+
 #[tokio::test]
 async fn admin_writes_are_audited_with_the_callers_identity() {
     let stack = Stack::start().await;

@@ -8,6 +8,7 @@
 //! ([`crate::admin::Admin::check_credential`]) that the save will apply.
 
 use crate::error::ErrorCode;
+use crate::redact::untrusted;
 use std::fmt::Write as _;
 
 use crate::api::body::Capped;
@@ -422,8 +423,11 @@ pub async fn draft_endpoint(
     let registry = console.app.broker.registry();
     let name = form.trimmed("identity");
     let Some(identity) = registry.identity(name) else {
-        return ApiError::new(ErrorCode::NotFound, format!("no identity named {name:?}"))
-            .into_response();
+        return ApiError::new(
+            ErrorCode::NotFound,
+            format!("no identity named {:?}", untrusted(name)),
+        )
+        .into_response();
     };
     let editing = form.optional("editing");
     let (draft, _) = draft(&console, identity, &form, editing.as_deref());
@@ -738,7 +742,7 @@ fn identity_not_found(session: &Session, name: &str) -> Response {
         StatusCode::NOT_FOUND,
         Some(session),
         "No such identity",
-        &format!("There is no identity named {name:?}."),
+        &format!("There is no identity named {:?}.", untrusted(name)),
     )
 }
 
@@ -918,7 +922,11 @@ async fn stored_credential(
             StatusCode::NOT_FOUND,
             Some(session),
             "No such credential",
-            &format!("Identity {identity:?} has no federated credential {credential:?}."),
+            &format!(
+                "Identity {:?} has no federated credential {:?}.",
+                untrusted(identity),
+                untrusted(credential)
+            ),
         )),
         Err(e) => Err(html::error_page(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -4,6 +4,7 @@
 //! audited with the signed-in admin, exactly like the admin API's.
 
 use crate::error::ErrorCode;
+use crate::redact::untrusted;
 use std::fmt::Write as _;
 
 use crate::api::body::Capped;
@@ -152,7 +153,7 @@ fn not_found(session: &Session, name: &str) -> Response {
         StatusCode::NOT_FOUND,
         Some(session),
         "No such identity",
-        &format!("There is no identity named {name:?}."),
+        &format!("There is no identity named {:?}.", untrusted(name)),
     )
 }
 

@@ -10,6 +10,7 @@ pub mod auth;
 pub use wif_proto::admin as model;
 
 use crate::error::ErrorCode;
+use crate::redact::untrusted;
 use std::collections::HashMap;
 
 use axum::Json;
@@ -320,9 +321,12 @@ pub async fn get_identity(
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
     let registry = state.broker.registry();
-    let identity = registry
-        .identity(&name)
-        .ok_or_else(|| ApiError::new(ErrorCode::NotFound, format!("no identity named {name:?}")))?;
+    let identity = registry.identity(&name).ok_or_else(|| {
+        ApiError::new(
+            ErrorCode::NotFound,
+            format!("no identity named {:?}", untrusted(&name)),
+        )
+    })?;
     let view = identity_view(&state, identity);
     let read_only = identity.read_only;
     drop(registry);
@@ -471,9 +475,12 @@ pub async fn entra_setup(
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
     let registry = state.broker.registry();
-    let identity = registry
-        .identity(&name)
-        .ok_or_else(|| ApiError::new(ErrorCode::NotFound, format!("no identity named {name:?}")))?;
+    let identity = registry.identity(&name).ok_or_else(|| {
+        ApiError::new(
+            ErrorCode::NotFound,
+            format!("no identity named {:?}", untrusted(&name)),
+        )
+    })?;
     let view = identity_view(&state, identity);
     let credentials: Vec<Credential> = registry
         .credentials_of(&name)
