@@ -14,6 +14,7 @@ use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 use serde_json::json;
 
+use super::reuse::Reused;
 use super::rsa::{KeyError, RsaKey};
 use crate::clock::SharedClock;
 use crate::entra::Secret;
@@ -54,6 +55,10 @@ fn stamp(path: &Path) -> Option<FileStamp> {
 pub struct Certificates {
     clock: SharedClock,
     loaded: std::sync::Mutex<HashMap<PathBuf, Arc<Loaded>>>,
+    /// Assertions signed, by (certificate file, key file, client id, token endpoint), reused
+    /// while the same certificate is loaded and at least half their life is left
+    /// ([`super::reuse`]).
+    reused: Reused<(PathBuf, PathBuf, String, String)>,
 }
 
 impl std::fmt::Debug for Certificates {
@@ -67,11 +72,14 @@ impl Certificates {
         Self {
             clock,
             loaded: std::sync::Mutex::new(HashMap::new()),
+            reused: Reused::default(),
         }
     }
 
     /// A client assertion for `client_id`: `iss` = `sub` = the client id, `aud` = the
-    /// token endpoint it is sent to.
+    /// token endpoint it is sent to. The one signed for the same files, client and
+    /// endpoint is reused while the files still hold the certificate that signed it and at
+    /// least half its life is left.
     pub fn sign(
         &self,
         certificate: &Path,
@@ -81,6 +89,33 @@ impl Certificates {
     ) -> Result<Secret, CertificateError> {
         let loaded = self.load(certificate, key)?;
         let now = self.clock.now();
+        let kept_as = (
+            certificate.to_owned(),
+            key.to_owned(),
+            client_id.to_owned(),
+            token_endpoint.to_owned(),
+        );
+        if let Some(assertion) = self.reused.get(&kept_as, &loaded.x5t_s256, now) {
+            return Ok(assertion);
+        }
+        let assertion = Self::sign_with(&loaded, key, client_id, token_endpoint, now)?;
+        self.reused.keep(
+            kept_as,
+            &loaded.x5t_s256,
+            &assertion,
+            now,
+            now + LIFETIME_SECS,
+        );
+        Ok(assertion)
+    }
+
+    fn sign_with(
+        loaded: &Loaded,
+        key: &Path,
+        client_id: &str,
+        token_endpoint: &str,
+        now: u64,
+    ) -> Result<Secret, CertificateError> {
         let header = json!({
             "alg": "RS256",
             "typ": "JWT",
@@ -259,6 +294,77 @@ mod tests {
         assert_eq!(element(&long).unwrap().1.len(), 0x80);
         assert_eq!(element(&[0x04, 0x05, 1]), None, "truncated");
         assert_eq!(element(&[0x04, 0x85, 1, 1, 1, 1, 1]), None, "absurd length");
+    }
+
+    fn key_pem() -> String {
+        let key = RsaKey::generate().unwrap();
+        let body = key.to_pkcs8_base64().unwrap();
+        let lines: Vec<&str> = body
+            .expose()
+            .as_bytes()
+            .chunks(64)
+            .map(|l| std::str::from_utf8(l).unwrap())
+            .collect();
+        format!(
+            "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
+            lines.join("\n")
+        )
+    }
+
+    /// A self-signed certificate for a new key, written to `dir`.
+    fn write_pair(dir: &Path) -> (PathBuf, PathBuf) {
+        let key_pem = key_pem();
+        let key = rcgen::KeyPair::from_pem(&key_pem).unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["wif-broker-app".to_owned()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let (cert_path, key_path) = (dir.join("app.crt"), dir.join("app.key"));
+        std::fs::write(&cert_path, cert.pem()).unwrap();
+        std::fs::write(&key_path, key_pem).unwrap();
+        (cert_path, key_path)
+    }
+
+    #[test]
+    fn an_assertion_is_reused_for_its_endpoint_while_the_certificate_and_half_its_life_last() {
+        crate::crypto::install_provider();
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = write_pair(dir.path());
+        let clock = crate::clock::OffsetClock::new();
+        let certificates = Certificates::new(clock.clone());
+        let client = "3f1c2a9e-5b7d-4e21-9c3a-1d2e3f4a5b6c";
+        let endpoint = "https://login.microsoftonline.com/tenant/oauth2/v2.0/token";
+        let sign = |client: &str, endpoint: &str| {
+            certificates
+                .sign(&cert, &key, client, endpoint)
+                .unwrap()
+                .expose()
+                .to_owned()
+        };
+
+        let first = sign(client, endpoint);
+        assert_eq!(sign(client, endpoint), first, "reused");
+        assert_ne!(
+            sign(
+                client,
+                "https://login.microsoftonline.us/tenant/oauth2/v2.0/token"
+            ),
+            first,
+            "never for another endpoint"
+        );
+        assert_ne!(sign("another-client", endpoint), first);
+        // Half of its 600 s.
+        clock.advance(290);
+        assert_eq!(sign(client, endpoint), first);
+        clock.advance(20);
+        let renewed = sign(client, endpoint);
+        assert_ne!(renewed, first, "past half its life");
+        assert_eq!(sign(client, endpoint), renewed);
+
+        // A renewed certificate on disk signs a new assertion at once.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        write_pair(dir.path());
+        assert_ne!(sign(client, endpoint), renewed);
     }
 
     #[test]

@@ -17,6 +17,7 @@ use arc_swap::ArcSwap;
 use serde_json::{Value, json};
 use wif_config::BrokerIssuerConfig;
 
+use super::reuse::Reused;
 use super::rsa::{KeyError, RsaKey};
 use crate::clock::SharedClock;
 use crate::entra::Secret;
@@ -82,6 +83,9 @@ pub struct BrokerIssuer {
     clock: SharedClock,
     keys: ArcSwap<KeySet>,
     source: tokio::sync::Mutex<Source>,
+    /// Assertions signed, by (authority host, subject, audience), reused while at least
+    /// half their life is left ([`super::reuse`]).
+    reused: Reused<(String, String, String)>,
 }
 
 impl std::fmt::Debug for BrokerIssuer {
@@ -127,6 +131,7 @@ impl BrokerIssuer {
                 refresh_at: 0,
             }),
             source: tokio::sync::Mutex::new(source),
+            reused: Reused::default(),
         })
     }
 
@@ -239,7 +244,47 @@ impl BrokerIssuer {
     pub async fn sign(&self, subject: &str, audience: &str) -> Result<Secret, IssuerKeyError> {
         let keys = self.current().await;
         let key = keys.signing.as_ref().ok_or(IssuerKeyError::NoKey)?;
+        self.sign_with(key, subject, audience, self.clock.now())
+    }
+
+    /// [`Self::sign`]'s assertion for a token request to `authority_host`: the one signed
+    /// for the same host, subject and audience by the key that signs now, while at least
+    /// half its life is left ([`super::reuse`]); otherwise a new one, kept for the next.
+    pub async fn assertion_for(
+        &self,
+        authority_host: &str,
+        subject: &str,
+        audience: &str,
+    ) -> Result<Secret, IssuerKeyError> {
+        let keys = self.current().await;
+        let key = keys.signing.as_ref().ok_or(IssuerKeyError::NoKey)?;
         let now = self.clock.now();
+        let kept_as = (
+            authority_host.to_owned(),
+            subject.to_owned(),
+            audience.to_owned(),
+        );
+        if let Some(assertion) = self.reused.get(&kept_as, key.kid(), now) {
+            return Ok(assertion);
+        }
+        let assertion = self.sign_with(key, subject, audience, now)?;
+        self.reused.keep(
+            kept_as,
+            key.kid(),
+            &assertion,
+            now,
+            now + self.lifetime_secs,
+        );
+        Ok(assertion)
+    }
+
+    fn sign_with(
+        &self,
+        key: &RsaKey,
+        subject: &str,
+        audience: &str,
+        now: u64,
+    ) -> Result<Secret, IssuerKeyError> {
         let header = json!({ "alg": "RS256", "typ": "JWT", "kid": key.kid() });
         let claims = json!({
             "iss": self.url,
@@ -507,9 +552,120 @@ fn key_set(
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     const DAY: u64 = 86_400;
+
+    fn key_pem() -> String {
+        let key = RsaKey::generate().unwrap();
+        let body = key.to_pkcs8_base64().unwrap();
+        let lines: Vec<&str> = body
+            .expose()
+            .as_bytes()
+            .chunks(64)
+            .map(|l| std::str::from_utf8(l).unwrap())
+            .collect();
+        format!(
+            "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
+            lines.join("\n")
+        )
+    }
+
+    fn claims(assertion: &Secret) -> Value {
+        use base64::Engine;
+        let payload = assertion.expose().split('.').nth(1).unwrap();
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .unwrap();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    fn kid(assertion: &Secret) -> String {
+        use base64::Engine;
+        let header = assertion.expose().split('.').next().unwrap();
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(header)
+            .unwrap();
+        let header: Value = serde_json::from_slice(&bytes).unwrap();
+        header["kid"].as_str().unwrap().to_owned()
+    }
+
+    #[tokio::test]
+    async fn an_assertion_is_reused_for_its_host_while_half_its_life_is_left() {
+        use crate::clock::Clock;
+        crate::crypto::install_provider();
+        let dir = tempfile::tempdir().unwrap();
+        let signing = dir.path().join("signing.pem");
+        std::fs::write(&signing, key_pem()).unwrap();
+        let clock = crate::clock::OffsetClock::new();
+        let cfg = BrokerIssuerConfig {
+            url: Some("https://broker.example".into()),
+            signing_key_file: Some(signing.clone()),
+            ..Default::default()
+        };
+        let issuer = BrokerIssuer::from_config(&cfg, None, clock.clone()).unwrap();
+        let (public, us) = (
+            "https://login.microsoftonline.com",
+            "https://login.microsoftonline.us",
+        );
+        let aud = "api://AzureADTokenExchange";
+
+        let first = issuer.assertion_for(public, "fleet", aud).await.unwrap();
+        let c = claims(&first);
+        assert_eq!(c["exp"].as_u64().unwrap() - c["iat"].as_u64().unwrap(), 300);
+        let again = issuer.assertion_for(public, "fleet", aud).await.unwrap();
+        assert_eq!(again.expose(), first.expose(), "reused");
+        // Never for another host, subject or audience.
+        for (host, subject, audience) in [
+            (us, "fleet", aud),
+            (public, "other", aud),
+            (public, "fleet", "api://AzureADTokenExchangeUSGov"),
+        ] {
+            let other = issuer.assertion_for(host, subject, audience).await.unwrap();
+            assert_ne!(
+                other.expose(),
+                first.expose(),
+                "{host} {subject} {audience}"
+            );
+            assert_eq!(claims(&other)["sub"], subject);
+            assert_eq!(claims(&other)["aud"], audience);
+        }
+        // Plain signing always signs anew.
+        let signed = issuer.sign("fleet", aud).await.unwrap();
+        assert_ne!(signed.expose(), first.expose());
+
+        // Within the first half of its 300 s: still the same one.
+        clock.advance(140);
+        let later = issuer.assertion_for(public, "fleet", aud).await.unwrap();
+        assert_eq!(later.expose(), first.expose());
+        // Past it: a new one, which is then the one reused.
+        clock.advance(20);
+        let renewed = issuer.assertion_for(public, "fleet", aud).await.unwrap();
+        assert_ne!(renewed.expose(), first.expose());
+        let now = clock.now();
+        let c = claims(&renewed);
+        assert!(c["iat"].as_u64().unwrap() + 1 >= now && c["exp"].as_u64().unwrap() > now + 290);
+        assert_eq!(
+            issuer
+                .assertion_for(public, "fleet", aud)
+                .await
+                .unwrap()
+                .expose(),
+            renewed.expose()
+        );
+
+        // Another signing key: the kept assertion is not reused.
+        std::fs::write(&signing, key_pem()).unwrap();
+        issuer.refresh().await.unwrap();
+        let rotated = issuer.assertion_for(public, "fleet", aud).await.unwrap();
+        assert_ne!(kid(&rotated), kid(&renewed));
+
+        // The clock set back before the kept one was issued: a new one.
+        clock.advance(-1000);
+        let back = issuer.assertion_for(public, "fleet", aud).await.unwrap();
+        assert_ne!(back.expose(), rotated.expose());
+    }
     const RULES: Rotation = Rotation {
         rotation_secs: 30 * DAY,
         ahead_secs: DAY,

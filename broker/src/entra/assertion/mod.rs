@@ -6,11 +6,13 @@
 //! - `certificate`: an assertion signed with the app's certificate ([`certificate`]).
 //!
 //! An assertion is built only when Entra is about to be called (a cache miss or refresh),
-//! and never logged.
+//! and never logged. One the broker signs (`broker`, `certificate`) is reused for the
+//! next call to the same host while at least half its life is left ([`reuse`]).
 
 pub mod certificate;
 pub mod issuer;
 pub mod managed_identity;
+pub mod reuse;
 pub mod rsa;
 
 use std::sync::Arc;
@@ -193,7 +195,9 @@ impl Assertions {
                     .assertion_subject
                     .as_deref()
                     .unwrap_or(&identity.name);
-                Ok(issuer.sign(subject, audience).await?)
+                Ok(issuer
+                    .assertion_for(&identity.authority_host, subject, audience)
+                    .await?)
             }
             AssertionSource::ManagedIdentity => Ok(self.managed.token(audience).await?),
             AssertionSource::Certificate => {
