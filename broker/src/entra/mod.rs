@@ -9,6 +9,7 @@ pub mod scope;
 use std::sync::Arc;
 use std::time::Duration;
 
+use hyper::body::Bytes;
 use tokio::time::Instant;
 
 use serde::Deserialize;
@@ -157,11 +158,13 @@ impl EntraClient {
         request_id: &str,
     ) -> Result<EntraToken, EntraError> {
         let deadline = Instant::now() + Duration::from_secs(self.cfg.deadline_secs);
+        // `build` refuses an identity whose authority host the operator did not allow,
+        // before anything is signed: the host the request goes to is checked once, here.
         let assertion =
             tokio::time::timeout_at(deadline, self.assertions.build(identity, caller_token))
                 .await
                 .map_err(|_| self.past_deadline("making the client assertion", None))??;
-        self.request_token_by(identity, assertion.expose(), scope, request_id, deadline)
+        self.send_token_request(identity, assertion.expose(), scope, request_id, deadline)
             .await
     }
 
@@ -186,14 +189,17 @@ impl EntraClient {
         scope: &str,
         request_id: &str,
     ) -> Result<EntraToken, EntraError> {
+        // The same allow-list as when an assertion is built, for callers that built it
+        // themselves: no token request goes to a host the operator did not allow.
+        self.assertions.authority_hosts().check(identity)?;
         let deadline = Instant::now() + Duration::from_secs(self.cfg.deadline_secs);
-        self.request_token_by(identity, assertion, scope, request_id, deadline)
+        self.send_token_request(identity, assertion, scope, request_id, deadline)
             .await
     }
 
     /// Attempts until one answers for good, the retries run out, or the next attempt could
-    /// not finish before `deadline`.
-    async fn request_token_by(
+    /// not finish before `deadline`. `identity`'s authority host is already checked.
+    async fn send_token_request(
         &self,
         identity: &Identity,
         assertion: &str,
@@ -201,29 +207,17 @@ impl EntraClient {
         request_id: &str,
         deadline: Instant,
     ) -> Result<EntraToken, EntraError> {
-        // The same allow-list as when the assertion was built, for callers that built it
-        // themselves: no token request goes to a host the operator did not allow.
-        self.assertions.authority_hosts().check(identity)?;
         let url = format!(
             "{}/{}/oauth2/v2.0/token",
             identity.authority_host.trim_end_matches('/'),
             identity.tenant_id
         );
-        let form = [
-            ("client_id", identity.client_id.as_str()),
-            ("grant_type", "client_credentials"),
-            (
-                "client_assertion_type",
-                "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
-            ),
-            ("client_assertion", assertion),
-            ("scope", scope),
-        ];
+        let form = token_form(&identity.client_id, assertion, scope);
         let mut attempt: u32 = 0;
         loop {
             let outcome = match tokio::time::timeout_at(
                 deadline,
-                self.attempt(&url, &form, request_id),
+                self.attempt(&url, form.clone(), request_id),
             )
             .await
             {
@@ -265,13 +259,17 @@ impl EntraClient {
         }
     }
 
-    async fn attempt(&self, url: &str, form: &[(&str, &str)], request_id: &str) -> Attempt {
+    async fn attempt(&self, url: &str, form: Bytes, request_id: &str) -> Attempt {
         let response = self
             .http
             .post(url)
             .header("client-request-id", request_id)
             .header("return-client-request-id", "true")
-            .form(form)
+            .header(
+                reqwest::header::CONTENT_TYPE,
+                "application/x-www-form-urlencoded",
+            )
+            .body(form)
             .send()
             .await;
         let response = match response {
@@ -375,6 +373,30 @@ enum Attempt {
     },
 }
 
+/// The client-credentials form with a client assertion (RFC 7523), encoded once per token
+/// request (its retries send the same bytes). A JWT is base64url and dots, which the
+/// form encoding leaves as they are, so it is copied rather than encoded byte by byte.
+fn token_form(client_id: &str, assertion: &str, scope: &str) -> Bytes {
+    const JWT_BEARER: &str = "urn%3Aietf%3Aparams%3Aoauth%3Aclient-assertion-type%3Ajwt-bearer";
+    let mut form = String::with_capacity(assertion.len() + scope.len() + 200);
+    form.push_str("client_id=");
+    form.extend(url::form_urlencoded::byte_serialize(client_id.as_bytes()));
+    form.push_str("&grant_type=client_credentials&client_assertion_type=");
+    form.push_str(JWT_BEARER);
+    form.push_str("&client_assertion=");
+    if assertion
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    {
+        form.push_str(assertion);
+    } else {
+        form.extend(url::form_urlencoded::byte_serialize(assertion.as_bytes()));
+    }
+    form.push_str("&scope=");
+    form.extend(url::form_urlencoded::byte_serialize(scope.as_bytes()));
+    Bytes::from(form)
+}
+
 fn jitter(bound: u64) -> u64 {
     let mut bytes = [0u8; 8];
     if aws_lc_rs::rand::fill(&mut bytes).is_err() {
@@ -410,5 +432,37 @@ mod tests {
         );
         assert_eq!(aadsts_of("something else"), None);
         assert_eq!(first_line("AADSTS1: x\r\nTrace ID: y", ""), "AADSTS1: x");
+    }
+
+    #[test]
+    fn the_token_form_is_what_a_form_encoder_writes() {
+        let encoded = |client_id: &str, assertion: &str, scope: &str| {
+            url::form_urlencoded::Serializer::new(String::new())
+                .append_pair("client_id", client_id)
+                .append_pair("grant_type", "client_credentials")
+                .append_pair(
+                    "client_assertion_type",
+                    "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+                )
+                .append_pair("client_assertion", assertion)
+                .append_pair("scope", scope)
+                .finish()
+        };
+        for (client_id, assertion, scope) in [
+            (
+                "3f1c2a9e-5b7d-4e21-9c3a-1d2e3f4a5b6c",
+                "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2ln-_bmF0dXJl",
+                "https://management.azure.com/.default",
+            ),
+            // Not a JWT's alphabet: encoded byte by byte, as before.
+            ("client id&x", "a+b/c=d e.é", "api://x y/.default"),
+            ("", "", ""),
+        ] {
+            assert_eq!(
+                token_form(client_id, assertion, scope),
+                encoded(client_id, assertion, scope).as_bytes(),
+                "{assertion}"
+            );
+        }
     }
 }
