@@ -2,7 +2,9 @@
 //!
 //! Everything runs in this one process, on loopback, on one tokio runtime: the broker with
 //! the dev stack's local issuer and Entra emulator, a bare axum server that stands for the
-//! machine's limit, and the load generator. The figures are reported, never asserted: the
+//! machine's limit, and the load generator. The one exception is the cold path's Entra,
+//! which answers in a fixed time and runs as a process of its own (this binary started
+//! again with `--serve-fixed-entra`; `wif_bench/fixed_entra.rs`). The figures are reported, never asserted: the
 //! process always exits 0 once it has measured, whatever the verdicts say.
 //!
 //! Measured, with the same load generator and settings for every target:
@@ -23,14 +25,16 @@
 //! runs some of these sections. Then coalescing: N concurrent cold
 //! requests for one (identity, scope) against a fresh stack whose Entra is slowed down,
 //! counting the token calls Entra receives. Then the cold path: distinct (identity, scope)
-//! keys, each asked for once, against an Entra that answers after a fixed delay, next to
-//! the same requests sent to Entra directly. Then the agent binary's stripped size and idle
+//! keys, each asked for once, against an Entra that answers after a fixed delay (its
+//! tokens minted before each round), next to the same requests sent to Entra directly. Then the agent binary's stripped size and idle
 //! RSS, a breakdown of the cache-hit path measured in-process without HTTP, and the
 //! process's resident memory. docs/PERFORMANCE.md describes each.
 //!
 //! No tracing subscriber is installed, so logging costs nothing beyond what the broker
 //! does before it reaches the `tracing` macros.
 
+#[path = "wif_bench/fixed_entra.rs"]
+mod fixed_entra;
 #[path = "wif_bench/load.rs"]
 mod load;
 #[path = "wif_bench/measure.rs"]
@@ -79,6 +83,10 @@ OPTIONS:
     --cold-keys N          distinct (identity, scope) keys for the cold path (default 500)
     --cold-concurrency N   cold requests in flight at once (default 50)
     --cold-entra-ms MS     how long Entra takes to answer on the cold path (default 20)
+    --cold-entra KIND      the cold path's Entra: process (default: answers after exactly
+                           the delay, tokens minted before each round, in a process of its
+                           own), in-process (the same in this process), dev (the dev stack's
+                           emulator: the delay, then it verifies and signs per request)
     --agent-bin PATH       the wif-agent binary whose footprint is reported (default:
                            wif-agent beside this executable)
     --breakdown N          iterations of each in-process breakdown step (default 5000)
@@ -118,6 +126,7 @@ pub struct Options {
     pub cold_keys: usize,
     pub cold_concurrency: usize,
     pub cold_entra_delay: Duration,
+    pub cold_entra: fixed_entra::ColdEntra,
     pub agent_bin: Option<std::path::PathBuf>,
     /// Idle agents started for the footprint (the median is reported).
     pub agent_samples: usize,
@@ -164,6 +173,7 @@ impl Options {
             cold_keys: 500,
             cold_concurrency: 50,
             cold_entra_delay: Duration::from_millis(20),
+            cold_entra: fixed_entra::ColdEntra::Process,
             agent_bin: None,
             agent_samples: 5,
             agent_settle: Duration::from_secs(3),
@@ -189,6 +199,7 @@ impl Options {
             cold_keys: 20,
             cold_concurrency: 5,
             cold_entra_delay: Duration::from_millis(20),
+            cold_entra: fixed_entra::ColdEntra::Process,
             agent_bin: None,
             agent_samples: 1,
             agent_settle: Duration::from_millis(500),
@@ -253,6 +264,7 @@ impl Options {
                 "--cold-entra-ms" => {
                     opts.cold_entra_delay = Duration::from_millis(positive(arg, value()?)? as u64)
                 }
+                "--cold-entra" => opts.cold_entra = fixed_entra::ColdEntra::parse(value()?)?,
                 "--agent-bin" => opts.agent_bin = Some(value()?.into()),
                 "--breakdown" => opts.breakdown = positive(arg, value()?)? as u32,
                 "--distinct" => opts.distinct = positive(arg, value()?)?,
@@ -373,7 +385,7 @@ async fn run(opts: Options) -> anyhow::Result<Report> {
         machine: Machine {
             cores,
             cpu: cpu_model(),
-            note: "the load generator and all servers run in this process on one tokio runtime and share these cores, so every target pays the same client cost",
+            note: "the load generator and all servers run in this process on one tokio runtime and share these cores, so every target pays the same client cost (the cold path's Entra runs as a process of its own on the same cores)",
             build: if cfg!(debug_assertions) {
                 "debug"
             } else {
@@ -409,9 +421,21 @@ async fn run(opts: Options) -> anyhow::Result<Report> {
     })
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    // The cold path's fixed Entra, started by this benchmark as a process of its own.
+    if let Some((flag, rest)) = args.split_first()
+        && flag == fixed_entra::CHILD_FLAG
+    {
+        return fixed_entra::child_main(rest);
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(bench(args))
+}
+
+async fn bench(args: Vec<String>) -> anyhow::Result<()> {
     let Some(opts) = Options::parse(&args)? else {
         print!("{USAGE}");
         return Ok(());

@@ -24,9 +24,10 @@ use wif_tests::pki::Pki;
 use wif_tests::{ARM, DEPLOY_CLIENT, MAIN_SUBJECT, TENANT, metric_value};
 
 use crate::Options;
+use crate::fixed_entra::{ColdEntra, FixedEntra, JWT_BEARER};
 use crate::load::{Measured, Round, Target, TokenPool, drive, drive_each, load_client, median};
 use crate::report::{Budget, verdict};
-use crate::servers::{BenchStack, ColdIdentity, LimitServer, StackOptions, mint_pool};
+use crate::servers::{BenchStack, LimitServer, StackOptions, mint_pool};
 
 /// docs/PERFORMANCE.md: 1,000 concurrent cold requests → exactly 1 Entra call.
 const COALESCING_TARGET: u64 = 1;
@@ -531,119 +532,158 @@ pub struct ColdPath {
     pub identities: usize,
     pub scopes_per_identity: usize,
     pub concurrency: usize,
-    /// The emulator waits this long before it handles each token request.
+    /// Entra answers each token request this long after it arrived (the fixed Entra), or
+    /// waits this long before its own work (the dev emulator).
     pub entra_delay_ms: u64,
-    /// The emulator asked directly (no broker), the same token requests the broker sends:
-    /// what Entra's fixed delay and the emulator's own work (verifying the assertion with
-    /// the issuer's keys, signing an access token) cost on this machine.
+    /// Which Entra answered (`--cold-entra`).
+    pub entra: &'static str,
+    /// The same token requests the broker sends, to Entra directly (no broker): the fixed
+    /// delay, the client's cost and, with the dev emulator, its own work (verifying the
+    /// assertion with the issuer's keys, signing an access token) on this machine.
     pub entra_alone: Measured,
     /// The broker's `POST /v1/token` for each key once: every one a cache miss.
     pub broker: Measured,
     /// Broker p50 and p99 minus the fixed delay (medians over rounds).
     pub added_p50_us: f64,
     pub added_p99_us: f64,
-    /// The same for the emulator asked directly: what of the above is not the broker's.
+    /// The same for Entra asked directly: what of the above is not the broker's.
     pub entra_alone_added_p50_us: f64,
     pub entra_alone_added_p99_us: f64,
     pub budget_added_p99_us: f64,
     pub pass: bool,
     pub verdict: &'static str,
-    /// The whole process's CPU per cold exchange (broker, emulator, issuer, client).
+    /// This process's CPU per cold exchange (broker, client; with an Entra in this
+    /// process, Entra and the issuer too).
     pub cpu_us_per_cold_exchange: f64,
-    /// That minus the CPU per request of the emulator asked directly: the broker's own.
+    /// That minus the CPU per request of Entra asked directly: the broker's own.
     pub broker_cpu_us_per_cold_exchange: f64,
-    /// Token requests the emulator received per cold exchange (1: no retries, no
-    /// coalescing across distinct keys).
+    /// The fixed Entra's own CPU per token request, when it runs in a process of its own
+    /// (median over the broker's rounds).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub entra_process_cpu_us_per_request: Option<f64>,
+    /// Token requests Entra received per cold exchange (1: no retries, no coalescing
+    /// across distinct keys).
     pub entra_calls_per_cold_exchange: f64,
+    /// Connections the fixed Entra accepted during the broker's rounds, per cold exchange
+    /// (0 when the broker's connections from the warm-up are reused).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub entra_connections_per_cold_exchange: Option<f64>,
 }
 
-/// Rounds of: the emulator asked directly for every key, then the broker asked for every
-/// key (new scopes each round, so every broker request is a cache miss). Every token
-/// request the emulator receives waits `entra_delay` first (one `Fault::Delay` queued per
-/// request).
+/// The Entra the cold path asks: the fixed one, or the dev emulator slowed by a queued
+/// `Fault::Delay` per request.
+enum ColdEntraServer<'a> {
+    Fixed(Box<FixedEntra>),
+    Dev(&'a BenchStack, std::time::Duration),
+}
+
+impl ColdEntraServer<'_> {
+    fn token_endpoint(&self) -> String {
+        match self {
+            Self::Fixed(fixed) => fixed.token_endpoint(TENANT),
+            Self::Dev(stack, _) => stack.entra.token_endpoint(TENANT),
+        }
+    }
+
+    /// Before `keys` are asked for (twice each when `direct_too`): the fixed Entra mints
+    /// their tokens; the dev emulator queues one delay per request.
+    async fn before(&self, keys: &[(String, String)], direct_too: bool) -> anyhow::Result<()> {
+        match self {
+            Self::Fixed(fixed) => fixed.prepare(keys).await,
+            Self::Dev(stack, delay) => {
+                let requests = keys.len() * if direct_too { 2 } else { 1 };
+                for _ in 0..requests {
+                    stack.entra.push_fault(Fault::Delay(*delay));
+                }
+                Ok(())
+            }
+        }
+    }
+
+    async fn token_requests(&self) -> anyhow::Result<u64> {
+        Ok(match self {
+            Self::Fixed(fixed) => fixed.stats().await?.token_requests,
+            Self::Dev(stack, _) => stack.entra.token_requests(),
+        })
+    }
+
+    /// Connections accepted so far (the fixed Entra only).
+    async fn connections(&self) -> anyhow::Result<Option<u64>> {
+        Ok(match self {
+            Self::Fixed(fixed) => Some(fixed.stats().await?.connections),
+            Self::Dev(..) => None,
+        })
+    }
+
+    fn process_cpu_secs(&self) -> Option<f64> {
+        match self {
+            Self::Fixed(fixed) => fixed.child_cpu_secs(),
+            Self::Dev(..) => None,
+        }
+    }
+
+    /// Whether every request reached Entra and was answered as prepared.
+    async fn finish(self) -> anyhow::Result<()> {
+        match self {
+            Self::Fixed(fixed) => {
+                let stats = fixed.stats().await;
+                fixed.shutdown().await;
+                let stats = stats?;
+                if stats.refused != 0 {
+                    bail!(
+                        "the fixed Entra refused {} of {} token requests",
+                        stats.refused,
+                        stats.token_requests
+                    );
+                }
+            }
+            Self::Dev(stack, _) => {
+                let undelayed = stack.entra.pending_faults();
+                if undelayed != 0 {
+                    bail!(
+                        "{undelayed} queued Entra delays were not used: some requests did not reach Entra"
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Rounds of: Entra asked directly for every key, then the broker asked for every key
+/// (new scopes each round, so every broker request is a cache miss). Entra is the fixed
+/// one (answers `cold_entra_delay` after each token request arrives, its tokens minted
+/// before the round), in a process of its own unless `--cold-entra` says otherwise; or
+/// the dev emulator, each request waiting `cold_entra_delay` before its own work.
 pub async fn cold_path(opts: &Options) -> anyhow::Result<ColdPath> {
     let identities = opts.cold_concurrency.min(opts.cold_keys).max(1);
     let scopes_per_identity = opts.cold_keys.div_ceil(identities);
+    let delay = opts.cold_entra_delay;
+    let fixed = match opts.cold_entra {
+        ColdEntra::Dev => None,
+        placement => Some(FixedEntra::start(placement, TENANT, delay).await?),
+    };
     let stack = BenchStack::start_configured(StackOptions {
         cold_identities: identities,
+        entra_authority: fixed.as_ref().map(|f| f.url().to_owned()),
         ..Default::default()
     })
     .await?;
-    let delay = opts.cold_entra_delay;
-    let delay_each = |n: usize| {
-        for _ in 0..n {
-            stack.entra.push_fault(Fault::Delay(delay));
-        }
+    let entra = match fixed {
+        Some(fixed) => ColdEntraServer::Fixed(Box::new(fixed)),
+        None => ColdEntraServer::Dev(&stack, delay),
     };
-    let client = load_client(opts.cold_concurrency)?;
-    let exchange = format!("{}/v1/token", stack.broker.url());
-    let entra_token = stack.entra.token_endpoint(TENANT);
-    // `k`: identity k mod identities, scope k / identities, so the requests in flight at
-    // once are for different identities.
-    let keys = |n: usize,
-                scope: &dyn Fn(usize) -> String,
-                target: &dyn Fn(&ColdIdentity, &str) -> anyhow::Result<Target>|
-     -> anyhow::Result<Arc<Vec<Target>>> {
-        let targets = (0..n)
-            .map(|k| {
-                let identity = &stack.cold[k % identities];
-                target(identity, &scope(k / identities))
-            })
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        Ok(Arc::new(targets))
-    };
-    let via_broker = |identity: &ColdIdentity, scope: &str| {
-        Target::form(&exchange, Some(&identity.token), &[("scope", scope)])
-    };
-    let direct = |identity: &ColdIdentity, scope: &str| {
-        Target::form(
-            &entra_token,
-            None,
-            &[
-                ("grant_type", "client_credentials"),
-                ("client_id", &identity.client_id),
-                ("client_assertion_type", JWT_BEARER),
-                ("client_assertion", &identity.token),
-                ("scope", scope),
-            ],
-        )
-    };
-
-    // Warm-up: one exchange per identity (the issuer's keys fetched, each token seen once,
-    // the broker's connections to Entra and ours opened), and as many straight to Entra.
-    let warm = |_: usize| "api://wif-bench-warm-up/.default".to_owned();
-    delay_each(2 * identities);
-    let warm_broker = keys(identities, &warm, &via_broker)?;
-    let warm_direct = keys(identities, &warm, &direct)?;
-    for round in [
-        drive_each(&client, &warm_direct, opts.cold_concurrency).await?,
-        drive_each(&client, &warm_broker, opts.cold_concurrency).await?,
-    ] {
-        if let Some(e) = round.first_error {
-            bail!("the cold path's warm-up failed: {e}");
-        }
-    }
-    let calls_before = stack.entra.token_requests();
-
-    let (mut alone, mut broker) = (Vec::new(), Vec::new());
-    for r in 0..opts.rounds {
-        let scope = |s: usize| format!("api://wif-bench-cold-{r}-{s}/.default");
-        let (direct_targets, broker_targets) = (
-            keys(opts.cold_keys, &scope, &direct)?,
-            keys(opts.cold_keys, &scope, &via_broker)?,
-        );
-        delay_each(opts.cold_keys);
-        alone.push(drive_each(&client, &direct_targets, opts.cold_concurrency).await?);
-        delay_each(opts.cold_keys);
-        broker.push(drive_each(&client, &broker_targets, opts.cold_concurrency).await?);
-    }
-    let calls = stack.entra.token_requests() - calls_before;
-    let undelayed = stack.entra.pending_faults();
-    drop(client);
+    let measured = cold_rounds(opts, &stack, &entra, identities).await;
+    let finished = entra.finish().await;
     stack.shutdown().await;
-    if undelayed != 0 {
-        bail!("{undelayed} queued Entra delays were not used: some requests did not reach Entra");
-    }
+    let ColdRounds {
+        alone,
+        broker,
+        calls,
+        entra_cpu,
+        connections,
+    } = measured?;
+    finished?;
 
     let delay_us = delay.as_secs_f64() * 1e6;
     let added =
@@ -662,6 +702,7 @@ pub async fn cold_path(opts: &Options) -> anyhow::Result<ColdPath> {
         scopes_per_identity,
         concurrency: opts.cold_concurrency,
         entra_delay_ms: u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+        entra: opts.cold_entra.describe(),
         added_p50_us,
         added_p99_us,
         entra_alone_added_p50_us,
@@ -671,14 +712,125 @@ pub async fn cold_path(opts: &Options) -> anyhow::Result<ColdPath> {
         verdict: verdict(pass),
         cpu_us_per_cold_exchange: broker.cpu_us_per_request,
         broker_cpu_us_per_cold_exchange: broker.cpu_us_per_request - entra_alone.cpu_us_per_request,
+        entra_process_cpu_us_per_request: entra_cpu,
         entra_calls_per_cold_exchange: (calls as f64 - entra_alone.requests as f64)
             / broker_requests,
+        entra_connections_per_cold_exchange: connections.map(|c| c as f64 / broker_requests),
         entra_alone,
         broker,
     })
 }
 
-const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+/// What [`cold_rounds`] measured.
+struct ColdRounds {
+    alone: Vec<Round>,
+    broker: Vec<Round>,
+    /// Token requests Entra received during the rounds.
+    calls: u64,
+    /// Entra's own CPU per token request (a process of its own only).
+    entra_cpu: Option<f64>,
+    /// Connections Entra accepted during the broker's rounds (the fixed Entra only).
+    connections: Option<u64>,
+}
+
+/// The warm-up and the measured rounds: Entra alone, then the broker, per round.
+async fn cold_rounds(
+    opts: &Options,
+    stack: &BenchStack,
+    entra: &ColdEntraServer<'_>,
+    identities: usize,
+) -> anyhow::Result<ColdRounds> {
+    let client = load_client(opts.cold_concurrency)?;
+    let exchange = format!("{}/v1/token", stack.broker.url());
+    let entra_token = entra.token_endpoint();
+    // `k`: identity k mod identities, scope k / identities, so the requests in flight at
+    // once are for different identities.
+    let keys = |n: usize, scope: &dyn Fn(usize) -> String| -> Vec<(usize, String)> {
+        (0..n)
+            .map(|k| (k % identities, scope(k / identities)))
+            .collect()
+    };
+    let entra_keys = |keys: &[(usize, String)]| -> Vec<(String, String)> {
+        keys.iter()
+            .map(|(i, scope)| (stack.cold[*i].client_id.clone(), scope.clone()))
+            .collect()
+    };
+    let via_broker = |keys: &[(usize, String)]| -> anyhow::Result<Arc<Vec<Target>>> {
+        let targets = keys
+            .iter()
+            .map(|(i, scope)| {
+                Target::form(&exchange, Some(&stack.cold[*i].token), &[("scope", scope)])
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(Arc::new(targets))
+    };
+    let direct = |keys: &[(usize, String)]| -> anyhow::Result<Arc<Vec<Target>>> {
+        let targets = keys
+            .iter()
+            .map(|(i, scope)| {
+                let identity = &stack.cold[*i];
+                Target::form(
+                    &entra_token,
+                    None,
+                    &[
+                        ("grant_type", "client_credentials"),
+                        ("client_id", &identity.client_id),
+                        ("client_assertion_type", JWT_BEARER),
+                        ("client_assertion", &identity.token),
+                        ("scope", scope),
+                    ],
+                )
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(Arc::new(targets))
+    };
+
+    // Warm-up: one exchange per identity (the issuer's keys fetched, each token verified
+    // once, the broker's connections to Entra and ours opened), and as many straight to
+    // Entra.
+    let warm = keys(identities, &|_| {
+        "api://wif-bench-warm-up/.default".to_owned()
+    });
+    entra.before(&entra_keys(&warm), true).await?;
+    for round in [
+        drive_each(&client, &direct(&warm)?, opts.cold_concurrency).await?,
+        drive_each(&client, &via_broker(&warm)?, opts.cold_concurrency).await?,
+    ] {
+        if let Some(e) = round.first_error {
+            bail!("the cold path's warm-up failed: {e}");
+        }
+    }
+    let calls_before = entra.token_requests().await?;
+
+    let (mut alone, mut broker, mut entra_cpu) = (Vec::new(), Vec::new(), Vec::new());
+    let mut connections = None;
+    for r in 0..opts.rounds {
+        let round_keys = keys(opts.cold_keys, &|s| {
+            format!("api://wif-bench-cold-{r}-{s}/.default")
+        });
+        let (direct_targets, broker_targets) = (direct(&round_keys)?, via_broker(&round_keys)?);
+        entra.before(&entra_keys(&round_keys), true).await?;
+        alone.push(drive_each(&client, &direct_targets, opts.cold_concurrency).await?);
+        let connections_before = entra.connections().await?;
+        let cpu_before = entra.process_cpu_secs();
+        let round = drive_each(&client, &broker_targets, opts.cold_concurrency).await?;
+        if let (Some(before), Some(after)) = (cpu_before, entra.process_cpu_secs()) {
+            entra_cpu.push((after - before) * 1e6 / round.requests.max(1) as f64);
+        }
+        if let (Some(before), Some(after)) = (connections_before, entra.connections().await?) {
+            *connections.get_or_insert(0) += after - before;
+        }
+        broker.push(round);
+    }
+    let calls = entra.token_requests().await? - calls_before;
+    Ok(ColdRounds {
+        alone,
+        broker,
+        calls,
+        entra_cpu: (!entra_cpu.is_empty()).then(|| median(entra_cpu)),
+        connections,
+    })
+}
 
 pub fn ratio(a: f64, b: f64) -> f64 {
     if b > 0.0 { a / b } else { 0.0 }

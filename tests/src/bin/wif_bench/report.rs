@@ -163,8 +163,8 @@ fn bytes(n: Option<u64>) -> String {
 
 /// The cold path's verdict line.
 fn cold_result(c: &ColdPath) -> String {
-    format!(
-        "added p50 {} / p99 {} (Entra asked directly: {} / {}): {}; CPU per cold exchange {} (whole process), {} of it the broker's",
+    let mut line = format!(
+        "added p50 {} / p99 {} (Entra asked directly: {} / {}): {}; CPU per cold exchange {} (this process), {} of it the broker's",
         latency(c.added_p50_us),
         latency(c.added_p99_us),
         latency(c.entra_alone_added_p50_us),
@@ -172,7 +172,14 @@ fn cold_result(c: &ColdPath) -> String {
         c.verdict,
         latency(c.cpu_us_per_cold_exchange),
         latency(c.broker_cpu_us_per_cold_exchange),
-    )
+    );
+    if let Some(entra) = c.entra_process_cpu_us_per_request {
+        line.push_str(&format!(
+            "; Entra's own process {} per token request",
+            latency(entra)
+        ));
+    }
+    line
 }
 
 /// The agent's footprint line.
@@ -365,19 +372,23 @@ pub fn table(r: &Report) -> String {
     if let Some(cold) = &r.cold_path {
         let _ = writeln!(
             out,
-            "cold path: {} distinct (identity, scope) keys ({} identities x {} scopes), concurrency {}, Entra answers after {} ms (budget: added p99 <= {})",
+            "cold path: {} distinct (identity, scope) keys ({} identities x {} scopes), concurrency {}, Entra answers after {} ms: {} (budget: added p99 <= {})",
             cold.keys,
             cold.identities,
             cold.scopes_per_identity,
             cold.concurrency,
             cold.entra_delay_ms,
+            cold.entra,
             latency(cold.budget_added_p99_us),
         );
         let _ = writeln!(
             out,
-            "           {}; {:.2} Entra call(s) per cold exchange",
+            "           {}; {:.2} Entra call(s) per cold exchange{}",
             cold_result(cold),
-            cold.entra_calls_per_cold_exchange
+            cold.entra_calls_per_cold_exchange,
+            cold.entra_connections_per_cold_exchange
+                .map(|c| format!(", {c:.2} new Entra connection(s) per cold exchange"))
+                .unwrap_or_default()
         );
     }
     if let Some(f) = &r.agent_footprint {
@@ -521,7 +532,10 @@ pub fn markdown(r: &Report) -> String {
         row(
             &mut out,
             &cold.entra_alone,
-            &format!("(context: Entra answers after {} ms)", cold.entra_delay_ms),
+            &format!(
+                "(context: Entra answers after {} ms; {})",
+                cold.entra_delay_ms, cold.entra
+            ),
             "",
         );
         row(

@@ -133,6 +133,9 @@ pub struct StackOptions<'a> {
     /// `[server] max_connections`, when the default (1,024) is below what the harness
     /// itself opens (the coalescing burst).
     pub max_connections: Option<usize>,
+    /// `[entra] authority_host`, when the broker asks another Entra than the dev stack's
+    /// emulator (the cold path's fixed Entra).
+    pub entra_authority: Option<String>,
 }
 
 /// One of the cold path's identities: its token and its Entra app.
@@ -186,7 +189,7 @@ impl BenchStack {
             config.server.tls_key = Some(key);
         }
         config.outbound.allow_loopback_http = true;
-        config.entra.authority_host = entra.url();
+        config.entra.authority_host = options.entra_authority.unwrap_or_else(|| entra.url());
         config.identities = vec![IdentityConfig {
             name: "deploy".into(),
             tenant_id: TENANT.parse()?,
