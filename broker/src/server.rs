@@ -83,12 +83,19 @@ impl RunningBroker {
     /// Like [`Self::start`], taking the configuration: its federated credentials are
     /// moved into the registry one by one (each dropped once built) rather than copied, so
     /// a large configuration and the registry are never both held whole
-    /// (docs/PERFORMANCE.md, "Scale"). What `wif-broker serve` uses.
-    pub async fn start_owned(
-        mut cfg: BrokerConfig,
+    /// (docs/PERFORMANCE.md, "Scale").
+    pub async fn start_owned(cfg: BrokerConfig, clock: SharedClock) -> Result<Self, StartError> {
+        Self::start_checked(wif_config::Checked::new(cfg)?, clock).await
+    }
+
+    /// [`Self::start_owned`] for a configuration validated already
+    /// ([`BrokerConfig::load_checked`]), which is not validated again. What `wif-broker
+    /// serve` uses.
+    pub async fn start_checked(
+        checked: wif_config::Checked,
         clock: SharedClock,
     ) -> Result<Self, StartError> {
-        let parsed = cfg.parse()?;
+        let (mut cfg, parsed) = checked.into_parts();
         let listener = bind(&parsed).await?;
         let declared = Declared::take_from_config(&mut cfg).map_err(SetupError::Registry)?;
         Self::start_declared(&cfg, &parsed, declared, clock, listener).await

@@ -50,6 +50,7 @@ pub mod algorithm;
 pub mod env;
 pub mod guid;
 pub mod network;
+mod parts;
 pub mod tenant;
 mod validate;
 pub mod webhook;
@@ -109,6 +110,41 @@ pub struct Parsed {
     pub issuer_algorithms: Vec<(String, Vec<Algorithm>)>,
     /// `[webhook] listen`, when the webhook is enabled.
     pub webhook_listen: Option<SocketAddr>,
+}
+
+/// A configuration that passed validation, with the typed values validation parsed out of
+/// it ([`BrokerConfig::load_checked`]): the broker starts from this without validating
+/// the file a second time.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Checked {
+    config: BrokerConfig,
+    parsed: Parsed,
+}
+
+impl Checked {
+    /// Validates `config` ([`BrokerConfig::parse`]).
+    pub fn new(config: BrokerConfig) -> Result<Self, ConfigError> {
+        let parsed = config.parse()?;
+        Ok(Self { config, parsed })
+    }
+
+    pub fn config(&self) -> &BrokerConfig {
+        &self.config
+    }
+
+    pub fn parsed(&self) -> &Parsed {
+        &self.parsed
+    }
+
+    pub fn into_config(self) -> BrokerConfig {
+        self.config
+    }
+
+    /// The configuration and its typed values, apart: a change to the configuration is
+    /// no longer checked.
+    pub fn into_parts(self) -> (BrokerConfig, Parsed) {
+        (self.config, self.parsed)
+    }
 }
 
 /// The broker's whole configuration.
@@ -798,18 +834,29 @@ impl FederatedCredentialConfig {
 impl BrokerConfig {
     /// Reads `path`, overlays `WIF_*` variables from the process environment, validates.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        Self::load_checked(path).map(Checked::into_config)
+    }
+
+    /// [`Self::load`], keeping the typed values validation parsed: what `wif-broker
+    /// serve` starts from, so the file is validated once.
+    pub fn load_checked(path: &Path) -> Result<Checked, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
             path: path.to_owned(),
             error,
         })?;
         let vars: Vec<(String, String)> = std::env::vars().collect();
-        Self::from_toml_with_env(&text, &path.display().to_string(), &vars)
+        Self::check_toml_with_env(&text, &path.display().to_string(), &vars)
     }
 
     /// Built-in defaults with the environment overlaid (no file given).
     pub fn from_env_only() -> Result<Self, ConfigError> {
+        Self::check_env_only().map(Checked::into_config)
+    }
+
+    /// [`Self::from_env_only`], keeping the typed values.
+    pub fn check_env_only() -> Result<Checked, ConfigError> {
         let vars: Vec<(String, String)> = std::env::vars().collect();
-        Self::from_toml_with_env("", "defaults", &vars)
+        Self::check_toml_with_env("", "defaults", &vars)
     }
 
     /// Parses TOML text without any environment overlay, then validates.
@@ -826,6 +873,57 @@ impl BrokerConfig {
         origin: &str,
         vars: &[(String, String)],
     ) -> Result<Self, ConfigError> {
+        Self::check_toml_with_env(text, origin, vars).map(Checked::into_config)
+    }
+
+    /// [`Self::from_toml_with_env`], keeping the typed values validation parsed.
+    pub fn check_toml_with_env(
+        text: &str,
+        origin: &str,
+        vars: &[(String, String)],
+    ) -> Result<Checked, ConfigError> {
+        let parse_error = |origin: &str, message: String| ConfigError::Parse {
+            origin: origin.to_owned(),
+            message,
+        };
+        let overrides = env::overrides(vars, Self::SECTIONS);
+        // A file declaring many identities is read one identity at a time when that
+        // means the same as reading it whole ([`parts`]); otherwise, or when anything in
+        // it is wrong, it is read whole below, which gives the error to report.
+        let in_parts = match &overrides {
+            Ok(overrides) => parts::read(text, overrides),
+            Err(_) => None,
+        };
+        let (config, ids) = match in_parts {
+            Some(config) => (config, Vec::new()),
+            None => Self::read_whole(text, origin, overrides.as_deref().unwrap_or_default())?,
+        };
+        let overrides = overrides.map_err(|message| parse_error("environment", message))?;
+        let mut problems = match validate::broker_with(&config, &ids) {
+            Ok(parsed) => return Ok(Checked { config, parsed }),
+            Err(problems) => problems,
+        };
+        for problem in &mut problems {
+            if let Some(o) = overrides.iter().find(|o| o.path() == problem.key) {
+                problem.message = format!(
+                    "{} (set by environment variable {})",
+                    problem.message, o.variable
+                );
+            }
+        }
+        Err(ConfigError::Invalid {
+            origin: origin.to_owned(),
+            problems,
+        })
+    }
+
+    /// The whole file read at once, with `overrides` applied (when they are well formed:
+    /// the caller reports them otherwise), and the problems of its identity ids.
+    fn read_whole(
+        text: &str,
+        origin: &str,
+        overrides: &[env::Override],
+    ) -> Result<(Self, Vec<Problem>), ConfigError> {
         let parse_error = |origin: &str, message: String| ConfigError::Parse {
             origin: origin.to_owned(),
             message,
@@ -851,29 +949,12 @@ impl BrokerConfig {
                 _ => return Err(parse_error(origin, error.to_string())),
             },
         };
-        let overrides = env::overrides(vars, Self::SECTIONS)
-            .map_err(|message| parse_error("environment", message))?;
-        let config = if overrides.is_empty() {
-            from_file
-        } else {
-            env::apply(table()?.0, &overrides)
-                .map_err(|message| parse_error("environment", message))?
-        };
-        let Err(mut problems) = validate::broker_with(&config, &ids) else {
-            return Ok(config);
-        };
-        for problem in &mut problems {
-            if let Some(o) = overrides.iter().find(|o| o.path() == problem.key) {
-                problem.message = format!(
-                    "{} (set by environment variable {})",
-                    problem.message, o.variable
-                );
-            }
+        if overrides.is_empty() {
+            return Ok((from_file, ids));
         }
-        Err(ConfigError::Invalid {
-            origin: origin.to_owned(),
-            problems,
-        })
+        let config = env::apply(table()?.0, overrides)
+            .map_err(|message| parse_error("environment", message))?;
+        Ok((config, ids))
     }
 
     /// Validates this configuration and returns its typed values: what the broker starts

@@ -19,7 +19,7 @@
 //! `jwks_file` or `tls_cert` that does not exist yet is a start-up error, not a
 //! configuration error, so the documented examples stay loadable anywhere.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -533,6 +533,7 @@ fn identities(
     loopback_http: bool,
 ) {
     let mut seen: HashMap<&str, usize> = HashMap::new();
+    let mut clean_issuers = HashSet::new();
     for (i, identity) in identities.iter().enumerate() {
         let at = format!("identities[{i}]");
         if identity.name.trim().is_empty() {
@@ -577,9 +578,10 @@ fn identities(
         for (j, credential) in identity.federated_credentials.iter().enumerate() {
             federated_credential(
                 p,
-                &format!("{at}.federated_credentials[{j}]"),
+                &|| format!("{at}.federated_credentials[{j}]"),
                 credential,
                 loopback_http,
+                &mut clean_issuers,
             );
         }
     }
@@ -587,37 +589,55 @@ fn identities(
 
 /// Only what the broker needs to trust the issuer safely; Entra's content rules live in
 /// the policy module (see the module docs).
-fn federated_credential(
+///
+/// A file may declare a million credentials (docs/PERFORMANCE.md, "Scale"), so the
+/// common case costs little: a key is written out (`at`) only for a setting that is
+/// checked, and an issuer URL already found sound (`clean_issuers`: the problems depend
+/// on the URL alone) is not parsed again.
+fn federated_credential<'a>(
     p: &mut Problems,
-    at: &str,
-    credential: &FederatedCredentialConfig,
+    at: &dyn Fn() -> String,
+    credential: &'a FederatedCredentialConfig,
     loopback_http: bool,
+    clean_issuers: &mut HashSet<&'a str>,
 ) {
-    https_url(
-        p,
-        &format!("{at}.issuer"),
-        &credential.issuer,
-        UrlShape::Issuer,
-        loopback_http,
-    );
-    scopes(
-        p,
-        &format!("{at}.allowed_scopes"),
-        &credential.allowed_scopes,
-    );
-    networks(
-        p,
-        &format!("{at}.source_networks"),
-        &credential.source_networks,
-    );
-    rate_limit(
-        p,
-        &format!("{at}.rate_limit"),
-        credential.rate_limit.as_ref(),
-    );
+    if !clean_issuers.contains(credential.issuer.as_str()) {
+        let before = p.0.len();
+        https_url(
+            p,
+            &format!("{}.issuer", at()),
+            &credential.issuer,
+            UrlShape::Issuer,
+            loopback_http,
+        );
+        if p.0.len() == before {
+            clean_issuers.insert(&credential.issuer);
+        }
+    }
+    if !credential.allowed_scopes.is_empty() {
+        scopes(
+            p,
+            &format!("{}.allowed_scopes", at()),
+            &credential.allowed_scopes,
+        );
+    }
+    if !credential.source_networks.is_empty() {
+        networks(
+            p,
+            &format!("{}.source_networks", at()),
+            &credential.source_networks,
+        );
+    }
+    if credential.rate_limit.is_some() {
+        rate_limit(
+            p,
+            &format!("{}.rate_limit", at()),
+            credential.rate_limit.as_ref(),
+        );
+    }
     if credential.max_token_age_secs == Some(0) {
         p.push(
-            format!("{at}.max_token_age_secs"),
+            format!("{}.max_token_age_secs", at()),
             "must be at least 1; leave it out for no limit",
         );
     }

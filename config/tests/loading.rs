@@ -163,6 +163,42 @@ fn an_unknown_key_in_an_identity_is_reported_with_its_line() {
     assert!(message.contains("unknown field `audience`"), "{message}");
 }
 
+/// A file declaring several identities (read one identity at a time when nothing is
+/// wrong): a mistake in a later one is reported as in the whole file, line and all.
+#[test]
+fn a_mistake_in_a_later_identity_is_reported_as_in_the_whole_file() {
+    let identity = |k: usize| {
+        IDENTITY
+            .replace("\"deploy\"", &format!("\"deploy{k}\""))
+            .replace("222222222201", &format!("2222222222{k:02}"))
+    };
+    let good: String = (0..3).map(identity).collect();
+    let config = BrokerConfig::from_toml(&good, "broker.toml").unwrap();
+    assert_eq!(config.identities.len(), 3);
+    assert_eq!(config.identities[2].name, "deploy2");
+    assert_eq!(config.identities[2].federated_credentials.len(), 1);
+
+    // Each identity is 10 lines, the first blank and `subject` the last: the fourth
+    // one's `subject` is line 40.
+    let typo = format!("{}{}", good, identity(3).replace("subject =", "subjet ="));
+    let (_, message) = parse_message(BrokerConfig::from_toml(&typo, "broker.toml"));
+    assert!(message.contains("line 40"), "{message}");
+    assert!(message.contains("unknown field `subjet`"), "{message}");
+
+    let bad_id = format!(
+        "{}{}",
+        good,
+        identity(3).replace("22222222-2222-4222-8222-222222222203", "not-a-guid")
+    );
+    match BrokerConfig::from_toml(&bad_id, "broker.toml") {
+        Err(ConfigError::Invalid { problems, .. }) => {
+            assert_eq!(problems.len(), 1, "{problems:?}");
+            assert_eq!(problems[0].key, "identities[3].client_id");
+        }
+        other => panic!("expected the client id's problem, got {other:?}"),
+    }
+}
+
 #[test]
 fn syntax_and_type_errors_carry_line_numbers() {
     let (_, message) = parse_message(BrokerConfig::from_toml(

@@ -106,11 +106,12 @@ pub fn main() -> ExitCode {
 
 /// The configuration `serve` and `check-config` run on: the file, or the `WIF_*`
 /// variables alone. With neither there is nothing to run or check, and the error says
-/// what to do instead of starting a broker that knows nothing.
-fn load_config(path: Option<&std::path::Path>) -> anyhow::Result<BrokerConfig> {
+/// what to do instead of starting a broker that knows nothing. Validated once, here: the
+/// typed values come with it.
+fn load_config(path: Option<&std::path::Path>) -> anyhow::Result<wif_config::Checked> {
     match path {
-        Some(path) => Ok(BrokerConfig::load(path)?),
-        None if has_config_variables() => Ok(BrokerConfig::from_env_only()?),
+        Some(path) => Ok(BrokerConfig::load_checked(path)?),
+        None if has_config_variables() => Ok(BrokerConfig::check_env_only()?),
         None => anyhow::bail!(
             "no configuration: pass --config FILE (or set WIF_CONFIG), or set WIF_<SECTION>_<KEY> \
              variables. config/examples/broker.toml is a commented example \
@@ -175,13 +176,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     crate::crypto::install_provider();
     match cli.command {
         Command::Serve(args) => {
-            let cfg = load_config(args.config.or(cli.config).as_deref())?;
+            let checked = load_config(args.config.or(cli.config).as_deref())?;
+            let cfg = checked.config();
             init_logging(&cfg.log);
-            for warning in config_warnings(&cfg) {
+            for warning in config_warnings(cfg) {
                 tracing::warn!("{warning}");
             }
             tracing::info!("store: {}", describe_store(&cfg.store.url));
-            let broker = RunningBroker::start_owned(cfg, clock::system()).await?;
+            let broker = RunningBroker::start_checked(checked, clock::system()).await?;
             broker.run_until(shutdown_signal()).await?;
             Ok(())
         }
@@ -200,7 +202,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         #[cfg(not(feature = "dev"))]
         Command::Dev(_) => anyhow::bail!("{}", crate::dev::NOT_BUILT),
         Command::CheckConfig(args) => {
-            let cfg = load_config(args.config.or(cli.config).as_deref())?;
+            let cfg = load_config(args.config.or(cli.config).as_deref())?.into_config();
             crate::exchange::Broker::new(
                 &cfg,
                 clock::system(),

@@ -552,19 +552,28 @@ impl Declared {
                             .map(std::borrow::Cow::Borrowed),
                     ),
                 };
+            // The audiences of a credential that names none: the same for all of them.
+            let default_audiences =
+                FederatedCredentialConfig::default().effective_audiences(id.cloud);
             for (j, fc) in list.enumerate() {
-                let key = format!("identities[{i}].federated_credentials[{j}]");
-                let audiences = fc.effective_audiences(id.cloud);
+                // Written out only for a problem: a file may declare a million credentials.
+                let key = || format!("identities[{i}].federated_credentials[{j}]");
+                let audiences = if fc.audiences.is_empty() {
+                    &default_audiences
+                } else {
+                    &fc.audiences
+                };
                 let spec = CredentialSpec {
                     name: &fc.name,
                     issuer: &fc.issuer,
                     subject: fc.subject.as_deref(),
                     claims_matching_expression: fc.claims_matching_expression.as_deref(),
-                    audiences: &audiences,
+                    audiences,
                     description: fc.description.as_deref(),
                 };
                 let violations = rules::check(&spec, &opts);
                 if !violations.is_empty() {
+                    let key = key();
                     problems.extend(violations.into_iter().map(|v| BuildProblem {
                         key: format!("{key}.{}", snake(v.field)),
                         message: v.message,
@@ -583,8 +592,11 @@ impl Declared {
                             problems.push(p);
                         }
                     }
-                    (Err(message), _) => problems.push(BuildProblem { key, message }),
-                    (_, Err(v)) => problems.extend(config_problems(&key, &v)),
+                    (Err(message), _) => problems.push(BuildProblem {
+                        key: key(),
+                        message,
+                    }),
+                    (_, Err(v)) => problems.extend(config_problems(&key(), &v)),
                 }
             }
         }
