@@ -231,10 +231,10 @@ where
         let mut page = within(idle, what, first.fetch_one(&mut *tx)).await?;
         loop {
             let rows = sql::credential_page_rows(page.as_deref())?;
-            let after = match rows.get(page_rows.saturating_sub(1)) {
-                Some(last) => Some((last.1.clone(), last.2.clone())),
-                None => None, // a short page is the last
-            };
+            // A short page is the last.
+            let after = rows
+                .get(page_rows.saturating_sub(1))
+                .map(|last| (last.1.clone(), last.2.clone()));
             // The next page is asked for before these rows are handed on, so the database
             // builds it meanwhile (polled once here, awaited below).
             let mut pending = after.as_ref().map(|(identity, name)| {
