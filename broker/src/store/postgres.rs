@@ -86,7 +86,8 @@ impl Dialect for Postgres {
          WHERE c.relkind = 'r' AND n.nspname = current_schema()";
     const BEGIN_SNAPSHOT: Option<&'static str> =
         Some("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY");
-    const CREDENTIAL_PAGES: [&'static str; 2] = sql::POSTGRES_CREDENTIAL_PAGES;
+    const CREDENTIAL_PAGES: [&'static str; 2] = sql::PLAIN_CREDENTIAL_PAGES;
+    const PAGES_AS_JSON: bool = false;
     const EVENT_AS_TEXT: &'static str = "event::text";
     const EVENT_CAST: &'static str = "::json";
 

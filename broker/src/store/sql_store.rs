@@ -36,9 +36,12 @@ pub trait Dialect: Database {
     /// credentials runs in, so that its pages are one snapshot; `None`: the driver's own
     /// `BEGIN` (SQLite, whose deferred transaction keeps the snapshot of its first read).
     const BEGIN_SNAPSHOT: Option<&'static str>;
-    /// The first and every following page of a whole read of the credentials, each page
-    /// one row of JSON text (`sql::credential_page`).
+    /// The first and every following page of a whole read of the credentials.
     const CREDENTIAL_PAGES: [&'static str; 2];
+    /// Whether a page comes as one row of JSON text (`sql::credential_page`; SQLite, whose
+    /// driver hands each row of a result over on its own) or as rows (PostgreSQL, which
+    /// reads rows off its connection as cheaply and builds no JSON).
+    const PAGES_AS_JSON: bool;
     /// The audit `event` column read as text.
     const EVENT_AS_TEXT: &'static str;
     /// Appended after the bound `event` text of an audit insert (a cast, or nothing).
@@ -104,6 +107,20 @@ async fn within<T>(
             idle.as_secs()
         ))),
     }
+}
+
+/// `call` bounded by `idle`, like [`within`], for a call that says its own errors.
+async fn within_store<T>(
+    idle: std::time::Duration,
+    what: &str,
+    call: impl std::future::Future<Output = StoreResult<T>>,
+) -> StoreResult<T> {
+    tokio::time::timeout(idle, call).await.unwrap_or_else(|_| {
+        Err(StoreError::Unavailable(format!(
+            "the store did not answer {what} within {} s",
+            idle.as_secs()
+        )))
+    })
 }
 
 // Every impl below repeats the same bounds: sqlx cannot state them once (where-clauses of a
@@ -208,6 +225,37 @@ where
             .map_err(db_error)
     }
 
+    /// One page of a whole read: `page_rows` credentials after `after` (identity, name),
+    /// as one JSON row where the database says so ([`Dialect::PAGES_AS_JSON`]).
+    async fn credential_page(
+        conn: &mut D::Connection,
+        page_rows: usize,
+        after: Option<(&str, &str)>,
+    ) -> StoreResult<Vec<CredentialRow>> {
+        let limit = i64::try_from(page_rows).unwrap_or(i64::MAX);
+        let [first, next] = D::CREDENTIAL_PAGES;
+        if D::PAGES_AS_JSON {
+            let query = match after {
+                None => sqlx::query_scalar::<D, Option<String>>(first).bind(limit),
+                Some((identity, name)) => sqlx::query_scalar::<D, Option<String>>(next)
+                    .bind(limit)
+                    .bind(identity)
+                    .bind(name),
+            };
+            let page = query.fetch_one(conn).await.map_err(db_error)?;
+            sql::credential_page_rows(page.as_deref())
+        } else {
+            let query = match after {
+                None => sqlx::query_as::<D, CredentialRow>(first).bind(limit),
+                Some((identity, name)) => sqlx::query_as::<D, CredentialRow>(next)
+                    .bind(limit)
+                    .bind(identity)
+                    .bind(name),
+            };
+            query.fetch_all(conn).await.map_err(db_error)
+        }
+    }
+
     /// [`RegistryStore::each_credential`] with `page_rows` rows a page: pages by keyset,
     /// each one statement bounded by `idle`, all in one read-only transaction, so the
     /// whole read is one snapshot (as the single statement it replaced was).
@@ -224,35 +272,30 @@ where
             }
         };
         let mut tx = within(idle, "a read transaction", begin).await?;
-        let limit = i64::try_from(page_rows).unwrap_or(i64::MAX);
-        let [first, next] = D::CREDENTIAL_PAGES;
         let what = "a page of credentials";
-        let first = sqlx::query_scalar::<D, Option<String>>(first).bind(limit);
-        let mut page = within(idle, what, first.fetch_one(&mut *tx)).await?;
+        let mut page =
+            within_store(idle, what, Self::credential_page(&mut tx, page_rows, None)).await?;
         loop {
-            let rows = sql::credential_page_rows(page.as_deref())?;
             // A short page is the last.
-            let after = rows
+            let after = page
                 .get(page_rows.saturating_sub(1))
                 .map(|last| (last.1.clone(), last.2.clone()));
             // The next page is asked for before these rows are handed on, so the database
             // builds it meanwhile (polled once here, awaited below).
             let mut pending = after.as_ref().map(|(identity, name)| {
-                Box::pin(
-                    sqlx::query_scalar::<D, Option<String>>(next)
-                        .bind(limit)
-                        .bind(identity.as_str())
-                        .bind(name.as_str())
-                        .fetch_one(&mut *tx),
-                )
+                Box::pin(Self::credential_page(
+                    &mut tx,
+                    page_rows,
+                    Some((identity.as_str(), name.as_str())),
+                ))
             });
             let early = pending.as_mut().and_then(|p| p.as_mut().now_or_never());
-            for row in rows {
-                each(sql::credential_from_json_row(row)?);
+            for row in page {
+                each(sql::credential_from_row(row)?);
             }
             page = match (early, pending) {
-                (Some(done), _) => done.map_err(db_error)?,
-                (None, Some(pending)) => within(idle, what, pending).await?,
+                (Some(done), _) => done?,
+                (None, Some(pending)) => within_store(idle, what, pending).await?,
                 (None, None) => break,
             };
         }

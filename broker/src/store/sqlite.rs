@@ -73,6 +73,7 @@ impl Dialect for Sqlite {
          (SELECT page_size FROM pragma_page_size())";
     const BEGIN_SNAPSHOT: Option<&'static str> = None;
     const CREDENTIAL_PAGES: [&'static str; 2] = sql::SQLITE_CREDENTIAL_PAGES;
+    const PAGES_AS_JSON: bool = true;
     const EVENT_AS_TEXT: &'static str = "event";
     const EVENT_CAST: &'static str = "";
 
