@@ -321,10 +321,11 @@ pub trait RegistryStore: Send + Sync + 'static {
 
     /// All credentials, or those of one identity, ordered by identity then name.
     async fn list_credentials(&self, identity: Option<&str>) -> StoreResult<Vec<StoredCredential>>;
-    /// Every credential, ordered by identity then name, handed to `each` row by row as the
-    /// database sends them: a million are never all held at once. `Unavailable` when no
-    /// row came for `idle` (a database that stopped answering); however long the whole
-    /// read takes while rows keep coming (docs/PERFORMANCE.md, "Scale").
+    /// Every credential, ordered by identity then name, handed to `each` one by one: read
+    /// in pages (2,000 rows a statement) inside one read-only transaction, so the whole
+    /// read is one snapshot and a million rows are never all held at once. Each statement
+    /// is bounded by `idle` (`Unavailable`: a database that stopped answering), however
+    /// long the whole read takes (docs/PERFORMANCE.md, "Scale").
     async fn each_credential(
         &self,
         idle: std::time::Duration,
@@ -579,8 +580,7 @@ impl RegistryStore for Bounded {
         _idle: std::time::Duration,
         each: &mut (dyn FnMut(StoredCredential) + Send),
     ) -> StoreResult<()> {
-        // Bounded by the time between rows rather than by the whole read, which grows
-        // with the registry.
+        // Bounded per page rather than as a whole read, which grows with the registry.
         self.inner()?.each_credential(self.timeout, each).await
     }
     async fn get_credential(

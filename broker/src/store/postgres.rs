@@ -84,6 +84,10 @@ impl Dialect for Postgres {
     const SIZE_BYTES: &'static str = "SELECT COALESCE(sum(pg_total_relation_size(c.oid)), 0)::BIGINT \
          FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
          WHERE c.relkind = 'r' AND n.nspname = current_schema()";
+    const BEGIN_SNAPSHOT: Option<&'static str> =
+        Some("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY");
+    const CREDENTIAL_PAGES: [&'static str; 2] = sql::PLAIN_CREDENTIAL_PAGES;
+    const PAGES_AS_JSON: bool = false;
     const EVENT_AS_TEXT: &'static str = "event::text";
     const EVENT_CAST: &'static str = "::json";
 
@@ -227,23 +231,49 @@ mod tests {
 
     use super::*;
 
-    /// The checks inside each write transaction normally catch every clash first; this
-    /// is the net under them: the database's own refusal still reads as a conflict.
-    #[tokio::test]
-    async fn sessions_are_pinned_and_unique_violations_read_as_conflicts() {
+    /// A store in a schema of its own (`None`: PostgreSQL is unavailable, outside CI).
+    async fn fresh_store() -> Option<(PgStore, String)> {
         crate::crypto::install_provider();
         let url = std::env::var("WIF_TEST_POSTGRES_URL")
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
         let schema = format!("t_{}", uuid::Uuid::new_v4().simple());
-        let store = match PgStore::open_in_schema(&url, &schema).await {
-            Ok(store) => store,
+        match PgStore::open_in_schema(&url, &schema).await {
+            Ok(store) => Some((store, schema)),
             Err(e) if std::env::var("CI").is_ok_and(|v| v == "true") => {
                 panic!("PostgreSQL is required under CI=true: {e}")
             }
             Err(e) => {
                 eprintln!("notice: skipping, PostgreSQL is unavailable: {e}");
-                return;
+                None
             }
+        }
+    }
+
+    async fn drop_store(store: PgStore, schema: &str) {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP SCHEMA \"{schema}\" CASCADE"
+        )))
+        .execute(&store.write)
+        .await
+        .unwrap();
+        store.close().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn whole_reads_are_paged_snapshots() {
+        let Some((store, schema)) = fresh_store().await else {
+            return;
+        };
+        store.whole_reads_are_paged_snapshots().await;
+        drop_store(store, &schema).await;
+    }
+
+    /// The checks inside each write transaction normally catch every clash first; this
+    /// is the net under them: the database's own refusal still reads as a conflict.
+    #[tokio::test]
+    async fn sessions_are_pinned_and_unique_violations_read_as_conflicts() {
+        let Some((store, schema)) = fresh_store().await else {
+            return;
         };
         for (setting, expected) in [
             ("search_path", schema.as_str()),
@@ -263,12 +293,6 @@ mod tests {
         );
 
         store.unique_violations_read_as_conflicts().await;
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "DROP SCHEMA \"{schema}\" CASCADE"
-        )))
-        .execute(&store.write)
-        .await
-        .unwrap();
-        store.close().await;
+        drop_store(store, &schema).await;
     }
 }

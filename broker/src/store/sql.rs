@@ -77,6 +77,71 @@ pub(super) const LIST_ALL_CREDENTIALS: &str = concat!(
     credential_columns!(),
     " FROM federated_credentials ORDER BY identity, name"
 );
+/// One page of every credential, ordered by identity then name, as one row: a JSON array
+/// of rows, each an array of the credential columns in [`CredentialRow`]'s order (JSON
+/// `null` for NULL; `one_time_use` a boolean or 0/1). `$1`: how many rows; `$2`, `$3`
+/// (pages after the first): the identity and name of the last row of the page before
+/// (keyset pagination on the unique index over both). Each database says how it builds JSON
+/// (`array`: one row, `agg`: the page, `as_text`: a cast to text); the statements are
+/// otherwise the same. The page comes back in one hand-off: sqlx's SQLite driver hands
+/// each row of a result from its worker thread on its own (docs/PERFORMANCE.md, "Scale").
+macro_rules! credential_page {
+    ($array:literal, $agg:literal, $as_text:literal, $after:literal) => {
+        concat!(
+            "SELECT ",
+            $agg,
+            "(",
+            $array,
+            "(",
+            credential_columns!(),
+            ") ORDER BY identity, name)",
+            $as_text,
+            " FROM (SELECT ",
+            credential_columns!(),
+            " FROM federated_credentials",
+            $after,
+            " ORDER BY identity, name LIMIT $1) AS page"
+        )
+    };
+}
+
+/// The first and every following page of [`credential_page`], for one database.
+macro_rules! credential_pages {
+    ($array:literal, $agg:literal, $as_text:literal) => {
+        [
+            credential_page!($array, $agg, $as_text, ""),
+            credential_page!($array, $agg, $as_text, " WHERE (identity, name) > ($2, $3)"),
+        ]
+    };
+}
+
+/// [`credential_page`] on SQLite (`json_group_array` is `[]` for no rows). PostgreSQL reads
+/// [`PLAIN_CREDENTIAL_PAGES`]: its rows come off the connection as cheaply as one JSON
+/// row, and building JSON made its start slower.
+pub(super) const SQLITE_CREDENTIAL_PAGES: [&str; 2] =
+    credential_pages!("json_array", "json_group_array", "");
+/// The pages of [`credential_page`] as plain rows (PostgreSQL).
+pub(super) const PLAIN_CREDENTIAL_PAGES: [&str; 2] = [
+    concat!(
+        "SELECT ",
+        credential_columns!(),
+        " FROM federated_credentials ORDER BY identity, name LIMIT $1"
+    ),
+    concat!(
+        "SELECT ",
+        credential_columns!(),
+        " FROM federated_credentials WHERE (identity, name) > ($2, $3) \
+         ORDER BY identity, name LIMIT $1"
+    ),
+];
+
+/// Rows per page of a whole read ([`super::RegistryStore::each_credential`]): enough that
+/// the statements and hand-offs cost little per row, few enough that a page (about
+/// 400 KiB of JSON) is read well within one store call's time limit and leaves little
+/// freed memory behind (10,000 a page added 14 MiB of RSS at 100,000 credentials, 2,000
+/// add 5; docs/PERFORMANCE.md, "Scale").
+pub(super) const CREDENTIAL_PAGE_ROWS: usize = 2_000;
+
 pub(super) const LIST_CREDENTIALS: &str = concat!(
     "SELECT ",
     credential_columns!(),
@@ -345,6 +410,65 @@ pub(super) fn credential_from_row(row: CredentialRow) -> Result<StoredCredential
         updated_at: rust_time(updated_at),
         restrictions,
     })
+}
+
+/// A row of a page of credentials ([`CREDENTIAL_PAGE_ROWS`]) as JSON gives it: the
+/// columns of [`CredentialRow`], `one_time_use` as a [`Flag`].
+pub(super) type JsonCredentialRow = (
+    String,
+    String,
+    String,
+    String,
+    Option<String>,
+    Option<String>,
+    String,
+    Option<String>,
+    Flag,
+    i64,
+    i64,
+    Option<String>,
+);
+
+/// A boolean column as JSON gives it: `true`/`false` (PostgreSQL) or `1`/`0` (SQLite).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Flag(pub bool);
+
+impl<'de> serde::Deserialize<'de> for Flag {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = Flag;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a boolean, 0 or 1")
+            }
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Flag, E> {
+                Ok(Flag(v))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Flag, E> {
+                Ok(Flag(v != 0))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Flag, E> {
+                Ok(Flag(v != 0))
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
+/// The rows of one page of credentials as JSON text; `None` is none. Typed as they are
+/// decoded: no JSON value is built per row.
+pub(super) fn credential_page_rows(page: Option<&str>) -> Result<Vec<CredentialRow>, StoreError> {
+    let rows: Vec<JsonCredentialRow> = page.map_or(Ok(Vec::new()), |page| {
+        serde_json::from_str(page).map_err(|e| {
+            StoreError::Corrupt(format!("a page of credential rows is not readable: {e}"))
+        })
+    })?;
+    Ok(rows
+        .into_iter()
+        .map(|(a, b, c, d, e, f, g, h, Flag(one_time_use), j, k, l)| {
+            (a, b, c, d, e, f, g, h, one_time_use, j, k, l)
+        })
+        .collect())
 }
 
 /// Restrictions as stored: NULL when they restrict nothing, else their JSON.

@@ -8,6 +8,7 @@
 
 use std::borrow::Cow;
 
+use futures::FutureExt;
 use sqlx::{
     ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Pool, QueryBuilder,
     Transaction, Type,
@@ -31,6 +32,16 @@ pub trait Dialect: Database {
     const NOTIFY_CHANGE: Option<&'static str>;
     /// One BIGINT: the database's size in bytes ([`StoreSize::bytes`]).
     const SIZE_BYTES: &'static str;
+    /// The statement that begins the read-only transaction a whole read of the
+    /// credentials runs in, so that its pages are one snapshot; `None`: the driver's own
+    /// `BEGIN` (SQLite, whose deferred transaction keeps the snapshot of its first read).
+    const BEGIN_SNAPSHOT: Option<&'static str>;
+    /// The first and every following page of a whole read of the credentials.
+    const CREDENTIAL_PAGES: [&'static str; 2];
+    /// Whether a page comes as one row of JSON text (`sql::credential_page`; SQLite, whose
+    /// driver hands each row of a result over on its own) or as rows (PostgreSQL, which
+    /// reads rows off its connection as cheaply and builds no JSON).
+    const PAGES_AS_JSON: bool;
     /// The audit `event` column read as text.
     const EVENT_AS_TEXT: &'static str;
     /// Appended after the bound `event` text of an audit insert (a cast, or nothing).
@@ -81,6 +92,35 @@ impl<D: Database> SqlStore<D> {
         self.read.close().await;
         self.write.close().await;
     }
+}
+
+/// `call` bounded by `idle`: `Unavailable` naming `what` when it takes longer.
+async fn within<T>(
+    idle: std::time::Duration,
+    what: &str,
+    call: impl std::future::Future<Output = Result<T, sqlx::Error>>,
+) -> StoreResult<T> {
+    match tokio::time::timeout(idle, call).await {
+        Ok(result) => result.map_err(db_error),
+        Err(_) => Err(StoreError::Unavailable(format!(
+            "the store did not answer {what} within {} s",
+            idle.as_secs()
+        ))),
+    }
+}
+
+/// `call` bounded by `idle`, like [`within`], for a call that says its own errors.
+async fn within_store<T>(
+    idle: std::time::Duration,
+    what: &str,
+    call: impl std::future::Future<Output = StoreResult<T>>,
+) -> StoreResult<T> {
+    tokio::time::timeout(idle, call).await.unwrap_or_else(|_| {
+        Err(StoreError::Unavailable(format!(
+            "the store did not answer {what} within {} s",
+            idle.as_secs()
+        )))
+    })
 }
 
 // Every impl below repeats the same bounds: sqlx cannot state them once (where-clauses of a
@@ -183,6 +223,166 @@ where
             .fetch_one(pool)
             .await
             .map_err(db_error)
+    }
+
+    /// One page of a whole read: `page_rows` credentials after `after` (identity, name),
+    /// as one JSON row where the database says so ([`Dialect::PAGES_AS_JSON`]).
+    async fn credential_page(
+        conn: &mut D::Connection,
+        page_rows: usize,
+        after: Option<(&str, &str)>,
+    ) -> StoreResult<Vec<CredentialRow>> {
+        let limit = i64::try_from(page_rows).unwrap_or(i64::MAX);
+        let [first, next] = D::CREDENTIAL_PAGES;
+        if D::PAGES_AS_JSON {
+            let query = match after {
+                None => sqlx::query_scalar::<D, Option<String>>(first).bind(limit),
+                Some((identity, name)) => sqlx::query_scalar::<D, Option<String>>(next)
+                    .bind(limit)
+                    .bind(identity)
+                    .bind(name),
+            };
+            let page = query.fetch_one(conn).await.map_err(db_error)?;
+            sql::credential_page_rows(page.as_deref())
+        } else {
+            let query = match after {
+                None => sqlx::query_as::<D, CredentialRow>(first).bind(limit),
+                Some((identity, name)) => sqlx::query_as::<D, CredentialRow>(next)
+                    .bind(limit)
+                    .bind(identity)
+                    .bind(name),
+            };
+            query.fetch_all(conn).await.map_err(db_error)
+        }
+    }
+
+    /// [`RegistryStore::each_credential`] with `page_rows` rows a page: pages by keyset,
+    /// each one statement bounded by `idle`, all in one read-only transaction, so the
+    /// whole read is one snapshot (as the single statement it replaced was).
+    async fn each_credential_in_pages(
+        &self,
+        idle: std::time::Duration,
+        page_rows: usize,
+        each: &mut (dyn FnMut(StoredCredential) + Send),
+    ) -> StoreResult<()> {
+        let begin = async {
+            match D::BEGIN_SNAPSHOT {
+                Some(begin) => self.read.begin_with(begin).await,
+                None => self.read.begin().await,
+            }
+        };
+        let mut tx = within(idle, "a read transaction", begin).await?;
+        let what = "a page of credentials";
+        let mut page =
+            within_store(idle, what, Self::credential_page(&mut tx, page_rows, None)).await?;
+        loop {
+            // A short page is the last.
+            let after = page
+                .get(page_rows.saturating_sub(1))
+                .map(|last| (last.1.clone(), last.2.clone()));
+            // The next page is asked for before these rows are handed on, so the database
+            // builds it meanwhile (polled once here, awaited below).
+            let mut pending = after.as_ref().map(|(identity, name)| {
+                Box::pin(Self::credential_page(
+                    &mut tx,
+                    page_rows,
+                    Some((identity.as_str(), name.as_str())),
+                ))
+            });
+            let early = pending.as_mut().and_then(|p| p.as_mut().now_or_never());
+            for row in page {
+                each(sql::credential_from_row(row)?);
+            }
+            page = match (early, pending) {
+                (Some(done), _) => done?,
+                (None, Some(pending)) => within_store(idle, what, pending).await?,
+                (None, None) => break,
+            };
+        }
+        within(idle, "the end of a read transaction", tx.commit()).await
+    }
+
+    /// A whole read gives every credential, field for field, in order, however the pages
+    /// fall (also across identities with the same credential names), and is one snapshot:
+    /// writes committed while it runs are not in it. Both backends' tests run it, on a
+    /// store whose writer is not its reader (a multi-threaded runtime: the write happens
+    /// inside the read's callback).
+    #[cfg(test)]
+    pub(super) async fn whole_reads_are_paged_snapshots(&self) {
+        #![allow(clippy::unwrap_used, clippy::panic)]
+        use super::Restrictions;
+        use super::sql::testing::{credential, identity};
+
+        let idle = std::time::Duration::from_secs(5);
+        self.put_identity(&identity("deploy", "c-deploy"))
+            .await
+            .unwrap();
+        self.put_identity(&identity("alpha", "c-alpha"))
+            .await
+            .unwrap();
+        for i in 0..7 {
+            let mut c = credential(&format!("d{i}"), &format!("n{i}"), &format!("s{i}"));
+            if i == 3 {
+                c.subject = None;
+                c.claims_matching_expression = Some(r#"claims['sub'] eq 'a\b "c" é'"#.into());
+                c.audiences = vec!["a\"b".into(), "c".into()];
+                c.description = Some("«quoted» \n text".into());
+                c.one_time_use = true;
+                c.created_at = 1_700_000_000;
+                c.restrictions = Restrictions {
+                    allowed_scopes: vec!["https://graph.microsoft.com/.default".into()],
+                    max_token_age_seconds: Some(300),
+                    ..Default::default()
+                };
+            }
+            self.create_credential(&c).await.unwrap();
+        }
+        for i in 0..2 {
+            let c = StoredCredential {
+                identity: "alpha".into(),
+                ..credential(&format!("a{i}"), &format!("n{i}"), &format!("s{i}"))
+            };
+            self.create_credential(&c).await.unwrap();
+        }
+        let listed = self.list_credentials(None).await.unwrap();
+        assert_eq!(listed.len(), 9);
+        for rows in [1, 2, 3, 8, 9, 10, 1000] {
+            let mut read = Vec::new();
+            self.each_credential_in_pages(idle, rows, &mut |c| read.push(c))
+                .await
+                .unwrap();
+            assert_eq!(read, listed, "{rows} rows a page");
+        }
+
+        // Writes that commit after the first page: one sorting after every row read so
+        // far, one removing a row of a later page.
+        let mut read = Vec::new();
+        let mut wrote = false;
+        self.each_credential_in_pages(idle, 2, &mut |c| {
+            if !wrote {
+                wrote = true;
+                tokio::task::block_in_place(|| {
+                    tokio::runtime::Handle::current().block_on(async {
+                        let late = credential("d9", "n9", "s9");
+                        self.create_credential(&late).await.unwrap();
+                        assert!(self.delete_credential("deploy", "n5").await.unwrap());
+                    })
+                });
+            }
+            read.push(c);
+        })
+        .await
+        .unwrap();
+        assert_eq!(read, listed, "the read is one snapshot");
+        let mut now = Vec::new();
+        self.each_credential_in_pages(idle, 2, &mut |c| now.push(c.name))
+            .await
+            .unwrap();
+        assert_eq!(
+            now,
+            ["n0", "n1", "n0", "n1", "n2", "n3", "n4", "n6", "n9"],
+            "a later read sees the writes"
+        );
     }
 
     /// The net under the checks each write transaction makes first: rows inserted with
@@ -381,22 +581,8 @@ where
         idle: std::time::Duration,
         each: &mut (dyn FnMut(StoredCredential) + Send),
     ) -> StoreResult<()> {
-        use futures::TryStreamExt;
-        let mut rows =
-            sqlx::query_as::<D, CredentialRow>(sql::LIST_ALL_CREDENTIALS).fetch(&self.read);
-        loop {
-            match tokio::time::timeout(idle, rows.try_next()).await {
-                Ok(Ok(Some(row))) => each(sql::credential_from_row(row)?),
-                Ok(Ok(None)) => return Ok(()),
-                Ok(Err(e)) => return Err(db_error(e)),
-                Err(_) => {
-                    return Err(StoreError::Unavailable(format!(
-                        "the store sent no credential row within {} s",
-                        idle.as_secs()
-                    )));
-                }
-            }
-        }
+        self.each_credential_in_pages(idle, sql::CREDENTIAL_PAGE_ROWS, each)
+            .await
     }
 
     async fn get_credential(

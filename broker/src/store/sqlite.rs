@@ -71,6 +71,9 @@ impl Dialect for Sqlite {
     /// The file's pages (the WAL aside).
     const SIZE_BYTES: &'static str = "SELECT (SELECT page_count FROM pragma_page_count()) * \
          (SELECT page_size FROM pragma_page_size())";
+    const BEGIN_SNAPSHOT: Option<&'static str> = None;
+    const CREDENTIAL_PAGES: [&'static str; 2] = sql::SQLITE_CREDENTIAL_PAGES;
+    const PAGES_AS_JSON: bool = true;
     const EVENT_AS_TEXT: &'static str = "event";
     const EVENT_CAST: &'static str = "";
 
@@ -199,6 +202,15 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(mode, "wal");
+        store.close().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn whole_reads_are_paged_snapshots() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("wif.db").display());
+        let store = SqliteStore::open(&url).await.unwrap();
+        store.whole_reads_are_paged_snapshots().await;
         store.close().await;
     }
 
