@@ -538,7 +538,7 @@ struct Timeouts {
 /// What a connection is doing, for its watchdog.
 struct Activity {
     state: Mutex<ActivityState>,
-    /// Woken when a request starts or ends, and on the first byte after being idle.
+    /// Woken when the last request in flight ends, and on the first byte after being idle.
     changed: Notify,
 }
 
@@ -581,12 +581,13 @@ impl Activity {
         }
     }
 
+    /// Not woken: a request in flight only moves the deadline later (to none), and the
+    /// watchdog re-reads the state when its timer fires before it closes anything, so
+    /// the one wake-up per request this would cost buys nothing.
     fn begin(&self) {
         let mut state = self.lock();
         state.in_flight += 1;
         state.served = true;
-        drop(state);
-        self.changed.notify_one();
     }
 
     fn end(&self) {
@@ -595,9 +596,9 @@ impl Activity {
         if state.in_flight == 0 {
             state.idle_since = Instant::now();
             state.first_byte = None;
+            drop(state);
+            self.changed.notify_one();
         }
-        drop(state);
-        self.changed.notify_one();
     }
 
     /// When the connection is to be closed, if nothing happens before.

@@ -6,9 +6,9 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 
 use super::body::Capped;
-use axum::Json;
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::extract::{FromRequestParts, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use serde_json::Value;
@@ -40,10 +40,10 @@ pub use wif_proto::exchange::{
 pub async fn native(
     State(state): State<AppState>,
     ClientAddress(client): ClientAddress,
-    headers: HeaderMap,
+    Authorization(authorization): Authorization,
     body: Result<Capped, ApiError>,
 ) -> Result<Response, ApiError> {
-    native_inner(&state, client, headers, body)
+    native_inner(&state, client, authorization.as_ref(), body)
         .await
         .map_err(|e| recorded(&state, "/v1/token", e))
 }
@@ -65,25 +65,69 @@ pub(super) fn recorded(state: &AppState, endpoint: &'static str, e: ApiError) ->
 async fn native_inner(
     state: &AppState,
     client: Option<IpAddr>,
-    headers: HeaderMap,
+    authorization: Option<&HeaderValue>,
     body: Result<Capped, ApiError>,
 ) -> Result<Response, ApiError> {
-    let token = bearer(&headers)?;
+    let token = bearer(authorization)?;
     let params = read_params(body?)?;
     reject_unknown(&params, &["scope", "resource", "client_id", "identity"])?;
     let (done, now) = exchange(state, "/v1/token", client, token, &params).await?;
-    Ok(no_store(TokenResponse {
-        access_token: done.token.access_token.expose().to_owned(),
-        token_type: "Bearer".into(),
+    Ok(no_store(&NativeAnswer {
+        access_token: done.token.access_token.expose(),
+        token_type: "Bearer",
         expires_in: done.token.expires_on.saturating_sub(now),
         expires_on: done.token.expires_on,
-        scope: done.scope,
-        identity: IdentityRef {
-            name: done.identity.name.clone(),
-            tenant_id: done.identity.tenant_id.clone(),
-            client_id: done.identity.client_id.clone(),
+        scope: &done.scope,
+        identity: IdentityAnswer {
+            name: &done.identity.name,
+            tenant_id: &done.identity.tenant_id,
+            client_id: &done.identity.client_id,
         },
     }))
+}
+
+/// [`TokenResponse`] as written, borrowing from the exchange's result: the answer is
+/// serialised straight into its body, without copying the access token first
+/// (docs/PERFORMANCE.md, "Every request verified"). The test `answers_keep_the_wire_shape`
+/// holds it to the wire type, field for field and byte for byte.
+#[derive(Serialize)]
+struct NativeAnswer<'a> {
+    access_token: &'a str,
+    token_type: &'static str,
+    expires_in: u64,
+    expires_on: u64,
+    scope: &'a str,
+    identity: IdentityAnswer<'a>,
+}
+
+/// [`IdentityRef`], borrowed.
+#[derive(Serialize)]
+struct IdentityAnswer<'a> {
+    name: &'a str,
+    tenant_id: &'a str,
+    client_id: &'a str,
+}
+
+/// [`TokenExchangeResponse`], borrowed (see [`NativeAnswer`]).
+#[derive(Serialize)]
+struct ExchangeAnswer<'a> {
+    access_token: &'a str,
+    issued_token_type: &'static str,
+    token_type: &'static str,
+    expires_in: u64,
+    scope: &'a str,
+}
+
+/// The request's `Authorization` header alone: the exchange needs no other header, so
+/// the header map is not copied.
+pub struct Authorization(Option<HeaderValue>);
+
+impl<S: Send + Sync> FromRequestParts<S> for Authorization {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(Self(parts.headers.get(header::AUTHORIZATION).cloned()))
+    }
 }
 
 /// RFC 8693 token exchange.
@@ -169,12 +213,12 @@ async fn rfc8693_inner(
         ));
     }
     let (done, now) = exchange(state, "/oauth2/token", client, token, &params).await?;
-    Ok(no_store(TokenExchangeResponse {
-        access_token: done.token.access_token.expose().to_owned(),
-        issued_token_type: ACCESS_TOKEN_TYPE.into(),
-        token_type: "Bearer".into(),
+    Ok(no_store(&ExchangeAnswer {
+        access_token: done.token.access_token.expose(),
+        issued_token_type: ACCESS_TOKEN_TYPE,
+        token_type: "Bearer",
         expires_in: done.token.expires_on.saturating_sub(now),
-        scope: done.scope,
+        scope: &done.scope,
     }))
 }
 
@@ -202,24 +246,41 @@ async fn exchange(
     Ok((done, state.broker.clock().now()))
 }
 
-fn no_store(body: impl Serialize) -> Response {
-    let mut response = (StatusCode::OK, Json(body)).into_response();
-    response.headers_mut().insert(
-        header::CACHE_CONTROL,
-        header::HeaderValue::from_static("no-store"),
-    );
-    response
+/// A 200 JSON answer that no cache may keep, serialised into a buffer sized for it once
+/// (an access token is 1–2 KB; axum's `Json` starts at 128 bytes and grows).
+fn no_store(body: &impl Serialize) -> Response {
+    let mut bytes = Vec::with_capacity(ANSWER_CAPACITY);
+    match serde_json::to_writer(&mut bytes, body) {
+        Ok(()) => (
+            StatusCode::OK,
+            [
+                (
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                ),
+                (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
+            ],
+            bytes,
+        )
+            .into_response(),
+        // Strings and numbers always serialise; were one not to, axum's `Json` answers
+        // its own 500.
+        Err(_) => axum::Json(body).into_response(),
+    }
 }
 
+/// Room for an answer with a typical access token, so writing one rarely grows the buffer.
+const ANSWER_CAPACITY: usize = 4096;
+
 /// The token from `Authorization: Bearer <token>`.
-fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
+fn bearer(authorization: Option<&HeaderValue>) -> Result<&str, ApiError> {
     let missing = || {
         ApiError::new(
             ErrorCode::MissingToken,
             "send the external OIDC token as `Authorization: Bearer <token>`",
         )
     };
-    let value = headers.get(header::AUTHORIZATION).ok_or_else(missing)?;
+    let value = authorization.ok_or_else(missing)?;
     let value = value.to_str().map_err(|_| missing())?;
     let (scheme, token) = value.split_once(' ').ok_or_else(missing)?;
     if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
@@ -316,5 +377,79 @@ fn identity_param(params: &HashMap<String, String>) -> Result<Option<&str>, ApiE
         )),
         (Some(s), _) | (None, Some(s)) => Ok(Some(s.as_str()).filter(|s| !s.is_empty())),
         (None, None) => Ok(None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_keep_the_wire_shape() {
+        let native = NativeAnswer {
+            access_token: "eyJ0.e30.c2ln",
+            token_type: "Bearer",
+            expires_in: 3599,
+            expires_on: 1_800_000_000,
+            scope: "https://management.azure.com/.default",
+            identity: IdentityAnswer {
+                name: "deploy \"prod\"",
+                tenant_id: "contoso.onmicrosoft.com",
+                client_id: "00000000-0000-0000-0000-000000000001",
+            },
+        };
+        let wire = TokenResponse {
+            access_token: native.access_token.into(),
+            token_type: native.token_type.into(),
+            expires_in: native.expires_in,
+            expires_on: native.expires_on,
+            scope: native.scope.into(),
+            identity: IdentityRef {
+                name: native.identity.name.into(),
+                tenant_id: native.identity.tenant_id.into(),
+                client_id: native.identity.client_id.into(),
+            },
+        };
+        assert_eq!(
+            serde_json::to_string(&native).unwrap(),
+            serde_json::to_string(&wire).unwrap()
+        );
+        let rfc8693 = ExchangeAnswer {
+            access_token: "eyJ0.e30.c2ln",
+            issued_token_type: ACCESS_TOKEN_TYPE,
+            token_type: "Bearer",
+            expires_in: 3599,
+            scope: "api://x/.default",
+        };
+        let wire = TokenExchangeResponse {
+            access_token: rfc8693.access_token.into(),
+            issued_token_type: rfc8693.issued_token_type.into(),
+            token_type: rfc8693.token_type.into(),
+            expires_in: rfc8693.expires_in,
+            scope: rfc8693.scope.into(),
+        };
+        assert_eq!(
+            serde_json::to_string(&rfc8693).unwrap(),
+            serde_json::to_string(&wire).unwrap()
+        );
+    }
+
+    #[tokio::test]
+    async fn an_answer_is_json_and_not_to_be_cached() {
+        let response = no_store(&ExchangeAnswer {
+            access_token: "a",
+            issued_token_type: ACCESS_TOKEN_TYPE,
+            token_type: "Bearer",
+            expires_in: 1,
+            scope: "s",
+        });
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.headers()[header::CONTENT_TYPE], "application/json");
+        assert_eq!(response.headers()[header::CACHE_CONTROL], "no-store");
+        let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        let back: TokenExchangeResponse = serde_json::from_slice(&body).unwrap();
+        assert_eq!(back.access_token, "a");
     }
 }
