@@ -297,18 +297,7 @@ mod tests {
     }
 
     fn key_pem() -> String {
-        let key = RsaKey::generate().unwrap();
-        let body = key.to_pkcs8_base64().unwrap();
-        let lines: Vec<&str> = body
-            .expose()
-            .as_bytes()
-            .chunks(64)
-            .map(|l| std::str::from_utf8(l).unwrap())
-            .collect();
-        format!(
-            "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
-            lines.join("\n")
-        )
+        super::super::rsa::test_key_pem()
     }
 
     /// A self-signed certificate for a new key, written to `dir`.

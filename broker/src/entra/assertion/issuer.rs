@@ -558,18 +558,7 @@ mod tests {
     const DAY: u64 = 86_400;
 
     fn key_pem() -> String {
-        let key = RsaKey::generate().unwrap();
-        let body = key.to_pkcs8_base64().unwrap();
-        let lines: Vec<&str> = body
-            .expose()
-            .as_bytes()
-            .chunks(64)
-            .map(|l| std::str::from_utf8(l).unwrap())
-            .collect();
-        format!(
-            "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
-            lines.join("\n")
-        )
+        super::super::rsa::test_key_pem()
     }
 
     fn claims(assertion: &Secret) -> Value {

@@ -134,6 +134,24 @@ fn thumbprint(n: &str, e: &str) -> String {
     )
 }
 
+/// A new key as a PKCS#8 PEM file's text, for tests that load keys from files.
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+pub(crate) fn test_key_pem() -> String {
+    let key = RsaKey::generate().unwrap();
+    let body = key.to_pkcs8_base64().unwrap();
+    let lines: Vec<&str> = body
+        .expose()
+        .as_bytes()
+        .chunks(64)
+        .map(|l| std::str::from_utf8(l).unwrap())
+        .collect();
+    format!(
+        "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
+        lines.join("\n")
+    )
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
