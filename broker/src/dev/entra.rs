@@ -458,20 +458,16 @@ impl AadError {
 
     fn into_response(self, clock: &SharedClock, url: &str, correlation: &str) -> Response {
         let trace_id = uuid::Uuid::new_v4().to_string();
-        let timestamp = entra_timestamp(clock.now());
         let code = self.code;
-        let body = json!({
-            "error": self.error,
-            "error_description": format!(
-                "AADSTS{code}: {}\r\nTrace ID: {trace_id}\r\nCorrelation ID: {correlation}\r\nTimestamp: {timestamp}",
-                self.message
-            ),
-            "error_codes": [code],
-            "timestamp": timestamp,
-            "trace_id": trace_id,
-            "correlation_id": correlation,
-            "error_uri": format!("{url}/error?code={code}"),
-        });
+        let mut body = error_body(
+            self.error,
+            code,
+            &self.message,
+            &trace_id,
+            correlation,
+            clock.now(),
+        );
+        body["error_uri"] = json!(format!("{url}/error?code={code}"));
         let mut response = json_response(self.status, &body, &trace_id, correlation);
         if let Some(secs) = self.retry_after
             && let Ok(value) = header::HeaderValue::from_str(&secs.to_string())
@@ -1192,6 +1188,31 @@ async fn instance_discovery(
         &uuid::Uuid::new_v4().to_string(),
         &correlation_id(&headers),
     )
+}
+
+/// Entra's error body, as its token endpoint writes it: `error`, `error_description`
+/// (`AADSTS<code>: <message>` then the trace id, correlation id and time on lines of
+/// their own), `error_codes`, `timestamp`, `trace_id` and `correlation_id`. Shared with
+/// the benchmark's fixed Entra.
+pub fn error_body(
+    error: &str,
+    code: u32,
+    message: &str,
+    trace_id: &str,
+    correlation: &str,
+    now: u64,
+) -> serde_json::Value {
+    let timestamp = entra_timestamp(now);
+    json!({
+        "error": error,
+        "error_description": format!(
+            "AADSTS{code}: {message}\r\nTrace ID: {trace_id}\r\nCorrelation ID: {correlation}\r\nTimestamp: {timestamp}"
+        ),
+        "error_codes": [code],
+        "timestamp": timestamp,
+        "trace_id": trace_id,
+        "correlation_id": correlation,
+    })
 }
 
 #[cfg(test)]

@@ -207,7 +207,7 @@ impl FixedEntra {
         let Running::Child { pid, .. } = &self.running else {
             return None;
         };
-        process_cpu_secs(&format!("/proc/{pid}/task"))
+        crate::load::cpu_secs_of(&format!("/proc/{pid}/task"))
     }
 
     pub async fn shutdown(self) {
@@ -278,22 +278,6 @@ pub fn child_main(args: &[String]) -> anyhow::Result<()> {
         axum::serve(counting(listener, &fixed), router(fixed)).await?;
         Ok(())
     })
-}
-
-/// The sum of every thread's run time under `tasks` (`/proc/PID/task`), in seconds.
-fn process_cpu_secs(tasks: &str) -> Option<f64> {
-    let mut total_ns: u64 = 0;
-    for task in std::fs::read_dir(tasks).ok()?.flatten() {
-        let Ok(stat) = std::fs::read_to_string(task.path().join("schedstat")) else {
-            continue;
-        };
-        total_ns += stat
-            .split_whitespace()
-            .next()
-            .and_then(|ns| ns.parse::<u64>().ok())
-            .unwrap_or(0);
-    }
-    Some(total_ns as f64 / 1e9)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -607,20 +591,14 @@ impl AadError {
     }
 
     fn body(&self, trace_id: &str, correlation: &str) -> Bytes {
-        let timestamp =
-            wif_broker::clock::rfc3339(wif_broker::clock::system().now()).replacen('T', " ", 1);
-        let code = self.code;
-        let body = json!({
-            "error": self.error,
-            "error_description": format!(
-                "AADSTS{code}: {}\r\nTrace ID: {trace_id}\r\nCorrelation ID: {correlation}\r\nTimestamp: {timestamp}",
-                self.message
-            ),
-            "error_codes": [code],
-            "timestamp": timestamp,
-            "trace_id": trace_id,
-            "correlation_id": correlation,
-        });
+        let body = wif_broker::dev::entra::error_body(
+            self.error,
+            self.code,
+            &self.message,
+            trace_id,
+            correlation,
+            wif_broker::clock::system().now(),
+        );
         Bytes::from(body.to_string())
     }
 }

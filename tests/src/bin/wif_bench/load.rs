@@ -337,8 +337,13 @@ async fn summarise(
 /// `sum_exec_runtime` (ns) from /proc/self/task/*/schedstat (Linux). Threads that exit
 /// between two readings drop out, but the runtime's worker threads live all run long.
 pub fn process_cpu_secs() -> Option<f64> {
+    cpu_secs_of("/proc/self/task")
+}
+
+/// The sum of every thread's run time under `tasks` (`/proc/PID/task`), in seconds.
+pub fn cpu_secs_of(tasks: &str) -> Option<f64> {
     let mut total_ns: u64 = 0;
-    for task in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
+    for task in std::fs::read_dir(tasks).ok()?.flatten() {
         let Ok(stat) = std::fs::read_to_string(task.path().join("schedstat")) else {
             continue;
         };
