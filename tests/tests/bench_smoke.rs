@@ -165,6 +165,23 @@ fn the_quick_benchmark_reports_every_figure_as_json() {
     );
     let verdict = cold["verdict"].as_str().unwrap();
     assert!(["PASS", "BELOW BUDGET"].contains(&verdict), "{verdict}");
+    // By default the budget's Entra: the fixed one, in a process of its own, whose CPU
+    // and new connections are reported beside the broker's.
+    assert!(
+        cold["entra"]
+            .as_str()
+            .unwrap()
+            .starts_with("fixed Entra in its own process"),
+        "{cold:#}"
+    );
+    assert!(
+        number(&report, "/cold_path/entra_process_cpu_us_per_request") > 0.0,
+        "{cold:#}"
+    );
+    assert!(
+        number(&report, "/cold_path/entra_connections_per_cold_exchange") >= 0.0,
+        "{cold:#}"
+    );
 
     // The agent's footprint: measured when its binary was built beside wif-bench (as the
     // workspace's tests build it), otherwise the report says how to get it.
