@@ -911,8 +911,7 @@ impl Broker {
                 "no store is configured".into(),
             )));
         };
-        let id = token.jti.as_deref().unwrap_or(&token.signed_sha256);
-        let key = format!("{}\n{id}", token.iss);
+        let key = format!("{}\n{}", token.iss, token.replay_id);
         let until = token.exp.saturating_add(self.default_policy.leeway_secs);
         match store.use_token_once(&key, until).await {
             Ok(true) => Ok(()),

@@ -288,7 +288,7 @@ fn from_claims(issuer: Option<String>, claims: Value) -> Result<VerifiedToken, A
         exp: number("exp"),
         iat: claims.get("iat").and_then(Value::as_u64),
         sha256: String::new(),
-        signed_sha256: String::new(),
+        replay_id: String::new(),
         iss,
         aud,
         claims: claims.into(),

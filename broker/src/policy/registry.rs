@@ -1290,7 +1290,7 @@ mod tests {
             iat: None,
             jti: None,
             sha256: String::new(),
-            signed_sha256: String::new(),
+            replay_id: String::new(),
             claims: claims.into(),
         }
     }

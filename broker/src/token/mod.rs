@@ -84,9 +84,10 @@ pub struct VerifiedToken {
     pub jti: Option<String>,
     /// Hex SHA-256 of the raw token, for audit and the verified-token cache.
     pub sha256: String,
-    /// Hex SHA-256 of `header.payload`, what the issuer signed: the same for every
-    /// signature over it, so replay protection keys on it when there is no `jti`.
-    pub signed_sha256: String,
+    /// What replay protection spends: the `jti`, or, when there is none, the hex SHA-256
+    /// of `header.payload`, what the issuer signed (the same for every signature over it).
+    /// Hashed only for a token without a `jti`.
+    pub replay_id: String,
     /// The payload, a JSON object; its `serde_json::Value` is built only when something
     /// reads claims by path (an expression, `simulate`), then kept.
     pub claims: Claims,
@@ -223,8 +224,13 @@ fn check_times(
         }
         _ => {}
     }
-    let signed_digest =
-        aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.signed_part.as_bytes());
+    let replay_id = match &registered.jti {
+        Some(jti) => jti.clone(),
+        None => hex::encode(
+            aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.signed_part.as_bytes())
+                .as_ref(),
+        ),
+    };
     let digest = match token.sha256 {
         Some(known) => known,
         None => {
@@ -244,7 +250,7 @@ fn check_times(
         iat,
         jti: registered.jti,
         sha256: hex::encode(digest),
-        signed_sha256: hex::encode(signed_digest.as_ref()),
+        replay_id,
         claims: token.claims,
     })
 }

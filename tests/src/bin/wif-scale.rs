@@ -234,7 +234,7 @@ fn token(iss: String, sub: String) -> VerifiedToken {
         iat: Some(0),
         jti: None,
         sha256: String::new(),
-        signed_sha256: String::new(),
+        replay_id: String::new(),
     }
 }
 
