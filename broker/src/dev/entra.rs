@@ -375,9 +375,10 @@ fn new_kid() -> String {
 // ---------------------------------------------------------------------------------------
 // Errors, shaped like Entra's.
 
-/// One Entra error: HTTP status, OAuth `error`, AADSTS code and message.
+/// One Entra error: HTTP status, OAuth `error`, AADSTS code and message (shared with
+/// the benchmark's fixed Entra).
 #[derive(Debug)]
-struct AadError {
+pub struct AadError {
     status: StatusCode,
     error: &'static str,
     code: u32,
@@ -386,7 +387,12 @@ struct AadError {
 }
 
 impl AadError {
-    fn new(status: StatusCode, error: &'static str, code: u32, message: impl Into<String>) -> Self {
+    pub fn new(
+        status: StatusCode,
+        error: &'static str,
+        code: u32,
+        message: impl Into<String>,
+    ) -> Self {
         Self {
             status,
             error,
@@ -396,7 +402,7 @@ impl AadError {
         }
     }
 
-    fn invalid_request(code: u32, message: impl Into<String>) -> Self {
+    pub fn invalid_request(code: u32, message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "invalid_request", code, message)
     }
 
@@ -404,7 +410,7 @@ impl AadError {
         Self::new(StatusCode::UNAUTHORIZED, "invalid_client", code, message)
     }
 
-    fn missing_parameter(name: &str) -> Self {
+    pub fn missing_parameter(name: &str) -> Self {
         Self::invalid_request(
             900144,
             format!("The request body must contain the following parameter: '{name}'."),
@@ -456,17 +462,33 @@ impl AadError {
         err
     }
 
+    /// The HTTP status the error is answered with.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// Entra's error body, as its token endpoint writes it: `error`, `error_description`
+    /// (`AADSTS<code>: <message>` then the trace id, correlation id and time on lines of
+    /// their own), `error_codes`, `timestamp`, `trace_id` and `correlation_id`.
+    pub fn body(&self, trace_id: &str, correlation: &str, now: u64) -> serde_json::Value {
+        let timestamp = entra_timestamp(now);
+        let (code, message) = (self.code, &self.message);
+        json!({
+            "error": self.error,
+            "error_description": format!(
+                "AADSTS{code}: {message}\r\nTrace ID: {trace_id}\r\nCorrelation ID: {correlation}\r\nTimestamp: {timestamp}"
+            ),
+            "error_codes": [code],
+            "timestamp": timestamp,
+            "trace_id": trace_id,
+            "correlation_id": correlation,
+        })
+    }
+
     fn into_response(self, clock: &SharedClock, url: &str, correlation: &str) -> Response {
         let trace_id = uuid::Uuid::new_v4().to_string();
         let code = self.code;
-        let mut body = error_body(
-            self.error,
-            code,
-            &self.message,
-            &trace_id,
-            correlation,
-            clock.now(),
-        );
+        let mut body = self.body(&trace_id, correlation, clock.now());
         body["error_uri"] = json!(format!("{url}/error?code={code}"));
         let mut response = json_response(self.status, &body, &trace_id, correlation);
         if let Some(secs) = self.retry_after
@@ -1188,31 +1210,6 @@ async fn instance_discovery(
         &uuid::Uuid::new_v4().to_string(),
         &correlation_id(&headers),
     )
-}
-
-/// Entra's error body, as its token endpoint writes it: `error`, `error_description`
-/// (`AADSTS<code>: <message>` then the trace id, correlation id and time on lines of
-/// their own), `error_codes`, `timestamp`, `trace_id` and `correlation_id`. Shared with
-/// the benchmark's fixed Entra.
-pub fn error_body(
-    error: &str,
-    code: u32,
-    message: &str,
-    trace_id: &str,
-    correlation: &str,
-    now: u64,
-) -> serde_json::Value {
-    let timestamp = entra_timestamp(now);
-    json!({
-        "error": error,
-        "error_description": format!(
-            "AADSTS{code}: {message}\r\nTrace ID: {trace_id}\r\nCorrelation ID: {correlation}\r\nTimestamp: {timestamp}"
-        ),
-        "error_codes": [code],
-        "timestamp": timestamp,
-        "trace_id": trace_id,
-        "correlation_id": correlation,
-    })
 }
 
 #[cfg(test)]

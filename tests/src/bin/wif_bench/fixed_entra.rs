@@ -29,6 +29,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
+use wif_broker::dev::entra::AadError;
 
 use anyhow::{Context, bail};
 use axum::Router;
@@ -373,7 +374,7 @@ impl Fixed {
                 *slot = Some(value);
             }
         }
-        let grant_type = grant_type.ok_or_else(|| AadError::missing("grant_type"))?;
+        let grant_type = grant_type.ok_or_else(|| AadError::missing_parameter("grant_type"))?;
         if grant_type != "client_credentials" {
             return Err(AadError::new(
                 StatusCode::BAD_REQUEST,
@@ -392,7 +393,7 @@ impl Fixed {
             )
         })?;
         let assertion_type =
-            assertion_type.ok_or_else(|| AadError::missing("client_assertion_type"))?;
+            assertion_type.ok_or_else(|| AadError::missing_parameter("client_assertion_type"))?;
         if assertion_type != JWT_BEARER {
             return Err(AadError::invalid_request(
                 90011,
@@ -405,7 +406,7 @@ impl Fixed {
                 format!("Tenant '{tenant}' not found."),
             ));
         }
-        let client_id = client_id.ok_or_else(|| AadError::missing("client_id"))?;
+        let client_id = client_id.ok_or_else(|| AadError::missing_parameter("client_id"))?;
         let apps = self.apps.read().unwrap_or_else(|p| p.into_inner());
         let Some(app) = apps.get(&client_id.to_ascii_lowercase()) else {
             return Err(AadError::new(
@@ -418,7 +419,7 @@ impl Fixed {
                 ),
             ));
         };
-        let scope = scope.ok_or_else(|| AadError::missing("scope"))?;
+        let scope = scope.ok_or_else(|| AadError::missing_parameter("scope"))?;
         if scope.split_whitespace().count() > 1 || !scope.ends_with("/.default") {
             return Err(AadError::new(
                 StatusCode::BAD_REQUEST,
@@ -495,7 +496,13 @@ async fn token(
         }
         Err(e) => {
             fixed.refused.fetch_add(1, Ordering::Relaxed);
-            (e.status, e.body(&trace_id, correlation))
+            (
+                e.status(),
+                Bytes::from(
+                    e.body(&trace_id, correlation, wif_broker::clock::system().now())
+                        .to_string(),
+                ),
+            )
         }
     };
     Response::builder()
@@ -558,49 +565,6 @@ async fn stats(State(fixed): State<Arc<Fixed>>) -> Response {
         connections: fixed.connections.load(Ordering::Relaxed),
     })
     .into_response()
-}
-
-/// An Entra error answer (the dev emulator's shape; the broker reads `error`,
-/// `error_description`, `error_codes` and `correlation_id`).
-struct AadError {
-    status: StatusCode,
-    error: &'static str,
-    code: u32,
-    message: String,
-}
-
-impl AadError {
-    fn new(status: StatusCode, error: &'static str, code: u32, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            error,
-            code,
-            message: message.into(),
-        }
-    }
-
-    fn invalid_request(code: u32, message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "invalid_request", code, message)
-    }
-
-    fn missing(name: &str) -> Self {
-        Self::invalid_request(
-            900144,
-            format!("The request body must contain the following parameter: '{name}'."),
-        )
-    }
-
-    fn body(&self, trace_id: &str, correlation: &str) -> Bytes {
-        let body = wif_broker::dev::entra::error_body(
-            self.error,
-            self.code,
-            &self.message,
-            trace_id,
-            correlation,
-            wif_broker::clock::system().now(),
-        );
-        Bytes::from(body.to_string())
-    }
 }
 
 // ---------------------------------------------------------------------------------------
