@@ -270,7 +270,10 @@ pub(super) type IdentityRow = (
 );
 
 /// A credential row as the database returns it.
-pub(super) type CredentialRow = (
+pub(super) type CredentialRow = CredentialColumns<bool>;
+
+/// A credential's columns, in order, with `one_time_use` as `F`.
+pub(super) type CredentialColumns<F> = (
     String,
     String,
     String,
@@ -279,7 +282,7 @@ pub(super) type CredentialRow = (
     Option<String>,
     String,
     Option<String>,
-    bool,
+    F,
     i64,
     i64,
     Option<String>,
@@ -414,20 +417,7 @@ pub(super) fn credential_from_row(row: CredentialRow) -> Result<StoredCredential
 
 /// A row of a page of credentials ([`CREDENTIAL_PAGE_ROWS`]) as JSON gives it: the
 /// columns of [`CredentialRow`], `one_time_use` as a [`Flag`].
-pub(super) type JsonCredentialRow = (
-    String,
-    String,
-    String,
-    String,
-    Option<String>,
-    Option<String>,
-    String,
-    Option<String>,
-    Flag,
-    i64,
-    i64,
-    Option<String>,
-);
+pub(super) type JsonCredentialRow = CredentialColumns<Flag>;
 
 /// A boolean column as JSON gives it: `true`/`false` (PostgreSQL) or `1`/`0` (SQLite).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
